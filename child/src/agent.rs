@@ -1,0 +1,352 @@
+//! The child agent's life: connect, declare its queue, say `Hello`, heartbeat
+//! and answer commands; when the broker goes away, reconnect with backoff and
+//! jitter and say `Hello` again. It stops only when asked to.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleetls_proto::{topology, AgentState, Body, Envelope, Heartbeat, Hello, Refused};
+use futures_lite::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use tracing::{info, warn};
+
+use crate::config::RunConfig;
+use crate::identity::{self, Identity, State, StoreError};
+use crate::shutdown::Shutdown;
+
+/// Why the child could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The data dir could not be prepared.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A failure of one broker session (the agent reconnects after it).
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// An AMQP operation failed.
+    #[error("{what}: {source}")]
+    Amqp {
+        /// What was being done.
+        what: &'static str,
+        /// The client's error.
+        #[source]
+        source: lapin::Error,
+    },
+    /// The broker refused to store a message.
+    #[error("the broker refused or could not route a message to the parent")]
+    Nacked,
+    /// The consumer was cancelled.
+    #[error("the broker cancelled the consumer of this agent's queue")]
+    Cancelled,
+}
+
+fn amqp(what: &'static str) -> impl FnOnce(lapin::Error) -> SessionError {
+    move |source| SessionError::Amqp { what, source }
+}
+
+/// A running child: its settings, identity and state.
+pub struct Agent {
+    /// The checked configuration.
+    pub config: RunConfig,
+    /// Who it is.
+    pub identity: Identity,
+    /// Where it stands.
+    pub state: std::sync::Mutex<State>,
+}
+
+impl Agent {
+    /// Prepares the data dir and loads (or makes) the identity.
+    pub fn open(config: RunConfig) -> Result<Agent, RunError> {
+        create_private_dir(&config.data_dir).map_err(|e| StoreError {
+            path: config.data_dir.clone(),
+            why: e.to_string(),
+        })?;
+        let identity = identity::load_or_create_identity(&config.data_dir, config.name.as_deref())?;
+        let state = identity::load_state(&config.data_dir)?;
+        Ok(Agent {
+            config,
+            identity,
+            state: std::sync::Mutex::new(state),
+        })
+    }
+
+    fn report_state(&self) -> AgentState {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        AgentState {
+            has_certificate: self.config.data_dir.join("certs/agent.pem").exists(),
+            ssl: state.ssl,
+            broker_tls: state.broker_tls_uri.is_some(),
+        }
+    }
+
+    fn hello(&self) -> Body {
+        Body::Hello(Hello {
+            name: self.identity.name.clone(),
+            kind: self.config.kind,
+            version: self.config.version.clone(),
+            location: self.config.location.clone(),
+            hostnames: self.config.hostnames.clone(),
+            ips: self.config.ips.iter().map(|ip| ip.to_string()).collect(),
+            key_fingerprint: None,
+            state: self.report_state(),
+        })
+    }
+}
+
+/// Runs a child until `shutdown` fires.
+pub async fn run(config: RunConfig, shutdown: Shutdown) -> Result<(), RunError> {
+    let agent = Arc::new(Agent::open(config)?);
+    info!(id = %agent.identity.id, name = %agent.identity.name, "child starting");
+    let mut attempt = 0u32;
+    let mut shutdown_wait = shutdown.clone();
+    while !shutdown.is_set() {
+        let opened = tokio::select! {
+            _ = shutdown_wait.wait() => break,
+            opened = open_session(&agent) => opened,
+        };
+        match opened {
+            Ok(session) => {
+                attempt = 0;
+                info!("connected to the broker");
+                let result = session.run(&agent, shutdown.clone()).await;
+                let _ = session.connection.close(200, "child stopping".into()).await;
+                match result {
+                    Ok(()) => break,
+                    Err(e) => warn!(error = %e, "broker session ended; reconnecting"),
+                }
+            }
+            Err(e) => warn!(error = %e, attempt, "cannot reach the broker; retrying"),
+        }
+        let delay = backoff(attempt);
+        attempt = attempt.saturating_add(1);
+        tokio::select! {
+            _ = shutdown_wait.wait() => break,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+    info!("child stopped");
+    Ok(())
+}
+
+/// The delay before reconnect attempt `attempt`: exponential from 200 ms to
+/// 10 s with full jitter, so a fleet does not come back in step.
+pub fn backoff(attempt: u32) -> Duration {
+    let cap_ms = (200u64 << attempt.min(6)).min(10_000);
+    Duration::from_millis(cap_ms / 2 + rand::random_range(0..=cap_ms / 2))
+}
+
+fn create_private_dir(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+}
+
+/// One connection to the broker.
+pub struct Session {
+    connection: Connection,
+    channel: Channel,
+    consumer: lapin::Consumer,
+}
+
+async fn open_session(agent: &Agent) -> Result<Session, SessionError> {
+    let id = agent.identity.id;
+    let properties = ConnectionProperties::default()
+        .with_connection_name(topology::child_connection_name(&id).as_str().into());
+    let connection = Connection::connect(&agent.config.broker, properties)
+        .await
+        .map_err(amqp("connecting to the broker"))?;
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(amqp("opening a channel"))?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(amqp("turning on publisher confirms"))?;
+    declare(&channel, &id).await?;
+    channel
+        .basic_qos(16, BasicQosOptions::default())
+        .await
+        .map_err(amqp("setting the prefetch"))?;
+    let queue = topology::agent_queue(&id);
+    let consumer = channel
+        .basic_consume(
+            queue.as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(amqp("consuming this agent's queue"))?;
+    Ok(Session {
+        connection,
+        channel,
+        consumer,
+    })
+}
+
+/// Declares the exchanges this child uses and its own durable queue.
+async fn declare(channel: &Channel, id: &uuid::Uuid) -> Result<(), SessionError> {
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    for (name, kind) in [
+        (topology::PARENT, ExchangeKind::Direct),
+        (topology::AGENTS, ExchangeKind::Direct),
+        (topology::DEAD, ExchangeKind::Fanout),
+    ] {
+        channel
+            .exchange_declare(name.into(), kind, durable, FieldTable::default())
+            .await
+            .map_err(amqp("declaring an exchange"))?;
+    }
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString(topology::DEAD.into()),
+    );
+    // The parent's queue too, so that a Hello sent before the parent ever
+    // started waits for it instead of being dropped as unroutable.
+    channel
+        .queue_declare(
+            topology::PARENT.into(),
+            QueueDeclareOptions::durable(),
+            args.clone(),
+        )
+        .await
+        .map_err(amqp("declaring fleetls.parent"))?;
+    channel
+        .queue_bind(
+            topology::PARENT.into(),
+            topology::PARENT.into(),
+            topology::PARENT.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(amqp("binding fleetls.parent"))?;
+    let queue = topology::agent_queue(id);
+    channel
+        .queue_declare(queue.as_str().into(), QueueDeclareOptions::durable(), args)
+        .await
+        .map_err(amqp("declaring this agent's queue"))?;
+    channel
+        .queue_bind(
+            queue.as_str().into(),
+            topology::AGENTS.into(),
+            id.to_string().as_str().into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(amqp("binding this agent's queue"))
+}
+
+impl Session {
+    async fn run(&self, agent: &Agent, mut shutdown: Shutdown) -> Result<(), SessionError> {
+        self.send(agent, agent.hello(), None).await?;
+        let mut ticker = tokio::time::interval(agent.config.heartbeat);
+        ticker.tick().await;
+        let mut consumer = self.consumer.clone();
+        loop {
+            tokio::select! {
+                _ = shutdown.wait() => return Ok(()),
+                _ = ticker.tick() => {
+                    let beat = Body::Heartbeat(Heartbeat { state: agent.report_state() });
+                    self.send(agent, beat, None).await?;
+                }
+                next = consumer.next() => {
+                    let delivery = next.ok_or(SessionError::Cancelled)?.map_err(amqp("consuming"))?;
+                    self.handle(agent, delivery).await?;
+                }
+            }
+        }
+    }
+
+    /// Publishes a message to the parent and waits for the broker's confirm.
+    async fn send(
+        &self,
+        agent: &Agent,
+        body: Body,
+        re: Option<uuid::Uuid>,
+    ) -> Result<(), SessionError> {
+        let mut envelope = Envelope::new(agent.identity.id, body);
+        envelope.re = re;
+        let payload = fleetls_proto::encode(&envelope).expect("fleetls messages always encode");
+        let mut props = BasicProperties::default()
+            .with_content_type(fleetls_proto::CONTENT_TYPE.into())
+            .with_type(envelope.body.kind().into())
+            .with_message_id(envelope.id.to_string().as_str().into())
+            .with_delivery_mode(2);
+        if let Some(re) = re {
+            props = props.with_correlation_id(re.to_string().as_str().into());
+        }
+        let confirm = self
+            .channel
+            .basic_publish(
+                topology::PARENT.into(),
+                topology::PARENT.into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                &payload,
+                props,
+            )
+            .await
+            .map_err(amqp("publishing to the parent"))?
+            .await
+            .map_err(amqp("waiting for a publisher confirm"))?;
+        if confirm.is_nack() || confirm.take_message().is_some() {
+            return Err(SessionError::Nacked);
+        }
+        Ok(())
+    }
+
+    /// Handles one command from the parent, then acks it.
+    async fn handle(&self, agent: &Agent, delivery: Delivery) -> Result<(), SessionError> {
+        match fleetls_proto::decode(&delivery.data) {
+            Ok(envelope) => {
+                let kind = envelope.body.kind();
+                warn!(kind, "command not supported by this agent version");
+                let refused = Refused {
+                    command: Some(envelope.id),
+                    kind: Some(kind.to_owned()),
+                    reason: format!("{kind} is not supported by this agent version"),
+                };
+                self.send(agent, Body::Refused(refused), Some(envelope.id))
+                    .await?;
+            }
+            Err(e) => {
+                warn!(error = %e, "a command could not be decoded");
+                let refused = Refused {
+                    command: delivery
+                        .properties
+                        .message_id()
+                        .as_ref()
+                        .and_then(|id| id.as_str().parse().ok()),
+                    kind: delivery.properties.kind().as_ref().map(|k| k.to_string()),
+                    reason: e.to_string(),
+                };
+                self.send(agent, Body::Refused(refused), None).await?;
+            }
+        }
+        delivery
+            .acker
+            .ack(BasicAckOptions::default())
+            .await
+            .map_err(amqp("acking a command"))?;
+        Ok(())
+    }
+}

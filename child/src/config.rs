@@ -1,0 +1,363 @@
+//! Configuration of `fleetls-child run`: flags (each also read from a
+//! `FLEETLS_*` environment variable) over a TOML file, checked into a
+//! [`RunConfig`] before anything runs.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use fleetls_proto::AgentKind;
+use serde::Deserialize;
+
+/// What is wrong with the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A required setting is missing.
+    #[error("missing setting {0}: give it as a flag, a FLEETLS_* variable or in the config file")]
+    Missing(&'static str),
+    /// A setting has a value that cannot be used.
+    #[error("invalid {name} {value:?}: {why}")]
+    Invalid {
+        /// The setting.
+        name: &'static str,
+        /// The value given.
+        value: String,
+        /// What is wrong and what to do.
+        why: String,
+    },
+    /// The config file cannot be read or parsed.
+    #[error("config file {path}: {why}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
+}
+
+/// The raw settings of `run`, as flags or as the config file's keys.
+#[derive(Debug, Default, Clone, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawRun {
+    /// AMQP URL of the broker, e.g. amqp://user:pass@host:5672/%2f
+    #[arg(long, env = "FLEETLS_BROKER")]
+    pub broker: Option<String>,
+    /// Folder for the identity, certificates and state
+    #[arg(long, env = "FLEETLS_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Display name of this agent (default: the one stored, else the host name)
+    #[arg(long, env = "FLEETLS_NAME")]
+    pub name: Option<String>,
+    /// child, local-parent or mpos
+    #[arg(long, env = "FLEETLS_KIND")]
+    pub kind: Option<String>,
+    /// The site this agent belongs to
+    #[arg(long, env = "FLEETLS_LOCATION")]
+    pub location: Option<String>,
+    /// DNS names of this machine, `;`-separated
+    #[arg(long, env = "FLEETLS_HOSTNAMES")]
+    pub hostnames: Option<String>,
+    /// IP addresses of this machine, `;`-separated
+    #[arg(long, env = "FLEETLS_IPS")]
+    pub ips: Option<String>,
+    /// Pinned CA fingerprint, sha256:HEX (otherwise the CA is trusted on first use)
+    #[arg(long, env = "FLEETLS_CA_FINGERPRINT")]
+    pub ca_fingerprint: Option<String>,
+    /// Seconds between heartbeats
+    #[arg(long, env = "FLEETLS_HEARTBEAT")]
+    pub heartbeat: Option<u64>,
+    /// Report this version instead of the real one (for tests of old agents)
+    #[arg(long, env = "FLEETLS_REPORT_VERSION", hide = true)]
+    pub report_version: Option<String>,
+}
+
+impl RawRun {
+    /// Fills every setting not given here from `other` (flags win over the file).
+    pub fn or(self, other: RawRun) -> RawRun {
+        RawRun {
+            broker: self.broker.or(other.broker),
+            data_dir: self.data_dir.or(other.data_dir),
+            name: self.name.or(other.name),
+            kind: self.kind.or(other.kind),
+            location: self.location.or(other.location),
+            hostnames: self.hostnames.or(other.hostnames),
+            ips: self.ips.or(other.ips),
+            ca_fingerprint: self.ca_fingerprint.or(other.ca_fingerprint),
+            heartbeat: self.heartbeat.or(other.heartbeat),
+            report_version: self.report_version.or(other.report_version),
+        }
+    }
+}
+
+/// Reads a TOML config file.
+pub fn read_file(path: &Path) -> Result<RawRun, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+        path: path.to_owned(),
+        why: e.to_string(),
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::File {
+        path: path.to_owned(),
+        why: e.to_string(),
+    })
+}
+
+/// The checked configuration of a child.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// AMQP URL of the broker.
+    pub broker: String,
+    /// Data folder.
+    pub data_dir: PathBuf,
+    /// Display name, if given (else the stored one).
+    pub name: Option<String>,
+    /// Kind.
+    pub kind: AgentKind,
+    /// Site.
+    pub location: Option<String>,
+    /// DNS names.
+    pub hostnames: Vec<String>,
+    /// IP addresses.
+    pub ips: Vec<IpAddr>,
+    /// Pinned CA fingerprint, lowercase `sha256:hex`.
+    pub ca_fingerprint: Option<String>,
+    /// Time between heartbeats.
+    pub heartbeat: Duration,
+    /// The version reported to the parent.
+    pub version: String,
+}
+
+impl RunConfig {
+    /// Checks raw settings.
+    pub fn from_raw(raw: RawRun) -> Result<RunConfig, ConfigError> {
+        let broker = raw.broker.ok_or(ConfigError::Missing("--broker"))?;
+        broker
+            .parse::<lapin::uri::AMQPUri>()
+            .map_err(|why| ConfigError::Invalid {
+                name: "--broker",
+                value: redact(&broker),
+                why: format!("{why}; expected amqp://user:pass@host:5672/%2f"),
+            })?;
+        let data_dir = raw.data_dir.ok_or(ConfigError::Missing("--data-dir"))?;
+        let kind = match raw.kind {
+            None => AgentKind::Child,
+            Some(k) => k.parse().map_err(|why| ConfigError::Invalid {
+                name: "--kind",
+                value: k.clone(),
+                why,
+            })?,
+        };
+        let hostnames = split_list(raw.hostnames.as_deref());
+        for name in &hostnames {
+            check_dns_name(name).map_err(|why| ConfigError::Invalid {
+                name: "--hostnames",
+                value: name.clone(),
+                why,
+            })?;
+        }
+        let mut ips = Vec::new();
+        for ip in split_list(raw.ips.as_deref()) {
+            ips.push(ip.parse().map_err(|_| ConfigError::Invalid {
+                name: "--ips",
+                value: ip.clone(),
+                why: "not an IPv4 or IPv6 address".into(),
+            })?);
+        }
+        let ca_fingerprint = match raw.ca_fingerprint {
+            None => None,
+            Some(f) => Some(parse_fingerprint(&f).ok_or_else(|| ConfigError::Invalid {
+                name: "--ca-fingerprint",
+                value: f.clone(),
+                why: "expected sha256: followed by 64 hex digits (colons allowed)".into(),
+            })?),
+        };
+        let heartbeat = raw.heartbeat.unwrap_or(10);
+        if heartbeat == 0 || heartbeat > 3600 {
+            return Err(ConfigError::Invalid {
+                name: "--heartbeat",
+                value: heartbeat.to_string(),
+                why: "must be between 1 and 3600 seconds".into(),
+            });
+        }
+        if let Some(name) = &raw.name {
+            if name.trim().is_empty() || name.len() > 200 {
+                return Err(ConfigError::Invalid {
+                    name: "--name",
+                    value: name.clone(),
+                    why: "must be 1 to 200 characters".into(),
+                });
+            }
+        }
+        Ok(RunConfig {
+            broker,
+            data_dir,
+            name: raw.name,
+            kind,
+            location: raw.location.filter(|l| !l.trim().is_empty()),
+            hostnames,
+            ips,
+            ca_fingerprint,
+            heartbeat: Duration::from_secs(heartbeat),
+            version: raw
+                .report_version
+                .unwrap_or_else(|| env!("CARGO_PKG_VERSION").to_owned()),
+        })
+    }
+}
+
+/// Splits a `;`-separated list, dropping blanks.
+pub fn split_list(value: Option<&str>) -> Vec<String> {
+    value
+        .unwrap_or("")
+        .split(';')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Checks DNS name syntax (RFC 1123 labels; a leading `*.` wildcard is refused).
+pub fn check_dns_name(name: &str) -> Result<(), String> {
+    if name.len() > 253 {
+        return Err("longer than 253 characters".into());
+    }
+    let name = name.strip_suffix('.').unwrap_or(name);
+    if name.is_empty() {
+        return Err("empty name".into());
+    }
+    for label in name.split('.') {
+        if label.is_empty() || label.len() > 63 {
+            return Err("each label must be 1 to 63 characters".into());
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err(format!("label {label:?} starts or ends with '-'"));
+        }
+        if !label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+            return Err(format!(
+                "label {label:?} may hold only letters, digits and '-'"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Normalises `sha256:AB:CD...` or `sha256:abcd...` to `sha256:abcd...`.
+pub fn parse_fingerprint(text: &str) -> Option<String> {
+    let hex = text.trim().strip_prefix("sha256:")?;
+    let hex: String = hex
+        .chars()
+        .filter(|c| *c != ':')
+        .collect::<String>()
+        .to_ascii_lowercase();
+    (hex.len() == 64 && hex.chars().all(|c| c.is_ascii_hexdigit())).then(|| format!("sha256:{hex}"))
+}
+
+/// The URL with any password replaced by `***`.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => match url[s + 3..at].find(':') {
+            Some(c) => format!("{}:***{}", &url[..s + 3 + c], &url[at..]),
+            None => url.to_owned(),
+        },
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw() -> RawRun {
+        RawRun {
+            broker: Some("amqp://guest:guest@127.0.0.1:5672/%2f".into()),
+            data_dir: Some("/tmp/c".into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn lists_and_defaults() {
+        let config = RunConfig::from_raw(RawRun {
+            hostnames: Some("till-1.shop; till-1 ;".into()),
+            ips: Some("10.0.0.5;::1".into()),
+            ..raw()
+        })
+        .unwrap();
+        assert_eq!(config.hostnames, vec!["till-1.shop", "till-1"]);
+        assert_eq!(config.ips.len(), 2);
+        assert_eq!(config.kind, AgentKind::Child);
+        assert_eq!(config.heartbeat, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn bad_values_name_the_setting() {
+        let cases = [
+            RawRun {
+                kind: Some("till".into()),
+                ..raw()
+            },
+            RawRun {
+                ips: Some("10.0.0.300".into()),
+                ..raw()
+            },
+            RawRun {
+                hostnames: Some("bad_name".into()),
+                ..raw()
+            },
+            RawRun {
+                ca_fingerprint: Some("md5:00".into()),
+                ..raw()
+            },
+            RawRun {
+                heartbeat: Some(0),
+                ..raw()
+            },
+            RawRun {
+                broker: Some("localhost".into()),
+                ..raw()
+            },
+        ];
+        for (case, flag) in cases.into_iter().zip([
+            "--kind",
+            "--ips",
+            "--hostnames",
+            "--ca-fingerprint",
+            "--heartbeat",
+            "--broker",
+        ]) {
+            let err = RunConfig::from_raw(case).unwrap_err().to_string();
+            assert!(err.contains(flag), "{flag}: {err}");
+        }
+        let err = RunConfig::from_raw(RawRun::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--broker"));
+    }
+
+    #[test]
+    fn fingerprints_normalise() {
+        let hex = "AB".repeat(32);
+        assert_eq!(
+            parse_fingerprint(&format!("sha256:{hex}")).unwrap(),
+            format!("sha256:{}", "ab".repeat(32))
+        );
+        let colons: Vec<&str> = std::iter::repeat_n("ab", 32).collect();
+        assert!(parse_fingerprint(&format!("sha256:{}", colons.join(":"))).is_some());
+        assert!(parse_fingerprint("sha256:abc").is_none());
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let file = RawRun {
+            name: Some("file".into()),
+            location: Some("x".into()),
+            ..raw()
+        };
+        let flags = RawRun {
+            name: Some("flag".into()),
+            ..Default::default()
+        };
+        let config = RunConfig::from_raw(flags.or(file)).unwrap();
+        assert_eq!(config.name.as_deref(), Some("flag"));
+        assert_eq!(config.location.as_deref(), Some("x"));
+    }
+}

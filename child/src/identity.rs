@@ -1,0 +1,162 @@
+//! What a child keeps in its data dir: its identity (made once, kept for
+//! ever) and its state in the migration. Every file is written whole to a
+//! temporary name and renamed, so a crash never leaves half a file.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// A data dir file that cannot be read or written.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {why}")]
+pub struct StoreError {
+    /// The file.
+    pub path: PathBuf,
+    /// What is wrong and what to do.
+    pub why: String,
+}
+
+/// Who this agent is: `identity.toml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Identity {
+    /// The agent id, made once.
+    pub id: Uuid,
+    /// Its display name.
+    pub name: String,
+}
+
+/// Where this agent stands: `state.toml`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    /// Agent traffic goes to the parent's SSL port over TLS.
+    #[serde(default)]
+    pub ssl: bool,
+    /// The broker connection is AMQPS, to this URL.
+    #[serde(default)]
+    pub broker_tls_uri: Option<String>,
+}
+
+/// Loads the identity, creating it on first start. A name given now
+/// replaces the stored one (the id never changes).
+pub fn load_or_create_identity(dir: &Path, name: Option<&str>) -> Result<Identity, StoreError> {
+    let path = dir.join("identity.toml");
+    let identity = match read_toml::<Identity>(&path)? {
+        Some(mut identity) => {
+            match name {
+                Some(name) if name != identity.name => identity.name = name.to_owned(),
+                _ => return Ok(identity),
+            }
+            identity
+        }
+        None => Identity {
+            id: Uuid::new_v4(),
+            name: name.map(str::to_owned).unwrap_or_else(default_name),
+        },
+    };
+    write_toml(&path, &identity, 0o644)?;
+    Ok(identity)
+}
+
+/// Loads the state (the default when there is none yet).
+pub fn load_state(dir: &Path) -> Result<State, StoreError> {
+    Ok(read_toml(&dir.join("state.toml"))?.unwrap_or_default())
+}
+
+/// Saves the state.
+pub fn save_state(dir: &Path, state: &State) -> Result<(), StoreError> {
+    write_toml(&dir.join("state.toml"), state, 0o644)
+}
+
+fn default_name() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "child".into())
+}
+
+fn read_toml<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, StoreError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => toml::from_str(&text).map(Some).map_err(|e| StoreError {
+            path: path.to_owned(),
+            why: format!("{e}; fix or remove the file"),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(StoreError {
+            path: path.to_owned(),
+            why: e.to_string(),
+        }),
+    }
+}
+
+fn write_toml<T: Serialize>(path: &Path, value: &T, mode: u32) -> Result<(), StoreError> {
+    let text = toml::to_string(value).map_err(|e| StoreError {
+        path: path.to_owned(),
+        why: e.to_string(),
+    })?;
+    write_atomic(path, text.as_bytes(), mode)
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename, with `mode`.
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StoreError> {
+    let err = |e: std::io::Error| StoreError {
+        path: path.to_owned(),
+        why: e.to_string(),
+    };
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(err)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(err)?;
+    file.write_all(bytes).map_err(err)?;
+    file.sync_all().map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_is_made_once_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = load_or_create_identity(dir.path(), Some("till-1")).unwrap();
+        let again = load_or_create_identity(dir.path(), None).unwrap();
+        assert_eq!(first, again);
+        let renamed = load_or_create_identity(dir.path(), Some("till-9")).unwrap();
+        assert_eq!((renamed.id, renamed.name.as_str()), (first.id, "till-9"));
+    }
+
+    #[test]
+    fn a_broken_identity_file_is_reported_not_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("identity.toml"), "id = 5").unwrap();
+        let err = load_or_create_identity(dir.path(), None).unwrap_err();
+        assert!(err.to_string().contains("identity.toml"), "{err}");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("identity.toml")).unwrap(),
+            "id = 5"
+        );
+    }
+
+    #[test]
+    fn state_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(load_state(dir.path()).unwrap(), State::default());
+        let state = State {
+            ssl: true,
+            broker_tls_uri: Some("amqps://h:5671".into()),
+        };
+        save_state(dir.path(), &state).unwrap();
+        assert_eq!(load_state(dir.path()).unwrap(), state);
+    }
+}

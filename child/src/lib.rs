@@ -1,0 +1,11 @@
+//! fleetls-child: a child agent of the network.
+//!
+//! It keeps an identity in its data dir, holds a durable queue on the broker,
+//! introduces itself to the parent and heartbeats, and — in later phases —
+//! makes its key and CSR, runs the two test steps and switches to TLS.
+//! [`agent::run`] is what the binary and the tests call.
+
+pub mod agent;
+pub mod config;
+pub mod identity;
+pub mod shutdown;

@@ -1,0 +1,68 @@
+//! `fleetls-child`: parses flags, sets up logging and calls the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use fleetls_child::config::{self, RawRun, RunConfig};
+
+/// A fleetls child agent: registers with the parent through RabbitMQ,
+/// heartbeats, and follows the parent through the switch to TLS.
+#[derive(Parser)]
+#[command(name = "fleetls-child", version)]
+struct Cli {
+    /// TOML config file (its keys are the flags of `run`)
+    #[arg(long, global = true, env = "FLEETLS_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent until SIGINT/SIGTERM.
+    Run(RawRun),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,lapin=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        match cli.command {
+            Command::Run(flags) => {
+                let file = match &cli.config {
+                    Some(path) => config::read_file(path),
+                    None => Ok(RawRun::default()),
+                };
+                let config = match file.and_then(|file| RunConfig::from_raw(flags.or(file))) {
+                    Ok(config) => config,
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return ExitCode::from(2);
+                    }
+                };
+                let shutdown = fleetls_child::shutdown::on_signals();
+                match fleetls_child::agent::run(config, shutdown).await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        ExitCode::FAILURE
+                    }
+                }
+            }
+        }
+    })
+}

@@ -1,0 +1,223 @@
+//! The parent's side of RabbitMQ: connecting (with backoff), declaring the
+//! design's topology, publishing with confirms, and dead-lettering.
+
+use std::time::Duration;
+
+use fleetls_proto::{topology, Envelope, CONTENT_TYPE};
+use lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+
+/// A failure talking to the broker.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// An AMQP operation failed.
+    #[error("{what}: {source}")]
+    Amqp {
+        /// What was being done.
+        what: &'static str,
+        /// The client's error.
+        #[source]
+        source: lapin::Error,
+    },
+    /// The broker refused (nacked) a published message.
+    #[error("the broker refused to store a message published to {0}")]
+    Nacked(String),
+    /// A message could not be encoded.
+    #[error(transparent)]
+    Encode(#[from] fleetls_proto::EncodeError),
+}
+
+/// Wraps a lapin error with what was being done.
+pub fn amqp(what: &'static str) -> impl FnOnce(lapin::Error) -> BrokerError {
+    move |source| BrokerError::Amqp { what, source }
+}
+
+/// Opens a named connection.
+pub async fn connect(url: &str, name: &str) -> Result<Connection, BrokerError> {
+    let properties = ConnectionProperties::default().with_connection_name(name.into());
+    Connection::connect(url, properties)
+        .await
+        .map_err(amqp("connecting to the broker"))
+}
+
+/// The delay before reconnect attempt `attempt` (0-based): exponential from
+/// 200 ms to 10 s, with full jitter so a fleet does not come back in step.
+pub fn backoff(attempt: u32) -> Duration {
+    let cap_ms = (200u64 << attempt.min(6)).min(10_000);
+    Duration::from_millis(cap_ms / 2 + rand::random_range(0..=cap_ms / 2))
+}
+
+/// Arguments every fleetls queue carries.
+pub fn queue_arguments() -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString(topology::DEAD.into()),
+    );
+    args
+}
+
+/// Declares the exchanges and queues of the design (idempotent).
+pub async fn declare_topology(channel: &Channel) -> Result<(), BrokerError> {
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    for (name, kind) in [
+        (topology::PARENT, ExchangeKind::Direct),
+        (topology::AGENTS, ExchangeKind::Direct),
+        (topology::DEAD, ExchangeKind::Fanout),
+    ] {
+        channel
+            .exchange_declare(name.into(), kind, durable, FieldTable::default())
+            .await
+            .map_err(amqp("declaring an exchange"))?;
+    }
+    let queue = QueueDeclareOptions::durable();
+    channel
+        .queue_declare(topology::DEAD.into(), queue, FieldTable::default())
+        .await
+        .map_err(amqp("declaring fleetls.dead"))?;
+    channel
+        .queue_bind(
+            topology::DEAD.into(),
+            topology::DEAD.into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(amqp("binding fleetls.dead"))?;
+    channel
+        .queue_declare(topology::PARENT.into(), queue, queue_arguments())
+        .await
+        .map_err(amqp("declaring fleetls.parent"))?;
+    channel
+        .queue_bind(
+            topology::PARENT.into(),
+            topology::PARENT.into(),
+            topology::PARENT.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(amqp("binding fleetls.parent"))?;
+    Ok(())
+}
+
+/// Declares a child's queue and binds it (the parent does it too, so that
+/// commands for a child that never connected yet wait in its queue).
+pub async fn declare_agent_queue(channel: &Channel, agent: &uuid::Uuid) -> Result<(), BrokerError> {
+    let queue = topology::agent_queue(agent);
+    channel
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions::durable(),
+            queue_arguments(),
+        )
+        .await
+        .map_err(amqp("declaring an agent queue"))?;
+    channel
+        .queue_bind(
+            queue.as_str().into(),
+            topology::AGENTS.into(),
+            agent.to_string().as_str().into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(amqp("binding an agent queue"))
+}
+
+/// A channel with publisher confirms on.
+pub async fn confirm_channel(connection: &Connection) -> Result<Channel, BrokerError> {
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(amqp("opening a channel"))?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(amqp("turning on publisher confirms"))?;
+    Ok(channel)
+}
+
+/// The AMQP properties of a fleetls message.
+pub fn properties(envelope: &Envelope, expiration: Option<Duration>) -> BasicProperties {
+    let mut props = BasicProperties::default()
+        .with_content_type(CONTENT_TYPE.into())
+        .with_type(envelope.body.kind().into())
+        .with_message_id(envelope.id.to_string().as_str().into())
+        .with_delivery_mode(2)
+        .with_timestamp(envelope.at / 1000);
+    if let Some(re) = envelope.re {
+        props = props.with_correlation_id(re.to_string().as_str().into());
+    }
+    if let Some(ttl) = expiration {
+        props = props.with_expiration(ttl.as_millis().to_string().as_str().into());
+    }
+    props
+}
+
+/// Publishes a message to one agent's queue and waits for the broker's confirm.
+pub async fn send_to_agent(
+    channel: &Channel,
+    agent: &uuid::Uuid,
+    envelope: &Envelope,
+    expiration: Option<Duration>,
+) -> Result<(), BrokerError> {
+    let payload = fleetls_proto::encode(envelope)?;
+    let confirm = channel
+        .basic_publish(
+            topology::AGENTS.into(),
+            agent.to_string().as_str().into(),
+            BasicPublishOptions::default(),
+            &payload,
+            properties(envelope, expiration),
+        )
+        .await
+        .map_err(amqp("publishing to an agent"))?
+        .await
+        .map_err(amqp("waiting for a publisher confirm"))?;
+    if confirm.is_nack() {
+        return Err(BrokerError::Nacked(topology::agent_queue(agent)));
+    }
+    Ok(())
+}
+
+/// Republishes a rejected delivery to `fleetls.dead` with its reason in the
+/// `x-fleetls-reason` header, and waits for the confirm. Only then may the
+/// caller ack the original: the message is never lost.
+pub async fn dead_letter(
+    channel: &Channel,
+    payload: &[u8],
+    original: &BasicProperties,
+    reason: &str,
+) -> Result<(), BrokerError> {
+    let mut headers = original.headers().clone().unwrap_or_default();
+    headers.insert(
+        topology::REASON_HEADER.into(),
+        AMQPValue::LongString(LongString::from(reason)),
+    );
+    let props = original.clone().with_headers(headers).with_delivery_mode(2);
+    let confirm = channel
+        .basic_publish(
+            topology::DEAD.into(),
+            ShortString::from(""),
+            BasicPublishOptions::default(),
+            payload,
+            props,
+        )
+        .await
+        .map_err(amqp("dead-lettering"))?
+        .await
+        .map_err(amqp("waiting for a dead-letter confirm"))?;
+    if confirm.is_nack() {
+        return Err(BrokerError::Nacked(topology::DEAD.into()));
+    }
+    Ok(())
+}

@@ -1,0 +1,162 @@
+//! The CLI side of the admin API: the operations call the serving parent.
+
+use std::path::PathBuf;
+
+use serde::de::DeserializeOwned;
+
+use crate::status::Status;
+
+/// Where the serving parent is and how to prove we may ask it.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AdminTarget {
+    /// Admin address of the serving parent
+    #[arg(long, env = "FLEETLS_ADMIN", default_value = crate::config::DEFAULT_ADMIN)]
+    pub admin: String,
+    /// The parent's data dir (its admin.token is read)
+    #[arg(long, env = "FLEETLS_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// The admin token file (instead of --data-dir)
+    #[arg(long, env = "FLEETLS_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+}
+
+/// A failed call to the admin API.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No token file was named.
+    #[error("no admin token: give --data-dir (of the parent) or --token-file")]
+    NoToken,
+    /// The token file cannot be read.
+    #[error("cannot read the admin token {path}: {source}")]
+    Token {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The parent did not answer.
+    #[error("cannot reach the parent's admin API at {addr}: {source} (is `fleetls-parent serve` running there?)")]
+    Unreachable {
+        /// The address.
+        addr: String,
+        /// The cause.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The parent answered with an error.
+    #[error("the parent refused: {0}")]
+    Refused(String),
+}
+
+/// A client of one serving parent.
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Client {
+    /// Reads the token and prepares the client.
+    pub fn new(target: &AdminTarget) -> Result<Client, ClientError> {
+        let path = match (&target.token_file, &target.data_dir) {
+            (Some(file), _) => file.clone(),
+            (None, Some(dir)) => crate::token::token_path(dir),
+            (None, None) => return Err(ClientError::NoToken),
+        };
+        let token =
+            crate::token::read(&path).map_err(|source| ClientError::Token { path, source })?;
+        Ok(Client {
+            http: reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(30))
+                .build()
+                .expect("an HTTP client without TLS always builds"),
+            base: format!("http://{}", target.admin),
+            token,
+        })
+    }
+
+    /// `GET path` and decode the JSON answer.
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(|source| self.unreachable(source))?;
+        self.decode(response).await
+    }
+
+    async fn decode<T: DeserializeOwned>(
+        &self,
+        response: reqwest::Response,
+    ) -> Result<T, ClientError> {
+        let status = response.status();
+        if !status.is_success() {
+            let body: serde_json::Value = response.json().await.unwrap_or_default();
+            let message = body
+                .get("error")
+                .and_then(|e| e.as_str())
+                .map(str::to_owned)
+                .unwrap_or_else(|| status.to_string());
+            return Err(ClientError::Refused(message));
+        }
+        response
+            .json()
+            .await
+            .map_err(|source| self.unreachable(source))
+    }
+
+    fn unreachable(&self, source: reqwest::Error) -> ClientError {
+        ClientError::Unreachable {
+            addr: self.base.clone(),
+            source,
+        }
+    }
+
+    /// The status view.
+    pub async fn status(&self) -> Result<Status, ClientError> {
+        self.get("/api/status").await
+    }
+}
+
+/// The status as a table for a terminal.
+pub fn status_table(status: &Status) -> String {
+    use std::fmt::Write;
+    let n = &status.network;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "network: {}   agents: {} ({} online, {} offline)   eligible: {}   with certificates: {}/{}   switched to SSL: {}",
+        n.phase, n.agents, n.online, n.offline, n.eligible, n.children_with_certificates, n.eligible, n.switched_to_ssl
+    );
+    let s = &status.summary;
+    let _ = writeln!(
+        out,
+        "summary: passed {}   with errors {}   did not participate {}   version not supporting SSL {}   mPOS {}",
+        s.passed, s.with_errors, s.did_not_participate, s.version_not_supporting_ssl, s.mpos
+    );
+    let _ = writeln!(
+        out,
+        "{:<24} {:<12} {:<9} {:<14} {:<8} {:<5} {:<5} {:<6} ID",
+        "NAME", "KIND", "VERSION", "LOCATION", "STATE", "CERT", "SSL", "AMQPS"
+    );
+    let yes = |b: bool| if b { "yes" } else { "-" };
+    for a in &status.agents {
+        let _ = writeln!(
+            out,
+            "{:<24} {:<12} {:<9} {:<14} {:<8} {:<5} {:<5} {:<6} {}",
+            a.name,
+            a.kind.as_str(),
+            a.version,
+            a.location.as_deref().unwrap_or("-"),
+            if a.online { "online" } else { "offline" },
+            yes(a.has_certificate),
+            yes(a.ssl),
+            yes(a.broker_tls),
+            a.id
+        );
+    }
+    out
+}

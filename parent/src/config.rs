@@ -1,0 +1,404 @@
+//! Configuration of `fleetls-parent serve`: flags (each also read from a
+//! `FLEETLS_*` environment variable) over a TOML file over defaults, checked
+//! into a [`ServeConfig`] before anything runs.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// What is wrong with the configuration; each names the setting and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A required setting is missing.
+    #[error("missing setting {0}: give it as a flag, a FLEETLS_* variable or in the config file")]
+    Missing(&'static str),
+    /// A setting has a value that cannot be used.
+    #[error("invalid {name} {value:?}: {why}")]
+    Invalid {
+        /// The setting.
+        name: &'static str,
+        /// The value given.
+        value: String,
+        /// What is wrong and what to do.
+        why: String,
+    },
+    /// The config file cannot be read or parsed.
+    #[error("config file {path}: {why}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
+}
+
+/// The raw settings of `serve`, as flags or as the config file's top level.
+#[derive(Debug, Default, Clone, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawServe {
+    /// AMQP URL of the broker, e.g. amqp://user:pass@host:5672/%2f
+    #[arg(long, env = "FLEETLS_BROKER")]
+    pub broker: Option<String>,
+    /// RabbitMQ management base URL, e.g. http://host:15672 (credentials may be in it)
+    #[arg(long, env = "FLEETLS_MANAGEMENT")]
+    pub management: Option<String>,
+    /// Management user (when not in the URL)
+    #[arg(long, env = "FLEETLS_MANAGEMENT_USER")]
+    pub management_user: Option<String>,
+    /// File holding the management password (when not in the URL)
+    #[arg(long, env = "FLEETLS_MANAGEMENT_PASSWORD_FILE")]
+    pub management_password_file: Option<PathBuf>,
+    /// Folder for the registry, the certificates and the admin token
+    #[arg(long, env = "FLEETLS_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address of the admin API and console (loopback by default)
+    #[arg(long, env = "FLEETLS_ADMIN")]
+    pub admin: Option<String>,
+    /// Seconds without a heartbeat after which a child counts as offline
+    #[arg(long, env = "FLEETLS_OFFLINE_AFTER")]
+    pub offline_after: Option<u64>,
+    /// Lowest child version that supports SSL, e.g. 1.0.0
+    #[arg(long, env = "FLEETLS_MIN_SSL_VERSION")]
+    pub min_ssl_version: Option<String>,
+    /// Number of child agents that can simultaneously perform remote actions
+    #[arg(long, env = "FLEETLS_WINDOW")]
+    pub window: Option<usize>,
+}
+
+impl RawServe {
+    /// Fills every setting not given here from `other` (flags win over the file).
+    pub fn or(self, other: RawServe) -> RawServe {
+        RawServe {
+            broker: self.broker.or(other.broker),
+            management: self.management.or(other.management),
+            management_user: self.management_user.or(other.management_user),
+            management_password_file: self
+                .management_password_file
+                .or(other.management_password_file),
+            data_dir: self.data_dir.or(other.data_dir),
+            admin: self.admin.or(other.admin),
+            offline_after: self.offline_after.or(other.offline_after),
+            min_ssl_version: self.min_ssl_version.or(other.min_ssl_version),
+            window: self.window.or(other.window),
+        }
+    }
+}
+
+/// Reads the top level of a TOML config file (unknown keys are an error).
+pub fn read_file(path: &Path) -> Result<RawServe, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+        path: path.to_owned(),
+        why: e.to_string(),
+    })?;
+    let table: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::File {
+        path: path.to_owned(),
+        why: e.to_string(),
+    })?;
+    // Tables ([ssl], ...) belong to other commands; the top level is `serve`'s.
+    let top: toml::Table = table.into_iter().filter(|(_, v)| !v.is_table()).collect();
+    top.try_into()
+        .map_err(|e: toml::de::Error| ConfigError::File {
+            path: path.to_owned(),
+            why: e.to_string(),
+        })
+}
+
+/// Credentials and address of RabbitMQ management.
+#[derive(Debug, Clone)]
+pub struct Management {
+    /// Base URL without credentials, no trailing slash.
+    pub base: String,
+    /// User name.
+    pub user: String,
+    /// Password (never logged).
+    pub password: String,
+}
+
+/// The checked configuration of a serving parent.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// AMQP URL of the broker.
+    pub broker: String,
+    /// RabbitMQ management, when given.
+    pub management: Option<Management>,
+    /// Data folder.
+    pub data_dir: PathBuf,
+    /// Admin API address.
+    pub admin: SocketAddr,
+    /// A child without heartbeat for this long is offline.
+    pub offline_after: Duration,
+    /// Lowest child version that supports SSL.
+    pub min_ssl_version: Version,
+    /// Most children acting at once in a campaign.
+    pub window: usize,
+}
+
+/// Default admin address.
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:12380";
+/// Default number of children acting at once.
+pub const DEFAULT_WINDOW: usize = 100;
+/// Default lowest SSL-capable child version.
+pub const DEFAULT_MIN_SSL_VERSION: &str = "1.0.0";
+
+impl ServeConfig {
+    /// Checks raw settings.
+    pub fn from_raw(raw: RawServe) -> Result<Self, ConfigError> {
+        let broker = raw.broker.ok_or(ConfigError::Missing("--broker"))?;
+        check_amqp_url("--broker", &broker)?;
+        let data_dir = raw.data_dir.ok_or(ConfigError::Missing("--data-dir"))?;
+        let admin_text = raw.admin.unwrap_or_else(|| DEFAULT_ADMIN.to_owned());
+        let admin: SocketAddr = admin_text.parse().map_err(|_| ConfigError::Invalid {
+            name: "--admin",
+            value: admin_text.clone(),
+            why: "expected IP:PORT, e.g. 127.0.0.1:12380".into(),
+        })?;
+        let offline_after = raw.offline_after.unwrap_or(30);
+        if offline_after == 0 {
+            return Err(ConfigError::Invalid {
+                name: "--offline-after",
+                value: "0".into(),
+                why: "must be at least 1 second".into(),
+            });
+        }
+        let version_text = raw
+            .min_ssl_version
+            .unwrap_or_else(|| DEFAULT_MIN_SSL_VERSION.to_owned());
+        let min_ssl_version =
+            Version::parse(&version_text).map_err(|why| ConfigError::Invalid {
+                name: "--min-ssl-version",
+                value: version_text.clone(),
+                why,
+            })?;
+        let window = raw.window.unwrap_or(DEFAULT_WINDOW);
+        if window == 0 {
+            return Err(ConfigError::Invalid {
+                name: "--window",
+                value: "0".into(),
+                why: "at least one child must be able to act".into(),
+            });
+        }
+        let management = match raw.management {
+            None => None,
+            Some(url) => Some(management(
+                &url,
+                raw.management_user,
+                raw.management_password_file.as_deref(),
+            )?),
+        };
+        Ok(ServeConfig {
+            broker,
+            management,
+            data_dir,
+            admin,
+            offline_after: Duration::from_secs(offline_after),
+            min_ssl_version,
+            window,
+        })
+    }
+}
+
+/// Checks that `value` is an AMQP URL lapin can use.
+pub fn check_amqp_url(name: &'static str, value: &str) -> Result<(), ConfigError> {
+    value
+        .parse::<lapin::uri::AMQPUri>()
+        .map(|_| ())
+        .map_err(|why| ConfigError::Invalid {
+            name,
+            value: redact(value),
+            why: format!("{why}; expected amqp://user:pass@host:5672/%2f"),
+        })
+}
+
+/// The URL with any password replaced by `***`, for messages and logs.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.find(':') {
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme + 3],
+                    &userinfo[..colon],
+                    &url[at..]
+                ),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+fn management(
+    url: &str,
+    user: Option<String>,
+    password_file: Option<&Path>,
+) -> Result<Management, ConfigError> {
+    let invalid = |why: &str| ConfigError::Invalid {
+        name: "--management",
+        value: redact(url),
+        why: why.to_owned(),
+    };
+    let rest = url
+        .strip_prefix("http://")
+        .map(|r| ("http://", r))
+        .or_else(|| url.strip_prefix("https://").map(|r| ("https://", r)))
+        .ok_or_else(|| invalid("expected http://host:15672"))?;
+    let (scheme, rest) = rest;
+    let (creds, hostpart) = match rest.rfind('@') {
+        Some(at) => (Some(&rest[..at]), &rest[at + 1..]),
+        None => (None, rest),
+    };
+    if hostpart.is_empty() {
+        return Err(invalid("no host in the URL"));
+    }
+    let (mut url_user, mut url_pass) = (None, None);
+    if let Some(creds) = creds {
+        let (u, p) = creds.split_once(':').unwrap_or((creds, ""));
+        url_user = Some(u.to_owned());
+        url_pass = Some(p.to_owned());
+    }
+    let file_pass = match password_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| ConfigError::Invalid {
+                    name: "--management-password-file",
+                    value: path.display().to_string(),
+                    why: e.to_string(),
+                })?
+                .trim()
+                .to_owned(),
+        ),
+        None => None,
+    };
+    let user = user
+        .or(url_user)
+        .ok_or_else(|| invalid("no user: put it in the URL or give --management-user"))?;
+    let password = file_pass.or(url_pass).ok_or_else(|| {
+        invalid("no password: put it in the URL or give --management-password-file")
+    })?;
+    Ok(Management {
+        base: format!("{scheme}{}", hostpart.trim_end_matches('/')),
+        user,
+        password,
+    })
+}
+
+/// A software version `MAJOR.MINOR.PATCH` (missing parts are 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Version(pub u64, pub u64, pub u64);
+
+impl Version {
+    /// Parses `1`, `1.2` or `1.2.3` (a `-suffix` is ignored).
+    pub fn parse(text: &str) -> Result<Version, String> {
+        let core = text.trim().split(['-', '+']).next().unwrap_or("");
+        let mut parts = [0u64; 3];
+        let pieces: Vec<&str> = core.split('.').collect();
+        if core.is_empty() || pieces.len() > 3 {
+            return Err("expected a version like 1.2.3".into());
+        }
+        for (slot, piece) in parts.iter_mut().zip(&pieces) {
+            *slot = piece
+                .parse()
+                .map_err(|_| format!("{piece:?} is not a number; expected a version like 1.2.3"))?;
+        }
+        Ok(Version(parts[0], parts[1], parts[2]))
+    }
+}
+
+impl std::fmt::Display for Version {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}.{}", self.0, self.1, self.2)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw() -> RawServe {
+        RawServe {
+            broker: Some("amqp://guest:guest@127.0.0.1:5672/%2f".into()),
+            data_dir: Some("/tmp/x".into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn defaults_fill_what_is_not_given() {
+        let config = ServeConfig::from_raw(raw()).unwrap();
+        assert_eq!(config.admin.to_string(), DEFAULT_ADMIN);
+        assert_eq!(config.window, DEFAULT_WINDOW);
+        assert_eq!(config.min_ssl_version, Version(1, 0, 0));
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let file = RawServe {
+            window: Some(7),
+            admin: Some("127.0.0.1:1".into()),
+            ..Default::default()
+        };
+        let cli = RawServe {
+            window: Some(3),
+            ..raw()
+        };
+        let config = ServeConfig::from_raw(cli.or(file)).unwrap();
+        assert_eq!(config.window, 3);
+        assert_eq!(config.admin.port(), 1);
+    }
+
+    #[test]
+    fn bad_values_name_the_setting() {
+        let bad_broker = RawServe {
+            broker: Some("http://nope".into()),
+            ..raw()
+        };
+        let err = ServeConfig::from_raw(bad_broker).unwrap_err().to_string();
+        assert!(err.contains("--broker"), "{err}");
+        let bad_admin = RawServe {
+            admin: Some("localhost".into()),
+            ..raw()
+        };
+        let err = ServeConfig::from_raw(bad_admin).unwrap_err().to_string();
+        assert!(err.contains("--admin") && err.contains("IP:PORT"), "{err}");
+        let err = ServeConfig::from_raw(RawServe {
+            window: Some(0),
+            ..raw()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("--window"), "{err}");
+        let err = ServeConfig::from_raw(RawServe::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--broker"), "{err}");
+    }
+
+    #[test]
+    fn management_credentials_come_from_the_url_or_a_file() {
+        let m = management("http://u:p@127.0.0.1:15672/", None, None).unwrap();
+        assert_eq!(
+            (m.base.as_str(), m.user.as_str(), m.password.as_str()),
+            ("http://127.0.0.1:15672", "u", "p")
+        );
+        let err = management("http://127.0.0.1:15672", None, None).unwrap_err();
+        assert!(err.to_string().contains("--management-user"));
+        assert!(management("ftp://x", None, None).is_err());
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(redact("amqp://u:secret@h:1/%2f"), "amqp://u:***@h:1/%2f");
+        assert_eq!(redact("amqp://h:1"), "amqp://h:1");
+    }
+
+    #[test]
+    fn versions_compare_numerically() {
+        assert!(Version::parse("1.10.0").unwrap() > Version::parse("1.9").unwrap());
+        assert_eq!(Version::parse("2").unwrap(), Version(2, 0, 0));
+        assert!(Version::parse("1.x").is_err());
+        assert!(Version::parse("").is_err());
+    }
+}

@@ -1,0 +1,18 @@
+//! fleetls-parent: the parent agent at headquarters.
+//!
+//! It keeps the registry of every child (SQLite), consumes `fleetls.parent`,
+//! serves the admin API on loopback, and — in later phases — runs the CA and
+//! the switchover campaigns. [`serve`] is what the binary and the tests call.
+
+pub mod admin;
+pub mod broker;
+pub mod client;
+pub mod config;
+pub mod registry;
+pub mod service;
+pub mod shutdown;
+pub mod status;
+pub mod token;
+
+pub use config::ServeConfig;
+pub use service::serve;

@@ -1,0 +1,366 @@
+//! The registry: every agent, what it reported and when it was last heard,
+//! in one SQLite file. Each batch of messages is written in one transaction
+//! before any of them is acked, and every message id is remembered so that a
+//! redelivered message changes nothing.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use fleetls_proto::{AgentKind, AgentState, Hello};
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+use uuid::Uuid;
+
+/// A registry failure.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// SQLite failed.
+    #[error("registry database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The database holds a value this build cannot read.
+    #[error("registry database holds an unreadable value: {0}")]
+    Corrupt(String),
+}
+
+/// One change to apply, from one message.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A child introduced itself.
+    Hello {
+        /// The message id (for idempotence).
+        message: Uuid,
+        /// The agent.
+        agent: Uuid,
+        /// When it sent it (ms).
+        at: u64,
+        /// What it said.
+        hello: Hello,
+    },
+    /// A child is alive.
+    Heartbeat {
+        /// The message id.
+        message: Uuid,
+        /// The agent.
+        agent: Uuid,
+        /// When it sent it (ms).
+        at: u64,
+        /// Its state.
+        state: AgentState,
+    },
+}
+
+impl Event {
+    fn message(&self) -> Uuid {
+        match self {
+            Event::Hello { message, .. } | Event::Heartbeat { message, .. } => *message,
+        }
+    }
+}
+
+/// An agent as the registry knows it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Agent {
+    /// Its id.
+    pub id: Uuid,
+    /// Display name.
+    pub name: String,
+    /// Kind.
+    pub kind: AgentKind,
+    /// Reported version.
+    pub version: String,
+    /// Site.
+    pub location: Option<String>,
+    /// DNS names it reported.
+    pub hostnames: Vec<String>,
+    /// IP addresses it reported.
+    pub ips: Vec<String>,
+    /// When it first registered (ms).
+    pub first_seen: u64,
+    /// When it was last heard (ms).
+    pub last_seen: u64,
+    /// It holds a certificate.
+    pub has_certificate: bool,
+    /// It is in SSL mode.
+    pub ssl: bool,
+    /// It says its broker connection is AMQPS.
+    pub broker_tls: bool,
+}
+
+/// The registry, shareable between tasks; calls block, so run them on a
+/// blocking thread when a batch is large.
+#[derive(Clone)]
+pub struct Registry {
+    db: Arc<Mutex<Connection>>,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS agents (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    version TEXT NOT NULL,
+    location TEXT,
+    hostnames TEXT NOT NULL,
+    ips TEXT NOT NULL,
+    key_fingerprint TEXT,
+    first_seen INTEGER NOT NULL,
+    last_seen INTEGER NOT NULL,
+    has_certificate INTEGER NOT NULL DEFAULT 0,
+    ssl INTEGER NOT NULL DEFAULT 0,
+    broker_tls INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS seen_messages (
+    id TEXT PRIMARY KEY,
+    at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS seen_messages_at ON seen_messages(at);
+";
+
+impl Registry {
+    /// Opens (creating if needed) the registry file.
+    pub fn open(path: &Path) -> Result<Registry, RegistryError> {
+        let db = Connection::open(path)?;
+        db.pragma_update(None, "journal_mode", "WAL")?;
+        db.pragma_update(None, "synchronous", "FULL")?;
+        db.busy_timeout(std::time::Duration::from_secs(5))?;
+        db.execute_batch(SCHEMA)?;
+        Ok(Registry {
+            db: Arc::new(Mutex::new(db)),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.db
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Applies a batch of events in one transaction; a message id already
+    /// applied is skipped. Returns how many were new.
+    pub fn apply(&self, events: &[Event]) -> Result<usize, RegistryError> {
+        let mut db = self.lock();
+        let tx = db.transaction()?;
+        let mut applied = 0;
+        for event in events {
+            let fresh = tx.execute(
+                "INSERT OR IGNORE INTO seen_messages (id, at) VALUES (?1, ?2)",
+                params![event.message().to_string(), fleetls_proto::now_ms() as i64],
+            )?;
+            if fresh == 0 {
+                continue;
+            }
+            applied += 1;
+            match event {
+                Event::Hello {
+                    agent, at, hello, ..
+                } => {
+                    tx.execute(
+                        "INSERT INTO agents (id, name, kind, version, location, hostnames, ips,
+                             key_fingerprint, first_seen, last_seen, has_certificate, ssl, broker_tls)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10, ?11, ?12)
+                         ON CONFLICT(id) DO UPDATE SET
+                             name = excluded.name, kind = excluded.kind,
+                             version = excluded.version, location = excluded.location,
+                             hostnames = excluded.hostnames, ips = excluded.ips,
+                             key_fingerprint = excluded.key_fingerprint,
+                             last_seen = max(agents.last_seen, excluded.last_seen),
+                             has_certificate = excluded.has_certificate,
+                             ssl = excluded.ssl, broker_tls = excluded.broker_tls",
+                        params![
+                            agent.to_string(),
+                            hello.name,
+                            hello.kind.as_str(),
+                            hello.version,
+                            hello.location,
+                            json_list(&hello.hostnames),
+                            json_list(&hello.ips),
+                            hello.key_fingerprint,
+                            *at as i64,
+                            hello.state.has_certificate,
+                            hello.state.ssl,
+                            hello.state.broker_tls,
+                        ],
+                    )?;
+                }
+                Event::Heartbeat {
+                    agent, at, state, ..
+                } => {
+                    tx.execute(
+                        "UPDATE agents SET last_seen = max(last_seen, ?2),
+                             has_certificate = ?3, ssl = ?4, broker_tls = ?5
+                         WHERE id = ?1",
+                        params![
+                            agent.to_string(),
+                            *at as i64,
+                            state.has_certificate,
+                            state.ssl,
+                            state.broker_tls
+                        ],
+                    )?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(applied)
+    }
+
+    /// Forgets message ids older than `age_ms` (a redelivery comes within minutes).
+    pub fn prune_seen(&self, age_ms: u64) -> Result<usize, RegistryError> {
+        let cutoff = fleetls_proto::now_ms().saturating_sub(age_ms) as i64;
+        Ok(self
+            .lock()
+            .execute("DELETE FROM seen_messages WHERE at < ?1", params![cutoff])?)
+    }
+
+    /// Every agent, ordered by name.
+    pub fn agents(&self) -> Result<Vec<Agent>, RegistryError> {
+        let db = self.lock();
+        let mut stmt = db.prepare_cached(
+            "SELECT id, name, kind, version, location, hostnames, ips, first_seen, last_seen,
+                    has_certificate, ssl, broker_tls
+             FROM agents ORDER BY name, id",
+        )?;
+        let rows = stmt.query_map([], row_to_agent)?;
+        let mut agents = Vec::new();
+        for row in rows {
+            agents.push(row??);
+        }
+        Ok(agents)
+    }
+
+    /// One agent.
+    pub fn agent(&self, id: &Uuid) -> Result<Option<Agent>, RegistryError> {
+        let db = self.lock();
+        let mut stmt = db.prepare_cached(
+            "SELECT id, name, kind, version, location, hostnames, ips, first_seen, last_seen,
+                    has_certificate, ssl, broker_tls
+             FROM agents WHERE id = ?1",
+        )?;
+        match stmt
+            .query_row(params![id.to_string()], row_to_agent)
+            .optional()?
+        {
+            Some(agent) => Ok(Some(agent?)),
+            None => Ok(None),
+        }
+    }
+}
+
+fn json_list(items: &[String]) -> String {
+    serde_json::to_string(items).unwrap_or_else(|_| "[]".into())
+}
+
+type RowResult = Result<Agent, RegistryError>;
+
+fn row_to_agent(row: &rusqlite::Row<'_>) -> rusqlite::Result<RowResult> {
+    let id: String = row.get(0)?;
+    let kind: String = row.get(2)?;
+    let hostnames: String = row.get(5)?;
+    let ips: String = row.get(6)?;
+    let parsed = (|| {
+        Ok(Agent {
+            id: id
+                .parse()
+                .map_err(|_| RegistryError::Corrupt(format!("agent id {id:?}")))?,
+            name: row.get(1)?,
+            kind: kind.parse().map_err(RegistryError::Corrupt)?,
+            version: row.get(3)?,
+            location: row.get(4)?,
+            hostnames: serde_json::from_str(&hostnames)
+                .map_err(|e| RegistryError::Corrupt(e.to_string()))?,
+            ips: serde_json::from_str(&ips).map_err(|e| RegistryError::Corrupt(e.to_string()))?,
+            first_seen: row.get::<_, i64>(7)? as u64,
+            last_seen: row.get::<_, i64>(8)? as u64,
+            has_certificate: row.get(9)?,
+            ssl: row.get(10)?,
+            broker_tls: row.get(11)?,
+        })
+    })();
+    Ok(parsed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hello(name: &str) -> Hello {
+        Hello {
+            name: name.into(),
+            kind: AgentKind::Child,
+            version: "1.0.0".into(),
+            location: Some("shop-1".into()),
+            hostnames: vec!["till-1.shop".into()],
+            ips: vec!["10.0.0.5".into()],
+            key_fingerprint: None,
+            state: AgentState::default(),
+        }
+    }
+
+    #[test]
+    fn hello_registers_and_duplicates_change_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Registry::open(&dir.path().join("fleetls.db")).unwrap();
+        let agent = Uuid::new_v4();
+        let message = Uuid::new_v4();
+        let event = Event::Hello {
+            message,
+            agent,
+            at: 1000,
+            hello: hello("till-1"),
+        };
+        assert_eq!(registry.apply(&[event.clone()]).unwrap(), 1);
+        assert_eq!(registry.apply(&[event]).unwrap(), 0);
+        let beat = Event::Heartbeat {
+            message: Uuid::new_v4(),
+            agent,
+            at: 5000,
+            state: AgentState {
+                has_certificate: true,
+                ..Default::default()
+            },
+        };
+        registry.apply(&[beat]).unwrap();
+        let late = Event::Heartbeat {
+            message: Uuid::new_v4(),
+            agent,
+            at: 3000,
+            state: AgentState {
+                has_certificate: true,
+                ..Default::default()
+            },
+        };
+        registry.apply(&[late]).unwrap();
+        let agents = registry.agents().unwrap();
+        assert_eq!(agents.len(), 1);
+        let a = &agents[0];
+        assert_eq!(
+            (
+                a.name.as_str(),
+                a.first_seen,
+                a.last_seen,
+                a.has_certificate
+            ),
+            ("till-1", 1000, 5000, true)
+        );
+        assert_eq!(a.location.as_deref(), Some("shop-1"));
+        assert_eq!(a.ips, vec!["10.0.0.5".to_string()]);
+    }
+
+    #[test]
+    fn registry_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fleetls.db");
+        let agent = Uuid::new_v4();
+        Registry::open(&path)
+            .unwrap()
+            .apply(&[Event::Hello {
+                message: Uuid::new_v4(),
+                agent,
+                at: 1,
+                hello: hello("bo-1"),
+            }])
+            .unwrap();
+        let again = Registry::open(&path).unwrap();
+        assert_eq!(again.agent(&agent).unwrap().unwrap().name, "bo-1");
+    }
+}

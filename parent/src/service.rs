@@ -1,0 +1,308 @@
+//! The serving parent: opens the registry, serves the admin API, and consumes
+//! `fleetls.parent` — reconnecting with backoff whenever the broker goes away —
+//! until it is asked to stop.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleetls_proto::{topology, Body, Envelope};
+use futures_lite::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection};
+use tracing::{debug, info, warn};
+
+use crate::broker::{self, amqp, BrokerError};
+use crate::config::ServeConfig;
+use crate::registry::{Event, Registry, RegistryError};
+use crate::shutdown::Shutdown;
+use crate::status::Status;
+
+/// Why the parent could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The data dir could not be prepared.
+    #[error("data dir {path}: {source}")]
+    DataDir {
+        /// The folder.
+        path: std::path::PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The registry failed.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// The admin address could not be bound.
+    #[error("cannot listen on the admin address {addr}: {source} (is another parent running? choose another with --admin)")]
+    AdminBind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What the parent's tasks share.
+pub struct App {
+    /// The checked configuration.
+    pub config: ServeConfig,
+    /// The registry.
+    pub registry: Registry,
+    /// The admin token (never logged).
+    pub token: String,
+}
+
+impl App {
+    /// The current status view.
+    pub fn status(&self) -> Result<Status, RegistryError> {
+        crate::status::compute(
+            &self.registry,
+            self.config.min_ssl_version,
+            self.config.offline_after.as_millis() as u64,
+        )
+    }
+}
+
+/// Most deliveries applied in one registry transaction.
+const BATCH: usize = 512;
+
+/// Runs the parent until `shutdown` fires. Returns the bound admin address
+/// through `ready` as soon as it listens (tests use port 0).
+pub async fn serve(
+    config: ServeConfig,
+    shutdown: Shutdown,
+    ready: Option<tokio::sync::oneshot::Sender<std::net::SocketAddr>>,
+) -> Result<(), ServeError> {
+    let data_dir = config.data_dir.clone();
+    create_private_dir(&data_dir).map_err(|source| ServeError::DataDir {
+        path: data_dir.clone(),
+        source,
+    })?;
+    let registry = Registry::open(&data_dir.join("fleetls.db"))?;
+    let token =
+        crate::token::load_or_create(&crate::token::token_path(&data_dir)).map_err(|source| {
+            ServeError::DataDir {
+                path: data_dir.clone(),
+                source,
+            }
+        })?;
+    let listener = tokio::net::TcpListener::bind(config.admin)
+        .await
+        .map_err(|source| ServeError::AdminBind {
+            addr: config.admin,
+            source,
+        })?;
+    let admin_addr = listener
+        .local_addr()
+        .map_err(|source| ServeError::AdminBind {
+            addr: config.admin,
+            source,
+        })?;
+    info!(admin = %admin_addr, data_dir = %data_dir.display(), "parent starting");
+    let app = Arc::new(App {
+        config,
+        registry,
+        token,
+    });
+    let admin = tokio::spawn(crate::admin::run(listener, app.clone(), shutdown.clone()));
+    if let Some(ready) = ready {
+        let _ = ready.send(admin_addr);
+    }
+    broker_loop(&app, shutdown.clone()).await;
+    match admin.await {
+        Ok(Err(e)) => warn!(error = %e, "admin server stopped with an error"),
+        Err(e) => warn!(error = %e, "admin server task failed"),
+        Ok(Ok(())) => {}
+    }
+    info!("parent stopped");
+    Ok(())
+}
+
+fn create_private_dir(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+}
+
+/// Connects, consumes, and reconnects after any broker failure until stopped.
+async fn broker_loop(app: &Arc<App>, mut shutdown: Shutdown) {
+    let mut attempt = 0u32;
+    while !shutdown.is_set() {
+        let session = tokio::select! {
+            _ = shutdown.wait() => break,
+            session = open_session(app) => session,
+        };
+        match session {
+            Ok((connection, channel, consumer)) => {
+                attempt = 0;
+                info!("connected to the broker, consuming {}", topology::PARENT);
+                let result = consume(app, &channel, consumer, shutdown.clone()).await;
+                if let Err(e) = &result {
+                    warn!(error = %e, "broker session ended; reconnecting");
+                }
+                let _ = connection.close(200, "parent stopping".into()).await;
+                if result.is_ok() {
+                    break;
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, attempt, "cannot reach the broker; retrying");
+            }
+        }
+        let delay = broker::backoff(attempt);
+        attempt = attempt.saturating_add(1);
+        tokio::select! {
+            _ = shutdown.wait() => break,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+async fn open_session(app: &App) -> Result<(Connection, Channel, lapin::Consumer), BrokerError> {
+    let connection = broker::connect(&app.config.broker, topology::PARENT_CONNECTION_NAME).await?;
+    let channel = broker::confirm_channel(&connection).await?;
+    broker::declare_topology(&channel).await?;
+    channel
+        .basic_qos(BATCH as u16 * 2, BasicQosOptions::default())
+        .await
+        .map_err(amqp("setting the prefetch"))?;
+    let consumer = channel
+        .basic_consume(
+            topology::PARENT.into(),
+            "fleetls-parent".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(amqp("consuming fleetls.parent"))?;
+    Ok((connection, channel, consumer))
+}
+
+/// Why a session ended.
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    #[error("the consumer was cancelled by the broker")]
+    Cancelled,
+    #[error("registry write failed, messages left unacked for redelivery: {0}")]
+    Registry(#[from] RegistryError),
+}
+
+/// Takes deliveries in batches: decode, dead-letter what is bad, write the
+/// rest in one transaction, then ack. Returns `Ok` only on shutdown.
+async fn consume(
+    app: &Arc<App>,
+    channel: &Channel,
+    mut consumer: lapin::Consumer,
+    mut shutdown: Shutdown,
+) -> Result<(), SessionError> {
+    let mut last_prune = std::time::Instant::now();
+    loop {
+        let first = tokio::select! {
+            _ = shutdown.wait() => return Ok(()),
+            next = consumer.next() => next,
+        };
+        let mut deliveries = vec![first
+            .ok_or(SessionError::Cancelled)?
+            .map_err(amqp("consuming"))?];
+        while deliveries.len() < BATCH {
+            match futures_lite::future::poll_once(consumer.next()).await {
+                Some(Some(delivery)) => deliveries.push(delivery.map_err(amqp("consuming"))?),
+                Some(None) => return Err(SessionError::Cancelled),
+                None => break,
+            }
+        }
+        handle_batch(app, channel, deliveries).await?;
+        if last_prune.elapsed() > Duration::from_secs(600) {
+            last_prune = std::time::Instant::now();
+            let registry = app.registry.clone();
+            let _ =
+                tokio::task::spawn_blocking(move || registry.prune_seen(24 * 3600 * 1000)).await;
+        }
+    }
+}
+
+async fn handle_batch(
+    app: &Arc<App>,
+    channel: &Channel,
+    deliveries: Vec<Delivery>,
+) -> Result<(), SessionError> {
+    let mut events = Vec::with_capacity(deliveries.len());
+    let mut to_ack = Vec::with_capacity(deliveries.len());
+    for delivery in deliveries {
+        match fleetls_proto::decode(&delivery.data) {
+            Ok(envelope) => match to_event(envelope) {
+                Ok(event) => {
+                    events.extend(event);
+                    to_ack.push(delivery);
+                }
+                Err(reason) => {
+                    broker::dead_letter(channel, &delivery.data, &delivery.properties, &reason)
+                        .await?;
+                    to_ack.push(delivery);
+                }
+            },
+            Err(e) => {
+                let reason = format!("{}: {e}", e.code());
+                debug!(reason = %reason, "dead-lettering a message");
+                broker::dead_letter(channel, &delivery.data, &delivery.properties, &reason).await?;
+                to_ack.push(delivery);
+            }
+        }
+    }
+    if !events.is_empty() {
+        let registry = app.registry.clone();
+        tokio::task::spawn_blocking(move || registry.apply(&events))
+            .await
+            .map_err(|e| RegistryError::Corrupt(format!("registry task failed: {e}")))??;
+    }
+    for delivery in to_ack {
+        delivery
+            .acker
+            .ack(BasicAckOptions::default())
+            .await
+            .map_err(amqp("acking"))?;
+    }
+    Ok(())
+}
+
+/// The registry change a message asks for (`None`: nothing to record), or
+/// why it must be dead-lettered.
+fn to_event(envelope: Envelope) -> Result<Option<Event>, String> {
+    let Envelope {
+        id, from, at, body, ..
+    } = envelope;
+    match body {
+        Body::Hello(hello) => Ok(Some(Event::Hello {
+            message: id,
+            agent: from,
+            at,
+            hello,
+        })),
+        Body::Heartbeat(beat) => Ok(Some(Event::Heartbeat {
+            message: id,
+            agent: from,
+            at,
+            state: beat.state,
+        })),
+        Body::CertificatesReady(_)
+        | Body::CertificateIssued(_)
+        | Body::CsrRejected(_)
+        | Body::RunStep(_)
+        | Body::UseSsl(_)
+        | Body::UseBrokerTls(_) => Err(format!(
+            "wrong_direction: {} is a parent → child message and cannot be sent to the parent",
+            body.kind()
+        )),
+        other => {
+            debug!(kind = other.kind(), agent = %from, "message not handled in this phase");
+            Ok(None)
+        }
+    }
+}

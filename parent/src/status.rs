@@ -1,0 +1,160 @@
+//! The status view: the network's phase and counters, the campaign summary
+//! and every agent, computed from the registry. `GET /api/status` serves it
+//! and `fleetls-parent status` prints it.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::config::Version;
+use crate::registry::{Agent, Registry, RegistryError};
+use fleetls_proto::AgentKind;
+
+/// What `status --json` prints.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Status {
+    /// Where the network stands and its counters.
+    pub network: Network,
+    /// The figures of the last campaign.
+    pub summary: Summary,
+    /// Every agent.
+    pub agents: Vec<AgentStatus>,
+}
+
+/// The network's phase and counters.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Network {
+    /// `plain`, `certificates`, `ssl` or `broker-tls`.
+    pub phase: String,
+    /// Registered agents.
+    pub agents: usize,
+    /// Agents heard from recently.
+    pub online: usize,
+    /// Agents not heard from recently.
+    pub offline: usize,
+    /// Children that can take part (SSL-capable and not mPOS).
+    pub eligible: usize,
+    /// Children holding a certificate.
+    pub children_with_certificates: usize,
+    /// Children switched to SSL.
+    pub switched_to_ssl: usize,
+    /// Children whose broker connection is AMQPS (by their own report).
+    pub broker_tls: usize,
+    /// The lowest SSL-capable version.
+    pub min_ssl_version: String,
+}
+
+/// The campaign summary (every figure a query over the registry).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Summary {
+    /// Properly passed.
+    pub passed: usize,
+    /// Finished with errors.
+    pub with_errors: usize,
+    /// Did not participate (offline, silent, timed out).
+    pub did_not_participate: usize,
+    /// Version not supporting SSL.
+    pub version_not_supporting_ssl: usize,
+    /// mPOS devices (certificate by export).
+    pub mpos: usize,
+}
+
+/// One agent in the status list.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AgentStatus {
+    /// Its id.
+    pub id: Uuid,
+    /// Display name.
+    pub name: String,
+    /// Kind.
+    pub kind: AgentKind,
+    /// Reported version.
+    pub version: String,
+    /// Site.
+    pub location: Option<String>,
+    /// DNS names.
+    pub hostnames: Vec<String>,
+    /// IP addresses.
+    pub ips: Vec<String>,
+    /// Heard from recently.
+    pub online: bool,
+    /// Last heard (ms since the epoch).
+    pub last_seen: u64,
+    /// Its version supports SSL.
+    pub ssl_capable: bool,
+    /// Holds a certificate.
+    pub has_certificate: bool,
+    /// In SSL mode.
+    pub ssl: bool,
+    /// Broker connection is AMQPS.
+    pub broker_tls: bool,
+    /// The last test result, if any.
+    pub last_result: Option<serde_json::Value>,
+}
+
+/// Computes the status from the registry.
+pub fn compute(
+    registry: &Registry,
+    min_ssl_version: Version,
+    offline_after_ms: u64,
+) -> Result<Status, RegistryError> {
+    let now = fleetls_proto::now_ms();
+    let agents = registry.agents()?;
+    let list: Vec<AgentStatus> = agents
+        .into_iter()
+        .map(|a| view(a, min_ssl_version, now, offline_after_ms))
+        .collect();
+    let count = |f: &dyn Fn(&AgentStatus) -> bool| list.iter().filter(|a| f(a)).count();
+    let eligible = |a: &AgentStatus| a.ssl_capable && a.kind != AgentKind::Mpos;
+    let online = count(&|a| a.online);
+    let with_certs = count(&|a| eligible(a) && a.has_certificate);
+    let switched = count(&|a| a.ssl);
+    let broker_tls = count(&|a| a.broker_tls);
+    let phase = if !list.is_empty() && broker_tls == list.len() {
+        "broker-tls"
+    } else if switched > 0 {
+        "ssl"
+    } else if with_certs > 0 {
+        "certificates"
+    } else {
+        "plain"
+    };
+    Ok(Status {
+        network: Network {
+            phase: phase.into(),
+            agents: list.len(),
+            online,
+            offline: list.len() - online,
+            eligible: count(&eligible),
+            children_with_certificates: with_certs,
+            switched_to_ssl: switched,
+            broker_tls,
+            min_ssl_version: min_ssl_version.to_string(),
+        },
+        summary: Summary {
+            version_not_supporting_ssl: count(&|a| !a.ssl_capable),
+            mpos: count(&|a| a.kind == AgentKind::Mpos && a.ssl_capable),
+            ..Summary::default()
+        },
+        agents: list,
+    })
+}
+
+fn view(agent: Agent, min: Version, now: u64, offline_after_ms: u64) -> AgentStatus {
+    let ssl_capable = Version::parse(&agent.version).is_ok_and(|v| v >= min);
+    AgentStatus {
+        id: agent.id,
+        online: now.saturating_sub(agent.last_seen) < offline_after_ms,
+        last_seen: agent.last_seen,
+        ssl_capable,
+        name: agent.name,
+        kind: agent.kind,
+        version: agent.version,
+        location: agent.location,
+        hostnames: agent.hostnames,
+        ips: agent.ips,
+        has_certificate: agent.has_certificate,
+        ssl: agent.ssl,
+        broker_tls: agent.broker_tls,
+        last_result: None,
+    }
+}

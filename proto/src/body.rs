@@ -1,0 +1,383 @@
+//! The v1 message bodies: what a child tells the parent and what the parent
+//! asks of a child.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// What kind of agent a child is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AgentKind {
+    /// An ordinary child agent (till, back office, warehouse).
+    Child,
+    /// A child that also serves TLS to the children of its location.
+    LocalParent,
+    /// A mobile device: cannot run the test, gets its certificate by export.
+    Mpos,
+}
+
+impl AgentKind {
+    /// The name used on the command line, in the registry and in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentKind::Child => "child",
+            AgentKind::LocalParent => "local-parent",
+            AgentKind::Mpos => "mpos",
+        }
+    }
+}
+
+impl std::fmt::Display for AgentKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for AgentKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "child" => Ok(AgentKind::Child),
+            "local-parent" => Ok(AgentKind::LocalParent),
+            "mpos" => Ok(AgentKind::Mpos),
+            other => Err(format!(
+                "unknown agent kind {other:?}: use child, local-parent or mpos"
+            )),
+        }
+    }
+}
+
+/// The two steps of the SSL switchover test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Step {
+    /// Step 1, "certificate generation": load and check CA, key and chain.
+    CertTest,
+    /// Step 2, "connection over the SSL port": a full TLS handshake.
+    SslPort,
+}
+
+/// What a child is asked to do in one step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StepSpec {
+    /// Load and check its certificates and build a TLS client config.
+    CertTest,
+    /// Handshake with its client certificate to this host and port.
+    SslPort {
+        /// Host name or address to connect to (also the name checked in the certificate).
+        host: String,
+        /// Port to connect to.
+        port: u16,
+    },
+}
+
+impl StepSpec {
+    /// Which step this is.
+    pub fn step(&self) -> Step {
+        match self {
+            StepSpec::CertTest => Step::CertTest,
+            StepSpec::SslPort { .. } => Step::SslPort,
+        }
+    }
+}
+
+/// Why a step failed, machine-readable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Cause {
+    /// The host name did not resolve.
+    Dns,
+    /// The port refused the connection.
+    Refused,
+    /// Nothing answered in time.
+    Timeout,
+    /// The peer's certificate does not chain to the trusted CA.
+    UnknownIssuer,
+    /// The peer's certificate does not name the host connected to.
+    NameMismatch,
+    /// A certificate is expired or not yet valid.
+    Expired,
+    /// The server refused the client certificate.
+    ClientCertRejected,
+    /// The agent has no (usable) certificate.
+    NoCertificate,
+    /// Anything else.
+    Other,
+}
+
+impl Cause {
+    /// The name used in reports and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cause::Dns => "dns",
+            Cause::Refused => "refused",
+            Cause::Timeout => "timeout",
+            Cause::UnknownIssuer => "unknown_issuer",
+            Cause::NameMismatch => "name_mismatch",
+            Cause::Expired => "expired",
+            Cause::ClientCertRejected => "client_cert_rejected",
+            Cause::NoCertificate => "no_certificate",
+            Cause::Other => "other",
+        }
+    }
+}
+
+/// How an agent authenticates to the broker over AMQPS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BrokerAuth {
+    /// User name and password, as on the plain connection.
+    Plain,
+    /// SASL EXTERNAL: the client certificate is the identity.
+    External,
+}
+
+/// Every message body of protocol v1.
+///
+/// On the wire a body is a one-entry map from its kind name to its fields, and
+/// the kind name is also the AMQP `type` property.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Body {
+    // ---- child → parent ----
+    /// A child introduces itself (on every connect).
+    Hello(Hello),
+    /// A child is alive.
+    Heartbeat(Heartbeat),
+    /// A child asks for a certificate.
+    Csr(Csr),
+    /// The result of one test step.
+    StepReport(StepReport),
+    /// The result of "Use SSL connection".
+    SwitchReport(SwitchReport),
+    /// The result of "Use SSL connection for RabbitMQ".
+    BrokerSwitchReport(BrokerSwitchReport),
+    /// A command the child could not decode or obey.
+    Refused(Refused),
+    // ---- parent → child ----
+    /// The CA is ready: check it and send a CSR.
+    CertificatesReady(CertificatesReady),
+    /// The signed certificate chain.
+    CertificateIssued(CertificateIssued),
+    /// The CSR was refused.
+    CsrRejected(CsrRejected),
+    /// Run one test step.
+    RunStep(RunStep),
+    /// Switch agent traffic to TLS.
+    UseSsl(UseSsl),
+    /// Move the broker connection to AMQPS.
+    UseBrokerTls(UseBrokerTls),
+}
+
+impl Body {
+    /// The kind name of this body (the AMQP `type` property).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Body::Hello(_) => "Hello",
+            Body::Heartbeat(_) => "Heartbeat",
+            Body::Csr(_) => "Csr",
+            Body::StepReport(_) => "StepReport",
+            Body::SwitchReport(_) => "SwitchReport",
+            Body::BrokerSwitchReport(_) => "BrokerSwitchReport",
+            Body::Refused(_) => "Refused",
+            Body::CertificatesReady(_) => "CertificatesReady",
+            Body::CertificateIssued(_) => "CertificateIssued",
+            Body::CsrRejected(_) => "CsrRejected",
+            Body::RunStep(_) => "RunStep",
+            Body::UseSsl(_) => "UseSsl",
+            Body::UseBrokerTls(_) => "UseBrokerTls",
+        }
+    }
+}
+
+/// Every body kind name this build knows.
+pub const KINDS: &[&str] = &[
+    "Hello",
+    "Heartbeat",
+    "Csr",
+    "StepReport",
+    "SwitchReport",
+    "BrokerSwitchReport",
+    "Refused",
+    "CertificatesReady",
+    "CertificateIssued",
+    "CsrRejected",
+    "RunStep",
+    "UseSsl",
+    "UseBrokerTls",
+];
+
+/// A child introduces itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Its display name.
+    pub name: String,
+    /// What kind of agent it is.
+    pub kind: AgentKind,
+    /// Its software version (compared with `min_ssl_version`).
+    pub version: String,
+    /// The site it belongs to.
+    #[serde(default)]
+    pub location: Option<String>,
+    /// DNS names of its machine.
+    #[serde(default)]
+    pub hostnames: Vec<String>,
+    /// IP addresses of its machine.
+    #[serde(default)]
+    pub ips: Vec<String>,
+    /// SHA-256 fingerprint of its current certificate's public key, if it has one.
+    #[serde(default)]
+    pub key_fingerprint: Option<String>,
+    /// Where it stands in the migration.
+    #[serde(default)]
+    pub state: AgentState,
+}
+
+/// Where a child stands in the migration, as it reports it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentState {
+    /// It holds a certificate issued by the parent.
+    #[serde(default)]
+    pub has_certificate: bool,
+    /// It talks to the parent's SSL port over TLS.
+    #[serde(default)]
+    pub ssl: bool,
+    /// Its broker connection is AMQPS.
+    #[serde(default)]
+    pub broker_tls: bool,
+}
+
+/// A child is alive.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// Where it stands in the migration.
+    #[serde(default)]
+    pub state: AgentState,
+}
+
+/// A certificate signing request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Csr {
+    /// The PKCS#10 request, PEM.
+    pub pem: String,
+}
+
+/// The result of one test step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepReport {
+    /// The campaign the step belongs to.
+    pub campaign: Uuid,
+    /// Which step.
+    pub step: Step,
+    /// Whether it passed.
+    pub ok: bool,
+    /// The message shown to the operator.
+    pub message: String,
+    /// Why it failed.
+    #[serde(default)]
+    pub cause: Option<Cause>,
+}
+
+/// The result of "Use SSL connection".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwitchReport {
+    /// The campaign.
+    pub campaign: Uuid,
+    /// Whether the child is now in SSL mode.
+    pub ok: bool,
+    /// The message shown to the operator.
+    pub message: String,
+}
+
+/// The result of "Use SSL connection for RabbitMQ".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BrokerSwitchReport {
+    /// The campaign.
+    pub campaign: Uuid,
+    /// Whether the connection this report travels on is AMQPS.
+    pub tls: bool,
+    /// The TLS protocol version in use, e.g. `TLSv1.3`.
+    #[serde(default)]
+    pub protocol: Option<String>,
+    /// Why the child stayed on plain AMQP.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// A command the child could not decode or obey.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refused {
+    /// The id of the refused message, when it could be read.
+    #[serde(default)]
+    pub command: Option<Uuid>,
+    /// Its kind, when it could be read.
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// Why it was refused.
+    pub reason: String,
+}
+
+/// The CA is ready: check it and send a CSR.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertificatesReady {
+    /// The CA chain, PEM, root last.
+    pub ca_chain_pem: String,
+    /// `sha256:HEX` of the root CA certificate (DER).
+    pub ca_fingerprint: String,
+    /// The SSL port host to test against.
+    pub ssl_host: String,
+    /// The SSL port to test against.
+    pub ssl_port: u16,
+}
+
+/// The signed certificate chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertificateIssued {
+    /// The chain, PEM, leaf first.
+    pub chain_pem: String,
+    /// The serial number, hex.
+    pub serial: String,
+    /// End of validity, seconds since the Unix epoch.
+    pub not_after: i64,
+}
+
+/// The CSR was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CsrRejected {
+    /// Why.
+    pub reason: String,
+}
+
+/// Run one test step before the deadline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunStep {
+    /// The campaign.
+    pub campaign: Uuid,
+    /// What to do.
+    pub step: StepSpec,
+    /// Milliseconds since the Unix epoch after which the result no longer counts.
+    pub deadline: u64,
+}
+
+/// Switch agent traffic to the parent's SSL port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UseSsl {
+    /// The campaign.
+    pub campaign: Uuid,
+}
+
+/// Move the broker connection to AMQPS.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UseBrokerTls {
+    /// The campaign.
+    pub campaign: Uuid,
+    /// The `amqps://` address to move to.
+    pub uri: String,
+    /// The CA that the broker's certificate must chain to, PEM.
+    pub ca_pem: String,
+    /// Milliseconds since the Unix epoch by which the move must be done.
+    pub deadline: u64,
+    /// How to authenticate.
+    pub auth: BrokerAuth,
+}

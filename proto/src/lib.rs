@@ -1,0 +1,95 @@
+//! The fleetls wire protocol: one envelope, a body per message kind, MessagePack
+//! with named fields so that a newer peer can add fields an older one ignores.
+//!
+//! This crate has no runtime and no broker client: it turns messages into bytes
+//! and bytes into messages, and decoding never panics. A payload that is not
+//! MessagePack, is cut short, carries a protocol version this build does not
+//! speak or a body kind it does not know each gives its own [`DecodeError`].
+
+#![deny(missing_docs)]
+
+mod body;
+mod codec;
+
+pub use body::*;
+pub use codec::{decode, encode, peek_kind, DecodeError, EncodeError};
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// The protocol version this build speaks and writes into every envelope.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// The AMQP `content_type` of every fleetls message.
+pub const CONTENT_TYPE: &str = "application/msgpack";
+
+/// Names of the broker objects of the design's topology.
+pub mod topology {
+    /// Exchange (direct) and queue for every child → parent message.
+    pub const PARENT: &str = "fleetls.parent";
+    /// Exchange (direct, routing key = agent id) for parent → child messages.
+    pub const AGENTS: &str = "fleetls.agents";
+    /// Exchange (fanout) and queue for rejected messages.
+    pub const DEAD: &str = "fleetls.dead";
+    /// Header naming why a message was dead-lettered.
+    pub const REASON_HEADER: &str = "x-fleetls-reason";
+
+    /// The durable queue of one agent.
+    pub fn agent_queue(id: &uuid::Uuid) -> String {
+        format!("fleetls.agent.{id}")
+    }
+
+    /// The AMQP connection name of a child, as RabbitMQ management shows it.
+    pub fn child_connection_name(id: &uuid::Uuid) -> String {
+        format!("fleetls-child:{id}")
+    }
+
+    /// The AMQP connection name of the parent.
+    pub const PARENT_CONNECTION_NAME: &str = "fleetls-parent";
+}
+
+/// One message on the wire: who sent it, when, in reply to what, and its body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Protocol version; a receiver refuses a version it does not speak.
+    pub v: u16,
+    /// Unique id of this message; handlers are idempotent by it.
+    pub id: Uuid,
+    /// The message this one answers, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub re: Option<Uuid>,
+    /// The agent that sent it.
+    pub from: Uuid,
+    /// When it was sent, in milliseconds since the Unix epoch.
+    pub at: u64,
+    /// What it says.
+    pub body: Body,
+}
+
+impl Envelope {
+    /// A new envelope of the current protocol version with a fresh id, stamped now.
+    pub fn new(from: Uuid, body: Body) -> Self {
+        Self {
+            v: PROTOCOL_VERSION,
+            id: Uuid::new_v4(),
+            re: None,
+            from,
+            at: now_ms(),
+            body,
+        }
+    }
+
+    /// The same envelope marked as an answer to `re`.
+    pub fn in_reply_to(mut self, re: Uuid) -> Self {
+        self.re = Some(re);
+        self
+    }
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
