@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleetls_proto::{topology, AgentState, Body, Envelope, Heartbeat, Hello, Refused};
+use fleetls_proto::{topology, AgentState, Body, Csr, Envelope, Heartbeat, Hello, Refused};
 use futures_lite::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
@@ -16,6 +16,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use tracing::{info, warn};
 
+use crate::certs::CertStore;
 use crate::config::RunConfig;
 use crate::identity::{self, Identity, State, StoreError};
 use crate::shutdown::Shutdown;
@@ -81,7 +82,7 @@ impl Agent {
     fn report_state(&self) -> AgentState {
         let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         AgentState {
-            has_certificate: self.config.data_dir.join("certs/agent.pem").exists(),
+            has_certificate: CertStore::new(&self.config.data_dir).has_certificate(),
             ssl: state.ssl,
             broker_tls: state.broker_tls_uri.is_some(),
         }
@@ -314,19 +315,75 @@ impl Session {
         Ok(())
     }
 
+    /// Carries out one command. The inner `Err` is a refusal to report.
+    async fn obey(
+        &self,
+        agent: &Agent,
+        envelope: Envelope,
+    ) -> Result<Result<(), String>, SessionError> {
+        let store = CertStore::new(&agent.config.data_dir);
+        match envelope.body {
+            Body::CertificatesReady(ready) => {
+                let csr = store.prepare_csr(
+                    &ready,
+                    agent.config.ca_fingerprint.as_deref(),
+                    agent.identity.id,
+                    agent.config.kind,
+                    &agent.config.hostnames,
+                    &agent.config.ips,
+                );
+                match csr {
+                    Ok(Some(pem)) => {
+                        self.send(agent, Body::Csr(Csr { pem }), Some(envelope.id))
+                            .await?;
+                    }
+                    Ok(None) => self.send_state(agent).await?,
+                    Err(reason) => return Ok(Err(reason)),
+                }
+            }
+            Body::CertificateIssued(issued) => {
+                if let Err(reason) = store.install(&issued) {
+                    return Ok(Err(reason));
+                }
+                self.send_state(agent).await?;
+            }
+            Body::CsrRejected(rejected) => {
+                warn!(reason = %rejected.reason, "the parent refused this agent's CSR");
+                store.forget_pending();
+            }
+            other => {
+                return Ok(Err(format!(
+                    "{} is not supported by this agent version",
+                    other.kind()
+                )))
+            }
+        }
+        Ok(Ok(()))
+    }
+
+    /// Sends a heartbeat now, so the parent's counters follow at once.
+    async fn send_state(&self, agent: &Agent) -> Result<(), SessionError> {
+        let beat = Body::Heartbeat(Heartbeat {
+            state: agent.report_state(),
+        });
+        self.send(agent, beat, None).await
+    }
+
     /// Handles one command from the parent, then acks it.
     async fn handle(&self, agent: &Agent, delivery: Delivery) -> Result<(), SessionError> {
         match fleetls_proto::decode(&delivery.data) {
             Ok(envelope) => {
+                let id = envelope.id;
                 let kind = envelope.body.kind();
-                warn!(kind, "command not supported by this agent version");
-                let refused = Refused {
-                    command: Some(envelope.id),
-                    kind: Some(kind.to_owned()),
-                    reason: format!("{kind} is not supported by this agent version"),
-                };
-                self.send(agent, Body::Refused(refused), Some(envelope.id))
-                    .await?;
+                if let Err(reason) = self.obey(agent, envelope).await? {
+                    warn!(kind, reason = %reason, "command refused");
+                    let refused = Refused {
+                        command: Some(id),
+                        kind: Some(kind.to_owned()),
+                        reason,
+                    };
+                    self.send(agent, Body::Refused(refused), Some(id)).await?;
+                }
             }
             Err(e) => {
                 warn!(error = %e, "a command could not be decoded");

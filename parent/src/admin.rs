@@ -7,16 +7,22 @@ use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 
+use crate::ops::{self, OpError};
 use crate::service::App;
+use crate::settings::SettingsChange;
 use crate::shutdown::Shutdown;
 
 /// Builds the admin router.
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/api/status", get(status))
+        .route("/api/settings", get(settings_show).post(settings_set))
+        .route("/api/certs/generate", post(certs_generate))
+        .route("/api/certs/send", post(certs_send))
+        .route("/api/certs/reset", post(certs_reset))
         .route_layer(middleware::from_fn_with_state(app.clone(), require_token))
         .with_state(app)
 }
@@ -61,6 +67,67 @@ async fn status(State(app): State<Arc<App>>) -> Result<Json<crate::status::Statu
         .map_err(|e| ApiError::internal(e.to_string()))?
         .map_err(|e| ApiError::internal(e.to_string()))?;
     Ok(Json(status))
+}
+
+async fn blocking<T: Send + 'static>(
+    app: &Arc<App>,
+    f: impl FnOnce(&App) -> Result<T, OpError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let app = app.clone();
+    tokio::task::spawn_blocking(move || f(&app))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(ApiError::from)
+}
+
+async fn settings_show(State(app): State<Arc<App>>) -> Json<ops::SettingsView> {
+    Json(ops::settings_show(&app))
+}
+
+async fn settings_set(
+    State(app): State<Arc<App>>,
+    Json(change): Json<SettingsChange>,
+) -> Result<Json<ops::SettingsView>, ApiError> {
+    Ok(Json(
+        blocking(&app, move |app| ops::settings_set(app, &change)).await?,
+    ))
+}
+
+async fn certs_generate(
+    State(app): State<Arc<App>>,
+    Json(request): Json<ops::GenerateRequest>,
+) -> Result<Json<ops::GenerateReport>, ApiError> {
+    Ok(Json(
+        blocking(&app, move |app| ops::certs_generate(app, &request)).await?,
+    ))
+}
+
+async fn certs_send(
+    State(app): State<Arc<App>>,
+    Json(request): Json<ops::SendRequest>,
+) -> Result<Json<ops::SendReport>, ApiError> {
+    Ok(Json(ops::certs_send(&app, &request).await?))
+}
+
+async fn certs_reset(
+    State(app): State<Arc<App>>,
+    Json(request): Json<ops::ResetRequest>,
+) -> Result<Json<ops::ResetReport>, ApiError> {
+    Ok(Json(
+        blocking(&app, move |app| ops::certs_reset(app, &request)).await?,
+    ))
+}
+
+impl From<OpError> for ApiError {
+    fn from(e: OpError) -> Self {
+        let code = match &e {
+            OpError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            OpError::Refused(_) => StatusCode::CONFLICT,
+            OpError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            OpError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(code, e.to_string())
+    }
 }
 
 /// An error answer: a status code and a JSON `{"error": "..."}`.

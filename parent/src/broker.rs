@@ -24,7 +24,7 @@ pub enum BrokerError {
         source: lapin::Error,
     },
     /// The broker refused (nacked) a published message.
-    #[error("the broker refused to store a message published to {0}")]
+    #[error("the broker refused or could not route a message to {0}")]
     Nacked(String),
     /// A message could not be encoded.
     #[error(transparent)]
@@ -109,30 +109,6 @@ pub async fn declare_topology(channel: &Channel) -> Result<(), BrokerError> {
     Ok(())
 }
 
-/// Declares a child's queue and binds it (the parent does it too, so that
-/// commands for a child that never connected yet wait in its queue).
-pub async fn declare_agent_queue(channel: &Channel, agent: &uuid::Uuid) -> Result<(), BrokerError> {
-    let queue = topology::agent_queue(agent);
-    channel
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions::durable(),
-            queue_arguments(),
-        )
-        .await
-        .map_err(amqp("declaring an agent queue"))?;
-    channel
-        .queue_bind(
-            queue.as_str().into(),
-            topology::AGENTS.into(),
-            agent.to_string().as_str().into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(amqp("binding an agent queue"))
-}
-
 /// A channel with publisher confirms on.
 pub async fn confirm_channel(connection: &Connection) -> Result<Channel, BrokerError> {
     let channel = connection
@@ -163,28 +139,40 @@ pub fn properties(envelope: &Envelope, expiration: Option<Duration>) -> BasicPro
     props
 }
 
-/// Publishes a message to one agent's queue and waits for the broker's confirm.
-pub async fn send_to_agent(
+/// Publishes many messages to agents, then waits for every confirm: the
+/// broker works on them together instead of one round trip each. They are
+/// published `mandatory`: every registered child declared its durable queue
+/// when it connected, so a message the broker cannot route is an error, not
+/// a silent drop.
+pub async fn send_many(
     channel: &Channel,
-    agent: &uuid::Uuid,
-    envelope: &Envelope,
-    expiration: Option<Duration>,
+    messages: Vec<(uuid::Uuid, Envelope, Option<Duration>)>,
 ) -> Result<(), BrokerError> {
-    let payload = fleetls_proto::encode(envelope)?;
-    let confirm = channel
-        .basic_publish(
-            topology::AGENTS.into(),
-            agent.to_string().as_str().into(),
-            BasicPublishOptions::default(),
-            &payload,
-            properties(envelope, expiration),
-        )
-        .await
-        .map_err(amqp("publishing to an agent"))?
-        .await
-        .map_err(amqp("waiting for a publisher confirm"))?;
-    if confirm.is_nack() {
-        return Err(BrokerError::Nacked(topology::agent_queue(agent)));
+    let mut confirms = Vec::with_capacity(messages.len());
+    for (agent, envelope, expiration) in &messages {
+        let payload = fleetls_proto::encode(envelope)?;
+        let confirm = channel
+            .basic_publish(
+                topology::AGENTS.into(),
+                agent.to_string().as_str().into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                &payload,
+                properties(envelope, *expiration),
+            )
+            .await
+            .map_err(amqp("publishing to an agent"))?;
+        confirms.push((agent, confirm));
+    }
+    for (agent, confirm) in confirms {
+        let confirm = confirm
+            .await
+            .map_err(amqp("waiting for a publisher confirm"))?;
+        if confirm.is_nack() || confirm.take_message().is_some() {
+            return Err(BrokerError::Nacked(topology::agent_queue(agent)));
+        }
     }
     Ok(())
 }

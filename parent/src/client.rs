@@ -45,7 +45,7 @@ pub enum ClientError {
         source: reqwest::Error,
     },
     /// The parent answered with an error.
-    #[error("the parent refused: {0}")]
+    #[error("{0}")]
     Refused(String),
 }
 
@@ -82,6 +82,23 @@ impl Client {
             .http
             .get(format!("{}{path}", self.base))
             .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(|source| self.unreachable(source))?;
+        self.decode(response).await
+    }
+
+    /// `POST path` with a JSON body and decode the JSON answer.
+    pub async fn post<B: serde::Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .json(body)
             .send()
             .await
             .map_err(|source| self.unreachable(source))?;

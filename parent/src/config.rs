@@ -65,6 +65,12 @@ pub struct RawServe {
     /// Number of child agents that can simultaneously perform remote actions
     #[arg(long, env = "FLEETLS_WINDOW")]
     pub window: Option<usize>,
+    /// Validity of issued certificates, in days (398 by default)
+    #[arg(long, env = "FLEETLS_CERT_DAYS")]
+    pub cert_days: Option<u32>,
+    /// The `[ssl]` table of the config file (not a flag)
+    #[arg(skip)]
+    pub ssl: Option<crate::settings::SettingsChange>,
 }
 
 impl RawServe {
@@ -82,6 +88,8 @@ impl RawServe {
             offline_after: self.offline_after.or(other.offline_after),
             min_ssl_version: self.min_ssl_version.or(other.min_ssl_version),
             window: self.window.or(other.window),
+            cert_days: self.cert_days.or(other.cert_days),
+            ssl: self.ssl.or(other.ssl),
         }
     }
 }
@@ -133,6 +141,12 @@ pub struct ServeConfig {
     pub min_ssl_version: Version,
     /// Most children acting at once in a campaign.
     pub window: usize,
+    /// Validity of issued certificates, days.
+    pub cert_days: u32,
+    /// SSL settings given in the config file's `[ssl]` table.
+    pub ssl: Option<crate::settings::SettingsChange>,
+    /// The broker's host (the default broker name for its certificate).
+    pub broker_host: String,
 }
 
 /// Default admin address.
@@ -146,7 +160,15 @@ impl ServeConfig {
     /// Checks raw settings.
     pub fn from_raw(raw: RawServe) -> Result<Self, ConfigError> {
         let broker = raw.broker.ok_or(ConfigError::Missing("--broker"))?;
-        check_amqp_url("--broker", &broker)?;
+        let broker_host = check_amqp_url("--broker", &broker)?;
+        let cert_days = raw.cert_days.unwrap_or(crate::pki::DEFAULT_CERT_DAYS);
+        if !(1..=3650).contains(&cert_days) {
+            return Err(ConfigError::Invalid {
+                name: "--cert-days",
+                value: cert_days.to_string(),
+                why: "must be 1 to 3650 days (398 is the usual limit)".into(),
+            });
+        }
         let data_dir = raw.data_dir.ok_or(ConfigError::Missing("--data-dir"))?;
         let admin_text = raw.admin.unwrap_or_else(|| DEFAULT_ADMIN.to_owned());
         let admin: SocketAddr = admin_text.parse().map_err(|_| ConfigError::Invalid {
@@ -195,15 +217,18 @@ impl ServeConfig {
             offline_after: Duration::from_secs(offline_after),
             min_ssl_version,
             window,
+            cert_days,
+            ssl: raw.ssl,
+            broker_host,
         })
     }
 }
 
-/// Checks that `value` is an AMQP URL lapin can use.
-pub fn check_amqp_url(name: &'static str, value: &str) -> Result<(), ConfigError> {
+/// Checks that `value` is an AMQP URL lapin can use; returns its host.
+pub fn check_amqp_url(name: &'static str, value: &str) -> Result<String, ConfigError> {
     value
         .parse::<lapin::uri::AMQPUri>()
-        .map(|_| ())
+        .map(|uri| uri.authority.host)
         .map_err(|why| ConfigError::Invalid {
             name,
             value: redact(value),

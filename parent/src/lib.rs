@@ -8,11 +8,18 @@ pub mod admin;
 pub mod broker;
 pub mod client;
 pub mod config;
+pub mod files;
+pub mod ops;
+pub mod pki;
 pub mod registry;
 pub mod service;
+pub mod settings;
 pub mod shutdown;
 pub mod status;
 pub mod token;
 
 pub use config::ServeConfig;
+
+/// The id the parent signs its messages with (`from` of every envelope).
+pub const PARENT_ID: uuid::Uuid = uuid::Uuid::nil();
 pub use service::serve;

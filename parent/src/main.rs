@@ -4,8 +4,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use fleetls_parent::client::ClientError;
 use fleetls_parent::client::{self, AdminTarget, Client};
 use fleetls_parent::config::{self, RawServe, ServeConfig};
+use fleetls_parent::ops;
+use fleetls_parent::settings::SettingsChange;
 
 /// The fleetls parent agent: certificate authority, registry and switchover
 /// campaigns for a network of child agents that talk through RabbitMQ.
@@ -31,6 +34,83 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show or change the SSL settings (ports, names and addresses of the
+    /// parent and the broker). Frozen once certificates exist.
+    Settings {
+        #[command(subcommand)]
+        action: SettingsAction,
+    },
+    /// Certificates: generate the CA and server certificates, send the
+    /// information to the children, or reset everything.
+    Certs {
+        #[command(subcommand)]
+        action: CertsAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum SettingsAction {
+    /// Print the SSL settings and whether they are frozen.
+    Show {
+        #[command(flatten)]
+        target: AdminTarget,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change SSL settings (lists are `;`-separated; a value replaces the old one).
+    Set {
+        #[command(flatten)]
+        change: SettingsChange,
+        #[command(flatten)]
+        target: AdminTarget,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertsAction {
+    /// Create the CA (or use the company's), the parent's and the broker's
+    /// certificates. Refused while a child runs a version below the SSL
+    /// minimum, unless --ignore-old.
+    Generate {
+        /// Count children with old versions as "version not supporting SSL" and go ahead
+        #[arg(long)]
+        ignore_old: bool,
+        /// A company CA or intermediate certificate (PEM, chain after it) to sign with
+        #[arg(long, requires = "ca_key")]
+        ca_cert: Option<PathBuf>,
+        /// The company CA's private key (PEM)
+        #[arg(long, requires = "ca_cert")]
+        ca_key: Option<PathBuf>,
+        #[command(flatten)]
+        target: AdminTarget,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// "Send information": queue the CA and SSL port to every eligible child
+    /// without a certificate, online or not. Harmless to repeat.
+    Send {
+        /// Also to children that already hold a certificate
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        target: AdminTarget,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Move the CA and every certificate aside and unfreeze the settings.
+    Reset {
+        /// Do not ask for confirmation
+        #[arg(long)]
+        yes: bool,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
 }
 
 fn main() -> ExitCode {
@@ -53,7 +133,11 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            match e.downcast_ref::<ClientError>() {
+                // The parent answered but would not do it: 3, so scripts can tell.
+                Some(ClientError::Refused(_)) => ExitCode::from(3),
+                _ => ExitCode::FAILURE,
+            }
         }
     }
 }
@@ -83,6 +167,149 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 print!("{}", client::status_table(&status));
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Settings { action } => match action {
+            SettingsAction::Show { target, json } => {
+                let view: ops::SettingsView = Client::new(&target)?.get("/api/settings").await?;
+                print_settings(&view, json)
+            }
+            SettingsAction::Set {
+                change,
+                target,
+                json,
+            } => {
+                let view: ops::SettingsView =
+                    Client::new(&target)?.post("/api/settings", &change).await?;
+                print_settings(&view, json)
+            }
+        },
+        Command::Certs { action } => certs(action).await,
+    }
+}
+
+fn print_settings(view: &ops::SettingsView, json: bool) -> anyhow::Result<ExitCode> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(view)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let s = &view.settings;
+    let list = |items: Vec<String>| {
+        if items.is_empty() {
+            "-".to_owned()
+        } else {
+            items.join(";")
+        }
+    };
+    println!("SSL port:                        {}", s.port);
+    println!("SSL port for local parent agents: {}", s.local_parent_port);
+    println!("DNS names of the parent:         {}", list(s.names.clone()));
+    println!(
+        "IP addresses of the parent:      {}",
+        list(s.ips.iter().map(|ip| ip.to_string()).collect())
+    );
+    println!(
+        "DNS names of the broker:         {}",
+        list(s.broker_names.clone())
+    );
+    println!(
+        "IP addresses of the broker:      {}",
+        list(s.broker_ips.iter().map(|ip| ip.to_string()).collect())
+    );
+    println!(
+        "state:                           {}",
+        if view.frozen {
+            "frozen (certificates exist; `certs reset` to change)"
+        } else {
+            "editable"
+        }
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_json_or<T: serde::Serialize>(
+    value: &T,
+    json: bool,
+    text: impl FnOnce(&T),
+) -> anyhow::Result<ExitCode> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(value)?);
+    } else {
+        text(value);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn certs(action: CertsAction) -> anyhow::Result<ExitCode> {
+    match action {
+        CertsAction::Generate {
+            ignore_old,
+            ca_cert,
+            ca_key,
+            target,
+            json,
+        } => {
+            let absolute = |p: Option<PathBuf>| p.map(|p| std::path::absolute(&p).unwrap_or(p));
+            let request = ops::GenerateRequest {
+                ignore_old,
+                ca_cert: absolute(ca_cert),
+                ca_key: absolute(ca_key),
+            };
+            let report: ops::GenerateReport = Client::new(&target)?
+                .post("/api/certs/generate", &request)
+                .await?;
+            print_json_or(&report, json, |r| {
+                println!("Certificates generated in {}", r.directory.display());
+                println!("CA fingerprint: {}", r.ca_fingerprint);
+                if r.company_ca {
+                    println!("Signed by the company CA; children get the whole chain.");
+                }
+                for old in &r.old_versions {
+                    println!("version not supporting SSL: {old}");
+                }
+            })
+        }
+        CertsAction::Send { all, target, json } => {
+            let report: ops::SendReport = Client::new(&target)?
+                .post("/api/certs/send", &ops::SendRequest { all })
+                .await?;
+            print_json_or(&report, json, |r| {
+                println!(
+                    "Information queued for {} child(ren); {} already hold a certificate; {} not eligible (old version or mPOS).",
+                    r.queued, r.already_have_certificate, r.not_eligible
+                );
+            })
+        }
+        CertsAction::Reset { yes, target } => {
+            if !yes {
+                use std::io::{BufRead, IsTerminal, Write};
+                if !std::io::stdin().is_terminal() {
+                    eprintln!("error: certs reset discards the CA and every certificate; confirm with --yes");
+                    return Ok(ExitCode::from(2));
+                }
+                print!(
+                    "This discards the CA and every certificate issued. Type \"reset\" to go on: "
+                );
+                std::io::stdout().flush()?;
+                let mut line = String::new();
+                std::io::stdin().lock().read_line(&mut line)?;
+                if line.trim() != "reset" {
+                    eprintln!("not confirmed; nothing changed");
+                    return Ok(ExitCode::from(3));
+                }
+            }
+            let report: ops::ResetReport = Client::new(&target)?
+                .post(
+                    "/api/certs/reset",
+                    &ops::ResetRequest {
+                        confirm: "reset".into(),
+                    },
+                )
+                .await?;
+            println!(
+                "Certificates moved to {}; the SSL settings can be changed again.",
+                report.moved_to.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
     }

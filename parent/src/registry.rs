@@ -6,7 +6,9 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use fleetls_proto::{AgentKind, AgentState, Hello};
+use fleetls_proto::{AgentKind, AgentState, Body, CertificateIssued, CsrRejected, Hello};
+
+use crate::pki::Issued;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 use uuid::Uuid;
@@ -24,37 +26,45 @@ pub enum RegistryError {
 
 /// One change to apply, from one message.
 #[derive(Debug, Clone)]
-pub enum Event {
-    /// A child introduced itself.
-    Hello {
-        /// The message id (for idempotence).
-        message: Uuid,
-        /// The agent.
-        agent: Uuid,
-        /// When it sent it (ms).
-        at: u64,
-        /// What it said.
-        hello: Hello,
-    },
-    /// A child is alive.
-    Heartbeat {
-        /// The message id.
-        message: Uuid,
-        /// The agent.
-        agent: Uuid,
-        /// When it sent it (ms).
-        at: u64,
-        /// Its state.
-        state: AgentState,
-    },
+pub struct Event {
+    /// The message id (for idempotence).
+    pub message: Uuid,
+    /// The agent that sent it.
+    pub agent: Uuid,
+    /// When it was sent (ms).
+    pub at: u64,
+    /// What it says.
+    pub what: EventKind,
 }
 
-impl Event {
-    fn message(&self) -> Uuid {
-        match self {
-            Event::Hello { message, .. } | Event::Heartbeat { message, .. } => *message,
-        }
-    }
+/// What a message asks the registry to record.
+#[derive(Debug, Clone)]
+pub enum EventKind {
+    /// A child introduced itself.
+    Hello(Hello),
+    /// A child is alive.
+    Heartbeat(AgentState),
+    /// A child asks for a certificate (PEM CSR).
+    Csr(String),
+    /// A child refused a command.
+    Refused(String),
+}
+
+/// A message to send to one agent once the transaction is committed.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// The agent.
+    pub agent: Uuid,
+    /// What to send.
+    pub body: Body,
+    /// The message it answers.
+    pub re: Option<Uuid>,
+}
+
+/// Signs CSRs for [`Registry::apply`] (the CA, when one exists).
+pub trait Signer {
+    /// Signs `csr` for `agent`, or says why not.
+    fn sign(&self, csr: &str, agent: &Agent) -> Result<Issued, String>;
 }
 
 /// An agent as the registry knows it.
@@ -109,6 +119,23 @@ CREATE TABLE IF NOT EXISTS agents (
     ssl INTEGER NOT NULL DEFAULT 0,
     broker_tls INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS certificates (
+    serial TEXT PRIMARY KEY,
+    agent_id TEXT,
+    subject TEXT NOT NULL,
+    not_after INTEGER NOT NULL,
+    issued_at INTEGER NOT NULL,
+    revoked INTEGER NOT NULL DEFAULT 0,
+    csr_message TEXT,
+    chain_pem TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS certificates_agent ON certificates(agent_id);
+CREATE INDEX IF NOT EXISTS certificates_csr ON certificates(csr_message);
+CREATE TABLE IF NOT EXISTS refusals (
+    agent_id TEXT PRIMARY KEY,
+    reason TEXT NOT NULL,
+    at INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS seen_messages (
     id TEXT PRIMARY KEY,
     at INTEGER NOT NULL
@@ -136,24 +163,31 @@ impl Registry {
     }
 
     /// Applies a batch of events in one transaction; a message id already
-    /// applied is skipped. Returns how many were new.
-    pub fn apply(&self, events: &[Event]) -> Result<usize, RegistryError> {
+    /// applied changes nothing (a CSR seen before gets its stored answer
+    /// again). Returns the messages to send once committed.
+    pub fn apply(
+        &self,
+        events: &[Event],
+        signer: Option<&dyn Signer>,
+    ) -> Result<Vec<Outgoing>, RegistryError> {
         let mut db = self.lock();
         let tx = db.transaction()?;
-        let mut applied = 0;
+        let mut outgoing = Vec::new();
         for event in events {
             let fresh = tx.execute(
                 "INSERT OR IGNORE INTO seen_messages (id, at) VALUES (?1, ?2)",
-                params![event.message().to_string(), fleetls_proto::now_ms() as i64],
+                params![event.message.to_string(), fleetls_proto::now_ms() as i64],
             )?;
             if fresh == 0 {
+                if let EventKind::Csr(_) = event.what {
+                    outgoing.extend(reissue(&tx, event)?);
+                }
                 continue;
             }
-            applied += 1;
-            match event {
-                Event::Hello {
-                    agent, at, hello, ..
-                } => {
+            let agent = event.agent.to_string();
+            let at = event.at as i64;
+            match &event.what {
+                EventKind::Hello(hello) => {
                     tx.execute(
                         "INSERT INTO agents (id, name, kind, version, location, hostnames, ips,
                              key_fingerprint, first_seen, last_seen, has_certificate, ssl, broker_tls)
@@ -167,7 +201,7 @@ impl Registry {
                              has_certificate = excluded.has_certificate,
                              ssl = excluded.ssl, broker_tls = excluded.broker_tls",
                         params![
-                            agent.to_string(),
+                            agent,
                             hello.name,
                             hello.kind.as_str(),
                             hello.version,
@@ -175,33 +209,127 @@ impl Registry {
                             json_list(&hello.hostnames),
                             json_list(&hello.ips),
                             hello.key_fingerprint,
-                            *at as i64,
+                            at,
                             hello.state.has_certificate,
                             hello.state.ssl,
                             hello.state.broker_tls,
                         ],
                     )?;
                 }
-                Event::Heartbeat {
-                    agent, at, state, ..
-                } => {
+                EventKind::Heartbeat(state) => {
                     tx.execute(
                         "UPDATE agents SET last_seen = max(last_seen, ?2),
                              has_certificate = ?3, ssl = ?4, broker_tls = ?5
                          WHERE id = ?1",
                         params![
-                            agent.to_string(),
-                            *at as i64,
+                            agent,
+                            at,
                             state.has_certificate,
                             state.ssl,
                             state.broker_tls
                         ],
                     )?;
                 }
+                EventKind::Refused(reason) => {
+                    tx.execute(
+                        "INSERT INTO refusals (agent_id, reason, at) VALUES (?1, ?2, ?3)
+                         ON CONFLICT(agent_id) DO UPDATE SET reason = excluded.reason, at = excluded.at
+                         WHERE excluded.at >= refusals.at",
+                        params![agent, reason, at],
+                    )?;
+                }
+                EventKind::Csr(pem) => {
+                    let registered = agent_in(&tx, &event.agent)?;
+                    let result = match (registered, signer) {
+                        (None, _) => Err("the CSR was refused: this agent is not registered; it must send Hello first".to_owned()),
+                        (Some(_), None) => Err("the CSR was refused: the parent has no CA yet; run `fleetls-parent certs generate`".to_owned()),
+                        (Some(registered), Some(signer)) => signer.sign(pem, &registered),
+                    };
+                    match result {
+                        Ok(issued) => {
+                            tx.execute(
+                                "INSERT INTO certificates (serial, agent_id, subject, not_after, issued_at, csr_message, chain_pem)
+                                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                                params![
+                                    issued.serial,
+                                    agent,
+                                    issued.subject,
+                                    issued.not_after,
+                                    fleetls_proto::now_ms() as i64,
+                                    event.message.to_string(),
+                                    issued.chain_pem,
+                                ],
+                            )?;
+                            tx.execute("DELETE FROM refusals WHERE agent_id = ?1", params![agent])?;
+                            outgoing.push(Outgoing {
+                                agent: event.agent,
+                                body: Body::CertificateIssued(CertificateIssued {
+                                    chain_pem: issued.chain_pem,
+                                    serial: issued.serial,
+                                    not_after: issued.not_after,
+                                    ignored: issued.ignored,
+                                }),
+                                re: Some(event.message),
+                            });
+                        }
+                        Err(reason) => {
+                            tx.execute(
+                                "INSERT INTO refusals (agent_id, reason, at) VALUES (?1, ?2, ?3)
+                                 ON CONFLICT(agent_id) DO UPDATE SET reason = excluded.reason, at = excluded.at",
+                                params![agent, reason, at],
+                            )?;
+                            outgoing.push(Outgoing {
+                                agent: event.agent,
+                                body: Body::CsrRejected(CsrRejected { reason }),
+                                re: Some(event.message),
+                            });
+                        }
+                    }
+                }
             }
         }
         tx.commit()?;
-        Ok(applied)
+        Ok(outgoing)
+    }
+
+    /// The last refusal of every agent that has one: (agent, reason, at ms).
+    pub fn refusals(
+        &self,
+    ) -> Result<std::collections::HashMap<Uuid, (String, u64)>, RegistryError> {
+        let db = self.lock();
+        let mut stmt = db.prepare_cached("SELECT agent_id, reason, at FROM refusals")?;
+        let rows = stmt.query_map([], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, i64>(2)?,
+            ))
+        })?;
+        let mut out = std::collections::HashMap::new();
+        for row in rows {
+            let (id, reason, at) = row?;
+            if let Ok(id) = id.parse() {
+                out.insert(id, (reason, at as u64));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Forgets every certificate record (for `certs reset`).
+    pub fn forget_certificates(&self) -> Result<(), RegistryError> {
+        let db = self.lock();
+        db.execute_batch("DELETE FROM certificates; DELETE FROM refusals;")?;
+        Ok(())
+    }
+
+    /// How many certificates were issued to children.
+    pub fn issued_count(&self) -> Result<u64, RegistryError> {
+        let db = self.lock();
+        Ok(db.query_row(
+            "SELECT count(DISTINCT agent_id) FROM certificates WHERE agent_id IS NOT NULL AND revoked = 0",
+            [],
+            |row| row.get::<_, i64>(0),
+        )? as u64)
     }
 
     /// Forgets message ids older than `age_ms` (a redelivery comes within minutes).
@@ -215,11 +343,7 @@ impl Registry {
     /// Every agent, ordered by name.
     pub fn agents(&self) -> Result<Vec<Agent>, RegistryError> {
         let db = self.lock();
-        let mut stmt = db.prepare_cached(
-            "SELECT id, name, kind, version, location, hostnames, ips, first_seen, last_seen,
-                    has_certificate, ssl, broker_tls
-             FROM agents ORDER BY name, id",
-        )?;
+        let mut stmt = db.prepare_cached(&format!("{SELECT_AGENT} ORDER BY name, id"))?;
         let rows = stmt.query_map([], row_to_agent)?;
         let mut agents = Vec::new();
         for row in rows {
@@ -231,11 +355,7 @@ impl Registry {
     /// One agent.
     pub fn agent(&self, id: &Uuid) -> Result<Option<Agent>, RegistryError> {
         let db = self.lock();
-        let mut stmt = db.prepare_cached(
-            "SELECT id, name, kind, version, location, hostnames, ips, first_seen, last_seen,
-                    has_certificate, ssl, broker_tls
-             FROM agents WHERE id = ?1",
-        )?;
+        let mut stmt = db.prepare_cached(&format!("{SELECT_AGENT} WHERE id = ?1"))?;
         match stmt
             .query_row(params![id.to_string()], row_to_agent)
             .optional()?
@@ -245,6 +365,50 @@ impl Registry {
         }
     }
 }
+
+/// The answer to a CSR seen before: the certificate issued for it, if any.
+fn reissue(
+    tx: &rusqlite::Transaction<'_>,
+    event: &Event,
+) -> Result<Option<Outgoing>, RegistryError> {
+    let row = tx
+        .query_row(
+            "SELECT serial, not_after, chain_pem FROM certificates WHERE csr_message = ?1",
+            params![event.message.to_string()],
+            |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, i64>(1)?,
+                    row.get::<_, String>(2)?,
+                ))
+            },
+        )
+        .optional()?;
+    Ok(row.map(|(serial, not_after, chain_pem)| Outgoing {
+        agent: event.agent,
+        body: Body::CertificateIssued(CertificateIssued {
+            chain_pem,
+            serial,
+            not_after,
+            ignored: Vec::new(),
+        }),
+        re: Some(event.message),
+    }))
+}
+
+fn agent_in(tx: &rusqlite::Transaction<'_>, id: &Uuid) -> Result<Option<Agent>, RegistryError> {
+    let mut stmt = tx.prepare_cached(&format!("{SELECT_AGENT} WHERE id = ?1"))?;
+    match stmt
+        .query_row(params![id.to_string()], row_to_agent)
+        .optional()?
+    {
+        Some(agent) => Ok(Some(agent?)),
+        None => Ok(None),
+    }
+}
+
+const SELECT_AGENT: &str = "SELECT id, name, kind, version, location, hostnames, ips, first_seen,
+    last_seen, has_certificate, ssl, broker_tls FROM agents";
 
 fn json_list(items: &[String]) -> String {
     serde_json::to_string(items).unwrap_or_else(|_| "[]".into())
@@ -302,34 +466,36 @@ mod tests {
         let registry = Registry::open(&dir.path().join("fleetls.db")).unwrap();
         let agent = Uuid::new_v4();
         let message = Uuid::new_v4();
-        let event = Event::Hello {
+        let event = Event {
             message,
             agent,
             at: 1000,
-            hello: hello("till-1"),
+            what: EventKind::Hello(hello("till-1")),
         };
-        assert_eq!(registry.apply(&[event.clone()]).unwrap(), 1);
-        assert_eq!(registry.apply(&[event]).unwrap(), 0);
-        let beat = Event::Heartbeat {
+        registry.apply(&[event.clone()], None).unwrap();
+        let mut renamed = hello("till-renamed");
+        renamed.version = "2.0.0".into();
+        // A redelivery of the same message id changes nothing.
+        registry
+            .apply(
+                &[Event {
+                    what: EventKind::Hello(renamed),
+                    ..event
+                }],
+                None,
+            )
+            .unwrap();
+        let beat = |at, has_certificate| Event {
             message: Uuid::new_v4(),
             agent,
-            at: 5000,
-            state: AgentState {
-                has_certificate: true,
+            at,
+            what: EventKind::Heartbeat(AgentState {
+                has_certificate,
                 ..Default::default()
-            },
+            }),
         };
-        registry.apply(&[beat]).unwrap();
-        let late = Event::Heartbeat {
-            message: Uuid::new_v4(),
-            agent,
-            at: 3000,
-            state: AgentState {
-                has_certificate: true,
-                ..Default::default()
-            },
-        };
-        registry.apply(&[late]).unwrap();
+        registry.apply(&[beat(5000, true)], None).unwrap();
+        registry.apply(&[beat(3000, true)], None).unwrap();
         let agents = registry.agents().unwrap();
         assert_eq!(agents.len(), 1);
         let a = &agents[0];
@@ -353,12 +519,15 @@ mod tests {
         let agent = Uuid::new_v4();
         Registry::open(&path)
             .unwrap()
-            .apply(&[Event::Hello {
-                message: Uuid::new_v4(),
-                agent,
-                at: 1,
-                hello: hello("bo-1"),
-            }])
+            .apply(
+                &[Event {
+                    message: Uuid::new_v4(),
+                    agent,
+                    at: 1,
+                    what: EventKind::Hello(hello("bo-1")),
+                }],
+                None,
+            )
             .unwrap();
         let again = Registry::open(&path).unwrap();
         assert_eq!(again.agent(&agent).unwrap().unwrap().name, "bo-1");

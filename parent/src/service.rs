@@ -15,7 +15,11 @@ use tracing::{debug, info, warn};
 
 use crate::broker::{self, amqp, BrokerError};
 use crate::config::ServeConfig;
-use crate::registry::{Event, Registry, RegistryError};
+use std::sync::{Mutex, RwLock};
+
+use crate::pki::Pki;
+use crate::registry::{Agent, Event, EventKind, Outgoing, Registry, RegistryError, Signer};
+use crate::settings::SslSettings;
 use crate::shutdown::Shutdown;
 use crate::status::Status;
 
@@ -34,6 +38,12 @@ pub enum ServeError {
     /// The registry failed.
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    /// The SSL settings cannot be used.
+    #[error("SSL settings: {0}")]
+    Settings(String),
+    /// The stored CA cannot be loaded.
+    #[error("the stored certificates cannot be loaded: {0}")]
+    Pki(#[from] crate::pki::PkiError),
     /// The admin address could not be bound.
     #[error("cannot listen on the admin address {addr}: {source} (is another parent running? choose another with --admin)")]
     AdminBind {
@@ -53,16 +63,59 @@ pub struct App {
     pub registry: Registry,
     /// The admin token (never logged).
     pub token: String,
+    /// The SSL settings (frozen once certificates exist).
+    pub settings: RwLock<SslSettings>,
+    /// The CA, once generated.
+    pub pki: RwLock<Option<Arc<Pki>>>,
+    /// The channel of the current broker session, for operations that send.
+    pub channel: Mutex<Option<Channel>>,
 }
 
 impl App {
     /// The current status view.
     pub fn status(&self) -> Result<Status, RegistryError> {
+        let pki = self.pki();
         crate::status::compute(
             &self.registry,
             self.config.min_ssl_version,
             self.config.offline_after.as_millis() as u64,
+            pki.as_deref().map(|p| p.root_fingerprint.as_str()),
         )
+    }
+
+    /// The CA, if generated.
+    pub fn pki(&self) -> Option<Arc<Pki>> {
+        self.pki.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The current SSL settings.
+    pub fn settings(&self) -> SslSettings {
+        self.settings
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The channel of the current broker session.
+    pub fn channel(&self) -> Option<Channel> {
+        self.channel
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn set_channel(&self, channel: Option<Channel>) {
+        *self.channel.lock().unwrap_or_else(|p| p.into_inner()) = channel;
+    }
+}
+
+/// Signs CSRs with the CA for the registry.
+struct CaSigner(Arc<Pki>);
+
+impl Signer for CaSigner {
+    fn sign(&self, csr: &str, agent: &Agent) -> Result<crate::pki::Issued, String> {
+        self.0
+            .sign_csr(csr, agent.id, agent.kind, &agent.hostnames, &agent.ips)
     }
 }
 
@@ -102,10 +155,19 @@ pub async fn serve(
             source,
         })?;
     info!(admin = %admin_addr, data_dir = %data_dir.display(), "parent starting");
+    let settings = initial_settings(&config)?;
+    let pki = if crate::pki::exists(&data_dir) {
+        Some(Arc::new(Pki::load(&data_dir, config.cert_days)?))
+    } else {
+        None
+    };
     let app = Arc::new(App {
         config,
         registry,
         token,
+        settings: RwLock::new(settings),
+        pki: RwLock::new(pki),
+        channel: Mutex::new(None),
     });
     let admin = tokio::spawn(crate::admin::run(listener, app.clone(), shutdown.clone()));
     if let Some(ready) = ready {
@@ -119,6 +181,33 @@ pub async fn serve(
     }
     info!("parent stopped");
     Ok(())
+}
+
+/// The stored SSL settings (or the defaults), with the config file's `[ssl]`
+/// table applied — refused when it would change frozen settings.
+fn initial_settings(config: &ServeConfig) -> Result<SslSettings, ServeError> {
+    let stored = SslSettings::load(&config.data_dir).map_err(ServeError::Settings)?;
+    let current = stored
+        .clone()
+        .unwrap_or_else(|| SslSettings::defaults(&config.broker_host));
+    let Some(change) = &config.ssl else {
+        return Ok(current);
+    };
+    let next = current
+        .apply(change)
+        .map_err(|e| ServeError::Settings(format!("[ssl] {e}")))?;
+    if next != current && crate::pki::exists(&config.data_dir) {
+        return Err(ServeError::Settings(
+            "the config file's [ssl] table differs from the settings inside the existing certificates; \
+             they are frozen: restore the old values, or run `fleetls-parent certs reset` first"
+                .into(),
+        ));
+    }
+    if stored.as_ref() != Some(&next) {
+        next.save(&config.data_dir)
+            .map_err(|e| ServeError::Settings(e.to_string()))?;
+    }
+    Ok(next)
 }
 
 fn create_private_dir(path: &std::path::Path) -> std::io::Result<()> {
@@ -141,7 +230,9 @@ async fn broker_loop(app: &Arc<App>, mut shutdown: Shutdown) {
             Ok((connection, channel, consumer)) => {
                 attempt = 0;
                 info!("connected to the broker, consuming {}", topology::PARENT);
+                app.set_channel(Some(channel.clone()));
                 let result = consume(app, &channel, consumer, shutdown.clone()).await;
+                app.set_channel(None);
                 if let Err(e) = &result {
                     warn!(error = %e, "broker session ended; reconnecting");
                 }
@@ -258,9 +349,13 @@ async fn handle_batch(
     }
     if !events.is_empty() {
         let registry = app.registry.clone();
-        tokio::task::spawn_blocking(move || registry.apply(&events))
-            .await
-            .map_err(|e| RegistryError::Corrupt(format!("registry task failed: {e}")))??;
+        let signer = app.pki().map(CaSigner);
+        let outgoing = tokio::task::spawn_blocking(move || {
+            registry.apply(&events, signer.as_ref().map(|s| s as &dyn Signer))
+        })
+        .await
+        .map_err(|e| RegistryError::Corrupt(format!("registry task failed: {e}")))??;
+        send_all(channel, outgoing).await?;
     }
     for delivery in to_ack {
         delivery
@@ -272,25 +367,39 @@ async fn handle_batch(
     Ok(())
 }
 
+/// Publishes the answers of a committed batch (all at once, then waits for
+/// every confirm).
+pub async fn send_all(channel: &Channel, outgoing: Vec<Outgoing>) -> Result<(), BrokerError> {
+    let messages = outgoing
+        .into_iter()
+        .map(|out| {
+            let mut envelope = Envelope::new(crate::PARENT_ID, out.body);
+            envelope.re = out.re;
+            (out.agent, envelope, None)
+        })
+        .collect();
+    broker::send_many(channel, messages).await
+}
+
 /// The registry change a message asks for (`None`: nothing to record), or
 /// why it must be dead-lettered.
 fn to_event(envelope: Envelope) -> Result<Option<Event>, String> {
     let Envelope {
         id, from, at, body, ..
     } = envelope;
+    let event = |what| {
+        Ok(Some(Event {
+            message: id,
+            agent: from,
+            at,
+            what,
+        }))
+    };
     match body {
-        Body::Hello(hello) => Ok(Some(Event::Hello {
-            message: id,
-            agent: from,
-            at,
-            hello,
-        })),
-        Body::Heartbeat(beat) => Ok(Some(Event::Heartbeat {
-            message: id,
-            agent: from,
-            at,
-            state: beat.state,
-        })),
+        Body::Hello(hello) => event(EventKind::Hello(hello)),
+        Body::Heartbeat(beat) => event(EventKind::Heartbeat(beat.state)),
+        Body::Csr(csr) => event(EventKind::Csr(csr.pem)),
+        Body::Refused(refused) => event(EventKind::Refused(refused.reason)),
         Body::CertificatesReady(_)
         | Body::CertificateIssued(_)
         | Body::CsrRejected(_)

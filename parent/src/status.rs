@@ -41,6 +41,10 @@ pub struct Network {
     pub broker_tls: usize,
     /// The lowest SSL-capable version.
     pub min_ssl_version: String,
+    /// Whether the CA and certificates were generated.
+    pub certificates_generated: bool,
+    /// The root CA fingerprint, once generated.
+    pub ca_fingerprint: Option<String>,
 }
 
 /// The campaign summary (every figure a query over the registry).
@@ -89,6 +93,8 @@ pub struct AgentStatus {
     pub broker_tls: bool,
     /// The last test result, if any.
     pub last_result: Option<serde_json::Value>,
+    /// The last command this agent refused or was refused, and why.
+    pub refusal: Option<String>,
 }
 
 /// Computes the status from the registry.
@@ -96,12 +102,20 @@ pub fn compute(
     registry: &Registry,
     min_ssl_version: Version,
     offline_after_ms: u64,
+    ca_fingerprint: Option<&str>,
 ) -> Result<Status, RegistryError> {
     let now = fleetls_proto::now_ms();
     let agents = registry.agents()?;
+    let mut refusals = registry.refusals()?;
     let list: Vec<AgentStatus> = agents
         .into_iter()
-        .map(|a| view(a, min_ssl_version, now, offline_after_ms))
+        .map(|a| {
+            let refusal = refusals.remove(&a.id).map(|(reason, _)| reason);
+            AgentStatus {
+                refusal,
+                ..view(a, min_ssl_version, now, offline_after_ms)
+            }
+        })
         .collect();
     let count = |f: &dyn Fn(&AgentStatus) -> bool| list.iter().filter(|a| f(a)).count();
     let eligible = |a: &AgentStatus| a.ssl_capable && a.kind != AgentKind::Mpos;
@@ -129,6 +143,8 @@ pub fn compute(
             switched_to_ssl: switched,
             broker_tls,
             min_ssl_version: min_ssl_version.to_string(),
+            certificates_generated: ca_fingerprint.is_some(),
+            ca_fingerprint: ca_fingerprint.map(str::to_owned),
         },
         summary: Summary {
             version_not_supporting_ssl: count(&|a| !a.ssl_capable),
@@ -139,8 +155,18 @@ pub fn compute(
     })
 }
 
+/// Whether a reported version supports SSL.
+pub fn ssl_capable(version: &str, min: Version) -> bool {
+    Version::parse(version).is_ok_and(|v| v >= min)
+}
+
+/// Whether an agent takes part in certificates and campaigns.
+pub fn eligible(agent: &Agent, min: Version) -> bool {
+    agent.kind != AgentKind::Mpos && ssl_capable(&agent.version, min)
+}
+
 fn view(agent: Agent, min: Version, now: u64, offline_after_ms: u64) -> AgentStatus {
-    let ssl_capable = Version::parse(&agent.version).is_ok_and(|v| v >= min);
+    let ssl_capable = ssl_capable(&agent.version, min);
     AgentStatus {
         id: agent.id,
         online: now.saturating_sub(agent.last_seen) < offline_after_ms,
@@ -156,5 +182,6 @@ fn view(agent: Agent, min: Version, now: u64, offline_after_ms: u64) -> AgentSta
         ssl: agent.ssl,
         broker_tls: agent.broker_tls,
         last_result: None,
+        refusal: None,
     }
 }

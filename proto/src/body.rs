@@ -340,6 +340,9 @@ pub struct CertificateIssued {
     pub serial: String,
     /// End of validity, seconds since the Unix epoch.
     pub not_after: i64,
+    /// What the CSR asked for and was signed without.
+    #[serde(default)]
+    pub ignored: Vec<String>,
 }
 
 /// The CSR was refused.

@@ -663,13 +663,20 @@ fn body() -> impl Strategy<Value = Body> {
                 })
             }
         ),
-        (text(), text(), any::<i64>()).prop_map(|(chain_pem, serial, not_after)| {
-            Body::CertificateIssued(CertificateIssued {
-                chain_pem,
-                serial,
-                not_after,
-            })
-        }),
+        (
+            text(),
+            text(),
+            any::<i64>(),
+            proptest::collection::vec(text(), 0..3)
+        )
+            .prop_map(|(chain_pem, serial, not_after, ignored)| {
+                Body::CertificateIssued(CertificateIssued {
+                    chain_pem,
+                    serial,
+                    not_after,
+                    ignored,
+                })
+            }),
         text().prop_map(|reason| Body::CsrRejected(CsrRejected { reason })),
         (uuid(), step_spec(), any::<u64>()).prop_map(|(campaign, step, deadline)| {
             Body::RunStep(RunStep {

@@ -148,6 +148,7 @@ fn one_of_each() -> Vec<Body> {
             chain_pem: format!("{LEAF_PEM}{CA_PEM}"),
             serial: "5f3a9c0e7d21b4686c0a1e2f3b4c5d6e".into(),
             not_after: 1_786_924_800,
+            ignored: vec!["CA:TRUE".into()],
         }),
         Body::CsrRejected(CsrRejected {
             reason: "the CSR's key is RSA-1024; a P-256 key is required".into(),
@@ -406,13 +407,14 @@ fn certificates_ready_round_trips() {
 
 #[test]
 fn certificate_issued_round_trips() {
-    let fields = ["chain_pem", "serial", "not_after"];
+    let fields = ["chain_pem", "serial", "not_after", "ignored"];
     for not_after in [1_786_924_800, 0, -1, i64::MAX, i64::MIN] {
         assert_round_trip(
             &from_parent(Body::CertificateIssued(CertificateIssued {
                 chain_pem: format!("{LEAF_PEM}{CA_PEM}"),
                 serial: "5f3a9c0e7d21b4686c0a1e2f3b4c5d6e".into(),
                 not_after,
+                ignored: vec!["subject alternative name bank.example".into()],
             }))
             .in_reply_to(MESSAGE_ID),
             &fields,

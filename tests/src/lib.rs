@@ -1,1 +1,427 @@
-//! Helpers shared by the integration tests.
+//! Helpers shared by the integration tests: a real RabbitMQ (started by
+//! `scripts/broker` when none runs), one fresh virtual host per test so tests
+//! run side by side, the programs as processes, and polling with a deadline.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ sits in the repository")
+        .to_owned()
+}
+
+/// Where the built programs are (`FLEETLS_BIN_DIR`, else next to the test binary).
+pub fn bin_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("FLEETLS_BIN_DIR") {
+        return dir.into();
+    }
+    let exe = std::env::current_exe().expect("the test binary has a path");
+    // target/<profile>/deps/<test> → target/<profile>
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("test binaries live in target/<profile>/deps")
+        .to_owned()
+}
+
+/// The path of a built program; panics with what to do when it is missing.
+pub fn program(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first (scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+/// Where a broker answers.
+#[derive(Debug, Clone)]
+pub struct BrokerAddr {
+    /// AMQP base URL without vhost, e.g. `amqp://guest:guest@127.0.0.1:5672`.
+    pub amqp: String,
+    /// Management base URL without credentials.
+    pub management: String,
+    /// Management user.
+    pub user: String,
+    /// Management password.
+    pub password: String,
+}
+
+impl BrokerAddr {
+    /// From the `FLEETLS_TEST_BROKER` / `FLEETLS_TEST_MANAGEMENT` pair.
+    pub fn from_urls(amqp: &str, management: &str) -> BrokerAddr {
+        let amqp = amqp
+            .trim_end_matches("/%2f")
+            .trim_end_matches('/')
+            .to_owned();
+        let (scheme, rest) = management
+            .split_once("://")
+            .expect("management URL has a scheme");
+        let (creds, host) = rest.rsplit_once('@').unwrap_or(("guest:guest", rest));
+        let (user, password) = creds.split_once(':').unwrap_or((creds, ""));
+        BrokerAddr {
+            amqp,
+            management: format!("{scheme}://{}", host.trim_end_matches('/')),
+            user: user.into(),
+            password: password.into(),
+        }
+    }
+}
+
+/// The shared test broker: the one named by `FLEETLS_TEST_BROKER` and
+/// `FLEETLS_TEST_MANAGEMENT`, else the default private node, started by
+/// `scripts/broker start` (a no-op when it already runs).
+pub fn broker() -> &'static BrokerAddr {
+    static BROKER: OnceLock<BrokerAddr> = OnceLock::new();
+    BROKER.get_or_init(|| {
+        if let (Ok(amqp), Ok(management)) = (
+            std::env::var("FLEETLS_TEST_BROKER"),
+            std::env::var("FLEETLS_TEST_MANAGEMENT"),
+        ) {
+            return BrokerAddr::from_urls(&amqp, &management);
+        }
+        let status = Command::new(repo().join("scripts/broker"))
+            .arg("start")
+            .status()
+            .expect("scripts/broker runs");
+        assert!(status.success(), "scripts/broker start failed");
+        BrokerAddr::from_urls(
+            "amqp://guest:guest@127.0.0.1:5672",
+            "http://guest:guest@127.0.0.1:15672",
+        )
+    })
+}
+
+/// A blocking HTTP client for the management API.
+pub fn http() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("HTTP client builds")
+}
+
+/// A virtual host of its own for one test, deleted when dropped.
+pub struct Vhost {
+    /// Its name.
+    pub name: String,
+    broker: BrokerAddr,
+}
+
+impl Vhost {
+    /// Creates a fresh vhost on `broker` and gives its user every permission.
+    pub fn new_on(broker: &BrokerAddr) -> Vhost {
+        let name = format!("t-{}", uuid::Uuid::new_v4().simple());
+        let client = http();
+        let put = |url: String, body: Value| {
+            let response = client
+                .put(url)
+                .basic_auth(&broker.user, Some(&broker.password))
+                .json(&body)
+                .send()
+                .expect("management API answers");
+            assert!(response.status().is_success(), "{:?}", response.text());
+        };
+        put(
+            format!("{}/api/vhosts/{name}", broker.management),
+            serde_json::json!({}),
+        );
+        put(
+            format!(
+                "{}/api/permissions/{name}/{}",
+                broker.management, broker.user
+            ),
+            serde_json::json!({"configure": ".*", "write": ".*", "read": ".*"}),
+        );
+        Vhost {
+            name,
+            broker: broker.clone(),
+        }
+    }
+
+    /// A fresh vhost on the shared test broker.
+    pub fn new() -> Vhost {
+        Vhost::new_on(broker())
+    }
+
+    /// The AMQP URL of this vhost.
+    pub fn url(&self) -> String {
+        format!("{}/{}", self.broker.amqp, self.name)
+    }
+
+    /// The management base URL with credentials (for `--management`).
+    pub fn management_url(&self) -> String {
+        let (scheme, host) = self.broker.management.split_once("://").unwrap();
+        format!(
+            "{scheme}://{}:{}@{host}",
+            self.broker.user, self.broker.password
+        )
+    }
+
+    /// `GET` a management path (`{vhost}` is replaced by this vhost).
+    pub fn management_get(&self, path: &str) -> Value {
+        let path = path.replace("{vhost}", &self.name);
+        http()
+            .get(format!("{}{path}", self.broker.management))
+            .basic_auth(&self.broker.user, Some(&self.broker.password))
+            .send()
+            .and_then(|r| r.error_for_status())
+            .and_then(|r| r.json())
+            .unwrap_or(Value::Null)
+    }
+
+    /// How many messages a queue of this vhost holds (ready + unacked), per management.
+    pub fn queue_depth(&self, queue: &str) -> Option<u64> {
+        let q = self.management_get(&format!("/api/queues/{{vhost}}/{queue}"));
+        q.get("messages").and_then(Value::as_u64)
+    }
+
+    /// Fetches up to `count` messages of a queue without removing them.
+    pub fn peek_queue(&self, queue: &str, count: usize) -> Vec<Value> {
+        let response = http()
+            .post(format!(
+                "{}/api/queues/{}/{queue}/get",
+                self.broker.management, self.name
+            ))
+            .basic_auth(&self.broker.user, Some(&self.broker.password))
+            .json(&serde_json::json!({
+                "count": count, "ackmode": "ack_requeue_true", "encoding": "base64"
+            }))
+            .send()
+            .expect("management API answers");
+        response.json().unwrap_or_default()
+    }
+}
+
+impl Drop for Vhost {
+    fn drop(&mut self) {
+        let _ = http()
+            .delete(format!(
+                "{}/api/vhosts/{}",
+                self.broker.management, self.name
+            ))
+            .basic_auth(&self.broker.user, Some(&self.broker.password))
+            .send();
+    }
+}
+
+/// A free TCP port on loopback (bound and released; good enough for tests).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A program under test, killed when dropped; its output goes to a log file.
+pub struct Proc {
+    child: Option<Child>,
+    /// Where its stdout and stderr go.
+    pub log: PathBuf,
+}
+
+impl Proc {
+    /// Starts `program` with `args`; output to `log`.
+    pub fn spawn(program: &Path, args: &[String], log: PathBuf) -> Proc {
+        let out = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(program)
+            .args(args)
+            .env("RUST_LOG", "info,lapin=warn")
+            .env_remove("FLEETLS_BROKER")
+            .env_remove("FLEETLS_DATA_DIR")
+            .env_remove("FLEETLS_ADMIN")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("log file"))
+            .stderr(out)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
+        Proc {
+            child: Some(child),
+            log,
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+
+    /// Sends a signal (`TERM`, `INT`, `KILL`, `STOP`, `CONT`).
+    pub fn signal(&self, name: &str) {
+        let _ = Command::new("kill")
+            .args([format!("-{name}"), self.pid().to_string()])
+            .status();
+    }
+
+    /// Waits up to `within` for the process to end; its exit code.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let deadline = Instant::now() + within;
+        let child = self.child.as_mut()?;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status.code().unwrap_or(-1));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// Its log so far.
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, or panics after `within`
+/// with `what` and the last value seen.
+pub fn wait_for<T>(what: &str, within: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A running parent of one test: its data dir, admin address and process.
+pub struct Parent {
+    /// Its process.
+    pub proc: Proc,
+    /// Its data dir.
+    pub data_dir: PathBuf,
+    /// Its admin address.
+    pub admin: String,
+}
+
+impl Parent {
+    /// Starts `fleetls-parent serve` on `vhost` with `extra` flags; waits until
+    /// its admin API answers.
+    pub fn start(vhost: &Vhost, dir: &Path, extra: &[&str]) -> Parent {
+        let data_dir = dir.join("parent");
+        let admin = format!("127.0.0.1:{}", free_port());
+        let mut args: Vec<String> = [
+            "serve",
+            "--broker",
+            &vhost.url(),
+            "--management",
+            &vhost.management_url(),
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+            "--admin",
+            &admin,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let proc = Proc::spawn(&program("fleetls-parent"), &args, dir.join("parent.log"));
+        let parent = Parent {
+            proc,
+            data_dir,
+            admin,
+        };
+        wait_for("the parent's admin API", Duration::from_secs(30), || {
+            parent.status_json().ok()
+        });
+        parent
+    }
+
+    /// Runs `fleetls-parent ARGS --admin .. --data-dir ..` as a process; (exit code, stdout, stderr).
+    pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let output = Command::new(program("fleetls-parent"))
+            .args(args)
+            .args(["--admin", &self.admin, "--data-dir"])
+            .arg(&self.data_dir)
+            .stdin(Stdio::null())
+            .output()
+            .expect("fleetls-parent runs");
+        (
+            output.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    }
+
+    /// `status --json`, parsed.
+    pub fn status_json(&self) -> Result<Value, String> {
+        let (code, out, err) = self.cli(&["status", "--json"]);
+        if code != 0 {
+            return Err(err);
+        }
+        serde_json::from_str(&out).map_err(|e| format!("{e}: {out}"))
+    }
+
+    /// The agent of `status --json` with this name.
+    pub fn agent(&self, name: &str) -> Option<Value> {
+        let status = self.status_json().ok()?;
+        status["agents"]
+            .as_array()?
+            .iter()
+            .find(|a| a["name"] == name)
+            .cloned()
+    }
+}
+
+/// Starts `fleetls-child run` on `vhost` named `name`, data in `dir/name`.
+pub fn start_child(vhost: &Vhost, dir: &Path, name: &str, extra: &[&str]) -> Proc {
+    let data_dir = dir.join(name);
+    let mut args: Vec<String> = [
+        "run",
+        "--broker",
+        &vhost.url(),
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+        "--name",
+        name,
+        "--heartbeat",
+        "1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    Proc::spawn(
+        &program("fleetls-child"),
+        &args,
+        dir.join(format!("{name}.log")),
+    )
+}
+
+/// The `client_properties.connection_name` of every AMQP connection to
+/// `vhost`, as RabbitMQ management lists them; `None` when management does not
+/// answer with a list (so that "gone" is never concluded from an error).
+pub fn connection_names(vhost: &Vhost) -> Option<Vec<String>> {
+    let list = vhost.management_get("/api/vhosts/{vhost}/connections");
+    Some(
+        list.as_array()?
+            .iter()
+            .filter_map(|c| c["client_properties"]["connection_name"].as_str())
+            .map(str::to_owned)
+            .collect(),
+    )
+}
+
+impl Default for Vhost {
+    /// A fresh vhost on the shared test broker (as [`Vhost::new`]).
+    fn default() -> Vhost {
+        Vhost::new()
+    }
+}

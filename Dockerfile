@@ -1,0 +1,34 @@
+# syntax=docker/dockerfile:1
+# fleetls-parent and fleetls-child in one image (see docker-compose.yml).
+#   docker build -t fleetls .
+
+FROM rust:1-bookworm AS build
+WORKDIR /src
+# Only what the workspace needs: the build context's target/ stays out.
+COPY Cargo.toml Cargo.lock ./
+COPY proto proto
+COPY parent parent
+COPY child child
+COPY tests tests
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked --bin fleetls-parent --bin fleetls-child \
+    && mkdir -p /out \
+    && cp target/release/fleetls-parent target/release/fleetls-child /out/
+
+FROM debian:bookworm-slim
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates \
+    && rm -rf /var/lib/apt/lists/*
+COPY --from=build /out/fleetls-parent /out/fleetls-child /usr/local/bin/
+# An unprivileged user owns /data; a fresh named volume mounted there inherits that.
+RUN useradd --system --uid 10001 --home-dir /data --shell /usr/sbin/nologin fleetls \
+    && mkdir -p /data \
+    && chown fleetls:fleetls /data \
+    && chmod 0700 /data
+USER fleetls
+WORKDIR /data
+VOLUME ["/data"]
+# 12365: the parent's SSL port; 12380: its admin API.
+EXPOSE 12365 12380
+CMD ["fleetls-parent", "--help"]

@@ -1,0 +1,302 @@
+//! The operator's operations on a serving parent, called by the admin API:
+//! SSL settings, certificate generation, "Send information" and reset.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use fleetls_proto::{AgentKind, Body, CertificatesReady, Envelope};
+use serde::{Deserialize, Serialize};
+
+use crate::pki::{CompanyCa, Pki};
+use crate::registry::Agent;
+use crate::service::App;
+use crate::settings::{SettingsChange, SslSettings};
+use crate::status::{eligible, ssl_capable};
+
+/// Why an operation was not done.
+#[derive(Debug, thiserror::Error)]
+pub enum OpError {
+    /// The request is malformed or a value is invalid (400).
+    #[error("{0}")]
+    BadRequest(String),
+    /// The operation is not allowed in the current state (409).
+    #[error("{0}")]
+    Refused(String),
+    /// The broker is not reachable right now (503).
+    #[error("{0}")]
+    Unavailable(String),
+    /// Something failed inside the parent (500).
+    #[error("{0}")]
+    Internal(String),
+}
+
+fn internal(e: impl std::fmt::Display) -> OpError {
+    OpError::Internal(e.to_string())
+}
+
+/// The settings and whether they are frozen.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SettingsView {
+    /// The values.
+    pub settings: SslSettings,
+    /// Frozen because certificates exist.
+    pub frozen: bool,
+}
+
+/// `settings show`.
+pub fn settings_show(app: &App) -> SettingsView {
+    SettingsView {
+        settings: app.settings(),
+        frozen: app.pki().is_some(),
+    }
+}
+
+/// `settings set`: checks and stores a change, refused once certificates exist.
+pub fn settings_set(app: &App, change: &SettingsChange) -> Result<SettingsView, OpError> {
+    if change.is_empty() {
+        return Err(OpError::BadRequest(
+            "nothing to change: give at least one of --port, --local-parent-port, --names, --ips, --broker-names, --broker-ips".into(),
+        ));
+    }
+    let mut settings = app.settings.write().unwrap_or_else(|p| p.into_inner());
+    if app.pki().is_some() {
+        return Err(OpError::Refused(
+            "the SSL settings are frozen: certificates were generated with them. \
+             To change them run `fleetls-parent certs reset` (it discards every certificate), then set and generate again"
+                .into(),
+        ));
+    }
+    let next = settings
+        .apply(change)
+        .map_err(|e| OpError::BadRequest(format!("invalid {e}")))?;
+    next.save(&app.config.data_dir).map_err(internal)?;
+    *settings = next.clone();
+    Ok(SettingsView {
+        settings: next,
+        frozen: false,
+    })
+}
+
+/// What `certs generate` is asked.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct GenerateRequest {
+    /// Go ahead although children run versions below `min_ssl_version`.
+    #[serde(default)]
+    pub ignore_old: bool,
+    /// Company CA certificate (PEM file on the parent's machine).
+    #[serde(default)]
+    pub ca_cert: Option<PathBuf>,
+    /// Company CA key (PEM file on the parent's machine).
+    #[serde(default)]
+    pub ca_key: Option<PathBuf>,
+}
+
+/// What `certs generate` did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GenerateReport {
+    /// The root CA fingerprint children will check.
+    pub ca_fingerprint: String,
+    /// The folder of the certificates.
+    pub directory: PathBuf,
+    /// Whether a company CA signs.
+    pub company_ca: bool,
+    /// Children counted as "version not supporting SSL".
+    pub old_versions: Vec<String>,
+}
+
+/// `certs generate`.
+pub fn certs_generate(app: &App, request: &GenerateRequest) -> Result<GenerateReport, OpError> {
+    if let Some(pki) = app.pki() {
+        return Err(OpError::Refused(format!(
+            "certificates already exist (CA {}); run `fleetls-parent certs reset` first to make new ones",
+            pki.root_fingerprint
+        )));
+    }
+    let company = match (&request.ca_cert, &request.ca_key) {
+        (Some(cert), Some(key)) => Some(CompanyCa {
+            cert: cert.clone(),
+            key: key.clone(),
+        }),
+        (None, None) => None,
+        _ => {
+            return Err(OpError::BadRequest(
+                "a company CA needs both --ca-cert and --ca-key".into(),
+            ))
+        }
+    };
+    let min = app.config.min_ssl_version;
+    let agents = app.registry.agents().map_err(internal)?;
+    let old: Vec<&Agent> = agents
+        .iter()
+        .filter(|a| !ssl_capable(&a.version, min))
+        .collect();
+    let old_names: Vec<String> = old
+        .iter()
+        .map(|a| format!("{} ({}, version {})", a.name, a.id, a.version))
+        .collect();
+    if !old.is_empty() && !request.ignore_old {
+        return Err(OpError::Refused(format!(
+            "{} registered child(ren) run a version below {min}, which does not support SSL: {}. \
+             Upgrade them, or run `certs generate --ignore-old` to count them as \"version not supporting SSL\"",
+            old.len(),
+            old_names.join(", ")
+        )));
+    }
+    let settings = app.settings();
+    let mpos: Vec<&str> = agents
+        .iter()
+        .filter(|a| a.kind == AgentKind::Mpos)
+        .map(|a| a.name.as_str())
+        .collect();
+    if !mpos.is_empty() && settings.names.is_empty() {
+        return Err(OpError::Refused(format!(
+            "mPOS agents are registered ({}) and mPOS cannot connect to an IP address: \
+             set at least one DNS name of the parent with `settings set --names`",
+            mpos.join(", ")
+        )));
+    }
+    settings
+        .check()
+        .map_err(|e| OpError::Refused(format!("the SSL settings are incomplete: {e}")))?;
+    let _settings_lock = app.settings.write().unwrap_or_else(|p| p.into_inner());
+    let pki = Pki::generate(
+        &app.config.data_dir,
+        &settings,
+        company.as_ref(),
+        app.config.cert_days,
+    )
+    .map_err(|e| OpError::Refused(e.to_string()))?;
+    let report = GenerateReport {
+        ca_fingerprint: pki.root_fingerprint.clone(),
+        directory: crate::pki::certificates_dir(&app.config.data_dir),
+        company_ca: company.is_some(),
+        old_versions: old_names,
+    };
+    *app.pki.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(pki));
+    tracing::info!(ca = %report.ca_fingerprint, "certificates generated");
+    Ok(report)
+}
+
+/// What `certs send` is asked.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SendRequest {
+    /// Also children that already hold a certificate.
+    #[serde(default)]
+    pub all: bool,
+}
+
+/// What `certs send` did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SendReport {
+    /// Children the information was queued for.
+    pub queued: usize,
+    /// Eligible children skipped because they already hold a certificate.
+    pub already_have_certificate: usize,
+    /// Children not eligible (old version or mPOS).
+    pub not_eligible: usize,
+}
+
+/// Where a child tests its SSL connection: its location's local parent if
+/// there is one, else the parent.
+pub fn ssl_target(agent: &Agent, agents: &[Agent], settings: &SslSettings) -> (String, u16) {
+    if agent.kind == AgentKind::Child {
+        let local = agents.iter().find(|a| {
+            a.kind == AgentKind::LocalParent && a.location.is_some() && a.location == agent.location
+        });
+        if let Some(local) = local {
+            let host = local.hostnames.first().or(local.ips.first());
+            if let Some(host) = host {
+                return (host.clone(), settings.local_parent_port);
+            }
+        }
+    }
+    (settings.ssl_host(), settings.port)
+}
+
+/// `certs send` ("Send information"): queues `CertificatesReady` for every
+/// eligible child, online or not (it waits in the child's queue).
+pub async fn certs_send(app: &App, request: &SendRequest) -> Result<SendReport, OpError> {
+    let pki = app.pki().ok_or_else(|| {
+        OpError::Refused(
+            "there are no certificates yet: run `fleetls-parent certs generate` first".into(),
+        )
+    })?;
+    let channel = app.channel().ok_or_else(|| {
+        OpError::Unavailable(
+            "the parent is not connected to the broker right now; try again in a moment".into(),
+        )
+    })?;
+    let min = app.config.min_ssl_version;
+    let agents = app.registry.agents().map_err(internal)?;
+    let settings = app.settings();
+    let mut report = SendReport {
+        queued: 0,
+        already_have_certificate: 0,
+        not_eligible: 0,
+    };
+    let mut messages = Vec::new();
+    for agent in &agents {
+        if !eligible(agent, min) {
+            report.not_eligible += 1;
+            continue;
+        }
+        if agent.has_certificate && !request.all {
+            report.already_have_certificate += 1;
+            continue;
+        }
+        let (ssl_host, ssl_port) = ssl_target(agent, &agents, &settings);
+        let body = Body::CertificatesReady(CertificatesReady {
+            ca_chain_pem: pki.ca_chain_pem.clone(),
+            ca_fingerprint: pki.root_fingerprint.clone(),
+            ssl_host,
+            ssl_port,
+        });
+        messages.push((agent.id, Envelope::new(crate::PARENT_ID, body), None));
+    }
+    report.queued = messages.len();
+    crate::broker::send_many(&channel, messages)
+        .await
+        .map_err(|e| {
+            OpError::Unavailable(format!("sending failed, run `certs send` again: {e}"))
+        })?;
+    Ok(report)
+}
+
+/// What `certs reset` is asked: `confirm` must be `"reset"`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ResetRequest {
+    /// Must be `"reset"`.
+    pub confirm: String,
+}
+
+/// What `certs reset` did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResetReport {
+    /// Where the old certificates were moved (nothing is deleted).
+    pub moved_to: PathBuf,
+}
+
+/// `certs reset`: moves the certificates aside and unfreezes the settings.
+pub fn certs_reset(app: &App, request: &ResetRequest) -> Result<ResetReport, OpError> {
+    if request.confirm != "reset" {
+        return Err(OpError::BadRequest(
+            "certs reset discards the CA and every certificate; confirm with \"reset\"".into(),
+        ));
+    }
+    let mut pki = app.pki.write().unwrap_or_else(|p| p.into_inner());
+    if pki.is_none() {
+        return Err(OpError::Refused(
+            "there are no certificates to reset".into(),
+        ));
+    }
+    let dir = crate::pki::certificates_dir(&app.config.data_dir);
+    let moved_to = app
+        .config
+        .data_dir
+        .join(format!("certificates.reset-{}", fleetls_proto::now_ms()));
+    std::fs::rename(&dir, &moved_to).map_err(internal)?;
+    app.registry.forget_certificates().map_err(internal)?;
+    *pki = None;
+    tracing::warn!(moved_to = %moved_to.display(), "certificates reset");
+    Ok(ResetReport { moved_to })
+}

@@ -1,0 +1,555 @@
+//! The network's certificate authority: a CA made here (or the company's own
+//! CA or intermediate), the parent's and the broker's server certificates,
+//! and one certificate per child signed from its CSR. The parent decides
+//! every field of what it signs; the CSR contributes only its public key.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
+    DnType, DnValue, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+    SerialNumber, PKCS_ECDSA_P256_SHA256,
+};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
+use time::{Duration, OffsetDateTime};
+use uuid::Uuid;
+
+use crate::files::write_atomic;
+use crate::settings::SslSettings;
+use fleetls_proto::AgentKind;
+
+/// Default validity of issued certificates, in days (the CA/Browser limit).
+pub const DEFAULT_CERT_DAYS: u32 = 398;
+/// Validity of a CA made here, in days.
+const CA_DAYS: i64 = 3650;
+
+/// A PKI failure.
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Input that cannot be used (a company CA, a stored file).
+    #[error("{0}")]
+    Invalid(String),
+    /// Certificate generation failed.
+    #[error("certificate generation: {0}")]
+    Rcgen(#[from] rcgen::Error),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
+    move |source| PkiError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// The certificates folder inside a data dir.
+pub fn certificates_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("certificates")
+}
+
+/// Whether certificates were generated (the settings are then frozen).
+pub fn exists(data_dir: &Path) -> bool {
+    certificates_dir(data_dir).join("ca.pem").exists()
+}
+
+/// A company CA or intermediate to sign with instead of one made here.
+#[derive(Debug, Clone)]
+pub struct CompanyCa {
+    /// PEM file: the CA certificate first, then the rest of its chain.
+    pub cert: PathBuf,
+    /// PEM file: its private key.
+    pub key: PathBuf,
+}
+
+/// A certificate that was issued.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    /// The certificate and the CA chain, PEM, leaf first.
+    pub chain_pem: String,
+    /// The serial, hex.
+    pub serial: String,
+    /// Subject CN.
+    pub subject: String,
+    /// End of validity, Unix seconds.
+    pub not_after: i64,
+    /// What the CSR asked for and did not get.
+    pub ignored: Vec<String>,
+}
+
+/// The loaded CA.
+pub struct Pki {
+    issuer: Issuer<'static, KeyPair>,
+    /// The CA chain, PEM: the signing CA first, the root last.
+    pub ca_chain_pem: String,
+    /// `sha256:HEX` of the root (last certificate of the chain, DER).
+    pub root_fingerprint: String,
+    /// Validity of issued certificates, days.
+    pub cert_days: u32,
+}
+
+/// `sha256:` and the lowercase hex SHA-256 of `der`.
+pub fn fingerprint(der: &[u8]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, der);
+    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+/// Every certificate of a PEM text, DER.
+pub fn pem_certs(pem: &str) -> Result<Vec<CertificateDer<'static>>, PkiError> {
+    let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(pem.as_bytes()).collect();
+    let certs = certs.map_err(|e| PkiError::Invalid(format!("unreadable PEM certificate: {e}")))?;
+    if certs.is_empty() {
+        return Err(PkiError::Invalid("no certificate in the PEM text".into()));
+    }
+    Ok(certs)
+}
+
+fn to_pem(der: &[u8]) -> String {
+    pem::encode_config(
+        &pem::Pem::new("CERTIFICATE", der),
+        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+    )
+}
+
+fn random_serial() -> SerialNumber {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 16];
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .expect("the system random generator failed");
+    bytes[0] = (bytes[0] & 0x7f) | 0x01; // positive, 16 bytes long
+    SerialNumber::from_slice(&bytes)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn leaf_params(
+    cn: &str,
+    sans: Vec<SanType>,
+    ekus: Vec<ExtendedKeyUsagePurpose>,
+    days: u32,
+) -> (CertificateParams, SerialNumber, OffsetDateTime) {
+    let now = OffsetDateTime::now_utc();
+    let not_after = now + Duration::days(i64::from(days));
+    let serial = random_serial();
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, "fleetls");
+    dn.push(DnType::CommonName, cn);
+    params.distinguished_name = dn;
+    params.subject_alt_names = sans;
+    params.extended_key_usages = ekus;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.serial_number = Some(serial.clone());
+    params.not_before = now - Duration::minutes(5);
+    params.not_after = not_after;
+    params.use_authority_key_identifier_extension = true;
+    (params, serial, not_after)
+}
+
+fn sans(names: &[String], ips: &[IpAddr]) -> Result<Vec<SanType>, PkiError> {
+    let mut out = Vec::new();
+    for name in names {
+        out.push(SanType::DnsName(name.as_str().try_into()?));
+    }
+    out.extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
+    Ok(out)
+}
+
+impl Pki {
+    /// Loads the CA from `DIR/certificates`.
+    pub fn load(data_dir: &Path, cert_days: u32) -> Result<Pki, PkiError> {
+        let dir = certificates_dir(data_dir);
+        let chain_path = dir.join("ca.pem");
+        let key_path = dir.join("ca.key");
+        let chain = std::fs::read_to_string(&chain_path).map_err(io(&chain_path))?;
+        let key = std::fs::read_to_string(&key_path).map_err(io(&key_path))?;
+        Self::from_pem(&chain, &key, cert_days)
+    }
+
+    fn from_pem(chain_pem: &str, key_pem: &str, cert_days: u32) -> Result<Pki, PkiError> {
+        let certs = pem_certs(chain_pem)?;
+        let key = KeyPair::from_pem(key_pem)
+            .map_err(|e| PkiError::Invalid(format!("unreadable CA private key: {e}")))?;
+        check_ca(&certs[0], &key)?;
+        let issuer = Issuer::from_ca_cert_der(&certs[0], key)?;
+        let root = certs.last().expect("pem_certs is never empty");
+        Ok(Pki {
+            issuer,
+            ca_chain_pem: certs.iter().map(|c| to_pem(c)).collect(),
+            root_fingerprint: fingerprint(root),
+            cert_days,
+        })
+    }
+
+    /// Makes the CA (or takes the company's), the parent's and the broker's
+    /// certificates, and writes them all at once: into a fresh folder renamed
+    /// into place, so a failure leaves no half set.
+    pub fn generate(
+        data_dir: &Path,
+        settings: &SslSettings,
+        company: Option<&CompanyCa>,
+        cert_days: u32,
+    ) -> Result<Pki, PkiError> {
+        let (chain_pem, key_pem) = match company {
+            Some(company) => {
+                let chain = std::fs::read_to_string(&company.cert).map_err(io(&company.cert))?;
+                let key = std::fs::read_to_string(&company.key).map_err(io(&company.key))?;
+                (chain, key)
+            }
+            None => {
+                let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+                let mut params = CertificateParams::default();
+                let mut dn = DistinguishedName::new();
+                dn.push(DnType::OrganizationName, "fleetls");
+                dn.push(
+                    DnType::CommonName,
+                    format!("fleetls CA {}", &Uuid::new_v4().simple().to_string()[..8]),
+                );
+                params.distinguished_name = dn;
+                params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+                params.key_usages = vec![
+                    KeyUsagePurpose::KeyCertSign,
+                    KeyUsagePurpose::CrlSign,
+                    KeyUsagePurpose::DigitalSignature,
+                ];
+                params.serial_number = Some(random_serial());
+                let now = OffsetDateTime::now_utc();
+                params.not_before = now - Duration::minutes(5);
+                params.not_after = now + Duration::days(CA_DAYS);
+                let cert = params.self_signed(&key)?;
+                (cert.pem(), key.serialize_pem())
+            }
+        };
+        let pki = Self::from_pem(&chain_pem, &key_pem, cert_days).map_err(|e| match company {
+            Some(c) => PkiError::Invalid(format!(
+                "the company CA {} / {} cannot be used: {e}",
+                c.cert.display(),
+                c.key.display()
+            )),
+            None => e,
+        })?;
+        let parent =
+            pki.server_certificate("fleetls-parent", &settings.names, &settings.ips, true)?;
+        let broker = pki.server_certificate(
+            "fleetls-broker",
+            &settings.broker_names,
+            &settings.broker_ips,
+            false,
+        )?;
+
+        let dir = certificates_dir(data_dir);
+        let staging = data_dir.join("certificates.new");
+        let _ = std::fs::remove_dir_all(&staging);
+        std::fs::create_dir_all(&staging).map_err(io(&staging))?;
+        let files: [(&str, &str, u32); 6] = [
+            ("ca.pem", &pki.ca_chain_pem, 0o644),
+            ("ca.key", &key_pem, 0o600),
+            ("parent.pem", &parent.0, 0o644),
+            ("parent.key", &parent.1, 0o600),
+            ("broker.pem", &broker.0, 0o644),
+            ("broker.key", &broker.1, 0o600),
+        ];
+        for (name, content, mode) in files {
+            let path = staging.join(name);
+            write_atomic(&path, content.as_bytes(), mode).map_err(io(&path))?;
+        }
+        std::fs::rename(&staging, &dir).map_err(io(&dir))?;
+        Ok(pki)
+    }
+
+    /// A server certificate with its own new key: (chain PEM, key PEM).
+    fn server_certificate(
+        &self,
+        cn: &str,
+        names: &[String],
+        ips: &[IpAddr],
+        client_too: bool,
+    ) -> Result<(String, String), PkiError> {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+        let mut ekus = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        if client_too {
+            ekus.push(ExtendedKeyUsagePurpose::ClientAuth);
+        }
+        let (params, _, _) = leaf_params(cn, sans(names, ips)?, ekus, self.cert_days);
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok((
+            format!("{}{}", cert.pem(), self.ca_chain_pem),
+            key.serialize_pem(),
+        ))
+    }
+
+    /// Signs a child's CSR. The CSR must verify and name the agent that sent
+    /// it; everything else is decided here: CN = agent id, clientAuth (local
+    /// parents: also serverAuth with the names and addresses they registered),
+    /// CA:FALSE, a random serial and `cert_days` of validity. What the CSR
+    /// asked for beyond that is listed in `ignored`. `Err` is the refusal
+    /// reason to report to the child.
+    pub fn sign_csr(
+        &self,
+        csr_pem: &str,
+        agent: Uuid,
+        kind: AgentKind,
+        hostnames: &[String],
+        ips: &[String],
+    ) -> Result<Issued, String> {
+        let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| {
+            format!("the CSR was refused: it does not parse or its signature does not verify ({e})")
+        })?;
+        let agent_id = agent.to_string();
+        let subject = csr
+            .params
+            .distinguished_name
+            .get(&DnType::CommonName)
+            .map(dn_text)
+            .unwrap_or_default();
+        if subject != agent_id {
+            return Err(format!(
+                "the CSR was refused: its subject CN={subject:?} is not the agent that sent it ({agent_id})"
+            ));
+        }
+        let (allowed_names, allowed_ips): (Vec<String>, Vec<IpAddr>) = match kind {
+            AgentKind::LocalParent => (
+                hostnames.to_vec(),
+                ips.iter().filter_map(|ip| ip.parse().ok()).collect(),
+            ),
+            _ => (Vec::new(), Vec::new()),
+        };
+        let mut ignored = Vec::new();
+        if matches!(csr.params.is_ca, IsCa::Ca(_)) {
+            ignored.push("CA:TRUE".to_owned());
+        }
+        for san in &csr.params.subject_alt_names {
+            let allowed = match san {
+                SanType::DnsName(name) => allowed_names.iter().any(|n| n == name.as_str()),
+                SanType::IpAddress(ip) => allowed_ips.contains(ip),
+                _ => false,
+            };
+            if !allowed {
+                ignored.push(format!("subject alternative name {san:?}"));
+            }
+        }
+        let mut ekus = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        if kind == AgentKind::LocalParent {
+            ekus.push(ExtendedKeyUsagePurpose::ServerAuth);
+        }
+        for eku in &csr.params.extended_key_usages {
+            if !ekus.contains(eku) {
+                ignored.push(format!("extended key usage {eku:?}"));
+            }
+        }
+        for usage in &csr.params.key_usages {
+            if *usage != KeyUsagePurpose::DigitalSignature {
+                ignored.push(format!("key usage {usage:?}"));
+            }
+        }
+        let sans = sans(&allowed_names, &allowed_ips).map_err(|e| e.to_string())?;
+        let (params, serial, not_after) = leaf_params(&agent_id, sans, ekus, self.cert_days);
+        let signed = CertificateSigningRequestParams {
+            params,
+            public_key: csr.public_key,
+        }
+        .signed_by(&self.issuer)
+        .map_err(|e| format!("the CSR could not be signed: {e}"))?;
+        Ok(Issued {
+            chain_pem: format!("{}{}", signed.pem(), self.ca_chain_pem),
+            serial: hex(&serial.to_bytes()),
+            subject: agent_id,
+            not_after: not_after.unix_timestamp(),
+            ignored,
+        })
+    }
+}
+
+fn dn_text(value: &DnValue) -> String {
+    match value {
+        DnValue::Utf8String(s) => s.clone(),
+        DnValue::PrintableString(s) => s.as_str().to_owned(),
+        DnValue::Ia5String(s) => s.as_str().to_owned(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// Checks that `cert` is a CA certificate whose key is `key` and that it is valid now.
+fn check_ca(cert: &CertificateDer<'_>, key: &KeyPair) -> Result<(), PkiError> {
+    use rcgen::PublicKeyData;
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (_, parsed) = X509Certificate::from_der(cert)
+        .map_err(|e| PkiError::Invalid(format!("unreadable CA certificate: {e}")))?;
+    let is_ca = parsed
+        .basic_constraints()
+        .ok()
+        .flatten()
+        .is_some_and(|bc| bc.value.ca);
+    if !is_ca {
+        return Err(PkiError::Invalid(
+            "the certificate is not a CA (basicConstraints CA:TRUE is missing)".into(),
+        ));
+    }
+    if parsed.public_key().raw != key.subject_public_key_info().as_slice() {
+        return Err(PkiError::Invalid(
+            "the private key does not belong to the CA certificate".into(),
+        ));
+    }
+    if !parsed.validity().is_valid() {
+        return Err(PkiError::Invalid(format!(
+            "the CA certificate is not valid now (valid {} to {})",
+            parsed.validity().not_before,
+            parsed.validity().not_after
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> SslSettings {
+        SslSettings::defaults("127.0.0.1")
+    }
+
+    fn csr(cn: &str, f: impl FnOnce(&mut CertificateParams)) -> String {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        f(&mut params);
+        params.serialize_request(&key).unwrap().pem().unwrap()
+    }
+
+    #[test]
+    fn generate_writes_every_file_and_reloads() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::generate(dir.path(), &settings(), None, 398).unwrap();
+        let certs = certificates_dir(dir.path());
+        use std::os::unix::fs::PermissionsExt;
+        for (name, mode) in [
+            ("ca.pem", 0o644),
+            ("ca.key", 0o600),
+            ("parent.pem", 0o644),
+            ("parent.key", 0o600),
+            ("broker.pem", 0o644),
+            ("broker.key", 0o600),
+        ] {
+            let meta = std::fs::metadata(certs.join(name)).unwrap();
+            assert_eq!(meta.permissions().mode() & 0o777, mode, "{name}");
+        }
+        assert!(!dir.path().join("certificates.new").exists());
+        let again = Pki::load(dir.path(), 398).unwrap();
+        assert_eq!(again.root_fingerprint, pki.root_fingerprint);
+        assert!(pki.root_fingerprint.starts_with("sha256:") && pki.root_fingerprint.len() == 71);
+    }
+
+    #[test]
+    fn the_parent_decides_every_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::generate(dir.path(), &settings(), None, 30).unwrap();
+        let agent = Uuid::new_v4();
+        let greedy = csr(&agent.to_string(), |p| {
+            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            p.subject_alt_names = vec![SanType::DnsName("bank.example".try_into().unwrap())];
+            p.extended_key_usages = vec![ExtendedKeyUsagePurpose::CodeSigning];
+        });
+        let issued = pki
+            .sign_csr(&greedy, agent, AgentKind::Child, &[], &[])
+            .unwrap();
+        assert_eq!(issued.ignored.len(), 3, "{:?}", issued.ignored);
+        let certs = pem_certs(&issued.chain_pem).unwrap();
+        use x509_parser::prelude::{FromDer, X509Certificate};
+        let (_, leaf) = X509Certificate::from_der(&certs[0]).unwrap();
+        assert!(!leaf.basic_constraints().unwrap().unwrap().value.ca);
+        assert!(leaf.subject_alternative_name().unwrap().is_none());
+        let eku = leaf.extended_key_usage().unwrap().unwrap().value;
+        assert!(eku.client_auth && !eku.server_auth && !eku.code_signing);
+        let days = (leaf.validity().not_after.timestamp() - leaf.validity().not_before.timestamp())
+            / 86400;
+        assert_eq!(days, 30);
+        assert_eq!(hex(leaf.raw_serial()), issued.serial);
+    }
+
+    #[test]
+    fn a_csr_for_another_agent_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::generate(dir.path(), &settings(), None, 30).unwrap();
+        let other = csr(&Uuid::new_v4().to_string(), |_| {});
+        let err = pki
+            .sign_csr(&other, Uuid::new_v4(), AgentKind::Child, &[], &[])
+            .unwrap_err();
+        assert!(err.contains("is not the agent that sent it"), "{err}");
+        let err = pki
+            .sign_csr(
+                "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n",
+                Uuid::new_v4(),
+                AgentKind::Child,
+                &[],
+                &[],
+            )
+            .unwrap_err();
+        assert!(err.contains("does not parse"), "{err}");
+    }
+
+    #[test]
+    fn a_local_parent_gets_server_auth_for_its_own_names_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::generate(dir.path(), &settings(), None, 30).unwrap();
+        let agent = Uuid::new_v4();
+        let request = csr(&agent.to_string(), |p| {
+            p.subject_alt_names = vec![
+                SanType::DnsName("lp.shop".try_into().unwrap()),
+                SanType::DnsName("evil.example".try_into().unwrap()),
+            ];
+        });
+        let issued = pki
+            .sign_csr(
+                &request,
+                agent,
+                AgentKind::LocalParent,
+                &["lp.shop".into()],
+                &["10.0.0.9".into()],
+            )
+            .unwrap();
+        assert_eq!(issued.ignored.len(), 1);
+        let certs = pem_certs(&issued.chain_pem).unwrap();
+        use x509_parser::prelude::{FromDer, X509Certificate};
+        let (_, leaf) = X509Certificate::from_der(&certs[0]).unwrap();
+        let eku = leaf.extended_key_usage().unwrap().unwrap().value;
+        assert!(eku.client_auth && eku.server_auth);
+        let san = leaf.subject_alternative_name().unwrap().unwrap().value;
+        assert_eq!(san.general_names.len(), 2);
+    }
+
+    #[test]
+    fn a_company_ca_that_is_not_a_ca_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+        let cert = CertificateParams::new(vec!["not-a-ca".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        std::fs::write(dir.path().join("c.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.path().join("c.key"), key.serialize_pem()).unwrap();
+        let company = CompanyCa {
+            cert: dir.path().join("c.pem"),
+            key: dir.path().join("c.key"),
+        };
+        let err = Pki::generate(dir.path(), &settings(), Some(&company), 30)
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("not a CA"), "{err}");
+        assert!(!exists(dir.path()));
+    }
+}

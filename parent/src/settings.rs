@@ -1,0 +1,323 @@
+//! The SSL settings of the network ("SSL Connection Configuration For Child
+//! Agents"): the parent's SSL port, the SSL port of local parent agents, the
+//! parent machine's DNS names and IP addresses, and the broker's. They are
+//! written into the certificates, so they are frozen once those exist.
+
+use std::net::IpAddr;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// Default SSL port of the parent (the seed's).
+pub const DEFAULT_SSL_PORT: u16 = 12365;
+
+/// The settings, as stored in `DIR/ssl.toml`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct SslSettings {
+    /// SSL port of the parent.
+    pub port: u16,
+    /// SSL port of local parent agents.
+    pub local_parent_port: u16,
+    /// Every DNS name of the parent machine.
+    pub names: Vec<String>,
+    /// Every IP address of the parent machine.
+    pub ips: Vec<IpAddr>,
+    /// The broker's DNS names (for its certificate).
+    pub broker_names: Vec<String>,
+    /// The broker's IP addresses.
+    pub broker_ips: Vec<IpAddr>,
+}
+
+/// A change to the settings: what is given replaces the stored value.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct SettingsChange {
+    /// SSL port (1-65535)
+    #[arg(long)]
+    pub port: Option<String>,
+    /// SSL port for local parent agents (1-65535)
+    #[arg(long)]
+    pub local_parent_port: Option<String>,
+    /// All DNS names of the parent machine, `;`-separated
+    #[arg(long)]
+    pub names: Option<String>,
+    /// All IP addresses of the parent machine, `;`-separated
+    #[arg(long)]
+    pub ips: Option<String>,
+    /// The broker's DNS names, `;`-separated
+    #[arg(long)]
+    pub broker_names: Option<String>,
+    /// The broker's IP addresses, `;`-separated
+    #[arg(long)]
+    pub broker_ips: Option<String>,
+}
+
+impl SettingsChange {
+    /// Whether nothing is given.
+    pub fn is_empty(&self) -> bool {
+        self.port.is_none()
+            && self.local_parent_port.is_none()
+            && self.names.is_none()
+            && self.ips.is_none()
+            && self.broker_names.is_none()
+            && self.broker_ips.is_none()
+    }
+}
+
+/// A setting that cannot be used: names it and says why.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[error("{setting}: {why}")]
+pub struct SettingsError {
+    /// The setting (`port`, `names`, ...).
+    pub setting: &'static str,
+    /// What is wrong and what to do.
+    pub why: String,
+}
+
+fn invalid(setting: &'static str, why: impl Into<String>) -> SettingsError {
+    SettingsError {
+        setting,
+        why: why.into(),
+    }
+}
+
+impl SslSettings {
+    /// The defaults: the seed's ports, this machine's host name and
+    /// `localhost`, loopback, and the broker's host.
+    pub fn defaults(broker_host: &str) -> SslSettings {
+        let mut names = Vec::new();
+        if let Ok(host) = std::fs::read_to_string("/etc/hostname") {
+            let host = host.trim();
+            if check_dns_name(host).is_ok() && host != "localhost" {
+                names.push(host.to_owned());
+            }
+        }
+        names.push("localhost".into());
+        let (broker_names, broker_ips) = match broker_host.parse::<IpAddr>() {
+            Ok(ip) => (Vec::new(), vec![ip]),
+            Err(_) => (vec![broker_host.to_owned()], Vec::new()),
+        };
+        SslSettings {
+            port: DEFAULT_SSL_PORT,
+            local_parent_port: DEFAULT_SSL_PORT,
+            names,
+            ips: vec![IpAddr::from([127, 0, 0, 1])],
+            broker_names,
+            broker_ips,
+        }
+    }
+
+    /// Applies a change, checking every value given.
+    pub fn apply(&self, change: &SettingsChange) -> Result<SslSettings, SettingsError> {
+        let mut next = self.clone();
+        if let Some(port) = &change.port {
+            next.port = parse_port("port", port)?;
+        }
+        if let Some(port) = &change.local_parent_port {
+            next.local_parent_port = parse_port("local-parent-port", port)?;
+        }
+        if let Some(names) = &change.names {
+            next.names = parse_names("names", names)?;
+        }
+        if let Some(ips) = &change.ips {
+            next.ips = parse_ips("ips", ips)?;
+        }
+        if let Some(names) = &change.broker_names {
+            next.broker_names = parse_names("broker-names", names)?;
+        }
+        if let Some(ips) = &change.broker_ips {
+            next.broker_ips = parse_ips("broker-ips", ips)?;
+        }
+        next.check()?;
+        Ok(next)
+    }
+
+    /// Checks the whole: at least one name or address for the parent and the broker.
+    pub fn check(&self) -> Result<(), SettingsError> {
+        if self.port == 0 {
+            return Err(invalid("port", "must be 1-65535"));
+        }
+        if self.local_parent_port == 0 {
+            return Err(invalid("local-parent-port", "must be 1-65535"));
+        }
+        if self.names.is_empty() && self.ips.is_empty() {
+            return Err(invalid(
+                "names",
+                "give at least one DNS name or IP address of the parent machine",
+            ));
+        }
+        if self.broker_names.is_empty() && self.broker_ips.is_empty() {
+            return Err(invalid(
+                "broker-names",
+                "give at least one DNS name or IP address of the broker",
+            ));
+        }
+        for name in self.names.iter().chain(&self.broker_names) {
+            check_dns_name(name).map_err(|why| invalid("names", format!("{name:?}: {why}")))?;
+        }
+        Ok(())
+    }
+
+    /// The host children test against: the first DNS name, else the first address.
+    pub fn ssl_host(&self) -> String {
+        self.names
+            .first()
+            .cloned()
+            .or_else(|| self.ips.first().map(IpAddr::to_string))
+            .unwrap_or_else(|| "localhost".into())
+    }
+
+    /// Reads `DIR/ssl.toml`, or `None` when there is none yet.
+    pub fn load(dir: &Path) -> Result<Option<SslSettings>, String> {
+        let path = dir.join("ssl.toml");
+        match std::fs::read_to_string(&path) {
+            Ok(text) => toml::from_str(&text)
+                .map(Some)
+                .map_err(|e| format!("{}: {e}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(format!("{}: {e}", path.display())),
+        }
+    }
+
+    /// Writes `DIR/ssl.toml` whole (temporary file + rename).
+    pub fn save(&self, dir: &Path) -> std::io::Result<()> {
+        let text = toml::to_string(self).map_err(std::io::Error::other)?;
+        crate::files::write_atomic(&dir.join("ssl.toml"), text.as_bytes(), 0o644)
+    }
+}
+
+fn parse_port(setting: &'static str, text: &str) -> Result<u16, SettingsError> {
+    match text.trim().parse::<u32>() {
+        Ok(p) if (1..=65535).contains(&p) => Ok(p as u16),
+        _ => Err(invalid(
+            setting,
+            format!("{text:?} is not a port: give a number from 1 to 65535"),
+        )),
+    }
+}
+
+fn split(text: &str) -> impl Iterator<Item = &str> {
+    text.split(';').map(str::trim).filter(|s| !s.is_empty())
+}
+
+fn parse_names(setting: &'static str, text: &str) -> Result<Vec<String>, SettingsError> {
+    let mut names = Vec::new();
+    for name in split(text) {
+        check_dns_name(name).map_err(|why| invalid(setting, format!("{name:?}: {why}")))?;
+        let name = name.to_ascii_lowercase();
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    Ok(names)
+}
+
+fn parse_ips(setting: &'static str, text: &str) -> Result<Vec<IpAddr>, SettingsError> {
+    let mut ips = Vec::new();
+    for ip in split(text) {
+        let ip: IpAddr = ip
+            .parse()
+            .map_err(|_| invalid(setting, format!("{ip:?} is not an IPv4 or IPv6 address")))?;
+        if !ips.contains(&ip) {
+            ips.push(ip);
+        }
+    }
+    Ok(ips)
+}
+
+/// Checks DNS name syntax (RFC 1123 labels, no wildcard).
+pub fn check_dns_name(name: &str) -> Result<(), String> {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    if name.is_empty() || name.len() > 253 {
+        return Err("a DNS name has 1 to 253 characters".into());
+    }
+    if name.parse::<IpAddr>().is_ok() {
+        return Err("this is an IP address: give it in the IP list".into());
+    }
+    for label in name.split('.') {
+        if label.is_empty() || label.len() > 63 {
+            return Err("each label must have 1 to 63 characters".into());
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err(format!("label {label:?} starts or ends with '-'"));
+        }
+        if !label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+            return Err(format!(
+                "label {label:?} may hold only letters, digits and '-'"
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> SslSettings {
+        SslSettings::defaults("127.0.0.1")
+    }
+
+    #[test]
+    fn defaults_are_the_seeds() {
+        let s = base();
+        assert_eq!((s.port, s.local_parent_port), (12365, 12365));
+        assert!(s.names.contains(&"localhost".to_string()));
+        assert_eq!(s.broker_ips, vec![IpAddr::from([127, 0, 0, 1])]);
+        s.check().unwrap();
+    }
+
+    #[test]
+    fn changes_are_checked_and_name_the_setting() {
+        let change = |f: fn(&mut SettingsChange)| {
+            let mut c = SettingsChange::default();
+            f(&mut c);
+            base().apply(&c)
+        };
+        assert_eq!(
+            change(|c| c.port = Some("0".into())).unwrap_err().setting,
+            "port"
+        );
+        assert_eq!(
+            change(|c| c.port = Some("70000".into()))
+                .unwrap_err()
+                .setting,
+            "port"
+        );
+        assert_eq!(
+            change(|c| c.local_parent_port = Some("x".into()))
+                .unwrap_err()
+                .setting,
+            "local-parent-port"
+        );
+        assert_eq!(
+            change(|c| c.names = Some("ok.example;bad_name".into()))
+                .unwrap_err()
+                .setting,
+            "names"
+        );
+        assert_eq!(
+            change(|c| c.ips = Some("10.0.0.1;10.0.0.256".into()))
+                .unwrap_err()
+                .setting,
+            "ips"
+        );
+        let err = change(|c| {
+            c.names = Some("".into());
+            c.ips = Some(" ; ".into());
+        })
+        .unwrap_err();
+        assert!(err.why.contains("at least one"), "{err}");
+        let ok = change(|c| {
+            c.port = Some("443".into());
+            c.names = Some("hq.example; HQ.example ;parent".into());
+            c.ips = Some("10.0.0.1;fe80::1".into());
+        })
+        .unwrap();
+        assert_eq!(ok.port, 443);
+        assert_eq!(ok.names, vec!["hq.example", "parent"]);
+        assert_eq!(ok.ips.len(), 2);
+        assert_eq!(ok.ssl_host(), "hq.example");
+    }
+}

@@ -1,0 +1,175 @@
+//! A broker outage heals by itself: on a RabbitMQ node of its own (so other
+//! tests are not disturbed), a parent and three children are online; the node
+//! is stopped — the parent's admin API stays up and shows them offline — and,
+//! 10 s later, started again. Without any help the parent and the same three
+//! child processes reconnect and are online again, and a child started after
+//! the outage registers too. The node is stopped at the end, also on failure.
+
+use std::process::Command;
+use std::time::Duration;
+
+use fleetls_tests::{
+    connection_names, repo, start_child, wait_for, BrokerAddr, Parent, Proc, Vhost,
+};
+
+const AMQP_PORT: u16 = 5782;
+const MGMT_PORT: u16 = 15782;
+const PROMETHEUS_PORT: u16 = 15783;
+
+/// The private node `outage`, run with `scripts/broker`; stopped when dropped.
+struct Node;
+
+impl Node {
+    /// Runs `scripts/broker CMD` for this node: (success, its output).
+    fn script(&self, cmd: &str) -> (bool, String) {
+        let mut command = Command::new(repo().join("scripts/broker"));
+        command.arg(cmd);
+        for key in [
+            "FLEETLS_BROKER_DIR",
+            "FLEETLS_DIST_PORT",
+            "FLEETLS_AMQPS_PORT",
+            "FLEETLS_BROKER_TLS_DIR",
+            "FLEETLS_BROKER_EXTRA_CONF",
+        ] {
+            command.env_remove(key);
+        }
+        let output = command
+            .env("FLEETLS_BROKER_NODE", "outage")
+            .env("FLEETLS_AMQP_PORT", AMQP_PORT.to_string())
+            .env("FLEETLS_MGMT_PORT", MGMT_PORT.to_string())
+            .env("FLEETLS_PROMETHEUS_PORT", PROMETHEUS_PORT.to_string())
+            .output()
+            .expect("scripts/broker runs");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        (output.status.success(), text)
+    }
+
+    fn start(&self) {
+        let (ok, out) = self.script("start");
+        assert!(ok, "scripts/broker start (node outage) failed:\n{out}");
+    }
+
+    fn stop(&self) {
+        let (ok, out) = self.script("stop");
+        assert!(
+            !out.contains("another scripts/broker holds"),
+            "scripts/broker stop (node outage) found its lock held by another scripts/broker:\n{out}"
+        );
+        assert!(ok, "scripts/broker stop (node outage) failed:\n{out}");
+    }
+
+    fn addr(&self) -> BrokerAddr {
+        BrokerAddr::from_urls(
+            &format!("amqp://guest:guest@127.0.0.1:{AMQP_PORT}/%2f"),
+            &format!("http://guest:guest@127.0.0.1:{MGMT_PORT}"),
+        )
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let (ok, out) = self.script("stop");
+        if !ok {
+            eprintln!("scripts/broker stop (node outage) failed:\n{out}");
+        }
+    }
+}
+
+/// How many of `names` the parent shows online, or `None` if it does not answer.
+fn online_count(parent: &Parent, names: &[&str]) -> Option<usize> {
+    let status = parent.status_json().ok()?;
+    let agents = status["agents"].as_array()?;
+    Some(
+        names
+            .iter()
+            .filter(|name| {
+                agents
+                    .iter()
+                    .any(|a| a["name"] == **name && a["online"] == true)
+            })
+            .count(),
+    )
+}
+
+#[test]
+fn agents_come_back_online_by_themselves_after_a_broker_outage() {
+    // Declared first, dropped last: the node outlives every process using it.
+    let node = Node;
+    node.start();
+    let dir = tempfile::tempdir().unwrap();
+    let vhost = Vhost::new_on(&node.addr());
+    let parent = Parent::start(&vhost, dir.path(), &["--offline-after", "3"]);
+    let names = ["till-1", "till-2", "bo-1"];
+    let mut children: Vec<Proc> = names
+        .iter()
+        .map(|name| start_child(&vhost, dir.path(), name, &[]))
+        .collect();
+    let pids: Vec<u32> = children.iter().map(Proc::pid).collect();
+    wait_for("3 children online", Duration::from_secs(30), || {
+        (online_count(&parent, &names)? == 3).then_some(())
+    });
+    let ids: Vec<String> = names
+        .iter()
+        .map(|n| parent.agent(n).unwrap()["id"].as_str().unwrap().to_owned())
+        .collect();
+
+    // The broker goes away.
+    node.stop();
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", AMQP_PORT)).is_err(),
+        "the AMQP port still answers after scripts/broker stop"
+    );
+    // The parent's admin API stays up and sees them go offline.
+    wait_for("all 3 children offline", Duration::from_secs(30), || {
+        (online_count(&parent, &names)? == 0).then_some(())
+    });
+
+    // The outage lasts 10 s (the scenario, not a synchronisation).
+    std::thread::sleep(Duration::from_secs(10));
+    node.start();
+
+    // Everyone comes back without help: the same processes, online again.
+    wait_for(
+        "all 3 children online again after the outage",
+        Duration::from_secs(90),
+        || (online_count(&parent, &names)? == 3).then_some(()),
+    );
+    for ((child, pid), name) in children.iter_mut().zip(&pids).zip(&names) {
+        assert_eq!(child.pid(), *pid);
+        assert_eq!(
+            child.wait_exit(Duration::from_millis(100)),
+            None,
+            "{name} exited instead of reconnecting:\n{}",
+            child.output()
+        );
+    }
+    for (name, id) in names.iter().zip(&ids) {
+        assert_eq!(
+            parent.agent(name).unwrap()["id"].as_str(),
+            Some(id.as_str()),
+            "{name} came back as another agent"
+        );
+    }
+    let mut expected: Vec<String> = ids.iter().map(|id| format!("fleetls-child:{id}")).collect();
+    expected.push("fleetls-parent".into());
+    wait_for(
+        "the parent and the 3 children connected to the restarted node",
+        Duration::from_secs(30),
+        || {
+            let listed = connection_names(&vhost)?;
+            expected.iter().all(|e| listed.contains(e)).then_some(())
+        },
+    );
+
+    // A child started after the outage registers too.
+    let _late = start_child(&vhost, dir.path(), "after-outage", &[]);
+    wait_for("the new child online", Duration::from_secs(30), || {
+        (parent.agent("after-outage")?["online"] == true).then_some(())
+    });
+    let status = parent.status_json().unwrap();
+    assert_eq!(status["network"]["agents"], 4, "{status}");
+}
