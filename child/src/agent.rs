@@ -5,7 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleetls_proto::{topology, AgentState, Body, Csr, Envelope, Heartbeat, Hello, Refused};
+use fleetls_proto::{
+    topology, AgentState, Body, Csr, Envelope, Heartbeat, Hello, Refused, RunStep, StepReport, StepSpec,
+};
 use futures_lite::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
@@ -20,6 +22,7 @@ use crate::certs::CertStore;
 use crate::config::RunConfig;
 use crate::identity::{self, Identity, State, StoreError};
 use crate::shutdown::Shutdown;
+use crate::steps;
 
 /// Why the child could not start.
 #[derive(Debug, thiserror::Error)]
@@ -150,6 +153,30 @@ fn create_private_dir(path: &std::path::Path) -> std::io::Result<()> {
         .recursive(true)
         .mode(0o700)
         .create(path)
+}
+
+/// Runs one test step and says how it went.
+pub async fn run_step(store: &CertStore, run: &RunStep) -> StepReport {
+    let left = run.deadline.saturating_sub(fleetls_proto::now_ms());
+    let limit = Duration::from_millis(left.clamp(1_000, 30_000));
+    let result = match &run.step {
+        StepSpec::CertTest => steps::cert_test(store).map(|_| steps::CERT_OK.to_owned()),
+        StepSpec::SslPort { host, port } => match steps::cert_test(store) {
+            Ok(loaded) => steps::ssl_port_test(&loaded, host, *port, limit).await,
+            Err(failure) => Err(failure),
+        },
+    };
+    let (ok, message, cause) = match result {
+        Ok(message) => (true, message, None),
+        Err(failure) => (false, failure.message, Some(failure.cause)),
+    };
+    StepReport {
+        campaign: run.campaign,
+        step: run.step.step(),
+        ok,
+        message,
+        cause,
+    }
 }
 
 /// One connection to the broker.
@@ -346,6 +373,11 @@ impl Session {
                     return Ok(Err(reason));
                 }
                 self.send_state(agent).await?;
+            }
+            Body::RunStep(run) => {
+                let report = run_step(&store, &run).await;
+                self.send(agent, Body::StepReport(report), Some(envelope.id))
+                    .await?;
             }
             Body::CsrRejected(rejected) => {
                 warn!(reason = %rejected.reason, "the parent refused this agent's CSR");

@@ -10,3 +10,4 @@ pub mod certs;
 pub mod config;
 pub mod identity;
 pub mod shutdown;
+pub mod steps;

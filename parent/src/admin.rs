@@ -23,6 +23,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/certs/generate", post(certs_generate))
         .route("/api/certs/send", post(certs_send))
         .route("/api/certs/reset", post(certs_reset))
+        .route("/api/campaigns", post(campaign_start))
+        .route("/api/campaigns/current", get(campaign_current))
         .route_layer(middleware::from_fn_with_state(app.clone(), require_token))
         .with_state(app)
 }
@@ -97,9 +99,24 @@ async fn certs_generate(
     State(app): State<Arc<App>>,
     Json(request): Json<ops::GenerateRequest>,
 ) -> Result<Json<ops::GenerateReport>, ApiError> {
-    Ok(Json(
-        blocking(&app, move |app| ops::certs_generate(app, &request)).await?,
-    ))
+    let report = blocking(&app, move |app| ops::certs_generate(app, &request)).await?;
+    if let Err(e) = app.start_ssl_port().await {
+        tracing::warn!(error = %e, "the SSL port cannot be opened");
+    }
+    Ok(Json(report))
+}
+
+async fn campaign_start(
+    State(app): State<Arc<App>>,
+    Json(request): Json<ops::CampaignRequest>,
+) -> Result<Json<crate::campaign::Progress>, ApiError> {
+    Ok(Json(blocking(&app, move |app| ops::start_campaign(app, &request)).await?))
+}
+
+async fn campaign_current(
+    State(app): State<Arc<App>>,
+) -> Result<Json<Option<crate::campaign::Progress>>, ApiError> {
+    Ok(Json(blocking(&app, ops::campaign_progress).await?))
 }
 
 async fn certs_send(
@@ -113,9 +130,9 @@ async fn certs_reset(
     State(app): State<Arc<App>>,
     Json(request): Json<ops::ResetRequest>,
 ) -> Result<Json<ops::ResetReport>, ApiError> {
-    Ok(Json(
-        blocking(&app, move |app| ops::certs_reset(app, &request)).await?,
-    ))
+    let report = blocking(&app, move |app| ops::certs_reset(app, &request)).await?;
+    app.stop_ssl_port().await;
+    Ok(Json(report))
 }
 
 impl From<OpError> for ApiError {

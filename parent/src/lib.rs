@@ -6,15 +6,19 @@
 
 pub mod admin;
 pub mod broker;
+pub mod campaign;
 pub mod client;
 pub mod config;
+pub mod engine;
 pub mod files;
+pub mod follow;
 pub mod ops;
 pub mod pki;
 pub mod registry;
 pub mod service;
 pub mod settings;
 pub mod shutdown;
+pub mod ssl_port;
 pub mod status;
 pub mod token;
 

@@ -40,12 +40,51 @@ enum Command {
         #[command(subcommand)]
         action: SettingsAction,
     },
+    /// "Verify SSL Switchover": every eligible child holding a certificate
+    /// runs the two-step test (certificate generation, connection over the
+    /// SSL port), at most --concurrency at once. Follows the campaign with a
+    /// progress line; Ctrl-C detaches without stopping it.
+    Verify(CampaignArgs),
+    /// "Reverify": re-run the test only for the children whose last result
+    /// was not a pass.
+    Reverify(CampaignArgs),
+    /// Follow the newest campaign (or print its progress with --json).
+    Campaign {
+        #[command(flatten)]
+        target: AdminTarget,
+        /// Print the progress as JSON once instead of following
+        #[arg(long)]
+        json: bool,
+    },
     /// Certificates: generate the CA and server certificates, send the
     /// information to the children, or reset everything.
     Certs {
         #[command(subcommand)]
         action: CertsAction,
     },
+}
+
+#[derive(clap::Args)]
+struct CampaignArgs {
+    /// The campaign's deadline (e.g. 60m, 90s); unfinished children then
+    /// count as "did not participate"
+    #[arg(long, default_value = "60m", value_parser = fleetls_parent::follow::parse_duration)]
+    timeout: std::time::Duration,
+    /// Each step's deadline
+    #[arg(long, default_value = "60s", value_parser = fleetls_parent::follow::parse_duration)]
+    step_timeout: std::time::Duration,
+    /// Number of child agents that can simultaneously perform remote actions
+    /// (default: the parent's --window)
+    #[arg(long)]
+    concurrency: Option<usize>,
+    /// Start it and return at once
+    #[arg(long)]
+    detach: bool,
+    #[command(flatten)]
+    target: AdminTarget,
+    /// Print the final progress and summary as JSON
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -185,6 +224,88 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         },
         Command::Certs { action } => certs(action).await,
+        Command::Verify(args) => campaign(fleetls_parent::campaign::Kind::Verify, args).await,
+        Command::Reverify(args) => campaign(fleetls_parent::campaign::Kind::Reverify, args).await,
+        Command::Campaign { target, json } => {
+            let client = Client::new(&target)?;
+            if json {
+                let progress: Option<fleetls_parent::campaign::Progress> =
+                    client.get("/api/campaigns/current").await?;
+                println!("{}", serde_json::to_string_pretty(&progress)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let (_, ended) = fleetls_parent::follow::follow(&client).await?;
+            if ended {
+                print_summary(&client.status().await?);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn campaign(kind: fleetls_parent::campaign::Kind, args: CampaignArgs) -> anyhow::Result<ExitCode> {
+    let client = Client::new(&args.target)?;
+    let request = ops::CampaignRequest {
+        kind,
+        timeout_secs: Some(args.timeout.as_secs()),
+        step_timeout_secs: Some(args.step_timeout.as_secs()),
+        window: args.concurrency,
+    };
+    let started: fleetls_parent::campaign::Progress = client.post("/api/campaigns", &request).await?;
+    if args.detach {
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&started)?);
+        } else {
+            println!(
+                "campaign {} started over {} child(ren), {} at once",
+                started.id, started.total, started.window
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let (progress, ended) = fleetls_parent::follow::follow(&client).await?;
+    let status = client.status().await?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "campaign": progress,
+                "summary": status.summary,
+            }))?
+        );
+    } else if ended {
+        print_summary(&status);
+    }
+    // 0 when every child passed; 4 when some failed or did not take part.
+    Ok(if ended && progress.passed == progress.total {
+        ExitCode::SUCCESS
+    } else if ended {
+        ExitCode::from(4)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn print_summary(status: &fleetls_parent::status::Status) {
+    let s = &status.summary;
+    println!("Summary of the SSL switchover test:");
+    println!("  properly passed:            {}", s.passed);
+    println!("  with errors:                {}", s.with_errors);
+    println!("  did not participate:        {}", s.did_not_participate);
+    println!("  version not supporting SSL: {}", s.version_not_supporting_ssl);
+    println!("  mPOS:                       {}", s.mpos);
+    for agent in &status.agents {
+        if let Some(result) = &agent.last_result {
+            if result.state != "passed" {
+                println!(
+                    "  {:<24} {:<20} {} {}",
+                    agent.name,
+                    result.state,
+                    result.cause.as_deref().unwrap_or("-"),
+                    result.message.as_deref().unwrap_or("")
+                );
+            }
+        }
     }
 }
 

@@ -300,3 +300,110 @@ pub fn certs_reset(app: &App, request: &ResetRequest) -> Result<ResetReport, OpE
     tracing::warn!(moved_to = %moved_to.display(), "certificates reset");
     Ok(ResetReport { moved_to })
 }
+
+/// What `verify` / `reverify` is asked.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CampaignRequest {
+    /// Which campaign.
+    pub kind: crate::campaign::Kind,
+    /// The campaign deadline, seconds (default 3600).
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
+    /// Each step's deadline, seconds (default 60).
+    #[serde(default)]
+    pub step_timeout_secs: Option<u64>,
+    /// Most children acting at once (default: the parent's `--window`).
+    #[serde(default)]
+    pub window: Option<usize>,
+}
+
+/// Default campaign deadline.
+pub const DEFAULT_CAMPAIGN_TIMEOUT_SECS: u64 = 3600;
+/// Default step deadline.
+pub const DEFAULT_STEP_TIMEOUT_SECS: u64 = 60;
+
+/// Starts a `verify` or `reverify` campaign.
+pub fn start_campaign(app: &App, request: &CampaignRequest) -> Result<crate::campaign::Progress, OpError> {
+    use crate::campaign::{self, Enrolment, Kind};
+    if app.pki().is_none() {
+        return Err(OpError::Refused(
+            "there are no certificates yet: run `certs generate` and `certs send` first".into(),
+        ));
+    }
+    let window = request.window.unwrap_or(app.config.window);
+    if window == 0 {
+        return Err(OpError::BadRequest("--concurrency must be at least 1".into()));
+    }
+    let timeout = request.timeout_secs.unwrap_or(DEFAULT_CAMPAIGN_TIMEOUT_SECS);
+    let step_timeout = request.step_timeout_secs.unwrap_or(DEFAULT_STEP_TIMEOUT_SECS);
+    if timeout == 0 || step_timeout == 0 {
+        return Err(OpError::BadRequest("timeouts must be at least 1 second".into()));
+    }
+    let min = app.config.min_ssl_version;
+    let agents = app.registry.agents().map_err(internal)?;
+    let last = app
+        .registry
+        .with_db(|db| campaign::last_results(db))
+        .map_err(internal)?;
+    let settings = app.settings();
+    let children: Vec<Enrolment> = agents
+        .iter()
+        .filter(|a| eligible(a, min) && a.has_certificate)
+        .filter(|a| match request.kind {
+            Kind::Verify => true,
+            Kind::Reverify => last.get(&a.id).is_some_and(|r| r.state != "passed"),
+        })
+        .map(|a| {
+            let (host, port) = ssl_target(a, &agents, &settings);
+            Enrolment {
+                agent: a.id,
+                host,
+                port,
+            }
+        })
+        .collect();
+    if children.is_empty() {
+        return Err(OpError::Refused(match request.kind {
+            Kind::Verify => "no eligible child holds a certificate yet: run `certs send` and wait for the counter".into(),
+            Kind::Reverify => "no child's last result is a failure: nothing to reverify".into(),
+        }));
+    }
+    let id = app
+        .registry
+        .with_tx(|tx| {
+            if let Some(running) = campaign::running(tx)? {
+                return Ok(Err(running));
+            }
+            campaign::create(
+                tx,
+                request.kind,
+                window,
+                timeout.saturating_mul(1000),
+                step_timeout.saturating_mul(1000),
+                &children,
+            )
+            .map(Ok)
+        })
+        .map_err(internal)?
+        .map_err(|running| {
+            OpError::Refused(format!(
+                "campaign {running} is still running; follow it with `fleetls-parent campaign` or wait for it to end"
+            ))
+        })?;
+    app.campaign_changed.notify_one();
+    tracing::info!(campaign = %id, kind = ?request.kind, children = children.len(), window, "campaign started");
+    app.registry
+        .with_db(|db| campaign::progress(db, id))
+        .map_err(internal)?
+        .ok_or_else(|| OpError::Internal("the campaign vanished".into()))
+}
+
+/// The newest campaign's progress, if any campaign ever ran.
+pub fn campaign_progress(app: &App) -> Result<Option<crate::campaign::Progress>, OpError> {
+    app.registry
+        .with_db(|db| match crate::campaign::latest(db)? {
+            Some(id) => crate::campaign::progress(db, id),
+            None => Ok(None),
+        })
+        .map_err(internal)
+}

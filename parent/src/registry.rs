@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use fleetls_proto::{AgentKind, AgentState, Body, CertificateIssued, CsrRejected, Hello};
+use fleetls_proto::{AgentKind, AgentState, Body, CertificateIssued, CsrRejected, Hello, StepReport};
 
 use crate::pki::Issued;
 use rusqlite::{params, Connection, OptionalExtension};
@@ -48,6 +48,8 @@ pub enum EventKind {
     Csr(String),
     /// A child refused a command.
     Refused(String),
+    /// The result of a test step.
+    StepReport(StepReport),
 }
 
 /// A message to send to one agent once the transaction is committed.
@@ -151,6 +153,7 @@ impl Registry {
         db.pragma_update(None, "synchronous", "FULL")?;
         db.busy_timeout(std::time::Duration::from_secs(5))?;
         db.execute_batch(SCHEMA)?;
+        db.execute_batch(crate::campaign::SCHEMA)?;
         Ok(Registry {
             db: Arc::new(Mutex::new(db)),
         })
@@ -230,6 +233,9 @@ impl Registry {
                         ],
                     )?;
                 }
+                EventKind::StepReport(report) => {
+                    crate::campaign::on_report(&tx, event.agent, report, &mut outgoing)?;
+                }
                 EventKind::Refused(reason) => {
                     tx.execute(
                         "INSERT INTO refusals (agent_id, reason, at) VALUES (?1, ?2, ?3)
@@ -290,6 +296,26 @@ impl Registry {
         }
         tx.commit()?;
         Ok(outgoing)
+    }
+
+    /// Runs `f` in one transaction, committed when it returns `Ok`.
+    pub fn with_tx<T>(
+        &self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, RegistryError>,
+    ) -> Result<T, RegistryError> {
+        let mut db = self.lock();
+        let tx = db.transaction()?;
+        let value = f(&tx)?;
+        tx.commit()?;
+        Ok(value)
+    }
+
+    /// Runs a read-only `f` on the database.
+    pub fn with_db<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, RegistryError>,
+    ) -> Result<T, RegistryError> {
+        f(&self.lock())
     }
 
     /// The last refusal of every agent that has one: (agent, reason, at ms).

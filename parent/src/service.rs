@@ -69,18 +69,37 @@ pub struct App {
     pub pki: RwLock<Option<Arc<Pki>>>,
     /// The channel of the current broker session, for operations that send.
     pub channel: Mutex<Option<Channel>>,
+    /// Wakes the campaign engine (a campaign started or a child ended).
+    pub campaign_changed: tokio::sync::Notify,
+    /// The SSL port server, while it runs.
+    pub ssl_port: tokio::sync::Mutex<Option<SslPortHandle>>,
+    /// Stops everything.
+    pub shutdown: Shutdown,
+}
+
+/// A running SSL port.
+pub struct SslPortHandle {
+    /// Its port.
+    pub port: u16,
+    stop: crate::shutdown::Trigger,
 }
 
 impl App {
     /// The current status view.
     pub fn status(&self) -> Result<Status, RegistryError> {
         let pki = self.pki();
-        crate::status::compute(
+        let mut status = crate::status::compute(
             &self.registry,
             self.config.min_ssl_version,
             self.config.offline_after.as_millis() as u64,
             pki.as_deref().map(|p| p.root_fingerprint.as_str()),
-        )
+        )?;
+        status.network.ssl_port = self
+            .ssl_port
+            .try_lock()
+            .ok()
+            .and_then(|handle| handle.as_ref().map(|h| h.port));
+        Ok(status)
     }
 
     /// The CA, if generated.
@@ -106,6 +125,45 @@ impl App {
 
     fn set_channel(&self, channel: Option<Channel>) {
         *self.channel.lock().unwrap_or_else(|p| p.into_inner()) = channel;
+        self.campaign_changed.notify_one();
+    }
+
+    /// Opens the SSL port with the parent's certificate, if it is not open.
+    pub async fn start_ssl_port(&self) -> Result<u16, crate::ssl_port::SslPortError> {
+        let mut handle = self.ssl_port.lock().await;
+        if let Some(running) = handle.as_ref() {
+            return Ok(running.port);
+        }
+        let config = crate::ssl_port::parent_config(&self.config.data_dir)?;
+        let port = self.settings().port;
+        let listener = crate::ssl_port::bind(port).await?;
+        let (stop, stopped) = crate::shutdown::channel();
+        let mut global = self.shutdown.clone();
+        let mut own = stopped.clone();
+        let (trigger, both) = crate::shutdown::channel();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = global.wait() => {}
+                _ = own.wait() => {}
+            }
+            trigger.fire();
+        });
+        let greeting = format!("fleetls-parent {} ok\n", env!("CARGO_PKG_VERSION"));
+        tokio::spawn(crate::ssl_port::serve(listener, config, greeting, both));
+        *handle = Some(SslPortHandle { port, stop });
+        Ok(port)
+    }
+
+    /// Closes the SSL port (after `certs reset`).
+    pub async fn stop_ssl_port(&self) {
+        if let Some(handle) = self.ssl_port.lock().await.take() {
+            handle.stop.fire();
+        }
+    }
+
+    /// Whether an agent was heard from recently.
+    pub fn is_online(&self, last_seen: u64) -> bool {
+        fleetls_proto::now_ms().saturating_sub(last_seen) < self.config.offline_after.as_millis() as u64
     }
 }
 
@@ -168,12 +226,22 @@ pub async fn serve(
         settings: RwLock::new(settings),
         pki: RwLock::new(pki),
         channel: Mutex::new(None),
+        campaign_changed: tokio::sync::Notify::new(),
+        ssl_port: tokio::sync::Mutex::new(None),
+        shutdown: shutdown.clone(),
     });
+    if app.pki().is_some() {
+        if let Err(e) = app.start_ssl_port().await {
+            warn!(error = %e, "the SSL port cannot be opened");
+        }
+    }
+    let engine = tokio::spawn(crate::engine::run(app.clone(), shutdown.clone()));
     let admin = tokio::spawn(crate::admin::run(listener, app.clone(), shutdown.clone()));
     if let Some(ready) = ready {
         let _ = ready.send(admin_addr);
     }
     broker_loop(&app, shutdown.clone()).await;
+    let _ = engine.await;
     match admin.await {
         Ok(Err(e)) => warn!(error = %e, "admin server stopped with an error"),
         Err(e) => warn!(error = %e, "admin server task failed"),
@@ -324,7 +392,7 @@ async fn handle_batch(
     channel: &Channel,
     deliveries: Vec<Delivery>,
 ) -> Result<(), SessionError> {
-    let mut events = Vec::with_capacity(deliveries.len());
+    let mut events: Vec<Event> = Vec::with_capacity(deliveries.len());
     let mut to_ack = Vec::with_capacity(deliveries.len());
     for delivery in deliveries {
         match fleetls_proto::decode(&delivery.data) {
@@ -348,6 +416,9 @@ async fn handle_batch(
         }
     }
     if !events.is_empty() {
+        let reports = events
+            .iter()
+            .any(|e| matches!(e.what, EventKind::StepReport(_)));
         let registry = app.registry.clone();
         let signer = app.pki().map(CaSigner);
         let outgoing = tokio::task::spawn_blocking(move || {
@@ -356,6 +427,9 @@ async fn handle_batch(
         .await
         .map_err(|e| RegistryError::Corrupt(format!("registry task failed: {e}")))??;
         send_all(channel, outgoing).await?;
+        if reports {
+            app.campaign_changed.notify_one();
+        }
     }
     for delivery in to_ack {
         delivery
@@ -400,6 +474,7 @@ fn to_event(envelope: Envelope) -> Result<Option<Event>, String> {
         Body::Heartbeat(beat) => event(EventKind::Heartbeat(beat.state)),
         Body::Csr(csr) => event(EventKind::Csr(csr.pem)),
         Body::Refused(refused) => event(EventKind::Refused(refused.reason)),
+        Body::StepReport(report) => event(EventKind::StepReport(report)),
         Body::CertificatesReady(_)
         | Body::CertificateIssued(_)
         | Body::CsrRejected(_)

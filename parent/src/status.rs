@@ -16,6 +16,8 @@ pub struct Status {
     pub network: Network,
     /// The figures of the last campaign.
     pub summary: Summary,
+    /// The newest campaign's progress.
+    pub campaign: Option<crate::campaign::Progress>,
     /// Every agent.
     pub agents: Vec<AgentStatus>,
 }
@@ -45,6 +47,8 @@ pub struct Network {
     pub certificates_generated: bool,
     /// The root CA fingerprint, once generated.
     pub ca_fingerprint: Option<String>,
+    /// The SSL port, while it listens.
+    pub ssl_port: Option<u16>,
 }
 
 /// The campaign summary (every figure a query over the registry).
@@ -92,7 +96,7 @@ pub struct AgentStatus {
     /// Broker connection is AMQPS.
     pub broker_tls: bool,
     /// The last test result, if any.
-    pub last_result: Option<serde_json::Value>,
+    pub last_result: Option<crate::campaign::LastResult>,
     /// The last command this agent refused or was refused, and why.
     pub refusal: Option<String>,
 }
@@ -107,18 +111,31 @@ pub fn compute(
     let now = fleetls_proto::now_ms();
     let agents = registry.agents()?;
     let mut refusals = registry.refusals()?;
+    let (mut last, campaign) = registry.with_db(|db| {
+        let last = crate::campaign::last_results(db)?;
+        let campaign = match crate::campaign::latest(db)? {
+            Some(id) => crate::campaign::progress(db, id)?,
+            None => None,
+        };
+        Ok((last, campaign))
+    })?;
     let list: Vec<AgentStatus> = agents
         .into_iter()
         .map(|a| {
             let refusal = refusals.remove(&a.id).map(|(reason, _)| reason);
+            let last_result = last.remove(&a.id);
             AgentStatus {
                 refusal,
+                last_result,
                 ..view(a, min_ssl_version, now, offline_after_ms)
             }
         })
         .collect();
     let count = |f: &dyn Fn(&AgentStatus) -> bool| list.iter().filter(|a| f(a)).count();
     let eligible = |a: &AgentStatus| a.ssl_capable && a.kind != AgentKind::Mpos;
+    fn outcome(a: &AgentStatus) -> Option<&str> {
+        a.last_result.as_ref().map(|r| r.state.as_str())
+    }
     let online = count(&|a| a.online);
     let with_certs = count(&|a| eligible(a) && a.has_certificate);
     let switched = count(&|a| a.ssl);
@@ -144,13 +161,21 @@ pub fn compute(
             broker_tls,
             min_ssl_version: min_ssl_version.to_string(),
             certificates_generated: ca_fingerprint.is_some(),
+            ssl_port: None,
             ca_fingerprint: ca_fingerprint.map(str::to_owned),
         },
         summary: Summary {
+            passed: count(&|a| eligible(a) && outcome(a) == Some("passed")),
+            with_errors: count(&|a| eligible(a) && outcome(a) == Some("failed")),
+            did_not_participate: if campaign.is_some() {
+                count(&|a| eligible(a) && !matches!(outcome(a), Some("passed" | "failed")))
+            } else {
+                0
+            },
             version_not_supporting_ssl: count(&|a| !a.ssl_capable),
             mpos: count(&|a| a.kind == AgentKind::Mpos && a.ssl_capable),
-            ..Summary::default()
         },
+        campaign,
         agents: list,
     })
 }

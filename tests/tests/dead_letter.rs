@@ -460,3 +460,59 @@ fn a_payload_that_is_not_a_map_is_malformed_not_a_newer_version() {
         );
     }
 }
+
+#[test]
+fn a_dead_letter_does_not_expire_with_the_original() {
+    // A command with a deadline carries `expiration`; sent to the wrong
+    // place, its dead-lettered copy must stay in fleetls.dead for the
+    // operator, not vanish when the original's TTL runs out.
+    let vhost = Vhost::new();
+    let dir = tempfile::tempdir().unwrap();
+    let _parent = Parent::start(&vhost, dir.path(), &[]);
+    wait_for_parent_consumer(&vhost);
+    let step = Body::RunStep(RunStep {
+        campaign: Uuid::new_v4(),
+        step: StepSpec::CertTest,
+        deadline: fleetls_proto::now_ms() + 600_000,
+    });
+    let payloads = vec![
+        fleetls_proto::encode(&Envelope::new(Uuid::new_v4(), step)).unwrap(),
+        b"garbage with a deadline".to_vec(),
+    ];
+    let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
+    runtime.block_on(async {
+        let connection = Connection::connect(&vhost.url(), ConnectionProperties::default())
+            .await
+            .expect("the test connects to the broker");
+        let channel = connection.create_channel().await.expect("a channel");
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .expect("publisher confirms");
+        for payload in &payloads {
+            let confirm = channel
+                .basic_publish(
+                    "fleetls.parent".into(),
+                    "fleetls.parent".into(),
+                    BasicPublishOptions::default(),
+                    payload,
+                    BasicProperties::default().with_expiration("600000".into()),
+                )
+                .await
+                .expect("publish")
+                .await
+                .expect("publisher confirm");
+            assert!(confirm.is_ack());
+        }
+        connection.close(200, "done".into()).await.expect("close");
+    });
+    let dead = drain_to_dead(&vhost, payloads.len() as u64);
+    for message in &dead {
+        assert!(!reason(message).is_empty(), "{message}");
+        assert!(
+            message["properties"]["expiration"].is_null(),
+            "the dead letter keeps the original's expiration, so it will expire from fleetls.dead: {}",
+            message["properties"]
+        );
+    }
+}

@@ -1,0 +1,587 @@
+//! Campaigns: one run of remote actions over many children (`verify`,
+//! `reverify`), with at most `window` children acting at once.
+//!
+//! Everything lives in the registry, so a parent killed mid-campaign
+//! resumes where it was: the engine re-sends the step to children that were
+//! acting, a duplicate or late report is recorded once and changes nothing,
+//! and every child ends in exactly one of passed, failed or did not
+//! participate. The engine fills the window; reports move children forward
+//! inside the transaction that records them.
+
+use rusqlite::{params, OptionalExtension, Transaction};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use fleetls_proto::{Body, RunStep, Step, StepReport, StepSpec};
+
+use crate::registry::{Outgoing, RegistryError};
+
+/// Campaign tables.
+pub const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS campaigns (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    state TEXT NOT NULL,
+    window INTEGER NOT NULL,
+    started_at INTEGER NOT NULL,
+    deadline_at INTEGER NOT NULL,
+    step_timeout_ms INTEGER NOT NULL,
+    finished_at INTEGER,
+    max_acting INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS campaign_children (
+    campaign TEXT NOT NULL,
+    agent TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    step TEXT,
+    target_host TEXT NOT NULL,
+    target_port INTEGER NOT NULL,
+    step_deadline INTEGER,
+    started_at INTEGER,
+    finished_at INTEGER,
+    message TEXT,
+    cause TEXT,
+    PRIMARY KEY (campaign, agent)
+);
+CREATE INDEX IF NOT EXISTS campaign_children_state ON campaign_children(campaign, state, seq);
+CREATE INDEX IF NOT EXISTS campaign_children_agent ON campaign_children(agent);
+CREATE TABLE IF NOT EXISTS step_results (
+    campaign TEXT NOT NULL,
+    agent TEXT NOT NULL,
+    step TEXT NOT NULL,
+    ok INTEGER NOT NULL,
+    message TEXT NOT NULL,
+    cause TEXT,
+    at INTEGER NOT NULL,
+    late INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (campaign, agent, step)
+);
+";
+
+/// Which campaign.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    /// Every eligible child holding a certificate.
+    Verify,
+    /// Only the children whose last result was not a pass.
+    Reverify,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Verify => "verify",
+            Kind::Reverify => "reverify",
+        }
+    }
+}
+
+/// One child to enrol: the agent and where it tests its SSL connection.
+#[derive(Debug, Clone)]
+pub struct Enrolment {
+    /// The agent.
+    pub agent: Uuid,
+    /// Host of its SSL port test.
+    pub host: String,
+    /// Port of its SSL port test.
+    pub port: u16,
+}
+
+/// The progress of a campaign (a query over the registry).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Progress {
+    /// Its id.
+    pub id: Uuid,
+    /// `verify` or `reverify`.
+    pub kind: String,
+    /// `running`, `finished` or `timed_out`.
+    pub state: String,
+    /// Most children acting at once.
+    pub window: usize,
+    /// The most that ever acted at once (from the parent's own record).
+    pub max_acting: usize,
+    /// Children enrolled.
+    pub total: usize,
+    /// Not started yet.
+    pub waiting: usize,
+    /// Acting now.
+    pub acting: usize,
+    /// Passed both steps.
+    pub passed: usize,
+    /// Reported an error.
+    pub failed: usize,
+    /// Did not answer, was offline, or the campaign timed out first.
+    pub did_not_participate: usize,
+    /// Start, ms since the epoch.
+    pub started_at: u64,
+    /// Campaign deadline, ms since the epoch.
+    pub deadline_at: u64,
+    /// End, ms since the epoch.
+    pub finished_at: Option<u64>,
+}
+
+impl Progress {
+    /// Whether the campaign is over.
+    pub fn is_over(&self) -> bool {
+        self.state != "running"
+    }
+}
+
+fn step_name(step: Step) -> &'static str {
+    match step {
+        Step::CertTest => "cert-test",
+        Step::SslPort => "ssl-port",
+    }
+}
+
+/// The running campaign, if any.
+pub fn running(tx: &rusqlite::Connection) -> Result<Option<Uuid>, RegistryError> {
+    let id: Option<String> = tx
+        .query_row(
+            "SELECT id FROM campaigns WHERE state = 'running' ORDER BY started_at LIMIT 1",
+            [],
+            |row| row.get(0),
+        )
+        .optional()?;
+    Ok(id.and_then(|id| id.parse().ok()))
+}
+
+/// Creates a campaign over `children` (in that order).
+pub fn create(
+    tx: &Transaction<'_>,
+    kind: Kind,
+    window: usize,
+    timeout_ms: u64,
+    step_timeout_ms: u64,
+    children: &[Enrolment],
+) -> Result<Uuid, RegistryError> {
+    let id = Uuid::new_v4();
+    let now = fleetls_proto::now_ms();
+    tx.execute(
+        "INSERT INTO campaigns (id, kind, state, window, started_at, deadline_at, step_timeout_ms)
+         VALUES (?1, ?2, 'running', ?3, ?4, ?5, ?6)",
+        params![
+            id.to_string(),
+            kind.as_str(),
+            window as i64,
+            now as i64,
+            now.saturating_add(timeout_ms) as i64,
+            step_timeout_ms as i64
+        ],
+    )?;
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO campaign_children (campaign, agent, seq, state, target_host, target_port)
+         VALUES (?1, ?2, ?3, 'waiting', ?4, ?5)",
+    )?;
+    for (seq, child) in children.iter().enumerate() {
+        insert.execute(params![
+            id.to_string(),
+            child.agent.to_string(),
+            seq as i64,
+            child.host,
+            child.port
+        ])?;
+    }
+    Ok(id)
+}
+
+/// What one engine tick decided.
+#[derive(Debug, Default)]
+pub struct Tick {
+    /// Steps to send.
+    pub outgoing: Vec<Outgoing>,
+    /// Whether the campaign is still running.
+    pub running: bool,
+    /// The earliest moment something may time out (ms), to sleep until.
+    pub next_deadline: Option<u64>,
+}
+
+/// One turn of the engine: time out what is late, fill the window, finish
+/// when nothing is left. `online` says whether an agent is online now;
+/// `resend` re-sends the step of every acting child (after a restart).
+pub fn tick(
+    tx: &Transaction<'_>,
+    campaign: Uuid,
+    online: &dyn Fn(&Uuid) -> bool,
+    resend: bool,
+) -> Result<Tick, RegistryError> {
+    let id = campaign.to_string();
+    let now = fleetls_proto::now_ms() as i64;
+    let (window, deadline, step_timeout): (i64, i64, i64) = tx.query_row(
+        "SELECT window, deadline_at, step_timeout_ms FROM campaigns WHERE id = ?1",
+        params![id],
+        |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+    )?;
+    let mut result = Tick::default();
+    if now >= deadline {
+        tx.execute(
+            "UPDATE campaign_children SET state = 'did_not_participate', finished_at = ?2,
+                 message = 'The campaign timed out before this child finished.', cause = 'timeout'
+             WHERE campaign = ?1 AND state IN ('waiting', 'acting')",
+            params![id, now],
+        )?;
+        tx.execute(
+            "UPDATE campaigns SET state = 'timed_out', finished_at = ?2 WHERE id = ?1",
+            params![id, now],
+        )?;
+        return Ok(result);
+    }
+    tx.execute(
+        "UPDATE campaign_children SET state = 'did_not_participate', finished_at = ?2,
+             message = 'No answer within the step timeout of ' || (?3 / 1000) || ' s.', cause = 'timeout'
+         WHERE campaign = ?1 AND state = 'acting' AND step_deadline <= ?2",
+        params![id, now, step_timeout],
+    )?;
+    if resend {
+        let mut acting = tx.prepare_cached(
+            "SELECT agent, step, target_host, target_port, step_deadline FROM campaign_children
+             WHERE campaign = ?1 AND state = 'acting'",
+        )?;
+        let rows = acting.query_map(params![id], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, String>(2)?,
+                row.get::<_, u16>(3)?,
+                row.get::<_, i64>(4)?,
+            ))
+        })?;
+        for row in rows {
+            let (agent, step, host, port, step_deadline) = row?;
+            let spec = if step == "ssl-port" {
+                StepSpec::SslPort { host, port }
+            } else {
+                StepSpec::CertTest
+            };
+            if let Ok(agent) = agent.parse() {
+                result
+                    .outgoing
+                    .push(run_step(agent, campaign, spec, step_deadline as u64));
+            }
+        }
+    }
+    let acting: i64 = tx.query_row(
+        "SELECT count(*) FROM campaign_children WHERE campaign = ?1 AND state = 'acting'",
+        params![id],
+        |row| row.get(0),
+    )?;
+    let mut free = (window - acting).max(0);
+    let mut started = 0i64;
+    while free > 0 {
+        let next: Vec<String> = {
+            let mut stmt = tx.prepare_cached(
+                "SELECT agent FROM campaign_children WHERE campaign = ?1 AND state = 'waiting'
+                 ORDER BY seq LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![id, free], |row| row.get::<_, String>(0))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        if next.is_empty() {
+            break;
+        }
+        for agent_text in next {
+            let Ok(agent) = agent_text.parse::<Uuid>() else {
+                continue;
+            };
+            if !online(&agent) {
+                tx.execute(
+                    "UPDATE campaign_children SET state = 'did_not_participate', finished_at = ?3,
+                         message = 'The child was offline when its turn came.'
+                     WHERE campaign = ?1 AND agent = ?2",
+                    params![id, agent_text, now],
+                )?;
+                continue;
+            }
+            let step_deadline = now + step_timeout;
+            tx.execute(
+                "UPDATE campaign_children SET state = 'acting', step = 'cert-test', started_at = ?3,
+                     step_deadline = ?4
+                 WHERE campaign = ?1 AND agent = ?2",
+                params![id, agent_text, now, step_deadline],
+            )?;
+            result.outgoing.push(run_step(
+                agent,
+                campaign,
+                StepSpec::CertTest,
+                step_deadline as u64,
+            ));
+            free -= 1;
+            started += 1;
+        }
+    }
+    let now_acting = acting + started;
+    tx.execute(
+        "UPDATE campaigns SET max_acting = max(max_acting, ?2) WHERE id = ?1",
+        params![id, now_acting],
+    )?;
+    if now_acting == 0 {
+        tx.execute(
+            "UPDATE campaigns SET state = 'finished', finished_at = ?2 WHERE id = ?1",
+            params![id, now],
+        )?;
+        return Ok(result);
+    }
+    result.running = true;
+    result.next_deadline = tx.query_row(
+        "SELECT min(step_deadline) FROM campaign_children WHERE campaign = ?1 AND state = 'acting'",
+        params![id],
+        |row| row.get::<_, Option<i64>>(0),
+    )?
+    .map(|d| d.min(deadline) as u64);
+    Ok(result)
+}
+
+fn run_step(agent: Uuid, campaign: Uuid, step: StepSpec, deadline: u64) -> Outgoing {
+    Outgoing {
+        agent,
+        body: Body::RunStep(RunStep {
+            campaign,
+            step,
+            deadline,
+        }),
+        re: None,
+    }
+}
+
+/// Records a step report and moves its child on: after a passed step 1 it
+/// sends step 2; a failed step or a passed step 2 ends the child. A report
+/// for a step already recorded changes nothing; one that comes after the
+/// child was ended is recorded as late. Returns whether a child ended.
+pub fn on_report(
+    tx: &Transaction<'_>,
+    agent: Uuid,
+    report: &StepReport,
+    outgoing: &mut Vec<Outgoing>,
+) -> Result<bool, RegistryError> {
+    let campaign = report.campaign.to_string();
+    let agent_text = agent.to_string();
+    let step = step_name(report.step);
+    let now = fleetls_proto::now_ms() as i64;
+    let row: Option<(String, Option<String>, String, u16, i64)> = tx
+        .query_row(
+            "SELECT cc.state, cc.step, cc.target_host, cc.target_port, c.step_timeout_ms
+             FROM campaign_children cc JOIN campaigns c ON c.id = cc.campaign
+             WHERE cc.campaign = ?1 AND cc.agent = ?2",
+            params![campaign, agent_text],
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?)),
+        )
+        .optional()?;
+    let current = matches!(&row, Some((state, Some(s), ..)) if state == "acting" && s == step);
+    let inserted = tx.execute(
+        "INSERT OR IGNORE INTO step_results (campaign, agent, step, ok, message, cause, at, late)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![
+            campaign,
+            agent_text,
+            step,
+            report.ok,
+            report.message,
+            report.cause.map(|c| c.as_str()),
+            now,
+            !current
+        ],
+    )?;
+    let Some((_, _, host, port, step_timeout)) = row else {
+        return Ok(false);
+    };
+    if inserted == 0 || !current {
+        return Ok(false);
+    }
+    if report.ok && report.step == Step::CertTest {
+        let step_deadline = now + step_timeout;
+        tx.execute(
+            "UPDATE campaign_children SET step = 'ssl-port', step_deadline = ?3, message = ?4
+             WHERE campaign = ?1 AND agent = ?2",
+            params![campaign, agent_text, step_deadline, report.message],
+        )?;
+        outgoing.push(run_step(
+            agent,
+            report.campaign,
+            StepSpec::SslPort { host, port },
+            step_deadline as u64,
+        ));
+        return Ok(false);
+    }
+    tx.execute(
+        "UPDATE campaign_children SET state = ?3, finished_at = ?4, message = ?5, cause = ?6
+         WHERE campaign = ?1 AND agent = ?2",
+        params![
+            campaign,
+            agent_text,
+            if report.ok { "passed" } else { "failed" },
+            now,
+            report.message,
+            report.cause.map(|c| c.as_str())
+        ],
+    )?;
+    Ok(true)
+}
+
+/// The progress of one campaign.
+pub fn progress(db: &rusqlite::Connection, campaign: Uuid) -> Result<Option<Progress>, RegistryError> {
+    let id = campaign.to_string();
+    let head = db
+        .query_row(
+            "SELECT kind, state, window, max_acting, started_at, deadline_at, finished_at
+             FROM campaigns WHERE id = ?1",
+            params![id],
+            |row| {
+                Ok(Progress {
+                    id: campaign,
+                    kind: row.get(0)?,
+                    state: row.get(1)?,
+                    window: row.get::<_, i64>(2)? as usize,
+                    max_acting: row.get::<_, i64>(3)? as usize,
+                    started_at: row.get::<_, i64>(4)? as u64,
+                    deadline_at: row.get::<_, i64>(5)? as u64,
+                    finished_at: row.get::<_, Option<i64>>(6)?.map(|t| t as u64),
+                    ..Progress::default()
+                })
+            },
+        )
+        .optional()?;
+    let Some(mut progress) = head else {
+        return Ok(None);
+    };
+    let mut stmt = db.prepare_cached(
+        "SELECT state, count(*) FROM campaign_children WHERE campaign = ?1 GROUP BY state",
+    )?;
+    let rows = stmt.query_map(params![id], |row| {
+        Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)? as usize))
+    })?;
+    for row in rows {
+        let (state, n) = row?;
+        progress.total += n;
+        match state.as_str() {
+            "waiting" => progress.waiting = n,
+            "acting" => progress.acting = n,
+            "passed" => progress.passed = n,
+            "failed" => progress.failed = n,
+            _ => progress.did_not_participate += n,
+        }
+    }
+    Ok(Some(progress))
+}
+
+/// The newest campaign.
+pub fn latest(db: &rusqlite::Connection) -> Result<Option<Uuid>, RegistryError> {
+    let id: Option<String> = db
+        .query_row(
+            "SELECT id FROM campaigns ORDER BY started_at DESC, rowid DESC LIMIT 1",
+            [],
+            |row| row.get(0),
+        )
+        .optional()?;
+    Ok(id.and_then(|id| id.parse().ok()))
+}
+
+/// One step's recorded result.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StepResult {
+    /// Passed.
+    pub ok: bool,
+    /// The child's message.
+    pub message: String,
+    /// Why it failed.
+    pub cause: Option<String>,
+    /// When recorded (ms).
+    pub at: u64,
+}
+
+/// A child's last campaign result.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LastResult {
+    /// The campaign.
+    pub campaign: Uuid,
+    /// `verify` or `reverify`.
+    pub kind: String,
+    /// `waiting`, `acting`, `passed`, `failed` or `did_not_participate`.
+    pub state: String,
+    /// The step it is at or ended in.
+    pub step: Option<String>,
+    /// The last message.
+    pub message: Option<String>,
+    /// The cause of a failure.
+    pub cause: Option<String>,
+    /// When it started (ms).
+    pub started_at: Option<u64>,
+    /// When it ended (ms).
+    pub finished_at: Option<u64>,
+    /// Step 1, "certificate generation".
+    pub cert_test: Option<StepResult>,
+    /// Step 2, "connection over the SSL port".
+    pub ssl_port: Option<StepResult>,
+}
+
+/// Every agent's last result, newest campaign first.
+pub fn last_results(
+    db: &rusqlite::Connection,
+) -> Result<std::collections::HashMap<Uuid, LastResult>, RegistryError> {
+    let mut stmt = db.prepare_cached(
+        "SELECT agent, campaign, kind, state, step, message, cause, started_at, finished_at FROM (
+             SELECT cc.*, c.kind, row_number() OVER (
+                 PARTITION BY cc.agent ORDER BY c.started_at DESC, c.rowid DESC) AS rn
+             FROM campaign_children cc JOIN campaigns c ON c.id = cc.campaign)
+         WHERE rn = 1",
+    )?;
+    let rows = stmt.query_map([], |row| {
+        Ok((
+            row.get::<_, String>(0)?,
+            row.get::<_, String>(1)?,
+            LastResult {
+                campaign: Uuid::nil(),
+                kind: row.get(2)?,
+                state: row.get(3)?,
+                step: row.get(4)?,
+                message: row.get(5)?,
+                cause: row.get(6)?,
+                started_at: row.get::<_, Option<i64>>(7)?.map(|t| t as u64),
+                finished_at: row.get::<_, Option<i64>>(8)?.map(|t| t as u64),
+                cert_test: None,
+                ssl_port: None,
+            },
+        ))
+    })?;
+    let mut out = std::collections::HashMap::new();
+    for row in rows {
+        let (agent, campaign, mut result) = row?;
+        let (Ok(agent), Ok(campaign)) = (agent.parse::<Uuid>(), campaign.parse::<Uuid>()) else {
+            continue;
+        };
+        result.campaign = campaign;
+        out.insert(agent, result);
+    }
+    let mut steps = db.prepare_cached(
+        "SELECT sr.agent, sr.campaign, sr.step, sr.ok, sr.message, sr.cause, sr.at FROM step_results sr",
+    )?;
+    let rows = steps.query_map([], |row| {
+        Ok((
+            row.get::<_, String>(0)?,
+            row.get::<_, String>(1)?,
+            row.get::<_, String>(2)?,
+            StepResult {
+                ok: row.get(3)?,
+                message: row.get(4)?,
+                cause: row.get(5)?,
+                at: row.get::<_, i64>(6)? as u64,
+            },
+        ))
+    })?;
+    for row in rows {
+        let (agent, campaign, step, result) = row?;
+        let Ok(agent) = agent.parse::<Uuid>() else {
+            continue;
+        };
+        if let Some(last) = out.get_mut(&agent) {
+            if last.campaign.to_string() == campaign {
+                match step.as_str() {
+                    "cert-test" => last.cert_test = Some(result),
+                    _ => last.ssl_port = Some(result),
+                }
+            }
+        }
+    }
+    Ok(out)
+}

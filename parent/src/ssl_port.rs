@@ -1,0 +1,119 @@
+//! The parent's SSL port: a rustls listener with the parent's server
+//! certificate that requires a client certificate issued by the network's
+//! CA. A child's step 2 handshakes here and reads the one-line greeting.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tracing::{debug, info, warn};
+
+use crate::shutdown::Shutdown;
+
+/// Why the SSL port could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum SslPortError {
+    /// A certificate or key file is unusable.
+    #[error("{0}")]
+    Certificates(String),
+    /// The port could not be bound.
+    #[error("cannot listen on the SSL port {port}: {source} (is it in use? change it with `settings set --port`)")]
+    Bind {
+        /// The port.
+        port: u16,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A server config presenting `cert_pem` (chain) / `key_pem` and requiring a
+/// client certificate that chains to `ca_pem`.
+pub fn server_config(
+    ca_pem: &[u8],
+    chain_pem: &[u8],
+    key_pem: &[u8],
+) -> Result<Arc<ServerConfig>, SslPortError> {
+    let bad = |what: &str, e: &dyn std::fmt::Display| SslPortError::Certificates(format!("{what}: {e}"));
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem) {
+        roots
+            .add(cert.map_err(|e| bad("CA", &e))?)
+            .map_err(|e| bad("CA", &e))?;
+    }
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain_pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| bad("server certificate", &e))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| bad("server key", &e))?;
+    let verifier = WebPkiClientVerifier::builder(Arc::new(roots))
+        .build()
+        .map_err(|e| bad("client verifier", &e))?;
+    let config = ServerConfig::builder()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(|e| bad("server certificate", &e))?;
+    Ok(Arc::new(config))
+}
+
+/// Loads the parent's SSL port configuration from `DIR/certificates`.
+pub fn parent_config(data_dir: &Path) -> Result<Arc<ServerConfig>, SslPortError> {
+    let dir = crate::pki::certificates_dir(data_dir);
+    let read = |name: &str| {
+        std::fs::read(dir.join(name))
+            .map_err(|e| SslPortError::Certificates(format!("{}: {e}", dir.join(name).display())))
+    };
+    server_config(&read("ca.pem")?, &read("parent.pem")?, &read("parent.key")?)
+}
+
+/// Binds the SSL port on every address.
+pub async fn bind(port: u16) -> Result<TcpListener, SslPortError> {
+    TcpListener::bind(("0.0.0.0", port))
+        .await
+        .map_err(|source| SslPortError::Bind { port, source })
+}
+
+/// Serves TLS on `listener` until `shutdown`: each connection gets a full
+/// handshake (client certificate required) and the greeting `greeting`.
+pub async fn serve(
+    listener: TcpListener,
+    config: Arc<ServerConfig>,
+    greeting: String,
+    mut shutdown: Shutdown,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+    info!(port, "SSL port listening");
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = shutdown.wait() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    warn!(error = %e, "SSL port accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let acceptor = acceptor.clone();
+        let greeting = greeting.clone();
+        tokio::spawn(async move {
+            let handshake = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await;
+            match handshake {
+                Ok(Ok(mut tls)) => {
+                    let _ = tls.write_all(greeting.as_bytes()).await;
+                    let _ = tls.shutdown().await;
+                }
+                Ok(Err(e)) => debug!(%peer, error = %e, "SSL port handshake refused"),
+                Err(_) => debug!(%peer, "SSL port handshake timed out"),
+            }
+        });
+    }
+    info!(port, "SSL port closed");
+}

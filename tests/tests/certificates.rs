@@ -1,0 +1,1539 @@
+//! Certificates for the whole network, against the real broker with the
+//! parent and the children as processes, checked from the outside with
+//! `openssl`: every issued certificate verifies against the CA and carries
+//! only what the parent decides (CN = agent id, EKU, CA:FALSE, SANs,
+//! `--cert-days`), whatever a crafted CSR asks for; keys are 0600; a child
+//! offline during "Send information" gets its certificate when it comes back;
+//! a pinned CA fingerprint is enforced; settings freeze until `certs reset`;
+//! generation is refused while old children or mPOS without a DNS name exist;
+//! resending is harmless; the counters follow; a company CA signs instead of
+//! one made here, and a company "CA" that is not a CA is refused.
+
+use std::collections::BTreeSet;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use fleetls_proto::{topology, AgentKind, AgentState, Body, Csr, Envelope, Hello};
+use fleetls_tests::{start_child, wait_for, Parent, Proc, Vhost};
+use lapin::options::{
+    BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
+    QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose, SanType, PKCS_ECDSA_P256_SHA256,
+};
+use serde_json::Value;
+use uuid::Uuid;
+
+/// How long anything in these tests may take to happen.
+const WAIT: Duration = Duration::from_secs(60);
+
+// ---------------------------------------------------------------------------
+// openssl as an outside tool
+// ---------------------------------------------------------------------------
+
+/// Runs `openssl ARGS`: (success, stdout + stderr).
+fn openssl(args: &[&str]) -> (bool, String) {
+    let output = Command::new("openssl")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("openssl is installed");
+    let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&output.stderr));
+    (output.status.success(), text)
+}
+
+fn s(path: &Path) -> &str {
+    path.to_str().expect("test paths are UTF-8")
+}
+
+/// Asserts that `openssl verify -CAfile ca` accepts the first certificate of
+/// `cert` (with the rest of `cert` as untrusted intermediates when asked).
+fn assert_verifies(ca: &Path, cert: &Path, chain_in_file: bool) {
+    let mut args = vec!["verify", "-CAfile", s(ca)];
+    if chain_in_file {
+        args.extend(["-untrusted", s(cert)]);
+    }
+    args.push(s(cert));
+    let (ok, out) = openssl(&args);
+    assert!(
+        ok && out.contains(": OK"),
+        "openssl verify -CAfile {} {} failed: {out}",
+        ca.display(),
+        cert.display()
+    );
+}
+
+/// Asserts that `openssl verify -CAfile ca` refuses `cert`.
+fn assert_does_not_verify(ca: &Path, cert: &Path) {
+    let (ok, out) = openssl(&["verify", "-CAfile", s(ca), s(cert)]);
+    assert!(
+        !ok,
+        "{} verified against the unrelated CA {}: {out}",
+        cert.display(),
+        ca.display()
+    );
+}
+
+/// What `openssl x509 -text -noout` shows of the first certificate of a file.
+struct CertText {
+    text: String,
+}
+
+impl CertText {
+    fn of_file(path: &Path) -> CertText {
+        let (ok, text) = openssl(&["x509", "-in", s(path), "-noout", "-text"]);
+        assert!(ok, "openssl x509 cannot read {}: {text}", path.display());
+        CertText { text }
+    }
+
+    fn of_pem(pem: &str, scratch: &Path) -> CertText {
+        let path = scratch.join(format!("cert-{}.pem", Uuid::new_v4().simple()));
+        std::fs::write(&path, pem).unwrap();
+        CertText::of_file(&path)
+    }
+
+    /// The value of a `Key: value` line (the first one).
+    fn field(&self, key: &str) -> Option<String> {
+        self.text
+            .lines()
+            .map(str::trim)
+            .find_map(|l| l.strip_prefix(key))
+            .map(|v| v.trim().to_owned())
+    }
+
+    /// The line after an extension's header, e.g. `X509v3 Basic Constraints`.
+    fn extension(&self, header: &str) -> Option<String> {
+        let mut lines = self.text.lines().map(str::trim);
+        lines.find(|l| l.starts_with(header))?;
+        lines.next().map(str::to_owned)
+    }
+
+    /// The subject's CN.
+    fn subject_cn(&self) -> String {
+        let subject = self.field("Subject:").expect("a subject");
+        subject
+            .split(", ")
+            .find_map(|part| part.strip_prefix("CN = "))
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    /// The SANs, e.g. `DNS:localhost`, `IP Address:127.0.0.1` (empty without the extension).
+    fn sans(&self) -> BTreeSet<String> {
+        self.extension("X509v3 Subject Alternative Name")
+            .map(|line| line.split(", ").map(str::to_owned).collect())
+            .unwrap_or_default()
+    }
+
+    /// The extended key usages, e.g. `TLS Web Client Authentication`.
+    fn ekus(&self) -> BTreeSet<String> {
+        self.extension("X509v3 Extended Key Usage")
+            .map(|line| line.split(", ").map(str::to_owned).collect())
+            .unwrap_or_default()
+    }
+
+    /// `CA:FALSE` / `CA:TRUE...`.
+    fn basic_constraints(&self) -> String {
+        self.extension("X509v3 Basic Constraints")
+            .unwrap_or_default()
+    }
+
+    /// Not After − Not Before, seconds.
+    fn validity_seconds(&self) -> i64 {
+        let before = parse_openssl_time(&self.field("Not Before:").expect("Not Before"));
+        let after = parse_openssl_time(&self.field("Not After :").expect("Not After"));
+        after - before
+    }
+}
+
+/// Days since 1970-01-01 of a civil date (Howard Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = if y >= 0 { y } else { y - 399 } / 400;
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146097 + doe - 719468
+}
+
+/// `Jan  2 03:04:05 2026 GMT` → Unix seconds.
+fn parse_openssl_time(text: &str) -> i64 {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let parts: Vec<&str> = text.split_whitespace().collect();
+    assert_eq!(parts.len(), 5, "unexpected openssl time {text:?}");
+    assert_eq!(parts[4], "GMT", "{text:?}");
+    let month = MONTHS.iter().position(|m| *m == parts[0]).expect("a month") as i64 + 1;
+    let day: i64 = parts[1].parse().unwrap();
+    let year: i64 = parts[3].parse().unwrap();
+    let hms: Vec<i64> = parts[2].split(':').map(|x| x.parse().unwrap()).collect();
+    days_from_civil(year, month, day) * 86400 + hms[0] * 3600 + hms[1] * 60 + hms[2]
+}
+
+#[test]
+fn openssl_times_parse() {
+    assert_eq!(parse_openssl_time("Jan  1 00:00:00 1970 GMT"), 0);
+    assert_eq!(parse_openssl_time("Mar  1 00:00:01 2000 GMT"), 951_868_801);
+    assert_eq!(
+        parse_openssl_time("Feb  3 12:00:00 2027 GMT")
+            - parse_openssl_time("Jan  4 12:00:00 2026 GMT"),
+        395 * 86400
+    );
+}
+
+/// `sha256:` + lowercase hex of a PEM certificate's DER, per openssl.
+fn openssl_fingerprint(path: &Path) -> String {
+    let (ok, out) = openssl(&["x509", "-in", s(path), "-noout", "-fingerprint", "-sha256"]);
+    assert!(ok, "{out}");
+    let hex = out
+        .trim()
+        .rsplit('=')
+        .next()
+        .unwrap()
+        .replace(':', "")
+        .to_ascii_lowercase();
+    assert_eq!(hex.len(), 64, "{out}");
+    format!("sha256:{hex}")
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+/// Makes a CA with openssl: (certificate, key). `ca = false` makes a
+/// self-signed certificate that is not a CA.
+fn openssl_ca(
+    dir: &Path,
+    name: &str,
+    ca: bool,
+    signer: Option<(&Path, &Path)>,
+) -> (PathBuf, PathBuf) {
+    let cert = dir.join(format!("{name}.pem"));
+    let key = dir.join(format!("{name}.key"));
+    let constraints = if ca {
+        "basicConstraints=critical,CA:TRUE"
+    } else {
+        "basicConstraints=critical,CA:FALSE"
+    };
+    let usage = if ca {
+        "keyUsage=critical,keyCertSign,cRLSign,digitalSignature"
+    } else {
+        "keyUsage=critical,digitalSignature"
+    };
+    let subject = format!("/O=Company/CN={name}");
+    match signer {
+        None => {
+            let (ok, out) = openssl(&[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                s(&key),
+                "-out",
+                s(&cert),
+                "-days",
+                "30",
+                "-subj",
+                &subject,
+                "-addext",
+                constraints,
+                "-addext",
+                usage,
+            ]);
+            assert!(ok, "openssl req -x509: {out}");
+        }
+        Some((ca_cert, ca_key)) => {
+            let csr = dir.join(format!("{name}.csr"));
+            let (ok, out) = openssl(&[
+                "req",
+                "-new",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                s(&key),
+                "-out",
+                s(&csr),
+                "-subj",
+                &subject,
+            ]);
+            assert!(ok, "openssl req -new: {out}");
+            let ext = dir.join(format!("{name}.ext"));
+            std::fs::write(&ext, format!("{constraints}\n{usage}\n")).unwrap();
+            let (ok, out) = openssl(&[
+                "x509",
+                "-req",
+                "-in",
+                s(&csr),
+                "-CA",
+                s(ca_cert),
+                "-CAkey",
+                s(ca_key),
+                "-CAcreateserial",
+                "-days",
+                "30",
+                "-extfile",
+                s(&ext),
+                "-out",
+                s(&cert),
+            ]);
+            assert!(ok, "openssl x509 -req: {out}");
+        }
+    }
+    (cert, key)
+}
+
+// ---------------------------------------------------------------------------
+// The parent, the children and their files
+// ---------------------------------------------------------------------------
+
+/// Runs a CLI operation and parses its `--json` answer; panics with the output otherwise.
+fn cli_json(parent: &Parent, args: &[&str]) -> Value {
+    let mut args = args.to_vec();
+    args.push("--json");
+    let (code, out, err) = parent.cli(&args);
+    assert_eq!(code, 0, "fleetls-parent {args:?} failed: {out}{err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: {e}: {out}"))
+}
+
+/// Waits until every name is registered and online; their ids.
+fn wait_online(parent: &Parent, names: &[&str]) -> Vec<String> {
+    wait_for(&format!("{names:?} online"), WAIT, || {
+        names
+            .iter()
+            .map(|name| {
+                let agent = parent.agent(name)?;
+                (agent["online"] == true).then(|| agent["id"].as_str().unwrap().to_owned())
+            })
+            .collect()
+    })
+}
+
+/// Waits until the agent reports a certificate in `status`.
+fn wait_certificate(parent: &Parent, name: &str) -> Value {
+    wait_for(&format!("{name} holding a certificate"), WAIT, || {
+        parent.agent(name).filter(|a| a["has_certificate"] == true)
+    })
+}
+
+fn certs_dir(dir: &Path, child: &str) -> PathBuf {
+    dir.join(child).join("certs")
+}
+
+fn parent_certs(parent: &Parent) -> PathBuf {
+    parent.data_dir.join("certificates")
+}
+
+fn generate(parent: &Parent, extra: &[&str]) -> Value {
+    let mut args = vec!["certs", "generate"];
+    args.extend(extra);
+    cli_json(parent, &args)
+}
+
+fn send(parent: &Parent, all: bool) -> Value {
+    if all {
+        cli_json(parent, &["certs", "send", "--all"])
+    } else {
+        cli_json(parent, &["certs", "send"])
+    }
+}
+
+/// Stops a child with SIGTERM and waits for it to exit.
+fn stop(child: &mut Proc) {
+    child.signal("TERM");
+    let code = child.wait_exit(WAIT);
+    assert!(code.is_some(), "the child did not stop on SIGTERM");
+}
+
+// ---------------------------------------------------------------------------
+// A fake agent on the wire, to send crafted CSRs
+// ---------------------------------------------------------------------------
+
+/// An agent id with its own durable queue, speaking the protocol directly.
+struct FakeAgent {
+    id: Uuid,
+    runtime: tokio::runtime::Runtime,
+    connection: Connection,
+    channel: Channel,
+}
+
+impl FakeAgent {
+    /// Connects to `vhost`, declares the topology as a child does and binds
+    /// `fleetls.agent.<id>` (without saying Hello).
+    fn connect(vhost: &Vhost) -> FakeAgent {
+        let id = Uuid::new_v4();
+        let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
+        let (connection, channel) = runtime.block_on(async {
+            let properties = ConnectionProperties::default()
+                .with_connection_name(format!("fleetls-test-fake:{id}").as_str().into());
+            let connection = Connection::connect(&vhost.url(), properties)
+                .await
+                .expect("the test connects to the broker");
+            let channel = connection.create_channel().await.expect("a channel");
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await
+                .expect("publisher confirms");
+            let durable = ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            };
+            for (name, kind) in [
+                (topology::PARENT, ExchangeKind::Direct),
+                (topology::AGENTS, ExchangeKind::Direct),
+                (topology::DEAD, ExchangeKind::Fanout),
+            ] {
+                channel
+                    .exchange_declare(name.into(), kind, durable, FieldTable::default())
+                    .await
+                    .expect("declare an exchange as a child does");
+            }
+            let mut args = FieldTable::default();
+            args.insert(
+                "x-dead-letter-exchange".into(),
+                AMQPValue::LongString(topology::DEAD.into()),
+            );
+            channel
+                .queue_declare(
+                    topology::PARENT.into(),
+                    QueueDeclareOptions::durable(),
+                    args.clone(),
+                )
+                .await
+                .expect("declare fleetls.parent as a child does");
+            channel
+                .queue_bind(
+                    topology::PARENT.into(),
+                    topology::PARENT.into(),
+                    topology::PARENT.into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .expect("bind fleetls.parent");
+            let queue = topology::agent_queue(&id);
+            channel
+                .queue_declare(queue.as_str().into(), QueueDeclareOptions::durable(), args)
+                .await
+                .expect("declare the agent's queue as a child does");
+            channel
+                .queue_bind(
+                    queue.as_str().into(),
+                    topology::AGENTS.into(),
+                    id.to_string().as_str().into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .expect("bind the agent's queue");
+            (connection, channel)
+        });
+        FakeAgent {
+            id,
+            runtime,
+            connection,
+            channel,
+        }
+    }
+
+    /// Publishes `body` from this agent to the parent; the envelope id.
+    fn send(&self, body: Body) -> Uuid {
+        let envelope = Envelope::new(self.id, body);
+        let payload = fleetls_proto::encode(&envelope).expect("encodes");
+        let props = BasicProperties::default()
+            .with_content_type(fleetls_proto::CONTENT_TYPE.into())
+            .with_type(envelope.body.kind().into())
+            .with_message_id(envelope.id.to_string().as_str().into())
+            .with_delivery_mode(2);
+        self.runtime.block_on(async {
+            let confirm = self
+                .channel
+                .basic_publish(
+                    topology::PARENT.into(),
+                    topology::PARENT.into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..Default::default()
+                    },
+                    &payload,
+                    props,
+                )
+                .await
+                .expect("publish")
+                .await
+                .expect("publisher confirm");
+            assert!(
+                confirm.is_ack(),
+                "the broker nacked a message to the parent"
+            );
+            assert!(
+                confirm.take_message().is_none(),
+                "a message to the parent came back unroutable"
+            );
+        });
+        envelope.id
+    }
+
+    /// Says Hello as `name` of `kind`.
+    fn hello(&self, name: &str, kind: AgentKind, hostnames: &[&str], ips: &[&str]) -> Uuid {
+        self.send(Body::Hello(Hello {
+            name: name.into(),
+            kind,
+            version: env!("CARGO_PKG_VERSION").into(),
+            location: Some("shop-fake".into()),
+            hostnames: hostnames.iter().map(|h| h.to_string()).collect(),
+            ips: ips.iter().map(|i| i.to_string()).collect(),
+            key_fingerprint: None,
+            state: AgentState::default(),
+        }))
+    }
+
+    /// Sends a CSR; its message id.
+    fn csr(&self, pem: &str) -> Uuid {
+        self.send(Body::Csr(Csr { pem: pem.into() }))
+    }
+
+    /// The next message the parent sent to this agent's queue.
+    fn next_answer(&self) -> Envelope {
+        let queue = topology::agent_queue(&self.id);
+        wait_for(&format!("an answer in {queue}"), WAIT, || {
+            let got = self
+                .runtime
+                .block_on(
+                    self.channel
+                        .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true }),
+                )
+                .expect("basic.get");
+            got.map(|m| {
+                fleetls_proto::decode(&m.delivery.data).expect("the parent's answer decodes")
+            })
+        })
+    }
+
+    /// The answer to the CSR `message`: it must refer to it.
+    fn answer_to(&self, message: Uuid) -> Body {
+        let answer = self.next_answer();
+        assert_eq!(
+            answer.re,
+            Some(message),
+            "the answer names the CSR it answers"
+        );
+        answer.body
+    }
+}
+
+impl Drop for FakeAgent {
+    fn drop(&mut self) {
+        let _ = self
+            .runtime
+            .block_on(self.connection.close(200, "test done".into()));
+    }
+}
+
+/// A PKCS#10 request from a fresh P-256 key, CN = `cn`, adjusted by `f`.
+fn csr(cn: &str, f: impl FnOnce(&mut CertificateParams)) -> String {
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    params.distinguished_name.push(DnType::CommonName, cn);
+    f(&mut params);
+    params.serialize_request(&key).unwrap().pem().unwrap()
+}
+
+/// Standard base64 with padding.
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// A CSR for `cn` whose signature does not match its content (one bit of
+/// the signature flipped).
+fn forged_csr(cn: &str) -> String {
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    params.distinguished_name.push(DnType::CommonName, cn);
+    let mut der = params.serialize_request(&key).unwrap().der().to_vec();
+    let last = der.len() - 1; // the last byte of the signature's s INTEGER
+    der[last] ^= 0x01;
+    let body = base64(&der);
+    let lines: Vec<&str> = body
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    format!(
+        "-----BEGIN CERTIFICATE REQUEST-----\n{}\n-----END CERTIFICATE REQUEST-----\n",
+        lines.join("\n")
+    )
+}
+
+#[test]
+fn base64_matches_the_standard() {
+    assert_eq!(base64(b"f"), "Zg==");
+    assert_eq!(base64(b"fo"), "Zm8=");
+    assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+}
+
+fn issued(body: Body) -> fleetls_proto::CertificateIssued {
+    match body {
+        Body::CertificateIssued(issued) => issued,
+        other => panic!("expected CertificateIssued, got {other:?}"),
+    }
+}
+
+fn rejected(body: Body) -> String {
+    match body {
+        Body::CsrRejected(rejected) => rejected.reason,
+        other => panic!("expected CsrRejected, got {other:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The tests
+// ---------------------------------------------------------------------------
+
+#[test]
+fn issued_certificates_verify_and_carry_what_the_parent_decides() {
+    let vhost = Vhost::new();
+    let dir = tempfile::tempdir().unwrap();
+    let parent = Parent::start(&vhost, dir.path(), &["--cert-days", "30"]);
+    let set = cli_json(
+        &parent,
+        &[
+            "settings",
+            "set",
+            "--names",
+            "localhost;parent.test",
+            "--ips",
+            "127.0.0.1",
+        ],
+    );
+    assert_eq!(set["frozen"], false);
+    let _till = start_child(&vhost, dir.path(), "till-1", &["--kind", "child"]);
+    let _lp = start_child(
+        &vhost,
+        dir.path(),
+        "lp-1",
+        &[
+            "--kind",
+            "local-parent",
+            "--hostnames",
+            "lp.shop.test",
+            "--ips",
+            "127.0.0.2",
+        ],
+    );
+    let ids = wait_online(&parent, &["till-1", "lp-1"]);
+
+    let report = generate(&parent, &[]);
+    let ca = parent_certs(&parent).join("ca.pem");
+    assert_eq!(report["ca_fingerprint"], openssl_fingerprint(&ca).as_str());
+    assert_eq!(report["company_ca"], false);
+    let sent = send(&parent, false);
+    assert_eq!(sent["queued"], 2, "{sent}");
+    wait_certificate(&parent, "till-1");
+    wait_certificate(&parent, "lp-1");
+
+    // The parent's own files: the CA, the parent's and the broker's.
+    let certs = parent_certs(&parent);
+    for name in ["parent.pem", "broker.pem"] {
+        assert_verifies(&ca, &certs.join(name), false);
+    }
+    for key in ["ca.key", "parent.key", "broker.key"] {
+        assert_eq!(mode(&certs.join(key)), 0o600, "{key}");
+    }
+    let ca_text = CertText::of_file(&ca);
+    assert!(
+        ca_text.basic_constraints().starts_with("CA:TRUE"),
+        "{}",
+        ca_text.text
+    );
+    let parent_cert = CertText::of_file(&certs.join("parent.pem"));
+    let expected: BTreeSet<String> = ["DNS:localhost", "DNS:parent.test", "IP Address:127.0.0.1"]
+        .map(String::from)
+        .into();
+    assert_eq!(parent_cert.sans(), expected, "{}", parent_cert.text);
+    assert!(
+        parent_cert.ekus().contains("TLS Web Server Authentication"),
+        "{}",
+        parent_cert.text
+    );
+    assert_eq!(parent_cert.basic_constraints(), "CA:FALSE");
+    let broker_cert = CertText::of_file(&certs.join("broker.pem"));
+    assert!(
+        broker_cert.sans().contains("IP Address:127.0.0.1"),
+        "the broker's certificate names the host of --broker: {}",
+        broker_cert.text
+    );
+    assert_eq!(parent_cert.validity_seconds() / 86400, 30);
+
+    // A child: CN = its id, clientAuth only, CA:FALSE, no SAN, 30 days, key 0600.
+    let till_certs = certs_dir(dir.path(), "till-1");
+    assert_verifies(&ca, &till_certs.join("agent.pem"), false);
+    assert_eq!(mode(&till_certs.join("agent.key")), 0o600);
+    let till = CertText::of_file(&till_certs.join("agent.pem"));
+    assert_eq!(till.subject_cn(), ids[0], "{}", till.text);
+    let client_only: BTreeSet<String> = ["TLS Web Client Authentication".to_owned()].into();
+    assert_eq!(till.ekus(), client_only, "{}", till.text);
+    assert_eq!(till.basic_constraints(), "CA:FALSE", "{}", till.text);
+    assert!(till.sans().is_empty(), "{}", till.text);
+    let seconds = till.validity_seconds();
+    assert!(
+        seconds >= 30 * 86400 && seconds / 86400 == 30,
+        "Not After - Not Before = {seconds} s, not 30 days: {}",
+        till.text
+    );
+    // The stored CA of the child is the parent's CA.
+    assert_eq!(
+        std::fs::read_to_string(till_certs.join("ca.pem")).unwrap(),
+        std::fs::read_to_string(&ca).unwrap()
+    );
+
+    // A local parent: server and client auth, exactly its own names.
+    let lp_certs = certs_dir(dir.path(), "lp-1");
+    assert_verifies(&ca, &lp_certs.join("agent.pem"), false);
+    assert_eq!(mode(&lp_certs.join("agent.key")), 0o600);
+    let lp = CertText::of_file(&lp_certs.join("agent.pem"));
+    assert_eq!(lp.subject_cn(), ids[1]);
+    let both: BTreeSet<String> = [
+        "TLS Web Server Authentication".to_owned(),
+        "TLS Web Client Authentication".to_owned(),
+    ]
+    .into();
+    assert_eq!(lp.ekus(), both, "{}", lp.text);
+    let lp_sans: BTreeSet<String> = ["DNS:lp.shop.test", "IP Address:127.0.0.2"]
+        .map(String::from)
+        .into();
+    assert_eq!(lp.sans(), lp_sans, "{}", lp.text);
+    assert_eq!(lp.basic_constraints(), "CA:FALSE");
+
+    // Two children never share a serial.
+    let serial = |path: &Path| openssl(&["x509", "-in", s(path), "-noout", "-serial"]).1;
+    assert_ne!(
+        serial(&till_certs.join("agent.pem")),
+        serial(&lp_certs.join("agent.pem"))
+    );
+
+    // The counters.
+    let status = parent.status_json().unwrap();
+    assert_eq!(status["network"]["eligible"], 2);
+    assert_eq!(status["network"]["children_with_certificates"], 2);
+    assert_eq!(status["network"]["certificates_generated"], true);
+}
+
+#[test]
+fn the_parent_signs_only_what_it_decides_whatever_the_csr_asks() {
+    let vhost = Vhost::new();
+    let dir = tempfile::tempdir().unwrap();
+    let parent = Parent::start(&vhost, dir.path(), &[]);
+    generate(&parent, &[]);
+    let ca = parent_certs(&parent).join("ca.pem");
+
+    let child = FakeAgent::connect(&vhost);
+    child.hello(
+        "fake-till",
+        AgentKind::Child,
+        &["till.fake.test"],
+        &["10.9.0.1"],
+    );
+    let local = FakeAgent::connect(&vhost);
+    local.hello(
+        "fake-lp",
+        AgentKind::LocalParent,
+        &["lp.fake.test"],
+        &["10.9.0.2"],
+    );
+    wait_for("the fake agents registered", WAIT, || {
+        (parent.agent("fake-till").is_some() && parent.agent("fake-lp").is_some()).then_some(())
+    });
+    let id = child.id.to_string();
+
+    // A greedy child: CA:TRUE, names of its own and someone else's, code signing.
+    let greedy = csr(&id, |p| {
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.subject_alt_names = vec![
+            SanType::DnsName("bank.example".try_into().unwrap()),
+            SanType::DnsName("till.fake.test".try_into().unwrap()),
+            SanType::IpAddress("10.9.0.1".parse().unwrap()),
+        ];
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::CodeSigning];
+        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    });
+    let message = child.csr(&greedy);
+    let got = issued(child.answer_to(message));
+    let leaf = CertText::of_pem(&got.chain_pem, dir.path());
+    assert_eq!(leaf.subject_cn(), id);
+    assert_eq!(leaf.basic_constraints(), "CA:FALSE", "{}", leaf.text);
+    assert!(!leaf.text.contains("CA:TRUE"), "{}", leaf.text);
+    assert!(leaf.sans().is_empty(), "a child gets no SAN: {}", leaf.text);
+    let client_only: BTreeSet<String> = ["TLS Web Client Authentication".to_owned()].into();
+    assert_eq!(leaf.ekus(), client_only, "{}", leaf.text);
+    assert_eq!(leaf.validity_seconds() / 86400, 398);
+    assert_eq!(
+        leaf.extension("X509v3 Key Usage").as_deref(),
+        Some("Digital Signature"),
+        "{}",
+        leaf.text
+    );
+    let ignored = got.ignored.join(" | ");
+    for dropped in [
+        "CA:TRUE",
+        "bank.example",
+        "till.fake.test",
+        "10.9.0.1",
+        "CodeSigning",
+        "KeyCertSign",
+        "CrlSign",
+    ] {
+        assert!(
+            ignored.contains(dropped),
+            "`ignored` does not list {dropped}: {ignored}"
+        );
+    }
+    let chain_file = dir.path().join("greedy-chain.pem");
+    std::fs::write(&chain_file, &got.chain_pem).unwrap();
+    assert_verifies(&ca, &chain_file, false);
+    let (_, serial) = openssl(&["x509", "-in", s(&chain_file), "-noout", "-serial"]);
+    assert_eq!(
+        serial
+            .trim()
+            .trim_start_matches("serial=")
+            .to_ascii_lowercase(),
+        got.serial.to_ascii_lowercase()
+    );
+
+    // A local parent gets exactly its registered names, whatever it asks.
+    let lp_request = csr(&local.id.to_string(), |p| {
+        p.subject_alt_names = vec![
+            SanType::DnsName("lp.fake.test".try_into().unwrap()),
+            SanType::DnsName("evil.example".try_into().unwrap()),
+            SanType::IpAddress("192.0.2.66".parse().unwrap()),
+        ];
+    });
+    let message = local.csr(&lp_request);
+    let got = issued(local.answer_to(message));
+    let leaf = CertText::of_pem(&got.chain_pem, dir.path());
+    let expected: BTreeSet<String> = ["DNS:lp.fake.test", "IP Address:10.9.0.2"]
+        .map(String::from)
+        .into();
+    assert_eq!(leaf.sans(), expected, "{}", leaf.text);
+    let ignored = got.ignored.join(" | ");
+    assert!(ignored.contains("evil.example"), "{ignored}");
+    assert!(ignored.contains("192.0.2.66"), "{ignored}");
+    assert!(!ignored.contains("lp.fake.test"), "{ignored}");
+
+    // Another agent's name: refused, naming why.
+    let stranger = Uuid::new_v4().to_string();
+    let message = child.csr(&csr(&stranger, |_| {}));
+    let reason = rejected(child.answer_to(message));
+    assert!(
+        reason.contains(&stranger) && reason.contains("not the agent that sent it"),
+        "{reason}"
+    );
+    // The other registered agent's name: refused as well.
+    let message = child.csr(&csr(&local.id.to_string(), |_| {}));
+    let reason = rejected(child.answer_to(message));
+    assert!(reason.contains("not the agent that sent it"), "{reason}");
+
+    // Garbage PEM and a forged signature: refused.
+    let message =
+        child.csr("-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n");
+    let reason = rejected(child.answer_to(message));
+    assert!(reason.contains("does not parse"), "{reason}");
+    let message = child.csr("not even PEM");
+    let reason = rejected(child.answer_to(message));
+    assert!(reason.contains("CSR was refused"), "{reason}");
+    let message = child.csr(&forged_csr(&id));
+    let reason = rejected(child.answer_to(message));
+    assert!(reason.contains("CSR was refused"), "{reason}");
+
+    // The refusal shows in the status list.
+    let refusal = wait_for("the refusal in status", WAIT, || {
+        parent.agent("fake-till")?["refusal"]
+            .as_str()
+            .map(str::to_owned)
+    });
+    assert!(refusal.contains("CSR was refused"), "{refusal}");
+
+    // An agent that never said Hello: refused.
+    let unknown = FakeAgent::connect(&vhost);
+    let message = unknown.csr(&csr(&unknown.id.to_string(), |_| {}));
+    let reason = rejected(unknown.answer_to(message));
+    assert!(reason.contains("not registered"), "{reason}");
+    assert!(
+        parent.status_json().unwrap()["agents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|a| a["id"] != unknown.id.to_string().as_str()),
+        "a CSR does not register an agent"
+    );
+
+    // The fake children hold no certificate per status (they never said so).
+    let status = parent.status_json().unwrap();
+    assert_eq!(status["network"]["children_with_certificates"], 0);
+    assert_eq!(status["network"]["eligible"], 2);
+}
+
+#[test]
+fn a_child_offline_during_send_gets_its_certificate_when_it_comes_back() {
+    let vhost = Vhost::new();
+    let dir = tempfile::tempdir().unwrap();
+    let parent = Parent::start(&vhost, dir.path(), &["--offline-after", "3"]);
+    let mut child = start_child(&vhost, dir.path(), "till-away", &["--kind", "child"]);
+    let id = wait_online(&parent, &["till-away"]).remove(0);
+    generate(&parent, &[]);
+    stop(&mut child);
+    wait_for("till-away offline", WAIT, || {
+        (parent.agent("till-away")?["online"] == false).then_some(())
+    });
+
+    let sent = send(&parent, false);
+    assert_eq!(sent["queued"], 1, "{sent}");
+    let queue = topology::agent_queue(&id.parse().unwrap());
+    wait_for("the information waiting in the child's queue", WAIT, || {
+        (vhost.queue_depth(&queue)? == 1).then_some(())
+    });
+    let certs = certs_dir(dir.path(), "till-away");
+    assert!(!certs.join("agent.pem").exists());
+    assert_eq!(parent.agent("till-away").unwrap()["has_certificate"], false);
+
+    let _back = start_child(&vhost, dir.path(), "till-away", &["--kind", "child"]);
+    let agent = wait_certificate(&parent, "till-away");
+    assert_eq!(agent["id"], id.as_str(), "the same identity came back");
+    assert!(certs.join("agent.pem").exists());
+    assert_verifies(
+        &parent_certs(&parent).join("ca.pem"),
+        &certs.join("agent.pem"),
+        false,
+    );
+    assert_eq!(CertText::of_file(&certs.join("agent.pem")).subject_cn(), id);
+    let status = parent.status_json().unwrap();
+    assert_eq!(status["network"]["children_with_certificates"], 1);
+}
+
+#[test]
+fn a_pinned_fingerprint_is_checked() {
+    let vhost = Vhost::new();
+    let dir = tempfile::tempdir().unwrap();
+    let parent = Parent::start(&vhost, dir.path(), &[]);
+    generate(&parent, &[]);
+    let fingerprint = parent.status_json().unwrap()["network"]["ca_fingerprint"]
+        .as_str()
+        .expect("network.ca_fingerprint after generate")
+        .to_owned();
+    assert_eq!(
+        fingerprint,
+        openssl_fingerprint(&parent_certs(&parent).join("ca.pem"))
+    );
+    let wrong = format!("sha256:{}", "ab".repeat(32));
+    assert_ne!(wrong, fingerprint);
+    // The right pin in the colon-separated upper-case form operators copy.
+    let right_hex = fingerprint
+        .trim_start_matches("sha256:")
+        .to_ascii_uppercase();
+    let right_colons: Vec<&str> = right_hex
+        .as_bytes()
+        .chunks(2)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    let right = format!("sha256:{}", right_colons.join(":"));
+    let _wrong = start_child(
+        &vhost,
+        dir.path(),
+        "till-wrong",
+        &["--ca-fingerprint", &wrong],
+    );
+    let _right = start_child(
+        &vhost,
+        dir.path(),
+        "till-right",
+        &["--ca-fingerprint", &right],
+    );
+    wait_online(&parent, &["till-wrong", "till-right"]);
+
+    let sent = send(&parent, false);
+    assert_eq!(sent["queued"], 2, "{sent}");
+    wait_certificate(&parent, "till-right");
+    assert_verifies(
+        &parent_certs(&parent).join("ca.pem"),
+        &certs_dir(dir.path(), "till-right").join("agent.pem"),
+        false,
+    );
+    let refusal = wait_for("till-wrong's refusal", WAIT, || {
+        parent.agent("till-wrong")?["refusal"]
+            .as_str()
+            .map(str::to_owned)
+    });
+    assert!(
+        refusal.contains("does not match the pinned") && refusal.contains(&wrong),
+        "{refusal}"
+    );
+    assert!(refusal.contains(&fingerprint), "{refusal}");
+    let certs = certs_dir(dir.path(), "till-wrong");
+    assert!(!certs.join("agent.pem").exists());
+    assert!(!certs.join("agent.key").exists());
+    assert_eq!(
+        parent.agent("till-wrong").unwrap()["has_certificate"],
+        false
+    );
+    assert!(parent.agent("till-right").unwrap()["refusal"].is_null());
+    let status = parent.status_json().unwrap();
+    assert_eq!(status["network"]["children_with_certificates"], 1);
+    assert_eq!(status["network"]["eligible"], 2);
+}
+
+#[test]
+fn settings_are_frozen_once_generated_until_certs_reset() {
+    let vhost = Vhost::new();
+    let dir = tempfile::tempdir().unwrap();
+    let parent = Parent::start(&vhost, dir.path(), &[]);
+    cli_json(
+        &parent,
+        &[
+            "settings",
+            "set",
+            "--names",
+            "localhost;parent.test",
+            "--ips",
+            "127.0.0.1",
+        ],
+    );
+    let report = generate(&parent, &[]);
+    let old_fingerprint = report["ca_fingerprint"].as_str().unwrap().to_owned();
+    let shown = cli_json(&parent, &["settings", "show"]);
+    assert_eq!(shown["frozen"], true);
+
+    for change in [
+        &["settings", "set", "--port", "12366"][..],
+        &["settings", "set", "--names", "other.test"][..],
+        &["settings", "set", "--ips", "127.0.0.9"][..],
+    ] {
+        let (code, out, err) = parent.cli(change);
+        assert_eq!(code, 3, "{change:?}: {out}{err}");
+        assert!(
+            err.contains("frozen") && err.contains("certs reset"),
+            "{err}"
+        );
+    }
+    let shown = cli_json(&parent, &["settings", "show"]);
+    assert_eq!(shown["settings"]["port"], 12365, "nothing changed");
+    assert_eq!(shown["settings"]["names"][1], "parent.test");
+    // Generating again is refused too while certificates exist.
+    let (code, _, err) = parent.cli(&["certs", "generate"]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("certs reset"), "{err}");
+
+    // Without --yes and without a terminal, reset does nothing.
+    let (code, _, err) = parent.cli(&["certs", "reset"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(parent_certs(&parent).join("ca.pem").exists());
+
+    let (code, out, err) = parent.cli(&["certs", "reset", "--yes"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let moved: Vec<PathBuf> = std::fs::read_dir(&parent.data_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("certificates.reset-"))
+        })
+        .collect();
+    assert_eq!(moved.len(), 1, "one certificates.reset-* folder: {moved:?}");
+    for name in [
+        "ca.pem",
+        "ca.key",
+        "parent.pem",
+        "parent.key",
+        "broker.pem",
+        "broker.key",
+    ] {
+        assert!(
+            moved[0].join(name).exists(),
+            "{name} moved aside, not deleted"
+        );
+    }
+    assert_eq!(
+        openssl_fingerprint(&moved[0].join("ca.pem")),
+        old_fingerprint
+    );
+    assert!(!parent_certs(&parent).exists());
+    let status = parent.status_json().unwrap();
+    assert_eq!(status["network"]["certificates_generated"], false);
+    assert!(status["network"]["ca_fingerprint"].is_null());
+
+    let set = cli_json(&parent, &["settings", "set", "--port", "12366"]);
+    assert_eq!(set["settings"]["port"], 12366);
+    assert_eq!(set["frozen"], false);
+    // A second reset has nothing to reset.
+    let (code, _, err) = parent.cli(&["certs", "reset", "--yes"]);
+    assert_eq!(code, 3, "{err}");
+
+    // And a new CA can be made.
+    let again = generate(&parent, &[]);
+    assert_ne!(again["ca_fingerprint"], old_fingerprint.as_str());
+    assert_eq!(cli_json(&parent, &["settings", "show"])["frozen"], true);
+}
+
+#[test]
+fn generate_is_refused_while_old_children_exist_unless_ignore_old() {
+    let vhost = Vhost::new();
+    let dir = tempfile::tempdir().unwrap();
+    let parent = Parent::start(&vhost, dir.path(), &[]);
+    let _new = start_child(&vhost, dir.path(), "till-new", &[]);
+    let _old = start_child(&vhost, dir.path(), "bo-old", &["--report-version", "0.9.0"]);
+    let ids = wait_online(&parent, &["till-new", "bo-old"]);
+
+    let (code, out, err) = parent.cli(&["certs", "generate"]);
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(err.contains("bo-old") && err.contains("0.9.0"), "{err}");
+    assert!(err.contains("--ignore-old"), "{err}");
+    assert!(
+        !err.contains("till-new"),
+        "only old children are listed: {err}"
+    );
+    assert!(!parent_certs(&parent).exists());
+    assert_eq!(
+        parent.status_json().unwrap()["network"]["certificates_generated"],
+        false
+    );
+    let (code, _, err) = parent.cli(&["certs", "send"]);
+    assert_eq!(code, 3, "send without certificates is refused: {err}");
+
+    let report = generate(&parent, &["--ignore-old"]);
+    let old_list = report["old_versions"].to_string();
+    assert!(old_list.contains("bo-old"), "{report}");
+    assert_eq!(report["old_versions"].as_array().unwrap().len(), 1);
+    let sent = send(&parent, false);
+    assert_eq!(sent["queued"], 1, "{sent}");
+    assert_eq!(sent["not_eligible"], 1, "{sent}");
+    wait_certificate(&parent, "till-new");
+    // Sent in the same batch as the new child's: by now the old one would have it.
+    let old_queue = topology::agent_queue(&ids[1].parse().unwrap());
+    let old_certs = certs_dir(dir.path(), "bo-old");
+    assert!(
+        !old_certs.join("ca.pem").exists(),
+        "the old child was sent the information"
+    );
+    assert!(!old_certs.join("agent.pem").exists());
+    wait_for("the old child's queue empty per management", WAIT, || {
+        (vhost.queue_depth(&old_queue)? == 0).then_some(())
+    });
+    let status = parent.status_json().unwrap();
+    assert_eq!(status["summary"]["version_not_supporting_ssl"], 1);
+    assert_eq!(status["network"]["eligible"], 1);
+    assert_eq!(status["network"]["children_with_certificates"], 1);
+    let old = parent.agent("bo-old").unwrap();
+    assert_eq!(old["has_certificate"], false);
+    assert_eq!(old["ssl_capable"], false);
+    // Even --all does not send it to the old child.
+    let sent = send(&parent, true);
+    assert_eq!(sent["queued"], 1, "{sent}");
+    assert_eq!(sent["not_eligible"], 1, "{sent}");
+}
+
+#[test]
+fn generate_is_refused_for_mpos_without_a_dns_name() {
+    let vhost = Vhost::new();
+    let dir = tempfile::tempdir().unwrap();
+    let parent = Parent::start(&vhost, dir.path(), &[]);
+    let set = cli_json(
+        &parent,
+        &["settings", "set", "--names", "", "--ips", "127.0.0.1"],
+    );
+    assert_eq!(
+        set["settings"]["names"].as_array().map(Vec::len),
+        Some(0),
+        "{set}"
+    );
+    let _mpos = start_child(&vhost, dir.path(), "mpos-7", &["--kind", "mpos"]);
+    wait_online(&parent, &["mpos-7"]);
+
+    let (code, out, err) = parent.cli(&["certs", "generate"]);
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(err.contains("mPOS") && err.contains("DNS name"), "{err}");
+    assert!(err.contains("mpos-7"), "{err}");
+    assert!(!parent_certs(&parent).exists());
+
+    // With a DNS name it goes ahead; mPOS is not eligible for sending.
+    cli_json(&parent, &["settings", "set", "--names", "parent.test"]);
+    generate(&parent, &[]);
+    let sent = send(&parent, false);
+    assert_eq!(sent["queued"], 0, "{sent}");
+    assert_eq!(sent["not_eligible"], 1, "{sent}");
+    let status = parent.status_json().unwrap();
+    assert_eq!(status["summary"]["mpos"], 1);
+    assert_eq!(status["network"]["eligible"], 0);
+}
+
+#[test]
+fn sending_twice_is_harmless_and_certificates_last_398_days_by_default() {
+    let vhost = Vhost::new();
+    let dir = tempfile::tempdir().unwrap();
+    let parent = Parent::start(&vhost, dir.path(), &[]);
+    let _a = start_child(&vhost, dir.path(), "till-a", &[]);
+    let _b = start_child(&vhost, dir.path(), "till-b", &[]);
+    wait_online(&parent, &["till-a", "till-b"]);
+    generate(&parent, &[]);
+    let ca = parent_certs(&parent).join("ca.pem");
+    let sent = send(&parent, false);
+    assert_eq!(sent["queued"], 2, "{sent}");
+    wait_certificate(&parent, "till-a");
+    wait_certificate(&parent, "till-b");
+
+    let chain = |name: &str| certs_dir(dir.path(), name).join("agent.pem");
+    let text = CertText::of_file(&chain("till-a"));
+    let seconds = text.validity_seconds();
+    assert!(
+        seconds >= 398 * 86400 && seconds / 86400 == 398,
+        "default validity {seconds} s: {}",
+        text.text
+    );
+    let parent_days =
+        CertText::of_file(&parent_certs(&parent).join("parent.pem")).validity_seconds() / 86400;
+    assert_eq!(parent_days, 398);
+    let before: Vec<String> = ["till-a", "till-b"]
+        .iter()
+        .map(|n| std::fs::read_to_string(chain(n)).unwrap())
+        .collect();
+
+    let again = send(&parent, false);
+    assert_eq!(again["queued"], 0, "{again}");
+    assert_eq!(again["already_have_certificate"], 2, "{again}");
+
+    // --all sends again; each child sees the same CA and keeps its certificate.
+    let ca_inode = |name: &str| {
+        std::fs::metadata(certs_dir(dir.path(), name).join("ca.pem"))
+            .unwrap()
+            .ino()
+    };
+    let inodes = [ca_inode("till-a"), ca_inode("till-b")];
+    let all = send(&parent, true);
+    assert_eq!(all["queued"], 2, "{all}");
+    wait_for("both children handled the resent information", WAIT, || {
+        (ca_inode("till-a") != inodes[0] && ca_inode("till-b") != inodes[1]).then_some(())
+    });
+    for (name, old) in ["till-a", "till-b"].iter().zip(&before) {
+        assert_verifies(&ca, &chain(name), false);
+        assert_eq!(
+            &std::fs::read_to_string(chain(name)).unwrap(),
+            old,
+            "{name} kept its certificate"
+        );
+        let agent = parent.agent(name).unwrap();
+        assert_eq!(agent["has_certificate"], true);
+        assert!(agent["refusal"].is_null(), "{agent}");
+        let pending = certs_dir(dir.path(), name).join("agent.key.pending");
+        assert!(!pending.exists(), "{name} left a pending key behind");
+    }
+    let status = parent.status_json().unwrap();
+    assert_eq!(status["network"]["children_with_certificates"], 2);
+    assert_eq!(status["network"]["agents"], 2, "no duplicate agents");
+}
+
+#[test]
+fn counters_follow_the_eligible_children_holding_a_certificate() {
+    let vhost = Vhost::new();
+    let dir = tempfile::tempdir().unwrap();
+    let parent = Parent::start(&vhost, dir.path(), &["--offline-after", "3"]);
+    let _a = start_child(&vhost, dir.path(), "till-a", &[]);
+    let mut b = start_child(&vhost, dir.path(), "till-b", &[]);
+    let _lp = start_child(
+        &vhost,
+        dir.path(),
+        "lp-1",
+        &["--kind", "local-parent", "--hostnames", "lp.shop.test"],
+    );
+    let _old = start_child(&vhost, dir.path(), "bo-old", &["--report-version", "0.9.0"]);
+    let _mpos = start_child(&vhost, dir.path(), "mpos-1", &["--kind", "mpos"]);
+    wait_online(&parent, &["till-a", "till-b", "lp-1", "bo-old", "mpos-1"]);
+    let status = parent.status_json().unwrap();
+    assert_eq!(status["network"]["agents"], 5);
+    assert_eq!(status["network"]["eligible"], 3);
+    assert_eq!(status["network"]["children_with_certificates"], 0);
+
+    generate(&parent, &["--ignore-old"]);
+    stop(&mut b);
+    let sent = send(&parent, false);
+    assert_eq!(sent["queued"], 3, "{sent}");
+    assert_eq!(sent["not_eligible"], 2, "{sent}");
+    wait_certificate(&parent, "till-a");
+    wait_certificate(&parent, "lp-1");
+    let holders = |status: &Value| {
+        status["agents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| {
+                a["has_certificate"] == true && a["ssl_capable"] == true && a["kind"] != "mpos"
+            })
+            .count()
+    };
+    let status = parent.status_json().unwrap();
+    assert_eq!(holders(&status), 2);
+    assert_eq!(status["network"]["children_with_certificates"], 2);
+    assert_eq!(status["network"]["eligible"], 3);
+    assert_eq!(status["summary"]["version_not_supporting_ssl"], 1);
+    assert_eq!(status["summary"]["mpos"], 1);
+
+    let _b = start_child(&vhost, dir.path(), "till-b", &[]);
+    wait_certificate(&parent, "till-b");
+    let status = wait_for("three certificates counted", WAIT, || {
+        let status = parent.status_json().ok()?;
+        (status["network"]["children_with_certificates"] == 3).then_some(status)
+    });
+    assert_eq!(holders(&status), 3);
+    assert_eq!(status["network"]["eligible"], 3);
+    for name in ["bo-old", "mpos-1"] {
+        assert_eq!(
+            parent.agent(name).unwrap()["has_certificate"],
+            false,
+            "{name}"
+        );
+        assert!(
+            !certs_dir(dir.path(), name).join("agent.pem").exists(),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn a_company_ca_signs_and_a_certificate_that_is_not_a_ca_is_refused() {
+    let vhost = Vhost::new();
+    let dir = tempfile::tempdir().unwrap();
+    let company = dir.path().join("company");
+    std::fs::create_dir_all(&company).unwrap();
+    let parent = Parent::start(&vhost, dir.path(), &[]);
+
+    // Not a CA: refused, nothing written.
+    let (leaf_cert, leaf_key) = openssl_ca(&company, "not-a-ca", false, None);
+    let (code, out, err) = parent.cli(&[
+        "certs",
+        "generate",
+        "--ca-cert",
+        s(&leaf_cert),
+        "--ca-key",
+        s(&leaf_key),
+    ]);
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(err.contains("not a CA"), "{err}");
+    assert!(!parent_certs(&parent).exists());
+    // A CA with a key that is not its own: refused too.
+    let (root, root_key) = openssl_ca(&company, "company-ca", true, None);
+    let (code, out, err) = parent.cli(&[
+        "certs",
+        "generate",
+        "--ca-cert",
+        s(&root),
+        "--ca-key",
+        s(&leaf_key),
+    ]);
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(err.contains("does not belong"), "{err}");
+    assert!(!parent_certs(&parent).exists());
+
+    // The company's root signs.
+    let _till = start_child(&vhost, dir.path(), "till-1", &[]);
+    wait_online(&parent, &["till-1"]);
+    let report = generate(&parent, &["--ca-cert", s(&root), "--ca-key", s(&root_key)]);
+    assert_eq!(report["company_ca"], true);
+    assert_eq!(
+        report["ca_fingerprint"],
+        openssl_fingerprint(&root).as_str()
+    );
+    send(&parent, false);
+    wait_certificate(&parent, "till-1");
+    let agent_pem = certs_dir(dir.path(), "till-1").join("agent.pem");
+    assert_verifies(&root, &agent_pem, false);
+    for name in ["parent.pem", "broker.pem"] {
+        assert_verifies(&root, &parent_certs(&parent).join(name), false);
+    }
+    let stranger = openssl_ca(&company, "stranger-ca", true, None).0;
+    assert_does_not_verify(&stranger, &agent_pem);
+    assert_eq!(mode(&parent_certs(&parent).join("ca.key")), 0o600);
+    let issuer = CertText::of_file(&agent_pem).field("Issuer:").unwrap();
+    assert!(issuer.contains("company-ca"), "{issuer}");
+}
+
+#[test]
+fn a_company_intermediate_signs_and_children_get_the_whole_chain() {
+    let vhost = Vhost::new();
+    let dir = tempfile::tempdir().unwrap();
+    let company = dir.path().join("company");
+    std::fs::create_dir_all(&company).unwrap();
+    let parent = Parent::start(&vhost, dir.path(), &[]);
+    let (root, root_key) = openssl_ca(&company, "company-root", true, None);
+    let (inter, inter_key) =
+        openssl_ca(&company, "company-issuing", true, Some((&root, &root_key)));
+    let chain = company.join("issuing-chain.pem");
+    std::fs::write(
+        &chain,
+        std::fs::read_to_string(&inter).unwrap() + &std::fs::read_to_string(&root).unwrap(),
+    )
+    .unwrap();
+
+    let _till = start_child(&vhost, dir.path(), "till-1", &[]);
+    wait_online(&parent, &["till-1"]);
+    let report = generate(
+        &parent,
+        &["--ca-cert", s(&chain), "--ca-key", s(&inter_key)],
+    );
+    assert_eq!(report["company_ca"], true);
+    let fingerprint = report["ca_fingerprint"].as_str().unwrap();
+    assert_eq!(
+        fingerprint,
+        openssl_fingerprint(&root),
+        "children pin the root"
+    );
+    send(&parent, false);
+    wait_certificate(&parent, "till-1");
+    let agent_pem = certs_dir(dir.path(), "till-1").join("agent.pem");
+    // The chain in agent.pem leads to the company root.
+    assert_verifies(&root, &agent_pem, true);
+    assert_verifies(&root, &parent_certs(&parent).join("parent.pem"), true);
+    let issuer = CertText::of_file(&agent_pem).field("Issuer:").unwrap();
+    assert!(issuer.contains("company-issuing"), "{issuer}");
+}
+
+// ---------------------------------------------------------------------------
+// Bugs found while writing these tests: each test states the expected
+// behaviour and is ignored until the parent is fixed (run with `--ignored`).
+// ---------------------------------------------------------------------------
+
+#[test]
+#[ignore = "BUG: after `certs reset` the parent still counts and skips children holding a certificate of the discarded CA (ops.rs certs_send, status.rs children_with_certificates)"]
+fn after_certs_reset_children_of_the_old_ca_get_a_certificate_of_the_new_one() {
+    let vhost = Vhost::new();
+    let dir = tempfile::tempdir().unwrap();
+    let parent = Parent::start(&vhost, dir.path(), &[]);
+    let mut child = start_child(&vhost, dir.path(), "till-a", &[]);
+    wait_online(&parent, &["till-a"]);
+    generate(&parent, &[]);
+    send(&parent, false);
+    wait_certificate(&parent, "till-a");
+
+    let (code, out, err) = parent.cli(&["certs", "reset", "--yes"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let status = parent.status_json().unwrap();
+    assert_eq!(
+        status["network"]["children_with_certificates"], 0,
+        "the certificates were discarded with their CA: {}",
+        status["network"]
+    );
+
+    let report = generate(&parent, &[]);
+    let fingerprint = report["ca_fingerprint"].as_str().unwrap().to_owned();
+    // The child trusted the old CA on first use: the operator pins the new one.
+    stop(&mut child);
+    let _child = start_child(
+        &vhost,
+        dir.path(),
+        "till-a",
+        &["--ca-fingerprint", &fingerprint],
+    );
+    wait_online(&parent, &["till-a"]);
+    let sent = send(&parent, false);
+    assert_eq!(
+        sent["queued"], 1,
+        "the child holds no certificate of the current CA: {sent}"
+    );
+    let new_ca = parent_certs(&parent).join("ca.pem");
+    let agent_pem = certs_dir(dir.path(), "till-a").join("agent.pem");
+    wait_for("a certificate of the new CA", WAIT, || {
+        openssl(&["verify", "-CAfile", s(&new_ca), s(&agent_pem)])
+            .0
+            .then_some(())
+    });
+}
+
+#[test]
+#[ignore = "BUG: an answer the broker cannot route (agent queue gone) ends the parent's broker session, and the CSR is redelivered and re-answered forever (service.rs handle_batch/send_all, broker.rs send_many)"]
+fn an_answer_that_cannot_be_routed_does_not_stall_the_parent() {
+    let vhost = Vhost::new();
+    let dir = tempfile::tempdir().unwrap();
+    let parent = Parent::start(&vhost, dir.path(), &[]);
+    generate(&parent, &[]);
+    let _till = start_child(&vhost, dir.path(), "till-1", &[]);
+    wait_online(&parent, &["till-1"]);
+    send(&parent, false);
+    wait_certificate(&parent, "till-1");
+    // A registered agent whose queue was deleted (by an operator, a policy,
+    // a broker reset) asks for a certificate.
+    let gone = FakeAgent::connect(&vhost);
+    gone.hello("fake-gone", AgentKind::Child, &[], &[]);
+    wait_for("fake-gone registered", WAIT, || parent.agent("fake-gone"));
+    gone.runtime
+        .block_on(gone.channel.queue_delete(
+            topology::agent_queue(&gone.id).as_str().into(),
+            Default::default(),
+        ))
+        .expect("queue.delete");
+    gone.csr(&csr(&gone.id.to_string(), |_| {}));
+
+    // The parent carries on: fleetls.parent drains (nothing stays unacked or
+    // is redelivered in a loop).
+    wait_for("fleetls.parent drained", WAIT, || {
+        let q = vhost.management_get("/api/queues/{vhost}/fleetls.parent");
+        (q["messages"].as_u64()? == 0 && q["consumers"].as_u64()? == 1).then_some(())
+    });
+}
+
+#[test]
+fn probe_send_missing_queue() {
+    let vhost = Vhost::new();
+    let dir = tempfile::tempdir().unwrap();
+    let parent = Parent::start(&vhost, dir.path(), &[]);
+    generate(&parent, &[]);
+    let gone = FakeAgent::connect(&vhost);
+    gone.hello("fake-gone", AgentKind::Child, &[], &[]);
+    wait_for("fake-gone registered", WAIT, || parent.agent("fake-gone"));
+    gone.runtime
+        .block_on(gone.channel.queue_delete(
+            topology::agent_queue(&gone.id).as_str().into(),
+            Default::default(),
+        ))
+        .expect("queue.delete");
+    let _till = start_child(&vhost, dir.path(), "till-1", &[]);
+    wait_online(&parent, &["till-1"]);
+    let r = parent.cli(&["certs", "send"]);
+    eprintln!("{r:?}");
+    let r = std::panic::catch_unwind(|| wait_certificate(&parent, "till-1"));
+    eprintln!("till-1 cert: {}", r.is_ok());
+}
