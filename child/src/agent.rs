@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fleetls_proto::{
-    topology, AgentState, Body, Csr, Envelope, Heartbeat, Hello, Refused, RunStep, StepReport, StepSpec,
+    topology, AgentState, Body, Csr, Envelope, Heartbeat, Hello, Refused, RunStep, StepReport,
+    StepSpec,
 };
 use futures_lite::StreamExt;
 use lapin::message::Delivery;
@@ -64,6 +65,19 @@ pub struct Agent {
     pub identity: Identity,
     /// Where it stands.
     pub state: std::sync::Mutex<State>,
+    /// Stops the local SSL port of a local parent, while it serves.
+    local_port: std::sync::Mutex<Option<crate::shutdown::Trigger>>,
+    /// How a simulated child misbehaves (swarm only).
+    pub behaviour: Behaviour,
+}
+
+/// Misbehaviour of a simulated child, for load tests and benchmarks.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Behaviour {
+    /// Takes commands and never answers them.
+    pub silent: bool,
+    /// Its SSL port test goes to a closed port.
+    pub fail_ssl_port: bool,
 }
 
 impl Agent {
@@ -79,7 +93,59 @@ impl Agent {
             config,
             identity,
             state: std::sync::Mutex::new(state),
+            local_port: std::sync::Mutex::new(None),
+            behaviour: Behaviour::default(),
         })
+    }
+
+    /// Updates and saves the state.
+    pub fn update_state(&self, f: impl FnOnce(&mut State)) -> Result<(), StoreError> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut next = state.clone();
+        f(&mut next);
+        if next != *state {
+            identity::save_state(&self.config.data_dir, &next)?;
+            *state = next;
+        }
+        Ok(())
+    }
+
+    /// A local parent with a certificate and a port serves TLS for its
+    /// location (started once; restarted after a new certificate).
+    pub fn serve_local_port(&self, shutdown: &Shutdown, restart: bool) {
+        if self.config.kind != fleetls_proto::AgentKind::LocalParent {
+            return;
+        }
+        let port = self
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .serve_port;
+        let store = CertStore::new(&self.config.data_dir);
+        let (Some(port), true) = (port, store.has_certificate()) else {
+            return;
+        };
+        let mut running = self.local_port.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(trigger) = running.take() {
+            if !restart {
+                *running = Some(trigger);
+                return;
+            }
+            trigger.fire();
+        }
+        let (trigger, own) = crate::shutdown::channel();
+        let mut global = shutdown.clone();
+        let (both_trigger, both) = crate::shutdown::channel();
+        let mut own_wait = own.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = global.wait() => {}
+                _ = own_wait.wait() => {}
+            }
+            both_trigger.fire();
+        });
+        tokio::spawn(crate::local_port::serve(store, port, both));
+        *running = Some(trigger);
     }
 
     fn report_state(&self) -> AgentState {
@@ -109,19 +175,25 @@ impl Agent {
 pub async fn run(config: RunConfig, shutdown: Shutdown) -> Result<(), RunError> {
     let agent = Arc::new(Agent::open(config)?);
     info!(id = %agent.identity.id, name = %agent.identity.name, "child starting");
+    agent.serve_local_port(&shutdown, false);
     let mut attempt = 0u32;
     let mut shutdown_wait = shutdown.clone();
+    let name = topology::child_connection_name(&agent.identity.id);
     while !shutdown.is_set() {
         let opened = tokio::select! {
             _ = shutdown_wait.wait() => break,
-            opened = open_session(&agent) => opened,
+            opened = async {
+                let connection = connect(&agent.config.broker, &name).await?;
+                let session = Session::open(&connection, &agent, shutdown.clone()).await;
+                Ok::<_, SessionError>((connection, session?))
+            } => opened,
         };
         match opened {
-            Ok(session) => {
+            Ok((connection, session)) => {
                 attempt = 0;
                 info!("connected to the broker");
-                let result = session.run(&agent, shutdown.clone()).await;
-                let _ = session.connection.close(200, "child stopping".into()).await;
+                let result = session.run(&agent).await;
+                let _ = connection.close(200, "child stopping".into()).await;
                 match result {
                     Ok(()) => break,
                     Err(e) => warn!(error = %e, "broker session ended; reconnecting"),
@@ -179,48 +251,63 @@ pub async fn run_step(store: &CertStore, run: &RunStep) -> StepReport {
     }
 }
 
-/// One connection to the broker.
-pub struct Session {
-    connection: Connection,
-    channel: Channel,
-    consumer: lapin::Consumer,
+/// Opens a named connection to the broker.
+pub async fn connect(url: &str, name: &str) -> Result<Connection, SessionError> {
+    let properties = ConnectionProperties::default().with_connection_name(name.into());
+    Connection::connect(url, properties)
+        .await
+        .map_err(amqp("connecting to the broker"))
 }
 
-async fn open_session(agent: &Agent) -> Result<Session, SessionError> {
-    let id = agent.identity.id;
-    let properties = ConnectionProperties::default()
-        .with_connection_name(topology::child_connection_name(&id).as_str().into());
-    let connection = Connection::connect(&agent.config.broker, properties)
-        .await
-        .map_err(amqp("connecting to the broker"))?;
-    let channel = connection
-        .create_channel()
-        .await
-        .map_err(amqp("opening a channel"))?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .map_err(amqp("turning on publisher confirms"))?;
-    declare(&channel, &id).await?;
-    channel
-        .basic_qos(16, BasicQosOptions::default())
-        .await
-        .map_err(amqp("setting the prefetch"))?;
-    let queue = topology::agent_queue(&id);
-    let consumer = channel
-        .basic_consume(
-            queue.as_str().into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(amqp("consuming this agent's queue"))?;
-    Ok(Session {
-        connection,
-        channel,
-        consumer,
-    })
+/// One agent's channel on a broker connection (its own, or shared in a swarm).
+pub struct Session {
+    channel: Channel,
+    consumer: lapin::Consumer,
+    shutdown: Shutdown,
+}
+
+impl Session {
+    /// Opens the agent's channel: confirms on, topology declared, its queue consumed.
+    pub async fn open(
+        connection: &Connection,
+        agent: &Agent,
+        shutdown: Shutdown,
+    ) -> Result<Session, SessionError> {
+        let id = agent.identity.id;
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(amqp("opening a channel"))?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(amqp("turning on publisher confirms"))?;
+        declare(&channel, &id).await?;
+        channel
+            .basic_qos(16, BasicQosOptions::default())
+            .await
+            .map_err(amqp("setting the prefetch"))?;
+        let queue = topology::agent_queue(&id);
+        let consumer = channel
+            .basic_consume(
+                queue.as_str().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(amqp("consuming this agent's queue"))?;
+        Ok(Session {
+            channel,
+            consumer,
+            shutdown,
+        })
+    }
+
+    /// Closes the channel (a swarm's connection lives on).
+    pub async fn close(&self) {
+        let _ = self.channel.close(200, "agent stopping".into()).await;
+    }
 }
 
 /// Declares the exchanges this child uses and its own durable queue.
@@ -282,7 +369,10 @@ async fn declare(channel: &Channel, id: &uuid::Uuid) -> Result<(), SessionError>
 }
 
 impl Session {
-    async fn run(&self, agent: &Agent, mut shutdown: Shutdown) -> Result<(), SessionError> {
+    /// Says `Hello`, then heartbeats and answers commands until shutdown
+    /// (`Ok`) or a broker failure (`Err`: reconnect).
+    pub async fn run(&self, agent: &Agent) -> Result<(), SessionError> {
+        let mut shutdown = self.shutdown.clone();
         self.send(agent, agent.hello(), None).await?;
         let mut ticker = tokio::time::interval(agent.config.heartbeat);
         ticker.tick().await;
@@ -351,6 +441,11 @@ impl Session {
         let store = CertStore::new(&agent.config.data_dir);
         match envelope.body {
             Body::CertificatesReady(ready) => {
+                if agent.config.kind == fleetls_proto::AgentKind::LocalParent {
+                    if let Err(e) = agent.update_state(|s| s.serve_port = ready.serve_port) {
+                        return Ok(Err(e.to_string()));
+                    }
+                }
                 let csr = store.prepare_csr(
                     &ready,
                     agent.config.ca_fingerprint.as_deref(),
@@ -372,9 +467,16 @@ impl Session {
                 if let Err(reason) = store.install(&issued) {
                     return Ok(Err(reason));
                 }
+                agent.serve_local_port(&self.shutdown, true);
                 self.send_state(agent).await?;
             }
-            Body::RunStep(run) => {
+            Body::RunStep(mut run) => {
+                if agent.behaviour.fail_ssl_port {
+                    if let StepSpec::SslPort { host, port } = &mut run.step {
+                        *host = "127.0.0.1".into();
+                        *port = 1;
+                    }
+                }
                 let report = run_step(&store, &run).await;
                 self.send(agent, Body::StepReport(report), Some(envelope.id))
                     .await?;
@@ -403,7 +505,18 @@ impl Session {
 
     /// Handles one command from the parent, then acks it.
     async fn handle(&self, agent: &Agent, delivery: Delivery) -> Result<(), SessionError> {
-        match fleetls_proto::decode(&delivery.data) {
+        let decoded = if agent.behaviour.silent {
+            // A silent child takes its commands and never answers.
+            return delivery
+                .acker
+                .ack(BasicAckOptions::default())
+                .await
+                .map(|_| ())
+                .map_err(amqp("acking a command"));
+        } else {
+            fleetls_proto::decode(&delivery.data)
+        };
+        match decoded {
             Ok(envelope) => {
                 let id = envelope.id;
                 let kind = envelope.body.kind();

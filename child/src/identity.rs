@@ -37,6 +37,9 @@ pub struct State {
     /// The broker connection is AMQPS, to this URL.
     #[serde(default)]
     pub broker_tls_uri: Option<String>,
+    /// A local parent agent serves TLS on this port for its location.
+    #[serde(default)]
+    pub serve_port: Option<u16>,
 }
 
 /// Loads the identity, creating it on first start. A name given now
@@ -157,6 +160,7 @@ mod tests {
         let state = State {
             ssl: true,
             broker_tls_uri: Some("amqps://h:5671".into()),
+            serve_port: Some(12366),
         };
         save_state(dir.path(), &state).unwrap();
         assert_eq!(load_state(dir.path()).unwrap(), state);

@@ -9,5 +9,7 @@ pub mod agent;
 pub mod certs;
 pub mod config;
 pub mod identity;
+pub mod local_port;
 pub mod shutdown;
 pub mod steps;
+pub mod swarm;

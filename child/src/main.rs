@@ -22,6 +22,8 @@ struct Cli {
 enum Command {
     /// Run the agent until SIGINT/SIGTERM.
     Run(RawRun),
+    /// Run N simulated children in one process (load tests, benchmarks).
+    Swarm(fleetls_child::swarm::SwarmArgs),
 }
 
 fn main() -> ExitCode {
@@ -60,6 +62,16 @@ fn main() -> ExitCode {
                     Err(e) => {
                         eprintln!("error: {e}");
                         ExitCode::FAILURE
+                    }
+                }
+            }
+            Command::Swarm(args) => {
+                let shutdown = fleetls_child::shutdown::on_signals();
+                match fleetls_child::swarm::run(args, shutdown).await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("error: {e:#}");
+                        ExitCode::from(2)
                     }
                 }
             }

@@ -58,7 +58,10 @@ pub fn cert_test(store: &CertStore) -> Result<Loaded, StepFailure> {
         std::fs::read(&path).map_err(|e| {
             fail(
                 Cause::NoCertificate,
-                format!("Certificate test failed: {} cannot be read ({e}).", path.display()),
+                format!(
+                    "Certificate test failed: {} cannot be read ({e}).",
+                    path.display()
+                ),
             )
         })
     };
@@ -67,22 +70,42 @@ pub fn cert_test(store: &CertStore) -> Result<Loaded, StepFailure> {
     let key_pem = read(store.key_path())?;
     let ca: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&ca_pem)
         .collect::<Result<_, _>>()
-        .map_err(|e| fail(Cause::NoCertificate, format!("Certificate test failed: the CA is unreadable ({e}).")))?;
+        .map_err(|e| {
+            fail(
+                Cause::NoCertificate,
+                format!("Certificate test failed: the CA is unreadable ({e})."),
+            )
+        })?;
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&chain_pem)
         .collect::<Result<_, _>>()
-        .map_err(|e| fail(Cause::NoCertificate, format!("Certificate test failed: the certificate is unreadable ({e}).")))?;
-    let key = PrivateKeyDer::from_pem_slice(&key_pem)
-        .map_err(|e| fail(Cause::NoCertificate, format!("Certificate test failed: the key is unreadable ({e}).")))?;
+        .map_err(|e| {
+            fail(
+                Cause::NoCertificate,
+                format!("Certificate test failed: the certificate is unreadable ({e})."),
+            )
+        })?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
+        fail(
+            Cause::NoCertificate,
+            format!("Certificate test failed: the key is unreadable ({e})."),
+        )
+    })?;
     if ca.is_empty() || chain.is_empty() {
-        return Err(fail(Cause::NoCertificate, "Certificate test failed: no certificate is installed."));
+        return Err(fail(
+            Cause::NoCertificate,
+            "Certificate test failed: no certificate is installed.",
+        ));
     }
     let mut roots = RootCertStore::empty();
     // Every CA certificate of the chain is an anchor: a company intermediate
     // may come without its root.
     for cert in &ca {
-        roots
-            .add(cert.clone())
-            .map_err(|e| fail(Cause::Other, format!("Certificate test failed: the CA is unusable ({e}).")))?;
+        roots.add(cert.clone()).map_err(|e| {
+            fail(
+                Cause::Other,
+                format!("Certificate test failed: the CA is unusable ({e})."),
+            )
+        })?;
     }
     let roots = Arc::new(roots);
     // The chain must verify as a client certificate under the CA, now.
@@ -93,7 +116,10 @@ pub fn cert_test(store: &CertStore) -> Result<Loaded, StepFailure> {
         .verify_client_cert(&chain[0], &chain[1..], UnixTime::now())
         .map_err(|e| {
             let cause = tls_cause(&e).unwrap_or(Cause::Other);
-            fail(cause, format!("Certificate test failed: this agent's certificate does not verify ({e})."))
+            fail(
+                cause,
+                format!("Certificate test failed: this agent's certificate does not verify ({e})."),
+            )
         })?;
     // Building the client config checks that the key matches the certificate.
     let client = ClientConfig::builder()
@@ -120,9 +146,10 @@ pub fn tls_cause(error: &rustls::Error) -> Option<Cause> {
         E::InvalidCertificate(c) => match c {
             C::UnknownIssuer | C::BadSignature => Cause::UnknownIssuer,
             C::NotValidForName | C::NotValidForNameContext { .. } => Cause::NameMismatch,
-            C::Expired | C::ExpiredContext { .. } | C::NotValidYet | C::NotValidYetContext { .. } => {
-                Cause::Expired
-            }
+            C::Expired
+            | C::ExpiredContext { .. }
+            | C::NotValidYet
+            | C::NotValidYetContext { .. } => Cause::Expired,
             _ => Cause::Other,
         },
         E::AlertReceived(
@@ -142,7 +169,10 @@ pub fn tls_cause(error: &rustls::Error) -> Option<Cause> {
 
 fn io_cause(error: &std::io::Error) -> Cause {
     use std::io::ErrorKind as K;
-    if let Some(tls) = error.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
+    if let Some(tls) = error
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+    {
         return tls_cause(tls).unwrap_or(Cause::Other);
     }
     match error.kind() {
@@ -173,10 +203,12 @@ pub async fn ssl_port_test(
     let server_name = ServerName::try_from(host.to_owned())
         .map_err(|e| failed(Cause::Dns, format!("{host:?} is not a host name: {e}")))?;
     let target = format!("{host}:{port}");
-    let addresses = tokio::task::spawn_blocking(move || target.to_socket_addrs().map(|a| a.collect::<Vec<_>>()))
-        .await
-        .map_err(|e| failed(Cause::Other, e.to_string()))?
-        .map_err(|e| failed(Cause::Dns, format!("{host} does not resolve: {e}")))?;
+    let addresses = tokio::task::spawn_blocking(move || {
+        target.to_socket_addrs().map(|a| a.collect::<Vec<_>>())
+    })
+    .await
+    .map_err(|e| failed(Cause::Other, e.to_string()))?
+    .map_err(|e| failed(Cause::Dns, format!("{host} does not resolve: {e}")))?;
     let address = *addresses
         .first()
         .ok_or_else(|| failed(Cause::Dns, format!("{host} has no address")))?;
@@ -212,7 +244,10 @@ pub async fn ssl_port_test(
         }
         Ok(SSL_OK.to_owned())
     };
-    tokio::time::timeout(limit, attempt)
-        .await
-        .map_err(|_| failed(Cause::Timeout, format!("no answer from {address} within {limit:?}")))?
+    tokio::time::timeout(limit, attempt).await.map_err(|_| {
+        failed(
+            Cause::Timeout,
+            format!("no answer from {address} within {limit:?}"),
+        )
+    })?
 }

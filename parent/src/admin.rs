@@ -110,7 +110,9 @@ async fn campaign_start(
     State(app): State<Arc<App>>,
     Json(request): Json<ops::CampaignRequest>,
 ) -> Result<Json<crate::campaign::Progress>, ApiError> {
-    Ok(Json(blocking(&app, move |app| ops::start_campaign(app, &request)).await?))
+    Ok(Json(
+        blocking(&app, move |app| ops::start_campaign(app, &request)).await?,
+    ))
 }
 
 async fn campaign_current(

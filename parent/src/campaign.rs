@@ -365,7 +365,15 @@ pub fn on_report(
              FROM campaign_children cc JOIN campaigns c ON c.id = cc.campaign
              WHERE cc.campaign = ?1 AND cc.agent = ?2",
             params![campaign, agent_text],
-            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?)),
+            |row| {
+                Ok((
+                    row.get(0)?,
+                    row.get(1)?,
+                    row.get(2)?,
+                    row.get(3)?,
+                    row.get(4)?,
+                ))
+            },
         )
         .optional()?;
     let current = matches!(&row, Some((state, Some(s), ..)) if state == "acting" && s == step);
@@ -420,7 +428,10 @@ pub fn on_report(
 }
 
 /// The progress of one campaign.
-pub fn progress(db: &rusqlite::Connection, campaign: Uuid) -> Result<Option<Progress>, RegistryError> {
+pub fn progress(
+    db: &rusqlite::Connection,
+    campaign: Uuid,
+) -> Result<Option<Progress>, RegistryError> {
     let id = campaign.to_string();
     let head = db
         .query_row(

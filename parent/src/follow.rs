@@ -11,7 +11,10 @@ use crate::client::{Client, ClientError};
 /// Parses `90`, `90s`, `15m`, `2h` into a duration.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let (digits, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let (digits, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
     let n: u64 = digits
         .parse()
         .map_err(|_| format!("{text:?} is not a duration: use e.g. 90s, 15m or 1h"))?;
@@ -19,7 +22,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "" | "s" => n,
         "m" => n.saturating_mul(60),
         "h" => n.saturating_mul(3600),
-        _ => return Err(format!("{text:?} is not a duration: use e.g. 90s, 15m or 1h")),
+        _ => {
+            return Err(format!(
+                "{text:?} is not a duration: use e.g. 90s, 15m or 1h"
+            ))
+        }
     };
     if secs == 0 {
         return Err("a duration must be at least 1 second".into());
@@ -41,7 +48,11 @@ pub fn progress_line(p: &Progress) -> String {
         "-".into()
     };
     let width = 30;
-    let filled = if p.total == 0 { width } else { done * width / p.total };
+    let filled = if p.total == 0 {
+        width
+    } else {
+        done * width / p.total
+    };
     format!(
         "[{}{}] {done}/{} done  passed {}  failed {}  did not participate {}  acting {}  waiting {}  elapsed {:.1}s  ETA {eta}",
         "#".repeat(filled),
@@ -121,7 +132,10 @@ mod tests {
         };
         let line = progress_line(&p);
         assert!(line.contains("5/10 done"), "{line}");
-        assert!(line.contains("acting 2") && line.contains("waiting 3"), "{line}");
+        assert!(
+            line.contains("acting 2") && line.contains("waiting 3"),
+            "{line}"
+        );
         assert!(line.contains("ETA 5s"), "{line}");
     }
 }

@@ -243,7 +243,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn campaign(kind: fleetls_parent::campaign::Kind, args: CampaignArgs) -> anyhow::Result<ExitCode> {
+async fn campaign(
+    kind: fleetls_parent::campaign::Kind,
+    args: CampaignArgs,
+) -> anyhow::Result<ExitCode> {
     let client = Client::new(&args.target)?;
     let request = ops::CampaignRequest {
         kind,
@@ -251,7 +254,8 @@ async fn campaign(kind: fleetls_parent::campaign::Kind, args: CampaignArgs) -> a
         step_timeout_secs: Some(args.step_timeout.as_secs()),
         window: args.concurrency,
     };
-    let started: fleetls_parent::campaign::Progress = client.post("/api/campaigns", &request).await?;
+    let started: fleetls_parent::campaign::Progress =
+        client.post("/api/campaigns", &request).await?;
     if args.detach {
         if args.json {
             println!("{}", serde_json::to_string_pretty(&started)?);
@@ -292,7 +296,10 @@ fn print_summary(status: &fleetls_parent::status::Status) {
     println!("  properly passed:            {}", s.passed);
     println!("  with errors:                {}", s.with_errors);
     println!("  did not participate:        {}", s.did_not_participate);
-    println!("  version not supporting SSL: {}", s.version_not_supporting_ssl);
+    println!(
+        "  version not supporting SSL: {}",
+        s.version_not_supporting_ssl
+    );
     println!("  mPOS:                       {}", s.mpos);
     for agent in &status.agents {
         if let Some(result) = &agent.last_result {

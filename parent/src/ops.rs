@@ -250,6 +250,8 @@ pub async fn certs_send(app: &App, request: &SendRequest) -> Result<SendReport, 
             ca_fingerprint: pki.root_fingerprint.clone(),
             ssl_host,
             ssl_port,
+            serve_port: (agent.kind == AgentKind::LocalParent)
+                .then_some(settings.local_parent_port),
         });
         messages.push((agent.id, Envelope::new(crate::PARENT_ID, body), None));
     }
@@ -323,7 +325,10 @@ pub const DEFAULT_CAMPAIGN_TIMEOUT_SECS: u64 = 3600;
 pub const DEFAULT_STEP_TIMEOUT_SECS: u64 = 60;
 
 /// Starts a `verify` or `reverify` campaign.
-pub fn start_campaign(app: &App, request: &CampaignRequest) -> Result<crate::campaign::Progress, OpError> {
+pub fn start_campaign(
+    app: &App,
+    request: &CampaignRequest,
+) -> Result<crate::campaign::Progress, OpError> {
     use crate::campaign::{self, Enrolment, Kind};
     if app.pki().is_none() {
         return Err(OpError::Refused(
@@ -332,12 +337,20 @@ pub fn start_campaign(app: &App, request: &CampaignRequest) -> Result<crate::cam
     }
     let window = request.window.unwrap_or(app.config.window);
     if window == 0 {
-        return Err(OpError::BadRequest("--concurrency must be at least 1".into()));
+        return Err(OpError::BadRequest(
+            "--concurrency must be at least 1".into(),
+        ));
     }
-    let timeout = request.timeout_secs.unwrap_or(DEFAULT_CAMPAIGN_TIMEOUT_SECS);
-    let step_timeout = request.step_timeout_secs.unwrap_or(DEFAULT_STEP_TIMEOUT_SECS);
+    let timeout = request
+        .timeout_secs
+        .unwrap_or(DEFAULT_CAMPAIGN_TIMEOUT_SECS);
+    let step_timeout = request
+        .step_timeout_secs
+        .unwrap_or(DEFAULT_STEP_TIMEOUT_SECS);
     if timeout == 0 || step_timeout == 0 {
-        return Err(OpError::BadRequest("timeouts must be at least 1 second".into()));
+        return Err(OpError::BadRequest(
+            "timeouts must be at least 1 second".into(),
+        ));
     }
     let min = app.config.min_ssl_version;
     let agents = app.registry.agents().map_err(internal)?;

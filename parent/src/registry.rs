@@ -6,7 +6,9 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use fleetls_proto::{AgentKind, AgentState, Body, CertificateIssued, CsrRejected, Hello, StepReport};
+use fleetls_proto::{
+    AgentKind, AgentState, Body, CertificateIssued, CsrRejected, Hello, StepReport,
+};
 
 use crate::pki::Issued;
 use rusqlite::{params, Connection, OptionalExtension};

@@ -163,7 +163,8 @@ impl App {
 
     /// Whether an agent was heard from recently.
     pub fn is_online(&self, last_seen: u64) -> bool {
-        fleetls_proto::now_ms().saturating_sub(last_seen) < self.config.offline_after.as_millis() as u64
+        fleetls_proto::now_ms().saturating_sub(last_seen)
+            < self.config.offline_after.as_millis() as u64
     }
 }
 

@@ -40,7 +40,8 @@ pub fn server_config(
     chain_pem: &[u8],
     key_pem: &[u8],
 ) -> Result<Arc<ServerConfig>, SslPortError> {
-    let bad = |what: &str, e: &dyn std::fmt::Display| SslPortError::Certificates(format!("{what}: {e}"));
+    let bad =
+        |what: &str, e: &dyn std::fmt::Display| SslPortError::Certificates(format!("{what}: {e}"));
     let mut roots = RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(ca_pem) {
         roots
@@ -104,7 +105,8 @@ pub async fn serve(
         let acceptor = acceptor.clone();
         let greeting = greeting.clone();
         tokio::spawn(async move {
-            let handshake = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await;
+            let handshake =
+                tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await;
             match handshake {
                 Ok(Ok(mut tls)) => {
                     let _ = tls.write_all(greeting.as_bytes()).await;

@@ -329,6 +329,10 @@ pub struct CertificatesReady {
     pub ssl_host: String,
     /// The SSL port to test against.
     pub ssl_port: u16,
+    /// For a local parent agent: the port on which it serves TLS to the
+    /// children of its location.
+    #[serde(default)]
+    pub serve_port: Option<u16>,
 }
 
 /// The signed certificate chain.

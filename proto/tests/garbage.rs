@@ -653,13 +653,14 @@ fn body() -> impl Strategy<Value = Body> {
                 reason
             })
         ),
-        (text(), text(), text(), any::<u16>()).prop_map(
-            |(ca_chain_pem, ca_fingerprint, ssl_host, ssl_port)| {
+        (text(), text(), text(), any::<u16>(), any::<Option<u16>>()).prop_map(
+            |(ca_chain_pem, ca_fingerprint, ssl_host, ssl_port, serve_port)| {
                 Body::CertificatesReady(CertificatesReady {
                     ca_chain_pem,
                     ca_fingerprint,
                     ssl_host,
                     ssl_port,
+                    serve_port,
                 })
             }
         ),

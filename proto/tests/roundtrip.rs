@@ -143,6 +143,7 @@ fn one_of_each() -> Vec<Body> {
             ca_fingerprint: CA_FINGERPRINT.into(),
             ssl_host: "parent.corp.example.com".into(),
             ssl_port: 12365,
+            serve_port: None,
         }),
         Body::CertificateIssued(CertificateIssued {
             chain_pem: format!("{LEAF_PEM}{CA_PEM}"),
@@ -399,8 +400,15 @@ fn certificates_ready_round_trips() {
             ca_fingerprint: CA_FINGERPRINT.into(),
             ssl_host: "parent.corp.example.com".into(),
             ssl_port: 12365,
+            serve_port: Some(12366),
         })),
-        &["ca_chain_pem", "ca_fingerprint", "ssl_host", "ssl_port"],
+        &[
+            "ca_chain_pem",
+            "ca_fingerprint",
+            "ssl_host",
+            "ssl_port",
+            "serve_port",
+        ],
     );
     assert!(contains(&bytes, CA_FINGERPRINT.as_bytes()));
 }

@@ -213,8 +213,16 @@ fn mode(path: &Path) -> u32 {
         & 0o777
 }
 
-/// Makes a CA with openssl: (certificate, key). `ca = false` makes a
-/// self-signed certificate that is not a CA.
+/// Runs an openssl command line given as one string (no argument holds a
+/// space: the paths are temporary folders); panics with its output when it fails.
+fn openssl_line(line: &str) {
+    let args: Vec<&str> = line.split_whitespace().collect();
+    let (ok, out) = openssl(&args);
+    assert!(ok, "openssl {line}: {out}");
+}
+
+/// Makes a CA with openssl: (certificate, key), self-signed or signed by
+/// `signer`. `ca = false` makes a certificate that is not a CA.
 fn openssl_ca(
     dir: &Path,
     name: &str,
@@ -223,80 +231,35 @@ fn openssl_ca(
 ) -> (PathBuf, PathBuf) {
     let cert = dir.join(format!("{name}.pem"));
     let key = dir.join(format!("{name}.key"));
-    let constraints = if ca {
-        "basicConstraints=critical,CA:TRUE"
+    let ext = dir.join(format!("{name}.ext"));
+    let extensions = if ca {
+        "basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign,digitalSignature\n"
     } else {
-        "basicConstraints=critical,CA:FALSE"
+        "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n"
     };
-    let usage = if ca {
-        "keyUsage=critical,keyCertSign,cRLSign,digitalSignature"
-    } else {
-        "keyUsage=critical,digitalSignature"
-    };
+    std::fs::write(&ext, extensions).unwrap();
+    let (cert_s, key_s, ext_s) = (s(&cert), s(&key), s(&ext));
+    let new_key = "-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes";
     let subject = format!("/O=Company/CN={name}");
     match signer {
-        None => {
-            let (ok, out) = openssl(&[
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-nodes",
-                "-keyout",
-                s(&key),
-                "-out",
-                s(&cert),
-                "-days",
-                "30",
-                "-subj",
-                &subject,
-                "-addext",
-                constraints,
-                "-addext",
-                usage,
-            ]);
-            assert!(ok, "openssl req -x509: {out}");
-        }
+        None => openssl_line(&format!(
+            "req -x509 {new_key} -keyout {key_s} -out {cert_s} -days 30 -subj {subject} \
+             -addext {} -addext {}",
+            extensions.lines().next().unwrap(),
+            extensions.lines().nth(1).unwrap(),
+        )),
         Some((ca_cert, ca_key)) => {
             let csr = dir.join(format!("{name}.csr"));
-            let (ok, out) = openssl(&[
-                "req",
-                "-new",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-nodes",
-                "-keyout",
-                s(&key),
-                "-out",
+            openssl_line(&format!(
+                "req -new {new_key} -keyout {key_s} -out {} -subj {subject}",
+                s(&csr)
+            ));
+            openssl_line(&format!(
+                "x509 -req -in {} -CA {} -CAkey {} -CAcreateserial -days 30 -extfile {ext_s} -out {cert_s}",
                 s(&csr),
-                "-subj",
-                &subject,
-            ]);
-            assert!(ok, "openssl req -new: {out}");
-            let ext = dir.join(format!("{name}.ext"));
-            std::fs::write(&ext, format!("{constraints}\n{usage}\n")).unwrap();
-            let (ok, out) = openssl(&[
-                "x509",
-                "-req",
-                "-in",
-                s(&csr),
-                "-CA",
                 s(ca_cert),
-                "-CAkey",
-                s(ca_key),
-                "-CAcreateserial",
-                "-days",
-                "30",
-                "-extfile",
-                s(&ext),
-                "-out",
-                s(&cert),
-            ]);
-            assert!(ok, "openssl x509 -req: {out}");
+                s(ca_key)
+            ));
         }
     }
     (cert, key)
@@ -1516,7 +1479,8 @@ fn an_answer_that_cannot_be_routed_does_not_stall_the_parent() {
 }
 
 #[test]
-fn probe_send_missing_queue() {
+#[ignore = "BUG: `certs send` fails as a whole (exit 3, \"run certs send again\") when one registered child's queue is gone, and keeps failing on every retry (ops.rs certs_send, broker.rs send_many)"]
+fn send_succeeds_when_one_registered_child_has_lost_its_queue() {
     let vhost = Vhost::new();
     let dir = tempfile::tempdir().unwrap();
     let parent = Parent::start(&vhost, dir.path(), &[]);
@@ -1532,8 +1496,9 @@ fn probe_send_missing_queue() {
         .expect("queue.delete");
     let _till = start_child(&vhost, dir.path(), "till-1", &[]);
     wait_online(&parent, &["till-1"]);
-    let r = parent.cli(&["certs", "send"]);
-    eprintln!("{r:?}");
-    let r = std::panic::catch_unwind(|| wait_certificate(&parent, "till-1"));
-    eprintln!("till-1 cert: {}", r.is_ok());
+    let (code, out, err) = parent.cli(&["certs", "send", "--json"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let sent: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(sent["queued"], 2, "{sent}");
+    wait_certificate(&parent, "till-1");
 }

@@ -6,7 +6,9 @@
 //! the outage registers too. The node is stopped at the end, also on failure.
 
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
 
 use fleetls_tests::{
     connection_names, repo, start_child, wait_for, BrokerAddr, Parent, Proc, Vhost,
@@ -79,20 +81,40 @@ impl Drop for Node {
     }
 }
 
-/// How many of `names` the parent shows online, or `None` if it does not answer.
-fn online_count(parent: &Parent, names: &[&str]) -> Option<usize> {
-    let status = parent.status_json().ok()?;
-    let agents = status["agents"].as_array()?;
-    Some(
-        names
-            .iter()
-            .filter(|name| {
-                agents
-                    .iter()
-                    .any(|a| a["name"] == **name && a["online"] == true)
-            })
-            .count(),
-    )
+/// How many of `names` a status shows online.
+fn online_count_in(status: &Value, names: &[&str]) -> usize {
+    let agents = status["agents"].as_array().cloned().unwrap_or_default();
+    names
+        .iter()
+        .filter(|name| {
+            agents
+                .iter()
+                .any(|a| a["name"] == **name && a["online"] == true)
+        })
+        .count()
+}
+
+/// Polls the parent until `names` has `want` agents online; panics after
+/// `within` with the last answer of the admin API (status or error).
+fn wait_online_count(parent: &Parent, names: &[&str], want: usize, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let last = match parent.status_json() {
+            Ok(status) => {
+                if online_count_in(&status, names) == want {
+                    return;
+                }
+                status.to_string()
+            }
+            Err(e) => format!("admin API error: {e}"),
+        };
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {want} of {names:?} online; last answer: {last}\nparent log:\n{}",
+            parent.proc.output()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 #[test]
@@ -109,9 +131,7 @@ fn agents_come_back_online_by_themselves_after_a_broker_outage() {
         .map(|name| start_child(&vhost, dir.path(), name, &[]))
         .collect();
     let pids: Vec<u32> = children.iter().map(Proc::pid).collect();
-    wait_for("3 children online", Duration::from_secs(30), || {
-        (online_count(&parent, &names)? == 3).then_some(())
-    });
+    wait_online_count(&parent, &names, 3, Duration::from_secs(30));
     let ids: Vec<String> = names
         .iter()
         .map(|n| parent.agent(n).unwrap()["id"].as_str().unwrap().to_owned())
@@ -124,20 +144,14 @@ fn agents_come_back_online_by_themselves_after_a_broker_outage() {
         "the AMQP port still answers after scripts/broker stop"
     );
     // The parent's admin API stays up and sees them go offline.
-    wait_for("all 3 children offline", Duration::from_secs(30), || {
-        (online_count(&parent, &names)? == 0).then_some(())
-    });
+    wait_online_count(&parent, &names, 0, Duration::from_secs(30));
 
     // The outage lasts 10 s (the scenario, not a synchronisation).
     std::thread::sleep(Duration::from_secs(10));
     node.start();
 
     // Everyone comes back without help: the same processes, online again.
-    wait_for(
-        "all 3 children online again after the outage",
-        Duration::from_secs(90),
-        || (online_count(&parent, &names)? == 3).then_some(()),
-    );
+    wait_online_count(&parent, &names, 3, Duration::from_secs(90));
     for ((child, pid), name) in children.iter_mut().zip(&pids).zip(&names) {
         assert_eq!(child.pid(), *pid);
         assert_eq!(

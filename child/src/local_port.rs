@@ -1,0 +1,76 @@
+//! A local parent agent's SSL port: the children of its location test their
+//! TLS connection against it instead of the parent. It presents the local
+//! parent's own certificate (serverAuth, its own names) and requires a
+//! client certificate from the network's CA, like the parent's SSL port.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::server::WebPkiClientVerifier;
+use rustls::ServerConfig;
+use tokio::io::AsyncWriteExt;
+use tracing::{debug, info, warn};
+
+use crate::certs::CertStore;
+use crate::shutdown::Shutdown;
+
+/// Builds the server configuration from this agent's certificates.
+pub fn server_config(store: &CertStore) -> Result<Arc<ServerConfig>, String> {
+    let loaded = crate::steps::cert_test(store).map_err(|f| f.message)?;
+    let verifier = WebPkiClientVerifier::builder(loaded.roots.clone())
+        .build()
+        .map_err(|e| e.to_string())?;
+    let config = ServerConfig::builder()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(loaded.chain, loaded.key)
+        .map_err(|e| e.to_string())?;
+    Ok(Arc::new(config))
+}
+
+/// Serves TLS on `port` until `shutdown`.
+pub async fn serve(store: CertStore, port: u16, mut shutdown: Shutdown) {
+    let config = match server_config(&store) {
+        Ok(config) => config,
+        Err(e) => {
+            warn!(error = %e, "cannot serve the local SSL port");
+            return;
+        }
+    };
+    let listener = match tokio::net::TcpListener::bind(("0.0.0.0", port)).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            warn!(port, error = %e, "cannot listen on the local SSL port");
+            return;
+        }
+    };
+    info!(
+        port,
+        "serving the SSL port for the children of this location"
+    );
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let greeting = format!("fleetls-local-parent {} ok\n", env!("CARGO_PKG_VERSION"));
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = shutdown.wait() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let acceptor = acceptor.clone();
+        let greeting = greeting.clone();
+        tokio::spawn(async move {
+            match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                Ok(Ok(mut tls)) => {
+                    let _ = tls.write_all(greeting.as_bytes()).await;
+                    let _ = tls.shutdown().await;
+                }
+                Ok(Err(e)) => debug!(%peer, error = %e, "local SSL port handshake refused"),
+                Err(_) => debug!(%peer, "local SSL port handshake timed out"),
+            }
+        });
+    }
+}

@@ -1,0 +1,211 @@
+//! `fleetls-child swarm`: many simulated children in one process, for load
+//! tests and benchmarks. Each has its own identity, data dir, key, queue,
+//! channel and CSR, and makes real TLS handshakes; they share broker
+//! connections, at most `--per-connection` channels each. Shares of them can
+//! be made old-version, mPOS, failing (their SSL port test goes to a closed
+//! port) or silent (they never answer a command).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+use tracing::{info, warn};
+
+use crate::agent::{backoff, connect, Agent, Behaviour, Session};
+use crate::config::{RawRun, RunConfig};
+use crate::shutdown::Shutdown;
+use fleetls_proto::AgentKind;
+
+/// The flags of `swarm`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SwarmArgs {
+    /// AMQP URL of the broker
+    #[arg(long, env = "FLEETLS_BROKER")]
+    pub broker: String,
+    /// Folder holding one data dir per simulated child
+    #[arg(long, env = "FLEETLS_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// Number of simulated children
+    #[arg(long)]
+    pub count: usize,
+    /// Name prefix: children are PREFIX-0, PREFIX-1, ...
+    #[arg(long, default_value = "swarm")]
+    pub prefix: String,
+    /// Number of locations the children are spread over
+    #[arg(long, default_value_t = 50)]
+    pub locations: usize,
+    /// Share (0-1) of children reporting a version below the SSL minimum
+    #[arg(long, default_value_t = 0.0)]
+    pub old_share: f64,
+    /// Share of mPOS children
+    #[arg(long, default_value_t = 0.0)]
+    pub mpos_share: f64,
+    /// Share of children whose SSL port test fails (closed port)
+    #[arg(long, default_value_t = 0.0)]
+    pub failing_share: f64,
+    /// Share of children that never answer a command
+    #[arg(long, default_value_t = 0.0)]
+    pub silent_share: f64,
+    /// Seconds between heartbeats of each child
+    #[arg(long, default_value_t = 30)]
+    pub heartbeat: u64,
+    /// Most channels (children) on one broker connection
+    #[arg(long, default_value_t = 1000)]
+    pub per_connection: usize,
+}
+
+/// Child `i` of `count` belongs to a share when it falls in that share's
+/// slice: deterministic, so a test knows who is who (by name).
+fn in_share(i: usize, count: usize, start: f64, share: f64) -> bool {
+    let lo = (start * count as f64).round() as usize;
+    let hi = ((start + share) * count as f64).round() as usize;
+    (lo..hi).contains(&i)
+}
+
+/// Runs the swarm until `shutdown`.
+pub async fn run(args: SwarmArgs, shutdown: Shutdown) -> anyhow::Result<()> {
+    for (name, share) in [
+        ("--old-share", args.old_share),
+        ("--mpos-share", args.mpos_share),
+        ("--failing-share", args.failing_share),
+        ("--silent-share", args.silent_share),
+    ] {
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&share),
+            "invalid {name} {share}: give a share from 0 to 1"
+        );
+    }
+    anyhow::ensure!(
+        args.old_share + args.mpos_share + args.failing_share + args.silent_share <= 1.0,
+        "the shares add up to more than 1"
+    );
+    anyhow::ensure!(args.count > 0, "invalid --count 0: give at least 1");
+    anyhow::ensure!(args.per_connection > 0, "invalid --per-connection 0");
+    let started = std::time::Instant::now();
+    let count = args.count;
+    let mut agents = Vec::with_capacity(count);
+    let mut slices = 0.0;
+    let old = slices;
+    slices += args.old_share;
+    let mpos = slices;
+    slices += args.mpos_share;
+    let failing = slices;
+    slices += args.failing_share;
+    let silent = slices;
+    for i in 0..count {
+        let kind = if in_share(i, count, mpos, args.mpos_share) {
+            AgentKind::Mpos
+        } else {
+            AgentKind::Child
+        };
+        let raw = RawRun {
+            broker: Some(args.broker.clone()),
+            data_dir: Some(args.data_dir.join(format!("{}-{i}", args.prefix))),
+            name: Some(format!("{}-{i}", args.prefix)),
+            kind: Some(kind.as_str().into()),
+            location: Some(format!("site-{}", i % args.locations.max(1))),
+            heartbeat: Some(args.heartbeat),
+            report_version: in_share(i, count, old, args.old_share).then(|| "0.9.0".to_owned()),
+            ..RawRun::default()
+        };
+        let mut agent = Agent::open(RunConfig::from_raw(raw)?)?;
+        agent.behaviour = Behaviour {
+            silent: in_share(i, count, silent, args.silent_share),
+            fail_ssl_port: in_share(i, count, failing, args.failing_share),
+        };
+        agents.push(Arc::new(agent));
+    }
+    info!(count, elapsed = ?started.elapsed(), "swarm identities ready");
+    let mut groups = JoinSet::new();
+    for (n, group) in agents.chunks(args.per_connection).enumerate() {
+        let group = group.to_vec();
+        let broker = args.broker.clone();
+        let shutdown = shutdown.clone();
+        groups.spawn(run_group(n, broker, group, shutdown));
+    }
+    while groups.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// One connection and its children; reconnects them all when it fails.
+async fn run_group(n: usize, broker: String, agents: Vec<Arc<Agent>>, shutdown: Shutdown) {
+    let name = format!("fleetls-swarm:{n}");
+    let mut attempt = 0u32;
+    let mut wait = shutdown.clone();
+    while !shutdown.is_set() {
+        match connect(&broker, &name).await {
+            Ok(connection) => {
+                let mut sessions = JoinSet::new();
+                let mut opened = 0usize;
+                for agent in &agents {
+                    match Session::open(&connection, agent, shutdown.clone()).await {
+                        Ok(session) => {
+                            opened += 1;
+                            let agent = agent.clone();
+                            sessions.spawn(async move {
+                                let result = session.run(&agent).await;
+                                session.close().await;
+                                result
+                            });
+                        }
+                        Err(e) => {
+                            warn!(group = n, error = %e, "cannot open a child's channel");
+                            break;
+                        }
+                    }
+                }
+                if opened == agents.len() {
+                    attempt = 0;
+                    info!(group = n, children = opened, "swarm group connected");
+                }
+                // The first session to fail means the connection is gone.
+                while let Some(result) = sessions.join_next().await {
+                    match result {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            warn!(group = n, error = %e, "swarm group lost its connection; reconnecting");
+                            break;
+                        }
+                        Err(e) => warn!(group = n, error = %e, "a simulated child failed"),
+                    }
+                }
+                sessions.abort_all();
+                let _ = connection.close(200, "swarm stopping".into()).await;
+            }
+            Err(e) => warn!(group = n, error = %e, "cannot reach the broker; retrying"),
+        }
+        if shutdown.is_set() {
+            break;
+        }
+        let delay = backoff(attempt).max(Duration::from_millis(500));
+        attempt = attempt.saturating_add(1);
+        tokio::select! {
+            _ = wait.wait() => break,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shares_are_disjoint_slices() {
+        let count = 200;
+        let picked: Vec<usize> = (0..count)
+            .filter(|&i| in_share(i, count, 0.0, 0.1))
+            .collect();
+        assert_eq!(picked.len(), 20);
+        let next: Vec<usize> = (0..count)
+            .filter(|&i| in_share(i, count, 0.1, 0.05))
+            .collect();
+        assert_eq!(next.len(), 10);
+        assert!(picked.iter().all(|i| !next.contains(i)));
+        assert_eq!(
+            (0..count).filter(|&i| in_share(i, count, 0.0, 0.0)).count(),
+            0
+        );
+    }
+}
