@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use fleetls_proto::{
     topology, AgentState, Body, Csr, Envelope, Heartbeat, Hello, Refused, RunStep, StepReport,
-    StepSpec,
+    StepSpec, SwitchReport,
 };
 use futures_lite::StreamExt;
 use lapin::message::Delivery;
@@ -51,6 +51,9 @@ pub enum SessionError {
     /// The consumer was cancelled.
     #[error("the broker cancelled the consumer of this agent's queue")]
     Cancelled,
+    /// The TLS material for AMQPS is missing or unusable.
+    #[error("AMQPS: {0}")]
+    Tls(String),
 }
 
 fn amqp(what: &'static str) -> impl FnOnce(lapin::Error) -> SessionError {
@@ -183,16 +186,28 @@ pub async fn run(config: RunConfig, shutdown: Shutdown) -> Result<(), RunError> 
         let opened = tokio::select! {
             _ = shutdown_wait.wait() => break,
             opened = async {
-                let connection = connect(&agent.config.broker, &name).await?;
+                let connection = connect_agent(&agent, &name).await?;
                 let session = Session::open(&connection, &agent, shutdown.clone()).await;
                 Ok::<_, SessionError>((connection, session?))
             } => opened,
         };
         match opened {
-            Ok((connection, session)) => {
+            Ok((mut connection, mut session)) => {
                 attempt = 0;
                 info!("connected to the broker");
-                let result = session.run(&agent).await;
+                let result = loop {
+                    match session.run(&agent).await {
+                        Ok(Outcome::MoveTo(next, next_session)) => {
+                            // The new connection carries us now; only then close the old one.
+                            let _ = connection.close(200, "moved to AMQPS".into()).await;
+                            info!("moved to AMQPS; the plain connection is closed");
+                            connection = next;
+                            session = *next_session;
+                        }
+                        Ok(Outcome::Stopped) => break Ok(()),
+                        Err(e) => break Err(e),
+                    }
+                };
                 let _ = connection.close(200, "child stopping".into()).await;
                 match result {
                     Ok(()) => break,
@@ -251,6 +266,38 @@ pub async fn run_step(store: &CertStore, run: &RunStep) -> StepReport {
     }
 }
 
+/// How a session ended without a failure.
+pub enum Outcome {
+    /// Asked to stop.
+    Stopped,
+    /// Moved to AMQPS: go on with this connection and session; the old
+    /// connection may be closed now.
+    MoveTo(Connection, Box<Session>),
+}
+
+/// Opens the connection this agent should use: AMQPS when it moved there
+/// (with its client certificate and the broker's CA), else plain.
+pub async fn connect_agent(agent: &Agent, name: &str) -> Result<Connection, SessionError> {
+    let tls = agent
+        .state
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .broker_tls_uri
+        .clone();
+    match tls {
+        Some(uri) => crate::broker_tls::connect(&agent.config.data_dir, &uri, name).await,
+        None => connect(&agent.config.broker, name).await,
+    }
+}
+
+/// What came of a command.
+pub enum Obeyed {
+    /// Done (`Err`: refused, with the reason to report).
+    Done(Result<(), String>),
+    /// Moved to AMQPS.
+    MoveTo(Connection, Box<Session>),
+}
+
 /// Opens a named connection to the broker.
 pub async fn connect(url: &str, name: &str) -> Result<Connection, SessionError> {
     let properties = ConnectionProperties::default().with_connection_name(name.into());
@@ -302,6 +349,11 @@ impl Session {
             consumer,
             shutdown,
         })
+    }
+
+    /// The stop signal this session obeys.
+    pub fn shutdown(&self) -> Shutdown {
+        self.shutdown.clone()
     }
 
     /// Closes the channel (a swarm's connection lives on).
@@ -371,7 +423,7 @@ async fn declare(channel: &Channel, id: &uuid::Uuid) -> Result<(), SessionError>
 impl Session {
     /// Says `Hello`, then heartbeats and answers commands until shutdown
     /// (`Ok`) or a broker failure (`Err`: reconnect).
-    pub async fn run(&self, agent: &Agent) -> Result<(), SessionError> {
+    pub async fn run(&self, agent: &Agent) -> Result<Outcome, SessionError> {
         let mut shutdown = self.shutdown.clone();
         self.send(agent, agent.hello(), None).await?;
         let mut ticker = tokio::time::interval(agent.config.heartbeat);
@@ -379,21 +431,23 @@ impl Session {
         let mut consumer = self.consumer.clone();
         loop {
             tokio::select! {
-                _ = shutdown.wait() => return Ok(()),
+                _ = shutdown.wait() => return Ok(Outcome::Stopped),
                 _ = ticker.tick() => {
                     let beat = Body::Heartbeat(Heartbeat { state: agent.report_state() });
                     self.send(agent, beat, None).await?;
                 }
                 next = consumer.next() => {
                     let delivery = next.ok_or(SessionError::Cancelled)?.map_err(amqp("consuming"))?;
-                    self.handle(agent, delivery).await?;
+                    if let Some(moved) = self.handle(agent, delivery).await? {
+                        return Ok(moved);
+                    }
                 }
             }
         }
     }
 
     /// Publishes a message to the parent and waits for the broker's confirm.
-    async fn send(
+    pub async fn send(
         &self,
         agent: &Agent,
         body: Body,
@@ -433,17 +487,13 @@ impl Session {
     }
 
     /// Carries out one command. The inner `Err` is a refusal to report.
-    async fn obey(
-        &self,
-        agent: &Agent,
-        envelope: Envelope,
-    ) -> Result<Result<(), String>, SessionError> {
+    async fn obey(&self, agent: &Agent, envelope: Envelope) -> Result<Obeyed, SessionError> {
         let store = CertStore::new(&agent.config.data_dir);
         match envelope.body {
             Body::CertificatesReady(ready) => {
                 if agent.config.kind == fleetls_proto::AgentKind::LocalParent {
                     if let Err(e) = agent.update_state(|s| s.serve_port = ready.serve_port) {
-                        return Ok(Err(e.to_string()));
+                        return Ok(Obeyed::Done(Err(e.to_string())));
                     }
                 }
                 let csr = store.prepare_csr(
@@ -460,12 +510,12 @@ impl Session {
                             .await?;
                     }
                     Ok(None) => self.send_state(agent).await?,
-                    Err(reason) => return Ok(Err(reason)),
+                    Err(reason) => return Ok(Obeyed::Done(Err(reason))),
                 }
             }
             Body::CertificateIssued(issued) => {
                 if let Err(reason) = store.install(&issued) {
-                    return Ok(Err(reason));
+                    return Ok(Obeyed::Done(Err(reason)));
                 }
                 agent.serve_local_port(&self.shutdown, true);
                 self.send_state(agent).await?;
@@ -485,14 +535,41 @@ impl Session {
                 warn!(reason = %rejected.reason, "the parent refused this agent's CSR");
                 store.forget_pending();
             }
+            Body::UseSsl(cmd) => {
+                // Only with a certificate that still passes step 1.
+                let report = match steps::cert_test(&store) {
+                    Ok(_) => match agent.update_state(|s| s.ssl = true) {
+                        Ok(()) => SwitchReport {
+                            campaign: cmd.campaign,
+                            ok: true,
+                            message: "Switched to SSL connection.".into(),
+                        },
+                        Err(e) => SwitchReport {
+                            campaign: cmd.campaign,
+                            ok: false,
+                            message: format!("Cannot switch to SSL: {e}"),
+                        },
+                    },
+                    Err(failure) => SwitchReport {
+                        campaign: cmd.campaign,
+                        ok: false,
+                        message: format!("Cannot switch to SSL: {}", failure.message),
+                    },
+                };
+                self.send(agent, Body::SwitchReport(report), Some(envelope.id))
+                    .await?;
+            }
+            Body::UseBrokerTls(cmd) => {
+                return crate::broker_tls::obey(self, agent, &cmd, envelope.id).await;
+            }
             other => {
-                return Ok(Err(format!(
+                return Ok(Obeyed::Done(Err(format!(
                     "{} is not supported by this agent version",
                     other.kind()
-                )))
+                ))))
             }
         }
-        Ok(Ok(()))
+        Ok(Obeyed::Done(Ok(())))
     }
 
     /// Sends a heartbeat now, so the parent's counters follow at once.
@@ -504,23 +581,35 @@ impl Session {
     }
 
     /// Handles one command from the parent, then acks it.
-    async fn handle(&self, agent: &Agent, delivery: Delivery) -> Result<(), SessionError> {
+    async fn handle(
+        &self,
+        agent: &Agent,
+        delivery: Delivery,
+    ) -> Result<Option<Outcome>, SessionError> {
         let decoded = if agent.behaviour.silent {
             // A silent child takes its commands and never answers.
             return delivery
                 .acker
                 .ack(BasicAckOptions::default())
                 .await
-                .map(|_| ())
+                .map(|_| None)
                 .map_err(amqp("acking a command"));
         } else {
             fleetls_proto::decode(&delivery.data)
         };
+        let mut moved = None;
         match decoded {
             Ok(envelope) => {
                 let id = envelope.id;
                 let kind = envelope.body.kind();
-                if let Err(reason) = self.obey(agent, envelope).await? {
+                let result = match self.obey(agent, envelope).await? {
+                    Obeyed::Done(result) => result,
+                    Obeyed::MoveTo(connection, session) => {
+                        moved = Some(Outcome::MoveTo(connection, session));
+                        Ok(())
+                    }
+                };
+                if let Err(reason) = result {
                     warn!(kind, reason = %reason, "command refused");
                     let refused = Refused {
                         command: Some(id),
@@ -549,6 +638,6 @@ impl Session {
             .ack(BasicAckOptions::default())
             .await
             .map_err(amqp("acking a command"))?;
-        Ok(())
+        Ok(moved)
     }
 }

@@ -6,6 +6,7 @@
 //! [`agent::run`] is what the binary and the tests call.
 
 pub mod agent;
+pub mod broker_tls;
 pub mod certs;
 pub mod config;
 pub mod identity;

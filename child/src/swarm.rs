@@ -12,10 +12,11 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
-use crate::agent::{backoff, connect, Agent, Behaviour, Session};
+use crate::agent::{backoff, connect, connect_agent, Agent, Behaviour, Outcome, Session};
 use crate::config::{RawRun, RunConfig};
 use crate::shutdown::Shutdown;
 use fleetls_proto::AgentKind;
+use lapin::Connection;
 
 /// The flags of `swarm`.
 #[derive(Debug, Clone, clap::Args)]
@@ -128,6 +129,33 @@ pub async fn run(args: SwarmArgs, shutdown: Shutdown) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs one simulated child's session; after a move to AMQPS it goes on
+/// over its own connection.
+async fn run_child(
+    agent: Arc<Agent>,
+    mut session: Session,
+    mut own: Option<Connection>,
+) -> Result<(), crate::agent::SessionError> {
+    let result = loop {
+        match session.run(&agent).await {
+            Ok(Outcome::MoveTo(connection, next)) => {
+                session.close().await;
+                if let Some(old) = own.replace(connection) {
+                    let _ = old.close(200, "moved".into()).await;
+                }
+                session = *next;
+            }
+            Ok(Outcome::Stopped) => break Ok(()),
+            Err(e) => break Err(e),
+        }
+    };
+    session.close().await;
+    if let Some(connection) = own {
+        let _ = connection.close(200, "swarm stopping".into()).await;
+    }
+    result
+}
+
 /// One connection and its children; reconnects them all when it fails.
 async fn run_group(n: usize, broker: String, agents: Vec<Arc<Agent>>, shutdown: Shutdown) {
     let name = format!("fleetls-swarm:{n}");
@@ -139,15 +167,36 @@ async fn run_group(n: usize, broker: String, agents: Vec<Arc<Agent>>, shutdown: 
                 let mut sessions = JoinSet::new();
                 let mut opened = 0usize;
                 for agent in &agents {
-                    match Session::open(&connection, agent, shutdown.clone()).await {
+                    // A child that moved to AMQPS has a connection of its own.
+                    let own = if agent
+                        .state
+                        .lock()
+                        .map(|s| s.broker_tls_uri.is_some())
+                        .unwrap_or(false)
+                    {
+                        let name =
+                            fleetls_proto::topology::child_connection_name(&agent.identity.id);
+                        match connect_agent(agent, &name).await {
+                            Ok(c) => Some(c),
+                            Err(e) => {
+                                warn!(group = n, error = %e, "cannot reconnect a child over AMQPS");
+                                break;
+                            }
+                        }
+                    } else {
+                        None
+                    };
+                    match Session::open(
+                        own.as_ref().unwrap_or(&connection),
+                        agent,
+                        shutdown.clone(),
+                    )
+                    .await
+                    {
                         Ok(session) => {
                             opened += 1;
                             let agent = agent.clone();
-                            sessions.spawn(async move {
-                                let result = session.run(&agent).await;
-                                session.close().await;
-                                result
-                            });
+                            sessions.spawn(run_child(agent, session, own));
                         }
                         Err(e) => {
                             warn!(group = n, error = %e, "cannot open a child's channel");

@@ -25,6 +25,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/certs/reset", post(certs_reset))
         .route("/api/campaigns", post(campaign_start))
         .route("/api/campaigns/current", get(campaign_current))
+        .route("/api/without-ssl", get(without_ssl))
+        .route("/api/broker-tls", post(broker_tls))
         .route_layer(middleware::from_fn_with_state(app.clone(), require_token))
         .with_state(app)
 }
@@ -109,10 +111,34 @@ async fn certs_generate(
 async fn campaign_start(
     State(app): State<Arc<App>>,
     Json(request): Json<ops::CampaignRequest>,
-) -> Result<Json<crate::campaign::Progress>, ApiError> {
-    Ok(Json(
-        blocking(&app, move |app| ops::start_campaign(app, &request)).await?,
-    ))
+) -> Result<Json<ops::CampaignStart>, ApiError> {
+    Ok(Json(ops::start_campaign(&app, &request).await?))
+}
+
+async fn without_ssl(State(app): State<Arc<App>>) -> Result<Json<ops::WithoutSsl>, ApiError> {
+    Ok(Json(ops::without_ssl(&app).await?))
+}
+
+#[derive(serde::Deserialize)]
+struct BrokerTlsRequest {
+    out: std::path::PathBuf,
+}
+
+async fn broker_tls(
+    State(app): State<Arc<App>>,
+    Json(request): Json<BrokerTlsRequest>,
+) -> Result<Json<crate::broker_switch::BrokerTlsFiles>, ApiError> {
+    blocking(&app, move |app| {
+        if app.pki().is_none() {
+            return Err(OpError::Refused(
+                "there are no certificates yet: run `certs generate` first".into(),
+            ));
+        }
+        crate::broker_switch::write_broker_files(&app.config.data_dir, &request.out)
+            .map_err(OpError::BadRequest)
+    })
+    .await
+    .map(Json)
 }
 
 async fn campaign_current(

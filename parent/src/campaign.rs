@@ -12,7 +12,7 @@ use rusqlite::{params, OptionalExtension, Transaction};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use fleetls_proto::{Body, RunStep, Step, StepReport, StepSpec};
+use fleetls_proto::{Body, RunStep, Step, StepReport, StepSpec, UseBrokerTls, UseSsl};
 
 use crate::registry::{Outgoing, RegistryError};
 
@@ -27,7 +27,8 @@ CREATE TABLE IF NOT EXISTS campaigns (
     deadline_at INTEGER NOT NULL,
     step_timeout_ms INTEGER NOT NULL,
     finished_at INTEGER,
-    max_acting INTEGER NOT NULL DEFAULT 0
+    max_acting INTEGER NOT NULL DEFAULT 0,
+    params TEXT
 );
 CREATE TABLE IF NOT EXISTS campaign_children (
     campaign TEXT NOT NULL,
@@ -67,15 +68,60 @@ pub enum Kind {
     Verify,
     /// Only the children whose last result was not a pass.
     Reverify,
+    /// "Use SSL connection": the children that passed switch to SSL mode.
+    Switch,
+    /// "Force SSL Switchover": every eligible child switches, tested or not.
+    ForceSwitch,
+    /// "Use SSL connection for RabbitMQ": every switched child moves to AMQPS.
+    SwitchBroker,
 }
 
 impl Kind {
-    fn as_str(self) -> &'static str {
+    /// Its name in the registry and the API.
+    pub fn as_str(self) -> &'static str {
         match self {
             Kind::Verify => "verify",
             Kind::Reverify => "reverify",
+            Kind::Switch => "switch",
+            Kind::ForceSwitch => "force-switch",
+            Kind::SwitchBroker => "switch-broker",
         }
     }
+
+    /// Whether it is the two-step test.
+    pub fn is_test(self) -> bool {
+        matches!(self, Kind::Verify | Kind::Reverify)
+    }
+
+    fn parse(text: &str) -> Kind {
+        match text {
+            "reverify" => Kind::Reverify,
+            "switch" => Kind::Switch,
+            "force-switch" => Kind::ForceSwitch,
+            "switch-broker" => Kind::SwitchBroker,
+            _ => Kind::Verify,
+        }
+    }
+
+    /// The first (for switches, the only) step of a child.
+    fn first_step(self) -> &'static str {
+        match self {
+            Kind::Verify | Kind::Reverify => "cert-test",
+            Kind::Switch | Kind::ForceSwitch => "use-ssl",
+            Kind::SwitchBroker => "use-broker-tls",
+        }
+    }
+}
+
+/// What a broker switch campaign tells the children.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BrokerSwitchParams {
+    /// The amqps:// address.
+    pub uri: String,
+    /// The CA chain the broker's certificate must chain to.
+    pub ca_pem: String,
+    /// How children authenticate.
+    pub auth: fleetls_proto::BrokerAuth,
 }
 
 /// One child to enrol: the agent and where it tests its SSL connection.
@@ -156,19 +202,22 @@ pub fn create(
     timeout_ms: u64,
     step_timeout_ms: u64,
     children: &[Enrolment],
+    broker: Option<&BrokerSwitchParams>,
 ) -> Result<Uuid, RegistryError> {
     let id = Uuid::new_v4();
     let now = fleetls_proto::now_ms();
+    let params_json = broker.map(|b| serde_json::to_string(b).unwrap_or_default());
     tx.execute(
-        "INSERT INTO campaigns (id, kind, state, window, started_at, deadline_at, step_timeout_ms)
-         VALUES (?1, ?2, 'running', ?3, ?4, ?5, ?6)",
+        "INSERT INTO campaigns (id, kind, state, window, started_at, deadline_at, step_timeout_ms, params)
+         VALUES (?1, ?2, 'running', ?3, ?4, ?5, ?6, ?7)",
         params![
             id.to_string(),
             kind.as_str(),
             window as i64,
             now as i64,
             now.saturating_add(timeout_ms) as i64,
-            step_timeout_ms as i64
+            step_timeout_ms as i64,
+            params_json
         ],
     )?;
     let mut insert = tx.prepare_cached(
@@ -196,6 +245,10 @@ pub struct Tick {
     pub running: bool,
     /// The earliest moment something may time out (ms), to sleep until.
     pub next_deadline: Option<u64>,
+    /// The campaign's kind.
+    pub kind: Option<Kind>,
+    /// The AMQPS address of a broker switch campaign.
+    pub amqps: Option<String>,
 }
 
 /// One turn of the engine: time out what is late, fill the window, finish
@@ -209,12 +262,22 @@ pub fn tick(
 ) -> Result<Tick, RegistryError> {
     let id = campaign.to_string();
     let now = fleetls_proto::now_ms() as i64;
-    let (window, deadline, step_timeout): (i64, i64, i64) = tx.query_row(
-        "SELECT window, deadline_at, step_timeout_ms FROM campaigns WHERE id = ?1",
-        params![id],
-        |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
-    )?;
-    let mut result = Tick::default();
+    let (window, deadline, step_timeout, kind, broker): (i64, i64, i64, String, Option<String>) =
+        tx.query_row(
+            "SELECT window, deadline_at, step_timeout_ms, kind, params FROM campaigns WHERE id = ?1",
+            params![id],
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?)),
+        )?;
+    let kind = Kind::parse(&kind);
+    let broker: Option<BrokerSwitchParams> = broker.and_then(|b| serde_json::from_str(&b).ok());
+    let mut result = Tick {
+        kind: Some(kind),
+        amqps: broker.as_ref().map(|b| b.uri.clone()),
+        ..Tick::default()
+    };
+    let command = |agent: Uuid, step: &str, host: String, port: u16, deadline: u64| {
+        command(agent, campaign, step, host, port, deadline, broker.as_ref())
+    };
     if now >= deadline {
         tx.execute(
             "UPDATE campaign_children SET state = 'did_not_participate', finished_at = ?2,
@@ -250,15 +313,10 @@ pub fn tick(
         })?;
         for row in rows {
             let (agent, step, host, port, step_deadline) = row?;
-            let spec = if step == "ssl-port" {
-                StepSpec::SslPort { host, port }
-            } else {
-                StepSpec::CertTest
-            };
             if let Ok(agent) = agent.parse() {
                 result
                     .outgoing
-                    .push(run_step(agent, campaign, spec, step_deadline as u64));
+                    .push(command(agent, &step, host, port, step_deadline as u64));
             }
         }
     }
@@ -270,18 +328,20 @@ pub fn tick(
     let mut free = (window - acting).max(0);
     let mut started = 0i64;
     while free > 0 {
-        let next: Vec<String> = {
+        let next: Vec<(String, String, u16)> = {
             let mut stmt = tx.prepare_cached(
-                "SELECT agent FROM campaign_children WHERE campaign = ?1 AND state = 'waiting'
-                 ORDER BY seq LIMIT ?2",
+                "SELECT agent, target_host, target_port FROM campaign_children
+                 WHERE campaign = ?1 AND state = 'waiting' ORDER BY seq LIMIT ?2",
             )?;
-            let rows = stmt.query_map(params![id, free], |row| row.get::<_, String>(0))?;
+            let rows = stmt.query_map(params![id, free], |row| {
+                Ok((row.get::<_, String>(0)?, row.get(1)?, row.get(2)?))
+            })?;
             rows.collect::<Result<_, _>>()?
         };
         if next.is_empty() {
             break;
         }
-        for agent_text in next {
+        for (agent_text, host, port) in next {
             let Ok(agent) = agent_text.parse::<Uuid>() else {
                 continue;
             };
@@ -296,15 +356,16 @@ pub fn tick(
             }
             let step_deadline = now + step_timeout;
             tx.execute(
-                "UPDATE campaign_children SET state = 'acting', step = 'cert-test', started_at = ?3,
+                "UPDATE campaign_children SET state = 'acting', step = ?5, started_at = ?3,
                      step_deadline = ?4
                  WHERE campaign = ?1 AND agent = ?2",
-                params![id, agent_text, now, step_deadline],
+                params![id, agent_text, now, step_deadline, kind.first_step()],
             )?;
-            result.outgoing.push(run_step(
+            result.outgoing.push(command(
                 agent,
-                campaign,
-                StepSpec::CertTest,
+                kind.first_step(),
+                host,
+                port,
                 step_deadline as u64,
             ));
             free -= 1;
@@ -333,6 +394,37 @@ pub fn tick(
     Ok(result)
 }
 
+/// The command for `step` of a campaign's child.
+fn command(
+    agent: Uuid,
+    campaign: Uuid,
+    step: &str,
+    host: String,
+    port: u16,
+    deadline: u64,
+    broker: Option<&BrokerSwitchParams>,
+) -> Outgoing {
+    let body = match (step, broker) {
+        ("use-ssl", _) => Body::UseSsl(UseSsl { campaign }),
+        ("use-broker-tls", Some(b)) => Body::UseBrokerTls(UseBrokerTls {
+            campaign,
+            uri: b.uri.clone(),
+            ca_pem: b.ca_pem.clone(),
+            deadline,
+            auth: b.auth,
+        }),
+        ("ssl-port", _) => {
+            return run_step(agent, campaign, StepSpec::SslPort { host, port }, deadline);
+        }
+        _ => return run_step(agent, campaign, StepSpec::CertTest, deadline),
+    };
+    Outgoing {
+        agent,
+        body,
+        re: None,
+    }
+}
+
 fn run_step(agent: Uuid, campaign: Uuid, step: StepSpec, deadline: u64) -> Outgoing {
     Outgoing {
         agent,
@@ -343,6 +435,49 @@ fn run_step(agent: Uuid, campaign: Uuid, step: StepSpec, deadline: u64) -> Outgo
         }),
         re: None,
     }
+}
+
+/// A one-step report (switch or broker switch): ends the child as passed or
+/// failed, once. Returns whether it ended a child.
+pub fn on_single_report(
+    tx: &Transaction<'_>,
+    agent: Uuid,
+    campaign: Uuid,
+    step: &str,
+    ok: bool,
+    message: &str,
+) -> Result<bool, RegistryError> {
+    let now = fleetls_proto::now_ms() as i64;
+    let campaign = campaign.to_string();
+    let agent_text = agent.to_string();
+    let current: bool = tx
+        .query_row(
+            "SELECT state = 'acting' AND step = ?3 FROM campaign_children WHERE campaign = ?1 AND agent = ?2",
+            params![campaign, agent_text, step],
+            |row| row.get(0),
+        )
+        .optional()?
+        .unwrap_or(false);
+    let inserted = tx.execute(
+        "INSERT OR IGNORE INTO step_results (campaign, agent, step, ok, message, cause, at, late)
+         VALUES (?1, ?2, ?3, ?4, ?5, NULL, ?6, ?7)",
+        params![campaign, agent_text, step, ok, message, now, !current],
+    )?;
+    if inserted == 0 || !current {
+        return Ok(false);
+    }
+    tx.execute(
+        "UPDATE campaign_children SET state = ?3, finished_at = ?4, message = ?5
+         WHERE campaign = ?1 AND agent = ?2",
+        params![
+            campaign,
+            agent_text,
+            if ok { "passed" } else { "failed" },
+            now,
+            message
+        ],
+    )?;
+    Ok(true)
 }
 
 /// Records a step report and moves its child on: after a passed step 1 it
@@ -488,6 +623,18 @@ pub fn latest(db: &rusqlite::Connection) -> Result<Option<Uuid>, RegistryError> 
     Ok(id.and_then(|id| id.parse().ok()))
 }
 
+/// The newest campaign of one kind.
+pub fn latest_of(db: &rusqlite::Connection, kind: Kind) -> Result<Option<Uuid>, RegistryError> {
+    let id: Option<String> = db
+        .query_row(
+            "SELECT id FROM campaigns WHERE kind = ?1 ORDER BY started_at DESC, rowid DESC LIMIT 1",
+            params![kind.as_str()],
+            |row| row.get(0),
+        )
+        .optional()?;
+    Ok(id.and_then(|id| id.parse().ok()))
+}
+
 /// One step's recorded result.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct StepResult {
@@ -534,7 +681,8 @@ pub fn last_results(
         "SELECT agent, campaign, kind, state, step, message, cause, started_at, finished_at FROM (
              SELECT cc.*, c.kind, row_number() OVER (
                  PARTITION BY cc.agent ORDER BY c.started_at DESC, c.rowid DESC) AS rn
-             FROM campaign_children cc JOIN campaigns c ON c.id = cc.campaign)
+             FROM campaign_children cc JOIN campaigns c ON c.id = cc.campaign
+             WHERE c.kind IN ('verify', 'reverify'))
          WHERE rn = 1",
     )?;
     let rows = stmt.query_map([], |row| {
@@ -589,7 +737,8 @@ pub fn last_results(
             if last.campaign.to_string() == campaign {
                 match step.as_str() {
                     "cert-test" => last.cert_test = Some(result),
-                    _ => last.ssl_port = Some(result),
+                    "ssl-port" => last.ssl_port = Some(result),
+                    _ => {}
                 }
             }
         }

@@ -52,6 +52,12 @@ pub async fn run(app: Arc<App>, mut shutdown: Shutdown) {
                     }
                     if !tick.running {
                         info!(campaign = %id, "campaign over");
+                        // Last, the parent moves itself to AMQPS.
+                        if let (Some(campaign::Kind::SwitchBroker), Some(uri)) =
+                            (tick.kind, &tick.amqps)
+                        {
+                            app.move_to_amqps(uri);
+                        }
                     }
                     if let Some(next) = tick.next_deadline {
                         let wait = next.saturating_sub(fleetls_proto::now_ms()) + 5;

@@ -6,12 +6,14 @@
 
 pub mod admin;
 pub mod broker;
+pub mod broker_switch;
 pub mod campaign;
 pub mod client;
 pub mod config;
 pub mod engine;
 pub mod files;
 pub mod follow;
+pub mod management;
 pub mod ops;
 pub mod pki;
 pub mod registry;

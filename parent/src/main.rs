@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use fleetls_parent::campaign::Kind;
 use fleetls_parent::client::ClientError;
 use fleetls_parent::client::{self, AdminTarget, Client};
 use fleetls_parent::config::{self, RawServe, ServeConfig};
@@ -48,6 +49,50 @@ enum Command {
     /// "Reverify": re-run the test only for the children whose last result
     /// was not a pass.
     Reverify(CampaignArgs),
+    /// "Use SSL connection": the children that passed the test switch to
+    /// SSL mode, as a campaign with the same window.
+    Switch(CampaignArgs),
+    /// "Force SSL Switchover": every eligible child switches, tested or not.
+    /// Names the children that may lose their connection and asks first.
+    ForceSwitch {
+        #[command(flatten)]
+        args: CampaignArgs,
+        /// Do not ask for confirmation
+        #[arg(long)]
+        yes: bool,
+    },
+    /// "Use SSL connection for RabbitMQ": checks that AMQPS answers with a
+    /// certificate from the CA, then moves every switched child's broker
+    /// connection to it (a child that cannot stays on plain and says why),
+    /// and finally the parent's own.
+    SwitchBroker {
+        #[command(flatten)]
+        args: CampaignArgs,
+        /// The AMQPS address agents move to (default: the --broker host, port 5671)
+        #[arg(long)]
+        amqps: Option<String>,
+        /// Children authenticate with their certificate (SASL EXTERNAL) instead of the password
+        #[arg(long)]
+        external: bool,
+    },
+    /// "Show child agents without SSL": not switched to SSL; not connected to
+    /// RabbitMQ over TLS (RabbitMQ management's own view).
+    WithoutSsl {
+        #[command(flatten)]
+        target: AdminTarget,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write what the broker needs for AMQPS: its certificate, key and the
+    /// CA, and rabbitmq.conf fragments for during and after the migration.
+    BrokerTls {
+        /// Folder to write into
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
     /// Follow the newest campaign (or print its progress with --json).
     Campaign {
         #[command(flatten)]
@@ -224,8 +269,84 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         },
         Command::Certs { action } => certs(action).await,
-        Command::Verify(args) => campaign(fleetls_parent::campaign::Kind::Verify, args).await,
-        Command::Reverify(args) => campaign(fleetls_parent::campaign::Kind::Reverify, args).await,
+        Command::Verify(args) => campaign(Kind::Verify, args, None, None).await,
+        Command::Reverify(args) => campaign(Kind::Reverify, args, None, None).await,
+        Command::Switch(args) => campaign(Kind::Switch, args, None, None).await,
+        Command::ForceSwitch { args, yes } => {
+            let client = Client::new(&args.target)?;
+            let mut request = campaign_request(Kind::ForceSwitch, &args, None, None);
+            request.dry_run = true;
+            let start: ops::CampaignStart = client.post("/api/campaigns", &request).await?;
+            if !start.plan.at_risk.is_empty() {
+                eprintln!("These children did not pass the test and may lose their connection:");
+                for name in &start.plan.at_risk {
+                    eprintln!("  {name}");
+                }
+            }
+            if !yes {
+                use std::io::{BufRead, IsTerminal, Write};
+                if !std::io::stdin().is_terminal() {
+                    eprintln!("error: force-switch needs a confirmation; give --yes");
+                    return Ok(ExitCode::from(2));
+                }
+                print!(
+                    "Switch all {} child(ren) to SSL? Type \"force\" to go on: ",
+                    start.plan.children.len()
+                );
+                std::io::stdout().flush()?;
+                let mut line = String::new();
+                std::io::stdin().lock().read_line(&mut line)?;
+                if line.trim() != "force" {
+                    eprintln!("not confirmed; nothing changed");
+                    return Ok(ExitCode::from(3));
+                }
+            }
+            campaign(Kind::ForceSwitch, args, None, None).await
+        }
+        Command::SwitchBroker {
+            args,
+            amqps,
+            external,
+        } => {
+            let auth = external.then_some(fleetls_proto::BrokerAuth::External);
+            campaign(Kind::SwitchBroker, args, amqps, auth).await
+        }
+        Command::WithoutSsl { target, json } => {
+            let lists: ops::WithoutSsl = Client::new(&target)?.get("/api/without-ssl").await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&lists)?);
+            } else {
+                println!("Not switched to SSL ({}):", lists.not_switched.len());
+                for e in &lists.not_switched {
+                    println!("  {:<24} {}  {}", e.name, e.id, e.why);
+                }
+                if lists.broker_view {
+                    println!(
+                        "Not connected to RabbitMQ over TLS, per RabbitMQ ({}):",
+                        lists.not_on_tls.len()
+                    );
+                    for e in &lists.not_on_tls {
+                        println!("  {:<24} {}  {}", e.name, e.id, e.why);
+                    }
+                } else {
+                    println!("(the parent has no --management: RabbitMQ's view is not available)");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::BrokerTls { out, target } => {
+            let out = std::path::absolute(&out).unwrap_or(out);
+            let files: fleetls_parent::broker_switch::BrokerTlsFiles = Client::new(&target)?
+                .post("/api/broker-tls", &serde_json::json!({ "out": out }))
+                .await?;
+            for file in &files.files {
+                println!("{}", file.display());
+            }
+            println!();
+            println!("Append rabbitmq-migration.conf to the broker's rabbitmq.conf and restart RabbitMQ;");
+            println!("after the migration use rabbitmq-final.conf instead (plain 5672 off) and restart again.");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Campaign { target, json } => {
             let client = Client::new(&target)?;
             if json {
@@ -243,19 +364,38 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn campaign(
-    kind: fleetls_parent::campaign::Kind,
-    args: CampaignArgs,
-) -> anyhow::Result<ExitCode> {
-    let client = Client::new(&args.target)?;
-    let request = ops::CampaignRequest {
+fn campaign_request(
+    kind: Kind,
+    args: &CampaignArgs,
+    amqps: Option<String>,
+    auth: Option<fleetls_proto::BrokerAuth>,
+) -> ops::CampaignRequest {
+    ops::CampaignRequest {
         kind,
         timeout_secs: Some(args.timeout.as_secs()),
         step_timeout_secs: Some(args.step_timeout.as_secs()),
         window: args.concurrency,
-    };
-    let started: fleetls_parent::campaign::Progress =
-        client.post("/api/campaigns", &request).await?;
+        amqps,
+        auth,
+        dry_run: false,
+    }
+}
+
+async fn campaign(
+    kind: Kind,
+    args: CampaignArgs,
+    amqps: Option<String>,
+    auth: Option<fleetls_proto::BrokerAuth>,
+) -> anyhow::Result<ExitCode> {
+    let client = Client::new(&args.target)?;
+    let request = campaign_request(kind, &args, amqps, auth);
+    let start: ops::CampaignStart = client.post("/api/campaigns", &request).await?;
+    let started = start
+        .progress
+        .ok_or_else(|| anyhow::anyhow!("the parent did not start the campaign"))?;
+    if let (Some(amqps), Some(tls)) = (&start.plan.amqps, &start.plan.broker_tls) {
+        eprintln!("{amqps} answers with {tls} and a certificate from the network's CA");
+    }
     if args.detach {
         if args.json {
             println!("{}", serde_json::to_string_pretty(&started)?);
@@ -277,8 +417,18 @@ async fn campaign(
                 "summary": status.summary,
             }))?
         );
-    } else if ended {
+    } else if ended && kind.is_test() {
         print_summary(&status);
+    } else if ended {
+        println!(
+            "{}: {} done, {} failed, {} did not take part; switched to SSL: {}, on AMQPS: {}",
+            kind.as_str(),
+            progress.passed,
+            progress.failed,
+            progress.did_not_participate,
+            status.network.switched_to_ssl,
+            status.network.broker_tls
+        );
     }
     // 0 when every child passed; 4 when some failed or did not take part.
     Ok(if ended && progress.passed == progress.total {

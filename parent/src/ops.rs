@@ -303,7 +303,8 @@ pub fn certs_reset(app: &App, request: &ResetRequest) -> Result<ResetReport, OpE
     Ok(ResetReport { moved_to })
 }
 
-/// What `verify` / `reverify` is asked.
+/// What a campaign request asks: `verify`, `reverify`, `switch`,
+/// `force-switch` or `switch-broker`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CampaignRequest {
     /// Which campaign.
@@ -317,6 +318,15 @@ pub struct CampaignRequest {
     /// Most children acting at once (default: the parent's `--window`).
     #[serde(default)]
     pub window: Option<usize>,
+    /// `switch-broker`: the AMQPS address (default: `--broker`'s host, port 5671).
+    #[serde(default)]
+    pub amqps: Option<String>,
+    /// `switch-broker`: how children authenticate over AMQPS (default plain).
+    #[serde(default)]
+    pub auth: Option<fleetls_proto::BrokerAuth>,
+    /// Only say who would take part (and who would lose its connection).
+    #[serde(default)]
+    pub dry_run: bool,
 }
 
 /// Default campaign deadline.
@@ -324,17 +334,39 @@ pub const DEFAULT_CAMPAIGN_TIMEOUT_SECS: u64 = 3600;
 /// Default step deadline.
 pub const DEFAULT_STEP_TIMEOUT_SECS: u64 = 60;
 
-/// Starts a `verify` or `reverify` campaign.
-pub fn start_campaign(
+/// Who a campaign would take, and who would lose its connection (force-switch).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CampaignPlan {
+    /// Names of the children that would take part.
+    pub children: Vec<String>,
+    /// Children that did not pass the test and may lose their connection, with why.
+    pub at_risk: Vec<String>,
+    /// The AMQPS address (switch-broker).
+    pub amqps: Option<String>,
+    /// The TLS version the broker answered with (switch-broker).
+    pub broker_tls: Option<String>,
+}
+
+/// What starting a campaign did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CampaignStart {
+    /// Who takes part.
+    pub plan: CampaignPlan,
+    /// The campaign, unless it was a dry run.
+    pub progress: Option<crate::campaign::Progress>,
+}
+
+/// Starts a campaign (or, with `dry_run`, says what it would do).
+pub async fn start_campaign(
     app: &App,
     request: &CampaignRequest,
-) -> Result<crate::campaign::Progress, OpError> {
-    use crate::campaign::{self, Enrolment, Kind};
-    if app.pki().is_none() {
-        return Err(OpError::Refused(
+) -> Result<CampaignStart, OpError> {
+    use crate::campaign::{self, BrokerSwitchParams, Enrolment, Kind};
+    let pki = app.pki().ok_or_else(|| {
+        OpError::Refused(
             "there are no certificates yet: run `certs generate` and `certs send` first".into(),
-        ));
-    }
+        )
+    })?;
     let window = request.window.unwrap_or(app.config.window);
     if window == 0 {
         return Err(OpError::BadRequest(
@@ -352,6 +384,41 @@ pub fn start_campaign(
             "timeouts must be at least 1 second".into(),
         ));
     }
+    let mut plan = CampaignPlan::default();
+    let mut broker = None;
+    if request.kind == Kind::SwitchBroker {
+        let switched = app
+            .registry
+            .with_db(|db| {
+                Ok(db.query_row(
+                    "SELECT count(*) FROM campaigns c JOIN campaign_children cc ON cc.campaign = c.id
+                     WHERE c.kind IN ('switch', 'force-switch') AND cc.state = 'passed'",
+                    [],
+                    |row| row.get::<_, i64>(0),
+                )?)
+            })
+            .map_err(internal)?;
+        if switched == 0 {
+            return Err(OpError::Refused(
+                "the network is not on SSL yet: run `switch` (\"Use SSL connection\") first".into(),
+            ));
+        }
+        let uri = match &request.amqps {
+            Some(uri) => uri.clone(),
+            None => crate::broker_switch::default_amqps(&app.config.broker)
+                .map_err(OpError::BadRequest)?,
+        };
+        let protocol = crate::broker_switch::check(&app.config.data_dir, &uri)
+            .await
+            .map_err(|why| OpError::Refused(format!("AMQPS is not ready: {why}")))?;
+        plan.amqps = Some(crate::config::redact(&uri));
+        plan.broker_tls = Some(protocol);
+        broker = Some(BrokerSwitchParams {
+            uri,
+            ca_pem: pki.ca_chain_pem.clone(),
+            auth: request.auth.unwrap_or(fleetls_proto::BrokerAuth::Plain),
+        });
+    }
     let min = app.config.min_ssl_version;
     let agents = app.registry.agents().map_err(internal)?;
     let last = app
@@ -359,27 +426,51 @@ pub fn start_campaign(
         .with_db(|db| campaign::last_results(db))
         .map_err(internal)?;
     let settings = app.settings();
-    let children: Vec<Enrolment> = agents
-        .iter()
-        .filter(|a| eligible(a, min) && a.has_certificate)
-        .filter(|a| match request.kind {
-            Kind::Verify => true,
-            Kind::Reverify => last.get(&a.id).is_some_and(|r| r.state != "passed"),
-        })
-        .map(|a| {
-            let (host, port) = ssl_target(a, &agents, &settings);
-            Enrolment {
-                agent: a.id,
-                host,
-                port,
+    let passed = |a: &Agent| last.get(&a.id).is_some_and(|r| r.state == "passed");
+    let mut children = Vec::new();
+    for a in agents.iter().filter(|a| eligible(a, min)) {
+        let take = match request.kind {
+            Kind::Verify => a.has_certificate,
+            Kind::Reverify => {
+                a.has_certificate && last.get(&a.id).is_some_and(|r| r.state != "passed")
             }
-        })
-        .collect();
+            Kind::Switch => !a.ssl && passed(a),
+            Kind::ForceSwitch => !a.ssl,
+            Kind::SwitchBroker => a.ssl && !a.broker_tls,
+        };
+        if !take {
+            continue;
+        }
+        if request.kind == Kind::ForceSwitch && !passed(a) {
+            let why = match last.get(&a.id) {
+                Some(r) => format!("{}: {}", r.state, r.message.as_deref().unwrap_or("-")),
+                None if !a.has_certificate => "no certificate".to_owned(),
+                None => "never tested".to_owned(),
+            };
+            plan.at_risk.push(format!("{} ({why})", a.name));
+        }
+        plan.children.push(a.name.clone());
+        let (host, port) = ssl_target(a, &agents, &settings);
+        children.push(Enrolment {
+            agent: a.id,
+            host,
+            port,
+        });
+    }
     if children.is_empty() {
         return Err(OpError::Refused(match request.kind {
             Kind::Verify => "no eligible child holds a certificate yet: run `certs send` and wait for the counter".into(),
             Kind::Reverify => "no child's last result is a failure: nothing to reverify".into(),
+            Kind::Switch => "no child that passed the test is left to switch: run `verify` first".into(),
+            Kind::ForceSwitch => "every eligible child is already switched to SSL".into(),
+            Kind::SwitchBroker => "every switched child is already on AMQPS".into(),
         }));
+    }
+    if request.dry_run {
+        return Ok(CampaignStart {
+            plan,
+            progress: None,
+        });
     }
     let id = app
         .registry
@@ -394,6 +485,7 @@ pub fn start_campaign(
                 timeout.saturating_mul(1000),
                 step_timeout.saturating_mul(1000),
                 &children,
+                broker.as_ref(),
             )
             .map(Ok)
         })
@@ -404,11 +496,89 @@ pub fn start_campaign(
             ))
         })?;
     app.campaign_changed.notify_one();
-    tracing::info!(campaign = %id, kind = ?request.kind, children = children.len(), window, "campaign started");
-    app.registry
+    tracing::info!(campaign = %id, kind = request.kind.as_str(), children = children.len(), window, "campaign started");
+    let progress = app
+        .registry
         .with_db(|db| campaign::progress(db, id))
-        .map_err(internal)?
-        .ok_or_else(|| OpError::Internal("the campaign vanished".into()))
+        .map_err(internal)?;
+    Ok(CampaignStart { plan, progress })
+}
+
+/// The two lists of "Show child agents without SSL".
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WithoutSsl {
+    /// Eligible children not switched to SSL.
+    pub not_switched: Vec<WithoutSslEntry>,
+    /// Children not connected to RabbitMQ over TLS, by the broker's own view.
+    pub not_on_tls: Vec<WithoutSslEntry>,
+    /// Whether the second list comes from RabbitMQ management (else it is empty).
+    pub broker_view: bool,
+}
+
+/// One child in a "without SSL" list.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WithoutSslEntry {
+    /// Its id.
+    pub id: uuid::Uuid,
+    /// Its name.
+    pub name: String,
+    /// Why it is in the list.
+    pub why: String,
+}
+
+/// "Show child agents without SSL": not switched; not on AMQPS per RabbitMQ.
+pub async fn without_ssl(app: &App) -> Result<WithoutSsl, OpError> {
+    let min = app.config.min_ssl_version;
+    let agents = app.registry.agents().map_err(internal)?;
+    let mut out = WithoutSsl {
+        not_switched: Vec::new(),
+        not_on_tls: Vec::new(),
+        broker_view: false,
+    };
+    for a in &agents {
+        if a.kind != AgentKind::Mpos && !a.ssl {
+            let why = if !ssl_capable(&a.version, min) {
+                format!("version {} does not support SSL", a.version)
+            } else if !a.has_certificate {
+                "no certificate".into()
+            } else {
+                "not switched".into()
+            };
+            out.not_switched.push(WithoutSslEntry {
+                id: a.id,
+                name: a.name.clone(),
+                why,
+            });
+        }
+    }
+    let Some(management) = &app.config.management else {
+        return Ok(out);
+    };
+    let vhost = app
+        .config
+        .broker
+        .parse::<lapin::uri::AMQPUri>()
+        .map(|u| u.vhost)
+        .ok();
+    let connections = crate::management::connections(management, vhost.as_deref())
+        .await
+        .map_err(OpError::Unavailable)?;
+    let by_name = crate::management::by_name(connections);
+    out.broker_view = true;
+    for a in &agents {
+        let name = fleetls_proto::topology::child_connection_name(&a.id);
+        let why = match by_name.get(&name) {
+            Some(c) if c.ssl => continue,
+            Some(c) => format!("connected over plain AMQP (port {})", c.port.unwrap_or(0)),
+            None => "no connection named fleetls-child:<id> on the broker (offline, or inside a swarm connection)".into(),
+        };
+        out.not_on_tls.push(WithoutSslEntry {
+            id: a.id,
+            name: a.name.clone(),
+            why,
+        });
+    }
+    Ok(out)
 }
 
 /// The newest campaign's progress, if any campaign ever ran.

@@ -7,7 +7,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use fleetls_proto::{
-    AgentKind, AgentState, Body, CertificateIssued, CsrRejected, Hello, StepReport,
+    AgentKind, AgentState, Body, BrokerSwitchReport, CertificateIssued, CsrRejected, Hello,
+    StepReport, SwitchReport,
 };
 
 use crate::pki::Issued;
@@ -52,6 +53,10 @@ pub enum EventKind {
     Refused(String),
     /// The result of a test step.
     StepReport(StepReport),
+    /// The result of "Use SSL connection".
+    SwitchReport(SwitchReport),
+    /// The result of "Use SSL connection for RabbitMQ".
+    BrokerSwitchReport(BrokerSwitchReport),
 }
 
 /// A message to send to one agent once the transaction is committed.
@@ -237,6 +242,42 @@ impl Registry {
                 }
                 EventKind::StepReport(report) => {
                     crate::campaign::on_report(&tx, event.agent, report, &mut outgoing)?;
+                }
+                EventKind::SwitchReport(report) => {
+                    if report.ok {
+                        tx.execute("UPDATE agents SET ssl = 1 WHERE id = ?1", params![agent])?;
+                    }
+                    crate::campaign::on_single_report(
+                        &tx,
+                        event.agent,
+                        report.campaign,
+                        "use-ssl",
+                        report.ok,
+                        &report.message,
+                    )?;
+                }
+                EventKind::BrokerSwitchReport(report) => {
+                    if report.tls {
+                        tx.execute(
+                            "UPDATE agents SET broker_tls = 1 WHERE id = ?1",
+                            params![agent],
+                        )?;
+                    }
+                    let message = match &report.error {
+                        None => format!(
+                            "Connected to RabbitMQ over {}.",
+                            report.protocol.as_deref().unwrap_or("TLS")
+                        ),
+                        Some(error) => format!("Stayed on plain AMQP: {error}"),
+                    };
+                    crate::campaign::on_single_report(
+                        &tx,
+                        event.agent,
+                        report.campaign,
+                        "use-broker-tls",
+                        report.tls,
+                        &message,
+                    )?;
                 }
                 EventKind::Refused(reason) => {
                     tx.execute(

@@ -75,6 +75,10 @@ pub struct App {
     pub ssl_port: tokio::sync::Mutex<Option<SslPortHandle>>,
     /// Stops everything.
     pub shutdown: Shutdown,
+    /// The AMQPS address the parent moved to, once it did.
+    pub amqps: RwLock<Option<String>>,
+    /// Asks the broker session to reconnect (after the move to AMQPS).
+    pub reconnect: tokio::sync::Notify,
 }
 
 /// A running SSL port.
@@ -161,6 +165,18 @@ impl App {
         }
     }
 
+    /// Moves the parent's own broker connection to AMQPS (persisted: a
+    /// restarted parent comes back the same way).
+    pub fn move_to_amqps(&self, uri: &str) {
+        if let Err(e) = crate::broker_switch::save_state(&self.config.data_dir, uri) {
+            warn!(error = %e, "cannot save the parent's AMQPS address");
+            return;
+        }
+        *self.amqps.write().unwrap_or_else(|p| p.into_inner()) = Some(uri.to_owned());
+        self.reconnect.notify_one();
+        info!("the parent moves its own connection to AMQPS");
+    }
+
     /// Whether an agent was heard from recently.
     pub fn is_online(&self, last_seen: u64) -> bool {
         fleetls_proto::now_ms().saturating_sub(last_seen)
@@ -230,6 +246,8 @@ pub async fn serve(
         campaign_changed: tokio::sync::Notify::new(),
         ssl_port: tokio::sync::Mutex::new(None),
         shutdown: shutdown.clone(),
+        amqps: RwLock::new(crate::broker_switch::load_state(&data_dir)),
+        reconnect: tokio::sync::Notify::new(),
     });
     if app.pki().is_some() {
         if let Err(e) = app.start_ssl_port().await {
@@ -324,7 +342,17 @@ async fn broker_loop(app: &Arc<App>, mut shutdown: Shutdown) {
 }
 
 async fn open_session(app: &App) -> Result<(Connection, Channel, lapin::Consumer), BrokerError> {
-    let connection = broker::connect(&app.config.broker, topology::PARENT_CONNECTION_NAME).await?;
+    let amqps = app.amqps.read().unwrap_or_else(|p| p.into_inner()).clone();
+    let connection = match amqps {
+        Some(uri) => crate::broker_switch::connect(
+            &app.config.data_dir,
+            &uri,
+            topology::PARENT_CONNECTION_NAME,
+        )
+        .await
+        .map_err(amqp("connecting to the broker over AMQPS"))?,
+        None => broker::connect(&app.config.broker, topology::PARENT_CONNECTION_NAME).await?,
+    };
     let channel = broker::confirm_channel(&connection).await?;
     broker::declare_topology(&channel).await?;
     channel
@@ -352,6 +380,8 @@ enum SessionError {
     Cancelled,
     #[error("registry write failed, messages left unacked for redelivery: {0}")]
     Registry(#[from] RegistryError),
+    #[error("moving to a new broker address")]
+    Reconnect,
 }
 
 /// Takes deliveries in batches: decode, dead-letter what is bad, write the
@@ -366,6 +396,7 @@ async fn consume(
     loop {
         let first = tokio::select! {
             _ = shutdown.wait() => return Ok(()),
+            _ = app.reconnect.notified() => return Err(SessionError::Reconnect),
             next = consumer.next() => next,
         };
         let mut deliveries = vec![first
@@ -417,9 +448,14 @@ async fn handle_batch(
         }
     }
     if !events.is_empty() {
-        let reports = events
-            .iter()
-            .any(|e| matches!(e.what, EventKind::StepReport(_)));
+        let reports = events.iter().any(|e| {
+            matches!(
+                e.what,
+                EventKind::StepReport(_)
+                    | EventKind::SwitchReport(_)
+                    | EventKind::BrokerSwitchReport(_)
+            )
+        });
         let registry = app.registry.clone();
         let signer = app.pki().map(CaSigner);
         let outgoing = tokio::task::spawn_blocking(move || {
@@ -476,6 +512,8 @@ fn to_event(envelope: Envelope) -> Result<Option<Event>, String> {
         Body::Csr(csr) => event(EventKind::Csr(csr.pem)),
         Body::Refused(refused) => event(EventKind::Refused(refused.reason)),
         Body::StepReport(report) => event(EventKind::StepReport(report)),
+        Body::SwitchReport(report) => event(EventKind::SwitchReport(report)),
+        Body::BrokerSwitchReport(report) => event(EventKind::BrokerSwitchReport(report)),
         Body::CertificatesReady(_)
         | Body::CertificateIssued(_)
         | Body::CsrRejected(_)
@@ -485,9 +523,5 @@ fn to_event(envelope: Envelope) -> Result<Option<Event>, String> {
             "wrong_direction: {} is a parent → child message and cannot be sent to the parent",
             body.kind()
         )),
-        other => {
-            debug!(kind = other.kind(), agent = %from, "message not handled in this phase");
-            Ok(None)
-        }
     }
 }

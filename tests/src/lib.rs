@@ -425,3 +425,44 @@ impl Default for Vhost {
         Vhost::new()
     }
 }
+
+impl Parent {
+    /// Starts `fleetls-parent serve` again on the same vhost, data dir and
+    /// admin address, with `extra` flags, after the old process stopped or
+    /// was killed (it waits up to 30 s for that); then waits until the admin
+    /// API answers. The new output goes to `parent.restart-<ms>.log`.
+    pub fn restart(&mut self, vhost: &Vhost, extra: &[&str]) {
+        assert!(
+            self.proc.wait_exit(Duration::from_secs(30)).is_some(),
+            "the parent to restart is still running: stop or kill it first"
+        );
+        let mut args: Vec<String> = [
+            "serve",
+            "--broker",
+            &vhost.url(),
+            "--management",
+            &vhost.management_url(),
+            "--data-dir",
+            self.data_dir.to_str().unwrap(),
+            "--admin",
+            &self.admin,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or_default();
+        let log = self
+            .data_dir
+            .with_file_name(format!("parent.restart-{stamp}.log"));
+        self.proc = Proc::spawn(&program("fleetls-parent"), &args, log);
+        wait_for(
+            "the restarted parent's admin API",
+            Duration::from_secs(30),
+            || self.status_json().ok(),
+        );
+    }
+}

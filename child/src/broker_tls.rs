@@ -1,0 +1,133 @@
+//! "Use SSL connection for RabbitMQ" on the child: open a new AMQPS
+//! connection (the broker's certificate checked against the CA the parent
+//! sent, this agent's certificate presented), consume its queue there,
+//! report over it — and only then let the plain connection go. If any of it
+//! fails before the deadline, the child stays on plain and reports why.
+
+use std::path::Path;
+use std::time::Duration;
+
+use fleetls_proto::{Body, BrokerAuth, BrokerSwitchReport, UseBrokerTls};
+use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
+use lapin::{Connection, ConnectionProperties};
+use tracing::{info, warn};
+
+use crate::agent::{Agent, Obeyed, Session, SessionError};
+use crate::certs::CertStore;
+use crate::identity::write_atomic;
+
+/// The CA the broker's certificate must chain to (given by the parent).
+fn broker_ca_path(data_dir: &Path) -> std::path::PathBuf {
+    data_dir.join("certs/broker-ca.pem")
+}
+
+/// Opens an AMQPS connection with this agent's certificate.
+pub async fn connect(data_dir: &Path, uri: &str, name: &str) -> Result<Connection, SessionError> {
+    let store = CertStore::new(data_dir);
+    let read = |path: std::path::PathBuf| {
+        std::fs::read(&path).map_err(|e| SessionError::Tls(format!("{}: {e}", path.display())))
+    };
+    let config = OwnedTLSConfig {
+        identity: Some(OwnedIdentity::PKCS8 {
+            pem: read(store.chain_path())?,
+            key: read(store.key_path())?,
+        }),
+        cert_chain: Some(
+            String::from_utf8(read(broker_ca_path(data_dir))?)
+                .map_err(|_| SessionError::Tls("the broker CA file is not text".into()))?,
+        ),
+    };
+    let properties = ConnectionProperties::default().with_connection_name(name.into());
+    let runtime = lapin::runtime::default_runtime().map_err(|source| SessionError::Amqp {
+        what: "starting the AMQP runtime",
+        source,
+    })?;
+    Connection::connect_with_config(uri, properties, config, runtime)
+        .await
+        .map_err(|source| SessionError::Amqp {
+            what: "connecting to the broker over AMQPS",
+            source,
+        })
+}
+
+/// The URI to use: with `auth_mechanism=external` when asked for.
+fn uri_for(cmd: &UseBrokerTls) -> String {
+    match cmd.auth {
+        BrokerAuth::Plain => cmd.uri.clone(),
+        BrokerAuth::External if cmd.uri.contains("auth_mechanism=") => cmd.uri.clone(),
+        BrokerAuth::External => {
+            let sep = if cmd.uri.contains('?') { '&' } else { '?' };
+            format!("{}{sep}auth_mechanism=external", cmd.uri)
+        }
+    }
+}
+
+/// Carries out `UseBrokerTls` from the plain session `plain`.
+pub async fn obey(
+    plain: &Session,
+    agent: &Agent,
+    cmd: &UseBrokerTls,
+    re: uuid::Uuid,
+) -> Result<Obeyed, SessionError> {
+    let left = cmd.deadline.saturating_sub(fleetls_proto::now_ms());
+    let limit = Duration::from_millis(left.max(1_000));
+    let data_dir = agent.config.data_dir.clone();
+    let uri = uri_for(cmd);
+    let name = fleetls_proto::topology::child_connection_name(&agent.identity.id);
+    let attempt = async {
+        write_atomic(&broker_ca_path(&data_dir), cmd.ca_pem.as_bytes(), 0o644)
+            .map_err(|e| SessionError::Tls(e.to_string()))?;
+        if !CertStore::new(&data_dir).has_certificate() {
+            return Err(SessionError::Tls("this agent has no certificate".into()));
+        }
+        let connection = connect(&data_dir, &uri, &name).await?;
+        let session = Session::open(&connection, agent, plain.shutdown()).await?;
+        let report = BrokerSwitchReport {
+            campaign: cmd.campaign,
+            tls: true,
+            protocol: Some("TLS".into()),
+            error: None,
+        };
+        // Report over the new connection: proof that it carries messages.
+        session
+            .send(agent, Body::BrokerSwitchReport(report), Some(re))
+            .await?;
+        Ok((connection, session))
+    };
+    match tokio::time::timeout(limit, attempt).await {
+        Ok(Ok((connection, session))) => {
+            if let Err(e) = agent.update_state(|s| s.broker_tls_uri = Some(uri.clone())) {
+                warn!(error = %e, "cannot save the AMQPS state; staying on plain");
+                let _ = connection.close(200, "state not saved".into()).await;
+                return stay_plain(plain, agent, cmd, re, e.to_string()).await;
+            }
+            info!(uri = %crate::config::redact(&uri), "moved to AMQPS");
+            Ok(Obeyed::MoveTo(connection, Box::new(session)))
+        }
+        Ok(Err(e)) => stay_plain(plain, agent, cmd, re, e.to_string()).await,
+        Err(_) => {
+            let why = format!("no AMQPS connection within {limit:?}");
+            stay_plain(plain, agent, cmd, re, why).await
+        }
+    }
+}
+
+async fn stay_plain(
+    plain: &Session,
+    agent: &Agent,
+    cmd: &UseBrokerTls,
+    re: uuid::Uuid,
+    why: String,
+) -> Result<Obeyed, SessionError> {
+    warn!(error = %why, "cannot move to AMQPS; staying on plain AMQP");
+    let report = BrokerSwitchReport {
+        campaign: cmd.campaign,
+        tls: false,
+        protocol: None,
+        error: Some(why),
+    };
+    plain
+        .send(agent, Body::BrokerSwitchReport(report), Some(re))
+        .await?;
+    Ok(Obeyed::Done(Ok(())))
+}

@@ -1,0 +1,247 @@
+//! The broker switch on the parent's side: where AMQPS is, checking that it
+//! answers with a certificate that chains to the CA and names the broker,
+//! the files the broker needs, and the parent's own AMQPS connection.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::{ClientConfig, RootCertStore};
+use serde::{Deserialize, Serialize};
+
+use crate::files::write_atomic;
+use crate::pki::certificates_dir;
+
+/// The AMQPS address agents move to by default: the `--broker` URL with
+/// scheme `amqps` and port 5671.
+pub fn default_amqps(broker: &str) -> Result<String, String> {
+    let mut uri: lapin::uri::AMQPUri = broker.parse()?;
+    uri.scheme = lapin::uri::AMQPScheme::AMQPS;
+    uri.authority.port = 5671;
+    Ok(uri_to_string(&uri))
+}
+
+fn uri_to_string(uri: &lapin::uri::AMQPUri) -> String {
+    let vhost = if uri.vhost == "/" {
+        "%2f".to_owned()
+    } else {
+        uri.vhost.replace('/', "%2f")
+    };
+    format!(
+        "amqps://{}:{}@{}:{}/{}",
+        uri.authority.userinfo.username,
+        uri.authority.userinfo.password,
+        uri.authority.host,
+        uri.authority.port,
+        vhost
+    )
+}
+
+/// Checks that `uri` answers TLS with a certificate that chains to the CA
+/// and matches its host; presents the parent's certificate. Returns the TLS
+/// version, or what is wrong in plain words.
+pub async fn check(data_dir: &Path, uri: &str) -> Result<String, String> {
+    let parsed: lapin::uri::AMQPUri = uri.parse().map_err(|e| format!("invalid AMQPS URL: {e}"))?;
+    if parsed.scheme != lapin::uri::AMQPScheme::AMQPS {
+        return Err("the URL must start with amqps://".into());
+    }
+    let host = parsed.authority.host.clone();
+    let port = parsed.authority.port;
+    let config = client_config(data_dir)?;
+    let name = ServerName::try_from(host.clone()).map_err(|e| format!("{host:?}: {e}"))?;
+    let attempt = async {
+        let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+            .await
+            .map_err(|e| format!("nothing answers on {host}:{port} ({e}); is the broker restarted with the broker-tls fragment?"))?;
+        let tls = tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await
+            .map_err(|e| explain(&e, &host, port))?;
+        let (_, session) = tls.get_ref();
+        Ok(session
+            .protocol_version()
+            .map(|v| format!("{v:?}"))
+            .unwrap_or_else(|| "TLS".into()))
+    };
+    tokio::time::timeout(Duration::from_secs(10), attempt)
+        .await
+        .map_err(|_| format!("{host}:{port} did not finish a TLS handshake within 10 s"))?
+}
+
+fn explain(error: &std::io::Error, host: &str, port: u16) -> String {
+    use rustls::{CertificateError as C, Error as E};
+    match error.get_ref().and_then(|e| e.downcast_ref::<E>()) {
+        Some(E::InvalidCertificate(C::UnknownIssuer | C::BadSignature)) => format!(
+            "the certificate on {host}:{port} does not chain to the network's CA: install the files of `broker-tls` and restart the broker"
+        ),
+        Some(E::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. })) => format!(
+            "the certificate on {host}:{port} does not name {host}: add it to the broker names (`settings`) before generating, or use the name it has"
+        ),
+        Some(E::InvalidCertificate(C::Expired | C::ExpiredContext { .. })) => {
+            format!("the certificate on {host}:{port} has expired")
+        }
+        _ => format!("TLS handshake with {host}:{port} failed: {error}"),
+    }
+}
+
+/// A client config trusting the CA and presenting the parent's certificate.
+pub fn client_config(data_dir: &Path) -> Result<Arc<ClientConfig>, String> {
+    let dir = certificates_dir(data_dir);
+    let read = |name: &str| {
+        std::fs::read(dir.join(name)).map_err(|e| format!("{}: {e}", dir.join(name).display()))
+    };
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&read("ca.pem")?) {
+        let cert = cert.map_err(|e| e.to_string())?;
+        roots.add(cert).map_err(|e| e.to_string())?;
+    }
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&read("parent.pem")?)
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    let key = PrivateKeyDer::from_pem_slice(&read("parent.key")?).map_err(|e| e.to_string())?;
+    let config = ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| e.to_string())?;
+    Ok(Arc::new(config))
+}
+
+/// Opens the parent's AMQPS connection (its certificate, the CA).
+pub async fn connect(
+    data_dir: &Path,
+    uri: &str,
+    name: &str,
+) -> Result<lapin::Connection, lapin::Error> {
+    let dir = certificates_dir(data_dir);
+    let read = |n: &str| std::fs::read(dir.join(n)).unwrap_or_default();
+    let config = lapin::tcp::OwnedTLSConfig {
+        identity: Some(lapin::tcp::OwnedIdentity::PKCS8 {
+            pem: read("parent.pem"),
+            key: read("parent.key"),
+        }),
+        cert_chain: Some(String::from_utf8_lossy(&read("ca.pem")).into_owned()),
+    };
+    let properties = lapin::ConnectionProperties::default().with_connection_name(name.into());
+    lapin::Connection::connect_with_config(
+        uri,
+        properties,
+        config,
+        lapin::runtime::default_runtime()?,
+    )
+    .await
+}
+
+/// Where the parent keeps its AMQPS address once it moved.
+fn state_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("broker-tls.toml")
+}
+
+/// The parent's broker state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ParentBrokerState {
+    /// The amqps:// URL the parent uses now.
+    pub uri: String,
+}
+
+/// The AMQPS URL the parent moved to, if it did.
+pub fn load_state(data_dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(state_path(data_dir)).ok()?;
+    toml::from_str::<ParentBrokerState>(&text)
+        .ok()
+        .map(|s| s.uri)
+}
+
+/// Remembers that the parent moved to `uri`.
+pub fn save_state(data_dir: &Path, uri: &str) -> std::io::Result<()> {
+    let text = toml::to_string(&ParentBrokerState {
+        uri: uri.to_owned(),
+    })
+    .map_err(std::io::Error::other)?;
+    write_atomic(&state_path(data_dir), text.as_bytes(), 0o600)
+}
+
+/// What `broker-tls --out DIR` wrote.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BrokerTlsFiles {
+    /// The folder.
+    pub out: PathBuf,
+    /// Every file written.
+    pub files: Vec<PathBuf>,
+}
+
+/// Writes the broker's certificate, key and CA and the two `rabbitmq.conf`
+/// fragments (during the migration, and after it).
+pub fn write_broker_files(data_dir: &Path, out: &Path) -> Result<BrokerTlsFiles, String> {
+    let dir = certificates_dir(data_dir);
+    let copy = |from: &str, to: &str, mode: u32| -> Result<PathBuf, String> {
+        let bytes = std::fs::read(dir.join(from))
+            .map_err(|e| format!("{}: {e}", dir.join(from).display()))?;
+        let path = out.join(to);
+        write_atomic(&path, &bytes, mode).map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(path)
+    };
+    std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let mut files = vec![
+        copy("broker.pem", "broker.pem", 0o644)?,
+        copy("broker.key", "broker.key", 0o600)?,
+        copy("ca.pem", "ca.pem", 0o644)?,
+    ];
+    let abs = |name: &str| std::path::absolute(out.join(name)).unwrap_or_else(|_| out.join(name));
+    let common = format!(
+        "# fleetls: TLS for RabbitMQ (read only at boot: restart the broker after applying)\n\
+         listeners.ssl.default = 5671\n\
+         ssl_options.cacertfile = {}\n\
+         ssl_options.certfile = {}\n\
+         ssl_options.keyfile = {}\n\
+         ssl_options.verify = verify_peer\n\
+         ssl_options.versions.1 = tlsv1.3\n\
+         ssl_options.versions.2 = tlsv1.2\n\
+         auth_mechanisms.1 = PLAIN\n\
+         auth_mechanisms.2 = AMQPLAIN\n\
+         auth_mechanisms.3 = EXTERNAL\n",
+        abs("ca.pem").display(),
+        abs("broker.pem").display(),
+        abs("broker.key").display()
+    );
+    let migration = format!(
+        "{common}# During the migration: plain 5672 stays open and a client certificate is optional.\n\
+         ssl_options.fail_if_no_peer_cert = false\n"
+    );
+    let after = format!(
+        "{common}# After the migration: every client presents a certificate; plain AMQP is off.\n\
+         ssl_options.fail_if_no_peer_cert = true\n\
+         listeners.tcp = none\n"
+    );
+    for (name, text) in [
+        ("rabbitmq-migration.conf", migration),
+        ("rabbitmq-final.conf", after),
+    ] {
+        let path = out.join(name);
+        write_atomic(&path, text.as_bytes(), 0o644)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        files.push(path);
+    }
+    Ok(BrokerTlsFiles {
+        out: out.to_owned(),
+        files,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_amqps_address_keeps_host_credentials_and_vhost() {
+        assert_eq!(
+            default_amqps("amqp://u:p@broker.example:5672/shop").unwrap(),
+            "amqps://u:p@broker.example:5671/shop"
+        );
+        assert_eq!(
+            default_amqps("amqp://guest:guest@127.0.0.1:5672/%2f").unwrap(),
+            "amqps://guest:guest@127.0.0.1:5671/%2f"
+        );
+    }
+}
