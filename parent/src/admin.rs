@@ -19,6 +19,7 @@ use crate::shutdown::Shutdown;
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/api/status", get(status))
+        .route("/api/summary", get(summary))
         .route("/api/settings", get(settings_show).post(settings_set))
         .route("/api/certs/generate", post(certs_generate))
         .route("/api/certs/send", post(certs_send))
@@ -173,6 +174,20 @@ impl From<OpError> for ApiError {
         };
         ApiError::new(code, e.to_string())
     }
+}
+
+/// The status without the agent list: cheap to poll on a big network.
+async fn summary(State(app): State<Arc<App>>) -> Result<Json<serde_json::Value>, ApiError> {
+    let app2 = app.clone();
+    let status = tokio::task::spawn_blocking(move || app2.status())
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok(Json(serde_json::json!({
+        "network": status.network,
+        "summary": status.summary,
+        "campaign": status.campaign,
+    })))
 }
 
 /// An error answer: a status code and a JSON `{"error": "..."}`.
