@@ -17,6 +17,9 @@ use crate::shutdown::Shutdown;
 
 /// Builds the admin router.
 pub fn router(app: Arc<App>) -> Router {
+    let open = Router::new()
+        .route("/metrics", get(metrics))
+        .with_state(app.clone());
     Router::new()
         .route("/api/status", get(status))
         .route("/api/summary", get(summary))
@@ -30,6 +33,107 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/broker-tls", post(broker_tls))
         .route_layer(middleware::from_fn_with_state(app.clone(), require_token))
         .with_state(app)
+        .merge(open)
+}
+
+/// Prometheus text format: agents by state, campaign progress, message
+/// counters. Open without the token, like most exporters, and on loopback.
+async fn metrics(State(app): State<Arc<App>>) -> Result<String, ApiError> {
+    use std::fmt::Write;
+    use std::sync::atomic::Ordering::Relaxed;
+    let app2 = app.clone();
+    let status = tokio::task::spawn_blocking(move || app2.status())
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let n = &status.network;
+    let mut out = String::new();
+    let mut gauge = |name: &str, help: &str, samples: &[(&str, f64)]| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for (labels, value) in samples {
+            let _ = writeln!(out, "{name}{labels} {value}");
+        }
+    };
+    gauge(
+        "fleetls_agents",
+        "Registered agents by state.",
+        &[
+            ("{state=\"online\"}", n.online as f64),
+            ("{state=\"offline\"}", n.offline as f64),
+            ("{state=\"eligible\"}", n.eligible as f64),
+            (
+                "{state=\"with_certificate\"}",
+                n.children_with_certificates as f64,
+            ),
+            ("{state=\"ssl\"}", n.switched_to_ssl as f64),
+            ("{state=\"broker_tls\"}", n.broker_tls as f64),
+        ],
+    );
+    let s = &status.summary;
+    gauge(
+        "fleetls_summary",
+        "The SSL switchover test summary.",
+        &[
+            ("{result=\"passed\"}", s.passed as f64),
+            ("{result=\"with_errors\"}", s.with_errors as f64),
+            (
+                "{result=\"did_not_participate\"}",
+                s.did_not_participate as f64,
+            ),
+            (
+                "{result=\"version_not_supporting_ssl\"}",
+                s.version_not_supporting_ssl as f64,
+            ),
+            ("{result=\"mpos\"}", s.mpos as f64),
+        ],
+    );
+    if let Some(c) = &status.campaign {
+        let kind = format!("{{kind=\"{}\",state=\"{}\"", c.kind, c.state);
+        let labels: Vec<(String, f64)> = [
+            ("waiting", c.waiting),
+            ("acting", c.acting),
+            ("passed", c.passed),
+            ("failed", c.failed),
+            ("did_not_participate", c.did_not_participate),
+        ]
+        .iter()
+        .map(|(k, v)| (format!("{kind},children=\"{k}\"}}"), *v as f64))
+        .collect();
+        let refs: Vec<(&str, f64)> = labels.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+        gauge(
+            "fleetls_campaign_children",
+            "Children of the newest campaign by state.",
+            &refs,
+        );
+    }
+    for (name, help, value) in [
+        (
+            "fleetls_messages_received_total",
+            "Messages consumed from fleetls.parent.",
+            app.metrics.received.load(Relaxed),
+        ),
+        (
+            "fleetls_messages_sent_total",
+            "Messages sent to agents.",
+            app.metrics.sent.load(Relaxed),
+        ),
+        (
+            "fleetls_messages_dead_lettered_total",
+            "Messages dead-lettered to fleetls.dead.",
+            app.metrics.dead_lettered.load(Relaxed),
+        ),
+        (
+            "fleetls_registry_batches_total",
+            "Registry transactions of consumed messages.",
+            app.metrics.batches.load(Relaxed),
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+        );
+    }
+    Ok(out)
 }
 
 /// Serves the admin API on a bound listener until `shutdown` fires.

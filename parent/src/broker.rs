@@ -143,11 +143,13 @@ pub fn properties(envelope: &Envelope, expiration: Option<Duration>) -> BasicPro
 /// broker works on them together instead of one round trip each. They are
 /// published `mandatory`: every registered child declared its durable queue
 /// when it connected, so a message the broker cannot route is an error, not
-/// a silent drop.
+/// a silent drop. A message that could not be routed (the agent's queue was
+/// deleted) goes to `fleetls.dead` with the reason; the agents concerned are
+/// returned, and nothing else fails because of them.
 pub async fn send_many(
     channel: &Channel,
     messages: Vec<(uuid::Uuid, Envelope, Option<Duration>)>,
-) -> Result<(), BrokerError> {
+) -> Result<Vec<uuid::Uuid>, BrokerError> {
     let mut confirms = Vec::with_capacity(messages.len());
     for (agent, envelope, expiration) in &messages {
         let payload = fleetls_proto::encode(envelope)?;
@@ -166,15 +168,24 @@ pub async fn send_many(
             .map_err(amqp("publishing to an agent"))?;
         confirms.push((agent, confirm));
     }
+    let mut unroutable = Vec::new();
     for (agent, confirm) in confirms {
         let confirm = confirm
             .await
             .map_err(amqp("waiting for a publisher confirm"))?;
-        if confirm.is_nack() || confirm.take_message().is_some() {
+        if confirm.is_nack() {
             return Err(BrokerError::Nacked(topology::agent_queue(agent)));
         }
+        if let Some(returned) = confirm.take_message() {
+            let reason = format!(
+                "unroutable: the queue {} of this agent does not exist; it is recreated when the agent connects",
+                topology::agent_queue(agent)
+            );
+            dead_letter(channel, &returned.data, &returned.properties, &reason).await?;
+            unroutable.push(*agent);
+        }
     }
-    Ok(())
+    Ok(unroutable)
 }
 
 /// Republishes a rejected delivery to `fleetls.dead` with its reason in the
@@ -191,7 +202,35 @@ pub async fn dead_letter(
         topology::REASON_HEADER.into(),
         AMQPValue::LongString(LongString::from(reason)),
     );
-    let props = original.clone().with_headers(headers).with_delivery_mode(2);
+    // A fresh set of properties: the original's expiration must not make the
+    // dead letter expire out of fleetls.dead (which has no dead-letter exchange).
+    if let Some(expiration) = original.expiration() {
+        headers.insert(
+            "x-fleetls-original-expiration".into(),
+            AMQPValue::LongString(LongString::from(expiration.as_str())),
+        );
+    }
+    let mut props = BasicProperties::default()
+        .with_headers(headers)
+        .with_delivery_mode(2);
+    if let Some(v) = original.content_type() {
+        props = props.with_content_type(v.clone());
+    }
+    if let Some(v) = original.kind() {
+        props = props.with_type(v.clone());
+    }
+    if let Some(v) = original.message_id() {
+        props = props.with_message_id(v.clone());
+    }
+    if let Some(v) = original.correlation_id() {
+        props = props.with_correlation_id(v.clone());
+    }
+    if let Some(v) = original.timestamp() {
+        props = props.with_timestamp(*v);
+    }
+    if let Some(v) = original.app_id() {
+        props = props.with_app_id(v.clone());
+    }
     let confirm = channel
         .basic_publish(
             topology::DEAD.into(),

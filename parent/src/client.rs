@@ -44,9 +44,15 @@ pub enum ClientError {
         #[source]
         source: reqwest::Error,
     },
-    /// The parent answered with an error.
+    /// The parent would not do it in the current state (HTTP 409).
     #[error("{0}")]
     Refused(String),
+    /// A value given is invalid (HTTP 400).
+    #[error("{0}")]
+    Invalid(String),
+    /// The parent failed (HTTP 5xx).
+    #[error("{0}")]
+    Failed(String),
 }
 
 /// A client of one serving parent.
@@ -117,7 +123,11 @@ impl Client {
                 .and_then(|e| e.as_str())
                 .map(str::to_owned)
                 .unwrap_or_else(|| status.to_string());
-            return Err(ClientError::Refused(message));
+            return Err(match status.as_u16() {
+                400 | 422 => ClientError::Invalid(message),
+                409 => ClientError::Refused(message),
+                _ => ClientError::Failed(message),
+            });
         }
         response
             .json()

@@ -220,6 +220,7 @@ fn main() -> ExitCode {
             match e.downcast_ref::<ClientError>() {
                 // The parent answered but would not do it: 3, so scripts can tell.
                 Some(ClientError::Refused(_)) => ExitCode::from(3),
+                Some(ClientError::Invalid(_)) => ExitCode::from(2),
                 _ => ExitCode::FAILURE,
             }
         }

@@ -194,6 +194,10 @@ pub struct SendReport {
     pub already_have_certificate: usize,
     /// Children not eligible (old version or mPOS).
     pub not_eligible: usize,
+    /// Children whose queue is gone (the information is in `fleetls.dead`;
+    /// send again once they reconnect).
+    #[serde(default)]
+    pub unroutable: Vec<String>,
 }
 
 /// Where a child tests its SSL connection: its location's local parent if
@@ -233,6 +237,7 @@ pub async fn certs_send(app: &App, request: &SendRequest) -> Result<SendReport, 
         queued: 0,
         already_have_certificate: 0,
         not_eligible: 0,
+        unroutable: Vec::new(),
     };
     let mut messages = Vec::new();
     for agent in &agents {

@@ -195,7 +195,8 @@ impl Registry {
                 continue;
             }
             let agent = event.agent.to_string();
-            let at = event.at as i64;
+            // Online/offline follows the parent's clock, not the sender's.
+            let at = fleetls_proto::now_ms() as i64;
             match &event.what {
                 EventKind::Hello(hello) => {
                     tx.execute(
@@ -476,8 +477,12 @@ fn agent_in(tx: &rusqlite::Transaction<'_>, id: &Uuid) -> Result<Option<Agent>, 
     }
 }
 
+/// An agent holds a certificate when it says so and the parent issued it
+/// one that is still valid in the registry (not from a CA since reset).
 const SELECT_AGENT: &str = "SELECT id, name, kind, version, location, hostnames, ips, first_seen,
-    last_seen, has_certificate, ssl, broker_tls FROM agents";
+    last_seen,
+    has_certificate AND EXISTS (SELECT 1 FROM certificates c WHERE c.agent_id = agents.id AND c.revoked = 0),
+    ssl, broker_tls FROM agents";
 
 fn json_list(items: &[String]) -> String {
     serde_json::to_string(items).unwrap_or_else(|_| "[]".into())
@@ -568,15 +573,13 @@ mod tests {
         let agents = registry.agents().unwrap();
         assert_eq!(agents.len(), 1);
         let a = &agents[0];
+        // The redelivered Hello changed nothing; times are the parent's clock.
         assert_eq!(
-            (
-                a.name.as_str(),
-                a.first_seen,
-                a.last_seen,
-                a.has_certificate
-            ),
-            ("till-1", 1000, 5000, true)
+            (a.name.as_str(), a.version.as_str(), a.has_certificate),
+            ("till-1", "1.0.0", true)
         );
+        let now = fleetls_proto::now_ms();
+        assert!(a.first_seen <= a.last_seen && a.last_seen <= now && now - a.first_seen < 60_000);
         assert_eq!(a.location.as_deref(), Some("shop-1"));
         assert_eq!(a.ips, vec!["10.0.0.5".to_string()]);
     }

@@ -79,6 +79,21 @@ pub struct App {
     pub amqps: RwLock<Option<String>>,
     /// Asks the broker session to reconnect (after the move to AMQPS).
     pub reconnect: tokio::sync::Notify,
+    /// Counters for `/metrics`.
+    pub metrics: Metrics,
+}
+
+/// Message counters since the parent started.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Messages consumed from `fleetls.parent`.
+    pub received: std::sync::atomic::AtomicU64,
+    /// Messages dead-lettered.
+    pub dead_lettered: std::sync::atomic::AtomicU64,
+    /// Messages sent to agents.
+    pub sent: std::sync::atomic::AtomicU64,
+    /// Registry batches written.
+    pub batches: std::sync::atomic::AtomicU64,
 }
 
 /// A running SSL port.
@@ -248,6 +263,7 @@ pub async fn serve(
         shutdown: shutdown.clone(),
         amqps: RwLock::new(crate::broker_switch::load_state(&data_dir)),
         reconnect: tokio::sync::Notify::new(),
+        metrics: Metrics::default(),
     });
     if app.pki().is_some() {
         if let Err(e) = app.start_ssl_port().await {
@@ -424,6 +440,11 @@ async fn handle_batch(
     channel: &Channel,
     deliveries: Vec<Delivery>,
 ) -> Result<(), SessionError> {
+    use std::sync::atomic::Ordering::Relaxed;
+    app.metrics
+        .received
+        .fetch_add(deliveries.len() as u64, Relaxed);
+    app.metrics.batches.fetch_add(1, Relaxed);
     let mut events: Vec<Event> = Vec::with_capacity(deliveries.len());
     let mut to_ack = Vec::with_capacity(deliveries.len());
     for delivery in deliveries {
@@ -434,6 +455,7 @@ async fn handle_batch(
                     to_ack.push(delivery);
                 }
                 Err(reason) => {
+                    app.metrics.dead_lettered.fetch_add(1, Relaxed);
                     broker::dead_letter(channel, &delivery.data, &delivery.properties, &reason)
                         .await?;
                     to_ack.push(delivery);
@@ -442,6 +464,7 @@ async fn handle_batch(
             Err(e) => {
                 let reason = format!("{}: {e}", e.code());
                 debug!(reason = %reason, "dead-lettering a message");
+                app.metrics.dead_lettered.fetch_add(1, Relaxed);
                 broker::dead_letter(channel, &delivery.data, &delivery.properties, &reason).await?;
                 to_ack.push(delivery);
             }
@@ -463,6 +486,7 @@ async fn handle_batch(
         })
         .await
         .map_err(|e| RegistryError::Corrupt(format!("registry task failed: {e}")))??;
+        app.metrics.sent.fetch_add(outgoing.len() as u64, Relaxed);
         send_all(channel, outgoing).await?;
         if reports {
             app.campaign_changed.notify_one();
@@ -479,7 +503,7 @@ async fn handle_batch(
 }
 
 /// Publishes the answers of a committed batch (all at once, then waits for
-/// every confirm).
+/// every confirm). Answers that cannot be routed are dead-lettered and logged.
 pub async fn send_all(channel: &Channel, outgoing: Vec<Outgoing>) -> Result<(), BrokerError> {
     let messages = outgoing
         .into_iter()
@@ -489,7 +513,11 @@ pub async fn send_all(channel: &Channel, outgoing: Vec<Outgoing>) -> Result<(), 
             (out.agent, envelope, None)
         })
         .collect();
-    broker::send_many(channel, messages).await
+    let unroutable = broker::send_many(channel, messages).await?;
+    for agent in unroutable {
+        warn!(%agent, "an answer could not be routed to the agent's queue; dead-lettered");
+    }
+    Ok(())
 }
 
 /// The registry change a message asks for (`None`: nothing to record), or

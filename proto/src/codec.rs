@@ -70,6 +70,12 @@ pub fn peek_kind(bytes: &[u8]) -> Result<String, DecodeError> {
     if bytes.is_empty() {
         return Err(DecodeError::Empty);
     }
+    // A struct can also be read from an array or bin; an envelope is a map.
+    if !matches!(bytes[0], 0x80..=0x8f | 0xde | 0xdf) {
+        return Err(DecodeError::Malformed(
+            "not a MessagePack map: a fleetls message is a map with named fields".into(),
+        ));
+    }
     let version = from_slice::<VersionOnly>(bytes).map_err(classify)?;
     if version.v != u64::from(PROTOCOL_VERSION) {
         return Err(DecodeError::UnsupportedVersion { got: version.v });

@@ -167,7 +167,10 @@ async fn rpc(broker: &str, count: usize, concurrency: usize) -> anyhow::Result<(
     let sender_window = window.clone();
     let sender = tokio::spawn(async move {
         for i in 0..count {
-            let permit = sender_window.acquire().await.expect("the window stays open");
+            let permit = sender_window
+                .acquire()
+                .await
+                .expect("the window stays open");
             permit.forget();
             let confirm = publisher
                 .basic_publish(

@@ -1,0 +1,812 @@
+//! "Use SSL connection for RabbitMQ" end to end, on a RabbitMQ node of its own
+//! (`bswitch`, restarted twice: other tests never see it), with the parent and
+//! the children as processes. One scenario walks the acceptance in order:
+//!
+//! - `switch-broker` before `switch` is refused (exit 3, "not on SSL");
+//!   `force-switch` without `--yes` and without a terminal exits 2, and
+//!   `force-switch --yes` names the child that never passed as at risk;
+//! - `broker-tls --out` writes the broker's files and both `rabbitmq.conf`
+//!   fragments; the node is restarted with them and everyone reconnects alone;
+//! - an AMQPS address whose name the broker's certificate does not carry is
+//!   refused before anything is sent (exit 3, the name in the message);
+//! - `switch-broker` moves every child to AMQPS — RabbitMQ management shows each
+//!   `fleetls-child:<id>` with `ssl: true` and `CN=<id>` as peer certificate,
+//!   and the parent's own connection on TLS too — except one child whose key
+//!   was spoilt beforehand: it stays connected on plain, is counted failed, is
+//!   listed by `without-ssl`, and says why in its log;
+//! - a switched child restarted comes back on AMQPS;
+//! - once fixed, a second `switch-broker` takes only that child (total 1);
+//!   `without-ssl` then lists nobody;
+//! - with the post-migration fragment (client certificate required, plain
+//!   listener off) everyone comes back over TLS, a new `verify` passes for all,
+//!   and the plain AMQP port refuses connections.
+//!
+//! The node is stopped at the end, also on failure.
+
+use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use fleetls_tests::{free_port, repo, start_child, BrokerAddr, Parent, Proc, Vhost};
+
+const NODE: &str = "bswitch";
+const AMQP_PORT: u16 = 5792;
+const MGMT_PORT: u16 = 15792;
+const AMQPS_PORT: u16 = 5793;
+const PROMETHEUS_PORT: u16 = 15794;
+
+/// The private node `bswitch`, run with `scripts/broker`; stopped when dropped.
+struct Node;
+
+impl Node {
+    /// Runs `scripts/broker CMD` for this node with the TLS folder and the
+    /// extra config file given: (success, its output).
+    fn script(&self, cmd: &str, tls: Option<&Path>, extra: Option<&Path>) -> (bool, String) {
+        let mut command = Command::new(repo().join("scripts/broker"));
+        command.arg(cmd);
+        for key in [
+            "FLEETLS_BROKER_DIR",
+            "FLEETLS_DIST_PORT",
+            "FLEETLS_BROKER_TLS_DIR",
+            "FLEETLS_BROKER_EXTRA_CONF",
+        ] {
+            command.env_remove(key);
+        }
+        if let Some(tls) = tls {
+            command.env("FLEETLS_BROKER_TLS_DIR", tls);
+        }
+        if let Some(extra) = extra {
+            command.env("FLEETLS_BROKER_EXTRA_CONF", extra);
+        }
+        let output = command
+            .env("FLEETLS_BROKER_NODE", NODE)
+            .env("FLEETLS_AMQP_PORT", AMQP_PORT.to_string())
+            .env("FLEETLS_MGMT_PORT", MGMT_PORT.to_string())
+            .env("FLEETLS_AMQPS_PORT", AMQPS_PORT.to_string())
+            .env("FLEETLS_PROMETHEUS_PORT", PROMETHEUS_PORT.to_string())
+            .output()
+            .expect("scripts/broker runs");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        (output.status.success(), text)
+    }
+
+    fn run(&self, cmd: &str, tls: Option<&Path>, extra: Option<&Path>) {
+        let (ok, out) = self.script(cmd, tls, extra);
+        assert!(ok, "scripts/broker {cmd} (node {NODE}) failed:\n{out}");
+    }
+
+    fn addr(&self) -> BrokerAddr {
+        BrokerAddr::from_urls(
+            &format!("amqp://guest:guest@127.0.0.1:{AMQP_PORT}/%2f"),
+            &format!("http://guest:guest@127.0.0.1:{MGMT_PORT}"),
+        )
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let (ok, out) = self.script("stop", None, None);
+        if !ok {
+            eprintln!("scripts/broker stop (node {NODE}) failed:\n{out}");
+        }
+    }
+}
+
+/// A scratch folder; kept (and named on stderr) when `FLEETLS_TEST_KEEP` is set.
+fn test_dir() -> tempfile::TempDir {
+    let mut dir = tempfile::tempdir().expect("a scratch folder");
+    if std::env::var_os("FLEETLS_TEST_KEEP").is_some() {
+        dir.disable_cleanup(true);
+        eprintln!("test folder kept: {}", dir.path().display());
+    }
+    dir
+}
+
+/// Polls `check` every 250 ms until it gives `Ok`; panics after `within`
+/// with `what` and the last `Err` it gave.
+fn wait_until<T>(what: &str, within: Duration, mut check: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        match check() {
+            Ok(value) => return value,
+            Err(last) => assert!(
+                Instant::now() < deadline,
+                "timed out after {within:?} waiting for {what}; last seen: {last}"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Runs an operator command; asserts its exit code; (stdout, stderr).
+fn cli_expect(parent: &Parent, args: &[&str], want: i32) -> (String, String) {
+    let (code, out, err) = parent.cli(args);
+    assert_eq!(
+        code,
+        want,
+        "fleetls-parent {args:?} exited with {code}, expected {want}\nstdout: {out}\nstderr: {err}\nparent log (tail):\n{}",
+        tail(&parent.proc.output(), 40)
+    );
+    (out, err)
+}
+
+/// Runs an operator command with `--json`-style output, expecting exit 0.
+fn cli_json(parent: &Parent, args: &[&str]) -> Value {
+    let (out, _) = cli_expect(parent, args, 0);
+    serde_json::from_str(&out)
+        .unwrap_or_else(|e| panic!("{args:?} did not print JSON ({e}): {out}"))
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// The agents of `status --json`, by name.
+fn agents_by_name(status: &Value) -> HashMap<String, Value> {
+    status["agents"]
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .map(|a| (a["name"].as_str().unwrap_or_default().to_owned(), a.clone()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Waits until `status --json` satisfies `check` (`Err` says what is missing).
+fn wait_status(
+    parent: &Parent,
+    what: &str,
+    within: Duration,
+    check: impl Fn(&Value) -> Result<(), String>,
+) -> Value {
+    wait_until(what, within, || {
+        let status = parent.status_json()?;
+        check(&status).map(|()| status)
+    })
+}
+
+/// Every named agent is online.
+fn all_online<'a>(names: &'a [&'a str]) -> impl Fn(&Value) -> Result<(), String> + 'a {
+    move |status| {
+        let agents = agents_by_name(status);
+        let offline: Vec<&&str> = names
+            .iter()
+            .filter(|n| agents.get(**n).is_none_or(|a| a["online"] != true))
+            .collect();
+        if offline.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("not online: {offline:?}"))
+        }
+    }
+}
+
+/// The connections of `vhost` as RabbitMQ management lists them.
+fn connections(vhost: &Vhost) -> Result<Vec<Value>, String> {
+    match vhost.management_get("/api/vhosts/{vhost}/connections") {
+        Value::Array(list) => Ok(list),
+        other => Err(format!("management did not answer with a list: {other}")),
+    }
+}
+
+/// The connections named `name`.
+fn named<'a>(all: &'a [Value], name: &str) -> Vec<&'a Value> {
+    all.iter()
+        .filter(|c| c["client_properties"]["connection_name"] == name)
+        .collect()
+}
+
+/// A short description of connections, for messages.
+fn describe(list: &[&Value]) -> String {
+    list.iter()
+        .map(|c| {
+            format!(
+                "{{port {}, ssl {}, peer {}}}",
+                c["port"], c["ssl"], c["peer_cert_subject"]
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// How a named connection must look.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Want {
+    /// Only TLS connections, on the AMQPS port, with this client certificate CN (if any).
+    Tls,
+    /// Only plain connections, on the AMQP port.
+    Plain,
+}
+
+/// Checks that `name` has at least one connection and that every one is as `want`.
+fn check_connection(all: &[Value], name: &str, want: Want, cn: Option<&str>) -> Result<(), String> {
+    let list = named(all, name);
+    if list.is_empty() {
+        return Err(format!("no connection named {name}"));
+    }
+    for c in &list {
+        let ok = match want {
+            Want::Tls => {
+                c["ssl"] == true
+                    && c["port"] == AMQPS_PORT
+                    && cn.is_none_or(|cn| {
+                        c["peer_cert_subject"]
+                            .as_str()
+                            .is_some_and(|s| s.contains(&format!("CN={cn}")))
+                    })
+            }
+            Want::Plain => c["ssl"] == false && c["port"] == AMQP_PORT,
+        };
+        if !ok {
+            return Err(format!(
+                "{name} should be {want:?} only, has: {}",
+                describe(&list)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Waits until every `(name, want, cn)` holds at once in management's view.
+fn wait_connections(
+    vhost: &Vhost,
+    what: &str,
+    within: Duration,
+    wanted: &[(String, Want, Option<String>)],
+) -> Vec<Value> {
+    wait_until(what, within, || {
+        let all = connections(vhost)?;
+        for (name, want, cn) in wanted {
+            check_connection(&all, name, *want, cn.as_deref())?;
+        }
+        Ok(all)
+    })
+}
+
+fn child_conn(id: &str) -> String {
+    format!("fleetls-child:{id}")
+}
+
+/// Whether something accepts a TCP connection on the port.
+fn port_answers(port: u16) -> bool {
+    std::net::TcpStream::connect_timeout(
+        &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_secs(2),
+    )
+    .is_ok()
+}
+
+/// The names listed under `list` of `without-ssl --json`.
+fn listed(without: &Value, list: &str) -> Vec<String> {
+    without[list]
+        .as_array()
+        .unwrap_or_else(|| panic!("without-ssl --json has no {list} list: {without}"))
+        .iter()
+        .map(|e| e["name"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// A `rabbitmq.conf` fragment of `broker-tls` for this node: the same lines,
+/// with `listeners.ssl.default = 5671` moved to the node's loopback AMQPS port
+/// (5671 on every interface may belong to someone else on a test machine).
+fn for_this_node(fragment: &str) -> String {
+    let wanted = "listeners.ssl.default = 5671";
+    assert!(
+        fragment.lines().any(|l| l.trim() == wanted),
+        "the fragment lacks `{wanted}`:\n{fragment}"
+    );
+    fragment
+        .lines()
+        .map(|l| {
+            if l.trim() == wanted {
+                format!("listeners.ssl.default = 127.0.0.1:{AMQPS_PORT}")
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n"
+}
+
+#[test]
+fn the_network_moves_to_amqps_child_by_child_and_survives_the_final_broker_config() {
+    // Declared first, dropped last: the node outlives every process using it.
+    let node = Node;
+    // A node left over from an interrupted run may still run with another config.
+    node.run("stop", None, None);
+    node.run("start", None, None);
+    let dir = test_dir();
+    let vhost = Vhost::new_on(&node.addr());
+    let parent = Parent::start(&vhost, dir.path(), &["--offline-after", "5"]);
+    let amqps = format!("amqps://guest:guest@127.0.0.1:{AMQPS_PORT}/{}", vhost.name);
+
+    // ---- a network with three children, tested and certified
+    let first = ["till-1", "till-2", "till-3"];
+    let mut children: HashMap<&str, Proc> = first
+        .iter()
+        .map(|n| (*n, start_child(&vhost, dir.path(), n, &[])))
+        .collect();
+    wait_status(
+        &parent,
+        "three children online",
+        Duration::from_secs(30),
+        all_online(&first),
+    );
+    let ssl_port = free_port().to_string();
+    cli_expect(
+        &parent,
+        &[
+            "settings",
+            "set",
+            "--names",
+            "localhost",
+            "--ips",
+            "127.0.0.1",
+            "--port",
+            &ssl_port,
+        ],
+        0,
+    );
+    cli_expect(&parent, &["certs", "generate"], 0);
+    cli_expect(&parent, &["certs", "send"], 0);
+    let has_certs = |names: &'static [&'static str]| {
+        move |status: &Value| {
+            let agents = agents_by_name(status);
+            let missing: Vec<&&str> = names
+                .iter()
+                .filter(|n| agents.get(**n).is_none_or(|a| a["has_certificate"] != true))
+                .collect();
+            if missing.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("without a certificate: {missing:?}"))
+            }
+        }
+    };
+    wait_status(
+        &parent,
+        "three certificates",
+        Duration::from_secs(30),
+        has_certs(&["till-1", "till-2", "till-3"]),
+    );
+    cli_expect(&parent, &["verify", "--step-timeout", "20s"], 0);
+
+    // ---- switch-broker before switch: refused, nothing started
+    let (_, err) = cli_expect(
+        &parent,
+        &["switch-broker", "--amqps", &amqps, "--step-timeout", "20s"],
+        3,
+    );
+    assert!(
+        err.contains("not on SSL"),
+        "switch-broker before switch should say the network is not on SSL yet: {err}"
+    );
+    let campaign = cli_json(&parent, &["campaign", "--json"]);
+    assert_eq!(
+        campaign["kind"], "verify",
+        "a refused switch-broker must not start a campaign: {campaign}"
+    );
+
+    // ---- switch: the three that passed
+    cli_expect(&parent, &["switch", "--step-timeout", "20s"], 0);
+    let status = parent.status_json().expect("status");
+    assert_eq!(
+        status["network"]["switched_to_ssl"], 3,
+        "after switch: {}",
+        status["network"]
+    );
+
+    // ---- force-switch: a fourth child with a certificate that never took the test
+    children.insert("till-4", start_child(&vhost, dir.path(), "till-4", &[]));
+    let all = ["till-1", "till-2", "till-3", "till-4"];
+    wait_status(
+        &parent,
+        "till-4 online",
+        Duration::from_secs(30),
+        all_online(&all),
+    );
+    cli_expect(&parent, &["certs", "send"], 0);
+    wait_status(
+        &parent,
+        "till-4's certificate",
+        Duration::from_secs(30),
+        has_certs(&["till-4"]),
+    );
+    // Without --yes and without a terminal (stdin is /dev/null): usage error, nothing done.
+    let (_, err) = cli_expect(&parent, &["force-switch"], 2);
+    assert!(
+        err.contains("--yes"),
+        "force-switch without --yes should ask for it: {err}"
+    );
+    let till4 = parent.agent("till-4").expect("till-4 registered");
+    assert_eq!(
+        till4["ssl"], false,
+        "force-switch without --yes switched till-4: {till4}"
+    );
+    // With --yes: done, and till-4 named as at risk on stderr (the others are already switched).
+    let (_, err) = cli_expect(
+        &parent,
+        &["force-switch", "--yes", "--step-timeout", "20s"],
+        0,
+    );
+    let risk = err
+        .split_once("may lose their connection")
+        .map(|(_, after)| after)
+        .unwrap_or_else(|| panic!("force-switch --yes did not list children at risk: {err}"));
+    assert!(
+        risk.contains("till-4"),
+        "till-4 never passed and should be listed at risk: {err}"
+    );
+    for passed in first {
+        assert!(
+            !risk.contains(passed),
+            "{passed} passed the test but is listed at risk: {err}"
+        );
+    }
+    let status = wait_status(
+        &parent,
+        "four switched to SSL",
+        Duration::from_secs(30),
+        |s| {
+            (s["network"]["switched_to_ssl"] == 4)
+                .then_some(())
+                .ok_or_else(|| format!("{}", s["network"]))
+        },
+    );
+    let ids: HashMap<String, String> = agents_by_name(&status)
+        .into_iter()
+        .map(|(name, a)| (name, a["id"].as_str().unwrap_or_default().to_owned()))
+        .collect();
+    assert_eq!(ids.len(), 4, "four agents registered: {ids:?}");
+
+    // ---- broker-tls: the broker's files and both fragments
+    let tls = dir.path().join("broker-tls");
+    let (out, _) = cli_expect(&parent, &["broker-tls", "--out", tls.to_str().unwrap()], 0);
+    for file in [
+        "broker.pem",
+        "broker.key",
+        "ca.pem",
+        "rabbitmq-migration.conf",
+        "rabbitmq-final.conf",
+    ] {
+        let path = tls.join(file);
+        assert!(
+            path.is_file(),
+            "broker-tls did not write {}: {out}",
+            path.display()
+        );
+        assert!(
+            out.contains(file),
+            "broker-tls does not name {file} in its output: {out}"
+        );
+    }
+    let key_mode = std::fs::metadata(tls.join("broker.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(
+        key_mode & 0o777,
+        0o600,
+        "broker.key mode is {:o}",
+        key_mode & 0o777
+    );
+    let ca_written = std::fs::read_to_string(tls.join("ca.pem")).unwrap();
+    let ca_parent = std::fs::read_to_string(parent.data_dir.join("certificates/ca.pem")).unwrap();
+    assert_eq!(
+        ca_written, ca_parent,
+        "broker-tls's ca.pem is not the network's CA"
+    );
+    let migration = std::fs::read_to_string(tls.join("rabbitmq-migration.conf")).unwrap();
+    let last = std::fs::read_to_string(tls.join("rabbitmq-final.conf")).unwrap();
+    for (name, text) in [("migration", &migration), ("final", &last)] {
+        for line in [
+            "listeners.ssl.default = 5671",
+            "ssl_options.verify = verify_peer",
+            &format!("ssl_options.cacertfile = {}", tls.join("ca.pem").display()),
+            &format!(
+                "ssl_options.certfile = {}",
+                tls.join("broker.pem").display()
+            ),
+            &format!("ssl_options.keyfile = {}", tls.join("broker.key").display()),
+        ] {
+            assert!(
+                text.lines().any(|l| l.trim() == line),
+                "the {name} fragment lacks `{line}`:\n{text}"
+            );
+        }
+    }
+    let has = |text: &str, line: &str| text.lines().any(|l| l.trim() == line);
+    assert!(
+        has(&migration, "ssl_options.fail_if_no_peer_cert = false"),
+        "migration fragment:\n{migration}"
+    );
+    assert!(
+        !has(&migration, "listeners.tcp = none"),
+        "the migration fragment turns plain AMQP off:\n{migration}"
+    );
+    assert!(
+        has(&last, "ssl_options.fail_if_no_peer_cert = true"),
+        "final fragment:\n{last}"
+    );
+    assert!(
+        has(&last, "listeners.tcp = none"),
+        "final fragment:\n{last}"
+    );
+
+    // ---- the node restarted with AMQPS (plain stays open); everyone comes back alone
+    // The migration fragment itself is applied (only its listener moved to
+    // this node's loopback port), so RabbitMQ checks every key it writes.
+    let migration_conf = dir.path().join("migration-for-node.conf");
+    std::fs::write(&migration_conf, for_this_node(&migration)).unwrap();
+    node.run("restart", Some(&tls), Some(&migration_conf));
+    let mut plain_everyone: Vec<(String, Want, Option<String>)> = all
+        .iter()
+        .map(|n| (child_conn(&ids[*n]), Want::Plain, None))
+        .collect();
+    plain_everyone.push(("fleetls-parent".into(), Want::Plain, None));
+    wait_connections(
+        &vhost,
+        "the parent and four children reconnected on plain AMQP",
+        Duration::from_secs(90),
+        &plain_everyone,
+    );
+    wait_status(
+        &parent,
+        "four children online after the restart",
+        Duration::from_secs(60),
+        all_online(&all),
+    );
+    assert!(
+        port_answers(AMQPS_PORT),
+        "the AMQPS port does not answer after the restart"
+    );
+
+    // ---- an AMQPS name the broker's certificate does not carry: refused up front
+    let by_localhost = format!("amqps://guest:guest@localhost:{AMQPS_PORT}/{}", vhost.name);
+    let (_, err) = cli_expect(
+        &parent,
+        &[
+            "switch-broker",
+            "--amqps",
+            &by_localhost,
+            "--step-timeout",
+            "20s",
+        ],
+        3,
+    );
+    assert!(
+        err.contains("does not name localhost"),
+        "switch-broker to localhost (not in the broker's certificate) should name the mismatch: {err}"
+    );
+    let campaign = cli_json(&parent, &["campaign", "--json"]);
+    assert_eq!(
+        campaign["kind"], "force-switch",
+        "a refused switch-broker started a campaign: {campaign}"
+    );
+
+    // ---- switch-broker with till-3's key spoilt: its AMQPS connection cannot
+    // be made (its TLS client identity does not load), so it must stay on plain
+    // and be reported; the others move. (A child cut off from the AMQPS port
+    // fails the same way, through the same path; spoiling the key is simply
+    // the robust way to make exactly one child fail.)
+    let till3_key = dir.path().join("till-3/certs/agent.key");
+    let good_key = std::fs::read(&till3_key).expect("till-3 has a key");
+    std::fs::write(
+        &till3_key,
+        b"-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    let (out, err) = cli_expect(
+        &parent,
+        &["switch-broker", "--amqps", &amqps, "--step-timeout", "20s"],
+        4,
+    );
+    assert!(
+        err.contains("answers with") && err.contains("certificate from the network's CA"),
+        "switch-broker should say AMQPS answered with the CA's certificate: {err}"
+    );
+    assert!(
+        out.contains("1 failed"),
+        "switch-broker should count one failure: {out}"
+    );
+    let campaign = cli_json(&parent, &["campaign", "--json"]);
+    assert_eq!(campaign["kind"], "switch-broker", "{campaign}");
+    assert_eq!(campaign["state"], "finished", "{campaign}");
+    assert_eq!(
+        campaign["total"], 4,
+        "the first switch-broker takes all four switched children: {campaign}"
+    );
+    assert_eq!(campaign["passed"], 3, "{campaign}");
+    assert_eq!(campaign["failed"], 1, "till-3 should fail: {campaign}");
+
+    // Acceptance 1 and 2, by RabbitMQ's own view: three children and the parent
+    // on TLS with their certificates, till-3 still on plain.
+    let mut moved: Vec<(String, Want, Option<String>)> = ["till-1", "till-2", "till-4"]
+        .iter()
+        .map(|n| (child_conn(&ids[*n]), Want::Tls, Some(ids[*n].clone())))
+        .collect();
+    moved.push((child_conn(&ids["till-3"]), Want::Plain, None));
+    moved.push((
+        "fleetls-parent".into(),
+        Want::Tls,
+        Some("fleetls-parent".into()),
+    ));
+    wait_connections(
+        &vhost,
+        "three children and the parent on AMQPS, till-3 on plain",
+        Duration::from_secs(60),
+        &moved,
+    );
+    let without = cli_json(&parent, &["without-ssl", "--json"]);
+    assert_eq!(
+        without["broker_view"], true,
+        "without-ssl must use RabbitMQ's view: {without}"
+    );
+    assert_eq!(
+        listed(&without, "not_switched"),
+        Vec::<String>::new(),
+        "{without}"
+    );
+    assert_eq!(
+        listed(&without, "not_on_tls"),
+        vec!["till-3".to_owned()],
+        "{without}"
+    );
+    let why = without["not_on_tls"][0]["why"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("plain"),
+        "till-3's reason should say it is on plain AMQP: {why}"
+    );
+    assert!(
+        why.contains(&AMQP_PORT.to_string()),
+        "till-3's reason should name the plain port: {why}"
+    );
+    let status = parent.status_json().expect("status");
+    let agents = agents_by_name(&status);
+    for name in ["till-1", "till-2", "till-4"] {
+        assert_eq!(agents[name]["broker_tls"], true, "{name}: {}", agents[name]);
+    }
+    assert_eq!(
+        agents["till-3"]["broker_tls"], false,
+        "till-3: {}",
+        agents["till-3"]
+    );
+    assert_eq!(status["network"]["broker_tls"], 3, "{}", status["network"]);
+    // The child says why it stayed (the parent records it in the campaign; see the report).
+    let log = children["till-3"].output();
+    assert!(
+        log.contains("staying on plain AMQP"),
+        "till-3's log should say why it stayed on plain:\n{}",
+        tail(&log, 30)
+    );
+    assert!(
+        parent.data_dir.join("broker-tls.toml").is_file(),
+        "the parent did not remember its AMQPS address"
+    );
+
+    // ---- acceptance 3: a switched child restarted comes back on AMQPS
+    let till1 = children.get_mut("till-1").unwrap();
+    till1.signal("TERM");
+    assert!(
+        till1.wait_exit(Duration::from_secs(30)).is_some(),
+        "till-1 did not stop on SIGTERM"
+    );
+    let restarted_at = fleetls_proto::now_ms();
+    children.insert("till-1", start_child(&vhost, dir.path(), "till-1", &[]));
+    let id1 = ids["till-1"].clone();
+    wait_until(
+        "the restarted till-1 on AMQPS",
+        Duration::from_secs(60),
+        || {
+            let all = connections(&vhost)?;
+            check_connection(&all, &child_conn(&id1), Want::Tls, Some(&id1))?;
+            let fresh = named(&all, &child_conn(&id1)).iter().any(|c| {
+                c["connected_at"]
+                    .as_u64()
+                    .is_some_and(|t| t >= restarted_at)
+            });
+            fresh
+                .then_some(())
+                .ok_or_else(|| "only the old connection so far".to_owned())
+        },
+    );
+    let till1 = parent.agent("till-1").expect("till-1");
+    assert_eq!(till1["broker_tls"], true, "the restarted till-1: {till1}");
+
+    // ---- acceptance 4: till-3 fixed; a second switch-broker takes only it
+    std::fs::write(&till3_key, &good_key).unwrap();
+    cli_expect(
+        &parent,
+        &["switch-broker", "--amqps", &amqps, "--step-timeout", "20s"],
+        0,
+    );
+    let campaign = cli_json(&parent, &["campaign", "--json"]);
+    assert_eq!(campaign["kind"], "switch-broker", "{campaign}");
+    assert_eq!(
+        campaign["total"], 1,
+        "the second switch-broker should take only till-3: {campaign}"
+    );
+    assert_eq!(campaign["passed"], 1, "{campaign}");
+    let everyone_tls: Vec<(String, Want, Option<String>)> = all
+        .iter()
+        .map(|n| (child_conn(&ids[*n]), Want::Tls, Some(ids[*n].clone())))
+        .chain([(
+            "fleetls-parent".to_owned(),
+            Want::Tls,
+            Some("fleetls-parent".to_owned()),
+        )])
+        .collect();
+    wait_connections(
+        &vhost,
+        "every child and the parent on AMQPS",
+        Duration::from_secs(60),
+        &everyone_tls,
+    );
+    let without = cli_json(&parent, &["without-ssl", "--json"]);
+    assert_eq!(
+        listed(&without, "not_on_tls"),
+        Vec::<String>::new(),
+        "nobody should be off TLS now: {without}"
+    );
+    let status = parent.status_json().expect("status");
+    assert_eq!(status["network"]["broker_tls"], 4, "{}", status["network"]);
+    assert_eq!(
+        status["network"]["phase"], "broker-tls",
+        "{}",
+        status["network"]
+    );
+
+    // ---- acceptance 5: the post-migration config (client certificate
+    // required, plain AMQP off): everyone comes back and still works.
+    // The final fragment itself, its listener moved to this node's port.
+    let final_conf = dir.path().join("final-for-node.conf");
+    std::fs::write(&final_conf, for_this_node(&last)).unwrap();
+    node.run("restart", Some(&tls), Some(&final_conf));
+    assert!(
+        !port_answers(AMQP_PORT),
+        "the plain AMQP port {AMQP_PORT} still accepts connections with listeners.tcp = none"
+    );
+    wait_connections(
+        &vhost,
+        "every child and the parent back on AMQPS after the final config",
+        Duration::from_secs(90),
+        &everyone_tls,
+    );
+    wait_status(
+        &parent,
+        "four children online on the final config",
+        Duration::from_secs(60),
+        all_online(&all),
+    );
+    cli_expect(&parent, &["verify", "--step-timeout", "20s"], 0);
+    let campaign = cli_json(&parent, &["campaign", "--json"]);
+    assert_eq!(campaign["kind"], "verify", "{campaign}");
+    assert_eq!(
+        campaign["total"], 4,
+        "the verify campaign should take all four: {campaign}"
+    );
+    assert_eq!(campaign["passed"], 4, "{campaign}");
+    assert!(
+        !port_answers(AMQP_PORT),
+        "the plain AMQP port answers again"
+    );
+    for (name, child) in children.iter_mut() {
+        assert_eq!(
+            child.wait_exit(Duration::from_millis(10)),
+            None,
+            "{name} exited:\n{}",
+            tail(&child.output(), 30)
+        );
+    }
+}
