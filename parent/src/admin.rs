@@ -17,10 +17,13 @@ use crate::shutdown::Shutdown;
 
 /// Builds the admin router.
 pub fn router(app: Arc<App>) -> Router {
+    let (console_page, console_api) = crate::console::router(app.clone());
     let open = Router::new()
         .route("/metrics", get(metrics))
-        .with_state(app.clone());
+        .with_state(app.clone())
+        .merge(console_page);
     Router::new()
+        .merge(console_api)
         .route("/api/status", get(status))
         .route("/api/summary", get(summary))
         .route("/api/settings", get(settings_show).post(settings_set))

@@ -374,6 +374,34 @@ impl Pki {
     }
 }
 
+impl Pki {
+    /// Issues a client certificate with a key made here, for an agent that
+    /// cannot send a CSR (an mPOS device, or a child installed by hand):
+    /// (the issued chain, the private key PEM). The key leaves this machine
+    /// only inside the password-protected export.
+    pub fn issue_with_new_key(&self, agent: Uuid) -> Result<(Issued, String), PkiError> {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+        let agent_id = agent.to_string();
+        let (params, serial, not_after) = leaf_params(
+            &agent_id,
+            Vec::new(),
+            vec![ExtendedKeyUsagePurpose::ClientAuth],
+            self.cert_days,
+        );
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok((
+            Issued {
+                chain_pem: format!("{}{}", cert.pem(), self.ca_chain_pem),
+                serial: hex(&serial.to_bytes()),
+                subject: agent_id,
+                not_after: not_after.unix_timestamp(),
+                ignored: Vec::new(),
+            },
+            key.serialize_pem(),
+        ))
+    }
+}
+
 fn dn_text(value: &DnValue) -> String {
     match value {
         DnValue::Utf8String(s) => s.clone(),

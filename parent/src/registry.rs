@@ -392,6 +392,23 @@ impl Registry {
         Ok(())
     }
 
+    /// Records a certificate the parent issued without a CSR (export).
+    pub fn record_certificate(&self, agent: Uuid, issued: &Issued) -> Result<(), RegistryError> {
+        self.lock().execute(
+            "INSERT INTO certificates (serial, agent_id, subject, not_after, issued_at, csr_message, chain_pem)
+             VALUES (?1, ?2, ?3, ?4, ?5, NULL, ?6)",
+            params![
+                issued.serial,
+                agent.to_string(),
+                issued.subject,
+                issued.not_after,
+                fleetls_proto::now_ms() as i64,
+                issued.chain_pem
+            ],
+        )?;
+        Ok(())
+    }
+
     /// How many certificates were issued to children.
     pub fn issued_count(&self) -> Result<u64, RegistryError> {
         let db = self.lock();

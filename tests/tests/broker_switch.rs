@@ -296,6 +296,35 @@ fn listed(without: &Value, list: &str) -> Vec<String> {
         .collect()
 }
 
+/// Whether a TLS 1.2 handshake with the AMQPS port completes (`openssl
+/// s_client`, the broker checked against `ca`), presenting `client` (chain,
+/// key) if given. TLS 1.2 so that a refused client certificate fails the
+/// handshake itself (with 1.3 the refusal comes after it).
+fn tls_handshake(ca: &Path, client: Option<(&Path, &Path)>) -> Result<(), String> {
+    let mut command = Command::new("openssl");
+    command
+        .args(["s_client", "-tls1_2", "-brief", "-verify_return_error"])
+        .arg("-connect")
+        .arg(format!("127.0.0.1:{AMQPS_PORT}"))
+        .arg("-CAfile")
+        .arg(ca)
+        .stdin(std::process::Stdio::null());
+    if let Some((cert, key)) = client {
+        command.arg("-cert").arg(cert).arg("-key").arg(key);
+    }
+    let output = command.output().expect("openssl runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    if output.status.success() && text.contains("Verification: OK") {
+        Ok(())
+    } else {
+        Err(text)
+    }
+}
+
 /// A `rabbitmq.conf` fragment of `broker-tls` for this node: the same lines,
 /// with `listeners.ssl.default = 5671` moved to the node's loopback AMQPS port
 /// (5671 on every interface may belong to someone else on a test machine).
@@ -571,6 +600,11 @@ fn the_network_moves_to_amqps_child_by_child_and_survives_the_final_broker_confi
         port_answers(AMQPS_PORT),
         "the AMQPS port does not answer after the restart"
     );
+    // During the migration a client certificate is optional.
+    let ca = tls.join("ca.pem");
+    tls_handshake(&ca, None).unwrap_or_else(|e| {
+        panic!("the migration config should accept TLS without a client certificate:\n{e}")
+    });
 
     // ---- an AMQPS name the broker's certificate does not carry: refused up front
     let by_localhost = format!("amqps://guest:guest@localhost:{AMQPS_PORT}/{}", vhost.name);
@@ -789,6 +823,17 @@ fn the_network_moves_to_amqps_child_by_child_and_survives_the_final_broker_confi
         Duration::from_secs(60),
         all_online(&all),
     );
+    // Now a client certificate from the CA is required.
+    let till2 = dir.path().join("till-2/certs");
+    assert!(
+        tls_handshake(&ca, None).is_err(),
+        "the final config accepts a TLS client without a certificate"
+    );
+    tls_handshake(
+        &ca,
+        Some((&till2.join("agent.pem"), &till2.join("agent.key"))),
+    )
+    .unwrap_or_else(|e| panic!("the final config refuses till-2's certificate:\n{e}"));
     cli_expect(&parent, &["verify", "--step-timeout", "20s"], 0);
     let campaign = cli_json(&parent, &["campaign", "--json"]);
     assert_eq!(campaign["kind"], "verify", "{campaign}");

@@ -4,7 +4,8 @@
 //! not participate, version not supporting SSL, mPOS) with the right step,
 //! message and cause; `reverify` re-runs only the children that did not
 //! pass; the window is never exceeded; a parent killed mid-campaign resumes
-//! it and every child ends exactly once; and the parent's SSL port speaks
+//! it and every child ends exactly once, even after an outage longer than
+//! `--offline-after` and the step timeout; and the parent's SSL port speaks
 //! TLS with a client certificate to `openssl s_client`, refusing a client
 //! without one.
 

@@ -1,0 +1,1 @@
+//! Export for manual installation (mPOS, or any chosen child).
