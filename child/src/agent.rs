@@ -201,7 +201,7 @@ pub async fn run(config: RunConfig, shutdown: Shutdown) -> Result<(), RunError> 
                             // The new connection carries us now; only then close the old one.
                             let _ = connection.close(200, "moved to AMQPS".into()).await;
                             info!("moved to AMQPS; the plain connection is closed");
-                            connection = next;
+                            connection = *next;
                             session = *next_session;
                         }
                         Ok(Outcome::Stopped) => break Ok(()),
@@ -272,7 +272,7 @@ pub enum Outcome {
     Stopped,
     /// Moved to AMQPS: go on with this connection and session; the old
     /// connection may be closed now.
-    MoveTo(Connection, Box<Session>),
+    MoveTo(Box<Connection>, Box<Session>),
 }
 
 /// Opens the connection this agent should use: AMQPS when it moved there
@@ -295,7 +295,7 @@ pub enum Obeyed {
     /// Done (`Err`: refused, with the reason to report).
     Done(Result<(), String>),
     /// Moved to AMQPS.
-    MoveTo(Connection, Box<Session>),
+    MoveTo(Box<Connection>, Box<Session>),
 }
 
 /// Opens a named connection to the broker.
@@ -519,6 +519,10 @@ impl Session {
                 }
                 agent.serve_local_port(&self.shutdown, true);
                 self.send_state(agent).await?;
+            }
+            Body::RunStep(run) if run.deadline < fleetls_proto::now_ms() => {
+                // Its result would no longer count: the parent has moved on.
+                warn!(campaign = %run.campaign, "a test step arrived after its deadline; skipped");
             }
             Body::RunStep(mut run) => {
                 if agent.behaviour.fail_ssl_port {

@@ -102,7 +102,7 @@ pub async fn obey(
                 return stay_plain(plain, agent, cmd, re, e.to_string()).await;
             }
             info!(uri = %crate::config::redact(&uri), "moved to AMQPS");
-            Ok(Obeyed::MoveTo(connection, Box::new(session)))
+            Ok(Obeyed::MoveTo(Box::new(connection), Box::new(session)))
         }
         Ok(Err(e)) => stay_plain(plain, agent, cmd, re, e.to_string()).await,
         Err(_) => {

@@ -70,7 +70,8 @@ pub fn load_state(dir: &Path) -> Result<State, StoreError> {
 
 /// Saves the state.
 pub fn save_state(dir: &Path, state: &State) -> Result<(), StoreError> {
-    write_toml(&dir.join("state.toml"), state, 0o644)
+    // It may hold the AMQPS URL with its password: owner only.
+    write_toml(&dir.join("state.toml"), state, 0o600)
 }
 
 fn default_name() -> String {

@@ -9,6 +9,7 @@ pub mod agent;
 pub mod broker_tls;
 pub mod certs;
 pub mod config;
+pub mod doctor;
 pub mod identity;
 pub mod local_port;
 pub mod shutdown;

@@ -209,13 +209,27 @@ pub async fn ssl_port_test(
     .await
     .map_err(|e| failed(Cause::Other, e.to_string()))?
     .map_err(|e| failed(Cause::Dns, format!("{host} does not resolve: {e}")))?;
-    let address = *addresses
-        .first()
-        .ok_or_else(|| failed(Cause::Dns, format!("{host} has no address")))?;
+    if addresses.is_empty() {
+        return Err(failed(Cause::Dns, format!("{host} has no address")));
+    }
     let attempt = async {
-        let tcp = tokio::net::TcpStream::connect(address)
-            .await
-            .map_err(|e| failed(io_cause(&e), format!("connect to {address}: {e}")))?;
+        // Every address in turn (localhost may be ::1 first, 127.0.0.1 next).
+        let mut last_error = None;
+        let mut connected = None;
+        for address in &addresses {
+            match tokio::net::TcpStream::connect(address).await {
+                Ok(tcp) => {
+                    connected = Some((tcp, *address));
+                    break;
+                }
+                Err(e) => {
+                    last_error = Some(failed(io_cause(&e), format!("connect to {address}: {e}")))
+                }
+            }
+        }
+        let Some((tcp, address)) = connected else {
+            return Err(last_error.expect("at least one address was tried"));
+        };
         let connector = tokio_rustls::TlsConnector::from(loaded.client.clone());
         let mut tls = connector
             .connect(server_name, tcp)
@@ -247,7 +261,7 @@ pub async fn ssl_port_test(
     tokio::time::timeout(limit, attempt).await.map_err(|_| {
         failed(
             Cause::Timeout,
-            format!("no answer from {address} within {limit:?}"),
+            format!("no answer from {host}:{port} within {limit:?}"),
         )
     })?
 }

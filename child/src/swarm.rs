@@ -140,7 +140,7 @@ async fn run_child(
         match session.run(&agent).await {
             Ok(Outcome::MoveTo(connection, next)) => {
                 session.close().await;
-                if let Some(old) = own.replace(connection) {
+                if let Some(old) = own.replace(*connection) {
                     let _ = old.close(200, "moved".into()).await;
                 }
                 session = *next;

@@ -253,12 +253,16 @@ pub struct Tick {
 
 /// One turn of the engine: time out what is late, fill the window, finish
 /// when nothing is left. `online` says whether an agent is online now;
-/// `resend` re-sends the step of every acting child (after a restart).
+/// `resend` re-sends the step of every acting child with a fresh step
+/// deadline (after a restart or reconnect). Until `judge` (the backlog of
+/// reports was read), nothing is timed out, nobody is judged offline and
+/// nobody new starts: the reports and heartbeats may still be queued.
 pub fn tick(
     tx: &Transaction<'_>,
     campaign: Uuid,
     online: &dyn Fn(&Uuid) -> bool,
     resend: bool,
+    judge: bool,
 ) -> Result<Tick, RegistryError> {
     let id = campaign.to_string();
     let now = fleetls_proto::now_ms() as i64;
@@ -278,7 +282,7 @@ pub fn tick(
     let command = |agent: Uuid, step: &str, host: String, port: u16, deadline: u64| {
         command(agent, campaign, step, host, port, deadline, broker.as_ref())
     };
-    if now >= deadline {
+    if judge && now >= deadline {
         tx.execute(
             "UPDATE campaign_children SET state = 'did_not_participate', finished_at = ?2,
                  message = 'The campaign timed out before this child finished.', cause = 'timeout'
@@ -291,12 +295,21 @@ pub fn tick(
         )?;
         return Ok(result);
     }
-    tx.execute(
-        "UPDATE campaign_children SET state = 'did_not_participate', finished_at = ?2,
-             message = 'No answer within the step timeout of ' || (?3 / 1000) || ' s.', cause = 'timeout'
-         WHERE campaign = ?1 AND state = 'acting' AND step_deadline <= ?2",
-        params![id, now, step_timeout],
-    )?;
+    if resend {
+        tx.execute(
+            "UPDATE campaign_children SET step_deadline = max(step_deadline, ?2)
+             WHERE campaign = ?1 AND state = 'acting'",
+            params![id, now + step_timeout],
+        )?;
+    }
+    if judge {
+        tx.execute(
+            "UPDATE campaign_children SET state = 'did_not_participate', finished_at = ?2,
+                 message = 'No answer within the step timeout of ' || (?3 / 1000) || ' s.', cause = 'timeout'
+             WHERE campaign = ?1 AND state = 'acting' AND step_deadline <= ?2",
+            params![id, now, step_timeout],
+        )?;
+    }
     if resend {
         let mut acting = tx.prepare_cached(
             "SELECT agent, step, target_host, target_port, step_deadline FROM campaign_children
@@ -325,6 +338,10 @@ pub fn tick(
         params![id],
         |row| row.get(0),
     )?;
+    if !judge {
+        result.running = true;
+        return Ok(result);
+    }
     let mut free = (window - acting).max(0);
     let mut started = 0i64;
     while free > 0 {
@@ -488,8 +505,36 @@ pub fn on_report(
     tx: &Transaction<'_>,
     agent: Uuid,
     report: &StepReport,
+    sent_at: u64,
     outgoing: &mut Vec<Outgoing>,
 ) -> Result<bool, RegistryError> {
+    // A failed connection to the SSL port made while this parent was not
+    // running says nothing about the child: run the step again.
+    if !report.ok && report.step == Step::SslPort && sent_at < crate::registry::started_at() {
+        let retry: Option<(String, u16, i64)> = tx
+            .query_row(
+                "SELECT cc.target_host, cc.target_port, c.step_timeout_ms
+                 FROM campaign_children cc JOIN campaigns c ON c.id = cc.campaign
+                 WHERE cc.campaign = ?1 AND cc.agent = ?2 AND cc.state = 'acting' AND cc.step = 'ssl-port'",
+                params![report.campaign.to_string(), agent.to_string()],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+            )
+            .optional()?;
+        if let Some((host, port, step_timeout)) = retry {
+            let step_deadline = fleetls_proto::now_ms() as i64 + step_timeout;
+            tx.execute(
+                "UPDATE campaign_children SET step_deadline = ?3 WHERE campaign = ?1 AND agent = ?2",
+                params![report.campaign.to_string(), agent.to_string(), step_deadline],
+            )?;
+            outgoing.push(run_step(
+                agent,
+                report.campaign,
+                StepSpec::SslPort { host, port },
+                step_deadline as u64,
+            ));
+            return Ok(false);
+        }
+    }
     let campaign = report.campaign.to_string();
     let agent_text = agent.to_string();
     let step = step_name(report.step);
@@ -713,7 +758,8 @@ pub fn last_results(
         out.insert(agent, result);
     }
     let mut steps = db.prepare_cached(
-        "SELECT sr.agent, sr.campaign, sr.step, sr.ok, sr.message, sr.cause, sr.at FROM step_results sr",
+        "SELECT sr.agent, sr.campaign, sr.step, sr.ok, sr.message, sr.cause, sr.at FROM step_results sr
+         WHERE sr.late = 0",
     )?;
     let rows = steps.query_map([], |row| {
         Ok((

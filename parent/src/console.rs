@@ -1,14 +1,678 @@
 //! The web console ("SSL configuration" view), served by the admin server.
+//!
+//! The page, its script and its style sheet are plain files embedded in the
+//! binary (`console/`); they are open, like any login page, and hold no data.
+//! Everything the page shows comes from the token-protected JSON API: the
+//! common routes of [`crate::admin`] plus the two here, which let the status
+//! list stay fast on a network of tens of thousands of children:
+//!
+//! - `GET /api/agents?offset=&limit=&filter=&kind=&location=&q=`: one page of
+//!   the status list, filtered and counted by SQLite, each agent shaped as in
+//!   `status --json` ([`AgentStatus`]);
+//! - `GET /api/locations`: the distinct locations, for the list's filter.
 
 use std::sync::Arc;
 
-use axum::Router;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{params, params_from_iter};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
 
+use crate::admin::ApiError;
+use crate::campaign::{LastResult, StepResult};
+use crate::config::Version;
+use crate::registry::{Registry, RegistryError};
 use crate::service::App;
+use crate::status::{ssl_capable, AgentStatus};
+use fleetls_proto::AgentKind;
+
+const PAGE: &str = include_str!("console/console.html");
+const SCRIPT: &str = include_str!("console/console.js");
+const STYLE: &str = include_str!("console/console.css");
+
+/// The page may load only its own script and style and talk only to its own
+/// origin; no other site may frame it.
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+    connect-src 'self'; img-src 'self' data:; form-action 'none'; \
+    frame-ancestors 'none'; base-uri 'none'";
+
+/// Agents per page when the request does not say.
+pub const DEFAULT_LIMIT: usize = 100;
+/// The most agents one page may hold.
+pub const MAX_LIMIT: usize = 1000;
 
 /// Routes of the console: the page (open) and the API it needs beyond the
 /// common one (behind the token). Merged into the admin router.
-pub fn router(app: Arc<App>) -> (Router, Router<Arc<App>>) {
-    let _ = app;
-    (Router::new(), Router::new())
+pub fn router(_app: Arc<App>) -> (Router, Router<Arc<App>>) {
+    let page = Router::new()
+        .route("/", get(|| asset(PAGE, "text/html; charset=utf-8")))
+        .route(
+            "/console.js",
+            get(|| asset(SCRIPT, "text/javascript; charset=utf-8")),
+        )
+        .route(
+            "/console.css",
+            get(|| asset(STYLE, "text/css; charset=utf-8")),
+        );
+    let api = Router::new()
+        .route("/api/agents", get(agents))
+        .route("/api/locations", get(locations_route));
+    (page, api)
+}
+
+async fn asset(body: &'static str, content_type: &'static str) -> Response {
+    let mut response = body.into_response();
+    let headers = response.headers_mut();
+    for (name, value) in [
+        (header::CONTENT_TYPE, content_type),
+        (header::CACHE_CONTROL, "no-cache"),
+        (header::CONTENT_SECURITY_POLICY, CSP),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::REFERRER_POLICY, "no-referrer"),
+    ] {
+        headers.insert(name, HeaderValue::from_static(value));
+    }
+    response
+}
+
+/// Stands for the online cutoff (ms) in a filter's condition.
+const CUTOFF: &str = "?cutoff";
+
+/// Which agents a page of the status list holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Filter {
+    /// Every agent.
+    #[default]
+    All,
+    /// The last test failed ("with errors").
+    Failed,
+    /// The last test passed.
+    Passed,
+    /// Did not take part in the last test it was enrolled in.
+    DidNotParticipate,
+    /// Never enrolled in a test.
+    NotTested,
+    /// Not heard from within `--offline-after`.
+    Offline,
+    /// Heard from within `--offline-after`.
+    Online,
+    /// Holds no certificate.
+    NoCertificate,
+    /// Not switched to SSL.
+    NotSsl,
+    /// Broker connection not on AMQPS.
+    NotAmqps,
+    /// Refused a command or was refused one.
+    Refused,
+}
+
+impl Filter {
+    fn parse(text: &str) -> Result<Filter, String> {
+        Ok(match text {
+            "" | "all" => Filter::All,
+            "failed" => Filter::Failed,
+            "passed" => Filter::Passed,
+            "did-not-participate" => Filter::DidNotParticipate,
+            "not-tested" => Filter::NotTested,
+            "offline" => Filter::Offline,
+            "online" => Filter::Online,
+            "no-certificate" => Filter::NoCertificate,
+            "not-ssl" => Filter::NotSsl,
+            "not-amqps" => Filter::NotAmqps,
+            "refused" => Filter::Refused,
+            other => {
+                return Err(format!(
+                    "filter {other:?} is unknown: give all, failed, passed, did-not-participate, \
+                     not-tested, offline, online, no-certificate, not-ssl, not-amqps or refused"
+                ))
+            }
+        })
+    }
+
+    /// The SQL condition (over the tables of [`PAGE_FROM`]); [`CUTOFF`]
+    /// stands for the online cutoff. Fixed text only: values are always bound.
+    fn condition(self) -> Option<&'static str> {
+        Some(match self {
+            Filter::All => return None,
+            Filter::Failed => "l.state = 'failed'",
+            Filter::Passed => "l.state = 'passed'",
+            Filter::DidNotParticipate => "l.state = 'did_not_participate'",
+            Filter::NotTested => "l.state IS NULL",
+            Filter::Offline => "a.last_seen <= ?cutoff",
+            Filter::Online => "a.last_seen > ?cutoff",
+            Filter::NoCertificate => {
+                "NOT (a.has_certificate AND EXISTS (SELECT 1 FROM certificates c \
+                 WHERE c.agent_id = a.id AND c.revoked = 0))"
+            }
+            Filter::NotSsl => "a.ssl = 0",
+            Filter::NotAmqps => "a.broker_tls = 0",
+            Filter::Refused => "r.reason IS NOT NULL",
+        })
+    }
+}
+
+/// The query of one page, checked.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PageQuery {
+    /// Agents skipped (ordered by name, then id).
+    pub offset: usize,
+    /// Most agents returned (1..=[`MAX_LIMIT`]).
+    pub limit: usize,
+    /// Which agents.
+    pub filter: Filter,
+    /// Only this kind.
+    pub kind: Option<AgentKind>,
+    /// Only this location (exact).
+    pub location: Option<String>,
+    /// Only names (or ids) containing this, case-insensitive.
+    pub q: Option<String>,
+}
+
+/// The query string of `GET /api/agents`, as given (checked into [`PageQuery`]).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct RawPageQuery {
+    /// Agents skipped.
+    pub offset: Option<String>,
+    /// Most agents returned.
+    pub limit: Option<String>,
+    /// `all`, `failed`, `offline`, ...
+    pub filter: Option<String>,
+    /// `child`, `local-parent` or `mpos`.
+    pub kind: Option<String>,
+    /// A location.
+    pub location: Option<String>,
+    /// A name substring.
+    pub q: Option<String>,
+}
+
+impl RawPageQuery {
+    /// Checks every value; the message names the parameter that is wrong.
+    pub fn check(&self) -> Result<PageQuery, String> {
+        let number = |name: &str, text: &Option<String>, default: usize| match text
+            .as_deref()
+            .map(str::trim)
+        {
+            None | Some("") => Ok(default),
+            Some(text) => text
+                .parse::<usize>()
+                .map_err(|_| format!("{name} {text:?} is not a whole number")),
+        };
+        let limit = number("limit", &self.limit, DEFAULT_LIMIT)?;
+        if !(1..=MAX_LIMIT).contains(&limit) {
+            return Err(format!("limit must be 1 to {MAX_LIMIT}"));
+        }
+        let given = |text: &Option<String>| {
+            text.as_deref()
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(str::to_owned)
+        };
+        let kind = match given(&self.kind).as_deref() {
+            None | Some("all") => None,
+            Some(text) => Some(text.parse::<AgentKind>().map_err(|_| {
+                format!("kind {text:?} is unknown: give child, local-parent or mpos")
+            })?),
+        };
+        Ok(PageQuery {
+            offset: number("offset", &self.offset, 0)?,
+            limit,
+            filter: Filter::parse(self.filter.as_deref().unwrap_or("").trim())?,
+            kind,
+            location: given(&self.location),
+            q: given(&self.q),
+        })
+    }
+}
+
+/// One page of the status list.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AgentsPage {
+    /// Agents matching the filters, on every page.
+    pub total: usize,
+    /// Agents skipped.
+    pub offset: usize,
+    /// Most agents on this page.
+    pub limit: usize,
+    /// This page's agents, shaped as in `status --json`.
+    pub agents: Vec<AgentStatus>,
+}
+
+/// What a page needs to know besides the registry.
+#[derive(Debug, Clone, Copy)]
+pub struct PageContext {
+    /// Now, ms since the epoch.
+    pub now_ms: u64,
+    /// Agents not heard from for this long are offline.
+    pub offline_after_ms: u64,
+    /// The lowest SSL-capable version.
+    pub min_ssl_version: Version,
+}
+
+/// The agents with, for each, its newest test (`verify` or `reverify`)
+/// enrolment and its last refusal. Its definitions follow the registry's
+/// (`has_certificate` as `registry::SELECT_AGENT`, the last result as
+/// `campaign::last_results`); one index lookup per agent, so filtering on
+/// the result never scans the campaigns of the whole network.
+const PAGE_FROM: &str = "FROM agents a
+    LEFT JOIN campaign_children l ON l.rowid = (
+        SELECT cc.rowid FROM campaign_children cc JOIN campaigns c ON c.id = cc.campaign
+        WHERE cc.agent = a.id AND c.kind IN ('verify', 'reverify')
+        ORDER BY c.started_at DESC, c.rowid DESC LIMIT 1)
+    LEFT JOIN campaigns lc ON lc.id = l.campaign
+    LEFT JOIN refusals r ON r.agent_id = a.id";
+
+const PAGE_COLUMNS: &str = "a.id, a.name, a.kind, a.version, a.location, a.hostnames, a.ips,
+    a.last_seen,
+    a.has_certificate AND EXISTS (SELECT 1 FROM certificates c
+        WHERE c.agent_id = a.id AND c.revoked = 0),
+    a.ssl, a.broker_tls,
+    l.campaign, lc.kind, l.state, l.step, l.message, l.cause, l.started_at, l.finished_at,
+    r.reason";
+
+/// One page of the status list, filtered and counted by SQLite.
+pub fn page(
+    registry: &Registry,
+    context: PageContext,
+    query: &PageQuery,
+) -> Result<AgentsPage, RegistryError> {
+    let mut binds: Vec<SqlValue> = Vec::new();
+    let mut conditions: Vec<String> = Vec::new();
+    if let Some(condition) = query.filter.condition() {
+        if condition.contains(CUTOFF) {
+            let cutoff = context.now_ms.saturating_sub(context.offline_after_ms);
+            binds.push(SqlValue::Integer(cutoff as i64));
+            conditions.push(condition.replace(CUTOFF, &format!("?{}", binds.len())));
+        } else {
+            conditions.push(condition.to_owned());
+        }
+    }
+    if let Some(kind) = query.kind {
+        binds.push(SqlValue::Text(kind.as_str().to_owned()));
+        conditions.push(format!("a.kind = ?{}", binds.len()));
+    }
+    if let Some(location) = &query.location {
+        binds.push(SqlValue::Text(location.clone()));
+        conditions.push(format!("a.location = ?{}", binds.len()));
+    }
+    if let Some(q) = &query.q {
+        binds.push(SqlValue::Text(q.to_lowercase()));
+        let n = binds.len();
+        conditions.push(format!(
+            "(instr(lower(a.name), ?{n}) > 0 OR instr(a.id, ?{n}) > 0)"
+        ));
+    }
+    let filter = if conditions.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", conditions.join(" AND "))
+    };
+    registry.with_db(|db| {
+        let total = db
+            .prepare_cached(&format!("SELECT count(*) {PAGE_FROM} {filter}"))?
+            .query_row(params_from_iter(binds.iter()), |row| row.get::<_, i64>(0))?
+            as usize;
+        let mut page_binds = binds.clone();
+        page_binds.push(SqlValue::Integer(query.limit as i64));
+        page_binds.push(SqlValue::Integer(
+            i64::try_from(query.offset).unwrap_or(i64::MAX),
+        ));
+        let n = page_binds.len();
+        let mut stmt = db.prepare_cached(&format!(
+            "SELECT {PAGE_COLUMNS} {PAGE_FROM} {filter} ORDER BY a.name, a.id LIMIT ?{} OFFSET ?{n}",
+            n - 1
+        ))?;
+        let rows = stmt.query_map(params_from_iter(page_binds.iter()), |row| {
+            row_to_status(row, context)
+        })?;
+        let mut agents = Vec::new();
+        for row in rows {
+            agents.push(row??);
+        }
+        let mut steps = db.prepare_cached(
+            "SELECT step, ok, message, cause, at FROM step_results WHERE campaign = ?1 AND agent = ?2",
+        )?;
+        for agent in &mut agents {
+            let Some(last) = agent.last_result.as_mut() else {
+                continue;
+            };
+            let rows = steps.query_map(
+                params![last.campaign.to_string(), agent.id.to_string()],
+                |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        StepResult {
+                            ok: row.get(1)?,
+                            message: row.get(2)?,
+                            cause: row.get(3)?,
+                            at: row.get::<_, i64>(4)? as u64,
+                        },
+                    ))
+                },
+            )?;
+            for row in rows {
+                let (step, result) = row?;
+                match step.as_str() {
+                    "cert-test" => last.cert_test = Some(result),
+                    "ssl-port" => last.ssl_port = Some(result),
+                    _ => {}
+                }
+            }
+        }
+        Ok(AgentsPage {
+            total,
+            offset: query.offset,
+            limit: query.limit,
+            agents,
+        })
+    })
+}
+
+fn corrupt(what: impl std::fmt::Display) -> RegistryError {
+    RegistryError::Corrupt(what.to_string())
+}
+
+fn row_to_status(
+    row: &rusqlite::Row<'_>,
+    context: PageContext,
+) -> rusqlite::Result<Result<AgentStatus, RegistryError>> {
+    let id: String = row.get(0)?;
+    let kind: String = row.get(2)?;
+    let version: String = row.get(3)?;
+    let hostnames: String = row.get(5)?;
+    let ips: String = row.get(6)?;
+    let last_seen = row.get::<_, i64>(7)? as u64;
+    let campaign: Option<String> = row.get(11)?;
+    let last_kind: Option<String> = row.get(12)?;
+    let last_state: Option<String> = row.get(13)?;
+    let last_result = match (campaign, last_kind, last_state) {
+        (Some(campaign), Some(kind), Some(state)) => Some(LastResult {
+            campaign: match campaign.parse::<Uuid>() {
+                Ok(id) => id,
+                Err(_) => return Ok(Err(corrupt(format!("campaign id {campaign:?}")))),
+            },
+            kind,
+            state,
+            step: row.get(14)?,
+            message: row.get(15)?,
+            cause: row.get(16)?,
+            started_at: row.get::<_, Option<i64>>(17)?.map(|t| t as u64),
+            finished_at: row.get::<_, Option<i64>>(18)?.map(|t| t as u64),
+            cert_test: None,
+            ssl_port: None,
+        }),
+        _ => None,
+    };
+    let parsed = (|| {
+        Ok(AgentStatus {
+            id: id
+                .parse()
+                .map_err(|_| corrupt(format!("agent id {id:?}")))?,
+            name: row.get(1)?,
+            kind: kind.parse().map_err(RegistryError::Corrupt)?,
+            ssl_capable: ssl_capable(&version, context.min_ssl_version),
+            version,
+            location: row.get(4)?,
+            hostnames: serde_json::from_str(&hostnames).map_err(corrupt)?,
+            ips: serde_json::from_str(&ips).map_err(corrupt)?,
+            online: context.now_ms.saturating_sub(last_seen) < context.offline_after_ms,
+            last_seen,
+            has_certificate: row.get(8)?,
+            ssl: row.get(9)?,
+            broker_tls: row.get(10)?,
+            last_result,
+            refusal: row.get(19)?,
+        })
+    })();
+    Ok(parsed)
+}
+
+/// Every distinct location, sorted.
+pub fn locations(registry: &Registry) -> Result<Vec<String>, RegistryError> {
+    registry.with_db(|db| {
+        let mut stmt = db.prepare_cached(
+            "SELECT DISTINCT location FROM agents WHERE location IS NOT NULL ORDER BY location",
+        )?;
+        let rows = stmt.query_map([], |row| row.get::<_, String>(0))?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    })
+}
+
+async fn agents(
+    State(app): State<Arc<App>>,
+    query: Result<Query<RawPageQuery>, QueryRejection>,
+) -> Result<Json<AgentsPage>, ApiError> {
+    let Query(raw) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let query = raw
+        .check()
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
+    let context = PageContext {
+        now_ms: fleetls_proto::now_ms(),
+        offline_after_ms: app.config.offline_after.as_millis() as u64,
+        min_ssl_version: app.config.min_ssl_version,
+    };
+    let page = tokio::task::spawn_blocking(move || page(&app.registry, context, &query))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok(Json(page))
+}
+
+async fn locations_route(State(app): State<Arc<App>>) -> Result<Json<Vec<String>>, ApiError> {
+    tokio::task::spawn_blocking(move || locations(&app.registry))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map(Json)
+        .map_err(|e| ApiError::internal(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: Version = Version(1, 0, 0);
+    const NOW: u64 = 1_000_000_000;
+
+    fn context() -> PageContext {
+        PageContext {
+            now_ms: NOW,
+            offline_after_ms: 30_000,
+            min_ssl_version: MIN,
+        }
+    }
+
+    /// Inserts an agent row the way the registry stores it.
+    fn agent(registry: &Registry, name: &str, kind: &str, location: &str, online: bool) -> Uuid {
+        let id = Uuid::new_v4();
+        let seen = if online { NOW - 1_000 } else { NOW - 60_000 };
+        registry
+            .with_db(|db| {
+                db.execute(
+                    "INSERT INTO agents (id, name, kind, version, location, hostnames, ips,
+                         first_seen, last_seen) VALUES (?1, ?2, ?3, '1.0.0', ?4, '[]', '[]', 0, ?5)",
+                    params![id.to_string(), name, kind, location, seen as i64],
+                )?;
+                Ok(())
+            })
+            .unwrap();
+        id
+    }
+
+    fn campaign(registry: &Registry, kind: &str, started: i64, children: &[(Uuid, &str)]) -> Uuid {
+        let id = Uuid::new_v4();
+        registry
+            .with_tx(|db| {
+                db.execute(
+                    "INSERT INTO campaigns (id, kind, state, window, started_at, deadline_at,
+                         step_timeout_ms) VALUES (?1, ?2, 'finished', 10, ?3, ?3, 1000)",
+                    params![id.to_string(), kind, started],
+                )?;
+                for (seq, (agent, state)) in children.iter().enumerate() {
+                    db.execute(
+                        "INSERT INTO campaign_children (campaign, agent, seq, state, step,
+                             target_host, target_port, message, cause)
+                         VALUES (?1, ?2, ?3, ?4, 'ssl-port', 'localhost', 1, 'msg', NULL)",
+                        params![id.to_string(), agent.to_string(), seq as i64, state],
+                    )?;
+                    db.execute(
+                        "INSERT INTO step_results (campaign, agent, step, ok, message, at)
+                         VALUES (?1, ?2, 'cert-test', 1, 'Certificates generated successfully!', ?3)",
+                        params![id.to_string(), agent.to_string(), started],
+                    )?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        id
+    }
+
+    fn query(text: &str) -> PageQuery {
+        let raw: RawPageQuery = serde_json::from_value(
+            text.split('&')
+                .filter(|p| !p.is_empty())
+                .map(|p| {
+                    let (k, v) = p.split_once('=').unwrap();
+                    (k.to_owned(), serde_json::Value::String(v.to_owned()))
+                })
+                .collect::<serde_json::Map<_, _>>()
+                .into(),
+        )
+        .unwrap();
+        raw.check().unwrap()
+    }
+
+    fn names(page: &AgentsPage) -> Vec<&str> {
+        page.agents.iter().map(|a| a.name.as_str()).collect()
+    }
+
+    #[test]
+    fn pages_are_filtered_counted_and_ordered_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Registry::open(&dir.path().join("fleetls.db")).unwrap();
+        let a = agent(&registry, "till-a", "child", "shop-1", true);
+        let b = agent(&registry, "till-b", "child", "shop-2", false);
+        let c = agent(&registry, "lp-1", "local-parent", "shop-1", true);
+        let _d = agent(&registry, "mpos-1", "mpos", "shop-2", true);
+        let old = campaign(&registry, "verify", 10, &[(a, "failed"), (b, "passed")]);
+        let new = campaign(&registry, "reverify", 20, &[(a, "passed")]);
+        // A switch campaign is not a test: it does not change the last result.
+        campaign(&registry, "switch", 30, &[(b, "failed"), (c, "failed")]);
+
+        let all = page(&registry, context(), &query("")).unwrap();
+        assert_eq!(all.total, 4);
+        assert_eq!(names(&all), ["lp-1", "mpos-1", "till-a", "till-b"]);
+        let till_a = &all.agents[2];
+        let last = till_a.last_result.as_ref().unwrap();
+        assert_eq!((last.campaign, last.kind.as_str()), (new, "reverify"));
+        assert_eq!(last.state, "passed");
+        assert_eq!(
+            last.cert_test.as_ref().unwrap().message,
+            "Certificates generated successfully!"
+        );
+        assert_eq!(all.agents[3].last_result.as_ref().unwrap().campaign, old);
+        assert!(all.agents[0].last_result.is_none(), "switch is not a test");
+        assert!(till_a.online && !all.agents[3].online);
+        assert!(till_a.ssl_capable);
+
+        let count = |q: &str| page(&registry, context(), &query(q)).unwrap();
+        assert_eq!(names(&count("filter=passed")), ["till-a", "till-b"]);
+        assert_eq!(count("filter=failed").total, 0);
+        assert_eq!(names(&count("filter=not-tested")), ["lp-1", "mpos-1"]);
+        assert_eq!(names(&count("filter=offline")), ["till-b"]);
+        assert_eq!(count("filter=online").total, 3);
+        assert_eq!(count("filter=no-certificate").total, 4);
+        assert_eq!(names(&count("kind=local-parent")), ["lp-1"]);
+        assert_eq!(names(&count("location=shop-1&kind=child")), ["till-a"]);
+        assert_eq!(names(&count("q=TILL")), ["till-a", "till-b"]);
+        assert_eq!(names(&count("q=ill-b&filter=offline")), ["till-b"]);
+        let second = count("limit=2&offset=2");
+        assert_eq!(
+            (second.total, names(&second)),
+            (4, vec!["till-a", "till-b"])
+        );
+        assert_eq!(count("offset=10").agents.len(), 0);
+        assert_eq!(
+            locations(&registry).unwrap(),
+            ["shop-1".to_owned(), "shop-2".to_owned()]
+        );
+    }
+
+    #[test]
+    fn bad_parameters_name_themselves() {
+        let check = |raw: RawPageQuery| raw.check().unwrap_err();
+        assert!(check(RawPageQuery {
+            limit: Some("0".into()),
+            ..Default::default()
+        })
+        .contains("limit"));
+        assert!(check(RawPageQuery {
+            offset: Some("-1".into()),
+            ..Default::default()
+        })
+        .contains("offset"));
+        assert!(check(RawPageQuery {
+            filter: Some("broken".into()),
+            ..Default::default()
+        })
+        .contains("filter"));
+        assert!(check(RawPageQuery {
+            kind: Some("till".into()),
+            ..Default::default()
+        })
+        .contains("kind"));
+        let ok = RawPageQuery::default().check().unwrap();
+        assert_eq!(
+            (ok.offset, ok.limit, ok.filter),
+            (0, DEFAULT_LIMIT, Filter::All)
+        );
+    }
+
+    #[test]
+    fn a_page_of_ten_thousand_agents_is_quick() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Registry::open(&dir.path().join("fleetls.db")).unwrap();
+        let mut ids = Vec::new();
+        registry
+            .with_tx(|tx| {
+                for i in 0..10_000 {
+                    let id = Uuid::new_v4();
+                    tx.execute(
+                        "INSERT INTO agents (id, name, kind, version, location, hostnames, ips,
+                             first_seen, last_seen) VALUES (?1, ?2, 'child', '1.0.0', ?3, '[]', '[]', 0, ?4)",
+                        params![
+                            id.to_string(),
+                            format!("till-{i:05}"),
+                            format!("shop-{}", i % 100),
+                            NOW as i64
+                        ],
+                    )?;
+                    ids.push(id);
+                }
+                Ok(())
+            })
+            .unwrap();
+        let states: Vec<(Uuid, &str)> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (*id, if i % 10 == 0 { "failed" } else { "passed" }))
+            .collect();
+        campaign(&registry, "verify", 10, &states);
+        let started = std::time::Instant::now();
+        let failed = page(&registry, context(), &query("filter=failed&limit=100")).unwrap();
+        let shop = page(&registry, context(), &query("location=shop-7&offset=50")).unwrap();
+        let elapsed = started.elapsed();
+        eprintln!("two pages of 10,000 agents: {elapsed:?}");
+        assert_eq!((failed.total, failed.agents.len()), (1_000, 100));
+        assert_eq!((shop.total, shop.agents.len()), (100, 50));
+        assert!(
+            elapsed < std::time::Duration::from_secs(2),
+            "two pages took {elapsed:?}"
+        );
+    }
 }

@@ -27,6 +27,7 @@ pub async fn run(app: Arc<App>, mut shutdown: Shutdown) {
             let registry = app.registry.clone();
             let offline_after = app.config.offline_after.as_millis() as u64;
             let resend_now = resend;
+            let judge = app.drained.load(std::sync::atomic::Ordering::SeqCst);
             let turn = tokio::task::spawn_blocking(move || {
                 registry.with_tx(|tx| {
                     let Some(id) = campaign::running(tx)? else {
@@ -37,7 +38,7 @@ pub async fn run(app: Arc<App>, mut shutdown: Shutdown) {
                             fleetls_proto::now_ms().saturating_sub(seen) < offline_after
                         })
                     };
-                    campaign::tick(tx, id, &online, resend_now).map(|t| Some((id, t)))
+                    campaign::tick(tx, id, &online, resend_now, judge).map(|t| Some((id, t)))
                 })
             })
             .await;

@@ -48,11 +48,10 @@ pub fn progress_line(p: &Progress) -> String {
         "-".into()
     };
     let width = 30;
-    let filled = if p.total == 0 {
-        width
-    } else {
-        done * width / p.total
-    };
+    let filled = (done * width)
+        .checked_div(p.total)
+        .unwrap_or(width)
+        .min(width);
     format!(
         "[{}{}] {done}/{} done  passed {}  failed {}  did not participate {}  acting {}  waiting {}  elapsed {:.1}s  ETA {eta}",
         "#".repeat(filled),

@@ -68,8 +68,9 @@ enum Command {
     SwitchBroker {
         #[command(flatten)]
         args: CampaignArgs,
-        /// The AMQPS address agents move to (default: the --broker host, port 5671)
-        #[arg(long)]
+        /// The AMQPS address agents move to (default: the --broker host, port
+        /// 5671). It holds a password: prefer the FLEETLS_AMQPS variable
+        #[arg(long, env = "FLEETLS_AMQPS")]
         amqps: Option<String>,
         /// Children authenticate with their certificate (SASL EXTERNAL) instead of the password
         #[arg(long)]

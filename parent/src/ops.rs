@@ -428,7 +428,7 @@ pub async fn start_campaign(
     let agents = app.registry.agents().map_err(internal)?;
     let last = app
         .registry
-        .with_db(|db| campaign::last_results(db))
+        .with_db(campaign::last_results)
         .map_err(internal)?;
     let settings = app.settings();
     let passed = |a: &Agent| last.get(&a.id).is_some_and(|r| r.state == "passed");
@@ -570,11 +570,29 @@ pub async fn without_ssl(app: &App) -> Result<WithoutSsl, OpError> {
         .map_err(OpError::Unavailable)?;
     let by_name = crate::management::by_name(connections);
     out.broker_view = true;
+    // Why a child stayed on plain, from its last broker switch report.
+    let reasons: std::collections::HashMap<String, String> = app
+        .registry
+        .with_db(|db| {
+            let mut stmt = db.prepare(
+                "SELECT cc.agent, cc.message FROM campaign_children cc JOIN campaigns c ON c.id = cc.campaign
+                 WHERE c.kind = 'switch-broker' AND cc.state = 'failed' ORDER BY c.started_at",
+            )?;
+            let rows = stmt.query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .map_err(internal)?;
     for a in &agents {
         let name = fleetls_proto::topology::child_connection_name(&a.id);
         let why = match by_name.get(&name) {
             Some(c) if c.ssl => continue,
-            Some(c) => format!("connected over plain AMQP (port {})", c.port.unwrap_or(0)),
+            Some(c) => match reasons.get(&a.id.to_string()) {
+                Some(reason) => format!(
+                    "connected over plain AMQP (port {}); {reason}",
+                    c.port.unwrap_or(0)
+                ),
+                None => format!("connected over plain AMQP (port {})", c.port.unwrap_or(0)),
+            },
             None => "no connection named fleetls-child:<id> on the broker (offline, or inside a swarm connection)".into(),
         };
         out.not_on_tls.push(WithoutSslEntry {

@@ -76,6 +76,13 @@ pub trait Signer {
     fn sign(&self, csr: &str, agent: &Agent) -> Result<Issued, String>;
 }
 
+/// When this parent process started (ms): reports made before it were made
+/// while it was down.
+pub fn started_at() -> u64 {
+    static STARTED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *STARTED.get_or_init(fleetls_proto::now_ms)
+}
+
 /// An agent as the registry knows it.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Agent {
@@ -242,7 +249,7 @@ impl Registry {
                     )?;
                 }
                 EventKind::StepReport(report) => {
-                    crate::campaign::on_report(&tx, event.agent, report, &mut outgoing)?;
+                    crate::campaign::on_report(&tx, event.agent, report, event.at, &mut outgoing)?;
                 }
                 EventKind::SwitchReport(report) => {
                     if report.ok {
@@ -563,7 +570,7 @@ mod tests {
             at: 1000,
             what: EventKind::Hello(hello("till-1")),
         };
-        registry.apply(&[event.clone()], None).unwrap();
+        registry.apply(std::slice::from_ref(&event), None).unwrap();
         let mut renamed = hello("till-renamed");
         renamed.version = "2.0.0".into();
         // A redelivery of the same message id changes nothing.

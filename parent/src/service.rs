@@ -81,6 +81,10 @@ pub struct App {
     pub reconnect: tokio::sync::Notify,
     /// Counters for `/metrics`.
     pub metrics: Metrics,
+    /// Whether the backlog of `fleetls.parent` was read since the broker
+    /// session began: until then the engine judges no child (its reports
+    /// and heartbeats may still be waiting in the queue).
+    pub drained: std::sync::atomic::AtomicBool,
 }
 
 /// Message counters since the parent started.
@@ -143,6 +147,8 @@ impl App {
     }
 
     fn set_channel(&self, channel: Option<Channel>) {
+        self.drained
+            .store(false, std::sync::atomic::Ordering::SeqCst);
         *self.channel.lock().unwrap_or_else(|p| p.into_inner()) = channel;
         self.campaign_changed.notify_one();
     }
@@ -224,6 +230,7 @@ pub async fn serve(
         path: data_dir.clone(),
         source,
     })?;
+    crate::registry::started_at();
     let registry = Registry::open(&data_dir.join("fleetls.db"))?;
     let token =
         crate::token::load_or_create(&crate::token::token_path(&data_dir)).map_err(|source| {
@@ -264,6 +271,7 @@ pub async fn serve(
         amqps: RwLock::new(crate::broker_switch::load_state(&data_dir)),
         reconnect: tokio::sync::Notify::new(),
         metrics: Metrics::default(),
+        drained: std::sync::atomic::AtomicBool::new(false),
     });
     if app.pki().is_some() {
         if let Err(e) = app.start_ssl_port().await {
@@ -408,11 +416,24 @@ async fn consume(
     mut consumer: lapin::Consumer,
     mut shutdown: Shutdown,
 ) -> Result<(), SessionError> {
+    use std::sync::atomic::Ordering::SeqCst;
     let mut last_prune = std::time::Instant::now();
     loop {
+        // The backlog is read once nothing more arrives for a moment.
+        let quiet = async {
+            if app.drained.load(SeqCst) {
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        };
         let first = tokio::select! {
             _ = shutdown.wait() => return Ok(()),
             _ = app.reconnect.notified() => return Err(SessionError::Reconnect),
+            _ = quiet => {
+                app.drained.store(true, SeqCst);
+                app.campaign_changed.notify_one();
+                continue;
+            }
             next = consumer.next() => next,
         };
         let mut deliveries = vec![first
@@ -426,6 +447,25 @@ async fn consume(
             }
         }
         handle_batch(app, channel, deliveries).await?;
+        if !app.drained.load(SeqCst) {
+            // Heartbeats keep arriving, so quiet may never come: ask the
+            // broker whether anything is still waiting.
+            let queue = channel
+                .queue_declare(
+                    topology::PARENT.into(),
+                    lapin::options::QueueDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(amqp("checking the backlog of fleetls.parent"))?;
+            if queue.message_count() == 0 {
+                app.drained.store(true, SeqCst);
+                app.campaign_changed.notify_one();
+            }
+        }
         if last_prune.elapsed() > Duration::from_secs(600) {
             last_prune = std::time::Instant::now();
             let registry = app.registry.clone();
@@ -508,9 +548,17 @@ pub async fn send_all(channel: &Channel, outgoing: Vec<Outgoing>) -> Result<(), 
     let messages = outgoing
         .into_iter()
         .map(|out| {
+            // A command with a deadline expires with it in the child's queue.
+            let deadline = match &out.body {
+                Body::RunStep(run) => Some(run.deadline),
+                Body::UseBrokerTls(cmd) => Some(cmd.deadline),
+                _ => None,
+            };
+            let expiration = deadline
+                .map(|d| Duration::from_millis(d.saturating_sub(fleetls_proto::now_ms()).max(1)));
             let mut envelope = Envelope::new(crate::PARENT_ID, out.body);
             envelope.re = out.re;
-            (out.agent, envelope, None)
+            (out.agent, envelope, expiration)
         })
         .collect();
     let unroutable = broker::send_many(channel, messages).await?;

@@ -140,7 +140,9 @@ pub fn compute(
     let with_certs = count(&|a| eligible(a) && a.has_certificate);
     let switched = count(&|a| a.ssl);
     let broker_tls = count(&|a| a.broker_tls);
-    let phase = if !list.is_empty() && broker_tls == list.len() {
+    let eligible_on_tls = count(&|a| eligible(a) && a.broker_tls);
+    let eligible_count = count(&eligible);
+    let phase = if eligible_count > 0 && eligible_on_tls == eligible_count {
         "broker-tls"
     } else if switched > 0 {
         "ssl"

@@ -6,7 +6,9 @@
 //!   `force-switch` without `--yes` and without a terminal exits 2, and
 //!   `force-switch --yes` names the child that never passed as at risk;
 //! - `broker-tls --out` writes the broker's files and both `rabbitmq.conf`
-//!   fragments; the node is restarted with them and everyone reconnects alone;
+//!   fragments; the node is restarted with the migration fragment itself (only
+//!   its listener moved to the node's loopback port) and everyone reconnects
+//!   alone; a TLS client without a certificate is still accepted;
 //! - an AMQPS address whose name the broker's certificate does not carry is
 //!   refused before anything is sent (exit 3, the name in the message);
 //! - `switch-broker` moves every child to AMQPS — RabbitMQ management shows each
@@ -16,10 +18,12 @@
 //!   listed by `without-ssl`, and says why in its log;
 //! - a switched child restarted comes back on AMQPS;
 //! - once fixed, a second `switch-broker` takes only that child (total 1);
-//!   `without-ssl` then lists nobody;
+//!   `without-ssl` then lists nobody, and a third `switch-broker` is refused;
 //! - with the post-migration fragment (client certificate required, plain
-//!   listener off) everyone comes back over TLS, a new `verify` passes for all,
-//!   and the plain AMQP port refuses connections.
+//!   listener off) everyone comes back over TLS, a client without a
+//!   certificate is refused, the parent restarted comes back over AMQPS, a new
+//!   `verify` passes for all, and the plain AMQP port refuses connections;
+//! - no log and no output carries the broker password.
 //!
 //! The node is stopped at the end, also on failure.
 
@@ -357,7 +361,7 @@ fn the_network_moves_to_amqps_child_by_child_and_survives_the_final_broker_confi
     node.run("start", None, None);
     let dir = test_dir();
     let vhost = Vhost::new_on(&node.addr());
-    let parent = Parent::start(&vhost, dir.path(), &["--offline-after", "5"]);
+    let mut parent = Parent::start(&vhost, dir.path(), &["--offline-after", "5"]);
     let amqps = format!("amqps://guest:guest@127.0.0.1:{AMQPS_PORT}/{}", vhost.name);
 
     // ---- a network with three children, tested and certified
@@ -651,6 +655,10 @@ fn the_network_moves_to_amqps_child_by_child_and_survives_the_final_broker_confi
         "switch-broker should say AMQPS answered with the CA's certificate: {err}"
     );
     assert!(
+        !err.contains("guest:guest@") && !out.contains("guest:guest@"),
+        "switch-broker prints the broker password:\n{out}\n{err}"
+    );
+    assert!(
         out.contains("1 failed"),
         "switch-broker should count one failure: {out}"
     );
@@ -801,6 +809,17 @@ fn the_network_moves_to_amqps_child_by_child_and_survives_the_final_broker_confi
         status["network"]
     );
 
+    // Nobody is left to move: a third switch-broker is refused.
+    let (_, err) = cli_expect(
+        &parent,
+        &["switch-broker", "--amqps", &amqps, "--step-timeout", "20s"],
+        3,
+    );
+    assert!(
+        err.contains("already on AMQPS"),
+        "switch-broker with every child on AMQPS should say so: {err}"
+    );
+
     // ---- acceptance 5: the post-migration config (client certificate
     // required, plain AMQP off): everyone comes back and still works.
     // The final fragment itself, its listener moved to this node's port.
@@ -834,6 +853,34 @@ fn the_network_moves_to_amqps_child_by_child_and_survives_the_final_broker_confi
         Some((&till2.join("agent.pem"), &till2.join("agent.key"))),
     )
     .unwrap_or_else(|e| panic!("the final config refuses till-2's certificate:\n{e}"));
+    // The parent restarted comes back the way it left: over AMQPS (plain is
+    // off now, so its plain --broker URL could not work anyway).
+    parent.proc.signal("TERM");
+    let parent_restarted_at = fleetls_proto::now_ms();
+    parent.restart(&vhost, &["--offline-after", "5"]);
+    wait_until(
+        "the restarted parent on AMQPS",
+        Duration::from_secs(60),
+        || {
+            let all = connections(&vhost)?;
+            check_connection(&all, "fleetls-parent", Want::Tls, Some("fleetls-parent"))?;
+            named(&all, "fleetls-parent")
+                .iter()
+                .any(|c| {
+                    c["connected_at"]
+                        .as_u64()
+                        .is_some_and(|t| t >= parent_restarted_at)
+                })
+                .then_some(())
+                .ok_or_else(|| "no new parent connection yet".to_owned())
+        },
+    );
+    wait_status(
+        &parent,
+        "four children online for the restarted parent",
+        Duration::from_secs(60),
+        all_online(&all),
+    );
     cli_expect(&parent, &["verify", "--step-timeout", "20s"], 0);
     let campaign = cli_json(&parent, &["campaign", "--json"]);
     assert_eq!(campaign["kind"], "verify", "{campaign}");
@@ -846,6 +893,23 @@ fn the_network_moves_to_amqps_child_by_child_and_survives_the_final_broker_confi
         !port_answers(AMQP_PORT),
         "the plain AMQP port answers again"
     );
+    // No password in any log (the AMQPS URL carries guest's).
+    let mut logs = vec![("parent".to_owned(), parent.proc.output())];
+    for entry in std::fs::read_dir(dir.path()).unwrap().flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "log") {
+            logs.push((
+                path.display().to_string(),
+                std::fs::read_to_string(&path).unwrap_or_default(),
+            ));
+        }
+    }
+    for (name, text) in &logs {
+        assert!(
+            !text.contains("guest:guest@"),
+            "{name} logs a broker password"
+        );
+    }
     for (name, child) in children.iter_mut() {
         assert_eq!(
             child.wait_exit(Duration::from_millis(10)),

@@ -1,0 +1,443 @@
+//! Export for manual installation, checked from the outside with `openssl`
+//! and `keytool`: the modern `.pfx` (AES-256, SHA-256 MAC) opens with the
+//! password, the legacy one (3DES, SHA-1 MAC) opens with `openssl -legacy`,
+//! both hold a key matching a certificate that verifies against `ca.pem`;
+//! the JKS truststore lists the CA as one trusted entry; `ca.cer` is the CA
+//! in DER; a wrong password opens nothing; keys are only in 0600 files in a
+//! 0700 folder; the certificates are in the registry; mPOS without a DNS name
+//! of the parent is refused before anything is issued.
+//!
+//! Passwords reach the tools through files, never on a command line.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use fleetls_parent::export::{self, ExportError, ExportReport};
+use fleetls_parent::pki::{fingerprint, Pki};
+use fleetls_parent::registry::{Agent, Event, EventKind, Registry};
+use fleetls_parent::settings::{SettingsChange, SslSettings};
+use fleetls_proto::{AgentKind, AgentState, Hello};
+use uuid::Uuid;
+
+const PASSWORD: &str = "s3cret export pw";
+
+/// Runs a tool: (success, stdout + stderr).
+fn run(program: &str, args: &[&str]) -> (bool, String) {
+    let output = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{program} runs: {e}"));
+    let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&output.stderr));
+    (output.status.success(), text)
+}
+
+fn openssl(args: &[&str]) -> (bool, String) {
+    run("openssl", args)
+}
+
+fn s(path: &Path) -> &str {
+    path.to_str().expect("test paths are UTF-8")
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+/// A parent's CA and registry in a temporary folder.
+struct Setup {
+    dir: tempfile::TempDir,
+    pki: Pki,
+    registry: Registry,
+    settings: SslSettings,
+    /// A file holding [`PASSWORD`], and one holding a wrong password.
+    password_file: PathBuf,
+    wrong_file: PathBuf,
+}
+
+impl Setup {
+    fn new(settings: SslSettings) -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::generate(dir.path(), &settings, None, 398).unwrap();
+        let registry = Registry::open(&dir.path().join("fleetls.db")).unwrap();
+        let password_file = dir.path().join("password");
+        std::fs::write(&password_file, PASSWORD).unwrap();
+        let wrong_file = dir.path().join("wrong-password");
+        std::fs::write(&wrong_file, "not the password").unwrap();
+        Setup {
+            dir,
+            pki,
+            registry,
+            settings,
+            password_file,
+            wrong_file,
+        }
+    }
+
+    /// Registers an agent as its Hello would.
+    fn register(&self, name: &str, kind: AgentKind) -> Agent {
+        let id = Uuid::new_v4();
+        let hello = Hello {
+            name: name.into(),
+            kind,
+            version: "1.0.0".into(),
+            location: Some("shop-1".into()),
+            hostnames: Vec::new(),
+            ips: Vec::new(),
+            key_fingerprint: None,
+            state: AgentState::default(),
+        };
+        self.registry
+            .apply(
+                &[Event {
+                    message: Uuid::new_v4(),
+                    agent: id,
+                    at: fleetls_proto::now_ms(),
+                    what: EventKind::Hello(hello),
+                }],
+                None,
+            )
+            .unwrap();
+        self.registry.agent(&id).unwrap().expect("registered")
+    }
+
+    fn out(&self) -> PathBuf {
+        self.dir.path().join("export").join("mpos")
+    }
+
+    fn export(&self, agents: &[Agent], legacy: bool) -> Result<ExportReport, ExportError> {
+        export::export(
+            &self.pki,
+            &self.registry,
+            &self.settings,
+            agents,
+            &self.out(),
+            PASSWORD,
+            legacy,
+        )
+    }
+
+    fn passin(&self) -> String {
+        format!("file:{}", s(&self.password_file))
+    }
+
+    fn wrong_passin(&self) -> String {
+        format!("file:{}", s(&self.wrong_file))
+    }
+}
+
+/// The public key of a PEM certificate or key, per openssl (PEM text).
+fn public_key(dir: &Path, pem: &str, is_key: bool) -> String {
+    let path = dir.join(if is_key { "k.pem" } else { "c.pem" });
+    std::fs::write(&path, pem).unwrap();
+    let (ok, out) = if is_key {
+        openssl(&["pkey", "-in", s(&path), "-pubout"])
+    } else {
+        openssl(&["x509", "-in", s(&path), "-noout", "-pubkey"])
+    };
+    std::fs::remove_file(&path).unwrap();
+    assert!(ok, "{out}");
+    out
+}
+
+/// The PEM blocks of one kind (`CERTIFICATE`, `PRIVATE KEY`) in a text.
+fn pem_blocks(text: &str, label: &str) -> Vec<String> {
+    let begin = format!("-----BEGIN {label}-----");
+    let end = format!("-----END {label}-----");
+    let mut blocks = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find(&begin) {
+        let stop = rest[start..].find(&end).expect("a PEM block ends") + start + end.len();
+        blocks.push(format!("{}\n", &rest[start..stop]));
+        rest = &rest[stop..];
+    }
+    blocks
+}
+
+/// Opens a `.pfx` with openssl and checks everything a device relies on.
+fn check_pfx(setup: &Setup, pfx: &Path, legacy_flag: bool, expect: &[&str]) {
+    let scratch = setup.dir.path();
+    let passin = setup.passin();
+    let mut info = vec![
+        "pkcs12",
+        "-info",
+        "-in",
+        s(pfx),
+        "-passin",
+        &passin,
+        "-nokeys",
+    ];
+    if legacy_flag {
+        info.push("-legacy");
+    }
+    let (ok, out) = openssl(&info);
+    assert!(ok, "openssl {info:?}: {out}");
+    for needle in expect {
+        assert!(out.contains(needle), "{needle:?} missing from {out}");
+    }
+
+    // The key and the certificates, in the clear.
+    let mut dump = vec!["pkcs12", "-in", s(pfx), "-passin", &passin, "-nodes"];
+    if legacy_flag {
+        dump.push("-legacy");
+    }
+    let (ok, out) = openssl(&dump);
+    assert!(ok, "openssl {dump:?}: {out}");
+    let keys = pem_blocks(&out, "PRIVATE KEY");
+    let certs = pem_blocks(&out, "CERTIFICATE");
+    assert_eq!(keys.len(), 1, "{out}");
+    assert_eq!(certs.len(), 2, "the leaf and the CA: {out}");
+    // openssl prints the leaf (the one with the key's localKeyID) first.
+    let leaf = &certs[0];
+    assert_eq!(
+        public_key(scratch, &keys[0], true),
+        public_key(scratch, leaf, false),
+        "the key in the .pfx does not match its certificate"
+    );
+    let leaf_path = scratch.join("leaf.pem");
+    std::fs::write(&leaf_path, leaf).unwrap();
+    let ca = setup.out().join("ca.pem");
+    let (ok, out) = openssl(&["verify", "-CAfile", s(&ca), s(&leaf_path)]);
+    assert!(ok && out.contains(": OK"), "{out}");
+
+    // A wrong password opens nothing.
+    let wrong = setup.wrong_passin();
+    let mut bad = vec!["pkcs12", "-in", s(pfx), "-passin", &wrong, "-nodes"];
+    if legacy_flag {
+        bad.push("-legacy");
+    }
+    let (ok, out) = openssl(&bad);
+    assert!(!ok, "a wrong password opened {}: {out}", pfx.display());
+    assert!(
+        out.to_lowercase().contains("mac verify"),
+        "expected a MAC failure: {out}"
+    );
+}
+
+#[test]
+fn modern_export_opens_with_openssl_and_keytool() {
+    let setup = Setup::new(SslSettings::defaults("127.0.0.1"));
+    let mpos = setup.register("mpos-1", AgentKind::Mpos);
+    let till = setup.register("till/2", AgentKind::Child);
+    let report = setup.export(&[mpos.clone(), till.clone()], false).unwrap();
+    let out = setup.out();
+    let names: Vec<String> = report
+        .files
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "ca.cer",
+            "ca.pem",
+            "truststore.jks",
+            "mpos-1.pfx",
+            "till_2.pfx"
+        ]
+    );
+    assert_eq!(mode(&out), 0o700);
+    assert_eq!(mode(&out.join("mpos-1.pfx")), 0o600);
+    assert_eq!(mode(&out.join("till_2.pfx")), 0o600);
+    let leftovers: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    // No key anywhere but inside the .pfx files.
+    for file in ["ca.cer", "ca.pem", "truststore.jks"] {
+        let bytes = std::fs::read(out.join(file)).unwrap();
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains("PRIVATE KEY"),
+            "{file}"
+        );
+    }
+
+    check_pfx(
+        &setup,
+        &out.join("mpos-1.pfx"),
+        false,
+        &[
+            "PBES2, PBKDF2, AES-256-CBC",
+            "PRF hmacWithSHA256",
+            "MAC: sha256",
+        ],
+    );
+    check_pfx(&setup, &out.join("till_2.pfx"), false, &["AES-256-CBC"]);
+
+    // The certificates are the registry's.
+    assert_eq!(report.certificates.len(), 2);
+    assert_eq!(report.certificates[0].agent, mpos.id);
+    assert_eq!(setup.registry.issued_count().unwrap(), 2);
+
+    // ca.cer is the CA, DER.
+    let (ok, text) = openssl(&[
+        "x509",
+        "-inform",
+        "der",
+        "-in",
+        s(&out.join("ca.cer")),
+        "-noout",
+        "-fingerprint",
+        "-sha256",
+    ]);
+    assert!(ok, "{text}");
+    let hex = text
+        .trim()
+        .rsplit('=')
+        .next()
+        .unwrap()
+        .replace(':', "")
+        .to_ascii_lowercase();
+    assert_eq!(format!("sha256:{hex}"), setup.pki.root_fingerprint);
+    let der = std::fs::read(out.join("ca.cer")).unwrap();
+    assert_eq!(fingerprint(&der), setup.pki.root_fingerprint);
+
+    // The JKS truststore: one trusted entry, the CA.
+    let storepass = s(&setup.password_file);
+    let (ok, text) = run(
+        "keytool",
+        &[
+            "-list",
+            "-v",
+            "-keystore",
+            s(&out.join("truststore.jks")),
+            "-storetype",
+            "JKS",
+            "-storepass:file",
+            storepass,
+        ],
+    );
+    assert!(ok, "keytool: {text}");
+    assert!(
+        text.contains("Your keystore contains 1 entry"),
+        "keytool: {text}"
+    );
+    assert!(text.contains("trustedCertEntry"), "keytool: {text}");
+    assert!(text.contains("fleetls-ca"), "keytool: {text}");
+    let keytool_sha256: String = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("SHA256:"))
+        .expect("keytool prints a SHA256 fingerprint")
+        .trim()
+        .replace(':', "")
+        .to_ascii_lowercase();
+    assert_eq!(
+        format!("sha256:{keytool_sha256}"),
+        setup.pki.root_fingerprint
+    );
+    // keytool refuses the store with a wrong password (integrity check).
+    let (ok, text) = run(
+        "keytool",
+        &[
+            "-list",
+            "-keystore",
+            s(&out.join("truststore.jks")),
+            "-storetype",
+            "JKS",
+            "-storepass:file",
+            s(&setup.wrong_file),
+        ],
+    );
+    assert!(
+        !ok,
+        "keytool opened the truststore with a wrong password: {text}"
+    );
+    assert!(
+        text.contains("password was incorrect") || text.contains("tampered"),
+        "{text}"
+    );
+}
+
+#[test]
+fn legacy_export_is_3des_with_a_sha1_mac() {
+    let setup = Setup::new(SslSettings::defaults("127.0.0.1"));
+    let old = setup.register("old-windows", AgentKind::Child);
+    setup.export(&[old], true).unwrap();
+    let pfx = setup.out().join("old-windows.pfx");
+    check_pfx(
+        &setup,
+        &pfx,
+        true,
+        &["pbeWithSHA1And3-KeyTripleDES-CBC", "MAC: sha1"],
+    );
+    // OpenSSL 3 reads it with -legacy (above); without, it either also reads
+    // it (3DES is still in its default provider) or refuses it as legacy:
+    // never anything else.
+    let passin = setup.passin();
+    let (ok, text) = openssl(&[
+        "pkcs12",
+        "-in",
+        s(&pfx),
+        "-passin",
+        &passin,
+        "-nokeys",
+        "-info",
+    ]);
+    assert!(
+        ok || text.to_lowercase().contains("unsupported") || text.contains("legacy"),
+        "{text}"
+    );
+}
+
+#[test]
+fn mpos_without_a_dns_name_is_refused_before_anything_is_issued() {
+    let settings = SslSettings::defaults("127.0.0.1")
+        .apply(&SettingsChange {
+            names: Some(String::new()),
+            ips: Some("10.0.0.1".into()),
+            ..SettingsChange::default()
+        })
+        .unwrap();
+    assert!(settings.names.is_empty());
+    let setup = Setup::new(settings);
+    let mpos = setup.register("mpos-2", AgentKind::Mpos);
+    let till = setup.register("till-3", AgentKind::Child);
+    let err = setup.export(&[till.clone(), mpos], false).unwrap_err();
+    assert!(matches!(err, ExportError::Refused(_)), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains("mPOS cannot use an IP") && text.contains("settings set --names"),
+        "{text}"
+    );
+    assert!(text.contains("mpos-2"), "{text}");
+    assert!(!setup.out().exists(), "nothing is written");
+    assert_eq!(setup.registry.issued_count().unwrap(), 0);
+    // A plain child exports fine with IP addresses only.
+    setup.export(&[till], false).unwrap();
+}
+
+#[test]
+fn selection_and_password_rules() {
+    let setup = Setup::new(SslSettings::defaults("127.0.0.1"));
+    let mpos = setup.register("mpos-9", AgentKind::Mpos);
+    let till = setup.register("till-9", AgentKind::Child);
+    let local = setup.register("lp-9", AgentKind::LocalParent);
+    let all = setup.registry.agents().unwrap();
+    let chosen = export::select_agents(&all, &[till.id.to_string()], true).unwrap();
+    let ids: Vec<Uuid> = chosen.iter().map(|a| a.id).collect();
+    assert_eq!(ids, [till.id, mpos.id]);
+    let err = export::select_agents(&all, &["nobody".into()], false).unwrap_err();
+    assert!(err.to_string().contains("nobody"), "{err}");
+    let err = setup.export(&[local], false).unwrap_err();
+    assert!(err.to_string().contains("local parent"), "{err}");
+    let err = export::export(
+        &setup.pki,
+        &setup.registry,
+        &setup.settings,
+        &[till],
+        &setup.out(),
+        "short",
+        false,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("too short"), "{err}");
+    assert!(!setup.out().exists());
+}
