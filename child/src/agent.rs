@@ -496,14 +496,18 @@ impl Session {
                         return Ok(Obeyed::Done(Err(e.to_string())));
                     }
                 }
-                let csr = store.prepare_csr(
-                    &ready,
-                    agent.config.ca_fingerprint.as_deref(),
+                // Key generation and synced file writes: off the async workers.
+                let (pin, id, kind) = (
+                    agent.config.ca_fingerprint.clone(),
                     agent.identity.id,
                     agent.config.kind,
-                    &agent.config.hostnames,
-                    &agent.config.ips,
                 );
+                let (hostnames, ips) = (agent.config.hostnames.clone(), agent.config.ips.clone());
+                let csr = tokio::task::spawn_blocking(move || {
+                    store.prepare_csr(&ready, pin.as_deref(), id, kind, &hostnames, &ips)
+                })
+                .await
+                .unwrap_or_else(|e| Err(format!("the CSR task failed: {e}")));
                 match csr {
                     Ok(Some(pem)) => {
                         self.send(agent, Body::Csr(Csr { pem }), Some(envelope.id))
@@ -514,7 +518,10 @@ impl Session {
                 }
             }
             Body::CertificateIssued(issued) => {
-                if let Err(reason) = store.install(&issued) {
+                let installed = tokio::task::spawn_blocking(move || store.install(&issued))
+                    .await
+                    .unwrap_or_else(|e| Err(format!("the install task failed: {e}")));
+                if let Err(reason) = installed {
                     return Ok(Obeyed::Done(Err(reason)));
                 }
                 agent.serve_local_port(&self.shutdown, true);

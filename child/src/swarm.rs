@@ -94,7 +94,8 @@ pub async fn run(args: SwarmArgs, shutdown: Shutdown) -> anyhow::Result<()> {
     let failing = slices;
     slices += args.failing_share;
     let silent = slices;
-    for i in 0..count {
+    // Identities are files written with fsync: make them on many threads.
+    let make = |i: usize| -> anyhow::Result<Agent> {
         let kind = if in_share(i, count, mpos, args.mpos_share) {
             AgentKind::Mpos
         } else {
@@ -115,8 +116,32 @@ pub async fn run(args: SwarmArgs, shutdown: Shutdown) -> anyhow::Result<()> {
             silent: in_share(i, count, silent, args.silent_share),
             fail_ssl_port: in_share(i, count, failing, args.failing_share),
         };
-        agents.push(Arc::new(agent));
+        Ok(agent)
+    };
+    let threads = 16.min(count);
+    let made: Vec<anyhow::Result<Vec<(usize, Agent)>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let make = &make;
+                scope.spawn(move || {
+                    (t..count)
+                        .step_by(threads)
+                        .map(|i| make(i).map(|a| (i, a)))
+                        .collect::<anyhow::Result<Vec<_>>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("an identity thread panicked"))))
+            .collect()
+    });
+    let mut numbered = Vec::with_capacity(count);
+    for part in made {
+        numbered.extend(part?);
     }
+    numbered.sort_by_key(|(i, _)| *i);
+    agents.extend(numbered.into_iter().map(|(_, a)| Arc::new(a)));
     info!(count, elapsed = ?started.elapsed(), "swarm identities ready");
     let mut groups = JoinSet::new();
     for (n, group) in agents.chunks(args.per_connection).enumerate() {
@@ -164,44 +189,42 @@ async fn run_group(n: usize, broker: String, agents: Vec<Arc<Agent>>, shutdown: 
     while !shutdown.is_set() {
         match connect(&broker, &name).await {
             Ok(connection) => {
+                let connection = Arc::new(connection);
+                // Open the children's channels many at a time.
+                let mut opening = JoinSet::new();
+                let limit = Arc::new(tokio::sync::Semaphore::new(64));
+                for agent in &agents {
+                    let (agent, connection, shutdown, limit) =
+                        (agent.clone(), connection.clone(), shutdown.clone(), limit.clone());
+                    opening.spawn(async move {
+                        let _permit = limit.acquire_owned().await;
+                        // A child that moved to AMQPS has a connection of its own.
+                        let moved = agent
+                            .state
+                            .lock()
+                            .map(|s| s.broker_tls_uri.is_some())
+                            .unwrap_or(false);
+                        let own = if moved {
+                            let name = fleetls_proto::topology::child_connection_name(&agent.identity.id);
+                            Some(connect_agent(&agent, &name).await?)
+                        } else {
+                            None
+                        };
+                        let session =
+                            Session::open(own.as_ref().unwrap_or(&connection), &agent, shutdown).await?;
+                        Ok::<_, crate::agent::SessionError>((agent, session, own))
+                    });
+                }
                 let mut sessions = JoinSet::new();
                 let mut opened = 0usize;
-                for agent in &agents {
-                    // A child that moved to AMQPS has a connection of its own.
-                    let own = if agent
-                        .state
-                        .lock()
-                        .map(|s| s.broker_tls_uri.is_some())
-                        .unwrap_or(false)
-                    {
-                        let name =
-                            fleetls_proto::topology::child_connection_name(&agent.identity.id);
-                        match connect_agent(agent, &name).await {
-                            Ok(c) => Some(c),
-                            Err(e) => {
-                                warn!(group = n, error = %e, "cannot reconnect a child over AMQPS");
-                                break;
-                            }
-                        }
-                    } else {
-                        None
-                    };
-                    match Session::open(
-                        own.as_ref().unwrap_or(&connection),
-                        agent,
-                        shutdown.clone(),
-                    )
-                    .await
-                    {
-                        Ok(session) => {
+                while let Some(result) = opening.join_next().await {
+                    match result {
+                        Ok(Ok((agent, session, own))) => {
                             opened += 1;
-                            let agent = agent.clone();
                             sessions.spawn(run_child(agent, session, own));
                         }
-                        Err(e) => {
-                            warn!(group = n, error = %e, "cannot open a child's channel");
-                            break;
-                        }
+                        Ok(Err(e)) => warn!(group = n, error = %e, "cannot open a child's channel"),
+                        Err(e) => warn!(group = n, error = %e, "a channel task failed"),
                     }
                 }
                 if opened == agents.len() {
