@@ -593,7 +593,7 @@ pub async fn without_ssl(app: &App) -> Result<WithoutSsl, OpError> {
                 ),
                 None => format!("connected over plain AMQP (port {})", c.port.unwrap_or(0)),
             },
-            None => "no connection named fleetls-child:<id> on the broker (offline, or inside a swarm connection)".into(),
+            None => "not in RabbitMQ's connection list: offline, inside a swarm connection, or not yet seen (management refreshes every few seconds)".into(),
         };
         out.not_on_tls.push(WithoutSslEntry {
             id: a.id,
