@@ -24,6 +24,21 @@ enum Command {
     Run(RawRun),
     /// Run N simulated children in one process (load tests, benchmarks).
     Swarm(fleetls_child::swarm::SwarmArgs),
+    /// What is wrong with a TLS endpoint (the SSL port, a local parent, AMQPS),
+    /// as this child sees it: its CA and its own certificate. Exit 4 on a problem.
+    Doctor {
+        /// HOST:PORT to check
+        target: String,
+        /// The child's data dir (certs/ca.pem, certs/agent.pem, certs/agent.key)
+        #[arg(long, env = "FLEETLS_DATA_DIR")]
+        data_dir: PathBuf,
+        /// Trust this CA file instead of DATA_DIR/certs/ca.pem
+        #[arg(long, env = "FLEETLS_CA")]
+        ca: Option<PathBuf>,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -63,6 +78,28 @@ fn main() -> ExitCode {
                         eprintln!("error: {e}");
                         ExitCode::FAILURE
                     }
+                }
+            }
+            Command::Doctor {
+                target,
+                data_dir,
+                ca,
+                json,
+            } => {
+                let report =
+                    fleetls_child::doctor::diagnose_child(&target, &data_dir, ca.as_deref()).await;
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&report).expect("a report serialises")
+                    );
+                } else {
+                    print!("{}", fleetls_child::doctor::render(&report));
+                }
+                if report.ok {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(4)
                 }
             }
             Command::Swarm(args) => {

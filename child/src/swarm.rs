@@ -133,7 +133,10 @@ pub async fn run(args: SwarmArgs, shutdown: Shutdown) -> anyhow::Result<()> {
             .collect();
         handles
             .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("an identity thread panicked"))))
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("an identity thread panicked")))
+            })
             .collect()
     });
     let mut numbered = Vec::with_capacity(count);
@@ -194,8 +197,12 @@ async fn run_group(n: usize, broker: String, agents: Vec<Arc<Agent>>, shutdown: 
                 let mut opening = JoinSet::new();
                 let limit = Arc::new(tokio::sync::Semaphore::new(64));
                 for agent in &agents {
-                    let (agent, connection, shutdown, limit) =
-                        (agent.clone(), connection.clone(), shutdown.clone(), limit.clone());
+                    let (agent, connection, shutdown, limit) = (
+                        agent.clone(),
+                        connection.clone(),
+                        shutdown.clone(),
+                        limit.clone(),
+                    );
                     opening.spawn(async move {
                         let _permit = limit.acquire_owned().await;
                         // A child that moved to AMQPS has a connection of its own.
@@ -205,13 +212,15 @@ async fn run_group(n: usize, broker: String, agents: Vec<Arc<Agent>>, shutdown: 
                             .map(|s| s.broker_tls_uri.is_some())
                             .unwrap_or(false);
                         let own = if moved {
-                            let name = fleetls_proto::topology::child_connection_name(&agent.identity.id);
+                            let name =
+                                fleetls_proto::topology::child_connection_name(&agent.identity.id);
                             Some(connect_agent(&agent, &name).await?)
                         } else {
                             None
                         };
                         let session =
-                            Session::open(own.as_ref().unwrap_or(&connection), &agent, shutdown).await?;
+                            Session::open(own.as_ref().unwrap_or(&connection), &agent, shutdown)
+                                .await?;
                         Ok::<_, crate::agent::SessionError>((agent, session, own))
                     });
                 }

@@ -33,6 +33,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/campaigns", post(campaign_start))
         .route("/api/campaigns/current", get(campaign_current))
         .route("/api/without-ssl", get(without_ssl))
+        .route("/api/export", post(export))
+        .route("/api/doctor", post(doctor))
         .route("/api/broker-tls", post(broker_tls))
         .route_layer(middleware::from_fn_with_state(app.clone(), require_token))
         .with_state(app)
@@ -221,6 +223,37 @@ async fn campaign_start(
     Json(request): Json<ops::CampaignRequest>,
 ) -> Result<Json<ops::CampaignStart>, ApiError> {
     Ok(Json(ops::start_campaign(&app, &request).await?))
+}
+
+async fn export(
+    State(app): State<Arc<App>>,
+    Json(request): Json<crate::export::ExportRequest>,
+) -> Result<Json<crate::export::ExportReport>, ApiError> {
+    Ok(Json(
+        blocking(&app, move |app| crate::export::export_op(app, &request)).await?,
+    ))
+}
+
+#[derive(serde::Deserialize)]
+struct DoctorRequest {
+    target: String,
+}
+
+async fn doctor(
+    State(app): State<Arc<App>>,
+    Json(request): Json<DoctorRequest>,
+) -> Json<crate::doctor::DoctorReport> {
+    let certs = crate::pki::certificates_dir(&app.config.data_dir);
+    let (cert, key) = (certs.join("parent.pem"), certs.join("parent.key"));
+    Json(
+        crate::doctor::diagnose_files(
+            &request.target,
+            &certs.join("ca.pem"),
+            Some((&cert, &key)),
+            Default::default(),
+        )
+        .await,
+    )
 }
 
 async fn without_ssl(State(app): State<Arc<App>>) -> Result<Json<ops::WithoutSsl>, ApiError> {

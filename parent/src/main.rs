@@ -94,6 +94,46 @@ enum Command {
         #[command(flatten)]
         target: AdminTarget,
     },
+    /// Export for manual installation (mPOS, or any chosen child): ca.cer (DER),
+    /// ca.pem, truststore.jks and a password-protected .pfx per agent. The
+    /// password comes from --password-file or FLEETLS_EXPORT_PASSWORD, never the command line.
+    Export {
+        /// Folder to write into, on the parent's machine (created 0700)
+        #[arg(long)]
+        out: PathBuf,
+        /// An agent to make a .pfx for, by name or id (repeat for more)
+        #[arg(long = "agent", value_name = "NAME|ID")]
+        agents: Vec<String>,
+        /// Also every registered mPOS agent
+        #[arg(long)]
+        mpos: bool,
+        /// A .pfx old Windows can import (3DES, SHA-1 MAC) instead of AES-256/SHA-256
+        #[arg(long)]
+        legacy: bool,
+        /// File holding the password (else FLEETLS_EXPORT_PASSWORD)
+        #[arg(long, env = "FLEETLS_PASSWORD_FILE")]
+        password_file: Option<PathBuf>,
+        #[command(flatten)]
+        target: AdminTarget,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// What is wrong with a TLS endpoint, in plain words (trusts the parent's
+    /// CA, presents parent.pem/parent.key). Exit 4 when a problem is found.
+    Doctor {
+        /// HOST:PORT to check
+        target: String,
+        /// The parent's data dir
+        #[arg(long, env = "FLEETLS_DATA_DIR")]
+        data_dir: PathBuf,
+        /// Trust this CA file instead of DATA_DIR/certificates/ca.pem
+        #[arg(long)]
+        ca: Option<PathBuf>,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
     /// Follow the newest campaign (or print its progress with --json).
     Campaign {
         #[command(flatten)]
@@ -335,6 +375,74 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Export {
+            out,
+            agents,
+            mpos,
+            legacy,
+            password_file,
+            target,
+            json,
+        } => {
+            let password = match fleetls_parent::export::read_password(password_file.as_deref()) {
+                Ok(password) => password,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            let out = std::path::absolute(&out).unwrap_or(out);
+            let request = fleetls_parent::export::ExportRequest {
+                out,
+                agents,
+                mpos,
+                password,
+                legacy,
+            };
+            let report: fleetls_parent::export::ExportReport =
+                Client::new(&target)?.post("/api/export", &request).await?;
+            print_json_or(&report, json, |r| {
+                for file in &r.files {
+                    println!("{}", file.display());
+                }
+                for c in &r.certificates {
+                    println!(
+                        "{}: certificate {} (valid until Unix {}) in {}",
+                        c.name,
+                        c.serial,
+                        c.not_after,
+                        c.file.display()
+                    );
+                }
+            })
+        }
+        Command::Doctor {
+            target,
+            data_dir,
+            ca,
+            json,
+        } => {
+            let certs = fleetls_parent::pki::certificates_dir(&data_dir);
+            let ca = ca.unwrap_or_else(|| certs.join("ca.pem"));
+            let (cert, key) = (certs.join("parent.pem"), certs.join("parent.key"));
+            let report = fleetls_parent::doctor::diagnose_files(
+                &target,
+                &ca,
+                Some((&cert, &key)),
+                Default::default(),
+            )
+            .await;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", fleetls_parent::doctor::render(&report));
+            }
+            Ok(if report.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(4)
+            })
         }
         Command::BrokerTls { out, target } => {
             let out = std::path::absolute(&out).unwrap_or(out);

@@ -598,9 +598,10 @@ mod tests {
         assert_eq!(agents.len(), 1);
         let a = &agents[0];
         // The redelivered Hello changed nothing; times are the parent's clock.
+        // The child's claim alone is no certificate: none was issued here.
         assert_eq!(
             (a.name.as_str(), a.version.as_str(), a.has_certificate),
-            ("till-1", "1.0.0", true)
+            ("till-1", "1.0.0", false)
         );
         let now = fleetls_proto::now_ms();
         assert!(a.first_seen <= a.last_seen && a.last_seen <= now && now - a.first_seen < 60_000);
