@@ -104,6 +104,15 @@ fn write_toml<T: Serialize>(path: &Path, value: &T, mode: u32) -> Result<(), Sto
     write_atomic(path, text.as_bytes(), mode)
 }
 
+static DURABLE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Turns the sync of every written file off (or on). Only a swarm does
+/// this: its thousands of simulated children share one disk, which real
+/// children never do, and their durability is not what a load test measures.
+pub fn set_durable(durable: bool) {
+    DURABLE.store(durable, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Writes `bytes` to `path` through a temporary file and a rename, with `mode`.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StoreError> {
     let err = |e: std::io::Error| StoreError {
@@ -124,7 +133,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StoreErr
         .open(&tmp)
         .map_err(err)?;
     file.write_all(bytes).map_err(err)?;
-    file.sync_all().map_err(err)?;
+    if DURABLE.load(std::sync::atomic::Ordering::Relaxed) {
+        file.sync_all().map_err(err)?;
+    }
     std::fs::rename(&tmp, path).map_err(err)
 }
 

@@ -84,6 +84,7 @@ pub async fn run(args: SwarmArgs, shutdown: Shutdown) -> anyhow::Result<()> {
     anyhow::ensure!(args.count > 0, "invalid --count 0: give at least 1");
     anyhow::ensure!(args.per_connection > 0, "invalid --per-connection 0");
     let started = std::time::Instant::now();
+    crate::identity::set_durable(false);
     let count = args.count;
     let mut agents = Vec::with_capacity(count);
     let mut slices = 0.0;
