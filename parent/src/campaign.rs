@@ -510,7 +510,10 @@ pub fn on_report(
 ) -> Result<bool, RegistryError> {
     // A failed connection to the SSL port made while this parent was not
     // running says nothing about the child: run the step again.
-    if !report.ok && report.step == Step::SslPort && sent_at < crate::registry::started_at() {
+    if !report.ok
+        && report.step == Step::SslPort
+        && sent_at < crate::registry::ssl_port_open_since()
+    {
         let retry: Option<(String, u16, i64)> = tx
             .query_row(
                 "SELECT cc.target_host, cc.target_port, c.step_timeout_ms

@@ -76,11 +76,19 @@ pub trait Signer {
     fn sign(&self, csr: &str, agent: &Agent) -> Result<Issued, String>;
 }
 
-/// When this parent process started (ms): reports made before it were made
-/// while it was down.
-pub fn started_at() -> u64 {
-    static STARTED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    *STARTED.get_or_init(fleetls_proto::now_ms)
+static SSL_PORT_OPEN_SINCE: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(u64::MAX);
+
+/// Records that this process's SSL port listens from now on.
+pub fn mark_ssl_port_open() {
+    SSL_PORT_OPEN_SINCE.store(fleetls_proto::now_ms(), std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Since when this process's SSL port listens (ms; `u64::MAX` while it does
+/// not): a failed connection reported from before then was made while the
+/// port was down, and says nothing about the child.
+pub fn ssl_port_open_since() -> u64 {
+    SSL_PORT_OPEN_SINCE.load(std::sync::atomic::Ordering::SeqCst)
 }
 
 /// An agent as the registry knows it.

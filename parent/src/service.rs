@@ -162,6 +162,7 @@ impl App {
         let config = crate::ssl_port::parent_config(&self.config.data_dir)?;
         let port = self.settings().port;
         let listener = crate::ssl_port::bind(port).await?;
+        crate::registry::mark_ssl_port_open();
         let (stop, stopped) = crate::shutdown::channel();
         let mut global = self.shutdown.clone();
         let mut own = stopped.clone();
@@ -230,7 +231,6 @@ pub async fn serve(
         path: data_dir.clone(),
         source,
     })?;
-    crate::registry::started_at();
     let registry = Registry::open(&data_dir.join("fleetls.db"))?;
     let token =
         crate::token::load_or_create(&crate::token::token_path(&data_dir)).map_err(|source| {
