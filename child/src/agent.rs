@@ -244,6 +244,7 @@ fn create_private_dir(path: &std::path::Path) -> std::io::Result<()> {
 
 /// Runs one test step and says how it went.
 pub async fn run_step(store: &CertStore, run: &RunStep) -> StepReport {
+    let started_at = fleetls_proto::now_ms();
     let left = run.deadline.saturating_sub(fleetls_proto::now_ms());
     let limit = Duration::from_millis(left.clamp(1_000, 30_000));
     let result = match &run.step {
@@ -263,6 +264,7 @@ pub async fn run_step(store: &CertStore, run: &RunStep) -> StepReport {
         ok,
         message,
         cause,
+        started_at: Some(started_at),
     }
 }
 

@@ -277,6 +277,9 @@ pub struct StepReport {
     /// Why it failed.
     #[serde(default)]
     pub cause: Option<Cause>,
+    /// When the child began the step (ms since the epoch).
+    #[serde(default)]
+    pub started_at: Option<u64>,
 }
 
 /// The result of "Use SSL connection".

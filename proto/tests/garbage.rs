@@ -610,14 +610,16 @@ fn body() -> impl Strategy<Value = Body> {
         any::<bool>(),
         text(),
         prop::option::of(cause()),
+        prop::option::of(any::<u64>()),
     )
-        .prop_map(|(campaign, step, ok, message, cause)| {
+        .prop_map(|(campaign, step, ok, message, cause, started_at)| {
             Body::StepReport(StepReport {
                 campaign,
                 step,
                 ok,
                 message,
                 cause,
+                started_at,
             })
         });
     prop_oneof![

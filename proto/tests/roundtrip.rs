@@ -121,6 +121,7 @@ fn one_of_each() -> Vec<Body> {
             ok: false,
             message: "Failed to establish connection over the SSL port 12365.".into(),
             cause: Some(Cause::UnknownIssuer),
+            started_at: Some(1_795_000_000_000),
         }),
         Body::SwitchReport(SwitchReport {
             campaign: CAMPAIGN,
@@ -315,9 +316,10 @@ fn step_report_round_trips() {
         ok: false,
         message: "Failed to establish connection over the SSL port 12365.".into(),
         cause: Some(Cause::NameMismatch),
+        started_at: Some(1_795_000_000_000),
     }))
     .in_reply_to(COMMAND_ID);
-    let fields = ["campaign", "step", "ok", "message", "cause"];
+    let fields = ["campaign", "step", "ok", "message", "cause", "started_at"];
     let bytes = assert_round_trip(&failed, &fields);
     assert!(contains(&bytes, b"name_mismatch"));
     assert!(contains(&bytes, b"ssl-port"));
@@ -328,6 +330,7 @@ fn step_report_round_trips() {
         ok: true,
         message: "Certificates generated successfully!".into(),
         cause: None,
+        started_at: None,
     }))
     .in_reply_to(COMMAND_ID);
     let bytes = assert_round_trip(&passed, &fields);
@@ -798,6 +801,7 @@ fn cause_wire_names_are_snake_case() {
             ok: false,
             message: "Failed to establish connection over the SSL port 12365.".into(),
             cause: Some(cause),
+            started_at: None,
         }));
         let bytes = encode(&report).unwrap();
         assert!(contains(&bytes, name.as_bytes()));

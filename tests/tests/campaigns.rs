@@ -703,7 +703,24 @@ fn a_parent_killed_mid_campaign_resumes_it_and_every_child_ends_once() {
     assert_eq!(progress["id"], id.as_str());
     assert_eq!(progress["state"], "finished", "{progress}");
     assert_eq!(count(&progress, "total"), COUNT as u64, "{progress}");
-    assert_eq!(count(&progress, "passed"), COUNT as u64, "{progress}");
+    let failures: Vec<String> = parent
+        .status_json()
+        .map(|status| {
+            status["agents"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|a| a["last_result"]["state"] != "passed")
+                .map(|a| format!("{}: {}", a["name"], a["last_result"]))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(
+        count(&progress, "passed"),
+        COUNT as u64,
+        "{progress}\nnot passed:\n{}",
+        failures.join("\n")
+    );
     assert_eq!(done(&progress), COUNT as u64, "{progress}");
     assert_eq!(count(&progress, "acting") + count(&progress, "waiting"), 0);
     assert!(count(&progress, "max_acting") <= 20, "{progress}");

@@ -73,7 +73,7 @@ fn verify_shows_progress_and_summary_and_json_reads_back() {
     let _bad = start_child(&vhost, dir.path(), "bad-1", &["--location", "far"]);
     // A local parent registered at "far" that never serves: bad-1's SSL
     // port test goes to a closed port.
-    let mut far = start_child(
+    let far = start_child(
         &vhost,
         dir.path(),
         "far-parent",
