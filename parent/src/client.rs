@@ -104,6 +104,8 @@ impl Client {
             .http
             .post(format!("{}{path}", self.base))
             .bearer_auth(&self.token)
+            // An operation over a big network (sending to 10,000 children) takes a while.
+            .timeout(std::time::Duration::from_secs(600))
             .json(body)
             .send()
             .await

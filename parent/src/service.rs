@@ -338,10 +338,10 @@ async fn broker_loop(app: &Arc<App>, mut shutdown: Shutdown) {
             session = open_session(app) => session,
         };
         match session {
-            Ok((connection, channel, consumer)) => {
+            Ok((connection, channel, consumer, ops_channel)) => {
                 attempt = 0;
                 info!("connected to the broker, consuming {}", topology::PARENT);
-                app.set_channel(Some(channel.clone()));
+                app.set_channel(Some(ops_channel));
                 let result = consume(app, &channel, consumer, shutdown.clone()).await;
                 app.set_channel(None);
                 if let Err(e) = &result {
@@ -365,7 +365,12 @@ async fn broker_loop(app: &Arc<App>, mut shutdown: Shutdown) {
     }
 }
 
-async fn open_session(app: &App) -> Result<(Connection, Channel, lapin::Consumer), BrokerError> {
+/// The connection, the consuming channel, its consumer, and a second
+/// channel for what operations and the campaign engine send, so that a big
+/// send does not queue behind the consumer's acks and answers.
+async fn open_session(
+    app: &App,
+) -> Result<(Connection, Channel, lapin::Consumer, Channel), BrokerError> {
     let amqps = app.amqps.read().unwrap_or_else(|p| p.into_inner()).clone();
     let connection = match amqps {
         Some(uri) => crate::broker_switch::connect(
@@ -392,7 +397,8 @@ async fn open_session(app: &App) -> Result<(Connection, Channel, lapin::Consumer
         )
         .await
         .map_err(amqp("consuming fleetls.parent"))?;
-    Ok((connection, channel, consumer))
+    let ops_channel = broker::confirm_channel(&connection).await?;
+    Ok((connection, channel, consumer, ops_channel))
 }
 
 /// Why a session ended.
