@@ -215,30 +215,7 @@ pub fn split_list(value: Option<&str>) -> Vec<String> {
         .collect()
 }
 
-/// Checks DNS name syntax (RFC 1123 labels; a leading `*.` wildcard is refused).
-pub fn check_dns_name(name: &str) -> Result<(), String> {
-    if name.len() > 253 {
-        return Err("longer than 253 characters".into());
-    }
-    let name = name.strip_suffix('.').unwrap_or(name);
-    if name.is_empty() {
-        return Err("empty name".into());
-    }
-    for label in name.split('.') {
-        if label.is_empty() || label.len() > 63 {
-            return Err("each label must be 1 to 63 characters".into());
-        }
-        if label.starts_with('-') || label.ends_with('-') {
-            return Err(format!("label {label:?} starts or ends with '-'"));
-        }
-        if !label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
-            return Err(format!(
-                "label {label:?} may hold only letters, digits and '-'"
-            ));
-        }
-    }
-    Ok(())
-}
+pub use fleetls_proto::check_dns_name;
 
 /// Normalises `sha256:AB:CD...` or `sha256:abcd...` to `sha256:abcd...`.
 pub fn parse_fingerprint(text: &str) -> Option<String> {

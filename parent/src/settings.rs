@@ -226,30 +226,7 @@ fn parse_ips(setting: &'static str, text: &str) -> Result<Vec<IpAddr>, SettingsE
     Ok(ips)
 }
 
-/// Checks DNS name syntax (RFC 1123 labels, no wildcard).
-pub fn check_dns_name(name: &str) -> Result<(), String> {
-    let name = name.strip_suffix('.').unwrap_or(name);
-    if name.is_empty() || name.len() > 253 {
-        return Err("a DNS name has 1 to 253 characters".into());
-    }
-    if name.parse::<IpAddr>().is_ok() {
-        return Err("this is an IP address: give it in the IP list".into());
-    }
-    for label in name.split('.') {
-        if label.is_empty() || label.len() > 63 {
-            return Err("each label must have 1 to 63 characters".into());
-        }
-        if label.starts_with('-') || label.ends_with('-') {
-            return Err(format!("label {label:?} starts or ends with '-'"));
-        }
-        if !label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
-            return Err(format!(
-                "label {label:?} may hold only letters, digits and '-'"
-            ));
-        }
-    }
-    Ok(())
-}
+pub use fleetls_proto::check_dns_name;
 
 #[cfg(test)]
 mod tests {
