@@ -236,24 +236,7 @@ pub fn check_amqp_url(name: &'static str, value: &str) -> Result<String, ConfigE
         })
 }
 
-/// The URL with any password replaced by `***`, for messages and logs.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            match userinfo.find(':') {
-                Some(colon) => format!(
-                    "{}{}:***{}",
-                    &url[..scheme + 3],
-                    &userinfo[..colon],
-                    &url[at..]
-                ),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
-    }
-}
+pub use fleetls_proto::redact_url as redact;
 
 fn management(
     url: &str,

@@ -119,3 +119,15 @@ pub fn check_dns_name(name: &str) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// A URL with any password replaced by `***`, for messages and logs (the
+/// one rule for the parent and the child: no secret in a log line).
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => match url[scheme + 3..at].find(':') {
+            Some(colon) => format!("{}:***{}", &url[..scheme + 3 + colon], &url[at..]),
+            None => url.to_owned(),
+        },
+        _ => url.to_owned(),
+    }
+}
