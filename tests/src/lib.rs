@@ -466,3 +466,82 @@ impl Parent {
         );
     }
 }
+
+/// A private RabbitMQ node of one test (for tests that stop or restart the
+/// broker), run with `scripts/broker`; stopped when dropped.
+pub struct PrivateNode {
+    /// Node name.
+    pub name: &'static str,
+    /// Plain AMQP port.
+    pub amqp: u16,
+    /// Management port.
+    pub mgmt: u16,
+    /// AMQPS port (used when a TLS folder is given).
+    pub amqps: u16,
+    /// Prometheus port (kept clear of other nodes').
+    pub prometheus: u16,
+}
+
+impl PrivateNode {
+    /// Runs `scripts/broker CMD` for this node, with a TLS folder and an
+    /// extra config file when given: (success, its output).
+    pub fn script(&self, cmd: &str, tls: Option<&Path>, extra: Option<&Path>) -> (bool, String) {
+        let mut command = Command::new(repo().join("scripts/broker"));
+        command.arg(cmd);
+        for key in [
+            "FLEETLS_BROKER_DIR",
+            "FLEETLS_DIST_PORT",
+            "FLEETLS_BROKER_TLS_DIR",
+            "FLEETLS_BROKER_EXTRA_CONF",
+        ] {
+            command.env_remove(key);
+        }
+        if let Some(tls) = tls {
+            command.env("FLEETLS_BROKER_TLS_DIR", tls);
+        }
+        if let Some(extra) = extra {
+            command.env("FLEETLS_BROKER_EXTRA_CONF", extra);
+        }
+        let output = command
+            .env("FLEETLS_BROKER_NODE", self.name)
+            .env("FLEETLS_AMQP_PORT", self.amqp.to_string())
+            .env("FLEETLS_MGMT_PORT", self.mgmt.to_string())
+            .env("FLEETLS_AMQPS_PORT", self.amqps.to_string())
+            .env("FLEETLS_PROMETHEUS_PORT", self.prometheus.to_string())
+            .output()
+            .expect("scripts/broker runs");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        (output.status.success(), text)
+    }
+
+    /// Runs `scripts/broker CMD` and panics with its output when it fails.
+    pub fn run(&self, cmd: &str, tls: Option<&Path>, extra: Option<&Path>) {
+        let (ok, out) = self.script(cmd, tls, extra);
+        assert!(
+            ok,
+            "scripts/broker {cmd} (node {}) failed:\n{out}",
+            self.name
+        );
+    }
+
+    /// Where the node answers.
+    pub fn addr(&self) -> BrokerAddr {
+        BrokerAddr::from_urls(
+            &format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.amqp),
+            &format!("http://guest:guest@127.0.0.1:{}", self.mgmt),
+        )
+    }
+}
+
+impl Drop for PrivateNode {
+    fn drop(&mut self) {
+        let (ok, out) = self.script("stop", None, None);
+        if !ok {
+            eprintln!("scripts/broker stop (node {}) failed:\n{out}", self.name);
+        }
+    }
+}

@@ -35,74 +35,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use fleetls_tests::{free_port, repo, start_child, BrokerAddr, Parent, Proc, Vhost};
+use fleetls_tests::{free_port, start_child, Parent, PrivateNode, Proc, Vhost};
 
 const NODE: &str = "bswitch";
 const AMQP_PORT: u16 = 5792;
 const MGMT_PORT: u16 = 15792;
 const AMQPS_PORT: u16 = 5793;
 const PROMETHEUS_PORT: u16 = 15794;
-
-/// The private node `bswitch`, run with `scripts/broker`; stopped when dropped.
-struct Node;
-
-impl Node {
-    /// Runs `scripts/broker CMD` for this node with the TLS folder and the
-    /// extra config file given: (success, its output).
-    fn script(&self, cmd: &str, tls: Option<&Path>, extra: Option<&Path>) -> (bool, String) {
-        let mut command = Command::new(repo().join("scripts/broker"));
-        command.arg(cmd);
-        for key in [
-            "FLEETLS_BROKER_DIR",
-            "FLEETLS_DIST_PORT",
-            "FLEETLS_BROKER_TLS_DIR",
-            "FLEETLS_BROKER_EXTRA_CONF",
-        ] {
-            command.env_remove(key);
-        }
-        if let Some(tls) = tls {
-            command.env("FLEETLS_BROKER_TLS_DIR", tls);
-        }
-        if let Some(extra) = extra {
-            command.env("FLEETLS_BROKER_EXTRA_CONF", extra);
-        }
-        let output = command
-            .env("FLEETLS_BROKER_NODE", NODE)
-            .env("FLEETLS_AMQP_PORT", AMQP_PORT.to_string())
-            .env("FLEETLS_MGMT_PORT", MGMT_PORT.to_string())
-            .env("FLEETLS_AMQPS_PORT", AMQPS_PORT.to_string())
-            .env("FLEETLS_PROMETHEUS_PORT", PROMETHEUS_PORT.to_string())
-            .output()
-            .expect("scripts/broker runs");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        (output.status.success(), text)
-    }
-
-    fn run(&self, cmd: &str, tls: Option<&Path>, extra: Option<&Path>) {
-        let (ok, out) = self.script(cmd, tls, extra);
-        assert!(ok, "scripts/broker {cmd} (node {NODE}) failed:\n{out}");
-    }
-
-    fn addr(&self) -> BrokerAddr {
-        BrokerAddr::from_urls(
-            &format!("amqp://guest:guest@127.0.0.1:{AMQP_PORT}/%2f"),
-            &format!("http://guest:guest@127.0.0.1:{MGMT_PORT}"),
-        )
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let (ok, out) = self.script("stop", None, None);
-        if !ok {
-            eprintln!("scripts/broker stop (node {NODE}) failed:\n{out}");
-        }
-    }
-}
 
 /// A scratch folder; kept (and named on stderr) when `FLEETLS_TEST_KEEP` is set.
 fn test_dir() -> tempfile::TempDir {
@@ -355,7 +294,13 @@ fn for_this_node(fragment: &str) -> String {
 #[test]
 fn the_network_moves_to_amqps_child_by_child_and_survives_the_final_broker_config() {
     // Declared first, dropped last: the node outlives every process using it.
-    let node = Node;
+    let node = PrivateNode {
+        name: NODE,
+        amqp: AMQP_PORT,
+        mgmt: MGMT_PORT,
+        amqps: AMQPS_PORT,
+        prometheus: PROMETHEUS_PORT,
+    };
     // A node left over from an interrupted run may still run with another config.
     node.run("stop", None, None);
     node.run("start", None, None);

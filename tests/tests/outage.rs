@@ -5,80 +5,35 @@
 //! child processes reconnect and are online again, and a child started after
 //! the outage registers too. The node is stopped at the end, also on failure.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use fleetls_tests::{
-    connection_names, repo, start_child, wait_for, BrokerAddr, Parent, Proc, Vhost,
-};
+use fleetls_tests::{connection_names, start_child, wait_for, Parent, PrivateNode, Proc, Vhost};
 
 const AMQP_PORT: u16 = 5782;
 const MGMT_PORT: u16 = 15782;
 const PROMETHEUS_PORT: u16 = 15783;
 
-/// The private node `outage`, run with `scripts/broker`; stopped when dropped.
-struct Node;
-
-impl Node {
-    /// Runs `scripts/broker CMD` for this node: (success, its output).
-    fn script(&self, cmd: &str) -> (bool, String) {
-        let mut command = Command::new(repo().join("scripts/broker"));
-        command.arg(cmd);
-        for key in [
-            "FLEETLS_BROKER_DIR",
-            "FLEETLS_DIST_PORT",
-            "FLEETLS_AMQPS_PORT",
-            "FLEETLS_BROKER_TLS_DIR",
-            "FLEETLS_BROKER_EXTRA_CONF",
-        ] {
-            command.env_remove(key);
-        }
-        let output = command
-            .env("FLEETLS_BROKER_NODE", "outage")
-            .env("FLEETLS_AMQP_PORT", AMQP_PORT.to_string())
-            .env("FLEETLS_MGMT_PORT", MGMT_PORT.to_string())
-            .env("FLEETLS_PROMETHEUS_PORT", PROMETHEUS_PORT.to_string())
-            .output()
-            .expect("scripts/broker runs");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        (output.status.success(), text)
-    }
-
-    fn start(&self) {
-        let (ok, out) = self.script("start");
-        assert!(ok, "scripts/broker start (node outage) failed:\n{out}");
-    }
-
-    fn stop(&self) {
-        let (ok, out) = self.script("stop");
-        assert!(
-            !out.contains("another scripts/broker holds"),
-            "scripts/broker stop (node outage) found its lock held by another scripts/broker:\n{out}"
-        );
-        assert!(ok, "scripts/broker stop (node outage) failed:\n{out}");
-    }
-
-    fn addr(&self) -> BrokerAddr {
-        BrokerAddr::from_urls(
-            &format!("amqp://guest:guest@127.0.0.1:{AMQP_PORT}/%2f"),
-            &format!("http://guest:guest@127.0.0.1:{MGMT_PORT}"),
-        )
+/// The private node `outage`; stopped when dropped.
+fn node() -> PrivateNode {
+    PrivateNode {
+        name: "outage",
+        amqp: AMQP_PORT,
+        mgmt: MGMT_PORT,
+        amqps: 5781,
+        prometheus: PROMETHEUS_PORT,
     }
 }
 
-impl Drop for Node {
-    fn drop(&mut self) {
-        let (ok, out) = self.script("stop");
-        if !ok {
-            eprintln!("scripts/broker stop (node outage) failed:\n{out}");
-        }
-    }
+/// Stops the node; its lock must not be held by another scripts/broker.
+fn stop(node: &PrivateNode) {
+    let (ok, out) = node.script("stop", None, None);
+    assert!(
+        !out.contains("another scripts/broker holds"),
+        "scripts/broker stop (node outage) found its lock held by another scripts/broker:\n{out}"
+    );
+    assert!(ok, "scripts/broker stop (node outage) failed:\n{out}");
 }
 
 /// How many of `names` a status shows online.
@@ -120,8 +75,8 @@ fn wait_online_count(parent: &Parent, names: &[&str], want: usize, within: Durat
 #[test]
 fn agents_come_back_online_by_themselves_after_a_broker_outage() {
     // Declared first, dropped last: the node outlives every process using it.
-    let node = Node;
-    node.start();
+    let node = node();
+    node.run("start", None, None);
     let dir = tempfile::tempdir().unwrap();
     let vhost = Vhost::new_on(&node.addr());
     let parent = Parent::start(&vhost, dir.path(), &["--offline-after", "3"]);
@@ -138,7 +93,7 @@ fn agents_come_back_online_by_themselves_after_a_broker_outage() {
         .collect();
 
     // The broker goes away.
-    node.stop();
+    stop(&node);
     assert!(
         std::net::TcpStream::connect(("127.0.0.1", AMQP_PORT)).is_err(),
         "the AMQP port still answers after scripts/broker stop"
@@ -148,7 +103,7 @@ fn agents_come_back_online_by_themselves_after_a_broker_outage() {
 
     // The outage lasts 10 s (the scenario, not a synchronisation).
     std::thread::sleep(Duration::from_secs(10));
-    node.start();
+    node.run("start", None, None);
 
     // Everyone comes back without help: the same processes, online again.
     wait_online_count(&parent, &names, 3, Duration::from_secs(90));
