@@ -322,6 +322,19 @@ impl Session {
         agent: &Agent,
         shutdown: Shutdown,
     ) -> Result<Session, SessionError> {
+        Session::open_on(connection, agent, shutdown, true).await
+    }
+
+    /// Like [`Session::open`]; with `shared` false the shared topology
+    /// (exchanges, `fleetls.parent`) is taken as declared already on this
+    /// connection (see [`declare_shared`]): a swarm declares it once per
+    /// connection instead of once per child.
+    pub async fn open_on(
+        connection: &Connection,
+        agent: &Agent,
+        shutdown: Shutdown,
+        shared: bool,
+    ) -> Result<Session, SessionError> {
         let id = agent.identity.id;
         let channel = connection
             .create_channel()
@@ -331,7 +344,10 @@ impl Session {
             .confirm_select(ConfirmSelectOptions::default())
             .await
             .map_err(amqp("turning on publisher confirms"))?;
-        declare(&channel, &id).await?;
+        if shared {
+            declare_shared(&channel).await?;
+        }
+        declare_own(&channel, &id).await?;
         channel
             .basic_qos(16, BasicQosOptions::default())
             .await
@@ -364,8 +380,8 @@ impl Session {
     }
 }
 
-/// Declares the exchanges this child uses and its own durable queue.
-async fn declare(channel: &Channel, id: &uuid::Uuid) -> Result<(), SessionError> {
+/// Declares the exchanges children use and the parent's queue (idempotent).
+pub async fn declare_shared(channel: &Channel) -> Result<(), SessionError> {
     let durable = ExchangeDeclareOptions {
         durable: true,
         ..Default::default()
@@ -380,18 +396,13 @@ async fn declare(channel: &Channel, id: &uuid::Uuid) -> Result<(), SessionError>
             .await
             .map_err(amqp("declaring an exchange"))?;
     }
-    let mut args = FieldTable::default();
-    args.insert(
-        "x-dead-letter-exchange".into(),
-        AMQPValue::LongString(topology::DEAD.into()),
-    );
     // The parent's queue too, so that a Hello sent before the parent ever
     // started waits for it instead of being dropped as unroutable.
     channel
         .queue_declare(
             topology::PARENT.into(),
             QueueDeclareOptions::durable(),
-            args.clone(),
+            queue_arguments(),
         )
         .await
         .map_err(amqp("declaring fleetls.parent"))?;
@@ -405,9 +416,28 @@ async fn declare(channel: &Channel, id: &uuid::Uuid) -> Result<(), SessionError>
         )
         .await
         .map_err(amqp("binding fleetls.parent"))?;
+    Ok(())
+}
+
+/// Arguments every fleetls queue carries.
+fn queue_arguments() -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString(topology::DEAD.into()),
+    );
+    args
+}
+
+/// Declares this child's own durable queue and binds it.
+async fn declare_own(channel: &Channel, id: &uuid::Uuid) -> Result<(), SessionError> {
     let queue = topology::agent_queue(id);
     channel
-        .queue_declare(queue.as_str().into(), QueueDeclareOptions::durable(), args)
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions::durable(),
+            queue_arguments(),
+        )
         .await
         .map_err(amqp("declaring this agent's queue"))?;
     channel

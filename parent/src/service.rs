@@ -492,19 +492,17 @@ async fn handle_batch(
         .fetch_add(deliveries.len() as u64, Relaxed);
     app.metrics.batches.fetch_add(1, Relaxed);
     let mut events: Vec<Event> = Vec::with_capacity(deliveries.len());
-    let mut to_ack = Vec::with_capacity(deliveries.len());
+    // Every delivery of the batch is either recorded or dead-lettered before
+    // the one ack at the end.
+    let last = deliveries.last().map(|d| d.acker.clone());
     for delivery in deliveries {
         match fleetls_proto::decode(&delivery.data) {
             Ok(envelope) => match to_event(envelope) {
-                Ok(event) => {
-                    events.extend(event);
-                    to_ack.push(delivery);
-                }
+                Ok(event) => events.extend(event),
                 Err(reason) => {
                     app.metrics.dead_lettered.fetch_add(1, Relaxed);
                     broker::dead_letter(channel, &delivery.data, &delivery.properties, &reason)
                         .await?;
-                    to_ack.push(delivery);
                 }
             },
             Err(e) => {
@@ -512,7 +510,6 @@ async fn handle_batch(
                 debug!(reason = %reason, "dead-lettering a message");
                 app.metrics.dead_lettered.fetch_add(1, Relaxed);
                 broker::dead_letter(channel, &delivery.data, &delivery.properties, &reason).await?;
-                to_ack.push(delivery);
             }
         }
     }
@@ -538,10 +535,10 @@ async fn handle_batch(
             app.campaign_changed.notify_one();
         }
     }
-    for delivery in to_ack {
-        delivery
-            .acker
-            .ack(BasicAckOptions::default())
+    // One ack for the whole batch: deliveries on this channel come in tag
+    // order and every earlier one was acked with its own batch.
+    if let Some(last) = last {
+        last.ack(BasicAckOptions { multiple: true })
             .await
             .map_err(amqp("acking"))?;
     }
