@@ -64,6 +64,67 @@ fn in_share(i: usize, count: usize, start: f64, share: f64) -> bool {
     (lo..hi).contains(&i)
 }
 
+/// What each child moved to AMQPS costs the process besides memory: lapin
+/// gives every connection a socket and an OS thread, and each thread maps a
+/// stack and a signal stack, each with a guard page (measured: 4 to 5 maps
+/// per connection).
+const MAPS_PER_AMQPS_CHILD: usize = 5;
+
+/// The soft limit called `name` in a /proc/PID/limits text; `None` when it
+/// is unlimited or not there.
+fn soft_limit(limits: &str, name: &str) -> Option<usize> {
+    limits
+        .lines()
+        .find_map(|line| line.strip_prefix(name))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|soft| soft.parse().ok())
+}
+
+/// Warns when `count` children, once moved to AMQPS with a connection each,
+/// would not fit this machine's limits: past them a child cannot open its
+/// connection, or the allocator fails and the whole swarm aborts.
+fn check_amqps_headroom(count: usize) {
+    let read = |path: &str| {
+        std::fs::read_to_string(path)
+            .ok()
+            .and_then(|s| s.trim().parse::<usize>().ok())
+    };
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    let checks = [
+        (
+            "open files (ulimit -n)",
+            soft_limit(&limits, "Max open files"),
+            count + 256,
+        ),
+        (
+            "threads of this user (ulimit -u)",
+            soft_limit(&limits, "Max processes"),
+            count + 256,
+        ),
+        (
+            "process ids of the machine (kernel.pid_max)",
+            read("/proc/sys/kernel/pid_max"),
+            count + 256,
+        ),
+        (
+            "memory maps (vm.max_map_count)",
+            read("/proc/sys/vm/max_map_count"),
+            count * MAPS_PER_AMQPS_CHILD + 1024,
+        ),
+    ];
+    for (what, limit, needed) in checks {
+        if let Some(limit) = limit.filter(|&limit| limit < needed) {
+            warn!(
+                count,
+                limit,
+                needed,
+                "{what} too low for every child on AMQPS (one connection and thread each): \
+                 raise it before `switch-broker`"
+            );
+        }
+    }
+}
+
 /// Runs the swarm until `shutdown`.
 pub async fn run(args: SwarmArgs, shutdown: Shutdown) -> anyhow::Result<()> {
     for (name, share) in [
@@ -83,6 +144,7 @@ pub async fn run(args: SwarmArgs, shutdown: Shutdown) -> anyhow::Result<()> {
     );
     anyhow::ensure!(args.count > 0, "invalid --count 0: give at least 1");
     anyhow::ensure!(args.per_connection > 0, "invalid --per-connection 0");
+    check_amqps_headroom(args.count);
     let started = std::time::Instant::now();
     crate::identity::set_durable(false);
     let count = args.count;
@@ -272,6 +334,18 @@ async fn run_group(n: usize, broker: String, agents: Vec<Arc<Agent>>, shutdown: 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn soft_limits_are_read_from_proc_limits() {
+        let limits = "Limit                     Soft Limit           Hard Limit           Units     \n\
+                      Max processes             96365                96365                processes \n\
+                      Max open files            20000                524288               files     \n\
+                      Max locked memory         unlimited            unlimited            bytes     \n";
+        assert_eq!(soft_limit(limits, "Max open files"), Some(20_000));
+        assert_eq!(soft_limit(limits, "Max processes"), Some(96_365));
+        assert_eq!(soft_limit(limits, "Max locked memory"), None);
+        assert_eq!(soft_limit(limits, "Max msgqueue size"), None);
+    }
 
     #[test]
     fn shares_are_disjoint_slices() {

@@ -6,8 +6,13 @@
 //!   confirms, a consumer answers, the answer is consumed), C in flight.
 //! - `amqps-open`: AMQPS connections opened (TLS handshake with a client
 //!   certificate, AMQP handshake) and closed, C at a time.
+//! - `hold`: N connections opened the way a child opens its own (AMQPS through
+//!   `fleetls_child::broker_tls::connect`, plain AMQP through
+//!   `fleetls_child::agent::connect`), each with a channel, and kept open,
+//!   with the process's memory after every step: what one connection costs.
 //!
-//! Each prints one JSON object: `{"what", "count", "seconds", "per_second"}`.
+//! `rpc` and `amqps-open` print one JSON object:
+//! `{"what", "count", "seconds", "per_second"}`; `hold` prints one per step.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -63,6 +68,35 @@ enum Command {
         #[arg(long, default_value_t = 20)]
         concurrency: usize,
     },
+    /// Memory per open connection: N connections opened like a child's own
+    /// and held open.
+    Hold {
+        /// amqps:// URL (the child's AMQPS path) or amqp:// URL (plain); a
+        /// `frame_max=N` in it overrides the child's own frame size
+        #[arg(long)]
+        uri: String,
+        /// CA (PEM) the broker's certificate chains to (amqps only)
+        #[arg(long)]
+        ca: Option<std::path::PathBuf>,
+        /// Client certificate chain (PEM; amqps only)
+        #[arg(long)]
+        cert: Option<std::path::PathBuf>,
+        /// Client key (PEM; amqps only)
+        #[arg(long)]
+        key: Option<std::path::PathBuf>,
+        /// Connections to open and hold
+        #[arg(long, default_value_t = 2_000)]
+        count: usize,
+        /// Connections opening at once
+        #[arg(long, default_value_t = 20)]
+        concurrency: usize,
+        /// Print the memory after every this many connections
+        #[arg(long, default_value_t = 500)]
+        every: usize,
+        /// Seconds to hold them all open before closing (memory printed again)
+        #[arg(long, default_value_t = 5)]
+        hold_secs: u64,
+    },
 }
 
 fn report(what: &str, count: usize, started: Instant) {
@@ -102,6 +136,38 @@ async fn main() -> anyhow::Result<()> {
                 cert_chain: Some(std::fs::read_to_string(ca)?),
             };
             amqps_open(&uri, config, count, concurrency).await
+        }
+        Command::Hold {
+            uri,
+            ca,
+            cert,
+            key,
+            count,
+            concurrency,
+            every,
+            hold_secs,
+        } => {
+            let plan = HoldPlan {
+                count,
+                concurrency: concurrency.max(1),
+                every: every.max(1),
+                hold: std::time::Duration::from_secs(hold_secs),
+            };
+            if uri.starts_with("amqps://") {
+                let (Some(ca), Some(cert), Some(key)) = (ca, cert, key) else {
+                    anyhow::bail!("an amqps:// --uri needs --ca, --cert and --key");
+                };
+                let data_dir = tempfile::tempdir()?;
+                // The files where a child keeps them (see fleetls_child::certs).
+                let certs = data_dir.path().join("certs");
+                std::fs::create_dir_all(&certs)?;
+                std::fs::copy(cert, certs.join("agent.pem"))?;
+                std::fs::copy(key, certs.join("agent.key"))?;
+                std::fs::copy(ca, certs.join("broker-ca.pem"))?;
+                hold(&uri, Some(data_dir.path()), plan).await
+            } else {
+                hold(&uri, None, plan).await
+            }
         }
     }
 }
@@ -229,5 +295,108 @@ async fn amqps_open(
         result??;
     }
     report("amqps-open", count, started);
+    Ok(())
+}
+
+/// How many connections `hold` opens, how fast, and how often it reports.
+struct HoldPlan {
+    count: usize,
+    concurrency: usize,
+    every: usize,
+    hold: std::time::Duration,
+}
+
+/// The lines of /proc/self/status that say how much memory the process uses,
+/// in KiB, with `Threads` and `maps` (memory mappings, bounded by
+/// vm.max_map_count) as counts.
+fn memory() -> serde_json::Map<String, serde_json::Value> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let maps = std::fs::read_to_string("/proc/self/maps").map_or(0, |m| m.lines().count());
+    let mut memory: serde_json::Map<String, serde_json::Value> = status
+        .lines()
+        .filter_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            let wanted = ["VmRSS", "VmHWM", "RssAnon", "VmSize", "Threads"];
+            if !wanted.contains(&name) {
+                return None;
+            }
+            let number: u64 = value.split_whitespace().next()?.parse().ok()?;
+            Some((name.to_owned(), number.into()))
+        })
+        .collect();
+    memory.insert("maps".into(), maps.into());
+    memory
+}
+
+/// Prints one `hold` step: the memory now, and what each open connection
+/// added to the resident set since `base`.
+fn memory_line(
+    what: &str,
+    open: usize,
+    base: &serde_json::Map<String, serde_json::Value>,
+    started: Instant,
+) {
+    let now = memory();
+    let kib = |m: &serde_json::Map<String, serde_json::Value>, k: &str| {
+        m.get(k).and_then(|v| v.as_u64()).unwrap_or(0)
+    };
+    let mut line = now.clone();
+    line.insert("what".into(), what.into());
+    line.insert("open".into(), open.into());
+    line.insert("seconds".into(), started.elapsed().as_secs_f64().into());
+    if open > 0 {
+        let grown = kib(&now, "VmRSS").saturating_sub(kib(base, "VmRSS"));
+        line.insert("kib_per_connection".into(), (grown / open as u64).into());
+    }
+    println!("{}", serde_json::Value::Object(line));
+}
+
+/// Opens `plan.count` connections (AMQPS with the certificates in
+/// `data_dir`, else plain), a channel with confirms on each, holds them
+/// open and prints the memory as it goes.
+async fn hold(uri: &str, data_dir: Option<&std::path::Path>, plan: HoldPlan) -> anyhow::Result<()> {
+    let what = if data_dir.is_some() {
+        "hold-amqps"
+    } else {
+        "hold-amqp"
+    };
+    let base = memory();
+    let started = Instant::now();
+    memory_line(what, 0, &base, started);
+    let window = Arc::new(Semaphore::new(plan.concurrency));
+    let mut held = Vec::with_capacity(plan.count);
+    let mut next = 0;
+    while next < plan.count {
+        let step = plan.every.min(plan.count - next);
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in next..next + step {
+            let permit = window.clone().acquire_owned().await?;
+            let uri = uri.to_owned();
+            let data_dir = data_dir.map(std::path::Path::to_path_buf);
+            tasks.spawn(async move {
+                let name = format!("fleetls-bench:hold:{i}");
+                let connection = match &data_dir {
+                    Some(dir) => fleetls_child::broker_tls::connect(dir, &uri, &name).await?,
+                    None => fleetls_child::agent::connect(&uri, &name).await?,
+                };
+                let channel = connection.create_channel().await?;
+                channel
+                    .confirm_select(ConfirmSelectOptions::default())
+                    .await?;
+                drop(permit);
+                Ok::<_, anyhow::Error>((connection, channel))
+            });
+        }
+        while let Some(result) = tasks.join_next().await {
+            held.push(result??);
+        }
+        next += step;
+        memory_line(what, held.len(), &base, started);
+    }
+    tokio::time::sleep(plan.hold).await;
+    memory_line(what, held.len(), &base, started);
+    for (connection, _channel) in held {
+        let _ = connection.close(200, "bench".into()).await;
+    }
     Ok(())
 }
