@@ -54,6 +54,9 @@ pub enum SessionError {
     /// The TLS material for AMQPS is missing or unusable.
     #[error("AMQPS: {0}")]
     Tls(String),
+    /// The broker URL cannot be parsed (the message never holds its password).
+    #[error("{0}")]
+    Url(String),
 }
 
 fn amqp(what: &'static str) -> impl FnOnce(lapin::Error) -> SessionError {
@@ -300,10 +303,37 @@ pub enum Obeyed {
     MoveTo(Box<Connection>, Box<Session>),
 }
 
+/// The largest AMQP frame a child asks for, unless its broker URL names its
+/// own `frame_max`: the smallest AMQP allows.
+///
+/// lapin keeps a receive and a send ring buffer of 32 frames each per
+/// connection. Left to the broker (RabbitMQ offers 128 KiB) that is 8 MiB,
+/// zero-filled when the connection is tuned, so resident at once: a swarm of
+/// thousands of children, each with its own AMQPS connection, ran out of
+/// memory at about 2,500 of them. At 4 KiB the buffers are at most 256 KiB
+/// and only touched as traffic passes. A message larger than a frame is
+/// split into several frames; the agent's messages are a few KiB at most.
+pub const FRAME_MAX: lapin::types::FrameSize = 4096;
+
+/// Parses a broker URL (`amqp://` or `amqps://`) and caps its frame size at
+/// [`FRAME_MAX`] when it does not say `frame_max=` itself.
+pub fn connection_uri(url: &str) -> Result<lapin::uri::AMQPUri, SessionError> {
+    let mut parsed: lapin::uri::AMQPUri = url.parse().map_err(|e: String| {
+        // The parser may quote the URL: never its password.
+        let safe = crate::config::redact(url);
+        SessionError::Url(format!(
+            "the broker URL {safe} is not valid: {}",
+            e.replace(url, &safe)
+        ))
+    })?;
+    parsed.query.frame_max.get_or_insert(FRAME_MAX);
+    Ok(parsed)
+}
+
 /// Opens a named connection to the broker.
 pub async fn connect(url: &str, name: &str) -> Result<Connection, SessionError> {
     let properties = ConnectionProperties::default().with_connection_name(name.into());
-    Connection::connect(url, properties)
+    Connection::connect_uri(connection_uri(url)?, properties)
         .await
         .map_err(amqp("connecting to the broker"))
 }
@@ -682,5 +712,39 @@ impl Session {
             .await
             .map_err(amqp("acking a command"))?;
         Ok(moved)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_size_is_capped_unless_the_url_names_one() {
+        for url in [
+            "amqp://guest:guest@127.0.0.1:5672/%2f",
+            "amqps://guest:guest@127.0.0.1:5671/%2f",
+        ] {
+            assert_eq!(
+                connection_uri(url).unwrap().query.frame_max,
+                Some(FRAME_MAX)
+            );
+        }
+        let uri = connection_uri(
+            "amqps://guest:guest@127.0.0.1:5671/%2f?auth_mechanism=external&frame_max=131072",
+        )
+        .unwrap();
+        assert_eq!(uri.query.frame_max, Some(131_072));
+        assert_eq!(uri.authority.port, 5671);
+    }
+
+    #[test]
+    fn an_invalid_url_is_refused_without_its_password() {
+        let Err(SessionError::Url(why)) = connection_uri("amqps://guest:s3cret@/%2f?frame_max=x")
+        else {
+            panic!("an invalid URL was accepted");
+        };
+        assert!(!why.contains("s3cret"), "{why}");
+        assert!(why.contains("not valid"), "{why}");
     }
 }

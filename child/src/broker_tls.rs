@@ -9,8 +9,6 @@ use std::time::Duration;
 
 use fleetls_proto::{Body, BrokerAuth, BrokerSwitchReport, UseBrokerTls};
 use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
-use lapin::types::FrameSize;
-use lapin::uri::AMQPUri;
 use lapin::{Connection, ConnectionProperties};
 use tracing::{info, warn};
 
@@ -23,36 +21,9 @@ fn broker_ca_path(data_dir: &Path) -> std::path::PathBuf {
     data_dir.join("certs/broker-ca.pem")
 }
 
-/// The largest AMQP frame this agent asks for on its AMQPS connection, unless
-/// the URI names its own `frame_max`: the smallest AMQP allows.
-///
-/// lapin keeps a receive and a send ring buffer of 32 frames each per
-/// connection. Left to the broker (RabbitMQ offers 128 KiB) that is 8 MiB,
-/// zero-filled when the connection is tuned, so resident at once: a swarm of
-/// thousands of children, each with its own AMQPS connection, ran out of
-/// memory at about 2,500 of them. At 4 KiB the buffers are at most 256 KiB
-/// and only touched as traffic passes. A message larger than a frame is
-/// split into several frames; the agent's messages are a few KiB at most.
-pub const AMQPS_FRAME_MAX: FrameSize = 4096;
-
-/// Parses the AMQPS URI and caps its frame size at [`AMQPS_FRAME_MAX`] when
-/// it does not say `frame_max=` itself.
-pub fn connection_uri(uri: &str) -> Result<AMQPUri, SessionError> {
-    let mut parsed: AMQPUri = uri.parse().map_err(|e: String| {
-        // The parser may quote the URI: never its password.
-        let safe = crate::config::redact(uri);
-        SessionError::Tls(format!(
-            "the AMQPS URI {safe} is not valid: {}",
-            e.replace(uri, &safe)
-        ))
-    })?;
-    parsed.query.frame_max.get_or_insert(AMQPS_FRAME_MAX);
-    Ok(parsed)
-}
-
 /// Opens an AMQPS connection with this agent's certificate.
 pub async fn connect(data_dir: &Path, uri: &str, name: &str) -> Result<Connection, SessionError> {
-    let uri = connection_uri(uri)?;
+    let uri = crate::agent::connection_uri(uri)?;
     let store = CertStore::new(data_dir);
     let read = |path: std::path::PathBuf| {
         std::fs::read(&path).map_err(|e| SessionError::Tls(format!("{}: {e}", path.display())))
@@ -160,30 +131,4 @@ async fn stay_plain(
         .send(agent, Body::BrokerSwitchReport(report), Some(re))
         .await?;
     Ok(Obeyed::Done(Ok(())))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn frame_size_is_capped_unless_the_uri_names_one() {
-        let uri = connection_uri("amqps://guest:guest@127.0.0.1:5671/%2f").unwrap();
-        assert_eq!(uri.query.frame_max, Some(AMQPS_FRAME_MAX));
-        let uri = connection_uri(
-            "amqps://guest:guest@127.0.0.1:5671/%2f?auth_mechanism=external&frame_max=131072",
-        )
-        .unwrap();
-        assert_eq!(uri.query.frame_max, Some(131_072));
-        assert_eq!(uri.authority.port, 5671);
-    }
-
-    #[test]
-    fn an_invalid_uri_is_refused_without_its_password() {
-        let Err(SessionError::Tls(why)) = connection_uri("amqps://guest:s3cret@/%2f?frame_max=x")
-        else {
-            panic!("an invalid URI was accepted");
-        };
-        assert!(!why.contains("s3cret"), "{why}");
-    }
 }

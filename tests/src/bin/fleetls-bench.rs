@@ -6,12 +6,14 @@
 //!   confirms, a consumer answers, the answer is consumed), C in flight.
 //! - `amqps-open`: AMQPS connections opened (TLS handshake with a client
 //!   certificate, AMQP handshake) and closed, C at a time.
+//! - `rpc-agents`: the same round trips in fleetls's own topology (a queue
+//!   and channel per agent, one queue to the parent): a campaign step's ceiling.
 //! - `hold`: N connections opened the way a child opens its own (AMQPS through
 //!   `fleetls_child::broker_tls::connect`, plain AMQP through
 //!   `fleetls_child::agent::connect`), each with a channel, and kept open,
 //!   with the process's memory after every step: what one connection costs.
 //!
-//! `rpc` and `amqps-open` print one JSON object:
+//! `rpc`, `rpc-agents` and `amqps-open` print one JSON object:
 //! `{"what", "count", "seconds", "per_second"}`; `hold` prints one per step.
 
 use std::sync::Arc;
@@ -27,6 +29,9 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use tokio::sync::Semaphore;
 
+#[path = "../bench/agents.rs"]
+mod agents;
+
 #[derive(Parser)]
 struct Cli {
     #[command(subcommand)]
@@ -35,6 +40,19 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Request/reply round trips per second in fleetls's topology: one
+    /// queue per agent, a shared queue to the parent.
+    RpcAgents {
+        /// AMQP URL
+        #[arg(long)]
+        broker: String,
+        /// Agents (each with its own queue and channel), all at once
+        #[arg(long, default_value_t = 1000)]
+        agents: usize,
+        /// Round trips each agent makes
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
     /// Request/reply round trips per second through the broker.
     Rpc {
         /// AMQP URL
@@ -115,6 +133,11 @@ fn report(what: &str, count: usize, started: Instant) {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::RpcAgents {
+            broker,
+            agents,
+            rounds,
+        } => agents::run(&broker, agents, rounds).await,
         Command::Rpc {
             broker,
             count,

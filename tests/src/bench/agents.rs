@@ -1,0 +1,205 @@
+//! `fleetls-bench rpc-agents`: request/reply round trips in fleetls's own
+//! topology, without fleetls. N simulated agents each have their own durable
+//! queue and channel (shared connections, like `fleetls-child swarm`); a
+//! "parent" consumes one shared queue and answers each request into the
+//! asking agent's queue through a direct exchange. Every message is
+//! persistent and confirmed, every delivery acked: the broker does exactly
+//! the work it does for one step of a fleetls campaign, so this is the
+//! ceiling of a campaign phase on this machine.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures_lite::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
+use lapin::types::{FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+
+/// Agents per shared connection, as in the swarm.
+const PER_CONNECTION: usize = 200;
+
+/// Runs `agents` agents making `rounds` round trips each, all at once, and
+/// prints the round trips per second.
+pub(crate) async fn run(broker: &str, agents: usize, rounds: usize) -> anyhow::Result<()> {
+    anyhow::ensure!(agents > 0, "invalid --agents 0: give at least 1");
+    anyhow::ensure!(rounds > 0, "invalid --rounds 0: give at least 1");
+    let tag = uuid::Uuid::new_v4().simple().to_string();
+    let exchange = format!("bench.agents.{tag}");
+    let requests = format!("bench.parent.{tag}");
+
+    // The parent: one connection, one consuming channel answering everything.
+    let parent = Connection::connect(broker, ConnectionProperties::default()).await?;
+    let channel = parent.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    channel
+        .exchange_declare(
+            exchange.as_str().into(),
+            ExchangeKind::Direct,
+            ExchangeDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .queue_declare(
+            requests.as_str().into(),
+            QueueDeclareOptions::durable(),
+            FieldTable::default(),
+        )
+        .await?;
+    channel.basic_qos(1024, BasicQosOptions::default()).await?;
+    let mut incoming = channel
+        .basic_consume(
+            requests.as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let answering = channel.clone();
+    let answer_exchange = exchange.clone();
+    let server = tokio::spawn(async move {
+        while let Some(Ok(delivery)) = incoming.next().await {
+            let Some(agent) = delivery.properties.reply_to().clone() else {
+                continue;
+            };
+            let confirm = answering
+                .basic_publish(
+                    answer_exchange.as_str().into(),
+                    agent,
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..Default::default()
+                    },
+                    &delivery.data,
+                    BasicProperties::default().with_delivery_mode(2),
+                )
+                .await;
+            // Confirms are awaited apart, so answers go out back to back.
+            if let Ok(confirm) = confirm {
+                tokio::spawn(confirm);
+            }
+            let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+        }
+    });
+
+    // The agents: their queues, channels and consumers, opened before the clock starts.
+    let mut connections = Vec::new();
+    for _ in 0..agents.div_ceil(PER_CONNECTION) {
+        connections.push(Arc::new(
+            Connection::connect(broker, ConnectionProperties::default()).await?,
+        ));
+    }
+    let mut opening = tokio::task::JoinSet::new();
+    let limit = Arc::new(tokio::sync::Semaphore::new(64));
+    for i in 0..agents {
+        let connection = connections[i / PER_CONNECTION].clone();
+        let (exchange, tag, limit) = (exchange.clone(), tag.clone(), limit.clone());
+        opening.spawn(async move {
+            let _permit = limit.acquire_owned().await?;
+            let channel = connection.create_channel().await?;
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await?;
+            let queue = format!("bench.agent.{tag}.{i}");
+            channel
+                .queue_declare(
+                    queue.as_str().into(),
+                    QueueDeclareOptions::durable(),
+                    FieldTable::default(),
+                )
+                .await?;
+            channel
+                .queue_bind(
+                    queue.as_str().into(),
+                    exchange.as_str().into(),
+                    queue.as_str().into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            channel.basic_qos(16, BasicQosOptions::default()).await?;
+            let consumer = channel
+                .basic_consume(
+                    queue.as_str().into(),
+                    "".into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            Ok::<(String, Channel, lapin::Consumer), anyhow::Error>((queue, channel, consumer))
+        });
+    }
+    let mut ready = Vec::with_capacity(agents);
+    while let Some(opened) = opening.join_next().await {
+        ready.push(opened??);
+    }
+
+    let started = Instant::now();
+    let mut running = tokio::task::JoinSet::new();
+    for (queue, channel, mut consumer) in ready {
+        let requests = requests.clone();
+        running.spawn(async move {
+            for round in 0..rounds {
+                publish(&channel, &requests, &queue, round).await?;
+                let Some(answer) = consumer.next().await else {
+                    anyhow::bail!("the answer consumer of {queue} ended");
+                };
+                answer?.acker.ack(BasicAckOptions::default()).await?;
+            }
+            Ok::<(String, Channel), anyhow::Error>((queue, channel))
+        });
+    }
+    let mut finished = Vec::with_capacity(agents);
+    while let Some(done) = running.join_next().await {
+        finished.push(done??);
+    }
+    super::report("rpc-agents", agents * rounds, started);
+
+    // Leave the broker as it was.
+    server.abort();
+    for (queue, channel) in finished {
+        let _ = channel
+            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await;
+    }
+    let _ = channel
+        .queue_delete(requests.as_str().into(), QueueDeleteOptions::default())
+        .await;
+    let _ = channel
+        .exchange_delete(exchange.as_str().into(), Default::default())
+        .await;
+    for connection in &connections {
+        let _ = connection.close(200, "bench".into()).await;
+    }
+    let _ = parent.close(200, "bench".into()).await;
+    Ok(())
+}
+
+/// One persistent, confirmed request naming the agent's queue to answer to.
+async fn publish(
+    channel: &Channel,
+    requests: &str,
+    queue: &str,
+    round: usize,
+) -> anyhow::Result<()> {
+    let confirm = channel
+        .basic_publish(
+            "".into(),
+            requests.into(),
+            BasicPublishOptions::default(),
+            &(round as u64).to_be_bytes(),
+            BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_reply_to(ShortString::from(queue)),
+        )
+        .await?
+        .await?;
+    anyhow::ensure!(!confirm.is_nack(), "the broker refused a request");
+    Ok(())
+}
