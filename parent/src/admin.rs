@@ -11,9 +11,11 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 
 use crate::ops::{self, OpError};
+use crate::registry::RegistryError;
 use crate::service::App;
 use crate::settings::SettingsChange;
 use crate::shutdown::Shutdown;
+use crate::status::Overview;
 
 /// Builds the admin router.
 pub fn router(app: Arc<App>) -> Router {
@@ -47,7 +49,7 @@ async fn metrics(State(app): State<Arc<App>>) -> Result<String, ApiError> {
     use std::fmt::Write;
     use std::sync::atomic::Ordering::Relaxed;
     let app2 = app.clone();
-    let status = tokio::task::spawn_blocking(move || app2.status())
+    let status = tokio::task::spawn_blocking(move || overview(&app2))
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?
         .map_err(|e| ApiError::internal(e.to_string()))?;
@@ -174,13 +176,23 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn status(State(app): State<Arc<App>>) -> Result<Json<crate::status::Status>, ApiError> {
-    let app2 = app.clone();
-    let status = tokio::task::spawn_blocking(move || app2.status())
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?
-        .map_err(|e| ApiError::internal(e.to_string()))?;
-    Ok(Json(status))
+/// About how many bytes of JSON one agent takes in the status, to size the
+/// answer's buffer once (a few MB on a big network) instead of growing it.
+const STATUS_BYTES_PER_AGENT: usize = 1024;
+
+/// The whole status, computed and serialised on a blocking thread.
+async fn status(State(app): State<Arc<App>>) -> Result<Response, ApiError> {
+    let body = tokio::task::spawn_blocking(move || {
+        let status = app
+            .status()
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        let mut body = Vec::with_capacity(4096 + status.agents.len() * STATUS_BYTES_PER_AGENT);
+        serde_json::to_writer(&mut body, &status).map_err(|e| ApiError::internal(e.to_string()))?;
+        Ok::<_, ApiError>(body)
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))??;
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 async fn blocking<T: Send + 'static>(
@@ -317,17 +329,31 @@ impl From<OpError> for ApiError {
 }
 
 /// The status without the agent list: cheap to poll on a big network.
-async fn summary(State(app): State<Arc<App>>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn summary(State(app): State<Arc<App>>) -> Result<Json<Overview>, ApiError> {
     let app2 = app.clone();
-    let status = tokio::task::spawn_blocking(move || app2.status())
+    let overview = tokio::task::spawn_blocking(move || overview(&app2))
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?
         .map_err(|e| ApiError::internal(e.to_string()))?;
-    Ok(Json(serde_json::json!({
-        "network": status.network,
-        "summary": status.summary,
-        "campaign": status.campaign,
-    })))
+    Ok(Json(overview))
+}
+
+/// The status without the agent list, counted by SQLite; its network part
+/// is filled as in [`App::status`].
+fn overview(app: &App) -> Result<Overview, RegistryError> {
+    let pki = app.pki();
+    let mut overview = crate::status::compute_overview(
+        &app.registry,
+        app.config.min_ssl_version,
+        app.config.offline_after.as_millis() as u64,
+        pki.as_deref().map(|p| p.root_fingerprint.as_str()),
+    )?;
+    overview.network.ssl_port = app
+        .ssl_port
+        .try_lock()
+        .ok()
+        .and_then(|handle| handle.as_ref().map(|h| h.port));
+    Ok(overview)
 }
 
 /// An error answer: a status code and a JSON `{"error": "..."}`.

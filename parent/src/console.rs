@@ -22,14 +22,15 @@ use axum::{Json, Router};
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{params, params_from_iter};
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
 use crate::admin::ApiError;
-use crate::campaign::{LastResult, StepResult};
-use crate::config::Version;
 use crate::registry::{Registry, RegistryError};
 use crate::service::App;
-use crate::status::{ssl_capable, AgentStatus};
+use crate::status::{
+    attach_step, row_to_last_result, row_to_status, AgentStatus, ViewContext, AGENTS_FROM,
+    AGENTS_ORDER, AGENT_COLUMNS, AGENT_COLUMN_COUNT, DEFINITIONS, LAST_COLUMNS, LAST_ENROLMENT,
+    STEP_RESULTS,
+};
 use fleetls_proto::AgentKind;
 
 const PAGE: &str = include_str!("console/console.html");
@@ -136,7 +137,7 @@ impl Filter {
         })
     }
 
-    /// The SQL condition (over the tables of [`PAGE_FROM`]); [`CUTOFF`]
+    /// The SQL condition (over [`AGENTS_FROM`] and [`LAST_ENROLMENT`]); [`CUTOFF`]
     /// stands for the online cutoff. Fixed text only: values are always bound.
     fn condition(self) -> Option<&'static str> {
         Some(match self {
@@ -147,10 +148,7 @@ impl Filter {
             Filter::NotTested => "l.state IS NULL",
             Filter::Offline => "a.last_seen <= ?cutoff",
             Filter::Online => "a.last_seen > ?cutoff",
-            Filter::NoCertificate => {
-                "NOT (a.has_certificate AND EXISTS (SELECT 1 FROM certificates c \
-                 WHERE c.agent_id = a.id AND c.revoked = 0))"
-            }
+            Filter::NoCertificate => "NOT a.certified",
             Filter::NotSsl => "a.ssl = 0",
             Filter::NotAmqps => "a.broker_tls = 0",
             Filter::Refused => "r.reason IS NOT NULL",
@@ -244,42 +242,10 @@ pub struct AgentsPage {
     pub agents: Vec<AgentStatus>,
 }
 
-/// What a page needs to know besides the registry.
-#[derive(Debug, Clone, Copy)]
-pub struct PageContext {
-    /// Now, ms since the epoch.
-    pub now_ms: u64,
-    /// Agents not heard from for this long are offline.
-    pub offline_after_ms: u64,
-    /// The lowest SSL-capable version.
-    pub min_ssl_version: Version,
-}
-
-/// The agents with, for each, its newest test (`verify` or `reverify`)
-/// enrolment and its last refusal. Its definitions follow the registry's
-/// (`has_certificate` as `registry::SELECT_AGENT`, the last result as
-/// `campaign::last_results`); one index lookup per agent, so filtering on
-/// the result never scans the campaigns of the whole network.
-const PAGE_FROM: &str = "FROM agents a
-    LEFT JOIN campaign_children l ON l.rowid = (
-        SELECT cc.rowid FROM campaign_children cc JOIN campaigns c ON c.id = cc.campaign
-        WHERE cc.agent = a.id AND c.kind IN ('verify', 'reverify')
-        ORDER BY c.started_at DESC, c.rowid DESC LIMIT 1)
-    LEFT JOIN campaigns lc ON lc.id = l.campaign
-    LEFT JOIN refusals r ON r.agent_id = a.id";
-
-const PAGE_COLUMNS: &str = "a.id, a.name, a.kind, a.version, a.location, a.hostnames, a.ips,
-    a.last_seen,
-    a.has_certificate AND EXISTS (SELECT 1 FROM certificates c
-        WHERE c.agent_id = a.id AND c.revoked = 0),
-    a.ssl, a.broker_tls,
-    l.campaign, lc.kind, l.state, l.step, l.message, l.cause, l.started_at, l.finished_at,
-    r.reason";
-
 /// One page of the status list, filtered and counted by SQLite.
 pub fn page(
     registry: &Registry,
-    context: PageContext,
+    context: ViewContext,
     query: &PageQuery,
 ) -> Result<AgentsPage, RegistryError> {
     let mut binds: Vec<SqlValue> = Vec::new();
@@ -313,9 +279,10 @@ pub fn page(
     } else {
         format!("WHERE {}", conditions.join(" AND "))
     };
-    registry.with_db(|db| {
+    let from = format!("{AGENTS_FROM} {LAST_ENROLMENT} {filter}");
+    crate::status::read(registry, |db| {
         let total = db
-            .prepare_cached(&format!("SELECT count(*) {PAGE_FROM} {filter}"))?
+            .prepare_cached(&format!("{DEFINITIONS} SELECT count(*) {from}"))?
             .query_row(params_from_iter(binds.iter()), |row| row.get::<_, i64>(0))?
             as usize;
         let mut page_binds = binds.clone();
@@ -325,44 +292,35 @@ pub fn page(
         ));
         let n = page_binds.len();
         let mut stmt = db.prepare_cached(&format!(
-            "SELECT {PAGE_COLUMNS} {PAGE_FROM} {filter} ORDER BY a.name, a.id LIMIT ?{} OFFSET ?{n}",
+            "{DEFINITIONS} SELECT {AGENT_COLUMNS}, lt.kind, {LAST_COLUMNS} {from} {AGENTS_ORDER}
+             LIMIT ?{} OFFSET ?{n}",
             n - 1
         ))?;
         let rows = stmt.query_map(params_from_iter(page_binds.iter()), |row| {
-            row_to_status(row, context)
+            // The test's kind and the last result follow the agent's columns.
+            let last_result = match row.get::<_, Option<String>>(AGENT_COLUMN_COUNT)? {
+                Some(kind) => row_to_last_result(row, AGENT_COLUMN_COUNT + 1, kind)?,
+                None => None,
+            };
+            Ok(row_to_status(row, context)?.map(|agent| AgentStatus {
+                last_result,
+                ..agent
+            }))
         })?;
         let mut agents = Vec::new();
         for row in rows {
             agents.push(row??);
         }
-        let mut steps = db.prepare_cached(
-            "SELECT step, ok, message, cause, at FROM step_results WHERE campaign = ?1 AND agent = ?2",
-        )?;
+        let mut steps = db.prepare_cached(&format!(
+            "{STEP_RESULTS} AND s.campaign = ?1 AND s.agent = ?2"
+        ))?;
         for agent in &mut agents {
             let Some(last) = agent.last_result.as_mut() else {
                 continue;
             };
-            let rows = steps.query_map(
-                params![last.campaign.to_string(), agent.id.to_string()],
-                |row| {
-                    Ok((
-                        row.get::<_, String>(0)?,
-                        StepResult {
-                            ok: row.get(1)?,
-                            message: row.get(2)?,
-                            cause: row.get(3)?,
-                            at: row.get::<_, i64>(4)? as u64,
-                        },
-                    ))
-                },
-            )?;
-            for row in rows {
-                let (step, result) = row?;
-                match step.as_str() {
-                    "cert-test" => last.cert_test = Some(result),
-                    "ssl-port" => last.ssl_port = Some(result),
-                    _ => {}
-                }
+            let mut rows = steps.query(params![last.campaign.to_string(), agent.id.to_string()])?;
+            while let Some(row) = rows.next()? {
+                attach_step(last, row)?;
             }
         }
         Ok(AgentsPage {
@@ -372,65 +330,6 @@ pub fn page(
             agents,
         })
     })
-}
-
-fn corrupt(what: impl std::fmt::Display) -> RegistryError {
-    RegistryError::Corrupt(what.to_string())
-}
-
-fn row_to_status(
-    row: &rusqlite::Row<'_>,
-    context: PageContext,
-) -> rusqlite::Result<Result<AgentStatus, RegistryError>> {
-    let id: String = row.get(0)?;
-    let kind: String = row.get(2)?;
-    let version: String = row.get(3)?;
-    let hostnames: String = row.get(5)?;
-    let ips: String = row.get(6)?;
-    let last_seen = row.get::<_, i64>(7)? as u64;
-    let campaign: Option<String> = row.get(11)?;
-    let last_kind: Option<String> = row.get(12)?;
-    let last_state: Option<String> = row.get(13)?;
-    let last_result = match (campaign, last_kind, last_state) {
-        (Some(campaign), Some(kind), Some(state)) => Some(LastResult {
-            campaign: match campaign.parse::<Uuid>() {
-                Ok(id) => id,
-                Err(_) => return Ok(Err(corrupt(format!("campaign id {campaign:?}")))),
-            },
-            kind,
-            state,
-            step: row.get(14)?,
-            message: row.get(15)?,
-            cause: row.get(16)?,
-            started_at: row.get::<_, Option<i64>>(17)?.map(|t| t as u64),
-            finished_at: row.get::<_, Option<i64>>(18)?.map(|t| t as u64),
-            cert_test: None,
-            ssl_port: None,
-        }),
-        _ => None,
-    };
-    let parsed = (|| {
-        Ok(AgentStatus {
-            id: id
-                .parse()
-                .map_err(|_| corrupt(format!("agent id {id:?}")))?,
-            name: row.get(1)?,
-            kind: kind.parse().map_err(RegistryError::Corrupt)?,
-            ssl_capable: ssl_capable(&version, context.min_ssl_version),
-            version,
-            location: row.get(4)?,
-            hostnames: serde_json::from_str(&hostnames).map_err(corrupt)?,
-            ips: serde_json::from_str(&ips).map_err(corrupt)?,
-            online: context.now_ms.saturating_sub(last_seen) < context.offline_after_ms,
-            last_seen,
-            has_certificate: row.get(8)?,
-            ssl: row.get(9)?,
-            broker_tls: row.get(10)?,
-            last_result,
-            refusal: row.get(19)?,
-        })
-    })();
-    Ok(parsed)
 }
 
 /// Every distinct location, sorted.
@@ -452,7 +351,7 @@ async fn agents(
     let query = raw
         .check()
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
-    let context = PageContext {
+    let context = ViewContext {
         now_ms: fleetls_proto::now_ms(),
         offline_after_ms: app.config.offline_after.as_millis() as u64,
         min_ssl_version: app.config.min_ssl_version,
@@ -475,12 +374,14 @@ async fn locations_route(State(app): State<Arc<App>>) -> Result<Json<Vec<String>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Version;
+    use uuid::Uuid;
 
     const MIN: Version = Version(1, 0, 0);
     const NOW: u64 = 1_000_000_000;
 
-    fn context() -> PageContext {
-        PageContext {
+    fn context() -> ViewContext {
+        ViewContext {
             now_ms: NOW,
             offline_after_ms: 30_000,
             min_ssl_version: MIN,

@@ -155,6 +155,8 @@ CREATE TABLE IF NOT EXISTS certificates (
 );
 CREATE INDEX IF NOT EXISTS certificates_agent ON certificates(agent_id);
 CREATE INDEX IF NOT EXISTS certificates_csr ON certificates(csr_message);
+-- The status asks whether an agent holds a valid certificate without reading chains.
+CREATE INDEX IF NOT EXISTS certificates_agent_valid ON certificates(agent_id) WHERE revoked = 0;
 CREATE TABLE IF NOT EXISTS refusals (
     agent_id TEXT PRIMARY KEY,
     reason TEXT NOT NULL,

@@ -1,10 +1,25 @@
 //! The status view: the network's phase and counters, the campaign summary
 //! and every agent, computed from the registry. `GET /api/status` serves it
-//! and `fleetls-parent status` prints it.
+//! and `fleetls-parent status` prints it; `GET /api/summary` serves the same
+//! without the agent list ([`compute_overview`]), counted by SQLite.
+//!
+//! What the status says of an agent is defined here once, in SQL
+//! ([`DEFINITIONS`], [`AGENTS_FROM`], [`LAST_ENROLMENT`], [`STEP_RESULTS`]),
+//! and the console's pages query the same definitions: whether it holds a
+//! certificate, which test result is its last one, which step results count,
+//! its last refusal. What the counters count is defined once, by `Tally`.
+//!
+//! The full list reads each table once (agents, enrolments, step results)
+//! and joins them in memory: on a big network, an index lookup per agent
+//! and table costs SQLite more than reading the tables whole.
 
+use std::collections::HashMap;
+
+use rusqlite::{params, Connection};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::campaign::{LastResult, Progress, StepResult};
 use crate::config::Version;
 use crate::registry::{Agent, Registry, RegistryError};
 use fleetls_proto::AgentKind;
@@ -17,9 +32,20 @@ pub struct Status {
     /// The figures of the last campaign.
     pub summary: Summary,
     /// The newest campaign's progress.
-    pub campaign: Option<crate::campaign::Progress>,
+    pub campaign: Option<Progress>,
     /// Every agent.
     pub agents: Vec<AgentStatus>,
+}
+
+/// The status without the agent list: what `GET /api/summary` serves.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Overview {
+    /// Where the network stands and its counters.
+    pub network: Network,
+    /// The figures of the last campaign.
+    pub summary: Summary,
+    /// The newest campaign's progress.
+    pub campaign: Option<Progress>,
 }
 
 /// The network's phase and counters.
@@ -96,9 +122,100 @@ pub struct AgentStatus {
     /// Broker connection is AMQPS.
     pub broker_tls: bool,
     /// The last test result, if any.
-    pub last_result: Option<crate::campaign::LastResult>,
+    pub last_result: Option<LastResult>,
     /// The last command this agent refused or was refused, and why.
     pub refusal: Option<String>,
+}
+
+/// What shaping an agent's row needs besides the row.
+#[derive(Debug, Clone, Copy)]
+pub struct ViewContext {
+    /// Now, ms since the epoch.
+    pub now_ms: u64,
+    /// Agents not heard from for this long are offline.
+    pub offline_after_ms: u64,
+    /// The lowest SSL-capable version.
+    pub min_ssl_version: Version,
+}
+
+impl ViewContext {
+    fn new(min_ssl_version: Version, offline_after_ms: u64) -> ViewContext {
+        ViewContext {
+            now_ms: fleetls_proto::now_ms(),
+            offline_after_ms,
+            min_ssl_version,
+        }
+    }
+
+    /// Whether an agent last heard at `last_seen` (ms) is online.
+    pub fn online(&self, last_seen: u64) -> bool {
+        self.now_ms.saturating_sub(last_seen) < self.offline_after_ms
+    }
+}
+
+/// The `WITH` clause every status query starts with:
+///
+/// - `tests(id, kind, rank)`: the test campaigns (`verify`, `reverify`),
+///   rank 1 the newest (by start, then by creation). An agent's last result
+///   is its enrolment in the test of lowest rank;
+/// - `agent_view`: the agents, each with `certified`: it holds a
+///   certificate when it says so and the parent issued it one that is still
+///   valid in the registry (not from a CA since reset), as
+///   `registry::SELECT_AGENT` has it.
+pub const DEFINITIONS: &str = "WITH
+    tests(id, kind, rank) AS MATERIALIZED (
+        SELECT id, kind, row_number() OVER (ORDER BY started_at DESC, rowid DESC)
+        FROM campaigns WHERE kind IN ('verify', 'reverify')),
+    agent_view AS (
+        SELECT agents.*, has_certificate AND EXISTS (
+            SELECT 1 FROM certificates c WHERE c.agent_id = agents.id AND c.revoked = 0)
+            AS certified
+        FROM agents)";
+
+/// The agents (`a`) with their last refusal (`r`), after [`DEFINITIONS`].
+pub const AGENTS_FROM: &str = "FROM agent_view a LEFT JOIN refusals r ON r.agent_id = a.id";
+
+/// Joins to [`AGENTS_FROM`] each agent's last result: its enrolment (`l`) in
+/// the test of lowest rank it was enrolled in, and that campaign (`lt`). One
+/// index lookup per agent: for the console's filtered pages and the
+/// counters (the full list reads the enrolments once instead).
+pub const LAST_ENROLMENT: &str = "LEFT JOIN campaign_children l ON l.rowid = (
+        SELECT cc.rowid FROM campaign_children cc JOIN tests t ON t.id = cc.campaign
+        WHERE cc.agent = a.id ORDER BY t.rank LIMIT 1)
+    LEFT JOIN campaigns lt ON lt.id = l.campaign";
+
+/// The status list's order: by name, then id (both as bytes, as Rust
+/// compares `String`s and `Uuid`s).
+pub const AGENTS_ORDER: &str = "ORDER BY a.name, a.id";
+
+/// The columns of [`AGENTS_FROM`] that [`row_to_status`] reads.
+pub const AGENT_COLUMNS: &str = "a.id, a.name, a.kind, a.version, a.location, a.hostnames,
+    a.ips, a.last_seen, a.certified, a.ssl, a.broker_tls, r.reason";
+
+/// How many columns [`AGENT_COLUMNS`] names: a query's own columns follow.
+pub const AGENT_COLUMN_COUNT: usize = 12;
+
+/// The columns of an enrolment (`l`) that [`row_to_last_result`] reads.
+pub const LAST_COLUMNS: &str =
+    "l.campaign, l.state, l.step, l.message, l.cause, l.started_at, l.finished_at";
+
+/// The step results that count, for [`attach_step`]: those recorded while
+/// the child was acting, not the late ones. No index covers `late`: with
+/// no other condition this reads the table once.
+pub const STEP_RESULTS: &str = "SELECT s.agent, s.campaign, s.step, s.ok, s.message, s.cause, s.at
+    FROM step_results s WHERE s.late = 0";
+
+/// Runs `f` in one read transaction: every query sees the same registry.
+pub fn read<T>(
+    registry: &Registry,
+    f: impl FnOnce(&Connection) -> Result<T, RegistryError>,
+) -> Result<T, RegistryError> {
+    registry.with_db(|db| {
+        let tx = db.unchecked_transaction()?;
+        let value = f(&tx)?;
+        tx.commit()?;
+        Ok(value)
+    })
 }
 
 /// Computes the status from the registry.
@@ -108,78 +225,351 @@ pub fn compute(
     offline_after_ms: u64,
     ca_fingerprint: Option<&str>,
 ) -> Result<Status, RegistryError> {
-    let now = fleetls_proto::now_ms();
-    let agents = registry.agents()?;
-    let mut refusals = registry.refusals()?;
-    let (mut last, campaign) = registry.with_db(|db| {
-        let last = crate::campaign::last_results(db)?;
-        let campaign = match crate::campaign::latest(db)? {
-            Some(id) => crate::campaign::progress(db, id)?,
-            None => None,
-        };
-        Ok((last, campaign))
+    let context = ViewContext::new(min_ssl_version, offline_after_ms);
+    let (agents, campaign) = read(registry, |db| {
+        Ok((agent_list(db, context)?, newest_campaign(db)?))
     })?;
-    let list: Vec<AgentStatus> = agents
-        .into_iter()
-        .map(|a| {
-            let refusal = refusals.remove(&a.id).map(|(reason, _)| reason);
-            let last_result = last.remove(&a.id);
-            AgentStatus {
-                refusal,
-                last_result,
-                ..view(a, min_ssl_version, now, offline_after_ms)
-            }
-        })
-        .collect();
-    let count = |f: &dyn Fn(&AgentStatus) -> bool| list.iter().filter(|a| f(a)).count();
-    let eligible = |a: &AgentStatus| a.ssl_capable && a.kind != AgentKind::Mpos;
-    fn outcome(a: &AgentStatus) -> Option<&str> {
-        a.last_result.as_ref().map(|r| r.state.as_str())
+    let mut tally = Tally::default();
+    for agent in &agents {
+        tally.add(&Group::of(agent));
     }
-    let online = count(&|a| a.online);
-    let with_certs = count(&|a| eligible(a) && a.has_certificate);
-    let switched = count(&|a| a.ssl);
-    let broker_tls = count(&|a| a.broker_tls);
-    let eligible_on_tls = count(&|a| eligible(a) && a.broker_tls);
-    let eligible_count = count(&eligible);
-    let phase = if eligible_count > 0 && eligible_on_tls == eligible_count {
-        "broker-tls"
-    } else if switched > 0 {
-        "ssl"
-    } else if with_certs > 0 {
-        "certificates"
-    } else {
-        "plain"
-    };
+    let overview = tally.overview(context, ca_fingerprint, campaign);
     Ok(Status {
-        network: Network {
-            phase: phase.into(),
-            agents: list.len(),
-            online,
-            offline: list.len() - online,
-            eligible: count(&eligible),
-            children_with_certificates: with_certs,
-            switched_to_ssl: switched,
-            broker_tls,
-            min_ssl_version: min_ssl_version.to_string(),
-            certificates_generated: ca_fingerprint.is_some(),
-            ssl_port: None,
-            ca_fingerprint: ca_fingerprint.map(str::to_owned),
-        },
-        summary: Summary {
-            passed: count(&|a| eligible(a) && outcome(a) == Some("passed")),
-            with_errors: count(&|a| eligible(a) && outcome(a) == Some("failed")),
-            did_not_participate: if campaign.is_some() {
-                count(&|a| eligible(a) && !matches!(outcome(a), Some("passed" | "failed")))
-            } else {
-                0
-            },
-            version_not_supporting_ssl: count(&|a| !a.ssl_capable),
-            mpos: count(&|a| a.kind == AgentKind::Mpos && a.ssl_capable),
-        },
-        campaign,
-        agents: list,
+        network: overview.network,
+        summary: overview.summary,
+        campaign: overview.campaign,
+        agents,
     })
+}
+
+/// Every agent, with its last result and refusal, in the list's order.
+fn agent_list(db: &Connection, context: ViewContext) -> Result<Vec<AgentStatus>, RegistryError> {
+    let mut stmt = db.prepare_cached(&format!(
+        "{DEFINITIONS} SELECT {AGENT_COLUMNS} {AGENTS_FROM}"
+    ))?;
+    let mut unordered = Vec::new();
+    for row in stmt.query_map([], |row| row_to_status(row, context))? {
+        unordered.push(Some(row??));
+    }
+    // AGENTS_ORDER, sorting positions rather than making SQLite (or Rust)
+    // move whole rows around.
+    let key = |i: &usize| {
+        let agent = unordered[*i].as_ref().expect("each position once");
+        (agent.name.as_str(), agent.id)
+    };
+    let mut order: Vec<usize> = (0..unordered.len()).collect();
+    order.sort_unstable_by(|a, b| key(a).cmp(&key(b)));
+    let mut agents: Vec<AgentStatus> = order
+        .into_iter()
+        .filter_map(|i| unordered[i].take())
+        .collect();
+    let index: HashMap<Uuid, usize> = agents.iter().enumerate().map(|(i, a)| (a.id, i)).collect();
+    let agent_at = |row: &rusqlite::Row<'_>| -> rusqlite::Result<Option<usize>> {
+        let id = row.get_ref(0)?.as_str()?;
+        Ok(id.parse().ok().and_then(|id| index.get(&id).copied()))
+    };
+
+    // Each agent's enrolment in the test of lowest rank, as LAST_ENROLMENT
+    // picks it.
+    let mut tests: HashMap<String, (i64, String)> = HashMap::new();
+    let mut stmt = db.prepare_cached(&format!("{DEFINITIONS} SELECT id, rank, kind FROM tests"))?;
+    for row in stmt.query_map([], |row| Ok((row.get(0)?, (row.get(1)?, row.get(2)?))))? {
+        let (id, test) = row?;
+        tests.insert(id, test);
+    }
+    let mut ranks = vec![i64::MAX; agents.len()];
+    // Newest enrolments first (by rowid, no sorting): an agent's first row
+    // is then most often its last result, and the only one shaped.
+    let mut stmt = db.prepare_cached(&format!(
+        "SELECT l.agent, {LAST_COLUMNS} FROM campaign_children l ORDER BY l.rowid DESC"
+    ))?;
+    let mut rows = stmt.query([])?;
+    while let Some(row) = rows.next()? {
+        let test = row.get_ref(1)?.as_str().ok().and_then(|id| tests.get(id));
+        let Some((rank, kind)) = test else {
+            continue;
+        };
+        let Some(i) = agent_at(row)? else {
+            continue;
+        };
+        if *rank < ranks[i] {
+            ranks[i] = *rank;
+            agents[i].last_result = row_to_last_result(row, 1, kind.clone())?;
+        }
+    }
+
+    let mut stmt = db.prepare_cached(STEP_RESULTS)?;
+    let mut rows = stmt.query([])?;
+    while let Some(row) = rows.next()? {
+        if let Some(i) = agent_at(row)? {
+            if let Some(last) = agents[i].last_result.as_mut() {
+                attach_step(last, row)?;
+            }
+        }
+    }
+    Ok(agents)
+}
+
+/// Computes the status without the agent list: the counters are summed by
+/// SQLite, one row per version (and mPOS or not); no agent is read into
+/// memory.
+pub fn compute_overview(
+    registry: &Registry,
+    min_ssl_version: Version,
+    offline_after_ms: u64,
+    ca_fingerprint: Option<&str>,
+) -> Result<Overview, RegistryError> {
+    let context = ViewContext::new(min_ssl_version, offline_after_ms);
+    // `online` as ViewContext::online has it.
+    let groups = format!(
+        "{DEFINITIONS} SELECT a.version, a.kind = 'mpos', count(*),
+            sum(CASE WHEN max(?1 - a.last_seen, 0) < ?2 THEN 1 ELSE 0 END),
+            sum(CASE WHEN a.certified THEN 1 ELSE 0 END),
+            sum(CASE WHEN a.ssl THEN 1 ELSE 0 END),
+            sum(CASE WHEN a.broker_tls THEN 1 ELSE 0 END),
+            sum(CASE l.state WHEN 'passed' THEN 1 ELSE 0 END),
+            sum(CASE l.state WHEN 'failed' THEN 1 ELSE 0 END)
+        {AGENTS_FROM} {LAST_ENROLMENT} GROUP BY 1, 2"
+    );
+    let (tally, campaign) = read(registry, |db| {
+        let mut stmt = db.prepare_cached(&groups)?;
+        let now = i64::try_from(context.now_ms).unwrap_or(i64::MAX);
+        let after = i64::try_from(context.offline_after_ms).unwrap_or(i64::MAX);
+        let mut rows = stmt.query(params![now, after])?;
+        let mut tally = Tally::default();
+        while let Some(row) = rows.next()? {
+            let count = |i| row.get::<_, i64>(i).map(|n| n as usize);
+            tally.add(&Group {
+                ssl_capable: ssl_capable(row.get_ref(0)?.as_str().unwrap_or(""), min_ssl_version),
+                mpos: row.get(1)?,
+                agents: count(2)?,
+                online: count(3)?,
+                certified: count(4)?,
+                ssl: count(5)?,
+                broker_tls: count(6)?,
+                passed: count(7)?,
+                failed: count(8)?,
+            });
+        }
+        Ok((tally, newest_campaign(db)?))
+    })?;
+    Ok(tally.overview(context, ca_fingerprint, campaign))
+}
+
+/// The newest campaign's progress.
+fn newest_campaign(db: &Connection) -> Result<Option<Progress>, RegistryError> {
+    match crate::campaign::latest(db)? {
+        Some(id) => crate::campaign::progress(db, id),
+        None => Ok(None),
+    }
+}
+
+/// Agents alike in everything the counters depend on, and how many of them
+/// are online, certified, and so on.
+#[derive(Debug, Clone, Default)]
+struct Group {
+    ssl_capable: bool,
+    mpos: bool,
+    agents: usize,
+    online: usize,
+    certified: usize,
+    ssl: usize,
+    broker_tls: usize,
+    passed: usize,
+    failed: usize,
+}
+
+impl Group {
+    /// One agent as a group of one.
+    fn of(agent: &AgentStatus) -> Group {
+        let state = agent.last_result.as_ref().map(|r| r.state.as_str());
+        Group {
+            ssl_capable: agent.ssl_capable,
+            mpos: agent.kind == AgentKind::Mpos,
+            agents: 1,
+            online: agent.online.into(),
+            certified: agent.has_certificate.into(),
+            ssl: agent.ssl.into(),
+            broker_tls: agent.broker_tls.into(),
+            passed: (state == Some("passed")).into(),
+            failed: (state == Some("failed")).into(),
+        }
+    }
+}
+
+/// The counters of the status, and the one place that says what each
+/// counts: certificates, test results and AMQPS count for eligible children
+/// (SSL-capable, not mPOS) only.
+#[derive(Debug, Clone, Default)]
+struct Tally {
+    agents: usize,
+    online: usize,
+    eligible: usize,
+    eligible_certified: usize,
+    switched: usize,
+    broker_tls: usize,
+    eligible_on_tls: usize,
+    passed: usize,
+    failed: usize,
+    not_ssl_capable: usize,
+    mpos: usize,
+}
+
+impl Tally {
+    fn add(&mut self, group: &Group) {
+        self.agents += group.agents;
+        self.online += group.online;
+        self.switched += group.ssl;
+        self.broker_tls += group.broker_tls;
+        if !group.ssl_capable {
+            self.not_ssl_capable += group.agents;
+        } else if group.mpos {
+            self.mpos += group.agents;
+        } else {
+            self.eligible += group.agents;
+            self.eligible_certified += group.certified;
+            self.eligible_on_tls += group.broker_tls;
+            self.passed += group.passed;
+            self.failed += group.failed;
+        }
+    }
+
+    fn overview(
+        &self,
+        context: ViewContext,
+        ca_fingerprint: Option<&str>,
+        campaign: Option<Progress>,
+    ) -> Overview {
+        let phase = if self.eligible > 0 && self.eligible_on_tls == self.eligible {
+            "broker-tls"
+        } else if self.switched > 0 {
+            "ssl"
+        } else if self.eligible_certified > 0 {
+            "certificates"
+        } else {
+            "plain"
+        };
+        Overview {
+            network: Network {
+                phase: phase.into(),
+                agents: self.agents,
+                online: self.online,
+                offline: self.agents - self.online,
+                eligible: self.eligible,
+                children_with_certificates: self.eligible_certified,
+                switched_to_ssl: self.switched,
+                broker_tls: self.broker_tls,
+                min_ssl_version: context.min_ssl_version.to_string(),
+                certificates_generated: ca_fingerprint.is_some(),
+                ca_fingerprint: ca_fingerprint.map(str::to_owned),
+                ssl_port: None,
+            },
+            summary: Summary {
+                passed: self.passed,
+                with_errors: self.failed,
+                did_not_participate: if campaign.is_some() {
+                    self.eligible - self.passed - self.failed
+                } else {
+                    0
+                },
+                version_not_supporting_ssl: self.not_ssl_capable,
+                mpos: self.mpos,
+            },
+            campaign,
+        }
+    }
+}
+
+fn corrupt(what: impl std::fmt::Display) -> RegistryError {
+    RegistryError::Corrupt(what.to_string())
+}
+
+/// Shapes the [`AGENT_COLUMNS`] of a row (without its last result); the
+/// outer error is SQLite's, the inner one a value this build cannot read.
+pub fn row_to_status(
+    row: &rusqlite::Row<'_>,
+    context: ViewContext,
+) -> rusqlite::Result<Result<AgentStatus, RegistryError>> {
+    let id: String = row.get(0)?;
+    let kind: String = row.get(2)?;
+    let version: String = row.get(3)?;
+    let hostnames: String = row.get(5)?;
+    let ips: String = row.get(6)?;
+    let last_seen = row.get::<_, i64>(7)? as u64;
+    let parsed = (|| {
+        Ok(AgentStatus {
+            id: id
+                .parse()
+                .map_err(|_| corrupt(format!("agent id {id:?}")))?,
+            name: row.get(1)?,
+            kind: kind.parse().map_err(RegistryError::Corrupt)?,
+            ssl_capable: ssl_capable(&version, context.min_ssl_version),
+            version,
+            location: row.get(4)?,
+            hostnames: serde_json::from_str(&hostnames).map_err(corrupt)?,
+            ips: serde_json::from_str(&ips).map_err(corrupt)?,
+            online: context.online(last_seen),
+            last_seen,
+            has_certificate: row.get(8)?,
+            ssl: row.get(9)?,
+            broker_tls: row.get(10)?,
+            last_result: None,
+            refusal: row.get(11)?,
+        })
+    })();
+    Ok(parsed)
+}
+
+/// Shapes the [`LAST_COLUMNS`] of a row, from column `first` on, as a
+/// result of a test of `kind`: none when the agent has no enrolment (or its
+/// campaign id cannot be read), its step results still to attach.
+pub fn row_to_last_result(
+    row: &rusqlite::Row<'_>,
+    first: usize,
+    kind: String,
+) -> rusqlite::Result<Option<LastResult>> {
+    let Some(campaign) = row
+        .get_ref(first)?
+        .as_str_or_null()
+        .ok()
+        .flatten()
+        .and_then(|id| id.parse::<Uuid>().ok())
+    else {
+        return Ok(None);
+    };
+    Ok(Some(LastResult {
+        campaign,
+        kind,
+        state: row.get(first + 1)?,
+        step: row.get(first + 2)?,
+        message: row.get(first + 3)?,
+        cause: row.get(first + 4)?,
+        started_at: row.get::<_, Option<i64>>(first + 5)?.map(|t| t as u64),
+        finished_at: row.get::<_, Option<i64>>(first + 6)?.map(|t| t as u64),
+        cert_test: None,
+        ssl_port: None,
+    }))
+}
+
+/// Attaches one row of [`STEP_RESULTS`] to the last result it belongs to
+/// (same campaign); other steps and campaigns change nothing.
+pub fn attach_step(last: &mut LastResult, row: &rusqlite::Row<'_>) -> rusqlite::Result<()> {
+    let slot = match row.get_ref(2)?.as_str()? {
+        "cert-test" => &mut last.cert_test,
+        "ssl-port" => &mut last.ssl_port,
+        _ => return Ok(()),
+    };
+    let campaign = row.get_ref(1)?.as_str()?;
+    if campaign.parse::<Uuid>().ok() != Some(last.campaign) {
+        return Ok(());
+    }
+    *slot = Some(StepResult {
+        ok: row.get(3)?,
+        message: row.get(4)?,
+        cause: row.get(5)?,
+        at: row.get::<_, i64>(6)? as u64,
+    });
+    Ok(())
 }
 
 /// Whether a reported version supports SSL.
@@ -192,23 +582,201 @@ pub fn eligible(agent: &Agent, min: Version) -> bool {
     agent.kind != AgentKind::Mpos && ssl_capable(&agent.version, min)
 }
 
-fn view(agent: Agent, min: Version, now: u64, offline_after_ms: u64) -> AgentStatus {
-    let ssl_capable = ssl_capable(&agent.version, min);
-    AgentStatus {
-        id: agent.id,
-        online: now.saturating_sub(agent.last_seen) < offline_after_ms,
-        last_seen: agent.last_seen,
-        ssl_capable,
-        name: agent.name,
-        kind: agent.kind,
-        version: agent.version,
-        location: agent.location,
-        hostnames: agent.hostnames,
-        ips: agent.ips,
-        has_certificate: agent.has_certificate,
-        ssl: agent.ssl,
-        broker_tls: agent.broker_tls,
-        last_result: None,
-        refusal: None,
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::console::{self, RawPageQuery};
+    use rusqlite::params;
+
+    const MIN: Version = Version(1, 0, 0);
+    const OFFLINE_AFTER_MS: u64 = 60_000;
+
+    /// Inserts an agent row the way the registry stores it.
+    fn agent(db: &Connection, name: &str, kind: &str, version: &str, claims_cert: bool) -> Uuid {
+        let id = Uuid::new_v4();
+        db.execute(
+            "INSERT INTO agents (id, name, kind, version, location, hostnames, ips,
+                 first_seen, last_seen, has_certificate)
+             VALUES (?1, ?2, ?3, ?4, 'shop-1', '[\"till.shop\"]', '[\"10.0.0.1\"]', 0, ?5, ?6)",
+            params![
+                id.to_string(),
+                name,
+                kind,
+                version,
+                fleetls_proto::now_ms() as i64,
+                claims_cert
+            ],
+        )
+        .unwrap();
+        id
+    }
+
+    fn certificate(db: &Connection, agent: Uuid, revoked: bool) {
+        db.execute(
+            "INSERT INTO certificates (serial, agent_id, subject, not_after, issued_at, revoked,
+                 chain_pem) VALUES (?1, ?2, 'CN=x', 0, 0, ?3, 'PEM')",
+            params![Uuid::new_v4().to_string(), agent.to_string(), revoked],
+        )
+        .unwrap();
+    }
+
+    fn campaign(db: &Connection, kind: &str, started: i64, children: &[(Uuid, &str)]) -> Uuid {
+        let id = Uuid::new_v4();
+        db.execute(
+            "INSERT INTO campaigns (id, kind, state, window, started_at, deadline_at,
+                 step_timeout_ms) VALUES (?1, ?2, 'finished', 10, ?3, ?3, 1000)",
+            params![id.to_string(), kind, started],
+        )
+        .unwrap();
+        for (seq, (agent, state)) in children.iter().enumerate() {
+            db.execute(
+                "INSERT INTO campaign_children (campaign, agent, seq, state, step, target_host,
+                     target_port, message) VALUES (?1, ?2, ?3, ?4, 'ssl-port', 'h', 1, 'msg')",
+                params![id.to_string(), agent.to_string(), seq as i64, state],
+            )
+            .unwrap();
+        }
+        id
+    }
+
+    fn step(db: &Connection, campaign: Uuid, agent: Uuid, step: &str, ok: bool, late: bool) {
+        db.execute(
+            "INSERT INTO step_results (campaign, agent, step, ok, message, at, late)
+             VALUES (?1, ?2, ?3, ?4, ?5, 7, ?6)",
+            params![
+                campaign.to_string(),
+                agent.to_string(),
+                step,
+                ok,
+                format!("{step} {ok}"),
+                late
+            ],
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn the_list_the_summary_and_the_pages_agree() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Registry::open(&dir.path().join("fleetls.db")).unwrap();
+        let ids = registry
+            .with_tx(|db| {
+                let a = agent(db, "till-a", "child", "1.2.0", true);
+                let b = agent(db, "till-b", "child", "1.0.0", true);
+                let c = agent(db, "till-c", "child", "1.0.0", false);
+                agent(db, "bo-old", "child", "0.9.0", false);
+                let mpos = agent(db, "mpos-1", "mpos", "1.0.0", true);
+                // Two agents may share a name: the id orders them.
+                let twin = agent(db, "till-a", "local-parent", "1.0.0", true);
+                certificate(db, a, false);
+                certificate(db, b, true);
+                certificate(db, mpos, false);
+                certificate(db, twin, false);
+                let verify = campaign(db, "verify", 10, &[(a, "failed"), (b, "passed")]);
+                let reverify = campaign(db, "reverify", 20, &[(a, "passed"), (twin, "passed")]);
+                // Same start as the reverify, created later: the newer.
+                let tie = campaign(db, "verify", 20, &[(twin, "failed")]);
+                campaign(db, "switch", 30, &[(a, "failed"), (c, "failed")]);
+                step(db, verify, a, "cert-test", false, false);
+                step(db, reverify, a, "cert-test", true, false);
+                step(db, reverify, a, "ssl-port", true, false);
+                step(db, verify, b, "cert-test", true, false);
+                // Reported after the child was ended: does not count.
+                step(db, verify, b, "ssl-port", false, true);
+                step(db, tie, twin, "cert-test", false, false);
+                db.execute(
+                    "INSERT INTO refusals (agent_id, reason, at) VALUES (?1, 'no', 1)",
+                    params![c.to_string()],
+                )?;
+                Ok([a, b, c, twin, verify, reverify, tie])
+            })
+            .unwrap();
+        let [a, b, c, twin, verify, reverify, tie] = ids;
+
+        let status = compute(&registry, MIN, OFFLINE_AFTER_MS, Some("sha256:x")).unwrap();
+        let names: Vec<&str> = status.agents.iter().map(|a| a.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["bo-old", "mpos-1", "till-a", "till-a", "till-b", "till-c"]
+        );
+        let by_id = |id: Uuid| status.agents.iter().find(|x| x.id == id).unwrap();
+        let last_a = by_id(a).last_result.as_ref().unwrap();
+        assert_eq!(
+            (last_a.campaign, last_a.kind.as_str()),
+            (reverify, "reverify")
+        );
+        assert_eq!(last_a.state, "passed");
+        assert!(last_a.cert_test.as_ref().unwrap().ok && last_a.ssl_port.is_some());
+        let last_b = by_id(b).last_result.as_ref().unwrap();
+        assert_eq!((last_b.campaign, last_b.state.as_str()), (verify, "passed"));
+        assert!(
+            last_b.cert_test.is_some() && last_b.ssl_port.is_none(),
+            "late"
+        );
+        let last_twin = by_id(twin).last_result.as_ref().unwrap();
+        assert_eq!(
+            (last_twin.campaign, last_twin.state.as_str()),
+            (tie, "failed")
+        );
+        assert!(by_id(c).last_result.is_none(), "a switch is no test");
+        assert_eq!(by_id(c).refusal.as_deref(), Some("no"));
+        // A revoked certificate, or none issued, is no certificate.
+        assert!(by_id(a).has_certificate && !by_id(b).has_certificate);
+        assert_eq!(
+            status.network,
+            Network {
+                phase: "certificates".into(),
+                agents: 6,
+                online: 6,
+                offline: 0,
+                eligible: 4,
+                children_with_certificates: 2,
+                switched_to_ssl: 0,
+                broker_tls: 0,
+                min_ssl_version: "1.0.0".into(),
+                certificates_generated: true,
+                ca_fingerprint: Some("sha256:x".into()),
+                ssl_port: None,
+            }
+        );
+        assert_eq!(
+            status.summary,
+            Summary {
+                passed: 2,
+                with_errors: 1,
+                did_not_participate: 1,
+                version_not_supporting_ssl: 1,
+                mpos: 1,
+            }
+        );
+
+        let overview =
+            compute_overview(&registry, MIN, OFFLINE_AFTER_MS, Some("sha256:x")).unwrap();
+        assert_eq!(
+            (&overview.network, &overview.summary, &overview.campaign),
+            (&status.network, &status.summary, &status.campaign)
+        );
+
+        let context = ViewContext::new(MIN, OFFLINE_AFTER_MS);
+        let query = RawPageQuery::default().check().unwrap();
+        let page = console::page(&registry, context, &query).unwrap();
+        assert_eq!(page.agents, status.agents);
+    }
+
+    #[test]
+    fn the_agent_columns_are_counted() {
+        assert_eq!(AGENT_COLUMNS.split(',').count(), AGENT_COLUMN_COUNT);
+    }
+
+    #[test]
+    fn an_empty_registry_is_plain() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Registry::open(&dir.path().join("fleetls.db")).unwrap();
+        let status = compute(&registry, MIN, OFFLINE_AFTER_MS, None).unwrap();
+        let overview = compute_overview(&registry, MIN, OFFLINE_AFTER_MS, None).unwrap();
+        assert_eq!(status.network.phase, "plain");
+        assert!(status.agents.is_empty() && status.campaign.is_none());
+        assert_eq!(overview.network, status.network);
+        assert_eq!(overview.summary, Summary::default());
     }
 }
