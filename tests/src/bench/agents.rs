@@ -64,27 +64,31 @@ pub(crate) async fn run(broker: &str, agents: usize, rounds: usize) -> anyhow::R
     let answering = channel.clone();
     let answer_exchange = exchange.clone();
     let server = tokio::spawn(async move {
+        // Each answer on its own task, so that answers and acks are
+        // pipelined like the parent's batches instead of one at a time.
         while let Some(Ok(delivery)) = incoming.next().await {
             let Some(agent) = delivery.properties.reply_to().clone() else {
                 continue;
             };
-            let confirm = answering
-                .basic_publish(
-                    answer_exchange.as_str().into(),
-                    agent,
-                    BasicPublishOptions {
-                        mandatory: true,
-                        ..Default::default()
-                    },
-                    &delivery.data,
-                    BasicProperties::default().with_delivery_mode(2),
-                )
-                .await;
-            // Confirms are awaited apart, so answers go out back to back.
-            if let Ok(confirm) = confirm {
-                tokio::spawn(confirm);
-            }
-            let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+            let (answering, exchange) = (answering.clone(), answer_exchange.clone());
+            tokio::spawn(async move {
+                let published = answering
+                    .basic_publish(
+                        exchange.as_str().into(),
+                        agent,
+                        BasicPublishOptions {
+                            mandatory: true,
+                            ..Default::default()
+                        },
+                        &delivery.data,
+                        BasicProperties::default().with_delivery_mode(2),
+                    )
+                    .await;
+                if let Ok(confirm) = published {
+                    let _ = confirm.await;
+                }
+                let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+            });
         }
     });
 
