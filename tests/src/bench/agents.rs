@@ -4,8 +4,10 @@
 //! "parent" consumes one shared queue and answers each request into the
 //! asking agent's queue through a direct exchange. Every message is
 //! persistent and confirmed, every delivery acked: the broker does exactly
-//! the work it does for one step of a fleetls campaign, so this is the
-//! ceiling of a campaign phase on this machine.
+//! the work it does for one step of a fleetls campaign, from a plain client:
+//! each answer published and acked on its own, no batching. It shows what
+//! the topology itself (a durable queue per agent) costs the broker next to
+//! one shared queue (`rpc`); fleetls, which batches, can do better than it.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -22,10 +24,16 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Exchange
 /// Agents per shared connection, as in the swarm.
 const PER_CONNECTION: usize = 200;
 
-/// Runs `agents` agents making `rounds` round trips each, all at once, and
-/// prints the round trips per second.
-pub(crate) async fn run(broker: &str, agents: usize, rounds: usize) -> anyhow::Result<()> {
+/// Runs `agents` agents making `rounds` round trips each, `window` agents
+/// at a time (as a campaign's window), and prints the round trips per second.
+pub(crate) async fn run(
+    broker: &str,
+    agents: usize,
+    rounds: usize,
+    window: usize,
+) -> anyhow::Result<()> {
     anyhow::ensure!(agents > 0, "invalid --agents 0: give at least 1");
+    anyhow::ensure!(window > 0, "invalid --window 0: give at least 1");
     anyhow::ensure!(rounds > 0, "invalid --rounds 0: give at least 1");
     let tag = uuid::Uuid::new_v4().simple().to_string();
     let exchange = format!("bench.agents.{tag}");
@@ -146,9 +154,11 @@ pub(crate) async fn run(broker: &str, agents: usize, rounds: usize) -> anyhow::R
 
     let started = Instant::now();
     let mut running = tokio::task::JoinSet::new();
+    let acting = Arc::new(tokio::sync::Semaphore::new(window));
     for (queue, channel, mut consumer) in ready {
-        let requests = requests.clone();
+        let (requests, acting) = (requests.clone(), acting.clone());
         running.spawn(async move {
+            let _turn = acting.acquire_owned().await?;
             for round in 0..rounds {
                 publish(&channel, &requests, &queue, round).await?;
                 let Some(answer) = consumer.next().await else {
@@ -167,11 +177,17 @@ pub(crate) async fn run(broker: &str, agents: usize, rounds: usize) -> anyhow::R
 
     // Leave the broker as it was.
     server.abort();
+    let mut deleting = tokio::task::JoinSet::new();
     for (queue, channel) in finished {
-        let _ = channel
-            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-            .await;
+        let limit = limit.clone();
+        deleting.spawn(async move {
+            let _permit = limit.acquire_owned().await;
+            let _ = channel
+                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                .await;
+        });
     }
+    while deleting.join_next().await.is_some() {}
     let _ = channel
         .queue_delete(requests.as_str().into(), QueueDeleteOptions::default())
         .await;

@@ -7,7 +7,8 @@
 //! - `amqps-open`: AMQPS connections opened (TLS handshake with a client
 //!   certificate, AMQP handshake) and closed, C at a time.
 //! - `rpc-agents`: the same round trips in fleetls's own topology (a queue
-//!   and channel per agent, one queue to the parent): a campaign step's ceiling.
+//!   and channel per agent, one queue to the parent), from a plain client
+//!   without batching: what the topology costs the broker.
 //! - `hold`: N connections opened the way a child opens its own (AMQPS through
 //!   `fleetls_child::broker_tls::connect`, plain AMQP through
 //!   `fleetls_child::agent::connect`), each with a channel, and kept open,
@@ -52,6 +53,9 @@ enum Command {
         /// Round trips each agent makes
         #[arg(long, default_value_t = 5)]
         rounds: usize,
+        /// Agents making their round trips at once (a campaign's window)
+        #[arg(long, default_value_t = 500)]
+        window: usize,
     },
     /// Request/reply round trips per second through the broker.
     Rpc {
@@ -137,7 +141,8 @@ async fn main() -> anyhow::Result<()> {
             broker,
             agents,
             rounds,
-        } => agents::run(&broker, agents, rounds).await,
+            window,
+        } => agents::run(&broker, agents, rounds, window).await,
         Command::Rpc {
             broker,
             count,
