@@ -257,102 +257,105 @@ async fn run_child(
     result
 }
 
+/// Declares the shared topology once on a connection, as a real child does
+/// once per connection; each child then declares only its own queue.
+async fn declare_on(connection: &Connection) -> Result<(), crate::agent::SessionError> {
+    let channel =
+        connection
+            .create_channel()
+            .await
+            .map_err(|source| crate::agent::SessionError::Amqp {
+                what: "opening a channel",
+                source,
+            })?;
+    let declared = declare_shared(&channel).await;
+    let _ = channel.close(200, "declared".into()).await;
+    declared
+}
+
 /// One connection and its children; reconnects them all when it fails.
 async fn run_group(n: usize, broker: String, agents: Vec<Arc<Agent>>, shutdown: Shutdown) {
     let name = format!("fleetls-swarm:{n}");
     let mut attempt = 0u32;
     let mut wait = shutdown.clone();
     while !shutdown.is_set() {
-        match connect(&broker, &name).await {
-            Ok(connection) => {
-                // The shared topology once per connection, as a real child
-                // does once per connection; then each child only its own queue.
-                let declared = match connection.create_channel().await {
-                    Ok(channel) => {
-                        let declared = declare_shared(&channel).await;
-                        let _ = channel.close(200, "declared".into()).await;
-                        declared
-                    }
-                    Err(source) => Err(crate::agent::SessionError::Amqp {
-                        what: "opening a channel",
-                        source,
-                    }),
-                };
-                if let Err(e) = declared {
+        let connected = match connect(&broker, &name).await {
+            Ok(connection) => match declare_on(&connection).await {
+                Ok(()) => Some(connection),
+                Err(e) => {
                     warn!(group = n, error = %e, "cannot declare the topology; retrying");
                     let _ = connection.close(200, "swarm retrying".into()).await;
-                    let delay = backoff(attempt).max(Duration::from_millis(500));
-                    attempt = attempt.saturating_add(1);
-                    tokio::select! {
-                        _ = wait.wait() => break,
-                        _ = tokio::time::sleep(delay) => {}
-                    }
-                    continue;
+                    None
                 }
-                let connection = Arc::new(connection);
-                // Open the children's channels many at a time.
-                let mut opening = JoinSet::new();
-                let limit = Arc::new(tokio::sync::Semaphore::new(64));
-                for agent in &agents {
-                    let (agent, connection, shutdown, limit) = (
-                        agent.clone(),
-                        connection.clone(),
-                        shutdown.clone(),
-                        limit.clone(),
-                    );
-                    opening.spawn(async move {
-                        let _permit = limit.acquire_owned().await;
-                        // A child that moved to AMQPS has a connection of its own.
-                        let moved = agent
-                            .state
-                            .lock()
-                            .map(|s| s.broker_tls_uri.is_some())
-                            .unwrap_or(false);
-                        let own = if moved {
-                            let name =
-                                fleetls_proto::topology::child_connection_name(&agent.identity.id);
-                            Some(connect_agent(&agent, &name).await?)
-                        } else {
-                            None
-                        };
-                        let session = match &own {
-                            Some(own) => Session::open(own, &agent, shutdown).await?,
-                            None => Session::open_on(&connection, &agent, shutdown, false).await?,
-                        };
-                        Ok::<_, crate::agent::SessionError>((agent, session, own))
-                    });
-                }
-                let mut sessions = JoinSet::new();
-                let mut opened = 0usize;
-                while let Some(result) = opening.join_next().await {
-                    match result {
-                        Ok(Ok((agent, session, own))) => {
-                            opened += 1;
-                            sessions.spawn(run_child(agent, session, own));
-                        }
-                        Ok(Err(e)) => warn!(group = n, error = %e, "cannot open a child's channel"),
-                        Err(e) => warn!(group = n, error = %e, "a channel task failed"),
-                    }
-                }
-                if opened == agents.len() {
-                    attempt = 0;
-                    info!(group = n, children = opened, "swarm group connected");
-                }
-                // The first session to fail means the connection is gone.
-                while let Some(result) = sessions.join_next().await {
-                    match result {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => {
-                            warn!(group = n, error = %e, "swarm group lost its connection; reconnecting");
-                            break;
-                        }
-                        Err(e) => warn!(group = n, error = %e, "a simulated child failed"),
-                    }
-                }
-                sessions.abort_all();
-                let _ = connection.close(200, "swarm stopping".into()).await;
+            },
+            Err(e) => {
+                warn!(group = n, error = %e, "cannot reach the broker; retrying");
+                None
             }
-            Err(e) => warn!(group = n, error = %e, "cannot reach the broker; retrying"),
+        };
+        if let Some(connection) = connected {
+            let connection = Arc::new(connection);
+            // Open the children's channels many at a time.
+            let mut opening = JoinSet::new();
+            let limit = Arc::new(tokio::sync::Semaphore::new(64));
+            for agent in &agents {
+                let (agent, connection, shutdown, limit) = (
+                    agent.clone(),
+                    connection.clone(),
+                    shutdown.clone(),
+                    limit.clone(),
+                );
+                opening.spawn(async move {
+                    let _permit = limit.acquire_owned().await;
+                    // A child that moved to AMQPS has a connection of its own.
+                    let moved = agent
+                        .state
+                        .lock()
+                        .map(|s| s.broker_tls_uri.is_some())
+                        .unwrap_or(false);
+                    let own = if moved {
+                        let name =
+                            fleetls_proto::topology::child_connection_name(&agent.identity.id);
+                        Some(connect_agent(&agent, &name).await?)
+                    } else {
+                        None
+                    };
+                    let session = match &own {
+                        Some(own) => Session::open(own, &agent, shutdown).await?,
+                        None => Session::open_on(&connection, &agent, shutdown, false).await?,
+                    };
+                    Ok::<_, crate::agent::SessionError>((agent, session, own))
+                });
+            }
+            let mut sessions = JoinSet::new();
+            let mut opened = 0usize;
+            while let Some(result) = opening.join_next().await {
+                match result {
+                    Ok(Ok((agent, session, own))) => {
+                        opened += 1;
+                        sessions.spawn(run_child(agent, session, own));
+                    }
+                    Ok(Err(e)) => warn!(group = n, error = %e, "cannot open a child's channel"),
+                    Err(e) => warn!(group = n, error = %e, "a channel task failed"),
+                }
+            }
+            if opened == agents.len() {
+                attempt = 0;
+                info!(group = n, children = opened, "swarm group connected");
+            }
+            // The first session to fail means the connection is gone.
+            while let Some(result) = sessions.join_next().await {
+                match result {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        warn!(group = n, error = %e, "swarm group lost its connection; reconnecting");
+                        break;
+                    }
+                    Err(e) => warn!(group = n, error = %e, "a simulated child failed"),
+                }
+            }
+            sessions.abort_all();
+            let _ = connection.close(200, "swarm stopping".into()).await;
         }
         if shutdown.is_set() {
             break;

@@ -11,7 +11,6 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 
 use crate::ops::{self, OpError};
-use crate::registry::RegistryError;
 use crate::service::App;
 use crate::settings::SettingsChange;
 use crate::shutdown::Shutdown;
@@ -49,7 +48,7 @@ async fn metrics(State(app): State<Arc<App>>) -> Result<String, ApiError> {
     use std::fmt::Write;
     use std::sync::atomic::Ordering::Relaxed;
     let app2 = app.clone();
-    let status = tokio::task::spawn_blocking(move || overview(&app2))
+    let status = tokio::task::spawn_blocking(move || app2.overview())
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?
         .map_err(|e| ApiError::internal(e.to_string()))?;
@@ -331,29 +330,11 @@ impl From<OpError> for ApiError {
 /// The status without the agent list: cheap to poll on a big network.
 async fn summary(State(app): State<Arc<App>>) -> Result<Json<Overview>, ApiError> {
     let app2 = app.clone();
-    let overview = tokio::task::spawn_blocking(move || overview(&app2))
+    let overview = tokio::task::spawn_blocking(move || app2.overview())
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?
         .map_err(|e| ApiError::internal(e.to_string()))?;
     Ok(Json(overview))
-}
-
-/// The status without the agent list, counted by SQLite; its network part
-/// is filled as in [`App::status`].
-fn overview(app: &App) -> Result<Overview, RegistryError> {
-    let pki = app.pki();
-    let mut overview = crate::status::compute_overview(
-        &app.registry,
-        app.config.min_ssl_version,
-        app.config.offline_after.as_millis() as u64,
-        pki.as_deref().map(|p| p.root_fingerprint.as_str()),
-    )?;
-    overview.network.ssl_port = app
-        .ssl_port
-        .try_lock()
-        .ok()
-        .and_then(|handle| handle.as_ref().map(|h| h.port));
-    Ok(overview)
 }
 
 /// An error answer: a status code and a JSON `{"error": "..."}`.

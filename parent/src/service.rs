@@ -117,12 +117,29 @@ impl App {
             self.config.offline_after.as_millis() as u64,
             pki.as_deref().map(|p| p.root_fingerprint.as_str()),
         )?;
-        status.network.ssl_port = self
-            .ssl_port
+        status.network.ssl_port = self.ssl_port_number();
+        Ok(status)
+    }
+
+    /// The status without the agent list, counted by SQLite.
+    pub fn overview(&self) -> Result<crate::status::Overview, RegistryError> {
+        let pki = self.pki();
+        let mut overview = crate::status::compute_overview(
+            &self.registry,
+            self.config.min_ssl_version,
+            self.config.offline_after.as_millis() as u64,
+            pki.as_deref().map(|p| p.root_fingerprint.as_str()),
+        )?;
+        overview.network.ssl_port = self.ssl_port_number();
+        Ok(overview)
+    }
+
+    /// The SSL port while it listens (`None` too while it is being changed).
+    fn ssl_port_number(&self) -> Option<u16> {
+        self.ssl_port
             .try_lock()
             .ok()
-            .and_then(|handle| handle.as_ref().map(|h| h.port));
-        Ok(status)
+            .and_then(|handle| handle.as_ref().map(|h| h.port))
     }
 
     /// The CA, if generated.
