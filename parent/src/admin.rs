@@ -182,12 +182,18 @@ const STATUS_BYTES_PER_AGENT: usize = 1024;
 /// The whole status, computed and serialised on a blocking thread.
 async fn status(State(app): State<Arc<App>>) -> Result<Response, ApiError> {
     let body = tokio::task::spawn_blocking(move || {
-        let status = app
-            .status()
-            .map_err(|e| ApiError::internal(e.to_string()))?;
-        let mut body = Vec::with_capacity(4096 + status.agents.len() * STATUS_BYTES_PER_AGENT);
-        serde_json::to_writer(&mut body, &status).map_err(|e| ApiError::internal(e.to_string()))?;
-        Ok::<_, ApiError>(body)
+        app.with_status(|overview, agents| {
+            let status = crate::status::StatusRef {
+                network: &overview.network,
+                summary: &overview.summary,
+                campaign: overview.campaign.as_ref(),
+                agents,
+            };
+            let mut body = Vec::with_capacity(4096 + agents.len() * STATUS_BYTES_PER_AGENT);
+            serde_json::to_writer(&mut body, &status).map(|()| body)
+        })
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|e| ApiError::internal(e.to_string()))
     })
     .await
     .map_err(|e| ApiError::internal(e.to_string()))??;

@@ -29,6 +29,9 @@ pub enum BrokerError {
     /// A message could not be encoded.
     #[error(transparent)]
     Encode(#[from] fleetls_proto::EncodeError),
+    /// The broker URL cannot be read (said without its password).
+    #[error("{0}")]
+    Url(String),
 }
 
 /// Wraps a lapin error with what was being done.
@@ -36,10 +39,35 @@ pub fn amqp(what: &'static str) -> impl FnOnce(lapin::Error) -> BrokerError {
     move |source| BrokerError::Amqp { what, source }
 }
 
+/// The largest AMQP frame the parent asks for, unless its broker URL names
+/// its own `frame_max`.
+///
+/// lapin keeps a receive and a send ring buffer of 32 frames each per
+/// connection, zero-filled at the frame size agreed with the broker: at the
+/// 128 KiB RabbitMQ offers, 8 MiB resident for the parent's one connection.
+/// The parent's messages are a few KiB (a certificate chain at most); a
+/// larger one is split into several frames.
+pub const FRAME_MAX: lapin::types::FrameSize = 32 * 1024;
+
+/// Parses a broker URL (`amqp://` or `amqps://`) and caps its frame size at
+/// [`FRAME_MAX`] when it does not say `frame_max=` itself.
+pub fn connection_uri(url: &str) -> Result<lapin::uri::AMQPUri, BrokerError> {
+    let mut parsed: lapin::uri::AMQPUri = url.parse().map_err(|e: String| {
+        // The parser may quote the URL: never its password.
+        let safe = crate::config::redact(url);
+        BrokerError::Url(format!(
+            "the broker URL {safe} is not valid: {}",
+            e.replace(url, &safe)
+        ))
+    })?;
+    parsed.query.frame_max.get_or_insert(FRAME_MAX);
+    Ok(parsed)
+}
+
 /// Opens a named connection.
 pub async fn connect(url: &str, name: &str) -> Result<Connection, BrokerError> {
     let properties = ConnectionProperties::default().with_connection_name(name.into());
-    Connection::connect(url, properties)
+    Connection::connect_uri(connection_uri(url)?, properties)
         .await
         .map_err(amqp("connecting to the broker"))
 }
@@ -247,4 +275,27 @@ pub async fn dead_letter(
         return Err(BrokerError::Nacked(topology::DEAD.into()));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_frame_size_is_capped_unless_the_url_names_one() {
+        let uri = connection_uri("amqp://guest:guest@127.0.0.1:5672/%2f").unwrap();
+        assert_eq!(uri.query.frame_max, Some(FRAME_MAX));
+        let uri = connection_uri("amqps://u:p@broker:5671/%2f?frame_max=131072").unwrap();
+        assert_eq!(uri.query.frame_max, Some(131_072));
+    }
+
+    #[test]
+    fn a_bad_url_is_named_without_its_password() {
+        let Err(BrokerError::Url(why)) = connection_uri("amqp://guest:s3cret@/%2f?frame_max=x")
+        else {
+            panic!("a bad frame_max is accepted");
+        };
+        assert!(why.contains("not valid"), "{why}");
+        assert!(!why.contains("s3cret"), "{why}");
+    }
 }

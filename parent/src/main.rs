@@ -238,6 +238,17 @@ enum CertsAction {
     },
 }
 
+/// Writes a long answer to stdout: a reader that stops early
+/// (`status --json | head`) ends it quietly instead of as a panic.
+fn print_out(text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -289,9 +300,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status { target, json } => {
             let status = Client::new(&target)?.status().await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&status)?);
+                print_out(&(serde_json::to_string_pretty(&status)? + "\n"))?;
             } else {
-                print!("{}", client::status_table(&status));
+                print_out(&client::status_table(&status))?;
             }
             Ok(ExitCode::SUCCESS)
         }

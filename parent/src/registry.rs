@@ -125,6 +125,28 @@ pub struct Agent {
 #[derive(Clone)]
 pub struct Registry {
     db: Arc<Mutex<Connection>>,
+    changes: Arc<Mutex<Changes>>,
+}
+
+/// What was written to the registry since [`Registry::read_changes`] last
+/// took it, as SQLite's update hook reports it: which rows of `agents`, and
+/// whether any other table changed (the message ids seen do not count).
+/// The status list (`status::Cache`) reads it to re-read only what changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Changes {
+    /// Rowids of the `agents` rows inserted, updated or deleted.
+    pub agents: std::collections::BTreeSet<i64>,
+    /// Another table changed (or what changed is not known, as at start).
+    pub other: bool,
+}
+
+impl Default for Changes {
+    fn default() -> Changes {
+        Changes {
+            agents: Default::default(),
+            other: true,
+        }
+    }
 }
 
 const SCHEMA: &str = "
@@ -178,9 +200,51 @@ impl Registry {
         db.busy_timeout(std::time::Duration::from_secs(5))?;
         db.execute_batch(SCHEMA)?;
         db.execute_batch(crate::campaign::SCHEMA)?;
+        let changes = Arc::new(Mutex::new(Changes::default()));
+        let hook = changes.clone();
+        db.update_hook(Some(
+            move |_: rusqlite::hooks::Action, _: &str, table: &str, rowid: i64| {
+                let mut changes = hook.lock().unwrap_or_else(|p| p.into_inner());
+                match table {
+                    "agents" => {
+                        changes.agents.insert(rowid);
+                    }
+                    "seen_messages" => {}
+                    _ => changes.other = true,
+                }
+            },
+        ));
         Ok(Registry {
             db: Arc::new(Mutex::new(db)),
+            changes,
         })
+    }
+
+    /// Runs `f` with the connection and what changed since the last call
+    /// (all of it on the first). The changes are taken: a caller that
+    /// fails must start again from nothing. SQLite's hook does not see a
+    /// `DELETE` without `WHERE` (its truncate optimisation): every such
+    /// statement here says so with [`Registry::mark_changed`].
+    pub fn read_changes<T>(
+        &self,
+        f: impl FnOnce(&Connection, Changes) -> Result<T, RegistryError>,
+    ) -> Result<T, RegistryError> {
+        let db = self.lock();
+        // Taken under the connection's lock, so no write is half counted.
+        let none = Changes {
+            agents: Default::default(),
+            other: false,
+        };
+        let changes = std::mem::replace(
+            &mut *self.changes.lock().unwrap_or_else(|p| p.into_inner()),
+            none,
+        );
+        f(&db, changes)
+    }
+
+    /// Records that something changed that the update hook does not see.
+    fn mark_changed(&self) {
+        self.changes.lock().unwrap_or_else(|p| p.into_inner()).other = true;
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -406,6 +470,7 @@ impl Registry {
     pub fn forget_certificates(&self) -> Result<(), RegistryError> {
         let db = self.lock();
         db.execute_batch("DELETE FROM certificates; DELETE FROM refusals;")?;
+        self.mark_changed();
         Ok(())
     }
 

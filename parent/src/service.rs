@@ -85,6 +85,8 @@ pub struct App {
     /// session began: until then the engine judges no child (its reports
     /// and heartbeats may still be waiting in the queue).
     pub drained: std::sync::atomic::AtomicBool,
+    /// The status list, kept up to date between calls.
+    pub status_cache: crate::status::Cache,
 }
 
 /// Message counters since the parent started.
@@ -110,28 +112,37 @@ pub struct SslPortHandle {
 impl App {
     /// The current status view.
     pub fn status(&self) -> Result<Status, RegistryError> {
-        let pki = self.pki();
-        let mut status = crate::status::compute(
-            &self.registry,
-            self.config.min_ssl_version,
-            self.config.offline_after.as_millis() as u64,
-            pki.as_deref().map(|p| p.root_fingerprint.as_str()),
-        )?;
-        status.network.ssl_port = self.ssl_port_number();
-        Ok(status)
+        self.with_status(|overview, agents| Status {
+            network: overview.network,
+            summary: overview.summary,
+            campaign: overview.campaign,
+            agents: agents.to_vec(),
+        })
     }
 
-    /// The status without the agent list, counted by SQLite.
-    pub fn overview(&self) -> Result<crate::status::Overview, RegistryError> {
+    /// Hands the status to `f` without copying the list (see
+    /// [`crate::status::Cache`]).
+    pub fn with_status<T>(
+        &self,
+        f: impl FnOnce(crate::status::Overview, &[crate::status::AgentStatus]) -> T,
+    ) -> Result<T, RegistryError> {
         let pki = self.pki();
-        let mut overview = crate::status::compute_overview(
+        let ssl_port = self.ssl_port_number();
+        self.status_cache.with_status(
             &self.registry,
             self.config.min_ssl_version,
             self.config.offline_after.as_millis() as u64,
             pki.as_deref().map(|p| p.root_fingerprint.as_str()),
-        )?;
-        overview.network.ssl_port = self.ssl_port_number();
-        Ok(overview)
+            |mut overview, agents| {
+                overview.network.ssl_port = ssl_port;
+                f(overview, agents)
+            },
+        )
+    }
+
+    /// The status without the agent list.
+    pub fn overview(&self) -> Result<crate::status::Overview, RegistryError> {
+        self.with_status(|overview, _| overview)
     }
 
     /// The SSL port while it listens (`None` too while it is being changed).
@@ -289,6 +300,7 @@ pub async fn serve(
         reconnect: tokio::sync::Notify::new(),
         metrics: Metrics::default(),
         drained: std::sync::atomic::AtomicBool::new(false),
+        status_cache: crate::status::Cache::default(),
     });
     if app.pki().is_some() {
         if let Err(e) = app.start_ssl_port().await {
@@ -390,13 +402,14 @@ async fn open_session(
 ) -> Result<(Connection, Channel, lapin::Consumer, Channel), BrokerError> {
     let amqps = app.amqps.read().unwrap_or_else(|p| p.into_inner()).clone();
     let connection = match amqps {
-        Some(uri) => crate::broker_switch::connect(
-            &app.config.data_dir,
-            &uri,
-            topology::PARENT_CONNECTION_NAME,
-        )
-        .await
-        .map_err(amqp("connecting to the broker over AMQPS"))?,
+        Some(uri) => {
+            crate::broker_switch::connect(
+                &app.config.data_dir,
+                &uri,
+                topology::PARENT_CONNECTION_NAME,
+            )
+            .await?
+        }
         None => broker::connect(&app.config.broker, topology::PARENT_CONNECTION_NAME).await?,
     };
     let channel = broker::confirm_channel(&connection).await?;

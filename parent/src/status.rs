@@ -1,7 +1,8 @@
 //! The status view: the network's phase and counters, the campaign summary
 //! and every agent, computed from the registry. `GET /api/status` serves it
 //! and `fleetls-parent status` prints it; `GET /api/summary` serves the same
-//! without the agent list ([`compute_overview`]), counted by SQLite.
+//! without the agent list. The parent keeps the list between calls
+//! ([`Cache`]) and reads again only what changed.
 //!
 //! What the status says of an agent is defined here once, in SQL
 //! ([`DEFINITIONS`], [`AGENTS_FROM`], [`LAST_ENROLMENT`], [`STEP_RESULTS`]),
@@ -15,7 +16,7 @@
 
 use std::collections::HashMap;
 
-use rusqlite::{params, Connection};
+use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -35,6 +36,20 @@ pub struct Status {
     pub campaign: Option<Progress>,
     /// Every agent.
     pub agents: Vec<AgentStatus>,
+}
+
+/// [`Status`] borrowed, to serialise the kept list without copying it
+/// (the same JSON).
+#[derive(Debug, Serialize)]
+pub struct StatusRef<'a> {
+    /// Where the network stands and its counters.
+    pub network: &'a Network,
+    /// The figures of the last campaign.
+    pub summary: &'a Summary,
+    /// The newest campaign's progress.
+    pub campaign: Option<&'a Progress>,
+    /// Every agent.
+    pub agents: &'a [AgentStatus],
 }
 
 /// The status without the agent list: what `GET /api/summary` serves.
@@ -310,50 +325,139 @@ fn agent_list(db: &Connection, context: ViewContext) -> Result<Vec<AgentStatus>,
     Ok(agents)
 }
 
-/// Computes the status without the agent list: the counters are summed by
-/// SQLite, one row per version (and mPOS or not); no agent is read into
-/// memory.
-pub fn compute_overview(
-    registry: &Registry,
-    min_ssl_version: Version,
-    offline_after_ms: u64,
-    ca_fingerprint: Option<&str>,
-) -> Result<Overview, RegistryError> {
-    let context = ViewContext::new(min_ssl_version, offline_after_ms);
-    // `online` as ViewContext::online has it.
-    let groups = format!(
-        "{DEFINITIONS} SELECT a.version, a.kind = 'mpos', count(*),
-            sum(CASE WHEN max(?1 - a.last_seen, 0) < ?2 THEN 1 ELSE 0 END),
-            sum(CASE WHEN a.certified THEN 1 ELSE 0 END),
-            sum(CASE WHEN a.ssl THEN 1 ELSE 0 END),
-            sum(CASE WHEN a.broker_tls THEN 1 ELSE 0 END),
-            sum(CASE l.state WHEN 'passed' THEN 1 ELSE 0 END),
-            sum(CASE l.state WHEN 'failed' THEN 1 ELSE 0 END)
-        {AGENTS_FROM} {LAST_ENROLMENT} GROUP BY 1, 2"
-    );
-    let (tally, campaign) = read(registry, |db| {
-        let mut stmt = db.prepare_cached(&groups)?;
-        let now = i64::try_from(context.now_ms).unwrap_or(i64::MAX);
-        let after = i64::try_from(context.offline_after_ms).unwrap_or(i64::MAX);
-        let mut rows = stmt.query(params![now, after])?;
+/// The status list kept between calls, brought up to date from what the
+/// registry says changed ([`crate::registry::Changes`]): when only agents'
+/// own rows changed (heartbeats, reports, registrations: what a live network
+/// does all the time) only those rows are read again; anything else (a
+/// campaign's results, certificates, refusals) reads the whole list again,
+/// as [`compute`] does. Whether an agent is online is worked out at each
+/// call, from the time it was last heard.
+#[derive(Default)]
+pub struct Cache {
+    list: std::sync::Mutex<Option<Listed>>,
+    /// How many times the whole list was read (for the tests).
+    #[cfg(test)]
+    whole_reads: std::sync::atomic::AtomicUsize,
+}
+
+/// The list as last read, in the list's order.
+struct Listed {
+    agents: Vec<AgentStatus>,
+    campaign: Option<Progress>,
+    /// Each agent's position in `agents`.
+    positions: HashMap<Uuid, usize>,
+}
+
+impl Listed {
+    fn new(agents: Vec<AgentStatus>, campaign: Option<Progress>) -> Listed {
+        let mut listed = Listed {
+            agents,
+            campaign,
+            positions: HashMap::new(),
+        };
+        listed.index();
+        listed
+    }
+
+    fn index(&mut self) {
+        self.positions = (self.agents.iter().enumerate())
+            .map(|(i, a)| (a.id, i))
+            .collect();
+    }
+}
+
+impl Cache {
+    /// Brings the list up to date and hands it to `f` with the overview
+    /// (`online` as of now); the list stays locked while `f` runs.
+    pub fn with_status<T>(
+        &self,
+        registry: &Registry,
+        min_ssl_version: Version,
+        offline_after_ms: u64,
+        ca_fingerprint: Option<&str>,
+        f: impl FnOnce(Overview, &[AgentStatus]) -> T,
+    ) -> Result<T, RegistryError> {
+        let context = ViewContext::new(min_ssl_version, offline_after_ms);
+        let mut list = self.list.lock().unwrap_or_else(|p| p.into_inner());
+        let listed = registry.read_changes(|db, changes| {
+            let tx = db.unchecked_transaction()?;
+            let kept = match list.take() {
+                Some(listed) if !changes.other => refresh(&tx, context, listed, &changes.agents)?,
+                _ => None,
+            };
+            let listed = match kept {
+                Some(listed) => listed,
+                None => {
+                    #[cfg(test)]
+                    self.whole_reads
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    Listed::new(agent_list(&tx, context)?, newest_campaign(&tx)?)
+                }
+            };
+            tx.commit()?;
+            Ok(listed)
+        })?;
+        // (On failure the list stays empty: the changes taken are lost, and
+        // the next call reads it whole.)
+        let listed = list.insert(listed);
         let mut tally = Tally::default();
-        while let Some(row) = rows.next()? {
-            let count = |i| row.get::<_, i64>(i).map(|n| n as usize);
-            tally.add(&Group {
-                ssl_capable: ssl_capable(row.get_ref(0)?.as_str().unwrap_or(""), min_ssl_version),
-                mpos: row.get(1)?,
-                agents: count(2)?,
-                online: count(3)?,
-                certified: count(4)?,
-                ssl: count(5)?,
-                broker_tls: count(6)?,
-                passed: count(7)?,
-                failed: count(8)?,
-            });
+        for agent in &mut listed.agents {
+            agent.online = context.online(agent.last_seen);
+            agent.ssl_capable = ssl_capable(&agent.version, min_ssl_version);
+            tally.add(&Group::of(agent));
         }
-        Ok((tally, newest_campaign(db)?))
-    })?;
-    Ok(tally.overview(context, ca_fingerprint, campaign))
+        let overview = tally.overview(context, ca_fingerprint, listed.campaign.clone());
+        Ok(f(overview, &listed.agents))
+    }
+}
+
+/// Reads again the agents whose rows changed (by rowid) and puts them in
+/// place, keeping their last result (only other tables change it). `None`
+/// when a row is gone: the caller reads the whole list.
+fn refresh(
+    db: &Connection,
+    context: ViewContext,
+    mut listed: Listed,
+    rowids: &std::collections::BTreeSet<i64>,
+) -> Result<Option<Listed>, RegistryError> {
+    if rowids.is_empty() {
+        return Ok(Some(listed));
+    }
+    let rowids_len = rowids.len();
+    let rowids = serde_json::to_string(rowids).map_err(corrupt)?;
+    let mut stmt = db.prepare_cached(&format!(
+        "{DEFINITIONS} SELECT {AGENT_COLUMNS} {AGENTS_FROM}
+         WHERE a.id IN (SELECT id FROM agents WHERE rowid IN (SELECT value FROM json_each(?1)))"
+    ))?;
+    let mut found = 0;
+    let mut moved = false;
+    for row in stmt.query_map([&rowids], |row| row_to_status(row, context))? {
+        let mut agent = row??;
+        found += 1;
+        match listed.positions.get(&agent.id) {
+            Some(&i) => {
+                let old = &mut listed.agents[i];
+                moved |= old.name != agent.name;
+                agent.last_result = old.last_result.take();
+                *old = agent;
+            }
+            None => {
+                moved = true;
+                listed.agents.push(agent);
+            }
+        }
+    }
+    if found < rowids_len {
+        return Ok(None);
+    }
+    if moved {
+        // AGENTS_ORDER
+        listed
+            .agents
+            .sort_unstable_by(|a, b| (a.name.as_str(), a.id).cmp(&(b.name.as_str(), b.id)));
+        listed.index();
+    }
+    Ok(Some(listed))
 }
 
 /// The newest campaign's progress.
@@ -750,17 +854,103 @@ mod tests {
             }
         );
 
-        let overview =
-            compute_overview(&registry, MIN, OFFLINE_AFTER_MS, Some("sha256:x")).unwrap();
-        assert_eq!(
-            (&overview.network, &overview.summary, &overview.campaign),
-            (&status.network, &status.summary, &status.campaign)
-        );
-
         let context = ViewContext::new(MIN, OFFLINE_AFTER_MS);
         let query = RawPageQuery::default().check().unwrap();
         let page = console::page(&registry, context, &query).unwrap();
         assert_eq!(page.agents, status.agents);
+    }
+
+    #[test]
+    fn the_kept_list_follows_every_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Registry::open(&dir.path().join("fleetls.db")).unwrap();
+        let (a, b) = registry
+            .with_tx(|db| {
+                let a = agent(db, "till-a", "child", "1.2.0", true);
+                let b = agent(db, "till-b", "child", "1.0.0", true);
+                certificate(db, a, false);
+                let verify = campaign(db, "verify", 10, &[(a, "failed"), (b, "passed")]);
+                step(db, verify, a, "cert-test", false, false);
+                Ok((a, b))
+            })
+            .unwrap();
+        let cache = Cache::default();
+        let whole_reads = || cache.whole_reads.load(std::sync::atomic::Ordering::Relaxed);
+        // The kept list and overview, as the API serves them, against a
+        // fresh computation.
+        let check = |what: &str| {
+            let fresh = compute(&registry, MIN, OFFLINE_AFTER_MS, Some("sha256:x")).unwrap();
+            let kept = cache
+                .with_status(
+                    &registry,
+                    MIN,
+                    OFFLINE_AFTER_MS,
+                    Some("sha256:x"),
+                    |o, agents| {
+                        serde_json::to_value(StatusRef {
+                            network: &o.network,
+                            summary: &o.summary,
+                            campaign: o.campaign.as_ref(),
+                            agents,
+                        })
+                        .unwrap()
+                    },
+                )
+                .unwrap();
+            assert_eq!(kept, serde_json::to_value(&fresh).unwrap(), "after {what}");
+        };
+        check("the first call");
+        assert_eq!(whole_reads(), 1);
+        check("nothing");
+        assert_eq!(whole_reads(), 1, "nothing changed: nothing read");
+
+        // Agents' own rows: read again one by one, last results kept.
+        let now = fleetls_proto::now_ms() as i64;
+        registry
+            .with_tx(|db| {
+                db.execute(
+                    "UPDATE agents SET last_seen = 0, ssl = 1 WHERE id = ?1",
+                    params![a.to_string()],
+                )?;
+                db.execute(
+                    "UPDATE agents SET version = '0.9.0', last_seen = ?2 WHERE id = ?1",
+                    params![b.to_string(), now],
+                )?;
+                Ok(())
+            })
+            .unwrap();
+        check("a heartbeat and a new version");
+        registry
+            .with_tx(|db| {
+                db.execute(
+                    "UPDATE agents SET name = 'a-first' WHERE id = ?1",
+                    params![b.to_string()],
+                )?;
+                agent(db, "new-till", "child", "1.0.0", false);
+                Ok(())
+            })
+            .unwrap();
+        check("a new name and a new agent");
+        assert_eq!(whole_reads(), 1, "agents' rows are read one by one");
+
+        // Anything else reads the whole list again.
+        registry
+            .with_tx(|db| {
+                certificate(db, b, false);
+                Ok(())
+            })
+            .unwrap();
+        check("a certificate");
+        assert_eq!(whole_reads(), 2);
+        registry.forget_certificates().unwrap();
+        check("certs reset (a DELETE the update hook does not see)");
+        assert_eq!(whole_reads(), 3);
+        // A rolled back write changes nothing but is read again, safely.
+        let _ = registry.with_tx(|db| {
+            agent(db, "rolled-back", "child", "1.0.0", false);
+            Err::<(), _>(RegistryError::Corrupt("no".into()))
+        });
+        check("a rolled back registration");
     }
 
     #[test]
@@ -773,7 +963,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let registry = Registry::open(&dir.path().join("fleetls.db")).unwrap();
         let status = compute(&registry, MIN, OFFLINE_AFTER_MS, None).unwrap();
-        let overview = compute_overview(&registry, MIN, OFFLINE_AFTER_MS, None).unwrap();
+        let overview = Cache::default()
+            .with_status(&registry, MIN, OFFLINE_AFTER_MS, None, |o, _| o)
+            .unwrap();
         assert_eq!(status.network.phase, "plain");
         assert!(status.agents.is_empty() && status.campaign.is_none());
         assert_eq!(overview.network, status.network);
