@@ -1,6 +1,7 @@
-//! Times the status view on a copy of a real registry, and checks it
-//! against the way it was computed before (every agent, every refusal and
-//! every step result read into memory, counted in Rust):
+//! Times the status view on a copy of a real registry: read whole (as after
+//! a campaign), and as the parent serves it again (kept, with nothing or a
+//! few agents changed); and checks that the kept JSON, the whole list and
+//! the console's pages agree:
 //!
 //! ```text
 //! cargo run --release -p fleetls-parent --example status_timing -- REGISTRY.db [ROUNDS]
@@ -15,8 +16,7 @@ use std::time::{Duration, Instant};
 use fleetls_parent::config::Version;
 use fleetls_parent::console::{self, RawPageQuery};
 use fleetls_parent::registry::{Registry, RegistryError};
-use fleetls_parent::status::{self, AgentStatus, Network, Status, Summary, ViewContext};
-use fleetls_proto::AgentKind;
+use fleetls_parent::status::{self, Status, ViewContext};
 
 const MIN: Version = Version(1, 0, 0);
 const OFFLINE_AFTER_MS: u64 = 1_800_000;
@@ -32,28 +32,14 @@ fn main() -> anyhow::Result<()> {
     std::fs::copy(&source, &copy)?;
     let registry = Registry::open(&copy)?;
 
-    // The old way first, before the new one adds its index.
-    let old = old_compute(&registry)?;
-    time("before: compute", rounds, || {
-        old_compute(&registry).map(drop)
-    })?;
-    time("before: compute + JSON", rounds, || {
-        old_compute(&registry).map(|s| drop(to_json(&s)))
-    })?;
-
-    // Same figures and the same list as before, in the same order.
-    let new = status::compute(&registry, MIN, OFFLINE_AFTER_MS, None)?;
+    let whole = status::compute(&registry, MIN, OFFLINE_AFTER_MS, None)?;
     let cache = status::Cache::default();
-    let overview = cache.with_status(&registry, MIN, OFFLINE_AFTER_MS, None, |o, _| o)?;
-    assert_eq!(
-        serde_json::to_value(&old)?,
-        serde_json::to_value(&new)?,
-        "the status changed"
-    );
-    assert_eq!(
-        (&overview.network, &overview.summary, &overview.campaign),
-        (&old.network, &old.summary, &old.campaign),
-        "the summary changed"
+    let kept = cache.with_status(&registry, MIN, OFFLINE_AFTER_MS, None, |o, mut list| {
+        list.status_json(&o)
+    })??;
+    anyhow::ensure!(
+        kept == to_json(&whole),
+        "the kept JSON differs from the whole list's"
     );
     // The console's pages hold the same agents as the status list.
     let context = ViewContext {
@@ -72,70 +58,52 @@ fn main() -> anyhow::Result<()> {
         Ok::<_, anyhow::Error>(console::page(&registry, context, &query)?)
     };
     let mut paged = Vec::new();
-    while paged.len() < new.agents.len() {
+    while paged.len() < whole.agents.len() {
         let agents = page(paged.len())?.agents;
         anyhow::ensure!(!agents.is_empty(), "the console's pages end early");
         paged.extend(agents);
     }
     anyhow::ensure!(
-        paged == new.agents,
+        paged == whole.agents,
         "the console's pages differ from the status"
     );
     println!(
-        "{} agents, {} bytes of JSON: status, summary and console pages agree with before",
-        new.agents.len(),
-        to_json(&new).len()
+        "{} agents, {} bytes of JSON: the kept JSON, the whole list and the console's pages agree",
+        whole.agents.len(),
+        kept.len()
     );
 
-    time("after: compute (the whole list)", rounds, || {
+    time("whole list", rounds, || {
         status::compute(&registry, MIN, OFFLINE_AFTER_MS, None).map(drop)
     })?;
-    time("after: compute + JSON", rounds, || {
+    time("whole list + JSON", rounds, || {
         status::compute(&registry, MIN, OFFLINE_AFTER_MS, None).map(|s| drop(to_json(&s)))
     })?;
-    // What the parent serves: the kept list, with nothing changed since the
-    // last call, or with 100 agents heard from (their rows read again).
-    time("kept: nothing changed + JSON", rounds, || {
-        cache.with_status(&registry, MIN, OFFLINE_AFTER_MS, None, |o, agents| {
-            drop(to_json_ref(&o, agents))
+    let served = || {
+        cache.with_status(&registry, MIN, OFFLINE_AFTER_MS, None, |o, mut list| {
+            drop(list.status_json(&o))
         })
-    })?;
+    };
+    time("kept, nothing changed", rounds, served)?;
     let mut round = 0;
-    time("kept: 100 heartbeats + JSON", rounds, || {
+    time("kept, 100 agents heard", rounds, || {
         round += 1;
         registry.with_tx(|db| {
             db.execute(
                 "UPDATE agents SET last_seen = last_seen + 1
                  WHERE rowid IN (SELECT rowid FROM agents LIMIT 100 OFFSET ?1)",
-                [round * 100 % new.agents.len()],
+                [round * 100 % whole.agents.len().max(1)],
             )?;
             Ok(())
         })?;
-        cache.with_status(&registry, MIN, OFFLINE_AFTER_MS, None, |o, agents| {
-            drop(to_json_ref(&o, agents))
-        })
+        served()
     })?;
     Ok(())
 }
 
-/// The kept status as JSON, as `GET /api/status` writes it.
-fn to_json_ref(overview: &status::Overview, agents: &[AgentStatus]) -> Vec<u8> {
-    let status = status::StatusRef {
-        network: &overview.network,
-        summary: &overview.summary,
-        campaign: overview.campaign.as_ref(),
-        agents,
-    };
-    let mut body = Vec::with_capacity(4096 + agents.len() * 1024);
-    serde_json::to_writer(&mut body, &status).expect("a status serialises");
-    body
-}
-
-/// The status as JSON, into a buffer sized as `GET /api/status` sizes it.
+/// The status as JSON, as serde writes it.
 fn to_json(status: &Status) -> Vec<u8> {
-    let mut body = Vec::with_capacity(4096 + status.agents.len() * 1024);
-    serde_json::to_writer(&mut body, status).expect("a status serialises");
-    body
+    serde_json::to_vec(status).expect("a status serialises")
 }
 
 /// Runs `f` `rounds` times and prints the fastest and the median run, in
@@ -172,89 +140,4 @@ fn cpu_time() -> Duration {
         .and_then(|text| text.split_whitespace().next()?.parse().ok())
         .map(Duration::from_nanos)
         .unwrap_or_default()
-}
-
-/// The status as `status::compute` made it before: every agent, every
-/// refusal and every step result read into memory, counted in Rust.
-fn old_compute(registry: &Registry) -> Result<Status, RegistryError> {
-    let now = fleetls_proto::now_ms();
-    let agents = registry.agents()?;
-    let mut refusals = registry.refusals()?;
-    let (mut last, campaign) = registry.with_db(|db| {
-        let last = fleetls_parent::campaign::last_results(db)?;
-        let campaign = match fleetls_parent::campaign::latest(db)? {
-            Some(id) => fleetls_parent::campaign::progress(db, id)?,
-            None => None,
-        };
-        Ok((last, campaign))
-    })?;
-    let list: Vec<AgentStatus> = agents
-        .into_iter()
-        .map(|a| AgentStatus {
-            refusal: refusals.remove(&a.id).map(|(reason, _)| reason),
-            last_result: last.remove(&a.id),
-            online: now.saturating_sub(a.last_seen) < OFFLINE_AFTER_MS,
-            ssl_capable: status::ssl_capable(&a.version, MIN),
-            id: a.id,
-            last_seen: a.last_seen,
-            name: a.name,
-            kind: a.kind,
-            version: a.version,
-            location: a.location,
-            hostnames: a.hostnames,
-            ips: a.ips,
-            has_certificate: a.has_certificate,
-            ssl: a.ssl,
-            broker_tls: a.broker_tls,
-        })
-        .collect();
-    let count = |f: &dyn Fn(&AgentStatus) -> bool| list.iter().filter(|a| f(a)).count();
-    let eligible = |a: &AgentStatus| a.ssl_capable && a.kind != AgentKind::Mpos;
-    fn outcome(a: &AgentStatus) -> Option<&str> {
-        a.last_result.as_ref().map(|r| r.state.as_str())
-    }
-    let online = count(&|a| a.online);
-    let with_certs = count(&|a| eligible(a) && a.has_certificate);
-    let switched = count(&|a| a.ssl);
-    let broker_tls = count(&|a| a.broker_tls);
-    let eligible_on_tls = count(&|a| eligible(a) && a.broker_tls);
-    let eligible_count = count(&eligible);
-    let phase = if eligible_count > 0 && eligible_on_tls == eligible_count {
-        "broker-tls"
-    } else if switched > 0 {
-        "ssl"
-    } else if with_certs > 0 {
-        "certificates"
-    } else {
-        "plain"
-    };
-    Ok(Status {
-        network: Network {
-            phase: phase.into(),
-            agents: list.len(),
-            online,
-            offline: list.len() - online,
-            eligible: eligible_count,
-            children_with_certificates: with_certs,
-            switched_to_ssl: switched,
-            broker_tls,
-            min_ssl_version: MIN.to_string(),
-            certificates_generated: false,
-            ssl_port: None,
-            ca_fingerprint: None,
-        },
-        summary: Summary {
-            passed: count(&|a| eligible(a) && outcome(a) == Some("passed")),
-            with_errors: count(&|a| eligible(a) && outcome(a) == Some("failed")),
-            did_not_participate: if campaign.is_some() {
-                count(&|a| eligible(a) && !matches!(outcome(a), Some("passed" | "failed")))
-            } else {
-                0
-            },
-            version_not_supporting_ssl: count(&|a| !a.ssl_capable),
-            mpos: count(&|a| a.kind == AgentKind::Mpos && a.ssl_capable),
-        },
-        campaign,
-        agents: list,
-    })
 }

@@ -175,25 +175,13 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// About how many bytes of JSON one agent takes in the status, to size the
-/// answer's buffer once (a few MB on a big network) instead of growing it.
-const STATUS_BYTES_PER_AGENT: usize = 1024;
-
-/// The whole status, computed and serialised on a blocking thread.
+/// The whole status, brought up to date and written on a blocking thread
+/// (each agent's JSON is kept between calls: see `status::Cache`).
 async fn status(State(app): State<Arc<App>>) -> Result<Response, ApiError> {
     let body = tokio::task::spawn_blocking(move || {
-        app.with_status(|overview, agents| {
-            let status = crate::status::StatusRef {
-                network: &overview.network,
-                summary: &overview.summary,
-                campaign: overview.campaign.as_ref(),
-                agents,
-            };
-            let mut body = Vec::with_capacity(4096 + agents.len() * STATUS_BYTES_PER_AGENT);
-            serde_json::to_writer(&mut body, &status).map(|()| body)
-        })
-        .map_err(|e| ApiError::internal(e.to_string()))?
-        .map_err(|e| ApiError::internal(e.to_string()))
+        app.with_status(|overview, mut list| list.status_json(&overview))
+            .map_err(|e| ApiError::internal(e.to_string()))?
+            .map_err(|e| ApiError::internal(e.to_string()))
     })
     .await
     .map_err(|e| ApiError::internal(e.to_string()))??;

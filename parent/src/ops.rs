@@ -426,9 +426,13 @@ pub async fn start_campaign(
     }
     let min = app.config.min_ssl_version;
     let agents = app.registry.agents().map_err(internal)?;
-    let last = app
-        .registry
-        .with_db(campaign::last_results)
+    // Each agent's last result, as the status has it.
+    let last: std::collections::HashMap<uuid::Uuid, crate::campaign::LastResult> = app
+        .with_status(|_, list| {
+            (list.agents().iter())
+                .filter_map(|a| Some((a.id, a.last_result.clone()?)))
+                .collect()
+        })
         .map_err(internal)?;
     let settings = app.settings();
     let passed = |a: &Agent| last.get(&a.id).is_some_and(|r| r.state == "passed");

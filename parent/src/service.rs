@@ -112,11 +112,11 @@ pub struct SslPortHandle {
 impl App {
     /// The current status view.
     pub fn status(&self) -> Result<Status, RegistryError> {
-        self.with_status(|overview, agents| Status {
+        self.with_status(|overview, list| Status {
             network: overview.network,
             summary: overview.summary,
             campaign: overview.campaign,
-            agents: agents.to_vec(),
+            agents: list.agents().to_vec(),
         })
     }
 
@@ -124,7 +124,7 @@ impl App {
     /// [`crate::status::Cache`]).
     pub fn with_status<T>(
         &self,
-        f: impl FnOnce(crate::status::Overview, &[crate::status::AgentStatus]) -> T,
+        f: impl FnOnce(crate::status::Overview, crate::status::KeptList<'_>) -> T,
     ) -> Result<T, RegistryError> {
         let pki = self.pki();
         let ssl_port = self.ssl_port_number();
@@ -133,9 +133,9 @@ impl App {
             self.config.min_ssl_version,
             self.config.offline_after.as_millis() as u64,
             pki.as_deref().map(|p| p.root_fingerprint.as_str()),
-            |mut overview, agents| {
+            |mut overview, list| {
                 overview.network.ssl_port = ssl_port;
-                f(overview, agents)
+                f(overview, list)
             },
         )
     }

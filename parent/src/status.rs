@@ -331,7 +331,8 @@ fn agent_list(db: &Connection, context: ViewContext) -> Result<Vec<AgentStatus>,
 /// does all the time) only those rows are read again; anything else (a
 /// campaign's results, certificates, refusals) reads the whole list again,
 /// as [`compute`] does. Whether an agent is online is worked out at each
-/// call, from the time it was last heard.
+/// call, from the time it was last heard. Each agent's JSON is kept too,
+/// until that agent changes: `GET /api/status` copies it.
 #[derive(Default)]
 pub struct Cache {
     list: std::sync::Mutex<Option<Listed>>,
@@ -343,6 +344,8 @@ pub struct Cache {
 /// The list as last read, in the list's order.
 struct Listed {
     agents: Vec<AgentStatus>,
+    /// Each agent's JSON, once written and until it changes.
+    json: Vec<Option<Vec<u8>>>,
     campaign: Option<Progress>,
     /// Each agent's position in `agents`.
     positions: HashMap<Uuid, usize>,
@@ -352,6 +355,7 @@ impl Listed {
     fn new(agents: Vec<AgentStatus>, campaign: Option<Progress>) -> Listed {
         let mut listed = Listed {
             agents,
+            json: Vec::new(),
             campaign,
             positions: HashMap::new(),
         };
@@ -359,15 +363,58 @@ impl Listed {
         listed
     }
 
+    /// After the list was read or its order changed.
     fn index(&mut self) {
         self.positions = (self.agents.iter().enumerate())
             .map(|(i, a)| (a.id, i))
             .collect();
+        self.json = vec![None; self.agents.len()];
+    }
+}
+
+/// The kept list, as [`Cache::with_status`] lends it.
+pub struct KeptList<'a> {
+    agents: &'a [AgentStatus],
+    json: &'a mut [Option<Vec<u8>>],
+}
+
+impl KeptList<'_> {
+    /// Every agent, in the list's order.
+    pub fn agents(&self) -> &[AgentStatus] {
+        self.agents
+    }
+
+    /// The whole status as JSON, the same bytes `serde_json` makes of
+    /// [`StatusRef`]; each agent's part is written once and kept.
+    pub fn status_json(&mut self, overview: &Overview) -> serde_json::Result<Vec<u8>> {
+        for (agent, json) in self.agents.iter().zip(self.json.iter_mut()) {
+            if json.is_none() {
+                *json = Some(serde_json::to_vec(agent)?);
+            }
+        }
+        let parts = self.json.iter().flatten();
+        let agents_len: usize = parts.clone().map(|part| part.len() + 1).sum();
+        let mut out = Vec::with_capacity(4096 + agents_len);
+        out.extend_from_slice(b"{\"network\":");
+        serde_json::to_writer(&mut out, &overview.network)?;
+        out.extend_from_slice(b",\"summary\":");
+        serde_json::to_writer(&mut out, &overview.summary)?;
+        out.extend_from_slice(b",\"campaign\":");
+        serde_json::to_writer(&mut out, &overview.campaign)?;
+        out.extend_from_slice(b",\"agents\":[");
+        for (i, part) in parts.enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(part);
+        }
+        out.extend_from_slice(b"]}");
+        Ok(out)
     }
 }
 
 impl Cache {
-    /// Brings the list up to date and hands it to `f` with the overview
+    /// Brings the list up to date and lends it to `f` with the overview
     /// (`online` as of now); the list stays locked while `f` runs.
     pub fn with_status<T>(
         &self,
@@ -375,7 +422,7 @@ impl Cache {
         min_ssl_version: Version,
         offline_after_ms: u64,
         ca_fingerprint: Option<&str>,
-        f: impl FnOnce(Overview, &[AgentStatus]) -> T,
+        f: impl FnOnce(Overview, KeptList<'_>) -> T,
     ) -> Result<T, RegistryError> {
         let context = ViewContext::new(min_ssl_version, offline_after_ms);
         let mut list = self.list.lock().unwrap_or_else(|p| p.into_inner());
@@ -401,13 +448,21 @@ impl Cache {
         // the next call reads it whole.)
         let listed = list.insert(listed);
         let mut tally = Tally::default();
-        for agent in &mut listed.agents {
-            agent.online = context.online(agent.last_seen);
-            agent.ssl_capable = ssl_capable(&agent.version, min_ssl_version);
+        for (agent, json) in listed.agents.iter_mut().zip(listed.json.iter_mut()) {
+            let online = context.online(agent.last_seen);
+            let capable = ssl_capable(&agent.version, min_ssl_version);
+            if (online, capable) != (agent.online, agent.ssl_capable) {
+                (agent.online, agent.ssl_capable) = (online, capable);
+                *json = None;
+            }
             tally.add(&Group::of(agent));
         }
         let overview = tally.overview(context, ca_fingerprint, listed.campaign.clone());
-        Ok(f(overview, &listed.agents))
+        let kept = KeptList {
+            agents: &listed.agents,
+            json: &mut listed.json,
+        };
+        Ok(f(overview, kept))
     }
 }
 
@@ -423,7 +478,7 @@ fn refresh(
     if rowids.is_empty() {
         return Ok(Some(listed));
     }
-    let rowids_len = rowids.len();
+    let wanted = rowids.len();
     let rowids = serde_json::to_string(rowids).map_err(corrupt)?;
     let mut stmt = db.prepare_cached(&format!(
         "{DEFINITIONS} SELECT {AGENT_COLUMNS} {AGENTS_FROM}
@@ -440,6 +495,7 @@ fn refresh(
                 moved |= old.name != agent.name;
                 agent.last_result = old.last_result.take();
                 *old = agent;
+                listed.json[i] = None;
             }
             None => {
                 moved = true;
@@ -447,7 +503,7 @@ fn refresh(
             }
         }
     }
-    if found < rowids_len {
+    if found < wanted {
         return Ok(None);
     }
     if moved {
@@ -880,24 +936,30 @@ mod tests {
         // fresh computation.
         let check = |what: &str| {
             let fresh = compute(&registry, MIN, OFFLINE_AFTER_MS, Some("sha256:x")).unwrap();
-            let kept = cache
+            let (kept, json) = cache
                 .with_status(
                     &registry,
                     MIN,
                     OFFLINE_AFTER_MS,
                     Some("sha256:x"),
-                    |o, agents| {
-                        serde_json::to_value(StatusRef {
+                    |o, mut list| {
+                        let value = serde_json::to_vec(&StatusRef {
                             network: &o.network,
                             summary: &o.summary,
                             campaign: o.campaign.as_ref(),
-                            agents,
+                            agents: list.agents(),
                         })
-                        .unwrap()
+                        .unwrap();
+                        (value, list.status_json(&o).unwrap())
                     },
                 )
                 .unwrap();
-            assert_eq!(kept, serde_json::to_value(&fresh).unwrap(), "after {what}");
+            assert_eq!(kept, serde_json::to_vec(&fresh).unwrap(), "after {what}");
+            assert_eq!(
+                String::from_utf8(json).unwrap(),
+                String::from_utf8(kept).unwrap(),
+                "the kept JSON after {what}"
+            );
         };
         check("the first call");
         assert_eq!(whole_reads(), 1);

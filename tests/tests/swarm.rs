@@ -151,4 +151,23 @@ fn a_two_thousand_child_swarm_goes_through_issuance_verify_and_switch() {
         }
     }
     assert_eq!(status["network"]["switched_to_ssl"], 1900);
+
+    // A reader that stops early (`status --json | head`) ends the output
+    // quietly: 2,000 agents are far more than a pipe holds.
+    let mut reader = std::process::Command::new(program("fleetls-parent"))
+        .args(["status", "--json", "--admin", &parent.admin, "--data-dir"])
+        .arg(&parent.data_dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut head = [0u8; 64];
+    std::io::Read::read_exact(reader.stdout.as_mut().unwrap(), &mut head).unwrap();
+    drop(reader.stdout.take());
+    let output = reader.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && !err.contains("panicked"),
+        "{err}"
+    );
 }
