@@ -98,6 +98,19 @@ fn main() -> anyhow::Result<()> {
         })?;
         served()
     })?;
+    let mut round = 0;
+    time("kept, 500 results changed", rounds, || {
+        round += 1;
+        registry.with_tx(|db| {
+            db.execute(
+                "UPDATE campaign_children SET message = message
+                 WHERE rowid IN (SELECT rowid FROM campaign_children LIMIT 500 OFFSET ?1)",
+                [round * 500 % whole.agents.len().max(1)],
+            )?;
+            Ok(())
+        })?;
+        served()
+    })?;
     Ok(())
 }
 

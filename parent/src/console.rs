@@ -19,17 +19,15 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use rusqlite::params_from_iter;
 use rusqlite::types::Value as SqlValue;
-use rusqlite::{params, params_from_iter};
 use serde::{Deserialize, Serialize};
 
 use crate::admin::ApiError;
 use crate::registry::{Registry, RegistryError};
 use crate::service::App;
 use crate::status::{
-    attach_step, row_to_last_result, row_to_status, AgentStatus, ViewContext, AGENTS_FROM,
-    AGENTS_ORDER, AGENT_COLUMNS, AGENT_COLUMN_COUNT, DEFINITIONS, LAST_COLUMNS, LAST_ENROLMENT,
-    STEP_RESULTS,
+    AgentStatus, ViewContext, AGENTS_FROM, AGENTS_ORDER, DEFINITIONS, LAST_ENROLMENT,
 };
 use fleetls_proto::AgentKind;
 
@@ -291,38 +289,8 @@ pub fn page(
             i64::try_from(query.offset).unwrap_or(i64::MAX),
         ));
         let n = page_binds.len();
-        let mut stmt = db.prepare_cached(&format!(
-            "{DEFINITIONS} SELECT {AGENT_COLUMNS}, lt.kind, {LAST_COLUMNS} {from} {AGENTS_ORDER}
-             LIMIT ?{} OFFSET ?{n}",
-            n - 1
-        ))?;
-        let rows = stmt.query_map(params_from_iter(page_binds.iter()), |row| {
-            // The test's kind and the last result follow the agent's columns.
-            let last_result = match row.get::<_, Option<String>>(AGENT_COLUMN_COUNT)? {
-                Some(kind) => row_to_last_result(row, AGENT_COLUMN_COUNT + 1, kind)?,
-                None => None,
-            };
-            Ok(row_to_status(row, context)?.map(|agent| AgentStatus {
-                last_result,
-                ..agent
-            }))
-        })?;
-        let mut agents = Vec::new();
-        for row in rows {
-            agents.push(row??);
-        }
-        let mut steps = db.prepare_cached(&format!(
-            "{STEP_RESULTS} AND s.campaign = ?1 AND s.agent = ?2"
-        ))?;
-        for agent in &mut agents {
-            let Some(last) = agent.last_result.as_mut() else {
-                continue;
-            };
-            let mut rows = steps.query(params![last.campaign.to_string(), agent.id.to_string()])?;
-            while let Some(row) = rows.next()? {
-                attach_step(last, row)?;
-            }
-        }
+        let clause = format!("{filter} {AGENTS_ORDER} LIMIT ?{} OFFSET ?{n}", n - 1);
+        let agents = crate::status::agents_where(db, context, &clause, &page_binds)?;
         Ok(AgentsPage {
             total,
             offset: query.offset,
@@ -375,6 +343,7 @@ async fn locations_route(State(app): State<Arc<App>>) -> Result<Json<Vec<String>
 mod tests {
     use super::*;
     use crate::config::Version;
+    use rusqlite::params;
     use uuid::Uuid;
 
     const MIN: Version = Version(1, 0, 0);

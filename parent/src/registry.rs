@@ -3,6 +3,7 @@
 //! before any of them is acked, and every message id is remembered so that a
 //! redelivered message changes nothing.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -129,22 +130,68 @@ pub struct Registry {
 }
 
 /// What was written to the registry since [`Registry::read_changes`] last
-/// took it, as SQLite's update hook reports it: which rows of `agents`, and
-/// whether any other table changed (the message ids seen do not count).
-/// The status list (`status::Cache`) reads it to re-read only what changed.
+/// took it, as SQLite's update hook reports it (the message ids seen do not
+/// count). The status list (`status::Cache`) reads it to re-read only the
+/// agents that changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Changes {
     /// Rowids of the `agents` rows inserted, updated or deleted.
-    pub agents: std::collections::BTreeSet<i64>,
-    /// Another table changed (or what changed is not known, as at start).
+    pub agents: BTreeSet<i64>,
+    /// Rowids of the rows inserted or updated in the tables whose rows each
+    /// belong to one agent ([`AGENT_TABLES`]), by table.
+    pub rows: BTreeMap<&'static str, BTreeSet<i64>>,
+    /// A campaign's own row was updated (its state, the most acting).
+    pub campaigns: bool,
+    /// Anything else changed (a campaign began, a row was deleted), or
+    /// what changed is not known (as at start).
     pub other: bool,
+}
+
+/// The tables whose rows each belong to one agent, and the column naming it.
+pub const AGENT_TABLES: [(&str, &str); 4] = [
+    ("certificates", "agent_id"),
+    ("refusals", "agent_id"),
+    ("campaign_children", "agent"),
+    ("step_results", "agent"),
+];
+
+impl Changes {
+    fn none() -> Changes {
+        Changes {
+            agents: BTreeSet::new(),
+            rows: BTreeMap::new(),
+            campaigns: false,
+            other: false,
+        }
+    }
+
+    /// What the update hook says: `action` on the row `rowid` of `table`.
+    fn record(&mut self, action: rusqlite::hooks::Action, table: &str, rowid: i64) {
+        use rusqlite::hooks::Action;
+        match (table, action) {
+            ("seen_messages", _) => {}
+            // A deleted agent is missed when the row is read again.
+            ("agents", _) => {
+                self.agents.insert(rowid);
+            }
+            // Whose row it was is gone with it.
+            (_, Action::SQLITE_DELETE) => self.other = true,
+            ("campaigns", Action::SQLITE_UPDATE) => self.campaigns = true,
+            _ => match AGENT_TABLES.iter().find(|(name, _)| *name == table) {
+                Some((name, _)) => {
+                    self.rows.entry(name).or_default().insert(rowid);
+                }
+                None => self.other = true,
+            },
+        }
+    }
 }
 
 impl Default for Changes {
     fn default() -> Changes {
         Changes {
-            agents: Default::default(),
             other: true,
+            ..Changes::none()
         }
     }
 }
@@ -203,15 +250,9 @@ impl Registry {
         let changes = Arc::new(Mutex::new(Changes::default()));
         let hook = changes.clone();
         db.update_hook(Some(
-            move |_: rusqlite::hooks::Action, _: &str, table: &str, rowid: i64| {
+            move |action: rusqlite::hooks::Action, _: &str, table: &str, rowid: i64| {
                 let mut changes = hook.lock().unwrap_or_else(|p| p.into_inner());
-                match table {
-                    "agents" => {
-                        changes.agents.insert(rowid);
-                    }
-                    "seen_messages" => {}
-                    _ => changes.other = true,
-                }
+                changes.record(action, table, rowid);
             },
         ));
         Ok(Registry {
@@ -231,13 +272,9 @@ impl Registry {
     ) -> Result<T, RegistryError> {
         let db = self.lock();
         // Taken under the connection's lock, so no write is half counted.
-        let none = Changes {
-            agents: Default::default(),
-            other: false,
-        };
         let changes = std::mem::replace(
             &mut *self.changes.lock().unwrap_or_else(|p| p.into_inner()),
-            none,
+            Changes::none(),
         );
         f(&db, changes)
     }

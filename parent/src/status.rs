@@ -22,7 +22,7 @@ use uuid::Uuid;
 
 use crate::campaign::{LastResult, Progress, StepResult};
 use crate::config::Version;
-use crate::registry::{Agent, Registry, RegistryError};
+use crate::registry::{Agent, Changes, Registry, RegistryError, AGENT_TABLES};
 use fleetls_proto::AgentKind;
 
 /// What `status --json` prints.
@@ -233,6 +233,51 @@ pub fn read<T>(
     })
 }
 
+/// The agents a `WHERE` clause (over [`AGENTS_FROM`] and [`LAST_ENROLMENT`],
+/// with what follows it: order, limit) selects, with `binds` for its
+/// parameters, each with its last result and the step results that count:
+/// one index lookup per agent and table, for a page or a few agents (the
+/// whole list reads each table once instead, [`compute`]).
+pub fn agents_where(
+    db: &Connection,
+    context: ViewContext,
+    clause: &str,
+    binds: &[rusqlite::types::Value],
+) -> Result<Vec<AgentStatus>, RegistryError> {
+    let mut stmt = db.prepare_cached(&format!(
+        "{DEFINITIONS} SELECT {AGENT_COLUMNS}, lt.kind, {LAST_COLUMNS}
+         {AGENTS_FROM} {LAST_ENROLMENT} {clause}"
+    ))?;
+    let rows = stmt.query_map(rusqlite::params_from_iter(binds), |row| {
+        // The test's kind and the last result follow the agent's columns.
+        let last_result = match row.get::<_, Option<String>>(AGENT_COLUMN_COUNT)? {
+            Some(kind) => row_to_last_result(row, AGENT_COLUMN_COUNT + 1, kind)?,
+            None => None,
+        };
+        Ok(row_to_status(row, context)?.map(|agent| AgentStatus {
+            last_result,
+            ..agent
+        }))
+    })?;
+    let mut agents = Vec::new();
+    for row in rows {
+        agents.push(row??);
+    }
+    let mut steps = db.prepare_cached(&format!(
+        "{STEP_RESULTS} AND s.campaign = ?1 AND s.agent = ?2"
+    ))?;
+    for agent in &mut agents {
+        let Some(last) = agent.last_result.as_mut() else {
+            continue;
+        };
+        let mut rows = steps.query([last.campaign.to_string(), agent.id.to_string()])?;
+        while let Some(row) = rows.next()? {
+            attach_step(last, row)?;
+        }
+    }
+    Ok(agents)
+}
+
 /// Computes the status from the registry.
 pub fn compute(
     registry: &Registry,
@@ -326,11 +371,11 @@ fn agent_list(db: &Connection, context: ViewContext) -> Result<Vec<AgentStatus>,
 }
 
 /// The status list kept between calls, brought up to date from what the
-/// registry says changed ([`crate::registry::Changes`]): when only agents'
-/// own rows changed (heartbeats, reports, registrations: what a live network
-/// does all the time) only those rows are read again; anything else (a
-/// campaign's results, certificates, refusals) reads the whole list again,
-/// as [`compute`] does. Whether an agent is online is worked out at each
+/// registry says changed ([`Changes`]): the agents whose rows changed
+/// (heartbeats, reports, registrations, a campaign's results, certificates,
+/// refusals: what a live network does all the time) are read again, one by
+/// one; when many changed, or a campaign began, or a row was deleted, the
+/// whole list is read again, as [`compute`] does. Whether an agent is online is worked out at each
 /// call, from the time it was last heard. Each agent's JSON is kept too,
 /// until that agent changes: `GET /api/status` copies it.
 #[derive(Default)]
@@ -429,7 +474,7 @@ impl Cache {
         let listed = registry.read_changes(|db, changes| {
             let tx = db.unchecked_transaction()?;
             let kept = match list.take() {
-                Some(listed) if !changes.other => refresh(&tx, context, listed, &changes.agents)?,
+                Some(listed) if !changes.other => refresh(&tx, context, listed, &changes)?,
                 _ => None,
             };
             let listed = match kept {
@@ -466,45 +511,67 @@ impl Cache {
     }
 }
 
-/// Reads again the agents whose rows changed (by rowid) and puts them in
-/// place, keeping their last result (only other tables change it). `None`
-/// when a row is gone: the caller reads the whole list.
+/// Reads again the agents that changed (found from the rows that changed,
+/// by rowid) and puts them in place, each whole: row, last result, step
+/// results. `None` when that would cost more than reading the whole list,
+/// or an agent's row is gone: the caller reads the whole list.
 fn refresh(
     db: &Connection,
     context: ViewContext,
     mut listed: Listed,
-    rowids: &std::collections::BTreeSet<i64>,
+    changes: &Changes,
 ) -> Result<Option<Listed>, RegistryError> {
-    if rowids.is_empty() {
-        return Ok(Some(listed));
+    let rowids =
+        |set: &std::collections::BTreeSet<i64>| serde_json::to_string(set).map_err(corrupt);
+    let mut ids = std::collections::BTreeSet::new();
+    let mut owners = |sql: String, set| -> Result<usize, RegistryError> {
+        let mut stmt = db.prepare_cached(&sql)?;
+        let mut rows = stmt.query([rowids(set)?])?;
+        let mut found = 0;
+        while let Some(row) = rows.next()? {
+            ids.insert(row.get::<_, String>(0)?);
+            found += 1;
+        }
+        Ok(found)
+    };
+    const CHANGED: &str = "rowid IN (SELECT value FROM json_each(?1))";
+    if owners(
+        format!("SELECT id FROM agents WHERE {CHANGED}"),
+        &changes.agents,
+    )? < changes.agents.len()
+    {
+        return Ok(None);
     }
-    let wanted = rowids.len();
-    let rowids = serde_json::to_string(rowids).map_err(corrupt)?;
-    let mut stmt = db.prepare_cached(&format!(
-        "{DEFINITIONS} SELECT {AGENT_COLUMNS} {AGENTS_FROM}
-         WHERE a.id IN (SELECT id FROM agents WHERE rowid IN (SELECT value FROM json_each(?1)))"
-    ))?;
-    let mut found = 0;
+    for (table, column) in AGENT_TABLES {
+        if let Some(set) = changes.rows.get(table) {
+            // (A row gone again, rolled back, has no owner to read.)
+            owners(format!("SELECT {column} FROM {table} WHERE {CHANGED}"), set)?;
+        }
+    }
+    // One agent at a time costs about what the whole list costs for 1 in 8.
+    if ids.len() > (listed.agents.len() / 8).max(64) {
+        return Ok(None);
+    }
     let mut moved = false;
-    for row in stmt.query_map([&rowids], |row| row_to_status(row, context))? {
-        let mut agent = row??;
-        found += 1;
-        match listed.positions.get(&agent.id) {
-            Some(&i) => {
-                let old = &mut listed.agents[i];
-                moved |= old.name != agent.name;
-                agent.last_result = old.last_result.take();
-                *old = agent;
-                listed.json[i] = None;
-            }
-            None => {
-                moved = true;
-                listed.agents.push(agent);
+    if !ids.is_empty() {
+        let ids = serde_json::to_string(&ids).map_err(corrupt)?;
+        let clause = "WHERE a.id IN (SELECT value FROM json_each(?1))";
+        for agent in agents_where(db, context, clause, &[ids.into()])? {
+            match listed.positions.get(&agent.id) {
+                Some(&i) => {
+                    moved |= listed.agents[i].name != agent.name;
+                    listed.agents[i] = agent;
+                    listed.json[i] = None;
+                }
+                None => {
+                    moved = true;
+                    listed.agents.push(agent);
+                }
             }
         }
     }
-    if found < wanted {
-        return Ok(None);
+    if changes.campaigns || changes.rows.contains_key("campaign_children") {
+        listed.campaign = newest_campaign(db)?;
     }
     if moved {
         // AGENTS_ORDER
@@ -920,14 +987,14 @@ mod tests {
     fn the_kept_list_follows_every_change() {
         let dir = tempfile::tempdir().unwrap();
         let registry = Registry::open(&dir.path().join("fleetls.db")).unwrap();
-        let (a, b) = registry
+        let (a, b, verify) = registry
             .with_tx(|db| {
                 let a = agent(db, "till-a", "child", "1.2.0", true);
                 let b = agent(db, "till-b", "child", "1.0.0", true);
                 certificate(db, a, false);
                 let verify = campaign(db, "verify", 10, &[(a, "failed"), (b, "passed")]);
                 step(db, verify, a, "cert-test", false, false);
-                Ok((a, b))
+                Ok((a, b, verify))
             })
             .unwrap();
         let cache = Cache::default();
@@ -995,18 +1062,54 @@ mod tests {
         check("a new name and a new agent");
         assert_eq!(whole_reads(), 1, "agents' rows are read one by one");
 
-        // Anything else reads the whole list again.
+        // A campaign's results, certificates and refusals: the agents they
+        // belong to are read again.
         registry
             .with_tx(|db| {
                 certificate(db, b, false);
+                db.execute(
+                    "UPDATE campaign_children SET state = 'passed', message = 'again'
+                     WHERE agent = ?1",
+                    params![a.to_string()],
+                )?;
+                step(db, verify, a, "ssl-port", true, false);
+                db.execute(
+                    "INSERT INTO refusals (agent_id, reason, at) VALUES (?1, 'no', 1)",
+                    params![b.to_string()],
+                )?;
+                db.execute(
+                    "UPDATE campaigns SET state = 'timed_out' WHERE id = ?1",
+                    params![verify.to_string()],
+                )?;
                 Ok(())
             })
             .unwrap();
-        check("a certificate");
+        check("results, a certificate, a refusal and a campaign's end");
+        assert_eq!(whole_reads(), 1, "only the agents concerned are read");
+
+        // A new campaign, a deleted row: the whole list again.
+        registry
+            .with_tx(|db| {
+                campaign(db, "reverify", 20, &[(b, "failed")]);
+                Ok(())
+            })
+            .unwrap();
+        check("a new campaign");
         assert_eq!(whole_reads(), 2);
+        registry
+            .with_tx(|db| {
+                db.execute(
+                    "DELETE FROM refusals WHERE agent_id = ?1",
+                    params![b.to_string()],
+                )?;
+                Ok(())
+            })
+            .unwrap();
+        check("a refusal cleared");
+        assert_eq!(whole_reads(), 3);
         registry.forget_certificates().unwrap();
         check("certs reset (a DELETE the update hook does not see)");
-        assert_eq!(whole_reads(), 3);
+        assert_eq!(whole_reads(), 4);
         // A rolled back write changes nothing but is read again, safely.
         let _ = registry.with_tx(|db| {
             agent(db, "rolled-back", "child", "1.0.0", false);
