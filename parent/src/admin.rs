@@ -175,16 +175,20 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// The whole status, brought up to date and written on a blocking thread
-/// (each agent's JSON is kept between calls: see `status::Cache`).
+/// The whole status, brought up to date on a blocking thread and sent as
+/// it is written: each agent's JSON is kept between calls and shared with
+/// the answer (see `status::Cache`), so no copy of the whole is made.
 async fn status(State(app): State<Arc<App>>) -> Result<Response, ApiError> {
-    let body = tokio::task::spawn_blocking(move || {
+    let pieces = tokio::task::spawn_blocking(move || {
         app.with_status(|overview, mut list| list.status_json(&overview))
             .map_err(|e| ApiError::internal(e.to_string()))?
             .map_err(|e| ApiError::internal(e.to_string()))
     })
     .await
     .map_err(|e| ApiError::internal(e.to_string()))??;
+    let body = axum::body::Body::from_stream(futures_lite::stream::iter(
+        pieces.map(Ok::<_, std::convert::Infallible>),
+    ));
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 

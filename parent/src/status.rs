@@ -307,22 +307,26 @@ fn agent_list(db: &Connection, context: ViewContext) -> Result<Vec<AgentStatus>,
     let mut stmt = db.prepare_cached(&format!(
         "{DEFINITIONS} SELECT {AGENT_COLUMNS} {AGENTS_FROM}"
     ))?;
-    let mut unordered = Vec::new();
+    let mut agents = Vec::new();
     for row in stmt.query_map([], |row| row_to_status(row, context))? {
-        unordered.push(Some(row??));
+        agents.push(row??);
     }
-    // AGENTS_ORDER, sorting positions rather than making SQLite (or Rust)
-    // move whole rows around.
-    let key = |i: &usize| {
-        let agent = unordered[*i].as_ref().expect("each position once");
-        (agent.name.as_str(), agent.id)
-    };
-    let mut order: Vec<usize> = (0..unordered.len()).collect();
-    order.sort_unstable_by(|a, b| key(a).cmp(&key(b)));
-    let mut agents: Vec<AgentStatus> = order
-        .into_iter()
-        .filter_map(|i| unordered[i].take())
-        .collect();
+    // AGENTS_ORDER: the positions are sorted, then the rows moved in place
+    // (no second list of rows).
+    let mut order: Vec<usize> = (0..agents.len()).collect();
+    order.sort_unstable_by(|a, b| {
+        let (a, b) = (&agents[*a], &agents[*b]);
+        (a.name.as_str(), a.id).cmp(&(b.name.as_str(), b.id))
+    });
+    for i in 0..order.len() {
+        // Where the row meant for position i is now: earlier positions
+        // were filled by swapping, so follow where their rows went.
+        let mut j = order[i];
+        while j < i {
+            j = order[j];
+        }
+        agents.swap(i, j);
+    }
     let index: HashMap<Uuid, usize> = agents.iter().enumerate().map(|(i, a)| (a.id, i)).collect();
     let agent_at = |row: &rusqlite::Row<'_>| -> rusqlite::Result<Option<usize>> {
         let id = row.get_ref(0)?.as_str()?;
@@ -390,7 +394,7 @@ pub struct Cache {
 struct Listed {
     agents: Vec<AgentStatus>,
     /// Each agent's JSON, once written and until it changes.
-    json: Vec<Option<Vec<u8>>>,
+    json: Vec<Option<bytes::Bytes>>,
     campaign: Option<Progress>,
     /// Each agent's position in `agents`.
     positions: HashMap<Uuid, usize>,
@@ -420,7 +424,7 @@ impl Listed {
 /// The kept list, as [`Cache::with_status`] lends it.
 pub struct KeptList<'a> {
     agents: &'a [AgentStatus],
-    json: &'a mut [Option<Vec<u8>>],
+    json: &'a mut [Option<bytes::Bytes>],
 }
 
 impl KeptList<'_> {
@@ -430,31 +434,79 @@ impl KeptList<'_> {
     }
 
     /// The whole status as JSON, the same bytes `serde_json` makes of
-    /// [`StatusRef`]; each agent's part is written once and kept.
-    pub fn status_json(&mut self, overview: &Overview) -> serde_json::Result<Vec<u8>> {
+    /// [`StatusRef`]; each agent's part is written once and kept, and the
+    /// answer shares it rather than copying it.
+    pub fn status_json(&mut self, overview: &Overview) -> serde_json::Result<StatusJson> {
         for (agent, json) in self.agents.iter().zip(self.json.iter_mut()) {
             if json.is_none() {
-                *json = Some(serde_json::to_vec(agent)?);
+                *json = Some(serde_json::to_vec(agent)?.into());
             }
         }
-        let parts = self.json.iter().flatten();
-        let agents_len: usize = parts.clone().map(|part| part.len() + 1).sum();
-        let mut out = Vec::with_capacity(4096 + agents_len);
-        out.extend_from_slice(b"{\"network\":");
-        serde_json::to_writer(&mut out, &overview.network)?;
-        out.extend_from_slice(b",\"summary\":");
-        serde_json::to_writer(&mut out, &overview.summary)?;
-        out.extend_from_slice(b",\"campaign\":");
-        serde_json::to_writer(&mut out, &overview.campaign)?;
-        out.extend_from_slice(b",\"agents\":[");
-        for (i, part) in parts.enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            out.extend_from_slice(part);
+        let mut head = Vec::with_capacity(4096);
+        head.extend_from_slice(b"{\"network\":");
+        serde_json::to_writer(&mut head, &overview.network)?;
+        head.extend_from_slice(b",\"summary\":");
+        serde_json::to_writer(&mut head, &overview.summary)?;
+        head.extend_from_slice(b",\"campaign\":");
+        serde_json::to_writer(&mut head, &overview.campaign)?;
+        head.extend_from_slice(b",\"agents\":[");
+        Ok(StatusJson {
+            head: Some(head.into()),
+            agents: self
+                .json
+                .iter()
+                .flatten()
+                .cloned()
+                .collect::<Vec<_>>()
+                .into_iter(),
+            first: true,
+            done: false,
+        })
+    }
+}
+
+/// The status's JSON in pieces of about [`StatusJson::PIECE`] bytes, for
+/// an answer that is sent as it is written.
+pub struct StatusJson {
+    head: Option<bytes::Bytes>,
+    agents: std::vec::IntoIter<bytes::Bytes>,
+    first: bool,
+    done: bool,
+}
+
+impl StatusJson {
+    /// About how large a piece is.
+    pub const PIECE: usize = 64 * 1024;
+
+    /// All of it in one buffer.
+    pub fn to_vec(self) -> Vec<u8> {
+        self.flat_map(|piece| piece.to_vec()).collect()
+    }
+}
+
+impl Iterator for StatusJson {
+    type Item = bytes::Bytes;
+
+    fn next(&mut self) -> Option<bytes::Bytes> {
+        if let Some(head) = self.head.take() {
+            return Some(head);
         }
-        out.extend_from_slice(b"]}");
-        Ok(out)
+        if self.done {
+            return None;
+        }
+        let mut piece = bytes::BytesMut::with_capacity(Self::PIECE + 4096);
+        for agent in self.agents.by_ref() {
+            if !std::mem::take(&mut self.first) {
+                piece.extend_from_slice(b",");
+            }
+            piece.extend_from_slice(&agent);
+            if piece.len() >= Self::PIECE {
+                return Some(piece.freeze());
+            }
+        }
+        piece.extend_from_slice(b"]}");
+        self.done = true;
+        Some(piece.freeze())
     }
 }
 
@@ -1017,7 +1069,7 @@ mod tests {
                             agents: list.agents(),
                         })
                         .unwrap();
-                        (value, list.status_json(&o).unwrap())
+                        (value, list.status_json(&o).unwrap().to_vec())
                     },
                 )
                 .unwrap();
