@@ -165,9 +165,17 @@ impl Changes {
         }
     }
 
+    /// Most rowids kept: past them (nobody asked for the status for a long
+    /// time), reading the whole list is cheaper than keeping count.
+    const MOST_ROWIDS: usize = 50_000;
+
     /// What the update hook says: `action` on the row `rowid` of `table`.
     fn record(&mut self, action: rusqlite::hooks::Action, table: &str, rowid: i64) {
         use rusqlite::hooks::Action;
+        if self.other {
+            // The whole list is read next: which rows changed no longer matters.
+            return;
+        }
         match (table, action) {
             ("seen_messages", _) => {}
             // A deleted agent is missed when the row is read again.
@@ -183,6 +191,10 @@ impl Changes {
                 }
                 None => self.other = true,
             },
+        }
+        let kept = self.agents.len() + self.rows.values().map(BTreeSet::len).sum::<usize>();
+        if self.other || kept > Self::MOST_ROWIDS {
+            *self = Changes::default();
         }
     }
 }
@@ -656,6 +668,30 @@ fn row_to_agent(row: &rusqlite::Row<'_>) -> rusqlite::Result<RowResult> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_changes_kept_stay_bounded() {
+        use rusqlite::hooks::Action;
+        let mut changes = Changes::none();
+        changes.record(Action::SQLITE_UPDATE, "agents", 7);
+        changes.record(Action::SQLITE_INSERT, "step_results", 9);
+        changes.record(Action::SQLITE_INSERT, "seen_messages", 1);
+        changes.record(Action::SQLITE_UPDATE, "campaigns", 2);
+        assert_eq!(changes.agents, BTreeSet::from([7]));
+        assert_eq!(changes.rows["step_results"], BTreeSet::from([9]));
+        assert!(changes.campaigns && !changes.other);
+        // A deleted row: the whole list next, and nothing more counted.
+        changes.record(Action::SQLITE_DELETE, "refusals", 3);
+        assert_eq!(changes, Changes::default());
+        changes.record(Action::SQLITE_UPDATE, "agents", 8);
+        assert!(changes.agents.is_empty());
+        // Nobody asked for a long time: past the bound, the whole list.
+        let mut changes = Changes::none();
+        for rowid in 0..=Changes::MOST_ROWIDS as i64 {
+            changes.record(Action::SQLITE_INSERT, "campaign_children", rowid);
+        }
+        assert_eq!(changes, Changes::default());
+    }
 
     fn hello(name: &str) -> Hello {
         Hello {
