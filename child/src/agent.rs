@@ -304,30 +304,17 @@ pub enum Obeyed {
 }
 
 /// The largest AMQP frame a child asks for, unless its broker URL names its
-/// own `frame_max`: the smallest AMQP allows.
-///
-/// lapin keeps a receive and a send ring buffer of 32 frames each per
-/// connection. Left to the broker (RabbitMQ offers 128 KiB) that is 8 MiB,
-/// zero-filled when the connection is tuned, so resident at once: a swarm of
+/// own `frame_max`: the smallest AMQP allows (see
+/// [`fleetls_proto::broker_uri`]). At RabbitMQ's 128 KiB a swarm of
 /// thousands of children, each with its own AMQPS connection, ran out of
-/// memory at about 2,500 of them. At 4 KiB the buffers are at most 256 KiB
-/// and only touched as traffic passes. A message larger than a frame is
-/// split into several frames; the agent's messages are a few KiB at most.
+/// memory at about 2,500 of them; at 4 KiB a connection's buffers are at
+/// most 256 KiB. The agent's messages are a few KiB at most.
 pub const FRAME_MAX: lapin::types::FrameSize = 4096;
 
 /// Parses a broker URL (`amqp://` or `amqps://`) and caps its frame size at
 /// [`FRAME_MAX`] when it does not say `frame_max=` itself.
 pub fn connection_uri(url: &str) -> Result<lapin::uri::AMQPUri, SessionError> {
-    let mut parsed: lapin::uri::AMQPUri = url.parse().map_err(|e: String| {
-        // The parser may quote the URL: never its password.
-        let safe = crate::config::redact(url);
-        SessionError::Url(format!(
-            "the broker URL {safe} is not valid: {}",
-            e.replace(url, &safe)
-        ))
-    })?;
-    parsed.query.frame_max.get_or_insert(FRAME_MAX);
-    Ok(parsed)
+    fleetls_proto::broker_uri(url, FRAME_MAX).map_err(SessionError::Url)
 }
 
 /// Opens a named connection to the broker.

@@ -87,32 +87,37 @@ fn main() -> anyhow::Result<()> {
         })
     };
     time("kept, nothing changed", rounds, served)?;
-    let mut round = 0;
-    time("kept, 100 agents heard", rounds, || {
-        round += 1;
-        registry.with_tx(|db| {
-            db.execute(
-                "UPDATE agents SET last_seen = last_seen + 1
-                 WHERE rowid IN (SELECT rowid FROM agents LIMIT 100 OFFSET ?1)",
-                [round * 100 % whole.agents.len().max(1)],
-            )?;
-            Ok(())
+    // Each round changes the next `n` rows of a table, then serves.
+    for (what, table, set, n) in [
+        (
+            "kept, 100 agents heard",
+            "agents",
+            "last_seen = last_seen + 1",
+            100,
+        ),
+        (
+            "kept, 500 results changed",
+            "campaign_children",
+            "message = message",
+            500,
+        ),
+    ] {
+        let mut round = 0;
+        time(what, rounds, || {
+            round += 1;
+            registry.with_tx(|db| {
+                db.execute(
+                    &format!(
+                        "UPDATE {table} SET {set}
+                         WHERE rowid IN (SELECT rowid FROM {table} LIMIT ?1 OFFSET ?2)"
+                    ),
+                    [n, round * n % whole.agents.len().max(1)],
+                )?;
+                Ok(())
+            })?;
+            served()
         })?;
-        served()
-    })?;
-    let mut round = 0;
-    time("kept, 500 results changed", rounds, || {
-        round += 1;
-        registry.with_tx(|db| {
-            db.execute(
-                "UPDATE campaign_children SET message = message
-                 WHERE rowid IN (SELECT rowid FROM campaign_children LIMIT 500 OFFSET ?1)",
-                [round * 500 % whole.agents.len().max(1)],
-            )?;
-            Ok(())
-        })?;
-        served()
-    })?;
+    }
     Ok(())
 }
 

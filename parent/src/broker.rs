@@ -40,28 +40,15 @@ pub fn amqp(what: &'static str) -> impl FnOnce(lapin::Error) -> BrokerError {
 }
 
 /// The largest AMQP frame the parent asks for, unless its broker URL names
-/// its own `frame_max`.
-///
-/// lapin keeps a receive and a send ring buffer of 32 frames each per
-/// connection, zero-filled at the frame size agreed with the broker: at the
-/// 128 KiB RabbitMQ offers, 8 MiB resident for the parent's one connection.
-/// The parent's messages are a few KiB (a certificate chain at most); a
-/// larger one is split into several frames.
+/// its own `frame_max` (see [`fleetls_proto::broker_uri`]): 2 MiB of
+/// buffers for its connection instead of 8. The parent's messages are a few
+/// KiB (a certificate chain at most).
 pub const FRAME_MAX: lapin::types::FrameSize = 32 * 1024;
 
 /// Parses a broker URL (`amqp://` or `amqps://`) and caps its frame size at
 /// [`FRAME_MAX`] when it does not say `frame_max=` itself.
 pub fn connection_uri(url: &str) -> Result<lapin::uri::AMQPUri, BrokerError> {
-    let mut parsed: lapin::uri::AMQPUri = url.parse().map_err(|e: String| {
-        // The parser may quote the URL: never its password.
-        let safe = crate::config::redact(url);
-        BrokerError::Url(format!(
-            "the broker URL {safe} is not valid: {}",
-            e.replace(url, &safe)
-        ))
-    })?;
-    parsed.query.frame_max.get_or_insert(FRAME_MAX);
-    Ok(parsed)
+    fleetls_proto::broker_uri(url, FRAME_MAX).map_err(BrokerError::Url)
 }
 
 /// Opens a named connection.

@@ -112,12 +112,7 @@ pub struct SslPortHandle {
 impl App {
     /// The current status view.
     pub fn status(&self) -> Result<Status, RegistryError> {
-        self.with_status(|overview, list| Status {
-            network: overview.network,
-            summary: overview.summary,
-            campaign: overview.campaign,
-            agents: list.agents().to_vec(),
-        })
+        self.with_status(|overview, list| overview.with_agents(list.agents().to_vec()))
     }
 
     /// Hands the status to `f` without copying the list (see

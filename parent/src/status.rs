@@ -63,6 +63,18 @@ pub struct Overview {
     pub campaign: Option<Progress>,
 }
 
+impl Overview {
+    /// The whole status: this with the agent list.
+    pub fn with_agents(self, agents: Vec<AgentStatus>) -> Status {
+        Status {
+            network: self.network,
+            summary: self.summary,
+            campaign: self.campaign,
+            agents,
+        }
+    }
+}
+
 /// The network's phase and counters.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Network {
@@ -286,24 +298,29 @@ pub fn compute(
     ca_fingerprint: Option<&str>,
 ) -> Result<Status, RegistryError> {
     let context = ViewContext::new(min_ssl_version, offline_after_ms);
-    let (agents, campaign) = read(registry, |db| {
+    let ((agents, _), campaign) = read(registry, |db| {
         Ok((agent_list(db, context)?, newest_campaign(db)?))
     })?;
-    let mut tally = Tally::default();
-    for agent in &agents {
-        tally.add(&Group::of(agent));
-    }
-    let overview = tally.overview(context, ca_fingerprint, campaign);
-    Ok(Status {
-        network: overview.network,
-        summary: overview.summary,
-        campaign: overview.campaign,
-        agents,
-    })
+    let overview = Tally::of(&agents).overview(context, ca_fingerprint, campaign);
+    Ok(overview.with_agents(agents))
 }
 
-/// Every agent, with its last result and refusal, in the list's order.
-fn agent_list(db: &Connection, context: ViewContext) -> Result<Vec<AgentStatus>, RegistryError> {
+/// [`AGENTS_ORDER`] in Rust: by name, then id.
+fn list_order(a: &AgentStatus, b: &AgentStatus) -> std::cmp::Ordering {
+    (a.name.as_str(), a.id).cmp(&(b.name.as_str(), b.id))
+}
+
+/// Each agent's position in a list.
+fn positions(agents: &[AgentStatus]) -> HashMap<Uuid, usize> {
+    agents.iter().enumerate().map(|(i, a)| (a.id, i)).collect()
+}
+
+/// Every agent, with its last result and refusal, in the list's order, and
+/// each one's position.
+fn agent_list(
+    db: &Connection,
+    context: ViewContext,
+) -> Result<(Vec<AgentStatus>, HashMap<Uuid, usize>), RegistryError> {
     let mut stmt = db.prepare_cached(&format!(
         "{DEFINITIONS} SELECT {AGENT_COLUMNS} {AGENTS_FROM}"
     ))?;
@@ -314,10 +331,7 @@ fn agent_list(db: &Connection, context: ViewContext) -> Result<Vec<AgentStatus>,
     // AGENTS_ORDER: the positions are sorted, then the rows moved in place
     // (no second list of rows).
     let mut order: Vec<usize> = (0..agents.len()).collect();
-    order.sort_unstable_by(|a, b| {
-        let (a, b) = (&agents[*a], &agents[*b]);
-        (a.name.as_str(), a.id).cmp(&(b.name.as_str(), b.id))
-    });
+    order.sort_unstable_by(|a, b| list_order(&agents[*a], &agents[*b]));
     for i in 0..order.len() {
         // Where the row meant for position i is now: earlier positions
         // were filled by swapping, so follow where their rows went.
@@ -327,7 +341,7 @@ fn agent_list(db: &Connection, context: ViewContext) -> Result<Vec<AgentStatus>,
         }
         agents.swap(i, j);
     }
-    let index: HashMap<Uuid, usize> = agents.iter().enumerate().map(|(i, a)| (a.id, i)).collect();
+    let index = positions(&agents);
     let agent_at = |row: &rusqlite::Row<'_>| -> rusqlite::Result<Option<usize>> {
         let id = row.get_ref(0)?.as_str()?;
         Ok(id.parse().ok().and_then(|id| index.get(&id).copied()))
@@ -371,7 +385,7 @@ fn agent_list(db: &Connection, context: ViewContext) -> Result<Vec<AgentStatus>,
             }
         }
     }
-    Ok(agents)
+    Ok((agents, index))
 }
 
 /// The status list kept between calls, brought up to date from what the
@@ -379,9 +393,10 @@ fn agent_list(db: &Connection, context: ViewContext) -> Result<Vec<AgentStatus>,
 /// (heartbeats, reports, registrations, a campaign's results, certificates,
 /// refusals: what a live network does all the time) are read again, one by
 /// one; when many changed, or a campaign began, or a row was deleted, the
-/// whole list is read again, as [`compute`] does. Whether an agent is online is worked out at each
-/// call, from the time it was last heard. Each agent's JSON is kept too,
-/// until that agent changes: `GET /api/status` copies it.
+/// whole list is read again, as [`compute`] does. Whether an agent is
+/// online is worked out at each call, from the time it was last heard. Each
+/// agent's JSON is kept too, until that agent changes: `GET /api/status`
+/// shares it ([`KeptList::status_json`]).
 #[derive(Default)]
 pub struct Cache {
     list: std::sync::Mutex<Option<Listed>>,
@@ -392,6 +407,8 @@ pub struct Cache {
 
 /// The list as last read, in the list's order.
 struct Listed {
+    /// The lowest SSL-capable version it was read with.
+    min_ssl_version: Version,
     agents: Vec<AgentStatus>,
     /// Each agent's JSON, once written and until it changes.
     json: Vec<Option<bytes::Bytes>>,
@@ -401,22 +418,22 @@ struct Listed {
 }
 
 impl Listed {
-    fn new(agents: Vec<AgentStatus>, campaign: Option<Progress>) -> Listed {
-        let mut listed = Listed {
+    /// The whole list, read.
+    fn read(db: &Connection, context: ViewContext) -> Result<Listed, RegistryError> {
+        let (agents, positions) = agent_list(db, context)?;
+        Ok(Listed {
+            min_ssl_version: context.min_ssl_version,
+            json: vec![None; agents.len()],
             agents,
-            json: Vec::new(),
-            campaign,
-            positions: HashMap::new(),
-        };
-        listed.index();
-        listed
+            campaign: newest_campaign(db)?,
+            positions,
+        })
     }
 
-    /// After the list was read or its order changed.
-    fn index(&mut self) {
-        self.positions = (self.agents.iter().enumerate())
-            .map(|(i, a)| (a.id, i))
-            .collect();
+    /// After agents came in or were renamed: back in the list's order.
+    fn reorder(&mut self) {
+        self.agents.sort_unstable_by(list_order);
+        self.positions = positions(&self.agents);
         self.json = vec![None; self.agents.len()];
     }
 }
@@ -526,7 +543,9 @@ impl Cache {
         let listed = registry.read_changes(|db, changes| {
             let tx = db.unchecked_transaction()?;
             let kept = match list.take() {
-                Some(listed) if !changes.other => refresh(&tx, context, listed, &changes)?,
+                Some(listed) if !changes.other && listed.min_ssl_version == min_ssl_version => {
+                    refresh(&tx, context, listed, &changes)?
+                }
                 _ => None,
             };
             let listed = match kept {
@@ -535,7 +554,7 @@ impl Cache {
                     #[cfg(test)]
                     self.whole_reads
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    Listed::new(agent_list(&tx, context)?, newest_campaign(&tx)?)
+                    Listed::read(&tx, context)?
                 }
             };
             tx.commit()?;
@@ -544,17 +563,15 @@ impl Cache {
         // (On failure the list stays empty: the changes taken are lost, and
         // the next call reads it whole.)
         let listed = list.insert(listed);
-        let mut tally = Tally::default();
         for (agent, json) in listed.agents.iter_mut().zip(listed.json.iter_mut()) {
             let online = context.online(agent.last_seen);
-            let capable = ssl_capable(&agent.version, min_ssl_version);
-            if (online, capable) != (agent.online, agent.ssl_capable) {
-                (agent.online, agent.ssl_capable) = (online, capable);
+            if online != agent.online {
+                agent.online = online;
                 *json = None;
             }
-            tally.add(&Group::of(agent));
         }
-        let overview = tally.overview(context, ca_fingerprint, listed.campaign.clone());
+        let overview =
+            Tally::of(&listed.agents).overview(context, ca_fingerprint, listed.campaign.clone());
         let kept = KeptList {
             agents: &listed.agents,
             json: &mut listed.json,
@@ -626,11 +643,7 @@ fn refresh(
         listed.campaign = newest_campaign(db)?;
     }
     if moved {
-        // AGENTS_ORDER
-        listed
-            .agents
-            .sort_unstable_by(|a, b| (a.name.as_str(), a.id).cmp(&(b.name.as_str(), b.id)));
-        listed.index();
+        listed.reorder();
     }
     Ok(Some(listed))
 }
@@ -695,6 +708,15 @@ struct Tally {
 }
 
 impl Tally {
+    /// The counters of a list.
+    fn of(agents: &[AgentStatus]) -> Tally {
+        let mut tally = Tally::default();
+        for agent in agents {
+            tally.add(&Group::of(agent));
+        }
+        tally
+    }
+
     fn add(&mut self, group: &Group) {
         self.agents += group.agents;
         self.online += group.online;

@@ -120,6 +120,27 @@ pub fn check_dns_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Parses a broker URL (`amqp://` or `amqps://`) and caps the AMQP frame
+/// size it asks for at `frame_max` when it does not say `frame_max=` itself.
+///
+/// lapin keeps a receive and a send ring buffer of 32 frames each per
+/// connection, zero-filled at the frame size agreed with the broker: left
+/// to RabbitMQ (128 KiB), 8 MiB resident per connection. A message larger
+/// than a frame is split into several. The error names the URL without its
+/// password.
+pub fn broker_uri(url: &str, frame_max: u32) -> Result<amq_protocol_uri::AMQPUri, String> {
+    let mut parsed: amq_protocol_uri::AMQPUri = url.parse().map_err(|e: String| {
+        // The parser may quote the URL: never its password.
+        let safe = redact_url(url);
+        format!(
+            "the broker URL {safe} is not valid: {}",
+            e.replace(url, &safe)
+        )
+    })?;
+    parsed.query.frame_max.get_or_insert(frame_max);
+    Ok(parsed)
+}
+
 /// A URL with any password replaced by `***`, for messages and logs (the
 /// one rule for the parent and the child: no secret in a log line).
 pub fn redact_url(url: &str) -> String {

@@ -21,6 +21,27 @@ use lapin::options::{
 use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 
+/// A new channel with publisher confirms on.
+pub(crate) async fn confirm_channel(connection: &Connection) -> lapin::Result<Channel> {
+    let channel = connection.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    Ok(channel)
+}
+
+/// Consumes `queue` on `channel`, acking by hand.
+pub(crate) async fn consume(channel: &Channel, queue: &str) -> lapin::Result<lapin::Consumer> {
+    channel
+        .basic_consume(
+            queue.into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+}
+
 /// Agents per shared connection, as in the swarm.
 const PER_CONNECTION: usize = 200;
 
@@ -41,10 +62,7 @@ pub(crate) async fn run(
 
     // The parent: one connection, one consuming channel answering everything.
     let parent = Connection::connect(broker, ConnectionProperties::default()).await?;
-    let channel = parent.create_channel().await?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
+    let channel = confirm_channel(&parent).await?;
     channel
         .exchange_declare(
             exchange.as_str().into(),
@@ -61,14 +79,7 @@ pub(crate) async fn run(
         )
         .await?;
     channel.basic_qos(1024, BasicQosOptions::default()).await?;
-    let mut incoming = channel
-        .basic_consume(
-            requests.as_str().into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    let mut incoming = consume(&channel, &requests).await?;
     let answering = channel.clone();
     let answer_exchange = exchange.clone();
     let server = tokio::spawn(async move {
@@ -114,10 +125,7 @@ pub(crate) async fn run(
         let (exchange, tag, limit) = (exchange.clone(), tag.clone(), limit.clone());
         opening.spawn(async move {
             let _permit = limit.acquire_owned().await?;
-            let channel = connection.create_channel().await?;
-            channel
-                .confirm_select(ConfirmSelectOptions::default())
-                .await?;
+            let channel = confirm_channel(&connection).await?;
             let queue = format!("bench.agent.{tag}.{i}");
             channel
                 .queue_declare(
@@ -136,14 +144,7 @@ pub(crate) async fn run(
                 )
                 .await?;
             channel.basic_qos(16, BasicQosOptions::default()).await?;
-            let consumer = channel
-                .basic_consume(
-                    queue.as_str().into(),
-                    "".into(),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                )
-                .await?;
+            let consumer = consume(&channel, &queue).await?;
             Ok::<(String, Channel, lapin::Consumer), anyhow::Error>((queue, channel, consumer))
         });
     }

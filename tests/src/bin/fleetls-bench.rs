@@ -22,10 +22,7 @@ use std::time::Instant;
 
 use clap::{Parser, Subcommand};
 use futures_lite::StreamExt;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions,
-    QueueDeclareOptions,
-};
+use lapin::options::{BasicAckOptions, BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use tokio::sync::Semaphore;
@@ -205,14 +202,8 @@ async fn rpc(broker: &str, count: usize, concurrency: usize) -> anyhow::Result<(
     let client = Connection::connect(broker, ConnectionProperties::default()).await?;
     let requests = format!("bench.requests.{}", uuid::Uuid::new_v4().simple());
     let replies = format!("bench.replies.{}", uuid::Uuid::new_v4().simple());
-    let server_channel = server.create_channel().await?;
-    server_channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
-    let client_channel = client.create_channel().await?;
-    client_channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
+    let server_channel = agents::confirm_channel(&server).await?;
+    let client_channel = agents::confirm_channel(&client).await?;
     let auto_delete = QueueDeclareOptions {
         auto_delete: true,
         ..QueueDeclareOptions::default()
@@ -223,14 +214,7 @@ async fn rpc(broker: &str, count: usize, concurrency: usize) -> anyhow::Result<(
             .await?;
     }
     // The server answers every request, persistent and confirmed, like the parent.
-    let mut incoming = server_channel
-        .basic_consume(
-            requests.as_str().into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    let mut incoming = agents::consume(&server_channel, &requests).await?;
     let reply_queue = replies.clone();
     let answering = server_channel.clone();
     tokio::spawn(async move {
@@ -247,14 +231,7 @@ async fn rpc(broker: &str, count: usize, concurrency: usize) -> anyhow::Result<(
             let _ = delivery.acker.ack(BasicAckOptions::default()).await;
         }
     });
-    let mut answers = client_channel
-        .basic_consume(
-            replies.as_str().into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    let mut answers = agents::consume(&client_channel, &replies).await?;
     let window = Arc::new(Semaphore::new(concurrency));
     let started = Instant::now();
     let publisher = client_channel.clone();
@@ -407,10 +384,7 @@ async fn hold(uri: &str, data_dir: Option<&std::path::Path>, plan: HoldPlan) -> 
                     Some(dir) => fleetls_child::broker_tls::connect(dir, &uri, &name).await?,
                     None => fleetls_child::agent::connect(&uri, &name).await?,
                 };
-                let channel = connection.create_channel().await?;
-                channel
-                    .confirm_select(ConfirmSelectOptions::default())
-                    .await?;
+                let channel = agents::confirm_channel(&connection).await?;
                 drop(permit);
                 Ok::<_, anyhow::Error>((connection, channel))
             });
