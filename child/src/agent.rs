@@ -10,20 +10,23 @@ use fleetls_proto::{
     StepSpec, SwitchReport,
 };
 use futures_lite::StreamExt;
+use fleetls_bus::amqp::BusError;
+use fleetls_bus::seal::SigningKey;
 use lapin::message::Delivery;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
-};
-use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection};
 use tracing::{info, warn};
+
+pub use fleetls_bus::amqp::declare_shared;
+pub use fleetls_bus::backoff;
 
 use crate::certs::CertStore;
 use crate::config::RunConfig;
 use crate::identity::{self, Identity, State, StoreError};
 use crate::shutdown::Shutdown;
 use crate::steps;
+use crate::trust::{Trust, Verdict};
 
 /// Why the child could not start.
 #[derive(Debug, thiserror::Error)]
@@ -36,31 +39,16 @@ pub enum RunError {
 /// A failure of one broker session (the agent reconnects after it).
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
-    /// An AMQP operation failed.
-    #[error("{what}: {source}")]
-    Amqp {
-        /// What was being done.
-        what: &'static str,
-        /// The client's error.
-        #[source]
-        source: lapin::Error,
-    },
-    /// The broker refused to store a message.
-    #[error("the broker refused or could not route a message to the parent")]
-    Nacked,
+    /// Talking to the broker failed (see [`BusError`]).
+    #[error(transparent)]
+    Bus(#[from] BusError),
     /// The consumer was cancelled.
     #[error("the broker cancelled the consumer of this agent's queue")]
     Cancelled,
-    /// The TLS material for AMQPS is missing or unusable.
-    #[error("AMQPS: {0}")]
-    Tls(String),
-    /// The broker URL cannot be parsed (the message never holds its password).
-    #[error("{0}")]
-    Url(String),
 }
 
 fn amqp(what: &'static str) -> impl FnOnce(lapin::Error) -> SessionError {
-    move |source| SessionError::Amqp { what, source }
+    move |source| SessionError::Bus(BusError::Amqp { what, source })
 }
 
 /// A running child: its settings, identity and state.
@@ -75,6 +63,11 @@ pub struct Agent {
     local_port: std::sync::Mutex<Option<crate::shutdown::Trigger>>,
     /// How a simulated child misbehaves (swarm only).
     pub behaviour: Behaviour,
+    /// The key this agent signs its messages with (`DIR/identity.key`):
+    /// the parent pins it at the first Hello.
+    pub key: SigningKey,
+    /// Which commands it obeys.
+    pub trust: Trust,
 }
 
 /// Misbehaviour of a simulated child, for load tests and benchmarks.
@@ -89,18 +82,26 @@ pub struct Behaviour {
 impl Agent {
     /// Prepares the data dir and loads (or makes) the identity.
     pub fn open(config: RunConfig) -> Result<Agent, RunError> {
-        create_private_dir(&config.data_dir).map_err(|e| StoreError {
+        fleetls_bus::files::create_private_dir(&config.data_dir).map_err(|e| StoreError {
             path: config.data_dir.clone(),
             why: e.to_string(),
         })?;
         let identity = identity::load_or_create_identity(&config.data_dir, config.name.as_deref())?;
         let state = identity::load_state(&config.data_dir)?;
+        let key_path = config.data_dir.join("identity.key");
+        let key = SigningKey::load_or_create(&key_path).map_err(|e| StoreError {
+            path: key_path,
+            why: e.to_string(),
+        })?;
+        let trust = Trust::load(&config.data_dir, config.parent_key.clone())?;
         Ok(Agent {
             config,
             identity,
             state: std::sync::Mutex::new(state),
             local_port: std::sync::Mutex::new(None),
             behaviour: Behaviour::default(),
+            key,
+            trust,
         })
     }
 
@@ -160,6 +161,7 @@ impl Agent {
             has_certificate: CertStore::new(&self.config.data_dir).has_certificate(),
             ssl: state.ssl,
             broker_tls: state.broker_tls_uri.is_some(),
+            parent_key: self.trust.pinned(),
         }
     }
 
@@ -171,7 +173,7 @@ impl Agent {
             location: self.config.location.clone(),
             hostnames: self.config.hostnames.clone(),
             ips: self.config.ips.iter().map(|ip| ip.to_string()).collect(),
-            key_fingerprint: None,
+            key_fingerprint: Some(self.key.public().fingerprint()),
             state: self.report_state(),
         })
     }
@@ -230,21 +232,6 @@ pub async fn run(config: RunConfig, shutdown: Shutdown) -> Result<(), RunError> 
     Ok(())
 }
 
-/// The delay before reconnect attempt `attempt`: exponential from 200 ms to
-/// 10 s with full jitter, so a fleet does not come back in step.
-pub fn backoff(attempt: u32) -> Duration {
-    let cap_ms = (200u64 << attempt.min(6)).min(10_000);
-    Duration::from_millis(cap_ms / 2 + rand::random_range(0..=cap_ms / 2))
-}
-
-fn create_private_dir(path: &std::path::Path) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(path)
-}
-
 /// Runs one test step and says how it went.
 pub async fn run_step(store: &CertStore, run: &RunStep) -> StepReport {
     let started_at = fleetls_proto::now_ms();
@@ -291,7 +278,7 @@ pub async fn connect_agent(agent: &Agent, name: &str) -> Result<Connection, Sess
         .clone();
     match tls {
         Some(uri) => crate::broker_tls::connect(&agent.config.data_dir, &uri, name).await,
-        None => connect(&agent.config.broker, name).await,
+        None => Ok(fleetls_bus::amqp::connect(&agent.config.broker, name, FRAME_MAX).await?),
     }
 }
 
@@ -311,18 +298,9 @@ pub enum Obeyed {
 /// most 256 KiB. The agent's messages are a few KiB at most.
 pub const FRAME_MAX: lapin::types::FrameSize = 4096;
 
-/// Parses a broker URL (`amqp://` or `amqps://`) and caps its frame size at
-/// [`FRAME_MAX`] when it does not say `frame_max=` itself.
-pub fn connection_uri(url: &str) -> Result<lapin::uri::AMQPUri, SessionError> {
-    fleetls_proto::broker_uri(url, FRAME_MAX).map_err(SessionError::Url)
-}
-
-/// Opens a named connection to the broker.
+/// Opens a named plain connection to the broker with the child's frame size.
 pub async fn connect(url: &str, name: &str) -> Result<Connection, SessionError> {
-    let properties = ConnectionProperties::default().with_connection_name(name.into());
-    Connection::connect_uri(connection_uri(url)?, properties)
-        .await
-        .map_err(amqp("connecting to the broker"))
+    Ok(fleetls_bus::amqp::connect(url, name, FRAME_MAX).await?)
 }
 
 /// One agent's channel on a broker connection (its own, or shared in a swarm).
@@ -353,18 +331,11 @@ impl Session {
         shared: bool,
     ) -> Result<Session, SessionError> {
         let id = agent.identity.id;
-        let channel = connection
-            .create_channel()
-            .await
-            .map_err(amqp("opening a channel"))?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(amqp("turning on publisher confirms"))?;
+        let channel = fleetls_bus::amqp::confirm_channel(connection).await?;
         if shared {
             declare_shared(&channel).await?;
         }
-        declare_own(&channel, &id).await?;
+        fleetls_bus::amqp::declare_agent_queue(&channel, &id).await?;
         channel
             .basic_qos(16, BasicQosOptions::default())
             .await
@@ -395,78 +366,6 @@ impl Session {
     pub async fn close(&self) {
         let _ = self.channel.close(200, "agent stopping".into()).await;
     }
-}
-
-/// Declares the exchanges children use and the parent's queue (idempotent).
-pub async fn declare_shared(channel: &Channel) -> Result<(), SessionError> {
-    let durable = ExchangeDeclareOptions {
-        durable: true,
-        ..Default::default()
-    };
-    for (name, kind) in [
-        (topology::PARENT, ExchangeKind::Direct),
-        (topology::AGENTS, ExchangeKind::Direct),
-        (topology::DEAD, ExchangeKind::Fanout),
-    ] {
-        channel
-            .exchange_declare(name.into(), kind, durable, FieldTable::default())
-            .await
-            .map_err(amqp("declaring an exchange"))?;
-    }
-    // The parent's queue too, so that a Hello sent before the parent ever
-    // started waits for it instead of being dropped as unroutable.
-    channel
-        .queue_declare(
-            topology::PARENT.into(),
-            QueueDeclareOptions::durable(),
-            queue_arguments(),
-        )
-        .await
-        .map_err(amqp("declaring fleetls.parent"))?;
-    channel
-        .queue_bind(
-            topology::PARENT.into(),
-            topology::PARENT.into(),
-            topology::PARENT.into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(amqp("binding fleetls.parent"))?;
-    Ok(())
-}
-
-/// Arguments every fleetls queue carries.
-fn queue_arguments() -> FieldTable {
-    let mut args = FieldTable::default();
-    args.insert(
-        "x-dead-letter-exchange".into(),
-        AMQPValue::LongString(topology::DEAD.into()),
-    );
-    args
-}
-
-/// Declares this child's own durable queue and binds it.
-async fn declare_own(channel: &Channel, id: &uuid::Uuid) -> Result<(), SessionError> {
-    let queue = topology::agent_queue(id);
-    channel
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions::durable(),
-            queue_arguments(),
-        )
-        .await
-        .map_err(amqp("declaring this agent's queue"))?;
-    channel
-        .queue_bind(
-            queue.as_str().into(),
-            topology::AGENTS.into(),
-            id.to_string().as_str().into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(amqp("binding this agent's queue"))
 }
 
 impl Session {
@@ -504,34 +403,16 @@ impl Session {
     ) -> Result<(), SessionError> {
         let mut envelope = Envelope::new(agent.identity.id, body);
         envelope.re = re;
-        let payload = fleetls_proto::encode(&envelope).expect("fleetls messages always encode");
-        let mut props = BasicProperties::default()
-            .with_content_type(fleetls_proto::CONTENT_TYPE.into())
-            .with_type(envelope.body.kind().into())
-            .with_message_id(envelope.id.to_string().as_str().into())
-            .with_delivery_mode(2);
-        if let Some(re) = re {
-            props = props.with_correlation_id(re.to_string().as_str().into());
-        }
-        let confirm = self
-            .channel
-            .basic_publish(
-                topology::PARENT.into(),
-                topology::PARENT.into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..Default::default()
-                },
-                &payload,
-                props,
-            )
-            .await
-            .map_err(amqp("publishing to the parent"))?
-            .await
-            .map_err(amqp("waiting for a publisher confirm"))?;
-        if confirm.is_nack() || confirm.take_message().is_some() {
-            return Err(SessionError::Nacked);
-        }
+        let sealed = agent.key.seal(&envelope).map_err(BusError::from)?;
+        let properties = fleetls_bus::amqp::properties(&envelope, &sealed, None);
+        fleetls_bus::amqp::publish_confirmed(
+            &self.channel,
+            topology::PARENT,
+            topology::PARENT,
+            &sealed.payload,
+            properties,
+        )
+        .await?;
         Ok(())
     }
 
@@ -640,13 +521,16 @@ impl Session {
         self.send(agent, beat, None).await
     }
 
-    /// Handles one command from the parent, then acks it.
+    /// Handles one command from the parent, then acks it. A command that
+    /// is not the parent's, not for this agent or replayed is not obeyed:
+    /// it goes to `fleetls.dead` with the reason, and the parent hears of
+    /// the attempt (a `Refused` marked forged).
     async fn handle(
         &self,
         agent: &Agent,
         delivery: Delivery,
     ) -> Result<Option<Outcome>, SessionError> {
-        let decoded = if agent.behaviour.silent {
+        if agent.behaviour.silent {
             // A silent child takes its commands and never answers.
             return delivery
                 .acker
@@ -654,12 +538,25 @@ impl Session {
                 .await
                 .map(|_| None)
                 .map_err(amqp("acking a command"));
-        } else {
-            fleetls_proto::decode(&delivery.data)
+        }
+        let verdict = agent.trust.check(
+            agent.identity.id,
+            &delivery.data,
+            delivery.properties.headers().as_ref(),
+        );
+        let claimed = || {
+            (
+                delivery
+                    .properties
+                    .message_id()
+                    .as_ref()
+                    .and_then(|id| id.as_str().parse().ok()),
+                delivery.properties.kind().as_ref().map(|k| k.to_string()),
+            )
         };
         let mut moved = None;
-        match decoded {
-            Ok(envelope) => {
+        match verdict {
+            Verdict::Obey(envelope) => {
                 let id = envelope.id;
                 let kind = envelope.body.kind();
                 let result = match self.obey(agent, envelope).await? {
@@ -675,20 +572,37 @@ impl Session {
                         command: Some(id),
                         kind: Some(kind.to_owned()),
                         reason,
+                        forged: false,
                     };
                     self.send(agent, Body::Refused(refused), Some(id)).await?;
                 }
             }
-            Err(e) => {
+            Verdict::Undecodable(e) => {
                 warn!(error = %e, "a command could not be decoded");
+                let (command, kind) = claimed();
                 let refused = Refused {
-                    command: delivery
-                        .properties
-                        .message_id()
-                        .as_ref()
-                        .and_then(|id| id.as_str().parse().ok()),
-                    kind: delivery.properties.kind().as_ref().map(|k| k.to_string()),
+                    command,
+                    kind,
                     reason: e.to_string(),
+                    forged: false,
+                };
+                self.send(agent, Body::Refused(refused), None).await?;
+            }
+            Verdict::Forged(reason) => {
+                warn!(reason = %reason, "SECURITY: a forged or replayed command was refused");
+                fleetls_bus::amqp::dead_letter(
+                    &self.channel,
+                    &delivery.data,
+                    &delivery.properties,
+                    &format!("forged: {reason}"),
+                )
+                .await?;
+                let (command, kind) = claimed();
+                let refused = Refused {
+                    command,
+                    kind: kind.map(|k| k.chars().take(64).collect()),
+                    reason,
+                    forged: true,
                 };
                 self.send(agent, Body::Refused(refused), None).await?;
             }
@@ -702,36 +616,3 @@ impl Session {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn frame_size_is_capped_unless_the_url_names_one() {
-        for url in [
-            "amqp://guest:guest@127.0.0.1:5672/%2f",
-            "amqps://guest:guest@127.0.0.1:5671/%2f",
-        ] {
-            assert_eq!(
-                connection_uri(url).unwrap().query.frame_max,
-                Some(FRAME_MAX)
-            );
-        }
-        let uri = connection_uri(
-            "amqps://guest:guest@127.0.0.1:5671/%2f?auth_mechanism=external&frame_max=131072",
-        )
-        .unwrap();
-        assert_eq!(uri.query.frame_max, Some(131_072));
-        assert_eq!(uri.authority.port, 5671);
-    }
-
-    #[test]
-    fn an_invalid_url_is_refused_without_its_password() {
-        let Err(SessionError::Url(why)) = connection_uri("amqps://guest:s3cret@/%2f?frame_max=x")
-        else {
-            panic!("an invalid URL was accepted");
-        };
-        assert!(!why.contains("s3cret"), "{why}");
-        assert!(why.contains("not valid"), "{why}");
-    }
-}

@@ -8,8 +8,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use fleetls_proto::{Body, BrokerAuth, BrokerSwitchReport, UseBrokerTls};
-use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
-use lapin::{Connection, ConnectionProperties};
+use fleetls_bus::amqp::{BusError, TlsFiles};
+use lapin::Connection;
 use tracing::{info, warn};
 
 use crate::agent::{Agent, Obeyed, Session, SessionError};
@@ -23,32 +23,13 @@ fn broker_ca_path(data_dir: &Path) -> std::path::PathBuf {
 
 /// Opens an AMQPS connection with this agent's certificate.
 pub async fn connect(data_dir: &Path, uri: &str, name: &str) -> Result<Connection, SessionError> {
-    let uri = crate::agent::connection_uri(uri)?;
     let store = CertStore::new(data_dir);
-    let read = |path: std::path::PathBuf| {
-        std::fs::read(&path).map_err(|e| SessionError::Tls(format!("{}: {e}", path.display())))
+    let files = TlsFiles {
+        chain: &store.chain_path(),
+        key: &store.key_path(),
+        ca: &broker_ca_path(data_dir),
     };
-    let config = OwnedTLSConfig {
-        identity: Some(OwnedIdentity::PKCS8 {
-            pem: read(store.chain_path())?,
-            key: read(store.key_path())?,
-        }),
-        cert_chain: Some(
-            String::from_utf8(read(broker_ca_path(data_dir))?)
-                .map_err(|_| SessionError::Tls("the broker CA file is not text".into()))?,
-        ),
-    };
-    let properties = ConnectionProperties::default().with_connection_name(name.into());
-    let runtime = lapin::runtime::default_runtime().map_err(|source| SessionError::Amqp {
-        what: "starting the AMQP runtime",
-        source,
-    })?;
-    Connection::connect_uri_with_config(uri, properties, config, runtime)
-        .await
-        .map_err(|source| SessionError::Amqp {
-            what: "connecting to the broker over AMQPS",
-            source,
-        })
+    Ok(fleetls_bus::amqp::connect_tls(uri, name, crate::agent::FRAME_MAX, files).await?)
 }
 
 /// The URI to use: with `auth_mechanism=external` when asked for.
@@ -77,9 +58,9 @@ pub async fn obey(
     let name = fleetls_proto::topology::child_connection_name(&agent.identity.id);
     let attempt = async {
         write_atomic(&broker_ca_path(&data_dir), cmd.ca_pem.as_bytes(), 0o644)
-            .map_err(|e| SessionError::Tls(e.to_string()))?;
+            .map_err(|e| tls_error(e.to_string()))?;
         if !CertStore::new(&data_dir).has_certificate() {
-            return Err(SessionError::Tls("this agent has no certificate".into()));
+            return Err(tls_error("this agent has no certificate".into()));
         }
         let connection = connect(&data_dir, &uri, &name).await?;
         let session = Session::open(&connection, agent, plain.shutdown()).await?;
@@ -131,4 +112,8 @@ async fn stay_plain(
         .send(agent, Body::BrokerSwitchReport(report), Some(re))
         .await?;
     Ok(Obeyed::Done(Ok(())))
+}
+
+fn tls_error(why: String) -> SessionError {
+    SessionError::Bus(BusError::Tls(why))
 }

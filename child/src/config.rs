@@ -63,6 +63,10 @@ pub struct RawRun {
     /// Pinned CA fingerprint, sha256:HEX (otherwise the CA is trusted on first use)
     #[arg(long, env = "FLEETLS_CA_FINGERPRINT")]
     pub ca_fingerprint: Option<String>,
+    /// The parent's signing key, sha256:HEX as `fleetls-parent signing-key`
+    /// prints it (otherwise the first signed command's key is pinned)
+    #[arg(long, env = "FLEETLS_PARENT_KEY")]
+    pub parent_key: Option<String>,
     /// Seconds between heartbeats
     #[arg(long, env = "FLEETLS_HEARTBEAT")]
     pub heartbeat: Option<u64>,
@@ -83,6 +87,7 @@ impl RawRun {
             hostnames: self.hostnames.or(other.hostnames),
             ips: self.ips.or(other.ips),
             ca_fingerprint: self.ca_fingerprint.or(other.ca_fingerprint),
+            parent_key: self.parent_key.or(other.parent_key),
             heartbeat: self.heartbeat.or(other.heartbeat),
             report_version: self.report_version.or(other.report_version),
         }
@@ -120,6 +125,8 @@ pub struct RunConfig {
     pub ips: Vec<IpAddr>,
     /// Pinned CA fingerprint, lowercase `sha256:hex`.
     pub ca_fingerprint: Option<String>,
+    /// The parent signing key's fingerprint (hex digits), when pinned up front.
+    pub parent_key: Option<String>,
     /// Time between heartbeats.
     pub heartbeat: Duration,
     /// The version reported to the parent.
@@ -170,6 +177,16 @@ impl RunConfig {
                 why: "expected sha256: followed by 64 hex digits (colons allowed)".into(),
             })?),
         };
+        let parent_key = match raw.parent_key {
+            None => None,
+            Some(f) => Some(fleetls_bus::seal::normalize_fingerprint(&f).ok_or_else(|| {
+                ConfigError::Invalid {
+                    name: "--parent-key",
+                    value: f.clone(),
+                    why: "expected sha256: followed by 64 hex digits, as `fleetls-parent signing-key` prints it".into(),
+                }
+            })?),
+        };
         let heartbeat = raw.heartbeat.unwrap_or(10);
         if heartbeat == 0 || heartbeat > 3600 {
             return Err(ConfigError::Invalid {
@@ -196,6 +213,7 @@ impl RunConfig {
             hostnames,
             ips,
             ca_fingerprint,
+            parent_key,
             heartbeat: Duration::from_secs(heartbeat),
             version: raw
                 .report_version

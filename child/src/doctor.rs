@@ -3,18 +3,13 @@
 //! given with `--ca`) and presents the child's own certificate
 //! (`DIR/certs/agent.pem` and `agent.key`) when it has one.
 //!
-//! The core is one file shared with the parent (`parent/src/doctor.rs`),
-//! compiled here as [`shared`] and re-exported: the child does not depend on
-//! the parent crate, and neither side keeps a copy.
+//! The core is the `fleetls-doctor` crate, shared with the parent.
 
 use std::path::Path;
 
 use crate::certs::CertStore;
 
-#[path = "../../parent/src/doctor.rs"]
-pub mod shared;
-
-pub use shared::{
+pub use fleetls_doctor::{
     diagnose, diagnose_files, diagnose_with, render, CertSummary, Check, DoctorReport, Limits,
     Problem,
 };

@@ -2,8 +2,6 @@
 //! ever) and its state in the migration. Every file is written whole to a
 //! temporary name and renamed, so a crash never leaves half a file.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -82,7 +80,7 @@ fn default_name() -> String {
         .unwrap_or_else(|| "child".into())
 }
 
-fn read_toml<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, StoreError> {
+pub(crate) fn read_toml<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, StoreError> {
     match std::fs::read_to_string(path) {
         Ok(text) => toml::from_str(&text).map(Some).map_err(|e| StoreError {
             path: path.to_owned(),
@@ -96,7 +94,7 @@ fn read_toml<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, Sto
     }
 }
 
-fn write_toml<T: Serialize>(path: &Path, value: &T, mode: u32) -> Result<(), StoreError> {
+pub(crate) fn write_toml<T: Serialize>(path: &Path, value: &T, mode: u32) -> Result<(), StoreError> {
     let text = toml::to_string(value).map_err(|e| StoreError {
         path: path.to_owned(),
         why: e.to_string(),
@@ -104,39 +102,12 @@ fn write_toml<T: Serialize>(path: &Path, value: &T, mode: u32) -> Result<(), Sto
     write_atomic(path, text.as_bytes(), mode)
 }
 
-static DURABLE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
-
-/// Turns the sync of every written file off (or on). Only a swarm does
-/// this: its thousands of simulated children share one disk, which real
-/// children never do, and their durability is not what a load test measures.
-pub fn set_durable(durable: bool) {
-    DURABLE.store(durable, std::sync::atomic::Ordering::Relaxed);
-}
-
-/// Writes `bytes` to `path` through a temporary file and a rename, with `mode`.
+/// Writes `bytes` to `path` whole (see [`fleetls_bus::files::write_atomic`]).
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StoreError> {
-    let err = |e: std::io::Error| StoreError {
+    fleetls_bus::files::write_atomic(path, bytes, mode).map_err(|e| StoreError {
         path: path.to_owned(),
         why: e.to_string(),
-    };
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(err)?;
-    }
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(err)?;
-    file.write_all(bytes).map_err(err)?;
-    if DURABLE.load(std::sync::atomic::Ordering::Relaxed) {
-        file.sync_all().map_err(err)?;
-    }
-    std::fs::rename(&tmp, path).map_err(err)
+    })
 }
 
 #[cfg(test)]

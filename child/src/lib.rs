@@ -12,6 +12,8 @@ pub mod config;
 pub mod doctor;
 pub mod identity;
 pub mod local_port;
-pub mod shutdown;
 pub mod steps;
 pub mod swarm;
+pub mod trust;
+
+pub use fleetls_bus::shutdown;

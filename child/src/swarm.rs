@@ -156,7 +156,7 @@ pub async fn run(args: SwarmArgs, shutdown: Shutdown) -> anyhow::Result<()> {
     );
     check_amqps_headroom(args.count);
     let started = std::time::Instant::now();
-    crate::identity::set_durable(false);
+    fleetls_bus::files::set_durable(false);
     let count = args.count;
     let mut agents = Vec::with_capacity(count);
     let mut slices = 0.0;
@@ -260,17 +260,13 @@ async fn run_child(
 /// Declares the shared topology once on a connection, as a real child does
 /// once per connection; each child then declares only its own queue.
 async fn declare_on(connection: &Connection) -> Result<(), crate::agent::SessionError> {
-    let channel =
-        connection
-            .create_channel()
-            .await
-            .map_err(|source| crate::agent::SessionError::Amqp {
-                what: "opening a channel",
-                source,
-            })?;
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(fleetls_bus::amqp::amqp("opening a channel"))?;
     let declared = declare_shared(&channel).await;
     let _ = channel.close(200, "declared".into()).await;
-    declared
+    Ok(declared?)
 }
 
 /// One connection and its children; reconnects them all when it fails.

@@ -37,6 +37,11 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/export", post(export))
         .route("/api/doctor", post(doctor))
         .route("/api/broker-tls", post(broker_tls))
+        .route("/api/agents", get(agents_list))
+        .route("/api/agents/accept", post(agents_accept))
+        .route("/api/agents/reject", post(agents_reject))
+        .route("/api/agents/delete", post(agents_delete))
+        .route("/api/security", get(security))
         .route_layer(middleware::from_fn_with_state(app.clone(), require_token))
         .with_state(app)
         .merge(open)
@@ -73,6 +78,9 @@ async fn metrics(State(app): State<Arc<App>>) -> Result<String, ApiError> {
             ),
             ("{state=\"ssl\"}", n.switched_to_ssl as f64),
             ("{state=\"broker_tls\"}", n.broker_tls as f64),
+            ("{state=\"pending\"}", n.pending as f64),
+            ("{state=\"rejected\"}", n.rejected as f64),
+            ("{state=\"compromised\"}", n.compromised as f64),
         ],
     );
     let s = &status.summary;
@@ -139,6 +147,18 @@ async fn metrics(State(app): State<Arc<App>>) -> Result<String, ApiError> {
             "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
         );
     }
+    let app3 = app.clone();
+    let counts = tokio::task::spawn_blocking(move || app3.registry.security_counts())
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let _ = writeln!(
+        out,
+        "# HELP fleetls_security_events_total Security events recorded: forged or replayed commands, impersonation, banned keys, unsigned, oversized or invalid messages.\n# TYPE fleetls_security_events_total counter"
+    );
+    for (kind, count) in &counts {
+        let _ = writeln!(out, "fleetls_security_events_total{{kind=\"{kind}\"}} {count}");
+    }
     Ok(out)
 }
 
@@ -201,6 +221,42 @@ async fn blocking<T: Send + 'static>(
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?
         .map_err(ApiError::from)
+}
+
+async fn agents_list(State(app): State<Arc<App>>) -> Result<Json<Vec<ops::AgentEntry>>, ApiError> {
+    Ok(Json(blocking(&app, ops::agents_list).await?))
+}
+
+async fn agents_accept(
+    State(app): State<Arc<App>>,
+    Json(request): Json<ops::AgentsRequest>,
+) -> Result<Json<ops::AgentsReport>, ApiError> {
+    let admission = crate::registry::Admission::Accepted;
+    Ok(Json(
+        blocking(&app, move |app| ops::agents_admit(app, &request, admission)).await?,
+    ))
+}
+
+async fn agents_reject(
+    State(app): State<Arc<App>>,
+    Json(request): Json<ops::AgentsRequest>,
+) -> Result<Json<ops::AgentsReport>, ApiError> {
+    let admission = crate::registry::Admission::Rejected;
+    Ok(Json(
+        blocking(&app, move |app| ops::agents_admit(app, &request, admission)).await?,
+    ))
+}
+
+async fn agents_delete(
+    State(app): State<Arc<App>>,
+    Json(request): Json<ops::AgentsRequest>,
+) -> Result<Json<ops::AgentsReport>, ApiError> {
+    Ok(Json(ops::agents_delete(&app, &request).await?))
+}
+
+/// The newest security events (at most 200) and the counts by kind.
+async fn security(State(app): State<Arc<App>>) -> Result<Json<ops::SecurityView>, ApiError> {
+    Ok(Json(blocking(&app, ops::security_view).await?))
 }
 
 async fn settings_show(State(app): State<Arc<App>>) -> Json<ops::SettingsView> {

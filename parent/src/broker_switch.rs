@@ -108,31 +108,6 @@ pub fn client_config(data_dir: &Path) -> Result<Arc<ClientConfig>, String> {
     Ok(Arc::new(config))
 }
 
-/// Opens the parent's AMQPS connection (its certificate, the CA), with the
-/// frame size capped as [`crate::broker::connection_uri`] does.
-pub async fn connect(
-    data_dir: &Path,
-    uri: &str,
-    name: &str,
-) -> Result<lapin::Connection, crate::broker::BrokerError> {
-    let amqp = crate::broker::amqp;
-    let parsed = crate::broker::connection_uri(uri)?;
-    let dir = certificates_dir(data_dir);
-    let read = |n: &str| std::fs::read(dir.join(n)).unwrap_or_default();
-    let config = lapin::tcp::OwnedTLSConfig {
-        identity: Some(lapin::tcp::OwnedIdentity::PKCS8 {
-            pem: read("parent.pem"),
-            key: read("parent.key"),
-        }),
-        cert_chain: Some(String::from_utf8_lossy(&read("ca.pem")).into_owned()),
-    };
-    let properties = lapin::ConnectionProperties::default().with_connection_name(name.into());
-    let runtime = lapin::runtime::default_runtime().map_err(amqp("starting the AMQP runtime"))?;
-    lapin::Connection::connect_uri_with_config(parsed, properties, config, runtime)
-        .await
-        .map_err(amqp("connecting to the broker over AMQPS"))
-}
-
 /// Where the parent keeps its AMQPS address once it moved.
 fn state_path(data_dir: &Path) -> PathBuf {
     data_dir.join("broker-tls.toml")

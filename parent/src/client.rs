@@ -166,21 +166,37 @@ pub fn status_table(status: &Status) -> String {
         "summary: passed {}   with errors {}   did not participate {}   version not supporting SSL {}   mPOS {}",
         s.passed, s.with_errors, s.did_not_participate, s.version_not_supporting_ssl, s.mpos
     );
-    let _ = writeln!(
-        out,
-        "{:<24} {:<12} {:<9} {:<14} {:<8} {:<5} {:<5} {:<6} ID",
-        "NAME", "KIND", "VERSION", "LOCATION", "STATE", "CERT", "SSL", "AMQPS"
-    );
-    let yes = |b: bool| if b { "yes" } else { "-" };
-    for a in &status.agents {
+    if n.pending + n.rejected + n.compromised > 0 || n.security_events > 0 {
         let _ = writeln!(
             out,
-            "{:<24} {:<12} {:<9} {:<14} {:<8} {:<5} {:<5} {:<6} {}",
-            a.name,
+            "trust: pending {}   rejected {}   COMPROMISED {}   security events {} (see `fleetls-parent security`)",
+            n.pending, n.rejected, n.compromised, n.security_events
+        );
+    }
+    let _ = writeln!(
+        out,
+        "{:<24} {:<12} {:<9} {:<14} {:<8} {:<9} {:<5} {:<5} {:<6} ID",
+        "NAME", "KIND", "VERSION", "LOCATION", "STATE", "ADMISSION", "CERT", "SSL", "AMQPS"
+    );
+    let yes = |b: bool| if b { "yes" } else { "-" };
+    // Whatever an agent sent about itself is printed without control
+    // characters: a name cannot move the cursor or clear the screen.
+    let safe = |text: &str| crate::admission::printable(text, crate::admission::MAX_NAME);
+    for a in &status.agents {
+        let admission = if a.compromised {
+            "COMPROMISED"
+        } else {
+            a.admission.as_str()
+        };
+        let _ = writeln!(
+            out,
+            "{:<24} {:<12} {:<9} {:<14} {:<8} {:<9} {:<5} {:<5} {:<6} {}",
+            safe(&a.name),
             a.kind.as_str(),
-            a.version,
-            a.location.as_deref().unwrap_or("-"),
+            safe(&a.version),
+            safe(a.location.as_deref().unwrap_or("-")),
             if a.online { "online" } else { "offline" },
+            admission,
             yes(a.has_certificate),
             yes(a.ssl),
             yes(a.broker_tls),
@@ -188,4 +204,17 @@ pub fn status_table(status: &Status) -> String {
         );
     }
     out
+}
+
+/// A time in ms since the epoch as `YYYY-MM-DD HH:MM:SS UTC`.
+pub fn when(ms: u64) -> String {
+    time::OffsetDateTime::from_unix_timestamp((ms / 1000) as i64)
+        .ok()
+        .and_then(|t| {
+            t.format(time::macros::format_description!(
+                "[year]-[month]-[day] [hour]:[minute]:[second] UTC"
+            ))
+            .ok()
+        })
+        .unwrap_or_else(|| ms.to_string())
 }

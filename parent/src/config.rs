@@ -68,6 +68,17 @@ pub struct RawServe {
     /// Validity of issued certificates, in days (398 by default)
     #[arg(long, env = "FLEETLS_CERT_DAYS")]
     pub cert_days: Option<u32>,
+    /// New agents accepted without an operator: `kind:pattern;...` or `none`
+    /// (default `child:*;mpos:*`; local parents never)
+    #[arg(long, env = "FLEETLS_AUTO_ACCEPT")]
+    pub auto_accept: Option<String>,
+    /// Names local parents may have in their server certificates, `;`-separated:
+    /// a name, or `.domain` for any name below it (default: none)
+    #[arg(long, env = "FLEETLS_LOCAL_PARENT_NAMES")]
+    pub local_parent_names: Option<String>,
+    /// IP addresses local parents may have in their server certificates, `;`-separated
+    #[arg(long, env = "FLEETLS_LOCAL_PARENT_IPS")]
+    pub local_parent_ips: Option<String>,
     /// The `[ssl]` table of the config file (not a flag)
     #[arg(skip)]
     pub ssl: Option<crate::settings::SettingsChange>,
@@ -89,6 +100,9 @@ impl RawServe {
             min_ssl_version: self.min_ssl_version.or(other.min_ssl_version),
             window: self.window.or(other.window),
             cert_days: self.cert_days.or(other.cert_days),
+            auto_accept: self.auto_accept.or(other.auto_accept),
+            local_parent_names: self.local_parent_names.or(other.local_parent_names),
+            local_parent_ips: self.local_parent_ips.or(other.local_parent_ips),
             ssl: self.ssl.or(other.ssl),
         }
     }
@@ -147,6 +161,12 @@ pub struct ServeConfig {
     pub ssl: Option<crate::settings::SettingsChange>,
     /// The broker's host (the default broker name for its certificate).
     pub broker_host: String,
+    /// Which new agents are accepted without an operator.
+    pub auto_accept: crate::admission::AutoAccept,
+    /// Names local parents may have in their server certificates.
+    pub local_parent_names: Vec<String>,
+    /// IP addresses local parents may have in their server certificates.
+    pub local_parent_ips: Vec<String>,
 }
 
 /// Default admin address.
@@ -209,7 +229,43 @@ impl ServeConfig {
                 raw.management_password_file.as_deref(),
             )?),
         };
+        let auto_accept = match raw.auto_accept {
+            None => crate::admission::AutoAccept::default(),
+            Some(text) => text.parse().map_err(|why| ConfigError::Invalid {
+                name: "--auto-accept",
+                value: text.clone(),
+                why,
+            })?,
+        };
+        let split = |text: Option<String>| -> Vec<String> {
+            text.unwrap_or_default()
+                .split(';')
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect()
+        };
+        let local_parent_names = split(raw.local_parent_names);
+        for name in &local_parent_names {
+            let bare = name.trim_start_matches("*.").trim_start_matches('.');
+            fleetls_proto::check_dns_name(bare).map_err(|why| ConfigError::Invalid {
+                name: "--local-parent-names",
+                value: name.clone(),
+                why: format!("{why}; give names or .domain entries"),
+            })?;
+        }
+        let local_parent_ips = split(raw.local_parent_ips);
+        for ip in &local_parent_ips {
+            ip.parse::<std::net::IpAddr>()
+                .map_err(|_| ConfigError::Invalid {
+                    name: "--local-parent-ips",
+                    value: ip.clone(),
+                    why: "not an IPv4 or IPv6 address".into(),
+                })?;
+        }
         Ok(ServeConfig {
+            auto_accept,
+            local_parent_names,
+            local_parent_ips,
             broker,
             management,
             data_dir,

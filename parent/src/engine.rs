@@ -12,7 +12,8 @@ use tracing::{info, warn};
 
 use crate::campaign;
 use crate::registry::RegistryError;
-use crate::service::{send_all, App};
+use crate::broker::send_all;
+use crate::service::App;
 use crate::shutdown::Shutdown;
 
 /// The longest the engine sleeps without a reason to wake.
@@ -46,7 +47,7 @@ pub async fn run(app: Arc<App>, mut shutdown: Shutdown) {
                 Ok(Ok(Some((id, tick)))) => {
                     resend = false;
                     if !tick.outgoing.is_empty() {
-                        if let Err(e) = send_all(&channel, tick.outgoing).await {
+                        if let Err(e) = send_all(&channel, &app.signing_key, tick.outgoing).await {
                             warn!(error = %e, "sending campaign steps failed; will re-send");
                             resend = true;
                         }

@@ -5,16 +5,15 @@
 //! the switchover campaigns. [`serve`] is what the binary and the tests call.
 
 pub mod admin;
+pub mod admission;
 pub mod broker;
 pub mod broker_switch;
 pub mod campaign;
 pub mod client;
 pub mod config;
 pub mod console;
-pub mod doctor;
 pub mod engine;
 pub mod export;
-pub mod files;
 pub mod follow;
 pub mod management;
 pub mod ops;
@@ -22,13 +21,20 @@ pub mod pki;
 pub mod registry;
 pub mod service;
 pub mod settings;
-pub mod shutdown;
 pub mod ssl_port;
 pub mod status;
 pub mod token;
 
 pub use config::ServeConfig;
+pub use fleetls_bus::{files, shutdown};
+pub use fleetls_doctor as doctor;
 
 /// The id the parent signs its messages with (`from` of every envelope).
 pub const PARENT_ID: uuid::Uuid = uuid::Uuid::nil();
 pub use service::serve;
+
+/// Where the parent keeps the key it signs every command with (mode 0600,
+/// separate from the TLS keys; made once — children pin it).
+pub fn signing_key_path(data_dir: &std::path::Path) -> std::path::PathBuf {
+    data_dir.join("signing.key")
+}

@@ -85,6 +85,30 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Admission: list agents with their keys, accept or reject pending
+    /// ones, delete an agent (its rows and queue go, its key is banned).
+    Agents {
+        #[command(subcommand)]
+        action: AgentsAction,
+    },
+    /// Print the fingerprint of the key the parent signs every command with:
+    /// give it to children as --parent-key (FLEETLS_PARENT_KEY). Reads the
+    /// data dir; made there if missing.
+    SigningKey {
+        /// The parent's data dir
+        #[arg(long, env = "FLEETLS_DATA_DIR")]
+        data_dir: PathBuf,
+    },
+    /// Security events: forged or replayed commands refused by children,
+    /// messages signed by the wrong key, banned keys, oversized or invalid
+    /// messages, agents that pinned another parent key.
+    Security {
+        #[command(flatten)]
+        target: AdminTarget,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
     /// Write what the broker needs for AMQPS: its certificate, key and the
     /// CA, and rabbitmq.conf fragments for during and after the migration.
     BrokerTls {
@@ -196,6 +220,45 @@ enum SettingsAction {
 }
 
 #[derive(Subcommand)]
+enum AgentsAction {
+    /// Every agent with its admission, its key and the parent key it pinned.
+    List {
+        #[command(flatten)]
+        target: AdminTarget,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Accept pending agents (by name or id), or --all of them.
+    Accept {
+        /// Names or ids
+        agents: Vec<String>,
+        /// Every pending agent
+        #[arg(long, conflicts_with = "agents")]
+        all: bool,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// Reject agents: they get nothing, their certificates are revoked and
+    /// their key cannot register again (until accepted).
+    Reject {
+        /// Names or ids
+        #[arg(required = true)]
+        agents: Vec<String>,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// Delete agents: rows and queue removed, certificates revoked, key banned.
+    Delete {
+        /// Names or ids
+        #[arg(required = true)]
+        agents: Vec<String>,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+}
+
+#[derive(Subcommand)]
 enum CertsAction {
     /// Create the CA (or use the company's), the parent's and the broker's
     /// certificates. Refused while a child runs a version below the SSL
@@ -236,6 +299,58 @@ enum CertsAction {
         #[command(flatten)]
         target: AdminTarget,
     },
+}
+
+async fn agents(action: AgentsAction) -> anyhow::Result<ExitCode> {
+    let (path, target, request) = match action {
+        AgentsAction::List { target, json } => {
+            let list: Vec<ops::AgentEntry> = Client::new(&target)?.get("/api/agents").await?;
+            if json {
+                print_out(&(serde_json::to_string_pretty(&list)? + "\n"))?;
+            } else {
+                let mut out = format!(
+                    "{:<24} {:<12} {:<9} {:<8} {:<20} ID\n",
+                    "NAME", "KIND", "ADMISSION", "STATE", "KEY"
+                );
+                for a in &list {
+                    let key = a.key.as_deref().map(|k| &k[..k.len().min(20)]).unwrap_or("-");
+                    out.push_str(&format!(
+                        "{:<24} {:<12} {:<9} {:<8} {:<20} {}\n",
+                        a.name,
+                        a.kind.as_str(),
+                        a.admission.as_str(),
+                        if a.online { "online" } else { "offline" },
+                        key,
+                        a.id
+                    ));
+                }
+                print_out(&out)?;
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        AgentsAction::Accept { agents, all, target } => {
+            ("/api/agents/accept", target, ops::AgentsRequest { agents, all })
+        }
+        AgentsAction::Reject { agents, target } => (
+            "/api/agents/reject",
+            target,
+            ops::AgentsRequest { agents, all: false },
+        ),
+        AgentsAction::Delete { agents, target } => (
+            "/api/agents/delete",
+            target,
+            ops::AgentsRequest { agents, all: false },
+        ),
+    };
+    let report: ops::AgentsReport = Client::new(&target)?.post(path, &request).await?;
+    let verb = path.rsplit('/').next().unwrap_or("changed");
+    if report.changed.is_empty() {
+        println!("nothing to {verb}");
+    }
+    for name in &report.changed {
+        println!("{verb}: {name}");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Writes a long answer to stdout: a reader that stops early
@@ -454,6 +569,35 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::from(4)
             })
+        }
+        Command::Agents { action } => agents(action).await,
+        Command::SigningKey { data_dir } => {
+            let path = fleetls_parent::signing_key_path(&data_dir);
+            let key = fleetls_bus::seal::SigningKey::load_or_create(&path)?;
+            println!("{}", key.public().fingerprint());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Security { target, json } => {
+            let view: ops::SecurityView = Client::new(&target)?.get("/api/security").await?;
+            if json {
+                print_out(&(serde_json::to_string_pretty(&view)? + "\n"))?;
+            } else {
+                let total: u64 = view.counts.values().sum();
+                println!("security events: {total}");
+                for (kind, count) in &view.counts {
+                    println!("  {kind:<16} {count}");
+                }
+                for e in &view.recent {
+                    println!(
+                        "{}  {:<16} {:<24} {}",
+                        client::when(e.at),
+                        e.kind,
+                        e.name.as_deref().or(e.agent.as_deref()).unwrap_or("-"),
+                        fleetls_parent::admission::printable(&e.detail, 300)
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::BrokerTls { out, target } => {
             let out = std::path::absolute(&out).unwrap_or(out);

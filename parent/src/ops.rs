@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use fleetls_proto::{AgentKind, Body, CertificatesReady, Envelope};
+use fleetls_proto::{AgentKind, Body, CertificatesReady};
 use serde::{Deserialize, Serialize};
 
 use crate::pki::{CompanyCa, Pki};
@@ -205,7 +205,10 @@ pub struct SendReport {
 pub fn ssl_target(agent: &Agent, agents: &[Agent], settings: &SslSettings) -> (String, u16) {
     if agent.kind == AgentKind::Child {
         let local = agents.iter().find(|a| {
-            a.kind == AgentKind::LocalParent && a.location.is_some() && a.location == agent.location
+            a.kind == AgentKind::LocalParent
+                && a.admission == crate::registry::Admission::Accepted
+                && a.location.is_some()
+                && a.location == agent.location
         });
         if let Some(local) = local {
             let host = local.hostnames.first().or(local.ips.first());
@@ -258,10 +261,14 @@ pub async fn certs_send(app: &App, request: &SendRequest) -> Result<SendReport, 
             serve_port: (agent.kind == AgentKind::LocalParent)
                 .then_some(settings.local_parent_port),
         });
-        messages.push((agent.id, Envelope::new(crate::PARENT_ID, body), None));
+        messages.push(crate::registry::Outgoing {
+            agent: agent.id,
+            body,
+            re: None,
+        });
     }
     report.queued = messages.len();
-    crate::broker::send_many(&channel, messages)
+    crate::broker::send_all(&channel, &app.signing_key, messages)
         .await
         .map_err(|e| {
             OpError::Unavailable(format!("sending failed, run `certs send` again: {e}"))
@@ -616,4 +623,200 @@ pub fn campaign_progress(app: &App) -> Result<Option<crate::campaign::Progress>,
             None => Ok(None),
         })
         .map_err(internal)
+}
+
+/// One agent as `agents list` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentEntry {
+    /// Its id.
+    pub id: uuid::Uuid,
+    /// Display name (control characters replaced).
+    pub name: String,
+    /// Kind.
+    pub kind: AgentKind,
+    /// Site (control characters replaced).
+    pub location: Option<String>,
+    /// `pending`, `accepted` or `rejected`.
+    pub admission: crate::registry::Admission,
+    /// Fingerprint of the key pinned for it (`None`: not pinned yet).
+    pub key: Option<String>,
+    /// The parent key it says it pinned.
+    pub parent_key: Option<String>,
+    /// Heard from recently.
+    pub online: bool,
+}
+
+/// `agents list`: every agent with its admission and keys.
+pub fn agents_list(app: &App) -> Result<Vec<AgentEntry>, OpError> {
+    let agents = app.registry.agents().map_err(internal)?;
+    Ok(agents
+        .into_iter()
+        .map(|a| AgentEntry {
+            id: a.id,
+            name: crate::admission::printable(&a.name, crate::admission::MAX_NAME),
+            kind: a.kind,
+            location: a
+                .location
+                .as_deref()
+                .map(|l| crate::admission::printable(l, crate::admission::MAX_NAME)),
+            admission: a.admission,
+            key: a
+                .signing_key
+                .as_deref()
+                .and_then(fleetls_bus::seal::PublicKey::from_hex)
+                .map(|k| k.fingerprint()),
+            parent_key: a.parent_key,
+            online: app.is_online(a.last_seen),
+        })
+        .collect())
+}
+
+/// Which agents an admission command is about.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct AgentsRequest {
+    /// Names or ids.
+    #[serde(default)]
+    pub agents: Vec<String>,
+    /// Every pending agent (accept only).
+    #[serde(default)]
+    pub all: bool,
+}
+
+/// What an admission command did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentsReport {
+    /// The agents changed, by name.
+    pub changed: Vec<String>,
+}
+
+/// Finds one agent by name or id; a name two agents share must be given
+/// as an id.
+fn find_agent(agents: &[Agent], wanted: &str) -> Result<Agent, OpError> {
+    if let Ok(id) = wanted.parse::<uuid::Uuid>() {
+        if let Some(agent) = agents.iter().find(|a| a.id == id) {
+            return Ok(agent.clone());
+        }
+    }
+    let named: Vec<&Agent> = agents.iter().filter(|a| a.name == wanted).collect();
+    match named.as_slice() {
+        [one] => Ok((*one).clone()),
+        [] => Err(OpError::BadRequest(format!(
+            "no agent is called {:?}: see `fleetls-parent agents list`",
+            crate::admission::printable(wanted, 80)
+        ))),
+        many => Err(OpError::BadRequest(format!(
+            "{} agents are called {:?}; give the id instead: {}",
+            many.len(),
+            crate::admission::printable(wanted, 80),
+            many.iter().map(|a| a.id.to_string()).collect::<Vec<_>>().join(", ")
+        ))),
+    }
+}
+
+/// `agents accept|reject`: sets the admission of the agents named (or of
+/// every pending agent with `all`, for accept).
+pub fn agents_admit(
+    app: &App,
+    request: &AgentsRequest,
+    admission: crate::registry::Admission,
+) -> Result<AgentsReport, OpError> {
+    use crate::registry::Admission;
+    let agents = app.registry.agents().map_err(internal)?;
+    let chosen: Vec<Agent> = if request.all {
+        if admission != Admission::Accepted {
+            return Err(OpError::BadRequest(
+                "--all is for accept only: reject agents one by one".into(),
+            ));
+        }
+        agents
+            .iter()
+            .filter(|a| a.admission == Admission::Pending)
+            .cloned()
+            .collect()
+    } else if request.agents.is_empty() {
+        return Err(OpError::BadRequest(
+            "name at least one agent (or --all to accept every pending one)".into(),
+        ));
+    } else {
+        request
+            .agents
+            .iter()
+            .map(|w| find_agent(&agents, w))
+            .collect::<Result<_, _>>()?
+    };
+    let mut changed = Vec::new();
+    for agent in chosen {
+        app.registry
+            .set_admission(&agent.id, admission)
+            .map_err(internal)?;
+        tracing::info!(agent = %agent.id, admission = admission.as_str(), "admission changed");
+        changed.push(crate::admission::printable(&agent.name, 80));
+    }
+    Ok(AgentsReport { changed })
+}
+
+/// `agents delete NAME`: removes the agent's rows and its queue, revokes
+/// its certificates and bans its key.
+pub async fn agents_delete(app: &App, request: &AgentsRequest) -> Result<AgentsReport, OpError> {
+    let agents = app.registry.agents().map_err(internal)?;
+    if request.agents.is_empty() {
+        return Err(OpError::BadRequest("name the agent to delete".into()));
+    }
+    let chosen: Vec<Agent> = request
+        .agents
+        .iter()
+        .map(|w| find_agent(&agents, w))
+        .collect::<Result<_, _>>()?;
+    let channel = app.channel().ok_or_else(|| {
+        OpError::Unavailable(
+            "the parent is not connected to the broker right now (the agent's queue must be deleted too); try again in a moment".into(),
+        )
+    })?;
+    let mut changed = Vec::new();
+    for agent in chosen {
+        let registry = app.registry.clone();
+        let id = agent.id;
+        tokio::task::spawn_blocking(move || registry.delete_agent(&id))
+            .await
+            .map_err(internal)?
+            .map_err(internal)?;
+        channel
+            .queue_delete(
+                fleetls_proto::topology::agent_queue(&agent.id).as_str().into(),
+                lapin::options::QueueDeleteOptions::default(),
+            )
+            .await
+            .map_err(|e| {
+                OpError::Unavailable(format!(
+                    "the agent's rows are gone but its queue could not be deleted ({e}); run `agents delete {}` again",
+                    agent.id
+                ))
+            })?;
+        tracing::info!(agent = %agent.id, "agent deleted; its key is banned");
+        changed.push(crate::admission::printable(&agent.name, 80));
+    }
+    app.campaign_changed.notify_one();
+    Ok(AgentsReport { changed })
+}
+
+/// What `fleetls-parent security` shows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SecurityView {
+    /// Events recorded, by kind.
+    pub counts: std::collections::BTreeMap<String, u64>,
+    /// The newest events, newest first.
+    pub recent: Vec<crate::registry::SecurityEvent>,
+}
+
+/// The security events.
+pub fn security_view(app: &App) -> Result<SecurityView, OpError> {
+    Ok(SecurityView {
+        counts: app
+            .registry
+            .security_counts()
+            .map_err(internal)?
+            .into_iter()
+            .collect(),
+        recent: app.registry.security_events(200).map_err(internal)?,
+    })
 }

@@ -322,8 +322,9 @@ impl Pki {
             ));
         }
         let (allowed_names, allowed_ips): (Vec<String>, Vec<IpAddr>) = match kind {
+            // Never a wildcard, whatever the caller passed.
             AgentKind::LocalParent => (
-                hostnames.to_vec(),
+                hostnames.iter().filter(|n| !n.contains('*')).cloned().collect(),
                 ips.iter().filter_map(|ip| ip.parse().ok()).collect(),
             ),
             _ => (Vec::new(), Vec::new()),
@@ -343,7 +344,7 @@ impl Pki {
             }
         }
         let mut ekus = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        if kind == AgentKind::LocalParent {
+        if kind == AgentKind::LocalParent && !(allowed_names.is_empty() && allowed_ips.is_empty()) {
             ekus.push(ExtendedKeyUsagePurpose::ServerAuth);
         }
         for eku in &csr.params.extended_key_usages {

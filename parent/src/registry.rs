@@ -37,8 +37,120 @@ pub struct Event {
     pub agent: Uuid,
     /// When it was sent (ms).
     pub at: u64,
+    /// The public key (hex) whose signature the message carries: it must be
+    /// the key pinned for `agent` (pinned by its first Hello).
+    pub key: String,
+    /// Which delivery of the batch it came from (to dead-letter it if the
+    /// registry refuses it).
+    pub delivery: usize,
     /// What it says.
     pub what: EventKind,
+}
+
+/// What a batch came to: the messages to send once committed, and the
+/// deliveries refused (by their index) with the reason to dead-letter them.
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// Messages for agents.
+    pub outgoing: Vec<Outgoing>,
+    /// Deliveries the registry refused, and why.
+    pub rejected: Vec<(usize, String)>,
+}
+
+/// Whether an agent may have certificates and take part in campaigns.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Admission {
+    /// Registered, waiting for an operator (or the auto-accept policy).
+    Pending,
+    /// Accepted: gets certificates, takes part in campaigns.
+    #[default]
+    Accepted,
+    /// Refused by an operator: gets nothing, and its key cannot register again.
+    Rejected,
+}
+
+impl Admission {
+    /// The name stored in the registry and shown in status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Admission::Pending => "pending",
+            Admission::Accepted => "accepted",
+            Admission::Rejected => "rejected",
+        }
+    }
+}
+
+impl std::str::FromStr for Admission {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "pending" => Ok(Admission::Pending),
+            "accepted" => Ok(Admission::Accepted),
+            "rejected" => Ok(Admission::Rejected),
+            other => Err(format!("unknown admission state {other:?}")),
+        }
+    }
+}
+
+/// What the registry needs to judge a batch besides the messages.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// The fingerprint of the parent's own signing key: an agent that
+    /// pinned any other is compromised.
+    pub parent_key: String,
+    /// Which new agents are accepted without an operator.
+    pub auto_accept: crate::admission::AutoAccept,
+}
+
+/// One recorded security event.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct SecurityEvent {
+    /// When it was recorded (ms).
+    pub at: u64,
+    /// The agent it concerns (claimed, for a forged message), if known.
+    pub agent: Option<String>,
+    /// That agent's name, if registered.
+    pub name: Option<String>,
+    /// `impersonation`, `forged_command`, `compromised`, `banned_key`,
+    /// `unsigned`, `bad_signature`, `too_large` or `invalid_input`.
+    pub kind: String,
+    /// What happened, in words.
+    pub detail: String,
+}
+
+/// The most security events kept (the oldest go first; the counts by kind
+/// are kept apart and never shrink).
+pub const SECURITY_EVENTS_KEPT: i64 = 10_000;
+
+/// Records a security event (an impersonation, a forged command reported by
+/// a child, a banned key): kept for the operator, counted for `/metrics`.
+pub fn record_security(
+    tx: &rusqlite::Transaction<'_>,
+    agent: Option<&Uuid>,
+    kind: &str,
+    detail: &str,
+) -> Result<(), RegistryError> {
+    let detail = crate::admission::printable(detail, 500);
+    tx.execute(
+        "INSERT INTO security_events (at, agent, kind, detail) VALUES (?1, ?2, ?3, ?4)",
+        params![
+            fleetls_proto::now_ms() as i64,
+            agent.map(|a| a.to_string()),
+            kind,
+            detail
+        ],
+    )?;
+    tx.execute(
+        "INSERT INTO security_counts (kind, count) VALUES (?1, 1)
+         ON CONFLICT(kind) DO UPDATE SET count = count + 1",
+        params![kind],
+    )?;
+    tx.execute(
+        "DELETE FROM security_events WHERE id <= (SELECT max(id) FROM security_events) - ?1",
+        params![SECURITY_EVENTS_KEPT],
+    )?;
+    Ok(())
 }
 
 /// What a message asks the registry to record.
@@ -50,8 +162,8 @@ pub enum EventKind {
     Heartbeat(AgentState),
     /// A child asks for a certificate (PEM CSR).
     Csr(String),
-    /// A child refused a command.
-    Refused(String),
+    /// A child refused a command (`true`: a forged one, a security event).
+    Refused(String, bool),
     /// The result of a test step.
     StepReport(StepReport),
     /// The result of "Use SSL connection".
@@ -119,6 +231,13 @@ pub struct Agent {
     pub ssl: bool,
     /// It says its broker connection is AMQPS.
     pub broker_tls: bool,
+    /// Whether it may have certificates and take part in campaigns.
+    pub admission: Admission,
+    /// The key (hex) pinned for it at its first Hello (`None`: registered
+    /// by a release before signatures; pinned at its next Hello).
+    pub signing_key: Option<String>,
+    /// The parent key fingerprint it says it pinned.
+    pub parent_key: Option<String>,
 }
 
 /// The registry, shareable between tasks; calls block, so run them on a
@@ -250,6 +369,65 @@ CREATE TABLE IF NOT EXISTS seen_messages (
 CREATE INDEX IF NOT EXISTS seen_messages_at ON seen_messages(at);
 ";
 
+/// The schema version this build writes (`PRAGMA user_version`).
+pub const SCHEMA_VERSION: i64 = 2;
+
+/// Each step takes the registry from version `i` to `i + 1`.
+const MIGRATIONS: [&str; 2] = [
+    // 0 → 1: the registry of release 1.0 (no version recorded).
+    "",
+    // 1 → 2: trust. Agents registered before are accepted (they were
+    // eligible) and pinned at their next Hello.
+    "ALTER TABLE agents ADD COLUMN signing_key TEXT;
+     ALTER TABLE agents ADD COLUMN admission TEXT NOT NULL DEFAULT 'accepted';
+     ALTER TABLE agents ADD COLUMN parent_key TEXT;
+     ALTER TABLE agents ADD COLUMN compromised INTEGER NOT NULL DEFAULT 0;
+     CREATE INDEX IF NOT EXISTS agents_signing_key ON agents(signing_key);
+     CREATE TABLE IF NOT EXISTS security_events (
+         id INTEGER PRIMARY KEY AUTOINCREMENT,
+         at INTEGER NOT NULL,
+         agent TEXT,
+         kind TEXT NOT NULL,
+         detail TEXT NOT NULL
+     );
+     CREATE TABLE IF NOT EXISTS security_counts (
+         kind TEXT PRIMARY KEY,
+         count INTEGER NOT NULL
+     );
+     CREATE TABLE IF NOT EXISTS banned_keys (
+         key TEXT PRIMARY KEY,
+         agent TEXT,
+         reason TEXT NOT NULL,
+         at INTEGER NOT NULL
+     );",
+];
+
+/// Brings the registry to [`SCHEMA_VERSION`], one step per transaction; a
+/// registry written by a newer release is refused, not damaged.
+fn migrate(db: &Connection) -> Result<(), RegistryError> {
+    let mut version: i64 = db.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    if version > SCHEMA_VERSION {
+        return Err(RegistryError::Corrupt(format!(
+            "the registry has schema version {version}, newer than this release's {SCHEMA_VERSION}: \
+             run the fleetls-parent release that wrote it"
+        )));
+    }
+    if version == 0 {
+        // Release 1.0 wrote no version: its tables are created here when
+        // missing, which is also how a new registry starts.
+        db.execute_batch(SCHEMA)?;
+        db.execute_batch(crate::campaign::SCHEMA)?;
+    }
+    while version < SCHEMA_VERSION {
+        let tx = db.unchecked_transaction()?;
+        tx.execute_batch(MIGRATIONS[version as usize])?;
+        version += 1;
+        tx.pragma_update(None, "user_version", version)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
 impl Registry {
     /// Opens (creating if needed) the registry file.
     pub fn open(path: &Path) -> Result<Registry, RegistryError> {
@@ -257,8 +435,7 @@ impl Registry {
         db.pragma_update(None, "journal_mode", "WAL")?;
         db.pragma_update(None, "synchronous", "FULL")?;
         db.busy_timeout(std::time::Duration::from_secs(5))?;
-        db.execute_batch(SCHEMA)?;
-        db.execute_batch(crate::campaign::SCHEMA)?;
+        migrate(&db)?;
         let changes = Arc::new(Mutex::new(Changes::default()));
         let hook = changes.clone();
         db.update_hook(Some(
@@ -304,16 +481,28 @@ impl Registry {
 
     /// Applies a batch of events in one transaction; a message id already
     /// applied changes nothing (a CSR seen before gets its stored answer
-    /// again). Returns the messages to send once committed.
+    /// again). First, each message must be signed by the key pinned for
+    /// its agent (a new agent's Hello pins the key it is signed with);
+    /// what fails that is refused, recorded as a security event, and
+    /// returned in [`Applied::rejected`] to be dead-lettered.
     pub fn apply(
         &self,
         events: &[Event],
         signer: Option<&dyn Signer>,
-    ) -> Result<Vec<Outgoing>, RegistryError> {
+        policy: &Policy,
+    ) -> Result<Applied, RegistryError> {
         let mut db = self.lock();
         let tx = db.transaction()?;
-        let mut outgoing = Vec::new();
+        let mut applied = Applied::default();
+        let outgoing = &mut applied.outgoing;
         for event in events {
+            if let Err((reason, security)) = authenticate(&tx, event)? {
+                if let Some(kind) = security {
+                    record_security(&tx, Some(&event.agent), kind, &reason)?;
+                }
+                applied.rejected.push((event.delivery, reason));
+                continue;
+            }
             let fresh = tx.execute(
                 "INSERT OR IGNORE INTO seen_messages (id, at) VALUES (?1, ?2)",
                 params![event.message.to_string(), fleetls_proto::now_ms() as i64],
@@ -329,10 +518,23 @@ impl Registry {
             let at = fleetls_proto::now_ms() as i64;
             match &event.what {
                 EventKind::Hello(hello) => {
+                    let before = agent_in(&tx, &event.agent)?;
+                    let admission = match &before {
+                        None => policy.auto_accept.decide(hello.kind, &hello.name),
+                        // Becoming a local parent (server certificates) needs an operator again.
+                        Some(b) if hello.kind == AgentKind::LocalParent
+                            && b.kind != AgentKind::LocalParent
+                            && b.admission == Admission::Accepted =>
+                        {
+                            Admission::Pending
+                        }
+                        Some(b) => b.admission,
+                    };
                     tx.execute(
                         "INSERT INTO agents (id, name, kind, version, location, hostnames, ips,
-                             key_fingerprint, first_seen, last_seen, has_certificate, ssl, broker_tls)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10, ?11, ?12)
+                             key_fingerprint, first_seen, last_seen, has_certificate, ssl, broker_tls,
+                             signing_key, admission, parent_key)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
                          ON CONFLICT(id) DO UPDATE SET
                              name = excluded.name, kind = excluded.kind,
                              version = excluded.version, location = excluded.location,
@@ -340,7 +542,9 @@ impl Registry {
                              key_fingerprint = excluded.key_fingerprint,
                              last_seen = max(agents.last_seen, excluded.last_seen),
                              has_certificate = excluded.has_certificate,
-                             ssl = excluded.ssl, broker_tls = excluded.broker_tls",
+                             ssl = excluded.ssl, broker_tls = excluded.broker_tls,
+                             signing_key = coalesce(agents.signing_key, excluded.signing_key),
+                             admission = excluded.admission, parent_key = excluded.parent_key",
                         params![
                             agent,
                             hello.name,
@@ -354,25 +558,38 @@ impl Registry {
                             hello.state.has_certificate,
                             hello.state.ssl,
                             hello.state.broker_tls,
+                            event.key,
+                            admission.as_str(),
+                            hello.state.parent_key,
                         ],
+                    )?;
+                    note_parent_key(
+                        &tx,
+                        &event.agent,
+                        before.and_then(|b| b.parent_key),
+                        &hello.state.parent_key,
+                        policy,
                     )?;
                 }
                 EventKind::Heartbeat(state) => {
+                    let before = agent_in(&tx, &event.agent)?.and_then(|b| b.parent_key);
                     tx.execute(
                         "UPDATE agents SET last_seen = max(last_seen, ?2),
-                             has_certificate = ?3, ssl = ?4, broker_tls = ?5
+                             has_certificate = ?3, ssl = ?4, broker_tls = ?5, parent_key = ?6
                          WHERE id = ?1",
                         params![
                             agent,
                             at,
                             state.has_certificate,
                             state.ssl,
-                            state.broker_tls
+                            state.broker_tls,
+                            state.parent_key,
                         ],
                     )?;
+                    note_parent_key(&tx, &event.agent, before, &state.parent_key, policy)?;
                 }
                 EventKind::StepReport(report) => {
-                    crate::campaign::on_report(&tx, event.agent, report, event.at, &mut outgoing)?;
+                    crate::campaign::on_report(&tx, event.agent, report, event.at, outgoing)?;
                 }
                 EventKind::SwitchReport(report) => {
                     if report.ok {
@@ -410,7 +627,10 @@ impl Registry {
                         &message,
                     )?;
                 }
-                EventKind::Refused(reason) => {
+                EventKind::Refused(reason, true) => {
+                    record_security(&tx, Some(&event.agent), "forged_command", reason)?;
+                }
+                EventKind::Refused(reason, false) => {
                     tx.execute(
                         "INSERT INTO refusals (agent_id, reason, at) VALUES (?1, ?2, ?3)
                          ON CONFLICT(agent_id) DO UPDATE SET reason = excluded.reason, at = excluded.at
@@ -423,6 +643,11 @@ impl Registry {
                     let result = match (registered, signer) {
                         (None, _) => Err("the CSR was refused: this agent is not registered; it must send Hello first".to_owned()),
                         (Some(_), None) => Err("the CSR was refused: the parent has no CA yet; run `fleetls-parent certs generate`".to_owned()),
+                        (Some(registered), Some(_)) if registered.admission != Admission::Accepted => Err(format!(
+                            "the CSR was refused: this agent is {}; an operator must run `fleetls-parent agents accept {}` first",
+                            registered.admission.as_str(),
+                            registered.name
+                        )),
                         (Some(registered), Some(signer)) => signer.sign(pem, &registered),
                     };
                     match result {
@@ -469,7 +694,7 @@ impl Registry {
             }
         }
         tx.commit()?;
-        Ok(outgoing)
+        Ok(applied)
     }
 
     /// Runs `f` in one transaction, committed when it returns `Ok`.
@@ -513,6 +738,108 @@ impl Registry {
             }
         }
         Ok(out)
+    }
+
+    /// Sets an agent's admission. Rejecting bans its key (it cannot register
+    /// again under another id) and revokes its certificates; accepting a
+    /// rejected agent lifts the ban.
+    pub fn set_admission(&self, id: &Uuid, admission: Admission) -> Result<(), RegistryError> {
+        self.with_tx(|tx| {
+            let id_text = id.to_string();
+            tx.execute(
+                "UPDATE agents SET admission = ?2 WHERE id = ?1",
+                params![id_text, admission.as_str()],
+            )?;
+            let key: Option<String> = tx
+                .query_row(
+                    "SELECT signing_key FROM agents WHERE id = ?1",
+                    params![id_text],
+                    |row| row.get(0),
+                )
+                .optional()?
+                .flatten();
+            match admission {
+                Admission::Rejected => {
+                    if let Some(key) = key {
+                        ban_key(tx, &key, id, "rejected by an operator")?;
+                    }
+                    tx.execute(
+                        "UPDATE certificates SET revoked = 1 WHERE agent_id = ?1",
+                        params![id_text],
+                    )?;
+                }
+                Admission::Accepted => {
+                    tx.execute("DELETE FROM banned_keys WHERE agent = ?1", params![id_text])?;
+                }
+                Admission::Pending => {}
+            }
+            Ok(())
+        })
+    }
+
+    /// Deletes an agent: its rows go, its certificates stay on record as
+    /// revoked, and its key is banned (a stolen till cannot come back; a
+    /// reinstalled one makes a new key).
+    pub fn delete_agent(&self, id: &Uuid) -> Result<(), RegistryError> {
+        self.with_tx(|tx| {
+            let id_text = id.to_string();
+            let key: Option<String> = tx
+                .query_row(
+                    "SELECT signing_key FROM agents WHERE id = ?1",
+                    params![id_text],
+                    |row| row.get(0),
+                )
+                .optional()?
+                .flatten();
+            if let Some(key) = key {
+                ban_key(tx, &key, id, "deleted by an operator")?;
+            }
+            tx.execute(
+                "UPDATE certificates SET revoked = 1 WHERE agent_id = ?1",
+                params![id_text],
+            )?;
+            for (table, column) in [
+                ("refusals", "agent_id"),
+                ("step_results", "agent"),
+                ("campaign_children", "agent"),
+                ("agents", "id"),
+            ] {
+                tx.execute(
+                    &format!("DELETE FROM {table} WHERE {column} = ?1"),
+                    params![id_text],
+                )?;
+            }
+            Ok(())
+        })?;
+        self.mark_changed();
+        Ok(())
+    }
+
+    /// Security events recorded, by kind (never shrinks).
+    pub fn security_counts(&self) -> Result<Vec<(String, u64)>, RegistryError> {
+        let db = self.lock();
+        let mut stmt = db.prepare_cached("SELECT kind, count FROM security_counts ORDER BY kind")?;
+        let rows = stmt.query_map([], |row| Ok((row.get(0)?, row.get::<_, i64>(1)? as u64)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The newest security events, newest first.
+    pub fn security_events(&self, limit: usize) -> Result<Vec<SecurityEvent>, RegistryError> {
+        let db = self.lock();
+        let mut stmt = db.prepare_cached(
+            "SELECT e.at, e.agent, a.name, e.kind, e.detail FROM security_events e
+             LEFT JOIN agents a ON a.id = e.agent ORDER BY e.id DESC LIMIT ?1",
+        )?;
+        let rows = stmt.query_map(params![limit as i64], |row| {
+            Ok(SecurityEvent {
+                at: row.get::<_, i64>(0)? as u64,
+                agent: row.get(1)?,
+                name: row.get(2)?,
+                kind: row.get(3)?,
+                detail: row.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Forgets every certificate record (for `certs reset`).
@@ -584,6 +911,109 @@ impl Registry {
     }
 }
 
+/// Bans a key from registering again.
+fn ban_key(
+    tx: &rusqlite::Transaction<'_>,
+    key: &str,
+    agent: &Uuid,
+    reason: &str,
+) -> Result<(), RegistryError> {
+    tx.execute(
+        "INSERT INTO banned_keys (key, agent, reason, at) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT(key) DO UPDATE SET reason = excluded.reason, at = excluded.at",
+        params![key, agent.to_string(), reason, fleetls_proto::now_ms() as i64],
+    )?;
+    Ok(())
+}
+
+/// Whether `event` is signed by the key pinned for its agent: `Err` with
+/// the reason to dead-letter it, and the kind of security event it is
+/// (`None`: an ordinary refusal).
+#[allow(clippy::type_complexity)]
+fn authenticate(
+    tx: &rusqlite::Transaction<'_>,
+    event: &Event,
+) -> Result<Result<(), (String, Option<&'static str>)>, RegistryError> {
+    let banned: Option<String> = tx
+        .query_row(
+            "SELECT reason FROM banned_keys WHERE key = ?1",
+            params![event.key],
+            |row| row.get(0),
+        )
+        .optional()?;
+    if let Some(reason) = banned {
+        return Ok(Err((
+            format!("banned_key: this agent's key was {reason}; it cannot register again"),
+            Some("banned_key"),
+        )));
+    }
+    let pinned: Option<Option<String>> = tx
+        .query_row(
+            "SELECT signing_key FROM agents WHERE id = ?1",
+            params![event.agent.to_string()],
+            |row| row.get(0),
+        )
+        .optional()?;
+    Ok(match pinned {
+        None if matches!(event.what, EventKind::Hello(_)) => Ok(()),
+        None => Err((
+            format!(
+                "unknown_agent: agent {} is not registered; it must send Hello first",
+                event.agent
+            ),
+            None,
+        )),
+        // Registered by a release before signatures: pinned by this Hello.
+        Some(None) => Ok(()),
+        Some(Some(pinned)) if pinned == event.key => Ok(()),
+        Some(Some(_)) => Err((
+            format!(
+                "impersonation: signed by key {}, not by the key pinned for agent {} at its registration",
+                short_key(&event.key),
+                event.agent
+            ),
+            Some("impersonation"),
+        )),
+    })
+}
+
+/// The first 16 hex digits of a key, for messages.
+fn short_key(hex: &str) -> String {
+    hex.chars().take(16).collect()
+}
+
+/// Records a security event when an agent starts reporting a parent key
+/// other than the parent's own (it pinned an impostor's key).
+fn note_parent_key(
+    tx: &rusqlite::Transaction<'_>,
+    agent: &Uuid,
+    before: Option<String>,
+    now: &Option<String>,
+    policy: &Policy,
+) -> Result<(), RegistryError> {
+    tx.execute(
+        "UPDATE agents SET compromised = ?2 WHERE id = ?1",
+        params![
+            agent.to_string(),
+            now.as_ref().is_some_and(|k| *k != policy.parent_key)
+        ],
+    )?;
+    if let Some(now) = now {
+        if *now != policy.parent_key && before.as_ref() != Some(now) {
+            record_security(
+                tx,
+                Some(agent),
+                "compromised",
+                &format!(
+                    "the agent pinned parent key {now}, not this parent's {}: it obeys someone else; reinstall it with --parent-key",
+                    policy.parent_key
+                ),
+            )?;
+        }
+    }
+    Ok(())
+}
+
 /// The answer to a CSR seen before: the certificate issued for it, if any.
 fn reissue(
     tx: &rusqlite::Transaction<'_>,
@@ -630,7 +1060,7 @@ fn agent_in(tx: &rusqlite::Transaction<'_>, id: &Uuid) -> Result<Option<Agent>, 
 const SELECT_AGENT: &str = "SELECT id, name, kind, version, location, hostnames, ips, first_seen,
     last_seen,
     has_certificate AND EXISTS (SELECT 1 FROM certificates c WHERE c.agent_id = agents.id AND c.revoked = 0),
-    ssl, broker_tls FROM agents";
+    ssl, broker_tls, admission, signing_key, parent_key FROM agents";
 
 fn json_list(items: &[String]) -> String {
     serde_json::to_string(items).unwrap_or_else(|_| "[]".into())
@@ -660,6 +1090,12 @@ fn row_to_agent(row: &rusqlite::Row<'_>) -> rusqlite::Result<RowResult> {
             has_certificate: row.get(9)?,
             ssl: row.get(10)?,
             broker_tls: row.get(11)?,
+            admission: row
+                .get::<_, String>(12)?
+                .parse()
+                .map_err(RegistryError::Corrupt)?,
+            signing_key: row.get(13)?,
+            parent_key: row.get(14)?,
         })
     })();
     Ok(parsed)
@@ -716,9 +1152,13 @@ mod tests {
             message,
             agent,
             at: 1000,
+            key: KEY.into(),
+            delivery: 0,
             what: EventKind::Hello(hello("till-1")),
         };
-        registry.apply(std::slice::from_ref(&event), None).unwrap();
+        registry
+            .apply(std::slice::from_ref(&event), None, &policy())
+            .unwrap();
         let mut renamed = hello("till-renamed");
         renamed.version = "2.0.0".into();
         // A redelivery of the same message id changes nothing.
@@ -729,19 +1169,22 @@ mod tests {
                     ..event
                 }],
                 None,
+                &policy(),
             )
             .unwrap();
         let beat = |at, has_certificate| Event {
             message: Uuid::new_v4(),
             agent,
             at,
+            key: KEY.into(),
+            delivery: 0,
             what: EventKind::Heartbeat(AgentState {
                 has_certificate,
                 ..Default::default()
             }),
         };
-        registry.apply(&[beat(5000, true)], None).unwrap();
-        registry.apply(&[beat(3000, true)], None).unwrap();
+        registry.apply(&[beat(5000, true)], None, &policy()).unwrap();
+        registry.apply(&[beat(3000, true)], None, &policy()).unwrap();
         let agents = registry.agents().unwrap();
         assert_eq!(agents.len(), 1);
         let a = &agents[0];
@@ -769,12 +1212,177 @@ mod tests {
                     message: Uuid::new_v4(),
                     agent,
                     at: 1,
+                    key: KEY.into(),
+                    delivery: 0,
                     what: EventKind::Hello(hello("bo-1")),
                 }],
                 None,
+                &policy(),
             )
             .unwrap();
         let again = Registry::open(&path).unwrap();
         assert_eq!(again.agent(&agent).unwrap().unwrap().name, "bo-1");
+    }
+
+    const KEY: &str = "1111111111111111111111111111111111111111111111111111111111111111";
+    const OTHER_KEY: &str = "2222222222222222222222222222222222222222222222222222222222222222";
+
+    fn policy() -> Policy {
+        Policy {
+            parent_key: "sha256:parent".into(),
+            auto_accept: Default::default(),
+        }
+    }
+
+    fn hello_event(agent: Uuid, key: &str, hello: Hello) -> Event {
+        Event {
+            message: Uuid::new_v4(),
+            agent,
+            at: 1,
+            key: key.into(),
+            delivery: 7,
+            what: EventKind::Hello(hello),
+        }
+    }
+
+    #[test]
+    fn a_message_signed_by_another_key_is_refused_and_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Registry::open(&dir.path().join("fleetls.db")).unwrap();
+        let agent = Uuid::new_v4();
+        let applied = registry
+            .apply(&[hello_event(agent, KEY, hello("till-1"))], None, &policy())
+            .unwrap();
+        assert!(applied.rejected.is_empty());
+        // Another process speaks for till-1 with its own key: refused.
+        let applied = registry
+            .apply(&[hello_event(agent, OTHER_KEY, hello("evil"))], None, &policy())
+            .unwrap();
+        assert_eq!(applied.rejected.len(), 1);
+        assert_eq!(applied.rejected[0].0, 7);
+        assert!(applied.rejected[0].1.starts_with("impersonation"), "{:?}", applied.rejected);
+        let stored = registry.agent(&agent).unwrap().unwrap();
+        assert_eq!(stored.name, "till-1");
+        assert_eq!(stored.signing_key.as_deref(), Some(KEY));
+        assert_eq!(
+            registry.security_counts().unwrap(),
+            [("impersonation".to_owned(), 1)]
+        );
+        // A message from an agent never registered is refused, not recorded.
+        let stranger = Event {
+            what: EventKind::Heartbeat(AgentState::default()),
+            ..hello_event(Uuid::new_v4(), KEY, hello("x"))
+        };
+        let applied = registry.apply(&[stranger], None, &policy()).unwrap();
+        assert!(applied.rejected[0].1.starts_with("unknown_agent"));
+    }
+
+    #[test]
+    fn local_parents_wait_for_an_operator_and_rejected_keys_stay_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Registry::open(&dir.path().join("fleetls.db")).unwrap();
+        let (lp, till) = (Uuid::new_v4(), Uuid::new_v4());
+        let mut local = hello("lp-1");
+        local.kind = AgentKind::LocalParent;
+        registry
+            .apply(
+                &[
+                    hello_event(lp, KEY, local),
+                    hello_event(till, OTHER_KEY, hello("till-1")),
+                ],
+                None,
+                &policy(),
+            )
+            .unwrap();
+        assert_eq!(registry.agent(&lp).unwrap().unwrap().admission, Admission::Pending);
+        assert_eq!(registry.agent(&till).unwrap().unwrap().admission, Admission::Accepted);
+        // A child that turns into a local parent needs an operator again.
+        let mut promoted = hello("till-1");
+        promoted.kind = AgentKind::LocalParent;
+        registry
+            .apply(&[hello_event(till, OTHER_KEY, promoted)], None, &policy())
+            .unwrap();
+        assert_eq!(registry.agent(&till).unwrap().unwrap().admission, Admission::Pending);
+        registry.set_admission(&lp, Admission::Rejected).unwrap();
+        // The rejected key cannot come back under a new id.
+        let applied = registry
+            .apply(&[hello_event(Uuid::new_v4(), KEY, hello("lp-again"))], None, &policy())
+            .unwrap();
+        assert!(applied.rejected[0].1.starts_with("banned_key"), "{:?}", applied.rejected);
+        registry.delete_agent(&till).unwrap();
+        assert!(registry.agent(&till).unwrap().is_none());
+        let applied = registry
+            .apply(&[hello_event(till, OTHER_KEY, hello("till-1"))], None, &policy())
+            .unwrap();
+        assert!(applied.rejected[0].1.starts_with("banned_key"));
+    }
+
+    #[test]
+    fn an_agent_that_pinned_another_parent_key_is_compromised() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Registry::open(&dir.path().join("fleetls.db")).unwrap();
+        let agent = Uuid::new_v4();
+        let mut h = hello("till-1");
+        h.state.parent_key = Some("sha256:impostor".into());
+        registry
+            .apply(&[hello_event(agent, KEY, h)], None, &policy())
+            .unwrap();
+        let compromised: bool = registry
+            .with_db(|db| {
+                Ok(db.query_row(
+                    "SELECT compromised FROM agents WHERE id = ?1",
+                    [agent.to_string()],
+                    |r| r.get(0),
+                )?)
+            })
+            .unwrap();
+        assert!(compromised);
+        assert_eq!(registry.security_counts().unwrap()[0].0, "compromised");
+    }
+
+    #[test]
+    fn a_registry_of_release_1_0_migrates_and_keeps_its_agents() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fleetls.db");
+        {
+            // The 1.0 schema, as it wrote it: no version, no trust columns.
+            let db = Connection::open(&path).unwrap();
+            db.execute_batch(SCHEMA).unwrap();
+            db.execute_batch(crate::campaign::SCHEMA).unwrap();
+            db.execute(
+                "INSERT INTO agents (id, name, kind, version, location, hostnames, ips,
+                     first_seen, last_seen) VALUES (?1, 'old-till', 'child', '1.0.0', NULL, '[]', '[]', 1, 1)",
+                [Uuid::nil().to_string()],
+            )
+            .unwrap();
+        }
+        let registry = Registry::open(&path).unwrap();
+        let old = registry.agent(&Uuid::nil()).unwrap().unwrap();
+        assert_eq!(old.admission, Admission::Accepted);
+        assert_eq!(old.signing_key, None);
+        let version: i64 = registry
+            .with_db(|db| Ok(db.pragma_query_value(None, "user_version", |r| r.get(0))?))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        // Its next Hello pins its key; another key is refused after that.
+        registry
+            .apply(&[hello_event(Uuid::nil(), KEY, hello("old-till"))], None, &policy())
+            .unwrap();
+        assert_eq!(
+            registry.agent(&Uuid::nil()).unwrap().unwrap().signing_key.as_deref(),
+            Some(KEY)
+        );
+        let applied = registry
+            .apply(&[hello_event(Uuid::nil(), OTHER_KEY, hello("old-till"))], None, &policy())
+            .unwrap();
+        assert_eq!(applied.rejected.len(), 1);
+        // Opening again is a no-op; a newer registry is refused.
+        drop(registry);
+        let registry = Registry::open(&path).unwrap();
+        registry
+            .with_db(|db| Ok(db.pragma_update(None, "user_version", SCHEMA_VERSION + 1)?))
+            .unwrap();
+        drop(registry);
+        assert!(Registry::open(&path).is_err());
     }
 }

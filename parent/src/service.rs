@@ -18,7 +18,7 @@ use crate::config::ServeConfig;
 use std::sync::{Mutex, RwLock};
 
 use crate::pki::Pki;
-use crate::registry::{Agent, Event, EventKind, Outgoing, Registry, RegistryError, Signer};
+use crate::registry::{Agent, Event, EventKind, Registry, RegistryError, Signer};
 use crate::settings::SslSettings;
 use crate::shutdown::Shutdown;
 use crate::status::Status;
@@ -87,6 +87,8 @@ pub struct App {
     pub drained: std::sync::atomic::AtomicBool,
     /// The status list, kept up to date between calls.
     pub status_cache: crate::status::Cache,
+    /// The key every command to an agent is signed with (`DIR/signing.key`).
+    pub signing_key: Arc<fleetls_bus::seal::SigningKey>,
 }
 
 /// Message counters since the parent started.
@@ -100,6 +102,8 @@ pub struct Metrics {
     pub sent: std::sync::atomic::AtomicU64,
     /// Registry batches written.
     pub batches: std::sync::atomic::AtomicU64,
+    /// Messages refused as forged, oversized or invalid before the registry.
+    pub security_events: std::sync::atomic::AtomicU64,
 }
 
 /// A running SSL port.
@@ -123,6 +127,13 @@ impl App {
     ) -> Result<T, RegistryError> {
         let pki = self.pki();
         let ssl_port = self.ssl_port_number();
+        let security_events = self
+            .registry
+            .security_counts()?
+            .iter()
+            .map(|(_, n)| n)
+            .sum();
+        let signing_key = self.signing_key.public().fingerprint();
         self.status_cache.with_status(
             &self.registry,
             self.config.min_ssl_version,
@@ -130,6 +141,8 @@ impl App {
             pki.as_deref().map(|p| p.root_fingerprint.as_str()),
             |mut overview, list| {
                 overview.network.ssl_port = ssl_port;
+                overview.network.security_events = security_events;
+                overview.network.signing_key = Some(signing_key);
                 f(overview, list)
             },
         )
@@ -229,13 +242,29 @@ impl App {
     }
 }
 
-/// Signs CSRs with the CA for the registry.
-struct CaSigner(Arc<Pki>);
+/// Signs CSRs with the CA for the registry. A local parent's server names
+/// are only those the operator allowed; the rest are left out and listed.
+struct CaSigner {
+    pki: Arc<Pki>,
+    names: Vec<String>,
+    ips: Vec<String>,
+}
 
 impl Signer for CaSigner {
     fn sign(&self, csr: &str, agent: &Agent) -> Result<crate::pki::Issued, String> {
-        self.0
-            .sign_csr(csr, agent.id, agent.kind, &agent.hostnames, &agent.ips)
+        if agent.kind != fleetls_proto::AgentKind::LocalParent {
+            return self.pki.sign_csr(csr, agent.id, agent.kind, &[], &[]);
+        }
+        let (names, mut left_out) =
+            crate::admission::allowed_server_names(&agent.hostnames, &self.names);
+        let (ips, ips_out): (Vec<String>, Vec<String>) =
+            agent.ips.iter().cloned().partition(|ip| self.ips.contains(ip));
+        left_out.extend(ips_out);
+        let mut issued = self.pki.sign_csr(csr, agent.id, agent.kind, &names, &ips)?;
+        issued.ignored.extend(left_out.into_iter().map(|n| {
+            format!("{n}: not among the names allowed for local parents (--local-parent-names / --local-parent-ips)")
+        }));
+        Ok(issued)
     }
 }
 
@@ -250,7 +279,7 @@ pub async fn serve(
     ready: Option<tokio::sync::oneshot::Sender<std::net::SocketAddr>>,
 ) -> Result<(), ServeError> {
     let data_dir = config.data_dir.clone();
-    create_private_dir(&data_dir).map_err(|source| ServeError::DataDir {
+    fleetls_bus::files::create_private_dir(&data_dir).map_err(|source| ServeError::DataDir {
         path: data_dir.clone(),
         source,
     })?;
@@ -276,6 +305,11 @@ pub async fn serve(
         })?;
     info!(admin = %admin_addr, data_dir = %data_dir.display(), "parent starting");
     let settings = initial_settings(&config)?;
+    let signing_key = Arc::new(
+        fleetls_bus::seal::SigningKey::load_or_create(&crate::signing_key_path(&data_dir))
+            .map_err(|e| ServeError::Settings(e.to_string()))?,
+    );
+    info!(fingerprint = %signing_key.public().fingerprint(), "the parent signs its commands with this key (give it to children as --parent-key)");
     let pki = if crate::pki::exists(&data_dir) {
         Some(Arc::new(Pki::load(&data_dir, config.cert_days)?))
     } else {
@@ -296,6 +330,7 @@ pub async fn serve(
         metrics: Metrics::default(),
         drained: std::sync::atomic::AtomicBool::new(false),
         status_cache: crate::status::Cache::default(),
+        signing_key,
     });
     if app.pki().is_some() {
         if let Err(e) = app.start_ssl_port().await {
@@ -345,13 +380,6 @@ fn initial_settings(config: &ServeConfig) -> Result<SslSettings, ServeError> {
     Ok(next)
 }
 
-fn create_private_dir(path: &std::path::Path) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(path)
-}
 
 /// Connects, consumes, and reconnects after any broker failure until stopped.
 async fn broker_loop(app: &Arc<App>, mut shutdown: Shutdown) {
@@ -398,7 +426,7 @@ async fn open_session(
     let amqps = app.amqps.read().unwrap_or_else(|p| p.into_inner()).clone();
     let connection = match amqps {
         Some(uri) => {
-            crate::broker_switch::connect(
+            crate::broker::connect_tls(
                 &app.config.data_dir,
                 &uri,
                 topology::PARENT_CONNECTION_NAME,
@@ -417,7 +445,11 @@ async fn open_session(
         .basic_consume(
             topology::PARENT.into(),
             "fleetls-parent".into(),
-            BasicConsumeOptions::default(),
+            // No other client may take the children's messages.
+            BasicConsumeOptions {
+                exclusive: true,
+                ..Default::default()
+            },
             FieldTable::default(),
         )
         .await
@@ -520,23 +552,41 @@ async fn handle_batch(
     // Every delivery of the batch is either recorded or dead-lettered before
     // the one ack at the end.
     let last = deliveries.last().map(|d| d.acker.clone());
-    for delivery in deliveries {
-        match fleetls_proto::decode(&delivery.data) {
-            Ok(envelope) => match to_event(envelope) {
-                Ok(event) => events.extend(event),
-                Err(reason) => {
-                    app.metrics.dead_lettered.fetch_add(1, Relaxed);
-                    broker::dead_letter(channel, &delivery.data, &delivery.properties, &reason)
-                        .await?;
-                }
-            },
-            Err(e) => {
-                let reason = format!("{}: {e}", e.code());
-                debug!(reason = %reason, "dead-lettering a message");
+    let mut forged = Vec::new();
+    for (index, delivery) in deliveries.iter().enumerate() {
+        match inbound(delivery, index) {
+            Ok(event) => events.extend(event),
+            Err(refusal) => {
+                debug!(reason = %refusal.reason, "dead-lettering a message");
                 app.metrics.dead_lettered.fetch_add(1, Relaxed);
-                broker::dead_letter(channel, &delivery.data, &delivery.properties, &reason).await?;
+                broker::dead_letter(
+                    channel,
+                    &delivery.data,
+                    &delivery.properties,
+                    &refusal.reason,
+                )
+                .await?;
+                if let Some(kind) = refusal.security {
+                    forged.push((refusal.agent, kind, refusal.reason));
+                }
             }
         }
+    }
+    if !forged.is_empty() {
+        app.metrics
+            .security_events
+            .fetch_add(forged.len() as u64, Relaxed);
+        let registry = app.registry.clone();
+        tokio::task::spawn_blocking(move || {
+            registry.with_tx(|tx| {
+                for (agent, kind, reason) in &forged {
+                    crate::registry::record_security(tx, agent.as_ref(), kind, reason)?;
+                }
+                Ok(())
+            })
+        })
+        .await
+        .map_err(|e| RegistryError::Corrupt(format!("registry task failed: {e}")))??;
     }
     if !events.is_empty() {
         let reports = events.iter().any(|e| {
@@ -548,14 +598,30 @@ async fn handle_batch(
             )
         });
         let registry = app.registry.clone();
-        let signer = app.pki().map(CaSigner);
-        let outgoing = tokio::task::spawn_blocking(move || {
-            registry.apply(&events, signer.as_ref().map(|s| s as &dyn Signer))
+        let signer = app.pki().map(|pki| CaSigner {
+            pki,
+            names: app.config.local_parent_names.clone(),
+            ips: app.config.local_parent_ips.clone(),
+        });
+        let policy = crate::registry::Policy {
+            parent_key: app.signing_key.public().fingerprint(),
+            auto_accept: app.config.auto_accept.clone(),
+        };
+        let applied = tokio::task::spawn_blocking(move || {
+            registry.apply(&events, signer.as_ref().map(|s| s as &dyn Signer), &policy)
         })
         .await
         .map_err(|e| RegistryError::Corrupt(format!("registry task failed: {e}")))??;
-        app.metrics.sent.fetch_add(outgoing.len() as u64, Relaxed);
-        send_all(channel, outgoing).await?;
+        for (index, reason) in &applied.rejected {
+            let delivery = &deliveries[*index];
+            warn!(reason = %reason, "a message was refused by the registry; dead-lettered");
+            app.metrics.dead_lettered.fetch_add(1, Relaxed);
+            broker::dead_letter(channel, &delivery.data, &delivery.properties, reason).await?;
+        }
+        app.metrics
+            .sent
+            .fetch_add(applied.outgoing.len() as u64, Relaxed);
+        broker::send_all(channel, &app.signing_key, applied.outgoing).await?;
         if reports {
             app.campaign_changed.notify_one();
         }
@@ -570,35 +636,65 @@ async fn handle_batch(
     Ok(())
 }
 
-/// Publishes the answers of a committed batch (all at once, then waits for
-/// every confirm). Answers that cannot be routed are dead-lettered and logged.
-pub async fn send_all(channel: &Channel, outgoing: Vec<Outgoing>) -> Result<(), BrokerError> {
-    let messages = outgoing
-        .into_iter()
-        .map(|out| {
-            // A command with a deadline expires with it in the child's queue.
-            let deadline = match &out.body {
-                Body::RunStep(run) => Some(run.deadline),
-                Body::UseBrokerTls(cmd) => Some(cmd.deadline),
-                _ => None,
-            };
-            let expiration = deadline
-                .map(|d| Duration::from_millis(d.saturating_sub(fleetls_proto::now_ms()).max(1)));
-            let mut envelope = Envelope::new(crate::PARENT_ID, out.body);
-            envelope.re = out.re;
-            (out.agent, envelope, expiration)
-        })
-        .collect();
-    let unroutable = broker::send_many(channel, messages).await?;
-    for agent in unroutable {
-        warn!(%agent, "an answer could not be routed to the agent's queue; dead-lettered");
+/// Why a delivery is dead-lettered before it reaches the registry.
+struct Refusal {
+    reason: String,
+    /// The agent it claims to come from, when it could be read.
+    agent: Option<uuid::Uuid>,
+    /// The kind of security event it is (`None`: merely undecodable).
+    security: Option<&'static str>,
+}
+
+/// The stateless checks of one delivery: its size, its signature, its
+/// encoding, its direction and its fields. Whether the key that signed is
+/// the one pinned for the agent is the registry's check.
+fn inbound(delivery: &Delivery, index: usize) -> Result<Option<Event>, Refusal> {
+    let data = &delivery.data;
+    if data.len() > fleetls_proto::MAX_PAYLOAD {
+        return Err(Refusal {
+            reason: format!(
+                "too_large: {} bytes, more than the {} a fleetls message may have",
+                data.len(),
+                fleetls_proto::MAX_PAYLOAD
+            ),
+            agent: None,
+            security: Some("too_large"),
+        });
     }
-    Ok(())
+    let key = fleetls_bus::seal::signer(data, delivery.properties.headers().as_ref());
+    let mut envelope = match fleetls_proto::decode(data) {
+        Ok(envelope) => envelope,
+        Err(e) => {
+            return Err(Refusal {
+                reason: format!("{}: {e}", e.code()),
+                agent: None,
+                security: None,
+            })
+        }
+    };
+    let key = key.map_err(|e| Refusal {
+        reason: format!("forged: {e}; every message must be signed by its agent's key"),
+        agent: Some(envelope.from),
+        security: Some(match e {
+            fleetls_bus::seal::SealError::Unsigned => "unsigned",
+            _ => "bad_signature",
+        }),
+    })?;
+    crate::admission::check_inbound(&mut envelope).map_err(|reason| Refusal {
+        reason,
+        agent: Some(envelope.from),
+        security: Some("invalid_input"),
+    })?;
+    to_event(envelope, key.hex(), index).map_err(|reason| Refusal {
+        reason,
+        agent: None,
+        security: None,
+    })
 }
 
 /// The registry change a message asks for (`None`: nothing to record), or
 /// why it must be dead-lettered.
-fn to_event(envelope: Envelope) -> Result<Option<Event>, String> {
+fn to_event(envelope: Envelope, key: String, delivery: usize) -> Result<Option<Event>, String> {
     let Envelope {
         id, from, at, body, ..
     } = envelope;
@@ -607,6 +703,8 @@ fn to_event(envelope: Envelope) -> Result<Option<Event>, String> {
             message: id,
             agent: from,
             at,
+            key,
+            delivery,
             what,
         }))
     };
@@ -614,7 +712,7 @@ fn to_event(envelope: Envelope) -> Result<Option<Event>, String> {
         Body::Hello(hello) => event(EventKind::Hello(hello)),
         Body::Heartbeat(beat) => event(EventKind::Heartbeat(beat.state)),
         Body::Csr(csr) => event(EventKind::Csr(csr.pem)),
-        Body::Refused(refused) => event(EventKind::Refused(refused.reason)),
+        Body::Refused(refused) => event(EventKind::Refused(refused.reason, refused.forged)),
         Body::StepReport(report) => event(EventKind::StepReport(report)),
         Body::SwitchReport(report) => event(EventKind::SwitchReport(report)),
         Body::BrokerSwitchReport(report) => event(EventKind::BrokerSwitchReport(report)),

@@ -102,6 +102,24 @@ pub struct Network {
     pub ca_fingerprint: Option<String>,
     /// The SSL port, while it listens.
     pub ssl_port: Option<u16>,
+    /// Agents waiting for an operator to accept them.
+    #[serde(default)]
+    pub pending: usize,
+    /// Agents an operator rejected.
+    #[serde(default)]
+    pub rejected: usize,
+    /// Agents that pinned another parent key than this parent's: they obey
+    /// someone else.
+    #[serde(default)]
+    pub compromised: usize,
+    /// Security events recorded (forged or replayed commands, impersonation,
+    /// banned keys, oversized or invalid messages).
+    #[serde(default)]
+    pub security_events: u64,
+    /// The fingerprint of the key the parent signs commands with (give it
+    /// to children as `--parent-key`).
+    #[serde(default)]
+    pub signing_key: Option<String>,
 }
 
 /// The campaign summary (every figure a query over the registry).
@@ -152,6 +170,12 @@ pub struct AgentStatus {
     pub last_result: Option<LastResult>,
     /// The last command this agent refused or was refused, and why.
     pub refusal: Option<String>,
+    /// `pending`, `accepted` or `rejected`.
+    #[serde(default)]
+    pub admission: crate::registry::Admission,
+    /// It pinned another parent key than this parent's.
+    #[serde(default)]
+    pub compromised: bool,
 }
 
 /// What shaping an agent's row needs besides the row.
@@ -217,10 +241,10 @@ pub const AGENTS_ORDER: &str = "ORDER BY a.name, a.id";
 
 /// The columns of [`AGENTS_FROM`] that [`row_to_status`] reads.
 pub const AGENT_COLUMNS: &str = "a.id, a.name, a.kind, a.version, a.location, a.hostnames,
-    a.ips, a.last_seen, a.certified, a.ssl, a.broker_tls, r.reason";
+    a.ips, a.last_seen, a.certified, a.ssl, a.broker_tls, r.reason, a.admission, a.compromised";
 
 /// How many columns [`AGENT_COLUMNS`] names: a query's own columns follow.
-pub const AGENT_COLUMN_COUNT: usize = 12;
+pub const AGENT_COLUMN_COUNT: usize = 14;
 
 /// The columns of an enrolment (`l`) that [`row_to_last_result`] reads.
 pub const LAST_COLUMNS: &str =
@@ -660,6 +684,8 @@ fn newest_campaign(db: &Connection) -> Result<Option<Progress>, RegistryError> {
 /// are online, certified, and so on.
 #[derive(Debug, Clone, Default)]
 struct Group {
+    admission: Option<crate::registry::Admission>,
+    compromised: usize,
     ssl_capable: bool,
     mpos: bool,
     agents: usize,
@@ -676,6 +702,8 @@ impl Group {
     fn of(agent: &AgentStatus) -> Group {
         let state = agent.last_result.as_ref().map(|r| r.state.as_str());
         Group {
+            admission: Some(agent.admission),
+            compromised: agent.compromised.into(),
             ssl_capable: agent.ssl_capable,
             mpos: agent.kind == AgentKind::Mpos,
             agents: 1,
@@ -705,6 +733,9 @@ struct Tally {
     failed: usize,
     not_ssl_capable: usize,
     mpos: usize,
+    pending: usize,
+    rejected: usize,
+    compromised: usize,
 }
 
 impl Tally {
@@ -722,7 +753,13 @@ impl Tally {
         self.online += group.online;
         self.switched += group.ssl;
         self.broker_tls += group.broker_tls;
-        if !group.ssl_capable {
+        self.compromised += group.compromised;
+        use crate::registry::Admission;
+        if group.admission == Some(Admission::Pending) {
+            self.pending += group.agents;
+        } else if group.admission == Some(Admission::Rejected) {
+            self.rejected += group.agents;
+        } else if !group.ssl_capable {
             self.not_ssl_capable += group.agents;
         } else if group.mpos {
             self.mpos += group.agents;
@@ -764,6 +801,11 @@ impl Tally {
                 certificates_generated: ca_fingerprint.is_some(),
                 ca_fingerprint: ca_fingerprint.map(str::to_owned),
                 ssl_port: None,
+                pending: self.pending,
+                rejected: self.rejected,
+                compromised: self.compromised,
+                security_events: 0,
+                signing_key: None,
             },
             summary: Summary {
                 passed: self.passed,
@@ -816,6 +858,11 @@ pub fn row_to_status(
             broker_tls: row.get(10)?,
             last_result: None,
             refusal: row.get(11)?,
+            admission: row
+                .get::<_, String>(12)?
+                .parse()
+                .map_err(RegistryError::Corrupt)?,
+            compromised: row.get(13)?,
         })
     })();
     Ok(parsed)
@@ -880,7 +927,9 @@ pub fn ssl_capable(version: &str, min: Version) -> bool {
 
 /// Whether an agent takes part in certificates and campaigns.
 pub fn eligible(agent: &Agent, min: Version) -> bool {
-    agent.kind != AgentKind::Mpos && ssl_capable(&agent.version, min)
+    agent.admission == crate::registry::Admission::Accepted
+        && agent.kind != AgentKind::Mpos
+        && ssl_capable(&agent.version, min)
 }
 
 #[cfg(test)]
@@ -1038,6 +1087,11 @@ mod tests {
                 certificates_generated: true,
                 ca_fingerprint: Some("sha256:x".into()),
                 ssl_port: None,
+                pending: 0,
+                rejected: 0,
+                compromised: 0,
+                security_events: 0,
+                signing_key: None,
             }
         );
         assert_eq!(

@@ -246,6 +246,10 @@ pub struct AgentState {
     /// Its broker connection is AMQPS.
     #[serde(default)]
     pub broker_tls: bool,
+    /// The fingerprint of the parent signing key this agent pinned (`None`
+    /// until it pinned one): the parent flags any other as compromised.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_key: Option<String>,
 }
 
 /// A child is alive.
@@ -319,6 +323,10 @@ pub struct Refused {
     pub kind: Option<String>,
     /// Why it was refused.
     pub reason: String,
+    /// The command was forged (unsigned, signed by another key, addressed
+    /// to another agent, or replayed): a security event, not a failure.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub forged: bool,
 }
 
 /// The CA is ready: check it and send a CSR.

@@ -58,6 +58,11 @@ pub struct Envelope {
     /// The message this one answers, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub re: Option<Uuid>,
+    /// The agent a command is addressed to (every parent → child command
+    /// names it, and the signature covers it: a command copied into another
+    /// agent's queue is refused there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<Uuid>,
     /// The agent that sent it.
     pub from: Uuid,
     /// When it was sent, in milliseconds since the Unix epoch.
@@ -73,10 +78,17 @@ impl Envelope {
             v: PROTOCOL_VERSION,
             id: Uuid::new_v4(),
             re: None,
+            to: None,
             from,
             at: now_ms(),
             body,
         }
+    }
+
+    /// The same envelope addressed to agent `to`.
+    pub fn to(mut self, to: Uuid) -> Self {
+        self.to = Some(to);
+        self
     }
 
     /// The same envelope marked as an answer to `re`.
@@ -85,6 +97,10 @@ impl Envelope {
         self
     }
 }
+
+/// The largest payload a fleetls message may have (a certificate chain is
+/// a few KiB): anything bigger is refused unread, as too large.
+pub const MAX_PAYLOAD: usize = 64 * 1024;
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it).
 pub fn now_ms() -> u64 {

@@ -34,6 +34,7 @@ fn envelope(body: Body) -> Envelope {
         v: PROTOCOL_VERSION,
         id: MESSAGE_ID,
         re: Some(CAMPAIGN),
+        to: None,
         from: AGENT,
         at: SENT_AT,
         body,
@@ -559,13 +560,18 @@ fn cause() -> impl Strategy<Value = Cause> {
 }
 
 fn state() -> impl Strategy<Value = AgentState> {
-    (any::<bool>(), any::<bool>(), any::<bool>()).prop_map(|(has_certificate, ssl, broker_tls)| {
-        AgentState {
+    (
+        any::<bool>(),
+        any::<bool>(),
+        any::<bool>(),
+        prop::option::of(text()),
+    )
+        .prop_map(|(has_certificate, ssl, broker_tls, parent_key)| AgentState {
             has_certificate,
             ssl,
             broker_tls,
-        }
-    })
+            parent_key,
+        })
 }
 
 fn step_spec() -> impl Strategy<Value = StepSpec> {
@@ -648,13 +654,18 @@ fn body() -> impl Strategy<Value = Body> {
                     error,
                 })
             }),
-        (prop::option::of(uuid()), prop::option::of(text()), text()).prop_map(
-            |(command, kind, reason)| Body::Refused(Refused {
+        (
+            prop::option::of(uuid()),
+            prop::option::of(text()),
+            text(),
+            any::<bool>()
+        )
+            .prop_map(|(command, kind, reason, forged)| Body::Refused(Refused {
                 command,
                 kind,
-                reason
-            })
-        ),
+                reason,
+                forged,
+            })),
         (text(), text(), text(), any::<u16>(), any::<Option<u16>>()).prop_map(
             |(ca_chain_pem, ca_fingerprint, ssl_host, ssl_port, serve_port)| {
                 Body::CertificatesReady(CertificatesReady {
@@ -712,14 +723,16 @@ fn any_envelope() -> impl Strategy<Value = Envelope> {
     (
         uuid(),
         prop::option::of(uuid()),
+        prop::option::of(uuid()),
         uuid(),
         any::<u64>(),
         body(),
     )
-        .prop_map(|(id, re, from, at, body)| Envelope {
+        .prop_map(|(id, re, to, from, at, body)| Envelope {
             v: PROTOCOL_VERSION,
             id,
             re,
+            to,
             from,
             at,
             body,

@@ -47,6 +47,7 @@ fn from_child(body: Body) -> Envelope {
         v: PROTOCOL_VERSION,
         id: MESSAGE_ID,
         re: None,
+        to: None,
         from: CHILD,
         at: SENT_AT,
         body,
@@ -57,6 +58,7 @@ fn from_child(body: Body) -> Envelope {
 fn from_parent(body: Body) -> Envelope {
     Envelope {
         from: PARENT,
+        to: Some(CHILD),
         ..from_child(body)
     }
 }
@@ -76,6 +78,7 @@ fn hello() -> Hello {
             has_certificate: true,
             ssl: false,
             broker_tls: false,
+            parent_key: None,
         },
     }
 }
@@ -110,6 +113,7 @@ fn one_of_each() -> Vec<Body> {
                 has_certificate: true,
                 ssl: true,
                 broker_tls: false,
+                parent_key: Some(CA_FINGERPRINT.into()),
             },
         }),
         Body::Csr(Csr {
@@ -138,6 +142,7 @@ fn one_of_each() -> Vec<Body> {
             command: Some(COMMAND_ID),
             kind: Some("UseBrokerTls".into()),
             reason: "no certificate: cannot authenticate to amqps://broker:5671".into(),
+            forged: false,
         }),
         Body::CertificatesReady(CertificatesReady {
             ca_chain_pem: CA_PEM.into(),
@@ -219,6 +224,9 @@ fn assert_round_trip(envelope: &Envelope, fields: &[&str]) -> Vec<u8> {
     if envelope.re.is_some() {
         expected_top.insert("re".into());
     }
+    if envelope.to.is_some() {
+        expected_top.insert("to".into());
+    }
     assert_eq!(top, expected_top);
     assert_eq!(kind, envelope.body.kind());
     assert_eq!(body_fields, names(fields), "field names of {kind}");
@@ -289,6 +297,7 @@ fn heartbeat_round_trips() {
             has_certificate,
             ssl,
             broker_tls,
+            parent_key: has_certificate.then(|| CA_FINGERPRINT.to_owned()),
         };
         assert_round_trip(
             &from_child(Body::Heartbeat(Heartbeat { state })),
@@ -376,11 +385,13 @@ fn broker_switch_report_round_trips() {
 #[test]
 fn refused_round_trips() {
     let fields = ["command", "kind", "reason"];
+    // `forged` is written only when set: an older parent reads the rest.
     assert_round_trip(
         &from_child(Body::Refused(Refused {
             command: Some(COMMAND_ID),
             kind: Some("RunStep".into()),
             reason: "deadline already passed".into(),
+            forged: false,
         }))
         .in_reply_to(COMMAND_ID),
         &fields,
@@ -390,8 +401,9 @@ fn refused_round_trips() {
             command: None,
             kind: None,
             reason: "truncated payload".into(),
+            forged: true,
         })),
-        &fields,
+        &["command", "kind", "reason", "forged"],
     );
 }
 

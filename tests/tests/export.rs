@@ -99,9 +99,15 @@ impl Setup {
                     message: Uuid::new_v4(),
                     agent: id,
                     at: fleetls_proto::now_ms(),
+                    key: format!("{:064x}", id.as_u128()),
+                    delivery: 0,
                     what: EventKind::Hello(hello),
                 }],
                 None,
+                &fleetls_parent::registry::Policy {
+                    parent_key: "sha256:test".into(),
+                    auto_accept: Default::default(),
+                },
             )
             .unwrap();
         self.registry.agent(&id).unwrap().expect("registered")

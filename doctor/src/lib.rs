@@ -14,10 +14,10 @@
 //! verification. The analysis of that chain (with x509-parser and rustls's
 //! own path and name checks) is what turns one rustls error into the list.
 //!
-//! This file is the core of both sides: the parent compiles it as
-//! `fleetls_parent::doctor`, and `fleetls-child` includes it (`#[path]`) in
-//! its own `doctor` module, so it uses nothing of `crate::` and only what both
-//! crates depend on (tokio, rustls, x509-parser, serde, time).
+//! Both binaries use this crate: `fleetls-parent doctor` with the parent's
+//! CA, `fleetls-child doctor` with what a child holds.
+
+#![deny(missing_docs)]
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;

@@ -1,0 +1,412 @@
+//! RabbitMQ for both sides: named connections (plain and AMQPS) with a
+//! capped frame size, the design's topology, publishing with confirms, and
+//! dead-lettering with a reason.
+
+use std::path::Path;
+use std::time::Duration;
+
+use fleetls_proto::{topology, Envelope, CONTENT_TYPE};
+use lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions,
+};
+use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
+use lapin::types::{AMQPValue, FieldTable, FrameSize, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+
+/// A failure talking to the broker.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// An AMQP operation failed.
+    #[error("{what}: {source}")]
+    Amqp {
+        /// What was being done.
+        what: &'static str,
+        /// The client's error.
+        #[source]
+        source: lapin::Error,
+    },
+    /// The broker refused (nacked) a published message, or could not route it.
+    #[error("the broker refused or could not route a message to {0}")]
+    Nacked(String),
+    /// A message could not be encoded.
+    #[error(transparent)]
+    Encode(#[from] fleetls_proto::EncodeError),
+    /// The broker URL cannot be read (said without its password).
+    #[error("{0}")]
+    Url(String),
+    /// The TLS material for AMQPS is missing or unusable.
+    #[error("AMQPS: {0}")]
+    Tls(String),
+}
+
+/// Wraps a lapin error with what was being done.
+pub fn amqp(what: &'static str) -> impl FnOnce(lapin::Error) -> BusError {
+    move |source| BusError::Amqp { what, source }
+}
+
+/// Parses a broker URL (`amqp://` or `amqps://`) and caps the frame size it
+/// asks for at `frame_max` unless it names its own (see
+/// [`fleetls_proto::broker_uri`]: lapin's buffers are sized by it).
+pub fn connection_uri(url: &str, frame_max: FrameSize) -> Result<lapin::uri::AMQPUri, BusError> {
+    fleetls_proto::broker_uri(url, frame_max).map_err(BusError::Url)
+}
+
+/// Opens a named plain connection.
+pub async fn connect(url: &str, name: &str, frame_max: FrameSize) -> Result<Connection, BusError> {
+    let properties = ConnectionProperties::default().with_connection_name(name.into());
+    Connection::connect_uri(connection_uri(url, frame_max)?, properties)
+        .await
+        .map_err(amqp("connecting to the broker"))
+}
+
+/// The files an AMQPS connection needs: this agent's chain (leaf first)
+/// and key, and the CA the broker's certificate must chain to.
+#[derive(Debug, Clone, Copy)]
+pub struct TlsFiles<'a> {
+    /// PEM chain, leaf first.
+    pub chain: &'a Path,
+    /// PEM PKCS#8 private key.
+    pub key: &'a Path,
+    /// PEM CA bundle the broker must chain to.
+    pub ca: &'a Path,
+}
+
+/// Opens a named AMQPS connection presenting a client certificate. A
+/// missing or unreadable file is an error that names it (never an empty
+/// identity that the broker would refuse for a reason nobody can see).
+pub async fn connect_tls(
+    url: &str,
+    name: &str,
+    frame_max: FrameSize,
+    files: TlsFiles<'_>,
+) -> Result<Connection, BusError> {
+    let uri = connection_uri(url, frame_max)?;
+    let read = |path: &Path| {
+        std::fs::read(path).map_err(|e| BusError::Tls(format!("{}: {e}", path.display())))
+    };
+    let ca = String::from_utf8(read(files.ca)?)
+        .map_err(|_| BusError::Tls(format!("{} is not a PEM text file", files.ca.display())))?;
+    let config = OwnedTLSConfig {
+        identity: Some(OwnedIdentity::PKCS8 {
+            pem: read(files.chain)?,
+            key: read(files.key)?,
+        }),
+        cert_chain: Some(ca),
+    };
+    let properties = ConnectionProperties::default().with_connection_name(name.into());
+    let runtime = lapin::runtime::default_runtime().map_err(amqp("starting the AMQP runtime"))?;
+    Connection::connect_uri_with_config(uri, properties, config, runtime)
+        .await
+        .map_err(amqp("connecting to the broker over AMQPS"))
+}
+
+/// A channel with publisher confirms on.
+pub async fn confirm_channel(connection: &Connection) -> Result<Channel, BusError> {
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(amqp("opening a channel"))?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(amqp("turning on publisher confirms"))?;
+    Ok(channel)
+}
+
+/// Arguments every fleetls queue carries.
+pub fn queue_arguments() -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString(topology::DEAD.into()),
+    );
+    args
+}
+
+/// Declares the three exchanges of the design (idempotent).
+pub async fn declare_exchanges(channel: &Channel) -> Result<(), BusError> {
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    for (name, kind) in [
+        (topology::PARENT, ExchangeKind::Direct),
+        (topology::AGENTS, ExchangeKind::Direct),
+        (topology::DEAD, ExchangeKind::Fanout),
+    ] {
+        channel
+            .exchange_declare(name.into(), kind, durable, FieldTable::default())
+            .await
+            .map_err(amqp("declaring an exchange"))?;
+    }
+    Ok(())
+}
+
+/// Declares `fleetls.parent` and binds it: children do it too, so that a
+/// Hello sent before the parent ever started waits for it.
+pub async fn declare_parent_queue(channel: &Channel) -> Result<(), BusError> {
+    declare_bound(
+        channel,
+        topology::PARENT,
+        topology::PARENT,
+        topology::PARENT,
+        queue_arguments(),
+    )
+    .await
+}
+
+/// Everything a child needs before its own queue: the exchanges and the
+/// parent's queue.
+pub async fn declare_shared(channel: &Channel) -> Result<(), BusError> {
+    declare_exchanges(channel).await?;
+    declare_parent_queue(channel).await
+}
+
+/// The whole topology, as the parent declares it: the exchanges,
+/// `fleetls.dead` and `fleetls.parent`.
+pub async fn declare_topology(channel: &Channel) -> Result<(), BusError> {
+    declare_exchanges(channel).await?;
+    declare_bound(
+        channel,
+        topology::DEAD,
+        topology::DEAD,
+        "",
+        FieldTable::default(),
+    )
+    .await?;
+    declare_parent_queue(channel).await
+}
+
+/// Declares one agent's durable queue, bound to `fleetls.agents` by its id.
+pub async fn declare_agent_queue(channel: &Channel, id: &uuid::Uuid) -> Result<(), BusError> {
+    let queue = topology::agent_queue(id);
+    declare_bound(
+        channel,
+        &queue,
+        topology::AGENTS,
+        &id.to_string(),
+        queue_arguments(),
+    )
+    .await
+}
+
+async fn declare_bound(
+    channel: &Channel,
+    queue: &str,
+    exchange: &str,
+    key: &str,
+    arguments: FieldTable,
+) -> Result<(), BusError> {
+    channel
+        .queue_declare(queue.into(), QueueDeclareOptions::durable(), arguments)
+        .await
+        .map_err(amqp("declaring a queue"))?;
+    channel
+        .queue_bind(
+            queue.into(),
+            exchange.into(),
+            key.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(amqp("binding a queue"))
+}
+
+/// The AMQP properties of a fleetls message: persistent (child → parent)
+/// or not, with an expiration when it has a deadline, and the signature
+/// headers of `sealed`.
+pub fn properties(
+    envelope: &Envelope,
+    sealed: &crate::seal::Sealed,
+    expiration: Option<Duration>,
+) -> BasicProperties {
+    let mut props = BasicProperties::default()
+        .with_content_type(CONTENT_TYPE.into())
+        .with_type(envelope.body.kind().into())
+        .with_message_id(envelope.id.to_string().as_str().into())
+        .with_delivery_mode(2)
+        .with_timestamp(envelope.at / 1000)
+        .with_headers(sealed.headers());
+    if let Some(re) = envelope.re {
+        props = props.with_correlation_id(re.to_string().as_str().into());
+    }
+    if let Some(ttl) = expiration {
+        props = props.with_expiration(ttl.as_millis().to_string().as_str().into());
+    }
+    props
+}
+
+/// Publishes one message `mandatory` and waits for its confirm: a nack or
+/// a message the broker could not route is an error.
+pub async fn publish_confirmed(
+    channel: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    payload: &[u8],
+    properties: BasicProperties,
+) -> Result<(), BusError> {
+    let confirm = channel
+        .basic_publish(
+            exchange.into(),
+            routing_key.into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
+            payload,
+            properties,
+        )
+        .await
+        .map_err(amqp("publishing"))?
+        .await
+        .map_err(amqp("waiting for a publisher confirm"))?;
+    if confirm.is_nack() || confirm.take_message().is_some() {
+        return Err(BusError::Nacked(exchange.to_owned()));
+    }
+    Ok(())
+}
+
+/// One message for one agent: its id, the signed payload and its properties.
+pub struct ToAgent {
+    /// The agent (routing key of `fleetls.agents`).
+    pub agent: uuid::Uuid,
+    /// The sealed envelope.
+    pub payload: Vec<u8>,
+    /// Its AMQP properties (see [`properties`]).
+    pub properties: BasicProperties,
+}
+
+/// Publishes many messages to agents, then waits for every confirm: the
+/// broker works on them together instead of one round trip each. They are
+/// published `mandatory`: every registered agent declared its durable queue
+/// when it connected, so a message the broker cannot route is not silently
+/// dropped; it goes to `fleetls.dead` with the reason, the agents concerned
+/// are returned, and nothing else fails because of them.
+pub async fn send_many(
+    channel: &Channel,
+    messages: Vec<ToAgent>,
+) -> Result<Vec<uuid::Uuid>, BusError> {
+    let mut confirms = Vec::with_capacity(messages.len());
+    for message in &messages {
+        let confirm = channel
+            .basic_publish(
+                topology::AGENTS.into(),
+                message.agent.to_string().as_str().into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                &message.payload,
+                message.properties.clone(),
+            )
+            .await
+            .map_err(amqp("publishing to an agent"))?;
+        confirms.push((message.agent, confirm));
+    }
+    let mut unroutable = Vec::new();
+    for (agent, confirm) in confirms {
+        let confirm = confirm
+            .await
+            .map_err(amqp("waiting for a publisher confirm"))?;
+        if confirm.is_nack() {
+            return Err(BusError::Nacked(topology::agent_queue(&agent)));
+        }
+        if let Some(returned) = confirm.take_message() {
+            let reason = format!(
+                "unroutable: the queue {} of this agent does not exist; it is recreated when the agent connects",
+                topology::agent_queue(&agent)
+            );
+            dead_letter(channel, &returned.data, &returned.properties, &reason).await?;
+            unroutable.push(agent);
+        }
+    }
+    Ok(unroutable)
+}
+
+/// Republishes a rejected delivery to `fleetls.dead` with its reason in the
+/// `x-fleetls-reason` header, and waits for the confirm. Only then may the
+/// caller ack the original: the message is never lost.
+pub async fn dead_letter(
+    channel: &Channel,
+    payload: &[u8],
+    original: &BasicProperties,
+    reason: &str,
+) -> Result<(), BusError> {
+    let mut headers = original.headers().clone().unwrap_or_default();
+    headers.insert(
+        topology::REASON_HEADER.into(),
+        AMQPValue::LongString(LongString::from(reason)),
+    );
+    // A fresh set of properties: the original's expiration must not make the
+    // dead letter expire out of fleetls.dead (which has no dead-letter exchange).
+    if let Some(expiration) = original.expiration() {
+        headers.insert(
+            "x-fleetls-original-expiration".into(),
+            AMQPValue::LongString(LongString::from(expiration.as_str())),
+        );
+    }
+    let mut props = BasicProperties::default()
+        .with_headers(headers)
+        .with_delivery_mode(2);
+    if let Some(v) = original.content_type() {
+        props = props.with_content_type(v.clone());
+    }
+    if let Some(v) = original.kind() {
+        props = props.with_type(v.clone());
+    }
+    if let Some(v) = original.message_id() {
+        props = props.with_message_id(v.clone());
+    }
+    if let Some(v) = original.correlation_id() {
+        props = props.with_correlation_id(v.clone());
+    }
+    if let Some(v) = original.timestamp() {
+        props = props.with_timestamp(*v);
+    }
+    if let Some(v) = original.app_id() {
+        props = props.with_app_id(v.clone());
+    }
+    let confirm = channel
+        .basic_publish(
+            topology::DEAD.into(),
+            ShortString::from(""),
+            BasicPublishOptions::default(),
+            payload,
+            props,
+        )
+        .await
+        .map_err(amqp("dead-lettering"))?
+        .await
+        .map_err(amqp("waiting for a dead-letter confirm"))?;
+    if confirm.is_nack() {
+        return Err(BusError::Nacked(topology::DEAD.into()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_frame_size_is_capped_unless_the_url_names_one() {
+        let uri = connection_uri("amqp://guest:guest@127.0.0.1:5672/%2f", 4096).unwrap();
+        assert_eq!(uri.query.frame_max, Some(4096));
+        let uri = connection_uri("amqps://u:p@broker:5671/%2f?frame_max=131072", 4096).unwrap();
+        assert_eq!(uri.query.frame_max, Some(131_072));
+        assert_eq!(uri.authority.port, 5671);
+    }
+
+    #[test]
+    fn a_bad_url_is_named_without_its_password() {
+        let Err(BusError::Url(why)) =
+            connection_uri("amqp://guest:s3cret@/%2f?frame_max=x", 4096)
+        else {
+            panic!("a bad frame_max is accepted");
+        };
+        assert!(why.contains("not valid"), "{why}");
+        assert!(!why.contains("s3cret"), "{why}");
+    }
+}

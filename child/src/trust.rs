@@ -1,0 +1,178 @@
+//! Which commands a child obeys: only those signed by the parent key it
+//! pinned, addressed to it, and never seen before.
+//!
+//! The parent's key is pinned up front (`--parent-key sha256:HEX`, as
+//! `fleetls-parent signing-key` prints it) or, failing that, on the first
+//! valid command, with a loud warning; the child reports the fingerprint it
+//! pinned in every Hello and heartbeat, so that the parent flags any other.
+//! What was pinned and which commands were obeyed is kept in
+//! `DIR/trust.toml`, so a restart forgets neither.
+//!
+//! Replay: a command is refused when its id was obeyed before, or when it
+//! is older (by the parent's own clock, `at`) than [`REPLAY_WINDOW_MS`]
+//! before the newest command obeyed. Ids are kept for that window, so the
+//! set stays small; no clock of the child's is involved.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use fleetls_bus::seal::{self, PublicKey};
+use fleetls_proto::{DecodeError, Envelope};
+use lapin::types::FieldTable;
+use serde::{Deserialize, Serialize};
+use tracing::{error, info};
+use uuid::Uuid;
+
+use crate::identity::StoreError;
+
+/// How much older than the newest obeyed command a command may be.
+pub const REPLAY_WINDOW_MS: u64 = 10 * 60 * 1000;
+
+/// What `DIR/trust.toml` holds.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct Kept {
+    /// The pinned parent key (hex), once pinned.
+    #[serde(default)]
+    parent_key: Option<String>,
+    /// The `at` of the newest command obeyed.
+    #[serde(default)]
+    newest: u64,
+    /// Commands obeyed within the window: `id@at`.
+    #[serde(default)]
+    seen: Vec<String>,
+}
+
+/// The child's trust in its parent.
+pub struct Trust {
+    path: PathBuf,
+    /// The fingerprint given on the command line (hex digits), if any.
+    configured: Option<String>,
+    kept: Mutex<Kept>,
+}
+
+/// What to do with a delivery.
+#[derive(Debug)]
+pub enum Verdict {
+    /// A genuine, fresh command for this agent.
+    Obey(Envelope),
+    /// Signed by the parent, but not a message this build can read.
+    Undecodable(DecodeError),
+    /// Not from the parent, not for this agent, or replayed: refuse it,
+    /// dead-letter it and report it as a security event.
+    Forged(String),
+}
+
+impl Trust {
+    /// Loads `DIR/trust.toml`. A pin there that contradicts `--parent-key`
+    /// is an error: the operator must decide which is right.
+    pub fn load(dir: &Path, configured: Option<String>) -> Result<Trust, StoreError> {
+        let path = dir.join("trust.toml");
+        let kept: Kept = crate::identity::read_toml(&path)?.unwrap_or_default();
+        if let (Some(pinned), Some(fingerprint)) = (&kept.parent_key, &configured) {
+            let pinned_key = PublicKey::from_hex(pinned);
+            if !pinned_key.is_some_and(|k| k.matches(&format!("sha256:{fingerprint}"))) {
+                return Err(StoreError {
+                    path,
+                    why: format!(
+                        "this agent pinned another parent key than --parent-key sha256:{fingerprint}; \
+                         if the parent's key really changed, remove parent_key from this file"
+                    ),
+                });
+            }
+        }
+        Ok(Trust {
+            path,
+            configured,
+            kept: Mutex::new(kept),
+        })
+    }
+
+    /// The fingerprint of the pinned parent key, once pinned.
+    pub fn pinned(&self) -> Option<String> {
+        let kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        kept.parent_key
+            .as_deref()
+            .and_then(PublicKey::from_hex)
+            .map(|k| k.fingerprint())
+    }
+
+    /// Judges one delivery to agent `me`.
+    pub fn check(&self, me: Uuid, payload: &[u8], headers: Option<&FieldTable>) -> Verdict {
+        if payload.len() > fleetls_proto::MAX_PAYLOAD {
+            return Verdict::Forged(format!(
+                "too_large: {} bytes, more than the {} a fleetls message may have",
+                payload.len(),
+                fleetls_proto::MAX_PAYLOAD
+            ));
+        }
+        let key = match seal::signer(payload, headers) {
+            Ok(key) => key,
+            Err(e) => return Verdict::Forged(format!("not signed by the parent: {e}")),
+        };
+        let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        let pinned = kept.parent_key.as_deref().and_then(PublicKey::from_hex);
+        let from_parent = match (&pinned, &self.configured) {
+            (Some(pinned), _) => *pinned == key,
+            (None, Some(fingerprint)) => key.matches(&format!("sha256:{fingerprint}")),
+            (None, None) => true, // trust on first use, once the rest checks out
+        };
+        if !from_parent {
+            return Verdict::Forged(format!(
+                "signed by {}, not by the parent key this agent pinned",
+                key.fingerprint()
+            ));
+        }
+        let envelope = match fleetls_proto::decode(payload) {
+            Ok(envelope) => envelope,
+            Err(e) if pinned.is_some() || self.configured.is_some() => {
+                return Verdict::Undecodable(e)
+            }
+            Err(e) => return Verdict::Forged(format!("undecodable before any key was pinned: {e}")),
+        };
+        if envelope.to != Some(me) {
+            return Verdict::Forged(match envelope.to {
+                Some(other) => format!("addressed to agent {other}, not to this one"),
+                None => "addressed to nobody: every command names its agent".into(),
+            });
+        }
+        let id = envelope.id.to_string();
+        if kept.seen.iter().any(|s| s.split('@').next() == Some(id.as_str())) {
+            return Verdict::Forged(format!("replayed: command {id} was obeyed before"));
+        }
+        if envelope.at.saturating_add(REPLAY_WINDOW_MS) < kept.newest {
+            return Verdict::Forged(format!(
+                "replayed: command {id} is older than the newest command obeyed by more than {} minutes",
+                REPLAY_WINDOW_MS / 60_000
+            ));
+        }
+        let mut next = kept.clone();
+        if pinned.is_none() {
+            next.parent_key = Some(key.hex());
+            if self.configured.is_some() {
+                info!(parent_key = %key.fingerprint(), "pinned the parent key given with --parent-key");
+            } else {
+                error!(
+                    parent_key = %key.fingerprint(),
+                    "TRUST ON FIRST USE: pinned the key of the first signed command as the parent's; \
+                     compare it with `fleetls-parent signing-key` and give it as --parent-key on every \
+                     other agent, or anyone on the broker could have been first"
+                );
+            }
+        }
+        next.newest = next.newest.max(envelope.at);
+        next.seen.push(format!("{id}@{}", envelope.at));
+        let newest = next.newest;
+        next.seen.retain(|s| {
+            s.rsplit('@')
+                .next()
+                .and_then(|at| at.parse::<u64>().ok())
+                .is_some_and(|at| at.saturating_add(REPLAY_WINDOW_MS) >= newest)
+        });
+        if let Err(e) = crate::identity::write_toml(&self.path, &next, 0o600) {
+            // Obeying a command it could not record would let it be replayed.
+            return Verdict::Forged(format!("cannot record the command, refused: {e}"));
+        }
+        *kept = next;
+        Verdict::Obey(envelope)
+    }
+}
