@@ -163,6 +163,55 @@ pub async fn declare_shared(channel: &Channel) -> Result<(), BusError> {
     declare_parent_queue(channel).await
 }
 
+/// Makes sure, on a channel of its own, that what every child needs before
+/// its own queue exists: the exchanges and the parent's queue. A child
+/// connecting as the agents' least-privilege user may not create them
+/// (RabbitMQ refuses and closes the channel); it then checks that they
+/// exist with passive declares, which need no permission.
+pub async fn ensure_shared(connection: &Connection) -> Result<(), BusError> {
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(amqp("opening a channel"))?;
+    let declared = declare_shared(&channel).await;
+    let _ = channel.close(200, "declared".into()).await;
+    let Err(refused) = declared else {
+        return Ok(());
+    };
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(amqp("opening a channel"))?;
+    let passive = async {
+        let options = ExchangeDeclareOptions {
+            passive: true,
+            durable: true,
+            ..Default::default()
+        };
+        for (name, kind) in [
+            (topology::PARENT, ExchangeKind::Direct),
+            (topology::AGENTS, ExchangeKind::Direct),
+            (topology::DEAD, ExchangeKind::Fanout),
+        ] {
+            channel
+                .exchange_declare(name.into(), kind, options, FieldTable::default())
+                .await?;
+        }
+        let options = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::durable()
+        };
+        channel
+            .queue_declare(topology::PARENT.into(), options, FieldTable::default())
+            .await
+            .map(|_| ())
+    }
+    .await;
+    let _ = channel.close(200, "checked".into()).await;
+    // Neither created nor there: the first error says why.
+    passive.map_err(|_| refused)
+}
+
 /// The whole topology, as the parent declares it: the exchanges,
 /// `fleetls.dead` and `fleetls.parent`.
 pub async fn declare_topology(channel: &Channel) -> Result<(), BusError> {
@@ -401,8 +450,7 @@ mod tests {
 
     #[test]
     fn a_bad_url_is_named_without_its_password() {
-        let Err(BusError::Url(why)) =
-            connection_uri("amqp://guest:s3cret@/%2f?frame_max=x", 4096)
+        let Err(BusError::Url(why)) = connection_uri("amqp://guest:s3cret@/%2f?frame_max=x", 4096)
         else {
             panic!("a bad frame_max is accepted");
         };

@@ -143,7 +143,9 @@ impl SigningKey {
         };
         match std::fs::read(path) {
             Ok(bytes) => SigningKey::from_pkcs8(&bytes).ok_or_else(|| {
-                failed("not an Ed25519 PKCS#8 key; restore it from a backup (agents pinned it)".into())
+                failed(
+                    "not an Ed25519 PKCS#8 key; restore it from a backup (agents pinned it)".into(),
+                )
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let (key, pkcs8) = SigningKey::generate();
@@ -205,22 +207,33 @@ pub fn signer(payload: &[u8], headers: Option<&FieldTable>) -> Result<PublicKey,
     let text = |name: &str| -> Result<Option<String>, SealError> {
         match headers.and_then(|h| h.inner().get(name)) {
             None => Ok(None),
-            Some(AMQPValue::LongString(s)) => Ok(Some(String::from_utf8_lossy(s.as_bytes()).into_owned())),
+            Some(AMQPValue::LongString(s)) => {
+                Ok(Some(String::from_utf8_lossy(s.as_bytes()).into_owned()))
+            }
             Some(AMQPValue::ShortString(s)) => Ok(Some(s.as_str().to_owned())),
-            Some(AMQPValue::ByteArray(b)) => Ok(Some(String::from_utf8_lossy(b.as_slice()).into_owned())),
+            Some(AMQPValue::ByteArray(b)) => {
+                Ok(Some(String::from_utf8_lossy(b.as_slice()).into_owned()))
+            }
             Some(_) => Err(SealError::Malformed("a signature header is not a string")),
         }
     };
     let (key, signature) = match (text(KEY_HEADER)?, text(SIG_HEADER)?) {
         (None, None) => return Err(SealError::Unsigned),
         (Some(key), Some(signature)) => (key, signature),
-        _ => return Err(SealError::Malformed("one of the two signature headers is missing")),
+        _ => {
+            return Err(SealError::Malformed(
+                "one of the two signature headers is missing",
+            ))
+        }
     };
-    let key = PublicKey::from_hex(&key)
-        .ok_or(SealError::Malformed("the key header is not 32 bytes of hex"))?;
+    let key = PublicKey::from_hex(&key).ok_or(SealError::Malformed(
+        "the key header is not 32 bytes of hex",
+    ))?;
     let signature = unhex(&signature)
         .filter(|s| s.len() == 64)
-        .ok_or(SealError::Malformed("the signature header is not 64 bytes of hex"))?;
+        .ok_or(SealError::Malformed(
+            "the signature header is not 64 bytes of hex",
+        ))?;
     if key.verify(payload, &signature) {
         Ok(key)
     } else {
@@ -230,10 +243,12 @@ pub fn signer(payload: &[u8], headers: Option<&FieldTable>) -> Result<PublicKey,
 
 fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 fn unhex(text: &str) -> Option<Vec<u8>> {
@@ -264,7 +279,12 @@ mod tests {
         let signer = signer(&sealed.payload, Some(&sealed.headers())).unwrap();
         assert_eq!(&signer, key.public());
         assert!(signer.matches(&key.public().fingerprint()));
-        assert!(signer.matches(&key.public().fingerprint().to_uppercase().replacen("SHA256", "sha256", 1)));
+        assert!(signer.matches(
+            &key.public()
+                .fingerprint()
+                .to_uppercase()
+                .replacen("SHA256", "sha256", 1)
+        ));
     }
 
     #[test]
@@ -275,14 +295,20 @@ mod tests {
         let mut altered = sealed.payload.clone();
         let last = altered.len() - 1;
         altered[last] ^= 1;
-        assert_eq!(signer(&altered, Some(&sealed.headers())), Err(SealError::BadSignature));
+        assert_eq!(
+            signer(&altered, Some(&sealed.headers())),
+            Err(SealError::BadSignature)
+        );
         // The right signature, presented with another key.
         let mut headers = sealed.headers();
         headers.insert(
             KEY_HEADER.into(),
             AMQPValue::LongString(other.public().hex().as_str().into()),
         );
-        assert_eq!(signer(&sealed.payload, Some(&headers)), Err(SealError::BadSignature));
+        assert_eq!(
+            signer(&sealed.payload, Some(&headers)),
+            Err(SealError::BadSignature)
+        );
         assert_eq!(signer(&sealed.payload, None), Err(SealError::Unsigned));
     }
 
@@ -297,7 +323,10 @@ mod tests {
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         std::fs::write(&path, b"garbage").unwrap();
-        assert!(matches!(SigningKey::load_or_create(&path), Err(SealError::KeyFile { .. })));
+        assert!(matches!(
+            SigningKey::load_or_create(&path),
+            Err(SealError::KeyFile { .. })
+        ));
     }
 
     #[test]

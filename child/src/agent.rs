@@ -5,20 +5,19 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use fleetls_bus::amqp::BusError;
+use fleetls_bus::seal::SigningKey;
 use fleetls_proto::{
     topology, AgentState, Body, Csr, Envelope, Heartbeat, Hello, Refused, RunStep, StepReport,
     StepSpec, SwitchReport,
 };
 use futures_lite::StreamExt;
-use fleetls_bus::amqp::BusError;
-use fleetls_bus::seal::SigningKey;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
 use tracing::{info, warn};
 
-pub use fleetls_bus::amqp::declare_shared;
 pub use fleetls_bus::backoff;
 
 use crate::certs::CertStore;
@@ -322,7 +321,7 @@ impl Session {
 
     /// Like [`Session::open`]; with `shared` false the shared topology
     /// (exchanges, `fleetls.parent`) is taken as declared already on this
-    /// connection (see [`declare_shared`]): a swarm declares it once per
+    /// connection (see [`fleetls_bus::amqp::ensure_shared`]): a swarm declares it once per
     /// connection instead of once per child.
     pub async fn open_on(
         connection: &Connection,
@@ -331,10 +330,10 @@ impl Session {
         shared: bool,
     ) -> Result<Session, SessionError> {
         let id = agent.identity.id;
-        let channel = fleetls_bus::amqp::confirm_channel(connection).await?;
         if shared {
-            declare_shared(&channel).await?;
+            fleetls_bus::amqp::ensure_shared(connection).await?;
         }
+        let channel = fleetls_bus::amqp::confirm_channel(connection).await?;
         fleetls_bus::amqp::declare_agent_queue(&channel, &id).await?;
         channel
             .basic_qos(16, BasicQosOptions::default())
@@ -615,4 +614,3 @@ impl Session {
         Ok(moved)
     }
 }
-

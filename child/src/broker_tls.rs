@@ -7,8 +7,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use fleetls_proto::{Body, BrokerAuth, BrokerSwitchReport, UseBrokerTls};
 use fleetls_bus::amqp::{BusError, TlsFiles};
+use fleetls_proto::{Body, BrokerAuth, BrokerSwitchReport, UseBrokerTls};
 use lapin::Connection;
 use tracing::{info, warn};
 

@@ -80,7 +80,9 @@ fn default_name() -> String {
         .unwrap_or_else(|| "child".into())
 }
 
-pub(crate) fn read_toml<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, StoreError> {
+pub(crate) fn read_toml<T: for<'de> Deserialize<'de>>(
+    path: &Path,
+) -> Result<Option<T>, StoreError> {
     match std::fs::read_to_string(path) {
         Ok(text) => toml::from_str(&text).map(Some).map_err(|e| StoreError {
             path: path.to_owned(),
@@ -94,7 +96,11 @@ pub(crate) fn read_toml<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Opt
     }
 }
 
-pub(crate) fn write_toml<T: Serialize>(path: &Path, value: &T, mode: u32) -> Result<(), StoreError> {
+pub(crate) fn write_toml<T: Serialize>(
+    path: &Path,
+    value: &T,
+    mode: u32,
+) -> Result<(), StoreError> {
     let text = toml::to_string(value).map_err(|e| StoreError {
         path: path.to_owned(),
         why: e.to_string(),

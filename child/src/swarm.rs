@@ -12,9 +12,7 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
-use crate::agent::{
-    backoff, connect, connect_agent, declare_shared, Agent, Behaviour, Outcome, Session,
-};
+use crate::agent::{backoff, connect, connect_agent, Agent, Behaviour, Outcome, Session};
 use crate::config::{RawRun, RunConfig};
 use crate::shutdown::Shutdown;
 use fleetls_proto::AgentKind;
@@ -260,13 +258,7 @@ async fn run_child(
 /// Declares the shared topology once on a connection, as a real child does
 /// once per connection; each child then declares only its own queue.
 async fn declare_on(connection: &Connection) -> Result<(), crate::agent::SessionError> {
-    let channel = connection
-        .create_channel()
-        .await
-        .map_err(fleetls_bus::amqp::amqp("opening a channel"))?;
-    let declared = declare_shared(&channel).await;
-    let _ = channel.close(200, "declared".into()).await;
-    Ok(declared?)
+    Ok(fleetls_bus::amqp::ensure_shared(connection).await?)
 }
 
 /// One connection and its children; reconnects them all when it fails.

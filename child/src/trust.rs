@@ -127,7 +127,9 @@ impl Trust {
             Err(e) if pinned.is_some() || self.configured.is_some() => {
                 return Verdict::Undecodable(e)
             }
-            Err(e) => return Verdict::Forged(format!("undecodable before any key was pinned: {e}")),
+            Err(e) => {
+                return Verdict::Forged(format!("undecodable before any key was pinned: {e}"))
+            }
         };
         if envelope.to != Some(me) {
             return Verdict::Forged(match envelope.to {
@@ -136,7 +138,11 @@ impl Trust {
             });
         }
         let id = envelope.id.to_string();
-        if kept.seen.iter().any(|s| s.split('@').next() == Some(id.as_str())) {
+        if kept
+            .seen
+            .iter()
+            .any(|s| s.split('@').next() == Some(id.as_str()))
+        {
             return Verdict::Forged(format!("replayed: command {id} was obeyed before"));
         }
         if envelope.at.saturating_add(REPLAY_WINDOW_MS) < kept.newest {

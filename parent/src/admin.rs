@@ -37,7 +37,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/export", post(export))
         .route("/api/doctor", post(doctor))
         .route("/api/broker-tls", post(broker_tls))
-        .route("/api/agents", get(agents_list))
+        .route("/api/admission", get(agents_list))
         .route("/api/agents/accept", post(agents_accept))
         .route("/api/agents/reject", post(agents_reject))
         .route("/api/agents/delete", post(agents_delete))
@@ -157,7 +157,10 @@ async fn metrics(State(app): State<Arc<App>>) -> Result<String, ApiError> {
         "# HELP fleetls_security_events_total Security events recorded: forged or replayed commands, impersonation, banned keys, unsigned, oversized or invalid messages.\n# TYPE fleetls_security_events_total counter"
     );
     for (kind, count) in &counts {
-        let _ = writeln!(out, "fleetls_security_events_total{{kind=\"{kind}\"}} {count}");
+        let _ = writeln!(
+            out,
+            "fleetls_security_events_total{{kind=\"{kind}\"}} {count}"
+        );
     }
     Ok(out)
 }

@@ -164,7 +164,10 @@ pub fn check_inbound(envelope: &mut Envelope) -> Result<(), String> {
             }
             for ip in &hello.ips {
                 ip.parse::<std::net::IpAddr>().map_err(|_| {
-                    format!("invalid_field: {:?} is not an IP address", printable(ip, 80))
+                    format!(
+                        "invalid_field: {:?} is not an IP address",
+                        printable(ip, 80)
+                    )
                 })?;
             }
             if let Some(fp) = &hello.key_fingerprint {
@@ -180,7 +183,9 @@ pub fn check_inbound(envelope: &mut Envelope) -> Result<(), String> {
             }
         }
         Body::Csr(csr) if csr.pem.len() > MAX_CSR => {
-            return Err(format!("invalid_field: the CSR is larger than {MAX_CSR} bytes"));
+            return Err(format!(
+                "invalid_field: the CSR is larger than {MAX_CSR} bytes"
+            ));
         }
         Body::StepReport(report) => report.message = printable(&report.message, MAX_TEXT),
         Body::SwitchReport(report) => report.message = printable(&report.message, MAX_TEXT),
@@ -223,13 +228,25 @@ mod tests {
     #[test]
     fn auto_accept_reads_and_decides() {
         let policy: AutoAccept = "child:till-*; mpos:*".parse().unwrap();
-        assert_eq!(policy.decide(AgentKind::Child, "till-7"), Admission::Accepted);
-        assert_eq!(policy.decide(AgentKind::Child, "laptop"), Admission::Pending);
-        assert_eq!(policy.decide(AgentKind::LocalParent, "till-7"), Admission::Pending);
+        assert_eq!(
+            policy.decide(AgentKind::Child, "till-7"),
+            Admission::Accepted
+        );
+        assert_eq!(
+            policy.decide(AgentKind::Child, "laptop"),
+            Admission::Pending
+        );
+        assert_eq!(
+            policy.decide(AgentKind::LocalParent, "till-7"),
+            Admission::Pending
+        );
         assert_eq!(policy.to_string(), "child:till-*;mpos:*");
         let none: AutoAccept = "none".parse().unwrap();
         assert_eq!(none.decide(AgentKind::Child, "x"), Admission::Pending);
-        assert!("local-parent:*".parse::<AutoAccept>().unwrap_err().contains("never"));
+        assert!("local-parent:*"
+            .parse::<AutoAccept>()
+            .unwrap_err()
+            .contains("never"));
         assert!("child".parse::<AutoAccept>().is_err());
         assert!("robot:*".parse::<AutoAccept>().is_err());
         assert_eq!(
@@ -261,9 +278,15 @@ mod tests {
     #[test]
     fn a_local_parent_gets_only_allowed_names() {
         let allowed = vec![".shop.example".to_owned(), "hub.example".to_owned()];
-        let wanted: Vec<String> = ["a.shop.example", "hub.example", "bank.example", "*.shop.example", "shop.example"]
-            .map(String::from)
-            .to_vec();
+        let wanted: Vec<String> = [
+            "a.shop.example",
+            "hub.example",
+            "bank.example",
+            "*.shop.example",
+            "shop.example",
+        ]
+        .map(String::from)
+        .to_vec();
         let (kept, dropped) = allowed_server_names(&wanted, &allowed);
         assert_eq!(kept, ["a.shop.example", "hub.example"]);
         assert_eq!(dropped, ["bank.example", "*.shop.example", "shop.example"]);

@@ -36,7 +36,11 @@ pub async fn connect(url: &str, name: &str) -> Result<Connection, BrokerError> {
 }
 
 /// Opens an AMQPS connection with the parent's own certificate and the CA.
-pub async fn connect_tls(data_dir: &Path, url: &str, name: &str) -> Result<Connection, BrokerError> {
+pub async fn connect_tls(
+    data_dir: &Path,
+    url: &str,
+    name: &str,
+) -> Result<Connection, BrokerError> {
     let dir = crate::pki::certificates_dir(data_dir);
     fleetls_bus::amqp::connect_tls(
         url,

@@ -137,6 +137,39 @@ pub fn save_state(data_dir: &Path, uri: &str) -> std::io::Result<()> {
     write_atomic(&state_path(data_dir), text.as_bytes(), 0o600)
 }
 
+/// The RabbitMQ permissions (configure, write, read) of the agents' shared
+/// user: it declares, binds and consumes only agent queues, publishes only
+/// to `fleetls.parent` (and dead-letters to `fleetls.dead`), reads only
+/// from `fleetls.agents`. It cannot bind a queue to `fleetls.parent` (no
+/// copy of the children's messages), consume or delete the parent's queue,
+/// or delete an exchange. (It can still delete or copy another agent's
+/// queue — commands are signed and addressed, so a copy gives nothing and
+/// a deleted queue is declared again at the agent's next connection; one
+/// user per agent, `switch-broker --external`, closes that too.)
+pub const AGENT_PERMISSIONS: [&str; 3] = [
+    r"^fleetls\.agent\.[0-9a-f-]{36}$",
+    r"^(fleetls\.parent|fleetls\.dead|fleetls\.agent\.[0-9a-f-]{36})$",
+    r"^(fleetls\.agents|fleetls\.agent\.[0-9a-f-]{36})$",
+];
+
+/// `rabbitmq-permissions.sh`: sets [`AGENT_PERMISSIONS`] for the agents'
+/// shared user with `rabbitmqctl`.
+fn permissions_script() -> String {
+    let [configure, write, read] = AGENT_PERMISSIONS;
+    format!(
+        "#!/bin/sh\n\
+         # fleetls: least privilege for the agents' shared RabbitMQ user.\n\
+         # usage: rabbitmq-permissions.sh VHOST AGENTS_USER\n\
+         # Agents may declare, bind and consume only their queues (fleetls.agent.<id>),\n\
+         # publish only to fleetls.parent (and dead-letter to fleetls.dead), and read\n\
+         # only from fleetls.agents. The parent needs its own user with full rights.\n\
+         set -eu\n\
+         vhost=${{1:?usage: $0 VHOST AGENTS_USER}}\n\
+         user=${{2:?usage: $0 VHOST AGENTS_USER}}\n\
+         rabbitmqctl set_permissions -p \"$vhost\" \"$user\" \\\n    '{configure}' \\\n    '{write}' \\\n    '{read}'\n"
+    )
+}
+
 /// What `broker-tls --out DIR` wrote.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BrokerTlsFiles {
@@ -189,12 +222,13 @@ pub fn write_broker_files(data_dir: &Path, out: &Path) -> Result<BrokerTlsFiles,
          ssl_options.fail_if_no_peer_cert = true\n\
          listeners.tcp = none\n"
     );
-    for (name, text) in [
-        ("rabbitmq-migration.conf", migration),
-        ("rabbitmq-final.conf", after),
+    for (name, text, mode) in [
+        ("rabbitmq-migration.conf", migration, 0o644),
+        ("rabbitmq-final.conf", after, 0o644),
+        ("rabbitmq-permissions.sh", permissions_script(), 0o755),
     ] {
         let path = out.join(name);
-        write_atomic(&path, text.as_bytes(), 0o644)
+        write_atomic(&path, text.as_bytes(), mode)
             .map_err(|e| format!("{}: {e}", path.display()))?;
         files.push(path);
     }
@@ -207,6 +241,15 @@ pub fn write_broker_files(data_dir: &Path, out: &Path) -> Result<BrokerTlsFiles,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_permissions_script_names_the_three_patterns() {
+        let script = permissions_script();
+        for pattern in AGENT_PERMISSIONS {
+            assert!(script.contains(&format!("'{pattern}'")), "{script}");
+        }
+        assert!(script.starts_with("#!/bin/sh\n"));
+    }
 
     #[test]
     fn the_default_amqps_address_keeps_host_credentials_and_vhost() {

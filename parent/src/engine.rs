@@ -10,9 +10,9 @@ use std::time::Duration;
 use rusqlite::{params, OptionalExtension};
 use tracing::{info, warn};
 
+use crate::broker::send_all;
 use crate::campaign;
 use crate::registry::RegistryError;
-use crate::broker::send_all;
 use crate::service::App;
 use crate::shutdown::Shutdown;
 

@@ -304,7 +304,7 @@ enum CertsAction {
 async fn agents(action: AgentsAction) -> anyhow::Result<ExitCode> {
     let (path, target, request) = match action {
         AgentsAction::List { target, json } => {
-            let list: Vec<ops::AgentEntry> = Client::new(&target)?.get("/api/agents").await?;
+            let list: Vec<ops::AgentEntry> = Client::new(&target)?.get("/api/admission").await?;
             if json {
                 print_out(&(serde_json::to_string_pretty(&list)? + "\n"))?;
             } else {
@@ -313,7 +313,11 @@ async fn agents(action: AgentsAction) -> anyhow::Result<ExitCode> {
                     "NAME", "KIND", "ADMISSION", "STATE", "KEY"
                 );
                 for a in &list {
-                    let key = a.key.as_deref().map(|k| &k[..k.len().min(20)]).unwrap_or("-");
+                    let key = a
+                        .key
+                        .as_deref()
+                        .map(|k| &k[..k.len().min(20)])
+                        .unwrap_or("-");
                     out.push_str(&format!(
                         "{:<24} {:<12} {:<9} {:<8} {:<20} {}\n",
                         a.name,
@@ -328,9 +332,15 @@ async fn agents(action: AgentsAction) -> anyhow::Result<ExitCode> {
             }
             return Ok(ExitCode::SUCCESS);
         }
-        AgentsAction::Accept { agents, all, target } => {
-            ("/api/agents/accept", target, ops::AgentsRequest { agents, all })
-        }
+        AgentsAction::Accept {
+            agents,
+            all,
+            target,
+        } => (
+            "/api/agents/accept",
+            target,
+            ops::AgentsRequest { agents, all },
+        ),
         AgentsAction::Reject { agents, target } => (
             "/api/agents/reject",
             target,
@@ -610,6 +620,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!();
             println!("Append rabbitmq-migration.conf to the broker's rabbitmq.conf and restart RabbitMQ;");
             println!("after the migration use rabbitmq-final.conf instead (plain 5672 off) and restart again.");
+            println!(
+                "Give the agents' shared user least privilege: rabbitmq-permissions.sh VHOST USER"
+            );
+            println!("(the parent keeps a user of its own with full rights on the vhost).");
             Ok(ExitCode::SUCCESS)
         }
         Command::Campaign { target, json } => {

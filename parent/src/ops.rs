@@ -708,7 +708,10 @@ fn find_agent(agents: &[Agent], wanted: &str) -> Result<Agent, OpError> {
             "{} agents are called {:?}; give the id instead: {}",
             many.len(),
             crate::admission::printable(wanted, 80),
-            many.iter().map(|a| a.id.to_string()).collect::<Vec<_>>().join(", ")
+            many.iter()
+                .map(|a| a.id.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         ))),
     }
 }

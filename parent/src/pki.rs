@@ -324,7 +324,11 @@ impl Pki {
         let (allowed_names, allowed_ips): (Vec<String>, Vec<IpAddr>) = match kind {
             // Never a wildcard, whatever the caller passed.
             AgentKind::LocalParent => (
-                hostnames.iter().filter(|n| !n.contains('*')).cloned().collect(),
+                hostnames
+                    .iter()
+                    .filter(|n| !n.contains('*'))
+                    .cloned()
+                    .collect(),
                 ips.iter().filter_map(|ip| ip.parse().ok()).collect(),
             ),
             _ => (Vec::new(), Vec::new()),

@@ -522,9 +522,10 @@ impl Registry {
                     let admission = match &before {
                         None => policy.auto_accept.decide(hello.kind, &hello.name),
                         // Becoming a local parent (server certificates) needs an operator again.
-                        Some(b) if hello.kind == AgentKind::LocalParent
-                            && b.kind != AgentKind::LocalParent
-                            && b.admission == Admission::Accepted =>
+                        Some(b)
+                            if hello.kind == AgentKind::LocalParent
+                                && b.kind != AgentKind::LocalParent
+                                && b.admission == Admission::Accepted =>
                         {
                             Admission::Pending
                         }
@@ -818,7 +819,8 @@ impl Registry {
     /// Security events recorded, by kind (never shrinks).
     pub fn security_counts(&self) -> Result<Vec<(String, u64)>, RegistryError> {
         let db = self.lock();
-        let mut stmt = db.prepare_cached("SELECT kind, count FROM security_counts ORDER BY kind")?;
+        let mut stmt =
+            db.prepare_cached("SELECT kind, count FROM security_counts ORDER BY kind")?;
         let rows = stmt.query_map([], |row| Ok((row.get(0)?, row.get::<_, i64>(1)? as u64)))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -921,7 +923,12 @@ fn ban_key(
     tx.execute(
         "INSERT INTO banned_keys (key, agent, reason, at) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT(key) DO UPDATE SET reason = excluded.reason, at = excluded.at",
-        params![key, agent.to_string(), reason, fleetls_proto::now_ms() as i64],
+        params![
+            key,
+            agent.to_string(),
+            reason,
+            fleetls_proto::now_ms() as i64
+        ],
     )?;
     Ok(())
 }
@@ -1183,8 +1190,12 @@ mod tests {
                 ..Default::default()
             }),
         };
-        registry.apply(&[beat(5000, true)], None, &policy()).unwrap();
-        registry.apply(&[beat(3000, true)], None, &policy()).unwrap();
+        registry
+            .apply(&[beat(5000, true)], None, &policy())
+            .unwrap();
+        registry
+            .apply(&[beat(3000, true)], None, &policy())
+            .unwrap();
         let agents = registry.agents().unwrap();
         assert_eq!(agents.len(), 1);
         let a = &agents[0];
@@ -1256,11 +1267,19 @@ mod tests {
         assert!(applied.rejected.is_empty());
         // Another process speaks for till-1 with its own key: refused.
         let applied = registry
-            .apply(&[hello_event(agent, OTHER_KEY, hello("evil"))], None, &policy())
+            .apply(
+                &[hello_event(agent, OTHER_KEY, hello("evil"))],
+                None,
+                &policy(),
+            )
             .unwrap();
         assert_eq!(applied.rejected.len(), 1);
         assert_eq!(applied.rejected[0].0, 7);
-        assert!(applied.rejected[0].1.starts_with("impersonation"), "{:?}", applied.rejected);
+        assert!(
+            applied.rejected[0].1.starts_with("impersonation"),
+            "{:?}",
+            applied.rejected
+        );
         let stored = registry.agent(&agent).unwrap().unwrap();
         assert_eq!(stored.name, "till-1");
         assert_eq!(stored.signing_key.as_deref(), Some(KEY));
@@ -1294,25 +1313,46 @@ mod tests {
                 &policy(),
             )
             .unwrap();
-        assert_eq!(registry.agent(&lp).unwrap().unwrap().admission, Admission::Pending);
-        assert_eq!(registry.agent(&till).unwrap().unwrap().admission, Admission::Accepted);
+        assert_eq!(
+            registry.agent(&lp).unwrap().unwrap().admission,
+            Admission::Pending
+        );
+        assert_eq!(
+            registry.agent(&till).unwrap().unwrap().admission,
+            Admission::Accepted
+        );
         // A child that turns into a local parent needs an operator again.
         let mut promoted = hello("till-1");
         promoted.kind = AgentKind::LocalParent;
         registry
             .apply(&[hello_event(till, OTHER_KEY, promoted)], None, &policy())
             .unwrap();
-        assert_eq!(registry.agent(&till).unwrap().unwrap().admission, Admission::Pending);
+        assert_eq!(
+            registry.agent(&till).unwrap().unwrap().admission,
+            Admission::Pending
+        );
         registry.set_admission(&lp, Admission::Rejected).unwrap();
         // The rejected key cannot come back under a new id.
         let applied = registry
-            .apply(&[hello_event(Uuid::new_v4(), KEY, hello("lp-again"))], None, &policy())
+            .apply(
+                &[hello_event(Uuid::new_v4(), KEY, hello("lp-again"))],
+                None,
+                &policy(),
+            )
             .unwrap();
-        assert!(applied.rejected[0].1.starts_with("banned_key"), "{:?}", applied.rejected);
+        assert!(
+            applied.rejected[0].1.starts_with("banned_key"),
+            "{:?}",
+            applied.rejected
+        );
         registry.delete_agent(&till).unwrap();
         assert!(registry.agent(&till).unwrap().is_none());
         let applied = registry
-            .apply(&[hello_event(till, OTHER_KEY, hello("till-1"))], None, &policy())
+            .apply(
+                &[hello_event(till, OTHER_KEY, hello("till-1"))],
+                None,
+                &policy(),
+            )
             .unwrap();
         assert!(applied.rejected[0].1.starts_with("banned_key"));
     }
@@ -1366,14 +1406,27 @@ mod tests {
         assert_eq!(version, SCHEMA_VERSION);
         // Its next Hello pins its key; another key is refused after that.
         registry
-            .apply(&[hello_event(Uuid::nil(), KEY, hello("old-till"))], None, &policy())
+            .apply(
+                &[hello_event(Uuid::nil(), KEY, hello("old-till"))],
+                None,
+                &policy(),
+            )
             .unwrap();
         assert_eq!(
-            registry.agent(&Uuid::nil()).unwrap().unwrap().signing_key.as_deref(),
+            registry
+                .agent(&Uuid::nil())
+                .unwrap()
+                .unwrap()
+                .signing_key
+                .as_deref(),
             Some(KEY)
         );
         let applied = registry
-            .apply(&[hello_event(Uuid::nil(), OTHER_KEY, hello("old-till"))], None, &policy())
+            .apply(
+                &[hello_event(Uuid::nil(), OTHER_KEY, hello("old-till"))],
+                None,
+                &policy(),
+            )
             .unwrap();
         assert_eq!(applied.rejected.len(), 1);
         // Opening again is a no-op; a newer registry is refused.

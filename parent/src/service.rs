@@ -257,8 +257,11 @@ impl Signer for CaSigner {
         }
         let (names, mut left_out) =
             crate::admission::allowed_server_names(&agent.hostnames, &self.names);
-        let (ips, ips_out): (Vec<String>, Vec<String>) =
-            agent.ips.iter().cloned().partition(|ip| self.ips.contains(ip));
+        let (ips, ips_out): (Vec<String>, Vec<String>) = agent
+            .ips
+            .iter()
+            .cloned()
+            .partition(|ip| self.ips.contains(ip));
         left_out.extend(ips_out);
         let mut issued = self.pki.sign_csr(csr, agent.id, agent.kind, &names, &ips)?;
         issued.ignored.extend(left_out.into_iter().map(|n| {
@@ -380,7 +383,6 @@ fn initial_settings(config: &ServeConfig) -> Result<SslSettings, ServeError> {
     Ok(next)
 }
 
-
 /// Connects, consumes, and reconnects after any broker failure until stopped.
 async fn broker_loop(app: &Arc<App>, mut shutdown: Shutdown) {
     let mut attempt = 0u32;
@@ -426,12 +428,8 @@ async fn open_session(
     let amqps = app.amqps.read().unwrap_or_else(|p| p.into_inner()).clone();
     let connection = match amqps {
         Some(uri) => {
-            crate::broker::connect_tls(
-                &app.config.data_dir,
-                &uri,
-                topology::PARENT_CONNECTION_NAME,
-            )
-            .await?
+            crate::broker::connect_tls(&app.config.data_dir, &uri, topology::PARENT_CONNECTION_NAME)
+                .await?
         }
         None => broker::connect(&app.config.broker, topology::PARENT_CONNECTION_NAME).await?,
     };
@@ -672,6 +670,14 @@ fn inbound(delivery: &Delivery, index: usize) -> Result<Option<Event>, Refusal> 
             })
         }
     };
+    // What is not a child's message at all is said first, signed or not.
+    if !envelope.body.is_to_parent() {
+        return Err(Refusal {
+            reason: wrong_direction(&envelope.body),
+            agent: None,
+            security: None,
+        });
+    }
     let key = key.map_err(|e| Refusal {
         reason: format!("forged: {e}; every message must be signed by its agent's key"),
         agent: Some(envelope.from),
@@ -690,6 +696,14 @@ fn inbound(delivery: &Delivery, index: usize) -> Result<Option<Event>, Refusal> 
         agent: None,
         security: None,
     })
+}
+
+/// Why a command sent to the parent is dead-lettered.
+fn wrong_direction(body: &Body) -> String {
+    format!(
+        "wrong_direction: {} is a parent → child message and cannot be sent to the parent",
+        body.kind()
+    )
 }
 
 /// The registry change a message asks for (`None`: nothing to record), or
@@ -721,9 +735,6 @@ fn to_event(envelope: Envelope, key: String, delivery: usize) -> Result<Option<E
         | Body::CsrRejected(_)
         | Body::RunStep(_)
         | Body::UseSsl(_)
-        | Body::UseBrokerTls(_) => Err(format!(
-            "wrong_direction: {} is a parent → child message and cannot be sent to the parent",
-            body.kind()
-        )),
+        | Body::UseBrokerTls(_) => Err(wrong_direction(&body)),
     }
 }

@@ -171,6 +171,20 @@ pub enum Body {
 }
 
 impl Body {
+    /// Whether this is a child → parent message (the others are commands).
+    pub fn is_to_parent(&self) -> bool {
+        matches!(
+            self,
+            Body::Hello(_)
+                | Body::Heartbeat(_)
+                | Body::Csr(_)
+                | Body::StepReport(_)
+                | Body::SwitchReport(_)
+                | Body::BrokerSwitchReport(_)
+                | Body::Refused(_)
+        )
+    }
+
     /// The kind name of this body (the AMQP `type` property).
     pub fn kind(&self) -> &'static str {
         match self {

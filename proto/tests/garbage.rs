@@ -566,12 +566,14 @@ fn state() -> impl Strategy<Value = AgentState> {
         any::<bool>(),
         prop::option::of(text()),
     )
-        .prop_map(|(has_certificate, ssl, broker_tls, parent_key)| AgentState {
-            has_certificate,
-            ssl,
-            broker_tls,
-            parent_key,
-        })
+        .prop_map(
+            |(has_certificate, ssl, broker_tls, parent_key)| AgentState {
+                has_certificate,
+                ssl,
+                broker_tls,
+                parent_key,
+            },
+        )
 }
 
 fn step_spec() -> impl Strategy<Value = StepSpec> {

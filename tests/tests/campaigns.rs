@@ -320,7 +320,19 @@ fn local_parent_flags() -> [&'static str; 8] {
 fn mixed_network() -> Mixed {
     let vhost = Vhost::new();
     let dir = test_dir();
-    let parent = Parent::start(&vhost, dir.path(), &["--offline-after", OFFLINE_AFTER]);
+    // The local parent serves on localhost: the names it may have.
+    let parent = Parent::start(
+        &vhost,
+        dir.path(),
+        &[
+            "--offline-after",
+            OFFLINE_AFTER,
+            "--local-parent-names",
+            "localhost",
+            "--local-parent-ips",
+            "127.0.0.1",
+        ],
+    );
     let wrong_pin = format!("sha256:{}", "ab".repeat(32));
     let mut children: HashMap<&'static str, Proc> = HashMap::new();
     for name in HEALTHY {
@@ -347,6 +359,8 @@ fn mixed_network() -> Mixed {
     let mut all: Vec<&str> = HEALTHY.to_vec();
     all.extend(plain.iter().map(|(n, _)| *n));
     wait_online(&parent, &all);
+    // A local parent is never accepted automatically: the operator does it.
+    cli_ok(&parent, &["agents", "accept", LOCAL_PARENT]);
     let ports = set_ssl_settings(&parent);
 
     // The local parent is registered (so it is shop-x's SSL target) but does

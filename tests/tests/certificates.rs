@@ -17,12 +17,8 @@ use std::time::Duration;
 
 use fleetls_proto::{topology, AgentKind, AgentState, Body, Csr, Envelope, Hello};
 use fleetls_tests::{start_child, wait_for, Parent, Proc, Vhost};
-use lapin::options::{
-    BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
-    QueueBindOptions, QueueDeclareOptions,
-};
-use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::options::BasicGetOptions;
+use lapin::{Channel, Connection};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose, SanType, PKCS_ECDSA_P256_SHA256,
@@ -331,9 +327,12 @@ fn stop(child: &mut Proc) {
 // A fake agent on the wire, to send crafted CSRs
 // ---------------------------------------------------------------------------
 
-/// An agent id with its own durable queue, speaking the protocol directly.
+/// An agent id with its own durable queue and signing key, speaking the
+/// protocol directly through the shared `fleetls-bus` (so no test keeps a
+/// copy of the child's broker code).
 struct FakeAgent {
     id: Uuid,
+    key: fleetls_bus::seal::SigningKey,
     runtime: tokio::runtime::Runtime,
     connection: Connection,
     channel: Channel,
@@ -346,112 +345,46 @@ impl FakeAgent {
         let id = Uuid::new_v4();
         let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
         let (connection, channel) = runtime.block_on(async {
-            let properties = ConnectionProperties::default()
-                .with_connection_name(format!("fleetls-test-fake:{id}").as_str().into());
-            let connection = Connection::connect(&vhost.url(), properties)
+            let name = format!("fleetls-test-fake:{id}");
+            let connection = fleetls_bus::amqp::connect(&vhost.url(), &name, 4096)
                 .await
                 .expect("the test connects to the broker");
-            let channel = connection.create_channel().await.expect("a channel");
-            channel
-                .confirm_select(ConfirmSelectOptions::default())
+            fleetls_bus::amqp::ensure_shared(&connection)
                 .await
-                .expect("publisher confirms");
-            let durable = ExchangeDeclareOptions {
-                durable: true,
-                ..Default::default()
-            };
-            for (name, kind) in [
-                (topology::PARENT, ExchangeKind::Direct),
-                (topology::AGENTS, ExchangeKind::Direct),
-                (topology::DEAD, ExchangeKind::Fanout),
-            ] {
-                channel
-                    .exchange_declare(name.into(), kind, durable, FieldTable::default())
-                    .await
-                    .expect("declare an exchange as a child does");
-            }
-            let mut args = FieldTable::default();
-            args.insert(
-                "x-dead-letter-exchange".into(),
-                AMQPValue::LongString(topology::DEAD.into()),
-            );
-            channel
-                .queue_declare(
-                    topology::PARENT.into(),
-                    QueueDeclareOptions::durable(),
-                    args.clone(),
-                )
+                .expect("the shared topology");
+            let channel = fleetls_bus::amqp::confirm_channel(&connection)
                 .await
-                .expect("declare fleetls.parent as a child does");
-            channel
-                .queue_bind(
-                    topology::PARENT.into(),
-                    topology::PARENT.into(),
-                    topology::PARENT.into(),
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
+                .expect("a channel with confirms");
+            fleetls_bus::amqp::declare_agent_queue(&channel, &id)
                 .await
-                .expect("bind fleetls.parent");
-            let queue = topology::agent_queue(&id);
-            channel
-                .queue_declare(queue.as_str().into(), QueueDeclareOptions::durable(), args)
-                .await
-                .expect("declare the agent's queue as a child does");
-            channel
-                .queue_bind(
-                    queue.as_str().into(),
-                    topology::AGENTS.into(),
-                    id.to_string().as_str().into(),
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
-                .await
-                .expect("bind the agent's queue");
+                .expect("the agent's queue");
             (connection, channel)
         });
         FakeAgent {
             id,
+            key: fleetls_bus::seal::SigningKey::generate().0,
             runtime,
             connection,
             channel,
         }
     }
 
-    /// Publishes `body` from this agent to the parent; the envelope id.
+    /// Publishes `body` from this agent to the parent, signed with its key;
+    /// the envelope id.
     fn send(&self, body: Body) -> Uuid {
         let envelope = Envelope::new(self.id, body);
-        let payload = fleetls_proto::encode(&envelope).expect("encodes");
-        let props = BasicProperties::default()
-            .with_content_type(fleetls_proto::CONTENT_TYPE.into())
-            .with_type(envelope.body.kind().into())
-            .with_message_id(envelope.id.to_string().as_str().into())
-            .with_delivery_mode(2);
+        let sealed = self.key.seal(&envelope).expect("encodes");
+        let props = fleetls_bus::amqp::properties(&envelope, &sealed, None);
         self.runtime.block_on(async {
-            let confirm = self
-                .channel
-                .basic_publish(
-                    topology::PARENT.into(),
-                    topology::PARENT.into(),
-                    BasicPublishOptions {
-                        mandatory: true,
-                        ..Default::default()
-                    },
-                    &payload,
-                    props,
-                )
-                .await
-                .expect("publish")
-                .await
-                .expect("publisher confirm");
-            assert!(
-                confirm.is_ack(),
-                "the broker nacked a message to the parent"
-            );
-            assert!(
-                confirm.take_message().is_none(),
-                "a message to the parent came back unroutable"
-            );
+            fleetls_bus::amqp::publish_confirmed(
+                &self.channel,
+                topology::PARENT,
+                topology::PARENT,
+                &sealed.payload,
+                props,
+            )
+            .await
+            .expect("the broker takes a message to the parent");
         });
         envelope.id
     }
@@ -595,7 +528,18 @@ fn rejected(body: Body) -> String {
 fn issued_certificates_verify_and_carry_what_the_parent_decides() {
     let vhost = Vhost::new();
     let dir = tempfile::tempdir().unwrap();
-    let parent = Parent::start(&vhost, dir.path(), &["--cert-days", "30"]);
+    let parent = Parent::start(
+        &vhost,
+        dir.path(),
+        &[
+            "--cert-days",
+            "30",
+            "--local-parent-names",
+            ".shop.test",
+            "--local-parent-ips",
+            "127.0.0.2",
+        ],
+    );
     let set = cli_json(
         &parent,
         &[
@@ -623,6 +567,9 @@ fn issued_certificates_verify_and_carry_what_the_parent_decides() {
         ],
     );
     let ids = wait_online(&parent, &["till-1", "lp-1"]);
+    // A local parent is never accepted automatically.
+    let (code, _, err) = parent.cli(&["agents", "accept", "lp-1"]);
+    assert_eq!(code, 0, "{err}");
 
     let report = generate(&parent, &[]);
     let ca = parent_certs(&parent).join("ca.pem");
@@ -724,7 +671,16 @@ fn issued_certificates_verify_and_carry_what_the_parent_decides() {
 fn the_parent_signs_only_what_it_decides_whatever_the_csr_asks() {
     let vhost = Vhost::new();
     let dir = tempfile::tempdir().unwrap();
-    let parent = Parent::start(&vhost, dir.path(), &[]);
+    let parent = Parent::start(
+        &vhost,
+        dir.path(),
+        &[
+            "--local-parent-names",
+            "lp.fake.test",
+            "--local-parent-ips",
+            "10.9.0.2",
+        ],
+    );
     generate(&parent, &[]);
     let ca = parent_certs(&parent).join("ca.pem");
 
@@ -745,6 +701,8 @@ fn the_parent_signs_only_what_it_decides_whatever_the_csr_asks() {
     wait_for("the fake agents registered", WAIT, || {
         (parent.agent("fake-till").is_some() && parent.agent("fake-lp").is_some()).then_some(())
     });
+    let (code, _, err) = parent.cli(&["agents", "accept", "fake-lp"]);
+    assert_eq!(code, 0, "{err}");
     let id = child.id.to_string();
 
     // A greedy child: CA:TRUE, names of its own and someone else's, code signing.
@@ -854,11 +812,22 @@ fn the_parent_signs_only_what_it_decides_whatever_the_csr_asks() {
     });
     assert!(refusal.contains("CSR was refused"), "{refusal}");
 
-    // An agent that never said Hello: refused.
+    // An agent that never said Hello: dead-lettered, nothing issued.
     let unknown = FakeAgent::connect(&vhost);
-    let message = unknown.csr(&csr(&unknown.id.to_string(), |_| {}));
-    let reason = rejected(unknown.answer_to(message));
-    assert!(reason.contains("not registered"), "{reason}");
+    unknown.csr(&csr(&unknown.id.to_string(), |_| {}));
+    let reason = wait_for("the unknown agent's CSR dead-lettered", WAIT, || {
+        vhost
+            .peek_queue("fleetls.dead", 50)
+            .iter()
+            .filter_map(|m| m["properties"]["headers"]["x-fleetls-reason"].as_str())
+            .find(|r| r.starts_with("unknown_agent"))
+            .map(str::to_owned)
+    });
+    assert!(reason.contains("must send Hello first"), "{reason}");
+    assert_eq!(
+        vhost.queue_depth(&topology::agent_queue(&unknown.id)),
+        Some(0)
+    );
     assert!(
         parent.status_json().unwrap()["agents"]
             .as_array()
@@ -1247,6 +1216,8 @@ fn counters_follow_the_eligible_children_holding_a_certificate() {
     let _old = start_child(&vhost, dir.path(), "bo-old", &["--report-version", "0.9.0"]);
     let _mpos = start_child(&vhost, dir.path(), "mpos-1", &["--kind", "mpos"]);
     wait_online(&parent, &["till-a", "till-b", "lp-1", "bo-old", "mpos-1"]);
+    let (code, _, err) = parent.cli(&["agents", "accept", "lp-1"]);
+    assert_eq!(code, 0, "{err}");
     let status = parent.status_json().unwrap();
     assert_eq!(status["network"]["agents"], 5);
     assert_eq!(status["network"]["eligible"], 3);
@@ -1474,6 +1445,11 @@ fn an_answer_that_cannot_be_routed_does_not_stall_the_parent() {
         let q = vhost.management_get("/api/queues/{vhost}/fleetls.parent");
         (q["messages"].as_u64()? == 0 && q["consumers"].as_u64()? == 1).then_some(())
     });
+    // ... and handles what comes after: a new child registers and is issued.
+    let _later = start_child(&vhost, dir.path(), "till-later", &[]);
+    wait_online(&parent, &["till-later"]);
+    send(&parent, false);
+    wait_certificate(&parent, "till-later");
 }
 
 #[test]

@@ -92,6 +92,10 @@ fn verify_shows_progress_and_summary_and_json_reads_back() {
         let status = parent.status_json().ok()?;
         (status["network"]["online"] == 3).then_some(())
     });
+    // Accepted by the operator (a local parent never is automatically), so
+    // it is bad-1's SSL target.
+    let (code, _, err) = parent.cli(&["agents", "accept", "far-parent"]);
+    assert_eq!(code, 0, "{err}");
     far.signal("TERM");
     let port = free_port().to_string();
     let lp_port = free_port().to_string();

@@ -62,8 +62,18 @@ fn three_children_register_and_show_what_they_reported() {
     assert_eq!(old["version"], "0.9.2");
     assert_eq!(old["ssl_capable"], false);
     assert_eq!(status["network"]["agents"], 3);
-    assert_eq!(status["network"]["eligible"], 2);
     assert_eq!(status["summary"]["version_not_supporting_ssl"], 1);
+    // A local parent waits for an operator; ordinary children are accepted.
+    assert_eq!(find("lp-1")["admission"], "pending");
+    assert_eq!(till["admission"], "accepted");
+    assert_eq!(status["network"]["pending"], 1);
+    assert_eq!(status["network"]["eligible"], 1);
+    let (code, out, err) = parent.cli(&["agents", "accept", "lp-1"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "accept: lp-1");
+    let status = parent.status_json().unwrap();
+    assert_eq!(status["network"]["pending"], 0);
+    assert_eq!(status["network"]["eligible"], 2);
 
     // The table names every agent too.
     let (code, table, _) = parent.cli(&["status"]);

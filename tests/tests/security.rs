@@ -1,0 +1,946 @@
+//! The trust model, attacked from outside.
+//!
+//! Every attack here is made by `tests/attacks/fleetls_attack.py`, a second
+//! AMQP client written in Python that shares no code with fleetls and holds
+//! only what any till holds: the broker's shared credentials. Each test
+//! performs the attack, then checks from outside that nothing changed — the
+//! child's files, its broker address and certificates, the parent's registry
+//! (read with `sqlite3`), what was issued — and that the attempt is visible:
+//! dead-lettered with its reason, counted in `status --json` and `/metrics`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use fleetls_tests::{free_port, repo, start_child, wait_for, Parent, Proc, Vhost};
+use serde_json::{json, Value};
+
+/// How long anything in these tests may take to happen.
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Runs the attacker's client: its one JSON answer (panics on exit 1).
+fn attack(args: &[&str]) -> Value {
+    let output = Command::new("python3")
+        .arg(repo().join("tests/attacks/fleetls_attack.py"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("python3 runs");
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "fleetls_attack.py {args:?} failed: {}{}",
+        out,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("no JSON from {args:?}: {e}: {out}"))
+}
+
+/// A parent with an SSL port on free ports, and its test folder.
+struct Net {
+    vhost: Vhost,
+    dir: tempfile::TempDir,
+    parent: Parent,
+}
+
+impl Net {
+    fn start(extra: &[&str]) -> Net {
+        let vhost = Vhost::new();
+        let dir = tempfile::tempdir().unwrap();
+        let parent = Parent::start(&vhost, dir.path(), extra);
+        let port = free_port().to_string();
+        let local = free_port().to_string();
+        let (code, _, err) = parent.cli(&[
+            "settings",
+            "set",
+            "--port",
+            &port,
+            "--local-parent-port",
+            &local,
+            "--names",
+            "localhost",
+            "--ips",
+            "127.0.0.1",
+        ]);
+        assert_eq!(code, 0, "{err}");
+        Net { vhost, dir, parent }
+    }
+
+    fn url(&self) -> String {
+        self.vhost.url()
+    }
+
+    fn generate_and_send(&self) {
+        let (code, _, err) = self.parent.cli(&["certs", "generate"]);
+        assert_eq!(code, 0, "{err}");
+        let (code, _, err) = self.parent.cli(&["certs", "send"]);
+        assert_eq!(code, 0, "{err}");
+    }
+
+    fn child(&self, name: &str, extra: &[&str]) -> (Proc, String) {
+        let proc = start_child(&self.vhost, self.dir.path(), name, extra);
+        let id = wait_for("the child to register", WAIT, || {
+            self.parent.agent(name)?["id"].as_str().map(str::to_owned)
+        });
+        (proc, id)
+    }
+
+    fn data(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn network(&self) -> Value {
+        self.parent.status_json().expect("status")["network"].clone()
+    }
+
+    fn security_events(&self) -> u64 {
+        self.network()["security_events"].as_u64().unwrap()
+    }
+
+    fn metrics(&self) -> String {
+        fleetls_tests::http()
+            .get(format!("http://{}/metrics", self.parent.admin))
+            .send()
+            .and_then(|r| r.text())
+            .expect("/metrics answers")
+    }
+
+    /// The `x-fleetls-reason` of every message in `fleetls.dead`.
+    fn dead_reasons(&self) -> Vec<String> {
+        self.vhost
+            .peek_queue("fleetls.dead", 500)
+            .iter()
+            .filter_map(|m| {
+                m["properties"]["headers"]["x-fleetls-reason"]
+                    .as_str()
+                    .map(str::to_owned)
+            })
+            .collect()
+    }
+
+    fn wait_dead(&self, what: &str, prefix: &str, count: usize) {
+        wait_for(what, WAIT, || {
+            let n = self
+                .dead_reasons()
+                .iter()
+                .filter(|r| r.starts_with(prefix))
+                .count();
+            (n >= count).then_some(())
+        });
+    }
+
+    /// `sqlite3 DATA_DIR/fleetls.db SQL`: the rows, one per line.
+    fn sql(&self, query: &str) -> String {
+        let output = Command::new("sqlite3")
+            .arg(self.parent.data_dir.join("fleetls.db"))
+            .arg(query)
+            .output()
+            .expect("sqlite3 runs");
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+
+    /// Sends a forged command to agent `to` through `fleetls.agents`.
+    fn command(&self, to: &str, kind: &str, fields: Value, extra: &[&str]) -> Value {
+        let fields = fields.to_string();
+        let url = self.url();
+        let mut args = vec![
+            "send",
+            "--broker",
+            &url,
+            "--exchange",
+            "fleetls.agents",
+            "--routing-key",
+            to,
+            "--kind",
+            kind,
+            "--fields",
+            &fields,
+            "--from",
+            "nil",
+        ];
+        args.extend(extra);
+        attack(&args)
+    }
+
+    /// Sends a forged message to the parent as agent `from`.
+    fn to_parent(&self, from: &str, kind: &str, fields: Value, extra: &[&str]) -> Value {
+        let fields = fields.to_string();
+        let url = self.url();
+        let mut args = vec![
+            "send",
+            "--broker",
+            &url,
+            "--exchange",
+            "fleetls.parent",
+            "--routing-key",
+            "fleetls.parent",
+            "--kind",
+            kind,
+            "--fields",
+            &fields,
+            "--from",
+            from,
+        ];
+        args.extend(extra);
+        attack(&args)
+    }
+
+    /// A key of the attacker's own.
+    fn attacker_key(&self, name: &str) -> (PathBuf, Value) {
+        let path = self.dir.path().join(format!("{name}.key"));
+        let made = attack(&["keygen", "--out", path.to_str().unwrap()]);
+        (path, made)
+    }
+}
+
+/// Every file of a child's data dir with its content (keys included), to
+/// show that an attack changed nothing. `trust.toml` is left out: it records
+/// genuine commands, and forged ones never reach it (checked apart).
+fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.file_name().unwrap() != "trust.toml" {
+                files.push((
+                    path.strip_prefix(dir).unwrap().display().to_string(),
+                    std::fs::read(&path).unwrap(),
+                ));
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+/// A key as the hex `trust.toml` keeps, and its `sha256:` fingerprint.
+fn pinned_fingerprint(hex: &str) -> (Vec<u8>, String) {
+    let bytes: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect();
+    let output = Command::new("openssl")
+        .args(["dgst", "-sha256", "-hex"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(&bytes)?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    let digest = text.rsplit(' ').next().unwrap().trim().to_owned();
+    (bytes, format!("sha256:{digest}"))
+}
+
+fn hello(name: &str, kind: &str, location: &str, hostnames: &[&str]) -> Value {
+    json!({
+        "name": name, "kind": kind, "version": "1.0.0", "location": location,
+        "hostnames": hostnames, "ips": [], "key_fingerprint": null,
+        "state": {"has_certificate": false, "ssl": false, "broker_tls": false}
+    })
+}
+
+/// A certificate and key of a CA that is not the network's, made by openssl.
+fn foreign_ca(dir: &Path) -> (String, PathBuf, PathBuf) {
+    let (key, cert) = (dir.join("evil-ca.key"), dir.join("evil-ca.pem"));
+    let status = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-days", "30", "-subj", "/CN=evil-ca", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    (std::fs::read_to_string(&cert).unwrap(), cert, key)
+}
+
+#[test]
+fn forged_commands_are_refused_dead_lettered_and_reported() {
+    let net = Net::start(&[]);
+    let (_child, id) = net.child("till-1", &[]);
+    net.generate_and_send();
+    wait_for("till-1's certificate", WAIT, || {
+        net.parent.agent("till-1")?["has_certificate"]
+            .as_bool()?
+            .then_some(())
+    });
+    let before = snapshot(&net.data("till-1"));
+    let (evil_ca, _, _) = foreign_ca(net.dir.path());
+    let (evil_key, _) = net.attacker_key("evil");
+    let parent_key = net.network()["signing_key"].as_str().unwrap().to_owned();
+    let deadline = (fleetls_proto::now_ms() + 60_000).to_string();
+    let campaign = uuid::Uuid::new_v4().to_string();
+    let rogue = json!({
+        "campaign": campaign, "uri": "amqps://guest:guest@127.0.0.1:1/%2f",
+        "ca_pem": evil_ca, "deadline": deadline.parse::<u64>().unwrap(), "auth": "plain"
+    });
+    let key = evil_key.to_str().unwrap();
+    // 1. unsigned; 2. signed by the attacker; 3. the parent's key presented
+    //    with the attacker's signature; 4–5. a forged switch and a test step
+    //    to any host, signed by the attacker.
+    net.command(&id, "UseBrokerTls", rogue.clone(), &["--to", &id]);
+    net.command(
+        &id,
+        "UseBrokerTls",
+        rogue.clone(),
+        &["--to", &id, "--sign-key", key],
+    );
+    net.command(
+        &id,
+        "UseBrokerTls",
+        rogue,
+        &[
+            "--to",
+            &id,
+            "--sign-key",
+            key,
+            "--present-key",
+            &"ab".repeat(32),
+        ],
+    );
+    net.command(
+        &id,
+        "UseSsl",
+        json!({ "campaign": campaign }),
+        &["--to", &id, "--sign-key", key],
+    );
+    net.command(
+        &id,
+        "RunStep",
+        json!({
+            "campaign": campaign,
+            "step": {"ssl-port": {"host": "evil.example", "port": 443}},
+            "deadline": deadline.parse::<u64>().unwrap()
+        }),
+        &["--to", &id, "--sign-key", key],
+    );
+    net.wait_dead(
+        "the child to dead-letter five forged commands",
+        "forged:",
+        5,
+    );
+    let reasons = net.dead_reasons();
+    assert!(
+        reasons.iter().any(|r| r.contains("unsigned")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("not by the parent key this agent pinned")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("bad signature")),
+        "{reasons:?}"
+    );
+    // Nothing changed on the child: files, broker address, SSL mode.
+    wait_for("the parent to count the five attempts", WAIT, || {
+        (net.security_events() >= 5).then_some(())
+    });
+    assert_eq!(snapshot(&net.data("till-1")), before);
+    assert!(!net.data("till-1").join("certs/broker-ca.pem").exists());
+    let agent = net.parent.agent("till-1").unwrap();
+    assert_eq!(agent["ssl"], false);
+    assert_eq!(agent["broker_tls"], false);
+    assert_eq!(agent["compromised"], false);
+    // The child pinned the parent's key, and it still holds it.
+    assert_eq!(net.parent.agent("till-1").unwrap()["compromised"], false);
+    let trust = std::fs::read_to_string(net.data("till-1").join("trust.toml")).unwrap();
+    let pinned = trust
+        .lines()
+        .find_map(|l| l.strip_prefix("parent_key = "))
+        .expect("a pinned key")
+        .trim_matches('"')
+        .to_owned();
+    let (_, fingerprint) = pinned_fingerprint(&pinned);
+    assert_eq!(fingerprint, parent_key);
+    assert_eq!(
+        net.sql(&format!(
+            "SELECT count(*) FROM security_events WHERE kind = 'forged_command' AND agent = '{id}'"
+        )),
+        "5"
+    );
+    assert!(net
+        .metrics()
+        .contains("fleetls_security_events_total{kind=\"forged_command\"} 5"));
+    // The child still obeys its parent.
+    let (code, _, err) = net.parent.cli(&["certs", "send", "--all"]);
+    assert_eq!(code, 0, "{err}");
+}
+
+#[test]
+fn a_captured_command_replayed_altered_or_redirected_is_refused() {
+    let net = Net::start(&[]);
+    let (_one, one) = net.child("till-1", &[]);
+    let (_two, two) = net.child("till-2", &[]);
+    // The attacker copies till-1's commands into a queue of its own.
+    let copy = format!("evil-copy-{}", uuid::Uuid::new_v4().simple());
+    let setup = attack(&[
+        "capture-setup",
+        "--broker",
+        &net.url(),
+        "--exchange",
+        "fleetls.agents",
+        "--routing-key",
+        &one,
+        "--queue",
+        &copy,
+    ]);
+    assert_eq!(setup["queue"], copy.as_str(), "{setup}");
+    net.generate_and_send();
+    let captured = attack(&[
+        "capture",
+        "--broker",
+        &net.url(),
+        "--queue",
+        &copy,
+        "--count",
+        "1",
+        "--timeout",
+        "30",
+    ]);
+    let message = &captured["messages"][0];
+    assert_eq!(message["decoded"]["to"], one.as_str(), "{captured}");
+    let payload = message["payload_hex"].as_str().unwrap();
+    let headers = message["headers"].to_string();
+    wait_for("till-1's and till-2's certificates", WAIT, || {
+        let both = ["till-1", "till-2"].iter().all(|n| {
+            net.parent
+                .agent(n)
+                .is_some_and(|a| a["has_certificate"] == true)
+        });
+        both.then_some(())
+    });
+    let (before_one, before_two) = (snapshot(&net.data("till-1")), snapshot(&net.data("till-2")));
+    let url = net.url();
+    let replay = |key: &str, set: &[&str]| {
+        let mut args = vec![
+            "replay",
+            "--broker",
+            &url,
+            "--exchange",
+            "fleetls.agents",
+            "--routing-key",
+            key,
+            "--payload-hex",
+            payload,
+            "--headers",
+            &headers,
+        ];
+        for s in set {
+            args.extend(["--set", s]);
+        }
+        attack(&args)
+    };
+    // The genuine command again, to its agent; to another agent; readdressed;
+    // with its content changed.
+    replay(&one, &[]);
+    replay(&two, &[]);
+    let to_two = format!("to={two}");
+    replay(&two, &[&to_two]);
+    replay(&one, &["body.ssl_host=\"evil.example\""]);
+    net.wait_dead("four refused replays", "forged:", 4);
+    let reasons = net.dead_reasons();
+    assert!(
+        reasons.iter().any(|r| r.contains("replayed")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("addressed to agent")),
+        "{reasons:?}"
+    );
+    assert_eq!(
+        reasons
+            .iter()
+            .filter(|r| r.contains("bad signature"))
+            .count(),
+        2,
+        "{reasons:?}"
+    );
+    assert_eq!(snapshot(&net.data("till-1")), before_one);
+    assert_eq!(snapshot(&net.data("till-2")), before_two);
+    wait_for("the four attempts counted", WAIT, || {
+        (net.security_events() >= 4).then_some(())
+    });
+}
+
+#[test]
+fn nobody_speaks_for_an_agent_but_the_agent() {
+    let net = Net::start(&[]);
+    let (_child, id) = net.child("till-1", &["--location", "shop-1"]);
+    net.generate_and_send();
+    wait_for("till-1's certificate", WAIT, || {
+        net.parent.agent("till-1")?["has_certificate"]
+            .as_bool()?
+            .then_some(())
+    });
+    let row = |net: &Net| {
+        net.sql(&format!(
+            "SELECT name, location, signing_key FROM agents WHERE id = '{id}'"
+        ))
+    };
+    let certificates = |net: &Net| {
+        net.sql(&format!(
+            "SELECT count(*) FROM certificates WHERE agent_id = '{id}'"
+        ))
+    };
+    let (before, issued) = (row(&net), certificates(&net));
+    let (key, _) = net.attacker_key("evil");
+    let key = key.to_str().unwrap();
+    // A Hello renaming till-1: unsigned, then signed by another key.
+    net.to_parent(&id, "Hello", hello("evil", "child", "elsewhere", &[]), &[]);
+    net.to_parent(
+        &id,
+        "Hello",
+        hello("evil", "child", "elsewhere", &[]),
+        &["--sign-key", key],
+    );
+    // A CSR for till-1 on a key made elsewhere.
+    let csr_key = net.dir.path().join("csr.key");
+    let output = Command::new("openssl")
+        .args([
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ])
+        .args(["-subj", &format!("/CN={id}"), "-keyout"])
+        .arg(&csr_key)
+        .stderr(Stdio::null())
+        .output()
+        .unwrap();
+    let csr = String::from_utf8(output.stdout).unwrap();
+    assert!(csr.contains("CERTIFICATE REQUEST"));
+    net.to_parent(&id, "Csr", json!({ "pem": csr }), &["--sign-key", key]);
+    // A forged step report (a pass for a failing child).
+    net.to_parent(
+        &id,
+        "StepReport",
+        json!({"campaign": uuid::Uuid::new_v4().to_string(), "step": "ssl-port", "ok": true,
+               "message": "SSL communication switchover test completed successfully!",
+               "cause": null, "started_at": null}),
+        &["--sign-key", key],
+    );
+    net.wait_dead("four refused impersonations", "", 4);
+    let reasons = net.dead_reasons();
+    assert!(
+        reasons.iter().any(|r| r.starts_with("forged: unsigned")),
+        "{reasons:?}"
+    );
+    assert_eq!(
+        reasons
+            .iter()
+            .filter(|r| r.starts_with("impersonation"))
+            .count(),
+        3,
+        "{reasons:?}"
+    );
+    assert_eq!(row(&net), before);
+    assert_eq!(certificates(&net), issued);
+    assert_eq!(net.parent.agent("till-1").unwrap()["name"], "till-1");
+    wait_for("the attempts counted", WAIT, || {
+        (net.security_events() >= 4).then_some(())
+    });
+    let metrics = net.metrics();
+    assert!(
+        metrics.contains("fleetls_security_events_total{kind=\"impersonation\"} 3"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("fleetls_security_events_total{kind=\"unsigned\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn a_fake_local_parent_gets_no_server_certificate_and_redirects_nobody() {
+    let net = Net::start(&["--local-parent-names", ".shop.example"]);
+    let (_child, child) = net.child("till-1", &["--location", "shop-1"]);
+    let (key, _) = net.attacker_key("fake-lp");
+    let key = key.to_str().unwrap();
+    let fake = uuid::Uuid::new_v4().to_string();
+    // Its own queue, where the parent's answers arrive.
+    let queue = format!("fleetls.agent.{fake}");
+    attack(&[
+        "capture-setup",
+        "--broker",
+        &net.url(),
+        "--exchange",
+        "fleetls.agents",
+        "--routing-key",
+        &fake,
+        "--queue",
+        &queue,
+    ]);
+    // A wildcard is refused outright.
+    net.to_parent(
+        &fake,
+        "Hello",
+        hello("lp", "local-parent", "shop-1", &["*.shop"]),
+        &["--sign-key", key],
+    );
+    net.wait_dead("the wildcard Hello refused", "invalid_field: host name", 1);
+    // Without it, the fake registers — as pending.
+    net.to_parent(
+        &fake,
+        "Hello",
+        hello(
+            "lp",
+            "local-parent",
+            "shop-1",
+            &["localhost", "bank.example", "lp.shop.example"],
+        ),
+        &["--sign-key", key],
+    );
+    let lp = wait_for("the fake local parent registered", WAIT, || {
+        net.parent.agent("lp")
+    });
+    assert_eq!(lp["admission"], "pending", "{lp}");
+    assert_eq!(net.network()["pending"], 1);
+    // Step 2 of the children of shop-1 does not go to a pending local parent.
+    let copy = format!("evil-copy-{}", uuid::Uuid::new_v4().simple());
+    attack(&[
+        "capture-setup",
+        "--broker",
+        &net.url(),
+        "--exchange",
+        "fleetls.agents",
+        "--routing-key",
+        &child,
+        "--queue",
+        &copy,
+    ]);
+    net.generate_and_send();
+    let ready = attack(&[
+        "capture",
+        "--broker",
+        &net.url(),
+        "--queue",
+        &copy,
+        "--count",
+        "1",
+        "--timeout",
+        "30",
+    ]);
+    let body = &ready["messages"][0]["decoded"]["body"]["CertificatesReady"];
+    assert_eq!(body["ssl_host"], "localhost", "{ready}");
+    assert_eq!(body["ssl_port"], net.network()["ssl_port"], "{ready}");
+    // A CSR while pending: refused.
+    let csr_for = |names: &str| {
+        let output = Command::new("openssl")
+            .args([
+                "req",
+                "-new",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+            ])
+            .args(["-subj", &format!("/CN={fake}"), "-addext", names, "-keyout"])
+            .arg(
+                net.dir
+                    .path()
+                    .join(format!("lp-{}.key", uuid::Uuid::new_v4().simple())),
+            )
+            .stderr(Stdio::null())
+            .output()
+            .unwrap();
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let sans = "subjectAltName=DNS:localhost,DNS:bank.example,DNS:lp.shop.example";
+    net.to_parent(
+        &fake,
+        "Csr",
+        json!({ "pem": csr_for(sans) }),
+        &["--sign-key", key],
+    );
+    let answer = attack(&[
+        "capture",
+        "--broker",
+        &net.url(),
+        "--queue",
+        &queue,
+        "--count",
+        "1",
+        "--timeout",
+        "30",
+    ]);
+    let rejected = &answer["messages"][0]["decoded"]["body"]["CsrRejected"]["reason"];
+    assert!(
+        rejected.as_str().is_some_and(|r| r.contains("pending")),
+        "{answer}"
+    );
+    // Accepted by an operator, it gets only the allowed names.
+    let (code, out, err) = net.parent.cli(&["agents", "accept", "lp"]);
+    assert_eq!(code, 0, "{out}{err}");
+    net.to_parent(
+        &fake,
+        "Csr",
+        json!({ "pem": csr_for(sans) }),
+        &["--sign-key", key],
+    );
+    let answer = attack(&[
+        "capture",
+        "--broker",
+        &net.url(),
+        "--queue",
+        &queue,
+        "--count",
+        "1",
+        "--timeout",
+        "30",
+    ]);
+    let chain = answer["messages"][0]["decoded"]["body"]["CertificateIssued"]["chain_pem"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no certificate: {answer}"));
+    let pem = net.dir.path().join("lp.pem");
+    std::fs::write(&pem, chain).unwrap();
+    let text = Command::new("openssl")
+        .args(["x509", "-noout", "-ext", "subjectAltName", "-in"])
+        .arg(&pem)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("DNS:lp.shop.example"), "{text}");
+    assert!(
+        !text.contains("bank.example") && !text.contains("localhost"),
+        "{text}"
+    );
+}
+
+#[test]
+fn oversized_and_control_characters_are_refused_and_never_printed() {
+    let net = Net::start(&[]);
+    let (key, _) = net.attacker_key("evil");
+    let key = key.to_str().unwrap();
+    // A 100 KiB payload, and a Hello whose location moves the cursor.
+    let big = "ab".repeat(100 * 1024);
+    attack(&[
+        "raw",
+        "--broker",
+        &net.url(),
+        "--exchange",
+        "fleetls.parent",
+        "--routing-key",
+        "fleetls.parent",
+        "--payload-hex",
+        &big,
+    ]);
+    let evil = uuid::Uuid::new_v4().to_string();
+    net.to_parent(
+        &evil,
+        "Hello",
+        hello("till-x", "child", "shop\u{1b}[2J\nroot#", &[]),
+        &["--sign-key", key],
+    );
+    let long = "n".repeat(10_000);
+    net.to_parent(
+        &evil,
+        "Hello",
+        hello(&long, "child", "shop", &[]),
+        &["--sign-key", key],
+    );
+    net.wait_dead("three refused messages", "", 3);
+    let reasons = net.dead_reasons();
+    assert!(
+        reasons.iter().any(|r| r.starts_with("too_large")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.starts_with("invalid_field: location")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.starts_with("invalid_field: name")),
+        "{reasons:?}"
+    );
+    assert_eq!(net.sql("SELECT count(*) FROM agents"), "0");
+    let (code, table, _) = net.parent.cli(&["status"]);
+    assert_eq!(code, 0);
+    assert!(!table.contains('\u{1b}'));
+}
+
+#[test]
+fn a_child_pinned_up_front_refuses_a_foreign_ca_and_one_trusting_first_use_is_flagged() {
+    let net = Net::start(&[]);
+    let parent_key = net.network()["signing_key"].as_str().unwrap().to_owned();
+    let (_pinned, pinned) = net.child("till-pinned", &["--parent-key", &parent_key]);
+    let (_tofu, tofu) = net.child("till-tofu", &[]);
+    let (evil_ca, _, _) = foreign_ca(net.dir.path());
+    let (key, _) = net.attacker_key("evil");
+    let key = key.to_str().unwrap();
+    let ready = |to: &str| {
+        net.command(
+            to,
+            "CertificatesReady",
+            json!({"ca_chain_pem": evil_ca, "ca_fingerprint": "sha256:00", "ssl_host": "evil.example",
+                   "ssl_port": 443, "serve_port": null}),
+            &["--to", to, "--sign-key", key],
+        )
+    };
+    // Before `certs generate`: the CA takeover the trust model exists for.
+    ready(&pinned);
+    ready(&tofu);
+    net.wait_dead("the pinned child refusing", "forged: signed by", 1);
+    assert!(!net.data("till-pinned").join("certs/ca.pem").exists());
+    // The child that trusted first use is shown compromised, never healthy.
+    let flagged = wait_for("the TOFU child flagged", WAIT, || {
+        let a = net.parent.agent("till-tofu")?;
+        (a["compromised"] == true).then_some(a)
+    });
+    assert_eq!(flagged["id"], tofu.as_str());
+    assert_eq!(net.network()["compromised"], 1);
+    let events = net.sql("SELECT count(*) FROM security_events WHERE kind = 'compromised'");
+    assert_eq!(events, "1");
+    let (_, table, _) = net.parent.cli(&["status"]);
+    assert!(table.contains("COMPROMISED"), "{table}");
+    // The genuine parent still reaches the pinned child.
+    net.generate_and_send();
+    wait_for(
+        "the pinned child's certificate from the real CA",
+        WAIT,
+        || {
+            net.parent.agent("till-pinned")?["has_certificate"]
+                .as_bool()?
+                .then_some(())
+        },
+    );
+}
+
+#[test]
+fn no_other_client_can_take_the_parents_queue() {
+    let net = Net::start(&[]);
+    let taken = attack(&[
+        "consume",
+        "--broker",
+        &net.url(),
+        "--queue",
+        "fleetls.parent",
+    ]);
+    assert_eq!(taken["refused"], true, "{taken}");
+    assert!(
+        taken["error"].as_str().unwrap().contains("exclusive"),
+        "{taken}"
+    );
+}
+
+#[test]
+fn the_agents_least_privilege_user_runs_a_child_and_cannot_spy_on_the_parent() {
+    let net = Net::start(&[]);
+    // The agents' shared user, with the permissions `broker-tls` writes.
+    let user = format!("tills-{}", uuid::Uuid::new_v4().simple());
+    let broker = fleetls_tests::broker();
+    let put = |path: String, body: Value| {
+        let response = fleetls_tests::http()
+            .put(format!("{}{path}", broker.management))
+            .basic_auth(&broker.user, Some(&broker.password))
+            .json(&body)
+            .send()
+            .unwrap();
+        assert!(response.status().is_success(), "{:?}", response.text());
+    };
+    put(
+        format!("/api/users/{user}"),
+        json!({"password": "till-secret", "tags": ""}),
+    );
+    let [configure, write, read] = fleetls_parent::broker_switch::AGENT_PERMISSIONS;
+    put(
+        format!("/api/permissions/{}/{user}", net.vhost.name),
+        json!({"configure": configure, "write": write, "read": read}),
+    );
+    let restricted = net.url().replacen(
+        &format!("{}:{}@", broker.user, broker.password),
+        &format!("{user}:till-secret@"),
+        1,
+    );
+    assert_ne!(restricted, net.url());
+    // A child on that user registers and gets its certificate.
+    let data = net.data("till-1");
+    let mut child = Proc::spawn(
+        &fleetls_tests::program("fleetls-child"),
+        &[
+            "run",
+            "--broker",
+            &restricted,
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--name",
+            "till-1",
+            "--heartbeat",
+            "1",
+        ]
+        .map(String::from),
+        net.dir.path().join("till-1.log"),
+    );
+    wait_for("the restricted child registered", WAIT, || {
+        net.parent.agent("till-1")
+    });
+    net.generate_and_send();
+    wait_for("the restricted child's certificate", WAIT, || {
+        net.parent.agent("till-1")?["has_certificate"]
+            .as_bool()?
+            .then_some(())
+    });
+    // With the same credentials, the attacker can neither copy the children's
+    // messages nor take or delete the parent's queue.
+    let copy = attack(&[
+        "capture-setup",
+        "--broker",
+        &restricted,
+        "--exchange",
+        "fleetls.parent",
+        "--routing-key",
+        "fleetls.parent",
+        "--queue",
+        "fleetls.agent.00000000-0000-0000-0000-000000000001",
+    ]);
+    assert_eq!(copy["refused"], true, "{copy}");
+    let take = attack(&[
+        "consume",
+        "--broker",
+        &restricted,
+        "--queue",
+        "fleetls.parent",
+    ]);
+    assert_eq!(take["refused"], true, "{take}");
+    let delete = attack(&[
+        "declare",
+        "--broker",
+        &restricted,
+        "--queue",
+        "fleetls.parent",
+        "--delete",
+    ]);
+    assert_eq!(delete["refused"], true, "{delete}");
+    let own = attack(&["declare", "--broker", &restricted, "--queue", "evil-queue"]);
+    assert_eq!(own["refused"], true, "{own}");
+    child.signal("TERM");
+    child.wait_exit(WAIT);
+    let _ = fleetls_tests::http()
+        .delete(format!("{}/api/users/{user}", broker.management))
+        .basic_auth(&broker.user, Some(&broker.password))
+        .send();
+}
