@@ -124,17 +124,22 @@ pub fn queue_arguments() -> FieldTable {
     args
 }
 
+/// The design's three exchanges and their kinds.
+fn exchanges() -> [(&'static str, ExchangeKind); 3] {
+    [
+        (topology::PARENT, ExchangeKind::Direct),
+        (topology::AGENTS, ExchangeKind::Direct),
+        (topology::DEAD, ExchangeKind::Fanout),
+    ]
+}
+
 /// Declares the three exchanges of the design (idempotent).
 pub async fn declare_exchanges(channel: &Channel) -> Result<(), BusError> {
     let durable = ExchangeDeclareOptions {
         durable: true,
         ..Default::default()
     };
-    for (name, kind) in [
-        (topology::PARENT, ExchangeKind::Direct),
-        (topology::AGENTS, ExchangeKind::Direct),
-        (topology::DEAD, ExchangeKind::Fanout),
-    ] {
+    for (name, kind) in exchanges() {
         channel
             .exchange_declare(name.into(), kind, durable, FieldTable::default())
             .await
@@ -188,11 +193,7 @@ pub async fn ensure_shared(connection: &Connection) -> Result<(), BusError> {
             durable: true,
             ..Default::default()
         };
-        for (name, kind) in [
-            (topology::PARENT, ExchangeKind::Direct),
-            (topology::AGENTS, ExchangeKind::Direct),
-            (topology::DEAD, ExchangeKind::Fanout),
-        ] {
+        for (name, kind) in exchanges() {
             channel
                 .exchange_declare(name.into(), kind, options, FieldTable::default())
                 .await?;

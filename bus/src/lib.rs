@@ -14,10 +14,39 @@
 
 pub mod amqp;
 pub mod files;
+pub mod process;
 pub mod seal;
 pub mod shutdown;
 
+use std::path::PathBuf;
 use std::time::Duration;
+
+/// What is wrong with a program's configuration (flags, `FLEETLS_*`
+/// variables, the config file); each names the setting and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A required setting is missing.
+    #[error("missing setting {0}: give it as a flag, a FLEETLS_* variable or in the config file")]
+    Missing(&'static str),
+    /// A setting has a value that cannot be used.
+    #[error("invalid {name} {value:?}: {why}")]
+    Invalid {
+        /// The setting.
+        name: &'static str,
+        /// The value given.
+        value: String,
+        /// What is wrong and what to do.
+        why: String,
+    },
+    /// The config file cannot be read or parsed.
+    #[error("config file {path}: {why}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
+}
 
 /// The delay before reconnect attempt `attempt` (0-based): exponential from
 /// 200 ms to 10 s, with full jitter so a fleet does not come back in step.

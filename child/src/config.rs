@@ -9,31 +9,7 @@ use std::time::Duration;
 use fleetls_proto::AgentKind;
 use serde::Deserialize;
 
-/// What is wrong with the configuration.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// A required setting is missing.
-    #[error("missing setting {0}: give it as a flag, a FLEETLS_* variable or in the config file")]
-    Missing(&'static str),
-    /// A setting has a value that cannot be used.
-    #[error("invalid {name} {value:?}: {why}")]
-    Invalid {
-        /// The setting.
-        name: &'static str,
-        /// The value given.
-        value: String,
-        /// What is wrong and what to do.
-        why: String,
-    },
-    /// The config file cannot be read or parsed.
-    #[error("config file {path}: {why}")]
-    File {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        why: String,
-    },
-}
+pub use fleetls_bus::ConfigError;
 
 /// The raw settings of `run`, as flags or as the config file's keys.
 #[derive(Debug, Default, Clone, Deserialize, clap::Args)]
@@ -75,9 +51,9 @@ pub struct RawRun {
     pub report_version: Option<String>,
 }
 
-impl RawRun {
+impl fleetls_bus::process::Layered for RawRun {
     /// Fills every setting not given here from `other` (flags win over the file).
-    pub fn or(self, other: RawRun) -> RawRun {
+    fn or(self, other: RawRun) -> RawRun {
         RawRun {
             broker: self.broker.or(other.broker),
             data_dir: self.data_dir.or(other.data_dir),
@@ -251,6 +227,7 @@ pub use fleetls_proto::redact_url as redact;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fleetls_bus::process::Layered;
 
     fn raw() -> RawRun {
         RawRun {

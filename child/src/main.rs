@@ -11,9 +11,8 @@ use fleetls_child::config::{self, RawRun, RunConfig};
 #[derive(Parser)]
 #[command(name = "fleetls-child", version)]
 struct Cli {
-    /// TOML config file (its keys are the flags of `run`)
-    #[arg(long, global = true, env = "FLEETLS_CONFIG")]
-    config: Option<PathBuf>,
+    #[command(flatten)]
+    config: fleetls_bus::process::ConfigFlag,
     #[command(subcommand)]
     command: Command,
 }
@@ -43,28 +42,16 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,lapin=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = fleetls_bus::process::start() else {
+        return ExitCode::FAILURE;
     };
     runtime.block_on(async {
         match cli.command {
             Command::Run(flags) => {
-                let file = match &cli.config {
-                    Some(path) => config::read_file(path),
-                    None => Ok(RawRun::default()),
-                };
-                let config = match file.and_then(|file| RunConfig::from_raw(flags.or(file))) {
+                let loaded = cli
+                    .config
+                    .load(flags, config::read_file, RunConfig::from_raw);
+                let config = match loaded {
                     Ok(config) => config,
                     Err(e) => {
                         eprintln!("error: {e}");

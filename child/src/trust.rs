@@ -54,7 +54,7 @@ pub struct Trust {
 #[derive(Debug)]
 pub enum Verdict {
     /// A genuine, fresh command for this agent.
-    Obey(Envelope),
+    Obey(Box<Envelope>),
     /// Signed by the parent, but not a message this build can read.
     Undecodable(DecodeError),
     /// Not from the parent, not for this agent, or replayed: refuse it,
@@ -179,6 +179,6 @@ impl Trust {
             return Verdict::Forged(format!("cannot record the command, refused: {e}"));
         }
         *kept = next;
-        Verdict::Obey(envelope)
+        Verdict::Obey(Box::new(envelope))
     }
 }

@@ -8,31 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-/// What is wrong with the configuration; each names the setting and what to do.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// A required setting is missing.
-    #[error("missing setting {0}: give it as a flag, a FLEETLS_* variable or in the config file")]
-    Missing(&'static str),
-    /// A setting has a value that cannot be used.
-    #[error("invalid {name} {value:?}: {why}")]
-    Invalid {
-        /// The setting.
-        name: &'static str,
-        /// The value given.
-        value: String,
-        /// What is wrong and what to do.
-        why: String,
-    },
-    /// The config file cannot be read or parsed.
-    #[error("config file {path}: {why}")]
-    File {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        why: String,
-    },
-}
+pub use fleetls_bus::ConfigError;
 
 /// The raw settings of `serve`, as flags or as the config file's top level.
 #[derive(Debug, Default, Clone, Deserialize, clap::Args)]
@@ -84,9 +60,9 @@ pub struct RawServe {
     pub ssl: Option<crate::settings::SettingsChange>,
 }
 
-impl RawServe {
+impl fleetls_bus::process::Layered for RawServe {
     /// Fills every setting not given here from `other` (flags win over the file).
-    pub fn or(self, other: RawServe) -> RawServe {
+    fn or(self, other: RawServe) -> RawServe {
         RawServe {
             broker: self.broker.or(other.broker),
             management: self.management.or(other.management),
@@ -380,6 +356,7 @@ impl std::fmt::Display for Version {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fleetls_bus::process::Layered;
 
     fn raw() -> RawServe {
         RawServe {

@@ -16,9 +16,8 @@ use fleetls_parent::settings::SettingsChange;
 #[derive(Parser)]
 #[command(name = "fleetls-parent", version)]
 struct Cli {
-    /// TOML config file (its top-level keys are the flags of `serve`)
-    #[arg(long, global = true, env = "FLEETLS_CONFIG")]
-    config: Option<PathBuf>,
+    #[command(flatten)]
+    config: fleetls_bus::process::ConfigFlag,
     #[command(subcommand)]
     command: Command,
 }
@@ -376,19 +375,8 @@ fn print_out(text: &str) -> std::io::Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,lapin=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = fleetls_bus::process::start() else {
+        return ExitCode::FAILURE;
     };
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
@@ -407,11 +395,10 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(flags) => {
-            let file = match &cli.config {
-                Some(path) => config::read_file(path),
-                None => Ok(RawServe::default()),
-            };
-            let config = match file.and_then(|file| ServeConfig::from_raw(flags.or(file))) {
+            let loaded = cli
+                .config
+                .load(flags, config::read_file, ServeConfig::from_raw);
+            let config = match loaded {
                 Ok(config) => config,
                 Err(e) => {
                     eprintln!("error: {e}");

@@ -126,6 +126,14 @@ def parse_json_arg(text: str, what: str) -> Any:
 
 
 def parse_hex_arg(text: str, what: str) -> bytes:
+    """Hex bytes, or `@FILE` for hex kept in a file (a payload too big for
+    one command-line argument)."""
+    if text.startswith("@"):
+        try:
+            with open(text[1:], encoding="ascii") as f:
+                text = f.read()
+        except OSError as e:
+            raise Fail(f"{what}: cannot read {text[1:]}: {e}") from None
     cleaned = "".join(text.split())
     try:
         return bytes.fromhex(cleaned)
@@ -1139,7 +1147,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("replay", help="republish a captured payload, exactly or altered")
     add_broker_options(p, 10.0, "limit for the publish and its confirm (default 10)")
     add_publish_options(p)
-    p.add_argument("--payload-hex", required=True, metavar="HEX")
+    p.add_argument("--payload-hex", required=True, metavar="HEX|@FILE")
     p.add_argument("--set", action="append", metavar="FIELD=JSONVALUE",
                    help="change an envelope field (to, at, id, ...) or body.FIELD; repeatable. "
                         "A value that is not JSON is taken as a string")
@@ -1175,7 +1183,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("raw", help="publish arbitrary bytes")
     add_broker_options(p, 10.0, "limit for the publish and its confirm (default 10)")
     add_publish_options(p)
-    p.add_argument("--payload-hex", required=True, metavar="HEX")
+    p.add_argument("--payload-hex", required=True, metavar="HEX|@FILE")
     p.set_defaults(handler=cmd_raw, network=True)
 
     p = sub.add_parser("selftest", help="check encoding and signing in memory (no broker)")

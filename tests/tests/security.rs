@@ -734,8 +734,11 @@ fn oversized_and_control_characters_are_refused_and_never_printed() {
     let net = Net::start(&[]);
     let (key, _) = net.attacker_key("evil");
     let key = key.to_str().unwrap();
-    // A 100 KiB payload, and a Hello whose location moves the cursor.
-    let big = "ab".repeat(100 * 1024);
+    // A 100 KiB payload (its hex in a file: too big for one argument), and
+    // a Hello whose location moves the cursor.
+    let big = net.dir.path().join("big.hex");
+    std::fs::write(&big, "ab".repeat(100 * 1024)).unwrap();
+    let big = format!("@{}", big.display());
     attack(&[
         "raw",
         "--broker",

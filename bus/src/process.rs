@@ -1,0 +1,59 @@
+//! What both binaries do before anything else: logging to stderr (without
+//! colours when stderr is not a terminal, so log files stay plain text) and
+//! the async runtime.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+/// `--config FILE` (or `FLEETLS_CONFIG`), for every subcommand: a TOML file
+/// whose keys are the long flags (flags and variables win over it).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ConfigFlag {
+    /// TOML config file (its keys are the flags of `run` / `serve`)
+    #[arg(long, global = true, env = "FLEETLS_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+/// Raw settings that come in layers: flags (and their variables) over a
+/// config file.
+pub trait Layered: Default {
+    /// Fills every setting not given in `self` from `lower`.
+    fn or(self, lower: Self) -> Self;
+}
+
+impl ConfigFlag {
+    /// The checked configuration: `flags` over the config file (read with
+    /// `read` when one is named), checked by `check` before anything runs.
+    pub fn load<R: Layered, C>(
+        &self,
+        flags: R,
+        read: impl FnOnce(&std::path::Path) -> Result<R, crate::ConfigError>,
+        check: impl FnOnce(R) -> Result<C, crate::ConfigError>,
+    ) -> Result<C, crate::ConfigError> {
+        let file = match &self.config {
+            Some(path) => read(path)?,
+            None => R::default(),
+        };
+        check(flags.or(file))
+    }
+}
+
+/// Sets up logging (`RUST_LOG`, default `info,lapin=warn`) and builds the
+/// runtime; `None` (said on stderr) when the runtime cannot start.
+pub fn start() -> Option<tokio::runtime::Runtime> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,lapin=warn".into()),
+        )
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+    match tokio::runtime::Runtime::new() {
+        Ok(runtime) => Some(runtime),
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            None
+        }
+    }
+}
