@@ -379,18 +379,34 @@ impl Session {
         loop {
             tokio::select! {
                 _ = shutdown.wait() => return Ok(Outcome::Stopped),
-                _ = ticker.tick() => {
-                    let beat = Body::Heartbeat(Heartbeat { state: agent.report_state() });
-                    self.send(agent, beat, None).await?;
-                }
+                _ = ticker.tick() => self.beat(agent).await?,
                 next = consumer.next() => {
                     let delivery = next.ok_or(SessionError::Cancelled)?.map_err(amqp("consuming"))?;
-                    if let Some(moved) = self.handle(agent, delivery).await? {
+                    // A command runs beside the heartbeat, not in its place:
+                    // an SSL-port test may take its whole step time, longer
+                    // than the parent waits before it counts a child offline.
+                    let handling = self.handle(agent, delivery);
+                    tokio::pin!(handling);
+                    let handled = loop {
+                        tokio::select! {
+                            handled = &mut handling => break handled?,
+                            _ = ticker.tick() => self.beat(agent).await?,
+                        }
+                    };
+                    if let Some(moved) = handled {
                         return Ok(moved);
                     }
                 }
             }
         }
+    }
+
+    /// One heartbeat with the agent's state.
+    async fn beat(&self, agent: &Agent) -> Result<(), SessionError> {
+        let beat = Body::Heartbeat(Heartbeat {
+            state: agent.report_state(),
+        });
+        self.send(agent, beat, None).await
     }
 
     /// Publishes a message to the parent and waits for the broker's confirm.
@@ -514,10 +530,7 @@ impl Session {
 
     /// Sends a heartbeat now, so the parent's counters follow at once.
     async fn send_state(&self, agent: &Agent) -> Result<(), SessionError> {
-        let beat = Body::Heartbeat(Heartbeat {
-            state: agent.report_state(),
-        });
-        self.send(agent, beat, None).await
+        self.beat(agent).await
     }
 
     /// Handles one command from the parent, then acks it. A command that
