@@ -10,8 +10,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 
+use crate::api_error::ApiError;
+use crate::app::App;
 use crate::ops::{self, OpError};
-use crate::service::App;
 use crate::settings::SettingsChange;
 use crate::shutdown::Shutdown;
 use crate::status::Overview;
@@ -372,18 +373,6 @@ async fn certs_reset(
     Ok(Json(report))
 }
 
-impl From<OpError> for ApiError {
-    fn from(e: OpError) -> Self {
-        let code = match &e {
-            OpError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            OpError::Refused(_) => StatusCode::CONFLICT,
-            OpError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            OpError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        ApiError::new(code, e.to_string())
-    }
-}
-
 /// The status without the agent list: cheap to poll on a big network.
 async fn summary(State(app): State<Arc<App>>) -> Result<Json<Overview>, ApiError> {
     let app2 = app.clone();
@@ -392,36 +381,4 @@ async fn summary(State(app): State<Arc<App>>) -> Result<Json<Overview>, ApiError
         .map_err(|e| ApiError::internal(e.to_string()))?
         .map_err(|e| ApiError::internal(e.to_string()))?;
     Ok(Json(overview))
-}
-
-/// An error answer: a status code and a JSON `{"error": "..."}`.
-#[derive(Debug)]
-pub struct ApiError {
-    code: StatusCode,
-    message: String,
-}
-
-impl ApiError {
-    /// An error with a code and a message for the operator.
-    pub fn new(code: StatusCode, message: impl Into<String>) -> Self {
-        ApiError {
-            code,
-            message: message.into(),
-        }
-    }
-
-    /// A 500.
-    pub fn internal(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, message)
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (
-            self.code,
-            Json(serde_json::json!({ "error": self.message })),
-        )
-            .into_response()
-    }
 }

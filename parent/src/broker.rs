@@ -11,13 +11,23 @@ use fleetls_bus::seal::SigningKey;
 use fleetls_proto::{Body, Envelope};
 use lapin::{Channel, Connection};
 use tracing::warn;
+use uuid::Uuid;
 
 pub use fleetls_bus::amqp::{
     amqp, confirm_channel, dead_letter, declare_topology, BusError as BrokerError,
 };
 pub use fleetls_bus::backoff;
 
-use crate::registry::Outgoing;
+/// A message to send to one agent once the transaction is committed.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// The agent.
+    pub agent: Uuid,
+    /// What to send.
+    pub body: Body,
+    /// The message it answers.
+    pub re: Option<Uuid>,
+}
 
 /// The largest AMQP frame the parent asks for, unless its broker URL names
 /// its own `frame_max` (see [`fleetls_proto::broker_uri`]): 2 MiB of

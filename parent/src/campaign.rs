@@ -14,51 +14,8 @@ use uuid::Uuid;
 
 use fleetls_proto::{Body, RunStep, Step, StepReport, StepSpec, UseBrokerTls, UseSsl};
 
-use crate::registry::{Outgoing, RegistryError};
-
-/// Campaign tables.
-pub const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS campaigns (
-    id TEXT PRIMARY KEY,
-    kind TEXT NOT NULL,
-    state TEXT NOT NULL,
-    window INTEGER NOT NULL,
-    started_at INTEGER NOT NULL,
-    deadline_at INTEGER NOT NULL,
-    step_timeout_ms INTEGER NOT NULL,
-    finished_at INTEGER,
-    max_acting INTEGER NOT NULL DEFAULT 0,
-    params TEXT
-);
-CREATE TABLE IF NOT EXISTS campaign_children (
-    campaign TEXT NOT NULL,
-    agent TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    state TEXT NOT NULL,
-    step TEXT,
-    target_host TEXT NOT NULL,
-    target_port INTEGER NOT NULL,
-    step_deadline INTEGER,
-    started_at INTEGER,
-    finished_at INTEGER,
-    message TEXT,
-    cause TEXT,
-    PRIMARY KEY (campaign, agent)
-);
-CREATE INDEX IF NOT EXISTS campaign_children_state ON campaign_children(campaign, state, seq);
-CREATE INDEX IF NOT EXISTS campaign_children_agent ON campaign_children(agent);
-CREATE TABLE IF NOT EXISTS step_results (
-    campaign TEXT NOT NULL,
-    agent TEXT NOT NULL,
-    step TEXT NOT NULL,
-    ok INTEGER NOT NULL,
-    message TEXT NOT NULL,
-    cause TEXT,
-    at INTEGER NOT NULL,
-    late INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (campaign, agent, step)
-);
-";
+use crate::broker::Outgoing;
+use crate::registry::RegistryError;
 
 /// Which campaign.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -506,14 +463,12 @@ pub fn on_report(
     agent: Uuid,
     report: &StepReport,
     sent_at: u64,
+    ssl_port_open_since: u64,
     outgoing: &mut Vec<Outgoing>,
 ) -> Result<bool, RegistryError> {
     // A failed connection to the SSL port made while this parent was not
     // running says nothing about the child: run the step again.
-    if !report.ok
-        && report.step == Step::SslPort
-        && sent_at < crate::registry::ssl_port_open_since()
-    {
+    if !report.ok && report.step == Step::SslPort && sent_at < ssl_port_open_since {
         let retry: Option<(String, u16, i64)> = tx
             .query_row(
                 "SELECT cc.target_host, cc.target_port, c.step_timeout_ms

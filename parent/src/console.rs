@@ -23,9 +23,9 @@ use rusqlite::params_from_iter;
 use rusqlite::types::Value as SqlValue;
 use serde::{Deserialize, Serialize};
 
-use crate::admin::ApiError;
+use crate::api_error::ApiError;
+use crate::app::App;
 use crate::registry::{Registry, RegistryError};
-use crate::service::App;
 use crate::status::{
     AgentStatus, ViewContext, AGENTS_FROM, AGENTS_ORDER, DEFINITIONS, LAST_ENROLMENT,
 };

@@ -10,10 +10,10 @@ use std::time::Duration;
 use rusqlite::{params, OptionalExtension};
 use tracing::{info, warn};
 
+use crate::app::App;
 use crate::broker::send_all;
 use crate::campaign;
 use crate::registry::RegistryError;
-use crate::service::App;
 use crate::shutdown::Shutdown;
 
 /// The longest the engine sleeps without a reason to wake.

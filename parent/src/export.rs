@@ -372,7 +372,7 @@ pub fn export(
 /// The export as the admin API runs it: finds the agents the request names
 /// and exports for them with the parent's CA and settings.
 pub fn export_op(
-    app: &crate::service::App,
+    app: &crate::app::App,
     request: &ExportRequest,
 ) -> Result<ExportReport, crate::ops::OpError> {
     use crate::ops::OpError;

@@ -6,6 +6,8 @@
 
 pub mod admin;
 pub mod admission;
+pub mod api_error;
+pub mod app;
 pub mod broker;
 pub mod broker_switch;
 pub mod campaign;
@@ -15,6 +17,7 @@ pub mod console;
 pub mod engine;
 pub mod export;
 pub mod follow;
+pub mod inbound;
 pub mod management;
 pub mod ops;
 pub mod pki;

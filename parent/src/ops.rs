@@ -7,9 +7,9 @@ use std::sync::Arc;
 use fleetls_proto::{AgentKind, Body, CertificatesReady};
 use serde::{Deserialize, Serialize};
 
+use crate::app::App;
 use crate::pki::{CompanyCa, Pki};
 use crate::registry::Agent;
-use crate::service::App;
 use crate::settings::{SettingsChange, SslSettings};
 use crate::status::{eligible, ssl_capable};
 
@@ -261,7 +261,7 @@ pub async fn certs_send(app: &App, request: &SendRequest) -> Result<SendReport, 
             serve_port: (agent.kind == AgentKind::LocalParent)
                 .then_some(settings.local_parent_port),
         });
-        messages.push(crate::registry::Outgoing {
+        messages.push(crate::broker::Outgoing {
             agent: agent.id,
             body,
             re: None,

@@ -7,10 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use fleetls_proto::{
-    AgentKind, AgentState, Body, BrokerSwitchReport, CertificateIssued, CsrRejected, Hello,
-    StepReport, SwitchReport,
-};
+use fleetls_proto::AgentKind;
 
 use crate::pki::Issued;
 use rusqlite::{params, Connection, OptionalExtension};
@@ -28,80 +25,7 @@ pub enum RegistryError {
     Corrupt(String),
 }
 
-/// One change to apply, from one message.
-#[derive(Debug, Clone)]
-pub struct Event {
-    /// The message id (for idempotence).
-    pub message: Uuid,
-    /// The agent that sent it.
-    pub agent: Uuid,
-    /// When it was sent (ms).
-    pub at: u64,
-    /// The public key (hex) whose signature the message carries: it must be
-    /// the key pinned for `agent` (pinned by its first Hello).
-    pub key: String,
-    /// Which delivery of the batch it came from (to dead-letter it if the
-    /// registry refuses it).
-    pub delivery: usize,
-    /// What it says.
-    pub what: EventKind,
-}
-
-/// What a batch came to: the messages to send once committed, and the
-/// deliveries refused (by their index) with the reason to dead-letter them.
-#[derive(Debug, Default)]
-pub struct Applied {
-    /// Messages for agents.
-    pub outgoing: Vec<Outgoing>,
-    /// Deliveries the registry refused, and why.
-    pub rejected: Vec<(usize, String)>,
-}
-
-/// Whether an agent may have certificates and take part in campaigns.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Admission {
-    /// Registered, waiting for an operator (or the auto-accept policy).
-    Pending,
-    /// Accepted: gets certificates, takes part in campaigns.
-    #[default]
-    Accepted,
-    /// Refused by an operator: gets nothing, and its key cannot register again.
-    Rejected,
-}
-
-impl Admission {
-    /// The name stored in the registry and shown in status.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Admission::Pending => "pending",
-            Admission::Accepted => "accepted",
-            Admission::Rejected => "rejected",
-        }
-    }
-}
-
-impl std::str::FromStr for Admission {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "pending" => Ok(Admission::Pending),
-            "accepted" => Ok(Admission::Accepted),
-            "rejected" => Ok(Admission::Rejected),
-            other => Err(format!("unknown admission state {other:?}")),
-        }
-    }
-}
-
-/// What the registry needs to judge a batch besides the messages.
-#[derive(Debug, Clone)]
-pub struct Policy {
-    /// The fingerprint of the parent's own signing key: an agent that
-    /// pinned any other is compromised.
-    pub parent_key: String,
-    /// Which new agents are accepted without an operator.
-    pub auto_accept: crate::admission::AutoAccept,
-}
+pub use crate::admission::Admission;
 
 /// One recorded security event.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
@@ -151,57 +75,6 @@ pub fn record_security(
         params![SECURITY_EVENTS_KEPT],
     )?;
     Ok(())
-}
-
-/// What a message asks the registry to record.
-#[derive(Debug, Clone)]
-pub enum EventKind {
-    /// A child introduced itself.
-    Hello(Hello),
-    /// A child is alive.
-    Heartbeat(AgentState),
-    /// A child asks for a certificate (PEM CSR).
-    Csr(String),
-    /// A child refused a command (`true`: a forged one, a security event).
-    Refused(String, bool),
-    /// The result of a test step.
-    StepReport(StepReport),
-    /// The result of "Use SSL connection".
-    SwitchReport(SwitchReport),
-    /// The result of "Use SSL connection for RabbitMQ".
-    BrokerSwitchReport(BrokerSwitchReport),
-}
-
-/// A message to send to one agent once the transaction is committed.
-#[derive(Debug, Clone)]
-pub struct Outgoing {
-    /// The agent.
-    pub agent: Uuid,
-    /// What to send.
-    pub body: Body,
-    /// The message it answers.
-    pub re: Option<Uuid>,
-}
-
-/// Signs CSRs for [`Registry::apply`] (the CA, when one exists).
-pub trait Signer {
-    /// Signs `csr` for `agent`, or says why not.
-    fn sign(&self, csr: &str, agent: &Agent) -> Result<Issued, String>;
-}
-
-static SSL_PORT_OPEN_SINCE: std::sync::atomic::AtomicU64 =
-    std::sync::atomic::AtomicU64::new(u64::MAX);
-
-/// Records that this process's SSL port listens from now on.
-pub fn mark_ssl_port_open() {
-    SSL_PORT_OPEN_SINCE.store(fleetls_proto::now_ms(), std::sync::atomic::Ordering::SeqCst);
-}
-
-/// Since when this process's SSL port listens (ms; `u64::MAX` while it does
-/// not): a failed connection reported from before then was made while the
-/// port was down, and says nothing about the child.
-pub fn ssl_port_open_since() -> u64 {
-    SSL_PORT_OPEN_SINCE.load(std::sync::atomic::Ordering::SeqCst)
 }
 
 /// An agent as the registry knows it.
@@ -369,6 +242,50 @@ CREATE TABLE IF NOT EXISTS seen_messages (
 CREATE INDEX IF NOT EXISTS seen_messages_at ON seen_messages(at);
 ";
 
+/// The campaigns: each child's place in one, and every step result.
+const CAMPAIGN_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS campaigns (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    state TEXT NOT NULL,
+    window INTEGER NOT NULL,
+    started_at INTEGER NOT NULL,
+    deadline_at INTEGER NOT NULL,
+    step_timeout_ms INTEGER NOT NULL,
+    finished_at INTEGER,
+    max_acting INTEGER NOT NULL DEFAULT 0,
+    params TEXT
+);
+CREATE TABLE IF NOT EXISTS campaign_children (
+    campaign TEXT NOT NULL,
+    agent TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    step TEXT,
+    target_host TEXT NOT NULL,
+    target_port INTEGER NOT NULL,
+    step_deadline INTEGER,
+    started_at INTEGER,
+    finished_at INTEGER,
+    message TEXT,
+    cause TEXT,
+    PRIMARY KEY (campaign, agent)
+);
+CREATE INDEX IF NOT EXISTS campaign_children_state ON campaign_children(campaign, state, seq);
+CREATE INDEX IF NOT EXISTS campaign_children_agent ON campaign_children(agent);
+CREATE TABLE IF NOT EXISTS step_results (
+    campaign TEXT NOT NULL,
+    agent TEXT NOT NULL,
+    step TEXT NOT NULL,
+    ok INTEGER NOT NULL,
+    message TEXT NOT NULL,
+    cause TEXT,
+    at INTEGER NOT NULL,
+    late INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (campaign, agent, step)
+);
+";
+
 /// The schema version this build writes (`PRAGMA user_version`).
 pub const SCHEMA_VERSION: i64 = 2;
 
@@ -416,7 +333,7 @@ fn migrate(db: &Connection) -> Result<(), RegistryError> {
         // Release 1.0 wrote no version: its tables are created here when
         // missing, which is also how a new registry starts.
         db.execute_batch(SCHEMA)?;
-        db.execute_batch(crate::campaign::SCHEMA)?;
+        db.execute_batch(CAMPAIGN_SCHEMA)?;
     }
     while version < SCHEMA_VERSION {
         let tx = db.unchecked_transaction()?;
@@ -477,225 +394,6 @@ impl Registry {
         self.db
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Applies a batch of events in one transaction; a message id already
-    /// applied changes nothing (a CSR seen before gets its stored answer
-    /// again). First, each message must be signed by the key pinned for
-    /// its agent (a new agent's Hello pins the key it is signed with);
-    /// what fails that is refused, recorded as a security event, and
-    /// returned in [`Applied::rejected`] to be dead-lettered.
-    pub fn apply(
-        &self,
-        events: &[Event],
-        signer: Option<&dyn Signer>,
-        policy: &Policy,
-    ) -> Result<Applied, RegistryError> {
-        let mut db = self.lock();
-        let tx = db.transaction()?;
-        let mut applied = Applied::default();
-        let outgoing = &mut applied.outgoing;
-        for event in events {
-            if let Err((reason, security)) = authenticate(&tx, event)? {
-                if let Some(kind) = security {
-                    record_security(&tx, Some(&event.agent), kind, &reason)?;
-                }
-                applied.rejected.push((event.delivery, reason));
-                continue;
-            }
-            let fresh = tx.execute(
-                "INSERT OR IGNORE INTO seen_messages (id, at) VALUES (?1, ?2)",
-                params![event.message.to_string(), fleetls_proto::now_ms() as i64],
-            )?;
-            if fresh == 0 {
-                if let EventKind::Csr(_) = event.what {
-                    outgoing.extend(reissue(&tx, event)?);
-                }
-                continue;
-            }
-            let agent = event.agent.to_string();
-            // Online/offline follows the parent's clock, not the sender's.
-            let at = fleetls_proto::now_ms() as i64;
-            match &event.what {
-                EventKind::Hello(hello) => {
-                    let before = agent_in(&tx, &event.agent)?;
-                    let admission = match &before {
-                        None => policy.auto_accept.decide(hello.kind, &hello.name),
-                        // Becoming a local parent (server certificates) needs an operator again.
-                        Some(b)
-                            if hello.kind == AgentKind::LocalParent
-                                && b.kind != AgentKind::LocalParent
-                                && b.admission == Admission::Accepted =>
-                        {
-                            Admission::Pending
-                        }
-                        Some(b) => b.admission,
-                    };
-                    tx.execute(
-                        "INSERT INTO agents (id, name, kind, version, location, hostnames, ips,
-                             key_fingerprint, first_seen, last_seen, has_certificate, ssl, broker_tls,
-                             signing_key, admission, parent_key)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
-                         ON CONFLICT(id) DO UPDATE SET
-                             name = excluded.name, kind = excluded.kind,
-                             version = excluded.version, location = excluded.location,
-                             hostnames = excluded.hostnames, ips = excluded.ips,
-                             key_fingerprint = excluded.key_fingerprint,
-                             last_seen = max(agents.last_seen, excluded.last_seen),
-                             has_certificate = excluded.has_certificate,
-                             ssl = excluded.ssl, broker_tls = excluded.broker_tls,
-                             signing_key = coalesce(agents.signing_key, excluded.signing_key),
-                             admission = excluded.admission, parent_key = excluded.parent_key",
-                        params![
-                            agent,
-                            hello.name,
-                            hello.kind.as_str(),
-                            hello.version,
-                            hello.location,
-                            json_list(&hello.hostnames),
-                            json_list(&hello.ips),
-                            hello.key_fingerprint,
-                            at,
-                            hello.state.has_certificate,
-                            hello.state.ssl,
-                            hello.state.broker_tls,
-                            event.key,
-                            admission.as_str(),
-                            hello.state.parent_key,
-                        ],
-                    )?;
-                    note_parent_key(
-                        &tx,
-                        &event.agent,
-                        before.and_then(|b| b.parent_key),
-                        &hello.state.parent_key,
-                        policy,
-                    )?;
-                }
-                EventKind::Heartbeat(state) => {
-                    let before = agent_in(&tx, &event.agent)?.and_then(|b| b.parent_key);
-                    tx.execute(
-                        "UPDATE agents SET last_seen = max(last_seen, ?2),
-                             has_certificate = ?3, ssl = ?4, broker_tls = ?5, parent_key = ?6
-                         WHERE id = ?1",
-                        params![
-                            agent,
-                            at,
-                            state.has_certificate,
-                            state.ssl,
-                            state.broker_tls,
-                            state.parent_key,
-                        ],
-                    )?;
-                    note_parent_key(&tx, &event.agent, before, &state.parent_key, policy)?;
-                }
-                EventKind::StepReport(report) => {
-                    crate::campaign::on_report(&tx, event.agent, report, event.at, outgoing)?;
-                }
-                EventKind::SwitchReport(report) => {
-                    if report.ok {
-                        tx.execute("UPDATE agents SET ssl = 1 WHERE id = ?1", params![agent])?;
-                    }
-                    crate::campaign::on_single_report(
-                        &tx,
-                        event.agent,
-                        report.campaign,
-                        "use-ssl",
-                        report.ok,
-                        &report.message,
-                    )?;
-                }
-                EventKind::BrokerSwitchReport(report) => {
-                    if report.tls {
-                        tx.execute(
-                            "UPDATE agents SET broker_tls = 1 WHERE id = ?1",
-                            params![agent],
-                        )?;
-                    }
-                    let message = match &report.error {
-                        None => format!(
-                            "Connected to RabbitMQ over {}.",
-                            report.protocol.as_deref().unwrap_or("TLS")
-                        ),
-                        Some(error) => format!("Stayed on plain AMQP: {error}"),
-                    };
-                    crate::campaign::on_single_report(
-                        &tx,
-                        event.agent,
-                        report.campaign,
-                        "use-broker-tls",
-                        report.tls,
-                        &message,
-                    )?;
-                }
-                EventKind::Refused(reason, true) => {
-                    record_security(&tx, Some(&event.agent), "forged_command", reason)?;
-                }
-                EventKind::Refused(reason, false) => {
-                    tx.execute(
-                        "INSERT INTO refusals (agent_id, reason, at) VALUES (?1, ?2, ?3)
-                         ON CONFLICT(agent_id) DO UPDATE SET reason = excluded.reason, at = excluded.at
-                         WHERE excluded.at >= refusals.at",
-                        params![agent, reason, at],
-                    )?;
-                }
-                EventKind::Csr(pem) => {
-                    let registered = agent_in(&tx, &event.agent)?;
-                    let result = match (registered, signer) {
-                        (None, _) => Err("the CSR was refused: this agent is not registered; it must send Hello first".to_owned()),
-                        (Some(_), None) => Err("the CSR was refused: the parent has no CA yet; run `fleetls-parent certs generate`".to_owned()),
-                        (Some(registered), Some(_)) if registered.admission != Admission::Accepted => Err(format!(
-                            "the CSR was refused: this agent is {}; an operator must run `fleetls-parent agents accept {}` first",
-                            registered.admission.as_str(),
-                            registered.name
-                        )),
-                        (Some(registered), Some(signer)) => signer.sign(pem, &registered),
-                    };
-                    match result {
-                        Ok(issued) => {
-                            tx.execute(
-                                "INSERT INTO certificates (serial, agent_id, subject, not_after, issued_at, csr_message, chain_pem)
-                                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                                params![
-                                    issued.serial,
-                                    agent,
-                                    issued.subject,
-                                    issued.not_after,
-                                    fleetls_proto::now_ms() as i64,
-                                    event.message.to_string(),
-                                    issued.chain_pem,
-                                ],
-                            )?;
-                            tx.execute("DELETE FROM refusals WHERE agent_id = ?1", params![agent])?;
-                            outgoing.push(Outgoing {
-                                agent: event.agent,
-                                body: Body::CertificateIssued(CertificateIssued {
-                                    chain_pem: issued.chain_pem,
-                                    serial: issued.serial,
-                                    not_after: issued.not_after,
-                                    ignored: issued.ignored,
-                                }),
-                                re: Some(event.message),
-                            });
-                        }
-                        Err(reason) => {
-                            tx.execute(
-                                "INSERT INTO refusals (agent_id, reason, at) VALUES (?1, ?2, ?3)
-                                 ON CONFLICT(agent_id) DO UPDATE SET reason = excluded.reason, at = excluded.at",
-                                params![agent, reason, at],
-                            )?;
-                            outgoing.push(Outgoing {
-                                agent: event.agent,
-                                body: Body::CsrRejected(CsrRejected { reason }),
-                                re: Some(event.message),
-                            });
-                        }
-                    }
-                }
-            }
-        }
-        tx.commit()?;
-        Ok(applied)
     }
 
     /// Runs `f` in one transaction, committed when it returns `Ok`.
@@ -914,7 +612,7 @@ impl Registry {
 }
 
 /// Bans a key from registering again.
-fn ban_key(
+pub(crate) fn ban_key(
     tx: &rusqlite::Transaction<'_>,
     key: &str,
     agent: &Uuid,
@@ -933,125 +631,8 @@ fn ban_key(
     Ok(())
 }
 
-/// Whether `event` is signed by the key pinned for its agent: `Err` with
-/// the reason to dead-letter it, and the kind of security event it is
-/// (`None`: an ordinary refusal).
-#[allow(clippy::type_complexity)]
-fn authenticate(
-    tx: &rusqlite::Transaction<'_>,
-    event: &Event,
-) -> Result<Result<(), (String, Option<&'static str>)>, RegistryError> {
-    let banned: Option<String> = tx
-        .query_row(
-            "SELECT reason FROM banned_keys WHERE key = ?1",
-            params![event.key],
-            |row| row.get(0),
-        )
-        .optional()?;
-    if let Some(reason) = banned {
-        return Ok(Err((
-            format!("banned_key: this agent's key was {reason}; it cannot register again"),
-            Some("banned_key"),
-        )));
-    }
-    let pinned: Option<Option<String>> = tx
-        .query_row(
-            "SELECT signing_key FROM agents WHERE id = ?1",
-            params![event.agent.to_string()],
-            |row| row.get(0),
-        )
-        .optional()?;
-    Ok(match pinned {
-        None if matches!(event.what, EventKind::Hello(_)) => Ok(()),
-        None => Err((
-            format!(
-                "unknown_agent: agent {} is not registered; it must send Hello first",
-                event.agent
-            ),
-            None,
-        )),
-        // Registered by a release before signatures: pinned by this Hello.
-        Some(None) => Ok(()),
-        Some(Some(pinned)) if pinned == event.key => Ok(()),
-        Some(Some(_)) => Err((
-            format!(
-                "impersonation: signed by key {}, not by the key pinned for agent {} at its registration",
-                short_key(&event.key),
-                event.agent
-            ),
-            Some("impersonation"),
-        )),
-    })
-}
-
-/// The first 16 hex digits of a key, for messages.
-fn short_key(hex: &str) -> String {
-    hex.chars().take(16).collect()
-}
-
-/// Records a security event when an agent starts reporting a parent key
-/// other than the parent's own (it pinned an impostor's key).
-fn note_parent_key(
-    tx: &rusqlite::Transaction<'_>,
-    agent: &Uuid,
-    before: Option<String>,
-    now: &Option<String>,
-    policy: &Policy,
-) -> Result<(), RegistryError> {
-    tx.execute(
-        "UPDATE agents SET compromised = ?2 WHERE id = ?1",
-        params![
-            agent.to_string(),
-            now.as_ref().is_some_and(|k| *k != policy.parent_key)
-        ],
-    )?;
-    if let Some(now) = now {
-        if *now != policy.parent_key && before.as_ref() != Some(now) {
-            record_security(
-                tx,
-                Some(agent),
-                "compromised",
-                &format!(
-                    "the agent pinned parent key {now}, not this parent's {}: it obeys someone else; reinstall it with --parent-key",
-                    policy.parent_key
-                ),
-            )?;
-        }
-    }
-    Ok(())
-}
-
-/// The answer to a CSR seen before: the certificate issued for it, if any.
-fn reissue(
-    tx: &rusqlite::Transaction<'_>,
-    event: &Event,
-) -> Result<Option<Outgoing>, RegistryError> {
-    let row = tx
-        .query_row(
-            "SELECT serial, not_after, chain_pem FROM certificates WHERE csr_message = ?1",
-            params![event.message.to_string()],
-            |row| {
-                Ok((
-                    row.get::<_, String>(0)?,
-                    row.get::<_, i64>(1)?,
-                    row.get::<_, String>(2)?,
-                ))
-            },
-        )
-        .optional()?;
-    Ok(row.map(|(serial, not_after, chain_pem)| Outgoing {
-        agent: event.agent,
-        body: Body::CertificateIssued(CertificateIssued {
-            chain_pem,
-            serial,
-            not_after,
-            ignored: Vec::new(),
-        }),
-        re: Some(event.message),
-    }))
-}
-
-fn agent_in(tx: &rusqlite::Transaction<'_>, id: &Uuid) -> Result<Option<Agent>, RegistryError> {
+/// One agent, read inside a transaction.
+pub fn agent_in(tx: &rusqlite::Transaction<'_>, id: &Uuid) -> Result<Option<Agent>, RegistryError> {
     let mut stmt = tx.prepare_cached(&format!("{SELECT_AGENT} WHERE id = ?1"))?;
     match stmt
         .query_row(params![id.to_string()], row_to_agent)
@@ -1069,7 +650,8 @@ const SELECT_AGENT: &str = "SELECT id, name, kind, version, location, hostnames,
     has_certificate AND EXISTS (SELECT 1 FROM certificates c WHERE c.agent_id = agents.id AND c.revoked = 0),
     ssl, broker_tls, admission, signing_key, parent_key FROM agents";
 
-fn json_list(items: &[String]) -> String {
+/// A list as the registry stores it (JSON).
+pub(crate) fn json_list(items: &[String]) -> String {
     serde_json::to_string(items).unwrap_or_else(|_| "[]".into())
 }
 
@@ -1111,6 +693,8 @@ fn row_to_agent(row: &rusqlite::Row<'_>) -> rusqlite::Result<RowResult> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::inbound::{apply, Event, EventKind, Policy};
+    use fleetls_proto::{AgentState, Hello};
 
     #[test]
     fn the_changes_kept_stay_bounded() {
@@ -1163,22 +747,20 @@ mod tests {
             delivery: 0,
             what: EventKind::Hello(hello("till-1")),
         };
-        registry
-            .apply(std::slice::from_ref(&event), None, &policy())
-            .unwrap();
+        apply(&registry, std::slice::from_ref(&event), None, &policy()).unwrap();
         let mut renamed = hello("till-renamed");
         renamed.version = "2.0.0".into();
         // A redelivery of the same message id changes nothing.
-        registry
-            .apply(
-                &[Event {
-                    what: EventKind::Hello(renamed),
-                    ..event
-                }],
-                None,
-                &policy(),
-            )
-            .unwrap();
+        apply(
+            &registry,
+            &[Event {
+                what: EventKind::Hello(renamed),
+                ..event
+            }],
+            None,
+            &policy(),
+        )
+        .unwrap();
         let beat = |at, has_certificate| Event {
             message: Uuid::new_v4(),
             agent,
@@ -1190,12 +772,8 @@ mod tests {
                 ..Default::default()
             }),
         };
-        registry
-            .apply(&[beat(5000, true)], None, &policy())
-            .unwrap();
-        registry
-            .apply(&[beat(3000, true)], None, &policy())
-            .unwrap();
+        apply(&registry, &[beat(5000, true)], None, &policy()).unwrap();
+        apply(&registry, &[beat(3000, true)], None, &policy()).unwrap();
         let agents = registry.agents().unwrap();
         assert_eq!(agents.len(), 1);
         let a = &agents[0];
@@ -1216,21 +794,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("fleetls.db");
         let agent = Uuid::new_v4();
-        Registry::open(&path)
-            .unwrap()
-            .apply(
-                &[Event {
-                    message: Uuid::new_v4(),
-                    agent,
-                    at: 1,
-                    key: KEY.into(),
-                    delivery: 0,
-                    what: EventKind::Hello(hello("bo-1")),
-                }],
-                None,
-                &policy(),
-            )
-            .unwrap();
+        apply(
+            &Registry::open(&path).unwrap(),
+            &[Event {
+                message: Uuid::new_v4(),
+                agent,
+                at: 1,
+                key: KEY.into(),
+                delivery: 0,
+                what: EventKind::Hello(hello("bo-1")),
+            }],
+            None,
+            &policy(),
+        )
+        .unwrap();
         let again = Registry::open(&path).unwrap();
         assert_eq!(again.agent(&agent).unwrap().unwrap().name, "bo-1");
     }
@@ -1242,6 +819,7 @@ mod tests {
         Policy {
             parent_key: "sha256:parent".into(),
             auto_accept: Default::default(),
+            ssl_port_open_since: u64::MAX,
         }
     }
 
@@ -1261,18 +839,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let registry = Registry::open(&dir.path().join("fleetls.db")).unwrap();
         let agent = Uuid::new_v4();
-        let applied = registry
-            .apply(&[hello_event(agent, KEY, hello("till-1"))], None, &policy())
-            .unwrap();
+        let applied = apply(
+            &registry,
+            &[hello_event(agent, KEY, hello("till-1"))],
+            None,
+            &policy(),
+        )
+        .unwrap();
         assert!(applied.rejected.is_empty());
         // Another process speaks for till-1 with its own key: refused.
-        let applied = registry
-            .apply(
-                &[hello_event(agent, OTHER_KEY, hello("evil"))],
-                None,
-                &policy(),
-            )
-            .unwrap();
+        let applied = apply(
+            &registry,
+            &[hello_event(agent, OTHER_KEY, hello("evil"))],
+            None,
+            &policy(),
+        )
+        .unwrap();
         assert_eq!(applied.rejected.len(), 1);
         assert_eq!(applied.rejected[0].0, 7);
         assert!(
@@ -1292,7 +874,7 @@ mod tests {
             what: EventKind::Heartbeat(AgentState::default()),
             ..hello_event(Uuid::new_v4(), KEY, hello("x"))
         };
-        let applied = registry.apply(&[stranger], None, &policy()).unwrap();
+        let applied = apply(&registry, &[stranger], None, &policy()).unwrap();
         assert!(applied.rejected[0].1.starts_with("unknown_agent"));
     }
 
@@ -1303,16 +885,16 @@ mod tests {
         let (lp, till) = (Uuid::new_v4(), Uuid::new_v4());
         let mut local = hello("lp-1");
         local.kind = AgentKind::LocalParent;
-        registry
-            .apply(
-                &[
-                    hello_event(lp, KEY, local),
-                    hello_event(till, OTHER_KEY, hello("till-1")),
-                ],
-                None,
-                &policy(),
-            )
-            .unwrap();
+        apply(
+            &registry,
+            &[
+                hello_event(lp, KEY, local),
+                hello_event(till, OTHER_KEY, hello("till-1")),
+            ],
+            None,
+            &policy(),
+        )
+        .unwrap();
         assert_eq!(
             registry.agent(&lp).unwrap().unwrap().admission,
             Admission::Pending
@@ -1324,22 +906,26 @@ mod tests {
         // A child that turns into a local parent needs an operator again.
         let mut promoted = hello("till-1");
         promoted.kind = AgentKind::LocalParent;
-        registry
-            .apply(&[hello_event(till, OTHER_KEY, promoted)], None, &policy())
-            .unwrap();
+        apply(
+            &registry,
+            &[hello_event(till, OTHER_KEY, promoted)],
+            None,
+            &policy(),
+        )
+        .unwrap();
         assert_eq!(
             registry.agent(&till).unwrap().unwrap().admission,
             Admission::Pending
         );
         registry.set_admission(&lp, Admission::Rejected).unwrap();
         // The rejected key cannot come back under a new id.
-        let applied = registry
-            .apply(
-                &[hello_event(Uuid::new_v4(), KEY, hello("lp-again"))],
-                None,
-                &policy(),
-            )
-            .unwrap();
+        let applied = apply(
+            &registry,
+            &[hello_event(Uuid::new_v4(), KEY, hello("lp-again"))],
+            None,
+            &policy(),
+        )
+        .unwrap();
         assert!(
             applied.rejected[0].1.starts_with("banned_key"),
             "{:?}",
@@ -1347,13 +933,13 @@ mod tests {
         );
         registry.delete_agent(&till).unwrap();
         assert!(registry.agent(&till).unwrap().is_none());
-        let applied = registry
-            .apply(
-                &[hello_event(till, OTHER_KEY, hello("till-1"))],
-                None,
-                &policy(),
-            )
-            .unwrap();
+        let applied = apply(
+            &registry,
+            &[hello_event(till, OTHER_KEY, hello("till-1"))],
+            None,
+            &policy(),
+        )
+        .unwrap();
         assert!(applied.rejected[0].1.starts_with("banned_key"));
     }
 
@@ -1364,9 +950,7 @@ mod tests {
         let agent = Uuid::new_v4();
         let mut h = hello("till-1");
         h.state.parent_key = Some("sha256:impostor".into());
-        registry
-            .apply(&[hello_event(agent, KEY, h)], None, &policy())
-            .unwrap();
+        apply(&registry, &[hello_event(agent, KEY, h)], None, &policy()).unwrap();
         let compromised: bool = registry
             .with_db(|db| {
                 Ok(db.query_row(
@@ -1388,7 +972,7 @@ mod tests {
             // The 1.0 schema, as it wrote it: no version, no trust columns.
             let db = Connection::open(&path).unwrap();
             db.execute_batch(SCHEMA).unwrap();
-            db.execute_batch(crate::campaign::SCHEMA).unwrap();
+            db.execute_batch(CAMPAIGN_SCHEMA).unwrap();
             db.execute(
                 "INSERT INTO agents (id, name, kind, version, location, hostnames, ips,
                      first_seen, last_seen) VALUES (?1, 'old-till', 'child', '1.0.0', NULL, '[]', '[]', 1, 1)",
@@ -1405,13 +989,13 @@ mod tests {
             .unwrap();
         assert_eq!(version, SCHEMA_VERSION);
         // Its next Hello pins its key; another key is refused after that.
-        registry
-            .apply(
-                &[hello_event(Uuid::nil(), KEY, hello("old-till"))],
-                None,
-                &policy(),
-            )
-            .unwrap();
+        apply(
+            &registry,
+            &[hello_event(Uuid::nil(), KEY, hello("old-till"))],
+            None,
+            &policy(),
+        )
+        .unwrap();
         assert_eq!(
             registry
                 .agent(&Uuid::nil())
@@ -1421,13 +1005,13 @@ mod tests {
                 .as_deref(),
             Some(KEY)
         );
-        let applied = registry
-            .apply(
-                &[hello_event(Uuid::nil(), OTHER_KEY, hello("old-till"))],
-                None,
-                &policy(),
-            )
-            .unwrap();
+        let applied = apply(
+            &registry,
+            &[hello_event(Uuid::nil(), OTHER_KEY, hello("old-till"))],
+            None,
+            &policy(),
+        )
+        .unwrap();
         assert_eq!(applied.rejected.len(), 1);
         // Opening again is a no-op; a newer registry is refused.
         drop(registry);

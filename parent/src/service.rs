@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleetls_proto::{topology, Body, Envelope};
+use fleetls_proto::topology;
 use futures_lite::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
@@ -17,11 +17,12 @@ use crate::broker::{self, amqp, BrokerError};
 use crate::config::ServeConfig;
 use std::sync::{Mutex, RwLock};
 
+use crate::app::{App, Metrics};
+use crate::inbound::{Event, EventKind};
 use crate::pki::Pki;
-use crate::registry::{Agent, Event, EventKind, Registry, RegistryError, Signer};
+use crate::registry::{Registry, RegistryError};
 use crate::settings::SslSettings;
 use crate::shutdown::Shutdown;
-use crate::status::Status;
 
 /// Why the parent could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
@@ -53,222 +54,6 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
-}
-
-/// What the parent's tasks share.
-pub struct App {
-    /// The checked configuration.
-    pub config: ServeConfig,
-    /// The registry.
-    pub registry: Registry,
-    /// The admin token (never logged).
-    pub token: String,
-    /// The SSL settings (frozen once certificates exist).
-    pub settings: RwLock<SslSettings>,
-    /// The CA, once generated.
-    pub pki: RwLock<Option<Arc<Pki>>>,
-    /// The channel of the current broker session, for operations that send.
-    pub channel: Mutex<Option<Channel>>,
-    /// Wakes the campaign engine (a campaign started or a child ended).
-    pub campaign_changed: tokio::sync::Notify,
-    /// The SSL port server, while it runs.
-    pub ssl_port: tokio::sync::Mutex<Option<SslPortHandle>>,
-    /// Stops everything.
-    pub shutdown: Shutdown,
-    /// The AMQPS address the parent moved to, once it did.
-    pub amqps: RwLock<Option<String>>,
-    /// Asks the broker session to reconnect (after the move to AMQPS).
-    pub reconnect: tokio::sync::Notify,
-    /// Counters for `/metrics`.
-    pub metrics: Metrics,
-    /// Whether the backlog of `fleetls.parent` was read since the broker
-    /// session began: until then the engine judges no child (its reports
-    /// and heartbeats may still be waiting in the queue).
-    pub drained: std::sync::atomic::AtomicBool,
-    /// The status list, kept up to date between calls.
-    pub status_cache: crate::status::Cache,
-    /// The key every command to an agent is signed with (`DIR/signing.key`).
-    pub signing_key: Arc<fleetls_bus::seal::SigningKey>,
-}
-
-/// Message counters since the parent started.
-#[derive(Debug, Default)]
-pub struct Metrics {
-    /// Messages consumed from `fleetls.parent`.
-    pub received: std::sync::atomic::AtomicU64,
-    /// Messages dead-lettered.
-    pub dead_lettered: std::sync::atomic::AtomicU64,
-    /// Messages sent to agents.
-    pub sent: std::sync::atomic::AtomicU64,
-    /// Registry batches written.
-    pub batches: std::sync::atomic::AtomicU64,
-    /// Messages refused as forged, oversized or invalid before the registry.
-    pub security_events: std::sync::atomic::AtomicU64,
-}
-
-/// A running SSL port.
-pub struct SslPortHandle {
-    /// Its port.
-    pub port: u16,
-    stop: crate::shutdown::Trigger,
-}
-
-impl App {
-    /// The current status view.
-    pub fn status(&self) -> Result<Status, RegistryError> {
-        self.with_status(|overview, list| overview.with_agents(list.agents().to_vec()))
-    }
-
-    /// Hands the status to `f` without copying the list (see
-    /// [`crate::status::Cache`]).
-    pub fn with_status<T>(
-        &self,
-        f: impl FnOnce(crate::status::Overview, crate::status::KeptList<'_>) -> T,
-    ) -> Result<T, RegistryError> {
-        let pki = self.pki();
-        let ssl_port = self.ssl_port_number();
-        let security_events = self
-            .registry
-            .security_counts()?
-            .iter()
-            .map(|(_, n)| n)
-            .sum();
-        let signing_key = self.signing_key.public().fingerprint();
-        self.status_cache.with_status(
-            &self.registry,
-            self.config.min_ssl_version,
-            self.config.offline_after.as_millis() as u64,
-            pki.as_deref().map(|p| p.root_fingerprint.as_str()),
-            |mut overview, list| {
-                overview.network.ssl_port = ssl_port;
-                overview.network.security_events = security_events;
-                overview.network.signing_key = Some(signing_key);
-                f(overview, list)
-            },
-        )
-    }
-
-    /// The status without the agent list.
-    pub fn overview(&self) -> Result<crate::status::Overview, RegistryError> {
-        self.with_status(|overview, _| overview)
-    }
-
-    /// The SSL port while it listens (`None` too while it is being changed).
-    fn ssl_port_number(&self) -> Option<u16> {
-        self.ssl_port
-            .try_lock()
-            .ok()
-            .and_then(|handle| handle.as_ref().map(|h| h.port))
-    }
-
-    /// The CA, if generated.
-    pub fn pki(&self) -> Option<Arc<Pki>> {
-        self.pki.read().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    /// The current SSL settings.
-    pub fn settings(&self) -> SslSettings {
-        self.settings
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    /// The channel of the current broker session.
-    pub fn channel(&self) -> Option<Channel> {
-        self.channel
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    fn set_channel(&self, channel: Option<Channel>) {
-        self.drained
-            .store(false, std::sync::atomic::Ordering::SeqCst);
-        *self.channel.lock().unwrap_or_else(|p| p.into_inner()) = channel;
-        self.campaign_changed.notify_one();
-    }
-
-    /// Opens the SSL port with the parent's certificate, if it is not open.
-    pub async fn start_ssl_port(&self) -> Result<u16, crate::ssl_port::SslPortError> {
-        let mut handle = self.ssl_port.lock().await;
-        if let Some(running) = handle.as_ref() {
-            return Ok(running.port);
-        }
-        let config = crate::ssl_port::parent_config(&self.config.data_dir)?;
-        let port = self.settings().port;
-        let listener = crate::ssl_port::bind(port).await?;
-        crate::registry::mark_ssl_port_open();
-        let (stop, stopped) = crate::shutdown::channel();
-        let mut global = self.shutdown.clone();
-        let mut own = stopped.clone();
-        let (trigger, both) = crate::shutdown::channel();
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = global.wait() => {}
-                _ = own.wait() => {}
-            }
-            trigger.fire();
-        });
-        let greeting = format!("fleetls-parent {} ok\n", env!("CARGO_PKG_VERSION"));
-        tokio::spawn(crate::ssl_port::serve(listener, config, greeting, both));
-        *handle = Some(SslPortHandle { port, stop });
-        Ok(port)
-    }
-
-    /// Closes the SSL port (after `certs reset`).
-    pub async fn stop_ssl_port(&self) {
-        if let Some(handle) = self.ssl_port.lock().await.take() {
-            handle.stop.fire();
-        }
-    }
-
-    /// Moves the parent's own broker connection to AMQPS (persisted: a
-    /// restarted parent comes back the same way).
-    pub fn move_to_amqps(&self, uri: &str) {
-        if let Err(e) = crate::broker_switch::save_state(&self.config.data_dir, uri) {
-            warn!(error = %e, "cannot save the parent's AMQPS address");
-            return;
-        }
-        *self.amqps.write().unwrap_or_else(|p| p.into_inner()) = Some(uri.to_owned());
-        self.reconnect.notify_one();
-        info!("the parent moves its own connection to AMQPS");
-    }
-
-    /// Whether an agent was heard from recently.
-    pub fn is_online(&self, last_seen: u64) -> bool {
-        fleetls_proto::now_ms().saturating_sub(last_seen)
-            < self.config.offline_after.as_millis() as u64
-    }
-}
-
-/// Signs CSRs with the CA for the registry. A local parent's server names
-/// are only those the operator allowed; the rest are left out and listed.
-struct CaSigner {
-    pki: Arc<Pki>,
-    names: Vec<String>,
-    ips: Vec<String>,
-}
-
-impl Signer for CaSigner {
-    fn sign(&self, csr: &str, agent: &Agent) -> Result<crate::pki::Issued, String> {
-        if agent.kind != fleetls_proto::AgentKind::LocalParent {
-            return self.pki.sign_csr(csr, agent.id, agent.kind, &[], &[]);
-        }
-        let (names, mut left_out) =
-            crate::admission::allowed_server_names(&agent.hostnames, &self.names);
-        let (ips, ips_out): (Vec<String>, Vec<String>) = agent
-            .ips
-            .iter()
-            .cloned()
-            .partition(|ip| self.ips.contains(ip));
-        left_out.extend(ips_out);
-        let mut issued = self.pki.sign_csr(csr, agent.id, agent.kind, &names, &ips)?;
-        issued.ignored.extend(left_out.into_iter().map(|n| {
-            format!("{n}: not among the names allowed for local parents (--local-parent-names / --local-parent-ips)")
-        }));
-        Ok(issued)
-    }
 }
 
 /// Most deliveries applied in one registry transaction.
@@ -334,6 +119,7 @@ pub async fn serve(
         drained: std::sync::atomic::AtomicBool::new(false),
         status_cache: crate::status::Cache::default(),
         signing_key,
+        ssl_port_open_since: std::sync::atomic::AtomicU64::new(u64::MAX),
     });
     if app.pki().is_some() {
         if let Err(e) = app.start_ssl_port().await {
@@ -552,7 +338,7 @@ async fn handle_batch(
     let last = deliveries.last().map(|d| d.acker.clone());
     let mut forged = Vec::new();
     for (index, delivery) in deliveries.iter().enumerate() {
-        match inbound(delivery, index) {
+        match crate::inbound::check(delivery, index) {
             Ok(event) => events.extend(event),
             Err(refusal) => {
                 debug!(reason = %refusal.reason, "dead-lettering a message");
@@ -596,17 +382,25 @@ async fn handle_batch(
             )
         });
         let registry = app.registry.clone();
-        let signer = app.pki().map(|pki| CaSigner {
+        let signer = app.pki().map(|pki| crate::inbound::CaSigner {
             pki,
             names: app.config.local_parent_names.clone(),
             ips: app.config.local_parent_ips.clone(),
         });
-        let policy = crate::registry::Policy {
+        let policy = crate::inbound::Policy {
             parent_key: app.signing_key.public().fingerprint(),
             auto_accept: app.config.auto_accept.clone(),
+            ssl_port_open_since: app
+                .ssl_port_open_since
+                .load(std::sync::atomic::Ordering::SeqCst),
         };
         let applied = tokio::task::spawn_blocking(move || {
-            registry.apply(&events, signer.as_ref().map(|s| s as &dyn Signer), &policy)
+            crate::inbound::apply(
+                &registry,
+                &events,
+                signer.as_ref().map(|s| s as &dyn crate::inbound::Signer),
+                &policy,
+            )
         })
         .await
         .map_err(|e| RegistryError::Corrupt(format!("registry task failed: {e}")))??;
@@ -632,109 +426,4 @@ async fn handle_batch(
             .map_err(amqp("acking"))?;
     }
     Ok(())
-}
-
-/// Why a delivery is dead-lettered before it reaches the registry.
-struct Refusal {
-    reason: String,
-    /// The agent it claims to come from, when it could be read.
-    agent: Option<uuid::Uuid>,
-    /// The kind of security event it is (`None`: merely undecodable).
-    security: Option<&'static str>,
-}
-
-/// The stateless checks of one delivery: its size, its signature, its
-/// encoding, its direction and its fields. Whether the key that signed is
-/// the one pinned for the agent is the registry's check.
-fn inbound(delivery: &Delivery, index: usize) -> Result<Option<Event>, Refusal> {
-    let data = &delivery.data;
-    if data.len() > fleetls_proto::MAX_PAYLOAD {
-        return Err(Refusal {
-            reason: format!(
-                "too_large: {} bytes, more than the {} a fleetls message may have",
-                data.len(),
-                fleetls_proto::MAX_PAYLOAD
-            ),
-            agent: None,
-            security: Some("too_large"),
-        });
-    }
-    let key = fleetls_bus::seal::signer(data, delivery.properties.headers().as_ref());
-    let mut envelope = match fleetls_proto::decode(data) {
-        Ok(envelope) => envelope,
-        Err(e) => {
-            return Err(Refusal {
-                reason: format!("{}: {e}", e.code()),
-                agent: None,
-                security: None,
-            })
-        }
-    };
-    // What is not a child's message at all is said first, signed or not.
-    if !envelope.body.is_to_parent() {
-        return Err(Refusal {
-            reason: wrong_direction(&envelope.body),
-            agent: None,
-            security: None,
-        });
-    }
-    let key = key.map_err(|e| Refusal {
-        reason: format!("forged: {e}; every message must be signed by its agent's key"),
-        agent: Some(envelope.from),
-        security: Some(match e {
-            fleetls_bus::seal::SealError::Unsigned => "unsigned",
-            _ => "bad_signature",
-        }),
-    })?;
-    crate::admission::check_inbound(&mut envelope).map_err(|reason| Refusal {
-        reason,
-        agent: Some(envelope.from),
-        security: Some("invalid_input"),
-    })?;
-    to_event(envelope, key.hex(), index).map_err(|reason| Refusal {
-        reason,
-        agent: None,
-        security: None,
-    })
-}
-
-/// Why a command sent to the parent is dead-lettered.
-fn wrong_direction(body: &Body) -> String {
-    format!(
-        "wrong_direction: {} is a parent → child message and cannot be sent to the parent",
-        body.kind()
-    )
-}
-
-/// The registry change a message asks for (`None`: nothing to record), or
-/// why it must be dead-lettered.
-fn to_event(envelope: Envelope, key: String, delivery: usize) -> Result<Option<Event>, String> {
-    let Envelope {
-        id, from, at, body, ..
-    } = envelope;
-    let event = |what| {
-        Ok(Some(Event {
-            message: id,
-            agent: from,
-            at,
-            key,
-            delivery,
-            what,
-        }))
-    };
-    match body {
-        Body::Hello(hello) => event(EventKind::Hello(hello)),
-        Body::Heartbeat(beat) => event(EventKind::Heartbeat(beat.state)),
-        Body::Csr(csr) => event(EventKind::Csr(csr.pem)),
-        Body::Refused(refused) => event(EventKind::Refused(refused.reason, refused.forged)),
-        Body::StepReport(report) => event(EventKind::StepReport(report)),
-        Body::SwitchReport(report) => event(EventKind::SwitchReport(report)),
-        Body::BrokerSwitchReport(report) => event(EventKind::BrokerSwitchReport(report)),
-        Body::CertificatesReady(_)
-        | Body::CertificateIssued(_)
-        | Body::CsrRejected(_)
-        | Body::RunStep(_)
-        | Body::UseSsl(_)
-        | Body::UseBrokerTls(_) => Err(wrong_direction(&body)),
-    }
 }

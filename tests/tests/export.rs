@@ -14,8 +14,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use fleetls_parent::export::{self, ExportError, ExportReport};
+use fleetls_parent::inbound::{Event, EventKind};
 use fleetls_parent::pki::{fingerprint, Pki};
-use fleetls_parent::registry::{Agent, Event, EventKind, Registry};
+use fleetls_parent::registry::{Agent, Registry};
 use fleetls_parent::settings::{SettingsChange, SslSettings};
 use fleetls_proto::{AgentKind, AgentState, Hello};
 use uuid::Uuid;
@@ -93,23 +94,24 @@ impl Setup {
             key_fingerprint: None,
             state: AgentState::default(),
         };
-        self.registry
-            .apply(
-                &[Event {
-                    message: Uuid::new_v4(),
-                    agent: id,
-                    at: fleetls_proto::now_ms(),
-                    key: format!("{:064x}", id.as_u128()),
-                    delivery: 0,
-                    what: EventKind::Hello(hello),
-                }],
-                None,
-                &fleetls_parent::registry::Policy {
-                    parent_key: "sha256:test".into(),
-                    auto_accept: Default::default(),
-                },
-            )
-            .unwrap();
+        fleetls_parent::inbound::apply(
+            &self.registry,
+            &[Event {
+                message: Uuid::new_v4(),
+                agent: id,
+                at: fleetls_proto::now_ms(),
+                key: format!("{:064x}", id.as_u128()),
+                delivery: 0,
+                what: EventKind::Hello(hello),
+            }],
+            None,
+            &fleetls_parent::inbound::Policy {
+                parent_key: "sha256:test".into(),
+                auto_accept: Default::default(),
+                ssl_port_open_since: u64::MAX,
+            },
+        )
+        .unwrap();
         self.registry.agent(&id).unwrap().expect("registered")
     }
 

@@ -43,7 +43,14 @@ fn a_child_stays_online_through_a_step_that_hangs() {
         &vhost,
         dir.path(),
         "lp-far",
-        &["--kind", "local-parent", "--location", "far", "--hostnames", "localhost"],
+        &[
+            "--kind",
+            "local-parent",
+            "--location",
+            "far",
+            "--hostnames",
+            "localhost",
+        ],
     );
     let _slow = start_child(&vhost, dir.path(), "slow-1", &["--location", "far"]);
     wait_for("both online", WAIT, || {
@@ -73,7 +80,9 @@ fn a_child_stays_online_through_a_step_that_hangs() {
         assert_eq!(code, 0, "{err}");
     }
     wait_for("slow-1's certificate", WAIT, || {
-        parent.agent("slow-1")?["has_certificate"].as_bool()?.then_some(())
+        parent.agent("slow-1")?["has_certificate"]
+            .as_bool()?
+            .then_some(())
     });
     let (code, _, err) = parent.cli(&["verify", "--step-timeout", "15s", "--detach"]);
     assert_eq!(code, 0, "{err}");

@@ -1,0 +1,210 @@
+//! What the parent's tasks share: the configuration, the registry, the CA,
+//! the SSL settings and port, the current broker channel, the signing key
+//! and the counters. The service builds it; the admin API, the console, the
+//! operations and the campaign engine use it.
+
+use std::sync::{Arc, Mutex, RwLock};
+
+use lapin::Channel;
+use tracing::{info, warn};
+
+use crate::config::ServeConfig;
+use crate::pki::Pki;
+use crate::registry::{Registry, RegistryError};
+use crate::settings::SslSettings;
+use crate::shutdown::Shutdown;
+use crate::status::Status;
+
+/// What the parent's tasks share.
+pub struct App {
+    /// The checked configuration.
+    pub config: ServeConfig,
+    /// The registry.
+    pub registry: Registry,
+    /// The admin token (never logged).
+    pub token: String,
+    /// The SSL settings (frozen once certificates exist).
+    pub settings: RwLock<SslSettings>,
+    /// The CA, once generated.
+    pub pki: RwLock<Option<Arc<Pki>>>,
+    /// The channel of the current broker session, for operations that send.
+    pub channel: Mutex<Option<Channel>>,
+    /// Wakes the campaign engine (a campaign started or a child ended).
+    pub campaign_changed: tokio::sync::Notify,
+    /// The SSL port server, while it runs.
+    pub ssl_port: tokio::sync::Mutex<Option<SslPortHandle>>,
+    /// Stops everything.
+    pub shutdown: Shutdown,
+    /// The AMQPS address the parent moved to, once it did.
+    pub amqps: RwLock<Option<String>>,
+    /// Asks the broker session to reconnect (after the move to AMQPS).
+    pub reconnect: tokio::sync::Notify,
+    /// Counters for `/metrics`.
+    pub metrics: Metrics,
+    /// Whether the backlog of `fleetls.parent` was read since the broker
+    /// session began: until then the engine judges no child (its reports
+    /// and heartbeats may still be waiting in the queue).
+    pub drained: std::sync::atomic::AtomicBool,
+    /// The status list, kept up to date between calls.
+    pub status_cache: crate::status::Cache,
+    /// The key every command to an agent is signed with (`DIR/signing.key`).
+    pub signing_key: Arc<fleetls_bus::seal::SigningKey>,
+    /// Since when this process's SSL port listens (ms; `u64::MAX` while it
+    /// does not): what the campaign engine needs to know to discount a
+    /// failed connection made while the port was down.
+    pub ssl_port_open_since: std::sync::atomic::AtomicU64,
+}
+
+/// Message counters since the parent started.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Messages consumed from `fleetls.parent`.
+    pub received: std::sync::atomic::AtomicU64,
+    /// Messages dead-lettered.
+    pub dead_lettered: std::sync::atomic::AtomicU64,
+    /// Messages sent to agents.
+    pub sent: std::sync::atomic::AtomicU64,
+    /// Registry batches written.
+    pub batches: std::sync::atomic::AtomicU64,
+    /// Messages refused as forged, oversized or invalid before the registry.
+    pub security_events: std::sync::atomic::AtomicU64,
+}
+
+/// A running SSL port.
+pub struct SslPortHandle {
+    /// Its port.
+    pub port: u16,
+    stop: crate::shutdown::Trigger,
+}
+
+impl App {
+    /// The current status view.
+    pub fn status(&self) -> Result<Status, RegistryError> {
+        self.with_status(|overview, list| overview.with_agents(list.agents().to_vec()))
+    }
+
+    /// Hands the status to `f` without copying the list (see
+    /// [`crate::status::Cache`]).
+    pub fn with_status<T>(
+        &self,
+        f: impl FnOnce(crate::status::Overview, crate::status::KeptList<'_>) -> T,
+    ) -> Result<T, RegistryError> {
+        let pki = self.pki();
+        let ssl_port = self.ssl_port_number();
+        let security_events = self
+            .registry
+            .security_counts()?
+            .iter()
+            .map(|(_, n)| n)
+            .sum();
+        let signing_key = self.signing_key.public().fingerprint();
+        self.status_cache.with_status(
+            &self.registry,
+            self.config.min_ssl_version,
+            self.config.offline_after.as_millis() as u64,
+            pki.as_deref().map(|p| p.root_fingerprint.as_str()),
+            |mut overview, list| {
+                overview.network.ssl_port = ssl_port;
+                overview.network.security_events = security_events;
+                overview.network.signing_key = Some(signing_key);
+                f(overview, list)
+            },
+        )
+    }
+
+    /// The status without the agent list.
+    pub fn overview(&self) -> Result<crate::status::Overview, RegistryError> {
+        self.with_status(|overview, _| overview)
+    }
+
+    /// The SSL port while it listens (`None` too while it is being changed).
+    fn ssl_port_number(&self) -> Option<u16> {
+        self.ssl_port
+            .try_lock()
+            .ok()
+            .and_then(|handle| handle.as_ref().map(|h| h.port))
+    }
+
+    /// The CA, if generated.
+    pub fn pki(&self) -> Option<Arc<Pki>> {
+        self.pki.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The current SSL settings.
+    pub fn settings(&self) -> SslSettings {
+        self.settings
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The channel of the current broker session.
+    pub fn channel(&self) -> Option<Channel> {
+        self.channel
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Sets (or clears) the channel of the current broker session; the
+    /// backlog counts as unread again.
+    pub fn set_channel(&self, channel: Option<Channel>) {
+        self.drained
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        *self.channel.lock().unwrap_or_else(|p| p.into_inner()) = channel;
+        self.campaign_changed.notify_one();
+    }
+
+    /// Opens the SSL port with the parent's certificate, if it is not open.
+    pub async fn start_ssl_port(&self) -> Result<u16, crate::ssl_port::SslPortError> {
+        let mut handle = self.ssl_port.lock().await;
+        if let Some(running) = handle.as_ref() {
+            return Ok(running.port);
+        }
+        let config = crate::ssl_port::parent_config(&self.config.data_dir)?;
+        let port = self.settings().port;
+        let listener = crate::ssl_port::bind(port).await?;
+        self.ssl_port_open_since
+            .store(fleetls_proto::now_ms(), std::sync::atomic::Ordering::SeqCst);
+        let (stop, stopped) = crate::shutdown::channel();
+        let mut global = self.shutdown.clone();
+        let mut own = stopped.clone();
+        let (trigger, both) = crate::shutdown::channel();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = global.wait() => {}
+                _ = own.wait() => {}
+            }
+            trigger.fire();
+        });
+        let greeting = format!("fleetls-parent {} ok\n", env!("CARGO_PKG_VERSION"));
+        tokio::spawn(crate::ssl_port::serve(listener, config, greeting, both));
+        *handle = Some(SslPortHandle { port, stop });
+        Ok(port)
+    }
+
+    /// Closes the SSL port (after `certs reset`).
+    pub async fn stop_ssl_port(&self) {
+        if let Some(handle) = self.ssl_port.lock().await.take() {
+            handle.stop.fire();
+        }
+    }
+
+    /// Moves the parent's own broker connection to AMQPS (persisted: a
+    /// restarted parent comes back the same way).
+    pub fn move_to_amqps(&self, uri: &str) {
+        if let Err(e) = crate::broker_switch::save_state(&self.config.data_dir, uri) {
+            warn!(error = %e, "cannot save the parent's AMQPS address");
+            return;
+        }
+        *self.amqps.write().unwrap_or_else(|p| p.into_inner()) = Some(uri.to_owned());
+        self.reconnect.notify_one();
+        info!("the parent moves its own connection to AMQPS");
+    }
+
+    /// Whether an agent was heard from recently.
+    pub fn is_online(&self, last_seen: u64) -> bool {
+        fleetls_proto::now_ms().saturating_sub(last_seen)
+            < self.config.offline_after.as_millis() as u64
+    }
+}

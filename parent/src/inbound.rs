@@ -1,0 +1,565 @@
+//! What the children's messages do to the registry: the inbound path.
+//!
+//! The service consumes `fleetls.parent` in batches; [`check`] takes each
+//! delivery apart (size, encoding, direction, signature, fields) and turns
+//! it into an [`Event`], and [`apply`] writes a batch in one transaction:
+//! the key pinned for each agent and its admission first, then what the
+//! message says — calling the registry (storage) and the campaign engine
+//! below it, which return what to send. Nothing below calls back up.
+
+use fleetls_proto::{
+    AgentKind, AgentState, Body, BrokerSwitchReport, CertificateIssued, CsrRejected, Envelope,
+    Hello, StepReport, SwitchReport,
+};
+use lapin::message::Delivery;
+
+use rusqlite::{params, OptionalExtension};
+use uuid::Uuid;
+
+use crate::broker::Outgoing;
+use crate::pki::Issued;
+use crate::registry::{
+    agent_in, json_list, record_security, Admission, Agent, Registry, RegistryError,
+};
+
+/// One change to apply, from one message.
+#[derive(Debug, Clone)]
+pub struct Event {
+    /// The message id (for idempotence).
+    pub message: Uuid,
+    /// The agent that sent it.
+    pub agent: Uuid,
+    /// When it was sent (ms).
+    pub at: u64,
+    /// The public key (hex) whose signature the message carries: it must be
+    /// the key pinned for `agent` (pinned by its first Hello).
+    pub key: String,
+    /// Which delivery of the batch it came from (to dead-letter it if the
+    /// registry refuses it).
+    pub delivery: usize,
+    /// What it says.
+    pub what: EventKind,
+}
+
+/// What a batch came to: the messages to send once committed, and the
+/// deliveries refused (by their index) with the reason to dead-letter them.
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// Messages for agents.
+    pub outgoing: Vec<Outgoing>,
+    /// Deliveries the registry refused, and why.
+    pub rejected: Vec<(usize, String)>,
+}
+
+/// What the registry needs to judge a batch besides the messages.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// The fingerprint of the parent's own signing key: an agent that
+    /// pinned any other is compromised.
+    pub parent_key: String,
+    /// Which new agents are accepted without an operator.
+    pub auto_accept: crate::admission::AutoAccept,
+    /// Since when this process's SSL port listens (ms; `u64::MAX` while it
+    /// does not): a failed connection to it reported from before then was
+    /// made while the port was down and says nothing about the child.
+    pub ssl_port_open_since: u64,
+}
+
+/// What a message asks the registry to record.
+#[derive(Debug, Clone)]
+pub enum EventKind {
+    /// A child introduced itself.
+    Hello(Hello),
+    /// A child is alive.
+    Heartbeat(AgentState),
+    /// A child asks for a certificate (PEM CSR).
+    Csr(String),
+    /// A child refused a command (`true`: a forged one, a security event).
+    Refused(String, bool),
+    /// The result of a test step.
+    StepReport(StepReport),
+    /// The result of "Use SSL connection".
+    SwitchReport(SwitchReport),
+    /// The result of "Use SSL connection for RabbitMQ".
+    BrokerSwitchReport(BrokerSwitchReport),
+}
+
+/// Signs CSRs for [`Registry::apply`] (the CA, when one exists).
+pub trait Signer {
+    /// Signs `csr` for `agent`, or says why not.
+    fn sign(&self, csr: &str, agent: &Agent) -> Result<Issued, String>;
+}
+
+/// Applies a batch of events in one transaction; a message id already
+/// applied changes nothing (a CSR seen before gets its stored answer
+/// again). First, each message must be signed by the key pinned for
+/// its agent (a new agent's Hello pins the key it is signed with);
+/// what fails that is refused, recorded as a security event, and
+/// returned in [`Applied::rejected`] to be dead-lettered.
+pub fn apply(
+    registry: &Registry,
+    events: &[Event],
+    signer: Option<&dyn Signer>,
+    policy: &Policy,
+) -> Result<Applied, RegistryError> {
+    registry.with_tx(|tx| {
+    let mut applied = Applied::default();
+    let outgoing = &mut applied.outgoing;
+    for event in events {
+        if let Err((reason, security)) = authenticate(tx, event)? {
+            if let Some(kind) = security {
+                record_security(tx, Some(&event.agent), kind, &reason)?;
+            }
+            applied.rejected.push((event.delivery, reason));
+            continue;
+        }
+        let fresh = tx.execute(
+            "INSERT OR IGNORE INTO seen_messages (id, at) VALUES (?1, ?2)",
+            params![event.message.to_string(), fleetls_proto::now_ms() as i64],
+        )?;
+        if fresh == 0 {
+            if let EventKind::Csr(_) = event.what {
+                outgoing.extend(reissue(tx, event)?);
+            }
+            continue;
+        }
+        let agent = event.agent.to_string();
+        // Online/offline follows the parent's clock, not the sender's.
+        let at = fleetls_proto::now_ms() as i64;
+        match &event.what {
+            EventKind::Hello(hello) => {
+                let before = agent_in(tx, &event.agent)?;
+                let admission = match &before {
+                    None => policy.auto_accept.decide(hello.kind, &hello.name),
+                    // Becoming a local parent (server certificates) needs an operator again.
+                    Some(b)
+                        if hello.kind == AgentKind::LocalParent
+                            && b.kind != AgentKind::LocalParent
+                            && b.admission == Admission::Accepted =>
+                    {
+                        Admission::Pending
+                    }
+                    Some(b) => b.admission,
+                };
+                tx.execute(
+                    "INSERT INTO agents (id, name, kind, version, location, hostnames, ips,
+                         key_fingerprint, first_seen, last_seen, has_certificate, ssl, broker_tls,
+                         signing_key, admission, parent_key)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+                     ON CONFLICT(id) DO UPDATE SET
+                         name = excluded.name, kind = excluded.kind,
+                         version = excluded.version, location = excluded.location,
+                         hostnames = excluded.hostnames, ips = excluded.ips,
+                         key_fingerprint = excluded.key_fingerprint,
+                         last_seen = max(agents.last_seen, excluded.last_seen),
+                         has_certificate = excluded.has_certificate,
+                         ssl = excluded.ssl, broker_tls = excluded.broker_tls,
+                         signing_key = coalesce(agents.signing_key, excluded.signing_key),
+                         admission = excluded.admission, parent_key = excluded.parent_key",
+                    params![
+                        agent,
+                        hello.name,
+                        hello.kind.as_str(),
+                        hello.version,
+                        hello.location,
+                        json_list(&hello.hostnames),
+                        json_list(&hello.ips),
+                        hello.key_fingerprint,
+                        at,
+                        hello.state.has_certificate,
+                        hello.state.ssl,
+                        hello.state.broker_tls,
+                        event.key,
+                        admission.as_str(),
+                        hello.state.parent_key,
+                    ],
+                )?;
+                note_parent_key(
+                    tx,
+                    &event.agent,
+                    before.and_then(|b| b.parent_key),
+                    &hello.state.parent_key,
+                    policy,
+                )?;
+            }
+            EventKind::Heartbeat(state) => {
+                let before = agent_in(tx, &event.agent)?.and_then(|b| b.parent_key);
+                tx.execute(
+                    "UPDATE agents SET last_seen = max(last_seen, ?2),
+                         has_certificate = ?3, ssl = ?4, broker_tls = ?5, parent_key = ?6
+                     WHERE id = ?1",
+                    params![
+                        agent,
+                        at,
+                        state.has_certificate,
+                        state.ssl,
+                        state.broker_tls,
+                        state.parent_key,
+                    ],
+                )?;
+                note_parent_key(tx, &event.agent, before, &state.parent_key, policy)?;
+            }
+            EventKind::StepReport(report) => {
+                crate::campaign::on_report(tx, event.agent, report, event.at, policy.ssl_port_open_since, outgoing)?;
+            }
+            EventKind::SwitchReport(report) => {
+                if report.ok {
+                    tx.execute("UPDATE agents SET ssl = 1 WHERE id = ?1", params![agent])?;
+                }
+                crate::campaign::on_single_report(
+                    tx,
+                    event.agent,
+                    report.campaign,
+                    "use-ssl",
+                    report.ok,
+                    &report.message,
+                )?;
+            }
+            EventKind::BrokerSwitchReport(report) => {
+                if report.tls {
+                    tx.execute(
+                        "UPDATE agents SET broker_tls = 1 WHERE id = ?1",
+                        params![agent],
+                    )?;
+                }
+                let message = match &report.error {
+                    None => format!(
+                        "Connected to RabbitMQ over {}.",
+                        report.protocol.as_deref().unwrap_or("TLS")
+                    ),
+                    Some(error) => format!("Stayed on plain AMQP: {error}"),
+                };
+                crate::campaign::on_single_report(
+                    tx,
+                    event.agent,
+                    report.campaign,
+                    "use-broker-tls",
+                    report.tls,
+                    &message,
+                )?;
+            }
+            EventKind::Refused(reason, true) => {
+                record_security(tx, Some(&event.agent), "forged_command", reason)?;
+            }
+            EventKind::Refused(reason, false) => {
+                tx.execute(
+                    "INSERT INTO refusals (agent_id, reason, at) VALUES (?1, ?2, ?3)
+                     ON CONFLICT(agent_id) DO UPDATE SET reason = excluded.reason, at = excluded.at
+                     WHERE excluded.at >= refusals.at",
+                    params![agent, reason, at],
+                )?;
+            }
+            EventKind::Csr(pem) => {
+                let registered = agent_in(tx, &event.agent)?;
+                let result = match (registered, signer) {
+                    (None, _) => Err("the CSR was refused: this agent is not registered; it must send Hello first".to_owned()),
+                    (Some(_), None) => Err("the CSR was refused: the parent has no CA yet; run `fleetls-parent certs generate`".to_owned()),
+                    (Some(registered), Some(_)) if registered.admission != Admission::Accepted => Err(format!(
+                        "the CSR was refused: this agent is {}; an operator must run `fleetls-parent agents accept {}` first",
+                        registered.admission.as_str(),
+                        registered.name
+                    )),
+                    (Some(registered), Some(signer)) => signer.sign(pem, &registered),
+                };
+                match result {
+                    Ok(issued) => {
+                        tx.execute(
+                            "INSERT INTO certificates (serial, agent_id, subject, not_after, issued_at, csr_message, chain_pem)
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                            params![
+                                issued.serial,
+                                agent,
+                                issued.subject,
+                                issued.not_after,
+                                fleetls_proto::now_ms() as i64,
+                                event.message.to_string(),
+                                issued.chain_pem,
+                            ],
+                        )?;
+                        tx.execute("DELETE FROM refusals WHERE agent_id = ?1", params![agent])?;
+                        outgoing.push(Outgoing {
+                            agent: event.agent,
+                            body: Body::CertificateIssued(CertificateIssued {
+                                chain_pem: issued.chain_pem,
+                                serial: issued.serial,
+                                not_after: issued.not_after,
+                                ignored: issued.ignored,
+                            }),
+                            re: Some(event.message),
+                        });
+                    }
+                    Err(reason) => {
+                        tx.execute(
+                            "INSERT INTO refusals (agent_id, reason, at) VALUES (?1, ?2, ?3)
+                             ON CONFLICT(agent_id) DO UPDATE SET reason = excluded.reason, at = excluded.at",
+                            params![agent, reason, at],
+                        )?;
+                        outgoing.push(Outgoing {
+                            agent: event.agent,
+                            body: Body::CsrRejected(CsrRejected { reason }),
+                            re: Some(event.message),
+                        });
+                    }
+                }
+            }
+        }
+    }
+    Ok(applied)
+    })
+}
+
+/// Whether `event` is signed by the key pinned for its agent: `Err` with
+/// the reason to dead-letter it, and the kind of security event it is
+/// (`None`: an ordinary refusal).
+#[allow(clippy::type_complexity)]
+fn authenticate(
+    tx: &rusqlite::Transaction<'_>,
+    event: &Event,
+) -> Result<Result<(), (String, Option<&'static str>)>, RegistryError> {
+    let banned: Option<String> = tx
+        .query_row(
+            "SELECT reason FROM banned_keys WHERE key = ?1",
+            params![event.key],
+            |row| row.get(0),
+        )
+        .optional()?;
+    if let Some(reason) = banned {
+        return Ok(Err((
+            format!("banned_key: this agent's key was {reason}; it cannot register again"),
+            Some("banned_key"),
+        )));
+    }
+    let pinned: Option<Option<String>> = tx
+        .query_row(
+            "SELECT signing_key FROM agents WHERE id = ?1",
+            params![event.agent.to_string()],
+            |row| row.get(0),
+        )
+        .optional()?;
+    Ok(match pinned {
+        None if matches!(event.what, EventKind::Hello(_)) => Ok(()),
+        None => Err((
+            format!(
+                "unknown_agent: agent {} is not registered; it must send Hello first",
+                event.agent
+            ),
+            None,
+        )),
+        // Registered by a release before signatures: pinned by this Hello.
+        Some(None) => Ok(()),
+        Some(Some(pinned)) if pinned == event.key => Ok(()),
+        Some(Some(_)) => Err((
+            format!(
+                "impersonation: signed by key {}, not by the key pinned for agent {} at its registration",
+                short_key(&event.key),
+                event.agent
+            ),
+            Some("impersonation"),
+        )),
+    })
+}
+
+/// The first 16 hex digits of a key, for messages.
+fn short_key(hex: &str) -> String {
+    hex.chars().take(16).collect()
+}
+
+/// Records a security event when an agent starts reporting a parent key
+/// other than the parent's own (it pinned an impostor's key).
+fn note_parent_key(
+    tx: &rusqlite::Transaction<'_>,
+    agent: &Uuid,
+    before: Option<String>,
+    now: &Option<String>,
+    policy: &Policy,
+) -> Result<(), RegistryError> {
+    tx.execute(
+        "UPDATE agents SET compromised = ?2 WHERE id = ?1",
+        params![
+            agent.to_string(),
+            now.as_ref().is_some_and(|k| *k != policy.parent_key)
+        ],
+    )?;
+    if let Some(now) = now {
+        if *now != policy.parent_key && before.as_ref() != Some(now) {
+            record_security(
+                tx,
+                Some(agent),
+                "compromised",
+                &format!(
+                    "the agent pinned parent key {now}, not this parent's {}: it obeys someone else; reinstall it with --parent-key",
+                    policy.parent_key
+                ),
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// The answer to a CSR seen before: the certificate issued for it, if any.
+fn reissue(
+    tx: &rusqlite::Transaction<'_>,
+    event: &Event,
+) -> Result<Option<Outgoing>, RegistryError> {
+    let row = tx
+        .query_row(
+            "SELECT serial, not_after, chain_pem FROM certificates WHERE csr_message = ?1",
+            params![event.message.to_string()],
+            |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, i64>(1)?,
+                    row.get::<_, String>(2)?,
+                ))
+            },
+        )
+        .optional()?;
+    Ok(row.map(|(serial, not_after, chain_pem)| Outgoing {
+        agent: event.agent,
+        body: Body::CertificateIssued(CertificateIssued {
+            chain_pem,
+            serial,
+            not_after,
+            ignored: Vec::new(),
+        }),
+        re: Some(event.message),
+    }))
+}
+
+/// Signs CSRs with the CA for the registry. A local parent's server names
+/// are only those the operator allowed; the rest are left out and listed.
+pub struct CaSigner {
+    /// The CA.
+    pub pki: std::sync::Arc<crate::pki::Pki>,
+    /// Names local parents may have.
+    pub names: Vec<String>,
+    /// IP addresses local parents may have.
+    pub ips: Vec<String>,
+}
+
+impl Signer for CaSigner {
+    fn sign(&self, csr: &str, agent: &Agent) -> Result<crate::pki::Issued, String> {
+        if agent.kind != fleetls_proto::AgentKind::LocalParent {
+            return self.pki.sign_csr(csr, agent.id, agent.kind, &[], &[]);
+        }
+        let (names, mut left_out) =
+            crate::admission::allowed_server_names(&agent.hostnames, &self.names);
+        let (ips, ips_out): (Vec<String>, Vec<String>) = agent
+            .ips
+            .iter()
+            .cloned()
+            .partition(|ip| self.ips.contains(ip));
+        left_out.extend(ips_out);
+        let mut issued = self.pki.sign_csr(csr, agent.id, agent.kind, &names, &ips)?;
+        issued.ignored.extend(left_out.into_iter().map(|n| {
+            format!("{n}: not among the names allowed for local parents (--local-parent-names / --local-parent-ips)")
+        }));
+        Ok(issued)
+    }
+}
+
+/// Why a delivery is dead-lettered before it reaches the registry.
+pub struct Refusal {
+    /// Why, for the `x-fleetls-reason` header.
+    pub reason: String,
+    /// The agent it claims to come from, when it could be read.
+    pub agent: Option<uuid::Uuid>,
+    /// The kind of security event it is (`None`: merely undecodable).
+    pub security: Option<&'static str>,
+}
+
+/// The stateless checks of one delivery: its size, its signature, its
+/// encoding, its direction and its fields. Whether the key that signed is
+/// the one pinned for the agent is the registry's check.
+pub fn check(delivery: &Delivery, index: usize) -> Result<Option<Event>, Refusal> {
+    let data = &delivery.data;
+    if data.len() > fleetls_proto::MAX_PAYLOAD {
+        return Err(Refusal {
+            reason: format!(
+                "too_large: {} bytes, more than the {} a fleetls message may have",
+                data.len(),
+                fleetls_proto::MAX_PAYLOAD
+            ),
+            agent: None,
+            security: Some("too_large"),
+        });
+    }
+    let key = fleetls_bus::seal::signer(data, delivery.properties.headers().as_ref());
+    let mut envelope = match fleetls_proto::decode(data) {
+        Ok(envelope) => envelope,
+        Err(e) => {
+            return Err(Refusal {
+                reason: format!("{}: {e}", e.code()),
+                agent: None,
+                security: None,
+            })
+        }
+    };
+    // What is not a child's message at all is said first, signed or not.
+    if !envelope.body.is_to_parent() {
+        return Err(Refusal {
+            reason: wrong_direction(&envelope.body),
+            agent: None,
+            security: None,
+        });
+    }
+    let key = key.map_err(|e| Refusal {
+        reason: format!("forged: {e}; every message must be signed by its agent's key"),
+        agent: Some(envelope.from),
+        security: Some(match e {
+            fleetls_bus::seal::SealError::Unsigned => "unsigned",
+            _ => "bad_signature",
+        }),
+    })?;
+    crate::admission::check_inbound(&mut envelope).map_err(|reason| Refusal {
+        reason,
+        agent: Some(envelope.from),
+        security: Some("invalid_input"),
+    })?;
+    to_event(envelope, key.hex(), index).map_err(|reason| Refusal {
+        reason,
+        agent: None,
+        security: None,
+    })
+}
+
+/// Why a command sent to the parent is dead-lettered.
+fn wrong_direction(body: &Body) -> String {
+    format!(
+        "wrong_direction: {} is a parent → child message and cannot be sent to the parent",
+        body.kind()
+    )
+}
+
+/// The registry change a message asks for (`None`: nothing to record), or
+/// why it must be dead-lettered.
+fn to_event(envelope: Envelope, key: String, delivery: usize) -> Result<Option<Event>, String> {
+    let Envelope {
+        id, from, at, body, ..
+    } = envelope;
+    let event = |what| {
+        Ok(Some(Event {
+            message: id,
+            agent: from,
+            at,
+            key,
+            delivery,
+            what,
+        }))
+    };
+    match body {
+        Body::Hello(hello) => event(EventKind::Hello(hello)),
+        Body::Heartbeat(beat) => event(EventKind::Heartbeat(beat.state)),
+        Body::Csr(csr) => event(EventKind::Csr(csr.pem)),
+        Body::Refused(refused) => event(EventKind::Refused(refused.reason, refused.forged)),
+        Body::StepReport(report) => event(EventKind::StepReport(report)),
+        Body::SwitchReport(report) => event(EventKind::SwitchReport(report)),
+        Body::BrokerSwitchReport(report) => event(EventKind::BrokerSwitchReport(report)),
+        Body::CertificatesReady(_)
+        | Body::CertificateIssued(_)
+        | Body::CsrRejected(_)
+        | Body::RunStep(_)
+        | Body::UseSsl(_)
+        | Body::UseBrokerTls(_) => Err(wrong_direction(&body)),
+    }
+}
