@@ -246,9 +246,9 @@ async fn agents_reject(
     Json(request): Json<ops::AgentsRequest>,
 ) -> Result<Json<ops::AgentsReport>, ApiError> {
     let admission = crate::registry::Admission::Rejected;
-    Ok(Json(
-        blocking(&app, move |app| ops::agents_admit(app, &request, admission)).await?,
-    ))
+    let report = blocking(&app, move |app| ops::agents_admit(app, &request, admission)).await?;
+    ops::remove_agent_users(&app, &report.ids).await?;
+    Ok(Json(report))
 }
 
 async fn agents_delete(

@@ -208,7 +208,9 @@ pub fn write_broker_files(data_dir: &Path, out: &Path) -> Result<BrokerTlsFiles,
          ssl_options.versions.2 = tlsv1.2\n\
          auth_mechanisms.1 = PLAIN\n\
          auth_mechanisms.2 = AMQPLAIN\n\
-         auth_mechanisms.3 = EXTERNAL\n",
+         auth_mechanisms.3 = EXTERNAL\n\
+         # With EXTERNAL, an agent's RabbitMQ user is its certificate's CN (its id).\n\
+         ssl_cert_login_from = common_name\n",
         abs("ca.pem").display(),
         abs("broker.pem").display(),
         abs("broker.key").display()

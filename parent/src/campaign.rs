@@ -18,10 +18,12 @@ use crate::broker::Outgoing;
 use crate::registry::RegistryError;
 
 /// Which campaign.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Kind {
-    /// Every eligible child holding a certificate.
+    /// Every eligible child holding a certificate (and an empty
+    /// [`Progress`]'s kind).
+    #[default]
     Verify,
     /// Only the children whose last result was not a pass.
     Reverify,
@@ -50,16 +52,6 @@ impl Kind {
         matches!(self, Kind::Verify | Kind::Reverify)
     }
 
-    fn parse(text: &str) -> Kind {
-        match text {
-            "reverify" => Kind::Reverify,
-            "switch" => Kind::Switch,
-            "force-switch" => Kind::ForceSwitch,
-            "switch-broker" => Kind::SwitchBroker,
-            _ => Kind::Verify,
-        }
-    }
-
     /// The first (for switches, the only) step of a child.
     fn first_step(self) -> &'static str {
         match self {
@@ -69,6 +61,142 @@ impl Kind {
         }
     }
 }
+
+impl std::str::FromStr for Kind {
+    type Err = String;
+
+    /// A kind by its name; an unknown name is an error, never a default.
+    fn from_str(text: &str) -> Result<Kind, String> {
+        match text {
+            "verify" => Ok(Kind::Verify),
+            "reverify" => Ok(Kind::Reverify),
+            "switch" => Ok(Kind::Switch),
+            "force-switch" => Ok(Kind::ForceSwitch),
+            "switch-broker" => Ok(Kind::SwitchBroker),
+            other => Err(format!(
+                "unknown campaign kind {other:?}: verify, reverify, switch, force-switch or switch-broker"
+            )),
+        }
+    }
+}
+
+/// Where a child stands in a campaign.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChildState {
+    /// Enrolled, not started yet.
+    #[default]
+    Waiting,
+    /// Counted in the window: a step was sent.
+    Acting,
+    /// Passed every step.
+    Passed,
+    /// Reported a failure.
+    Failed,
+    /// Did not answer, was offline, or the campaign ended first.
+    DidNotParticipate,
+}
+
+impl ChildState {
+    /// Its name in the registry and the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChildState::Waiting => "waiting",
+            ChildState::Acting => "acting",
+            ChildState::Passed => "passed",
+            ChildState::Failed => "failed",
+            ChildState::DidNotParticipate => "did_not_participate",
+        }
+    }
+}
+
+impl std::str::FromStr for ChildState {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<ChildState, String> {
+        [
+            ChildState::Waiting,
+            ChildState::Acting,
+            ChildState::Passed,
+            ChildState::Failed,
+            ChildState::DidNotParticipate,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == text)
+        .ok_or_else(|| format!("unknown child state {text:?}"))
+    }
+}
+
+/// Where a campaign stands.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CampaignState {
+    /// Children are still waiting or acting.
+    #[default]
+    Running,
+    /// Every child ended.
+    Finished,
+    /// The campaign's deadline came first.
+    TimedOut,
+}
+
+impl CampaignState {
+    /// Its name in the registry and the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CampaignState::Running => "running",
+            CampaignState::Finished => "finished",
+            CampaignState::TimedOut => "timed_out",
+        }
+    }
+}
+
+impl std::str::FromStr for CampaignState {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<CampaignState, String> {
+        [
+            CampaignState::Running,
+            CampaignState::Finished,
+            CampaignState::TimedOut,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == text)
+        .ok_or_else(|| format!("unknown campaign state {text:?}"))
+    }
+}
+
+/// Reads the enums above from the registry's text columns: a value this
+/// build does not know is an error that names it, never a default.
+macro_rules! text_column {
+    ($($t:ty),*) => {$(
+        impl rusqlite::types::FromSql for $t {
+            fn column_result(value: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+                value
+                    .as_str()?
+                    .parse()
+                    .map_err(|e: String| rusqlite::types::FromSqlError::Other(e.into()))
+            }
+        }
+        impl rusqlite::types::ToSql for $t {
+            fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+                Ok(self.as_str().into())
+            }
+        }
+    )*};
+}
+text_column!(Kind, ChildState, CampaignState);
+
+macro_rules! display_as_str {
+    ($($t:ty),*) => {$(
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    )*};
+}
+display_as_str!(Kind, ChildState, CampaignState);
 
 /// What a broker switch campaign tells the children.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -92,15 +220,47 @@ pub struct Enrolment {
     pub port: u16,
 }
 
+/// Each agent's last test result (its enrolment in the newest verify or
+/// reverify it took part in), read from the registry with the same
+/// definitions as the status list: what `reverify` and the switches choose
+/// children by.
+pub fn last_results(
+    db: &rusqlite::Connection,
+) -> Result<std::collections::HashMap<Uuid, (ChildState, Option<String>)>, RegistryError> {
+    use crate::registry::{DEFINITIONS, LAST_ENROLMENT};
+    let mut stmt = db.prepare_cached(&format!(
+        "{DEFINITIONS} SELECT a.id, l.state, l.message FROM agents a {LAST_ENROLMENT}
+         WHERE l.state IS NOT NULL"
+    ))?;
+    let rows = stmt.query_map([], |row| {
+        Ok((
+            row.get::<_, String>(0)?,
+            (
+                row.get::<_, ChildState>(1)?,
+                row.get::<_, Option<String>>(2)?,
+            ),
+        ))
+    })?;
+    let mut last = std::collections::HashMap::new();
+    for row in rows {
+        let (id, state) = row?;
+        let id = id
+            .parse()
+            .map_err(|_| RegistryError::Corrupt(format!("agent id {id:?}")))?;
+        last.insert(id, state);
+    }
+    Ok(last)
+}
+
 /// The progress of a campaign (a query over the registry).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Progress {
     /// Its id.
     pub id: Uuid,
-    /// `verify` or `reverify`.
-    pub kind: String,
-    /// `running`, `finished` or `timed_out`.
-    pub state: String,
+    /// Which campaign.
+    pub kind: Kind,
+    /// Where it stands.
+    pub state: CampaignState,
     /// Most children acting at once.
     pub window: usize,
     /// The most that ever acted at once (from the parent's own record).
@@ -128,7 +288,7 @@ pub struct Progress {
 impl Progress {
     /// Whether the campaign is over.
     pub fn is_over(&self) -> bool {
-        self.state != "running"
+        self.state != CampaignState::Running
     }
 }
 
@@ -223,13 +383,12 @@ pub fn tick(
 ) -> Result<Tick, RegistryError> {
     let id = campaign.to_string();
     let now = fleetls_proto::now_ms() as i64;
-    let (window, deadline, step_timeout, kind, broker): (i64, i64, i64, String, Option<String>) =
+    let (window, deadline, step_timeout, kind, broker): (i64, i64, i64, Kind, Option<String>) =
         tx.query_row(
             "SELECT window, deadline_at, step_timeout_ms, kind, params FROM campaigns WHERE id = ?1",
             params![id],
             |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?)),
         )?;
-    let kind = Kind::parse(&kind);
     let broker: Option<BrokerSwitchParams> = broker.and_then(|b| serde_json::from_str(&b).ok());
     let mut result = Tick {
         kind: Some(kind),
@@ -598,17 +757,17 @@ pub fn progress(
         "SELECT state, count(*) FROM campaign_children WHERE campaign = ?1 GROUP BY state",
     )?;
     let rows = stmt.query_map(params![id], |row| {
-        Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)? as usize))
+        Ok((row.get::<_, ChildState>(0)?, row.get::<_, i64>(1)? as usize))
     })?;
     for row in rows {
         let (state, n) = row?;
         progress.total += n;
-        match state.as_str() {
-            "waiting" => progress.waiting = n,
-            "acting" => progress.acting = n,
-            "passed" => progress.passed = n,
-            "failed" => progress.failed = n,
-            _ => progress.did_not_participate += n,
+        match state {
+            ChildState::Waiting => progress.waiting = n,
+            ChildState::Acting => progress.acting = n,
+            ChildState::Passed => progress.passed = n,
+            ChildState::Failed => progress.failed = n,
+            ChildState::DidNotParticipate => progress.did_not_participate += n,
         }
     }
     Ok(Some(progress))
@@ -657,9 +816,9 @@ pub struct LastResult {
     /// The campaign.
     pub campaign: Uuid,
     /// `verify` or `reverify`.
-    pub kind: String,
-    /// `waiting`, `acting`, `passed`, `failed` or `did_not_participate`.
-    pub state: String,
+    pub kind: Kind,
+    /// Where the child stands in it.
+    pub state: ChildState,
     /// The step it is at or ended in.
     pub step: Option<String>,
     /// The last message.
@@ -674,4 +833,249 @@ pub struct LastResult {
     pub cert_test: Option<StepResult>,
     /// Step 2, "connection over the SSL port".
     pub ssl_port: Option<StepResult>,
+}
+
+#[cfg(test)]
+mod tests {
+    //! The engine against an in-memory registry: the window, the step and
+    //! campaign deadlines, offline children, reports (in and out of turn),
+    //! and resuming after a restart.
+
+    use super::*;
+    use crate::registry::Registry;
+    use fleetls_proto::Cause;
+
+    fn registry() -> Registry {
+        Registry::open(std::path::Path::new(":memory:")).unwrap()
+    }
+
+    fn children(n: usize) -> Vec<Enrolment> {
+        (0..n)
+            .map(|_| Enrolment {
+                agent: Uuid::new_v4(),
+                host: "parent.test".into(),
+                port: 12365,
+            })
+            .collect()
+    }
+
+    fn start(registry: &Registry, kind: Kind, window: usize, enrolled: &[Enrolment]) -> Uuid {
+        registry
+            .with_tx(|tx| create(tx, kind, window, 3_600_000, 60_000, enrolled, None))
+            .unwrap()
+    }
+
+    fn turn(registry: &Registry, id: Uuid, online: &dyn Fn(&Uuid) -> bool, resend: bool) -> Tick {
+        registry
+            .with_tx(|tx| tick(tx, id, online, resend, true))
+            .unwrap()
+    }
+
+    fn report(registry: &Registry, id: Uuid, agent: Uuid, step: Step, ok: bool) -> Vec<Outgoing> {
+        let mut out = Vec::new();
+        let report = StepReport {
+            campaign: id,
+            step,
+            ok,
+            message: if ok { "fine".into() } else { "broken".into() },
+            cause: (!ok).then_some(Cause::Refused),
+            started_at: None,
+        };
+        registry
+            .with_tx(|tx| on_report(tx, agent, &report, fleetls_proto::now_ms(), 0, &mut out))
+            .unwrap();
+        out
+    }
+
+    fn progress_of(registry: &Registry, id: Uuid) -> Progress {
+        registry.with_db(|db| progress(db, id)).unwrap().unwrap()
+    }
+
+    fn agents_of(out: &[Outgoing]) -> Vec<Uuid> {
+        out.iter().map(|o| o.agent).collect()
+    }
+
+    const ONLINE: &dyn Fn(&Uuid) -> bool = &|_| true;
+
+    #[test]
+    fn the_window_bounds_who_acts_and_the_next_starts_when_one_ends() {
+        let registry = registry();
+        let enrolled = children(5);
+        let id = start(&registry, Kind::Verify, 2, &enrolled);
+        let first = turn(&registry, id, ONLINE, false);
+        assert_eq!(
+            agents_of(&first.outgoing),
+            [enrolled[0].agent, enrolled[1].agent]
+        );
+        assert!(matches!(
+            &first.outgoing[0].body,
+            Body::RunStep(RunStep {
+                step: StepSpec::CertTest,
+                ..
+            })
+        ));
+        // Nobody finished: nobody new starts.
+        assert!(turn(&registry, id, ONLINE, false).outgoing.is_empty());
+        // Step 1 passed: step 2 to the same child, still within the window.
+        let next = report(&registry, id, enrolled[0].agent, Step::CertTest, true);
+        assert!(matches!(
+            &next[0].body,
+            Body::RunStep(RunStep {
+                step: StepSpec::SslPort { port: 12365, .. },
+                ..
+            })
+        ));
+        assert!(turn(&registry, id, ONLINE, false).outgoing.is_empty());
+        // Step 2 passed: the child ends and the third starts.
+        report(&registry, id, enrolled[0].agent, Step::SslPort, true);
+        let third = turn(&registry, id, ONLINE, false);
+        assert_eq!(agents_of(&third.outgoing), [enrolled[2].agent]);
+        let p = progress_of(&registry, id);
+        assert_eq!((p.passed, p.acting, p.waiting, p.max_acting), (1, 2, 2, 2));
+        assert_eq!(p.state, CampaignState::Running);
+    }
+
+    #[test]
+    fn a_failed_step_ends_the_child_and_a_late_report_changes_nothing() {
+        let registry = registry();
+        let enrolled = children(1);
+        let child = enrolled[0].agent;
+        let id = start(&registry, Kind::Verify, 1, &enrolled);
+        turn(&registry, id, ONLINE, false);
+        assert!(report(&registry, id, child, Step::CertTest, false).is_empty());
+        // A second report for the same step, and one for a step never sent.
+        report(&registry, id, child, Step::CertTest, true);
+        report(&registry, id, child, Step::SslPort, true);
+        let tick = turn(&registry, id, ONLINE, false);
+        assert!(!tick.running);
+        let p = progress_of(&registry, id);
+        assert_eq!((p.failed, p.passed, p.total), (1, 0, 1));
+        assert_eq!(p.state, CampaignState::Finished);
+    }
+
+    #[test]
+    fn offline_children_and_silent_ones_do_not_participate() {
+        let registry = registry();
+        let enrolled = children(3);
+        let offline = enrolled[0].agent;
+        let id = start(&registry, Kind::Verify, 3, &enrolled);
+        let online = move |a: &Uuid| *a != offline;
+        let first = turn(&registry, id, &online, false);
+        assert_eq!(
+            first.outgoing.len(),
+            2,
+            "the offline child is not sent anything"
+        );
+        // The step deadline passes without an answer.
+        registry
+            .with_tx(|tx| {
+                tx.execute(
+                    "UPDATE campaign_children SET step_deadline = 0 WHERE campaign = ?1",
+                    params![id.to_string()],
+                )?;
+                Ok(())
+            })
+            .unwrap();
+        let last = turn(&registry, id, &online, false);
+        assert!(!last.running);
+        let p = progress_of(&registry, id);
+        assert_eq!(p.did_not_participate, 3);
+        let causes: Vec<Option<String>> = registry
+            .with_db(|db| {
+                let mut stmt = db.prepare(
+                    "SELECT cause FROM campaign_children WHERE campaign = ?1 ORDER BY seq",
+                )?;
+                let rows = stmt.query_map(params![id.to_string()], |r| r.get(0))?;
+                Ok(rows.collect::<Result<_, _>>()?)
+            })
+            .unwrap();
+        assert_eq!(
+            causes,
+            [None, Some("timeout".into()), Some("timeout".into())]
+        );
+    }
+
+    #[test]
+    fn the_campaign_deadline_ends_everyone_left() {
+        let registry = registry();
+        let enrolled = children(4);
+        let id = start(&registry, Kind::Verify, 1, &enrolled);
+        turn(&registry, id, ONLINE, false);
+        registry
+            .with_tx(|tx| {
+                tx.execute(
+                    "UPDATE campaigns SET deadline_at = 0 WHERE id = ?1",
+                    params![id.to_string()],
+                )?;
+                Ok(())
+            })
+            .unwrap();
+        let tick = turn(&registry, id, ONLINE, false);
+        assert!(!tick.running && tick.outgoing.is_empty());
+        let p = progress_of(&registry, id);
+        assert_eq!(
+            (p.state, p.did_not_participate),
+            (CampaignState::TimedOut, 4)
+        );
+    }
+
+    #[test]
+    fn a_restarted_engine_resends_what_is_acting_and_judges_nobody_early() {
+        let registry = registry();
+        let enrolled = children(3);
+        let id = start(&registry, Kind::Switch, 2, &enrolled);
+        let first = turn(&registry, id, ONLINE, false);
+        assert!(matches!(first.outgoing[0].body, Body::UseSsl(_)));
+        // After a restart, before the backlog is read: no judging, no new
+        // child, nothing timed out — even past the step deadline.
+        registry
+            .with_tx(|tx| {
+                tx.execute(
+                    "UPDATE campaign_children SET step_deadline = 0 WHERE campaign = ?1",
+                    params![id.to_string()],
+                )?;
+                Ok(())
+            })
+            .unwrap();
+        let early = registry
+            .with_tx(|tx| tick(tx, id, ONLINE, true, false))
+            .unwrap();
+        assert!(early.running);
+        assert_eq!(
+            agents_of(&early.outgoing),
+            [enrolled[0].agent, enrolled[1].agent],
+            "the acting children get their command again"
+        );
+        let p = progress_of(&registry, id);
+        assert_eq!((p.acting, p.waiting, p.did_not_participate), (2, 1, 0));
+        // Their step deadline moved on with the re-send.
+        let later = turn(&registry, id, ONLINE, false);
+        assert!(later.outgoing.is_empty(), "the window is still full");
+        assert_eq!(progress_of(&registry, id).did_not_participate, 0);
+    }
+
+    #[test]
+    fn an_unknown_kind_or_state_in_the_registry_is_an_error_not_a_default() {
+        assert!("verify".parse::<Kind>().is_ok());
+        assert!("frobnicate"
+            .parse::<Kind>()
+            .unwrap_err()
+            .contains("frobnicate"));
+        assert!("maybe".parse::<ChildState>().is_err());
+        assert!("paused".parse::<CampaignState>().is_err());
+        let registry = registry();
+        let id = start(&registry, Kind::Verify, 1, &children(1));
+        registry
+            .with_tx(|tx| {
+                tx.execute(
+                    "UPDATE campaigns SET kind = 'frobnicate' WHERE id = ?1",
+                    params![id.to_string()],
+                )?;
+                Ok(())
+            })
+            .unwrap();
+        assert!(registry
+            .with_tx(|tx| tick(tx, id, ONLINE, false, true))
+            .is_err());
+    }
 }

@@ -440,7 +440,7 @@ mod tests {
         let till_a = &all.agents[2];
         let last = till_a.last_result.as_ref().unwrap();
         assert_eq!((last.campaign, last.kind.as_str()), (new, "reverify"));
-        assert_eq!(last.state, "passed");
+        assert_eq!(last.state, crate::campaign::ChildState::Passed);
         assert_eq!(
             last.cert_test.as_ref().unwrap().message,
             "Certificates generated successfully!"

@@ -126,7 +126,7 @@ mod tests {
             waiting: 3,
             started_at: 1_000,
             finished_at: Some(6_000),
-            state: "running".into(),
+            state: crate::campaign::CampaignState::Running,
             ..Progress::default()
         };
         let line = progress_line(&p);

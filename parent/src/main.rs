@@ -722,7 +722,7 @@ fn print_summary(status: &fleetls_parent::status::Status) {
     println!("  mPOS:                       {}", s.mpos);
     for agent in &status.agents {
         if let Some(result) = &agent.last_result {
-            if result.state != "passed" {
+            if result.state != fleetls_parent::campaign::ChildState::Passed {
                 println!(
                     "  {:<24} {:<20} {} {}",
                     agent.name,

@@ -34,7 +34,7 @@ pub async fn connections(
         Some(vhost) => format!(
             "{}/api/vhosts/{}/connections",
             management.base,
-            vhost.replace('/', "%2F")
+            encode_vhost(vhost)
         ),
         None => format!("{}/api/connections", management.base),
     };
@@ -76,6 +76,92 @@ pub async fn connections(
         .collect())
 }
 
+/// The RabbitMQ permissions (configure, write, read) of one agent's own
+/// user, once agents authenticate with their certificates: its own queue,
+/// publishing to `fleetls.parent` (and dead-lettering to `fleetls.dead`),
+/// binding from `fleetls.agents`. No other agent's queue, no exchange.
+pub fn agent_permissions(agent: &uuid::Uuid) -> [String; 3] {
+    let queue = format!(r"fleetls\.agent\.{}", agent.to_string().replace('-', r"\-"));
+    [
+        format!("^{queue}$"),
+        format!(r"^(fleetls\.parent|fleetls\.dead|{queue})$"),
+        format!(r"^(fleetls\.agents|{queue})$"),
+    ]
+}
+
+/// Creates (or updates) the RabbitMQ user of one agent — named by its
+/// certificate's CN, its id, with no password: it can only log in with its
+/// certificate (SASL EXTERNAL) — and gives it [`agent_permissions`] on
+/// `vhost` only.
+pub async fn ensure_agent_user(
+    management: &Management,
+    vhost: &str,
+    agent: &uuid::Uuid,
+) -> Result<(), String> {
+    let client = reqwest::Client::new();
+    let put = |path: String, body: serde_json::Value| {
+        let request = client
+            .put(format!("{}{path}", management.base))
+            .basic_auth(&management.user, Some(&management.password))
+            .timeout(std::time::Duration::from_secs(30))
+            .json(&body);
+        async move {
+            let response = request.send().await.map_err(|e| {
+                format!(
+                    "RabbitMQ management at {} does not answer: {e}",
+                    management.base
+                )
+            })?;
+            if response.status().is_success() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "RabbitMQ management refused {path}: {} (its user needs the administrator tag)",
+                    response.status()
+                ))
+            }
+        }
+    };
+    put(
+        format!("/api/users/{agent}"),
+        serde_json::json!({ "password_hash": "", "tags": "" }),
+    )
+    .await?;
+    let [configure, write, read] = agent_permissions(agent);
+    put(
+        format!("/api/permissions/{}/{agent}", encode_vhost(vhost)),
+        serde_json::json!({ "configure": configure, "write": write, "read": read }),
+    )
+    .await
+}
+
+/// Removes the RabbitMQ user of one agent (none there is no error).
+pub async fn delete_agent_user(management: &Management, agent: &uuid::Uuid) -> Result<(), String> {
+    let response = reqwest::Client::new()
+        .delete(format!("{}/api/users/{agent}", management.base))
+        .basic_auth(&management.user, Some(&management.password))
+        .timeout(std::time::Duration::from_secs(30))
+        .send()
+        .await
+        .map_err(|e| {
+            format!(
+                "RabbitMQ management at {} does not answer: {e}",
+                management.base
+            )
+        })?;
+    match response.status() {
+        s if s.is_success() || s == reqwest::StatusCode::NOT_FOUND => Ok(()),
+        s => Err(format!(
+            "RabbitMQ management refused to delete user {agent}: {s}"
+        )),
+    }
+}
+
+/// A vhost name as one segment of a management URL.
+fn encode_vhost(vhost: &str) -> String {
+    vhost.replace('%', "%25").replace('/', "%2F")
+}
+
 /// The connections by name (a name seen twice keeps its TLS one).
 pub fn by_name(connections: Vec<BrokerConnection>) -> HashMap<String, BrokerConnection> {
     let mut out: HashMap<String, BrokerConnection> = HashMap::new();
@@ -88,4 +174,21 @@ pub fn by_name(connections: Vec<BrokerConnection>) -> HashMap<String, BrokerConn
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_agents_user_may_touch_its_own_queue_only() {
+        let me = uuid::Uuid::new_v4();
+        let [configure, write, read] = agent_permissions(&me);
+        let queue = format!("fleetls.agent.{me}");
+        let escaped = |s: &str| s.replace('.', r"\.").replace('-', r"\-");
+        assert_eq!(configure, format!("^{}$", escaped(&queue)));
+        assert!(write.contains(&escaped(&queue)) && write.contains(r"fleetls\.parent"));
+        assert!(read.contains(r"fleetls\.agents|") && !read.contains(r"fleetls\.parent"));
+        assert_eq!(encode_vhost("/"), "%2F");
+    }
 }

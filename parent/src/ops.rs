@@ -423,6 +423,14 @@ pub async fn start_campaign(
         let protocol = crate::broker_switch::check(&app.config.data_dir, &uri)
             .await
             .map_err(|why| OpError::Refused(format!("AMQPS is not ready: {why}")))?;
+        let auth = request.auth.unwrap_or(fleetls_proto::BrokerAuth::Plain);
+        if auth == fleetls_proto::BrokerAuth::External && app.config.management.is_none() {
+            return Err(OpError::Refused(
+                "--external needs the parent's --management: it creates one RabbitMQ user per agent, \
+                 allowed only its own queue"
+                    .into(),
+            ));
+        }
         plan.amqps = Some(crate::config::redact(&uri));
         plan.broker_tls = Some(protocol);
         broker = Some(BrokerSwitchParams {
@@ -433,22 +441,25 @@ pub async fn start_campaign(
     }
     let min = app.config.min_ssl_version;
     let agents = app.registry.agents().map_err(internal)?;
-    // Each agent's last result, as the status has it.
-    let last: std::collections::HashMap<uuid::Uuid, crate::campaign::LastResult> = app
-        .with_status(|_, list| {
-            (list.agents().iter())
-                .filter_map(|a| Some((a.id, a.last_result.clone()?)))
-                .collect()
-        })
+    // Each agent's last test result, from the registry.
+    let last = app
+        .registry
+        .with_db(crate::campaign::last_results)
         .map_err(internal)?;
     let settings = app.settings();
-    let passed = |a: &Agent| last.get(&a.id).is_some_and(|r| r.state == "passed");
+    let passed = |a: &Agent| {
+        last.get(&a.id)
+            .is_some_and(|(s, _)| *s == crate::campaign::ChildState::Passed)
+    };
     let mut children = Vec::new();
     for a in agents.iter().filter(|a| eligible(a, min)) {
         let take = match request.kind {
             Kind::Verify => a.has_certificate,
             Kind::Reverify => {
-                a.has_certificate && last.get(&a.id).is_some_and(|r| r.state != "passed")
+                a.has_certificate
+                    && last
+                        .get(&a.id)
+                        .is_some_and(|(s, _)| *s != crate::campaign::ChildState::Passed)
             }
             Kind::Switch => !a.ssl && passed(a),
             Kind::ForceSwitch => !a.ssl,
@@ -459,7 +470,9 @@ pub async fn start_campaign(
         }
         if request.kind == Kind::ForceSwitch && !passed(a) {
             let why = match last.get(&a.id) {
-                Some(r) => format!("{}: {}", r.state, r.message.as_deref().unwrap_or("-")),
+                Some((state, message)) => {
+                    format!("{state}: {}", message.as_deref().unwrap_or("-"))
+                }
                 None if !a.has_certificate => "no certificate".to_owned(),
                 None => "never tested".to_owned(),
             };
@@ -487,6 +500,11 @@ pub async fn start_campaign(
             plan,
             progress: None,
         });
+    }
+    if let (Some(b), Some(management)) = (&broker, &app.config.management) {
+        if b.auth == fleetls_proto::BrokerAuth::External {
+            agent_users(management, &b.uri, &children).await?;
+        }
     }
     let id = app
         .registry
@@ -625,6 +643,39 @@ pub fn campaign_progress(app: &App) -> Result<Option<crate::campaign::Progress>,
         .map_err(internal)
 }
 
+/// Before children move to AMQPS with their certificates: one RabbitMQ user
+/// per agent (its certificate's CN), allowed only its own queue. At most 16
+/// requests to management at a time.
+async fn agent_users(
+    management: &crate::config::Management,
+    amqps: &str,
+    children: &[crate::campaign::Enrolment],
+) -> Result<(), OpError> {
+    let uri: lapin::uri::AMQPUri = amqps
+        .parse()
+        .map_err(|e: String| OpError::BadRequest(crate::config::redact(&e)))?;
+    let vhost = uri.vhost;
+    let mut tasks = tokio::task::JoinSet::new();
+    let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(16));
+    for child in children {
+        let (management, vhost, agent) = (management.clone(), vhost.clone(), child.agent);
+        let permit = limit.clone().acquire_owned().await.map_err(internal)?;
+        tasks.spawn(async move {
+            let done = crate::management::ensure_agent_user(&management, &vhost, &agent).await;
+            drop(permit);
+            done
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.map_err(internal)?.map_err(|why| {
+            OpError::Unavailable(format!(
+                "cannot create the agents' RabbitMQ users, nothing was started: {why}"
+            ))
+        })?;
+    }
+    Ok(())
+}
+
 /// One agent as `agents list` shows it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AgentEntry {
@@ -687,6 +738,9 @@ pub struct AgentsRequest {
 pub struct AgentsReport {
     /// The agents changed, by name.
     pub changed: Vec<String>,
+    /// Their ids.
+    #[serde(default)]
+    pub ids: Vec<uuid::Uuid>,
 }
 
 /// Finds one agent by name or id; a name two agents share must be given
@@ -747,15 +801,34 @@ pub fn agents_admit(
             .map(|w| find_agent(&agents, w))
             .collect::<Result<_, _>>()?
     };
-    let mut changed = Vec::new();
+    let mut report = AgentsReport {
+        changed: Vec::new(),
+        ids: Vec::new(),
+    };
     for agent in chosen {
         app.registry
             .set_admission(&agent.id, admission)
             .map_err(internal)?;
         tracing::info!(agent = %agent.id, admission = admission.as_str(), "admission changed");
-        changed.push(crate::admission::printable(&agent.name, 80));
+        report
+            .changed
+            .push(crate::admission::printable(&agent.name, 80));
+        report.ids.push(agent.id);
     }
-    Ok(AgentsReport { changed })
+    Ok(report)
+}
+
+/// After `agents reject`: the rejected agents' own RabbitMQ users go (when
+/// the parent has management), so their certificates no longer log in.
+pub async fn remove_agent_users(app: &App, agents: &[uuid::Uuid]) -> Result<(), OpError> {
+    if let Some(management) = &app.config.management {
+        for agent in agents {
+            crate::management::delete_agent_user(management, agent)
+                .await
+                .map_err(OpError::Unavailable)?;
+        }
+    }
+    Ok(())
 }
 
 /// `agents delete NAME`: removes the agent's rows and its queue, revokes
@@ -775,7 +848,10 @@ pub async fn agents_delete(app: &App, request: &AgentsRequest) -> Result<AgentsR
             "the parent is not connected to the broker right now (the agent's queue must be deleted too); try again in a moment".into(),
         )
     })?;
-    let mut changed = Vec::new();
+    let mut report = AgentsReport {
+        changed: Vec::new(),
+        ids: Vec::new(),
+    };
     for agent in chosen {
         let registry = app.registry.clone();
         let id = agent.id;
@@ -795,11 +871,15 @@ pub async fn agents_delete(app: &App, request: &AgentsRequest) -> Result<AgentsR
                     agent.id
                 ))
             })?;
+        remove_agent_users(app, &[agent.id]).await?;
         tracing::info!(agent = %agent.id, "agent deleted; its key is banned");
-        changed.push(crate::admission::printable(&agent.name, 80));
+        report
+            .changed
+            .push(crate::admission::printable(&agent.name, 80));
+        report.ids.push(agent.id);
     }
     app.campaign_changed.notify_one();
-    Ok(AgentsReport { changed })
+    Ok(report)
 }
 
 /// What `fleetls-parent security` shows.

@@ -286,6 +286,36 @@ CREATE TABLE IF NOT EXISTS step_results (
 );
 ";
 
+/// The `WITH` clause every query of agents with their last result starts
+/// with (the status list, the console's pages, a campaign's choice of
+/// children):
+///
+/// - `tests(id, kind, rank)`: the test campaigns (`verify`, `reverify`),
+///   rank 1 the newest (by start, then by creation). An agent's last result
+///   is its enrolment in the test of lowest rank;
+/// - `agent_view`: the agents, each with `certified`: it holds a
+///   certificate when it says so and the parent issued it one that is still
+///   valid in the registry (not from a CA since reset), as
+///   `registry::SELECT_AGENT` has it.
+pub const DEFINITIONS: &str = "WITH
+    tests(id, kind, rank) AS MATERIALIZED (
+        SELECT id, kind, row_number() OVER (ORDER BY started_at DESC, rowid DESC)
+        FROM campaigns WHERE kind IN ('verify', 'reverify')),
+    agent_view AS (
+        SELECT agents.*, has_certificate AND EXISTS (
+            SELECT 1 FROM certificates c WHERE c.agent_id = agents.id AND c.revoked = 0)
+            AS certified
+        FROM agents)";
+
+/// Joins to the agents (`a`, as `status::AGENTS_FROM` has them) each agent's last result: its enrolment (`l`) in
+/// the test of lowest rank it was enrolled in, and that campaign (`lt`). One
+/// index lookup per agent: for the console's filtered pages and the
+/// counters (the full list reads the enrolments once instead).
+pub const LAST_ENROLMENT: &str = "LEFT JOIN campaign_children l ON l.rowid = (
+        SELECT cc.rowid FROM campaign_children cc JOIN tests t ON t.id = cc.campaign
+        WHERE cc.agent = a.id ORDER BY t.rank LIMIT 1)
+    LEFT JOIN campaigns lt ON lt.id = l.campaign";
+
 /// The schema version this build writes (`PRAGMA user_version`).
 pub const SCHEMA_VERSION: i64 = 2;
 

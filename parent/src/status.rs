@@ -20,9 +20,10 @@ use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::campaign::{LastResult, Progress, StepResult};
+use crate::campaign::{ChildState, Kind, LastResult, Progress, StepResult};
 use crate::config::Version;
 use crate::registry::{Agent, Changes, Registry, RegistryError, AGENT_TABLES};
+pub use crate::registry::{DEFINITIONS, LAST_ENROLMENT};
 use fleetls_proto::AgentKind;
 
 /// What `status --json` prints.
@@ -204,36 +205,8 @@ impl ViewContext {
     }
 }
 
-/// The `WITH` clause every status query starts with:
-///
-/// - `tests(id, kind, rank)`: the test campaigns (`verify`, `reverify`),
-///   rank 1 the newest (by start, then by creation). An agent's last result
-///   is its enrolment in the test of lowest rank;
-/// - `agent_view`: the agents, each with `certified`: it holds a
-///   certificate when it says so and the parent issued it one that is still
-///   valid in the registry (not from a CA since reset), as
-///   `registry::SELECT_AGENT` has it.
-pub const DEFINITIONS: &str = "WITH
-    tests(id, kind, rank) AS MATERIALIZED (
-        SELECT id, kind, row_number() OVER (ORDER BY started_at DESC, rowid DESC)
-        FROM campaigns WHERE kind IN ('verify', 'reverify')),
-    agent_view AS (
-        SELECT agents.*, has_certificate AND EXISTS (
-            SELECT 1 FROM certificates c WHERE c.agent_id = agents.id AND c.revoked = 0)
-            AS certified
-        FROM agents)";
-
 /// The agents (`a`) with their last refusal (`r`), after [`DEFINITIONS`].
 pub const AGENTS_FROM: &str = "FROM agent_view a LEFT JOIN refusals r ON r.agent_id = a.id";
-
-/// Joins to [`AGENTS_FROM`] each agent's last result: its enrolment (`l`) in
-/// the test of lowest rank it was enrolled in, and that campaign (`lt`). One
-/// index lookup per agent: for the console's filtered pages and the
-/// counters (the full list reads the enrolments once instead).
-pub const LAST_ENROLMENT: &str = "LEFT JOIN campaign_children l ON l.rowid = (
-        SELECT cc.rowid FROM campaign_children cc JOIN tests t ON t.id = cc.campaign
-        WHERE cc.agent = a.id ORDER BY t.rank LIMIT 1)
-    LEFT JOIN campaigns lt ON lt.id = l.campaign";
 
 /// The status list's order: by name, then id (both as bytes, as Rust
 /// compares `String`s and `Uuid`s).
@@ -286,7 +259,7 @@ pub fn agents_where(
     ))?;
     let rows = stmt.query_map(rusqlite::params_from_iter(binds), |row| {
         // The test's kind and the last result follow the agent's columns.
-        let last_result = match row.get::<_, Option<String>>(AGENT_COLUMN_COUNT)? {
+        let last_result = match row.get::<_, Option<Kind>>(AGENT_COLUMN_COUNT)? {
             Some(kind) => row_to_last_result(row, AGENT_COLUMN_COUNT + 1, kind)?,
             None => None,
         };
@@ -373,7 +346,7 @@ fn agent_list(
 
     // Each agent's enrolment in the test of lowest rank, as LAST_ENROLMENT
     // picks it.
-    let mut tests: HashMap<String, (i64, String)> = HashMap::new();
+    let mut tests: HashMap<String, (i64, Kind)> = HashMap::new();
     let mut stmt = db.prepare_cached(&format!("{DEFINITIONS} SELECT id, rank, kind FROM tests"))?;
     for row in stmt.query_map([], |row| Ok((row.get(0)?, (row.get(1)?, row.get(2)?))))? {
         let (id, test) = row?;
@@ -396,7 +369,7 @@ fn agent_list(
         };
         if *rank < ranks[i] {
             ranks[i] = *rank;
-            agents[i].last_result = row_to_last_result(row, 1, kind.clone())?;
+            agents[i].last_result = row_to_last_result(row, 1, *kind)?;
         }
     }
 
@@ -700,7 +673,7 @@ struct Group {
 impl Group {
     /// One agent as a group of one.
     fn of(agent: &AgentStatus) -> Group {
-        let state = agent.last_result.as_ref().map(|r| r.state.as_str());
+        let state = agent.last_result.as_ref().map(|r| r.state);
         Group {
             admission: Some(agent.admission),
             compromised: agent.compromised.into(),
@@ -711,8 +684,8 @@ impl Group {
             certified: agent.has_certificate.into(),
             ssl: agent.ssl.into(),
             broker_tls: agent.broker_tls.into(),
-            passed: (state == Some("passed")).into(),
-            failed: (state == Some("failed")).into(),
+            passed: (state == Some(ChildState::Passed)).into(),
+            failed: (state == Some(ChildState::Failed)).into(),
         }
     }
 }
@@ -874,7 +847,7 @@ pub fn row_to_status(
 pub fn row_to_last_result(
     row: &rusqlite::Row<'_>,
     first: usize,
-    kind: String,
+    kind: Kind,
 ) -> rusqlite::Result<Option<LastResult>> {
     let Some(campaign) = row
         .get_ref(first)?
@@ -1055,7 +1028,7 @@ mod tests {
             (last_a.campaign, last_a.kind.as_str()),
             (reverify, "reverify")
         );
-        assert_eq!(last_a.state, "passed");
+        assert_eq!(last_a.state, ChildState::Passed);
         assert!(last_a.cert_test.as_ref().unwrap().ok && last_a.ssl_port.is_some());
         let last_b = by_id(b).last_result.as_ref().unwrap();
         assert_eq!((last_b.campaign, last_b.state.as_str()), (verify, "passed"));
