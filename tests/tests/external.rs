@@ -160,7 +160,7 @@ fn each_child_logs_in_with_its_certificate_as_a_user_allowed_only_its_queue() {
             key.to_str().unwrap().to_owned(),
         ];
         all.extend(["--ca", &owned[0], "--cert", &owned[1], "--key", &owned[2]]);
-        all.extend(["--external", "--server-name", "localhost"]);
+        all.push("--external");
         attack(&all)
     };
     let url = format!("amqps://127.0.0.1:{AMQPS_PORT}/{}", vhost.name);
