@@ -8,8 +8,8 @@ use std::time::Duration;
 use fleetls_bus::amqp::BusError;
 use fleetls_bus::seal::SigningKey;
 use fleetls_proto::{
-    topology, AgentState, Body, Csr, Envelope, Heartbeat, Hello, Refused, RunStep, StepReport,
-    StepSpec, SwitchReport,
+    topology, AgentState, Body, Csr, Directed, Envelope, Heartbeat, Hello, Refused, RunStep,
+    StepReport, StepSpec, SwitchReport, ToChild, ToParent,
 };
 use futures_lite::StreamExt;
 use lapin::message::Delivery;
@@ -164,8 +164,8 @@ impl Agent {
         }
     }
 
-    fn hello(&self) -> Body {
-        Body::Hello(Hello {
+    fn hello(&self) -> ToParent {
+        ToParent::Hello(Hello {
             name: self.identity.name.clone(),
             kind: self.config.kind,
             version: self.config.version.clone(),
@@ -403,7 +403,7 @@ impl Session {
 
     /// One heartbeat with the agent's state.
     async fn beat(&self, agent: &Agent) -> Result<(), SessionError> {
-        let beat = Body::Heartbeat(Heartbeat {
+        let beat = ToParent::Heartbeat(Heartbeat {
             state: agent.report_state(),
         });
         self.send(agent, beat, None).await
@@ -413,10 +413,10 @@ impl Session {
     pub async fn send(
         &self,
         agent: &Agent,
-        body: Body,
+        body: ToParent,
         re: Option<uuid::Uuid>,
     ) -> Result<(), SessionError> {
-        let mut envelope = Envelope::new(agent.identity.id, body);
+        let mut envelope = Envelope::new(agent.identity.id, body.into());
         envelope.re = re;
         let sealed = agent.key.seal(&envelope).map_err(BusError::from)?;
         let properties = fleetls_bus::amqp::properties(&envelope, &sealed, None);
@@ -434,8 +434,17 @@ impl Session {
     /// Carries out one command. The inner `Err` is a refusal to report.
     async fn obey(&self, agent: &Agent, envelope: Envelope) -> Result<Obeyed, SessionError> {
         let store = CertStore::new(&agent.config.data_dir);
-        match envelope.body {
-            Body::CertificatesReady(ready) => {
+        let command = match envelope.body.directed() {
+            Directed::ToChild(command) => command,
+            Directed::ToParent(message) => {
+                return Ok(Obeyed::Done(Err(format!(
+                    "{} is a child → parent message, not a command",
+                    Body::from(message).kind()
+                ))))
+            }
+        };
+        match command {
+            ToChild::CertificatesReady(ready) => {
                 if agent.config.kind == fleetls_proto::AgentKind::LocalParent {
                     if let Err(e) = agent.update_state(|s| s.serve_port = ready.serve_port) {
                         return Ok(Obeyed::Done(Err(e.to_string())));
@@ -455,14 +464,14 @@ impl Session {
                 .unwrap_or_else(|e| Err(format!("the CSR task failed: {e}")));
                 match csr {
                     Ok(Some(pem)) => {
-                        self.send(agent, Body::Csr(Csr { pem }), Some(envelope.id))
+                        self.send(agent, ToParent::Csr(Csr { pem }), Some(envelope.id))
                             .await?;
                     }
                     Ok(None) => self.send_state(agent).await?,
                     Err(reason) => return Ok(Obeyed::Done(Err(reason))),
                 }
             }
-            Body::CertificateIssued(issued) => {
+            ToChild::CertificateIssued(issued) => {
                 let installed = tokio::task::spawn_blocking(move || store.install(&issued))
                     .await
                     .unwrap_or_else(|e| Err(format!("the install task failed: {e}")));
@@ -472,11 +481,11 @@ impl Session {
                 agent.serve_local_port(&self.shutdown, true);
                 self.send_state(agent).await?;
             }
-            Body::RunStep(run) if run.deadline < fleetls_proto::now_ms() => {
+            ToChild::RunStep(run) if run.deadline < fleetls_proto::now_ms() => {
                 // Its result would no longer count: the parent has moved on.
                 warn!(campaign = %run.campaign, "a test step arrived after its deadline; skipped");
             }
-            Body::RunStep(mut run) => {
+            ToChild::RunStep(mut run) => {
                 if agent.behaviour.fail_ssl_port {
                     if let StepSpec::SslPort { host, port } = &mut run.step {
                         *host = "127.0.0.1".into();
@@ -484,14 +493,14 @@ impl Session {
                     }
                 }
                 let report = run_step(&store, &run).await;
-                self.send(agent, Body::StepReport(report), Some(envelope.id))
+                self.send(agent, ToParent::StepReport(report), Some(envelope.id))
                     .await?;
             }
-            Body::CsrRejected(rejected) => {
+            ToChild::CsrRejected(rejected) => {
                 warn!(reason = %rejected.reason, "the parent refused this agent's CSR");
                 store.forget_pending();
             }
-            Body::UseSsl(cmd) => {
+            ToChild::UseSsl(cmd) => {
                 // Only with a certificate that still passes step 1.
                 let report = match steps::cert_test(&store) {
                     Ok(_) => match agent.update_state(|s| s.ssl = true) {
@@ -512,17 +521,11 @@ impl Session {
                         message: format!("Cannot switch to SSL: {}", failure.message),
                     },
                 };
-                self.send(agent, Body::SwitchReport(report), Some(envelope.id))
+                self.send(agent, ToParent::SwitchReport(report), Some(envelope.id))
                     .await?;
             }
-            Body::UseBrokerTls(cmd) => {
+            ToChild::UseBrokerTls(cmd) => {
                 return crate::broker_tls::obey(self, agent, &cmd, envelope.id).await;
-            }
-            other => {
-                return Ok(Obeyed::Done(Err(format!(
-                    "{} is not supported by this agent version",
-                    other.kind()
-                ))))
             }
         }
         Ok(Obeyed::Done(Ok(())))
@@ -586,7 +589,8 @@ impl Session {
                         reason,
                         forged: false,
                     };
-                    self.send(agent, Body::Refused(refused), Some(id)).await?;
+                    self.send(agent, ToParent::Refused(refused), Some(id))
+                        .await?;
                 }
             }
             Verdict::Undecodable(e) => {
@@ -598,7 +602,7 @@ impl Session {
                     reason: e.to_string(),
                     forged: false,
                 };
-                self.send(agent, Body::Refused(refused), None).await?;
+                self.send(agent, ToParent::Refused(refused), None).await?;
             }
             Verdict::Forged(reason) => {
                 warn!(reason = %reason, "SECURITY: a forged or replayed command was refused");
@@ -616,7 +620,7 @@ impl Session {
                     reason,
                     forged: true,
                 };
-                self.send(agent, Body::Refused(refused), None).await?;
+                self.send(agent, ToParent::Refused(refused), None).await?;
             }
         }
         delivery

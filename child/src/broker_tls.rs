@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use fleetls_bus::amqp::{BusError, TlsFiles};
-use fleetls_proto::{Body, BrokerAuth, BrokerSwitchReport, UseBrokerTls};
+use fleetls_proto::{BrokerAuth, BrokerSwitchReport, ToParent, UseBrokerTls};
 use lapin::Connection;
 use tracing::{info, warn};
 
@@ -72,7 +72,7 @@ pub async fn obey(
         };
         // Report over the new connection: proof that it carries messages.
         session
-            .send(agent, Body::BrokerSwitchReport(report), Some(re))
+            .send(agent, ToParent::BrokerSwitchReport(report), Some(re))
             .await?;
         Ok((connection, session))
     };
@@ -109,7 +109,7 @@ async fn stay_plain(
         error: Some(why),
     };
     plain
-        .send(agent, Body::BrokerSwitchReport(report), Some(re))
+        .send(agent, ToParent::BrokerSwitchReport(report), Some(re))
         .await?;
     Ok(Obeyed::Done(Ok(())))
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use fleetls_bus::amqp::{TlsFiles, ToAgent};
 use fleetls_bus::seal::SigningKey;
-use fleetls_proto::{Body, Envelope};
+use fleetls_proto::{Envelope, ToChild};
 use lapin::{Channel, Connection};
 use tracing::warn;
 use uuid::Uuid;
@@ -23,8 +23,8 @@ pub use fleetls_bus::backoff;
 pub struct Outgoing {
     /// The agent.
     pub agent: Uuid,
-    /// What to send.
-    pub body: Body,
+    /// What to send: only a command can be.
+    pub body: ToChild,
     /// The message it answers.
     pub re: Option<Uuid>,
 }
@@ -77,14 +77,10 @@ pub async fn send_all(
 ) -> Result<Vec<uuid::Uuid>, BrokerError> {
     let mut messages = Vec::with_capacity(outgoing.len());
     for out in outgoing {
-        let deadline = match &out.body {
-            Body::RunStep(run) => Some(run.deadline),
-            Body::UseBrokerTls(cmd) => Some(cmd.deadline),
-            _ => None,
-        };
+        let deadline = out.body.deadline();
         let expiration = deadline
             .map(|d| Duration::from_millis(d.saturating_sub(fleetls_proto::now_ms()).max(1)));
-        let mut envelope = Envelope::new(crate::PARENT_ID, out.body).to(out.agent);
+        let mut envelope = Envelope::new(crate::PARENT_ID, out.body.into()).to(out.agent);
         envelope.re = out.re;
         let sealed = key.seal(&envelope)?;
         let properties = fleetls_bus::amqp::properties(&envelope, &sealed, expiration);

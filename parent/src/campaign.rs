@@ -12,7 +12,7 @@ use rusqlite::{params, OptionalExtension, Transaction};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use fleetls_proto::{Body, RunStep, Step, StepReport, StepSpec, UseBrokerTls, UseSsl};
+use fleetls_proto::{RunStep, Step, StepReport, StepSpec, ToChild, UseBrokerTls, UseSsl};
 
 use crate::broker::Outgoing;
 use crate::registry::RegistryError;
@@ -538,8 +538,8 @@ fn command(
     broker: Option<&BrokerSwitchParams>,
 ) -> Outgoing {
     let body = match (step, broker) {
-        ("use-ssl", _) => Body::UseSsl(UseSsl { campaign }),
-        ("use-broker-tls", Some(b)) => Body::UseBrokerTls(UseBrokerTls {
+        ("use-ssl", _) => ToChild::UseSsl(UseSsl { campaign }),
+        ("use-broker-tls", Some(b)) => ToChild::UseBrokerTls(UseBrokerTls {
             campaign,
             uri: b.uri.clone(),
             ca_pem: b.ca_pem.clone(),
@@ -561,7 +561,7 @@ fn command(
 fn run_step(agent: Uuid, campaign: Uuid, step: StepSpec, deadline: u64) -> Outgoing {
     Outgoing {
         agent,
-        body: Body::RunStep(RunStep {
+        body: ToChild::RunStep(RunStep {
             campaign,
             step,
             deadline,
@@ -909,7 +909,7 @@ mod tests {
         );
         assert!(matches!(
             &first.outgoing[0].body,
-            Body::RunStep(RunStep {
+            ToChild::RunStep(RunStep {
                 step: StepSpec::CertTest,
                 ..
             })
@@ -920,7 +920,7 @@ mod tests {
         let next = report(&registry, id, enrolled[0].agent, Step::CertTest, true);
         assert!(matches!(
             &next[0].body,
-            Body::RunStep(RunStep {
+            ToChild::RunStep(RunStep {
                 step: StepSpec::SslPort { port: 12365, .. },
                 ..
             })
@@ -1025,7 +1025,7 @@ mod tests {
         let enrolled = children(3);
         let id = start(&registry, Kind::Switch, 2, &enrolled);
         let first = turn(&registry, id, ONLINE, false);
-        assert!(matches!(first.outgoing[0].body, Body::UseSsl(_)));
+        assert!(matches!(first.outgoing[0].body, ToChild::UseSsl(_)));
         // After a restart, before the backlog is read: no judging, no new
         // child, nothing timed out — even past the step deadline.
         registry

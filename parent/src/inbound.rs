@@ -8,8 +8,8 @@
 //! below it, which return what to send. Nothing below calls back up.
 
 use fleetls_proto::{
-    AgentKind, AgentState, Body, BrokerSwitchReport, CertificateIssued, CsrRejected, Envelope,
-    Hello, StepReport, SwitchReport,
+    AgentKind, AgentState, BrokerSwitchReport, CertificateIssued, CsrRejected, Directed, Envelope,
+    Hello, StepReport, SwitchReport, ToChild, ToParent,
 };
 use lapin::message::Delivery;
 
@@ -279,7 +279,7 @@ pub fn apply(
                         tx.execute("DELETE FROM refusals WHERE agent_id = ?1", params![agent])?;
                         outgoing.push(Outgoing {
                             agent: event.agent,
-                            body: Body::CertificateIssued(CertificateIssued {
+                            body: ToChild::CertificateIssued(CertificateIssued {
                                 chain_pem: issued.chain_pem,
                                 serial: issued.serial,
                                 not_after: issued.not_after,
@@ -296,7 +296,7 @@ pub fn apply(
                         )?;
                         outgoing.push(Outgoing {
                             agent: event.agent,
-                            body: Body::CsrRejected(CsrRejected { reason }),
+                            body: ToChild::CsrRejected(CsrRejected { reason }),
                             re: Some(event.message),
                         });
                     }
@@ -416,7 +416,7 @@ fn reissue(
         .optional()?;
     Ok(row.map(|(serial, not_after, chain_pem)| Outgoing {
         agent: event.agent,
-        body: Body::CertificateIssued(CertificateIssued {
+        body: ToChild::CertificateIssued(CertificateIssued {
             chain_pem,
             serial,
             not_after,
@@ -498,7 +498,7 @@ pub fn check(delivery: &Delivery, index: usize) -> Result<Option<Event>, Refusal
     // What is not a child's message at all is said first, signed or not.
     if !envelope.body.is_to_parent() {
         return Err(Refusal {
-            reason: wrong_direction(&envelope.body),
+            reason: wrong_direction(envelope.body.kind()),
             agent: None,
             security: None,
         });
@@ -524,11 +524,8 @@ pub fn check(delivery: &Delivery, index: usize) -> Result<Option<Event>, Refusal
 }
 
 /// Why a command sent to the parent is dead-lettered.
-fn wrong_direction(body: &Body) -> String {
-    format!(
-        "wrong_direction: {} is a parent → child message and cannot be sent to the parent",
-        body.kind()
-    )
+fn wrong_direction(kind: &str) -> String {
+    format!("wrong_direction: {kind} is a parent → child message and cannot be sent to the parent")
 }
 
 /// The registry change a message asks for (`None`: nothing to record), or
@@ -547,19 +544,17 @@ fn to_event(envelope: Envelope, key: String, delivery: usize) -> Result<Option<E
             what,
         }))
     };
-    match body {
-        Body::Hello(hello) => event(EventKind::Hello(hello)),
-        Body::Heartbeat(beat) => event(EventKind::Heartbeat(beat.state)),
-        Body::Csr(csr) => event(EventKind::Csr(csr.pem)),
-        Body::Refused(refused) => event(EventKind::Refused(refused.reason, refused.forged)),
-        Body::StepReport(report) => event(EventKind::StepReport(report)),
-        Body::SwitchReport(report) => event(EventKind::SwitchReport(report)),
-        Body::BrokerSwitchReport(report) => event(EventKind::BrokerSwitchReport(report)),
-        Body::CertificatesReady(_)
-        | Body::CertificateIssued(_)
-        | Body::CsrRejected(_)
-        | Body::RunStep(_)
-        | Body::UseSsl(_)
-        | Body::UseBrokerTls(_) => Err(wrong_direction(&body)),
+    let kind = body.kind();
+    match body.directed() {
+        Directed::ToParent(message) => match message {
+            ToParent::Hello(hello) => event(EventKind::Hello(hello)),
+            ToParent::Heartbeat(beat) => event(EventKind::Heartbeat(beat.state)),
+            ToParent::Csr(csr) => event(EventKind::Csr(csr.pem)),
+            ToParent::Refused(refused) => event(EventKind::Refused(refused.reason, refused.forged)),
+            ToParent::StepReport(report) => event(EventKind::StepReport(report)),
+            ToParent::SwitchReport(report) => event(EventKind::SwitchReport(report)),
+            ToParent::BrokerSwitchReport(report) => event(EventKind::BrokerSwitchReport(report)),
+        },
+        Directed::ToChild(_) => Err(wrong_direction(kind)),
     }
 }

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use fleetls_proto::{AgentKind, Body, CertificatesReady};
+use fleetls_proto::{AgentKind, CertificatesReady, ToChild};
 use serde::{Deserialize, Serialize};
 
 use crate::app::App;
@@ -253,7 +253,7 @@ pub async fn certs_send(app: &App, request: &SendRequest) -> Result<SendReport, 
             continue;
         }
         let (ssl_host, ssl_port) = ssl_target(agent, &agents, &settings);
-        let body = Body::CertificatesReady(CertificatesReady {
+        let body = ToChild::CertificatesReady(CertificatesReady {
             ca_chain_pem: pki.ca_chain_pem.clone(),
             ca_fingerprint: pki.root_fingerprint.clone(),
             ssl_host,

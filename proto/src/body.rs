@@ -170,7 +170,110 @@ pub enum Body {
     UseBrokerTls(UseBrokerTls),
 }
 
+/// A message a child sends to the parent: what a child may say.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ToParent {
+    /// See [`Body::Hello`].
+    Hello(Hello),
+    /// See [`Body::Heartbeat`].
+    Heartbeat(Heartbeat),
+    /// See [`Body::Csr`].
+    Csr(Csr),
+    /// See [`Body::StepReport`].
+    StepReport(StepReport),
+    /// See [`Body::SwitchReport`].
+    SwitchReport(SwitchReport),
+    /// See [`Body::BrokerSwitchReport`].
+    BrokerSwitchReport(BrokerSwitchReport),
+    /// See [`Body::Refused`].
+    Refused(Refused),
+}
+
+/// A command the parent sends to one child: what only the parent may say.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ToChild {
+    /// See [`Body::CertificatesReady`].
+    CertificatesReady(CertificatesReady),
+    /// See [`Body::CertificateIssued`].
+    CertificateIssued(CertificateIssued),
+    /// See [`Body::CsrRejected`].
+    CsrRejected(CsrRejected),
+    /// See [`Body::RunStep`].
+    RunStep(RunStep),
+    /// See [`Body::UseSsl`].
+    UseSsl(UseSsl),
+    /// See [`Body::UseBrokerTls`].
+    UseBrokerTls(UseBrokerTls),
+}
+
+/// A body by its direction.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Directed {
+    /// Child → parent.
+    ToParent(ToParent),
+    /// Parent → child.
+    ToChild(ToChild),
+}
+
+impl From<ToParent> for Body {
+    fn from(message: ToParent) -> Body {
+        match message {
+            ToParent::Hello(m) => Body::Hello(m),
+            ToParent::Heartbeat(m) => Body::Heartbeat(m),
+            ToParent::Csr(m) => Body::Csr(m),
+            ToParent::StepReport(m) => Body::StepReport(m),
+            ToParent::SwitchReport(m) => Body::SwitchReport(m),
+            ToParent::BrokerSwitchReport(m) => Body::BrokerSwitchReport(m),
+            ToParent::Refused(m) => Body::Refused(m),
+        }
+    }
+}
+
+impl From<ToChild> for Body {
+    fn from(command: ToChild) -> Body {
+        match command {
+            ToChild::CertificatesReady(m) => Body::CertificatesReady(m),
+            ToChild::CertificateIssued(m) => Body::CertificateIssued(m),
+            ToChild::CsrRejected(m) => Body::CsrRejected(m),
+            ToChild::RunStep(m) => Body::RunStep(m),
+            ToChild::UseSsl(m) => Body::UseSsl(m),
+            ToChild::UseBrokerTls(m) => Body::UseBrokerTls(m),
+        }
+    }
+}
+
+impl ToChild {
+    /// The time after which the command is void, if it has one (it then
+    /// expires with it in the child's queue).
+    pub fn deadline(&self) -> Option<u64> {
+        match self {
+            ToChild::RunStep(run) => Some(run.deadline),
+            ToChild::UseBrokerTls(cmd) => Some(cmd.deadline),
+            _ => None,
+        }
+    }
+}
+
 impl Body {
+    /// The body by its direction.
+    pub fn directed(self) -> Directed {
+        match self {
+            Body::Hello(m) => Directed::ToParent(ToParent::Hello(m)),
+            Body::Heartbeat(m) => Directed::ToParent(ToParent::Heartbeat(m)),
+            Body::Csr(m) => Directed::ToParent(ToParent::Csr(m)),
+            Body::StepReport(m) => Directed::ToParent(ToParent::StepReport(m)),
+            Body::SwitchReport(m) => Directed::ToParent(ToParent::SwitchReport(m)),
+            Body::BrokerSwitchReport(m) => Directed::ToParent(ToParent::BrokerSwitchReport(m)),
+            Body::Refused(m) => Directed::ToParent(ToParent::Refused(m)),
+            Body::CertificatesReady(m) => Directed::ToChild(ToChild::CertificatesReady(m)),
+            Body::CertificateIssued(m) => Directed::ToChild(ToChild::CertificateIssued(m)),
+            Body::CsrRejected(m) => Directed::ToChild(ToChild::CsrRejected(m)),
+            Body::RunStep(m) => Directed::ToChild(ToChild::RunStep(m)),
+            Body::UseSsl(m) => Directed::ToChild(ToChild::UseSsl(m)),
+            Body::UseBrokerTls(m) => Directed::ToChild(ToChild::UseBrokerTls(m)),
+        }
+    }
+
     /// Whether this is a child → parent message (the others are commands).
     pub fn is_to_parent(&self) -> bool {
         matches!(

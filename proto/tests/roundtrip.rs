@@ -835,3 +835,30 @@ fn step_and_auth_wire_names() {
     assert_eq!(wire_name(&BrokerAuth::Plain), "plain");
     assert_eq!(wire_name(&BrokerAuth::External), "external");
 }
+
+#[test]
+fn every_body_has_one_direction_and_comes_back_whole() {
+    let mut to_parent = 0;
+    for body in one_of_each() {
+        let back = match body.clone().directed() {
+            fleetls_proto::Directed::ToParent(message) => {
+                to_parent += 1;
+                assert!(body.is_to_parent(), "{}", body.kind());
+                Body::from(message)
+            }
+            fleetls_proto::Directed::ToChild(command) => {
+                assert!(!body.is_to_parent(), "{}", body.kind());
+                let deadline = command.deadline();
+                assert_eq!(
+                    deadline.is_some(),
+                    matches!(body, Body::RunStep(_) | Body::UseBrokerTls(_)),
+                    "{}",
+                    body.kind()
+                );
+                Body::from(command)
+            }
+        };
+        assert_eq!(back, body);
+    }
+    assert_eq!(to_parent, 7);
+}

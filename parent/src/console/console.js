@@ -505,6 +505,11 @@
     $("phase").className = "phase phase-" + n.phase;
     setText("ca-fingerprint", n.ca_fingerprint || "not generated");
     setText("ssl-port", n.ssl_port ? "listening on " + n.ssl_port : "closed");
+    setText("signing-key", n.signing_key);
+    setText("trust-pending", n.pending);
+    setText("trust-compromised", n.compromised);
+    setText("trust-events", n.security_events);
+    $("trust").classList.toggle("bad", n.compromised > 0 || n.security_events > 0);
     const sum = s.summary;
     setText("sum-passed", sum.passed);
     setText("sum-errors", sum.with_errors);
@@ -662,9 +667,45 @@
       cell(r && (r.cause || (r.ssl_port && r.ssl_port.cause) || (r.cert_test && r.cert_test.cause)), "c-cause"),
       cell(r ? shortTime(r.finished_at || r.started_at) : "", "c-time",
         r ? time(r.finished_at || r.started_at) : ""),
-      cell(agent.refusal, "c-refusal")
+      cell(agent.refusal, "c-refusal"),
+      admissionCell(agent)
     );
     return tr;
+  }
+
+  /** The agent's admission; a pending one gets Accept and Reject. */
+  function admissionCell(agent) {
+    const td = cell(agent.compromised ? "COMPROMISED" : agent.admission,
+      "c-admission " + (agent.compromised ? "bad" : agent.admission),
+      agent.compromised ? "it pinned another parent key: it obeys someone else" : "");
+    if (agent.admission === "pending") {
+      const button = (label, path, cls) => {
+        const b = document.createElement("button");
+        b.type = "button";
+        b.className = "small " + cls;
+        b.textContent = label;
+        b.dataset.action = path;
+        b.addEventListener("click", () => act(async () => {
+          await api("POST", "/api/agents/" + path, { agents: [agent.id] });
+          notify(label + "ed: " + agent.name, "ok");
+          await pollOnce();
+          await loadAgents();
+        }));
+        return b;
+      };
+      td.append(" ", button("Accept", "accept", "primary"), " ", button("Reject", "reject", "danger"));
+    }
+    return td;
+  }
+
+  async function securityEvents() {
+    const r = await api("GET", "/api/security");
+    const counts = Object.entries(r.counts).map(([k, v]) => k + " " + v);
+    $("security-counts").textContent = counts.length ? counts.join(" · ") : "None recorded.";
+    const shown = r.recent.map((e) =>
+      item(time(e.at) + "  " + e.kind + "  " + (e.name || e.agent || "-"), " — " + e.detail));
+    $("security-list").replaceChildren(...shown);
+    await ask($("security-dialog"), "security-close", "security-close");
   }
 
   function filtersChanged() {
@@ -699,6 +740,7 @@
     on("btn-switch-broker", () => campaign("switch-broker"));
     on("btn-force", forceSwitch);
     on("btn-without-ssl", withoutSsl);
+    on("btn-security", securityEvents);
     on("btn-reset", startOver);
     $("reset-confirm-text").addEventListener("input", () => {
       $("reset-confirm").disabled = $("reset-confirm-text").value.trim() !== "reset";
