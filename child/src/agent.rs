@@ -5,178 +5,26 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleetls_bus::amqp::BusError;
-use fleetls_bus::seal::SigningKey;
 use fleetls_proto::{
-    topology, AgentState, Body, Csr, Directed, Envelope, Heartbeat, Hello, Refused, RunStep,
-    StepReport, StepSpec, SwitchReport, ToChild, ToParent,
+    topology, Body, Csr, Directed, Envelope, Refused, RunStep, StepReport, StepSpec, SwitchReport,
+    ToChild, ToParent,
 };
 use futures_lite::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
-use lapin::types::FieldTable;
-use lapin::{Channel, Connection};
+use lapin::options::BasicAckOptions;
+use lapin::Connection;
 use tracing::{info, warn};
 
 pub use fleetls_bus::backoff;
 
 use crate::certs::CertStore;
 use crate::config::RunConfig;
-use crate::identity::{self, Identity, State, StoreError};
+pub use crate::node::{Agent, Quirks, RunError};
+use crate::session::amqp;
+pub use crate::session::{connect, Obeyed, Outcome, Session, SessionError, FRAME_MAX};
 use crate::shutdown::Shutdown;
 use crate::steps;
-use crate::trust::{Trust, Verdict};
-
-/// Why the child could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    /// The data dir could not be prepared.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
-/// A failure of one broker session (the agent reconnects after it).
-#[derive(Debug, thiserror::Error)]
-pub enum SessionError {
-    /// Talking to the broker failed (see [`BusError`]).
-    #[error(transparent)]
-    Bus(#[from] BusError),
-    /// The consumer was cancelled.
-    #[error("the broker cancelled the consumer of this agent's queue")]
-    Cancelled,
-}
-
-fn amqp(what: &'static str) -> impl FnOnce(lapin::Error) -> SessionError {
-    move |source| SessionError::Bus(BusError::Amqp { what, source })
-}
-
-/// A running child: its settings, identity and state.
-pub struct Agent {
-    /// The checked configuration.
-    pub config: RunConfig,
-    /// Who it is.
-    pub identity: Identity,
-    /// Where it stands.
-    pub state: std::sync::Mutex<State>,
-    /// Stops the local SSL port of a local parent, while it serves.
-    local_port: std::sync::Mutex<Option<crate::shutdown::Trigger>>,
-    /// How a simulated child misbehaves (swarm only).
-    pub behaviour: Behaviour,
-    /// The key this agent signs its messages with (`DIR/identity.key`):
-    /// the parent pins it at the first Hello.
-    pub key: SigningKey,
-    /// Which commands it obeys.
-    pub trust: Trust,
-}
-
-/// Misbehaviour of a simulated child, for load tests and benchmarks.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Behaviour {
-    /// Takes commands and never answers them.
-    pub silent: bool,
-    /// Its SSL port test goes to a closed port.
-    pub fail_ssl_port: bool,
-}
-
-impl Agent {
-    /// Prepares the data dir and loads (or makes) the identity.
-    pub fn open(config: RunConfig) -> Result<Agent, RunError> {
-        fleetls_bus::files::create_private_dir(&config.data_dir).map_err(|e| StoreError {
-            path: config.data_dir.clone(),
-            why: e.to_string(),
-        })?;
-        let identity = identity::load_or_create_identity(&config.data_dir, config.name.as_deref())?;
-        let state = identity::load_state(&config.data_dir)?;
-        let key_path = config.data_dir.join("identity.key");
-        let key = SigningKey::load_or_create(&key_path).map_err(|e| StoreError {
-            path: key_path,
-            why: e.to_string(),
-        })?;
-        let trust = Trust::load(&config.data_dir, config.parent_key.clone())?;
-        Ok(Agent {
-            config,
-            identity,
-            state: std::sync::Mutex::new(state),
-            local_port: std::sync::Mutex::new(None),
-            behaviour: Behaviour::default(),
-            key,
-            trust,
-        })
-    }
-
-    /// Updates and saves the state.
-    pub fn update_state(&self, f: impl FnOnce(&mut State)) -> Result<(), StoreError> {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let mut next = state.clone();
-        f(&mut next);
-        if next != *state {
-            identity::save_state(&self.config.data_dir, &next)?;
-            *state = next;
-        }
-        Ok(())
-    }
-
-    /// A local parent with a certificate and a port serves TLS for its
-    /// location (started once; restarted after a new certificate).
-    pub fn serve_local_port(&self, shutdown: &Shutdown, restart: bool) {
-        if self.config.kind != fleetls_proto::AgentKind::LocalParent {
-            return;
-        }
-        let port = self
-            .state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .serve_port;
-        let store = CertStore::new(&self.config.data_dir);
-        let (Some(port), true) = (port, store.has_certificate()) else {
-            return;
-        };
-        let mut running = self.local_port.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(trigger) = running.take() {
-            if !restart {
-                *running = Some(trigger);
-                return;
-            }
-            trigger.fire();
-        }
-        let (trigger, own) = crate::shutdown::channel();
-        let mut global = shutdown.clone();
-        let (both_trigger, both) = crate::shutdown::channel();
-        let mut own_wait = own.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = global.wait() => {}
-                _ = own_wait.wait() => {}
-            }
-            both_trigger.fire();
-        });
-        tokio::spawn(crate::local_port::serve(store, port, both));
-        *running = Some(trigger);
-    }
-
-    fn report_state(&self) -> AgentState {
-        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        AgentState {
-            has_certificate: CertStore::new(&self.config.data_dir).has_certificate(),
-            ssl: state.ssl,
-            broker_tls: state.broker_tls_uri.is_some(),
-            parent_key: self.trust.pinned(),
-        }
-    }
-
-    fn hello(&self) -> ToParent {
-        ToParent::Hello(Hello {
-            name: self.identity.name.clone(),
-            kind: self.config.kind,
-            version: self.config.version.clone(),
-            location: self.config.location.clone(),
-            hostnames: self.config.hostnames.clone(),
-            ips: self.config.ips.iter().map(|ip| ip.to_string()).collect(),
-            key_fingerprint: Some(self.key.public().fingerprint()),
-            state: self.report_state(),
-        })
-    }
-}
+use crate::trust::Verdict;
 
 /// Runs a child until `shutdown` fires.
 pub async fn run(config: RunConfig, shutdown: Shutdown) -> Result<(), RunError> {
@@ -257,15 +105,6 @@ pub async fn run_step(store: &CertStore, run: &RunStep) -> StepReport {
     }
 }
 
-/// How a session ended without a failure.
-pub enum Outcome {
-    /// Asked to stop.
-    Stopped,
-    /// Moved to AMQPS: go on with this connection and session; the old
-    /// connection may be closed now.
-    MoveTo(Box<Connection>, Box<Session>),
-}
-
 /// Opens the connection this agent should use: AMQPS when it moved there
 /// (with its client certificate and the broker's CA), else plain.
 pub async fn connect_agent(agent: &Agent, name: &str) -> Result<Connection, SessionError> {
@@ -278,92 +117,6 @@ pub async fn connect_agent(agent: &Agent, name: &str) -> Result<Connection, Sess
     match tls {
         Some(uri) => crate::broker_tls::connect(&agent.config.data_dir, &uri, name).await,
         None => Ok(fleetls_bus::amqp::connect(&agent.config.broker, name, FRAME_MAX).await?),
-    }
-}
-
-/// What came of a command.
-pub enum Obeyed {
-    /// Done (`Err`: refused, with the reason to report).
-    Done(Result<(), String>),
-    /// Moved to AMQPS.
-    MoveTo(Box<Connection>, Box<Session>),
-}
-
-/// The largest AMQP frame a child asks for, unless its broker URL names its
-/// own `frame_max`: the smallest AMQP allows (see
-/// [`fleetls_proto::broker_uri`]). At RabbitMQ's 128 KiB a swarm of
-/// thousands of children, each with its own AMQPS connection, ran out of
-/// memory at about 2,500 of them; at 4 KiB a connection's buffers are at
-/// most 256 KiB. The agent's messages are a few KiB at most.
-pub const FRAME_MAX: lapin::types::FrameSize = 4096;
-
-/// Opens a named plain connection to the broker with the child's frame size.
-pub async fn connect(url: &str, name: &str) -> Result<Connection, SessionError> {
-    Ok(fleetls_bus::amqp::connect(url, name, FRAME_MAX).await?)
-}
-
-/// One agent's channel on a broker connection (its own, or shared in a swarm).
-pub struct Session {
-    channel: Channel,
-    consumer: lapin::Consumer,
-    shutdown: Shutdown,
-}
-
-impl Session {
-    /// Opens the agent's channel: confirms on, topology declared, its queue consumed.
-    pub async fn open(
-        connection: &Connection,
-        agent: &Agent,
-        shutdown: Shutdown,
-    ) -> Result<Session, SessionError> {
-        Session::open_on(connection, agent, shutdown, true).await
-    }
-
-    /// Like [`Session::open`]; with `shared` false the shared topology
-    /// (exchanges, `fleetls.parent`) is taken as declared already on this
-    /// connection (see [`fleetls_bus::amqp::ensure_shared`]): a swarm declares it once per
-    /// connection instead of once per child.
-    pub async fn open_on(
-        connection: &Connection,
-        agent: &Agent,
-        shutdown: Shutdown,
-        shared: bool,
-    ) -> Result<Session, SessionError> {
-        let id = agent.identity.id;
-        if shared {
-            fleetls_bus::amqp::ensure_shared(connection).await?;
-        }
-        let channel = fleetls_bus::amqp::confirm_channel(connection).await?;
-        fleetls_bus::amqp::declare_agent_queue(&channel, &id).await?;
-        channel
-            .basic_qos(16, BasicQosOptions::default())
-            .await
-            .map_err(amqp("setting the prefetch"))?;
-        let queue = topology::agent_queue(&id);
-        let consumer = channel
-            .basic_consume(
-                queue.as_str().into(),
-                "".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(amqp("consuming this agent's queue"))?;
-        Ok(Session {
-            channel,
-            consumer,
-            shutdown,
-        })
-    }
-
-    /// The stop signal this session obeys.
-    pub fn shutdown(&self) -> Shutdown {
-        self.shutdown.clone()
-    }
-
-    /// Closes the channel (a swarm's connection lives on).
-    pub async fn close(&self) {
-        let _ = self.channel.close(200, "agent stopping".into()).await;
     }
 }
 
@@ -399,36 +152,6 @@ impl Session {
                 }
             }
         }
-    }
-
-    /// One heartbeat with the agent's state.
-    async fn beat(&self, agent: &Agent) -> Result<(), SessionError> {
-        let beat = ToParent::Heartbeat(Heartbeat {
-            state: agent.report_state(),
-        });
-        self.send(agent, beat, None).await
-    }
-
-    /// Publishes a message to the parent and waits for the broker's confirm.
-    pub async fn send(
-        &self,
-        agent: &Agent,
-        body: ToParent,
-        re: Option<uuid::Uuid>,
-    ) -> Result<(), SessionError> {
-        let mut envelope = Envelope::new(agent.identity.id, body.into());
-        envelope.re = re;
-        let sealed = agent.key.seal(&envelope).map_err(BusError::from)?;
-        let properties = fleetls_bus::amqp::properties(&envelope, &sealed, None);
-        fleetls_bus::amqp::publish_confirmed(
-            &self.channel,
-            topology::PARENT,
-            topology::PARENT,
-            &sealed.payload,
-            properties,
-        )
-        .await?;
-        Ok(())
     }
 
     /// Carries out one command. The inner `Err` is a refusal to report.
@@ -486,11 +209,8 @@ impl Session {
                 warn!(campaign = %run.campaign, "a test step arrived after its deadline; skipped");
             }
             ToChild::RunStep(mut run) => {
-                if agent.behaviour.fail_ssl_port {
-                    if let StepSpec::SslPort { host, port } = &mut run.step {
-                        *host = "127.0.0.1".into();
-                        *port = 1;
-                    }
+                if let Some(quirks) = &agent.quirks {
+                    quirks.step(&mut run.step);
                 }
                 let report = run_step(&store, &run).await;
                 self.send(agent, ToParent::StepReport(report), Some(envelope.id))
@@ -531,11 +251,6 @@ impl Session {
         Ok(Obeyed::Done(Ok(())))
     }
 
-    /// Sends a heartbeat now, so the parent's counters follow at once.
-    async fn send_state(&self, agent: &Agent) -> Result<(), SessionError> {
-        self.beat(agent).await
-    }
-
     /// Handles one command from the parent, then acks it. A command that
     /// is not the parent's, not for this agent or replayed is not obeyed:
     /// it goes to `fleetls.dead` with the reason, and the parent hears of
@@ -545,7 +260,7 @@ impl Session {
         agent: &Agent,
         delivery: Delivery,
     ) -> Result<Option<Outcome>, SessionError> {
-        if agent.behaviour.silent {
+        if agent.quirks.as_ref().is_some_and(|q| q.silent()) {
             // A silent child takes its commands and never answers.
             return delivery
                 .acker

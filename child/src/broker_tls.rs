@@ -12,9 +12,10 @@ use fleetls_proto::{BrokerAuth, BrokerSwitchReport, ToParent, UseBrokerTls};
 use lapin::Connection;
 use tracing::{info, warn};
 
-use crate::agent::{Agent, Obeyed, Session, SessionError};
 use crate::certs::CertStore;
 use crate::identity::write_atomic;
+use crate::node::Agent;
+use crate::session::{Obeyed, Session, SessionError, FRAME_MAX};
 
 /// The CA the broker's certificate must chain to (given by the parent).
 fn broker_ca_path(data_dir: &Path) -> std::path::PathBuf {
@@ -29,7 +30,7 @@ pub async fn connect(data_dir: &Path, uri: &str, name: &str) -> Result<Connectio
         key: &store.key_path(),
         ca: &broker_ca_path(data_dir),
     };
-    Ok(fleetls_bus::amqp::connect_tls(uri, name, crate::agent::FRAME_MAX, files).await?)
+    Ok(fleetls_bus::amqp::connect_tls(uri, name, FRAME_MAX, files).await?)
 }
 
 /// The URI to use: with `auth_mechanism=external` when asked for.

@@ -12,6 +12,8 @@ pub mod config;
 pub mod doctor;
 pub mod identity;
 pub mod local_port;
+pub mod node;
+pub mod session;
 pub mod steps;
 pub mod swarm;
 pub mod trust;

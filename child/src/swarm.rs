@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
-use crate::agent::{backoff, connect, connect_agent, Agent, Behaviour, Outcome, Session};
+use crate::agent::{backoff, connect, connect_agent, Agent, Outcome, Quirks, Session};
 use crate::config::{RawRun, RunConfig};
 use crate::shutdown::Shutdown;
 use fleetls_proto::AgentKind;
@@ -183,10 +183,13 @@ pub async fn run(args: SwarmArgs, shutdown: Shutdown) -> anyhow::Result<()> {
             ..RawRun::default()
         };
         let mut agent = Agent::open(RunConfig::from_raw(raw)?)?;
-        agent.behaviour = Behaviour {
+        let misbehaves = Misbehaviour {
             silent: in_share(i, count, silent, args.silent_share),
             fail_ssl_port: in_share(i, count, failing, args.failing_share),
         };
+        if misbehaves.silent || misbehaves.fail_ssl_port {
+            agent.quirks = Some(Box::new(misbehaves));
+        }
         Ok(agent)
     };
     let threads = 16.min(count);
@@ -389,5 +392,29 @@ mod tests {
             (0..count).filter(|&i| in_share(i, count, 0.0, 0.0)).count(),
             0
         );
+    }
+}
+
+/// How one simulated child misbehaves (`--silent-share`, `--failing-share`).
+#[derive(Debug, Clone, Copy)]
+struct Misbehaviour {
+    /// Takes commands and never answers them.
+    silent: bool,
+    /// Its SSL port test goes to a closed port.
+    fail_ssl_port: bool,
+}
+
+impl Quirks for Misbehaviour {
+    fn silent(&self) -> bool {
+        self.silent
+    }
+
+    fn step(&self, step: &mut fleetls_proto::StepSpec) {
+        if let fleetls_proto::StepSpec::SslPort { host, port } = step {
+            if self.fail_ssl_port {
+                *host = "127.0.0.1".into();
+                *port = 1;
+            }
+        }
     }
 }

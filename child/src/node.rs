@@ -1,0 +1,151 @@
+//! A child agent as it stands: its checked settings, identity, state, the
+//! key it signs with and its trust in the parent, kept in its data dir.
+
+use fleetls_bus::seal::SigningKey;
+use fleetls_proto::{AgentState, Hello, StepSpec, ToParent};
+
+use crate::certs::CertStore;
+use crate::config::RunConfig;
+use crate::identity::{self, Identity, State, StoreError};
+use crate::shutdown::Shutdown;
+use crate::trust::Trust;
+
+/// Why the child could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The data dir could not be prepared.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A running child: its settings, identity and state.
+pub struct Agent {
+    /// The checked configuration.
+    pub config: RunConfig,
+    /// Who it is.
+    pub identity: Identity,
+    /// Where it stands.
+    pub state: std::sync::Mutex<State>,
+    /// Stops the local SSL port of a local parent, while it serves.
+    local_port: std::sync::Mutex<Option<crate::shutdown::Trigger>>,
+    /// How a simulated child departs from a real one (set by the swarm;
+    /// a real agent has none).
+    pub quirks: Option<Box<dyn Quirks>>,
+    /// The key this agent signs its messages with (`DIR/identity.key`):
+    /// the parent pins it at the first Hello.
+    pub key: SigningKey,
+    /// Which commands it obeys.
+    pub trust: Trust,
+}
+
+/// How a simulated child departs from a real one, for load tests and
+/// benchmarks: the swarm gives its children these; a real agent has none.
+pub trait Quirks: Send + Sync {
+    /// Takes its commands and never answers them.
+    fn silent(&self) -> bool {
+        false
+    }
+
+    /// Changes a test step before it runs (e.g. to a closed port).
+    fn step(&self, _step: &mut StepSpec) {}
+}
+
+impl Agent {
+    /// Prepares the data dir and loads (or makes) the identity.
+    pub fn open(config: RunConfig) -> Result<Agent, RunError> {
+        fleetls_bus::files::create_private_dir(&config.data_dir).map_err(|e| StoreError {
+            path: config.data_dir.clone(),
+            why: e.to_string(),
+        })?;
+        let identity = identity::load_or_create_identity(&config.data_dir, config.name.as_deref())?;
+        let state = identity::load_state(&config.data_dir)?;
+        let key_path = config.data_dir.join("identity.key");
+        let key = SigningKey::load_or_create(&key_path).map_err(|e| StoreError {
+            path: key_path,
+            why: e.to_string(),
+        })?;
+        let trust = Trust::load(&config.data_dir, config.parent_key.clone())?;
+        Ok(Agent {
+            config,
+            identity,
+            state: std::sync::Mutex::new(state),
+            local_port: std::sync::Mutex::new(None),
+            quirks: None,
+            key,
+            trust,
+        })
+    }
+
+    /// Updates and saves the state.
+    pub fn update_state(&self, f: impl FnOnce(&mut State)) -> Result<(), StoreError> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut next = state.clone();
+        f(&mut next);
+        if next != *state {
+            identity::save_state(&self.config.data_dir, &next)?;
+            *state = next;
+        }
+        Ok(())
+    }
+
+    /// A local parent with a certificate and a port serves TLS for its
+    /// location (started once; restarted after a new certificate).
+    pub fn serve_local_port(&self, shutdown: &Shutdown, restart: bool) {
+        if self.config.kind != fleetls_proto::AgentKind::LocalParent {
+            return;
+        }
+        let port = self
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .serve_port;
+        let store = CertStore::new(&self.config.data_dir);
+        let (Some(port), true) = (port, store.has_certificate()) else {
+            return;
+        };
+        let mut running = self.local_port.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(trigger) = running.take() {
+            if !restart {
+                *running = Some(trigger);
+                return;
+            }
+            trigger.fire();
+        }
+        let (trigger, own) = crate::shutdown::channel();
+        let mut global = shutdown.clone();
+        let (both_trigger, both) = crate::shutdown::channel();
+        let mut own_wait = own.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = global.wait() => {}
+                _ = own_wait.wait() => {}
+            }
+            both_trigger.fire();
+        });
+        tokio::spawn(crate::local_port::serve(store, port, both));
+        *running = Some(trigger);
+    }
+
+    pub(crate) fn report_state(&self) -> AgentState {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        AgentState {
+            has_certificate: CertStore::new(&self.config.data_dir).has_certificate(),
+            ssl: state.ssl,
+            broker_tls: state.broker_tls_uri.is_some(),
+            parent_key: self.trust.pinned(),
+        }
+    }
+
+    pub(crate) fn hello(&self) -> ToParent {
+        ToParent::Hello(Hello {
+            name: self.identity.name.clone(),
+            kind: self.config.kind,
+            version: self.config.version.clone(),
+            location: self.config.location.clone(),
+            hostnames: self.config.hostnames.clone(),
+            ips: self.config.ips.iter().map(|ip| ip.to_string()).collect(),
+            key_fingerprint: Some(self.key.public().fingerprint()),
+            state: self.report_state(),
+        })
+    }
+}

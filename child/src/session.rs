@@ -1,0 +1,158 @@
+//! One agent's session on a broker connection: its channel with confirms,
+//! its queue consumed, and what it publishes to the parent, signed.
+
+use fleetls_bus::amqp::BusError;
+use fleetls_proto::{topology, Envelope, Heartbeat, ToParent};
+use lapin::options::{BasicConsumeOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection};
+
+use crate::node::Agent;
+use crate::shutdown::Shutdown;
+
+/// A failure of one broker session (the agent reconnects after it).
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// Talking to the broker failed (see [`BusError`]).
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    /// The consumer was cancelled.
+    #[error("the broker cancelled the consumer of this agent's queue")]
+    Cancelled,
+}
+
+pub(crate) fn amqp(what: &'static str) -> impl FnOnce(lapin::Error) -> SessionError {
+    move |source| SessionError::Bus(BusError::Amqp { what, source })
+}
+
+/// How a session ended without a failure.
+pub enum Outcome {
+    /// Asked to stop.
+    Stopped,
+    /// Moved to AMQPS: go on with this connection and session; the old
+    /// connection may be closed now.
+    MoveTo(Box<Connection>, Box<Session>),
+}
+
+/// What came of a command.
+pub enum Obeyed {
+    /// Done (`Err`: refused, with the reason to report).
+    Done(Result<(), String>),
+    /// Moved to AMQPS.
+    MoveTo(Box<Connection>, Box<Session>),
+}
+
+/// The largest AMQP frame a child asks for, unless its broker URL names its
+/// own `frame_max`: the smallest AMQP allows (see
+/// [`fleetls_proto::broker_uri`]). At RabbitMQ's 128 KiB a swarm of
+/// thousands of children, each with its own AMQPS connection, ran out of
+/// memory at about 2,500 of them; at 4 KiB a connection's buffers are at
+/// most 256 KiB. The agent's messages are a few KiB at most.
+pub const FRAME_MAX: lapin::types::FrameSize = 4096;
+
+/// Opens a named plain connection to the broker with the child's frame size.
+pub async fn connect(url: &str, name: &str) -> Result<Connection, SessionError> {
+    Ok(fleetls_bus::amqp::connect(url, name, FRAME_MAX).await?)
+}
+
+/// One agent's channel on a broker connection (its own, or shared in a swarm).
+pub struct Session {
+    pub(crate) channel: Channel,
+    pub(crate) consumer: lapin::Consumer,
+    pub(crate) shutdown: Shutdown,
+}
+
+impl Session {
+    /// Opens the agent's channel: confirms on, topology declared, its queue consumed.
+    pub async fn open(
+        connection: &Connection,
+        agent: &Agent,
+        shutdown: Shutdown,
+    ) -> Result<Session, SessionError> {
+        Session::open_on(connection, agent, shutdown, true).await
+    }
+
+    /// Like [`Session::open`]; with `shared` false the shared topology
+    /// (exchanges, `fleetls.parent`) is taken as declared already on this
+    /// connection (see [`fleetls_bus::amqp::ensure_shared`]): a swarm declares it once per
+    /// connection instead of once per child.
+    pub async fn open_on(
+        connection: &Connection,
+        agent: &Agent,
+        shutdown: Shutdown,
+        shared: bool,
+    ) -> Result<Session, SessionError> {
+        let id = agent.identity.id;
+        if shared {
+            fleetls_bus::amqp::ensure_shared(connection).await?;
+        }
+        let channel = fleetls_bus::amqp::confirm_channel(connection).await?;
+        fleetls_bus::amqp::declare_agent_queue(&channel, &id).await?;
+        channel
+            .basic_qos(16, BasicQosOptions::default())
+            .await
+            .map_err(amqp("setting the prefetch"))?;
+        let queue = topology::agent_queue(&id);
+        let consumer = channel
+            .basic_consume(
+                queue.as_str().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(amqp("consuming this agent's queue"))?;
+        Ok(Session {
+            channel,
+            consumer,
+            shutdown,
+        })
+    }
+
+    /// The stop signal this session obeys.
+    pub fn shutdown(&self) -> Shutdown {
+        self.shutdown.clone()
+    }
+
+    /// Closes the channel (a swarm's connection lives on).
+    pub async fn close(&self) {
+        let _ = self.channel.close(200, "agent stopping".into()).await;
+    }
+}
+
+impl Session {
+    /// One heartbeat with the agent's state.
+    pub(crate) async fn beat(&self, agent: &Agent) -> Result<(), SessionError> {
+        let beat = ToParent::Heartbeat(Heartbeat {
+            state: agent.report_state(),
+        });
+        self.send(agent, beat, None).await
+    }
+
+    /// Publishes a message to the parent and waits for the broker's confirm.
+    pub async fn send(
+        &self,
+        agent: &Agent,
+        body: ToParent,
+        re: Option<uuid::Uuid>,
+    ) -> Result<(), SessionError> {
+        let mut envelope = Envelope::new(agent.identity.id, body.into());
+        envelope.re = re;
+        let sealed = agent.key.seal(&envelope).map_err(BusError::from)?;
+        let properties = fleetls_bus::amqp::properties(&envelope, &sealed, None);
+        fleetls_bus::amqp::publish_confirmed(
+            &self.channel,
+            topology::PARENT,
+            topology::PARENT,
+            &sealed.payload,
+            properties,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Sends a heartbeat now, so the parent's counters follow at once.
+    pub(crate) async fn send_state(&self, agent: &Agent) -> Result<(), SessionError> {
+        self.beat(agent).await
+    }
+}
