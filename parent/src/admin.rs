@@ -312,12 +312,16 @@ async fn doctor(
     State(app): State<Arc<App>>,
     Json(request): Json<DoctorRequest>,
 ) -> Json<crate::doctor::DoctorReport> {
-    let certs = crate::pki::certificates_dir(&app.config.data_dir);
-    let (cert, key) = (certs.join("parent.pem"), certs.join("parent.key"));
+    use crate::layout::CertFile;
+    let layout = crate::layout::Layout::new(&app.config.data_dir);
+    let (cert, key) = (
+        layout.certificate(CertFile::ParentPem),
+        layout.certificate(CertFile::ParentKey),
+    );
     Json(
         crate::doctor::diagnose_files(
             &request.target,
-            &certs.join("ca.pem"),
+            &layout.certificate(CertFile::CaPem),
             Some((&cert, &key)),
             Default::default(),
         )

@@ -51,15 +51,16 @@ pub async fn connect_tls(
     url: &str,
     name: &str,
 ) -> Result<Connection, BrokerError> {
-    let dir = crate::pki::certificates_dir(data_dir);
+    use crate::layout::CertFile;
+    let layout = crate::layout::Layout::new(data_dir);
     fleetls_bus::amqp::connect_tls(
         url,
         name,
         FRAME_MAX,
         TlsFiles {
-            chain: &dir.join("parent.pem"),
-            key: &dir.join("parent.key"),
-            ca: &dir.join("ca.pem"),
+            chain: &layout.certificate(CertFile::ParentPem),
+            key: &layout.certificate(CertFile::ParentKey),
+            ca: &layout.certificate(CertFile::CaPem),
         },
     )
     .await

@@ -12,7 +12,7 @@ use rustls::{ClientConfig, RootCertStore};
 use serde::{Deserialize, Serialize};
 
 use crate::files::write_atomic;
-use crate::pki::certificates_dir;
+use crate::layout::{CertFile, Layout};
 
 /// The AMQPS address agents move to by default: the `--broker` URL with
 /// scheme `amqps` and port 5671.
@@ -88,19 +88,22 @@ fn explain(error: &std::io::Error, host: &str, port: u16) -> String {
 
 /// A client config trusting the CA and presenting the parent's certificate.
 pub fn client_config(data_dir: &Path) -> Result<Arc<ClientConfig>, String> {
-    let dir = certificates_dir(data_dir);
-    let read = |name: &str| {
-        std::fs::read(dir.join(name)).map_err(|e| format!("{}: {e}", dir.join(name).display()))
+    let layout = Layout::new(data_dir);
+    let read = |file: CertFile| {
+        let path = layout.certificate(file);
+        std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))
     };
     let mut roots = RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(&read("ca.pem")?) {
+    for cert in CertificateDer::pem_slice_iter(&read(CertFile::CaPem)?) {
         let cert = cert.map_err(|e| e.to_string())?;
         roots.add(cert).map_err(|e| e.to_string())?;
     }
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&read("parent.pem")?)
-        .collect::<Result<_, _>>()
-        .map_err(|e| e.to_string())?;
-    let key = PrivateKeyDer::from_pem_slice(&read("parent.key")?).map_err(|e| e.to_string())?;
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(&read(CertFile::ParentPem)?)
+            .collect::<Result<_, _>>()
+            .map_err(|e| e.to_string())?;
+    let key =
+        PrivateKeyDer::from_pem_slice(&read(CertFile::ParentKey)?).map_err(|e| e.to_string())?;
     let config = ClientConfig::builder()
         .with_root_certificates(roots)
         .with_client_auth_cert(chain, key)
@@ -110,7 +113,7 @@ pub fn client_config(data_dir: &Path) -> Result<Arc<ClientConfig>, String> {
 
 /// Where the parent keeps its AMQPS address once it moved.
 fn state_path(data_dir: &Path) -> PathBuf {
-    data_dir.join("broker-tls.toml")
+    Layout::new(data_dir).broker_state()
 }
 
 /// The parent's broker state.
@@ -182,19 +185,19 @@ pub struct BrokerTlsFiles {
 /// Writes the broker's certificate, key and CA and the two `rabbitmq.conf`
 /// fragments (during the migration, and after it).
 pub fn write_broker_files(data_dir: &Path, out: &Path) -> Result<BrokerTlsFiles, String> {
-    let dir = certificates_dir(data_dir);
-    let copy = |from: &str, to: &str, mode: u32| -> Result<PathBuf, String> {
-        let bytes = std::fs::read(dir.join(from))
-            .map_err(|e| format!("{}: {e}", dir.join(from).display()))?;
-        let path = out.join(to);
-        write_atomic(&path, &bytes, mode).map_err(|e| format!("{}: {e}", path.display()))?;
+    let layout = Layout::new(data_dir);
+    let copy = |file: CertFile| -> Result<PathBuf, String> {
+        let from = layout.certificate(file);
+        let bytes = std::fs::read(&from).map_err(|e| format!("{}: {e}", from.display()))?;
+        let path = out.join(file.name());
+        write_atomic(&path, &bytes, file.mode()).map_err(|e| format!("{}: {e}", path.display()))?;
         Ok(path)
     };
     std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
     let mut files = vec![
-        copy("broker.pem", "broker.pem", 0o644)?,
-        copy("broker.key", "broker.key", 0o600)?,
-        copy("ca.pem", "ca.pem", 0o644)?,
+        copy(CertFile::BrokerPem)?,
+        copy(CertFile::BrokerKey)?,
+        copy(CertFile::CaPem)?,
     ];
     let abs = |name: &str| std::path::absolute(out.join(name)).unwrap_or_else(|_| out.join(name));
     let common = format!(
@@ -211,9 +214,9 @@ pub fn write_broker_files(data_dir: &Path, out: &Path) -> Result<BrokerTlsFiles,
          auth_mechanisms.3 = EXTERNAL\n\
          # With EXTERNAL, an agent's RabbitMQ user is its certificate's CN (its id).\n\
          ssl_cert_login_from = common_name\n",
-        abs("ca.pem").display(),
-        abs("broker.pem").display(),
-        abs("broker.key").display()
+        abs(CertFile::CaPem.name()).display(),
+        abs(CertFile::BrokerPem.name()).display(),
+        abs(CertFile::BrokerKey.name()).display()
     );
     let migration = format!(
         "{common}# During the migration: plain 5672 stays open and a client certificate is optional.\n\

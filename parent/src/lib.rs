@@ -18,6 +18,7 @@ pub mod engine;
 pub mod export;
 pub mod follow;
 pub mod inbound;
+pub mod layout;
 pub mod management;
 pub mod ops;
 pub mod pki;
@@ -39,5 +40,5 @@ pub use service::serve;
 /// Where the parent keeps the key it signs every command with (mode 0600,
 /// separate from the TLS keys; made once — children pin it).
 pub fn signing_key_path(data_dir: &std::path::Path) -> std::path::PathBuf {
-    data_dir.join("signing.key")
+    layout::Layout::new(data_dir).signing_key()
 }

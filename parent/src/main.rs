@@ -546,9 +546,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             ca,
             json,
         } => {
-            let certs = fleetls_parent::pki::certificates_dir(&data_dir);
-            let ca = ca.unwrap_or_else(|| certs.join("ca.pem"));
-            let (cert, key) = (certs.join("parent.pem"), certs.join("parent.key"));
+            use fleetls_parent::layout::{CertFile, Layout};
+            let layout = Layout::new(&data_dir);
+            let ca = ca.unwrap_or_else(|| layout.certificate(CertFile::CaPem));
+            let (cert, key) = (
+                layout.certificate(CertFile::ParentPem),
+                layout.certificate(CertFile::ParentKey),
+            );
             let report = fleetls_parent::doctor::diagnose_files(
                 &target,
                 &ca,

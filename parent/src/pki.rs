@@ -17,6 +17,7 @@ use time::{Duration, OffsetDateTime};
 use uuid::Uuid;
 
 use crate::files::write_atomic;
+use crate::layout::{CertFile, Layout};
 use crate::settings::SslSettings;
 use fleetls_proto::AgentKind;
 
@@ -54,12 +55,12 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
 
 /// The certificates folder inside a data dir.
 pub fn certificates_dir(data_dir: &Path) -> PathBuf {
-    data_dir.join("certificates")
+    Layout::new(data_dir).certificates()
 }
 
 /// Whether certificates were generated (the settings are then frozen).
 pub fn exists(data_dir: &Path) -> bool {
-    certificates_dir(data_dir).join("ca.pem").exists()
+    Layout::new(data_dir).certificate(CertFile::CaPem).exists()
 }
 
 /// A company CA or intermediate to sign with instead of one made here.
@@ -172,9 +173,9 @@ fn sans(names: &[String], ips: &[IpAddr]) -> Result<Vec<SanType>, PkiError> {
 impl Pki {
     /// Loads the CA from `DIR/certificates`.
     pub fn load(data_dir: &Path, cert_days: u32) -> Result<Pki, PkiError> {
-        let dir = certificates_dir(data_dir);
-        let chain_path = dir.join("ca.pem");
-        let key_path = dir.join("ca.key");
+        let layout = Layout::new(data_dir);
+        let chain_path = layout.certificate(CertFile::CaPem);
+        let key_path = layout.certificate(CertFile::CaKey);
         let chain = std::fs::read_to_string(&chain_path).map_err(io(&chain_path))?;
         let key = std::fs::read_to_string(&key_path).map_err(io(&key_path))?;
         Self::from_pem(&chain, &key, cert_days)
@@ -251,21 +252,22 @@ impl Pki {
             false,
         )?;
 
-        let dir = certificates_dir(data_dir);
-        let staging = data_dir.join("certificates.new");
+        let layout = Layout::new(data_dir);
+        let dir = layout.certificates();
+        let staging = layout.certificates_staging();
         let _ = std::fs::remove_dir_all(&staging);
         std::fs::create_dir_all(&staging).map_err(io(&staging))?;
-        let files: [(&str, &str, u32); 6] = [
-            ("ca.pem", &pki.ca_chain_pem, 0o644),
-            ("ca.key", &key_pem, 0o600),
-            ("parent.pem", &parent.0, 0o644),
-            ("parent.key", &parent.1, 0o600),
-            ("broker.pem", &broker.0, 0o644),
-            ("broker.key", &broker.1, 0o600),
-        ];
-        for (name, content, mode) in files {
-            let path = staging.join(name);
-            write_atomic(&path, content.as_bytes(), mode).map_err(io(&path))?;
+        for file in CertFile::ALL {
+            let content: &str = match file {
+                CertFile::CaPem => &pki.ca_chain_pem,
+                CertFile::CaKey => &key_pem,
+                CertFile::ParentPem => &parent.0,
+                CertFile::ParentKey => &parent.1,
+                CertFile::BrokerPem => &broker.0,
+                CertFile::BrokerKey => &broker.1,
+            };
+            let path = staging.join(file.name());
+            write_atomic(&path, content.as_bytes(), file.mode()).map_err(io(&path))?;
         }
         std::fs::rename(&staging, &dir).map_err(io(&dir))?;
         Ok(pki)

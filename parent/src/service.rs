@@ -71,7 +71,7 @@ pub async fn serve(
         path: data_dir.clone(),
         source,
     })?;
-    let registry = Registry::open(&data_dir.join("fleetls.db"))?;
+    let registry = Registry::open(&crate::layout::Layout::new(&data_dir).registry())?;
     let token =
         crate::token::load_or_create(&crate::token::token_path(&data_dir)).map_err(|source| {
             ServeError::DataDir {

@@ -170,7 +170,7 @@ impl SslSettings {
 
     /// Reads `DIR/ssl.toml`, or `None` when there is none yet.
     pub fn load(dir: &Path) -> Result<Option<SslSettings>, String> {
-        let path = dir.join("ssl.toml");
+        let path = crate::layout::Layout::new(dir).settings();
         match std::fs::read_to_string(&path) {
             Ok(text) => toml::from_str(&text)
                 .map(Some)
@@ -183,7 +183,8 @@ impl SslSettings {
     /// Writes `DIR/ssl.toml` whole (temporary file + rename).
     pub fn save(&self, dir: &Path) -> std::io::Result<()> {
         let text = toml::to_string(self).map_err(std::io::Error::other)?;
-        crate::files::write_atomic(&dir.join("ssl.toml"), text.as_bytes(), 0o644)
+        let path = crate::layout::Layout::new(dir).settings();
+        crate::files::write_atomic(&path, text.as_bytes(), 0o644)
     }
 }
 

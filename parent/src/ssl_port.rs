@@ -64,12 +64,18 @@ pub fn server_config(
 
 /// Loads the parent's SSL port configuration from `DIR/certificates`.
 pub fn parent_config(data_dir: &Path) -> Result<Arc<ServerConfig>, SslPortError> {
-    let dir = crate::pki::certificates_dir(data_dir);
-    let read = |name: &str| {
-        std::fs::read(dir.join(name))
-            .map_err(|e| SslPortError::Certificates(format!("{}: {e}", dir.join(name).display())))
+    use crate::layout::CertFile;
+    let layout = crate::layout::Layout::new(data_dir);
+    let read = |file: CertFile| {
+        let path = layout.certificate(file);
+        std::fs::read(&path)
+            .map_err(|e| SslPortError::Certificates(format!("{}: {e}", path.display())))
     };
-    server_config(&read("ca.pem")?, &read("parent.pem")?, &read("parent.key")?)
+    server_config(
+        &read(CertFile::CaPem)?,
+        &read(CertFile::ParentPem)?,
+        &read(CertFile::ParentKey)?,
+    )
 }
 
 /// Binds the SSL port on every address.

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 /// The token file inside a data dir.
 pub fn token_path(data_dir: &Path) -> PathBuf {
-    data_dir.join("admin.token")
+    crate::layout::Layout::new(data_dir).token()
 }
 
 /// Reads the token from `path`, creating it (0600, 256 random bits) first if it is missing.

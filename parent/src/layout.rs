@@ -1,0 +1,125 @@
+//! Where the parent keeps what in its data dir: the one place that spells
+//! the file names (the README's "Files" list is this).
+//!
+//! ```text
+//! DIR/fleetls.db              the registry (SQLite)
+//! DIR/admin.token             the admin API's bearer token (0600)
+//! DIR/signing.key             the key every command is signed with (0600)
+//! DIR/ssl.toml                the SSL settings
+//! DIR/broker-tls.toml         the AMQPS address the parent moved to
+//! DIR/certificates/           ca.pem, ca.key, parent.pem, parent.key,
+//!                             broker.pem, broker.key (keys 0600)
+//! DIR/certificates.new/       a generation being written (renamed when whole)
+//! ```
+
+use std::path::{Path, PathBuf};
+
+/// The files of one data dir.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    dir: PathBuf,
+}
+
+impl Layout {
+    /// The layout of `data_dir`.
+    pub fn new(data_dir: &Path) -> Layout {
+        Layout {
+            dir: data_dir.to_owned(),
+        }
+    }
+
+    /// The data dir itself.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The registry.
+    pub fn registry(&self) -> PathBuf {
+        self.dir.join("fleetls.db")
+    }
+
+    /// The admin token.
+    pub fn token(&self) -> PathBuf {
+        self.dir.join("admin.token")
+    }
+
+    /// The signing key.
+    pub fn signing_key(&self) -> PathBuf {
+        self.dir.join("signing.key")
+    }
+
+    /// The SSL settings.
+    pub fn settings(&self) -> PathBuf {
+        self.dir.join("ssl.toml")
+    }
+
+    /// The parent's own AMQPS state.
+    pub fn broker_state(&self) -> PathBuf {
+        self.dir.join("broker-tls.toml")
+    }
+
+    /// The folder of the CA and the parent's and broker's certificates.
+    pub fn certificates(&self) -> PathBuf {
+        self.dir.join("certificates")
+    }
+
+    /// Where a new generation of certificates is written before it replaces
+    /// [`Layout::certificates`].
+    pub fn certificates_staging(&self) -> PathBuf {
+        self.dir.join("certificates.new")
+    }
+
+    /// One file of [`Layout::certificates`].
+    pub fn certificate(&self, file: CertFile) -> PathBuf {
+        self.certificates().join(file.name())
+    }
+}
+
+/// The files of the certificates folder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertFile {
+    /// The CA chain (PEM).
+    CaPem,
+    /// The CA's key (0600).
+    CaKey,
+    /// The parent's server and client certificate chain.
+    ParentPem,
+    /// The parent's key (0600).
+    ParentKey,
+    /// The broker's certificate chain.
+    BrokerPem,
+    /// The broker's key (0600).
+    BrokerKey,
+}
+
+impl CertFile {
+    /// Every file, in the order they are written.
+    pub const ALL: [CertFile; 6] = [
+        CertFile::CaPem,
+        CertFile::CaKey,
+        CertFile::ParentPem,
+        CertFile::ParentKey,
+        CertFile::BrokerPem,
+        CertFile::BrokerKey,
+    ];
+
+    /// Its file name.
+    pub fn name(self) -> &'static str {
+        match self {
+            CertFile::CaPem => "ca.pem",
+            CertFile::CaKey => "ca.key",
+            CertFile::ParentPem => "parent.pem",
+            CertFile::ParentKey => "parent.key",
+            CertFile::BrokerPem => "broker.pem",
+            CertFile::BrokerKey => "broker.key",
+        }
+    }
+
+    /// The mode it is written with: keys are the owner's only.
+    pub fn mode(self) -> u32 {
+        match self {
+            CertFile::CaKey | CertFile::ParentKey | CertFile::BrokerKey => 0o600,
+            _ => 0o644,
+        }
+    }
+}
