@@ -17,6 +17,7 @@ pub mod files;
 pub mod process;
 pub mod seal;
 pub mod shutdown;
+pub mod tls;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -216,6 +216,16 @@ impl Session {
                 self.send(agent, ToParent::StepReport(report), Some(envelope.id))
                     .await?;
             }
+            ToChild::CrlUpdated(update) => {
+                let path = store.crl_path();
+                if let Err(e) =
+                    crate::identity::write_atomic(&path, update.crl_pem.as_bytes(), 0o644)
+                {
+                    return Ok(Obeyed::Done(Err(e.to_string())));
+                }
+                info!("the CA's revocation list was updated");
+                agent.serve_local_port(&self.shutdown, true);
+            }
             ToChild::CsrRejected(rejected) => {
                 warn!(reason = %rejected.reason, "the parent refused this agent's CSR");
                 store.forget_pending();

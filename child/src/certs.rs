@@ -53,6 +53,13 @@ impl CertStore {
     }
 
     /// The private key file.
+    /// The CA's revocation list, as the parent last sent it (a local
+    /// parent's SSL port refuses what it revokes).
+    pub fn crl_path(&self) -> PathBuf {
+        self.dir.join("crl.pem")
+    }
+
+    /// The agent's private key (0600).
     pub fn key_path(&self) -> PathBuf {
         self.dir.join("agent.key")
     }

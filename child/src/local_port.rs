@@ -6,7 +6,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::server::WebPkiClientVerifier;
 use rustls::ServerConfig;
 use tokio::io::AsyncWriteExt;
 use tracing::{debug, info, warn};
@@ -17,9 +16,8 @@ use crate::shutdown::Shutdown;
 /// Builds the server configuration from this agent's certificates.
 pub fn server_config(store: &CertStore) -> Result<Arc<ServerConfig>, String> {
     let loaded = crate::steps::cert_test(store).map_err(|f| f.message)?;
-    let verifier = WebPkiClientVerifier::builder(loaded.roots.clone())
-        .build()
-        .map_err(|e| e.to_string())?;
+    let crl = std::fs::read(store.crl_path()).ok();
+    let verifier = fleetls_bus::tls::client_verifier(loaded.roots.clone(), crl.as_deref())?;
     let config = ServerConfig::builder()
         .with_client_cert_verifier(verifier)
         .with_single_cert(loaded.chain, loaded.key)

@@ -22,6 +22,7 @@ pub fn router(app: Arc<App>) -> Router {
     let (console_page, console_api) = crate::console::router(app.clone());
     let open = Router::new()
         .route("/metrics", get(metrics))
+        .route("/crl.pem", get(crl))
         .with_state(app.clone())
         .merge(console_page);
     Router::new()
@@ -43,6 +44,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/agents/reject", post(agents_reject))
         .route("/api/agents/delete", post(agents_delete))
         .route("/api/security", get(security))
+        .route("/api/revoke", post(revoke))
         .route_layer(middleware::from_fn_with_state(app.clone(), require_token))
         .with_state(app)
         .merge(open)
@@ -256,6 +258,32 @@ async fn agents_delete(
     Json(request): Json<ops::AgentsRequest>,
 ) -> Result<Json<ops::AgentsReport>, ApiError> {
     Ok(Json(ops::agents_delete(&app, &request).await?))
+}
+
+/// The CA's revocation list, PEM, open like `/metrics`: whoever checks a
+/// certificate may fetch it.
+async fn crl(State(app): State<Arc<App>>) -> Result<Response, ApiError> {
+    let path =
+        crate::layout::Layout::new(&app.config.data_dir).certificate(crate::layout::CertFile::Crl);
+    match tokio::fs::read(&path).await {
+        Ok(pem) => Ok((
+            [(axum::http::header::CONTENT_TYPE, "application/pkix-crl")],
+            pem,
+        )
+            .into_response()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "there is no CA yet: run `fleetls-parent certs generate`",
+        )),
+        Err(e) => Err(ApiError::internal(format!("{}: {e}", path.display()))),
+    }
+}
+
+async fn revoke(
+    State(app): State<Arc<App>>,
+    Json(request): Json<ops::RevokeRequest>,
+) -> Result<Json<ops::RevokeReport>, ApiError> {
+    Ok(Json(ops::revoke(&app, &request).await?))
 }
 
 /// The newest security events (at most 200) and the counts by kind.

@@ -75,6 +75,8 @@ pub struct SslPortHandle {
     /// Its port.
     pub port: u16,
     stop: crate::shutdown::Trigger,
+    /// The configuration the next handshake uses.
+    config: tokio::sync::watch::Sender<Arc<rustls::ServerConfig>>,
 }
 
 impl App {
@@ -178,9 +180,70 @@ impl App {
             trigger.fire();
         });
         let greeting = format!("fleetls-parent {} ok\n", env!("CARGO_PKG_VERSION"));
-        tokio::spawn(crate::ssl_port::serve(listener, config, greeting, both));
-        *handle = Some(SslPortHandle { port, stop });
+        let (config, configs) = tokio::sync::watch::channel(config);
+        tokio::spawn(crate::ssl_port::serve(listener, configs, greeting, both));
+        *handle = Some(SslPortHandle { port, stop, config });
         Ok(port)
+    }
+
+    /// Reads the SSL port's certificates and revocation list again: the next
+    /// handshake uses them (the port stays open).
+    pub async fn reload_ssl_port(&self) -> Result<(), crate::ssl_port::SslPortError> {
+        if let Some(handle) = self.ssl_port.lock().await.as_ref() {
+            let config = crate::ssl_port::parent_config(&self.config.data_dir)?;
+            handle.config.send_replace(config);
+        }
+        Ok(())
+    }
+
+    /// Signs the CA's revocation list again from the registry, writes it
+    /// (`certificates/crl.pem`), makes the SSL port use it and sends it to
+    /// every accepted local parent. Nothing to do without a CA.
+    pub async fn refresh_crl(&self) -> Result<(), String> {
+        let Some(pki) = self.pki() else {
+            return Ok(());
+        };
+        let registry = self.registry.clone();
+        let path = crate::layout::Layout::new(&self.config.data_dir)
+            .certificate(crate::layout::CertFile::Crl);
+        let crl = tokio::task::spawn_blocking(move || -> Result<String, String> {
+            let (rows, number) = registry.revocations().map_err(|e| e.to_string())?;
+            let mut revoked = Vec::with_capacity(rows.len());
+            for (serial, at, reason) in rows {
+                let reason = crate::pki::revocation_reason(&reason)?;
+                revoked.push(crate::pki::Revoked { serial, at, reason });
+            }
+            let crl = pki.crl(&revoked, number).map_err(|e| e.to_string())?;
+            crate::files::write_atomic(&path, crl.as_bytes(), 0o644)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            Ok(crl)
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        self.reload_ssl_port().await.map_err(|e| e.to_string())?;
+        let local_parents: Vec<crate::broker::Outgoing> = self
+            .registry
+            .agents()
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .filter(|a| {
+                a.kind == fleetls_proto::AgentKind::LocalParent
+                    && a.admission == crate::registry::Admission::Accepted
+            })
+            .map(|a| crate::broker::Outgoing {
+                agent: a.id,
+                body: fleetls_proto::ToChild::CrlUpdated(fleetls_proto::CrlUpdated {
+                    crl_pem: crl.clone(),
+                }),
+                re: None,
+            })
+            .collect();
+        if let (false, Some(channel)) = (local_parents.is_empty(), self.channel()) {
+            crate::broker::send_all(&channel, &self.signing_key, local_parents)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
     }
 
     /// Closes the SSL port (after `certs reset`).

@@ -49,6 +49,9 @@ pub struct Applied {
     pub outgoing: Vec<Outgoing>,
     /// Deliveries the registry refused, and why.
     pub rejected: Vec<(usize, String)>,
+    /// Certificates were superseded by new ones (revoked): the CRL must be
+    /// signed again.
+    pub revoked: bool,
 }
 
 /// What the registry needs to judge a batch besides the messages.
@@ -263,6 +266,10 @@ pub fn apply(
                 };
                 match result {
                     Ok(issued) => {
+                        // The certificate it replaces is revoked, superseded.
+                        if crate::registry::revoke_certificates(tx, &event.agent, "superseded")? > 0 {
+                            applied.revoked = true;
+                        }
                         tx.execute(
                             "INSERT INTO certificates (serial, agent_id, subject, not_after, issued_at, csr_message, chain_pem)
                              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",

@@ -8,7 +8,7 @@
 //! DIR/ssl.toml                the SSL settings
 //! DIR/broker-tls.toml         the AMQPS address the parent moved to
 //! DIR/certificates/           ca.pem, ca.key, parent.pem, parent.key,
-//!                             broker.pem, broker.key (keys 0600)
+//!                             broker.pem, broker.key (keys 0600), crl.pem
 //! DIR/certificates.new/       a generation being written (renamed when whole)
 //! ```
 
@@ -90,17 +90,20 @@ pub enum CertFile {
     BrokerPem,
     /// The broker's key (0600).
     BrokerKey,
+    /// The CA's revocation list (written on every revocation).
+    Crl,
 }
 
 impl CertFile {
     /// Every file, in the order they are written.
-    pub const ALL: [CertFile; 6] = [
+    pub const ALL: [CertFile; 7] = [
         CertFile::CaPem,
         CertFile::CaKey,
         CertFile::ParentPem,
         CertFile::ParentKey,
         CertFile::BrokerPem,
         CertFile::BrokerKey,
+        CertFile::Crl,
     ];
 
     /// Its file name.
@@ -112,6 +115,7 @@ impl CertFile {
             CertFile::ParentKey => "parent.key",
             CertFile::BrokerPem => "broker.pem",
             CertFile::BrokerKey => "broker.key",
+            CertFile::Crl => "crl.pem",
         }
     }
 

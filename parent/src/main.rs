@@ -90,6 +90,22 @@ enum Command {
         #[command(subcommand)]
         action: AgentsAction,
     },
+    /// Revoke an agent: its certificates go on the CA's revocation list (the
+    /// SSL ports refuse them at once; `GET /crl.pem` serves it), its key is
+    /// banned, its RabbitMQ user removed and its broker connections closed.
+    Revoke {
+        /// The agent, by name or id
+        agent: String,
+        /// key-compromise (default), superseded, cessation-of-operation,
+        /// affiliation-changed or unspecified
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        target: AdminTarget,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the fingerprint of the key the parent signs every command with:
     /// give it to children as --parent-key (FLEETLS_PARENT_KEY). Reads the
     /// data dir; made there if missing.
@@ -572,6 +588,25 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Agents { action } => agents(action).await,
+        Command::Revoke {
+            agent,
+            reason,
+            target,
+            json,
+        } => {
+            let report: ops::RevokeReport = Client::new(&target)?
+                .post("/api/revoke", &ops::RevokeRequest { agent, reason })
+                .await?;
+            if json {
+                print_out(&(serde_json::to_string_pretty(&report)? + "\n"))?;
+            } else {
+                println!(
+                    "revoked: {} ({}): {} certificate(s) on the revocation list, {} broker connection(s) closed; its key is banned",
+                    report.name, report.id, report.certificates, report.connections_closed
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::SigningKey { data_dir } => {
             let path = fleetls_parent::signing_key_path(&data_dir);
             let key = fleetls_bus::seal::SigningKey::load_or_create(&path)?;

@@ -157,6 +157,63 @@ pub async fn delete_agent_user(management: &Management, agent: &uuid::Uuid) -> R
     }
 }
 
+/// Closes every connection RabbitMQ holds for one agent (by its connection
+/// name, on every node and vhost); how many.
+pub async fn close_agent_connections(
+    management: &Management,
+    agent: &uuid::Uuid,
+) -> Result<usize, String> {
+    let wanted = fleetls_proto::topology::child_connection_name(agent);
+    let client = reqwest::Client::new();
+    let list: Vec<serde_json::Value> = client
+        .get(format!("{}/api/connections", management.base))
+        .basic_auth(&management.user, Some(&management.password))
+        .timeout(std::time::Duration::from_secs(30))
+        .send()
+        .await
+        .map_err(|e| {
+            format!(
+                "RabbitMQ management at {} does not answer: {e}",
+                management.base
+            )
+        })?
+        .json()
+        .await
+        .map_err(|e| format!("unreadable answer from RabbitMQ management: {e}"))?;
+    let mut closed = 0;
+    for connection in list {
+        if connection["client_properties"]["connection_name"] != wanted.as_str() {
+            continue;
+        }
+        let Some(name) = connection["name"].as_str() else {
+            continue;
+        };
+        let mut url = reqwest::Url::parse(&management.base)
+            .map_err(|e| format!("the management URL is not valid: {e}"))?;
+        url.path_segments_mut()
+            .map_err(|_| "the management URL cannot have a path".to_owned())?
+            .pop_if_empty()
+            .extend(["api", "connections", name]);
+        let response = client
+            .delete(url)
+            .basic_auth(&management.user, Some(&management.password))
+            .header("X-Reason", "fleetls: the agent's certificate was revoked")
+            .timeout(std::time::Duration::from_secs(30))
+            .send()
+            .await
+            .map_err(|e| format!("RabbitMQ management does not answer: {e}"))?;
+        if response.status().is_success() || response.status() == reqwest::StatusCode::NOT_FOUND {
+            closed += 1;
+        } else {
+            return Err(format!(
+                "RabbitMQ management refused to close {name}: {}",
+                response.status()
+            ));
+        }
+    }
+    Ok(closed)
+}
+
 /// A vhost name as one segment of a management URL.
 fn encode_vhost(vhost: &str) -> String {
     vhost.replace('%', "%25").replace('/', "%2F")

@@ -7,8 +7,9 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
-    DnType, DnValue, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams,
+    CertificateSigningRequestParams, DistinguishedName, DnType, DnValue, ExtendedKeyUsagePurpose,
+    IsCa, Issuer, KeyPair, KeyUsagePurpose, RevocationReason, RevokedCertParams, SanType,
     SerialNumber, PKCS_ECDSA_P256_SHA256,
 };
 use rustls_pki_types::pem::PemObject;
@@ -252,6 +253,9 @@ impl Pki {
             false,
         )?;
 
+        // An empty revocation list, so that servers and `openssl
+        // -crl_check` have one from the start.
+        let crl = pki.crl(&[], 1)?;
         let layout = Layout::new(data_dir);
         let dir = layout.certificates();
         let staging = layout.certificates_staging();
@@ -265,6 +269,7 @@ impl Pki {
                 CertFile::ParentKey => &parent.1,
                 CertFile::BrokerPem => &broker.0,
                 CertFile::BrokerKey => &broker.1,
+                CertFile::Crl => &crl,
             };
             let path = staging.join(file.name());
             write_atomic(&path, content.as_bytes(), file.mode()).map_err(io(&path))?;
@@ -381,7 +386,62 @@ impl Pki {
     }
 }
 
+/// One revoked certificate, for the CRL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revoked {
+    /// Its serial, hex (as the registry keeps it).
+    pub serial: String,
+    /// When it was revoked, seconds since the epoch.
+    pub at: i64,
+    /// Why (RFC 5280 reason).
+    pub reason: RevocationReason,
+}
+
+/// A revocation reason from its name (`key-compromise`, `superseded`,
+/// `cessation-of-operation`, `affiliation-changed`, `unspecified`).
+pub fn revocation_reason(name: &str) -> Result<RevocationReason, String> {
+    Ok(match name {
+        "unspecified" => RevocationReason::Unspecified,
+        "key-compromise" => RevocationReason::KeyCompromise,
+        "affiliation-changed" => RevocationReason::AffiliationChanged,
+        "superseded" => RevocationReason::Superseded,
+        "cessation-of-operation" => RevocationReason::CessationOfOperation,
+        other => {
+            return Err(format!(
+                "unknown revocation reason {other:?}: key-compromise, superseded, \
+                 cessation-of-operation, affiliation-changed or unspecified"
+            ))
+        }
+    })
+}
+
 impl Pki {
+    /// The CA's revocation list (PEM), numbered `number`, valid a week
+    /// (it is signed again at every revocation and at every start).
+    pub fn crl(&self, revoked: &[Revoked], number: u64) -> Result<String, PkiError> {
+        let now = time::OffsetDateTime::now_utc();
+        let mut revoked_certs = Vec::with_capacity(revoked.len());
+        for r in revoked {
+            let serial = unhex(&r.serial)
+                .ok_or_else(|| PkiError::Invalid(format!("serial {:?} is not hex", r.serial)))?;
+            revoked_certs.push(RevokedCertParams {
+                serial_number: SerialNumber::from(serial),
+                revocation_time: time::OffsetDateTime::from_unix_timestamp(r.at).unwrap_or(now),
+                reason_code: Some(r.reason),
+                invalidity_date: None,
+            });
+        }
+        let params = CertificateRevocationListParams {
+            this_update: now,
+            next_update: now + time::Duration::days(7),
+            crl_number: SerialNumber::from(number.to_be_bytes().to_vec()),
+            issuing_distribution_point: None,
+            revoked_certs,
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        Ok(params.signed_by(&self.issuer)?.pem()?)
+    }
+
     /// Issues a client certificate with a key made here, for an agent that
     /// cannot send a CSR (an mPOS device, or a child installed by hand):
     /// (the issued chain, the private key PEM). The key leaves this machine
@@ -587,4 +647,15 @@ mod tests {
         assert!(err.to_string().contains("not a CA"), "{err}");
         assert!(!exists(dir.path()));
     }
+}
+
+/// Bytes from hex digits (`None` when it is not hex).
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
 }

@@ -317,10 +317,10 @@ pub const LAST_ENROLMENT: &str = "LEFT JOIN campaign_children l ON l.rowid = (
     LEFT JOIN campaigns lt ON lt.id = l.campaign";
 
 /// The schema version this build writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// Each step takes the registry from version `i` to `i + 1`.
-const MIGRATIONS: [&str; 2] = [
+const MIGRATIONS: [&str; 3] = [
     // 0 → 1: the registry of release 1.0 (no version recorded).
     "",
     // 1 → 2: trust. Agents registered before are accepted (they were
@@ -346,6 +346,16 @@ const MIGRATIONS: [&str; 2] = [
          agent TEXT,
          reason TEXT NOT NULL,
          at INTEGER NOT NULL
+     );",
+    // 2 → 3: revocation. What was marked revoked before counts as revoked
+    // now, for no stated reason.
+    "ALTER TABLE certificates ADD COLUMN revoked_at INTEGER;
+     ALTER TABLE certificates ADD COLUMN revoke_reason TEXT;
+     UPDATE certificates SET revoked_at = issued_at / 1000, revoke_reason = 'unspecified'
+         WHERE revoked = 1;
+     CREATE TABLE IF NOT EXISTS crl (
+         id INTEGER PRIMARY KEY CHECK (id = 1),
+         number INTEGER NOT NULL
      );",
 ];
 
@@ -492,10 +502,7 @@ impl Registry {
                     if let Some(key) = key {
                         ban_key(tx, &key, id, "rejected by an operator")?;
                     }
-                    tx.execute(
-                        "UPDATE certificates SET revoked = 1 WHERE agent_id = ?1",
-                        params![id_text],
-                    )?;
+                    revoke_certificates(tx, id, "affiliation-changed")?;
                 }
                 Admission::Accepted => {
                     tx.execute("DELETE FROM banned_keys WHERE agent = ?1", params![id_text])?;
@@ -523,10 +530,7 @@ impl Registry {
             if let Some(key) = key {
                 ban_key(tx, &key, id, "deleted by an operator")?;
             }
-            tx.execute(
-                "UPDATE certificates SET revoked = 1 WHERE agent_id = ?1",
-                params![id_text],
-            )?;
+            revoke_certificates(tx, id, "cessation-of-operation")?;
             for (table, column) in [
                 ("refusals", "agent_id"),
                 ("step_results", "agent"),
@@ -542,6 +546,45 @@ impl Registry {
         })?;
         self.mark_changed();
         Ok(())
+    }
+
+    /// Revokes every certificate of `agent` and bans its key (a stolen
+    /// agent cannot register again); how many certificates.
+    pub fn revoke_agent(&self, agent: &Uuid, reason: &str) -> Result<usize, RegistryError> {
+        self.with_tx(|tx| {
+            let key: Option<String> = tx
+                .query_row(
+                    "SELECT signing_key FROM agents WHERE id = ?1",
+                    params![agent.to_string()],
+                    |row| row.get(0),
+                )
+                .optional()?
+                .flatten();
+            if let Some(key) = key {
+                ban_key(tx, &key, agent, &format!("revoked ({reason})"))?;
+            }
+            revoke_certificates(tx, agent, reason)
+        })
+    }
+
+    /// Every revoked certificate (serial, when, why), for the CRL, and the
+    /// number of the next CRL (each one numbered above the last).
+    pub fn revocations(&self) -> Result<(Vec<(String, i64, String)>, u64), RegistryError> {
+        self.with_tx(|tx| {
+            let mut stmt = tx.prepare_cached(
+                "SELECT serial, coalesce(revoked_at, issued_at / 1000), coalesce(revoke_reason, 'unspecified')
+                 FROM certificates WHERE revoked = 1 ORDER BY serial",
+            )?;
+            let rows = stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?;
+            let revoked = rows.collect::<Result<Vec<_>, _>>()?;
+            tx.execute(
+                "INSERT INTO crl (id, number) VALUES (1, 1)
+                 ON CONFLICT(id) DO UPDATE SET number = number + 1",
+                [],
+            )?;
+            let number: i64 = tx.query_row("SELECT number FROM crl WHERE id = 1", [], |r| r.get(0))?;
+            Ok((revoked, number as u64))
+        })
     }
 
     /// Security events recorded, by kind (never shrinks).
@@ -639,6 +682,24 @@ impl Registry {
             None => Ok(None),
         }
     }
+}
+
+/// Revokes every valid certificate of `agent` (`reason` as
+/// [`crate::pki::revocation_reason`] names it); how many.
+pub fn revoke_certificates(
+    tx: &rusqlite::Transaction<'_>,
+    agent: &Uuid,
+    reason: &str,
+) -> Result<usize, RegistryError> {
+    Ok(tx.execute(
+        "UPDATE certificates SET revoked = 1, revoked_at = ?2, revoke_reason = ?3
+         WHERE agent_id = ?1 AND revoked = 0",
+        params![
+            agent.to_string(),
+            (fleetls_proto::now_ms() / 1000) as i64,
+            reason
+        ],
+    )?)
 }
 
 /// Bans a key from registering again.

@@ -122,6 +122,10 @@ pub async fn serve(
         ssl_port_open_since: std::sync::atomic::AtomicU64::new(u64::MAX),
     });
     if app.pki().is_some() {
+        // Signed anew at every start: a CRL is valid a week.
+        if let Err(e) = app.refresh_crl().await {
+            warn!(error = %e, "the revocation list cannot be signed");
+        }
         if let Err(e) = app.start_ssl_port().await {
             warn!(error = %e, "the SSL port cannot be opened");
         }
@@ -414,6 +418,11 @@ async fn handle_batch(
             .sent
             .fetch_add(applied.outgoing.len() as u64, Relaxed);
         broker::send_all(channel, &app.signing_key, applied.outgoing).await?;
+        if applied.revoked {
+            if let Err(e) = app.refresh_crl().await {
+                warn!(error = %e, "the revocation list cannot be signed again");
+            }
+        }
         if reports {
             app.campaign_changed.notify_one();
         }

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
@@ -39,6 +38,7 @@ pub fn server_config(
     ca_pem: &[u8],
     chain_pem: &[u8],
     key_pem: &[u8],
+    crl_pem: Option<&[u8]>,
 ) -> Result<Arc<ServerConfig>, SslPortError> {
     let bad =
         |what: &str, e: &dyn std::fmt::Display| SslPortError::Certificates(format!("{what}: {e}"));
@@ -52,8 +52,7 @@ pub fn server_config(
         .collect::<Result<_, _>>()
         .map_err(|e| bad("server certificate", &e))?;
     let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| bad("server key", &e))?;
-    let verifier = WebPkiClientVerifier::builder(Arc::new(roots))
-        .build()
+    let verifier = fleetls_bus::tls::client_verifier(Arc::new(roots), crl_pem)
         .map_err(|e| bad("client verifier", &e))?;
     let config = ServerConfig::builder()
         .with_client_cert_verifier(verifier)
@@ -71,10 +70,12 @@ pub fn parent_config(data_dir: &Path) -> Result<Arc<ServerConfig>, SslPortError>
         std::fs::read(&path)
             .map_err(|e| SslPortError::Certificates(format!("{}: {e}", path.display())))
     };
+    let crl = std::fs::read(layout.certificate(CertFile::Crl)).ok();
     server_config(
         &read(CertFile::CaPem)?,
         &read(CertFile::ParentPem)?,
         &read(CertFile::ParentKey)?,
+        crl.as_deref(),
     )
 }
 
@@ -87,13 +88,14 @@ pub async fn bind(port: u16) -> Result<TcpListener, SslPortError> {
 
 /// Serves TLS on `listener` until `shutdown`: each connection gets a full
 /// handshake (client certificate required) and the greeting `greeting`.
+/// Each handshake uses the newest configuration `config` holds: a new
+/// revocation list or certificate applies at once, without closing the port.
 pub async fn serve(
     listener: TcpListener,
-    config: Arc<ServerConfig>,
+    config: tokio::sync::watch::Receiver<Arc<ServerConfig>>,
     greeting: String,
     mut shutdown: Shutdown,
 ) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(config);
     let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
     info!(port, "SSL port listening");
     loop {
@@ -108,7 +110,7 @@ pub async fn serve(
                 }
             },
         };
-        let acceptor = acceptor.clone();
+        let acceptor = tokio_rustls::TlsAcceptor::from(config.borrow().clone());
         let greeting = greeting.clone();
         tokio::spawn(async move {
             let handshake =

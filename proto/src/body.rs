@@ -168,6 +168,8 @@ pub enum Body {
     UseSsl(UseSsl),
     /// Move the broker connection to AMQPS.
     UseBrokerTls(UseBrokerTls),
+    /// The CA's current revocation list (for a local parent's SSL port).
+    CrlUpdated(CrlUpdated),
 }
 
 /// A message a child sends to the parent: what a child may say.
@@ -204,6 +206,8 @@ pub enum ToChild {
     UseSsl(UseSsl),
     /// See [`Body::UseBrokerTls`].
     UseBrokerTls(UseBrokerTls),
+    /// See [`Body::CrlUpdated`].
+    CrlUpdated(CrlUpdated),
 }
 
 /// A body by its direction.
@@ -238,6 +242,7 @@ impl From<ToChild> for Body {
             ToChild::RunStep(m) => Body::RunStep(m),
             ToChild::UseSsl(m) => Body::UseSsl(m),
             ToChild::UseBrokerTls(m) => Body::UseBrokerTls(m),
+            ToChild::CrlUpdated(m) => Body::CrlUpdated(m),
         }
     }
 }
@@ -271,6 +276,7 @@ impl Body {
             Body::RunStep(m) => Directed::ToChild(ToChild::RunStep(m)),
             Body::UseSsl(m) => Directed::ToChild(ToChild::UseSsl(m)),
             Body::UseBrokerTls(m) => Directed::ToChild(ToChild::UseBrokerTls(m)),
+            Body::CrlUpdated(m) => Directed::ToChild(ToChild::CrlUpdated(m)),
         }
     }
 
@@ -304,6 +310,7 @@ impl Body {
             Body::RunStep(_) => "RunStep",
             Body::UseSsl(_) => "UseSsl",
             Body::UseBrokerTls(_) => "UseBrokerTls",
+            Body::CrlUpdated(_) => "CrlUpdated",
         }
     }
 }
@@ -323,6 +330,7 @@ pub const KINDS: &[&str] = &[
     "RunStep",
     "UseSsl",
     "UseBrokerTls",
+    "CrlUpdated",
 ];
 
 /// A child introduces itself.
@@ -515,4 +523,12 @@ pub struct UseBrokerTls {
     pub deadline: u64,
     /// How to authenticate.
     pub auth: BrokerAuth,
+}
+
+/// The CA's current certificate revocation list: a local parent refuses
+/// every certificate on it at its SSL port from now on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CrlUpdated {
+    /// The X.509 CRL, PEM, signed by the network's CA.
+    pub crl_pem: String,
 }

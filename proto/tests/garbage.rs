@@ -718,6 +718,7 @@ fn body() -> impl Strategy<Value = Body> {
                     auth,
                 })
             }),
+        text().prop_map(|crl_pem| Body::CrlUpdated(fleetls_proto::CrlUpdated { crl_pem })),
     ]
 }
 

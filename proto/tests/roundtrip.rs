@@ -10,8 +10,8 @@ use std::str::FromStr;
 
 use fleetls_proto::{
     decode, encode, peek_kind, AgentKind, AgentState, Body, BrokerAuth, BrokerSwitchReport, Cause,
-    CertificateIssued, CertificatesReady, Csr, CsrRejected, Envelope, Heartbeat, Hello, Refused,
-    RunStep, Step, StepReport, StepSpec, SwitchReport, UseBrokerTls, UseSsl, KINDS,
+    CertificateIssued, CertificatesReady, CrlUpdated, Csr, CsrRejected, Envelope, Heartbeat, Hello,
+    Refused, RunStep, Step, StepReport, StepSpec, SwitchReport, UseBrokerTls, UseSsl, KINDS,
     PROTOCOL_VERSION,
 };
 use serde::de::IgnoredAny;
@@ -100,9 +100,10 @@ fn variant_index(body: &Body) -> usize {
         Body::RunStep(_) => 10,
         Body::UseSsl(_) => 11,
         Body::UseBrokerTls(_) => 12,
+        Body::CrlUpdated(_) => 13,
     }
 }
-const VARIANTS: usize = 13;
+const VARIANTS: usize = 14;
 
 /// One realistic sample of every body variant.
 fn one_of_each() -> Vec<Body> {
@@ -175,6 +176,9 @@ fn one_of_each() -> Vec<Body> {
             ca_pem: CA_PEM.into(),
             deadline: SENT_AT + 120_000,
             auth: BrokerAuth::External,
+        }),
+        Body::CrlUpdated(CrlUpdated {
+            crl_pem: "-----BEGIN X509 CRL-----\nMIIB\n-----END X509 CRL-----\n".into(),
         }),
     ]
 }
@@ -861,4 +865,14 @@ fn every_body_has_one_direction_and_comes_back_whole() {
         assert_eq!(back, body);
     }
     assert_eq!(to_parent, 7);
+}
+
+#[test]
+fn crl_updated_round_trips() {
+    assert_round_trip(
+        &from_parent(Body::CrlUpdated(CrlUpdated {
+            crl_pem: "-----BEGIN X509 CRL-----\nMIIB\n-----END X509 CRL-----\n".into(),
+        })),
+        &["crl_pem"],
+    );
 }

@@ -5,6 +5,13 @@
 //! `broker-tls` writes. Then, from outside, with one child's certificate and
 //! key: its login cannot read another agent's queue nor copy the children's
 //! messages; and `agents delete` removes the user.
+//!
+//! Revocation, in the same network: `revoke till-1` puts its certificate on
+//! the CA's revocation list — `GET /crl.pem` serves it without a token and
+//! `openssl verify -crl_check` calls it revoked —, the parent's SSL port and
+//! the local parent of its location refuse its certificate at once while
+//! till-2's passes, its AMQPS connection is closed and stays closed (its
+//! RabbitMQ user is gone), and a Hello signed with its key is refused.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -43,6 +50,38 @@ fn attack(args: &[&str]) -> Value {
     serde_json::from_str(&out).unwrap()
 }
 
+/// A TLS handshake with a client certificate to `port` (the greeting read):
+/// `Err` with openssl's output when the server refuses.
+fn handshake(
+    port: u16,
+    ca: &std::path::Path,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<(), String> {
+    let out = Command::new("timeout")
+        .args(["20", "openssl", "s_client", "-ign_eof", "-connect"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("-CAfile")
+        .arg(ca)
+        .arg("-cert")
+        .arg(cert)
+        .arg("-key")
+        .arg(key)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if text.contains(" ok\n") && text.contains("fleetls-") {
+        Ok(())
+    } else {
+        Err(text)
+    }
+}
+
 #[test]
 fn each_child_logs_in_with_its_certificate_as_a_user_allowed_only_its_queue() {
     let node = PrivateNode {
@@ -57,9 +96,35 @@ fn each_child_logs_in_with_its_certificate_as_a_user_allowed_only_its_queue() {
     let broker = node.addr();
     let vhost = Vhost::new_on(&broker);
     let dir = tempfile::tempdir().unwrap();
-    let parent = Parent::start(&vhost, dir.path(), &["--offline-after", "10"]);
-    let _one = start_child(&vhost, dir.path(), "till-1", &[]);
-    let _two = start_child(&vhost, dir.path(), "till-2", &[]);
+    let parent = Parent::start(
+        &vhost,
+        dir.path(),
+        &[
+            "--offline-after",
+            "10",
+            "--local-parent-names",
+            "localhost",
+            "--local-parent-ips",
+            "127.0.0.1",
+        ],
+    );
+    let _one = start_child(&vhost, dir.path(), "till-1", &["--location", "shop"]);
+    let _two = start_child(&vhost, dir.path(), "till-2", &["--location", "hq"]);
+    let _lp = start_child(
+        &vhost,
+        dir.path(),
+        "lp-1",
+        &[
+            "--kind",
+            "local-parent",
+            "--location",
+            "shop",
+            "--hostnames",
+            "localhost",
+        ],
+    );
+    wait_for("lp-1 registered", WAIT, || parent.agent("lp-1"));
+    ok(&parent, &["agents", "accept", "lp-1"]);
     let ids: Vec<String> = ["till-1", "till-2"]
         .iter()
         .map(|n| {
@@ -69,6 +134,7 @@ fn each_child_logs_in_with_its_certificate_as_a_user_allowed_only_its_queue() {
         })
         .collect();
     let port = free_port().to_string();
+    let lp_port = free_port().to_string();
     ok(
         &parent,
         &[
@@ -80,13 +146,15 @@ fn each_child_logs_in_with_its_certificate_as_a_user_allowed_only_its_queue() {
             "127.0.0.1",
             "--port",
             &port,
+            "--local-parent-port",
+            &lp_port,
         ],
     );
     ok(&parent, &["certs", "generate"]);
     ok(&parent, &["certs", "send"]);
-    wait_for("two certificates", WAIT, || {
+    wait_for("three certificates", WAIT, || {
         let s = parent.status_json().ok()?;
-        (s["network"]["children_with_certificates"] == 2).then_some(())
+        (s["network"]["children_with_certificates"] == 3).then_some(())
     });
     ok(&parent, &["verify", "--step-timeout", "20s"]);
     ok(&parent, &["switch", "--step-timeout", "20s"]);
@@ -107,9 +175,9 @@ fn each_child_logs_in_with_its_certificate_as_a_user_allowed_only_its_queue() {
     let conf = dir.path().join("migration-for-node.conf");
     std::fs::write(&conf, fragment).unwrap();
     node.run("restart", Some(&tls), Some(&conf));
-    wait_for("both back online", WAIT, || {
+    wait_for("all three back online", WAIT, || {
         let s = parent.status_json().ok()?;
-        (s["network"]["online"] == 2).then_some(())
+        (s["network"]["online"] == 3).then_some(())
     });
 
     let amqps = format!("amqps://guest:guest@127.0.0.1:{AMQPS_PORT}/{}", vhost.name);
@@ -188,6 +256,126 @@ fn each_child_logs_in_with_its_certificate_as_a_user_allowed_only_its_queue() {
         copy["refused"], true,
         "till-1 copied the children's messages: {copy}"
     );
+
+    // ---- revocation of till-1
+    let ca = tls.join("ca.pem");
+    let cert_of = |name: &str| {
+        let certs = dir.path().join(name).join("certs");
+        (certs.join("agent.pem"), certs.join("agent.key"))
+    };
+    let (one_cert, one_key) = cert_of("till-1");
+    let (two_cert, two_key) = cert_of("till-2");
+    let ssl_port: u16 = port.parse().unwrap();
+    let lp_port: u16 = lp_port.parse().unwrap();
+    // Before: both pass at the parent's SSL port and at the local parent's.
+    for p in [ssl_port, lp_port] {
+        assert!(
+            handshake(p, &ca, &one_cert, &one_key).is_ok(),
+            "till-1 at {p} before revocation"
+        );
+    }
+    let revoked = ok(
+        &parent,
+        &["revoke", "till-1", "--reason", "key-compromise", "--json"],
+    );
+    let revoked: Value = serde_json::from_str(&revoked).unwrap();
+    assert_eq!(revoked["certificates"], 1, "{revoked}");
+    assert_eq!(revoked["connections_closed"], 1, "{revoked}");
+    // The CRL, served without a token, is the one in the data dir.
+    let served = fleetls_tests::http()
+        .get(format!("http://{}/crl.pem", parent.admin))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let stored = std::fs::read_to_string(parent.data_dir.join("certificates/crl.pem")).unwrap();
+    assert_eq!(served, stored);
+    assert!(served.contains("BEGIN X509 CRL"), "{served}");
+    let crl = dir.path().join("served-crl.pem");
+    std::fs::write(&crl, &served).unwrap();
+    let verify = |cert: &std::path::Path| {
+        let out = Command::new("openssl")
+            .args(["verify", "-crl_check", "-CAfile"])
+            .arg(&ca)
+            .arg("-CRLfile")
+            .arg(&crl)
+            .arg(cert)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let (good, text) = verify(&one_cert);
+    assert!(!good && text.contains("certificate revoked"), "{text}");
+    let (good, text) = verify(&two_cert);
+    assert!(good, "{text}");
+    // The SSL ports refuse till-1 at once, and still take till-2.
+    let refused = handshake(ssl_port, &ca, &one_cert, &one_key).unwrap_err();
+    assert!(refused.contains("revoked"), "{refused}");
+    handshake(ssl_port, &ca, &two_cert, &two_key).expect("till-2 at the parent's SSL port");
+    let refused = wait_for("the local parent refusing till-1", WAIT, || {
+        handshake(lp_port, &ca, &one_cert, &one_key).err()
+    });
+    assert!(refused.contains("revoked"), "{refused}");
+    handshake(lp_port, &ca, &two_cert, &two_key).expect("till-2 at the local parent");
+    // Its broker connection is gone and stays gone; till-2's is there.
+    let connected = |id: &str| {
+        let name = format!("fleetls-child:{id}");
+        let list = vhost.management_get("/api/vhosts/{vhost}/connections");
+        list.as_array().map(|l| {
+            l.iter()
+                .any(|c| c["client_properties"]["connection_name"] == name.as_str())
+        })
+    };
+    wait_for("till-1's connection closed", WAIT, || {
+        (connected(&ids[0]) == Some(false)).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(connected(&ids[0]), Some(false), "till-1 came back");
+    assert_eq!(connected(&ids[1]), Some(true), "till-2 lost its connection");
+    // Its key cannot speak again: a Hello signed with it is refused.
+    let key = dir.path().join("till-1/identity.key");
+    let plain = format!("amqp://guest:guest@127.0.0.1:{AMQP_PORT}/{}", vhost.name);
+    let hello = serde_json::json!({
+        "name": "till-1", "kind": "child", "version": "1.0.0", "location": "shop",
+        "hostnames": [], "ips": [], "key_fingerprint": null,
+        "state": {"has_certificate": true, "ssl": true, "broker_tls": false}
+    })
+    .to_string();
+    attack(&[
+        "send",
+        "--broker",
+        &plain,
+        "--exchange",
+        "fleetls.parent",
+        "--routing-key",
+        "fleetls.parent",
+        "--kind",
+        "Hello",
+        "--fields",
+        &hello,
+        "--from",
+        &ids[0],
+        "--sign-key",
+        key.to_str().unwrap(),
+    ]);
+    wait_for("the revoked key's Hello refused", WAIT, || {
+        vhost
+            .peek_queue("fleetls.dead", 50)
+            .iter()
+            .any(|m| {
+                m["properties"]["headers"]["x-fleetls-reason"]
+                    .as_str()
+                    .is_some_and(|r| r.starts_with("banned_key") && r.contains("revoked"))
+            })
+            .then_some(())
+    });
 
     // Deleting an agent removes its RabbitMQ user.
     ok(&parent, &["agents", "delete", "till-2"]);
