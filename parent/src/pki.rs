@@ -509,6 +509,17 @@ fn check_ca(cert: &CertificateDer<'_>, key: &KeyPair) -> Result<(), PkiError> {
     Ok(())
 }
 
+/// Bytes from hex digits (`None` when it is not hex).
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -647,15 +658,4 @@ mod tests {
         assert!(err.to_string().contains("not a CA"), "{err}");
         assert!(!exists(dir.path()));
     }
-}
-
-/// Bytes from hex digits (`None` when it is not hex).
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
 }

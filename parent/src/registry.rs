@@ -569,7 +569,7 @@ impl Registry {
 
     /// Every revoked certificate (serial, when, why), for the CRL, and the
     /// number of the next CRL (each one numbered above the last).
-    pub fn revocations(&self) -> Result<(Vec<(String, i64, String)>, u64), RegistryError> {
+    pub fn revocations(&self) -> Result<(Vec<Revocation>, u64), RegistryError> {
         self.with_tx(|tx| {
             let mut stmt = tx.prepare_cached(
                 "SELECT serial, coalesce(revoked_at, issued_at / 1000), coalesce(revoke_reason, 'unspecified')
@@ -701,6 +701,9 @@ pub fn revoke_certificates(
         ],
     )?)
 }
+
+/// A revoked certificate: its serial (hex), when (seconds) and why.
+pub type Revocation = (String, i64, String);
 
 /// Bans a key from registering again.
 pub(crate) fn ban_key(
