@@ -57,12 +57,17 @@ pub async fn run(config: RunConfig, shutdown: Shutdown) -> Result<(), RunError> 
                             session = *next_session;
                         }
                         Ok(Outcome::Stopped) => break Ok(()),
+                        Ok(Outcome::Reconnect) => {
+                            info!("reconnecting to the broker with the renewed certificate");
+                            break Err(SessionError::Renewed);
+                        }
                         Err(e) => break Err(e),
                     }
                 };
                 let _ = connection.close(200, "child stopping".into()).await;
                 match result {
                     Ok(()) => break,
+                    Err(SessionError::Renewed) => continue,
                     Err(e) => warn!(error = %e, "broker session ended; reconnecting"),
                 }
             }
@@ -132,7 +137,10 @@ impl Session {
         loop {
             tokio::select! {
                 _ = shutdown.wait() => return Ok(Outcome::Stopped),
-                _ = ticker.tick() => self.beat(agent).await?,
+                _ = ticker.tick() => {
+                    self.beat(agent).await?;
+                    self.renew_if_due(agent).await?;
+                }
                 next = consumer.next() => {
                     let delivery = next.ok_or(SessionError::Cancelled)?.map_err(amqp("consuming"))?;
                     // A command runs beside the heartbeat, not in its place:
@@ -150,6 +158,36 @@ impl Session {
                         return Ok(moved);
                     }
                 }
+            }
+        }
+    }
+
+    /// Asks for a new certificate, on a new key, once the share of its
+    /// lifetime set by `--renew-at` (with jitter) has passed; again after a
+    /// while if no answer came. The old certificate serves until the new one
+    /// is installed.
+    async fn renew_if_due(&self, agent: &Agent) -> Result<(), SessionError> {
+        let store = CertStore::new(&agent.config.data_dir);
+        let Some((not_before, not_after)) = store.validity() else {
+            return Ok(());
+        };
+        let now = (fleetls_proto::now_ms() / 1000) as i64;
+        if !agent.renewal_due(now, not_before, not_after) {
+            return Ok(());
+        }
+        let (id, kind) = (agent.identity.id, agent.config.kind);
+        let (hostnames, ips) = (agent.config.hostnames.clone(), agent.config.ips.clone());
+        let csr = tokio::task::spawn_blocking(move || store.csr(id, kind, &hostnames, &ips))
+            .await
+            .unwrap_or_else(|e| Err(format!("the CSR task failed: {e}")));
+        match csr {
+            Ok(pem) => {
+                info!(not_after, "renewing this agent's certificate");
+                self.send(agent, ToParent::Csr(Csr { pem }), None).await
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot make a CSR to renew the certificate");
+                Ok(())
             }
         }
     }
@@ -203,6 +241,16 @@ impl Session {
                 }
                 agent.serve_local_port(&self.shutdown, true);
                 self.send_state(agent).await?;
+                let on_amqps = agent
+                    .state
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .broker_tls_uri
+                    .is_some();
+                if on_amqps {
+                    // The broker saw the old certificate: show it the new one.
+                    return Ok(Obeyed::Reconnect);
+                }
             }
             ToChild::RunStep(run) if run.deadline < fleetls_proto::now_ms() => {
                 // Its result would no longer count: the parent has moved on.
@@ -303,6 +351,10 @@ impl Session {
                     Obeyed::Done(result) => result,
                     Obeyed::MoveTo(connection, session) => {
                         moved = Some(Outcome::MoveTo(connection, session));
+                        Ok(())
+                    }
+                    Obeyed::Reconnect => {
+                        moved = Some(Outcome::Reconnect);
                         Ok(())
                     }
                 };

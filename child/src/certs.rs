@@ -126,9 +126,34 @@ impl CertStore {
             && self.has_certificate();
         write_atomic(&self.ca_path(), ready.ca_chain_pem.as_bytes(), 0o644)
             .map_err(|e| e.to_string())?;
-        if already {
+        if already && !ready.renew {
             return Ok(None);
         }
+        self.csr(agent, kind, hostnames, ips).map(Some)
+    }
+
+    /// When the installed certificate is valid (not before, not after;
+    /// seconds since the epoch), if one is installed and readable.
+    pub fn validity(&self) -> Option<(i64, i64)> {
+        let pem = std::fs::read_to_string(self.chain_path()).ok()?;
+        let chain = pem_certs(&pem).ok()?;
+        let (_, leaf) = X509Certificate::from_der(&chain[0]).ok()?;
+        let validity = leaf.validity();
+        Some((
+            validity.not_before.timestamp(),
+            validity.not_after.timestamp(),
+        ))
+    }
+
+    /// A CSR on the pending key (made now, or kept from an attempt whose
+    /// answer has not come): for the first certificate and every renewal.
+    pub fn csr(
+        &self,
+        agent: Uuid,
+        kind: AgentKind,
+        hostnames: &[String],
+        ips: &[std::net::IpAddr],
+    ) -> Result<String, String> {
         let key = match std::fs::read_to_string(self.pending_key_path()) {
             Ok(pem) => KeyPair::from_pem(&pem)
                 .map_err(|e| format!("the pending key is unreadable: {e}"))?,
@@ -158,11 +183,10 @@ impl CertStore {
                 .subject_alt_names
                 .extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
         }
-        let csr = params
+        params
             .serialize_request(&key)
             .and_then(|csr| csr.pem())
-            .map_err(|e| format!("cannot make the CSR: {e}"))?;
-        Ok(Some(csr))
+            .map_err(|e| format!("cannot make the CSR: {e}"))
     }
 
     /// Handles `CertificateIssued`: the chain must carry the pending key and

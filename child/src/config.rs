@@ -46,6 +46,10 @@ pub struct RawRun {
     /// Seconds between heartbeats
     #[arg(long, env = "FLEETLS_HEARTBEAT")]
     pub heartbeat: Option<u64>,
+    /// Renew the certificate once this share of its lifetime has passed
+    /// (default 0.67, give or take 0.05 per agent)
+    #[arg(long, env = "FLEETLS_RENEW_AT")]
+    pub renew_at: Option<f64>,
     /// Report this version instead of the real one (for tests of old agents)
     #[arg(long, env = "FLEETLS_REPORT_VERSION", hide = true)]
     pub report_version: Option<String>,
@@ -65,6 +69,7 @@ impl fleetls_bus::process::Layered for RawRun {
             ca_fingerprint: self.ca_fingerprint.or(other.ca_fingerprint),
             parent_key: self.parent_key.or(other.parent_key),
             heartbeat: self.heartbeat.or(other.heartbeat),
+            renew_at: self.renew_at.or(other.renew_at),
             report_version: self.report_version.or(other.report_version),
         }
     }
@@ -105,6 +110,8 @@ pub struct RunConfig {
     pub parent_key: Option<String>,
     /// Time between heartbeats.
     pub heartbeat: Duration,
+    /// The share of a certificate's lifetime after which it is renewed.
+    pub renew_at: f64,
     /// The version reported to the parent.
     pub version: String,
 }
@@ -163,6 +170,14 @@ impl RunConfig {
                 }
             })?),
         };
+        let renew_at = raw.renew_at.unwrap_or(0.67);
+        if !(0.1..=0.9).contains(&renew_at) {
+            return Err(ConfigError::Invalid {
+                name: "--renew-at",
+                value: renew_at.to_string(),
+                why: "must be a share of the lifetime from 0.1 to 0.9".into(),
+            });
+        }
         let heartbeat = raw.heartbeat.unwrap_or(10);
         if heartbeat == 0 || heartbeat > 3600 {
             return Err(ConfigError::Invalid {
@@ -191,6 +206,7 @@ impl RunConfig {
             ca_fingerprint,
             parent_key,
             heartbeat: Duration::from_secs(heartbeat),
+            renew_at,
             version: raw
                 .report_version
                 .unwrap_or_else(|| env!("CARGO_PKG_VERSION").to_owned()),

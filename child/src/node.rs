@@ -31,6 +31,8 @@ pub struct Agent {
     /// How a simulated child departs from a real one (set by the swarm;
     /// a real agent has none).
     pub quirks: Option<Box<dyn Quirks>>,
+    /// When it last asked for a renewal (it asks again only after a while).
+    pub last_renewal: std::sync::Mutex<Option<std::time::Instant>>,
     /// The key this agent signs its messages with (`DIR/identity.key`):
     /// the parent pins it at the first Hello.
     pub key: SigningKey,
@@ -71,6 +73,7 @@ impl Agent {
             state: std::sync::Mutex::new(state),
             local_port: std::sync::Mutex::new(None),
             quirks: None,
+            last_renewal: std::sync::Mutex::new(None),
             key,
             trust,
         })
@@ -124,6 +127,29 @@ impl Agent {
         });
         tokio::spawn(crate::local_port::serve(store, port, both));
         *running = Some(trigger);
+    }
+
+    /// Whether the certificate valid from `not_before` to `not_after`
+    /// (seconds) is due for renewal at `now`: past `--renew-at` of its
+    /// lifetime, give or take 5% of it (the same for one agent and
+    /// certificate, different between agents, so a network issued in one
+    /// afternoon does not renew in one minute), and no request in the last
+    /// twentieth of the lifetime (at least 10 s).
+    pub fn renewal_due(&self, now: i64, not_before: i64, not_after: i64) -> bool {
+        let lifetime = (not_after - not_before).max(1) as f64;
+        let seed = self.identity.id.as_u128() as u64 ^ not_after as u64;
+        let jitter = (seed % 1001) as f64 / 1000.0 * 0.1 - 0.05;
+        let due_at = not_before as f64 + lifetime * (self.config.renew_at + jitter);
+        if (now as f64) < due_at {
+            return false;
+        }
+        let retry = std::time::Duration::from_secs_f64((lifetime / 20.0).max(10.0));
+        let mut last = self.last_renewal.lock().unwrap_or_else(|p| p.into_inner());
+        if last.is_some_and(|t| t.elapsed() < retry) {
+            return false;
+        }
+        *last = Some(std::time::Instant::now());
+        true
     }
 
     pub(crate) fn report_state(&self) -> AgentState {

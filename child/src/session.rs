@@ -16,6 +16,10 @@ pub enum SessionError {
     /// Talking to the broker failed (see [`BusError`]).
     #[error(transparent)]
     Bus(#[from] BusError),
+    /// A renewed certificate is installed: the session ends to open again
+    /// with it (not a failure).
+    #[error("reconnecting with a renewed certificate")]
+    Renewed,
     /// The consumer was cancelled.
     #[error("the broker cancelled the consumer of this agent's queue")]
     Cancelled,
@@ -32,6 +36,9 @@ pub enum Outcome {
     /// Moved to AMQPS: go on with this connection and session; the old
     /// connection may be closed now.
     MoveTo(Box<Connection>, Box<Session>),
+    /// A renewed certificate is installed: open the AMQPS connection again
+    /// with it (now, between two commands: a quiet moment).
+    Reconnect,
 }
 
 /// What came of a command.
@@ -40,6 +47,8 @@ pub enum Obeyed {
     Done(Result<(), String>),
     /// Moved to AMQPS.
     MoveTo(Box<Connection>, Box<Session>),
+    /// Reconnect with the new certificate.
+    Reconnect,
 }
 
 /// The largest AMQP frame a child asks for, unless its broker URL names its

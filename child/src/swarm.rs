@@ -248,6 +248,8 @@ async fn run_child(
                 session = *next;
             }
             Ok(Outcome::Stopped) => break Ok(()),
+            // Its connection opens again with the renewed certificate.
+            Ok(Outcome::Reconnect) => break Err(crate::agent::SessionError::Renewed),
             Err(e) => break Err(e),
         }
     };

@@ -86,6 +86,18 @@ async fn metrics(State(app): State<Arc<App>>) -> Result<String, ApiError> {
             ("{state=\"compromised\"}", n.compromised as f64),
         ],
     );
+    gauge(
+        "fleetls_certificates_revoked",
+        "Certificates revoked (by revoke, rejection, deletion, or superseded by a renewal).",
+        &[("", n.revoked_certificates as f64)],
+    );
+    if let Some(soonest) = n.soonest_expiry {
+        gauge(
+            "fleetls_certificate_soonest_expiry_seconds",
+            "When the first valid agent certificate expires (Unix seconds).",
+            &[("", soonest as f64)],
+        );
+    }
     let s = &status.summary;
     gauge(
         "fleetls_summary",

@@ -100,6 +100,7 @@ impl App {
             .map(|(_, n)| n)
             .sum();
         let signing_key = self.signing_key.public().fingerprint();
+        let revoked = self.registry.revoked_count()?;
         self.status_cache.with_status(
             &self.registry,
             self.config.min_ssl_version,
@@ -109,6 +110,7 @@ impl App {
                 overview.network.ssl_port = ssl_port;
                 overview.network.security_events = security_events;
                 overview.network.signing_key = Some(signing_key);
+                overview.network.revoked_certificates = revoked;
                 f(overview, list)
             },
         )
@@ -192,6 +194,29 @@ impl App {
         if let Some(handle) = self.ssl_port.lock().await.as_ref() {
             let config = crate::ssl_port::parent_config(&self.config.data_dir)?;
             handle.config.send_replace(config);
+        }
+        Ok(())
+    }
+
+    /// Renews the parent's and the broker's own certificates when they are
+    /// due (the SSL port takes the new one at once; the broker's files are
+    /// in `certificates/`, for `broker-tls --out` to write where RabbitMQ
+    /// reads them). The CRL is signed again too: it is valid a week.
+    pub async fn renew_own_if_due(&self) -> Result<(), String> {
+        let Some(pki) = self.pki() else {
+            return Ok(());
+        };
+        let (dir, settings) = (self.config.data_dir.clone(), self.settings());
+        let now = (fleetls_proto::now_ms() / 1000) as i64;
+        let renewed =
+            tokio::task::spawn_blocking(move || pki.renew_own_if_due(&dir, &settings, now))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+        if renewed {
+            info!("the parent's and the broker's certificates were renewed");
+            self.reload_ssl_port().await.map_err(|e| e.to_string())?;
+            self.refresh_crl().await?;
         }
         Ok(())
     }

@@ -166,6 +166,14 @@ pub fn status_table(status: &Status) -> String {
         "summary: passed {}   with errors {}   did not participate {}   version not supporting SSL {}   mPOS {}",
         s.passed, s.with_errors, s.did_not_participate, s.version_not_supporting_ssl, s.mpos
     );
+    if let Some(soonest) = n.soonest_expiry {
+        let _ = writeln!(
+            out,
+            "certificates: soonest expiry {}   revoked {}",
+            when(soonest.max(0) as u64 * 1000),
+            n.revoked_certificates
+        );
+    }
     if n.pending + n.rejected + n.compromised > 0 || n.security_events > 0 {
         let _ = writeln!(
             out,

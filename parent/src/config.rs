@@ -44,6 +44,10 @@ pub struct RawServe {
     /// Validity of issued certificates, in days (398 by default)
     #[arg(long, env = "FLEETLS_CERT_DAYS")]
     pub cert_days: Option<u32>,
+    /// Validity of issued certificates as a duration (`398d`, `12h`, `5m`,
+    /// `90s`; at most 398 days): wins over --cert-days; short ones for tests
+    #[arg(long, env = "FLEETLS_CERT_LIFETIME")]
+    pub cert_lifetime: Option<String>,
     /// New agents accepted without an operator: `kind:pattern;...` or `none`
     /// (default `child:*;mpos:*`; local parents never)
     #[arg(long, env = "FLEETLS_AUTO_ACCEPT")]
@@ -76,6 +80,7 @@ impl fleetls_bus::process::Layered for RawServe {
             min_ssl_version: self.min_ssl_version.or(other.min_ssl_version),
             window: self.window.or(other.window),
             cert_days: self.cert_days.or(other.cert_days),
+            cert_lifetime: self.cert_lifetime.or(other.cert_lifetime),
             auto_accept: self.auto_accept.or(other.auto_accept),
             local_parent_names: self.local_parent_names.or(other.local_parent_names),
             local_parent_ips: self.local_parent_ips.or(other.local_parent_ips),
@@ -132,7 +137,7 @@ pub struct ServeConfig {
     /// Most children acting at once in a campaign.
     pub window: usize,
     /// Validity of issued certificates, days.
-    pub cert_days: u32,
+    pub cert_lifetime: time::Duration,
     /// SSL settings given in the config file's `[ssl]` table.
     pub ssl: Option<crate::settings::SettingsChange>,
     /// The broker's host (the default broker name for its certificate).
@@ -165,6 +170,14 @@ impl ServeConfig {
                 why: "must be 1 to 3650 days (398 is the usual limit)".into(),
             });
         }
+        let cert_lifetime = match &raw.cert_lifetime {
+            None => time::Duration::days(i64::from(cert_days)),
+            Some(text) => parse_lifetime(text).map_err(|why| ConfigError::Invalid {
+                name: "--cert-lifetime",
+                value: text.clone(),
+                why,
+            })?,
+        };
         let data_dir = raw.data_dir.ok_or(ConfigError::Missing("--data-dir"))?;
         let admin_text = raw.admin.unwrap_or_else(|| DEFAULT_ADMIN.to_owned());
         let admin: SocketAddr = admin_text.parse().map_err(|_| ConfigError::Invalid {
@@ -249,11 +262,32 @@ impl ServeConfig {
             offline_after: Duration::from_secs(offline_after),
             min_ssl_version,
             window,
-            cert_days,
+            cert_lifetime,
             ssl: raw.ssl,
             broker_host,
         })
     }
+}
+
+/// A certificate lifetime: a number and `d`, `h`, `m` or `s`, from a minute
+/// to 398 days (the ceiling browsers and most TLS stacks hold to).
+pub fn parse_lifetime(text: &str) -> Result<time::Duration, String> {
+    let text = text.trim();
+    let (number, unit) = text.split_at(text.len().saturating_sub(1));
+    let n: i64 = number
+        .parse()
+        .map_err(|_| "expected a number and d, h, m or s, e.g. 398d or 5m".to_owned())?;
+    let lifetime = match unit {
+        "d" => time::Duration::days(n),
+        "h" => time::Duration::hours(n),
+        "m" => time::Duration::minutes(n),
+        "s" => time::Duration::seconds(n),
+        _ => return Err("expected a number and d, h, m or s, e.g. 398d or 5m".into()),
+    };
+    if lifetime < time::Duration::minutes(1) || lifetime > time::Duration::days(398) {
+        return Err("must be from 1 minute to 398 days".into());
+    }
+    Ok(lifetime)
 }
 
 /// Checks that `value` is an AMQP URL lapin can use; returns its host.

@@ -306,6 +306,23 @@ enum CertsAction {
         #[arg(long)]
         json: bool,
     },
+    /// Renew certificates now: the children named (or --all that hold one)
+    /// make a new key and get a new certificate; the old one is revoked
+    /// (superseded) once the new one is issued. Children also renew by
+    /// themselves at two thirds of the lifetime.
+    Renew {
+        /// An agent (name or id); repeat for more
+        #[arg(long = "agent", required_unless_present = "all")]
+        agents: Vec<String>,
+        /// Every eligible child holding a certificate
+        #[arg(long, conflicts_with = "agents")]
+        all: bool,
+        #[command(flatten)]
+        target: AdminTarget,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
     /// Move the CA and every certificate aside and unfreeze the settings.
     Reset {
         /// Do not ask for confirmation
@@ -857,12 +874,39 @@ async fn certs(action: CertsAction) -> anyhow::Result<ExitCode> {
         }
         CertsAction::Send { all, target, json } => {
             let report: ops::SendReport = Client::new(&target)?
-                .post("/api/certs/send", &ops::SendRequest { all })
+                .post(
+                    "/api/certs/send",
+                    &ops::SendRequest {
+                        all,
+                        ..Default::default()
+                    },
+                )
                 .await?;
             print_json_or(&report, json, |r| {
                 println!(
                     "Information queued for {} child(ren); {} already hold a certificate; {} not eligible (old version or mPOS).",
                     r.queued, r.already_have_certificate, r.not_eligible
+                );
+            })
+        }
+        CertsAction::Renew {
+            agents,
+            all: _,
+            target,
+            json,
+        } => {
+            let request = ops::SendRequest {
+                all: false,
+                renew: true,
+                agents,
+            };
+            let report: ops::SendReport = Client::new(&target)?
+                .post("/api/certs/send", &request)
+                .await?;
+            print_json_or(&report, json, |r| {
+                println!(
+                    "Renewal asked of {} child(ren); each makes a new key and gets a new certificate.",
+                    r.queued
                 );
             })
         }

@@ -163,7 +163,7 @@ pub fn certs_generate(app: &App, request: &GenerateRequest) -> Result<GenerateRe
         &app.config.data_dir,
         &settings,
         company.as_ref(),
-        app.config.cert_days,
+        app.config.cert_lifetime,
     )
     .map_err(|e| OpError::Refused(e.to_string()))?;
     let report = GenerateReport {
@@ -183,6 +183,13 @@ pub struct SendRequest {
     /// Also children that already hold a certificate.
     #[serde(default)]
     pub all: bool,
+    /// `certs renew`: children that hold a certificate make a new key and
+    /// ask for a new one (the others are left alone).
+    #[serde(default)]
+    pub renew: bool,
+    /// Only these agents (names or ids); every eligible one when empty.
+    #[serde(default)]
+    pub agents: Vec<String>,
 }
 
 /// What `certs send` did.
@@ -242,13 +249,24 @@ pub async fn certs_send(app: &App, request: &SendRequest) -> Result<SendReport, 
         not_eligible: 0,
         unroutable: Vec::new(),
     };
+    let chosen: Vec<uuid::Uuid> = request
+        .agents
+        .iter()
+        .map(|wanted| find_agent(&agents, wanted).map(|a| a.id))
+        .collect::<Result<_, _>>()?;
     let mut messages = Vec::new();
     for agent in &agents {
         if !eligible(agent, min) {
             report.not_eligible += 1;
             continue;
         }
-        if agent.has_certificate && !request.all {
+        if !chosen.is_empty() && !chosen.contains(&agent.id) {
+            continue;
+        }
+        if request.renew && !agent.has_certificate {
+            continue;
+        }
+        if agent.has_certificate && !request.all && !request.renew {
             report.already_have_certificate += 1;
             continue;
         }
@@ -260,6 +278,7 @@ pub async fn certs_send(app: &App, request: &SendRequest) -> Result<SendReport, 
             ssl_port,
             serve_port: (agent.kind == AgentKind::LocalParent)
                 .then_some(settings.local_parent_port),
+            renew: request.renew,
         });
         messages.push(crate::broker::Outgoing {
             agent: agent.id,

@@ -96,7 +96,7 @@ pub struct Pki {
     /// `sha256:HEX` of the root (last certificate of the chain, DER).
     pub root_fingerprint: String,
     /// Validity of issued certificates, days.
-    pub cert_days: u32,
+    pub lifetime: Duration,
 }
 
 /// `sha256:` and the lowercase hex SHA-256 of `der`.
@@ -141,10 +141,10 @@ fn leaf_params(
     cn: &str,
     sans: Vec<SanType>,
     ekus: Vec<ExtendedKeyUsagePurpose>,
-    days: u32,
+    lifetime: Duration,
 ) -> (CertificateParams, SerialNumber, OffsetDateTime) {
     let now = OffsetDateTime::now_utc();
-    let not_after = now + Duration::days(i64::from(days));
+    let not_after = now + lifetime;
     let serial = random_serial();
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
@@ -156,7 +156,9 @@ fn leaf_params(
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.is_ca = IsCa::ExplicitNoCa;
     params.serial_number = Some(serial.clone());
-    params.not_before = now - Duration::minutes(5);
+    // A little in the past, for clocks behind ours: 5 minutes, or a tenth
+    // of a short test lifetime.
+    params.not_before = now - std::cmp::min(lifetime / 10, Duration::minutes(5));
     params.not_after = not_after;
     params.use_authority_key_identifier_extension = true;
     (params, serial, not_after)
@@ -173,16 +175,16 @@ fn sans(names: &[String], ips: &[IpAddr]) -> Result<Vec<SanType>, PkiError> {
 
 impl Pki {
     /// Loads the CA from `DIR/certificates`.
-    pub fn load(data_dir: &Path, cert_days: u32) -> Result<Pki, PkiError> {
+    pub fn load(data_dir: &Path, lifetime: Duration) -> Result<Pki, PkiError> {
         let layout = Layout::new(data_dir);
         let chain_path = layout.certificate(CertFile::CaPem);
         let key_path = layout.certificate(CertFile::CaKey);
         let chain = std::fs::read_to_string(&chain_path).map_err(io(&chain_path))?;
         let key = std::fs::read_to_string(&key_path).map_err(io(&key_path))?;
-        Self::from_pem(&chain, &key, cert_days)
+        Self::from_pem(&chain, &key, lifetime)
     }
 
-    fn from_pem(chain_pem: &str, key_pem: &str, cert_days: u32) -> Result<Pki, PkiError> {
+    fn from_pem(chain_pem: &str, key_pem: &str, lifetime: Duration) -> Result<Pki, PkiError> {
         let certs = pem_certs(chain_pem)?;
         let key = KeyPair::from_pem(key_pem)
             .map_err(|e| PkiError::Invalid(format!("unreadable CA private key: {e}")))?;
@@ -193,7 +195,7 @@ impl Pki {
             issuer,
             ca_chain_pem: certs.iter().map(|c| to_pem(c)).collect(),
             root_fingerprint: fingerprint(root),
-            cert_days,
+            lifetime,
         })
     }
 
@@ -204,7 +206,7 @@ impl Pki {
         data_dir: &Path,
         settings: &SslSettings,
         company: Option<&CompanyCa>,
-        cert_days: u32,
+        lifetime: Duration,
     ) -> Result<Pki, PkiError> {
         let (chain_pem, key_pem) = match company {
             Some(company) => {
@@ -236,7 +238,7 @@ impl Pki {
                 (cert.pem(), key.serialize_pem())
             }
         };
-        let pki = Self::from_pem(&chain_pem, &key_pem, cert_days).map_err(|e| match company {
+        let pki = Self::from_pem(&chain_pem, &key_pem, lifetime).map_err(|e| match company {
             Some(c) => PkiError::Invalid(format!(
                 "the company CA {} / {} cannot be used: {e}",
                 c.cert.display(),
@@ -278,6 +280,51 @@ impl Pki {
         Ok(pki)
     }
 
+    /// Renews the parent's and the broker's certificates (new keys, same
+    /// names) once two thirds of the parent's certificate's lifetime have
+    /// passed; `true` when it did. Each file is replaced whole (the key
+    /// first would break a reader in between; the chain and key are each
+    /// written atomically and a reader retries).
+    pub fn renew_own_if_due(
+        &self,
+        data_dir: &Path,
+        settings: &SslSettings,
+        now: i64,
+    ) -> Result<bool, PkiError> {
+        let layout = Layout::new(data_dir);
+        let path = layout.certificate(CertFile::ParentPem);
+        let pem = std::fs::read_to_string(&path).map_err(io(&path))?;
+        let certs = pem_certs(&pem)?;
+        use x509_parser::prelude::{FromDer, X509Certificate};
+        let (_, leaf) = X509Certificate::from_der(&certs[0])
+            .map_err(|e| PkiError::Invalid(format!("{}: {e}", path.display())))?;
+        let (from, until) = (
+            leaf.validity().not_before.timestamp(),
+            leaf.validity().not_after.timestamp(),
+        );
+        if now < from + (until - from) * 2 / 3 {
+            return Ok(false);
+        }
+        let parent =
+            self.server_certificate("fleetls-parent", &settings.names, &settings.ips, true)?;
+        let broker = self.server_certificate(
+            "fleetls-broker",
+            &settings.broker_names,
+            &settings.broker_ips,
+            false,
+        )?;
+        for (file, content) in [
+            (CertFile::ParentKey, &parent.1),
+            (CertFile::ParentPem, &parent.0),
+            (CertFile::BrokerKey, &broker.1),
+            (CertFile::BrokerPem, &broker.0),
+        ] {
+            let path = layout.certificate(file);
+            write_atomic(&path, content.as_bytes(), file.mode()).map_err(io(&path))?;
+        }
+        Ok(true)
+    }
+
     /// A server certificate with its own new key: (chain PEM, key PEM).
     fn server_certificate(
         &self,
@@ -291,7 +338,7 @@ impl Pki {
         if client_too {
             ekus.push(ExtendedKeyUsagePurpose::ClientAuth);
         }
-        let (params, _, _) = leaf_params(cn, sans(names, ips)?, ekus, self.cert_days);
+        let (params, _, _) = leaf_params(cn, sans(names, ips)?, ekus, self.lifetime);
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok((
             format!("{}{}", cert.pem(), self.ca_chain_pem),
@@ -369,7 +416,7 @@ impl Pki {
             }
         }
         let sans = sans(&allowed_names, &allowed_ips).map_err(|e| e.to_string())?;
-        let (params, serial, not_after) = leaf_params(&agent_id, sans, ekus, self.cert_days);
+        let (params, serial, not_after) = leaf_params(&agent_id, sans, ekus, self.lifetime);
         let signed = CertificateSigningRequestParams {
             params,
             public_key: csr.public_key,
@@ -453,7 +500,7 @@ impl Pki {
             &agent_id,
             Vec::new(),
             vec![ExtendedKeyUsagePurpose::ClientAuth],
-            self.cert_days,
+            self.lifetime,
         );
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok((
@@ -540,7 +587,7 @@ mod tests {
     #[test]
     fn generate_writes_every_file_and_reloads() {
         let dir = tempfile::tempdir().unwrap();
-        let pki = Pki::generate(dir.path(), &settings(), None, 398).unwrap();
+        let pki = Pki::generate(dir.path(), &settings(), None, Duration::days(398)).unwrap();
         let certs = certificates_dir(dir.path());
         use std::os::unix::fs::PermissionsExt;
         for (name, mode) in [
@@ -555,7 +602,7 @@ mod tests {
             assert_eq!(meta.permissions().mode() & 0o777, mode, "{name}");
         }
         assert!(!dir.path().join("certificates.new").exists());
-        let again = Pki::load(dir.path(), 398).unwrap();
+        let again = Pki::load(dir.path(), Duration::days(398)).unwrap();
         assert_eq!(again.root_fingerprint, pki.root_fingerprint);
         assert!(pki.root_fingerprint.starts_with("sha256:") && pki.root_fingerprint.len() == 71);
     }
@@ -563,7 +610,7 @@ mod tests {
     #[test]
     fn the_parent_decides_every_field() {
         let dir = tempfile::tempdir().unwrap();
-        let pki = Pki::generate(dir.path(), &settings(), None, 30).unwrap();
+        let pki = Pki::generate(dir.path(), &settings(), None, Duration::days(30)).unwrap();
         let agent = Uuid::new_v4();
         let greedy = csr(&agent.to_string(), |p| {
             p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -590,7 +637,7 @@ mod tests {
     #[test]
     fn a_csr_for_another_agent_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let pki = Pki::generate(dir.path(), &settings(), None, 30).unwrap();
+        let pki = Pki::generate(dir.path(), &settings(), None, Duration::days(30)).unwrap();
         let other = csr(&Uuid::new_v4().to_string(), |_| {});
         let err = pki
             .sign_csr(&other, Uuid::new_v4(), AgentKind::Child, &[], &[])
@@ -611,7 +658,7 @@ mod tests {
     #[test]
     fn a_local_parent_gets_server_auth_for_its_own_names_only() {
         let dir = tempfile::tempdir().unwrap();
-        let pki = Pki::generate(dir.path(), &settings(), None, 30).unwrap();
+        let pki = Pki::generate(dir.path(), &settings(), None, Duration::days(30)).unwrap();
         let agent = Uuid::new_v4();
         let request = csr(&agent.to_string(), |p| {
             p.subject_alt_names = vec![
@@ -652,7 +699,7 @@ mod tests {
             cert: dir.path().join("c.pem"),
             key: dir.path().join("c.key"),
         };
-        let err = Pki::generate(dir.path(), &settings(), Some(&company), 30)
+        let err = Pki::generate(dir.path(), &settings(), Some(&company), Duration::days(30))
             .err()
             .unwrap();
         assert!(err.to_string().contains("not a CA"), "{err}");

@@ -304,7 +304,9 @@ pub const DEFINITIONS: &str = "WITH
     agent_view AS (
         SELECT agents.*, has_certificate AND EXISTS (
             SELECT 1 FROM certificates c WHERE c.agent_id = agents.id AND c.revoked = 0)
-            AS certified
+            AS certified,
+            (SELECT max(not_after) FROM certificates c
+             WHERE c.agent_id = agents.id AND c.revoked = 0) AS cert_not_after
         FROM agents)";
 
 /// Joins to the agents (`a`, as `status::AGENTS_FROM` has them) each agent's last result: its enrolment (`l`) in
@@ -585,6 +587,16 @@ impl Registry {
             let number: i64 = tx.query_row("SELECT number FROM crl WHERE id = 1", [], |r| r.get(0))?;
             Ok((revoked, number as u64))
         })
+    }
+
+    /// How many certificates were revoked (superseded ones included).
+    pub fn revoked_count(&self) -> Result<u64, RegistryError> {
+        let db = self.lock();
+        Ok(db.query_row(
+            "SELECT count(*) FROM certificates WHERE revoked = 1",
+            [],
+            |r| r.get::<_, i64>(0),
+        )? as u64)
     }
 
     /// Security events recorded, by kind (never shrinks).

@@ -99,7 +99,7 @@ pub async fn serve(
     );
     info!(fingerprint = %signing_key.public().fingerprint(), "the parent signs its commands with this key (give it to children as --parent-key)");
     let pki = if crate::pki::exists(&data_dir) {
-        Some(Arc::new(Pki::load(&data_dir, config.cert_days)?))
+        Some(Arc::new(Pki::load(&data_dir, config.cert_lifetime)?))
     } else {
         None
     };
@@ -131,6 +131,7 @@ pub async fn serve(
         }
     }
     let engine = tokio::spawn(crate::engine::run(app.clone(), shutdown.clone()));
+    tokio::spawn(renew_own(app.clone(), shutdown.clone()));
     let admin = tokio::spawn(crate::admin::run(listener, app.clone(), shutdown.clone()));
     if let Some(ready) = ready {
         let _ = ready.send(admin_addr);
@@ -144,6 +145,22 @@ pub async fn serve(
     }
     info!("parent stopped");
     Ok(())
+}
+
+/// Checks every so often (a twentieth of the certificate lifetime, at most
+/// a minute) whether the parent's own certificates are due for renewal.
+async fn renew_own(app: Arc<App>, mut shutdown: Shutdown) {
+    let lifetime = app.config.cert_lifetime.whole_seconds().max(20) as u64;
+    let every = Duration::from_secs((lifetime / 20).clamp(1, 60));
+    loop {
+        tokio::select! {
+            _ = shutdown.wait() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        if let Err(e) = app.renew_own_if_due().await {
+            warn!(error = %e, "cannot renew the parent's own certificates");
+        }
+    }
 }
 
 /// The stored SSL settings (or the defaults), with the config file's `[ssl]`

@@ -121,6 +121,14 @@ pub struct Network {
     /// to children as `--parent-key`).
     #[serde(default)]
     pub signing_key: Option<String>,
+    /// The soonest expiry of a valid agent certificate (seconds since the
+    /// epoch): renewal keeps it ahead.
+    #[serde(default)]
+    pub soonest_expiry: Option<i64>,
+    /// Certificates revoked (by `revoke`, rejection, deletion, or
+    /// superseded by a renewal).
+    #[serde(default)]
+    pub revoked_certificates: u64,
 }
 
 /// The campaign summary (every figure a query over the registry).
@@ -177,6 +185,9 @@ pub struct AgentStatus {
     /// It pinned another parent key than this parent's.
     #[serde(default)]
     pub compromised: bool,
+    /// When its valid certificate expires (seconds since the epoch).
+    #[serde(default)]
+    pub certificate_not_after: Option<i64>,
 }
 
 /// What shaping an agent's row needs besides the row.
@@ -214,10 +225,11 @@ pub const AGENTS_ORDER: &str = "ORDER BY a.name, a.id";
 
 /// The columns of [`AGENTS_FROM`] that [`row_to_status`] reads.
 pub const AGENT_COLUMNS: &str = "a.id, a.name, a.kind, a.version, a.location, a.hostnames,
-    a.ips, a.last_seen, a.certified, a.ssl, a.broker_tls, r.reason, a.admission, a.compromised";
+    a.ips, a.last_seen, a.certified, a.ssl, a.broker_tls, r.reason, a.admission, a.compromised,
+    a.cert_not_after";
 
 /// How many columns [`AGENT_COLUMNS`] names: a query's own columns follow.
-pub const AGENT_COLUMN_COUNT: usize = 14;
+pub const AGENT_COLUMN_COUNT: usize = 15;
 
 /// The columns of an enrolment (`l`) that [`row_to_last_result`] reads.
 pub const LAST_COLUMNS: &str =
@@ -657,6 +669,7 @@ fn newest_campaign(db: &Connection) -> Result<Option<Progress>, RegistryError> {
 /// are online, certified, and so on.
 #[derive(Debug, Clone, Default)]
 struct Group {
+    soonest_expiry: Option<i64>,
     admission: Option<crate::registry::Admission>,
     compromised: usize,
     ssl_capable: bool,
@@ -675,6 +688,7 @@ impl Group {
     fn of(agent: &AgentStatus) -> Group {
         let state = agent.last_result.as_ref().map(|r| r.state);
         Group {
+            soonest_expiry: agent.certificate_not_after,
             admission: Some(agent.admission),
             compromised: agent.compromised.into(),
             ssl_capable: agent.ssl_capable,
@@ -709,6 +723,7 @@ struct Tally {
     pending: usize,
     rejected: usize,
     compromised: usize,
+    soonest_expiry: Option<i64>,
 }
 
 impl Tally {
@@ -727,6 +742,10 @@ impl Tally {
         self.switched += group.ssl;
         self.broker_tls += group.broker_tls;
         self.compromised += group.compromised;
+        self.soonest_expiry = match (self.soonest_expiry, group.soonest_expiry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         use crate::registry::Admission;
         if group.admission == Some(Admission::Pending) {
             self.pending += group.agents;
@@ -779,6 +798,8 @@ impl Tally {
                 compromised: self.compromised,
                 security_events: 0,
                 signing_key: None,
+                soonest_expiry: self.soonest_expiry,
+                revoked_certificates: 0,
             },
             summary: Summary {
                 passed: self.passed,
@@ -836,6 +857,7 @@ pub fn row_to_status(
                 .parse()
                 .map_err(RegistryError::Corrupt)?,
             compromised: row.get(13)?,
+            certificate_not_after: row.get(14)?,
         })
     })();
     Ok(parsed)
@@ -1065,6 +1087,9 @@ mod tests {
                 compromised: 0,
                 security_events: 0,
                 signing_key: None,
+                // The test's certificates carry not_after = 0.
+                soonest_expiry: Some(0),
+                revoked_certificates: 0,
             }
         );
         assert_eq!(

@@ -469,6 +469,10 @@ pub struct CertificatesReady {
     /// children of its location.
     #[serde(default)]
     pub serve_port: Option<u16>,
+    /// Make a new key and CSR even when a certificate of this CA is held
+    /// (`certs renew`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub renew: bool,
 }
 
 /// The signed certificate chain.

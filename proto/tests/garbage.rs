@@ -676,6 +676,7 @@ fn body() -> impl Strategy<Value = Body> {
                     ssl_host,
                     ssl_port,
                     serve_port,
+                    renew: false,
                 })
             }
         ),

@@ -151,6 +151,7 @@ fn one_of_each() -> Vec<Body> {
             ssl_host: "parent.corp.example.com".into(),
             ssl_port: 12365,
             serve_port: None,
+            renew: false,
         }),
         Body::CertificateIssued(CertificateIssued {
             chain_pem: format!("{LEAF_PEM}{CA_PEM}"),
@@ -420,6 +421,7 @@ fn certificates_ready_round_trips() {
             ssl_host: "parent.corp.example.com".into(),
             ssl_port: 12365,
             serve_port: Some(12366),
+            renew: false,
         })),
         &[
             "ca_chain_pem",

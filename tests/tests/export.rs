@@ -65,7 +65,8 @@ struct Setup {
 impl Setup {
     fn new(settings: SslSettings) -> Setup {
         let dir = tempfile::tempdir().unwrap();
-        let pki = Pki::generate(dir.path(), &settings, None, 398).unwrap();
+        let lifetime = fleetls_parent::config::parse_lifetime("398d").unwrap();
+        let pki = Pki::generate(dir.path(), &settings, None, lifetime).unwrap();
         let registry = Registry::open(&dir.path().join("fleetls.db")).unwrap();
         let password_file = dir.path().join("password");
         std::fs::write(&password_file, PASSWORD).unwrap();
