@@ -25,7 +25,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the parent: consume fleetls.parent, keep the registry, serve the admin API.
-    Serve(RawServe),
+    Serve(Box<RawServe>),
     /// List every agent with its state (a table, or JSON with --json).
     Status {
         #[command(flatten)]
@@ -430,7 +430,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(flags) => {
             let loaded = cli
                 .config
-                .load(flags, config::read_file, ServeConfig::from_raw);
+                .load(*flags, config::read_file, ServeConfig::from_raw);
             let config = match loaded {
                 Ok(config) => config,
                 Err(e) => {
