@@ -31,8 +31,20 @@ pub fn bin_dir() -> PathBuf {
         .to_owned()
 }
 
-/// The path of a built program; panics with what to do when it is missing.
+/// The path of a built program, current with the sources: the first call in
+/// a test process runs `cargo build --workspace --bins` into the target
+/// folder the tests were built in (a bare `cargo test -p fleetls-tests`
+/// builds only this package's own programs, so the parent and the child
+/// could otherwise be left over from older sources). With `FLEETLS_BIN_DIR`
+/// the programs found there are used as they are. Panics, saying what to
+/// do, when the build fails or the program is missing.
 pub fn program(name: &str) -> PathBuf {
+    if std::env::var_os("FLEETLS_BIN_DIR").is_none() {
+        static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
+        if let Err(why) = BUILT.get_or_init(build_programs) {
+            panic!("{why}");
+        }
+    }
     let path = bin_dir().join(name);
     assert!(
         path.exists(),
@@ -40,6 +52,72 @@ pub fn program(name: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// `cargo build --workspace --bins` with the profile and target folder of
+/// the running test binary (a no-op when the programs are current).
+fn build_programs() -> Result<(), String> {
+    let bins = bin_dir();
+    let profile = bins
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| format!("{}: no profile folder name", bins.display()))?
+        .to_owned();
+    let target_dir = bins
+        .parent()
+        .ok_or_else(|| format!("{}: not inside a target folder", bins.display()))?;
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut command = Command::new(&cargo);
+    // What cargo set for this test process describes this package; a build
+    // script that reads one of them (ring reads CARGO_MANIFEST_DIR) would
+    // otherwise be rebuilt here and again by the next `cargo test`.
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        let set_for_tests = key.starts_with("CARGO_PKG_")
+            || key.starts_with("CARGO_BIN_EXE_")
+            || [
+                "CARGO_MANIFEST_DIR",
+                "CARGO_MANIFEST_PATH",
+                "CARGO_MANIFEST_LINKS",
+                "CARGO_CRATE_NAME",
+                "CARGO_BIN_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+                "CARGO_TARGET_TMPDIR",
+                "CARGO_RUSTC_CURRENT_DIR",
+                "OUT_DIR",
+            ]
+            .contains(&key.as_ref());
+        if set_for_tests {
+            command.env_remove(key.as_ref());
+        }
+    }
+    command
+        .current_dir(repo())
+        .args(["build", "--workspace", "--bins", "--quiet", "--target-dir"])
+        .arg(target_dir);
+    match profile.as_str() {
+        "debug" => {}
+        "release" => {
+            command.arg("--release");
+        }
+        other => {
+            command.args(["--profile", other]);
+        }
+    }
+    let output = command
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {cargo:?} to build the programs under test: {e}"))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "`cargo build --workspace --bins` (profile {profile}, target {}) failed, so the \
+             programs under test would not match the sources:\n{}",
+            target_dir.display(),
+            String::from_utf8_lossy(&output.stderr)
+        ))
+    }
 }
 
 /// Where a broker answers.
