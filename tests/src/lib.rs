@@ -379,6 +379,27 @@ pub fn wait_for<T>(what: &str, within: Duration, mut check: impl FnMut() -> Opti
     }
 }
 
+/// How long anything the tests wait for may take to happen (an agent coming
+/// online, a certificate arriving, a process stopping).
+pub const WAIT: Duration = Duration::from_secs(60);
+
+/// A scratch folder for one test; kept (and named on stderr) when
+/// `FLEETLS_TEST_KEEP` is set, to read the logs after a failure.
+pub fn test_dir() -> tempfile::TempDir {
+    let mut dir = tempfile::tempdir().expect("a scratch folder");
+    if std::env::var_os("FLEETLS_TEST_KEEP").is_some() {
+        dir.disable_cleanup(true);
+        eprintln!("test folder kept: {}", dir.path().display());
+    }
+    dir
+}
+
+/// The last `lines` lines of a text.
+pub fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
 /// A running parent of one test: its data dir, admin address and process.
 pub struct Parent {
     /// Its process.
@@ -390,36 +411,68 @@ pub struct Parent {
 }
 
 impl Parent {
-    /// Starts `fleetls-parent serve` on `vhost` with `extra` flags; waits until
-    /// its admin API answers.
+    /// Starts `fleetls-parent serve` on `vhost` with `extra` flags, data in
+    /// `dir/parent`, output to `dir/parent.log`; waits until its admin API
+    /// answers.
     pub fn start(vhost: &Vhost, dir: &Path, extra: &[&str]) -> Parent {
         let data_dir = dir.join("parent");
         let admin = format!("127.0.0.1:{}", free_port());
-        let mut args: Vec<String> = [
-            "serve",
-            "--broker",
-            &vhost.url(),
-            "--management",
-            &vhost.management_url(),
-            "--data-dir",
-            data_dir.to_str().unwrap(),
-            "--admin",
-            &admin,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        args.extend(extra.iter().map(|s| s.to_string()));
+        let args = Parent::serve_args(vhost, &data_dir, &admin, extra);
         let proc = Proc::spawn(&program("fleetls-parent"), &args, dir.join("parent.log"));
         let parent = Parent {
             proc,
             data_dir,
             admin,
         };
-        wait_for("the parent's admin API", Duration::from_secs(30), || {
-            parent.status_json().ok()
-        });
+        parent.wait_admin("the parent's admin API");
         parent
+    }
+
+    /// Starts `fleetls-parent serve` again on the same vhost, data dir and
+    /// admin address, with `extra` flags, after the old process stopped or
+    /// was killed (it waits up to 30 s for that); then waits until the admin
+    /// API answers. The new output goes to `parent.restart-<ms>.log`.
+    pub fn restart(&mut self, vhost: &Vhost, extra: &[&str]) {
+        assert!(
+            self.proc.wait_exit(Duration::from_secs(30)).is_some(),
+            "the parent to restart is still running: stop or kill it first"
+        );
+        let args = Parent::serve_args(vhost, &self.data_dir, &self.admin, extra);
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or_default();
+        let log = self
+            .data_dir
+            .with_file_name(format!("parent.restart-{stamp}.log"));
+        self.proc = Proc::spawn(&program("fleetls-parent"), &args, log);
+        self.wait_admin("the restarted parent's admin API");
+    }
+
+    /// The arguments of `serve` on `vhost` (with management), `data_dir`
+    /// and `admin`, then `extra`: one list for a start and a restart.
+    fn serve_args(vhost: &Vhost, data_dir: &Path, admin: &str, extra: &[&str]) -> Vec<String> {
+        let data_dir = data_dir.to_str().expect("test paths are UTF-8");
+        [
+            "serve",
+            "--broker",
+            &vhost.url(),
+            "--management",
+            &vhost.management_url(),
+            "--data-dir",
+            data_dir,
+            "--admin",
+            admin,
+        ]
+        .iter()
+        .chain(extra)
+        .map(|s| s.to_string())
+        .collect()
+    }
+
+    /// Waits up to 30 s until `status --json` answers.
+    fn wait_admin(&self, what: &str) {
+        wait_for(what, Duration::from_secs(30), || self.status_json().ok());
     }
 
     /// Runs `fleetls-parent ARGS --admin .. --data-dir ..` as a process; (exit code, stdout, stderr).
@@ -436,6 +489,33 @@ impl Parent {
             String::from_utf8_lossy(&output.stdout).into_owned(),
             String::from_utf8_lossy(&output.stderr).into_owned(),
         )
+    }
+
+    /// Runs an operator command and asserts its exit code (the message holds
+    /// both outputs and the tail of the parent's log); (stdout, stderr).
+    pub fn cli_expect(&self, args: &[&str], want: i32) -> (String, String) {
+        let (code, out, err) = self.cli(args);
+        assert_eq!(
+            code,
+            want,
+            "fleetls-parent {args:?} exited with {code}, expected {want}\nstdout: {out}\nstderr: {err}\nparent log (tail):\n{}",
+            tail(&self.proc.output(), 40)
+        );
+        (out, err)
+    }
+
+    /// Runs an operator command that must succeed; its stdout.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        self.cli_expect(args, 0).0
+    }
+
+    /// Runs an operator command with `--json` added, expecting exit 0; the
+    /// JSON it printed.
+    pub fn cli_json(&self, args: &[&str]) -> Value {
+        let args: Vec<&str> = args.iter().copied().chain(["--json"]).collect();
+        let out = self.cli_ok(&args);
+        serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("fleetls-parent {args:?} did not print JSON ({e}): {out}"))
     }
 
     /// `status --json`, parsed.
@@ -455,6 +535,45 @@ impl Parent {
             .iter()
             .find(|a| a["name"] == name)
             .cloned()
+    }
+
+    /// Waits (up to [`WAIT`]) until every named agent is registered and
+    /// online, as one `status --json` shows them; the agents, in the order
+    /// of `names`. On timeout it names the agents still missing.
+    pub fn wait_online(&self, names: &[&str]) -> Vec<Value> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let missing = match self.status_json() {
+                Err(e) => format!("status --json failed: {e}"),
+                Ok(status) => {
+                    let agents = status["agents"].as_array().cloned().unwrap_or_default();
+                    let found: Vec<Option<Value>> = names
+                        .iter()
+                        .map(|name| {
+                            agents
+                                .iter()
+                                .find(|a| a["name"] == *name && a["online"] == true)
+                                .cloned()
+                        })
+                        .collect();
+                    if found.iter().all(Option::is_some) {
+                        return found.into_iter().flatten().collect();
+                    }
+                    let missing: Vec<&&str> = names
+                        .iter()
+                        .zip(&found)
+                        .filter(|(_, a)| a.is_none())
+                        .map(|(n, _)| n)
+                        .collect();
+                    format!("not online (or not registered): {missing:?}")
+                }
+            };
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {WAIT:?} waiting for {names:?} online; {missing}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 }
 
@@ -501,47 +620,6 @@ impl Default for Vhost {
     /// A fresh vhost on the shared test broker (as [`Vhost::new`]).
     fn default() -> Vhost {
         Vhost::new()
-    }
-}
-
-impl Parent {
-    /// Starts `fleetls-parent serve` again on the same vhost, data dir and
-    /// admin address, with `extra` flags, after the old process stopped or
-    /// was killed (it waits up to 30 s for that); then waits until the admin
-    /// API answers. The new output goes to `parent.restart-<ms>.log`.
-    pub fn restart(&mut self, vhost: &Vhost, extra: &[&str]) {
-        assert!(
-            self.proc.wait_exit(Duration::from_secs(30)).is_some(),
-            "the parent to restart is still running: stop or kill it first"
-        );
-        let mut args: Vec<String> = [
-            "serve",
-            "--broker",
-            &vhost.url(),
-            "--management",
-            &vhost.management_url(),
-            "--data-dir",
-            self.data_dir.to_str().unwrap(),
-            "--admin",
-            &self.admin,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let stamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis())
-            .unwrap_or_default();
-        let log = self
-            .data_dir
-            .with_file_name(format!("parent.restart-{stamp}.log"));
-        self.proc = Proc::spawn(&program("fleetls-parent"), &args, log);
-        wait_for(
-            "the restarted parent's admin API",
-            Duration::from_secs(30),
-            || self.status_json().ok(),
-        );
     }
 }
 

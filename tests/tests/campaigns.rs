@@ -14,33 +14,12 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use fleetls_tests::{free_port, program, start_child, wait_for, Parent, Proc, Vhost};
+use fleetls_tests::{free_port, program, start_child, test_dir, wait_for, Parent, Proc, Vhost};
 use serde_json::Value;
 
 /// The messages of passed steps, as the issue names them.
 const CERT_OK: &str = "Certificates generated successfully!";
 const SSL_OK: &str = "SSL communication switchover test completed successfully!";
-
-/// A scratch folder for one test; kept (and named on stderr) when
-/// `FLEETLS_TEST_KEEP` is set, to read the logs after a failure.
-fn test_dir() -> tempfile::TempDir {
-    let mut dir = tempfile::tempdir().expect("a scratch folder");
-    if std::env::var_os("FLEETLS_TEST_KEEP").is_some() {
-        dir.disable_cleanup(true);
-        eprintln!("test folder kept: {}", dir.path().display());
-    }
-    dir
-}
-
-/// Runs an operator command, asserts exit code 0, returns stdout.
-fn cli_ok(parent: &Parent, args: &[&str]) -> String {
-    let (code, out, err) = parent.cli(args);
-    assert_eq!(
-        code, 0,
-        "fleetls-parent {args:?} exited with {code}\nstdout: {out}\nstderr: {err}"
-    );
-    out
-}
 
 fn json(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
@@ -67,20 +46,6 @@ fn wait_status(
         let status = parent.status_json().ok()?;
         check(&status).then_some(status)
     })
-}
-
-fn wait_online(parent: &Parent, names: &[&str]) -> Value {
-    wait_status(
-        parent,
-        &format!("{names:?} online"),
-        Duration::from_secs(60),
-        |s| {
-            let agents = by_name(s);
-            names
-                .iter()
-                .all(|n| agents.get(*n).is_some_and(|a| a["online"] == true))
-        },
-    )
 }
 
 fn wait_certificates(parent: &Parent, names: &[&str]) -> Value {
@@ -114,21 +79,18 @@ fn set_ssl_settings(parent: &Parent) -> Ports {
             break port;
         }
     };
-    cli_ok(
-        parent,
-        &[
-            "settings",
-            "set",
-            "--port",
-            &ssl.to_string(),
-            "--local-parent-port",
-            &local.to_string(),
-            "--names",
-            "localhost",
-            "--ips",
-            "127.0.0.1",
-        ],
-    );
+    parent.cli_ok(&[
+        "settings",
+        "set",
+        "--port",
+        &ssl.to_string(),
+        "--local-parent-port",
+        &local.to_string(),
+        "--names",
+        "localhost",
+        "--ips",
+        "127.0.0.1",
+    ]);
     Ports { ssl, local }
 }
 
@@ -137,14 +99,14 @@ fn generate_and_send(parent: &Parent, ignore_old: bool) {
     if ignore_old {
         args.push("--ignore-old");
     }
-    let report = json(&cli_ok(parent, &args));
+    let report = json(&parent.cli_ok(&args));
     assert!(
         report["ca_fingerprint"]
             .as_str()
             .is_some_and(|f| f.starts_with("sha256:")),
         "{report}"
     );
-    json(&cli_ok(parent, &["certs", "send", "--json"]));
+    parent.cli_json(&["certs", "send"]);
 }
 
 /// `verify`/`reverify --step-timeout .. --concurrency K --json`, following
@@ -358,9 +320,9 @@ fn mixed_network() -> Mixed {
     }
     let mut all: Vec<&str> = HEALTHY.to_vec();
     all.extend(plain.iter().map(|(n, _)| *n));
-    wait_online(&parent, &all);
+    parent.wait_online(&all);
     // A local parent is never accepted automatically: the operator does it.
-    cli_ok(&parent, &["agents", "accept", LOCAL_PARENT]);
+    parent.cli_ok(&["agents", "accept", LOCAL_PARENT]);
     let ports = set_ssl_settings(&parent);
 
     // The local parent is registered (so it is shop-x's SSL target) but does
@@ -555,7 +517,7 @@ fn reverify_touches_only_the_children_that_did_not_pass() {
         LOCAL_PARENT,
         start_child(&net.vhost, &dir, LOCAL_PARENT, &local_parent_flags()),
     );
-    wait_online(&net.parent, &[FROZEN, OFFLINE, LOCAL_PARENT]);
+    net.parent.wait_online(&[FROZEN, OFFLINE, LOCAL_PARENT]);
     wait_certificates(&net.parent, &[LOCAL_PARENT]);
     let local = net.ports.local;
     wait_for(
@@ -672,18 +634,15 @@ fn a_parent_killed_mid_campaign_resumes_it_and_every_child_ends_once() {
     generate_and_send(&parent, false);
     wait_swarm(&parent, "c", COUNT, "has_certificate");
 
-    let started = json(&cli_ok(
-        &parent,
-        &[
-            "verify",
-            "--detach",
-            "--concurrency",
-            "20",
-            "--step-timeout",
-            "20s",
-            "--json",
-        ],
-    ));
+    let started = json(&parent.cli_ok(&[
+        "verify",
+        "--detach",
+        "--concurrency",
+        "20",
+        "--step-timeout",
+        "20s",
+        "--json",
+    ]));
     assert_eq!(count(&started, "total"), COUNT as u64, "{started}");
     assert_eq!(count(&started, "window"), 20, "{started}");
     let id = started["id"].as_str().unwrap().to_owned();
@@ -827,18 +786,15 @@ fn a_parent_down_longer_than_offline_after_does_not_drop_waiting_children() {
     // Hold the children so that the campaign is surely under way, not over,
     // when the parent dies.
     swarm.signal("STOP");
-    let started = json(&cli_ok(
-        &parent,
-        &[
-            "verify",
-            "--detach",
-            "--concurrency",
-            "10",
-            "--step-timeout",
-            "5s",
-            "--json",
-        ],
-    ));
+    let started = json(&parent.cli_ok(&[
+        "verify",
+        "--detach",
+        "--concurrency",
+        "10",
+        "--step-timeout",
+        "5s",
+        "--json",
+    ]));
     let id = started["id"].as_str().unwrap().to_owned();
     wait_for("ten children acting", Duration::from_secs(30), || {
         let progress = campaign_json(&parent)?;
@@ -908,7 +864,7 @@ fn the_ssl_port_answers_openssl_with_a_client_certificate_only() {
     let dir = test_dir();
     let parent = Parent::start(&vhost, dir.path(), &["--offline-after", "30"]);
     let _till = start_child(&vhost, dir.path(), "till-1", &[]);
-    wait_online(&parent, &["till-1"]);
+    parent.wait_online(&["till-1"]);
     let ports = set_ssl_settings(&parent);
     generate_and_send(&parent, false);
     wait_certificates(&parent, &["till-1"]);

@@ -13,7 +13,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use fleetls_tests::{free_port, repo, start_child, wait_for, Parent, Proc, Vhost};
+use fleetls_tests::{free_port, repo, start_child, test_dir, wait_for, Parent, Proc, Vhost};
 use serde_json::{json, Value};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -317,16 +317,6 @@ fn target() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| repo().join("target"));
     std::fs::create_dir_all(&dir).expect("target folder");
-    dir
-}
-
-/// A scratch folder; kept when `FLEETLS_TEST_KEEP` is set.
-fn test_dir() -> tempfile::TempDir {
-    let mut dir = tempfile::tempdir().expect("a scratch folder");
-    if std::env::var_os("FLEETLS_TEST_KEEP").is_some() {
-        dir.disable_cleanup(true);
-        eprintln!("test folder kept: {}", dir.path().display());
-    }
     dir
 }
 
