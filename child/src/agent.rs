@@ -558,7 +558,7 @@ impl Session {
             Verdict::Obey(envelope) => {
                 let id = envelope.id;
                 let kind = envelope.body.kind();
-                let result = match self.obey(agent, envelope).await? {
+                let result = match self.obey(agent, *envelope).await? {
                     Obeyed::Done(result) => result,
                     Obeyed::MoveTo(connection, session) => {
                         moved = Some(Outcome::MoveTo(connection, session));

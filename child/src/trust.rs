@@ -53,8 +53,9 @@ pub struct Trust {
 /// What to do with a delivery.
 #[derive(Debug)]
 pub enum Verdict {
-    /// A genuine, fresh command for this agent.
-    Obey(Envelope),
+    /// A genuine, fresh command for this agent (boxed: the other verdicts
+    /// are small).
+    Obey(Box<Envelope>),
     /// Signed by the parent, but not a message this build can read.
     Undecodable(DecodeError),
     /// Not from the parent, not for this agent, or replayed: refuse it,
@@ -179,6 +180,6 @@ impl Trust {
             return Verdict::Forged(format!("cannot record the command, refused: {e}"));
         }
         *kept = next;
-        Verdict::Obey(envelope)
+        Verdict::Obey(Box::new(envelope))
     }
 }
