@@ -366,6 +366,18 @@ impl Drop for Proc {
     }
 }
 
+/// Runs a command to its end: (exit code, stdout, stderr); -1 for a signal.
+pub fn outcome(command: &mut Command) -> (i32, String, String) {
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("{command:?} does not run: {e}"));
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
 /// Polls `check` every 100 ms until it returns `Some`, or panics after `within`
 /// with `what` and the last value seen.
 pub fn wait_for<T>(what: &str, within: Duration, mut check: impl FnMut() -> Option<T>) -> T {
@@ -475,20 +487,27 @@ impl Parent {
         wait_for(what, Duration::from_secs(30), || self.status_json().ok());
     }
 
-    /// Runs `fleetls-parent ARGS --admin .. --data-dir ..` as a process; (exit code, stdout, stderr).
-    pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
-        let output = Command::new(program("fleetls-parent"))
+    /// `fleetls-parent ARGS --admin .. --data-dir ..`, ready to run with
+    /// stdin closed and none of the operator's `FLEETLS_*` variables (a
+    /// test adds the ones it means).
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(program("fleetls-parent"));
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("FLEETLS_") {
+                command.env_remove(key);
+            }
+        }
+        command
             .args(args)
             .args(["--admin", &self.admin, "--data-dir"])
             .arg(&self.data_dir)
-            .stdin(Stdio::null())
-            .output()
-            .expect("fleetls-parent runs");
-        (
-            output.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&output.stdout).into_owned(),
-            String::from_utf8_lossy(&output.stderr).into_owned(),
-        )
+            .stdin(Stdio::null());
+        command
+    }
+
+    /// Runs `fleetls-parent ARGS --admin .. --data-dir ..` as a process; (exit code, stdout, stderr).
+    pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        outcome(&mut self.command(args))
     }
 
     /// Runs an operator command and asserts its exit code (the message holds
