@@ -642,6 +642,95 @@ impl Default for Vhost {
     }
 }
 
+/// A copy of every message published to one exchange with one routing key
+/// of a vhost, from the moment the tap is made: a queue of the test's own
+/// (exclusive, gone with the tap's connection) bound next to the real
+/// ones, so the test sees what was sent whoever consumes the real queue.
+pub struct Tap {
+    runtime: tokio::runtime::Runtime,
+    connection: lapin::Connection,
+    channel: lapin::Channel,
+    queue: String,
+}
+
+impl Tap {
+    /// Binds a fresh queue to `exchange` with `routing_key` on `vhost`
+    /// (the exchange must exist: the parent declares fleetls's at start).
+    pub fn new(vhost: &Vhost, exchange: &str, routing_key: &str) -> Tap {
+        use lapin::options::{QueueBindOptions, QueueDeclareOptions};
+        use lapin::types::FieldTable;
+        let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
+        let (connection, channel, queue) = runtime.block_on(async {
+            let connection = fleetls_bus::amqp::connect(&vhost.url(), "fleetls-test-tap", 4096)
+                .await
+                .expect("the tap connects to the broker");
+            let channel = connection
+                .create_channel()
+                .await
+                .expect("the tap's channel");
+            let queue = channel
+                .queue_declare(
+                    "".into(),
+                    QueueDeclareOptions {
+                        exclusive: true,
+                        auto_delete: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .expect("the tap's queue")
+                .name()
+                .to_string();
+            channel
+                .queue_bind(
+                    queue.as_str().into(),
+                    exchange.into(),
+                    routing_key.into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .unwrap_or_else(|e| panic!("the tap binds to {exchange} ({routing_key}): {e}"));
+            (connection, channel, queue)
+        });
+        Tap {
+            runtime,
+            connection,
+            channel,
+            queue,
+        }
+    }
+
+    /// Every message copied since the last call, decoded (panics on one that
+    /// does not decode: fleetls sends nothing else).
+    pub fn take(&self) -> Vec<fleetls_proto::Envelope> {
+        use lapin::options::BasicGetOptions;
+        let mut envelopes = Vec::new();
+        self.runtime.block_on(async {
+            while let Some(message) = self
+                .channel
+                .basic_get(self.queue.as_str().into(), BasicGetOptions { no_ack: true })
+                .await
+                .expect("basic.get on the tap")
+            {
+                let envelope = fleetls_proto::decode(&message.delivery.data)
+                    .unwrap_or_else(|e| panic!("a tapped message does not decode: {e}"));
+                envelopes.push(envelope);
+            }
+        });
+        envelopes
+    }
+}
+
+impl Drop for Tap {
+    fn drop(&mut self) {
+        let _ = self
+            .runtime
+            .block_on(self.connection.close(200, "tap done".into()));
+    }
+}
+
 /// A private RabbitMQ node of one test (for tests that stop or restart the
 /// broker), run with `scripts/broker`; stopped when dropped.
 pub struct PrivateNode {

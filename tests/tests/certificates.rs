@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use fleetls_proto::{topology, AgentKind, AgentState, Body, Csr, Envelope, Hello};
-use fleetls_tests::{start_child, wait_for, Parent, Proc, Vhost, WAIT};
+use fleetls_tests::{start_child, wait_for, Parent, Proc, Tap, Vhost, WAIT};
 use lapin::options::BasicGetOptions;
 use lapin::{Channel, Connection};
 use rcgen::{
@@ -759,37 +759,42 @@ fn the_parent_signs_only_what_it_decides_whatever_the_csr_asks() {
     assert!(!ignored.contains("lp.fake.test"), "{ignored}");
 
     // Another agent's name: refused, naming why.
+    let someone_elses = |cn: &str| {
+        format!("the CSR was refused: its subject CN={cn:?} is not the agent that sent it ({id})")
+    };
     let stranger = Uuid::new_v4().to_string();
     let message = child.csr(&csr(&stranger, |_| {}));
-    let reason = rejected(child.answer_to(message));
-    assert!(
-        reason.contains(&stranger) && reason.contains("not the agent that sent it"),
-        "{reason}"
-    );
+    assert_eq!(rejected(child.answer_to(message)), someone_elses(&stranger));
     // The other registered agent's name: refused as well.
     let message = child.csr(&csr(&local.id.to_string(), |_| {}));
-    let reason = rejected(child.answer_to(message));
-    assert!(reason.contains("not the agent that sent it"), "{reason}");
+    assert_eq!(
+        rejected(child.answer_to(message)),
+        someone_elses(&local.id.to_string())
+    );
 
-    // Garbage PEM and a forged signature: refused.
+    // Garbage PEM, no PEM and a forged signature: refused, each for what it is.
+    let unreadable = |why: &str| {
+        format!("the CSR was refused: it does not parse or its signature does not verify ({why})")
+    };
     let message =
         child.csr("-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n");
-    let reason = rejected(child.answer_to(message));
-    assert!(reason.contains("does not parse"), "{reason}");
+    assert_eq!(
+        rejected(child.answer_to(message)),
+        unreadable("Could not parse certificate signing request")
+    );
     let message = child.csr("not even PEM");
-    let reason = rejected(child.answer_to(message));
-    assert!(reason.contains("CSR was refused"), "{reason}");
+    assert_eq!(
+        rejected(child.answer_to(message)),
+        unreadable("Could not parse certificate signing request")
+    );
     let message = child.csr(&forged_csr(&id));
-    let reason = rejected(child.answer_to(message));
-    assert!(reason.contains("CSR was refused"), "{reason}");
+    let forged = unreadable("Invalid CSR signature");
+    assert_eq!(rejected(child.answer_to(message)), forged);
 
-    // The refusal shows in the status list.
-    let refusal = wait_for("the refusal in status", WAIT, || {
-        parent.agent("fake-till")?["refusal"]
-            .as_str()
-            .map(str::to_owned)
+    // The last refusal shows in the status list.
+    wait_for("the forged CSR's refusal in status", WAIT, || {
+        (parent.agent("fake-till")?["refusal"] == forged.as_str()).then_some(())
     });
-    assert!(refusal.contains("CSR was refused"), "{refusal}");
 
     // An agent that never said Hello: dead-lettered, nothing issued.
     let unknown = FakeAgent::connect(&vhost);
@@ -803,10 +808,15 @@ fn the_parent_signs_only_what_it_decides_whatever_the_csr_asks() {
             .map(str::to_owned)
     });
     assert!(reason.contains("must send Hello first"), "{reason}");
-    assert_eq!(
-        vhost.queue_depth(&topology::agent_queue(&unknown.id)),
-        Some(0)
+    // Management counts a fresh queue's messages a few seconds after it was
+    // declared.
+    let queue = topology::agent_queue(&unknown.id);
+    let depth = wait_for(
+        "management's count of the unknown agent's queue",
+        WAIT,
+        || vhost.queue_depth(&queue),
     );
+    assert_eq!(depth, 0, "the parent answered an agent it does not know");
     assert!(
         parent.status_json().unwrap()["agents"]
             .as_array()
@@ -1049,21 +1059,29 @@ fn generate_is_refused_while_old_children_exist_unless_ignore_old() {
     let old_list = report["old_versions"].to_string();
     assert!(old_list.contains("bo-old"), "{report}");
     assert_eq!(report["old_versions"].as_array().unwrap().len(), 1);
+    // A copy of everything the parent sends each child from now on: the
+    // old child drains its own queue, so its queue's depth would say
+    // nothing of what it was sent.
+    let new_tap = Tap::new(&vhost, topology::AGENTS, &ids[0]);
+    let old_tap = Tap::new(&vhost, topology::AGENTS, &ids[1]);
+    let kinds =
+        |tap: &Tap| -> Vec<&'static str> { tap.take().iter().map(|e| e.body.kind()).collect() };
     let sent = send(&parent, false);
     assert_eq!(sent["queued"], 1, "{sent}");
     assert_eq!(sent["not_eligible"], 1, "{sent}");
     wait_certificate(&parent, "till-new");
-    // Sent in the same batch as the new child's: by now the old one would have it.
-    let old_queue = topology::agent_queue(&ids[1].parse().unwrap());
-    let old_certs = certs_dir(dir.path(), "bo-old");
-    assert!(
-        !old_certs.join("ca.pem").exists(),
-        "the old child was sent the information"
+    // `certs send` returns once the broker confirmed every message: the
+    // taps hold all it sent. The new child got the information (and then
+    // its certificate); the old one nothing at all.
+    assert_eq!(kinds(&new_tap), ["CertificatesReady", "CertificateIssued"]);
+    assert_eq!(
+        kinds(&old_tap),
+        Vec::<&str>::new(),
+        "the old child was sent something"
     );
+    let old_certs = certs_dir(dir.path(), "bo-old");
+    assert!(!old_certs.join("ca.pem").exists());
     assert!(!old_certs.join("agent.pem").exists());
-    wait_for("the old child's queue empty per management", WAIT, || {
-        (vhost.queue_depth(&old_queue)? == 0).then_some(())
-    });
     let status = parent.status_json().unwrap();
     assert_eq!(status["summary"]["version_not_supporting_ssl"], 1);
     assert_eq!(status["network"]["eligible"], 1);
@@ -1075,6 +1093,12 @@ fn generate_is_refused_while_old_children_exist_unless_ignore_old() {
     let sent = send(&parent, true);
     assert_eq!(sent["queued"], 1, "{sent}");
     assert_eq!(sent["not_eligible"], 1, "{sent}");
+    assert_eq!(kinds(&new_tap).first(), Some(&"CertificatesReady"));
+    assert_eq!(
+        kinds(&old_tap),
+        Vec::<&str>::new(),
+        "--all sent the old child something"
+    );
 }
 
 #[test]
