@@ -243,25 +243,48 @@ impl Vhost {
         )
     }
 
-    /// `GET` a management path (`{vhost}` is replaced by this vhost).
+    /// `GET` a management path (`{vhost}` is replaced by this vhost); `Null`
+    /// when management fails to answer (for polls that simply try again).
     pub fn management_get(&self, path: &str) -> Value {
+        self.management_try_get(path).unwrap_or(Value::Null)
+    }
+
+    /// `GET` a management path (`{vhost}` is replaced by this vhost); `Err`
+    /// with what management said when it answers with an error or not at all.
+    pub fn management_try_get(&self, path: &str) -> Result<Value, String> {
         let path = path.replace("{vhost}", &self.name);
-        http()
+        let response = http()
             .get(format!("{}{path}", self.broker.management))
             .basic_auth(&self.broker.user, Some(&self.broker.password))
             .send()
-            .and_then(|r| r.error_for_status())
-            .and_then(|r| r.json())
-            .unwrap_or(Value::Null)
+            .map_err(|e| format!("management GET {path}: {e}"))?;
+        let status = response.status();
+        let text = response
+            .text()
+            .map_err(|e| format!("management GET {path}: {e}"))?;
+        if !status.is_success() {
+            return Err(format!("management GET {path}: {status}: {text}"));
+        }
+        serde_json::from_str(&text).map_err(|e| format!("management GET {path}: {e}: {text}"))
     }
 
-    /// How many messages a queue of this vhost holds (ready + unacked), per management.
+    /// How many messages a queue of this vhost holds (ready + unacked), per
+    /// management; `None` when management does not say (yet).
     pub fn queue_depth(&self, queue: &str) -> Option<u64> {
         let q = self.management_get(&format!("/api/queues/{{vhost}}/{queue}"));
         q.get("messages").and_then(Value::as_u64)
     }
 
-    /// Fetches up to `count` messages of a queue without removing them.
+    /// [`Vhost::queue_depth`] that tells an error of management from a
+    /// queue whose counts are not published yet (`Ok(None)`).
+    pub fn queue_depth_checked(&self, queue: &str) -> Result<Option<u64>, String> {
+        let q = self.management_try_get(&format!("/api/queues/{{vhost}}/{queue}"))?;
+        Ok(q.get("messages").and_then(Value::as_u64))
+    }
+
+    /// Fetches up to `count` messages of a queue without removing them;
+    /// panics when management answers with an error (which must never read
+    /// as an empty queue).
     pub fn peek_queue(&self, queue: &str, count: usize) -> Vec<Value> {
         let response = http()
             .post(format!(
@@ -274,7 +297,15 @@ impl Vhost {
             }))
             .send()
             .expect("management API answers");
-        response.json().unwrap_or_default()
+        let status = response.status();
+        let text = response.text().expect("management API answers");
+        assert!(
+            status.is_success(),
+            "management could not read {queue}: {status}: {text}"
+        );
+        serde_json::from_str(&text).unwrap_or_else(|e| {
+            panic!("management's messages of {queue} are not a list ({e}): {text}")
+        })
     }
 }
 
