@@ -768,7 +768,10 @@ fn a_parent_killed_mid_campaign_resumes_it_and_every_child_ends_once() {
     }
     assert_eq!(done(&progress), COUNT as u64, "{progress}");
     assert_eq!(count(&progress, "acting") + count(&progress, "waiting"), 0);
-    assert!(count(&progress, "max_acting") <= 20, "{progress}");
+    assert!(
+        (1..=20).contains(&count(&progress, "max_acting")),
+        "{progress}"
+    );
     assert!(done(&progress) >= done_before);
 
     let status = parent.status_json().unwrap();
