@@ -53,7 +53,8 @@ pub struct Trust {
 /// What to do with a delivery.
 #[derive(Debug)]
 pub enum Verdict {
-    /// A genuine, fresh command for this agent.
+    /// A genuine, fresh command for this agent (boxed: the other verdicts
+    /// are small).
     Obey(Box<Envelope>),
     /// Signed by the parent, but not a message this build can read.
     Undecodable(DecodeError),

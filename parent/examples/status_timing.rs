@@ -1,7 +1,7 @@
-//! Times the status view on a copy of a real registry: read whole (as after
-//! a campaign), and as the parent serves it again (kept, with nothing or a
-//! few agents changed); and checks that the kept JSON, the whole list and
-//! the console's pages agree:
+//! Times the status view on a copy of a real registry: the console's pages,
+//! the list read whole (as after a campaign), and as the parent serves it
+//! again (kept, with nothing or a few agents changed); and checks that the
+//! kept JSON, the whole list and the console's pages agree:
 //!
 //! ```text
 //! cargo run --release -p fleetls-parent --example status_timing -- REGISTRY.db [ROUNDS]
@@ -74,6 +74,30 @@ fn main() -> anyhow::Result<()> {
         whole.agents.len(),
         kept.len()
     );
+
+    // The console's pages as its tests walk them (the tests check what the
+    // pages hold; how fast they come is timed here): the second page of
+    // 100, the failed ones, and one location from the 51st agent on.
+    let location = whole.agents.iter().find_map(|a| a.location.clone());
+    let pages = [
+        ("console page 2 of 100", Some("100"), None, None),
+        ("console page, failed", None, Some("failed"), None),
+        ("console page, a location", Some("50"), None, location),
+    ];
+    for (what, offset, filter, location) in pages {
+        let query = RawPageQuery {
+            offset: offset.map(str::to_owned),
+            limit: Some("100".into()),
+            filter: filter.map(str::to_owned),
+            location,
+            ..Default::default()
+        }
+        .check()
+        .map_err(anyhow::Error::msg)?;
+        time(what, rounds, || {
+            console::page(&registry, context, &query).map(drop)
+        })?;
+    }
 
     time("whole list", rounds, || {
         status::compute(&registry, MIN, OFFLINE_AFTER_MS, None).map(drop)

@@ -31,8 +31,20 @@ pub fn bin_dir() -> PathBuf {
         .to_owned()
 }
 
-/// The path of a built program; panics with what to do when it is missing.
+/// The path of a built program, current with the sources: the first call in
+/// a test process runs `cargo build --workspace --bins` into the target
+/// folder the tests were built in (a bare `cargo test -p fleetls-tests`
+/// builds only this package's own programs, so the parent and the child
+/// could otherwise be left over from older sources). With `FLEETLS_BIN_DIR`
+/// the programs found there are used as they are. Panics, saying what to
+/// do, when the build fails or the program is missing.
 pub fn program(name: &str) -> PathBuf {
+    if std::env::var_os("FLEETLS_BIN_DIR").is_none() {
+        static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
+        if let Err(why) = BUILT.get_or_init(build_programs) {
+            panic!("{why}");
+        }
+    }
     let path = bin_dir().join(name);
     assert!(
         path.exists(),
@@ -40,6 +52,72 @@ pub fn program(name: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// `cargo build --workspace --bins` with the profile and target folder of
+/// the running test binary (a no-op when the programs are current).
+fn build_programs() -> Result<(), String> {
+    let bins = bin_dir();
+    let profile = bins
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| format!("{}: no profile folder name", bins.display()))?
+        .to_owned();
+    let target_dir = bins
+        .parent()
+        .ok_or_else(|| format!("{}: not inside a target folder", bins.display()))?;
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut command = Command::new(&cargo);
+    // What cargo set for this test process describes this package; a build
+    // script that reads one of them (ring reads CARGO_MANIFEST_DIR) would
+    // otherwise be rebuilt here and again by the next `cargo test`.
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        let set_for_tests = key.starts_with("CARGO_PKG_")
+            || key.starts_with("CARGO_BIN_EXE_")
+            || [
+                "CARGO_MANIFEST_DIR",
+                "CARGO_MANIFEST_PATH",
+                "CARGO_MANIFEST_LINKS",
+                "CARGO_CRATE_NAME",
+                "CARGO_BIN_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+                "CARGO_TARGET_TMPDIR",
+                "CARGO_RUSTC_CURRENT_DIR",
+                "OUT_DIR",
+            ]
+            .contains(&key.as_ref());
+        if set_for_tests {
+            command.env_remove(key.as_ref());
+        }
+    }
+    command
+        .current_dir(repo())
+        .args(["build", "--workspace", "--bins", "--quiet", "--target-dir"])
+        .arg(target_dir);
+    match profile.as_str() {
+        "debug" => {}
+        "release" => {
+            command.arg("--release");
+        }
+        other => {
+            command.args(["--profile", other]);
+        }
+    }
+    let output = command
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {cargo:?} to build the programs under test: {e}"))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "`cargo build --workspace --bins` (profile {profile}, target {}) failed, so the \
+             programs under test would not match the sources:\n{}",
+            target_dir.display(),
+            String::from_utf8_lossy(&output.stderr)
+        ))
+    }
 }
 
 /// Where a broker answers.
@@ -165,25 +243,48 @@ impl Vhost {
         )
     }
 
-    /// `GET` a management path (`{vhost}` is replaced by this vhost).
+    /// `GET` a management path (`{vhost}` is replaced by this vhost); `Null`
+    /// when management fails to answer (for polls that simply try again).
     pub fn management_get(&self, path: &str) -> Value {
+        self.management_try_get(path).unwrap_or(Value::Null)
+    }
+
+    /// `GET` a management path (`{vhost}` is replaced by this vhost); `Err`
+    /// with what management said when it answers with an error or not at all.
+    pub fn management_try_get(&self, path: &str) -> Result<Value, String> {
         let path = path.replace("{vhost}", &self.name);
-        http()
+        let response = http()
             .get(format!("{}{path}", self.broker.management))
             .basic_auth(&self.broker.user, Some(&self.broker.password))
             .send()
-            .and_then(|r| r.error_for_status())
-            .and_then(|r| r.json())
-            .unwrap_or(Value::Null)
+            .map_err(|e| format!("management GET {path}: {e}"))?;
+        let status = response.status();
+        let text = response
+            .text()
+            .map_err(|e| format!("management GET {path}: {e}"))?;
+        if !status.is_success() {
+            return Err(format!("management GET {path}: {status}: {text}"));
+        }
+        serde_json::from_str(&text).map_err(|e| format!("management GET {path}: {e}: {text}"))
     }
 
-    /// How many messages a queue of this vhost holds (ready + unacked), per management.
+    /// How many messages a queue of this vhost holds (ready + unacked), per
+    /// management; `None` when management does not say (yet).
     pub fn queue_depth(&self, queue: &str) -> Option<u64> {
         let q = self.management_get(&format!("/api/queues/{{vhost}}/{queue}"));
         q.get("messages").and_then(Value::as_u64)
     }
 
-    /// Fetches up to `count` messages of a queue without removing them.
+    /// [`Vhost::queue_depth`] that tells an error of management from a
+    /// queue whose counts are not published yet (`Ok(None)`).
+    pub fn queue_depth_checked(&self, queue: &str) -> Result<Option<u64>, String> {
+        let q = self.management_try_get(&format!("/api/queues/{{vhost}}/{queue}"))?;
+        Ok(q.get("messages").and_then(Value::as_u64))
+    }
+
+    /// Fetches up to `count` messages of a queue without removing them;
+    /// panics when management answers with an error (which must never read
+    /// as an empty queue).
     pub fn peek_queue(&self, queue: &str, count: usize) -> Vec<Value> {
         let response = http()
             .post(format!(
@@ -196,7 +297,15 @@ impl Vhost {
             }))
             .send()
             .expect("management API answers");
-        response.json().unwrap_or_default()
+        let status = response.status();
+        let text = response.text().expect("management API answers");
+        assert!(
+            status.is_success(),
+            "management could not read {queue}: {status}: {text}"
+        );
+        serde_json::from_str(&text).unwrap_or_else(|e| {
+            panic!("management's messages of {queue} are not a list ({e}): {text}")
+        })
     }
 }
 
@@ -288,6 +397,18 @@ impl Drop for Proc {
     }
 }
 
+/// Runs a command to its end: (exit code, stdout, stderr); -1 for a signal.
+pub fn outcome(command: &mut Command) -> (i32, String, String) {
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("{command:?} does not run: {e}"));
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
 /// Polls `check` every 100 ms until it returns `Some`, or panics after `within`
 /// with `what` and the last value seen.
 pub fn wait_for<T>(what: &str, within: Duration, mut check: impl FnMut() -> Option<T>) -> T {
@@ -301,6 +422,27 @@ pub fn wait_for<T>(what: &str, within: Duration, mut check: impl FnMut() -> Opti
     }
 }
 
+/// How long anything the tests wait for may take to happen (an agent coming
+/// online, a certificate arriving, a process stopping).
+pub const WAIT: Duration = Duration::from_secs(60);
+
+/// A scratch folder for one test; kept (and named on stderr) when
+/// `FLEETLS_TEST_KEEP` is set, to read the logs after a failure.
+pub fn test_dir() -> tempfile::TempDir {
+    let mut dir = tempfile::tempdir().expect("a scratch folder");
+    if std::env::var_os("FLEETLS_TEST_KEEP").is_some() {
+        dir.disable_cleanup(true);
+        eprintln!("test folder kept: {}", dir.path().display());
+    }
+    dir
+}
+
+/// The last `lines` lines of a text.
+pub fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
 /// A running parent of one test: its data dir, admin address and process.
 pub struct Parent {
     /// Its process.
@@ -312,52 +454,118 @@ pub struct Parent {
 }
 
 impl Parent {
-    /// Starts `fleetls-parent serve` on `vhost` with `extra` flags; waits until
-    /// its admin API answers.
+    /// Starts `fleetls-parent serve` on `vhost` with `extra` flags, data in
+    /// `dir/parent`, output to `dir/parent.log`; waits until its admin API
+    /// answers.
     pub fn start(vhost: &Vhost, dir: &Path, extra: &[&str]) -> Parent {
         let data_dir = dir.join("parent");
         let admin = format!("127.0.0.1:{}", free_port());
-        let mut args: Vec<String> = [
-            "serve",
-            "--broker",
-            &vhost.url(),
-            "--management",
-            &vhost.management_url(),
-            "--data-dir",
-            data_dir.to_str().unwrap(),
-            "--admin",
-            &admin,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        args.extend(extra.iter().map(|s| s.to_string()));
+        let args = Parent::serve_args(vhost, &data_dir, &admin, extra);
         let proc = Proc::spawn(&program("fleetls-parent"), &args, dir.join("parent.log"));
         let parent = Parent {
             proc,
             data_dir,
             admin,
         };
-        wait_for("the parent's admin API", Duration::from_secs(30), || {
-            parent.status_json().ok()
-        });
+        parent.wait_admin("the parent's admin API");
         parent
+    }
+
+    /// Starts `fleetls-parent serve` again on the same vhost, data dir and
+    /// admin address, with `extra` flags, after the old process stopped or
+    /// was killed (it waits up to 30 s for that); then waits until the admin
+    /// API answers. The new output goes to `parent.restart-<ms>.log`.
+    pub fn restart(&mut self, vhost: &Vhost, extra: &[&str]) {
+        assert!(
+            self.proc.wait_exit(Duration::from_secs(30)).is_some(),
+            "the parent to restart is still running: stop or kill it first"
+        );
+        let args = Parent::serve_args(vhost, &self.data_dir, &self.admin, extra);
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or_default();
+        let log = self
+            .data_dir
+            .with_file_name(format!("parent.restart-{stamp}.log"));
+        self.proc = Proc::spawn(&program("fleetls-parent"), &args, log);
+        self.wait_admin("the restarted parent's admin API");
+    }
+
+    /// The arguments of `serve` on `vhost` (with management), `data_dir`
+    /// and `admin`, then `extra`: one list for a start and a restart.
+    fn serve_args(vhost: &Vhost, data_dir: &Path, admin: &str, extra: &[&str]) -> Vec<String> {
+        let data_dir = data_dir.to_str().expect("test paths are UTF-8");
+        [
+            "serve",
+            "--broker",
+            &vhost.url(),
+            "--management",
+            &vhost.management_url(),
+            "--data-dir",
+            data_dir,
+            "--admin",
+            admin,
+        ]
+        .iter()
+        .chain(extra)
+        .map(|s| s.to_string())
+        .collect()
+    }
+
+    /// Waits up to 30 s until `status --json` answers.
+    fn wait_admin(&self, what: &str) {
+        wait_for(what, Duration::from_secs(30), || self.status_json().ok());
+    }
+
+    /// `fleetls-parent ARGS --admin .. --data-dir ..`, ready to run with
+    /// stdin closed and none of the operator's `FLEETLS_*` variables (a
+    /// test adds the ones it means).
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(program("fleetls-parent"));
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("FLEETLS_") {
+                command.env_remove(key);
+            }
+        }
+        command
+            .args(args)
+            .args(["--admin", &self.admin, "--data-dir"])
+            .arg(&self.data_dir)
+            .stdin(Stdio::null());
+        command
     }
 
     /// Runs `fleetls-parent ARGS --admin .. --data-dir ..` as a process; (exit code, stdout, stderr).
     pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
-        let output = Command::new(program("fleetls-parent"))
-            .args(args)
-            .args(["--admin", &self.admin, "--data-dir"])
-            .arg(&self.data_dir)
-            .stdin(Stdio::null())
-            .output()
-            .expect("fleetls-parent runs");
-        (
-            output.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&output.stdout).into_owned(),
-            String::from_utf8_lossy(&output.stderr).into_owned(),
-        )
+        outcome(&mut self.command(args))
+    }
+
+    /// Runs an operator command and asserts its exit code (the message holds
+    /// both outputs and the tail of the parent's log); (stdout, stderr).
+    pub fn cli_expect(&self, args: &[&str], want: i32) -> (String, String) {
+        let (code, out, err) = self.cli(args);
+        assert_eq!(
+            code,
+            want,
+            "fleetls-parent {args:?} exited with {code}, expected {want}\nstdout: {out}\nstderr: {err}\nparent log (tail):\n{}",
+            tail(&self.proc.output(), 40)
+        );
+        (out, err)
+    }
+
+    /// Runs an operator command that must succeed; its stdout.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        self.cli_expect(args, 0).0
+    }
+
+    /// Runs an operator command with `--json` added, expecting exit 0; the
+    /// JSON it printed.
+    pub fn cli_json(&self, args: &[&str]) -> Value {
+        let args: Vec<&str> = args.iter().copied().chain(["--json"]).collect();
+        let out = self.cli_ok(&args);
+        serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("fleetls-parent {args:?} did not print JSON ({e}): {out}"))
     }
 
     /// `status --json`, parsed.
@@ -377,6 +585,45 @@ impl Parent {
             .iter()
             .find(|a| a["name"] == name)
             .cloned()
+    }
+
+    /// Waits (up to [`WAIT`]) until every named agent is registered and
+    /// online, as one `status --json` shows them; the agents, in the order
+    /// of `names`. On timeout it names the agents still missing.
+    pub fn wait_online(&self, names: &[&str]) -> Vec<Value> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let missing = match self.status_json() {
+                Err(e) => format!("status --json failed: {e}"),
+                Ok(status) => {
+                    let agents = status["agents"].as_array().cloned().unwrap_or_default();
+                    let found: Vec<Option<Value>> = names
+                        .iter()
+                        .map(|name| {
+                            agents
+                                .iter()
+                                .find(|a| a["name"] == *name && a["online"] == true)
+                                .cloned()
+                        })
+                        .collect();
+                    if found.iter().all(Option::is_some) {
+                        return found.into_iter().flatten().collect();
+                    }
+                    let missing: Vec<&&str> = names
+                        .iter()
+                        .zip(&found)
+                        .filter(|(_, a)| a.is_none())
+                        .map(|(n, _)| n)
+                        .collect();
+                    format!("not online (or not registered): {missing:?}")
+                }
+            };
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {WAIT:?} waiting for {names:?} online; {missing}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 }
 
@@ -426,44 +673,92 @@ impl Default for Vhost {
     }
 }
 
-impl Parent {
-    /// Starts `fleetls-parent serve` again on the same vhost, data dir and
-    /// admin address, with `extra` flags, after the old process stopped or
-    /// was killed (it waits up to 30 s for that); then waits until the admin
-    /// API answers. The new output goes to `parent.restart-<ms>.log`.
-    pub fn restart(&mut self, vhost: &Vhost, extra: &[&str]) {
-        assert!(
-            self.proc.wait_exit(Duration::from_secs(30)).is_some(),
-            "the parent to restart is still running: stop or kill it first"
-        );
-        let mut args: Vec<String> = [
-            "serve",
-            "--broker",
-            &vhost.url(),
-            "--management",
-            &vhost.management_url(),
-            "--data-dir",
-            self.data_dir.to_str().unwrap(),
-            "--admin",
-            &self.admin,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let stamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis())
-            .unwrap_or_default();
-        let log = self
-            .data_dir
-            .with_file_name(format!("parent.restart-{stamp}.log"));
-        self.proc = Proc::spawn(&program("fleetls-parent"), &args, log);
-        wait_for(
-            "the restarted parent's admin API",
-            Duration::from_secs(30),
-            || self.status_json().ok(),
-        );
+/// A copy of every message published to one exchange with one routing key
+/// of a vhost, from the moment the tap is made: a queue of the test's own
+/// (exclusive, gone with the tap's connection) bound next to the real
+/// ones, so the test sees what was sent whoever consumes the real queue.
+pub struct Tap {
+    runtime: tokio::runtime::Runtime,
+    connection: lapin::Connection,
+    channel: lapin::Channel,
+    queue: String,
+}
+
+impl Tap {
+    /// Binds a fresh queue to `exchange` with `routing_key` on `vhost`
+    /// (the exchange must exist: the parent declares fleetls's at start).
+    pub fn new(vhost: &Vhost, exchange: &str, routing_key: &str) -> Tap {
+        use lapin::options::{QueueBindOptions, QueueDeclareOptions};
+        use lapin::types::FieldTable;
+        let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
+        let (connection, channel, queue) = runtime.block_on(async {
+            let connection = fleetls_bus::amqp::connect(&vhost.url(), "fleetls-test-tap", 4096)
+                .await
+                .expect("the tap connects to the broker");
+            let channel = connection
+                .create_channel()
+                .await
+                .expect("the tap's channel");
+            let queue = channel
+                .queue_declare(
+                    "".into(),
+                    QueueDeclareOptions {
+                        exclusive: true,
+                        auto_delete: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .expect("the tap's queue")
+                .name()
+                .to_string();
+            channel
+                .queue_bind(
+                    queue.as_str().into(),
+                    exchange.into(),
+                    routing_key.into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .unwrap_or_else(|e| panic!("the tap binds to {exchange} ({routing_key}): {e}"));
+            (connection, channel, queue)
+        });
+        Tap {
+            runtime,
+            connection,
+            channel,
+            queue,
+        }
+    }
+
+    /// Every message copied since the last call, decoded (panics on one that
+    /// does not decode: fleetls sends nothing else).
+    pub fn take(&self) -> Vec<fleetls_proto::Envelope> {
+        use lapin::options::BasicGetOptions;
+        let mut envelopes = Vec::new();
+        self.runtime.block_on(async {
+            while let Some(message) = self
+                .channel
+                .basic_get(self.queue.as_str().into(), BasicGetOptions { no_ack: true })
+                .await
+                .expect("basic.get on the tap")
+            {
+                let envelope = fleetls_proto::decode(&message.delivery.data)
+                    .unwrap_or_else(|e| panic!("a tapped message does not decode: {e}"));
+                envelopes.push(envelope);
+            }
+        });
+        envelopes
+    }
+}
+
+impl Drop for Tap {
+    fn drop(&mut self) {
+        let _ = self
+            .runtime
+            .block_on(self.connection.close(200, "tap done".into()));
     }
 }
 

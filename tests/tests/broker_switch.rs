@@ -35,23 +35,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use fleetls_tests::{free_port, start_child, Parent, PrivateNode, Proc, Vhost};
+use fleetls_tests::{free_port, start_child, tail, test_dir, Parent, PrivateNode, Proc, Vhost};
 
 const NODE: &str = "bswitch";
 const AMQP_PORT: u16 = 5792;
 const MGMT_PORT: u16 = 15792;
 const AMQPS_PORT: u16 = 5793;
 const PROMETHEUS_PORT: u16 = 15794;
-
-/// A scratch folder; kept (and named on stderr) when `FLEETLS_TEST_KEEP` is set.
-fn test_dir() -> tempfile::TempDir {
-    let mut dir = tempfile::tempdir().expect("a scratch folder");
-    if std::env::var_os("FLEETLS_TEST_KEEP").is_some() {
-        dir.disable_cleanup(true);
-        eprintln!("test folder kept: {}", dir.path().display());
-    }
-    dir
-}
 
 /// Polls `check` every 250 ms until it gives `Ok`; panics after `within`
 /// with `what` and the last `Err` it gave.
@@ -67,30 +57,6 @@ fn wait_until<T>(what: &str, within: Duration, mut check: impl FnMut() -> Result
         }
         std::thread::sleep(Duration::from_millis(250));
     }
-}
-
-/// Runs an operator command; asserts its exit code; (stdout, stderr).
-fn cli_expect(parent: &Parent, args: &[&str], want: i32) -> (String, String) {
-    let (code, out, err) = parent.cli(args);
-    assert_eq!(
-        code,
-        want,
-        "fleetls-parent {args:?} exited with {code}, expected {want}\nstdout: {out}\nstderr: {err}\nparent log (tail):\n{}",
-        tail(&parent.proc.output(), 40)
-    );
-    (out, err)
-}
-
-/// Runs an operator command with `--json`-style output, expecting exit 0.
-fn cli_json(parent: &Parent, args: &[&str]) -> Value {
-    let (out, _) = cli_expect(parent, args, 0);
-    serde_json::from_str(&out)
-        .unwrap_or_else(|e| panic!("{args:?} did not print JSON ({e}): {out}"))
-}
-
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// The agents of `status --json`, by name.
@@ -116,22 +82,6 @@ fn wait_status(
         let status = parent.status_json()?;
         check(&status).map(|()| status)
     })
-}
-
-/// Every named agent is online.
-fn all_online<'a>(names: &'a [&'a str]) -> impl Fn(&Value) -> Result<(), String> + 'a {
-    move |status| {
-        let agents = agents_by_name(status);
-        let offline: Vec<&&str> = names
-            .iter()
-            .filter(|n| agents.get(**n).is_none_or(|a| a["online"] != true))
-            .collect();
-        if offline.is_empty() {
-            Ok(())
-        } else {
-            Err(format!("not online: {offline:?}"))
-        }
-    }
 }
 
 /// The connections of `vhost` as RabbitMQ management lists them.
@@ -315,15 +265,9 @@ fn the_network_moves_to_amqps_child_by_child_and_survives_the_final_broker_confi
         .iter()
         .map(|n| (*n, start_child(&vhost, dir.path(), n, &[])))
         .collect();
-    wait_status(
-        &parent,
-        "three children online",
-        Duration::from_secs(30),
-        all_online(&first),
-    );
+    parent.wait_online(&first);
     let ssl_port = free_port().to_string();
-    cli_expect(
-        &parent,
+    parent.cli_expect(
         &[
             "settings",
             "set",
@@ -336,8 +280,8 @@ fn the_network_moves_to_amqps_child_by_child_and_survives_the_final_broker_confi
         ],
         0,
     );
-    cli_expect(&parent, &["certs", "generate"], 0);
-    cli_expect(&parent, &["certs", "send"], 0);
+    parent.cli_expect(&["certs", "generate"], 0);
+    parent.cli_expect(&["certs", "send"], 0);
     let has_certs = |names: &'static [&'static str]| {
         move |status: &Value| {
             let agents = agents_by_name(status);
@@ -358,11 +302,10 @@ fn the_network_moves_to_amqps_child_by_child_and_survives_the_final_broker_confi
         Duration::from_secs(30),
         has_certs(&["till-1", "till-2", "till-3"]),
     );
-    cli_expect(&parent, &["verify", "--step-timeout", "20s"], 0);
+    parent.cli_expect(&["verify", "--step-timeout", "20s"], 0);
 
     // ---- switch-broker before switch: refused, nothing started
-    let (_, err) = cli_expect(
-        &parent,
+    let (_, err) = parent.cli_expect(
         &["switch-broker", "--amqps", &amqps, "--step-timeout", "20s"],
         3,
     );
@@ -370,14 +313,14 @@ fn the_network_moves_to_amqps_child_by_child_and_survives_the_final_broker_confi
         err.contains("not on SSL"),
         "switch-broker before switch should say the network is not on SSL yet: {err}"
     );
-    let campaign = cli_json(&parent, &["campaign", "--json"]);
+    let campaign = parent.cli_json(&["campaign"]);
     assert_eq!(
         campaign["kind"], "verify",
         "a refused switch-broker must not start a campaign: {campaign}"
     );
 
     // ---- switch: the three that passed
-    cli_expect(&parent, &["switch", "--step-timeout", "20s"], 0);
+    parent.cli_expect(&["switch", "--step-timeout", "20s"], 0);
     let status = parent.status_json().expect("status");
     assert_eq!(
         status["network"]["switched_to_ssl"], 3,
@@ -388,13 +331,8 @@ fn the_network_moves_to_amqps_child_by_child_and_survives_the_final_broker_confi
     // ---- force-switch: a fourth child with a certificate that never took the test
     children.insert("till-4", start_child(&vhost, dir.path(), "till-4", &[]));
     let all = ["till-1", "till-2", "till-3", "till-4"];
-    wait_status(
-        &parent,
-        "till-4 online",
-        Duration::from_secs(30),
-        all_online(&all),
-    );
-    cli_expect(&parent, &["certs", "send"], 0);
+    parent.wait_online(&all);
+    parent.cli_expect(&["certs", "send"], 0);
     wait_status(
         &parent,
         "till-4's certificate",
@@ -402,7 +340,7 @@ fn the_network_moves_to_amqps_child_by_child_and_survives_the_final_broker_confi
         has_certs(&["till-4"]),
     );
     // Without --yes and without a terminal (stdin is /dev/null): usage error, nothing done.
-    let (_, err) = cli_expect(&parent, &["force-switch"], 2);
+    let (_, err) = parent.cli_expect(&["force-switch"], 2);
     assert!(
         err.contains("--yes"),
         "force-switch without --yes should ask for it: {err}"
@@ -413,11 +351,7 @@ fn the_network_moves_to_amqps_child_by_child_and_survives_the_final_broker_confi
         "force-switch without --yes switched till-4: {till4}"
     );
     // With --yes: done, and till-4 named as at risk on stderr (the others are already switched).
-    let (_, err) = cli_expect(
-        &parent,
-        &["force-switch", "--yes", "--step-timeout", "20s"],
-        0,
-    );
+    let (_, err) = parent.cli_expect(&["force-switch", "--yes", "--step-timeout", "20s"], 0);
     let risk = err
         .split_once("may lose their connection")
         .map(|(_, after)| after)
@@ -450,7 +384,7 @@ fn the_network_moves_to_amqps_child_by_child_and_survives_the_final_broker_confi
 
     // ---- broker-tls: the broker's files and both fragments
     let tls = dir.path().join("broker-tls");
-    let (out, _) = cli_expect(&parent, &["broker-tls", "--out", tls.to_str().unwrap()], 0);
+    let (out, _) = parent.cli_expect(&["broker-tls", "--out", tls.to_str().unwrap()], 0);
     for file in [
         "broker.pem",
         "broker.key",
@@ -539,12 +473,7 @@ fn the_network_moves_to_amqps_child_by_child_and_survives_the_final_broker_confi
         Duration::from_secs(90),
         &plain_everyone,
     );
-    wait_status(
-        &parent,
-        "four children online after the restart",
-        Duration::from_secs(60),
-        all_online(&all),
-    );
+    parent.wait_online(&all);
     assert!(
         port_answers(AMQPS_PORT),
         "the AMQPS port does not answer after the restart"
@@ -557,8 +486,7 @@ fn the_network_moves_to_amqps_child_by_child_and_survives_the_final_broker_confi
 
     // ---- an AMQPS name the broker's certificate does not carry: refused up front
     let by_localhost = format!("amqps://guest:guest@localhost:{AMQPS_PORT}/{}", vhost.name);
-    let (_, err) = cli_expect(
-        &parent,
+    let (_, err) = parent.cli_expect(
         &[
             "switch-broker",
             "--amqps",
@@ -572,7 +500,7 @@ fn the_network_moves_to_amqps_child_by_child_and_survives_the_final_broker_confi
         err.contains("does not name localhost"),
         "switch-broker to localhost (not in the broker's certificate) should name the mismatch: {err}"
     );
-    let campaign = cli_json(&parent, &["campaign", "--json"]);
+    let campaign = parent.cli_json(&["campaign"]);
     assert_eq!(
         campaign["kind"], "force-switch",
         "a refused switch-broker started a campaign: {campaign}"
@@ -590,8 +518,7 @@ fn the_network_moves_to_amqps_child_by_child_and_survives_the_final_broker_confi
         b"-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n",
     )
     .unwrap();
-    let (out, err) = cli_expect(
-        &parent,
+    let (out, err) = parent.cli_expect(
         &["switch-broker", "--amqps", &amqps, "--step-timeout", "20s"],
         4,
     );
@@ -607,7 +534,7 @@ fn the_network_moves_to_amqps_child_by_child_and_survives_the_final_broker_confi
         out.contains("1 failed"),
         "switch-broker should count one failure: {out}"
     );
-    let campaign = cli_json(&parent, &["campaign", "--json"]);
+    let campaign = parent.cli_json(&["campaign"]);
     assert_eq!(campaign["kind"], "switch-broker", "{campaign}");
     assert_eq!(campaign["state"], "finished", "{campaign}");
     assert_eq!(
@@ -635,7 +562,7 @@ fn the_network_moves_to_amqps_child_by_child_and_survives_the_final_broker_confi
         Duration::from_secs(60),
         &moved,
     );
-    let without = cli_json(&parent, &["without-ssl", "--json"]);
+    let without = parent.cli_json(&["without-ssl"]);
     assert_eq!(
         without["broker_view"], true,
         "without-ssl must use RabbitMQ's view: {without}"
@@ -713,12 +640,11 @@ fn the_network_moves_to_amqps_child_by_child_and_survives_the_final_broker_confi
 
     // ---- acceptance 4: till-3 fixed; a second switch-broker takes only it
     std::fs::write(&till3_key, &good_key).unwrap();
-    cli_expect(
-        &parent,
+    parent.cli_expect(
         &["switch-broker", "--amqps", &amqps, "--step-timeout", "20s"],
         0,
     );
-    let campaign = cli_json(&parent, &["campaign", "--json"]);
+    let campaign = parent.cli_json(&["campaign"]);
     assert_eq!(campaign["kind"], "switch-broker", "{campaign}");
     assert_eq!(
         campaign["total"], 1,
@@ -740,7 +666,7 @@ fn the_network_moves_to_amqps_child_by_child_and_survives_the_final_broker_confi
         Duration::from_secs(60),
         &everyone_tls,
     );
-    let without = cli_json(&parent, &["without-ssl", "--json"]);
+    let without = parent.cli_json(&["without-ssl"]);
     assert_eq!(
         listed(&without, "not_on_tls"),
         Vec::<String>::new(),
@@ -755,8 +681,7 @@ fn the_network_moves_to_amqps_child_by_child_and_survives_the_final_broker_confi
     );
 
     // Nobody is left to move: a third switch-broker is refused.
-    let (_, err) = cli_expect(
-        &parent,
+    let (_, err) = parent.cli_expect(
         &["switch-broker", "--amqps", &amqps, "--step-timeout", "20s"],
         3,
     );
@@ -781,12 +706,7 @@ fn the_network_moves_to_amqps_child_by_child_and_survives_the_final_broker_confi
         Duration::from_secs(90),
         &everyone_tls,
     );
-    wait_status(
-        &parent,
-        "four children online on the final config",
-        Duration::from_secs(60),
-        all_online(&all),
-    );
+    parent.wait_online(&all);
     // Now a client certificate from the CA is required.
     let till2 = dir.path().join("till-2/certs");
     assert!(
@@ -820,14 +740,9 @@ fn the_network_moves_to_amqps_child_by_child_and_survives_the_final_broker_confi
                 .ok_or_else(|| "no new parent connection yet".to_owned())
         },
     );
-    wait_status(
-        &parent,
-        "four children online for the restarted parent",
-        Duration::from_secs(60),
-        all_online(&all),
-    );
-    cli_expect(&parent, &["verify", "--step-timeout", "20s"], 0);
-    let campaign = cli_json(&parent, &["campaign", "--json"]);
+    parent.wait_online(&all);
+    parent.cli_expect(&["verify", "--step-timeout", "20s"], 0);
+    let campaign = parent.cli_json(&["campaign"]);
     assert_eq!(campaign["kind"], "verify", "{campaign}");
     assert_eq!(
         campaign["total"], 4,

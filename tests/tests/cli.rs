@@ -1,67 +1,160 @@
-//! The operator's CLI as a process: every operation has `--help` text that
-//! explains it, `verify` shows its progress line and summary and exits 4
-//! when a child fails, `--json` prints JSON scripts can read, and the
-//! campaign can be followed again with `campaign`.
+//! The operator's CLI as a process: every command of both programs, and
+//! every subcommand below it, has `--help` text that explains it (a
+//! description, its usage, a description for each option), the commands
+//! listed are exactly the expected ones, `verify` shows its progress line
+//! and summary and exits 4 when a child fails, `--json` prints JSON scripts
+//! can read, and the campaign can be followed again with `campaign`.
 
 use std::process::Command;
 use std::time::Duration;
 
 use fleetls_tests::{free_port, program, start_child, wait_for, Parent, Vhost};
 
-const OPERATIONS: &[&str] = &[
+/// The commands `fleetls-parent --help` lists, in its order.
+const PARENT_COMMANDS: &[&str] = &[
     "serve",
     "status",
     "settings",
-    "certs",
     "verify",
     "reverify",
     "switch",
-    "switch-broker",
     "force-switch",
+    "switch-broker",
     "without-ssl",
-    "export",
+    "agents",
+    "signing-key",
+    "security",
     "broker-tls",
+    "export",
     "doctor",
     "campaign",
+    "certs",
+    "help",
 ];
+
+/// The commands `fleetls-child --help` lists, in its order.
+const CHILD_COMMANDS: &[&str] = &["run", "swarm", "doctor", "help"];
+
+/// Runs `program ARGS`, which must exit 0 and print nothing on stderr; its stdout.
+fn help(name: &str, args: &[&str]) -> String {
+    let output = Command::new(program(name))
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{name} runs: {e}"));
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && err.is_empty(),
+        "{name} {args:?} exited with {:?}: {err}",
+        output.status.code()
+    );
+    String::from_utf8(output.stdout).expect("help is UTF-8")
+}
+
+/// The entries of one section of clap's help (`Commands:`, `Options:`):
+/// (name, description), the description empty when there is none. An entry
+/// is indented less than 8 columns; its description follows two spaces or
+/// comes on the deeper-indented lines below (clap's layout for long ones);
+/// the section ends at the next line that is not indented.
+fn section(help: &str, title: &str) -> Vec<(String, String)> {
+    let mut entries: Vec<(String, String)> = Vec::new();
+    for line in help
+        .lines()
+        .skip_while(|l| *l != title)
+        .skip(1)
+        .take_while(|l| l.is_empty() || l.starts_with(' '))
+    {
+        let text = line.trim();
+        if text.is_empty() {
+            continue;
+        }
+        let indent = line.len() - line.trim_start().len();
+        match entries.last_mut() {
+            Some((_, what)) if indent >= 8 => {
+                if !what.is_empty() {
+                    what.push(' ');
+                }
+                what.push_str(text);
+            }
+            _ => {
+                let (name, what) = text.split_once("  ").unwrap_or((text, ""));
+                entries.push((name.trim().to_owned(), what.trim().to_owned()));
+            }
+        }
+    }
+    entries
+}
+
+/// `program PATH.. --help` explains itself: a description before its usage
+/// line, the right usage line, a description for every option; and so does
+/// every subcommand it lists, each opening with the description listed.
+fn explains_itself(name: &str, path: &[&str]) {
+    let args: Vec<&str> = path.iter().copied().chain(["--help"]).collect();
+    let text = help(name, &args);
+    let shown = [name]
+        .iter()
+        .chain(path)
+        .copied()
+        .collect::<Vec<_>>()
+        .join(" ");
+    let (about, rest) = text
+        .split_once("\n\nUsage: ")
+        .unwrap_or_else(|| panic!("`{shown} --help` has no description before its usage:\n{text}"));
+    assert!(
+        !about.trim().is_empty(),
+        "`{shown} --help` has no description:\n{text}"
+    );
+    assert!(
+        rest.starts_with(&format!("{shown} ")) || rest.starts_with(&format!("{shown}\n")),
+        "`{shown} --help` shows another usage:\n{text}"
+    );
+    let options = section(&text, "Options:");
+    assert!(
+        !options.is_empty(),
+        "`{shown} --help` lists no option:\n{text}"
+    );
+    for (option, what) in options {
+        assert!(
+            !what.is_empty(),
+            "`{shown} --help`: {option} has no description:\n{text}"
+        );
+    }
+    for (command, what) in section(&text, "Commands:") {
+        assert!(
+            !what.is_empty(),
+            "`{shown} --help`: {command} has no description:\n{text}"
+        );
+        if command == "help" {
+            continue;
+        }
+        let sub: Vec<&str> = path.iter().copied().chain([command.as_str()]).collect();
+        let sub_text = help(name, &[&sub[..], &["--help"]].concat());
+        assert!(
+            sub_text.starts_with(what.as_str()),
+            "`{shown} {command} --help` does not open with what `{shown} --help` says of it ({what:?}):\n{sub_text}"
+        );
+        explains_itself(name, &sub);
+    }
+}
 
 #[test]
 fn every_operation_explains_itself() {
-    let top = Command::new(program("fleetls-parent"))
-        .arg("--help")
-        .output()
-        .unwrap();
-    assert!(top.status.success());
-    let top = String::from_utf8_lossy(&top.stdout).into_owned();
-    for op in OPERATIONS {
-        assert!(top.contains(op), "`--help` does not list {op}:\n{top}");
-        let help = Command::new(program("fleetls-parent"))
-            .args([op, "--help"])
+    for (name, expected) in [
+        ("fleetls-parent", PARENT_COMMANDS),
+        ("fleetls-child", CHILD_COMMANDS),
+    ] {
+        let top = help(name, &["--help"]);
+        let listed: Vec<String> = section(&top, "Commands:")
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect();
+        assert_eq!(listed, expected, "the commands of `{name} --help`:\n{top}");
+        explains_itself(name, &[]);
+        let unknown = Command::new(program(name))
+            .arg("frobnicate")
             .output()
             .unwrap();
-        assert!(help.status.success(), "{op} --help failed");
-        let text = String::from_utf8_lossy(&help.stdout);
-        assert!(
-            text.lines().count() > 3,
-            "{op} --help says too little:\n{text}"
-        );
+        assert_eq!(unknown.status.code(), Some(2), "{name} frobnicate");
     }
-    let child = Command::new(program("fleetls-child"))
-        .arg("--help")
-        .output()
-        .unwrap();
-    let child = String::from_utf8_lossy(&child.stdout).into_owned();
-    for op in ["run", "swarm", "doctor"] {
-        assert!(
-            child.contains(op),
-            "fleetls-child --help does not list {op}"
-        );
-    }
-    let unknown = Command::new(program("fleetls-parent"))
-        .arg("frobnicate")
-        .output()
-        .unwrap();
-    assert_eq!(unknown.status.code(), Some(2));
 }
 
 #[test]

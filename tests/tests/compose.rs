@@ -4,9 +4,21 @@
 //! `rabbitmq:3-management…`; the parent and each child keep their state in a named
 //! volume of their own mounted at `/data`, declared under the top-level `volumes`; the
 //! parent's command runs `serve` and the children's commands run `run`.
+//!
+//! And the file cannot drift from the programs: each agent's command line and
+//! `FLEETLS_*` variables are given to the real program, which must parse them
+//! (it then stops at reading a config file that is not there, before doing
+//! anything); each variable must be one that the command's `--help` says it
+//! reads; and the values must pass the program's own checks of its settings
+//! (`ServeConfig::from_raw`, `RunConfig::from_raw`, through clap's parser of
+//! the same flags).
 
+use std::collections::BTreeSet;
+use std::ffi::OsStr;
 use std::path::PathBuf;
+use std::process::Command;
 
+use clap::{Args, FromArgMatches};
 use yaml_rust2::{Yaml, YamlLoader};
 
 const AGENTS: [&str; 3] = ["parent", "child-1", "child-2"];
@@ -165,5 +177,139 @@ fn parent_serves_and_children_run() {
             words.iter().any(|w| w == "run"),
             "service `{name}`: command {words:?} does not run `run`"
         );
+    }
+}
+
+/// A service's `environment`, given as a mapping or as a list of `KEY=VALUE`.
+fn environment(svc: &Yaml, name: &str) -> Vec<(String, String)> {
+    let scalar = |value: &Yaml| match value {
+        Yaml::String(s) => s.clone(),
+        Yaml::Integer(i) => i.to_string(),
+        Yaml::Boolean(b) => b.to_string(),
+        other => panic!("service `{name}`: environment value {other:?} is not a scalar"),
+    };
+    match &svc["environment"] {
+        Yaml::BadValue => Vec::new(),
+        Yaml::Hash(map) => map
+            .iter()
+            .map(|(key, value)| (scalar(key), scalar(value)))
+            .collect(),
+        Yaml::Array(items) => items
+            .iter()
+            .map(|item| {
+                let item = scalar(item);
+                let (key, value) = item.split_once('=').unwrap_or((&item, ""));
+                (key.to_owned(), value.to_owned())
+            })
+            .collect(),
+        other => panic!("service `{name}`: environment {other:?} is neither a mapping nor a list"),
+    }
+}
+
+/// Runs a program of this repository with `args` and exactly the variables
+/// `env`: (exit code, stdout, stderr).
+fn run(program: &str, args: &[String], env: &[(String, String)]) -> (i32, String, String) {
+    let mut command = Command::new(fleetls_tests::program(program));
+    command.args(args).env_clear().envs(env.iter().cloned());
+    fleetls_tests::outcome(&mut command)
+}
+
+/// The variables a command says it reads: its `--help` shows `[env: NAME=]`.
+fn variables_read(program: &str, subcommand: &str) -> BTreeSet<String> {
+    let (code, help, err) = run(program, &[subcommand.into(), "--help".into()], &[]);
+    assert_eq!(code, 0, "{program} {subcommand} --help: {err}");
+    help.split("[env: ")
+        .skip(1)
+        .filter_map(|rest| rest.split_once('=').map(|(name, _)| name.to_owned()))
+        .collect()
+}
+
+/// Parses `args` of `subcommand` and the `FLEETLS_*` variables of `env` with
+/// clap's parser of `T` (the flags of the real command), each variable given
+/// as the flag that reads it unless the command line gives that flag, as
+/// the program does; the process's own environment is not read.
+fn parse<T: Args + FromArgMatches>(
+    subcommand: &str,
+    args: &[String],
+    env: &[(String, String)],
+) -> T {
+    let command = T::augment_args(clap::Command::new("compose"));
+    let mut argv: Vec<String> = std::iter::once(subcommand.to_owned())
+        .chain(args.iter().cloned())
+        .collect();
+    for (key, value) in env.iter().filter(|(key, _)| key.starts_with("FLEETLS_")) {
+        let arg = command
+            .get_arguments()
+            .find(|a| a.get_env() == Some(OsStr::new(key)))
+            .unwrap_or_else(|| panic!("no flag of `{subcommand}` reads {key}"));
+        let flag = format!("--{}", arg.get_long().expect("every flag has a long name"));
+        if !args
+            .iter()
+            .any(|a| *a == flag || a.starts_with(&format!("{flag}=")))
+        {
+            argv.push(flag);
+            argv.push(value.clone());
+        }
+    }
+    let command = command.mut_args(|arg| arg.env(None));
+    let matches = command
+        .try_get_matches_from(&argv)
+        .unwrap_or_else(|e| panic!("`{}` does not parse: {e}", argv.join(" ")));
+    T::from_arg_matches(&matches).unwrap_or_else(|e| panic!("`{}`: {e}", argv.join(" ")))
+}
+
+#[test]
+fn the_programs_accept_every_command_line_and_variable() {
+    let doc = compose();
+    let scratch = tempfile::tempdir().unwrap();
+    for name in AGENTS {
+        let svc = service(&doc, name);
+        let words = command_words(svc, name);
+        let env = environment(svc, name);
+        let [program, subcommand, args @ ..] = &words[..] else {
+            panic!("service `{name}`: command {words:?} names no program and command");
+        };
+        assert!(
+            ["fleetls-parent", "fleetls-child"].contains(&program.as_str()),
+            "service `{name}` runs {program}, not fleetls-parent or fleetls-child"
+        );
+
+        // Every FLEETLS_* variable is one the command reads.
+        let read = variables_read(program, subcommand);
+        for (key, _) in env.iter().filter(|(key, _)| key.starts_with("FLEETLS_")) {
+            assert!(
+                read.contains(key),
+                "service `{name}`: `{program} {subcommand}` does not read {key} (it reads {read:?})"
+            );
+        }
+
+        // The real program takes the command line and the variables: it
+        // gets as far as its config file (absent here) and stops there.
+        let absent = scratch.path().join(format!("{name}.toml"));
+        let mut with_config = env.clone();
+        with_config.push(("FLEETLS_CONFIG".into(), absent.display().to_string()));
+        let (code, out, err) = run(program, &words[1..], &with_config);
+        assert!(
+            code == 2 && err.starts_with(&format!("error: config file {}:", absent.display())),
+            "service `{name}`: `{}` with {env:?} is refused before its config file (exit {code}):\n{out}{err}",
+            words.join(" ")
+        );
+
+        // And the values pass the program's own checks.
+        match (program.as_str(), subcommand.as_str()) {
+            ("fleetls-parent", "serve") => {
+                let raw = parse::<fleetls_parent::config::RawServe>(subcommand, args, &env);
+                fleetls_parent::config::ServeConfig::from_raw(raw)
+                    .unwrap_or_else(|e| panic!("service `{name}`: {e}"));
+            }
+            ("fleetls-child", "run") => {
+                let raw = parse::<fleetls_child::config::RawRun>(subcommand, args, &env);
+                fleetls_child::config::RunConfig::from_raw(raw)
+                    .unwrap_or_else(|e| panic!("service `{name}`: {e}"));
+            }
+            (program, subcommand) => {
+                panic!("service `{name}` runs `{program} {subcommand}`: this test does not know its settings")
+            }
+        }
     }
 }

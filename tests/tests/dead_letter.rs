@@ -146,13 +146,20 @@ fn wait_for_parent_consumer(vhost: &Vhost) {
 
 /// Waits until `fleetls.parent` is empty and `fleetls.dead` holds at least
 /// `count` messages, then reads `fleetls.dead` without removing anything.
+/// An error of management fails the test at once: it must never read as an
+/// empty queue.
 fn drain_to_dead(vhost: &Vhost, count: u64) -> Vec<Value> {
+    let depth = |queue: &str| {
+        vhost
+            .queue_depth_checked(queue)
+            .unwrap_or_else(|e| panic!("management cannot count {queue}: {e}"))
+    };
     let depths = wait_for(
         &format!("fleetls.parent empty and {count} messages in fleetls.dead"),
         Duration::from_secs(120),
         || {
-            let parent = vhost.queue_depth("fleetls.parent")?;
-            let dead = vhost.queue_depth("fleetls.dead")?;
+            let parent = depth("fleetls.parent")?;
+            let dead = depth("fleetls.dead")?;
             (parent == 0 && dead >= count).then_some((parent, dead))
         },
     );

@@ -7,6 +7,14 @@
 //! certificate, a port that does not speak TLS and a name that does not
 //! resolve. The parent's core and the child's wrapper are the same code:
 //! both are exercised.
+//!
+//! `fleetls-parent doctor` and `fleetls-child doctor` also run as processes
+//! against such a server, reading their data dirs (the flag or
+//! `FLEETLS_DATA_DIR`) as an operator's would: exit 0 and "no problem found"
+//! for a healthy endpoint, each presenting its own certificate; exit 4 with
+//! the problem named for a closed port, another CA (`--ca`, and the child's
+//! `FLEETLS_CA`) and a child without its certificate; the same in `--json`;
+//! exit 2 without a data dir.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -507,4 +515,203 @@ async fn the_child_side_reads_its_own_files() {
     let report = child_doctor(&target, dir.path(), Some(Path::new("/nonexistent/ca.pem"))).await;
     assert_problems(&report, &[Problem::BadInput]);
     assert!(failed(&report, "ca").detail.contains("/nonexistent/ca.pem"));
+}
+
+// ---------------------------------------------------------------------------
+// The programs as an operator runs them
+// ---------------------------------------------------------------------------
+
+/// Runs `fleetls-parent` or `fleetls-child` with `args` and the variables
+/// `env` (none of the operator's own `FLEETLS_*`), off the runtime so that
+/// the test servers keep serving: (exit code, stdout, stderr).
+async fn run(name: &'static str, args: &[&str], env: &[(&str, &Path)]) -> (i32, String, String) {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let env: Vec<(String, std::path::PathBuf)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_path_buf()))
+        .collect();
+    tokio::task::spawn_blocking(move || {
+        let mut command = std::process::Command::new(fleetls_tests::program(name));
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("FLEETLS_") {
+                command.env_remove(key);
+            }
+        }
+        command.args(&args).envs(env).env("RUST_LOG", "warn");
+        fleetls_tests::outcome(&mut command)
+    })
+    .await
+    .expect("the program ran")
+}
+
+/// The report a program printed with `--json`.
+fn printed(name: &str, out: &str, err: &str) -> DoctorReport {
+    serde_json::from_str(out)
+        .unwrap_or_else(|e| panic!("{name} doctor --json printed no report ({e}):\n{out}{err}"))
+}
+
+fn write(dir: &Path, files: &[(&str, &str)]) {
+    std::fs::create_dir_all(dir).unwrap();
+    for (name, text) in files {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+}
+
+#[tokio::test]
+async fn the_programs_diagnose_as_processes_with_their_exit_codes() {
+    let ca = Ca::root("network CA");
+    let (cert, key) = ca.server();
+    let mut server = Server::new(format!("{cert}{}", ca.pem), key);
+    server.client_ca = Some(&ca.pem);
+    let port = server.start().await;
+    let target = format!("127.0.0.1:{port}");
+    let closed = {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        format!("127.0.0.1:{port}")
+    };
+
+    // The parent's data dir (certificates/: the CA and the parent's own
+    // certificate, here a client one) and two children's (certs/: with a
+    // certificate, and one holding only the CA).
+    let dir = tempfile::tempdir().unwrap();
+    let (parent_cert, parent_key) = ca.client("fleetls-parent");
+    let parent = dir.path().join("parent");
+    write(
+        &parent.join("certificates"),
+        &[
+            ("ca.pem", &ca.pem),
+            ("parent.pem", &parent_cert),
+            ("parent.key", &parent_key),
+        ],
+    );
+    let (child_cert, child_key) = ca.client("child-1");
+    let child = dir.path().join("child");
+    write(
+        &child.join("certs"),
+        &[
+            ("ca.pem", &ca.pem),
+            ("agent.pem", &format!("{child_cert}{}", ca.pem)),
+            ("agent.key", &child_key),
+        ],
+    );
+    let bare = dir.path().join("bare");
+    write(&bare.join("certs"), &[("ca.pem", &ca.pem)]);
+    let other = dir.path().join("other-ca.pem");
+    std::fs::write(&other, Ca::root("another CA").pem).unwrap();
+    let (p, c, b, o) = (
+        parent.to_str().unwrap(),
+        child.to_str().unwrap(),
+        bare.to_str().unwrap(),
+        other.to_str().unwrap(),
+    );
+
+    // Healthy: exit 0 and the plain-words result.
+    for (name, args, env) in [
+        (
+            "fleetls-parent",
+            vec!["doctor", &target, "--data-dir", p],
+            vec![],
+        ),
+        (
+            "fleetls-child",
+            vec!["doctor", &target, "--data-dir", c],
+            vec![],
+        ),
+        // The data dir from FLEETLS_DATA_DIR.
+        (
+            "fleetls-parent",
+            vec!["doctor", &target],
+            vec![("FLEETLS_DATA_DIR", parent.as_path())],
+        ),
+        (
+            "fleetls-child",
+            vec!["doctor", &target],
+            vec![("FLEETLS_DATA_DIR", child.as_path())],
+        ),
+    ] {
+        let (code, out, err) = run(name, &args, &env).await;
+        assert_eq!(code, 0, "{name} {args:?}:\n{out}{err}");
+        assert!(out.starts_with(&format!("doctor {target} (")), "{out}");
+        assert!(out.ends_with("Result: no problem found.\n"), "{out}");
+        let (code, out, err) = run(name, &[&args[..], &["--json"]].concat(), &env).await;
+        assert_eq!(code, 0, "{name} {args:?} --json:\n{out}{err}");
+        let report = printed(name, &out, &err);
+        assert_problems(&report, &[]);
+        // Each program presents its own certificate and the server accepts it.
+        let cn = if name == "fleetls-parent" {
+            "fleetls-parent"
+        } else {
+            "child-1"
+        };
+        let identity = &report.checks[1];
+        assert_eq!(identity.name, "client_identity", "{out}");
+        assert!(identity.detail.contains(cn), "{identity:?}");
+        let accepted = report.checks.last().unwrap();
+        assert_eq!(accepted.name, "client_certificate", "{out}");
+        assert!(
+            accepted.ok && accepted.detail.contains("accepted the client certificate"),
+            "{accepted:?}"
+        );
+    }
+
+    // A problem: exit 4, the problem named.
+    for (name, args, env, problem) in [
+        (
+            "fleetls-parent",
+            vec!["doctor", &closed, "--data-dir", p],
+            vec![],
+            Problem::Refused,
+        ),
+        (
+            "fleetls-child",
+            vec!["doctor", &closed, "--data-dir", c],
+            vec![],
+            Problem::Refused,
+        ),
+        (
+            "fleetls-parent",
+            vec!["doctor", &target, "--data-dir", p, "--ca", o],
+            vec![],
+            Problem::UnknownIssuer,
+        ),
+        (
+            "fleetls-child",
+            vec!["doctor", &target, "--data-dir", c, "--ca", o],
+            vec![],
+            Problem::UnknownIssuer,
+        ),
+        // The child's --ca from FLEETLS_CA.
+        (
+            "fleetls-child",
+            vec!["doctor", &target, "--data-dir", c],
+            vec![("FLEETLS_CA", other.as_path())],
+            Problem::UnknownIssuer,
+        ),
+        // A child without its certificate yet, where one is required.
+        (
+            "fleetls-child",
+            vec!["doctor", &target, "--data-dir", b],
+            vec![],
+            Problem::ClientCertRequired,
+        ),
+    ] {
+        let (code, out, err) = run(name, &args, &env).await;
+        assert_eq!(code, 4, "{name} {args:?} {env:?}:\n{out}{err}");
+        assert!(
+            out.ends_with(&format!("Result: 1 problem(s): {}.\n", problem.as_str())),
+            "{name} {args:?} {env:?}:\n{out}"
+        );
+        let (code, out, err) = run(name, &[&args[..], &["--json"]].concat(), &env).await;
+        assert_eq!(code, 4, "{name} {args:?} --json:\n{out}{err}");
+        assert_problems(&printed(name, &out, &err), &[problem]);
+    }
+
+    // No data dir at all: a usage error naming it.
+    for name in ["fleetls-parent", "fleetls-child"] {
+        let (code, out, err) = run(name, &["doctor", &target], &[]).await;
+        assert_eq!(code, 2, "{name} doctor without a data dir:\n{out}{err}");
+        assert!(err.contains("--data-dir <DATA_DIR>"), "{err}");
+    }
 }

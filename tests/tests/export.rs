@@ -7,6 +7,15 @@
 //! 0700 folder; the certificates are in the registry; mPOS without a DNS name
 //! of the parent is refused before anything is issued.
 //!
+//! `fleetls-parent export` is also run as an operator runs it, against a
+//! serving parent: exit 3 before `certs generate`; the files it writes (in
+//! a relative `--out`) are the ones it prints, openable with the password of
+//! `--password-file` (its final newline dropped; it wins over
+//! `FLEETLS_EXPORT_PASSWORD`) and not with another; the password from
+//! `FLEETLS_EXPORT_PASSWORD` with `--json`; and exit 2, naming why and
+//! writing nothing, for a missing, empty or short password, a missing
+//! password file, a `--password` flag and an unknown agent.
+//!
 //! Passwords reach the tools through files, never on a command line.
 
 use std::os::unix::fs::PermissionsExt;
@@ -360,8 +369,8 @@ fn modern_export_opens_with_openssl_and_keytool() {
         "keytool opened the truststore with a wrong password: {text}"
     );
     assert!(
-        text.contains("password was incorrect") || text.contains("tampered"),
-        "{text}"
+        text.contains("Keystore was tampered with, or password was incorrect"),
+        "keytool did not refuse the password: {text}"
     );
 }
 
@@ -377,23 +386,41 @@ fn legacy_export_is_3des_with_a_sha1_mac() {
         true,
         &["pbeWithSHA1And3-KeyTripleDES-CBC", "MAC: sha1"],
     );
-    // OpenSSL 3 reads it with -legacy (above); without, it either also reads
-    // it (3DES is still in its default provider) or refuses it as legacy:
-    // never anything else.
+    // No RC2 or RC4 inside: OpenSSL 3 reads it without -legacy as well
+    // (3DES and the PKCS#12 KDF are in its default provider), the certificates
+    // and the key alike.
+    check_pfx(
+        &setup,
+        &pfx,
+        false,
+        &["pbeWithSHA1And3-KeyTripleDES-CBC", "MAC: sha1"],
+    );
     let passin = setup.passin();
-    let (ok, text) = openssl(&[
+    let (_, text) = openssl(&[
         "pkcs12",
         "-in",
         s(&pfx),
         "-passin",
         &passin,
-        "-nokeys",
         "-info",
+        "-nodes",
     ]);
-    assert!(
-        ok || text.to_lowercase().contains("unsupported") || text.contains("legacy"),
-        "{text}"
-    );
+    // "PKCS7 Encrypted data: SCHEME, ..." (the certificates) and "Shrouded
+    // Keybag: SCHEME, ..." (the key).
+    let schemes: Vec<&str> = text
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("PKCS7 Encrypted data: ")
+                .or_else(|| l.strip_prefix("Shrouded Keybag: "))
+        })
+        .collect();
+    assert_eq!(schemes.len(), 2, "{text}");
+    for scheme in schemes {
+        assert!(
+            scheme.starts_with("pbeWithSHA1And3-KeyTripleDES-CBC"),
+            "a bag encrypted otherwise: {scheme}\n{text}"
+        );
+    }
 }
 
 #[test]
@@ -449,4 +476,297 @@ fn selection_and_password_rules() {
     .unwrap_err();
     assert!(err.to_string().contains("too short"), "{err}");
     assert!(!setup.out().exists());
+}
+
+// ---------------------------------------------------------------------------
+// `fleetls-parent export` as an operator runs it
+// ---------------------------------------------------------------------------
+
+/// What `export --mpos --agent till-1` writes, in the order it says so:
+/// the CA files, the agents named, then the mPOS devices.
+const EXPORTED: [&str; 5] = [
+    "ca.cer",
+    "ca.pem",
+    "truststore.jks",
+    "till-1.pfx",
+    "mpos-1.pfx",
+];
+
+/// A serving parent with an mPOS device and a till registered; the
+/// processes end before their vhost and folder go.
+struct Served {
+    children: Vec<fleetls_tests::Proc>,
+    parent: fleetls_tests::Parent,
+    _vhost: fleetls_tests::Vhost,
+    dir: tempfile::TempDir,
+}
+
+impl Served {
+    fn new() -> Served {
+        let vhost = fleetls_tests::Vhost::new();
+        let dir = fleetls_tests::test_dir();
+        let parent = fleetls_tests::Parent::start(&vhost, dir.path(), &[]);
+        let (port, local) = (fleetls_tests::free_port(), fleetls_tests::free_port());
+        parent.cli_ok(&[
+            "settings",
+            "set",
+            "--port",
+            &port.to_string(),
+            "--local-parent-port",
+            &local.to_string(),
+            "--names",
+            "parent.test;localhost",
+            "--ips",
+            "127.0.0.1",
+        ]);
+        let children = vec![
+            fleetls_tests::start_child(&vhost, dir.path(), "mpos-1", &["--kind", "mpos"]),
+            fleetls_tests::start_child(&vhost, dir.path(), "till-1", &[]),
+        ];
+        parent.wait_online(&["mpos-1", "till-1"]);
+        Served {
+            children,
+            parent,
+            _vhost: vhost,
+            dir,
+        }
+    }
+
+    /// A file of the test's folder holding `text`.
+    fn file(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// Runs `export ARGS` with `FLEETLS_EXPORT_PASSWORD` set to `env` (or
+    /// unset): (exit code, stdout, stderr).
+    fn export(&self, args: &[&str], env: Option<&str>) -> (i32, String, String) {
+        let mut command = self.parent.command(&[&["export"][..], args].concat());
+        if let Some(password) = env {
+            command.env("FLEETLS_EXPORT_PASSWORD", password);
+        }
+        fleetls_tests::outcome(command.current_dir(self.dir.path()))
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.children.clear();
+    }
+}
+
+/// Whether openssl opens a `.pfx` with the password held in `password_file`.
+fn opens_with(pfx: &Path, password_file: &Path) -> Result<String, String> {
+    let passin = format!("file:{}", s(password_file));
+    let (ok, out) = openssl(&["pkcs12", "-in", s(pfx), "-passin", &passin, "-nodes"]);
+    if ok {
+        Ok(out)
+    } else {
+        Err(out)
+    }
+}
+
+/// The files of a folder, sorted.
+fn listing(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn export_as_a_process_writes_the_files_it_names_with_the_password_of_the_file() {
+    let served = Served::new();
+    // Nothing to export before the CA exists: refused, exit 3.
+    let password_file = served.file("password", &format!("{PASSWORD}\n"));
+    let pw = s(&password_file);
+    let (code, out, err) =
+        served.export(&["--out", "early", "--mpos", "--password-file", pw], None);
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(err.contains("certs generate"), "{err}");
+    assert!(!served.dir.path().join("early").exists());
+    served.parent.cli_ok(&["certs", "generate"]);
+
+    // A relative --out is the operator's folder; the password file's final
+    // newline is not part of the password; FLEETLS_EXPORT_PASSWORD, set as
+    // well, gives way to the file.
+    let (code, out, err) = served.export(
+        &[
+            "--out",
+            "devices",
+            "--mpos",
+            "--agent",
+            "till-1",
+            "--password-file",
+            pw,
+        ],
+        Some("the environment's password"),
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let folder = served.dir.path().join("devices");
+    let mut expected: Vec<String> = EXPORTED.iter().map(|n| n.to_string()).collect();
+    expected.sort();
+    assert_eq!(listing(&folder), expected);
+    assert_eq!(mode(&folder), 0o700);
+    for pfx in ["mpos-1.pfx", "till-1.pfx"] {
+        assert_eq!(mode(&folder.join(pfx)), 0o600, "{pfx}");
+    }
+    // It prints every file it wrote, then a line per certificate.
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 7, "{out}");
+    for (line, name) in lines.iter().zip(EXPORTED) {
+        assert_eq!(*line, s(&folder.join(name)), "{out}");
+    }
+    for (line, name) in lines[5..].iter().zip(["till-1", "mpos-1"]) {
+        assert!(
+            line.starts_with(&format!("{name}: certificate "))
+                && line.ends_with(&format!(" in {}", s(&folder.join(format!("{name}.pfx"))))),
+            "{out}"
+        );
+    }
+
+    // openssl reads the first line of a password file: had the newline been
+    // kept, the password would not match.
+    let exact = served.file("password-exact", PASSWORD);
+    let environment = served.file("password-env", "the environment's password");
+    for pfx in ["mpos-1.pfx", "till-1.pfx"] {
+        let pfx = folder.join(pfx);
+        let dump = opens_with(&pfx, &exact).unwrap_or_else(|e| panic!("{}: {e}", pfx.display()));
+        assert_eq!(pem_blocks(&dump, "PRIVATE KEY").len(), 1, "{dump}");
+        let err = opens_with(&pfx, &environment).expect_err("the environment's password opened it");
+        assert!(err.to_lowercase().contains("mac verify"), "{err}");
+    }
+    // ca.cer and ca.pem are the parent's CA.
+    let parent_ca =
+        std::fs::read_to_string(served.parent.data_dir.join("certificates/ca.pem")).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(folder.join("ca.pem")).unwrap(),
+        parent_ca
+    );
+}
+
+#[test]
+fn export_as_a_process_takes_the_password_from_the_environment() {
+    let served = Served::new();
+    served.parent.cli_ok(&["certs", "generate"]);
+    let out = served.dir.path().join("mpos");
+    let password = "a password from the environment";
+    let (code, printed, err) = served.export(
+        &["--out", s(&out), "--agent", "mpos-1", "--json"],
+        Some(password),
+    );
+    assert_eq!(code, 0, "{printed}{err}");
+    let report: ExportReport = serde_json::from_str(&printed)
+        .unwrap_or_else(|e| panic!("export --json printed no report ({e}): {printed}"));
+    let files: Vec<PathBuf> = ["ca.cer", "ca.pem", "truststore.jks", "mpos-1.pfx"]
+        .iter()
+        .map(|n| out.join(n))
+        .collect();
+    assert_eq!(report.files, files);
+    assert_eq!(report.certificates.len(), 1);
+    assert_eq!(report.certificates[0].name, "mpos-1");
+    assert_eq!(report.certificates[0].file, out.join("mpos-1.pfx"));
+    let mut written = listing(&out);
+    written.sort();
+    let mut named: Vec<String> = ["ca.cer", "ca.pem", "truststore.jks", "mpos-1.pfx"]
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+    named.sort();
+    assert_eq!(written, named);
+    let right = served.file("right", password);
+    let wrong = served.file("wrong", PASSWORD);
+    opens_with(&out.join("mpos-1.pfx"), &right).unwrap_or_else(|e| panic!("{e}"));
+    let err = opens_with(&out.join("mpos-1.pfx"), &wrong).expect_err("another password opened it");
+    assert!(err.to_lowercase().contains("mac verify"), "{err}");
+    // The truststore too is locked with it.
+    let storepass = s(&right);
+    let (ok, text) = run(
+        "keytool",
+        &[
+            "-list",
+            "-keystore",
+            s(&out.join("truststore.jks")),
+            "-storetype",
+            "JKS",
+            "-storepass:file",
+            storepass,
+        ],
+    );
+    assert!(
+        ok && text.contains("Your keystore contains 1 entry"),
+        "keytool: {text}"
+    );
+}
+
+#[test]
+fn export_as_a_process_refuses_a_missing_or_bad_password_before_writing() {
+    let served = Served::new();
+    served.parent.cli_ok(&["certs", "generate"]);
+    let out = served.dir.path().join("refused");
+    let out = s(&out);
+    let short = served.file("short", "short");
+    let empty = served.file("empty", "\n");
+    let missing = served.dir.path().join("no-such-password-file");
+    let good = served.file("good", PASSWORD);
+    for (args, env, says) in [
+        (
+            vec!["--mpos"],
+            None,
+            "no export password: give --password-file FILE or set FLEETLS_EXPORT_PASSWORD",
+        ),
+        (
+            vec!["--mpos"],
+            Some("short"),
+            "the export password is too short: use at least 8 characters",
+        ),
+        (vec!["--mpos"], Some(""), "the export password is empty"),
+        (
+            vec!["--mpos", "--password-file", s(&short)],
+            None,
+            "the export password is too short",
+        ),
+        (
+            vec!["--mpos", "--password-file", s(&empty)],
+            None,
+            "the export password is empty",
+        ),
+        (
+            vec!["--mpos", "--password-file", s(&missing)],
+            None,
+            "cannot read the password file",
+        ),
+        // A password given on the command line is not a flag at all.
+        (
+            vec!["--mpos", "--password", PASSWORD],
+            None,
+            "unexpected argument '--password'",
+        ),
+        // A good password, an agent nobody knows.
+        (
+            vec!["--agent", "nobody", "--password-file", s(&good)],
+            None,
+            "nobody",
+        ),
+    ] {
+        let all: Vec<&str> = ["--out", out]
+            .iter()
+            .copied()
+            .chain(args.iter().copied())
+            .collect();
+        let (code, printed, err) = served.export(&all, env);
+        assert_eq!(
+            code, 2,
+            "export {all:?} (FLEETLS_EXPORT_PASSWORD {env:?}): {printed}{err}"
+        );
+        assert!(
+            err.contains(says),
+            "export {all:?}: expected {says:?} in: {err}"
+        );
+        assert!(!err.contains(PASSWORD), "the password is echoed: {err}");
+        assert!(!Path::new(out).exists(), "export {all:?} wrote {out}");
+    }
 }

@@ -40,14 +40,6 @@ fn wait_connection_gone(vhost: &Vhost, name: &str) {
     );
 }
 
-/// The agent named `name` once it is online.
-fn wait_online(parent: &Parent, name: &str) -> Value {
-    wait_for(&format!("{name} online"), Duration::from_secs(30), || {
-        let agent = parent.agent(name)?;
-        (agent["online"] == true).then_some(agent)
-    })
-}
-
 fn agent_id(agent: &Value) -> String {
     agent["id"].as_str().expect("an agent has an id").to_owned()
 }
@@ -60,8 +52,8 @@ fn signals_stop_the_programs_cleanly_and_the_registry_reopens() {
     wait_connection_listed(&vhost, "fleetls-parent");
     let mut child = start_child(&vhost, dir.path(), "till-a", &["--location", "shop-a"]);
     let _other = start_child(&vhost, dir.path(), "till-b", &[]);
-    let id = agent_id(&wait_online(&parent, "till-a"));
-    wait_online(&parent, "till-b");
+    let id = agent_id(&parent.wait_online(&["till-a"]).remove(0));
+    parent.wait_online(&["till-b"]);
     let connection = format!("fleetls-child:{id}");
     wait_connection_listed(&vhost, &connection);
 
@@ -112,7 +104,7 @@ fn signals_stop_the_programs_cleanly_and_the_registry_reopens() {
     );
     assert_eq!(again.status_json().unwrap()["network"]["agents"], 2);
     // And it works: the child still running is seen online through it.
-    wait_online(&again, "till-b");
+    again.wait_online(&["till-b"]);
 }
 
 #[test]
@@ -121,7 +113,7 @@ fn a_restarted_child_keeps_its_identity() {
     let dir = tempfile::tempdir().unwrap();
     let parent = Parent::start(&vhost, dir.path(), &["--offline-after", "5"]);
     let mut child = start_child(&vhost, dir.path(), "bo-1", &["--kind", "child"]);
-    let first = wait_online(&parent, "bo-1");
+    let first = parent.wait_online(&["bo-1"]).remove(0);
     let id = agent_id(&first);
     let identity_file = dir.path().join("bo-1/identity.toml");
     let identity = std::fs::read_to_string(&identity_file).expect("identity.toml written");
