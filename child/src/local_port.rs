@@ -25,15 +25,13 @@ pub fn server_config(store: &CertStore) -> Result<Arc<ServerConfig>, String> {
     Ok(Arc::new(config))
 }
 
-/// Serves TLS on `port` until `shutdown`.
-pub async fn serve(store: CertStore, port: u16, mut shutdown: Shutdown) {
-    let config = match server_config(&store) {
-        Ok(config) => config,
-        Err(e) => {
-            warn!(error = %e, "cannot serve the local SSL port");
-            return;
-        }
-    };
+/// Serves TLS on `port` until `shutdown`, each handshake with the newest
+/// configuration `config` holds.
+pub async fn serve(
+    config: tokio::sync::watch::Receiver<Arc<ServerConfig>>,
+    port: u16,
+    mut shutdown: Shutdown,
+) {
     let listener = match tokio::net::TcpListener::bind(("0.0.0.0", port)).await {
         Ok(listener) => listener,
         Err(e) => {
@@ -45,7 +43,6 @@ pub async fn serve(store: CertStore, port: u16, mut shutdown: Shutdown) {
         port,
         "serving the SSL port for the children of this location"
     );
-    let acceptor = tokio_rustls::TlsAcceptor::from(config);
     let greeting = format!("fleetls-local-parent {} ok\n", env!("CARGO_PKG_VERSION"));
     loop {
         let (tcp, peer) = tokio::select! {
@@ -58,7 +55,7 @@ pub async fn serve(store: CertStore, port: u16, mut shutdown: Shutdown) {
                 }
             },
         };
-        let acceptor = acceptor.clone();
+        let acceptor = tokio_rustls::TlsAcceptor::from(config.borrow().clone());
         let greeting = greeting.clone();
         tokio::spawn(async move {
             match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {

@@ -18,6 +18,14 @@ pub enum RunError {
     Store(#[from] StoreError),
 }
 
+/// A local parent's SSL port while it serves.
+struct LocalPort {
+    /// Stops it when dropped with the agent (or fired).
+    _stop: crate::shutdown::Trigger,
+    /// The configuration the next handshake uses.
+    config: tokio::sync::watch::Sender<std::sync::Arc<rustls::ServerConfig>>,
+}
+
 /// A running child: its settings, identity and state.
 pub struct Agent {
     /// The checked configuration.
@@ -26,8 +34,8 @@ pub struct Agent {
     pub identity: Identity,
     /// Where it stands.
     pub state: std::sync::Mutex<State>,
-    /// Stops the local SSL port of a local parent, while it serves.
-    local_port: std::sync::Mutex<Option<crate::shutdown::Trigger>>,
+    /// The local SSL port of a local parent, while it serves.
+    local_port: std::sync::Mutex<Option<LocalPort>>,
     /// How a simulated child departs from a real one (set by the swarm;
     /// a real agent has none).
     pub quirks: Option<Box<dyn Quirks>>,
@@ -107,13 +115,30 @@ impl Agent {
             return;
         };
         let mut running = self.local_port.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(trigger) = running.take() {
-            if !restart {
-                *running = Some(trigger);
+        if let Some(port) = running.as_ref() {
+            // Serving already: a new certificate or revocation list applies
+            // from the next handshake on (the port is never closed, so no
+            // new listener races the old one for it).
+            if restart {
+                match crate::local_port::server_config(&store) {
+                    Ok(config) => {
+                        port.config.send_replace(config);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the local SSL port keeps its old certificates")
+                    }
+                }
+            }
+            return;
+        }
+        let config = match crate::local_port::server_config(&store) {
+            Ok(config) => config,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot serve the local SSL port");
                 return;
             }
-            trigger.fire();
-        }
+        };
+        let (config_tx, config_rx) = tokio::sync::watch::channel(config);
         let (trigger, own) = crate::shutdown::channel();
         let mut global = shutdown.clone();
         let (both_trigger, both) = crate::shutdown::channel();
@@ -125,8 +150,11 @@ impl Agent {
             }
             both_trigger.fire();
         });
-        tokio::spawn(crate::local_port::serve(store, port, both));
-        *running = Some(trigger);
+        tokio::spawn(crate::local_port::serve(config_rx, port, both));
+        *running = Some(LocalPort {
+            _stop: trigger,
+            config: config_tx,
+        });
     }
 
     /// Whether the certificate valid from `not_before` to `not_after`
