@@ -3,12 +3,18 @@
 //! not on the CA's revocation list when there is one.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateRevocationListDer;
 use rustls::server::danger::ClientCertVerifier;
 use rustls::server::WebPkiClientVerifier;
-use rustls::RootCertStore;
+use rustls::{RootCertStore, ServerConfig};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tracing::{debug, warn};
+
+use crate::shutdown::Shutdown;
 
 /// A verifier that requires a client certificate chaining to `roots` and
 /// refuses every certificate `crl_pem` (PEM, one or more CRLs) revokes.
@@ -34,4 +40,43 @@ pub fn client_verifier(
     builder
         .build()
         .map_err(|e| format!("client certificate verifier: {e}"))
+}
+
+/// Serves TLS on `listener` until `shutdown`: each connection gets a full
+/// handshake (client certificate required) with the newest configuration
+/// `config` holds — a new certificate or revocation list applies from the
+/// next handshake, the port is never closed —, then `greeting`, then the
+/// end. `what` names the port in the logs.
+pub async fn serve(
+    what: &'static str,
+    listener: TcpListener,
+    config: tokio::sync::watch::Receiver<Arc<ServerConfig>>,
+    greeting: String,
+    mut shutdown: Shutdown,
+) {
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = shutdown.wait() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    warn!(port = what, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let acceptor = tokio_rustls::TlsAcceptor::from(config.borrow().clone());
+        let greeting = greeting.clone();
+        tokio::spawn(async move {
+            match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                Ok(Ok(mut tls)) => {
+                    let _ = tls.write_all(greeting.as_bytes()).await;
+                    let _ = tls.shutdown().await;
+                }
+                Ok(Err(e)) => debug!(port = what, %peer, error = %e, "handshake refused"),
+                Err(_) => debug!(port = what, %peer, "handshake timed out"),
+            }
+        });
+    }
 }

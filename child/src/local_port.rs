@@ -4,11 +4,9 @@
 //! client certificate from the network's CA, like the parent's SSL port.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use rustls::ServerConfig;
-use tokio::io::AsyncWriteExt;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::certs::CertStore;
 use crate::shutdown::Shutdown;
@@ -30,7 +28,7 @@ pub fn server_config(store: &CertStore) -> Result<Arc<ServerConfig>, String> {
 pub async fn serve(
     config: tokio::sync::watch::Receiver<Arc<ServerConfig>>,
     port: u16,
-    mut shutdown: Shutdown,
+    shutdown: Shutdown,
 ) {
     let listener = match tokio::net::TcpListener::bind(("0.0.0.0", port)).await {
         Ok(listener) => listener,
@@ -44,28 +42,5 @@ pub async fn serve(
         "serving the SSL port for the children of this location"
     );
     let greeting = format!("fleetls-local-parent {} ok\n", env!("CARGO_PKG_VERSION"));
-    loop {
-        let (tcp, peer) = tokio::select! {
-            _ = shutdown.wait() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(_) => {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let acceptor = tokio_rustls::TlsAcceptor::from(config.borrow().clone());
-        let greeting = greeting.clone();
-        tokio::spawn(async move {
-            match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                Ok(Ok(mut tls)) => {
-                    let _ = tls.write_all(greeting.as_bytes()).await;
-                    let _ = tls.shutdown().await;
-                }
-                Ok(Err(e)) => debug!(%peer, error = %e, "local SSL port handshake refused"),
-                Err(_) => debug!(%peer, "local SSL port handshake timed out"),
-            }
-        });
-    }
+    fleetls_bus::tls::serve("local-parent-port", listener, config, greeting, shutdown).await
 }

@@ -4,14 +4,12 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{RootCertStore, ServerConfig};
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
-use tracing::{debug, info, warn};
+use tracing::info;
 
 use crate::shutdown::Shutdown;
 
@@ -86,44 +84,15 @@ pub async fn bind(port: u16) -> Result<TcpListener, SslPortError> {
         .map_err(|source| SslPortError::Bind { port, source })
 }
 
-/// Serves TLS on `listener` until `shutdown`: each connection gets a full
-/// handshake (client certificate required) and the greeting `greeting`.
-/// Each handshake uses the newest configuration `config` holds: a new
-/// revocation list or certificate applies at once, without closing the port.
+/// Serves the parent's SSL port on `listener` until `shutdown` (see
+/// [`fleetls_bus::tls::serve`]).
 pub async fn serve(
     listener: TcpListener,
     config: tokio::sync::watch::Receiver<Arc<ServerConfig>>,
     greeting: String,
-    mut shutdown: Shutdown,
+    shutdown: Shutdown,
 ) {
     let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
     info!(port, "SSL port listening");
-    loop {
-        let (tcp, peer) = tokio::select! {
-            _ = shutdown.wait() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    warn!(error = %e, "SSL port accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let acceptor = tokio_rustls::TlsAcceptor::from(config.borrow().clone());
-        let greeting = greeting.clone();
-        tokio::spawn(async move {
-            let handshake =
-                tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await;
-            match handshake {
-                Ok(Ok(mut tls)) => {
-                    let _ = tls.write_all(greeting.as_bytes()).await;
-                    let _ = tls.shutdown().await;
-                }
-                Ok(Err(e)) => debug!(%peer, error = %e, "SSL port handshake refused"),
-                Err(_) => debug!(%peer, "SSL port handshake timed out"),
-            }
-        });
-    }
-    info!(port, "SSL port closed");
+    fleetls_bus::tls::serve("ssl-port", listener, config, greeting, shutdown).await
 }

@@ -891,3 +891,95 @@ fn the_status_list_pages_through_a_big_network() {
     );
     assert_eq!(first_names(&browser), names);
 }
+
+#[test]
+fn the_console_shows_trust_and_accepts_a_pending_local_parent() {
+    require_browser();
+    let vhost = Vhost::new();
+    let dir = test_dir();
+    let parent = Parent::start(&vhost, dir.path(), &[]);
+    let _till = start_child(&vhost, dir.path(), "till-1", &[]);
+    let _lp = start_child(
+        &vhost,
+        dir.path(),
+        "lp-1",
+        &["--kind", "local-parent", "--location", "shop-1"],
+    );
+    let lp_id = wait_for(
+        "the local parent registered",
+        Duration::from_secs(60),
+        || parent.agent("lp-1")?["id"].as_str().map(str::to_owned),
+    );
+    wait_for("till-1 registered", Duration::from_secs(60), || {
+        parent.agent("till-1")
+    });
+    // A forged message to the parent: a security event.
+    let forged = std::process::Command::new("python3")
+        .arg(repo().join("tests/attacks/fleetls_attack.py"))
+        .args([
+            "send",
+            "--broker",
+            &vhost.url(),
+            "--exchange",
+            "fleetls.parent",
+        ])
+        .args(["--routing-key", "fleetls.parent", "--kind", "Heartbeat"])
+        .args([
+            "--fields",
+            r#"{"state": {"has_certificate": false, "ssl": false, "broker_tls": false}}"#,
+        ])
+        .args(["--from", &lp_id])
+        .output()
+        .expect("python3 runs");
+    assert!(forged.status.success(), "{forged:?}");
+    let network = wait_for("the event counted", Duration::from_secs(60), || {
+        let n = parent.status_json().ok()?["network"].clone();
+        (n["security_events"] == 1).then_some(n)
+    });
+    let token = std::fs::read_to_string(parent.data_dir.join("admin.token")).unwrap();
+    let driver = Driver::start(dir.path());
+    let browser = Browser::new(&driver);
+    browser.goto(&format!("http://{}/", parent.admin));
+    browser.wait_until("the login", Duration::from_secs(20), || {
+        (!browser.hidden("#login-view")).then_some(())
+    });
+    browser.type_into("#token", token.trim());
+    browser.click("#login-button");
+    browser.wait_text("#trust-pending", "1", Duration::from_secs(20));
+    assert_eq!(browser.text("#trust-events"), "1");
+    assert_eq!(browser.text("#trust-compromised"), "0");
+    assert_eq!(
+        browser.text("#signing-key"),
+        network["signing_key"].as_str().unwrap()
+    );
+    // The security events, as the API lists them.
+    browser.click("#btn-security");
+    let listed = browser.wait_until("the events listed", Duration::from_secs(20), || {
+        let text = browser.text("#security-list");
+        (!text.is_empty()).then_some(text)
+    });
+    assert!(
+        listed.contains("unsigned") && listed.contains("lp-1"),
+        "{listed}"
+    );
+    browser.click("#security-close");
+    // The pending local parent is accepted from its row.
+    let accept = format!("tr[data-id='{lp_id}'] button[data-action='accept']");
+    browser.wait_until("the Accept button", Duration::from_secs(20), || {
+        let there = browser.script(
+            "return !!document.querySelector(arguments[0])",
+            json!([accept]),
+        );
+        (there == true).then_some(())
+    });
+    browser.click(&accept);
+    wait_for("lp-1 accepted", Duration::from_secs(20), || {
+        (parent.agent("lp-1")?["admission"] == "accepted").then_some(())
+    });
+    browser.wait_text("#trust-pending", "0", Duration::from_secs(20));
+    assert!(
+        browser.console_errors().is_empty(),
+        "{:?}",
+        browser.console_errors()
+    );
+}
