@@ -14,6 +14,33 @@ pub struct ConfigFlag {
     pub config: Option<PathBuf>,
 }
 
+/// A fleetls program's command line: `--config` for every subcommand, and
+/// the subcommand `C`.
+#[derive(Debug, clap::Parser)]
+#[command(version)]
+pub struct Cli<C: clap::Subcommand> {
+    /// The config file.
+    #[command(flatten)]
+    pub config: ConfigFlag,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: C,
+}
+
+impl<C: clap::Subcommand> Cli<C> {
+    /// Parses this process's arguments as the program `name`, described by
+    /// `about` (a usage error exits with clap's message and code 2).
+    pub fn parse_as(name: &'static str, about: &'static str) -> Self {
+        use clap::{CommandFactory, FromArgMatches};
+        let matches = Self::command()
+            .name(name)
+            .bin_name(name)
+            .about(about)
+            .get_matches();
+        Self::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    }
+}
+
 /// Raw settings that come in layers: flags (and their variables) over a
 /// config file.
 pub trait Layered: Default {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::CertificateRevocationListDer;
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer};
 use rustls::server::danger::ClientCertVerifier;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
@@ -15,6 +15,24 @@ use tokio::net::TcpListener;
 use tracing::{debug, warn};
 
 use crate::shutdown::Shutdown;
+
+/// `sha256:` and the lowercase hex SHA-256 of `der` (a certificate): how
+/// fleetls names a CA an operator pins.
+pub fn fingerprint(der: &[u8]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, der);
+    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+/// Every certificate of a PEM text, DER; none at all is an error.
+pub fn pem_certs(pem: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(pem.as_bytes()).collect();
+    let certs = certs.map_err(|e| format!("unreadable PEM certificate: {e}"))?;
+    if certs.is_empty() {
+        return Err("no certificate in the PEM text".into());
+    }
+    Ok(certs)
+}
 
 /// A verifier that requires a client certificate chaining to `roots` and
 /// refuses every certificate `crl_pem` (PEM, one or more CRLs) revokes.

@@ -7,8 +7,6 @@ use std::path::{Path, PathBuf};
 use rcgen::{
     CertificateParams, DistinguishedName, DnType, KeyPair, SanType, PKCS_ECDSA_P256_SHA256,
 };
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::CertificateDer;
 use tracing::{info, warn};
 use uuid::Uuid;
 use x509_parser::prelude::{FromDer, X509Certificate};
@@ -16,22 +14,7 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 use crate::identity::write_atomic;
 use fleetls_proto::{AgentKind, CertificateIssued, CertificatesReady};
 
-/// `sha256:` and the lowercase hex SHA-256 of `der`.
-pub fn fingerprint(der: &[u8]) -> String {
-    let digest = ring::digest::digest(&ring::digest::SHA256, der);
-    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256:{hex}")
-}
-
-/// Every certificate of a PEM text.
-pub fn pem_certs(pem: &str) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(pem.as_bytes()).collect();
-    let certs = certs.map_err(|e| format!("unreadable PEM certificate: {e}"))?;
-    if certs.is_empty() {
-        return Err("no certificate in the PEM text".into());
-    }
-    Ok(certs)
-}
+pub use fleetls_bus::tls::{fingerprint, pem_certs};
 
 /// The files of `DIR/certs`.
 #[derive(Debug, Clone)]

@@ -1,21 +1,15 @@
 //! `fleetls-child`: parses flags, sets up logging and calls the library.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::Subcommand;
 use fleetls_child::config::{self, RawRun, RunConfig};
 
-/// A fleetls child agent: registers with the parent through RabbitMQ,
-/// heartbeats, and follows the parent through the switch to TLS.
-#[derive(Parser)]
-#[command(name = "fleetls-child", version)]
-struct Cli {
-    #[command(flatten)]
-    config: fleetls_bus::process::ConfigFlag,
-    #[command(subcommand)]
-    command: Command,
-}
+/// What `fleetls-child --help` says of it.
+const ABOUT: &str = "A fleetls child agent: registers with the parent through RabbitMQ, \
+heartbeats, and follows the parent through the switch to TLS";
+
+type Cli = fleetls_bus::process::Cli<Command>;
 
 #[derive(Subcommand)]
 enum Command {
@@ -25,23 +19,11 @@ enum Command {
     Swarm(fleetls_child::swarm::SwarmArgs),
     /// What is wrong with a TLS endpoint (the SSL port, a local parent, AMQPS),
     /// as this child sees it: its CA and its own certificate. Exit 4 on a problem.
-    Doctor {
-        /// HOST:PORT to check
-        target: String,
-        /// The child's data dir (certs/ca.pem, certs/agent.pem, certs/agent.key)
-        #[arg(long, env = "FLEETLS_DATA_DIR")]
-        data_dir: PathBuf,
-        /// Trust this CA file instead of DATA_DIR/certs/ca.pem
-        #[arg(long, env = "FLEETLS_CA")]
-        ca: Option<PathBuf>,
-        /// Print JSON
-        #[arg(long)]
-        json: bool,
-    },
+    Doctor(fleetls_doctor::DoctorArgs),
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_as("fleetls-child", ABOUT);
     let Some(runtime) = fleetls_bus::process::start() else {
         return ExitCode::FAILURE;
     };
@@ -67,27 +49,14 @@ fn main() -> ExitCode {
                     }
                 }
             }
-            Command::Doctor {
-                target,
-                data_dir,
-                ca,
-                json,
-            } => {
-                let report =
-                    fleetls_child::doctor::diagnose_child(&target, &data_dir, ca.as_deref()).await;
-                if json {
-                    println!(
-                        "{}",
-                        serde_json::to_string_pretty(&report).expect("a report serialises")
-                    );
-                } else {
-                    print!("{}", fleetls_child::doctor::render(&report));
-                }
-                if report.ok {
-                    ExitCode::SUCCESS
-                } else {
-                    ExitCode::from(4)
-                }
+            Command::Doctor(args) => {
+                let report = fleetls_child::doctor::diagnose_child(
+                    &args.target,
+                    &args.data_dir,
+                    args.ca.as_deref(),
+                )
+                .await;
+                fleetls_doctor::print(&report, args.json)
             }
             Command::Swarm(args) => {
                 let shutdown = fleetls_child::shutdown::on_signals();

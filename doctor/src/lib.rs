@@ -1344,6 +1344,40 @@ impl ResolvesClientCert for ClientResolver {
     }
 }
 
+/// The flags of `doctor` in both programs.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DoctorArgs {
+    /// HOST:PORT to check
+    pub target: String,
+    /// The data dir whose CA and certificate are used (the parent's or the child's)
+    #[arg(long, env = "FLEETLS_DATA_DIR")]
+    pub data_dir: std::path::PathBuf,
+    /// Trust this CA file instead of the data dir's
+    #[arg(long, env = "FLEETLS_CA")]
+    pub ca: Option<std::path::PathBuf>,
+    /// Print JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Prints a report (as JSON with `json`) and gives the exit code: 0 when
+/// no check failed, 4 when one did.
+pub fn print(report: &DoctorReport, json: bool) -> std::process::ExitCode {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(report).expect("a report serialises")
+        );
+    } else {
+        print!("{}", render(report));
+    }
+    if report.ok {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::from(4)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

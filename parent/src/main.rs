@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::Subcommand;
 use fleetls_parent::campaign::Kind;
 use fleetls_parent::client::ClientError;
 use fleetls_parent::client::{self, AdminTarget, Client};
@@ -11,16 +11,11 @@ use fleetls_parent::config::{self, RawServe, ServeConfig};
 use fleetls_parent::ops;
 use fleetls_parent::settings::SettingsChange;
 
-/// The fleetls parent agent: certificate authority, registry and switchover
-/// campaigns for a network of child agents that talk through RabbitMQ.
-#[derive(Parser)]
-#[command(name = "fleetls-parent", version)]
-struct Cli {
-    #[command(flatten)]
-    config: fleetls_bus::process::ConfigFlag,
-    #[command(subcommand)]
-    command: Command,
-}
+/// What `fleetls-parent --help` says of it.
+const ABOUT: &str = "The fleetls parent agent: certificate authority, registry and switchover \
+campaigns for a network of child agents that talk through RabbitMQ";
+
+type Cli = fleetls_bus::process::Cli<Command>;
 
 #[derive(Subcommand)]
 enum Command {
@@ -160,19 +155,7 @@ enum Command {
     },
     /// What is wrong with a TLS endpoint, in plain words (trusts the parent's
     /// CA, presents parent.pem/parent.key). Exit 4 when a problem is found.
-    Doctor {
-        /// HOST:PORT to check
-        target: String,
-        /// The parent's data dir
-        #[arg(long, env = "FLEETLS_DATA_DIR")]
-        data_dir: PathBuf,
-        /// Trust this CA file instead of DATA_DIR/certificates/ca.pem
-        #[arg(long)]
-        ca: Option<PathBuf>,
-        /// Print JSON
-        #[arg(long)]
-        json: bool,
-    },
+    Doctor(fleetls_doctor::DoctorArgs),
     /// Follow the newest campaign (or print its progress with --json).
     Campaign {
         #[command(flatten)]
@@ -407,7 +390,7 @@ fn print_out(text: &str) -> std::io::Result<()> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_as("fleetls-parent", ABOUT);
     let Some(runtime) = fleetls_bus::process::start() else {
         return ExitCode::FAILURE;
     };
@@ -573,36 +556,24 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             })
         }
-        Command::Doctor {
-            target,
-            data_dir,
-            ca,
-            json,
-        } => {
+        Command::Doctor(args) => {
             use fleetls_parent::layout::{CertFile, Layout};
-            let layout = Layout::new(&data_dir);
-            let ca = ca.unwrap_or_else(|| layout.certificate(CertFile::CaPem));
+            let layout = Layout::new(&args.data_dir);
+            let ca = args
+                .ca
+                .unwrap_or_else(|| layout.certificate(CertFile::CaPem));
             let (cert, key) = (
                 layout.certificate(CertFile::ParentPem),
                 layout.certificate(CertFile::ParentKey),
             );
             let report = fleetls_parent::doctor::diagnose_files(
-                &target,
+                &args.target,
                 &ca,
                 Some((&cert, &key)),
                 Default::default(),
             )
             .await;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{}", fleetls_parent::doctor::render(&report));
-            }
-            Ok(if report.ok {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(4)
-            })
+            Ok(fleetls_doctor::print(&report, args.json))
         }
         Command::Agents { action } => agents(action).await,
         Command::Revoke {

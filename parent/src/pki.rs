@@ -12,7 +12,6 @@ use rcgen::{
     IsCa, Issuer, KeyPair, KeyUsagePurpose, RevocationReason, RevokedCertParams, SanType,
     SerialNumber, PKCS_ECDSA_P256_SHA256,
 };
-use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 use time::{Duration, OffsetDateTime};
 use uuid::Uuid;
@@ -99,21 +98,11 @@ pub struct Pki {
     pub lifetime: Duration,
 }
 
-/// `sha256:` and the lowercase hex SHA-256 of `der`.
-pub fn fingerprint(der: &[u8]) -> String {
-    let digest = ring::digest::digest(&ring::digest::SHA256, der);
-    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256:{hex}")
-}
+pub use fleetls_bus::tls::fingerprint;
 
 /// Every certificate of a PEM text, DER.
 pub fn pem_certs(pem: &str) -> Result<Vec<CertificateDer<'static>>, PkiError> {
-    let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(pem.as_bytes()).collect();
-    let certs = certs.map_err(|e| PkiError::Invalid(format!("unreadable PEM certificate: {e}")))?;
-    if certs.is_empty() {
-        return Err(PkiError::Invalid("no certificate in the PEM text".into()));
-    }
-    Ok(certs)
+    fleetls_bus::tls::pem_certs(pem).map_err(PkiError::Invalid)
 }
 
 fn to_pem(der: &[u8]) -> String {

@@ -22,6 +22,7 @@ const PARENT_COMMANDS: &[&str] = &[
     "switch-broker",
     "without-ssl",
     "agents",
+    "revoke",
     "signing-key",
     "security",
     "broker-tls",
