@@ -15,6 +15,7 @@
 pub mod amqp;
 pub mod files;
 pub mod process;
+pub mod reconnect;
 pub mod seal;
 pub mod shutdown;
 pub mod tls;

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use fleetls_bus::reconnect::Ended;
 use fleetls_proto::{
     topology, Body, Csr, Directed, Envelope, Refused, RunStep, StepReport, StepSpec, SwitchReport,
     ToChild, ToParent,
@@ -14,8 +15,6 @@ use lapin::message::Delivery;
 use lapin::options::BasicAckOptions;
 use lapin::Connection;
 use tracing::{info, warn};
-
-pub use fleetls_bus::backoff;
 
 use crate::certs::CertStore;
 use crate::config::RunConfig;
@@ -31,57 +30,52 @@ pub async fn run(config: RunConfig, shutdown: Shutdown) -> Result<(), RunError> 
     let agent = Arc::new(Agent::open(config)?);
     info!(id = %agent.identity.id, name = %agent.identity.name, "child starting");
     agent.serve_local_port(&shutdown, false);
-    let mut attempt = 0u32;
-    let mut shutdown_wait = shutdown.clone();
     let name = topology::child_connection_name(&agent.identity.id);
-    while !shutdown.is_set() {
-        let opened = tokio::select! {
-            _ = shutdown_wait.wait() => break,
-            opened = async {
-                let connection = connect_agent(&agent, &name).await?;
-                let session = Session::open(&connection, &agent, shutdown.clone()).await;
-                Ok::<_, SessionError>((connection, session?))
-            } => opened,
-        };
-        match opened {
-            Ok((mut connection, mut session)) => {
-                attempt = 0;
-                info!("connected to the broker");
-                let result = loop {
-                    match session.run(&agent).await {
-                        Ok(Outcome::MoveTo(next, next_session)) => {
-                            // The new connection carries us now; only then close the old one.
-                            let _ = connection.close(200, "moved to AMQPS".into()).await;
-                            info!("moved to AMQPS; the plain connection is closed");
-                            connection = *next;
-                            session = *next_session;
-                        }
-                        Ok(Outcome::Stopped) => break Ok(()),
-                        Ok(Outcome::Reconnect) => {
-                            info!("reconnecting to the broker with the renewed certificate");
-                            break Err(SessionError::Renewed);
-                        }
-                        Err(e) => break Err(e),
-                    }
-                };
-                let _ = connection.close(200, "child stopping".into()).await;
-                match result {
-                    Ok(()) => break,
-                    Err(SessionError::Renewed) => continue,
-                    Err(e) => warn!(error = %e, "broker session ended; reconnecting"),
-                }
-            }
-            Err(e) => warn!(error = %e, attempt, "cannot reach the broker; retrying"),
-        }
-        let delay = backoff(attempt);
-        attempt = attempt.saturating_add(1);
-        tokio::select! {
-            _ = shutdown_wait.wait() => break,
-            _ = tokio::time::sleep(delay) => {}
-        }
-    }
+    fleetls_bus::reconnect::run("child", Duration::ZERO, shutdown.clone(), || {
+        let (agent, name, shutdown) = (agent.clone(), name.clone(), shutdown.clone());
+        async move { session(&agent, &name, shutdown).await }
+    })
+    .await;
     info!("child stopped");
     Ok(())
+}
+
+/// One broker session of the agent: connect (AMQPS once it moved there),
+/// run until it ends; after a move to AMQPS go on over the new connection.
+async fn session(agent: &Agent, name: &str, shutdown: Shutdown) -> Ended {
+    let mut stop = shutdown.clone();
+    let opened = tokio::select! {
+        _ = stop.wait() => return Ended::Stopped,
+        opened = async {
+            let connection = connect_agent(agent, name).await?;
+            let session = Session::open(&connection, agent, shutdown.clone()).await;
+            Ok::<_, SessionError>((connection, session?))
+        } => opened,
+    };
+    let (mut connection, mut session) = match opened {
+        Ok(opened) => opened,
+        Err(e) => return Ended::Unreachable(e.to_string()),
+    };
+    info!("connected to the broker");
+    let ended = loop {
+        match session.run(agent).await {
+            Ok(Outcome::MoveTo(next, next_session)) => {
+                // The new connection carries us now; only then close the old one.
+                let _ = connection.close(200, "moved to AMQPS".into()).await;
+                info!("moved to AMQPS; the plain connection is closed");
+                connection = *next;
+                session = *next_session;
+            }
+            Ok(Outcome::Stopped) => break Ended::Stopped,
+            Ok(Outcome::Reconnect) => {
+                info!("reconnecting to the broker with the renewed certificate");
+                break Ended::Again;
+            }
+            Err(e) => break Ended::Broke(e.to_string()),
+        }
+    };
+    let _ = connection.close(200, "child stopping".into()).await;
+    ended
 }
 
 /// Runs one test step and says how it went.

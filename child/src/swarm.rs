@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
-use crate::agent::{backoff, connect, connect_agent, Agent, Outcome, Quirks, Session};
+use crate::agent::{connect, connect_agent, Agent, Outcome, Quirks, Session};
 use crate::config::{RawRun, RunConfig};
 use crate::shutdown::Shutdown;
 use fleetls_proto::AgentKind;
@@ -268,98 +268,99 @@ async fn declare_on(connection: &Connection) -> Result<(), crate::agent::Session
 
 /// One connection and its children; reconnects them all when it fails.
 async fn run_group(n: usize, broker: String, agents: Vec<Arc<Agent>>, shutdown: Shutdown) {
+    let what = format!("swarm group {n}");
+    fleetls_bus::reconnect::run(&what, Duration::from_millis(500), shutdown.clone(), || {
+        let (broker, agents, shutdown) = (broker.clone(), agents.clone(), shutdown.clone());
+        async move { group_session(n, &broker, &agents, shutdown).await }
+    })
+    .await
+}
+
+/// One session of a group: its shared connection, each child's channel on
+/// it (or its own AMQPS connection), until the first child's session fails.
+async fn group_session(
+    n: usize,
+    broker: &str,
+    agents: &[Arc<Agent>],
+    shutdown: Shutdown,
+) -> fleetls_bus::reconnect::Ended {
+    use fleetls_bus::reconnect::Ended;
     let name = format!("fleetls-swarm:{n}");
-    let mut attempt = 0u32;
-    let mut wait = shutdown.clone();
-    while !shutdown.is_set() {
-        let connected = match connect(&broker, &name).await {
-            Ok(connection) => match declare_on(&connection).await {
-                Ok(()) => Some(connection),
-                Err(e) => {
-                    warn!(group = n, error = %e, "cannot declare the topology; retrying");
-                    let _ = connection.close(200, "swarm retrying".into()).await;
-                    None
-                }
-            },
+    let connection = match connect(broker, &name).await {
+        Ok(connection) => match declare_on(&connection).await {
+            Ok(()) => connection,
             Err(e) => {
-                warn!(group = n, error = %e, "cannot reach the broker; retrying");
+                let _ = connection.close(200, "swarm retrying".into()).await;
+                return Ended::Unreachable(format!("cannot declare the topology: {e}"));
+            }
+        },
+        Err(e) => return Ended::Unreachable(e.to_string()),
+    };
+    let connection = Arc::new(connection);
+    // Open the children's channels many at a time.
+    let mut opening = JoinSet::new();
+    let limit = Arc::new(tokio::sync::Semaphore::new(64));
+    for agent in agents {
+        let (agent, connection, shutdown, limit) = (
+            agent.clone(),
+            connection.clone(),
+            shutdown.clone(),
+            limit.clone(),
+        );
+        opening.spawn(async move {
+            let _permit = limit.acquire_owned().await;
+            // A child that moved to AMQPS has a connection of its own.
+            let moved = agent
+                .state
+                .lock()
+                .map(|s| s.broker_tls_uri.is_some())
+                .unwrap_or(false);
+            let own = if moved {
+                let name = fleetls_proto::topology::child_connection_name(&agent.identity.id);
+                Some(connect_agent(&agent, &name).await?)
+            } else {
                 None
+            };
+            let session = match &own {
+                Some(own) => Session::open(own, &agent, shutdown).await?,
+                None => Session::open_on(&connection, &agent, shutdown, false).await?,
+            };
+            Ok::<_, crate::agent::SessionError>((agent, session, own))
+        });
+    }
+    let mut sessions = JoinSet::new();
+    let mut opened = 0usize;
+    while let Some(result) = opening.join_next().await {
+        match result {
+            Ok(Ok((agent, session, own))) => {
+                opened += 1;
+                sessions.spawn(run_child(agent, session, own));
             }
-        };
-        if let Some(connection) = connected {
-            let connection = Arc::new(connection);
-            // Open the children's channels many at a time.
-            let mut opening = JoinSet::new();
-            let limit = Arc::new(tokio::sync::Semaphore::new(64));
-            for agent in &agents {
-                let (agent, connection, shutdown, limit) = (
-                    agent.clone(),
-                    connection.clone(),
-                    shutdown.clone(),
-                    limit.clone(),
-                );
-                opening.spawn(async move {
-                    let _permit = limit.acquire_owned().await;
-                    // A child that moved to AMQPS has a connection of its own.
-                    let moved = agent
-                        .state
-                        .lock()
-                        .map(|s| s.broker_tls_uri.is_some())
-                        .unwrap_or(false);
-                    let own = if moved {
-                        let name =
-                            fleetls_proto::topology::child_connection_name(&agent.identity.id);
-                        Some(connect_agent(&agent, &name).await?)
-                    } else {
-                        None
-                    };
-                    let session = match &own {
-                        Some(own) => Session::open(own, &agent, shutdown).await?,
-                        None => Session::open_on(&connection, &agent, shutdown, false).await?,
-                    };
-                    Ok::<_, crate::agent::SessionError>((agent, session, own))
-                });
-            }
-            let mut sessions = JoinSet::new();
-            let mut opened = 0usize;
-            while let Some(result) = opening.join_next().await {
-                match result {
-                    Ok(Ok((agent, session, own))) => {
-                        opened += 1;
-                        sessions.spawn(run_child(agent, session, own));
-                    }
-                    Ok(Err(e)) => warn!(group = n, error = %e, "cannot open a child's channel"),
-                    Err(e) => warn!(group = n, error = %e, "a channel task failed"),
-                }
-            }
-            if opened == agents.len() {
-                attempt = 0;
-                info!(group = n, children = opened, "swarm group connected");
-            }
-            // The first session to fail means the connection is gone.
-            while let Some(result) = sessions.join_next().await {
-                match result {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => {
-                        warn!(group = n, error = %e, "swarm group lost its connection; reconnecting");
-                        break;
-                    }
-                    Err(e) => warn!(group = n, error = %e, "a simulated child failed"),
-                }
-            }
-            sessions.abort_all();
-            let _ = connection.close(200, "swarm stopping".into()).await;
-        }
-        if shutdown.is_set() {
-            break;
-        }
-        let delay = backoff(attempt).max(Duration::from_millis(500));
-        attempt = attempt.saturating_add(1);
-        tokio::select! {
-            _ = wait.wait() => break,
-            _ = tokio::time::sleep(delay) => {}
+            Ok(Err(e)) => warn!(group = n, error = %e, "cannot open a child's channel"),
+            Err(e) => warn!(group = n, error = %e, "a channel task failed"),
         }
     }
+    if opened == agents.len() {
+        info!(group = n, children = opened, "swarm group connected");
+    }
+    // The first session to fail means the connection is gone.
+    let mut ended = Ended::Stopped;
+    while let Some(result) = sessions.join_next().await {
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                ended = Ended::Broke(format!("the group lost its connection: {e}"));
+                break;
+            }
+            Err(e) => warn!(group = n, error = %e, "a simulated child failed"),
+        }
+    }
+    sessions.abort_all();
+    let _ = connection.close(200, "swarm stopping".into()).await;
+    if opened == 0 && !shutdown.is_set() {
+        return Ended::Unreachable("no child's channel could be opened".into());
+    }
+    ended
 }
 
 #[cfg(test)]

@@ -16,7 +16,6 @@ use uuid::Uuid;
 pub use fleetls_bus::amqp::{
     amqp, confirm_channel, dead_letter, declare_topology, BusError as BrokerError,
 };
-pub use fleetls_bus::backoff;
 
 /// A message to send to one agent once the transaction is committed.
 #[derive(Debug, Clone)]

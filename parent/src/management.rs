@@ -157,12 +157,12 @@ pub async fn delete_agent_user(management: &Management, agent: &uuid::Uuid) -> R
     }
 }
 
-/// Closes every connection RabbitMQ holds for one agent (by its connection
-/// name, on every node and vhost); how many.
-pub async fn close_agent_connections(
+/// The connections RabbitMQ holds for one agent (by its connection name, on
+/// every node and vhost): their management names.
+pub async fn agent_connections(
     management: &Management,
     agent: &uuid::Uuid,
-) -> Result<usize, String> {
+) -> Result<Vec<String>, String> {
     let wanted = fleetls_proto::topology::child_connection_name(agent);
     let client = reqwest::Client::new();
     let list: Vec<serde_json::Value> = client
@@ -180,20 +180,25 @@ pub async fn close_agent_connections(
         .json()
         .await
         .map_err(|e| format!("unreadable answer from RabbitMQ management: {e}"))?;
+    Ok(list
+        .iter()
+        .filter(|c| c["client_properties"]["connection_name"] == wanted.as_str())
+        .filter_map(|c| c["name"].as_str().map(str::to_owned))
+        .collect())
+}
+
+/// Closes connections by their management names; one already gone counts
+/// as closed. How many.
+pub async fn close_connections(management: &Management, names: &[String]) -> Result<usize, String> {
+    let client = reqwest::Client::new();
     let mut closed = 0;
-    for connection in list {
-        if connection["client_properties"]["connection_name"] != wanted.as_str() {
-            continue;
-        }
-        let Some(name) = connection["name"].as_str() else {
-            continue;
-        };
+    for name in names {
         let mut url = reqwest::Url::parse(&management.base)
             .map_err(|e| format!("the management URL is not valid: {e}"))?;
         url.path_segments_mut()
             .map_err(|_| "the management URL cannot have a path".to_owned())?
             .pop_if_empty()
-            .extend(["api", "connections", name]);
+            .extend(["api", "connections", name.as_str()]);
         let response = client
             .delete(url)
             .basic_auth(&management.user, Some(&management.password))

@@ -893,10 +893,16 @@ async fn cut_off(app: &App, agent: &uuid::Uuid) -> Result<usize, OpError> {
     let Some(management) = &app.config.management else {
         return Ok(0);
     };
+    // Which connections first: deleting the user makes RabbitMQ close its
+    // connections itself, and the user must be gone before they are closed,
+    // or the agent could log in again in between.
+    let connections = crate::management::agent_connections(management, agent)
+        .await
+        .map_err(OpError::Unavailable)?;
     crate::management::delete_agent_user(management, agent)
         .await
         .map_err(OpError::Unavailable)?;
-    crate::management::close_agent_connections(management, agent)
+    crate::management::close_connections(management, &connections)
         .await
         .map_err(OpError::Unavailable)
 }

@@ -191,39 +191,33 @@ fn initial_settings(config: &ServeConfig) -> Result<SslSettings, ServeError> {
 }
 
 /// Connects, consumes, and reconnects after any broker failure until stopped.
-async fn broker_loop(app: &Arc<App>, mut shutdown: Shutdown) {
-    let mut attempt = 0u32;
-    while !shutdown.is_set() {
-        let session = tokio::select! {
-            _ = shutdown.wait() => break,
-            session = open_session(app) => session,
-        };
-        match session {
-            Ok((connection, channel, consumer, ops_channel)) => {
-                attempt = 0;
-                info!("connected to the broker, consuming {}", topology::PARENT);
-                app.set_channel(Some(ops_channel));
-                let result = consume(app, &channel, consumer, shutdown.clone()).await;
-                app.set_channel(None);
-                if let Err(e) = &result {
-                    warn!(error = %e, "broker session ended; reconnecting");
-                }
-                let _ = connection.close(200, "parent stopping".into()).await;
-                if result.is_ok() {
-                    break;
-                }
-            }
-            Err(e) => {
-                warn!(error = %e, attempt, "cannot reach the broker; retrying");
+async fn broker_loop(app: &Arc<App>, shutdown: Shutdown) {
+    use fleetls_bus::reconnect::{self, Ended};
+    reconnect::run("parent", Duration::ZERO, shutdown.clone(), || {
+        let (app, mut shutdown) = (app.clone(), shutdown.clone());
+        async move {
+            let session = tokio::select! {
+                _ = shutdown.wait() => return Ended::Stopped,
+                session = open_session(&app) => session,
+            };
+            let (connection, channel, consumer, ops_channel) = match session {
+                Ok(session) => session,
+                Err(e) => return Ended::Unreachable(e.to_string()),
+            };
+            info!("connected to the broker, consuming {}", topology::PARENT);
+            app.set_channel(Some(ops_channel));
+            let result = consume(&app, &channel, consumer, shutdown.clone()).await;
+            app.set_channel(None);
+            let _ = connection.close(200, "parent stopping".into()).await;
+            match result {
+                Ok(()) => Ended::Stopped,
+                // Moving to AMQPS: the next session opens there at once.
+                Err(SessionError::Reconnect) => Ended::Again,
+                Err(e) => Ended::Broke(e.to_string()),
             }
         }
-        let delay = broker::backoff(attempt);
-        attempt = attempt.saturating_add(1);
-        tokio::select! {
-            _ = shutdown.wait() => break,
-            _ = tokio::time::sleep(delay) => {}
-        }
-    }
+    })
+    .await
 }
 
 /// The connection, the consuming channel, its consumer, and a second
