@@ -85,6 +85,8 @@ pub enum Problem {
     Expired,
     /// A certificate is not valid yet.
     NotYetValid,
+    /// The server's certificate expires soon: renew it now.
+    ExpiresSoon,
     /// The server refused the client certificate.
     ClientCertRejected,
     /// The server wants a client certificate and none was given.
@@ -107,6 +109,7 @@ impl Problem {
             Problem::NameMismatch => "name_mismatch",
             Problem::Expired => "expired",
             Problem::NotYetValid => "not_yet_valid",
+            Problem::ExpiresSoon => "expires_soon",
             Problem::ClientCertRejected => "client_cert_rejected",
             Problem::ClientCertRequired => "client_cert_required",
             Problem::Other => "other",
@@ -1147,9 +1150,10 @@ fn check_chain(
             "validity",
             Problem::Expired,
             format!("expired: {}; it is now {now_text}", expired.join("; ")),
-            "renew the expired certificate (for fleetls: the parent's with `certs reset` and \
-             `certs generate`, an agent's with `certs send --all`); if it should not have expired \
-             yet, check the clock of this machine",
+            "renew the expired certificate (for fleetls: an agent's with `fleetls-parent certs \
+             renew --agent NAME`; the parent renews its own and the broker's itself — for RabbitMQ \
+             run `broker-tls --out DIR` again and clear its PEM cache); if it should not have \
+             expired yet, check the clock of this machine",
         );
     }
     if !early.is_empty() {
@@ -1168,6 +1172,33 @@ fn check_chain(
                 utc(leaf_to)
             ),
         );
+        // Within the last third of its life (at most 30 days before): still
+        // valid, but due — fleetls renews at two thirds, so this one missed it.
+        let leaf_from = leaf.validity().not_before.timestamp();
+        let warn_from = leaf_to - ((leaf_to - leaf_from) / 3).min(30 * 24 * 3600);
+        if now_secs >= warn_from {
+            report.fail(
+                "renewal",
+                Problem::ExpiresSoon,
+                format!(
+                    "the server's certificate expires {} — in {} — and was not renewed",
+                    utc(leaf_to),
+                    duration_text(leaf_to - now_secs)
+                ),
+                "renew it now: for the broker, `fleetls-parent broker-tls --out DIR` writes the \
+                 renewed files in place, then `rabbitmqctl eval 'ssl:clear_pem_cache().'`; for a \
+                 local parent, `fleetls-parent certs renew --agent NAME`",
+            );
+        }
+    }
+}
+
+/// A duration in seconds as days, hours or minutes, for a person.
+fn duration_text(seconds: i64) -> String {
+    match seconds.max(0) {
+        s if s >= 2 * 86_400 => format!("{} days", s / 86_400),
+        s if s >= 2 * 3_600 => format!("{} hours", s / 3_600),
+        s => format!("{} minutes", s / 60),
     }
 }
 

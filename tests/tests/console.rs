@@ -947,6 +947,9 @@ fn the_console_shows_trust_and_accepts_a_pending_local_parent() {
     browser.click("#login-button");
     browser.wait_text("#trust-pending", "1", Duration::from_secs(20));
     assert_eq!(browser.text("#trust-events"), "1");
+    // No certificate yet: nothing expires, nothing revoked.
+    assert_eq!(browser.text("#soonest-expiry"), "none");
+    assert_eq!(browser.text("#count-revoked"), "0");
     assert_eq!(browser.text("#trust-compromised"), "0");
     assert_eq!(
         browser.text("#signing-key"),

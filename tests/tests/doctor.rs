@@ -363,6 +363,33 @@ async fn an_expired_certificate_is_named_with_its_dates() {
 }
 
 #[tokio::test]
+async fn a_certificate_in_its_last_days_is_due_for_renewal() {
+    let ca = Ca::root("network CA");
+    // 90 days of life, 5 left: past two thirds, the last month.
+    let (cert, key) = ca.leaf("broker", &["127.0.0.1"], true, (-85, 5));
+    let port = Server::new(cert, key).start().await;
+    let report = doctor_at(port, &ca.pem, None).await;
+    assert_problems(&report, &[Problem::ExpiresSoon]);
+    let renewal = failed(&report, "renewal");
+    assert!(
+        renewal.detail.contains("in 4 days") || renewal.detail.contains("in 5 days"),
+        "{renewal:?}"
+    );
+    assert!(
+        renewal
+            .fix
+            .as_deref()
+            .unwrap_or("")
+            .contains("broker-tls --out"),
+        "{renewal:?}"
+    );
+    // With 60 of 90 days left it is fine.
+    let (cert, key) = ca.leaf("broker", &["127.0.0.1"], true, (-30, 60));
+    let port = Server::new(cert, key).start().await;
+    assert_problems(&doctor_at(port, &ca.pem, None).await, &[]);
+}
+
+#[tokio::test]
 async fn a_closed_port_is_refused() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();

@@ -506,6 +506,8 @@
     setText("ca-fingerprint", n.ca_fingerprint || "not generated");
     setText("ssl-port", n.ssl_port ? "listening on " + n.ssl_port : "closed");
     setText("signing-key", n.signing_key);
+    setText("soonest-expiry", n.soonest_expiry ? time(n.soonest_expiry * 1000) : "none");
+    setText("count-revoked", n.revoked_certificates);
     setText("trust-pending", n.pending);
     setText("trust-compromised", n.compromised);
     setText("trust-events", n.security_events);
@@ -668,6 +670,8 @@
       cell(r ? shortTime(r.finished_at || r.started_at) : "", "c-time",
         r ? time(r.finished_at || r.started_at) : ""),
       cell(agent.refusal, "c-refusal"),
+      cell(agent.certificate_not_after ? shortTime(agent.certificate_not_after * 1000) : "",
+        "c-expiry", agent.certificate_not_after ? time(agent.certificate_not_after * 1000) : ""),
       admissionCell(agent)
     );
     return tr;
