@@ -7,6 +7,8 @@ WORKDIR /src
 # Only what the workspace needs: the build context's target/ stays out.
 COPY Cargo.toml Cargo.lock ./
 COPY proto proto
+COPY bus bus
+COPY doctor doctor
 COPY parent parent
 COPY child child
 COPY tests tests

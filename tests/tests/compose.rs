@@ -313,3 +313,19 @@ fn the_programs_accept_every_command_line_and_variable() {
         }
     }
 }
+
+#[test]
+fn the_image_is_built_from_every_crate_of_the_workspace() {
+    let manifest = std::fs::read_to_string(fleetls_tests::repo().join("Cargo.toml")).unwrap();
+    let members: toml::Table = toml::from_str(&manifest).unwrap();
+    let members = members["workspace"]["members"].as_array().unwrap();
+    let dockerfile = std::fs::read_to_string(fleetls_tests::repo().join("Dockerfile")).unwrap();
+    for member in members {
+        let member = member.as_str().unwrap();
+        let line = format!("COPY {member} {member}");
+        assert!(
+            dockerfile.lines().any(|l| l.trim() == line),
+            "the Dockerfile does not copy the workspace member {member}: add `{line}`"
+        );
+    }
+}
