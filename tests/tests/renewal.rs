@@ -180,7 +180,10 @@ fn certificates_renew_twice_without_anyone_going_offline() {
     }
     let network = parent.status_json().unwrap()["network"].clone();
     let revoked = network["revoked_certificates"].as_u64().unwrap();
-    assert!(revoked >= 2 * all.len() as u64, "{network}");
+    // Each renewal revoked what it replaced: at least two for everyone but
+    // till-0, which renewed once, after it came back.
+    let at_least = 2 * (all.len() as u64 - 1) + 1;
+    assert!(revoked >= at_least, "{revoked} < {at_least}: {network}");
     assert!(network["soonest_expiry"].as_i64().is_some(), "{network}");
 
     // Verify passes for everyone, behind the local parent too.
