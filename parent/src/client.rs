@@ -183,8 +183,18 @@ pub fn status_table(status: &Status) -> String {
     }
     let _ = writeln!(
         out,
-        "{:<24} {:<12} {:<9} {:<14} {:<8} {:<9} {:<5} {:<5} {:<6} ID",
-        "NAME", "KIND", "VERSION", "LOCATION", "STATE", "ADMISSION", "CERT", "SSL", "AMQPS"
+        "{:<24} {:<12} {:<9} {:<14} {:<8} {:<9} {:<5} {:<5} {:<6} {:<19} {:<20} ID",
+        "NAME",
+        "KIND",
+        "VERSION",
+        "LOCATION",
+        "STATE",
+        "ADMISSION",
+        "CERT",
+        "SSL",
+        "AMQPS",
+        "RESULT",
+        "CAUSE"
     );
     let yes = |b: bool| if b { "yes" } else { "-" };
     // Whatever an agent sent about itself is printed without control
@@ -196,9 +206,21 @@ pub fn status_table(status: &Status) -> String {
         } else {
             a.admission.as_str()
         };
+        // The last test result and, when it did not pass, why.
+        let (result, cause) = match &a.last_result {
+            Some(r) => (
+                r.state.as_str(),
+                r.cause
+                    .as_deref()
+                    .or(r.ssl_port.as_ref().and_then(|s| s.cause.as_deref()))
+                    .or(r.cert_test.as_ref().and_then(|s| s.cause.as_deref()))
+                    .unwrap_or("-"),
+            ),
+            None => ("-", "-"),
+        };
         let _ = writeln!(
             out,
-            "{:<24} {:<12} {:<9} {:<14} {:<8} {:<9} {:<5} {:<5} {:<6} {}",
+            "{:<24} {:<12} {:<9} {:<14} {:<8} {:<9} {:<5} {:<5} {:<6} {:<19} {:<20} {}",
             safe(&a.name),
             a.kind.as_str(),
             safe(&a.version),
@@ -208,6 +230,8 @@ pub fn status_table(status: &Status) -> String {
             yes(a.has_certificate),
             yes(a.ssl),
             yes(a.broker_tls),
+            result,
+            safe(cause),
             a.id
         );
     }

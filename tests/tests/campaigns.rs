@@ -486,9 +486,29 @@ fn a_mixed_network_is_verified_and_every_child_counted_once() {
     // The table names the ones that did not pass, with their causes.
     let (code, table, _) = net.parent.cli(&["status"]);
     assert_eq!(code, 0);
-    for name in [FROZEN, BEHIND_LOCAL, OFFLINE] {
-        assert!(table.contains(name), "{table}");
-    }
+    let line = |name: &str| {
+        table
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no line for {name}:\n{table}"))
+            .to_owned()
+    };
+    let behind = line(BEHIND_LOCAL);
+    assert!(
+        behind.contains(" failed ") && behind.contains(" refused "),
+        "{table}"
+    );
+    assert!(line(FROZEN).contains(" did_not_participate "), "{table}");
+    assert!(line(OFFLINE).contains(" did_not_participate "), "{table}");
+    assert!(line(HEALTHY[0]).contains(" passed "), "{table}");
+    assert!(
+        table.lines().next().is_some_and(|l| l.contains("network:")),
+        "{table}"
+    );
+    assert!(
+        table.contains(" RESULT ") && table.contains(" CAUSE "),
+        "{table}"
+    );
     net.children[FROZEN].signal("CONT");
 }
 
