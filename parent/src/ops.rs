@@ -902,9 +902,25 @@ async fn cut_off(app: &App, agent: &uuid::Uuid) -> Result<usize, OpError> {
     crate::management::delete_agent_user(management, agent)
         .await
         .map_err(OpError::Unavailable)?;
-    crate::management::close_connections(management, &connections)
-        .await
-        .map_err(OpError::Unavailable)
+    // Close what is left; one RabbitMQ is closing already may answer an
+    // error, so what counts is that none is left within a few seconds.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let left = crate::management::agent_connections(management, agent)
+            .await
+            .map_err(OpError::Unavailable)?;
+        if left.is_empty() {
+            return Ok(connections.len());
+        }
+        let closed = crate::management::close_connections(management, &left).await;
+        if std::time::Instant::now() > deadline {
+            return Err(OpError::Unavailable(format!(
+                "the agent's broker connections are still open after 10 s ({}); run `revoke` again",
+                closed.err().unwrap_or_else(|| left.join(", "))
+            )));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
 }
 
 /// After `agents reject`: the rejected agents' own RabbitMQ users go (when
