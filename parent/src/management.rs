@@ -13,6 +13,9 @@ use crate::config::Management;
 pub struct BrokerConnection {
     /// `client_properties.connection_name`.
     pub name: String,
+    /// Management's own name of the connection (what closes it).
+    #[serde(default)]
+    pub id: String,
     /// The virtual host.
     pub vhost: String,
     /// Whether it uses TLS.
@@ -63,6 +66,7 @@ pub async fn connections(
     Ok(raw
         .into_iter()
         .map(|c| BrokerConnection {
+            id: c["name"].as_str().unwrap_or_default().to_owned(),
             name: c["client_properties"]["connection_name"]
                 .as_str()
                 .unwrap_or_default()
@@ -164,26 +168,11 @@ pub async fn agent_connections(
     agent: &uuid::Uuid,
 ) -> Result<Vec<String>, String> {
     let wanted = fleetls_proto::topology::child_connection_name(agent);
-    let client = reqwest::Client::new();
-    let list: Vec<serde_json::Value> = client
-        .get(format!("{}/api/connections", management.base))
-        .basic_auth(&management.user, Some(&management.password))
-        .timeout(std::time::Duration::from_secs(30))
-        .send()
-        .await
-        .map_err(|e| {
-            format!(
-                "RabbitMQ management at {} does not answer: {e}",
-                management.base
-            )
-        })?
-        .json()
-        .await
-        .map_err(|e| format!("unreadable answer from RabbitMQ management: {e}"))?;
-    Ok(list
-        .iter()
-        .filter(|c| c["client_properties"]["connection_name"] == wanted.as_str())
-        .filter_map(|c| c["name"].as_str().map(str::to_owned))
+    Ok(connections(management, None)
+        .await?
+        .into_iter()
+        .filter(|c| c.name == wanted && !c.id.is_empty())
+        .map(|c| c.id)
         .collect())
 }
 

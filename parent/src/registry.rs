@@ -491,14 +491,7 @@ impl Registry {
                 "UPDATE agents SET admission = ?2 WHERE id = ?1",
                 params![id_text, admission.as_str()],
             )?;
-            let key: Option<String> = tx
-                .query_row(
-                    "SELECT signing_key FROM agents WHERE id = ?1",
-                    params![id_text],
-                    |row| row.get(0),
-                )
-                .optional()?
-                .flatten();
+            let key = signing_key_of(tx, &id_text)?;
             match admission {
                 Admission::Rejected => {
                     if let Some(key) = key {
@@ -521,14 +514,7 @@ impl Registry {
     pub fn delete_agent(&self, id: &Uuid) -> Result<(), RegistryError> {
         self.with_tx(|tx| {
             let id_text = id.to_string();
-            let key: Option<String> = tx
-                .query_row(
-                    "SELECT signing_key FROM agents WHERE id = ?1",
-                    params![id_text],
-                    |row| row.get(0),
-                )
-                .optional()?
-                .flatten();
+            let key = signing_key_of(tx, &id_text)?;
             if let Some(key) = key {
                 ban_key(tx, &key, id, "deleted by an operator")?;
             }
@@ -554,14 +540,7 @@ impl Registry {
     /// agent cannot register again); how many certificates.
     pub fn revoke_agent(&self, agent: &Uuid, reason: &str) -> Result<usize, RegistryError> {
         self.with_tx(|tx| {
-            let key: Option<String> = tx
-                .query_row(
-                    "SELECT signing_key FROM agents WHERE id = ?1",
-                    params![agent.to_string()],
-                    |row| row.get(0),
-                )
-                .optional()?
-                .flatten();
+            let key = signing_key_of(tx, &agent.to_string())?;
             if let Some(key) = key {
                 ban_key(tx, &key, agent, &format!("revoked ({reason})"))?;
             }
@@ -716,6 +695,21 @@ pub fn revoke_certificates(
 
 /// A revoked certificate: its serial (hex), when (seconds) and why.
 pub type Revocation = (String, i64, String);
+
+/// The key pinned for an agent (`None`: unknown, or not pinned yet).
+fn signing_key_of(
+    tx: &rusqlite::Transaction<'_>,
+    id: &str,
+) -> Result<Option<String>, RegistryError> {
+    Ok(tx
+        .query_row(
+            "SELECT signing_key FROM agents WHERE id = ?1",
+            params![id],
+            |row| row.get::<_, Option<String>>(0),
+        )
+        .optional()?
+        .flatten())
+}
 
 /// Bans a key from registering again.
 pub(crate) fn ban_key(
