@@ -56,6 +56,27 @@ pub async fn obey(
     let limit = Duration::from_millis(left.max(1_000));
     let data_dir = agent.config.data_dir.clone();
     let uri = uri_for(cmd);
+    let already = agent
+        .state
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .broker_tls_uri
+        .as_deref()
+        == Some(uri.as_str());
+    if already {
+        // The order sent again (its report was not seen in time): this
+        // session is the AMQPS one already; say so over it.
+        let report = BrokerSwitchReport {
+            campaign: cmd.campaign,
+            tls: true,
+            protocol: Some("TLS".into()),
+            error: None,
+        };
+        plain
+            .send(agent, ToParent::BrokerSwitchReport(report), Some(re))
+            .await?;
+        return Ok(Obeyed::Done(Ok(())));
+    }
     let name = fleetls_proto::topology::child_connection_name(&agent.identity.id);
     let attempt = async {
         write_atomic(&broker_ca_path(&data_dir), cmd.ca_pem.as_bytes(), 0o644)

@@ -2,7 +2,7 @@
 //! key it signs with and its trust in the parent, kept in its data dir.
 
 use fleetls_bus::seal::SigningKey;
-use fleetls_proto::{AgentState, Hello, StepSpec, ToParent};
+use fleetls_proto::{AgentState, Hello, StepReport, StepSpec, ToParent};
 
 use crate::certs::CertStore;
 use crate::config::RunConfig;
@@ -46,6 +46,44 @@ pub struct Agent {
     pub key: SigningKey,
     /// Which commands it obeys.
     pub trust: Trust,
+    /// The last steps it ran: a step sent again is answered from here.
+    pub steps_done: StepMemory,
+}
+
+/// The last few steps an agent ran, with their reports. The parent's
+/// commands are transient and sent again when no answer came in time (or
+/// after a reconnect), so the same step may arrive twice: the second copy
+/// is answered with the first result instead of being run again. A step is
+/// the same when campaign, step and deadline are (a retry the parent means
+/// to be run has a new deadline).
+#[derive(Debug, Default)]
+pub struct StepMemory(std::sync::Mutex<std::collections::VecDeque<(StepKey, StepReport)>>);
+
+type StepKey = (uuid::Uuid, fleetls_proto::Step, u64);
+
+impl StepMemory {
+    /// How many steps are remembered (a campaign has two per child).
+    const KEEP: usize = 4;
+
+    fn key(run: &fleetls_proto::RunStep) -> StepKey {
+        (run.campaign, run.step.step(), run.deadline)
+    }
+
+    /// The report of `run` if it was run already.
+    pub fn recall(&self, run: &fleetls_proto::RunStep) -> Option<StepReport> {
+        let key = Self::key(run);
+        let done = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        done.iter().find(|(k, _)| *k == key).map(|(_, r)| r.clone())
+    }
+
+    /// Keeps the report of `run`.
+    pub fn remember(&self, run: &fleetls_proto::RunStep, report: &StepReport) {
+        let mut done = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if done.len() == Self::KEEP {
+            done.pop_front();
+        }
+        done.push_back((Self::key(run), report.clone()));
+    }
 }
 
 /// How a simulated child departs from a real one, for load tests and
@@ -84,6 +122,7 @@ impl Agent {
             last_renewal: std::sync::Mutex::new(None),
             key,
             trust,
+            steps_done: StepMemory::default(),
         })
     }
 

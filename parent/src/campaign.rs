@@ -449,6 +449,33 @@ pub fn tick(
             }
         }
     }
+    if judge {
+        // Commands are transient: a step not answered by half its time is
+        // sent once more (the child answers a duplicate from what it did).
+        let mut late = tx.prepare_cached(
+            "UPDATE campaign_children SET nudged = 1
+             WHERE campaign = ?1 AND state = 'acting' AND nudged = 0
+                 AND step_deadline > ?2 AND step_deadline - ?2 <= ?3 / 2
+             RETURNING agent, step, target_host, target_port, step_deadline",
+        )?;
+        let rows = late.query_map(params![id, now, step_timeout], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, String>(2)?,
+                row.get::<_, u16>(3)?,
+                row.get::<_, i64>(4)?,
+            ))
+        })?;
+        for row in rows {
+            let (agent, step, host, port, step_deadline) = row?;
+            if let Ok(agent) = agent.parse() {
+                result
+                    .outgoing
+                    .push(command(agent, &step, host, port, step_deadline as u64));
+            }
+        }
+    }
     let acting: i64 = tx.query_row(
         "SELECT count(*) FROM campaign_children WHERE campaign = ?1 AND state = 'acting'",
         params![id],
@@ -525,6 +552,39 @@ pub fn tick(
     )?
     .map(|d| d.min(deadline) as u64);
     Ok(result)
+}
+
+/// The command an agent is owed by the running campaign: the step it is
+/// acting on, with its deadline, while that deadline has not passed (sent
+/// again after the agent's Hello: the first copy may have been lost).
+pub fn acting_command(
+    tx: &Transaction<'_>,
+    agent: Uuid,
+) -> Result<Option<Outgoing>, RegistryError> {
+    let Some(campaign) = running(tx)? else {
+        return Ok(None);
+    };
+    let row: Option<(String, String, u16, i64, Option<String>)> = tx
+        .query_row(
+            "SELECT cc.step, cc.target_host, cc.target_port, cc.step_deadline, c.params
+             FROM campaign_children cc JOIN campaigns c ON c.id = cc.campaign
+             WHERE cc.campaign = ?1 AND cc.agent = ?2 AND cc.state = 'acting' AND cc.step_deadline > ?3",
+            params![campaign.to_string(), agent.to_string(), fleetls_proto::now_ms() as i64],
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?)),
+        )
+        .optional()?;
+    Ok(row.map(|(step, host, port, deadline, broker)| {
+        let broker: Option<BrokerSwitchParams> = broker.and_then(|b| serde_json::from_str(&b).ok());
+        command(
+            agent,
+            campaign,
+            &step,
+            host,
+            port,
+            deadline as u64,
+            broker.as_ref(),
+        )
+    }))
 }
 
 /// The command for `step` of a campaign's child.
@@ -697,7 +757,7 @@ pub fn on_report(
     if report.ok && report.step == Step::CertTest {
         let step_deadline = now + step_timeout;
         tx.execute(
-            "UPDATE campaign_children SET step = 'ssl-port', step_deadline = ?3, message = ?4
+            "UPDATE campaign_children SET step = 'ssl-port', step_deadline = ?3, message = ?4, nudged = 0
              WHERE campaign = ?1 AND agent = ?2",
             params![campaign, agent_text, step_deadline, report.message],
         )?;
@@ -993,6 +1053,71 @@ mod tests {
             causes,
             [None, Some("timeout".into()), Some("timeout".into())]
         );
+    }
+
+    #[test]
+    fn an_unanswered_step_is_sent_once_more_at_half_time_and_after_a_hello() {
+        let registry = registry();
+        let enrolled = children(2);
+        let (slow, other) = (enrolled[0].agent, enrolled[1].agent);
+        let id = start(&registry, Kind::Verify, 2, &enrolled);
+        let first = turn(&registry, id, ONLINE, false);
+        let deadline_of = |out: &Outgoing| match &out.body {
+            ToChild::RunStep(run) => run.deadline,
+            other => panic!("not a step: {other:?}"),
+        };
+        let sent = deadline_of(&first.outgoing[0]);
+        // Before half the step time nothing is sent again.
+        assert!(turn(&registry, id, ONLINE, false).outgoing.is_empty());
+        // Half the step time (60 s) has passed for the slow child only.
+        registry
+            .with_tx(|tx| {
+                tx.execute(
+                    "UPDATE campaign_children SET step_deadline = ?3 WHERE campaign = ?1 AND agent = ?2",
+                    params![id.to_string(), slow.to_string(), fleetls_proto::now_ms() as i64 + 20_000],
+                )?;
+                Ok(())
+            })
+            .unwrap();
+        let nudge = turn(&registry, id, ONLINE, false);
+        assert_eq!(agents_of(&nudge.outgoing), [slow]);
+        assert!(
+            deadline_of(&nudge.outgoing[0]) < sent,
+            "the same, earlier deadline"
+        );
+        // Once only.
+        assert!(turn(&registry, id, ONLINE, false).outgoing.is_empty());
+        // After a Hello, each acting child is owed its current step.
+        let owed = registry
+            .with_tx(|tx| acting_command(tx, other))
+            .unwrap()
+            .expect("the other child is acting");
+        assert_eq!(deadline_of(&owed), sent);
+        // Step 2 starts afresh: it may be nudged again.
+        let next = report(&registry, id, slow, Step::CertTest, true);
+        assert!(matches!(
+            &next[0].body,
+            ToChild::RunStep(RunStep {
+                step: StepSpec::SslPort { .. },
+                ..
+            })
+        ));
+        let nudged: i64 = registry
+            .with_db(|db| {
+                Ok(db.query_row(
+                    "SELECT nudged FROM campaign_children WHERE agent = ?1",
+                    params![slow.to_string()],
+                    |r| r.get(0),
+                )?)
+            })
+            .unwrap();
+        assert_eq!(nudged, 0);
+        // An ended child, or one whose step deadline passed, is owed nothing.
+        report(&registry, id, slow, Step::SslPort, true);
+        assert!(registry
+            .with_tx(|tx| acting_command(tx, slow))
+            .unwrap()
+            .is_none());
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub mod inbound;
 pub mod layout;
 pub mod management;
 pub mod ops;
+pub mod owed;
 pub mod pki;
 pub mod registry;
 pub mod service;

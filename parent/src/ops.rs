@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use fleetls_proto::{AgentKind, CertificatesReady, ToChild};
+use fleetls_proto::AgentKind;
 use serde::{Deserialize, Serialize};
 
 use crate::app::App;
@@ -207,28 +207,9 @@ pub struct SendReport {
     pub unroutable: Vec<String>,
 }
 
-/// Where a child tests its SSL connection: its location's local parent if
-/// there is one, else the parent.
-pub fn ssl_target(agent: &Agent, agents: &[Agent], settings: &SslSettings) -> (String, u16) {
-    if agent.kind == AgentKind::Child {
-        let local = agents.iter().find(|a| {
-            a.kind == AgentKind::LocalParent
-                && a.admission == crate::registry::Admission::Accepted
-                && a.location.is_some()
-                && a.location == agent.location
-        });
-        if let Some(local) = local {
-            let host = local.hostnames.first().or(local.ips.first());
-            if let Some(host) = host {
-                return (host.clone(), settings.local_parent_port);
-            }
-        }
-    }
-    (settings.ssl_host(), settings.port)
-}
-
-/// `certs send` ("Send information"): queues `CertificatesReady` for every
-/// eligible child, online or not (it waits in the child's queue).
+/// `certs send` ("Send information"): sends `CertificatesReady` to every
+/// eligible child, online or not, and records it as owed: a child that is
+/// offline now gets it after its next Hello (`crate::owed`).
 pub async fn certs_send(app: &App, request: &SendRequest) -> Result<SendReport, OpError> {
     let pki = app.pki().ok_or_else(|| {
         OpError::Refused(
@@ -270,22 +251,18 @@ pub async fn certs_send(app: &App, request: &SendRequest) -> Result<SendReport, 
             report.already_have_certificate += 1;
             continue;
         }
-        let (ssl_host, ssl_port) = ssl_target(agent, &agents, &settings);
-        let body = ToChild::CertificatesReady(CertificatesReady {
-            ca_chain_pem: pki.ca_chain_pem.clone(),
-            ca_fingerprint: pki.root_fingerprint.clone(),
-            ssl_host,
-            ssl_port,
-            serve_port: (agent.kind == AgentKind::LocalParent)
-                .then_some(settings.local_parent_port),
-            renew: request.renew,
-        });
         messages.push(crate::broker::Outgoing {
             agent: agent.id,
-            body,
+            body: crate::owed::certificates_ready(&pki, agent, &agents, &settings, request.renew),
             re: None,
         });
     }
+    // The registry is the record: what is not settled is sent again.
+    let owed: Vec<uuid::Uuid> = messages.iter().map(|m| m.agent).collect();
+    let renew = request.renew;
+    app.registry
+        .with_tx(|tx| crate::owed::owe_certificates(tx, &owed, renew))
+        .map_err(internal)?;
     report.queued = messages.len();
     crate::broker::send_all(&channel, &app.signing_key, messages)
         .await
@@ -498,7 +475,7 @@ pub async fn start_campaign(
             plan.at_risk.push(format!("{} ({why})", a.name));
         }
         plan.children.push(a.name.clone());
-        let (host, port) = ssl_target(a, &agents, &settings);
+        let (host, port) = crate::owed::ssl_target(a, &agents, &settings);
         children.push(Enrolment {
             agent: a.id,
             host,

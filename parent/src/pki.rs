@@ -85,6 +85,9 @@ pub struct Issued {
     pub not_after: i64,
     /// What the CSR asked for and did not get.
     pub ignored: Vec<String>,
+    /// `sha256:HEX` of the certificate's public key: a second CSR on the
+    /// same key gets this certificate again instead of a new one.
+    pub key: String,
 }
 
 /// The loaded CA.
@@ -406,6 +409,7 @@ impl Pki {
         }
         let sans = sans(&allowed_names, &allowed_ips).map_err(|e| e.to_string())?;
         let (params, serial, not_after) = leaf_params(&agent_id, sans, ekus, self.lifetime);
+        let key = fingerprint(rcgen::PublicKeyData::der_bytes(&csr.public_key));
         let signed = CertificateSigningRequestParams {
             params,
             public_key: csr.public_key,
@@ -418,6 +422,7 @@ impl Pki {
             subject: agent_id,
             not_after: not_after.unix_timestamp(),
             ignored,
+            key,
         })
     }
 }
@@ -499,6 +504,7 @@ impl Pki {
                 subject: agent_id,
                 not_after: not_after.unix_timestamp(),
                 ignored: Vec::new(),
+                key: fingerprint(rcgen::PublicKeyData::der_bytes(&key)),
             },
             key.serialize_pem(),
         ))

@@ -319,10 +319,10 @@ pub const LAST_ENROLMENT: &str = "LEFT JOIN campaign_children l ON l.rowid = (
     LEFT JOIN campaigns lt ON lt.id = l.campaign";
 
 /// The schema version this build writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// Each step takes the registry from version `i` to `i + 1`.
-const MIGRATIONS: [&str; 3] = [
+const MIGRATIONS: [&str; 4] = [
     // 0 → 1: the registry of release 1.0 (no version recorded).
     "",
     // 1 → 2: trust. Agents registered before are accepted (they were
@@ -359,6 +359,19 @@ const MIGRATIONS: [&str; 3] = [
          id INTEGER PRIMARY KEY CHECK (id = 1),
          number INTEGER NOT NULL
      );",
+    // 3 → 4: the registry is the record, the broker the wire. Commands are
+    // transient, so what an agent is owed is kept here: certificate
+    // information sent and not yet settled (`crate::owed`), the key each
+    // certificate was issued for (a CSR on the same key gets the same
+    // certificate back), and whether a campaign step was sent again.
+    "CREATE TABLE IF NOT EXISTS owed_certificates (
+         agent_id TEXT PRIMARY KEY,
+         renew INTEGER NOT NULL,
+         since INTEGER NOT NULL,
+         sent_at INTEGER NOT NULL
+     );
+     ALTER TABLE certificates ADD COLUMN key_sha256 TEXT;
+     ALTER TABLE campaign_children ADD COLUMN nudged INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// Brings the registry to [`SCHEMA_VERSION`], one step per transaction; a
@@ -521,6 +534,7 @@ impl Registry {
             revoke_certificates(tx, id, "cessation-of-operation")?;
             for (table, column) in [
                 ("refusals", "agent_id"),
+                ("owed_certificates", "agent_id"),
                 ("step_results", "agent"),
                 ("campaign_children", "agent"),
                 ("agents", "id"),
@@ -609,7 +623,9 @@ impl Registry {
     /// Forgets every certificate record (for `certs reset`).
     pub fn forget_certificates(&self) -> Result<(), RegistryError> {
         let db = self.lock();
-        db.execute_batch("DELETE FROM certificates; DELETE FROM refusals;")?;
+        db.execute_batch(
+            "DELETE FROM certificates; DELETE FROM refusals; DELETE FROM owed_certificates;",
+        )?;
         self.mark_changed();
         Ok(())
     }
@@ -617,15 +633,16 @@ impl Registry {
     /// Records a certificate the parent issued without a CSR (export).
     pub fn record_certificate(&self, agent: Uuid, issued: &Issued) -> Result<(), RegistryError> {
         self.lock().execute(
-            "INSERT INTO certificates (serial, agent_id, subject, not_after, issued_at, csr_message, chain_pem)
-             VALUES (?1, ?2, ?3, ?4, ?5, NULL, ?6)",
+            "INSERT INTO certificates (serial, agent_id, subject, not_after, issued_at, csr_message, chain_pem, key_sha256)
+             VALUES (?1, ?2, ?3, ?4, ?5, NULL, ?6, ?7)",
             params![
                 issued.serial,
                 agent.to_string(),
                 issued.subject,
                 issued.not_after,
                 fleetls_proto::now_ms() as i64,
-                issued.chain_pem
+                issued.chain_pem,
+                issued.key
             ],
         )?;
         Ok(())
@@ -654,6 +671,19 @@ impl Registry {
         let db = self.lock();
         let mut stmt = db.prepare_cached(&format!("{SELECT_AGENT} ORDER BY name, id"))?;
         let rows = stmt.query_map([], row_to_agent)?;
+        let mut agents = Vec::new();
+        for row in rows {
+            agents.push(row??);
+        }
+        Ok(agents)
+    }
+
+    /// Every agent of one kind, ordered by name.
+    pub fn agents_of_kind(&self, kind: AgentKind) -> Result<Vec<Agent>, RegistryError> {
+        let db = self.lock();
+        let mut stmt =
+            db.prepare_cached(&format!("{SELECT_AGENT} WHERE kind = ?1 ORDER BY name, id"))?;
+        let rows = stmt.query_map(params![kind.as_str()], row_to_agent)?;
         let mut agents = Vec::new();
         for row in rows {
             agents.push(row??);

@@ -132,6 +132,7 @@ pub async fn serve(
     }
     let engine = tokio::spawn(crate::engine::run(app.clone(), shutdown.clone()));
     tokio::spawn(renew_own(app.clone(), shutdown.clone()));
+    tokio::spawn(crate::owed::run(app.clone(), shutdown.clone()));
     let admin = tokio::spawn(crate::admin::run(listener, app.clone(), shutdown.clone()));
     if let Some(ready) = ready {
         let _ = ready.send(admin_addr);
@@ -425,10 +426,12 @@ async fn handle_batch(
             app.metrics.dead_lettered.fetch_add(1, Relaxed);
             broker::dead_letter(channel, &delivery.data, &delivery.properties, reason).await?;
         }
-        app.metrics
-            .sent
-            .fetch_add(applied.outgoing.len() as u64, Relaxed);
-        broker::send_all(channel, &app.signing_key, applied.outgoing).await?;
+        let mut outgoing = applied.outgoing;
+        // Commands are transient: a reconnected agent is sent again what
+        // the registry says it is still owed.
+        outgoing.extend(crate::owed::on_hello(app, applied.greeted).await);
+        app.metrics.sent.fetch_add(outgoing.len() as u64, Relaxed);
+        broker::send_all(channel, &app.signing_key, outgoing).await?;
         if applied.revoked {
             if let Err(e) = app.refresh_crl().await {
                 warn!(error = %e, "the revocation list cannot be signed again");

@@ -23,6 +23,12 @@ pub const PROTOCOL_VERSION: u16 = 1;
 /// The AMQP `content_type` of every fleetls message.
 pub const CONTENT_TYPE: &str = "application/msgpack";
 
+/// The longest a command waits in an agent's queue (its `expiration` when
+/// it has no deadline of its own), and how much older than the newest
+/// command a child obeyed a command may be: ten minutes. Past that the
+/// parent sends what is still owed again, from its registry.
+pub const COMMAND_TTL_MS: u64 = 10 * 60 * 1000;
+
 /// Names of the broker objects of the design's topology.
 pub mod topology {
     /// Exchange (direct) and queue for every child → parent message.
