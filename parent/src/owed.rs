@@ -178,12 +178,18 @@ pub async fn on_hello(app: &Arc<App>, agents: Vec<Uuid>) -> Vec<Outgoing> {
     }
 }
 
-/// Certificate information overdue for online, accepted agents.
-async fn overdue(app: &Arc<App>) -> Result<Vec<Outgoing>, RegistryError> {
+/// Certificate information overdue for online, accepted agents: sent
+/// more than [`RESEND_AFTER`] ago, or at all when `all` (after a start: a
+/// parent stopped in the middle of a send does not know what went out).
+async fn overdue(app: &Arc<App>, all: bool) -> Result<Vec<Outgoing>, RegistryError> {
     let registry = app.registry.clone();
     let now = fleetls_proto::now_ms() as i64;
     let online_since = now - app.config.offline_after.as_millis() as i64;
-    let sent_before = now - RESEND_AFTER.as_millis() as i64;
+    let sent_before = if all {
+        i64::MAX
+    } else {
+        now - RESEND_AFTER.as_millis() as i64
+    };
     let due = tokio::task::spawn_blocking(move || {
         registry.with_tx(|tx| {
             let ids: Vec<(String, bool)> = {
@@ -191,7 +197,7 @@ async fn overdue(app: &Arc<App>) -> Result<Vec<Outgoing>, RegistryError> {
                     "SELECT o.agent_id, o.renew FROM owed_certificates o
                      JOIN agents a ON a.id = o.agent_id
                      WHERE o.sent_at < ?1 AND a.last_seen >= ?2 AND a.admission = 'accepted'
-                     ORDER BY o.sent_at LIMIT 5000",
+                     ORDER BY o.sent_at LIMIT 20000",
                 )?;
                 let rows = stmt.query_map(params![sent_before, online_since], |row| {
                     Ok((row.get(0)?, row.get(1)?))
@@ -291,17 +297,24 @@ fn local_parents(app: &App) -> Result<Vec<Agent>, RegistryError> {
 }
 
 /// Sends overdue certificate information every [`SWEEP_EVERY`] until
-/// `shutdown`.
+/// `shutdown`; the first time it is connected, everything still owed.
 pub async fn run(app: Arc<App>, mut shutdown: Shutdown) {
+    let mut started = true;
     loop {
+        let wait = if started {
+            Duration::from_secs(1)
+        } else {
+            SWEEP_EVERY
+        };
         tokio::select! {
             _ = shutdown.wait() => return,
-            _ = tokio::time::sleep(SWEEP_EVERY) => {}
+            _ = tokio::time::sleep(wait) => {}
         }
         let Some(channel) = app.channel() else {
             continue;
         };
-        match overdue(&app).await {
+        let all = std::mem::take(&mut started);
+        match overdue(&app, all).await {
             Ok(due) if due.is_empty() => {}
             Ok(due) => {
                 debug!(
