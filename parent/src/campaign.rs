@@ -207,6 +207,100 @@ pub struct BrokerSwitchParams {
     pub ca_pem: String,
     /// How children authenticate.
     pub auth: fleetls_proto::BrokerAuth,
+    /// The most children that may open AMQPS connections at once (the
+    /// operator's `--concurrency`): the window starts small and grows up
+    /// to this while the broker keeps pace ([`adapt_window`]). `None`
+    /// (a campaign of an older release): the window stays as it is.
+    #[serde(default)]
+    pub ceiling: Option<usize>,
+}
+
+/// Where a broker switch's window starts: a few connections, to learn how
+/// long one takes when the broker is not busy.
+pub const BROKER_SWITCH_FIRST_WINDOW: usize = 8;
+
+/// What a broker switch has learnt about the broker's pace, kept by the
+/// engine between turns (after a restart it learns again, from the window
+/// the registry holds).
+#[derive(Debug, Default, Clone)]
+pub struct Pace {
+    /// The campaign it is about.
+    campaign: Option<Uuid>,
+    /// The quickest median time from order to report seen, ms.
+    baseline_ms: Option<i64>,
+    /// Children that finished at or before this (ms) were counted already.
+    since: i64,
+}
+
+/// Adjusts the window of a running broker switch from how long its
+/// children take, order to report (an AMQPS connection opened with a TLS
+/// handshake, a consumer and a report over it): once enough children
+/// finished since the last change, it grows by half while their median
+/// stays within twice the quickest median seen, halves when it passes four
+/// times that, and holds between. Never above the ceiling, never below 1.
+/// Returns the new window when it changed.
+pub fn adapt_window(
+    tx: &Transaction<'_>,
+    id: Uuid,
+    pace: &mut Pace,
+) -> Result<Option<usize>, RegistryError> {
+    let (kind, window, params): (Kind, i64, Option<String>) = tx.query_row(
+        "SELECT kind, window, params FROM campaigns WHERE id = ?1",
+        params![id.to_string()],
+        |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+    )?;
+    let ceiling = params
+        .and_then(|p| serde_json::from_str::<BrokerSwitchParams>(&p).ok())
+        .and_then(|p| p.ceiling);
+    let (Kind::SwitchBroker, Some(ceiling)) = (kind, ceiling) else {
+        return Ok(None);
+    };
+    if pace.campaign != Some(id) {
+        *pace = Pace {
+            campaign: Some(id),
+            ..Pace::default()
+        };
+    }
+    let (mut took, mut last) = (Vec::new(), pace.since);
+    {
+        let mut stmt = tx.prepare_cached(
+            "SELECT finished_at - started_at, finished_at FROM campaign_children
+             WHERE campaign = ?1 AND state IN ('passed', 'failed') AND finished_at > ?2
+                 AND started_at IS NOT NULL",
+        )?;
+        let rows = stmt.query_map(params![id.to_string(), pace.since], |row| {
+            Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?))
+        })?;
+        for row in rows {
+            let (ms, finished) = row?;
+            took.push(ms);
+            last = last.max(finished);
+        }
+    }
+    if (took.len() as i64) < (window / 2).max(BROKER_SWITCH_FIRST_WINDOW as i64) {
+        return Ok(None);
+    }
+    took.sort_unstable();
+    let median = took[took.len() / 2].max(1);
+    pace.since = last;
+    let baseline = *pace.baseline_ms.get_or_insert(median);
+    let baseline = baseline.min(median);
+    pace.baseline_ms = Some(baseline);
+    let next = if median <= 2 * baseline {
+        (window + window / 2 + 1).min(ceiling as i64)
+    } else if median > 4 * baseline {
+        (window / 2).max(1)
+    } else {
+        window
+    };
+    if next == window {
+        return Ok(None);
+    }
+    tx.execute(
+        "UPDATE campaigns SET window = ?2 WHERE id = ?1",
+        params![id.to_string(), next],
+    )?;
+    Ok(Some(next as usize))
 }
 
 /// One child to enrol: the agent and where it tests its SSL connection.
@@ -1118,6 +1212,68 @@ mod tests {
             .with_tx(|tx| acting_command(tx, slow))
             .unwrap()
             .is_none());
+    }
+
+    #[test]
+    fn a_broker_switch_window_grows_while_the_broker_keeps_pace_and_halves_when_it_slows() {
+        let registry = registry();
+        let enrolled = children(60);
+        let params = BrokerSwitchParams {
+            uri: "amqps://broker.test:5671".into(),
+            ca_pem: String::new(),
+            auth: fleetls_proto::BrokerAuth::Plain,
+            ceiling: Some(20),
+        };
+        let id = registry
+            .with_tx(|tx| {
+                create(
+                    tx,
+                    Kind::SwitchBroker,
+                    BROKER_SWITCH_FIRST_WINDOW,
+                    3_600_000,
+                    60_000,
+                    &enrolled,
+                    Some(&params),
+                )
+            })
+            .unwrap();
+        let mut pace = Pace::default();
+        // `n` more children finish, each `took` ms from order to report.
+        let (mut next, mut now) = (0, fleetls_proto::now_ms() as i64);
+        let mut finish = |n: usize, took: i64| {
+            now += 1_000;
+            registry
+                .with_tx(|tx| {
+                    for child in &enrolled[next..next + n] {
+                        tx.execute(
+                            "UPDATE campaign_children SET state = 'passed', started_at = ?3, finished_at = ?4
+                             WHERE campaign = ?1 AND agent = ?2",
+                            params![id.to_string(), child.agent.to_string(), now - took, now],
+                        )?;
+                    }
+                    Ok(())
+                })
+                .unwrap();
+            next += n;
+        };
+        let mut adapt =
+            |pace: &mut Pace| registry.with_tx(|tx| adapt_window(tx, id, pace)).unwrap();
+        // Too few finished to judge.
+        finish(3, 100);
+        assert_eq!(adapt(&mut pace), None);
+        // Quick: grows by half, then again, up to the ceiling only.
+        finish(5, 100);
+        assert_eq!(adapt(&mut pace), Some(13));
+        finish(8, 150);
+        assert_eq!(adapt(&mut pace), Some(20));
+        finish(10, 120);
+        assert_eq!(adapt(&mut pace), None, "at the ceiling");
+        // Between twice and four times the quickest: holds.
+        finish(10, 300);
+        assert_eq!(adapt(&mut pace), None);
+        // Slower than four times the quickest: halves.
+        finish(10, 1000);
+        assert_eq!(adapt(&mut pace), Some(10));
     }
 
     #[test]

@@ -433,6 +433,7 @@ pub async fn start_campaign(
             uri,
             ca_pem: pki.ca_chain_pem.clone(),
             auth: request.auth.unwrap_or(fleetls_proto::BrokerAuth::Plain),
+            ceiling: Some(window),
         });
     }
     let min = app.config.min_ssl_version;
@@ -508,10 +509,15 @@ pub async fn start_campaign(
             if let Some(running) = campaign::running(tx)? {
                 return Ok(Err(running));
             }
+            // A broker switch starts small and finds the broker's pace.
+            let first = match request.kind {
+                Kind::SwitchBroker => window.min(campaign::BROKER_SWITCH_FIRST_WINDOW),
+                _ => window,
+            };
             campaign::create(
                 tx,
                 request.kind,
-                window,
+                first,
                 timeout.saturating_mul(1000),
                 step_timeout.saturating_mul(1000),
                 &children,
