@@ -43,6 +43,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/agents/accept", post(agents_accept))
         .route("/api/agents/reject", post(agents_reject))
         .route("/api/agents/delete", post(agents_delete))
+        .route("/api/agents/exclude", post(agents_exclude))
+        .route("/api/agents/include", post(agents_include))
         .route("/api/security", get(security))
         .route("/api/revoke", post(revoke))
         .route_layer(middleware::from_fn_with_state(app.clone(), require_token))
@@ -114,6 +116,7 @@ async fn metrics(State(app): State<Arc<App>>) -> Result<String, ApiError> {
                 s.version_not_supporting_ssl as f64,
             ),
             ("{result=\"mpos\"}", s.mpos as f64),
+            ("{result=\"excluded\"}", s.excluded as f64),
         ],
     );
     if let Some(c) = &status.campaign {
@@ -263,6 +266,24 @@ async fn agents_reject(
     let report = blocking(&app, move |app| ops::agents_admit(app, &request, admission)).await?;
     ops::remove_agent_users(&app, &report.ids).await?;
     Ok(Json(report))
+}
+
+async fn agents_exclude(
+    State(app): State<Arc<App>>,
+    Json(request): Json<ops::AgentsRequest>,
+) -> Result<Json<ops::AgentsReport>, ApiError> {
+    Ok(Json(
+        blocking(&app, move |app| ops::agents_exclude(app, &request, true)).await?,
+    ))
+}
+
+async fn agents_include(
+    State(app): State<Arc<App>>,
+    Json(request): Json<ops::AgentsRequest>,
+) -> Result<Json<ops::AgentsReport>, ApiError> {
+    Ok(Json(
+        blocking(&app, move |app| ops::agents_exclude(app, &request, false)).await?,
+    ))
 }
 
 async fn agents_delete(

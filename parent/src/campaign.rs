@@ -1256,8 +1256,7 @@ mod tests {
                 .unwrap();
             next += n;
         };
-        let mut adapt =
-            |pace: &mut Pace| registry.with_tx(|tx| adapt_window(tx, id, pace)).unwrap();
+        let adapt = |pace: &mut Pace| registry.with_tx(|tx| adapt_window(tx, id, pace)).unwrap();
         // Too few finished to judge.
         finish(3, 100);
         assert_eq!(adapt(&mut pace), None);

@@ -163,8 +163,8 @@ pub fn status_table(status: &Status) -> String {
     let s = &status.summary;
     let _ = writeln!(
         out,
-        "summary: passed {}   with errors {}   did not participate {}   version not supporting SSL {}   mPOS {}",
-        s.passed, s.with_errors, s.did_not_participate, s.version_not_supporting_ssl, s.mpos
+        "summary: passed {}   with errors {}   did not participate {}   version not supporting SSL {}   mPOS {}   excluded {}",
+        s.passed, s.with_errors, s.did_not_participate, s.version_not_supporting_ssl, s.mpos, s.excluded
     );
     if let Some(soonest) = n.soonest_expiry {
         let _ = writeln!(
@@ -206,9 +206,11 @@ pub fn status_table(status: &Status) -> String {
         } else {
             a.admission.as_str()
         };
-        // The last test result and, when it did not pass, why.
-        let (result, cause) = match &a.last_result {
-            Some(r) => (
+        // The last test result and, when it did not pass, why; an agent
+        // kept plain by decision says so, with the operator's reason.
+        let (result, cause) = match (&a.excluded, &a.last_result) {
+            (Some(reason), _) => ("excluded", reason.as_str()),
+            (None, Some(r)) => (
                 r.state.as_str(),
                 r.cause
                     .as_deref()
@@ -216,7 +218,7 @@ pub fn status_table(status: &Status) -> String {
                     .or(r.cert_test.as_ref().and_then(|s| s.cause.as_deref()))
                     .unwrap_or("-"),
             ),
-            None => ("-", "-"),
+            (None, None) => ("-", "-"),
         };
         let _ = writeln!(
             out,

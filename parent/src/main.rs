@@ -254,6 +254,27 @@ enum AgentsAction {
         #[command(flatten)]
         target: AdminTarget,
     },
+    /// Keep agents on plain AMQP by decision: no campaign, no switch; counted
+    /// as excluded and listed with the reason by without-ssl, and the final
+    /// broker configuration keeps the plain listener for them.
+    Exclude {
+        /// Names or ids
+        #[arg(required = true)]
+        agents: Vec<String>,
+        /// Why (one line, shown by status and without-ssl)
+        #[arg(long, required = true)]
+        reason: String,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// Take excluded agents back into campaigns and switches.
+    Include {
+        /// Names or ids
+        #[arg(required = true)]
+        agents: Vec<String>,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
 }
 
 #[derive(Subcommand)]
@@ -354,17 +375,48 @@ async fn agents(action: AgentsAction) -> anyhow::Result<ExitCode> {
         } => (
             "/api/agents/accept",
             target,
-            ops::AgentsRequest { agents, all },
+            ops::AgentsRequest {
+                agents,
+                all,
+                reason: None,
+            },
         ),
         AgentsAction::Reject { agents, target } => (
             "/api/agents/reject",
             target,
-            ops::AgentsRequest { agents, all: false },
+            ops::AgentsRequest {
+                agents,
+                ..Default::default()
+            },
         ),
         AgentsAction::Delete { agents, target } => (
             "/api/agents/delete",
             target,
-            ops::AgentsRequest { agents, all: false },
+            ops::AgentsRequest {
+                agents,
+                ..Default::default()
+            },
+        ),
+        AgentsAction::Exclude {
+            agents,
+            reason,
+            target,
+        } => (
+            "/api/agents/exclude",
+            target,
+            ops::AgentsRequest {
+                agents,
+                all: false,
+                reason: Some(reason),
+            },
+        ),
+        AgentsAction::Include { agents, target } => (
+            "/api/agents/include",
+            target,
+            ops::AgentsRequest {
+                agents,
+                ..Default::default()
+            },
         ),
     };
     let report: ops::AgentsReport = Client::new(&target)?.post(path, &request).await?;
@@ -747,6 +799,7 @@ fn print_summary(status: &fleetls_parent::status::Status) {
         s.version_not_supporting_ssl
     );
     println!("  mPOS:                       {}", s.mpos);
+    println!("  excluded (kept plain):      {}", s.excluded);
     for agent in &status.agents {
         if let Some(result) = &agent.last_result {
             if result.state != fleetls_parent::campaign::ChildState::Passed {

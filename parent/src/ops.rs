@@ -573,7 +573,9 @@ pub async fn without_ssl(app: &App) -> Result<WithoutSsl, OpError> {
     };
     for a in &agents {
         if a.kind != AgentKind::Mpos && !a.ssl {
-            let why = if !ssl_capable(&a.version, min) {
+            let why = if let Some(reason) = &a.excluded {
+                format!("excluded: {reason}")
+            } else if !ssl_capable(&a.version, min) {
                 format!("version {} does not support SSL", a.version)
             } else if !a.has_certificate {
                 "no certificate".into()
@@ -617,6 +619,10 @@ pub async fn without_ssl(app: &App) -> Result<WithoutSsl, OpError> {
         let name = fleetls_proto::topology::child_connection_name(&a.id);
         let why = match by_name.get(&name) {
             Some(c) if c.ssl => continue,
+            _ if a.excluded.is_some() => format!(
+                "excluded: {}",
+                a.excluded.as_deref().unwrap_or_default()
+            ),
             Some(c) => match reasons.get(&a.id.to_string()) {
                 Some(reason) => format!(
                     "connected over plain AMQP (port {}); {reason}",
@@ -733,6 +739,9 @@ pub struct AgentsRequest {
     /// Every pending agent (accept only).
     #[serde(default)]
     pub all: bool,
+    /// Why (exclude only: required there).
+    #[serde(default)]
+    pub reason: Option<String>,
 }
 
 /// What an admission command did.
@@ -812,6 +821,75 @@ pub fn agents_admit(
             .set_admission(&agent.id, admission)
             .map_err(internal)?;
         tracing::info!(agent = %agent.id, admission = admission.as_str(), "admission changed");
+        report
+            .changed
+            .push(crate::admission::printable(&agent.name, 80));
+        report.ids.push(agent.id);
+    }
+    Ok(report)
+}
+
+/// The longest reason an operator may give for an exclusion.
+pub const MAX_REASON: usize = 200;
+
+/// `agents exclude NAME --reason TEXT` (`reason` given) or `agents include
+/// NAME` (`None`): keeps the agents on plain AMQP by decision — no
+/// campaign, no switch, counted as excluded and listed with the reason by
+/// `without-ssl` — or takes them back. A campaign already running keeps
+/// the agents it enrolled.
+pub fn agents_exclude(
+    app: &App,
+    request: &AgentsRequest,
+    exclude: bool,
+) -> Result<AgentsReport, OpError> {
+    if request.agents.is_empty() {
+        return Err(OpError::BadRequest("name at least one agent".into()));
+    }
+    let reason = match (exclude, request.reason.as_deref().map(str::trim)) {
+        (false, _) => None,
+        (true, None | Some("")) => {
+            return Err(OpError::BadRequest(
+                "say why the agent stays on plain: --reason TEXT (shown by status and without-ssl)"
+                    .into(),
+            ))
+        }
+        (true, Some(text)) if text.chars().count() > MAX_REASON => {
+            return Err(OpError::BadRequest(format!(
+                "the reason is {} characters long; keep it to {MAX_REASON}",
+                text.chars().count()
+            )))
+        }
+        (true, Some(text)) if text.chars().any(char::is_control) => {
+            return Err(OpError::BadRequest(
+                "the reason holds control characters (a newline, a tab, an escape); give one plain line"
+                    .into(),
+            ))
+        }
+        (true, Some(text)) => Some(text.to_owned()),
+    };
+    let agents = app.registry.agents().map_err(internal)?;
+    let chosen: Vec<Agent> = request
+        .agents
+        .iter()
+        .map(|w| find_agent(&agents, w))
+        .collect::<Result<_, _>>()?;
+    let mut report = AgentsReport {
+        changed: Vec::new(),
+        ids: Vec::new(),
+    };
+    for agent in chosen {
+        if agent.excluded.as_deref() == reason.as_deref() {
+            continue;
+        }
+        app.registry
+            .set_excluded(&agent.id, reason.as_deref())
+            .map_err(internal)?;
+        match &reason {
+            Some(reason) => {
+                tracing::info!(agent = %agent.id, reason, "agent kept on plain AMQP by decision")
+            }
+            None => tracing::info!(agent = %agent.id, "agent included again"),
+        }
         report
             .changed
             .push(crate::admission::printable(&agent.name, 80));

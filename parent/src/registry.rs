@@ -111,6 +111,9 @@ pub struct Agent {
     pub signing_key: Option<String>,
     /// The parent key fingerprint it says it pinned.
     pub parent_key: Option<String>,
+    /// Kept on plain AMQP by an operator's decision, and why (`None`:
+    /// included): it takes part in no campaign and no switch.
+    pub excluded: Option<String>,
 }
 
 /// The registry, shareable between tasks; calls block, so run them on a
@@ -371,7 +374,9 @@ const MIGRATIONS: [&str; 4] = [
          sent_at INTEGER NOT NULL
      );
      ALTER TABLE certificates ADD COLUMN key_sha256 TEXT;
-     ALTER TABLE campaign_children ADD COLUMN nudged INTEGER NOT NULL DEFAULT 0;",
+     ALTER TABLE campaign_children ADD COLUMN nudged INTEGER NOT NULL DEFAULT 0;
+     -- An operator's decision to keep an agent on plain, with its reason.
+     ALTER TABLE agents ADD COLUMN excluded TEXT;",
 ];
 
 /// Brings the registry to [`SCHEMA_VERSION`], one step per transaction; a
@@ -519,6 +524,17 @@ impl Registry {
             }
             Ok(())
         })
+    }
+
+    /// Keeps an agent on plain AMQP by an operator's decision (`reason`),
+    /// or takes it back into campaigns (`None`).
+    pub fn set_excluded(&self, id: &Uuid, reason: Option<&str>) -> Result<(), RegistryError> {
+        self.lock().execute(
+            "UPDATE agents SET excluded = ?2 WHERE id = ?1",
+            params![id.to_string(), reason],
+        )?;
+        self.mark_changed();
+        Ok(())
     }
 
     /// Deletes an agent: its rows go, its certificates stay on record as
@@ -778,7 +794,7 @@ pub fn agent_in(tx: &rusqlite::Transaction<'_>, id: &Uuid) -> Result<Option<Agen
 const SELECT_AGENT: &str = "SELECT id, name, kind, version, location, hostnames, ips, first_seen,
     last_seen,
     has_certificate AND EXISTS (SELECT 1 FROM certificates c WHERE c.agent_id = agents.id AND c.revoked = 0),
-    ssl, broker_tls, admission, signing_key, parent_key FROM agents";
+    ssl, broker_tls, admission, signing_key, parent_key, excluded FROM agents";
 
 /// A list as the registry stores it (JSON).
 pub(crate) fn json_list(items: &[String]) -> String {
@@ -815,6 +831,7 @@ fn row_to_agent(row: &rusqlite::Row<'_>) -> rusqlite::Result<RowResult> {
                 .map_err(RegistryError::Corrupt)?,
             signing_key: row.get(13)?,
             parent_key: row.get(14)?,
+            excluded: row.get(15)?,
         })
     })();
     Ok(parsed)

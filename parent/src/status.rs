@@ -144,6 +144,10 @@ pub struct Summary {
     pub version_not_supporting_ssl: usize,
     /// mPOS devices (certificate by export).
     pub mpos: usize,
+    /// Kept on plain AMQP by an operator's decision (`agents exclude`):
+    /// never counted as an error or as absent.
+    #[serde(default)]
+    pub excluded: usize,
 }
 
 /// One agent in the status list.
@@ -188,6 +192,9 @@ pub struct AgentStatus {
     /// When its valid certificate expires (seconds since the epoch).
     #[serde(default)]
     pub certificate_not_after: Option<i64>,
+    /// Kept on plain AMQP by an operator's decision, and why.
+    #[serde(default)]
+    pub excluded: Option<String>,
 }
 
 /// What shaping an agent's row needs besides the row.
@@ -226,10 +233,10 @@ pub const AGENTS_ORDER: &str = "ORDER BY a.name, a.id";
 /// The columns of [`AGENTS_FROM`] that [`row_to_status`] reads.
 pub const AGENT_COLUMNS: &str = "a.id, a.name, a.kind, a.version, a.location, a.hostnames,
     a.ips, a.last_seen, a.certified, a.ssl, a.broker_tls, r.reason, a.admission, a.compromised,
-    a.cert_not_after";
+    a.cert_not_after, a.excluded";
 
 /// How many columns [`AGENT_COLUMNS`] names: a query's own columns follow.
-pub const AGENT_COLUMN_COUNT: usize = 15;
+pub const AGENT_COLUMN_COUNT: usize = 16;
 
 /// The columns of an enrolment (`l`) that [`row_to_last_result`] reads.
 pub const LAST_COLUMNS: &str =
@@ -674,6 +681,7 @@ struct Group {
     compromised: usize,
     ssl_capable: bool,
     mpos: bool,
+    excluded: bool,
     agents: usize,
     online: usize,
     certified: usize,
@@ -693,6 +701,7 @@ impl Group {
             compromised: agent.compromised.into(),
             ssl_capable: agent.ssl_capable,
             mpos: agent.kind == AgentKind::Mpos,
+            excluded: agent.excluded.is_some(),
             agents: 1,
             online: agent.online.into(),
             certified: agent.has_certificate.into(),
@@ -720,6 +729,7 @@ struct Tally {
     failed: usize,
     not_ssl_capable: usize,
     mpos: usize,
+    excluded: usize,
     pending: usize,
     rejected: usize,
     compromised: usize,
@@ -755,6 +765,8 @@ impl Tally {
             self.not_ssl_capable += group.agents;
         } else if group.mpos {
             self.mpos += group.agents;
+        } else if group.excluded {
+            self.excluded += group.agents;
         } else {
             self.eligible += group.agents;
             self.eligible_certified += group.certified;
@@ -811,6 +823,7 @@ impl Tally {
                 },
                 version_not_supporting_ssl: self.not_ssl_capable,
                 mpos: self.mpos,
+                excluded: self.excluded,
             },
             campaign,
         }
@@ -858,6 +871,7 @@ pub fn row_to_status(
                 .map_err(RegistryError::Corrupt)?,
             compromised: row.get(13)?,
             certificate_not_after: row.get(14)?,
+            excluded: row.get(15)?,
         })
     })();
     Ok(parsed)
@@ -923,6 +937,7 @@ pub fn ssl_capable(version: &str, min: Version) -> bool {
 /// Whether an agent takes part in certificates and campaigns.
 pub fn eligible(agent: &Agent, min: Version) -> bool {
     agent.admission == crate::registry::Admission::Accepted
+        && agent.excluded.is_none()
         && agent.kind != AgentKind::Mpos
         && ssl_capable(&agent.version, min)
 }
@@ -1100,6 +1115,7 @@ mod tests {
                 did_not_participate: 1,
                 version_not_supporting_ssl: 1,
                 mpos: 1,
+                excluded: 0,
             }
         );
 

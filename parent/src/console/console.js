@@ -518,6 +518,7 @@
     setText("sum-dnp", sum.did_not_participate);
     setText("sum-old", sum.version_not_supporting_ssl);
     setText("sum-mpos", sum.mpos);
+    setText("sum-excluded", sum.excluded || 0);
     renderCampaign();
     renderButtons();
   }
