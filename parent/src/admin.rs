@@ -359,9 +359,12 @@ async fn export(
     State(app): State<Arc<App>>,
     Json(request): Json<crate::export::ExportRequest>,
 ) -> Result<Json<crate::export::ExportReport>, ApiError> {
-    Ok(Json(
-        blocking(&app, move |app| crate::export::export_op(app, &request)).await?,
-    ))
+    let report = blocking(&app, move |app| crate::export::export_op(app, &request)).await?;
+    // An exported identity replaces (revokes) the agent's earlier ones.
+    if !report.certificates.is_empty() {
+        app.refresh_crl().await.map_err(ApiError::internal)?;
+    }
+    Ok(Json(report))
 }
 
 #[derive(serde::Deserialize)]

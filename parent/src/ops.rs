@@ -449,7 +449,19 @@ pub async fn start_campaign(
             .is_some_and(|(s, _)| *s == crate::campaign::ChildState::Passed)
     };
     let mut children = Vec::new();
-    for a in agents.iter().filter(|a| eligible(a, min)) {
+    // An mPOS device holding the identity exported for it moves to AMQPS
+    // like the others (it has no SSL mode to switch to).
+    let imported_mpos = |a: &Agent| {
+        request.kind == Kind::SwitchBroker
+            && a.kind == AgentKind::Mpos
+            && a.admission == crate::registry::Admission::Accepted
+            && a.excluded.is_none()
+            && a.has_certificate
+    };
+    for a in agents
+        .iter()
+        .filter(|a| eligible(a, min) || imported_mpos(a))
+    {
         let take = match request.kind {
             Kind::Verify => a.has_certificate,
             Kind::Reverify => {
@@ -460,7 +472,7 @@ pub async fn start_campaign(
             }
             Kind::Switch => !a.ssl && passed(a),
             Kind::ForceSwitch => !a.ssl,
-            Kind::SwitchBroker => a.ssl && !a.broker_tls,
+            Kind::SwitchBroker => (a.ssl || imported_mpos(a)) && !a.broker_tls,
         };
         if !take {
             continue;
@@ -572,6 +584,26 @@ pub async fn without_ssl(app: &App) -> Result<WithoutSsl, OpError> {
         broker_view: false,
     };
     for a in &agents {
+        if a.kind == AgentKind::Mpos && !a.broker_tls {
+            // The manual path: say what the operator has to do next.
+            let why = if let Some(reason) = &a.excluded {
+                format!("excluded: {reason}")
+            } else if !a.has_certificate {
+                format!(
+                    "mPOS: cannot send a CSR; export its identity (`fleetls-parent export --agent {} --out DIR`) \
+                     and install it on the device (`fleetls-child import --pfx FILE --password-file F`)",
+                    a.id
+                )
+            } else {
+                "mPOS: holds its imported certificate; `switch-broker` moves it to AMQPS".into()
+            };
+            out.not_switched.push(WithoutSslEntry {
+                id: a.id,
+                name: a.name.clone(),
+                why,
+            });
+            continue;
+        }
         if a.kind != AgentKind::Mpos && !a.ssl {
             let why = if let Some(reason) = &a.excluded {
                 format!("excluded: {reason}")

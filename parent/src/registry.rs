@@ -646,22 +646,31 @@ impl Registry {
         Ok(())
     }
 
-    /// Records a certificate the parent issued without a CSR (export).
+    /// Records a certificate the parent issued without a CSR (export); the
+    /// ones it replaces are revoked (superseded): an agent holds one.
     pub fn record_certificate(&self, agent: Uuid, issued: &Issued) -> Result<(), RegistryError> {
-        self.lock().execute(
-            "INSERT INTO certificates (serial, agent_id, subject, not_after, issued_at, csr_message, chain_pem, key_sha256)
-             VALUES (?1, ?2, ?3, ?4, ?5, NULL, ?6, ?7)",
-            params![
-                issued.serial,
-                agent.to_string(),
-                issued.subject,
-                issued.not_after,
-                fleetls_proto::now_ms() as i64,
-                issued.chain_pem,
-                issued.key
-            ],
-        )?;
-        Ok(())
+        self.with_tx(|tx| {
+            revoke_certificates(tx, &agent, "superseded")?;
+            tx.execute(
+                "INSERT INTO certificates (serial, agent_id, subject, not_after, issued_at, csr_message, chain_pem, key_sha256)
+                 VALUES (?1, ?2, ?3, ?4, ?5, NULL, ?6, ?7)",
+                params![
+                    issued.serial,
+                    agent.to_string(),
+                    issued.subject,
+                    issued.not_after,
+                    fleetls_proto::now_ms() as i64,
+                    issued.chain_pem,
+                    issued.key
+                ],
+            )?;
+            // Nothing more is owed (see `crate::owed`).
+            tx.execute(
+                "DELETE FROM owed_certificates WHERE agent_id = ?1",
+                params![agent.to_string()],
+            )?;
+            Ok(())
+        })
     }
 
     /// How many certificates were issued to children.

@@ -34,7 +34,7 @@ const PARENT_COMMANDS: &[&str] = &[
 ];
 
 /// The commands `fleetls-child --help` lists, in its order.
-const CHILD_COMMANDS: &[&str] = &["run", "swarm", "doctor", "help"];
+const CHILD_COMMANDS: &[&str] = &["run", "swarm", "import", "doctor", "help"];
 
 /// Runs `program ARGS`, which must exit 0 and print nothing on stderr; its stdout.
 fn help(name: &str, args: &[&str]) -> String {
