@@ -201,8 +201,20 @@ impl Session {
         match command {
             ToChild::CertificatesReady(ready) => {
                 if agent.config.kind == fleetls_proto::AgentKind::LocalParent {
-                    if let Err(e) = agent.update_state(|s| s.serve_port = ready.serve_port) {
+                    let policy_changed = agent
+                        .state
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .serve_tls
+                        != ready.tls;
+                    if let Err(e) = agent.update_state(|s| {
+                        s.serve_port = ready.serve_port;
+                        s.serve_tls = ready.tls.clone();
+                    }) {
                         return Ok(Obeyed::Done(Err(e.to_string())));
+                    }
+                    if policy_changed {
+                        agent.serve_local_port(&self.shutdown, true);
                     }
                 }
                 // Key generation and synced file writes: off the async workers.

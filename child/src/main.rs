@@ -57,6 +57,7 @@ fn main() -> ExitCode {
                     &args.target,
                     &args.data_dir,
                     args.ca.as_deref(),
+                    args.limits(),
                 )
                 .await;
                 fleetls_doctor::print(&report, args.json)

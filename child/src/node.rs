@@ -144,11 +144,13 @@ impl Agent {
         if self.config.kind != fleetls_proto::AgentKind::LocalParent {
             return;
         }
-        let port = self
-            .state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .serve_port;
+        let (port, policy) = {
+            let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            (
+                state.serve_port,
+                state.serve_tls.clone().unwrap_or_default(),
+            )
+        };
         let store = CertStore::new(&self.config.data_dir);
         let (Some(port), true) = (port, store.has_certificate()) else {
             return;
@@ -159,7 +161,7 @@ impl Agent {
             // from the next handshake on (the port is never closed, so no
             // new listener races the old one for it).
             if restart {
-                match crate::local_port::server_config(&store) {
+                match crate::local_port::server_config(&store, &policy) {
                     Ok(config) => {
                         port.config.send_replace(config);
                     }
@@ -170,7 +172,7 @@ impl Agent {
             }
             return;
         }
-        let config = match crate::local_port::server_config(&store) {
+        let config = match crate::local_port::server_config(&store, &policy) {
             Ok(config) => config,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot serve the local SSL port");

@@ -165,7 +165,8 @@ impl App {
         if let Some(running) = handle.as_ref() {
             return Ok(running.port);
         }
-        let config = crate::ssl_port::parent_config(&self.config.data_dir)?;
+        let config =
+            crate::ssl_port::parent_config(&self.config.data_dir, &self.settings().tls_policy())?;
         let port = self.settings().port;
         let listener = crate::ssl_port::bind(port).await?;
         self.ssl_port_open_since
@@ -192,7 +193,10 @@ impl App {
     /// handshake uses them (the port stays open).
     pub async fn reload_ssl_port(&self) -> Result<(), crate::ssl_port::SslPortError> {
         if let Some(handle) = self.ssl_port.lock().await.as_ref() {
-            let config = crate::ssl_port::parent_config(&self.config.data_dir)?;
+            let config = crate::ssl_port::parent_config(
+                &self.config.data_dir,
+                &self.settings().tls_policy(),
+            )?;
             handle.config.send_replace(config);
         }
         Ok(())

@@ -611,6 +611,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Doctor(args) => {
             use fleetls_parent::layout::{CertFile, Layout};
             let layout = Layout::new(&args.data_dir);
+            let limits = args.limits();
             let ca = args
                 .ca
                 .unwrap_or_else(|| layout.certificate(CertFile::CaPem));
@@ -622,7 +623,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 &args.target,
                 &ca,
                 Some((&cert, &key)),
-                Default::default(),
+                limits,
             )
             .await;
             Ok(fleetls_doctor::print(&report, args.json))

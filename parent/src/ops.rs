@@ -55,14 +55,15 @@ pub fn settings_show(app: &App) -> SettingsView {
 pub fn settings_set(app: &App, change: &SettingsChange) -> Result<SettingsView, OpError> {
     if change.is_empty() {
         return Err(OpError::BadRequest(
-            "nothing to change: give at least one of --port, --local-parent-port, --names, --ips, --broker-names, --broker-ips".into(),
+            "nothing to change: give at least one of --port, --local-parent-port, --names, --ips, --broker-names, --broker-ips, --min-tls, --cipher-suites".into(),
         ));
     }
     let mut settings = app.settings.write().unwrap_or_else(|p| p.into_inner());
-    if app.pki().is_some() {
+    if app.pki().is_some() && !change.tls_only() {
         return Err(OpError::Refused(
             "the SSL settings are frozen: certificates were generated with them. \
-             To change them run `fleetls-parent certs reset` (it discards every certificate), then set and generate again"
+             To change them run `fleetls-parent certs reset` (it discards every certificate), then set and generate again \
+             (--min-tls and --cipher-suites are inside no certificate: they may change at any time)"
                 .into(),
         ));
     }
@@ -73,8 +74,43 @@ pub fn settings_set(app: &App, change: &SettingsChange) -> Result<SettingsView, 
     *settings = next.clone();
     Ok(SettingsView {
         settings: next,
-        frozen: false,
+        frozen: app.pki().is_some(),
     })
+}
+
+/// The SSL port takes the TLS versions and suites of the settings from its
+/// next handshake on, and every accepted local parent holding a
+/// certificate is sent them (with the certificate information, which it
+/// already holds: it changes nothing else).
+pub async fn apply_tls_policy(app: &App) -> Result<(), OpError> {
+    app.reload_ssl_port().await.map_err(internal)?;
+    let (Some(pki), Some(channel)) = (app.pki(), app.channel()) else {
+        return Ok(());
+    };
+    let settings = app.settings();
+    let local_parents: Vec<Agent> = app
+        .registry
+        .agents_of_kind(AgentKind::LocalParent)
+        .map_err(internal)?
+        .into_iter()
+        .filter(|a| a.admission == crate::registry::Admission::Accepted && a.has_certificate)
+        .collect();
+    let messages: Vec<crate::broker::Outgoing> = local_parents
+        .iter()
+        .map(|a| crate::broker::Outgoing {
+            agent: a.id,
+            body: crate::owed::certificates_ready(&pki, a, &local_parents, &settings, false),
+            re: None,
+        })
+        .collect();
+    crate::broker::send_all(&channel, &app.signing_key, messages)
+        .await
+        .map_err(|e| {
+            OpError::Unavailable(format!(
+                "sending the TLS settings to local parents failed: {e}"
+            ))
+        })?;
+    Ok(())
 }
 
 /// What `certs generate` is asked.

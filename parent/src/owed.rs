@@ -118,6 +118,7 @@ pub fn certificates_ready(
         ssl_port,
         serve_port: (agent.kind == AgentKind::LocalParent).then_some(settings.local_parent_port),
         renew,
+        tls: (agent.kind == AgentKind::LocalParent).then(|| settings.tls_policy()),
     })
 }
 

@@ -677,6 +677,7 @@ fn body() -> impl Strategy<Value = Body> {
                     ssl_port,
                     serve_port,
                     renew: false,
+                    tls: None,
                 })
             }
         ),

@@ -152,6 +152,7 @@ fn one_of_each() -> Vec<Body> {
             ssl_port: 12365,
             serve_port: None,
             renew: false,
+            tls: None,
         }),
         Body::CertificateIssued(CertificateIssued {
             chain_pem: format!("{LEAF_PEM}{CA_PEM}"),
@@ -422,6 +423,7 @@ fn certificates_ready_round_trips() {
             ssl_port: 12365,
             serve_port: Some(12366),
             renew: false,
+            tls: None,
         })),
         &[
             "ca_chain_pem",
