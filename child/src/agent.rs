@@ -217,6 +217,10 @@ impl Session {
                 })
                 .await
                 .unwrap_or_else(|e| Err(format!("the CSR task failed: {e}")));
+                if csr.is_ok() {
+                    // The CAs it accepts may have changed (a CA rotation).
+                    agent.serve_local_port(&self.shutdown, true);
+                }
                 match csr {
                     Ok(Some(pem)) => {
                         self.send(agent, ToParent::Csr(Csr { pem }), Some(envelope.id))

@@ -23,6 +23,7 @@ pub mod management;
 pub mod ops;
 pub mod pki;
 pub mod registry;
+pub mod rotation;
 pub mod service;
 pub mod settings;
 pub mod ssl_port;

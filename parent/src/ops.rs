@@ -279,6 +279,7 @@ pub async fn certs_send(app: &App, request: &SendRequest) -> Result<SendReport, 
             serve_port: (agent.kind == AgentKind::LocalParent)
                 .then_some(settings.local_parent_port),
             renew: request.renew,
+            trust_pem: Some(pki.trust_pem.clone()),
         });
         messages.push(crate::broker::Outgoing {
             agent: agent.id,
@@ -398,6 +399,11 @@ pub async fn start_campaign(
             "there are no certificates yet: run `certs generate` and `certs send` first".into(),
         )
     })?;
+    if request.kind == Kind::Reissue {
+        return Err(OpError::BadRequest(
+            "a re-issue campaign is started by `fleetls-parent ca rotate`, not on its own".into(),
+        ));
+    }
     let window = request.window.unwrap_or(app.config.window);
     if window == 0 {
         return Err(OpError::BadRequest(
@@ -454,7 +460,7 @@ pub async fn start_campaign(
         plan.broker_tls = Some(protocol);
         broker = Some(BrokerSwitchParams {
             uri,
-            ca_pem: pki.ca_chain_pem.clone(),
+            ca_pem: pki.trust_pem.clone(),
             auth: request.auth.unwrap_or(fleetls_proto::BrokerAuth::Plain),
         });
     }
@@ -483,6 +489,7 @@ pub async fn start_campaign(
             Kind::Switch => !a.ssl && passed(a),
             Kind::ForceSwitch => !a.ssl,
             Kind::SwitchBroker => a.ssl && !a.broker_tls,
+            Kind::Reissue => false,
         };
         if !take {
             continue;
@@ -512,6 +519,7 @@ pub async fn start_campaign(
             Kind::Switch => "no child that passed the test is left to switch: run `verify` first".into(),
             Kind::ForceSwitch => "every eligible child is already switched to SSL".into(),
             Kind::SwitchBroker => "every switched child is already on AMQPS".into(),
+            Kind::Reissue => "a re-issue campaign is started by `fleetls-parent ca rotate`".into(),
         }));
     }
     if request.dry_run {

@@ -306,7 +306,10 @@ pub const DEFINITIONS: &str = "WITH
             SELECT 1 FROM certificates c WHERE c.agent_id = agents.id AND c.revoked = 0)
             AS certified,
             (SELECT max(not_after) FROM certificates c
-             WHERE c.agent_id = agents.id AND c.revoked = 0) AS cert_not_after
+             WHERE c.agent_id = agents.id AND c.revoked = 0) AS cert_not_after,
+            (SELECT c.ca FROM certificates c
+             WHERE c.agent_id = agents.id AND c.revoked = 0
+             ORDER BY c.issued_at DESC LIMIT 1) AS cert_ca
         FROM agents)";
 
 /// Joins to the agents (`a`, as `status::AGENTS_FROM` has them) each agent's last result: its enrolment (`l`) in
@@ -319,10 +322,10 @@ pub const LAST_ENROLMENT: &str = "LEFT JOIN campaign_children l ON l.rowid = (
     LEFT JOIN campaigns lt ON lt.id = l.campaign";
 
 /// The schema version this build writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// Each step takes the registry from version `i` to `i + 1`.
-const MIGRATIONS: [&str; 3] = [
+const MIGRATIONS: [&str; 4] = [
     // 0 → 1: the registry of release 1.0 (no version recorded).
     "",
     // 1 → 2: trust. Agents registered before are accepted (they were
@@ -358,6 +361,26 @@ const MIGRATIONS: [&str; 3] = [
      CREATE TABLE IF NOT EXISTS crl (
          id INTEGER PRIMARY KEY CHECK (id = 1),
          number INTEGER NOT NULL
+     );",
+    // 3 → 4: certificates that live. Which CA signed each certificate and
+    // whether it renewed one the agent held; which CAs each agent trusts;
+    // the CA rotations; counters that never shrink (failed renewals).
+    "ALTER TABLE certificates ADD COLUMN ca TEXT;
+     ALTER TABLE certificates ADD COLUMN renewal INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE agents ADD COLUMN trusted_cas TEXT NOT NULL DEFAULT '[]';
+     CREATE TABLE IF NOT EXISTS ca_rotations (
+         id INTEGER PRIMARY KEY AUTOINCREMENT,
+         old_ca TEXT NOT NULL,
+         new_ca TEXT NOT NULL,
+         phase TEXT NOT NULL,
+         started_at INTEGER NOT NULL,
+         phase_at INTEGER NOT NULL,
+         campaign TEXT,
+         finished_at INTEGER
+     );
+     CREATE TABLE IF NOT EXISTS counters (
+         name TEXT PRIMARY KEY,
+         value INTEGER NOT NULL
      );",
 ];
 

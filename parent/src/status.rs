@@ -129,6 +129,17 @@ pub struct Network {
     /// superseded by a renewal).
     #[serde(default)]
     pub revoked_certificates: u64,
+    /// Renewals done: certificates issued to an agent that held one (the
+    /// one replaced is revoked, superseded).
+    #[serde(default)]
+    pub renewals_done: u64,
+    /// Renewals failed: CSRs refused from an agent that had been issued a
+    /// certificate before.
+    #[serde(default)]
+    pub renewals_failed: u64,
+    /// The newest CA rotation and how far it got.
+    #[serde(default)]
+    pub ca_rotation: Option<crate::rotation::RotationView>,
 }
 
 /// The campaign summary (every figure a query over the registry).
@@ -188,6 +199,10 @@ pub struct AgentStatus {
     /// When its valid certificate expires (seconds since the epoch).
     #[serde(default)]
     pub certificate_not_after: Option<i64>,
+    /// `sha256:HEX` of the CA that signed its valid certificate (during a
+    /// CA rotation: the old or the new one).
+    #[serde(default)]
+    pub certificate_ca: Option<String>,
 }
 
 /// What shaping an agent's row needs besides the row.
@@ -226,10 +241,10 @@ pub const AGENTS_ORDER: &str = "ORDER BY a.name, a.id";
 /// The columns of [`AGENTS_FROM`] that [`row_to_status`] reads.
 pub const AGENT_COLUMNS: &str = "a.id, a.name, a.kind, a.version, a.location, a.hostnames,
     a.ips, a.last_seen, a.certified, a.ssl, a.broker_tls, r.reason, a.admission, a.compromised,
-    a.cert_not_after";
+    a.cert_not_after, a.cert_ca";
 
 /// How many columns [`AGENT_COLUMNS`] names: a query's own columns follow.
-pub const AGENT_COLUMN_COUNT: usize = 15;
+pub const AGENT_COLUMN_COUNT: usize = 16;
 
 /// The columns of an enrolment (`l`) that [`row_to_last_result`] reads.
 pub const LAST_COLUMNS: &str =
@@ -800,6 +815,9 @@ impl Tally {
                 signing_key: None,
                 soonest_expiry: self.soonest_expiry,
                 revoked_certificates: 0,
+                renewals_done: 0,
+                renewals_failed: 0,
+                ca_rotation: None,
             },
             summary: Summary {
                 passed: self.passed,
@@ -858,6 +876,7 @@ pub fn row_to_status(
                 .map_err(RegistryError::Corrupt)?,
             compromised: row.get(13)?,
             certificate_not_after: row.get(14)?,
+            certificate_ca: row.get(15)?,
         })
     })();
     Ok(parsed)
@@ -1090,6 +1109,9 @@ mod tests {
                 // The test's certificates carry not_after = 0.
                 soonest_expiry: Some(0),
                 revoked_certificates: 0,
+                renewals_done: 0,
+                renewals_failed: 0,
+                ca_rotation: None,
             }
         );
         assert_eq!(

@@ -79,6 +79,7 @@ fn hello() -> Hello {
             ssl: false,
             broker_tls: false,
             parent_key: None,
+            trusted_cas: vec![CA_FINGERPRINT.into()],
         },
     }
 }
@@ -115,6 +116,7 @@ fn one_of_each() -> Vec<Body> {
                 ssl: true,
                 broker_tls: false,
                 parent_key: Some(CA_FINGERPRINT.into()),
+                trusted_cas: Vec::new(),
             },
         }),
         Body::Csr(Csr {
@@ -152,6 +154,7 @@ fn one_of_each() -> Vec<Body> {
             ssl_port: 12365,
             serve_port: None,
             renew: false,
+            trust_pem: Some(CA_PEM.into()),
         }),
         Body::CertificateIssued(CertificateIssued {
             chain_pem: format!("{LEAF_PEM}{CA_PEM}"),
@@ -303,6 +306,7 @@ fn heartbeat_round_trips() {
             ssl,
             broker_tls,
             parent_key: has_certificate.then(|| CA_FINGERPRINT.to_owned()),
+            trusted_cas: Vec::new(),
         };
         assert_round_trip(
             &from_child(Body::Heartbeat(Heartbeat { state })),
@@ -422,6 +426,7 @@ fn certificates_ready_round_trips() {
             ssl_port: 12365,
             serve_port: Some(12366),
             renew: false,
+            trust_pem: None,
         })),
         &[
             "ca_chain_pem",
