@@ -675,6 +675,7 @@ async fn turn(
                 .filter(|f| !f.trusted.iter().any(|t| t == new))
                 .collect();
             if missing.is_empty() {
+                broker_ready(app, &rotation, Phase::Reissue).await?;
                 return advance(app, &rotation, Phase::Reissue)
                     .await
                     .map_err(|e| e.to_string());
@@ -687,6 +688,7 @@ async fn turn(
                 .filter(|f| f.ca.as_deref() != Some(new))
                 .collect();
             if left.is_empty() {
+                broker_ready(app, &rotation, Phase::Finished).await?;
                 return advance(app, &rotation, Phase::Finished)
                     .await
                     .map_err(|e| e.to_string());
@@ -747,6 +749,102 @@ async fn turn(
             .map_err(|e| e.to_string())?;
     }
     Ok(())
+}
+
+/// Whether the broker is ready for `next`, when the network is on AMQPS
+/// (RabbitMQ reads its files only after its PEM cache is cleared):
+/// before the re-issue it must accept client certificates from the new CA
+/// (its `ca.pem` holds both); before the old CA is dropped it must present
+/// a certificate from the new CA. `Err` says what the operator should do.
+async fn broker_ready(app: &App, rotation: &Rotation, next: Phase) -> Result<(), String> {
+    let Some(uri) = app.amqps.read().unwrap_or_else(|p| p.into_inner()).clone() else {
+        return Ok(());
+    };
+    let layout = Layout::new(&app.config.data_dir);
+    let (chain, key) = archived(&layout, &rotation.new_ca);
+    let new_ca = Pki::from_pem(&read(&chain)?, &read(&key)?, time::Duration::hours(1))
+        .map_err(|e| e.to_string())?;
+    let (roots, client) = match next {
+        Phase::Reissue => {
+            // A throwaway client certificate from the new CA.
+            let (issued, key) = new_ca
+                .issue_with_new_key(Uuid::nil())
+                .map_err(|e| e.to_string())?;
+            (
+                std::fs::read_to_string(layout.certificate(CertFile::TrustPem))
+                    .map_err(|e| e.to_string())?,
+                (issued.chain_pem, key),
+            )
+        }
+        Phase::Trust | Phase::Finished => (
+            new_ca.ca_chain_pem.clone(),
+            (
+                read(&layout.certificate(CertFile::ParentPem))?,
+                read(&layout.certificate(CertFile::ParentKey))?,
+            ),
+        ),
+    };
+    let what = match next {
+        Phase::Reissue => "does not accept client certificates from the new CA yet",
+        _ => "does not present a certificate from the new CA yet",
+    };
+    broker_accepts(&uri, &roots, &client.0, &client.1)
+        .await
+        .map_err(|e| {
+            format!(
+                "the CA rotation waits for the broker: it {what} ({e}); {}",
+                broker_advice(&app.config.data_dir)
+            )
+        })
+}
+
+/// A TLS handshake with `uri` trusting `roots_pem` and presenting
+/// `chain_pem`/`key_pem`, then the AMQP protocol header and the first bytes
+/// of the broker's answer (over TLS 1.3 a refused client certificate shows
+/// only then).
+async fn broker_accepts(
+    uri: &str,
+    roots_pem: &str,
+    chain_pem: &str,
+    key_pem: &str,
+) -> Result<(), String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{PrivateKeyDer, ServerName};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let parsed: lapin::uri::AMQPUri = uri.parse().map_err(|e| format!("{e}"))?;
+    let (host, port) = (parsed.authority.host.clone(), parsed.authority.port);
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in crate::pki::pem_certs(roots_pem).map_err(|e| e.to_string())? {
+        roots.add(cert).map_err(|e| e.to_string())?;
+    }
+    let chain = crate::pki::pem_certs(chain_pem).map_err(|e| e.to_string())?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| e.to_string())?;
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| e.to_string())?;
+    let name = ServerName::try_from(host.clone()).map_err(|e| format!("{host:?}: {e}"))?;
+    let attempt = async {
+        let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+            .await
+            .map_err(|e| format!("{host}:{port}: {e}"))?;
+        let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("TLS handshake with {host}:{port}: {e}"))?;
+        tls.write_all(b"AMQP\x00\x00\x09\x01")
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut first = [0u8; 1];
+        match tls.read(&mut first).await {
+            Ok(1) => Ok(()),
+            Ok(_) => Err(format!("{host}:{port} closed the connection")),
+            Err(e) => Err(format!("{host}:{port} refused the client certificate: {e}")),
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), attempt)
+        .await
+        .map_err(|_| format!("{host}:{port} did not answer within 10 s"))?
 }
 
 /// Starts the re-issue campaign over the agents not on the new CA.
