@@ -79,7 +79,7 @@ fn hello() -> Hello {
             ssl: false,
             broker_tls: false,
             parent_key: None,
-            trusted_cas: vec![CA_FINGERPRINT.into()],
+            trusted_cas: Vec::new(),
         },
     }
 }
@@ -116,7 +116,7 @@ fn one_of_each() -> Vec<Body> {
                 ssl: true,
                 broker_tls: false,
                 parent_key: Some(CA_FINGERPRINT.into()),
-                trusted_cas: Vec::new(),
+                trusted_cas: vec![CA_FINGERPRINT.into()],
             },
         }),
         Body::Csr(Csr {
