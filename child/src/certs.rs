@@ -140,7 +140,8 @@ impl CertStore {
             }
         }
         self.store_trust(&bundle)?;
-        let already = self.has_certificate() && leaf.is_some_and(|leaf| issued_by(&leaf, &chain[0]));
+        let already =
+            self.has_certificate() && leaf.is_some_and(|leaf| issued_by(&leaf, &chain[0]));
         if already && !ready.renew {
             return Ok(None);
         }
@@ -301,8 +302,10 @@ impl CertStore {
 
 /// Whether `cert` is signed by the CA certificate `ca`.
 fn issued_by(cert: &[u8], ca: &[u8]) -> bool {
-    let (Ok((_, cert)), Ok((_, ca))) = (X509Certificate::from_der(cert), X509Certificate::from_der(ca))
-    else {
+    let (Ok((_, cert)), Ok((_, ca))) = (
+        X509Certificate::from_der(cert),
+        X509Certificate::from_der(ca),
+    ) else {
         return false;
     };
     cert.issuer() == ca.subject() && cert.verify_signature(Some(ca.public_key())).is_ok()
@@ -318,4 +321,111 @@ fn to_pem(der: &[u8]) -> String {
         &pem::Pem::new("CERTIFICATE", der),
         pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{BasicConstraints, CertificateSigningRequestParams, IsCa, Issuer};
+
+    /// A CA: its certificate PEM and what signs with it.
+    fn ca(name: &str) -> (String, Issuer<'static, KeyPair>) {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = CertificateParams::default();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let cert = params.self_signed(&key).unwrap();
+        let issuer = Issuer::from_ca_cert_der(cert.der(), key).unwrap();
+        (cert.pem(), issuer)
+    }
+
+    fn ready(chain: &str, trust: Option<String>, renew: bool) -> CertificatesReady {
+        let fingerprint = fingerprint(&pem_certs(chain).unwrap()[0]);
+        CertificatesReady {
+            ca_chain_pem: chain.to_owned(),
+            ca_fingerprint: fingerprint,
+            ssl_host: "localhost".into(),
+            ssl_port: 1,
+            serve_port: None,
+            renew,
+            trust_pem: trust,
+        }
+    }
+
+    fn issue(csr: &str, ca: &(String, Issuer<'static, KeyPair>)) -> CertificateIssued {
+        let csr = CertificateSigningRequestParams::from_pem(csr).unwrap();
+        let cert = csr.signed_by(&ca.1).unwrap();
+        CertificateIssued {
+            chain_pem: format!("{}{}", cert.pem(), ca.0),
+            serial: "01".into(),
+            not_after: 0,
+            ignored: Vec::new(),
+        }
+    }
+
+    fn prepare(store: &CertStore, ready: &CertificatesReady) -> Result<Option<String>, String> {
+        store.prepare_csr(ready, None, Uuid::nil(), AgentKind::Child, &[], &[])
+    }
+
+    #[test]
+    fn a_rotation_never_drops_the_ca_of_the_certificate_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CertStore::new(dir.path());
+        let (old, new) = (ca("old"), ca("new"));
+        let fp = |pem: &str| fingerprint(&pem_certs(pem).unwrap()[0]);
+        // The first certificate, from the old CA.
+        let csr = prepare(&store, &ready(&old.0, None, false))
+            .unwrap()
+            .unwrap();
+        store.install(&issue(&csr, &old)).unwrap();
+        assert_eq!(store.trusted_fingerprints(), [fp(&old.0)]);
+        // Trust: both CAs, nothing to ask for.
+        let both = format!("{}{}", old.0, new.0);
+        assert_eq!(
+            prepare(&store, &ready(&old.0, Some(both.clone()), false)),
+            Ok(None)
+        );
+        assert_eq!(store.trusted_fingerprints(), [fp(&old.0), fp(&new.0)]);
+        // The old CA's chain sent without it in the bundle: refused.
+        let refused = prepare(&store, &ready(&old.0, Some(new.0.clone()), false)).unwrap_err();
+        assert!(refused.contains("does not hold the CA chain"), "{refused}");
+        // The end of the rotation arrives before the new certificate: the
+        // old CA stays, and a CSR for the new CA goes out.
+        let csr = prepare(&store, &ready(&new.0, Some(new.0.clone()), false))
+            .unwrap()
+            .expect("a CSR: the certificate held is from the old CA");
+        assert_eq!(store.trusted_fingerprints(), [fp(&new.0), fp(&old.0)]);
+        // A certificate from a CA it does not trust is not installed.
+        let stranger = ca("stranger");
+        let wrong = issue(&csr, &stranger);
+        assert!(store
+            .install(&wrong)
+            .unwrap_err()
+            .contains("not signed by a trusted CA"));
+        store.install(&issue(&csr, &new)).unwrap();
+        // Now the old CA goes; a duplicate changes nothing.
+        for _ in 0..2 {
+            assert_eq!(
+                prepare(&store, &ready(&new.0, Some(new.0.clone()), false)),
+                Ok(None)
+            );
+            assert_eq!(store.trusted_fingerprints(), [fp(&new.0)]);
+        }
+    }
+
+    #[test]
+    fn a_new_ca_without_a_bundle_is_still_refused_after_first_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CertStore::new(dir.path());
+        let (old, new) = (ca("old"), ca("new"));
+        let csr = prepare(&store, &ready(&old.0, None, false))
+            .unwrap()
+            .unwrap();
+        store.install(&issue(&csr, &old)).unwrap();
+        let refused = prepare(&store, &ready(&new.0, None, true)).unwrap_err();
+        assert!(
+            refused.contains("changed since it was first trusted"),
+            "{refused}"
+        );
+    }
 }

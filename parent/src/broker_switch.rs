@@ -242,8 +242,12 @@ pub fn write_broker_files(data_dir: &Path, out: &Path) -> Result<BrokerTlsFiles,
     // Remembered: renewals and CA rotations write them here again.
     let record = layout.broker_files();
     let absolute = std::path::absolute(out).unwrap_or_else(|_| out.to_owned());
-    write_atomic(&record, format!("{}\n", absolute.display()).as_bytes(), 0o644)
-        .map_err(|e| format!("{}: {e}", record.display()))?;
+    write_atomic(
+        &record,
+        format!("{}\n", absolute.display()).as_bytes(),
+        0o644,
+    )
+    .map_err(|e| format!("{}: {e}", record.display()))?;
     Ok(BrokerTlsFiles {
         out: out.to_owned(),
         files,

@@ -341,7 +341,15 @@ pub fn create(
     broker: Option<&BrokerSwitchParams>,
 ) -> Result<Uuid, RegistryError> {
     let params_json = broker.map(|b| serde_json::to_string(b).unwrap_or_default());
-    create_with(tx, kind, window, timeout_ms, step_timeout_ms, children, params_json)
+    create_with(
+        tx,
+        kind,
+        window,
+        timeout_ms,
+        step_timeout_ms,
+        children,
+        params_json,
+    )
 }
 
 /// Creates a CA rotation's re-issue campaign over `children`.
@@ -354,7 +362,15 @@ pub fn create_reissue(
     params: &ReissueParams,
 ) -> Result<Uuid, RegistryError> {
     let json = serde_json::to_string(params).unwrap_or_default();
-    create_with(tx, Kind::Reissue, window, timeout_ms, step_timeout_ms, children, Some(json))
+    create_with(
+        tx,
+        Kind::Reissue,
+        window,
+        timeout_ms,
+        step_timeout_ms,
+        children,
+        Some(json),
+    )
 }
 
 fn create_with(

@@ -258,7 +258,10 @@ pub fn status_table(status: &Status) -> String {
             result,
             safe(cause),
             // Which CA its certificate comes from (a CA rotation moves it).
-            a.certificate_ca.as_deref().map(short_ca).unwrap_or_else(|| "-".into()),
+            a.certificate_ca
+                .as_deref()
+                .map(short_ca)
+                .unwrap_or_else(|| "-".into()),
             a.id
         );
     }

@@ -624,8 +624,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ca_key: ca_key.map(absolute),
                 advance,
             };
-            let report: fleetls_parent::rotation::RotateReport =
-                Client::new(&target)?.post("/api/ca/rotate", &request).await?;
+            let report: fleetls_parent::rotation::RotateReport = Client::new(&target)?
+                .post("/api/ca/rotate", &request)
+                .await?;
             if json {
                 print_out(&(serde_json::to_string_pretty(&report)? + "\n"))?;
             } else {

@@ -366,7 +366,11 @@ fn materialize(layout: &Layout, rotation: &Rotation, phase: Phase) -> Result<(),
     };
     let (chain_path, key_path) = archived(layout, signing);
     let chain = read(&chain_path)?;
-    write_if_changed(&layout.certificate(CertFile::CaKey), &read(&key_path)?, 0o600)?;
+    write_if_changed(
+        &layout.certificate(CertFile::CaKey),
+        &read(&key_path)?,
+        0o600,
+    )?;
     write_if_changed(&layout.certificate(CertFile::CaPem), &chain, 0o644)?;
     let mut trust = chain;
     if let Some(other) = other {
@@ -518,9 +522,8 @@ pub async fn rotate(app: &App, request: &RotateRequest) -> Result<RotateReport, 
                 None => crate::pki::make_ca(),
             }
             .map_err(|e| OpError::BadRequest(e.to_string()))?;
-            let new = Pki::from_pem(&chain, &key, pki.lifetime).map_err(|e| {
-                OpError::BadRequest(format!("the new CA cannot be used: {e}"))
-            })?;
+            let new = Pki::from_pem(&chain, &key, pki.lifetime)
+                .map_err(|e| OpError::BadRequest(format!("the new CA cannot be used: {e}")))?;
             if new.signing_fingerprint == pki.signing_fingerprint {
                 return Err(OpError::BadRequest(
                     "the new CA is the CA in use: give another one".into(),
@@ -528,8 +531,13 @@ pub async fn rotate(app: &App, request: &RotateRequest) -> Result<RotateReport, 
             }
             let layout = Layout::new(&data_dir);
             let old_key = read(&layout.certificate(CertFile::CaKey)).map_err(internal)?;
-            archive(&layout, &pki.signing_fingerprint, &pki.ca_chain_pem, &old_key)
-                .map_err(internal)?;
+            archive(
+                &layout,
+                &pki.signing_fingerprint,
+                &pki.ca_chain_pem,
+                &old_key,
+            )
+            .map_err(internal)?;
             archive(&layout, &new.signing_fingerprint, &new.ca_chain_pem, &key)
                 .map_err(internal)?;
             let now = fleetls_proto::now_ms() as i64;
@@ -896,4 +904,109 @@ fn start_campaign(
     info!(campaign = %id, agents = enrolled.len(), "CA rotation: the re-issue campaign begins");
     app.campaign_changed.notify_one();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::settings::SslSettings;
+
+    fn count(path: &Path) -> usize {
+        read(path).unwrap().matches("BEGIN CERTIFICATE").count()
+    }
+
+    #[test]
+    fn the_files_follow_the_phase_the_registry_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path();
+        let lifetime = time::Duration::days(30);
+        let old = Pki::generate(data, &SslSettings::defaults("127.0.0.1"), None, lifetime).unwrap();
+        let registry = Registry::open(&data.join("fleetls.db")).unwrap();
+        let layout = Layout::new(data);
+        // An older data dir: no trust.pem yet.
+        std::fs::remove_file(layout.certificate(CertFile::TrustPem)).unwrap();
+        reconcile(data, &registry).unwrap();
+        assert_eq!(count(&layout.certificate(CertFile::TrustPem)), 1);
+
+        let (chain, key) = crate::pki::make_ca().unwrap();
+        let new = Pki::from_pem(&chain, &key, lifetime).unwrap();
+        let old_key = read(&layout.certificate(CertFile::CaKey)).unwrap();
+        archive(
+            &layout,
+            &old.signing_fingerprint,
+            &old.ca_chain_pem,
+            &old_key,
+        )
+        .unwrap();
+        archive(&layout, &new.signing_fingerprint, &new.ca_chain_pem, &key).unwrap();
+        let set_phase =
+            |phase: Phase| {
+                registry
+                    .with_tx(|tx| {
+                        tx.execute(
+                        "INSERT INTO ca_rotations (id, old_ca, new_ca, phase, started_at, phase_at)
+                         VALUES (1, ?1, ?2, ?3, 0, 0)
+                         ON CONFLICT(id) DO UPDATE SET phase = excluded.phase",
+                        params![old.signing_fingerprint, new.signing_fingerprint, phase.as_str()],
+                    )?;
+                        Ok(())
+                    })
+                    .unwrap();
+            };
+        let signing = || Pki::load(data, lifetime).unwrap().signing_fingerprint;
+        let other = || other_ca(data, &registry, &signing()).map(|p| p.signing_fingerprint);
+
+        set_phase(Phase::Trust);
+        reconcile(data, &registry).unwrap();
+        assert_eq!(signing(), old.signing_fingerprint);
+        assert_eq!(count(&layout.certificate(CertFile::TrustPem)), 2);
+        assert_eq!(other(), Some(new.signing_fingerprint.clone()));
+
+        // A parent stopped after recording the next phase catches up at start.
+        set_phase(Phase::Reissue);
+        reconcile(data, &registry).unwrap();
+        reconcile(data, &registry).unwrap();
+        assert_eq!(signing(), new.signing_fingerprint);
+        assert_eq!(count(&layout.certificate(CertFile::TrustPem)), 2);
+        assert_eq!(other(), Some(old.signing_fingerprint.clone()));
+        let loaded = Pki::load(data, lifetime).unwrap();
+        assert!(loaded.trust_pem.contains(old.ca_chain_pem.trim()));
+        let (issued, _) = loaded.issue_with_new_key(Uuid::new_v4()).unwrap();
+        assert_eq!(issued.ca, new.signing_fingerprint);
+
+        set_phase(Phase::Finished);
+        reconcile(data, &registry).unwrap();
+        assert_eq!(signing(), new.signing_fingerprint);
+        assert_eq!(
+            read(&layout.certificate(CertFile::TrustPem)).unwrap(),
+            new.ca_chain_pem
+        );
+        assert_eq!(other(), None);
+        // The old CA stays in the archive.
+        assert_eq!(
+            read(&archived(&layout, &old.signing_fingerprint).0).unwrap(),
+            old.ca_chain_pem
+        );
+    }
+
+    #[test]
+    fn a_refused_csr_counts_as_a_failed_renewal_only_for_an_agent_that_held_a_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Registry::open(&dir.path().join("fleetls.db")).unwrap();
+        let (new_agent, renewing) = (Uuid::new_v4(), Uuid::new_v4());
+        registry
+            .with_tx(|tx| {
+                tx.execute(
+                    "INSERT INTO certificates (serial, agent_id, subject, not_after, issued_at, chain_pem, renewal)
+                     VALUES ('01', ?1, 's', 0, 0, '', 0), ('02', ?1, 's', 0, 1, '', 1)",
+                    params![renewing.to_string()],
+                )?;
+                on_csr_answered(tx, &new_agent, Err("no"))?;
+                on_csr_answered(tx, &renewing, Err("no"))?;
+                on_csr_answered(tx, &renewing, Ok("sha256:x"))?;
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(registry.with_db(renewal_counts).unwrap(), (1, 1));
+    }
 }

@@ -12,9 +12,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use fleetls_tests::{
-    free_port, start_child, test_dir, wait_for, Parent, PrivateNode, Proc, Vhost,
-};
+use fleetls_tests::{free_port, start_child, test_dir, wait_for, Parent, PrivateNode, Proc, Vhost};
 use serde_json::Value;
 
 // This test's node and ports (its range: 5900-5949 / 15900-15949).
@@ -249,7 +247,11 @@ fn a_ca_rotation_moves_everyone_to_the_new_ca_without_anyone_going_offline() {
     assert!(archived, "the old CA is not in certificates/cas");
     // The table names each agent's CA.
     let table = ok(&parent, &["status"]);
-    let short: String = new_fp.trim_start_matches("sha256:").chars().take(16).collect();
+    let short: String = new_fp
+        .trim_start_matches("sha256:")
+        .chars()
+        .take(16)
+        .collect();
     assert!(
         table.lines().filter(|l| l.contains(&short)).count() > all.len(),
         "{table}"

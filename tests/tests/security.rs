@@ -397,8 +397,7 @@ fn a_forged_ca_rotation_bundle_is_refused_and_changes_nothing() {
     });
     let before = snapshot(&net.data("till-1"));
     let (evil_ca, _, _) = foreign_ca(net.dir.path());
-    let real_ca =
-        std::fs::read_to_string(net.parent.data_dir.join("certificates/ca.pem")).unwrap();
+    let real_ca = std::fs::read_to_string(net.parent.data_dir.join("certificates/ca.pem")).unwrap();
     let (evil_key, _) = net.attacker_key("evil");
     let key = evil_key.to_str().unwrap();
     // A rotation to the attacker's CA, the real one kept beside it so that
