@@ -703,7 +703,7 @@ async fn turn(
             }
             let running = app
                 .registry
-                .with_db(|db| crate::campaign::running(db))
+                .with_db(crate::campaign::running)
                 .map_err(|e| e.to_string())?;
             if rotation.campaign.is_none() {
                 if running.is_none() {
@@ -719,7 +719,7 @@ async fn turn(
         }
         Phase::Finished => followers
             .iter()
-            .filter(|f| f.trusted.iter().any(|t| *t == rotation.old_ca))
+            .filter(|f| f.trusted.contains(&rotation.old_ca))
             .collect(),
     };
     let mut out = Vec::new();
@@ -819,7 +819,7 @@ async fn broker_accepts(
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{PrivateKeyDer, ServerName};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let parsed: lapin::uri::AMQPUri = uri.parse().map_err(|e| format!("{e}"))?;
+    let parsed: lapin::uri::AMQPUri = uri.parse()?;
     let (host, port) = (parsed.authority.host.clone(), parsed.authority.port);
     let mut roots = rustls::RootCertStore::empty();
     for cert in crate::pki::pem_certs(roots_pem).map_err(|e| e.to_string())? {
