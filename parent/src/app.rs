@@ -221,6 +221,10 @@ impl App {
                 .map_err(|e| e.to_string())?;
         if renewed {
             info!("the parent's and the broker's certificates were renewed");
+            let dir = self.config.data_dir.clone();
+            let _ =
+                tokio::task::spawn_blocking(move || crate::rotation::rewrite_broker_files(&dir))
+                    .await;
             self.reload_ssl_port().await.map_err(|e| e.to_string())?;
             self.refresh_crl().await?;
         }

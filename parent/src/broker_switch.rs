@@ -174,6 +174,13 @@ fn permissions_script() -> String {
     )
 }
 
+/// `DATA_DIR/broker-files.toml`: where `broker-tls --out` last wrote.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BrokerFilesRecord {
+    /// The folder, absolute.
+    pub out: PathBuf,
+}
+
 /// What `broker-tls --out DIR` wrote.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BrokerTlsFiles {
@@ -242,12 +249,9 @@ pub fn write_broker_files(data_dir: &Path, out: &Path) -> Result<BrokerTlsFiles,
     // Remembered: renewals and CA rotations write them here again.
     let record = layout.broker_files();
     let absolute = std::path::absolute(out).unwrap_or_else(|_| out.to_owned());
-    write_atomic(
-        &record,
-        format!("{}\n", absolute.display()).as_bytes(),
-        0o644,
-    )
-    .map_err(|e| format!("{}: {e}", record.display()))?;
+    let text = toml::to_string(&BrokerFilesRecord { out: absolute }).map_err(|e| e.to_string())?;
+    write_atomic(&record, text.as_bytes(), 0o644)
+        .map_err(|e| format!("{}: {e}", record.display()))?;
     Ok(BrokerTlsFiles {
         out: out.to_owned(),
         files,

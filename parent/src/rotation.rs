@@ -459,13 +459,13 @@ fn broker_advice(data_dir: &Path) -> String {
 /// Where `broker-tls --out` last wrote the broker's files.
 pub fn broker_out(data_dir: &Path) -> Option<PathBuf> {
     let text = std::fs::read_to_string(Layout::new(data_dir).broker_files()).ok()?;
-    let out = PathBuf::from(text.trim());
-    out.is_dir().then_some(out)
+    let record: crate::broker_switch::BrokerFilesRecord = toml::from_str(&text).ok()?;
+    record.out.is_dir().then_some(record.out)
 }
 
 /// Writes the broker's files again where `broker-tls --out` last wrote
-/// them, if it ever did.
-fn rewrite_broker_files(data_dir: &Path) {
+/// them, if it ever did (after a renewal, at each phase of a rotation).
+pub fn rewrite_broker_files(data_dir: &Path) {
     if let Some(out) = broker_out(data_dir) {
         if let Err(e) = crate::broker_switch::write_broker_files(data_dir, &out) {
             warn!(error = %e, "cannot write the broker's files again");
