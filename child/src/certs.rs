@@ -169,7 +169,7 @@ impl CertStore {
 
     /// Writes the CAs to trust to `ca.pem` (and to `broker-ca.pem` once the
     /// agent is on AMQPS: the broker's certificate comes from the same CA),
-    /// each only when it changes.
+    /// each whole, in one rename.
     fn store_trust(&self, cas: &[CertificateDer<'static>]) -> Result<(), String> {
         let mut seen = Vec::new();
         let mut text = String::new();
@@ -181,9 +181,7 @@ impl CertStore {
             }
         }
         for path in [self.ca_path(), self.broker_ca_path()] {
-            let current = std::fs::read_to_string(&path).ok();
-            let is_broker = path == self.broker_ca_path();
-            if (is_broker && current.is_none()) || current.as_deref() == Some(text.as_str()) {
+            if path == self.broker_ca_path() && !path.exists() {
                 continue;
             }
             write_atomic(&path, text.as_bytes(), 0o644).map_err(|e| e.to_string())?;
