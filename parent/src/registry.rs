@@ -632,7 +632,10 @@ impl Registry {
     /// Forgets every certificate record (for `certs reset`).
     pub fn forget_certificates(&self) -> Result<(), RegistryError> {
         let db = self.lock();
-        db.execute_batch("DELETE FROM certificates; DELETE FROM refusals;")?;
+        // A CA rotation belongs to the CA that goes too.
+        db.execute_batch(
+            "DELETE FROM certificates; DELETE FROM refusals; DELETE FROM ca_rotations;",
+        )?;
         self.mark_changed();
         Ok(())
     }
@@ -640,15 +643,16 @@ impl Registry {
     /// Records a certificate the parent issued without a CSR (export).
     pub fn record_certificate(&self, agent: Uuid, issued: &Issued) -> Result<(), RegistryError> {
         self.lock().execute(
-            "INSERT INTO certificates (serial, agent_id, subject, not_after, issued_at, csr_message, chain_pem)
-             VALUES (?1, ?2, ?3, ?4, ?5, NULL, ?6)",
+            "INSERT INTO certificates (serial, agent_id, subject, not_after, issued_at, csr_message, chain_pem, ca)
+             VALUES (?1, ?2, ?3, ?4, ?5, NULL, ?6, ?7)",
             params![
                 issued.serial,
                 agent.to_string(),
                 issued.subject,
                 issued.not_after,
                 fleetls_proto::now_ms() as i64,
-                issued.chain_pem
+                issued.chain_pem,
+                issued.ca
             ],
         )?;
         Ok(())

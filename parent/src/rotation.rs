@@ -638,14 +638,24 @@ fn own_from(layout: &Layout, fingerprint: &str) -> bool {
 pub async fn run(app: Arc<App>, mut shutdown: crate::shutdown::Shutdown) {
     let mut sent: HashMap<Uuid, Instant> = HashMap::new();
     let mut phase_seen = None;
+    // The same reason (the broker not ready yet) is logged once a minute.
+    let mut last_error: Option<(String, Instant)> = None;
     loop {
         tokio::select! {
             _ = shutdown.wait() => return,
             _ = tokio::time::sleep(TURN) => {}
         }
         match turn(&app, &mut sent, &mut phase_seen).await {
-            Ok(()) => {}
-            Err(e) => warn!(error = %e, "CA rotation turn failed"),
+            Ok(()) => last_error = None,
+            Err(e) => {
+                let repeated = last_error
+                    .as_ref()
+                    .is_some_and(|(last, at)| *last == e && at.elapsed() < Duration::from_secs(60));
+                if !repeated {
+                    warn!(error = %e, "CA rotation turn did not move on");
+                    last_error = Some((e, Instant::now()));
+                }
+            }
         }
     }
 }
