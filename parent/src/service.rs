@@ -98,7 +98,9 @@ pub async fn serve(
             .map_err(|e| ServeError::Settings(e.to_string()))?,
     );
     info!(fingerprint = %signing_key.public().fingerprint(), "the parent signs its commands with this key (give it to children as --parent-key)");
-    crate::rotation::reconcile(&data_dir, &registry).map_err(ServeError::Settings)?;
+    // The CA files follow the phase of a CA rotation the registry recorded.
+    crate::rotation::reconcile(&data_dir, &registry)
+        .map_err(|e| ServeError::Pki(crate::pki::PkiError::Invalid(e)))?;
     let pki = if crate::pki::exists(&data_dir) {
         Some(Arc::new(Pki::load(&data_dir, config.cert_lifetime)?))
     } else {
