@@ -215,7 +215,8 @@ pub struct BrokerSwitchParams {
 }
 
 /// What a CA rotation's re-issue campaign sends each child: a
-/// `CertificatesReady` asking for a new certificate from the new CA.
+/// `CertificatesReady` with the new CA's chain (a child holding no
+/// certificate from it asks for one).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ReissueParams {
     /// The new CA's chain.
@@ -624,7 +625,10 @@ fn command(
                 ssl_host: host,
                 ssl_port: port,
                 serve_port: Some(r.serve_port),
-                renew: true,
+                // Not `renew`: a child that holds a certificate from this
+                // CA already answers with its state, so a re-sent step
+                // issues nothing twice.
+                renew: false,
                 trust_pem: Some(r.trust_pem.clone()),
             }),
             re: None,

@@ -721,8 +721,22 @@ async fn turn(
                 }
                 return Ok(());
             }
-            if running.is_some() {
-                // The campaign asks them, within its window.
+            if let (Some(campaign), Some(_)) = (rotation.campaign, running) {
+                // The campaign asks them, within its window; one that got a
+                // certificate from the new CA otherwise (it renewed by
+                // itself meanwhile) has had its turn.
+                let on_new: Vec<Uuid> = followers
+                    .iter()
+                    .filter(|f| f.ca.as_deref() == Some(new))
+                    .map(|f| f.id)
+                    .collect();
+                let ended = app
+                    .registry
+                    .with_tx(|tx| end_turns(tx, campaign, &on_new))
+                    .map_err(|e| e.to_string())?;
+                if ended {
+                    app.campaign_changed.notify_one();
+                }
                 return Ok(());
             }
             left
@@ -755,7 +769,9 @@ async fn turn(
                 ssl_port,
                 serve_port: (agent.kind == AgentKind::LocalParent)
                     .then_some(settings.local_parent_port),
-                renew: rotation.phase == Phase::Reissue,
+                // A child asks for a certificate only when it holds none
+                // from the CA that signs: a duplicate issues nothing.
+                renew: false,
                 trust_pem: Some(pki.trust_pem.clone()),
             }),
             re: None,
@@ -863,6 +879,30 @@ async fn broker_accepts(
     tokio::time::timeout(Duration::from_secs(10), attempt)
         .await
         .map_err(|_| format!("{host}:{port} did not answer within 10 s"))?
+}
+
+/// Ends the turn of every acting child of the re-issue campaign that is
+/// among `on_new` (already on the new CA); whether it ended one.
+fn end_turns(tx: &Transaction<'_>, campaign: Uuid, on_new: &[Uuid]) -> Result<bool, RegistryError> {
+    let acting: Vec<String> = {
+        let mut stmt = tx.prepare_cached(
+            "SELECT agent FROM campaign_children WHERE campaign = ?1 AND state = 'acting'",
+        )?;
+        let rows = stmt.query_map(params![campaign.to_string()], |row| row.get(0))?;
+        rows.collect::<Result<_, _>>()?
+    };
+    let mut ended = false;
+    for agent in on_new.iter().filter(|a| acting.contains(&a.to_string())) {
+        ended |= crate::campaign::on_single_report(
+            tx,
+            *agent,
+            campaign,
+            "reissue",
+            true,
+            "Already holds a certificate from the new CA.",
+        )?;
+    }
+    Ok(ended)
 }
 
 /// Starts the re-issue campaign over the agents not on the new CA.
