@@ -201,15 +201,20 @@ impl Session {
         match command {
             ToChild::CertificatesReady(ready) => {
                 if agent.config.kind == fleetls_proto::AgentKind::LocalParent {
-                    let policy_changed = agent
+                    // A policy comes with the settings' information; a
+                    // command without one (a re-issue) keeps the one held.
+                    let held = agent
                         .state
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .serve_tls
-                        != ready.tls;
+                        .clone();
+                    let policy_changed = ready.tls.is_some() && held != ready.tls;
                     if let Err(e) = agent.update_state(|s| {
                         s.serve_port = ready.serve_port;
-                        s.serve_tls = ready.tls.clone();
+                        if ready.tls.is_some() {
+                            s.serve_tls = ready.tls.clone();
+                        }
                     }) {
                         return Ok(Obeyed::Done(Err(e.to_string())));
                     }
@@ -229,6 +234,10 @@ impl Session {
                 })
                 .await
                 .unwrap_or_else(|e| Err(format!("the CSR task failed: {e}")));
+                if csr.is_ok() {
+                    // The CAs it accepts may have changed (a CA rotation).
+                    agent.serve_local_port(&self.shutdown, true);
+                }
                 match csr {
                     Ok(Some(pem)) => {
                         self.send(agent, ToParent::Csr(Csr { pem }), Some(envelope.id))

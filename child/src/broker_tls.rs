@@ -19,7 +19,7 @@ use crate::session::{Obeyed, Session, SessionError, FRAME_MAX};
 
 /// The CA the broker's certificate must chain to (given by the parent).
 fn broker_ca_path(data_dir: &Path) -> std::path::PathBuf {
-    data_dir.join("certs/broker-ca.pem")
+    CertStore::new(data_dir).broker_ca_path()
 }
 
 /// Opens an AMQPS connection with this agent's certificate.

@@ -223,8 +223,10 @@ impl Agent {
 
     pub(crate) fn report_state(&self) -> AgentState {
         let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let store = CertStore::new(&self.config.data_dir);
         AgentState {
-            has_certificate: CertStore::new(&self.config.data_dir).has_certificate(),
+            has_certificate: store.has_certificate(),
+            trusted_cas: store.trusted_fingerprints(),
             ssl: state.ssl,
             broker_tls: state.broker_tls_uri.is_some(),
             parent_key: self.trust.pinned(),

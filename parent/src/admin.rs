@@ -47,6 +47,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/agents/include", post(agents_include))
         .route("/api/security", get(security))
         .route("/api/revoke", post(revoke))
+        .route("/api/ca/rotate", post(ca_rotate))
         .route_layer(middleware::from_fn_with_state(app.clone(), require_token))
         .with_state(app)
         .merge(open)
@@ -98,6 +99,26 @@ async fn metrics(State(app): State<Arc<App>>) -> Result<String, ApiError> {
             "fleetls_certificate_soonest_expiry_seconds",
             "When the first valid agent certificate expires (Unix seconds).",
             &[("", soonest as f64)],
+        );
+    }
+    gauge(
+        "fleetls_certificate_renewals",
+        "Renewals: done (a certificate issued to an agent that held one), failed (a CSR refused from such an agent).",
+        &[
+            ("{result=\"done\"}", n.renewals_done as f64),
+            ("{result=\"failed\"}", n.renewals_failed as f64),
+        ],
+    );
+    if let Some(r) = &n.ca_rotation {
+        gauge(
+            "fleetls_ca_rotation_agents",
+            "The newest CA rotation: agents concerned, trusting the new CA, on the new CA, still trusting the old.",
+            &[
+                ("{state=\"concerned\"}", r.agents as f64),
+                ("{state=\"trusting_new\"}", r.trusting_new as f64),
+                ("{state=\"on_new_ca\"}", r.on_new_ca as f64),
+                ("{state=\"trusting_old\"}", r.trusting_old as f64),
+            ],
         );
     }
     let s = &status.summary;
@@ -312,6 +333,13 @@ async fn crl(State(app): State<Arc<App>>) -> Result<Response, ApiError> {
     }
 }
 
+async fn ca_rotate(
+    State(app): State<Arc<App>>,
+    Json(request): Json<crate::rotation::RotateRequest>,
+) -> Result<Json<crate::rotation::RotateReport>, ApiError> {
+    Ok(Json(crate::rotation::rotate(&app, &request).await?))
+}
+
 async fn revoke(
     State(app): State<Arc<App>>,
     Json(request): Json<ops::RevokeRequest>,
@@ -388,7 +416,7 @@ async fn doctor(
     Json(
         crate::doctor::diagnose_files(
             &request.target,
-            &layout.certificate(CertFile::CaPem),
+            &layout.certificate(CertFile::TrustPem),
             Some((&cert, &key)),
             Default::default(),
         )

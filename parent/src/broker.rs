@@ -59,7 +59,7 @@ pub async fn connect_tls(
         TlsFiles {
             chain: &layout.certificate(CertFile::ParentPem),
             key: &layout.certificate(CertFile::ParentKey),
-            ca: &layout.certificate(CertFile::CaPem),
+            ca: &layout.certificate(CertFile::TrustPem),
         },
     )
     .await

@@ -94,7 +94,8 @@ pub fn client_config(data_dir: &Path) -> Result<Arc<ClientConfig>, String> {
         std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))
     };
     let mut roots = RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(&read(CertFile::CaPem)?) {
+    let _ = read(CertFile::CaPem)?;
+    for cert in CertificateDer::pem_slice_iter(&crate::ssl_port::trust(&layout)) {
         let cert = cert.map_err(|e| e.to_string())?;
         roots.add(cert).map_err(|e| e.to_string())?;
     }
@@ -173,6 +174,13 @@ fn permissions_script() -> String {
     )
 }
 
+/// `DATA_DIR/broker-files.toml`: where `broker-tls --out` last wrote.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BrokerFilesRecord {
+    /// The folder, absolute.
+    pub out: PathBuf,
+}
+
 /// What `broker-tls --out DIR` wrote.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BrokerTlsFiles {
@@ -194,11 +202,12 @@ pub fn write_broker_files(data_dir: &Path, out: &Path) -> Result<BrokerTlsFiles,
         Ok(path)
     };
     std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
-    let mut files = vec![
-        copy(CertFile::BrokerPem)?,
-        copy(CertFile::BrokerKey)?,
-        copy(CertFile::CaPem)?,
-    ];
+    // The broker's ca.pem is every CA trusted: during a CA rotation it
+    // accepts client certificates from the old and the new CA.
+    let ca = out.join(CertFile::CaPem.name());
+    write_atomic(&ca, &crate::ssl_port::trust(&layout), 0o644)
+        .map_err(|e| format!("{}: {e}", ca.display()))?;
+    let mut files = vec![copy(CertFile::BrokerPem)?, copy(CertFile::BrokerKey)?, ca];
     let abs = |name: &str| std::path::absolute(out.join(name)).unwrap_or_else(|_| out.join(name));
     let common = format!(
         "# fleetls: TLS for RabbitMQ (read only at boot: restart the broker after applying)\n\
@@ -237,6 +246,12 @@ pub fn write_broker_files(data_dir: &Path, out: &Path) -> Result<BrokerTlsFiles,
             .map_err(|e| format!("{}: {e}", path.display()))?;
         files.push(path);
     }
+    // Remembered: renewals and CA rotations write them here again.
+    let record = layout.broker_files();
+    let absolute = std::path::absolute(out).unwrap_or_else(|_| out.to_owned());
+    let text = toml::to_string(&BrokerFilesRecord { out: absolute }).map_err(|e| e.to_string())?;
+    write_atomic(&record, text.as_bytes(), 0o644)
+        .map_err(|e| format!("{}: {e}", record.display()))?;
     Ok(BrokerTlsFiles {
         out: out.to_owned(),
         files,

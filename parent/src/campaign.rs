@@ -33,6 +33,8 @@ pub enum Kind {
     ForceSwitch,
     /// "Use SSL connection for RabbitMQ": every switched child moves to AMQPS.
     SwitchBroker,
+    /// A CA rotation: every agent gets a certificate from the new CA.
+    Reissue,
 }
 
 impl Kind {
@@ -44,6 +46,7 @@ impl Kind {
             Kind::Switch => "switch",
             Kind::ForceSwitch => "force-switch",
             Kind::SwitchBroker => "switch-broker",
+            Kind::Reissue => "reissue",
         }
     }
 
@@ -58,6 +61,7 @@ impl Kind {
             Kind::Verify | Kind::Reverify => "cert-test",
             Kind::Switch | Kind::ForceSwitch => "use-ssl",
             Kind::SwitchBroker => "use-broker-tls",
+            Kind::Reissue => "reissue",
         }
     }
 }
@@ -73,8 +77,9 @@ impl std::str::FromStr for Kind {
             "switch" => Ok(Kind::Switch),
             "force-switch" => Ok(Kind::ForceSwitch),
             "switch-broker" => Ok(Kind::SwitchBroker),
+            "reissue" => Ok(Kind::Reissue),
             other => Err(format!(
-                "unknown campaign kind {other:?}: verify, reverify, switch, force-switch or switch-broker"
+                "unknown campaign kind {other:?}: verify, reverify, switch, force-switch, switch-broker or reissue"
             )),
         }
     }
@@ -303,6 +308,21 @@ pub fn adapt_window(
     Ok(Some(next as usize))
 }
 
+/// What a CA rotation's re-issue campaign sends each child: a
+/// `CertificatesReady` with the new CA's chain (a child holding no
+/// certificate from it asks for one).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReissueParams {
+    /// The new CA's chain.
+    pub ca_chain_pem: String,
+    /// Its root's fingerprint.
+    pub ca_fingerprint: String,
+    /// Every CA to trust meanwhile (the old and the new one).
+    pub trust_pem: String,
+    /// The port local parents serve on.
+    pub serve_port: u16,
+}
+
 /// One child to enrol: the agent and where it tests its SSL connection.
 #[derive(Debug, Clone)]
 pub struct Enrolment {
@@ -415,9 +435,50 @@ pub fn create(
     children: &[Enrolment],
     broker: Option<&BrokerSwitchParams>,
 ) -> Result<Uuid, RegistryError> {
+    let params_json = broker.map(|b| serde_json::to_string(b).unwrap_or_default());
+    create_with(
+        tx,
+        kind,
+        window,
+        timeout_ms,
+        step_timeout_ms,
+        children,
+        params_json,
+    )
+}
+
+/// Creates a CA rotation's re-issue campaign over `children`.
+pub fn create_reissue(
+    tx: &Transaction<'_>,
+    window: usize,
+    timeout_ms: u64,
+    step_timeout_ms: u64,
+    children: &[Enrolment],
+    params: &ReissueParams,
+) -> Result<Uuid, RegistryError> {
+    let json = serde_json::to_string(params).unwrap_or_default();
+    create_with(
+        tx,
+        Kind::Reissue,
+        window,
+        timeout_ms,
+        step_timeout_ms,
+        children,
+        Some(json),
+    )
+}
+
+fn create_with(
+    tx: &Transaction<'_>,
+    kind: Kind,
+    window: usize,
+    timeout_ms: u64,
+    step_timeout_ms: u64,
+    children: &[Enrolment],
+    params_json: Option<String>,
+) -> Result<Uuid, RegistryError> {
     let id = Uuid::new_v4();
     let now = fleetls_proto::now_ms();
-    let params_json = broker.map(|b| serde_json::to_string(b).unwrap_or_default());
     tx.execute(
         "INSERT INTO campaigns (id, kind, state, window, started_at, deadline_at, step_timeout_ms, params)
          VALUES (?1, ?2, 'running', ?3, ?4, ?5, ?6, ?7)",
@@ -483,14 +544,30 @@ pub fn tick(
             params![id],
             |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?)),
         )?;
-    let broker: Option<BrokerSwitchParams> = broker.and_then(|b| serde_json::from_str(&b).ok());
+    let reissue: Option<ReissueParams> = match kind {
+        Kind::Reissue => broker.as_deref().and_then(|b| serde_json::from_str(b).ok()),
+        _ => None,
+    };
+    let broker: Option<BrokerSwitchParams> = match kind {
+        Kind::SwitchBroker => broker.and_then(|b| serde_json::from_str(&b).ok()),
+        _ => None,
+    };
     let mut result = Tick {
         kind: Some(kind),
         amqps: broker.as_ref().map(|b| b.uri.clone()),
         ..Tick::default()
     };
     let command = |agent: Uuid, step: &str, host: String, port: u16, deadline: u64| {
-        command(agent, campaign, step, host, port, deadline, broker.as_ref())
+        command(
+            agent,
+            campaign,
+            step,
+            host,
+            port,
+            deadline,
+            broker.as_ref(),
+            reissue.as_ref(),
+        )
     };
     if judge && now >= deadline {
         tx.execute(
@@ -658,17 +735,33 @@ pub fn acting_command(
     let Some(campaign) = running(tx)? else {
         return Ok(None);
     };
-    let row: Option<(String, String, u16, i64, Option<String>)> = tx
+    let row: Option<(String, String, u16, i64, Kind, Option<String>)> = tx
         .query_row(
-            "SELECT cc.step, cc.target_host, cc.target_port, cc.step_deadline, c.params
+            "SELECT cc.step, cc.target_host, cc.target_port, cc.step_deadline, c.kind, c.params
              FROM campaign_children cc JOIN campaigns c ON c.id = cc.campaign
              WHERE cc.campaign = ?1 AND cc.agent = ?2 AND cc.state = 'acting' AND cc.step_deadline > ?3",
             params![campaign.to_string(), agent.to_string(), fleetls_proto::now_ms() as i64],
-            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?)),
+            |row| {
+                Ok((
+                    row.get(0)?,
+                    row.get(1)?,
+                    row.get(2)?,
+                    row.get(3)?,
+                    row.get(4)?,
+                    row.get(5)?,
+                ))
+            },
         )
         .optional()?;
-    Ok(row.map(|(step, host, port, deadline, broker)| {
-        let broker: Option<BrokerSwitchParams> = broker.and_then(|b| serde_json::from_str(&b).ok());
+    Ok(row.map(|(step, host, port, deadline, kind, params)| {
+        let broker: Option<BrokerSwitchParams> = match kind {
+            Kind::SwitchBroker => params.as_deref().and_then(|p| serde_json::from_str(p).ok()),
+            _ => None,
+        };
+        let reissue: Option<ReissueParams> = match kind {
+            Kind::Reissue => params.as_deref().and_then(|p| serde_json::from_str(p).ok()),
+            _ => None,
+        };
         command(
             agent,
             campaign,
@@ -677,11 +770,13 @@ pub fn acting_command(
             port,
             deadline as u64,
             broker.as_ref(),
+            reissue.as_ref(),
         )
     }))
 }
 
 /// The command for `step` of a campaign's child.
+#[allow(clippy::too_many_arguments)]
 fn command(
     agent: Uuid,
     campaign: Uuid,
@@ -690,7 +785,27 @@ fn command(
     port: u16,
     deadline: u64,
     broker: Option<&BrokerSwitchParams>,
+    reissue: Option<&ReissueParams>,
 ) -> Outgoing {
+    if let ("reissue", Some(r)) = (step, reissue) {
+        return Outgoing {
+            agent,
+            body: ToChild::CertificatesReady(fleetls_proto::CertificatesReady {
+                ca_chain_pem: r.ca_chain_pem.clone(),
+                ca_fingerprint: r.ca_fingerprint.clone(),
+                ssl_host: host,
+                ssl_port: port,
+                serve_port: Some(r.serve_port),
+                // Not `renew`: a child that holds a certificate from this
+                // CA already answers with its state, so a re-sent step
+                // issues nothing twice.
+                renew: false,
+                trust_pem: Some(r.trust_pem.clone()),
+                tls: None,
+            }),
+            re: None,
+        };
+    }
     let body = match (step, broker) {
         ("use-ssl", _) => ToChild::UseSsl(UseSsl { campaign }),
         ("use-broker-tls", Some(b)) => ToChild::UseBrokerTls(UseBrokerTls {

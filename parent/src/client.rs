@@ -150,6 +150,15 @@ impl Client {
     }
 }
 
+/// The first 16 hex digits of a CA fingerprint, for the table.
+fn short_ca(fingerprint: &str) -> String {
+    fingerprint
+        .trim_start_matches("sha256:")
+        .chars()
+        .take(16)
+        .collect()
+}
+
 /// The status as a table for a terminal.
 pub fn status_table(status: &Status) -> String {
     use std::fmt::Write;
@@ -169,9 +178,24 @@ pub fn status_table(status: &Status) -> String {
     if let Some(soonest) = n.soonest_expiry {
         let _ = writeln!(
             out,
-            "certificates: soonest expiry {}   revoked {}",
+            "certificates: soonest expiry {}   revoked {}   renewals done {}   renewals failed {}",
             when(soonest.max(0) as u64 * 1000),
-            n.revoked_certificates
+            n.revoked_certificates,
+            n.renewals_done,
+            n.renewals_failed
+        );
+    }
+    if let Some(r) = &n.ca_rotation {
+        let _ = writeln!(
+            out,
+            "CA rotation: {}   {} -> {}   agents {}   trusting the new CA {}   on the new CA {}   still trusting the old {}",
+            r.phase.as_str(),
+            short_ca(&r.old_ca),
+            short_ca(&r.new_ca),
+            r.agents,
+            r.trusting_new,
+            r.on_new_ca,
+            r.trusting_old
         );
     }
     if n.pending + n.rejected + n.compromised > 0 || n.security_events > 0 {
@@ -183,7 +207,7 @@ pub fn status_table(status: &Status) -> String {
     }
     let _ = writeln!(
         out,
-        "{:<24} {:<12} {:<9} {:<14} {:<8} {:<9} {:<5} {:<5} {:<6} {:<19} {:<20} ID",
+        "{:<24} {:<12} {:<9} {:<14} {:<8} {:<9} {:<5} {:<5} {:<6} {:<19} {:<20} {:<16} ID",
         "NAME",
         "KIND",
         "VERSION",
@@ -194,7 +218,8 @@ pub fn status_table(status: &Status) -> String {
         "SSL",
         "AMQPS",
         "RESULT",
-        "CAUSE"
+        "CAUSE",
+        "CA"
     );
     let yes = |b: bool| if b { "yes" } else { "-" };
     // Whatever an agent sent about itself is printed without control
@@ -222,7 +247,7 @@ pub fn status_table(status: &Status) -> String {
         };
         let _ = writeln!(
             out,
-            "{:<24} {:<12} {:<9} {:<14} {:<8} {:<9} {:<5} {:<5} {:<6} {:<19} {:<20} {}",
+            "{:<24} {:<12} {:<9} {:<14} {:<8} {:<9} {:<5} {:<5} {:<6} {:<19} {:<20} {:<16} {}",
             safe(&a.name),
             a.kind.as_str(),
             safe(&a.version),
@@ -234,6 +259,11 @@ pub fn status_table(status: &Status) -> String {
             yes(a.broker_tls),
             result,
             safe(cause),
+            // Which CA its certificate comes from (a CA rotation moves it).
+            a.certificate_ca
+                .as_deref()
+                .map(short_ca)
+                .unwrap_or_else(|| "-".into()),
             a.id
         );
     }

@@ -180,6 +180,7 @@ pub fn apply(
                         hello.state.parent_key,
                     ],
                 )?;
+                crate::rotation::note_trust(tx, &event.agent, &hello.state.trusted_cas)?;
                 note_parent_key(
                     tx,
                     &event.agent,
@@ -207,6 +208,7 @@ pub fn apply(
                 )?;
                 note_parent_key(tx, &event.agent, before, &state.parent_key, policy)?;
                 crate::owed::settle_if_certified(tx, &event.agent, state.has_certificate)?;
+                crate::rotation::note_trust(tx, &event.agent, &state.trusted_cas)?;
             }
             EventKind::StepReport(report) => {
                 crate::campaign::on_report(tx, event.agent, report, event.at, policy.ssl_port_open_since, outgoing)?;
@@ -282,12 +284,13 @@ pub fn apply(
                 match result {
                     Ok(issued) => {
                         // The certificate it replaces is revoked, superseded.
-                        if crate::registry::revoke_certificates(tx, &event.agent, "superseded")? > 0 {
+                        let renewal = crate::registry::revoke_certificates(tx, &event.agent, "superseded")? > 0;
+                        if renewal {
                             applied.revoked = true;
                         }
                         tx.execute(
-                            "INSERT INTO certificates (serial, agent_id, subject, not_after, issued_at, csr_message, chain_pem, key_sha256)
-                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                            "INSERT INTO certificates (serial, agent_id, subject, not_after, issued_at, csr_message, chain_pem, key_sha256, ca, renewal)
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                             params![
                                 issued.serial,
                                 agent,
@@ -297,9 +300,12 @@ pub fn apply(
                                 event.message.to_string(),
                                 issued.chain_pem,
                                 issued.key,
+                                issued.ca,
+                                renewal,
                             ],
                         )?;
                         crate::owed::settle(tx, &event.agent)?;
+                        crate::rotation::on_csr_answered(tx, &event.agent, Ok(&issued.ca))?;
                         tx.execute("DELETE FROM refusals WHERE agent_id = ?1", params![agent])?;
                         outgoing.push(Outgoing {
                             agent: event.agent,
@@ -318,6 +324,7 @@ pub fn apply(
                              ON CONFLICT(agent_id) DO UPDATE SET reason = excluded.reason, at = excluded.at",
                             params![agent, reason, at],
                         )?;
+                        crate::rotation::on_csr_answered(tx, &event.agent, Err(&reason))?;
                         outgoing.push(Outgoing {
                             agent: event.agent,
                             body: ToChild::CsrRejected(CsrRejected { reason }),

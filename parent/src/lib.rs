@@ -24,6 +24,7 @@ pub mod ops;
 pub mod owed;
 pub mod pki;
 pub mod registry;
+pub mod rotation;
 pub mod service;
 pub mod settings;
 pub mod ssl_port;

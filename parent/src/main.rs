@@ -85,6 +85,12 @@ enum Command {
         #[command(subcommand)]
         action: AgentsAction,
     },
+    /// The CA: `ca rotate` replaces it without a connected agent losing its
+    /// connection (both CAs trusted, everyone re-issued, the old one dropped).
+    Ca {
+        #[command(subcommand)]
+        action: CaAction,
+    },
     /// Revoke an agent: its certificates go on the CA's revocation list (the
     /// SSL ports refuse them at once; `GET /crl.pem` serves it), its key is
     /// banned, its RabbitMQ user removed and its broker connections closed.
@@ -169,6 +175,32 @@ enum Command {
     Certs {
         #[command(subcommand)]
         action: CertsAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum CaAction {
+    /// Rotate the CA: a new one (made here, or the company's given with
+    /// --ca-cert/--ca-key); every agent first trusts both, then is re-issued
+    /// under the new one (a campaign), then the old one leaves the bundles.
+    /// Each phase follows by itself once every agent followed; `--advance`
+    /// takes the next phase now. Follow it in `status`.
+    Rotate {
+        /// A new company CA or intermediate certificate (PEM, on the parent's machine)
+        #[arg(long, requires = "ca_key", conflicts_with = "advance")]
+        ca_cert: Option<std::path::PathBuf>,
+        /// Its private key (PEM)
+        #[arg(long, requires = "ca_cert")]
+        ca_key: Option<std::path::PathBuf>,
+        /// Take the next phase of the rotation under way now, without
+        /// waiting for agents that have not followed (offline ones)
+        #[arg(long)]
+        advance: bool,
+        #[command(flatten)]
+        target: AdminTarget,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -629,6 +661,42 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(fleetls_doctor::print(&report, args.json))
         }
         Command::Agents { action } => agents(action).await,
+        Command::Ca {
+            action:
+                CaAction::Rotate {
+                    ca_cert,
+                    ca_key,
+                    advance,
+                    target,
+                    json,
+                },
+        } => {
+            let absolute = |p: std::path::PathBuf| std::path::absolute(&p).unwrap_or(p);
+            let request = fleetls_parent::rotation::RotateRequest {
+                ca_cert: ca_cert.map(absolute),
+                ca_key: ca_key.map(absolute),
+                advance,
+            };
+            let report: fleetls_parent::rotation::RotateReport = Client::new(&target)?
+                .post("/api/ca/rotate", &request)
+                .await?;
+            if json {
+                print_out(&(serde_json::to_string_pretty(&report)? + "\n"))?;
+            } else {
+                let r = &report.rotation;
+                println!(
+                    "CA rotation: phase {}  ({} -> {}); agents {}, trusting the new CA {}, on the new CA {}\n{}",
+                    r.phase.as_str(),
+                    r.old_ca,
+                    r.new_ca,
+                    r.agents,
+                    r.trusting_new,
+                    r.on_new_ca,
+                    report.broker
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Revoke {
             agent,
             reason,

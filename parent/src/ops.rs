@@ -411,6 +411,11 @@ pub async fn start_campaign(
             "there are no certificates yet: run `certs generate` and `certs send` first".into(),
         )
     })?;
+    if request.kind == Kind::Reissue {
+        return Err(OpError::BadRequest(
+            "a re-issue campaign is started by `fleetls-parent ca rotate`, not on its own".into(),
+        ));
+    }
     let window = request.window.unwrap_or(app.config.window);
     if window == 0 {
         return Err(OpError::BadRequest(
@@ -467,7 +472,7 @@ pub async fn start_campaign(
         plan.broker_tls = Some(protocol);
         broker = Some(BrokerSwitchParams {
             uri,
-            ca_pem: pki.ca_chain_pem.clone(),
+            ca_pem: pki.trust_pem.clone(),
             auth: request.auth.unwrap_or(fleetls_proto::BrokerAuth::Plain),
             ceiling: Some(window),
         });
@@ -509,6 +514,7 @@ pub async fn start_campaign(
             Kind::Switch => !a.ssl && passed(a),
             Kind::ForceSwitch => !a.ssl,
             Kind::SwitchBroker => (a.ssl || imported_mpos(a)) && !a.broker_tls,
+            Kind::Reissue => false,
         };
         if !take {
             continue;
@@ -538,6 +544,7 @@ pub async fn start_campaign(
             Kind::Switch => "no child that passed the test is left to switch: run `verify` first".into(),
             Kind::ForceSwitch => "every eligible child is already switched to SSL".into(),
             Kind::SwitchBroker => "every switched child is already on AMQPS".into(),
+            Kind::Reissue => "a re-issue campaign is started by `fleetls-parent ca rotate`".into(),
         }));
     }
     if request.dry_run {

@@ -119,6 +119,7 @@ pub fn certificates_ready(
         serve_port: (agent.kind == AgentKind::LocalParent).then_some(settings.local_parent_port),
         renew,
         tls: (agent.kind == AgentKind::LocalParent).then(|| settings.tls_policy()),
+        trust_pem: Some(pki.trust_pem.clone()),
     })
 }
 

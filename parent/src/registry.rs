@@ -309,7 +309,10 @@ pub const DEFINITIONS: &str = "WITH
             SELECT 1 FROM certificates c WHERE c.agent_id = agents.id AND c.revoked = 0)
             AS certified,
             (SELECT max(not_after) FROM certificates c
-             WHERE c.agent_id = agents.id AND c.revoked = 0) AS cert_not_after
+             WHERE c.agent_id = agents.id AND c.revoked = 0) AS cert_not_after,
+            (SELECT c.ca FROM certificates c
+             WHERE c.agent_id = agents.id AND c.revoked = 0
+             ORDER BY c.issued_at DESC LIMIT 1) AS cert_ca
         FROM agents)";
 
 /// Joins to the agents (`a`, as `status::AGENTS_FROM` has them) each agent's last result: its enrolment (`l`) in
@@ -362,11 +365,15 @@ const MIGRATIONS: [&str; 4] = [
          id INTEGER PRIMARY KEY CHECK (id = 1),
          number INTEGER NOT NULL
      );",
-    // 3 → 4: the registry is the record, the broker the wire. Commands are
-    // transient, so what an agent is owed is kept here: certificate
-    // information sent and not yet settled (`crate::owed`), the key each
-    // certificate was issued for (a CSR on the same key gets the same
-    // certificate back), and whether a campaign step was sent again.
+    // 3 → 4: the registry is the record, the broker the wire; and
+    // certificates that live. Commands are transient, so what an agent is
+    // owed is kept here: certificate information sent and not yet settled
+    // (`crate::owed`), the key each certificate was issued for (a CSR on the
+    // same key gets the same certificate back), and whether a campaign step
+    // was sent again; an operator's decision to keep an agent on plain,
+    // with its reason. Which CA signed each certificate and whether it
+    // renewed one the agent held; which CAs each agent trusts; the CA
+    // rotations; counters that never shrink (failed renewals).
     "CREATE TABLE IF NOT EXISTS owed_certificates (
          agent_id TEXT PRIMARY KEY,
          renew INTEGER NOT NULL,
@@ -375,8 +382,24 @@ const MIGRATIONS: [&str; 4] = [
      );
      ALTER TABLE certificates ADD COLUMN key_sha256 TEXT;
      ALTER TABLE campaign_children ADD COLUMN nudged INTEGER NOT NULL DEFAULT 0;
-     -- An operator's decision to keep an agent on plain, with its reason.
-     ALTER TABLE agents ADD COLUMN excluded TEXT;",
+     ALTER TABLE agents ADD COLUMN excluded TEXT;
+     ALTER TABLE certificates ADD COLUMN ca TEXT;
+     ALTER TABLE certificates ADD COLUMN renewal INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE agents ADD COLUMN trusted_cas TEXT NOT NULL DEFAULT '[]';
+     CREATE TABLE IF NOT EXISTS ca_rotations (
+         id INTEGER PRIMARY KEY AUTOINCREMENT,
+         old_ca TEXT NOT NULL,
+         new_ca TEXT NOT NULL,
+         phase TEXT NOT NULL,
+         started_at INTEGER NOT NULL,
+         phase_at INTEGER NOT NULL,
+         campaign TEXT,
+         finished_at INTEGER
+     );
+     CREATE TABLE IF NOT EXISTS counters (
+         name TEXT PRIMARY KEY,
+         value INTEGER NOT NULL
+     );",
 ];
 
 /// Brings the registry to [`SCHEMA_VERSION`], one step per transaction; a
@@ -639,8 +662,10 @@ impl Registry {
     /// Forgets every certificate record (for `certs reset`).
     pub fn forget_certificates(&self) -> Result<(), RegistryError> {
         let db = self.lock();
+        // A CA rotation belongs to the CA that goes too.
         db.execute_batch(
-            "DELETE FROM certificates; DELETE FROM refusals; DELETE FROM owed_certificates;",
+            "DELETE FROM certificates; DELETE FROM refusals; DELETE FROM owed_certificates; \
+             DELETE FROM ca_rotations;",
         )?;
         self.mark_changed();
         Ok(())
@@ -652,8 +677,8 @@ impl Registry {
         self.with_tx(|tx| {
             revoke_certificates(tx, &agent, "superseded")?;
             tx.execute(
-                "INSERT INTO certificates (serial, agent_id, subject, not_after, issued_at, csr_message, chain_pem, key_sha256)
-                 VALUES (?1, ?2, ?3, ?4, ?5, NULL, ?6, ?7)",
+                "INSERT INTO certificates (serial, agent_id, subject, not_after, issued_at, csr_message, chain_pem, key_sha256, ca)
+                 VALUES (?1, ?2, ?3, ?4, ?5, NULL, ?6, ?7, ?8)",
                 params![
                     issued.serial,
                     agent.to_string(),
@@ -661,7 +686,8 @@ impl Registry {
                     issued.not_after,
                     fleetls_proto::now_ms() as i64,
                     issued.chain_pem,
-                    issued.key
+                    issued.key,
+                    issued.ca
                 ],
             )?;
             // Nothing more is owed (see `crate::owed`).

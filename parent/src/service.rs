@@ -98,6 +98,9 @@ pub async fn serve(
             .map_err(|e| ServeError::Settings(e.to_string()))?,
     );
     info!(fingerprint = %signing_key.public().fingerprint(), "the parent signs its commands with this key (give it to children as --parent-key)");
+    // The CA files follow the phase of a CA rotation the registry recorded.
+    crate::rotation::reconcile(&data_dir, &registry)
+        .map_err(|e| ServeError::Pki(crate::pki::PkiError::Invalid(e)))?;
     let pki = if crate::pki::exists(&data_dir) {
         Some(Arc::new(Pki::load(&data_dir, config.cert_lifetime)?))
     } else {
@@ -133,6 +136,7 @@ pub async fn serve(
     let engine = tokio::spawn(crate::engine::run(app.clone(), shutdown.clone()));
     tokio::spawn(renew_own(app.clone(), shutdown.clone()));
     tokio::spawn(crate::owed::run(app.clone(), shutdown.clone()));
+    tokio::spawn(crate::rotation::run(app.clone(), shutdown.clone()));
     let admin = tokio::spawn(crate::admin::run(listener, app.clone(), shutdown.clone()));
     if let Some(ready) = ready {
         let _ = ready.send(admin_addr);
@@ -395,6 +399,8 @@ async fn handle_batch(
                 EventKind::StepReport(_)
                     | EventKind::SwitchReport(_)
                     | EventKind::BrokerSwitchReport(_)
+                    // A certificate may end a child's turn in a CA rotation.
+                    | EventKind::Csr(_)
             )
         });
         let registry = app.registry.clone();

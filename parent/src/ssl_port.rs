@@ -77,12 +77,21 @@ pub fn parent_config(
     };
     let crl = std::fs::read(layout.certificate(CertFile::Crl)).ok();
     server_config(
-        &read(CertFile::CaPem)?,
+        &trust(&layout),
         &read(CertFile::ParentPem)?,
         &read(CertFile::ParentKey)?,
         crl.as_deref(),
         policy,
     )
+}
+
+/// Every CA certificate trusted (`trust.pem`; `ca.pem` in a data dir made
+/// before there was one).
+pub fn trust(layout: &crate::layout::Layout) -> Vec<u8> {
+    use crate::layout::CertFile;
+    std::fs::read(layout.certificate(CertFile::TrustPem))
+        .or_else(|_| std::fs::read(layout.certificate(CertFile::CaPem)))
+        .unwrap_or_default()
 }
 
 /// Binds the SSL port on every address.

@@ -129,6 +129,17 @@ pub struct Network {
     /// superseded by a renewal).
     #[serde(default)]
     pub revoked_certificates: u64,
+    /// Renewals done: certificates issued to an agent that held one (the
+    /// one replaced is revoked, superseded).
+    #[serde(default)]
+    pub renewals_done: u64,
+    /// Renewals failed: CSRs refused from an agent that had been issued a
+    /// certificate before.
+    #[serde(default)]
+    pub renewals_failed: u64,
+    /// The newest CA rotation and how far it got.
+    #[serde(default)]
+    pub ca_rotation: Option<crate::rotation::RotationView>,
 }
 
 /// The campaign summary (every figure a query over the registry).
@@ -195,6 +206,10 @@ pub struct AgentStatus {
     /// Kept on plain AMQP by an operator's decision, and why.
     #[serde(default)]
     pub excluded: Option<String>,
+    /// `sha256:HEX` of the CA that signed its valid certificate (during a
+    /// CA rotation: the old or the new one).
+    #[serde(default)]
+    pub certificate_ca: Option<String>,
 }
 
 /// What shaping an agent's row needs besides the row.
@@ -233,10 +248,10 @@ pub const AGENTS_ORDER: &str = "ORDER BY a.name, a.id";
 /// The columns of [`AGENTS_FROM`] that [`row_to_status`] reads.
 pub const AGENT_COLUMNS: &str = "a.id, a.name, a.kind, a.version, a.location, a.hostnames,
     a.ips, a.last_seen, a.certified, a.ssl, a.broker_tls, r.reason, a.admission, a.compromised,
-    a.cert_not_after, a.excluded";
+    a.cert_not_after, a.excluded, a.cert_ca";
 
 /// How many columns [`AGENT_COLUMNS`] names: a query's own columns follow.
-pub const AGENT_COLUMN_COUNT: usize = 16;
+pub const AGENT_COLUMN_COUNT: usize = 17;
 
 /// The columns of an enrolment (`l`) that [`row_to_last_result`] reads.
 pub const LAST_COLUMNS: &str =
@@ -812,6 +827,9 @@ impl Tally {
                 signing_key: None,
                 soonest_expiry: self.soonest_expiry,
                 revoked_certificates: 0,
+                renewals_done: 0,
+                renewals_failed: 0,
+                ca_rotation: None,
             },
             summary: Summary {
                 passed: self.passed,
@@ -872,6 +890,7 @@ pub fn row_to_status(
             compromised: row.get(13)?,
             certificate_not_after: row.get(14)?,
             excluded: row.get(15)?,
+            certificate_ca: row.get(16)?,
         })
     })();
     Ok(parsed)
@@ -1105,6 +1124,9 @@ mod tests {
                 // The test's certificates carry not_after = 0.
                 soonest_expiry: Some(0),
                 revoked_certificates: 0,
+                renewals_done: 0,
+                renewals_failed: 0,
+                ca_rotation: None,
             }
         );
         assert_eq!(

@@ -375,6 +375,11 @@ pub struct AgentState {
     /// until it pinned one): the parent flags any other as compromised.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent_key: Option<String>,
+    /// `sha256:HEX` of every CA certificate the agent trusts now (its
+    /// `certs/ca.pem`): during a CA rotation the parent waits until every
+    /// agent trusts the new CA before it issues from it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_cas: Vec<String>,
 }
 
 /// A child is alive.
@@ -477,6 +482,13 @@ pub struct CertificatesReady {
     /// own SSL port (`None`: the defaults).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsPolicy>,
+    /// Every CA certificate to trust, PEM (the chain's CA among them):
+    /// during a CA rotation the old and the new one, then the new one
+    /// alone. A child never lets go of the CA that issued the certificate
+    /// it holds until it holds one from the new CA. `None` (an older
+    /// parent): the chain's CA alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trust_pem: Option<String>,
 }
 
 /// The lowest TLS version an endpoint accepts.

@@ -572,6 +572,7 @@ fn state() -> impl Strategy<Value = AgentState> {
                 ssl,
                 broker_tls,
                 parent_key,
+                trusted_cas: Vec::new(),
             },
         )
 }
@@ -678,6 +679,7 @@ fn body() -> impl Strategy<Value = Body> {
                     serve_port,
                     renew: false,
                     tls: None,
+                    trust_pem: None,
                 })
             }
         ),

@@ -79,6 +79,7 @@ fn hello() -> Hello {
             ssl: false,
             broker_tls: false,
             parent_key: None,
+            trusted_cas: Vec::new(),
         },
     }
 }
@@ -115,6 +116,7 @@ fn one_of_each() -> Vec<Body> {
                 ssl: true,
                 broker_tls: false,
                 parent_key: Some(CA_FINGERPRINT.into()),
+                trusted_cas: vec![CA_FINGERPRINT.into()],
             },
         }),
         Body::Csr(Csr {
@@ -153,6 +155,7 @@ fn one_of_each() -> Vec<Body> {
             serve_port: None,
             renew: false,
             tls: None,
+            trust_pem: Some(CA_PEM.into()),
         }),
         Body::CertificateIssued(CertificateIssued {
             chain_pem: format!("{LEAF_PEM}{CA_PEM}"),
@@ -304,6 +307,7 @@ fn heartbeat_round_trips() {
             ssl,
             broker_tls,
             parent_key: has_certificate.then(|| CA_FINGERPRINT.to_owned()),
+            trusted_cas: Vec::new(),
         };
         assert_round_trip(
             &from_child(Body::Heartbeat(Heartbeat { state })),
@@ -424,6 +428,7 @@ fn certificates_ready_round_trips() {
             serve_port: Some(12366),
             renew: false,
             tls: None,
+            trust_pem: None,
         })),
         &[
             "ca_chain_pem",

@@ -22,6 +22,7 @@ const PARENT_COMMANDS: &[&str] = &[
     "switch-broker",
     "without-ssl",
     "agents",
+    "ca",
     "revoke",
     "signing-key",
     "security",
