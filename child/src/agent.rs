@@ -30,7 +30,7 @@ pub async fn run(config: RunConfig, shutdown: Shutdown) -> Result<(), RunError> 
     let agent = Arc::new(Agent::open(config)?);
     info!(id = %agent.identity.id, name = %agent.identity.name, "child starting");
     agent.serve_local_port(&shutdown, false);
-    let name = topology::child_connection_name(&agent.identity.id);
+    let name = topology::child_connection_name(&agent.identity.id, &agent.identity.name);
     fleetls_bus::reconnect::run("child", Duration::ZERO, shutdown.clone(), || {
         let (agent, name, shutdown) = (agent.clone(), name.clone(), shutdown.clone());
         async move { session(&agent, &name, shutdown).await }
@@ -60,7 +60,9 @@ async fn session(agent: &Agent, name: &str, shutdown: Shutdown) -> Ended {
     let ended = loop {
         match session.run(agent).await {
             Ok(Outcome::MoveTo(next, next_session)) => {
-                // The new connection carries us now; only then close the old one.
+                // The new connection carries us now; only then close the old
+                // one, its channel first (a planned close logs no ERROR).
+                session.close().await;
                 let _ = connection.close(200, "moved to AMQPS".into()).await;
                 info!("moved to AMQPS; the plain connection is closed");
                 connection = *next;

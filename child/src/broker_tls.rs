@@ -77,7 +77,8 @@ pub async fn obey(
             .await?;
         return Ok(Obeyed::Done(Ok(())));
     }
-    let name = fleetls_proto::topology::child_connection_name(&agent.identity.id);
+    let name =
+        fleetls_proto::topology::child_connection_name(&agent.identity.id, &agent.identity.name);
     let attempt = async {
         write_atomic(&broker_ca_path(&data_dir), cmd.ca_pem.as_bytes(), 0o644)
             .map_err(|e| tls_error(e.to_string()))?;

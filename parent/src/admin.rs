@@ -431,6 +431,13 @@ async fn without_ssl(State(app): State<Arc<App>>) -> Result<Json<ops::WithoutSsl
 #[derive(serde::Deserialize)]
 struct BrokerTlsRequest {
     out: std::path::PathBuf,
+    /// The AMQPS port (default 5671).
+    #[serde(default)]
+    amqps_port: Option<u16>,
+    /// The addresses it binds to, `;`-separated (default: the broker IPs
+    /// of the settings).
+    #[serde(default)]
+    amqps_bind: Option<String>,
 }
 
 async fn broker_tls(
@@ -443,7 +450,13 @@ async fn broker_tls(
                 "there are no certificates yet: run `certs generate` first".into(),
             ));
         }
-        crate::broker_switch::write_broker_files(&app.config.data_dir, &request.out)
+        let listener = crate::broker_switch::AmqpsListener::new(
+            request.amqps_port,
+            request.amqps_bind.as_deref(),
+            &app.settings().broker_ips,
+        )
+        .map_err(OpError::BadRequest)?;
+        crate::broker_switch::write_broker_files(&app.config.data_dir, &request.out, &listener)
             .map_err(OpError::BadRequest)
     })
     .await

@@ -4,6 +4,7 @@
 //! ```text
 //! DIR/fleetls.db              the registry (SQLite)
 //! DIR/admin.token             the admin API's bearer token (0600)
+//! DIR/admin.addr              where `serve` listens (operator commands read it)
 //! DIR/signing.key             the key every command is signed with (0600)
 //! DIR/ssl.toml                the SSL settings
 //! DIR/broker-tls.toml         the AMQPS address the parent moved to
@@ -47,6 +48,12 @@ impl Layout {
     /// The admin token.
     pub fn token(&self) -> PathBuf {
         self.dir.join("admin.token")
+    }
+
+    /// The admin API's address, written by `serve` once it listens and
+    /// removed when it stops cleanly.
+    pub fn admin_addr(&self) -> PathBuf {
+        self.dir.join("admin.addr")
     }
 
     /// The signing key.

@@ -131,6 +131,13 @@ enum Command {
         /// Folder to write into
         #[arg(long)]
         out: PathBuf,
+        /// The broker's AMQPS port
+        #[arg(long, default_value_t = fleetls_parent::broker_switch::DEFAULT_AMQPS_PORT)]
+        amqps_port: u16,
+        /// The addresses the AMQPS listener binds to, `;`-separated (default: the
+        /// broker IPs of the settings; 0.0.0.0 for every interface)
+        #[arg(long)]
+        amqps_bind: Option<String>,
         #[command(flatten)]
         target: AdminTarget,
     },
@@ -631,10 +638,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 for c in &r.certificates {
                     println!(
-                        "{}: certificate {} (valid until Unix {}) in {}",
+                        "{}: certificate {} (valid until {}) in {}",
                         c.name,
                         c.serial,
-                        c.not_after,
+                        client::when(c.not_after.max(0) as u64 * 1000),
                         c.file.display()
                     );
                 }
@@ -718,6 +725,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::SigningKey { data_dir } => {
             let path = fleetls_parent::signing_key_path(&data_dir);
+            // Made here first (a parent not started yet): private, as serve makes it.
+            fleetls_bus::files::create_private_dir(&data_dir)?;
             let key = fleetls_bus::seal::SigningKey::load_or_create(&path)?;
             println!("{}", key.public().fingerprint());
             Ok(ExitCode::SUCCESS)
@@ -744,10 +753,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::BrokerTls { out, target } => {
+        Command::BrokerTls {
+            out,
+            amqps_port,
+            amqps_bind,
+            target,
+        } => {
             let out = std::path::absolute(&out).unwrap_or(out);
+            let request = serde_json::json!({
+                "out": out, "amqps_port": amqps_port, "amqps_bind": amqps_bind,
+            });
             let files: fleetls_parent::broker_switch::BrokerTlsFiles = Client::new(&target)?
-                .post("/api/broker-tls", &serde_json::json!({ "out": out }))
+                .post("/api/broker-tls", &request)
                 .await?;
             for file in &files.files {
                 println!("{}", file.display());

@@ -676,7 +676,7 @@ pub async fn without_ssl(app: &App) -> Result<WithoutSsl, OpError> {
     let connections = crate::management::connections(management, vhost.as_deref())
         .await
         .map_err(OpError::Unavailable)?;
-    let by_name = crate::management::by_name(connections);
+    let by_agent = crate::management::by_agent(connections);
     out.broker_view = true;
     // Why a child stayed on plain, from its last broker switch report.
     let reasons: std::collections::HashMap<String, String> = app
@@ -691,8 +691,7 @@ pub async fn without_ssl(app: &App) -> Result<WithoutSsl, OpError> {
         })
         .map_err(internal)?;
     for a in &agents {
-        let name = fleetls_proto::topology::child_connection_name(&a.id);
-        let why = match by_name.get(&name) {
+        let why = match by_agent.get(&a.id) {
             Some(c) if c.ssl => continue,
             _ if a.excluded.is_some() => format!(
                 "excluded: {}",

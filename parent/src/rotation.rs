@@ -456,20 +456,35 @@ fn broker_advice(data_dir: &Path) -> String {
     }
 }
 
-/// Where `broker-tls --out` last wrote the broker's files.
-pub fn broker_out(data_dir: &Path) -> Option<PathBuf> {
+/// Where `broker-tls --out` last wrote the broker's files, and how.
+fn broker_record(data_dir: &Path) -> Option<crate::broker_switch::BrokerFilesRecord> {
     let text = std::fs::read_to_string(Layout::new(data_dir).broker_files()).ok()?;
     let record: crate::broker_switch::BrokerFilesRecord = toml::from_str(&text).ok()?;
-    record.out.is_dir().then_some(record.out)
+    record.out.is_dir().then_some(record)
+}
+
+/// Where `broker-tls --out` last wrote the broker's files.
+pub fn broker_out(data_dir: &Path) -> Option<PathBuf> {
+    broker_record(data_dir).map(|r| r.out)
 }
 
 /// Writes the broker's files again where `broker-tls --out` last wrote
-/// them, if it ever did (after a renewal, at each phase of a rotation).
+/// them, with the same AMQPS listener, if it ever did (after a renewal, at
+/// each phase of a rotation).
 pub fn rewrite_broker_files(data_dir: &Path) {
-    if let Some(out) = broker_out(data_dir) {
-        if let Err(e) = crate::broker_switch::write_broker_files(data_dir, &out) {
-            warn!(error = %e, "cannot write the broker's files again");
-        }
+    let Some(record) = broker_record(data_dir) else {
+        return;
+    };
+    let broker_ips = crate::settings::SslSettings::load(data_dir)
+        .ok()
+        .flatten()
+        .map(|s| s.broker_ips)
+        .unwrap_or_default();
+    let written = record.listener(&broker_ips).and_then(|listener| {
+        crate::broker_switch::write_broker_files(data_dir, &record.out, &listener)
+    });
+    if let Err(e) = written {
+        warn!(error = %e, "cannot write the broker's files again");
     }
 }
 

@@ -92,6 +92,13 @@ pub async fn serve(
             source,
         })?;
     info!(admin = %admin_addr, data_dir = %data_dir.display(), "parent starting");
+    // Operator commands given only --data-dir find the admin API here.
+    let addr_file = crate::layout::Layout::new(&data_dir).admin_addr();
+    fleetls_bus::files::write_atomic(&addr_file, format!("{admin_addr}\n").as_bytes(), 0o600)
+        .map_err(|source| ServeError::DataDir {
+            path: addr_file.clone(),
+            source,
+        })?;
     let settings = initial_settings(&config)?;
     let signing_key = Arc::new(
         fleetls_bus::seal::SigningKey::load_or_create(&crate::signing_key_path(&data_dir))
@@ -147,6 +154,12 @@ pub async fn serve(
         Ok(Err(e)) => warn!(error = %e, "admin server stopped with an error"),
         Err(e) => warn!(error = %e, "admin server task failed"),
         Ok(Ok(())) => {}
+    }
+    // A clean stop says so: the next operator command finds no address
+    // (a parent that was killed leaves it, and the command says it found
+    // nobody listening there).
+    if std::fs::read_to_string(&addr_file).is_ok_and(|a| a.trim() == admin_addr.to_string()) {
+        let _ = std::fs::remove_file(&addr_file);
     }
     info!("parent stopped");
     Ok(())
@@ -210,9 +223,14 @@ async fn broker_loop(app: &Arc<App>, shutdown: Shutdown) {
                 Err(e) => return Ended::Unreachable(e.to_string()),
             };
             info!("connected to the broker, consuming {}", topology::PARENT);
-            app.set_channel(Some(ops_channel));
+            app.set_channel(Some(ops_channel.clone()));
             let result = consume(&app, &channel, consumer, shutdown.clone()).await;
             app.set_channel(None);
+            // The channels first, each awaited: a channel dropped while the
+            // connection closes makes lapin log an ERROR for what is a
+            // planned close (a move to AMQPS, a stop).
+            let _ = ops_channel.close(200, "parent stopping".into()).await;
+            let _ = channel.close(200, "parent stopping".into()).await;
             let _ = connection.close(200, "parent stopping".into()).await;
             match result {
                 Ok(()) => Ended::Stopped,

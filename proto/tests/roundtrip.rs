@@ -919,3 +919,21 @@ fn crl_updated_round_trips() {
         &["crl_pem"],
     );
 }
+
+#[test]
+fn a_child_connection_name_carries_its_display_name_and_gives_back_its_id() {
+    use fleetls_proto::topology::{child_connection_name, child_of_connection_name};
+    let id = uuid::Uuid::new_v4();
+    let name = child_connection_name(&id, "till-1\u{1b}[2J");
+    assert_eq!(name, format!("fleetls-child:{id} (till-1[2J)"));
+    assert_eq!(child_of_connection_name(&name), Some(id));
+    // Names of older children (the id alone) are still understood.
+    assert_eq!(
+        child_of_connection_name(&format!("fleetls-child:{id}")),
+        Some(id)
+    );
+    assert_eq!(child_of_connection_name("fleetls-parent"), None);
+    assert_eq!(child_of_connection_name("fleetls-child:42 (x)"), None);
+    let long = child_connection_name(&id, &"x".repeat(200));
+    assert_eq!(long.len(), format!("fleetls-child:{id} ()").len() + 64);
+}
