@@ -38,6 +38,9 @@ pub enum BusError {
     /// The TLS material for AMQPS is missing or unusable.
     #[error("AMQPS: {0}")]
     Tls(String),
+    /// No node of a broker list answered; each node and why.
+    #[error("no node of the broker list answered: {0}")]
+    NoNode(String),
 }
 
 /// Wraps a lapin error with what was being done.
@@ -52,12 +55,16 @@ pub fn connection_uri(url: &str, frame_max: FrameSize) -> Result<lapin::uri::AMQ
     fleetls_proto::broker_uri(url, frame_max).map_err(BusError::Url)
 }
 
-/// Opens a named plain connection.
+/// Opens a named plain connection to `url`, or to the first node that
+/// answers when it is a comma-separated list (see [`crate::brokers`]).
 pub async fn connect(url: &str, name: &str, frame_max: FrameSize) -> Result<Connection, BusError> {
-    let properties = ConnectionProperties::default().with_connection_name(name.into());
-    Connection::connect_uri(connection_uri(url, frame_max)?, properties)
-        .await
-        .map_err(amqp("connecting to the broker"))
+    crate::brokers::connect_any(url, |url| async move {
+        let properties = ConnectionProperties::default().with_connection_name(name.into());
+        Connection::connect_uri(connection_uri(&url, frame_max)?, properties)
+            .await
+            .map_err(amqp("connecting to the broker"))
+    })
+    .await
 }
 
 /// The files an AMQPS connection needs: this agent's chain (leaf first)
@@ -72,16 +79,27 @@ pub struct TlsFiles<'a> {
     pub ca: &'a Path,
 }
 
-/// Opens a named AMQPS connection presenting a client certificate. A
-/// missing or unreadable file is an error that names it (never an empty
-/// identity that the broker would refuse for a reason nobody can see).
+/// Opens a named AMQPS connection presenting a client certificate, to
+/// `url` or to the first node that answers when it is a comma-separated
+/// list (see [`crate::brokers`]). A missing or unreadable file is an error
+/// that names it (never an empty identity that the broker would refuse for
+/// a reason nobody can see).
 pub async fn connect_tls(
     url: &str,
     name: &str,
     frame_max: FrameSize,
     files: TlsFiles<'_>,
 ) -> Result<Connection, BusError> {
-    let uri = connection_uri(url, frame_max)?;
+    crate::brokers::connect_any(url, |url| connect_tls_one(url, name, frame_max, files)).await
+}
+
+async fn connect_tls_one(
+    url: String,
+    name: &str,
+    frame_max: FrameSize,
+    files: TlsFiles<'_>,
+) -> Result<Connection, BusError> {
+    let uri = connection_uri(&url, frame_max)?;
     let read = |path: &Path| {
         std::fs::read(path).map_err(|e| BusError::Tls(format!("{}: {e}", path.display())))
     };

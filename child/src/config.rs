@@ -15,7 +15,8 @@ pub use fleetls_bus::ConfigError;
 #[derive(Debug, Default, Clone, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RawRun {
-    /// AMQP URL of the broker, e.g. amqp://user:pass@host:5672/%2f
+    /// AMQP URL of the broker, e.g. amqp://user:pass@host:5672/%2f; for a
+    /// cluster, its nodes' URLs separated by commas
     #[arg(long, env = "FLEETLS_BROKER")]
     pub broker: Option<String>,
     /// Folder for the identity, certificates and state
@@ -90,7 +91,8 @@ pub fn read_file(path: &Path) -> Result<RawRun, ConfigError> {
 /// The checked configuration of a child.
 #[derive(Debug, Clone)]
 pub struct RunConfig {
-    /// AMQP URL of the broker.
+    /// AMQP URL of the broker, or the comma-separated URLs of a cluster's
+    /// nodes (checked one by one).
     pub broker: String,
     /// Data folder.
     pub data_dir: PathBuf,
@@ -120,13 +122,11 @@ impl RunConfig {
     /// Checks raw settings.
     pub fn from_raw(raw: RawRun) -> Result<RunConfig, ConfigError> {
         let broker = raw.broker.ok_or(ConfigError::Missing("--broker"))?;
-        broker
-            .parse::<lapin::uri::AMQPUri>()
-            .map_err(|why| ConfigError::Invalid {
-                name: "--broker",
-                value: redact(&broker),
-                why: format!("{why}; expected amqp://user:pass@host:5672/%2f"),
-            })?;
+        fleetls_bus::brokers::check(&broker).map_err(|why| ConfigError::Invalid {
+            name: "--broker",
+            value: redact(&broker),
+            why,
+        })?;
         let data_dir = raw.data_dir.ok_or(ConfigError::Missing("--data-dir"))?;
         let kind = match raw.kind {
             None => AgentKind::Child,

@@ -169,7 +169,7 @@ fn initial_settings(config: &ServeConfig) -> Result<SslSettings, ServeError> {
     let stored = SslSettings::load(&config.data_dir).map_err(ServeError::Settings)?;
     let current = stored
         .clone()
-        .unwrap_or_else(|| SslSettings::defaults(&config.broker_host));
+        .unwrap_or_else(|| SslSettings::for_brokers(&config.broker_hosts));
     let Some(change) = &config.ssl else {
         return Ok(current);
     };
