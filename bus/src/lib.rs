@@ -16,6 +16,7 @@ pub mod amqp;
 pub mod brokers;
 pub mod files;
 pub mod process;
+pub mod queue_type;
 pub mod reconnect;
 pub mod seal;
 pub mod shutdown;

@@ -60,6 +60,10 @@ pub struct RawServe {
     /// IP addresses local parents may have in their server certificates, `;`-separated
     #[arg(long, env = "FLEETLS_LOCAL_PARENT_IPS")]
     pub local_parent_ips: Option<String>,
+    /// Type of the queues fleetls declares (fleetls.parent, fleetls.dead): classic (one broker node) or
+    /// quorum (a cluster: replicated, survives losing a node)
+    #[arg(long, env = "FLEETLS_QUEUE_TYPE")]
+    pub queue_type: Option<String>,
     /// The `[ssl]` table of the config file (not a flag)
     #[arg(skip)]
     pub ssl: Option<crate::settings::SettingsChange>,
@@ -86,6 +90,7 @@ impl fleetls_bus::process::Layered for RawServe {
             local_parent_names: self.local_parent_names.or(other.local_parent_names),
             local_parent_ips: self.local_parent_ips.or(other.local_parent_ips),
             ssl: self.ssl.or(other.ssl),
+            queue_type: self.queue_type.or(other.queue_type),
         }
     }
 }
@@ -142,6 +147,9 @@ pub struct ServeConfig {
     pub cert_lifetime: time::Duration,
     /// SSL settings given in the config file's `[ssl]` table.
     pub ssl: Option<crate::settings::SettingsChange>,
+    /// The type of the queues it declares (`fleetls.parent`, `fleetls.dead`,
+    /// its own for an agent).
+    pub queue_type: fleetls_bus::queue_type::QueueType,
     /// The broker's hosts, one per distinct node host (the default broker
     /// names of its certificate).
     pub broker_hosts: Vec<String>,
@@ -165,6 +173,14 @@ impl ServeConfig {
     pub fn from_raw(raw: RawServe) -> Result<Self, ConfigError> {
         let broker = raw.broker.ok_or(ConfigError::Missing("--broker"))?;
         let broker_hosts = check_amqp_url("--broker", &broker)?;
+        let queue_type = match &raw.queue_type {
+            None => fleetls_bus::queue_type::QueueType::default(),
+            Some(text) => text.parse().map_err(|why| ConfigError::Invalid {
+                name: "--queue-type",
+                value: text.clone(),
+                why,
+            })?,
+        };
         let cert_days = raw.cert_days.unwrap_or(crate::pki::DEFAULT_CERT_DAYS);
         if !(1..=3650).contains(&cert_days) {
             return Err(ConfigError::Invalid {
@@ -268,6 +284,7 @@ impl ServeConfig {
             cert_lifetime,
             ssl: raw.ssl,
             broker_hosts,
+            queue_type,
         })
     }
 }
@@ -461,6 +478,15 @@ mod tests {
             "{err}"
         );
         assert!(!err.contains("s3cret"), "{err}");
+        let bad_type = RawServe {
+            queue_type: Some("mirrored".into()),
+            ..raw()
+        };
+        let err = ServeConfig::from_raw(bad_type).unwrap_err().to_string();
+        assert!(
+            err.contains("--queue-type") && err.contains("quorum"),
+            "{err}"
+        );
         let bad_admin = RawServe {
             admin: Some("localhost".into()),
             ..raw()

@@ -235,7 +235,7 @@ async fn open_session(
         None => broker::connect(&app.config.broker, topology::PARENT_CONNECTION_NAME).await?,
     };
     let channel = broker::confirm_channel(&connection).await?;
-    broker::declare_topology(&channel).await?;
+    broker::declare_topology(&channel, app.config.queue_type).await?;
     channel
         .basic_qos(BATCH as u16 * 2, BasicQosOptions::default())
         .await
