@@ -120,6 +120,7 @@ pub async fn serve(
         status_cache: crate::status::Cache::default(),
         signing_key,
         ssl_port_open_since: std::sync::atomic::AtomicU64::new(u64::MAX),
+        cluster: RwLock::new(None),
     });
     if app.pki().is_some() {
         // Signed anew at every start: a CRL is valid a week.
@@ -132,6 +133,7 @@ pub async fn serve(
     }
     let engine = tokio::spawn(crate::engine::run(app.clone(), shutdown.clone()));
     tokio::spawn(renew_own(app.clone(), shutdown.clone()));
+    tokio::spawn(crate::cluster::watch(app.clone(), shutdown.clone()));
     let admin = tokio::spawn(crate::admin::run(listener, app.clone(), shutdown.clone()));
     if let Some(ready) = ready {
         let _ = ready.send(admin_addr);

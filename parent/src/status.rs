@@ -129,6 +129,10 @@ pub struct Network {
     /// superseded by a renewal).
     #[serde(default)]
     pub revoked_certificates: u64,
+    /// The broker's nodes and their health, as management last showed them
+    /// (with `--management`; see [`crate::cluster`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<crate::cluster::NodeHealth>,
 }
 
 /// The campaign summary (every figure a query over the registry).
@@ -800,6 +804,7 @@ impl Tally {
                 signing_key: None,
                 soonest_expiry: self.soonest_expiry,
                 revoked_certificates: 0,
+                nodes: Vec::new(),
             },
             summary: Summary {
                 passed: self.passed,
@@ -1090,6 +1095,7 @@ mod tests {
                 // The test's certificates carry not_after = 0.
                 soonest_expiry: Some(0),
                 revoked_certificates: 0,
+                nodes: Vec::new(),
             }
         );
         assert_eq!(
