@@ -14,6 +14,8 @@ use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use lapin::types::{AMQPValue, FieldTable, FrameSize, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 
+use crate::queue_type::QueueType;
+
 /// A failure talking to the broker.
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
@@ -38,6 +40,13 @@ pub enum BusError {
     /// The TLS material for AMQPS is missing or unusable.
     #[error("AMQPS: {0}")]
     Tls(String),
+    /// No node of a broker list answered; each node and why.
+    #[error("no node of the broker list answered: {0}")]
+    NoNode(String),
+    /// A queue exists with another type (or arguments) than asked for;
+    /// what to do (see [`crate::queue_type::explain_mismatch`]).
+    #[error("{0}")]
+    QueueMismatch(String),
 }
 
 /// Wraps a lapin error with what was being done.
@@ -52,12 +61,16 @@ pub fn connection_uri(url: &str, frame_max: FrameSize) -> Result<lapin::uri::AMQ
     fleetls_proto::broker_uri(url, frame_max).map_err(BusError::Url)
 }
 
-/// Opens a named plain connection.
+/// Opens a named plain connection to `url`, or to the first node that
+/// answers when it is a comma-separated list (see [`crate::brokers`]).
 pub async fn connect(url: &str, name: &str, frame_max: FrameSize) -> Result<Connection, BusError> {
-    let properties = ConnectionProperties::default().with_connection_name(name.into());
-    Connection::connect_uri(connection_uri(url, frame_max)?, properties)
-        .await
-        .map_err(amqp("connecting to the broker"))
+    crate::brokers::connect_any(url, |url| async move {
+        let properties = ConnectionProperties::default().with_connection_name(name.into());
+        Connection::connect_uri(connection_uri(&url, frame_max)?, properties)
+            .await
+            .map_err(amqp("connecting to the broker"))
+    })
+    .await
 }
 
 /// The files an AMQPS connection needs: this agent's chain (leaf first)
@@ -72,16 +85,27 @@ pub struct TlsFiles<'a> {
     pub ca: &'a Path,
 }
 
-/// Opens a named AMQPS connection presenting a client certificate. A
-/// missing or unreadable file is an error that names it (never an empty
-/// identity that the broker would refuse for a reason nobody can see).
+/// Opens a named AMQPS connection presenting a client certificate, to
+/// `url` or to the first node that answers when it is a comma-separated
+/// list (see [`crate::brokers`]). A missing or unreadable file is an error
+/// that names it (never an empty identity that the broker would refuse for
+/// a reason nobody can see).
 pub async fn connect_tls(
     url: &str,
     name: &str,
     frame_max: FrameSize,
     files: TlsFiles<'_>,
 ) -> Result<Connection, BusError> {
-    let uri = connection_uri(url, frame_max)?;
+    crate::brokers::connect_any(url, |url| connect_tls_one(url, name, frame_max, files)).await
+}
+
+async fn connect_tls_one(
+    url: String,
+    name: &str,
+    frame_max: FrameSize,
+    files: TlsFiles<'_>,
+) -> Result<Connection, BusError> {
+    let uri = connection_uri(&url, frame_max)?;
     let read = |path: &Path| {
         std::fs::read(path).map_err(|e| BusError::Tls(format!("{}: {e}", path.display())))
     };
@@ -148,37 +172,41 @@ pub async fn declare_exchanges(channel: &Channel) -> Result<(), BusError> {
     Ok(())
 }
 
-/// Declares `fleetls.parent` and binds it: children do it too, so that a
-/// Hello sent before the parent ever started waits for it.
-pub async fn declare_parent_queue(channel: &Channel) -> Result<(), BusError> {
+/// Declares `fleetls.parent` (of type `queue_type`) and binds it: children
+/// do it too, so that a Hello sent before the parent ever started waits for it.
+pub async fn declare_parent_queue(
+    channel: &Channel,
+    queue_type: QueueType,
+) -> Result<(), BusError> {
     declare_bound(
         channel,
         topology::PARENT,
         topology::PARENT,
         topology::PARENT,
-        queue_arguments(),
+        (queue_type, queue_type.shared(queue_arguments())),
     )
     .await
 }
 
 /// Everything a child needs before its own queue: the exchanges and the
 /// parent's queue.
-pub async fn declare_shared(channel: &Channel) -> Result<(), BusError> {
+pub async fn declare_shared(channel: &Channel, queue_type: QueueType) -> Result<(), BusError> {
     declare_exchanges(channel).await?;
-    declare_parent_queue(channel).await
+    declare_parent_queue(channel, queue_type).await
 }
 
 /// Makes sure, on a channel of its own, that what every child needs before
 /// its own queue exists: the exchanges and the parent's queue. A child
 /// connecting as the agents' least-privilege user may not create them
 /// (RabbitMQ refuses and closes the channel); it then checks that they
-/// exist with passive declares, which need no permission.
-pub async fn ensure_shared(connection: &Connection) -> Result<(), BusError> {
+/// exist with passive declares, which need no permission. The same when
+/// `fleetls.parent` exists with another type: the parent chose it.
+pub async fn ensure_shared(connection: &Connection, queue_type: QueueType) -> Result<(), BusError> {
     let channel = connection
         .create_channel()
         .await
         .map_err(amqp("opening a channel"))?;
-    let declared = declare_shared(&channel).await;
+    let declared = declare_shared(&channel, queue_type).await;
     let _ = channel.close(200, "declared".into()).await;
     let Err(refused) = declared else {
         return Ok(());
@@ -214,29 +242,34 @@ pub async fn ensure_shared(connection: &Connection) -> Result<(), BusError> {
 }
 
 /// The whole topology, as the parent declares it: the exchanges,
-/// `fleetls.dead` and `fleetls.parent`.
-pub async fn declare_topology(channel: &Channel) -> Result<(), BusError> {
+/// `fleetls.dead` and `fleetls.parent`, both of type `queue_type`.
+pub async fn declare_topology(channel: &Channel, queue_type: QueueType) -> Result<(), BusError> {
     declare_exchanges(channel).await?;
     declare_bound(
         channel,
         topology::DEAD,
         topology::DEAD,
         "",
-        FieldTable::default(),
+        (queue_type, queue_type.shared(FieldTable::default())),
     )
     .await?;
-    declare_parent_queue(channel).await
+    declare_parent_queue(channel, queue_type).await
 }
 
-/// Declares one agent's durable queue, bound to `fleetls.agents` by its id.
-pub async fn declare_agent_queue(channel: &Channel, id: &uuid::Uuid) -> Result<(), BusError> {
+/// Declares one agent's durable queue (of type `queue_type`, its leader on
+/// the agent's node for quorum), bound to `fleetls.agents` by its id.
+pub async fn declare_agent_queue(
+    channel: &Channel,
+    id: &uuid::Uuid,
+    queue_type: QueueType,
+) -> Result<(), BusError> {
     let queue = topology::agent_queue(id);
     declare_bound(
         channel,
         &queue,
         topology::AGENTS,
         &id.to_string(),
-        queue_arguments(),
+        (queue_type, queue_type.agent(queue_arguments())),
     )
     .await
 }
@@ -246,12 +279,17 @@ async fn declare_bound(
     queue: &str,
     exchange: &str,
     key: &str,
-    arguments: FieldTable,
+    (queue_type, arguments): (QueueType, FieldTable),
 ) -> Result<(), BusError> {
     channel
         .queue_declare(queue.into(), QueueDeclareOptions::durable(), arguments)
         .await
-        .map_err(amqp("declaring a queue"))?;
+        .map_err(|source| {
+            match crate::queue_type::explain_mismatch(queue, queue_type, &source.to_string()) {
+                Some(why) => BusError::QueueMismatch(why),
+                None => amqp("declaring a queue")(source),
+            }
+        })?;
     channel
         .queue_bind(
             queue.into(),

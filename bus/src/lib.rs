@@ -2,8 +2,8 @@
 //!
 //! One implementation of each piece the two binaries share, so that they
 //! cannot drift apart: connecting to RabbitMQ (plain and AMQPS, every error
-//! reported), declaring the design's topology, publishing with confirms and
-//! dead-lettering ([`amqp`]), signing and checking envelopes ([`seal`]), the
+//! reported; one node of a cluster's list, [`brokers`]), declaring the
+//! design's topology, publishing with confirms and dead-lettering ([`amqp`]), signing and checking envelopes ([`seal`]), the
 //! reconnect delay ([`backoff`]), files written whole with their mode set at
 //! creation ([`files`]), and the SIGINT/SIGTERM signal ([`shutdown`]).
 //!
@@ -13,8 +13,10 @@
 #![deny(missing_docs)]
 
 pub mod amqp;
+pub mod brokers;
 pub mod files;
 pub mod process;
+pub mod queue_type;
 pub mod reconnect;
 pub mod seal;
 pub mod shutdown;

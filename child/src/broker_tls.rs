@@ -33,15 +33,19 @@ pub async fn connect(data_dir: &Path, uri: &str, name: &str) -> Result<Connectio
     Ok(fleetls_bus::amqp::connect_tls(uri, name, FRAME_MAX, files).await?)
 }
 
-/// The URI to use: with `auth_mechanism=external` when asked for.
+/// The URI to use — each address of a cluster's list —, with
+/// `auth_mechanism=external` when asked for.
 fn uri_for(cmd: &UseBrokerTls) -> String {
     match cmd.auth {
         BrokerAuth::Plain => cmd.uri.clone(),
-        BrokerAuth::External if cmd.uri.contains("auth_mechanism=") => cmd.uri.clone(),
-        BrokerAuth::External => {
-            let sep = if cmd.uri.contains('?') { '&' } else { '?' };
-            format!("{}{sep}auth_mechanism=external", cmd.uri)
-        }
+        BrokerAuth::External => fleetls_bus::brokers::map_each(&cmd.uri, |uri| {
+            if uri.contains("auth_mechanism=") {
+                uri.to_owned()
+            } else {
+                let sep = if uri.contains('?') { '&' } else { '?' };
+                format!("{uri}{sep}auth_mechanism=external")
+            }
+        }),
     }
 }
 

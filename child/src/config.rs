@@ -15,7 +15,8 @@ pub use fleetls_bus::ConfigError;
 #[derive(Debug, Default, Clone, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RawRun {
-    /// AMQP URL of the broker, e.g. amqp://user:pass@host:5672/%2f
+    /// AMQP URL of the broker, e.g. amqp://user:pass@host:5672/%2f; for a
+    /// cluster, its nodes' URLs separated by commas
     #[arg(long, env = "FLEETLS_BROKER")]
     pub broker: Option<String>,
     /// Folder for the identity, certificates and state
@@ -50,6 +51,10 @@ pub struct RawRun {
     /// (default 0.67, give or take 0.05 per agent)
     #[arg(long, env = "FLEETLS_RENEW_AT")]
     pub renew_at: Option<f64>,
+    /// Type of the queues fleetls declares (its own, fleetls.parent when first): classic (one broker node) or
+    /// quorum (a cluster: replicated, survives losing a node)
+    #[arg(long, env = "FLEETLS_QUEUE_TYPE")]
+    pub queue_type: Option<String>,
     /// Report this version instead of the real one (for tests of old agents)
     #[arg(long, env = "FLEETLS_REPORT_VERSION", hide = true)]
     pub report_version: Option<String>,
@@ -71,6 +76,7 @@ impl fleetls_bus::process::Layered for RawRun {
             heartbeat: self.heartbeat.or(other.heartbeat),
             renew_at: self.renew_at.or(other.renew_at),
             report_version: self.report_version.or(other.report_version),
+            queue_type: self.queue_type.or(other.queue_type),
         }
     }
 }
@@ -90,7 +96,8 @@ pub fn read_file(path: &Path) -> Result<RawRun, ConfigError> {
 /// The checked configuration of a child.
 #[derive(Debug, Clone)]
 pub struct RunConfig {
-    /// AMQP URL of the broker.
+    /// AMQP URL of the broker, or the comma-separated URLs of a cluster's
+    /// nodes (checked one by one).
     pub broker: String,
     /// Data folder.
     pub data_dir: PathBuf,
@@ -114,20 +121,29 @@ pub struct RunConfig {
     pub renew_at: f64,
     /// The version reported to the parent.
     pub version: String,
+    /// The type of the queues it declares (`fleetls.parent`, `fleetls.dead`,
+    /// its own for an agent).
+    pub queue_type: fleetls_bus::queue_type::QueueType,
 }
 
 impl RunConfig {
     /// Checks raw settings.
     pub fn from_raw(raw: RawRun) -> Result<RunConfig, ConfigError> {
         let broker = raw.broker.ok_or(ConfigError::Missing("--broker"))?;
-        broker
-            .parse::<lapin::uri::AMQPUri>()
-            .map_err(|why| ConfigError::Invalid {
-                name: "--broker",
-                value: redact(&broker),
-                why: format!("{why}; expected amqp://user:pass@host:5672/%2f"),
-            })?;
+        fleetls_bus::brokers::check(&broker).map_err(|why| ConfigError::Invalid {
+            name: "--broker",
+            value: redact(&broker),
+            why,
+        })?;
         let data_dir = raw.data_dir.ok_or(ConfigError::Missing("--data-dir"))?;
+        let queue_type = match &raw.queue_type {
+            None => fleetls_bus::queue_type::QueueType::default(),
+            Some(text) => text.parse().map_err(|why| ConfigError::Invalid {
+                name: "--queue-type",
+                value: text.clone(),
+                why,
+            })?,
+        };
         let kind = match raw.kind {
             None => AgentKind::Child,
             Some(k) => k.parse().map_err(|why| ConfigError::Invalid {
@@ -210,6 +226,7 @@ impl RunConfig {
             version: raw
                 .report_version
                 .unwrap_or_else(|| env!("CARGO_PKG_VERSION").to_owned()),
+            queue_type,
         })
     }
 }

@@ -93,10 +93,10 @@ impl Session {
     ) -> Result<Session, SessionError> {
         let id = agent.identity.id;
         if shared {
-            fleetls_bus::amqp::ensure_shared(connection).await?;
+            fleetls_bus::amqp::ensure_shared(connection, agent.config.queue_type).await?;
         }
         let channel = fleetls_bus::amqp::confirm_channel(connection).await?;
-        fleetls_bus::amqp::declare_agent_queue(&channel, &id).await?;
+        fleetls_bus::amqp::declare_agent_queue(&channel, &id, agent.config.queue_type).await?;
         channel
             .basic_qos(16, BasicQosOptions::default())
             .await

@@ -21,9 +21,13 @@ use lapin::Connection;
 /// The flags of `swarm`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SwarmArgs {
-    /// AMQP URL of the broker
+    /// AMQP URL of the broker; for a cluster, its nodes' URLs separated by
+    /// commas (each connection starts with the first that answers)
     #[arg(long, env = "FLEETLS_BROKER")]
     pub broker: String,
+    /// Type of the children's queues: classic or quorum (see `run`)
+    #[arg(long, env = "FLEETLS_QUEUE_TYPE")]
+    pub queue_type: Option<String>,
     /// Folder holding one data dir per simulated child
     #[arg(long, env = "FLEETLS_DATA_DIR")]
     pub data_dir: PathBuf,
@@ -179,6 +183,7 @@ pub async fn run(args: SwarmArgs, shutdown: Shutdown) -> anyhow::Result<()> {
             kind: Some(kind.as_str().into()),
             location: Some(format!("site-{}", i % args.locations.max(1))),
             heartbeat: Some(args.heartbeat),
+            queue_type: args.queue_type.clone(),
             report_version: in_share(i, count, old, args.old_share).then(|| "0.9.0".to_owned()),
             ..RawRun::default()
         };
@@ -260,10 +265,21 @@ async fn run_child(
     result
 }
 
+/// The queue type of a group's children (one setting for the swarm).
+fn queue_type(agents: &[Arc<Agent>]) -> fleetls_bus::queue_type::QueueType {
+    agents
+        .first()
+        .map(|a| a.config.queue_type)
+        .unwrap_or_default()
+}
+
 /// Declares the shared topology once on a connection, as a real child does
 /// once per connection; each child then declares only its own queue.
-async fn declare_on(connection: &Connection) -> Result<(), crate::agent::SessionError> {
-    Ok(fleetls_bus::amqp::ensure_shared(connection).await?)
+async fn declare_on(
+    connection: &Connection,
+    queue_type: fleetls_bus::queue_type::QueueType,
+) -> Result<(), crate::agent::SessionError> {
+    Ok(fleetls_bus::amqp::ensure_shared(connection, queue_type).await?)
 }
 
 /// One connection and its children; reconnects them all when it fails.
@@ -287,7 +303,7 @@ async fn group_session(
     use fleetls_bus::reconnect::Ended;
     let name = format!("fleetls-swarm:{n}");
     let connection = match connect(broker, &name).await {
-        Ok(connection) => match declare_on(&connection).await {
+        Ok(connection) => match declare_on(&connection, queue_type(agents)).await {
             Ok(()) => connection,
             Err(e) => {
                 let _ = connection.close(200, "swarm retrying".into()).await;

@@ -29,6 +29,7 @@ pub fn router(app: Arc<App>) -> Router {
         .merge(console_api)
         .route("/api/status", get(status))
         .route("/api/summary", get(summary))
+        .route("/api/cluster", get(cluster))
         .route("/api/settings", get(settings_show).post(settings_set))
         .route("/api/certs/generate", post(certs_generate))
         .route("/api/certs/send", post(certs_send))
@@ -140,6 +141,44 @@ async fn metrics(State(app): State<Arc<App>>) -> Result<String, ApiError> {
             ("{result=\"excluded\"}", s.excluded as f64),
         ],
     );
+    if !n.nodes.is_empty() {
+        let label = |node: &crate::cluster::NodeHealth| {
+            format!("{{node=\"{}\"}}", node.name.replace(['"', '\\', '\n'], "_"))
+        };
+        let samples = |value: fn(&crate::cluster::NodeHealth) -> f64| -> Vec<(String, f64)> {
+            n.nodes
+                .iter()
+                .map(|node| (label(node), value(node)))
+                .collect()
+        };
+        for (name, help, value) in [
+            (
+                "fleetls_broker_node_running",
+                "1 when the broker node runs (management's view).",
+                (|n: &crate::cluster::NodeHealth| f64::from(u8::from(n.running)))
+                    as fn(&crate::cluster::NodeHealth) -> f64,
+            ),
+            (
+                "fleetls_broker_node_mem_alarm",
+                "1 while the broker node's memory alarm blocks publishers.",
+                |n| f64::from(u8::from(n.mem_alarm)),
+            ),
+            (
+                "fleetls_broker_node_disk_free_alarm",
+                "1 while the broker node's disk alarm blocks publishers.",
+                |n| f64::from(u8::from(n.disk_free_alarm)),
+            ),
+            (
+                "fleetls_broker_node_connections",
+                "fleetls connections on the broker node.",
+                |n| n.connections as f64,
+            ),
+        ] {
+            let owned = samples(value);
+            let refs: Vec<(&str, f64)> = owned.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+            gauge(name, help, &refs);
+        }
+    }
     if let Some(c) = &status.campaign {
         let kind = format!("{{kind=\"{}\",state=\"{}\"", c.kind, c.state);
         let labels: Vec<(String, f64)> = [
@@ -483,6 +522,20 @@ async fn certs_reset(
     let report = blocking(&app, move |app| ops::certs_reset(app, &request)).await?;
     app.stop_ssl_port().await;
     Ok(Json(report))
+}
+
+/// The broker's nodes and which node each agent's own connection is on,
+/// as management last showed them (404 without `--management`, or before
+/// the first reading).
+async fn cluster(
+    State(app): State<Arc<App>>,
+) -> Result<Json<crate::cluster::ClusterView>, ApiError> {
+    app.cluster_view().map(Json).ok_or_else(|| {
+        ApiError::new(
+            axum::http::StatusCode::NOT_FOUND,
+            "no view of the broker's nodes: the parent needs --management, and reads it every 10 s",
+        )
+    })
 }
 
 /// The status without the agent list: cheap to poll on a big network.

@@ -53,6 +53,9 @@ pub struct App {
     /// does not): what the campaign engine needs to know to discount a
     /// failed connection made while the port was down.
     pub ssl_port_open_since: std::sync::atomic::AtomicU64,
+    /// The broker's nodes and the agents on each, as management last
+    /// showed them ([`crate::cluster::watch`]).
+    pub cluster: RwLock<Option<crate::cluster::ClusterView>>,
 }
 
 /// Message counters since the parent started.
@@ -117,6 +120,7 @@ impl App {
                 overview.network.renewals_done = renewals_done;
                 overview.network.renewals_failed = renewals_failed;
                 overview.network.ca_rotation = rotation;
+                overview.network.nodes = self.cluster_view().map(|v| v.nodes).unwrap_or_default();
                 f(overview, list)
             },
         )
@@ -133,6 +137,14 @@ impl App {
             .try_lock()
             .ok()
             .and_then(|handle| handle.as_ref().map(|h| h.port))
+    }
+
+    /// The broker's nodes as last read from management, if ever.
+    pub fn cluster_view(&self) -> Option<crate::cluster::ClusterView> {
+        self.cluster
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The CA, if generated.

@@ -15,12 +15,19 @@ use crate::files::write_atomic;
 use crate::layout::{CertFile, Layout};
 
 /// The AMQPS address agents move to by default: the `--broker` URL with
-/// scheme `amqps` and port 5671.
+/// scheme `amqps` and port 5671 — for a list (a cluster), each node's, the
+/// same address once.
 pub fn default_amqps(broker: &str) -> Result<String, String> {
-    let mut uri: lapin::uri::AMQPUri = broker.parse()?;
-    uri.scheme = lapin::uri::AMQPScheme::AMQPS;
-    uri.authority.port = 5671;
-    Ok(uri_to_string(&uri))
+    let mut out: Vec<String> = Vec::new();
+    for mut uri in fleetls_bus::brokers::check(broker)? {
+        uri.scheme = lapin::uri::AMQPScheme::AMQPS;
+        uri.authority.port = 5671;
+        let text = uri_to_string(&uri);
+        if !out.contains(&text) {
+            out.push(text);
+        }
+    }
+    Ok(out.join(","))
 }
 
 fn uri_to_string(uri: &lapin::uri::AMQPUri) -> String {
@@ -39,10 +46,31 @@ fn uri_to_string(uri: &lapin::uri::AMQPUri) -> String {
     )
 }
 
-/// Checks that `uri` answers TLS with a certificate that chains to the CA
+/// Checks that `uri` — or every address of a comma-separated list (a
+/// cluster's nodes) — answers TLS with a certificate that chains to the CA
 /// and matches its host; presents the parent's certificate. Returns the TLS
-/// version, or what is wrong in plain words.
+/// version, or what is wrong in plain words, naming the node of a list.
 pub async fn check(data_dir: &Path, uri: &str) -> Result<String, String> {
+    let nodes = fleetls_bus::brokers::split(uri);
+    if nodes.len() == 1 {
+        return check_one(data_dir, uri.trim()).await;
+    }
+    fleetls_bus::brokers::check(uri).map_err(|e| format!("invalid AMQPS URL: {e}"))?;
+    let mut protocol = String::new();
+    for (i, node) in nodes.iter().enumerate() {
+        protocol = check_one(data_dir, node).await.map_err(|why| {
+            format!(
+                "address {} of {} ({}): {why}",
+                i + 1,
+                nodes.len(),
+                crate::config::redact(node)
+            )
+        })?;
+    }
+    Ok(protocol)
+}
+
+async fn check_one(data_dir: &Path, uri: &str) -> Result<String, String> {
     let parsed: lapin::uri::AMQPUri = uri.parse().map_err(|e| format!("invalid AMQPS URL: {e}"))?;
     if parsed.scheme != lapin::uri::AMQPScheme::AMQPS {
         return Err("the URL must start with amqps://".into());
@@ -423,6 +451,12 @@ mod tests {
         assert_eq!(
             default_amqps("amqp://guest:guest@127.0.0.1:5672/%2f").unwrap(),
             "amqps://guest:guest@127.0.0.1:5671/%2f"
+        );
+        // A cluster: each node's host, the same address once.
+        assert_eq!(
+            default_amqps("amqp://g:g@n1:5672/%2f,amqp://g:g@n2:5672/%2f,amqp://g:g@n1:5673/%2f")
+                .unwrap(),
+            "amqps://g:g@n1:5671/%2f,amqps://g:g@n2:5671/%2f"
         );
     }
 }

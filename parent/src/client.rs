@@ -313,6 +313,25 @@ pub fn status_table(status: &Status) -> String {
             n.pending, n.rejected, n.compromised, n.security_events
         );
     }
+    for node in &n.nodes {
+        let mut state = if node.running {
+            "running"
+        } else {
+            "NOT RUNNING"
+        }
+        .to_owned();
+        if node.mem_alarm {
+            state.push_str(", MEMORY ALARM");
+        }
+        if node.disk_free_alarm {
+            state.push_str(", DISK ALARM");
+        }
+        let _ = writeln!(
+            out,
+            "broker node {}: {state}   fleetls connections {}   agents {}",
+            node.name, node.connections, node.agents
+        );
+    }
     let _ = writeln!(
         out,
         "{:<24} {:<12} {:<9} {:<14} {:<8} {:<9} {:<5} {:<5} {:<6} {:<19} {:<20} {:<16} ID",

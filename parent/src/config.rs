@@ -14,7 +14,8 @@ pub use fleetls_bus::ConfigError;
 #[derive(Debug, Default, Clone, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RawServe {
-    /// AMQP URL of the broker, e.g. amqp://user:pass@host:5672/%2f
+    /// AMQP URL of the broker, e.g. amqp://user:pass@host:5672/%2f; for a
+    /// cluster, its nodes' URLs separated by commas
     #[arg(long, env = "FLEETLS_BROKER")]
     pub broker: Option<String>,
     /// RabbitMQ management base URL, e.g. http://host:15672 (credentials may be in it)
@@ -59,6 +60,10 @@ pub struct RawServe {
     /// IP addresses local parents may have in their server certificates, `;`-separated
     #[arg(long, env = "FLEETLS_LOCAL_PARENT_IPS")]
     pub local_parent_ips: Option<String>,
+    /// Type of the queues fleetls declares (fleetls.parent, fleetls.dead): classic (one broker node) or
+    /// quorum (a cluster: replicated, survives losing a node)
+    #[arg(long, env = "FLEETLS_QUEUE_TYPE")]
+    pub queue_type: Option<String>,
     /// The `[ssl]` table of the config file (not a flag)
     #[arg(skip)]
     pub ssl: Option<crate::settings::SettingsChange>,
@@ -85,6 +90,7 @@ impl fleetls_bus::process::Layered for RawServe {
             local_parent_names: self.local_parent_names.or(other.local_parent_names),
             local_parent_ips: self.local_parent_ips.or(other.local_parent_ips),
             ssl: self.ssl.or(other.ssl),
+            queue_type: self.queue_type.or(other.queue_type),
         }
     }
 }
@@ -122,7 +128,8 @@ pub struct Management {
 /// The checked configuration of a serving parent.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
-    /// AMQP URL of the broker.
+    /// AMQP URL of the broker, or the comma-separated URLs of a cluster's
+    /// nodes (checked one by one).
     pub broker: String,
     /// RabbitMQ management, when given.
     pub management: Option<Management>,
@@ -140,8 +147,12 @@ pub struct ServeConfig {
     pub cert_lifetime: time::Duration,
     /// SSL settings given in the config file's `[ssl]` table.
     pub ssl: Option<crate::settings::SettingsChange>,
-    /// The broker's host (the default broker name for its certificate).
-    pub broker_host: String,
+    /// The type of the queues it declares (`fleetls.parent`, `fleetls.dead`,
+    /// its own for an agent).
+    pub queue_type: fleetls_bus::queue_type::QueueType,
+    /// The broker's hosts, one per distinct node host (the default broker
+    /// names of its certificate).
+    pub broker_hosts: Vec<String>,
     /// Which new agents are accepted without an operator.
     pub auto_accept: crate::admission::AutoAccept,
     /// Names local parents may have in their server certificates.
@@ -161,7 +172,15 @@ impl ServeConfig {
     /// Checks raw settings.
     pub fn from_raw(raw: RawServe) -> Result<Self, ConfigError> {
         let broker = raw.broker.ok_or(ConfigError::Missing("--broker"))?;
-        let broker_host = check_amqp_url("--broker", &broker)?;
+        let broker_hosts = check_amqp_url("--broker", &broker)?;
+        let queue_type = match &raw.queue_type {
+            None => fleetls_bus::queue_type::QueueType::default(),
+            Some(text) => text.parse().map_err(|why| ConfigError::Invalid {
+                name: "--queue-type",
+                value: text.clone(),
+                why,
+            })?,
+        };
         let cert_days = raw.cert_days.unwrap_or(crate::pki::DEFAULT_CERT_DAYS);
         if !(1..=3650).contains(&cert_days) {
             return Err(ConfigError::Invalid {
@@ -264,7 +283,8 @@ impl ServeConfig {
             window,
             cert_lifetime,
             ssl: raw.ssl,
-            broker_host,
+            broker_hosts,
+            queue_type,
         })
     }
 }
@@ -290,16 +310,21 @@ pub fn parse_lifetime(text: &str) -> Result<time::Duration, String> {
     Ok(lifetime)
 }
 
-/// Checks that `value` is an AMQP URL lapin can use; returns its host.
-pub fn check_amqp_url(name: &'static str, value: &str) -> Result<String, ConfigError> {
-    value
-        .parse::<lapin::uri::AMQPUri>()
-        .map(|uri| uri.authority.host)
-        .map_err(|why| ConfigError::Invalid {
-            name,
-            value: redact(value),
-            why: format!("{why}; expected amqp://user:pass@host:5672/%2f"),
-        })
+/// Checks that `value` is an AMQP URL lapin can use, or a comma-separated
+/// list of them (a cluster's nodes); returns their distinct hosts, in order.
+pub fn check_amqp_url(name: &'static str, value: &str) -> Result<Vec<String>, ConfigError> {
+    let uris = fleetls_bus::brokers::check(value).map_err(|why| ConfigError::Invalid {
+        name,
+        value: redact(value),
+        why,
+    })?;
+    let mut hosts: Vec<String> = Vec::new();
+    for uri in uris {
+        if !hosts.contains(&uri.authority.host) {
+            hosts.push(uri.authority.host);
+        }
+    }
+    Ok(hosts)
 }
 
 pub use fleetls_proto::redact_url as redact;
@@ -432,6 +457,36 @@ mod tests {
         };
         let err = ServeConfig::from_raw(bad_broker).unwrap_err().to_string();
         assert!(err.contains("--broker"), "{err}");
+        let list = RawServe {
+            broker: Some(
+                "amqp://g:g@n1:5701/%2f,amqp://g:g@10.0.0.2:5702/%2f,amqp://g:g@n1:5703/%2f".into(),
+            ),
+            ..raw()
+        };
+        let config = ServeConfig::from_raw(list).unwrap();
+        assert_eq!(config.broker_hosts, ["n1", "10.0.0.2"]);
+        let settings = crate::settings::SslSettings::for_brokers(&config.broker_hosts);
+        assert_eq!(settings.broker_names, ["n1"]);
+        assert_eq!(settings.broker_ips, [std::net::IpAddr::from([10, 0, 0, 2])]);
+        let bad_element = RawServe {
+            broker: Some("amqp://g:s3cret@n1:5701/%2f,amqps://g:s3cret@n2:port/%2f".into()),
+            ..raw()
+        };
+        let err = ServeConfig::from_raw(bad_element).unwrap_err().to_string();
+        assert!(
+            err.contains("--broker") && err.contains("address 2 of 2"),
+            "{err}"
+        );
+        assert!(!err.contains("s3cret"), "{err}");
+        let bad_type = RawServe {
+            queue_type: Some("mirrored".into()),
+            ..raw()
+        };
+        let err = ServeConfig::from_raw(bad_type).unwrap_err().to_string();
+        assert!(
+            err.contains("--queue-type") && err.contains("quorum"),
+            "{err}"
+        );
         let bad_admin = RawServe {
             admin: Some("localhost".into()),
             ..raw()
@@ -467,6 +522,10 @@ mod tests {
     fn passwords_are_redacted() {
         assert_eq!(redact("amqp://u:secret@h:1/%2f"), "amqp://u:***@h:1/%2f");
         assert_eq!(redact("amqp://h:1"), "amqp://h:1");
+        assert_eq!(
+            redact("amqp://u:s1@a:1/%2f,amqp://v:s2@b:2/%2f"),
+            "amqp://u:***@a:1/%2f,amqp://v:***@b:2/%2f"
+        );
     }
 
     #[test]

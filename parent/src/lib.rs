@@ -12,6 +12,7 @@ pub mod broker;
 pub mod broker_switch;
 pub mod campaign;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod console;
 pub mod engine;

@@ -29,6 +29,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The broker's nodes (running, memory and disk alarms) and the node each
+    /// agent's own connection is on, as RabbitMQ management shows them
+    /// (needs the parent's --management).
+    Cluster {
+        #[command(flatten)]
+        target: AdminTarget,
+        /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
     /// Show or change the SSL settings (ports, names and addresses of the
     /// parent and the broker). Frozen once certificates exist.
     Settings {
@@ -522,6 +532,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 print_out(&(serde_json::to_string_pretty(&status)? + "\n"))?;
             } else {
                 print_out(&client::status_table(&status))?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cluster { target, json } => {
+            let view: fleetls_parent::cluster::ClusterView =
+                Client::new(&target)?.get("/api/cluster").await?;
+            if json {
+                print_out(&(serde_json::to_string_pretty(&view)? + "\n"))?;
+            } else {
+                print_out(&fleetls_parent::cluster::table(&view))?;
             }
             Ok(ExitCode::SUCCESS)
         }

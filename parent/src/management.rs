@@ -26,6 +26,9 @@ pub struct BrokerConnection {
     pub peer_cert_subject: Option<String>,
     /// The broker port it came in on.
     pub port: Option<u16>,
+    /// The broker node it is on (a cluster has several).
+    #[serde(default)]
+    pub node: Option<String>,
 }
 
 /// Lists the connections of `vhost` (every vhost when `None`).
@@ -76,6 +79,7 @@ pub async fn connections(
             ssl_protocol: c["ssl_protocol"].as_str().map(str::to_owned),
             peer_cert_subject: c["peer_cert_subject"].as_str().map(str::to_owned),
             port: c["port"].as_u64().map(|p| p as u16),
+            node: c["node"].as_str().map(str::to_owned),
         })
         .collect())
 }
@@ -261,6 +265,7 @@ mod tests {
             ssl_protocol: None,
             peer_cert_subject: None,
             port: None,
+            node: None,
         };
         let name_a = fleetls_proto::topology::child_connection_name(&a, "till (1)");
         let found = by_agent(vec![

@@ -667,9 +667,8 @@ pub async fn without_ssl(app: &App) -> Result<WithoutSsl, OpError> {
     let Some(management) = &app.config.management else {
         return Ok(out);
     };
-    let vhost = app
-        .config
-        .broker
+    // A cluster's nodes share their vhosts: the first address names it.
+    let vhost = fleetls_bus::brokers::split(&app.config.broker)[0]
         .parse::<lapin::uri::AMQPUri>()
         .map(|u| u.vhost)
         .ok();
@@ -733,7 +732,7 @@ async fn agent_users(
     amqps: &str,
     children: &[crate::campaign::Enrolment],
 ) -> Result<(), OpError> {
-    let uri: lapin::uri::AMQPUri = amqps
+    let uri: lapin::uri::AMQPUri = fleetls_bus::brokers::split(amqps)[0]
         .parse()
         .map_err(|e: String| OpError::BadRequest(crate::config::redact(&e)))?;
     let vhost = uri.vhost;

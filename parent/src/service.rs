@@ -130,6 +130,7 @@ pub async fn serve(
         status_cache: crate::status::Cache::default(),
         signing_key,
         ssl_port_open_since: std::sync::atomic::AtomicU64::new(u64::MAX),
+        cluster: RwLock::new(None),
     });
     if app.pki().is_some() {
         // Signed anew at every start: a CRL is valid a week.
@@ -144,6 +145,7 @@ pub async fn serve(
     tokio::spawn(renew_own(app.clone(), shutdown.clone()));
     tokio::spawn(crate::owed::run(app.clone(), shutdown.clone()));
     tokio::spawn(crate::rotation::run(app.clone(), shutdown.clone()));
+    tokio::spawn(crate::cluster::watch(app.clone(), shutdown.clone()));
     let admin = tokio::spawn(crate::admin::run(listener, app.clone(), shutdown.clone()));
     if let Some(ready) = ready {
         let _ = ready.send(admin_addr);
@@ -187,7 +189,7 @@ fn initial_settings(config: &ServeConfig) -> Result<SslSettings, ServeError> {
     let stored = SslSettings::load(&config.data_dir).map_err(ServeError::Settings)?;
     let current = stored
         .clone()
-        .unwrap_or_else(|| SslSettings::defaults(&config.broker_host));
+        .unwrap_or_else(|| SslSettings::for_brokers(&config.broker_hosts));
     let Some(change) = &config.ssl else {
         return Ok(current);
     };
@@ -258,7 +260,7 @@ async fn open_session(
         None => broker::connect(&app.config.broker, topology::PARENT_CONNECTION_NAME).await?,
     };
     let channel = broker::confirm_channel(&connection).await?;
-    broker::declare_topology(&channel).await?;
+    broker::declare_topology(&channel, app.config.queue_type).await?;
     channel
         .basic_qos(BATCH as u16 * 2, BasicQosOptions::default())
         .await

@@ -148,6 +148,23 @@ impl SslSettings {
         }
     }
 
+    /// The defaults for a broker of one or several nodes: every distinct
+    /// host of the list is a broker name (or IP) of the broker's certificate.
+    pub fn for_brokers(broker_hosts: &[String]) -> SslSettings {
+        let mut settings = SslSettings::defaults(broker_hosts.first().map_or("localhost", |h| h));
+        for host in broker_hosts.iter().skip(1) {
+            match host.parse::<IpAddr>() {
+                Ok(ip) if !settings.broker_ips.contains(&ip) => settings.broker_ips.push(ip),
+                Ok(_) => {}
+                Err(_) if !settings.broker_names.contains(host) => {
+                    settings.broker_names.push(host.clone())
+                }
+                Err(_) => {}
+            }
+        }
+        settings
+    }
+
     /// Applies a change, checking every value given.
     pub fn apply(&self, change: &SettingsChange) -> Result<SslSettings, SettingsError> {
         let mut next = self.clone();

@@ -140,6 +140,10 @@ pub struct Network {
     /// The newest CA rotation and how far it got.
     #[serde(default)]
     pub ca_rotation: Option<crate::rotation::RotationView>,
+    /// The broker's nodes and their health, as management last showed them
+    /// (with `--management`; see [`crate::cluster`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<crate::cluster::NodeHealth>,
 }
 
 /// The campaign summary (every figure a query over the registry).
@@ -830,6 +834,7 @@ impl Tally {
                 renewals_done: 0,
                 renewals_failed: 0,
                 ca_rotation: None,
+                nodes: Vec::new(),
             },
             summary: Summary {
                 passed: self.passed,
@@ -1127,6 +1132,7 @@ mod tests {
                 renewals_done: 0,
                 renewals_failed: 0,
                 ca_rotation: None,
+                nodes: Vec::new(),
             }
         );
         assert_eq!(

@@ -179,8 +179,12 @@ pub fn broker_uri(url: &str, frame_max: u32) -> Result<amq_protocol_uri::AMQPUri
 }
 
 /// A URL with any password replaced by `***`, for messages and logs (the
-/// one rule for the parent and the child: no secret in a log line).
+/// one rule for the parent and the child: no secret in a log line). A
+/// comma-separated list (a cluster's nodes) is redacted element by element.
 pub fn redact_url(url: &str) -> String {
+    if url.contains(',') {
+        return url.split(',').map(redact_url).collect::<Vec<_>>().join(",");
+    }
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => match url[scheme + 3..at].find(':') {
             Some(colon) => format!("{}:***{}", &url[..scheme + 3 + colon], &url[at..]),

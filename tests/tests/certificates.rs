@@ -331,13 +331,13 @@ impl FakeAgent {
             let connection = fleetls_bus::amqp::connect(&vhost.url(), &name, 4096)
                 .await
                 .expect("the test connects to the broker");
-            fleetls_bus::amqp::ensure_shared(&connection)
+            fleetls_bus::amqp::ensure_shared(&connection, Default::default())
                 .await
                 .expect("the shared topology");
             let channel = fleetls_bus::amqp::confirm_channel(&connection)
                 .await
                 .expect("a channel with confirms");
-            fleetls_bus::amqp::declare_agent_queue(&channel, &id)
+            fleetls_bus::amqp::declare_agent_queue(&channel, &id, Default::default())
                 .await
                 .expect("the agent's queue");
             (connection, channel)

@@ -1,0 +1,256 @@
+//! The broker as RabbitMQ management sees it when it is a cluster: each
+//! node's health (running, memory and disk alarms) and which node each
+//! agent's connection is on. Read every [`EVERY`] by [`watch`] and kept in
+//! the [`App`], so that `status`, the console and `/metrics` show it without
+//! waiting on management.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tracing::warn;
+use uuid::Uuid;
+
+use crate::app::App;
+use crate::config::Management;
+use crate::shutdown::Shutdown;
+
+/// How often the view is read again.
+pub const EVERY: Duration = Duration::from_secs(10);
+
+/// One broker node and how it is.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NodeHealth {
+    /// The node's name, e.g. `rabbit@host`.
+    pub name: String,
+    /// Whether it runs (a lost node stays listed by the others, not running).
+    pub running: bool,
+    /// Its memory alarm is on: publishers on the whole cluster are blocked.
+    pub mem_alarm: bool,
+    /// Its disk alarm is on: publishers on the whole cluster are blocked.
+    pub disk_free_alarm: bool,
+    /// fleetls connections (parent, children, swarms) of this network on it.
+    pub connections: usize,
+    /// Agents connected to it with a connection of their own.
+    pub agents: usize,
+}
+
+/// The cluster as last read.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ClusterView {
+    /// Every node, by name.
+    pub nodes: Vec<NodeHealth>,
+    /// The node of each agent with a connection of its own (a swarm's
+    /// children share theirs and are not listed).
+    pub agents: BTreeMap<Uuid, String>,
+    /// The node of the parent's own connection.
+    pub parent: Option<String>,
+    /// When it was read, ms since the epoch.
+    pub at: u64,
+}
+
+/// Reads the nodes and the connections of `vhost` from management.
+pub async fn observe(management: &Management, vhost: Option<&str>) -> Result<ClusterView, String> {
+    let url = format!(
+        "{}/api/nodes?columns=name,running,mem_alarm,disk_free_alarm",
+        management.base
+    );
+    let response = reqwest::Client::new()
+        .get(&url)
+        .basic_auth(&management.user, Some(&management.password))
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .map_err(|e| {
+            format!(
+                "RabbitMQ management at {} does not answer: {e}",
+                management.base
+            )
+        })?;
+    if !response.status().is_success() {
+        return Err(format!(
+            "RabbitMQ management refused {url}: {} (check --management and its credentials)",
+            response.status()
+        ));
+    }
+    let raw: Vec<serde_json::Value> = response
+        .json()
+        .await
+        .map_err(|e| format!("unreadable answer from RabbitMQ management: {e}"))?;
+    let connections = crate::management::connections(management, vhost).await?;
+    Ok(view(&raw, &connections))
+}
+
+/// The view made of management's `/api/nodes` answer and the connections.
+fn view(
+    nodes: &[serde_json::Value],
+    connections: &[crate::management::BrokerConnection],
+) -> ClusterView {
+    let mut out = ClusterView {
+        at: fleetls_proto::now_ms(),
+        ..ClusterView::default()
+    };
+    let mut per_node: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    for c in connections {
+        let Some(node) = &c.node else { continue };
+        let counts = per_node.entry(node.clone()).or_default();
+        if c.name == fleetls_proto::topology::PARENT_CONNECTION_NAME {
+            out.parent = Some(node.clone());
+        }
+        if !c.name.starts_with("fleetls-") {
+            continue;
+        }
+        counts.0 += 1;
+        let agent = c
+            .name
+            .strip_prefix("fleetls-child:")
+            .and_then(|id| id.parse::<Uuid>().ok());
+        if let Some(agent) = agent {
+            counts.1 += 1;
+            out.agents.insert(agent, node.clone());
+        }
+    }
+    for n in nodes {
+        let Some(name) = n["name"].as_str() else {
+            continue;
+        };
+        let (connections, agents) = per_node.get(name).copied().unwrap_or_default();
+        out.nodes.push(NodeHealth {
+            name: name.to_owned(),
+            running: n["running"].as_bool().unwrap_or(false),
+            mem_alarm: n["mem_alarm"].as_bool().unwrap_or(false),
+            disk_free_alarm: n["disk_free_alarm"].as_bool().unwrap_or(false),
+            connections,
+            agents,
+        });
+    }
+    out.nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
+/// The view as `fleetls-parent cluster` prints it: a line per node, then
+/// each agent with its own connection and its node.
+pub fn table(view: &ClusterView) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    for node in &view.nodes {
+        let mut state = if node.running {
+            "running"
+        } else {
+            "NOT RUNNING"
+        }
+        .to_owned();
+        if node.mem_alarm {
+            state.push_str(", MEMORY ALARM");
+        }
+        if node.disk_free_alarm {
+            state.push_str(", DISK ALARM");
+        }
+        let parent = if view.parent.as_deref() == Some(node.name.as_str()) {
+            "   (the parent is here)"
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            out,
+            "{}: {state}   fleetls connections {}   agents {}{parent}",
+            node.name, node.connections, node.agents
+        );
+    }
+    let _ = writeln!(out, "{:<36} NODE", "AGENT");
+    for (agent, node) in &view.agents {
+        let _ = writeln!(out, "{agent:<36} {node}");
+    }
+    out
+}
+
+/// Reads the view every [`EVERY`] into `app` until shutdown (only with
+/// `--management`). A failure is logged once until the next success; the
+/// last view stays, with its time.
+pub async fn watch(app: Arc<App>, mut shutdown: Shutdown) {
+    let Some(management) = app.config.management.clone() else {
+        return;
+    };
+    // A cluster's nodes share their vhosts: the first address names it.
+    let vhost = fleetls_bus::brokers::split(&app.config.broker)[0]
+        .parse::<lapin::uri::AMQPUri>()
+        .map(|u| u.vhost)
+        .ok();
+    let mut failing = false;
+    loop {
+        match observe(&management, vhost.as_deref()).await {
+            Ok(view) => {
+                failing = false;
+                *app.cluster.write().unwrap_or_else(|p| p.into_inner()) = Some(view);
+            }
+            Err(why) if !failing => {
+                failing = true;
+                warn!(error = %why, "cannot read the broker's nodes from management");
+            }
+            Err(_) => {}
+        }
+        tokio::select! {
+            _ = shutdown.wait() => return,
+            _ = tokio::time::sleep(EVERY) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::management::BrokerConnection;
+
+    fn connection(name: &str, node: &str) -> BrokerConnection {
+        BrokerConnection {
+            name: name.into(),
+            id: String::new(),
+            vhost: "/".into(),
+            ssl: false,
+            ssl_protocol: None,
+            peer_cert_subject: None,
+            port: None,
+            node: Some(node.into()),
+        }
+    }
+
+    #[test]
+    fn nodes_carry_their_health_and_their_agents() {
+        let nodes = serde_json::json!([
+            {"name": "r@b", "running": false, "mem_alarm": null, "disk_free_alarm": null},
+            {"name": "r@a", "running": true, "mem_alarm": true, "disk_free_alarm": false},
+        ]);
+        let agent = Uuid::new_v4();
+        let connections = [
+            connection("fleetls-parent", "r@a"),
+            connection(&format!("fleetls-child:{agent}"), "r@a"),
+            connection("fleetls-swarm:0", "r@b"),
+            connection("someone-else", "r@a"),
+        ];
+        let view = view(nodes.as_array().unwrap(), &connections);
+        assert_eq!(view.parent.as_deref(), Some("r@a"));
+        assert_eq!(view.agents.get(&agent).map(String::as_str), Some("r@a"));
+        assert_eq!(
+            view.nodes,
+            [
+                NodeHealth {
+                    name: "r@a".into(),
+                    running: true,
+                    mem_alarm: true,
+                    disk_free_alarm: false,
+                    connections: 2,
+                    agents: 1,
+                },
+                NodeHealth {
+                    name: "r@b".into(),
+                    running: false,
+                    mem_alarm: false,
+                    disk_free_alarm: false,
+                    connections: 1,
+                    agents: 0,
+                },
+            ]
+        );
+    }
+}

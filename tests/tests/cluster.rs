@@ -1,0 +1,435 @@
+//! A node lost in the middle of a verify campaign, on a RabbitMQ cluster of
+//! three nodes run by `scripts/cluster` (its own name `clu16t` and ports
+//! 5970-5972 AMQP, 15970-15972 management, 15990-15992 prometheus,
+//! 5980-5982 AMQPS unused; Erlang distribution 25970-25972). A parent with quorum
+//! queues and three swarms of children, each swarm given the broker list
+//! starting at another node, so that children sit on all three, and one
+//! child of its own (`solo`, on node 2 first). Node 2 is killed (SIGKILL of
+//! its Erlang VM) while the campaign runs (held open by stopping one swarm): the campaign finishes, every
+//! child is counted exactly once, the children that were on node 2 are back
+//! online on the other nodes within a bound, `fleetls.dead` holds nothing,
+//! and the parent's status, `cluster` and `/metrics` show node 2 down and
+//! where `solo` went. The cluster is stopped at the end, also on failure.
+
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use fleetls_tests::{
+    free_port, http, program, repo, test_dir, wait_for, BrokerAddr, Parent, Proc, Vhost,
+};
+
+/// The cluster's name: nodes clu16t-1, -2, -3.
+const NAME: &str = "clu16t";
+/// Node N listens for AMQP on BASE + N - 1, management on BASE + 10000 + N - 1.
+const BASE: u16 = 5970;
+/// Children per swarm (one swarm per node): 300 in all, with `solo` 301.
+const PER_SWARM: usize = 100;
+const SWARMS: usize = 3;
+
+/// The three-node cluster of this test; stopped (`scripts/cluster stop`)
+/// when dropped.
+struct Cluster;
+
+impl Cluster {
+    /// Runs `scripts/cluster ARGS` with this cluster's settings: (success,
+    /// its output).
+    fn script(args: &[&str]) -> (bool, String) {
+        let output = Command::new(repo().join("scripts/cluster"))
+            .args(args)
+            .env("FLEETLS_CLUSTER_NAME", NAME)
+            .env("FLEETLS_CLUSTER_BASE_PORT", BASE.to_string())
+            .env_remove("FLEETLS_CLUSTER_DIR")
+            .env_remove("FLEETLS_CLUSTER_TLS_DIR")
+            .env_remove("FLEETLS_BROKER_EXTRA_CONF")
+            .output()
+            .expect("scripts/cluster runs");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        (output.status.success(), text)
+    }
+
+    fn run(args: &[&str]) -> String {
+        let (ok, out) = Cluster::script(args);
+        assert!(ok, "scripts/cluster {} failed:\n{out}", args.join(" "));
+        out
+    }
+
+    /// A fresh cluster: what an earlier run left is stopped and removed.
+    /// The guard exists before the start, so that a failed start is
+    /// stopped too.
+    fn start() -> Cluster {
+        let (ok, out) = Cluster::script(&["stop"]);
+        assert!(ok, "scripts/cluster stop (before start) failed:\n{out}");
+        let dir = repo().join("target/cluster").join(NAME);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).expect("the old cluster's folder can be removed");
+        }
+        let cluster = Cluster;
+        Cluster::run(&["start"]);
+        cluster
+    }
+
+    /// `FLEETLS_CLUSTER_BROKERS` of `scripts/cluster env`, one URL a node.
+    fn brokers() -> Vec<String> {
+        let env = Cluster::run(&["env"]);
+        let line = env
+            .lines()
+            .find_map(|l| l.strip_prefix("FLEETLS_CLUSTER_BROKERS="))
+            .unwrap_or_else(|| panic!("no FLEETLS_CLUSTER_BROKERS in:\n{env}"));
+        line.split(',').map(str::to_owned).collect()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let (ok, out) = Cluster::script(&["stop"]);
+        if !ok {
+            eprintln!("scripts/cluster stop failed:\n{out}");
+        }
+    }
+}
+
+/// The broker list for `vhost`, starting at node `first` (0-based).
+fn list_from(brokers: &[String], vhost: &Vhost, first: usize) -> String {
+    (0..brokers.len())
+        .map(|i| {
+            let url = &brokers[(first + i) % brokers.len()];
+            format!("{}/{}", url.trim_end_matches("/%2f"), vhost.name)
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The node (e.g. `clu16t-2@localhost`) of each connection to `vhost`
+/// whose name starts with `prefix`; `None` when management does not answer.
+fn connection_nodes(vhost: &Vhost, prefix: &str) -> Option<Vec<String>> {
+    let list = vhost
+        .management_try_get("/api/vhosts/{vhost}/connections")
+        .ok()?;
+    Some(
+        list.as_array()?
+            .iter()
+            .filter(|c| {
+                c["client_properties"]["connection_name"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with(prefix))
+            })
+            .filter_map(|c| c["node"].as_str().map(str::to_owned))
+            .collect(),
+    )
+}
+
+/// Sends SIGCONT to a held process when dropped (also on failure).
+struct Resume<'a>(&'a Proc);
+
+impl Drop for Resume<'_> {
+    fn drop(&mut self) {
+        self.0.signal("CONT");
+    }
+}
+
+fn count(value: &Value, key: &str) -> u64 {
+    value[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{key} missing in {value}"))
+}
+
+#[test]
+fn a_node_lost_during_verify_the_campaign_completes_and_its_children_move() {
+    let cluster = Cluster::start();
+    let brokers = Cluster::brokers();
+    assert_eq!(brokers.len(), 3, "{brokers:?}");
+    let node1 = BrokerAddr::from_urls(
+        &brokers[0],
+        &format!("http://guest:guest@127.0.0.1:{}", BASE + 10000),
+    );
+    let vhost = Vhost::new_on(&node1);
+    let dir = test_dir();
+    let total = PER_SWARM * SWARMS + 1;
+
+    // The parent on node 1 first (node 2 is the one lost), quorum queues.
+    let data_dir = dir.path().join("parent");
+    let admin = format!("127.0.0.1:{}", free_port());
+    let args: Vec<String> = [
+        "serve",
+        "--broker",
+        &list_from(&brokers, &vhost, 0),
+        "--management",
+        &vhost.management_url(),
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+        "--admin",
+        &admin,
+        "--queue-type",
+        "quorum",
+        "--offline-after",
+        "60",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let proc = Proc::spawn(
+        &program("fleetls-parent"),
+        &args,
+        dir.path().join("parent.log"),
+    );
+    let parent = Parent {
+        proc,
+        data_dir,
+        admin,
+    };
+    wait_for("the parent's admin API", Duration::from_secs(60), || {
+        parent.status_json().ok()
+    });
+    for name in ["fleetls.parent", "fleetls.dead"] {
+        let queue = wait_for(name, Duration::from_secs(60), || {
+            let queue = vhost.management_get(&format!("/api/queues/{{vhost}}/{name}"));
+            queue.get("type").is_some().then_some(queue)
+        });
+        assert_eq!(queue["type"], "quorum", "{queue}");
+    }
+
+    // Swarm k starts its list at node k: children on all three nodes.
+    let swarms: Vec<Proc> = (0..SWARMS)
+        .map(|k| {
+            let args: Vec<String> = [
+                "swarm",
+                "--broker",
+                &list_from(&brokers, &vhost, k),
+                "--data-dir",
+                dir.path().join(format!("swarm{k}")).to_str().unwrap(),
+                "--count",
+                &PER_SWARM.to_string(),
+                "--prefix",
+                &format!("n{k}"),
+                "--per-connection",
+                "25",
+                "--heartbeat",
+                "5",
+                "--queue-type",
+                "quorum",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            Proc::spawn(
+                &program("fleetls-child"),
+                &args,
+                dir.path().join(format!("swarm{k}.log")),
+            )
+        })
+        .collect();
+    // Its own connection, node 2 first (`start_child` takes one URL).
+    let solo_args = [
+        "run",
+        "--broker",
+        &list_from(&brokers, &vhost, 1),
+        "--data-dir",
+        dir.path().join("solo").to_str().unwrap(),
+        "--name",
+        "solo",
+        "--heartbeat",
+        "1",
+        "--queue-type",
+        "quorum",
+    ]
+    .map(String::from);
+    let solo = Proc::spawn(
+        &program("fleetls-child"),
+        &solo_args,
+        dir.path().join("solo.log"),
+    );
+    wait_for("301 children online", Duration::from_secs(300), || {
+        let status = parent.status_json().ok()?;
+        (status["network"]["online"] == total).then_some(())
+    });
+    let nodes = connection_nodes(&vhost, "fleetls-swarm:").expect("management answers");
+    for n in 1..=3 {
+        let node = format!("{NAME}-{n}@localhost");
+        assert!(
+            nodes.contains(&node),
+            "no swarm connection on {node}: {nodes:?}"
+        );
+    }
+    let agent_queue = vhost
+        .management_get("/api/queues/{vhost}")
+        .as_array()
+        .and_then(|all| {
+            all.iter()
+                .find(|q| {
+                    q["name"]
+                        .as_str()
+                        .is_some_and(|n| n.starts_with("fleetls.agent."))
+                })
+                .cloned()
+        })
+        .expect("an agent queue");
+    assert_eq!(agent_queue["type"], "quorum", "{agent_queue}");
+    assert_eq!(
+        agent_queue["arguments"]["x-queue-leader-locator"], "client-local",
+        "{agent_queue}"
+    );
+
+    let port = free_port().to_string();
+    parent.cli_ok(&[
+        "settings",
+        "set",
+        "--names",
+        "localhost",
+        "--ips",
+        "127.0.0.1",
+        "--port",
+        &port,
+    ]);
+    parent.cli_ok(&["certs", "generate"]);
+    parent.cli_ok(&["certs", "send"]);
+    wait_for("301 certificates", Duration::from_secs(300), || {
+        let status = parent.status_json().ok()?;
+        (status["network"]["children_with_certificates"] == total).then_some(())
+    });
+
+    parent.cli_ok(&[
+        "verify",
+        "--detach",
+        "--step-timeout",
+        "60s",
+        "--concurrency",
+        "150",
+    ]);
+    // Swarm 2's children are held (SIGSTOP) until node 2 is gone: the
+    // campaign cannot end before (at most 100 of the 150 places are theirs,
+    // so the others go on). Node 2 goes once 120 children are done.
+    let held = &swarms[2];
+    held.signal("STOP");
+    let resume = Resume(held);
+    wait_for("120 children done", Duration::from_secs(300), || {
+        let status = parent.status_json().ok()?;
+        let campaign = &status["campaign"];
+        let done = campaign["passed"].as_u64()? + campaign["failed"].as_u64()?;
+        (done >= 120).then_some(())
+    });
+    Cluster::run(&["kill", "2"]);
+    let lost = format!("{NAME}-2@localhost");
+    let status = parent.status_json().expect("status");
+    assert_eq!(
+        status["campaign"]["state"], "running",
+        "node 2 was killed during the campaign: {}",
+        status["campaign"]
+    );
+    drop(resume);
+
+    let campaign = wait_for("the campaign to finish", Duration::from_secs(600), || {
+        let status = parent.status_json().ok()?;
+        (status["campaign"]["state"] == "finished").then(|| status["campaign"].clone())
+    });
+    assert_eq!(count(&campaign, "total"), total as u64, "{campaign}");
+    assert_eq!(
+        count(&campaign, "passed")
+            + count(&campaign, "failed")
+            + count(&campaign, "did_not_participate"),
+        total as u64,
+        "each child counted once: {campaign}"
+    );
+    assert_eq!(
+        count(&campaign, "acting") + count(&campaign, "waiting"),
+        0,
+        "{campaign}"
+    );
+
+    // The children of node 2 are back, on nodes 1 and 3.
+    wait_for(
+        "301 children online again",
+        Duration::from_secs(120),
+        || {
+            let status = parent.status_json().ok()?;
+            (status["network"]["online"] == total).then_some(())
+        },
+    );
+    wait_for(
+        "every swarm connection on nodes 1 and 3",
+        Duration::from_secs(120),
+        || {
+            let nodes = connection_nodes(&vhost, "fleetls-swarm:")?;
+            // 100 children, 25 a connection: 4 connections a swarm.
+            (nodes.len() == SWARMS * PER_SWARM / 25 && !nodes.contains(&lost)).then_some(())
+        },
+    );
+
+    let status = parent.status_json().expect("status");
+    let agents = status["agents"].as_array().expect("agents");
+    assert_eq!(agents.len(), total, "each child once in the registry");
+    let mut names: Vec<&str> = agents.iter().filter_map(|a| a["name"].as_str()).collect();
+    names.sort_unstable();
+    names.dedup();
+    assert_eq!(names.len(), total, "no child twice");
+    for agent in agents {
+        assert!(
+            !agent["last_result"].is_null(),
+            "{} has no result of the campaign: {agent}",
+            agent["name"]
+        );
+    }
+    eprintln!("verify with node 2 lost: {campaign}");
+
+    // Nothing was dead-lettered: no message refused, none unroutable.
+    let dead = wait_for("fleetls.dead's count", Duration::from_secs(60), || {
+        vhost.queue_depth("fleetls.dead")
+    });
+    assert_eq!(
+        dead,
+        0,
+        "fleetls.dead: {:?}",
+        vhost.peek_queue("fleetls.dead", 5)
+    );
+
+    // The parent's view of the cluster: node 2 down, solo moved on.
+    let solo_id = parent.agent("solo").expect("solo registered")["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let view = wait_for(
+        "the parent's view without node 2",
+        Duration::from_secs(60),
+        || {
+            let view = parent.cli_json(&["cluster"]);
+            let down = view["nodes"]
+                .as_array()?
+                .iter()
+                .any(|n| n["name"] == lost.as_str() && n["running"] == false);
+            let moved = view["agents"][&solo_id]
+                .as_str()
+                .is_some_and(|node| node != lost);
+            (down && moved).then_some(view)
+        },
+    );
+    assert_eq!(view["nodes"].as_array().map(Vec::len), Some(3), "{view}");
+    let status = parent.status_json().expect("status");
+    let nodes = status["network"]["nodes"]
+        .as_array()
+        .expect("network.nodes");
+    assert_eq!(nodes.len(), 3, "{nodes:?}");
+    let metrics = http()
+        .get(format!("http://{}/metrics", parent.admin))
+        .send()
+        .and_then(|r| r.text())
+        .expect("/metrics answers");
+    let down = format!("fleetls_broker_node_running{{node=\"{lost}\"}} 0");
+    assert!(metrics.contains(&down), "{metrics}");
+    drop(solo);
+
+    // Node 2 comes back into the cluster.
+    Cluster::run(&["restart", "2"]);
+    assert!(
+        Cluster::script(&["status"]).0,
+        "three nodes after restart 2"
+    );
+    drop(swarms);
+    drop(parent);
+    drop(vhost);
+    drop(cluster);
+}
