@@ -1040,6 +1040,86 @@ mod tests {
     }
 
     #[test]
+    fn the_reissue_campaign_asks_for_the_new_ca_and_each_answer_ends_a_turn() {
+        use crate::campaign::{self, Enrolment, ReissueParams};
+        let registry = Registry::open(Path::new(":memory:")).unwrap();
+        let agents: Vec<Uuid> = (0..3).map(|_| Uuid::new_v4()).collect();
+        let enrolled: Vec<Enrolment> = agents
+            .iter()
+            .map(|a| Enrolment {
+                agent: *a,
+                host: "parent.test".into(),
+                port: 12365,
+            })
+            .collect();
+        let params = ReissueParams {
+            ca_chain_pem: "NEW".into(),
+            ca_fingerprint: "sha256:new".into(),
+            trust_pem: "OLD NEW".into(),
+            serve_port: 12366,
+        };
+        let id = registry
+            .with_tx(|tx| {
+                let id = campaign::create_reissue(tx, 2, 3_600_000, 60_000, &enrolled, &params)?;
+                tx.execute(
+                    "INSERT INTO ca_rotations (old_ca, new_ca, phase, started_at, phase_at, campaign)
+                     VALUES ('sha256:old', 'sha256:new', 'reissue', 0, 0, ?1)",
+                    params![id.to_string()],
+                )?;
+                Ok(id)
+            })
+            .unwrap();
+        let tick = registry
+            .with_tx(|tx| campaign::tick(tx, id, &|_| true, false, true))
+            .unwrap();
+        // The window: two asked, each a CertificatesReady for the new CA
+        // that trusts both and forces nothing.
+        assert_eq!(tick.outgoing.len(), 2);
+        for out in &tick.outgoing {
+            let ToChild::CertificatesReady(ready) = &out.body else {
+                panic!("not a CertificatesReady: {:?}", out.body);
+            };
+            assert_eq!(ready.ca_chain_pem, "NEW");
+            assert_eq!(ready.trust_pem.as_deref(), Some("OLD NEW"));
+            assert!(!ready.renew);
+        }
+        let (first, second) = (tick.outgoing[0].agent, tick.outgoing[1].agent);
+        registry
+            .with_tx(|tx| {
+                // A certificate from the new CA ends one turn; a refusal the other.
+                on_csr_answered(tx, &first, Ok("sha256:new"))?;
+                on_csr_answered(tx, &second, Err("the CSR was refused: no"))?;
+                // A certificate from the old CA ends nothing.
+                on_csr_answered(tx, &first, Ok("sha256:old"))?;
+                Ok(())
+            })
+            .unwrap();
+        let progress = registry
+            .with_db(|db| campaign::progress(db, id))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (progress.passed, progress.failed, progress.waiting),
+            (1, 1, 1)
+        );
+        // The third starts; it renewed by itself meanwhile: its turn ends.
+        let tick = registry
+            .with_tx(|tx| campaign::tick(tx, id, &|_| true, false, true))
+            .unwrap();
+        let third = tick.outgoing[0].agent;
+        assert!(registry.with_tx(|tx| end_turns(tx, id, &[third])).unwrap());
+        assert!(!registry.with_tx(|tx| end_turns(tx, id, &[third])).unwrap());
+        let progress = registry
+            .with_db(|db| campaign::progress(db, id))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (progress.passed, progress.failed, progress.acting),
+            (2, 1, 0)
+        );
+    }
+
+    #[test]
     fn a_refused_csr_counts_as_a_failed_renewal_only_for_an_agent_that_held_a_certificate() {
         let dir = tempfile::tempdir().unwrap();
         let registry = Registry::open(&dir.path().join("fleetls.db")).unwrap();
