@@ -252,6 +252,10 @@ pub struct RotationView {
     pub trusting_old: usize,
     /// The re-issue campaign, once it began.
     pub campaign: Option<Uuid>,
+    /// What the next phase waits for besides the agents (the broker), and
+    /// what to do about it.
+    #[serde(default)]
+    pub waiting: Option<String>,
 }
 
 /// What each agent concerned says it trusts and which CA its certificate
@@ -303,7 +307,13 @@ pub fn view(db: &rusqlite::Connection) -> Result<Option<RotationView>, RegistryE
     };
     let followers = followers(db)?;
     let count = |f: &dyn Fn(&Follower) -> bool| followers.iter().filter(|x| f(x)).count();
+    let waiting: Option<String> = db.query_row(
+        "SELECT waiting FROM ca_rotations WHERE id = ?1",
+        params![rotation.id],
+        |row| row.get(0),
+    )?;
     Ok(Some(RotationView {
+        waiting,
         phase: rotation.phase,
         agents: followers.len(),
         trusting_new: count(&|f| f.trusted.contains(&rotation.new_ca)),
@@ -578,7 +588,7 @@ async fn advance(app: &App, rotation: &Rotation, next: Phase) -> Result<(), OpEr
     app.registry
         .with_tx(|tx| {
             tx.execute(
-                "UPDATE ca_rotations SET phase = ?2, phase_at = ?3,
+                "UPDATE ca_rotations SET phase = ?2, phase_at = ?3, waiting = NULL,
                      finished_at = CASE WHEN ?2 = 'finished' THEN ?3 END
                  WHERE id = ?1",
                 params![rotation.id, next.as_str(), now],
@@ -697,7 +707,7 @@ async fn turn(
                 .filter(|f| !f.trusted.iter().any(|t| t == new))
                 .collect();
             if missing.is_empty() {
-                broker_ready(app, &rotation, Phase::Reissue).await?;
+                wait_for_broker(app, &rotation, Phase::Reissue).await?;
                 return advance(app, &rotation, Phase::Reissue)
                     .await
                     .map_err(|e| e.to_string());
@@ -710,7 +720,7 @@ async fn turn(
                 .filter(|f| f.ca.as_deref() != Some(new))
                 .collect();
             if left.is_empty() {
-                broker_ready(app, &rotation, Phase::Finished).await?;
+                wait_for_broker(app, &rotation, Phase::Finished).await?;
                 return advance(app, &rotation, Phase::Finished)
                     .await
                     .map_err(|e| e.to_string());
@@ -787,6 +797,22 @@ async fn turn(
             .map_err(|e| e.to_string())?;
     }
     Ok(())
+}
+
+/// [`broker_ready`], with what it waits for recorded for the status.
+async fn wait_for_broker(app: &App, rotation: &Rotation, next: Phase) -> Result<(), String> {
+    let ready = broker_ready(app, rotation, next).await;
+    let waiting = ready.as_ref().err().cloned();
+    app.registry
+        .with_tx(|tx| {
+            tx.execute(
+                "UPDATE ca_rotations SET waiting = ?2 WHERE id = ?1 AND waiting IS NOT ?2",
+                params![rotation.id, waiting],
+            )?;
+            Ok(())
+        })
+        .map_err(|e| e.to_string())?;
+    ready
 }
 
 /// Whether the broker is ready for `next`, when the network is on AMQPS
