@@ -5,7 +5,9 @@
 //! reported), declaring the design's topology, publishing with confirms and
 //! dead-lettering ([`amqp`]), signing and checking envelopes ([`seal`]), the
 //! reconnect delay ([`backoff`]), files written whole with their mode set at
-//! creation ([`files`]), and the SIGINT/SIGTERM signal ([`shutdown`]).
+//! creation ([`files`]), the SIGINT/SIGTERM signal ([`shutdown`]), and the
+//! PKCS#12 and JKS stores of `export` and of a child's `--trust-store-format`
+//! ([`stores`]).
 //!
 //! The wire format itself lives in `fleetls-proto`, which has no runtime;
 //! this crate is the I/O above it.
@@ -18,6 +20,7 @@ pub mod process;
 pub mod reconnect;
 pub mod seal;
 pub mod shutdown;
+pub mod stores;
 pub mod tls;
 
 use std::path::PathBuf;

@@ -20,6 +20,8 @@ pub use fleetls_bus::tls::{fingerprint, pem_certs};
 #[derive(Debug, Clone)]
 pub struct CertStore {
     dir: PathBuf,
+    /// The other formats kept in step with the PEM files (`--trust-store-format`).
+    stores: Option<crate::stores::TrustStores>,
 }
 
 impl CertStore {
@@ -27,6 +29,28 @@ impl CertStore {
     pub fn new(data_dir: &Path) -> CertStore {
         CertStore {
             dir: data_dir.join("certs"),
+            stores: None,
+        }
+    }
+
+    /// The same store, also keeping `stores` in step with its PEM files.
+    pub fn with_stores(mut self, stores: Option<crate::stores::TrustStores>) -> CertStore {
+        self.stores = stores;
+        self
+    }
+
+    /// Rewrites the stores of the other format from the PEM files, if one
+    /// is kept; a failure is logged (the PEM files stay the reference).
+    pub fn keep_stores(&self) {
+        let Some(stores) = &self.stores else {
+            return;
+        };
+        match stores.write(self) {
+            Ok(files) if !files.is_empty() => {
+                info!(format = ?stores.format, files = ?files, "trust stores written")
+            }
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "cannot write the trust stores (--trust-store-format)"),
         }
     }
 
@@ -109,6 +133,7 @@ impl CertStore {
             && self.has_certificate();
         write_atomic(&self.ca_path(), ready.ca_chain_pem.as_bytes(), 0o644)
             .map_err(|e| e.to_string())?;
+        self.keep_stores();
         if already && !ready.renew {
             return Ok(None);
         }
@@ -211,6 +236,7 @@ impl CertStore {
             .map_err(|e| e.to_string())?;
         std::fs::rename(self.pending_key_path(), self.key_path()).map_err(|e| e.to_string())?;
         info!(serial = %issued.serial, "certificate installed");
+        self.keep_stores();
         Ok(())
     }
 
