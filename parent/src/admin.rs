@@ -495,8 +495,14 @@ async fn broker_tls(
             &app.settings().broker_ips,
         )
         .map_err(OpError::BadRequest)?;
-        crate::broker_switch::write_broker_files(&app.config.data_dir, &request.out, &listener)
-            .map_err(OpError::BadRequest)
+        let final_fragment = ops::final_fragment(app)?;
+        crate::broker_switch::write_broker_files(
+            &app.config.data_dir,
+            &request.out,
+            &listener,
+            &final_fragment,
+        )
+        .map_err(OpError::BadRequest)
     })
     .await
     .map(Json)

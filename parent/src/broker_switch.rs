@@ -321,14 +321,75 @@ pub struct BrokerTlsFiles {
     pub out: PathBuf,
     /// Every file written.
     pub files: Vec<PathBuf>,
+    /// The final fragment was not written: these agents ("name: why")
+    /// would lose the broker.
+    #[serde(default)]
+    pub final_refused: Vec<String>,
+    /// The final fragment keeps plain AMQP open for these agents ("name:
+    /// reason"), kept on plain by decision.
+    #[serde(default)]
+    pub kept_plain: Vec<String>,
 }
 
-/// Writes the broker's certificate, key and CA and the two `rabbitmq.conf`
-/// fragments (during the migration, and after it).
+/// What `broker-tls` does with the post-migration fragment, which closes
+/// plain AMQP and requires a client certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FinalFragment {
+    /// Write it: nobody would be cut off. Agents kept on plain by decision
+    /// (`agents exclude`; "name: reason") keep the plain listener open, and
+    /// the fragment says why.
+    Write {
+        /// The agents kept on plain, "name: reason".
+        kept_plain: Vec<String>,
+    },
+    /// Do not write it (an older one is removed): these agents ("name:
+    /// why") would lose the broker.
+    Refuse {
+        /// Who would be cut off, and why.
+        cut_off: Vec<String>,
+    },
+    /// The certificate files only (a renewal, a CA rotation): the fragments
+    /// name the files, which keep their names, so they stay as written.
+    Untouched,
+}
+
+/// The post-migration fragment after `common` (the lines both share), if
+/// it is to be written.
+fn final_text(common: &str, final_fragment: &FinalFragment) -> Option<String> {
+    match final_fragment {
+        FinalFragment::Write { kept_plain } if kept_plain.is_empty() => Some(format!(
+            "{common}# After the migration: every client presents a certificate; plain AMQP is off,\n\
+             # so the broker listens for clients on the AMQPS addresses above and nowhere else.\n\
+             ssl_options.fail_if_no_peer_cert = true\n\
+             listeners.tcp = none\n"
+        )),
+        FinalFragment::Write { kept_plain } => Some(format!(
+            "{common}# After the migration: every client on AMQPS presents a certificate.\n\
+             ssl_options.fail_if_no_peer_cert = true\n\
+             # Plain AMQP stays open: {} agent(s) are kept on plain by decision\n\
+             # (`fleetls-parent agents exclude`); `agents include` them and run broker-tls\n\
+             # again to close it:\n{}",
+            kept_plain.len(),
+            kept_plain
+                .iter()
+                .map(|a| format!("#   {a}\n"))
+                .collect::<String>()
+        )),
+        FinalFragment::Refuse { .. } | FinalFragment::Untouched => None,
+    }
+}
+
+/// The post-migration fragment's name.
+pub const FINAL_FRAGMENT: &str = "rabbitmq-final.conf";
+
+/// Writes the broker's certificate, key and CA and the `rabbitmq.conf`
+/// fragments: the one for during the migration, and the final one as
+/// `final_fragment` says.
 pub fn write_broker_files(
     data_dir: &Path,
     out: &Path,
     listener: &AmqpsListener,
+    final_fragment: &FinalFragment,
 ) -> Result<BrokerTlsFiles, String> {
     let layout = Layout::new(data_dir);
     let copy = |file: CertFile| -> Result<PathBuf, String> {
@@ -345,6 +406,14 @@ pub fn write_broker_files(
     write_atomic(&ca, &crate::ssl_port::trust(&layout), 0o644)
         .map_err(|e| format!("{}: {e}", ca.display()))?;
     let mut files = vec![copy(CertFile::BrokerPem)?, copy(CertFile::BrokerKey)?, ca];
+    if *final_fragment == FinalFragment::Untouched {
+        return Ok(BrokerTlsFiles {
+            out: out.to_owned(),
+            files,
+            final_refused: Vec::new(),
+            kept_plain: Vec::new(),
+        });
+    }
     let abs = |name: &str| std::path::absolute(out.join(name)).unwrap_or_else(|_| out.join(name));
     let common = format!(
         "# fleetls: TLS for RabbitMQ (read only at boot: restart the broker after applying)\n\
@@ -369,17 +438,22 @@ pub fn write_broker_files(
         "{common}# During the migration: plain 5672 stays open and a client certificate is optional.\n\
          ssl_options.fail_if_no_peer_cert = false\n"
     );
-    let after = format!(
-        "{common}# After the migration: every client presents a certificate; plain AMQP is off,\n\
-         # so the broker listens for clients on the AMQPS addresses above and nowhere else.\n\
-         ssl_options.fail_if_no_peer_cert = true\n\
-         listeners.tcp = none\n"
-    );
-    for (name, text, mode) in [
+    let after = final_text(&common, final_fragment);
+    let mut writes = vec![
         ("rabbitmq-migration.conf", migration, 0o644),
-        ("rabbitmq-final.conf", after, 0o644),
         ("rabbitmq-permissions.sh", permissions_script(), 0o755),
-    ] {
+    ];
+    match after {
+        Some(text) => writes.insert(1, (FINAL_FRAGMENT, text, 0o644)),
+        None => {
+            // An older one would cut off who is listed: it goes.
+            let stale = out.join(FINAL_FRAGMENT);
+            if stale.exists() {
+                std::fs::remove_file(&stale).map_err(|e| format!("{}: {e}", stale.display()))?;
+            }
+        }
+    }
+    for (name, text, mode) in writes {
         let path = out.join(name);
         write_atomic(&path, text.as_bytes(), mode)
             .map_err(|e| format!("{}: {e}", path.display()))?;
@@ -396,9 +470,16 @@ pub fn write_broker_files(
     .map_err(|e| e.to_string())?;
     write_atomic(&record, text.as_bytes(), 0o644)
         .map_err(|e| format!("{}: {e}", record.display()))?;
+    let (final_refused, kept_plain) = match final_fragment {
+        FinalFragment::Refuse { cut_off } => (cut_off.clone(), Vec::new()),
+        FinalFragment::Write { kept_plain } => (Vec::new(), kept_plain.clone()),
+        FinalFragment::Untouched => (Vec::new(), Vec::new()),
+    };
     Ok(BrokerTlsFiles {
         out: out.to_owned(),
         files,
+        final_refused,
+        kept_plain,
     })
 }
 
@@ -413,6 +494,28 @@ mod tests {
             assert!(script.contains(&format!("'{pattern}'")), "{script}");
         }
         assert!(script.starts_with("#!/bin/sh\n"));
+    }
+
+    #[test]
+    fn the_final_fragment_closes_plain_amqp_unless_an_agent_is_kept_on_it() {
+        let closed = final_text("", &FinalFragment::Write { kept_plain: vec![] }).unwrap();
+        assert!(
+            closed.lines().any(|l| l == "listeners.tcp = none"),
+            "{closed}"
+        );
+        let kept = vec!["till-7: pin pad firmware".to_owned()];
+        let open = final_text("", &FinalFragment::Write { kept_plain: kept }).unwrap();
+        assert!(!open.contains("listeners.tcp"), "{open}");
+        assert!(open.contains("#   till-7: pin pad firmware"), "{open}");
+        assert!(
+            open.contains("ssl_options.fail_if_no_peer_cert = true"),
+            "{open}"
+        );
+        let refused = FinalFragment::Refuse {
+            cut_off: vec!["till-1: not on AMQPS yet".into()],
+        };
+        assert_eq!(final_text("", &refused), None);
+        assert_eq!(final_text("", &FinalFragment::Untouched), None);
     }
 
     #[test]

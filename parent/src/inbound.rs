@@ -211,7 +211,11 @@ pub fn apply(
                 crate::rotation::note_trust(tx, &event.agent, &state.trusted_cas)?;
             }
             EventKind::StepReport(report) => {
-                crate::campaign::on_report(tx, event.agent, report, event.at, policy.ssl_port_open_since, outgoing)?;
+                // A test begun before this parent's SSL port opened says
+                // nothing about the child (the port may have gone with the
+                // parent before it): when it began, not when it was sent.
+                let began = report.started_at.map_or(event.at, |t| t.min(event.at));
+                crate::campaign::on_report(tx, event.agent, report, began, policy.ssl_port_open_since, outgoing)?;
             }
             EventKind::SwitchReport(report) => {
                 if report.ok {

@@ -791,7 +791,27 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             println!();
             println!("Append rabbitmq-migration.conf to the broker's rabbitmq.conf and restart RabbitMQ;");
-            println!("after the migration use rabbitmq-final.conf instead (plain 5672 off) and restart again.");
+            if files.final_refused.is_empty() {
+                println!("after the migration use rabbitmq-final.conf instead and restart again.");
+                if !files.kept_plain.is_empty() {
+                    println!(
+                        "rabbitmq-final.conf keeps plain AMQP open for {} agent(s) kept on plain by decision:",
+                        files.kept_plain.len()
+                    );
+                    for agent in &files.kept_plain {
+                        println!("  {agent}");
+                    }
+                }
+            } else {
+                println!(
+                    "rabbitmq-final.conf (plain AMQP off) was not written: {} agent(s) would be cut off from the broker:",
+                    files.final_refused.len()
+                );
+                for agent in &files.final_refused {
+                    println!("  {agent}");
+                }
+                println!("Run broker-tls again once they are on AMQPS (`without-ssl`), or keep one on plain with `agents exclude NAME --reason TEXT`.");
+            }
             println!(
                 "Give the agents' shared user least privilege: rabbitmq-permissions.sh VHOST USER"
             );

@@ -714,6 +714,45 @@ pub async fn without_ssl(app: &App) -> Result<WithoutSsl, OpError> {
     Ok(out)
 }
 
+/// What the post-migration broker configuration may do: closing plain AMQP
+/// is refused while an accepted agent that is not kept on plain by
+/// decision is not on AMQPS (it would lose the broker: a child not moved
+/// yet, an mPOS device without its imported certificate, an old version);
+/// agents kept on plain by decision keep the plain listener open.
+pub fn final_fragment(app: &App) -> Result<crate::broker_switch::FinalFragment, OpError> {
+    use crate::broker_switch::FinalFragment;
+    let min = app.config.min_ssl_version;
+    let mut cut_off = Vec::new();
+    let mut kept_plain = Vec::new();
+    for a in app.registry.agents().map_err(internal)? {
+        if a.admission != crate::registry::Admission::Accepted || a.broker_tls {
+            continue;
+        }
+        let name = crate::admission::printable(&a.name, 80);
+        if let Some(reason) = &a.excluded {
+            kept_plain.push(format!("{name}: {reason}"));
+            continue;
+        }
+        let why = if a.kind == AgentKind::Mpos && !a.has_certificate {
+            "mPOS without its certificate: export it and `fleetls-child import` it on the device"
+                .to_owned()
+        } else if !ssl_capable(&a.version, min) {
+            format!(
+                "version {} does not support SSL: update it, or `agents exclude` it",
+                a.version
+            )
+        } else {
+            "not on AMQPS yet: `switch-broker` (see `without-ssl`)".to_owned()
+        };
+        cut_off.push(format!("{name}: {why}"));
+    }
+    Ok(if cut_off.is_empty() {
+        FinalFragment::Write { kept_plain }
+    } else {
+        FinalFragment::Refuse { cut_off }
+    })
+}
+
 /// The newest campaign's progress, if any campaign ever ran.
 pub fn campaign_progress(app: &App) -> Result<Option<crate::campaign::Progress>, OpError> {
     app.registry

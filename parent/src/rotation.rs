@@ -491,7 +491,12 @@ pub fn rewrite_broker_files(data_dir: &Path) {
         .map(|s| s.broker_ips)
         .unwrap_or_default();
     let written = record.listener(&broker_ips).and_then(|listener| {
-        crate::broker_switch::write_broker_files(data_dir, &record.out, &listener)
+        crate::broker_switch::write_broker_files(
+            data_dir,
+            &record.out,
+            &listener,
+            &crate::broker_switch::FinalFragment::Untouched,
+        )
     });
     if let Err(e) = written {
         warn!(error = %e, "cannot write the broker's files again");

@@ -365,28 +365,37 @@ fn the_network_moves_to_amqps_child_by_child_and_survives_the_final_broker_confi
         .collect();
     assert_eq!(ids.len(), 4, "four agents registered: {ids:?}");
 
-    // ---- broker-tls: the broker's files and both fragments
+    // ---- broker-tls: the broker's files and the migration fragment; the
+    // final one (plain AMQP off) is refused while anyone would be cut off
     let tls = dir.path().join("broker-tls");
     // The node's own AMQPS port, on loopback only (5671 on every interface
     // may belong to someone else on a test machine).
-    let (out, _) = parent.cli_expect(
-        &[
-            "broker-tls",
-            "--out",
-            tls.to_str().unwrap(),
-            "--amqps-port",
-            &AMQPS_PORT.to_string(),
-            "--amqps-bind",
-            "127.0.0.1",
-        ],
-        0,
+    let broker_tls_args = [
+        "broker-tls",
+        "--out",
+        tls.to_str().unwrap(),
+        "--amqps-port",
+        &AMQPS_PORT.to_string(),
+        "--amqps-bind",
+        "127.0.0.1",
+    ];
+    let (out, _) = parent.cli_expect(&broker_tls_args, 0);
+    assert!(
+        !tls.join("rabbitmq-final.conf").exists(),
+        "the final fragment was written while no child is on AMQPS: {out}"
     );
+    assert!(out.contains("4 agent(s) would be cut off"), "{out}");
+    for child in all {
+        assert!(
+            out.contains(&format!("  {child}: not on AMQPS yet")),
+            "{child} is not named as one that would be cut off: {out}"
+        );
+    }
     for file in [
         "broker.pem",
         "broker.key",
         "ca.pem",
         "rabbitmq-migration.conf",
-        "rabbitmq-final.conf",
     ] {
         let path = tls.join(file);
         assert!(
@@ -416,8 +425,7 @@ fn the_network_moves_to_amqps_child_by_child_and_survives_the_final_broker_confi
         "broker-tls's ca.pem is not the network's CA"
     );
     let migration = std::fs::read_to_string(tls.join("rabbitmq-migration.conf")).unwrap();
-    let last = std::fs::read_to_string(tls.join("rabbitmq-final.conf")).unwrap();
-    for (name, text) in [("migration", &migration), ("final", &last)] {
+    for (name, text) in [("migration", &migration)] {
         for line in [
             &format!("listeners.ssl.default = 127.0.0.1:{AMQPS_PORT}"),
             "ssl_options.verify = verify_peer",
@@ -442,14 +450,6 @@ fn the_network_moves_to_amqps_child_by_child_and_survives_the_final_broker_confi
     assert!(
         !has(&migration, "listeners.tcp = none"),
         "the migration fragment turns plain AMQP off:\n{migration}"
-    );
-    assert!(
-        has(&last, "ssl_options.fail_if_no_peer_cert = true"),
-        "final fragment:\n{last}"
-    );
-    assert!(
-        has(&last, "listeners.tcp = none"),
-        "final fragment:\n{last}"
     );
 
     // ---- the node restarted with AMQPS (plain stays open); everyone comes back alone
@@ -711,9 +711,26 @@ fn the_network_moves_to_amqps_child_by_child_and_survives_the_final_broker_confi
     );
 
     // ---- acceptance 5: the post-migration config (client certificate
-    // required, plain AMQP off): everyone comes back and still works.
-    // The final fragment itself, as written.
+    // required, plain AMQP off): written now that nobody would be cut off;
+    // everyone comes back and still works. The final fragment itself, as
+    // written.
+    let (out, _) = parent.cli_expect(&broker_tls_args, 0);
+    assert!(!out.contains("would be cut off"), "{out}");
     let final_conf = tls.join("rabbitmq-final.conf");
+    let last = std::fs::read_to_string(&final_conf)
+        .unwrap_or_else(|e| panic!("no final fragment once everyone is on AMQPS ({e}): {out}"));
+    let has = |text: &str, line: &str| text.lines().any(|l| l.trim() == line);
+    for line in [
+        "ssl_options.verify = verify_peer",
+        "ssl_options.fail_if_no_peer_cert = true",
+        "listeners.tcp = none",
+        &format!("ssl_options.cacertfile = {}", tls.join("ca.pem").display()),
+    ] {
+        assert!(
+            has(&last, line),
+            "the final fragment lacks `{line}`:\n{last}"
+        );
+    }
     let (ok, said) = node.script("restart", Some(&tls), Some(&final_conf));
     assert!(
         ok,

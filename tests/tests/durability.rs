@@ -120,10 +120,14 @@ fn assert_one_result_per_step(parent: &Parent, count: usize) {
         "SELECT count(*), count(DISTINCT agent || '/' || step), sum(ok) FROM step_results
          WHERE campaign = '{campaign}';"
     ));
+    let failed = parent.registry_query(&format!(
+        "SELECT step || ': ' || coalesce(cause, '-') || ': ' || message FROM step_results
+         WHERE campaign = '{campaign}' AND ok = 0 LIMIT 5;"
+    ));
     assert_eq!(
         results,
         format!("{0}|{0}|{0}", 2 * count),
-        "step results (rows|distinct|passed)"
+        "step results (rows|distinct|passed); failed ones:\n{failed}"
     );
     let children = parent.registry_query(&format!(
         "SELECT state || '=' || count(*) FROM campaign_children WHERE campaign = '{campaign}' GROUP BY state;"

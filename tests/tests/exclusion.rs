@@ -121,6 +121,25 @@ fn an_excluded_child_stays_plain_is_counted_as_excluded_and_comes_back_when_incl
         .collect();
     assert_eq!(listed, [("ex-2", format!("excluded: {REASON}").as_str())]);
 
+    // The final broker configuration is refused while the two others are
+    // not on AMQPS; the excluded one is not among those it would cut off.
+    let tls = dir.path().join("broker-tls");
+    let out = parent.cli_ok(&[
+        "broker-tls",
+        "--out",
+        tls.to_str().unwrap(),
+        "--amqps-bind",
+        "127.0.0.1",
+    ]);
+    assert!(out.contains("2 agent(s) would be cut off"), "{out}");
+    assert!(
+        out.contains("  ex-1: not on AMQPS yet") && out.contains("  ex-3: not on AMQPS yet"),
+        "{out}"
+    );
+    assert!(!out.contains("ex-2"), "{out}");
+    assert!(!tls.join("rabbitmq-final.conf").exists());
+    assert!(tls.join("rabbitmq-migration.conf").exists());
+
     // Included again, it takes part in the next campaign.
     let out = parent.cli_ok(&["agents", "include", "ex-2"]);
     assert_eq!(out.trim(), "include: ex-2");

@@ -141,13 +141,19 @@ fn a_ca_rotation_moves_everyone_to_the_new_ca_without_anyone_going_offline() {
 
     // ---- AMQPS: the node restarted with the migration fragment of broker-tls
     let tls = dir.path().join("broker-tls");
-    ok(&parent, &["broker-tls", "--out", tls.to_str().unwrap()]);
-    let fragment = std::fs::read_to_string(tls.join("rabbitmq-migration.conf"))
-        .unwrap()
-        .replace(
-            "listeners.ssl.default = 5671",
-            &format!("listeners.ssl.default = 127.0.0.1:{AMQPS_PORT}"),
-        );
+    ok(
+        &parent,
+        &[
+            "broker-tls",
+            "--out",
+            tls.to_str().unwrap(),
+            "--amqps-port",
+            &AMQPS_PORT.to_string(),
+            "--amqps-bind",
+            "127.0.0.1",
+        ],
+    );
+    let fragment = std::fs::read_to_string(tls.join("rabbitmq-migration.conf")).unwrap();
     // The broker reads its own copy (`live`): the operator installs into it.
     let live = dir.path().join("broker-live");
     std::fs::create_dir_all(&live).unwrap();
