@@ -14,6 +14,7 @@ use fleetls_tests::{free_port, program, start_child, wait_for, Parent, Vhost};
 const PARENT_COMMANDS: &[&str] = &[
     "serve",
     "status",
+    "cluster",
     "settings",
     "verify",
     "reverify",
