@@ -433,3 +433,32 @@ fn a_node_lost_during_verify_the_campaign_completes_and_its_children_move() {
     drop(vhost);
     drop(cluster);
 }
+
+/// On the shared broker (one node: quorum queues work there too): a parent
+/// with quorum queues and a child with the default classic queue work
+/// together; a parent started again as classic on the quorum
+/// `fleetls.parent` says what to do instead of failing without a word.
+#[test]
+fn queue_types_mix_and_a_mismatch_says_what_to_do() {
+    let vhost = Vhost::new();
+    let dir = test_dir();
+    let mut parent = Parent::start(&vhost, dir.path(), &["--queue-type", "quorum"]);
+    let _child = fleetls_tests::start_child(&vhost, dir.path(), "till-1", &[]);
+    let agents = parent.wait_online(&["till-1"]);
+    let id = agents[0]["id"].as_str().expect("an id").to_owned();
+    let queue = |name: &str| vhost.management_get(&format!("/api/queues/{{vhost}}/{name}"));
+    assert_eq!(queue("fleetls.parent")["type"], "quorum");
+    assert_eq!(queue(&format!("fleetls.agent.{id}"))["type"], "classic");
+
+    // The topology is declared `fleetls.dead` first: that is the queue named.
+    parent.proc.signal("TERM");
+    parent.restart(&vhost, &["--queue-type", "classic"]);
+    let log = wait_for("the parent's explanation", Duration::from_secs(60), || {
+        let log = parent.proc.output();
+        log.contains("cannot change type").then_some(log)
+    });
+    assert!(
+        log.contains("--queue-type quorum") && log.contains("delete_queue fleetls.dead"),
+        "{log}"
+    );
+}
