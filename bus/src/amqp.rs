@@ -302,28 +302,43 @@ async fn declare_bound(
         .map_err(amqp("binding a queue"))
 }
 
-/// The AMQP properties of a fleetls message: persistent (child → parent)
-/// or not, with an expiration when it has a deadline, and the signature
-/// headers of `sealed`.
+/// How the broker keeps a message (see DESIGN, "Durability").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keep {
+    /// On disk until consumed (delivery mode 2): what a child tells the
+    /// parent goes into the one durable queue `fleetls.parent` this way.
+    Persistent,
+    /// In memory only (delivery mode 1), dropped after `expiration`: the
+    /// parent's commands. The registry is their durable copy; what a broker
+    /// restart or an expiry loses, the parent sends again.
+    Transient {
+        /// How long the command may wait in the agent's queue.
+        expiration: Duration,
+    },
+}
+
+/// The AMQP properties of a fleetls message, kept as `keep` says, with the
+/// signature headers of `sealed`.
 pub fn properties(
     envelope: &Envelope,
     sealed: &crate::seal::Sealed,
-    expiration: Option<Duration>,
+    keep: Keep,
 ) -> BasicProperties {
     let mut props = BasicProperties::default()
         .with_content_type(CONTENT_TYPE.into())
         .with_type(envelope.body.kind().into())
         .with_message_id(envelope.id.to_string().as_str().into())
-        .with_delivery_mode(2)
         .with_timestamp(envelope.at / 1000)
         .with_headers(sealed.headers());
     if let Some(re) = envelope.re {
         props = props.with_correlation_id(re.to_string().as_str().into());
     }
-    if let Some(ttl) = expiration {
-        props = props.with_expiration(ttl.as_millis().to_string().as_str().into());
+    match keep {
+        Keep::Persistent => props.with_delivery_mode(2),
+        Keep::Transient { expiration } => props
+            .with_delivery_mode(1)
+            .with_expiration(expiration.as_millis().max(1).to_string().as_str().into()),
     }
-    props
 }
 
 /// Publishes one message `mandatory` and waits for its confirm: a nack or
@@ -366,18 +381,30 @@ pub struct ToAgent {
     pub properties: BasicProperties,
 }
 
-/// Publishes many messages to agents, then waits for every confirm: the
-/// broker works on them together instead of one round trip each. They are
-/// published `mandatory`: every registered agent declared its durable queue
-/// when it connected, so a message the broker cannot route is not silently
-/// dropped; it goes to `fleetls.dead` with the reason, the agents concerned
-/// are returned, and nothing else fails because of them.
+/// How many publisher confirms [`send_many`] lets be outstanding: enough to
+/// keep the broker busy, few enough that a big send holds a bounded number
+/// of messages in the client's and the broker's buffers.
+pub const CONFIRM_WINDOW: usize = 1024;
+
+/// Publishes many messages to agents without waiting for each confirm in
+/// turn: up to [`CONFIRM_WINDOW`] are outstanding, the oldest is awaited
+/// when the window is full. They are published `mandatory`: every
+/// registered agent declared its durable queue when it connected, so a
+/// message the broker cannot route is not silently dropped; it goes to
+/// `fleetls.dead` with the reason, the agents concerned are returned, and
+/// nothing else fails because of them.
 pub async fn send_many(
     channel: &Channel,
     messages: Vec<ToAgent>,
 ) -> Result<Vec<uuid::Uuid>, BusError> {
-    let mut confirms = Vec::with_capacity(messages.len());
-    for message in &messages {
+    let mut outstanding = std::collections::VecDeque::with_capacity(CONFIRM_WINDOW);
+    let mut unroutable = Vec::new();
+    for message in messages {
+        if outstanding.len() == CONFIRM_WINDOW {
+            if let Some(oldest) = outstanding.pop_front() {
+                settle(channel, oldest, &mut unroutable).await?;
+            }
+        }
         let confirm = channel
             .basic_publish(
                 topology::AGENTS.into(),
@@ -387,30 +414,40 @@ pub async fn send_many(
                     ..Default::default()
                 },
                 &message.payload,
-                message.properties.clone(),
+                message.properties,
             )
             .await
             .map_err(amqp("publishing to an agent"))?;
-        confirms.push((message.agent, confirm));
+        outstanding.push_back((message.agent, confirm));
     }
-    let mut unroutable = Vec::new();
-    for (agent, confirm) in confirms {
-        let confirm = confirm
-            .await
-            .map_err(amqp("waiting for a publisher confirm"))?;
-        if confirm.is_nack() {
-            return Err(BusError::Nacked(topology::agent_queue(&agent)));
-        }
-        if let Some(returned) = confirm.take_message() {
-            let reason = format!(
-                "unroutable: the queue {} of this agent does not exist; it is recreated when the agent connects",
-                topology::agent_queue(&agent)
-            );
-            dead_letter(channel, &returned.data, &returned.properties, &reason).await?;
-            unroutable.push(agent);
-        }
+    for pending in outstanding {
+        settle(channel, pending, &mut unroutable).await?;
     }
     Ok(unroutable)
+}
+
+/// Waits for one confirm of [`send_many`]: a nack is an error, a returned
+/// message is dead-lettered and its agent noted in `unroutable`.
+async fn settle(
+    channel: &Channel,
+    (agent, confirm): (uuid::Uuid, lapin::PublisherConfirm),
+    unroutable: &mut Vec<uuid::Uuid>,
+) -> Result<(), BusError> {
+    let confirm = confirm
+        .await
+        .map_err(amqp("waiting for a publisher confirm"))?;
+    if confirm.is_nack() {
+        return Err(BusError::Nacked(topology::agent_queue(&agent)));
+    }
+    if let Some(returned) = confirm.take_message() {
+        let reason = format!(
+            "unroutable: the queue {} of this agent does not exist; it is recreated when the agent connects",
+            topology::agent_queue(&agent)
+        );
+        dead_letter(channel, &returned.data, &returned.properties, &reason).await?;
+        unroutable.push(agent);
+    }
+    Ok(())
 }
 
 /// Republishes a rejected delivery to `fleetls.dead` with its reason in the

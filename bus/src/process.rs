@@ -32,13 +32,44 @@ impl<C: clap::Subcommand> Cli<C> {
     /// `about` (a usage error exits with clap's message and code 2).
     pub fn parse_as(name: &'static str, about: &'static str) -> Self {
         use clap::{CommandFactory, FromArgMatches};
-        let matches = Self::command()
+        let matches = with_env(Self::command())
             .name(name)
             .bin_name(name)
             .about(about)
             .get_matches();
         Self::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
     }
+}
+
+/// Flags never read from the environment: a confirmation is given on the
+/// command line each time, and clap's own `--help` / `--version`.
+const NOT_FROM_ENV: &[&str] = &["yes", "help", "version"];
+
+/// Gives every long flag of `command` and of its subcommands, at every
+/// depth, the variable `FLEETLS_<FLAG>` (`--step-timeout` →
+/// `FLEETLS_STEP_TIMEOUT`) unless it names one already; positional
+/// arguments and [`NOT_FROM_ENV`] have none. A switch (`--json`) is on
+/// when its variable is set to anything but `0`, `false`, `no`, `off` or
+/// `n`; a flag on the command line wins over its variable.
+pub fn with_env(command: clap::Command) -> clap::Command {
+    command
+        .mut_args(|arg| {
+            let Some(long) = arg.get_long() else {
+                return arg;
+            };
+            if arg.get_env().is_some() || NOT_FROM_ENV.contains(&long) {
+                return arg;
+            }
+            let var = format!("FLEETLS_{}", long.replace('-', "_").to_uppercase());
+            match arg.get_action() {
+                clap::ArgAction::SetTrue => arg
+                    .env(var)
+                    .value_parser(clap::builder::FalseyValueParser::new()),
+                clap::ArgAction::Set | clap::ArgAction::Append => arg.env(var),
+                _ => arg,
+            }
+        })
+        .mut_subcommands(with_env)
 }
 
 /// Raw settings that come in layers: flags (and their variables) over a

@@ -149,9 +149,14 @@ impl SigningKey {
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let (key, pkcs8) = SigningKey::generate();
-                crate::files::write_atomic(path, &pkcs8, 0o600)
+                let made = crate::files::write_new(path, &pkcs8, 0o600)
                     .map_err(|e| failed(format!("cannot write it: {e}")))?;
-                Ok(key)
+                if made {
+                    Ok(key)
+                } else {
+                    // Another process made it meanwhile: its key is the one.
+                    SigningKey::load_or_create(path)
+                }
             }
             Err(e) => Err(failed(e.to_string())),
         }

@@ -5,16 +5,89 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer};
 use rustls::server::danger::ClientCertVerifier;
 use rustls::server::WebPkiClientVerifier;
-use rustls::{RootCertStore, ServerConfig};
+use rustls::{RootCertStore, ServerConfig, SupportedProtocolVersion};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tracing::{debug, warn};
 
 use crate::shutdown::Shutdown;
+
+const TLS13_ONLY: &[&SupportedProtocolVersion] = &[&rustls::version::TLS13];
+
+/// The crypto provider (ring, the workspace's one) limited to the cipher
+/// suites `policy` allows, and the TLS versions it allows; an unknown
+/// suite name, or suites that leave no version usable, is an error naming
+/// them and listing what is known.
+pub fn provider_for(
+    policy: &fleetls_proto::TlsPolicy,
+) -> Result<
+    (
+        Arc<CryptoProvider>,
+        &'static [&'static SupportedProtocolVersion],
+    ),
+    String,
+> {
+    let mut provider = rustls::crypto::ring::default_provider();
+    let known = |p: &CryptoProvider| -> Vec<String> {
+        p.cipher_suites
+            .iter()
+            .map(|s| format!("{:?}", s.suite()))
+            .collect()
+    };
+    let versions: &'static [&'static SupportedProtocolVersion] = match policy.min_version {
+        fleetls_proto::TlsVersion::Tls12 => rustls::ALL_VERSIONS,
+        fleetls_proto::TlsVersion::Tls13 => TLS13_ONLY,
+    };
+    if !policy.cipher_suites.is_empty() {
+        let all = known(&provider);
+        let unknown: Vec<&String> = policy
+            .cipher_suites
+            .iter()
+            .filter(|name| !all.contains(name))
+            .collect();
+        if !unknown.is_empty() {
+            return Err(format!(
+                "unknown cipher suite(s) {unknown:?}: choose among {}",
+                all.join(";")
+            ));
+        }
+        provider
+            .cipher_suites
+            .retain(|s| policy.cipher_suites.contains(&format!("{:?}", s.suite())));
+    }
+    let usable = provider
+        .cipher_suites
+        .iter()
+        .any(|s| versions.iter().any(|v| v.version == s.version().version));
+    if !usable {
+        return Err(format!(
+            "none of the cipher suites {:?} works with TLS {} and above: add a TLS 1.3 suite (one of {})",
+            policy.cipher_suites,
+            policy.min_version.as_str(),
+            known(&rustls::crypto::ring::default_provider())
+                .into_iter()
+                .filter(|n| n.starts_with("TLS13_"))
+                .collect::<Vec<_>>()
+                .join(";")
+        ));
+    }
+    Ok((Arc::new(provider), versions))
+}
+
+/// A server configuration builder that follows `policy`.
+pub fn server_builder(
+    policy: &fleetls_proto::TlsPolicy,
+) -> Result<rustls::ConfigBuilder<ServerConfig, rustls::WantsVerifier>, String> {
+    let (provider, versions) = provider_for(policy)?;
+    ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .map_err(|e| e.to_string())
+}
 
 /// `sha256:` and the lowercase hex SHA-256 of `der` (a certificate): how
 /// fleetls names a CA an operator pins.

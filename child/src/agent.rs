@@ -30,7 +30,7 @@ pub async fn run(config: RunConfig, shutdown: Shutdown) -> Result<(), RunError> 
     let agent = Arc::new(Agent::open(config)?);
     info!(id = %agent.identity.id, name = %agent.identity.name, "child starting");
     agent.serve_local_port(&shutdown, false);
-    let name = topology::child_connection_name(&agent.identity.id);
+    let name = topology::child_connection_name(&agent.identity.id, &agent.identity.name);
     fleetls_bus::reconnect::run("child", Duration::ZERO, shutdown.clone(), || {
         let (agent, name, shutdown) = (agent.clone(), name.clone(), shutdown.clone());
         async move { session(&agent, &name, shutdown).await }
@@ -60,7 +60,9 @@ async fn session(agent: &Agent, name: &str, shutdown: Shutdown) -> Ended {
     let ended = loop {
         match session.run(agent).await {
             Ok(Outcome::MoveTo(next, next_session)) => {
-                // The new connection carries us now; only then close the old one.
+                // The new connection carries us now; only then close the old
+                // one, its channel first (a planned close logs no ERROR).
+                session.close().await;
                 let _ = connection.close(200, "moved to AMQPS".into()).await;
                 info!("moved to AMQPS; the plain connection is closed");
                 connection = *next;
@@ -201,8 +203,25 @@ impl Session {
         match command {
             ToChild::CertificatesReady(ready) => {
                 if agent.config.kind == fleetls_proto::AgentKind::LocalParent {
-                    if let Err(e) = agent.update_state(|s| s.serve_port = ready.serve_port) {
+                    // A policy comes with the settings' information; a
+                    // command without one (a re-issue) keeps the one held.
+                    let held = agent
+                        .state
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .serve_tls
+                        .clone();
+                    let policy_changed = ready.tls.is_some() && held != ready.tls;
+                    if let Err(e) = agent.update_state(|s| {
+                        s.serve_port = ready.serve_port;
+                        if ready.tls.is_some() {
+                            s.serve_tls = ready.tls.clone();
+                        }
+                    }) {
                         return Ok(Obeyed::Done(Err(e.to_string())));
+                    }
+                    if policy_changed {
+                        agent.serve_local_port(&self.shutdown, true);
                     }
                 }
                 // Key generation and synced file writes: off the async workers.
@@ -217,6 +236,10 @@ impl Session {
                 })
                 .await
                 .unwrap_or_else(|e| Err(format!("the CSR task failed: {e}")));
+                if csr.is_ok() {
+                    // The CAs it accepts may have changed (a CA rotation).
+                    agent.serve_local_port(&self.shutdown, true);
+                }
                 match csr {
                     Ok(Some(pem)) => {
                         self.send(agent, ToParent::Csr(Csr { pem }), Some(envelope.id))
@@ -250,11 +273,19 @@ impl Session {
                 // Its result would no longer count: the parent has moved on.
                 warn!(campaign = %run.campaign, "a test step arrived after its deadline; skipped");
             }
-            ToChild::RunStep(mut run) => {
-                if let Some(quirks) = &agent.quirks {
-                    quirks.step(&mut run.step);
-                }
-                let report = run_step(&store, &run).await;
+            ToChild::RunStep(run) => {
+                let report = match agent.steps_done.recall(&run) {
+                    Some(report) => report,
+                    None => {
+                        let mut changed = run.clone();
+                        if let Some(quirks) = &agent.quirks {
+                            quirks.step(&mut changed.step);
+                        }
+                        let report = run_step(&store, &changed).await;
+                        agent.steps_done.remember(&run, &report);
+                        report
+                    }
+                };
                 self.send(agent, ToParent::StepReport(report), Some(envelope.id))
                     .await?;
             }

@@ -19,7 +19,7 @@ use crate::session::{Obeyed, Session, SessionError, FRAME_MAX};
 
 /// The CA the broker's certificate must chain to (given by the parent).
 fn broker_ca_path(data_dir: &Path) -> std::path::PathBuf {
-    data_dir.join("certs/broker-ca.pem")
+    CertStore::new(data_dir).broker_ca_path()
 }
 
 /// Opens an AMQPS connection with this agent's certificate.
@@ -60,7 +60,29 @@ pub async fn obey(
     let limit = Duration::from_millis(left.max(1_000));
     let data_dir = agent.config.data_dir.clone();
     let uri = uri_for(cmd);
-    let name = fleetls_proto::topology::child_connection_name(&agent.identity.id);
+    let already = agent
+        .state
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .broker_tls_uri
+        .as_deref()
+        == Some(uri.as_str());
+    if already {
+        // The order sent again (its report was not seen in time): this
+        // session is the AMQPS one already; say so over it.
+        let report = BrokerSwitchReport {
+            campaign: cmd.campaign,
+            tls: true,
+            protocol: Some("TLS".into()),
+            error: None,
+        };
+        plain
+            .send(agent, ToParent::BrokerSwitchReport(report), Some(re))
+            .await?;
+        return Ok(Obeyed::Done(Ok(())));
+    }
+    let name =
+        fleetls_proto::topology::child_connection_name(&agent.identity.id, &agent.identity.name);
     let attempt = async {
         write_atomic(&broker_ca_path(&data_dir), cmd.ca_pem.as_bytes(), 0o644)
             .map_err(|e| tls_error(e.to_string()))?;

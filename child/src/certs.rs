@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use rcgen::{
     CertificateParams, DistinguishedName, DnType, KeyPair, SanType, PKCS_ECDSA_P256_SHA256,
 };
+use rustls_pki_types::CertificateDer;
 use tracing::{info, warn};
 use uuid::Uuid;
 use x509_parser::prelude::{FromDer, X509Certificate};
@@ -68,9 +69,15 @@ impl CertStore {
     }
 
     /// Handles `CertificatesReady`: checks the CA against the pin (or the one
-    /// trusted before), stores it, and returns a CSR to send — `None` when a
-    /// certificate from this CA is already installed. `Err` is the reason
-    /// the CA was refused.
+    /// trusted before), stores the CAs to trust, and returns a CSR to send —
+    /// `None` when a certificate from this CA is already installed and no
+    /// renewal is asked. `Err` is the reason the CA was refused.
+    ///
+    /// A CA rotation comes as `trust_pem` in a command signed by the parent
+    /// key this agent pinned: a new CA named there is trusted although it is
+    /// neither the pinned nor the first one. Whatever the bundle says, the
+    /// CA that issued the certificate held stays trusted until a
+    /// certificate from the new CA is installed (the next bundle drops it).
     pub fn prepare_csr(
         &self,
         ready: &CertificatesReady,
@@ -80,16 +87,36 @@ impl CertStore {
         hostnames: &[String],
         ips: &[std::net::IpAddr],
     ) -> Result<Option<String>, String> {
-        let certs =
+        let chain =
             pem_certs(&ready.ca_chain_pem).map_err(|e| format!("the CA sent is unusable: {e}"))?;
-        let offered = fingerprint(certs.last().expect("pem_certs is never empty"));
+        let offered = fingerprint(chain.last().expect("pem_certs is never empty"));
         if offered != ready.ca_fingerprint {
             return Err(format!(
                 "the CA refused: the message names fingerprint {} but the CA sent is {offered}",
                 ready.ca_fingerprint
             ));
         }
+        let mut bundle = match &ready.trust_pem {
+            Some(pem) => {
+                let certs =
+                    pem_certs(pem).map_err(|e| format!("the CA bundle sent is unusable: {e}"))?;
+                let held: Vec<String> = certs.iter().map(|c| fingerprint(c)).collect();
+                if !chain.iter().all(|c| held.contains(&fingerprint(c))) {
+                    return Err(
+                        "the CA bundle refused: it does not hold the CA chain sent with it".into(),
+                    );
+                }
+                certs
+            }
+            None => chain.clone(),
+        };
+        let trusted = self.trusted();
+        let trusted_now: Vec<String> = trusted.iter().map(|c| fingerprint(c)).collect();
         match (pinned, self.stored_ca_fingerprint()) {
+            _ if trusted_now.contains(&offered) => {}
+            _ if ready.trust_pem.is_some() && !trusted_now.is_empty() => {
+                info!(fingerprint = %offered, "CA rotation: trusting the parent's new CA (signed by the pinned parent key)");
+            }
             (Some(pin), _) if pin != offered => {
                 return Err(format!(
                     "the CA refused: its fingerprint {offered} does not match the pinned {pin}; \
@@ -105,14 +132,67 @@ impl CertStore {
             (None, None) => info!(fingerprint = %offered, "trusting the parent's CA on first use"),
             _ => {}
         }
-        let already = self.stored_ca_fingerprint().as_deref() == Some(offered.as_str())
-            && self.has_certificate();
-        write_atomic(&self.ca_path(), ready.ca_chain_pem.as_bytes(), 0o644)
-            .map_err(|e| e.to_string())?;
+        let leaf = self.leaf();
+        if let Some(leaf) = &leaf {
+            if !issued_by_any(leaf, &bundle) {
+                // Keep the CA this certificate comes from until the new one is held.
+                bundle.extend(trusted.into_iter().filter(|ca| issued_by(leaf, ca)));
+            }
+        }
+        self.store_trust(&bundle)?;
+        let already =
+            self.has_certificate() && leaf.is_some_and(|leaf| issued_by(&leaf, &chain[0]));
         if already && !ready.renew {
             return Ok(None);
         }
         self.csr(agent, kind, hostnames, ips).map(Some)
+    }
+
+    /// Every CA certificate this agent trusts (`certs/ca.pem`), DER.
+    pub fn trusted(&self) -> Vec<CertificateDer<'static>> {
+        std::fs::read_to_string(self.ca_path())
+            .ok()
+            .and_then(|pem| pem_certs(&pem).ok())
+            .unwrap_or_default()
+    }
+
+    /// `sha256:HEX` of every CA certificate this agent trusts.
+    pub fn trusted_fingerprints(&self) -> Vec<String> {
+        self.trusted().iter().map(|c| fingerprint(c)).collect()
+    }
+
+    /// The CA the broker's certificate must chain to (given by the parent
+    /// with the move to AMQPS, and kept in step with `ca.pem` since).
+    pub fn broker_ca_path(&self) -> PathBuf {
+        self.dir.join("broker-ca.pem")
+    }
+
+    /// Writes the CAs to trust to `ca.pem` (and to `broker-ca.pem` once the
+    /// agent is on AMQPS: the broker's certificate comes from the same CA),
+    /// each whole, in one rename.
+    fn store_trust(&self, cas: &[CertificateDer<'static>]) -> Result<(), String> {
+        let mut seen = Vec::new();
+        let mut text = String::new();
+        for ca in cas {
+            let fp = fingerprint(ca);
+            if !seen.contains(&fp) {
+                seen.push(fp);
+                text.push_str(&to_pem(ca));
+            }
+        }
+        for path in [self.ca_path(), self.broker_ca_path()] {
+            if path == self.broker_ca_path() && !path.exists() {
+                continue;
+            }
+            write_atomic(&path, text.as_bytes(), 0o644).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// The certificate held (the leaf of `agent.pem`), DER.
+    fn leaf(&self) -> Option<CertificateDer<'static>> {
+        let pem = std::fs::read_to_string(self.chain_path()).ok()?;
+        pem_certs(&pem).ok()?.into_iter().next()
     }
 
     /// When the installed certificate is valid (not before, not after;
@@ -195,15 +275,13 @@ impl CertStore {
         if leaf.public_key().raw != key.subject_public_key_info().as_slice() {
             return Err("the certificate sent is not for this agent's key; ignored".into());
         }
-        let ca_pem = std::fs::read_to_string(self.ca_path())
-            .map_err(|_| "a certificate arrived but no CA is stored; ignored".to_owned())?;
-        let ca = pem_certs(&ca_pem)?;
-        let (_, issuer) = X509Certificate::from_der(&ca[0])
-            .map_err(|e| format!("the stored CA is unreadable: {e}"))?;
-        leaf.verify_signature(Some(issuer.public_key()))
-            .map_err(|_| {
-                "the certificate sent is not signed by the trusted CA; ignored".to_owned()
-            })?;
+        let trusted = self.trusted();
+        if trusted.is_empty() {
+            return Err("a certificate arrived but no CA is stored; ignored".to_owned());
+        }
+        if !issued_by_any(&chain[0], &trusted) {
+            return Err("the certificate sent is not signed by a trusted CA; ignored".to_owned());
+        }
         if !issued.ignored.is_empty() {
             warn!(ignored = ?issued.ignored, "the parent signed the CSR without some of what it asked for");
         }
@@ -217,5 +295,136 @@ impl CertStore {
     /// Drops the pending key after the parent refused the CSR.
     pub fn forget_pending(&self) {
         let _ = std::fs::remove_file(self.pending_key_path());
+    }
+}
+
+/// Whether `cert` is signed by the CA certificate `ca`.
+fn issued_by(cert: &[u8], ca: &[u8]) -> bool {
+    let (Ok((_, cert)), Ok((_, ca))) = (
+        X509Certificate::from_der(cert),
+        X509Certificate::from_der(ca),
+    ) else {
+        return false;
+    };
+    cert.issuer() == ca.subject() && cert.verify_signature(Some(ca.public_key())).is_ok()
+}
+
+/// Whether `cert` is signed by one of `cas`.
+fn issued_by_any(cert: &[u8], cas: &[CertificateDer<'_>]) -> bool {
+    cas.iter().any(|ca| issued_by(cert, ca))
+}
+
+fn to_pem(der: &[u8]) -> String {
+    pem::encode_config(
+        &pem::Pem::new("CERTIFICATE", der),
+        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{BasicConstraints, CertificateSigningRequestParams, IsCa, Issuer};
+
+    /// A CA: its certificate PEM and what signs with it.
+    fn ca(name: &str) -> (String, Issuer<'static, KeyPair>) {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = CertificateParams::default();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let cert = params.self_signed(&key).unwrap();
+        let issuer = Issuer::from_ca_cert_der(cert.der(), key).unwrap();
+        (cert.pem(), issuer)
+    }
+
+    fn ready(chain: &str, trust: Option<String>, renew: bool) -> CertificatesReady {
+        let fingerprint = fingerprint(&pem_certs(chain).unwrap()[0]);
+        CertificatesReady {
+            ca_chain_pem: chain.to_owned(),
+            ca_fingerprint: fingerprint,
+            ssl_host: "localhost".into(),
+            ssl_port: 1,
+            serve_port: None,
+            renew,
+            trust_pem: trust,
+            tls: None,
+        }
+    }
+
+    fn issue(csr: &str, ca: &(String, Issuer<'static, KeyPair>)) -> CertificateIssued {
+        let csr = CertificateSigningRequestParams::from_pem(csr).unwrap();
+        let cert = csr.signed_by(&ca.1).unwrap();
+        CertificateIssued {
+            chain_pem: format!("{}{}", cert.pem(), ca.0),
+            serial: "01".into(),
+            not_after: 0,
+            ignored: Vec::new(),
+        }
+    }
+
+    fn prepare(store: &CertStore, ready: &CertificatesReady) -> Result<Option<String>, String> {
+        store.prepare_csr(ready, None, Uuid::nil(), AgentKind::Child, &[], &[])
+    }
+
+    #[test]
+    fn a_rotation_never_drops_the_ca_of_the_certificate_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CertStore::new(dir.path());
+        let (old, new) = (ca("old"), ca("new"));
+        let fp = |pem: &str| fingerprint(&pem_certs(pem).unwrap()[0]);
+        // The first certificate, from the old CA.
+        let csr = prepare(&store, &ready(&old.0, None, false))
+            .unwrap()
+            .unwrap();
+        store.install(&issue(&csr, &old)).unwrap();
+        assert_eq!(store.trusted_fingerprints(), [fp(&old.0)]);
+        // Trust: both CAs, nothing to ask for.
+        let both = format!("{}{}", old.0, new.0);
+        assert_eq!(
+            prepare(&store, &ready(&old.0, Some(both.clone()), false)),
+            Ok(None)
+        );
+        assert_eq!(store.trusted_fingerprints(), [fp(&old.0), fp(&new.0)]);
+        // The old CA's chain sent without it in the bundle: refused.
+        let refused = prepare(&store, &ready(&old.0, Some(new.0.clone()), false)).unwrap_err();
+        assert!(refused.contains("does not hold the CA chain"), "{refused}");
+        // The end of the rotation arrives before the new certificate: the
+        // old CA stays, and a CSR for the new CA goes out.
+        let csr = prepare(&store, &ready(&new.0, Some(new.0.clone()), false))
+            .unwrap()
+            .expect("a CSR: the certificate held is from the old CA");
+        assert_eq!(store.trusted_fingerprints(), [fp(&new.0), fp(&old.0)]);
+        // A certificate from a CA it does not trust is not installed.
+        let stranger = ca("stranger");
+        let wrong = issue(&csr, &stranger);
+        assert!(store
+            .install(&wrong)
+            .unwrap_err()
+            .contains("not signed by a trusted CA"));
+        store.install(&issue(&csr, &new)).unwrap();
+        // Now the old CA goes; a duplicate changes nothing.
+        for _ in 0..2 {
+            assert_eq!(
+                prepare(&store, &ready(&new.0, Some(new.0.clone()), false)),
+                Ok(None)
+            );
+            assert_eq!(store.trusted_fingerprints(), [fp(&new.0)]);
+        }
+    }
+
+    #[test]
+    fn a_new_ca_without_a_bundle_is_still_refused_after_first_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CertStore::new(dir.path());
+        let (old, new) = (ca("old"), ca("new"));
+        let csr = prepare(&store, &ready(&old.0, None, false))
+            .unwrap()
+            .unwrap();
+        store.install(&issue(&csr, &old)).unwrap();
+        let refused = prepare(&store, &ready(&new.0, None, true)).unwrap_err();
+        assert!(
+            refused.contains("changed since it was first trusted"),
+            "{refused}"
+        );
     }
 }

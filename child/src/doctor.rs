@@ -16,10 +16,15 @@ pub use fleetls_doctor::{
 
 /// Diagnoses `target` as this child sees it: its CA (or `ca`), and its
 /// certificate as client identity when it holds one.
-pub async fn diagnose_child(target: &str, data_dir: &Path, ca: Option<&Path>) -> DoctorReport {
+pub async fn diagnose_child(
+    target: &str,
+    data_dir: &Path,
+    ca: Option<&Path>,
+    limits: Limits,
+) -> DoctorReport {
     let store = CertStore::new(data_dir);
     let ca = ca.map(Path::to_owned).unwrap_or_else(|| store.ca_path());
     let (chain, key) = (store.chain_path(), store.key_path());
     let identity = (chain.exists() || key.exists()).then_some((chain.as_path(), key.as_path()));
-    diagnose_files(target, &ca, identity, Limits::default()).await
+    diagnose_files(target, &ca, identity, limits).await
 }

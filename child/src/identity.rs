@@ -38,6 +38,10 @@ pub struct State {
     /// A local parent agent serves TLS on this port for its location.
     #[serde(default)]
     pub serve_port: Option<u16>,
+    /// ...with the network's TLS versions and cipher suites (`None`: the
+    /// defaults), as the parent last sent them.
+    #[serde(default)]
+    pub serve_tls: Option<fleetls_proto::TlsPolicy>,
 }
 
 /// Loads the identity, creating it on first start. A name given now
@@ -150,6 +154,10 @@ mod tests {
             ssl: true,
             broker_tls_uri: Some("amqps://h:5671".into()),
             serve_port: Some(12366),
+            serve_tls: Some(fleetls_proto::TlsPolicy {
+                min_version: fleetls_proto::TlsVersion::Tls13,
+                cipher_suites: vec!["TLS13_AES_256_GCM_SHA384".into()],
+            }),
         };
         save_state(dir.path(), &state).unwrap();
         assert_eq!(load_state(dir.path()).unwrap(), state);

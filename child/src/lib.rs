@@ -11,6 +11,7 @@ pub mod certs;
 pub mod config;
 pub mod doctor;
 pub mod identity;
+pub mod import;
 pub mod local_port;
 pub mod node;
 pub mod session;

@@ -11,12 +11,16 @@ use tracing::{info, warn};
 use crate::certs::CertStore;
 use crate::shutdown::Shutdown;
 
-/// Builds the server configuration from this agent's certificates.
-pub fn server_config(store: &CertStore) -> Result<Arc<ServerConfig>, String> {
+/// Builds the server configuration from this agent's certificates, with
+/// the network's TLS versions and cipher suites (`policy`).
+pub fn server_config(
+    store: &CertStore,
+    policy: &fleetls_proto::TlsPolicy,
+) -> Result<Arc<ServerConfig>, String> {
     let loaded = crate::steps::cert_test(store).map_err(|f| f.message)?;
     let crl = std::fs::read(store.crl_path()).ok();
     let verifier = fleetls_bus::tls::client_verifier(loaded.roots.clone(), crl.as_deref())?;
-    let config = ServerConfig::builder()
+    let config = fleetls_bus::tls::server_builder(policy)?
         .with_client_cert_verifier(verifier)
         .with_single_cert(loaded.chain, loaded.key)
         .map_err(|e| e.to_string())?;

@@ -17,6 +17,9 @@ enum Command {
     Run(RawRun),
     /// Run N simulated children in one process (load tests, benchmarks).
     Swarm(fleetls_child::swarm::SwarmArgs),
+    /// Install an identity exported by the parent (an mPOS device, which
+    /// cannot send a CSR): checked whole before anything is written.
+    Import(fleetls_child::import::ImportArgs),
     /// What is wrong with a TLS endpoint (the SSL port, a local parent, AMQPS),
     /// as this child sees it: its CA and its own certificate. Exit 4 on a problem.
     Doctor(fleetls_doctor::DoctorArgs),
@@ -54,10 +57,24 @@ fn main() -> ExitCode {
                     &args.target,
                     &args.data_dir,
                     args.ca.as_deref(),
+                    args.limits(),
                 )
                 .await;
                 fleetls_doctor::print(&report, args.json)
             }
+            Command::Import(args) => match fleetls_child::import::import(&args) {
+                Ok(done) => {
+                    println!(
+                        "imported: agent {} certificate {} valid until {}",
+                        done.agent, done.serial, done.not_after
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
+                }
+            },
             Command::Swarm(args) => {
                 let shutdown = fleetls_child::shutdown::on_signals();
                 match fleetls_child::swarm::run(args, shutdown).await {

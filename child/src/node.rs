@@ -2,7 +2,7 @@
 //! key it signs with and its trust in the parent, kept in its data dir.
 
 use fleetls_bus::seal::SigningKey;
-use fleetls_proto::{AgentState, Hello, StepSpec, ToParent};
+use fleetls_proto::{AgentState, Hello, StepReport, StepSpec, ToParent};
 
 use crate::certs::CertStore;
 use crate::config::RunConfig;
@@ -46,6 +46,44 @@ pub struct Agent {
     pub key: SigningKey,
     /// Which commands it obeys.
     pub trust: Trust,
+    /// The last steps it ran: a step sent again is answered from here.
+    pub steps_done: StepMemory,
+}
+
+/// The last few steps an agent ran, with their reports. The parent's
+/// commands are transient and sent again when no answer came in time (or
+/// after a reconnect), so the same step may arrive twice: the second copy
+/// is answered with the first result instead of being run again. A step is
+/// the same when campaign, step and deadline are (a retry the parent means
+/// to be run has a new deadline).
+#[derive(Debug, Default)]
+pub struct StepMemory(std::sync::Mutex<std::collections::VecDeque<(StepKey, StepReport)>>);
+
+type StepKey = (uuid::Uuid, fleetls_proto::Step, u64);
+
+impl StepMemory {
+    /// How many steps are remembered (a campaign has two per child).
+    const KEEP: usize = 4;
+
+    fn key(run: &fleetls_proto::RunStep) -> StepKey {
+        (run.campaign, run.step.step(), run.deadline)
+    }
+
+    /// The report of `run` if it was run already.
+    pub fn recall(&self, run: &fleetls_proto::RunStep) -> Option<StepReport> {
+        let key = Self::key(run);
+        let done = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        done.iter().find(|(k, _)| *k == key).map(|(_, r)| r.clone())
+    }
+
+    /// Keeps the report of `run`.
+    pub fn remember(&self, run: &fleetls_proto::RunStep, report: &StepReport) {
+        let mut done = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if done.len() == Self::KEEP {
+            done.pop_front();
+        }
+        done.push_back((Self::key(run), report.clone()));
+    }
 }
 
 /// How a simulated child departs from a real one, for load tests and
@@ -84,6 +122,7 @@ impl Agent {
             last_renewal: std::sync::Mutex::new(None),
             key,
             trust,
+            steps_done: StepMemory::default(),
         })
     }
 
@@ -105,11 +144,13 @@ impl Agent {
         if self.config.kind != fleetls_proto::AgentKind::LocalParent {
             return;
         }
-        let port = self
-            .state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .serve_port;
+        let (port, policy) = {
+            let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            (
+                state.serve_port,
+                state.serve_tls.clone().unwrap_or_default(),
+            )
+        };
         let store = CertStore::new(&self.config.data_dir);
         let (Some(port), true) = (port, store.has_certificate()) else {
             return;
@@ -120,7 +161,7 @@ impl Agent {
             // from the next handshake on (the port is never closed, so no
             // new listener races the old one for it).
             if restart {
-                match crate::local_port::server_config(&store) {
+                match crate::local_port::server_config(&store, &policy) {
                     Ok(config) => {
                         port.config.send_replace(config);
                     }
@@ -131,7 +172,7 @@ impl Agent {
             }
             return;
         }
-        let config = match crate::local_port::server_config(&store) {
+        let config = match crate::local_port::server_config(&store, &policy) {
             Ok(config) => config,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot serve the local SSL port");
@@ -182,8 +223,10 @@ impl Agent {
 
     pub(crate) fn report_state(&self) -> AgentState {
         let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let store = CertStore::new(&self.config.data_dir);
         AgentState {
-            has_certificate: CertStore::new(&self.config.data_dir).has_certificate(),
+            has_certificate: store.has_certificate(),
+            trusted_cas: store.trusted_fingerprints(),
             ssl: state.ssl,
             broker_tls: state.broker_tls_uri.is_some(),
             parent_key: self.trust.pinned(),

@@ -148,7 +148,8 @@ impl Session {
         let mut envelope = Envelope::new(agent.identity.id, body.into());
         envelope.re = re;
         let sealed = agent.key.seal(&envelope).map_err(BusError::from)?;
-        let properties = fleetls_bus::amqp::properties(&envelope, &sealed, None);
+        let properties =
+            fleetls_bus::amqp::properties(&envelope, &sealed, fleetls_bus::amqp::Keep::Persistent);
         fleetls_bus::amqp::publish_confirmed(
             &self.channel,
             topology::PARENT,

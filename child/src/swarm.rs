@@ -332,7 +332,10 @@ async fn group_session(
                 .map(|s| s.broker_tls_uri.is_some())
                 .unwrap_or(false);
             let own = if moved {
-                let name = fleetls_proto::topology::child_connection_name(&agent.identity.id);
+                let name = fleetls_proto::topology::child_connection_name(
+                    &agent.identity.id,
+                    &agent.identity.name,
+                );
                 Some(connect_agent(&agent, &name).await?)
             } else {
                 None

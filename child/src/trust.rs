@@ -25,8 +25,9 @@ use uuid::Uuid;
 
 use crate::identity::StoreError;
 
-/// How much older than the newest obeyed command a command may be.
-pub const REPLAY_WINDOW_MS: u64 = 10 * 60 * 1000;
+/// How much older than the newest obeyed command a command may be (the
+/// longest a command waits in the queue: [`fleetls_proto::COMMAND_TTL_MS`]).
+pub const REPLAY_WINDOW_MS: u64 = fleetls_proto::COMMAND_TTL_MS;
 
 /// What `DIR/trust.toml` holds.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

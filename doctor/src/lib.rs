@@ -39,7 +39,31 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate, X509Name};
 
-/// How long each stage may take.
+/// The TLS versions the doctor offers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Offer {
+    /// TLS 1.2 and 1.3, as every fleetls agent.
+    #[default]
+    Both,
+    /// Only TLS 1.2: what a device limited to it would get.
+    Tls12,
+    /// Only TLS 1.3.
+    Tls13,
+}
+
+impl std::str::FromStr for Offer {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "1.2" => Ok(Offer::Tls12),
+            "1.3" => Ok(Offer::Tls13),
+            other => Err(format!("{other:?}: give 1.2 or 1.3")),
+        }
+    }
+}
+
+/// How long each stage may take, and what the doctor offers.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// Name resolution, and the TCP connection to each address.
@@ -49,6 +73,8 @@ pub struct Limits {
     /// How long to wait after the handshake for the server to speak or to
     /// refuse the client certificate (TLS 1.3 refuses it only then).
     pub after_handshake: Duration,
+    /// The TLS versions offered.
+    pub offer: Offer,
 }
 
 impl Default for Limits {
@@ -57,6 +83,7 @@ impl Default for Limits {
             connect: Duration::from_secs(5),
             handshake: Duration::from_secs(10),
             after_handshake: Duration::from_secs(3),
+            offer: Offer::Both,
         }
     }
 }
@@ -91,6 +118,8 @@ pub enum Problem {
     ClientCertRejected,
     /// The server wants a client certificate and none was given.
     ClientCertRequired,
+    /// The server and this client share no TLS version or cipher suite.
+    ProtocolMismatch,
     /// Anything else.
     Other,
 }
@@ -112,6 +141,7 @@ impl Problem {
             Problem::ExpiresSoon => "expires_soon",
             Problem::ClientCertRejected => "client_cert_rejected",
             Problem::ClientCertRequired => "client_cert_required",
+            Problem::ProtocolMismatch => "protocol_mismatch",
             Problem::Other => "other",
         }
     }
@@ -403,8 +433,13 @@ pub async fn diagnose_with(
             return report;
         }
     };
+    let versions: &[&rustls::SupportedProtocolVersion] = match limits.offer {
+        Offer::Both => rustls::ALL_VERSIONS,
+        Offer::Tls12 => &[&rustls::version::TLS12],
+        Offer::Tls13 => &[&rustls::version::TLS13],
+    };
     let config = ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(versions)
         .map(|builder| {
             builder
                 .dangerous()
@@ -821,6 +856,27 @@ fn handshake_failed(
             });
             report.push(refusal);
         }
+        Some(E::AlertReceived(
+            alert @ (rustls::AlertDescription::ProtocolVersion
+            | rustls::AlertDescription::HandshakeFailure
+            | rustls::AlertDescription::InsufficientSecurity),
+        )) => report.fail(
+            "handshake",
+            Problem::ProtocolMismatch,
+            format!(
+                "the server ended the handshake with the alert {alert:?}: it accepts none of the \
+                 TLS versions or cipher suites this client offered"
+            ),
+            "the server requires a newer TLS version or other cipher suites than this client offers: \
+             on the parent, `fleetls-parent settings show` names min-tls and cipher-suites (change them \
+             with `settings set --min-tls 1.2 --cipher-suites \"\"`), or update the client",
+        ),
+        Some(E::PeerIncompatible(why)) => report.fail(
+            "handshake",
+            Problem::ProtocolMismatch,
+            format!("the server and this client share no TLS version or cipher suite ({why:?})"),
+            "the server offers only what this client refuses: check its TLS versions and cipher suites",
+        ),
         Some(E::AlertReceived(alert)) => report.fail(
             "handshake",
             Problem::Other,
@@ -1386,9 +1442,23 @@ pub struct DoctorArgs {
     /// Trust this CA file instead of the data dir's
     #[arg(long, env = "FLEETLS_CA")]
     pub ca: Option<std::path::PathBuf>,
+    /// Offer only this TLS version (1.2 or 1.3), to see what a device
+    /// limited to it gets; both by default
+    #[arg(long)]
+    pub tls_version: Option<Offer>,
     /// Print JSON
     #[arg(long)]
     pub json: bool,
+}
+
+impl DoctorArgs {
+    /// The default time limits, with the TLS versions asked for.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            offer: self.tls_version.unwrap_or_default(),
+            ..Limits::default()
+        }
+    }
 }
 
 /// Prints a report (as JSON with `json`) and gives the exit code: 0 when

@@ -44,8 +44,11 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/agents/accept", post(agents_accept))
         .route("/api/agents/reject", post(agents_reject))
         .route("/api/agents/delete", post(agents_delete))
+        .route("/api/agents/exclude", post(agents_exclude))
+        .route("/api/agents/include", post(agents_include))
         .route("/api/security", get(security))
         .route("/api/revoke", post(revoke))
+        .route("/api/ca/rotate", post(ca_rotate))
         .route_layer(middleware::from_fn_with_state(app.clone(), require_token))
         .with_state(app)
         .merge(open)
@@ -99,6 +102,26 @@ async fn metrics(State(app): State<Arc<App>>) -> Result<String, ApiError> {
             &[("", soonest as f64)],
         );
     }
+    gauge(
+        "fleetls_certificate_renewals",
+        "Renewals: done (a certificate issued to an agent that held one), failed (a CSR refused from such an agent).",
+        &[
+            ("{result=\"done\"}", n.renewals_done as f64),
+            ("{result=\"failed\"}", n.renewals_failed as f64),
+        ],
+    );
+    if let Some(r) = &n.ca_rotation {
+        gauge(
+            "fleetls_ca_rotation_agents",
+            "The newest CA rotation: agents concerned, trusting the new CA, on the new CA, still trusting the old.",
+            &[
+                ("{state=\"concerned\"}", r.agents as f64),
+                ("{state=\"trusting_new\"}", r.trusting_new as f64),
+                ("{state=\"on_new_ca\"}", r.on_new_ca as f64),
+                ("{state=\"trusting_old\"}", r.trusting_old as f64),
+            ],
+        );
+    }
     let s = &status.summary;
     gauge(
         "fleetls_summary",
@@ -115,6 +138,7 @@ async fn metrics(State(app): State<Arc<App>>) -> Result<String, ApiError> {
                 s.version_not_supporting_ssl as f64,
             ),
             ("{result=\"mpos\"}", s.mpos as f64),
+            ("{result=\"excluded\"}", s.excluded as f64),
         ],
     );
     if !n.nodes.is_empty() {
@@ -304,6 +328,24 @@ async fn agents_reject(
     Ok(Json(report))
 }
 
+async fn agents_exclude(
+    State(app): State<Arc<App>>,
+    Json(request): Json<ops::AgentsRequest>,
+) -> Result<Json<ops::AgentsReport>, ApiError> {
+    Ok(Json(
+        blocking(&app, move |app| ops::agents_exclude(app, &request, true)).await?,
+    ))
+}
+
+async fn agents_include(
+    State(app): State<Arc<App>>,
+    Json(request): Json<ops::AgentsRequest>,
+) -> Result<Json<ops::AgentsReport>, ApiError> {
+    Ok(Json(
+        blocking(&app, move |app| ops::agents_exclude(app, &request, false)).await?,
+    ))
+}
+
 async fn agents_delete(
     State(app): State<Arc<App>>,
     Json(request): Json<ops::AgentsRequest>,
@@ -330,6 +372,13 @@ async fn crl(State(app): State<Arc<App>>) -> Result<Response, ApiError> {
     }
 }
 
+async fn ca_rotate(
+    State(app): State<Arc<App>>,
+    Json(request): Json<crate::rotation::RotateRequest>,
+) -> Result<Json<crate::rotation::RotateReport>, ApiError> {
+    Ok(Json(crate::rotation::rotate(&app, &request).await?))
+}
+
 async fn revoke(
     State(app): State<Arc<App>>,
     Json(request): Json<ops::RevokeRequest>,
@@ -350,9 +399,12 @@ async fn settings_set(
     State(app): State<Arc<App>>,
     Json(change): Json<SettingsChange>,
 ) -> Result<Json<ops::SettingsView>, ApiError> {
-    Ok(Json(
-        blocking(&app, move |app| ops::settings_set(app, &change)).await?,
-    ))
+    let tls = change.min_tls.is_some() || change.cipher_suites.is_some();
+    let view = blocking(&app, move |app| ops::settings_set(app, &change)).await?;
+    if tls {
+        ops::apply_tls_policy(&app).await?;
+    }
+    Ok(Json(view))
 }
 
 async fn certs_generate(
@@ -377,9 +429,12 @@ async fn export(
     State(app): State<Arc<App>>,
     Json(request): Json<crate::export::ExportRequest>,
 ) -> Result<Json<crate::export::ExportReport>, ApiError> {
-    Ok(Json(
-        blocking(&app, move |app| crate::export::export_op(app, &request)).await?,
-    ))
+    let report = blocking(&app, move |app| crate::export::export_op(app, &request)).await?;
+    // An exported identity replaces (revokes) the agent's earlier ones.
+    if !report.certificates.is_empty() {
+        app.refresh_crl().await.map_err(ApiError::internal)?;
+    }
+    Ok(Json(report))
 }
 
 #[derive(serde::Deserialize)]
@@ -400,7 +455,7 @@ async fn doctor(
     Json(
         crate::doctor::diagnose_files(
             &request.target,
-            &layout.certificate(CertFile::CaPem),
+            &layout.certificate(CertFile::TrustPem),
             Some((&cert, &key)),
             Default::default(),
         )
@@ -415,6 +470,13 @@ async fn without_ssl(State(app): State<Arc<App>>) -> Result<Json<ops::WithoutSsl
 #[derive(serde::Deserialize)]
 struct BrokerTlsRequest {
     out: std::path::PathBuf,
+    /// The AMQPS port (default 5671).
+    #[serde(default)]
+    amqps_port: Option<u16>,
+    /// The addresses it binds to, `;`-separated (default: the broker IPs
+    /// of the settings).
+    #[serde(default)]
+    amqps_bind: Option<String>,
 }
 
 async fn broker_tls(
@@ -427,7 +489,13 @@ async fn broker_tls(
                 "there are no certificates yet: run `certs generate` first".into(),
             ));
         }
-        crate::broker_switch::write_broker_files(&app.config.data_dir, &request.out)
+        let listener = crate::broker_switch::AmqpsListener::new(
+            request.amqps_port,
+            request.amqps_bind.as_deref(),
+            &app.settings().broker_ips,
+        )
+        .map_err(OpError::BadRequest)?;
+        crate::broker_switch::write_broker_files(&app.config.data_dir, &request.out, &listener)
             .map_err(OpError::BadRequest)
     })
     .await

@@ -57,6 +57,9 @@ pub const MAX_ADDRESSES: usize = 32;
 pub const MAX_TEXT: usize = 2048;
 /// Largest CSR accepted (PEM).
 pub const MAX_CSR: usize = 16 * 1024;
+/// Most CA fingerprints an agent may say it trusts (a chain of each of two
+/// CAs during a rotation, with room to spare).
+pub const MAX_TRUSTED_CAS: usize = 16;
 
 /// Which new agents are accepted without an operator: `kind:pattern`
 /// entries, `;`-separated (`*` matches any run of characters, `?` one), or
@@ -181,8 +184,19 @@ pub fn check_inbound(envelope: &mut Envelope) -> Result<(), String> {
         }
         Ok(())
     };
+    // The CAs an agent trusts: a few fingerprints, never a dump.
+    let trusted = |cas: &[String]| -> Result<(), String> {
+        if cas.len() > MAX_TRUSTED_CAS {
+            return Err(format!(
+                "invalid_field: trusted_cas names more than {MAX_TRUSTED_CAS} CAs"
+            ));
+        }
+        cas.iter()
+            .try_for_each(|fp| identity("trusted_cas", fp, true))
+    };
     match &mut envelope.body {
         Body::Hello(hello) => {
+            trusted(&hello.state.trusted_cas)?;
             identity("name", &hello.name, true)?;
             identity("version", &hello.version, true)?;
             if let Some(location) = &hello.location {
@@ -214,6 +228,7 @@ pub fn check_inbound(envelope: &mut Envelope) -> Result<(), String> {
             }
         }
         Body::Heartbeat(beat) => {
+            trusted(&beat.state.trusted_cas)?;
             if let Some(fp) = &beat.state.parent_key {
                 identity("parent_key", fp, false)?;
             }
@@ -309,6 +324,26 @@ mod tests {
             }),
         );
         assert!(check_inbound(&mut hello).unwrap_err().contains("location"));
+    }
+
+    #[test]
+    fn the_cas_an_agent_trusts_are_a_few_fingerprints() {
+        let beat = |cas: Vec<String>| {
+            Envelope::new(
+                uuid::Uuid::new_v4(),
+                Body::Heartbeat(fleetls_proto::Heartbeat {
+                    state: fleetls_proto::AgentState {
+                        trusted_cas: cas,
+                        ..Default::default()
+                    },
+                }),
+            )
+        };
+        assert!(check_inbound(&mut beat(vec!["sha256:ab".into(); 2])).is_ok());
+        let many = check_inbound(&mut beat(vec!["sha256:ab".into(); 17])).unwrap_err();
+        assert!(many.contains("trusted_cas"), "{many}");
+        let escape = check_inbound(&mut beat(vec!["sha256:\x1b[2J".into()])).unwrap_err();
+        assert!(escape.contains("trusted_cas"), "{escape}");
     }
 
     #[test]

@@ -104,6 +104,9 @@ impl App {
             .sum();
         let signing_key = self.signing_key.public().fingerprint();
         let revoked = self.registry.revoked_count()?;
+        let (renewals_done, renewals_failed) =
+            self.registry.with_db(crate::rotation::renewal_counts)?;
+        let rotation = self.registry.with_db(crate::rotation::view)?;
         self.status_cache.with_status(
             &self.registry,
             self.config.min_ssl_version,
@@ -114,6 +117,9 @@ impl App {
                 overview.network.security_events = security_events;
                 overview.network.signing_key = Some(signing_key);
                 overview.network.revoked_certificates = revoked;
+                overview.network.renewals_done = renewals_done;
+                overview.network.renewals_failed = renewals_failed;
+                overview.network.ca_rotation = rotation;
                 overview.network.nodes = self.cluster_view().map(|v| v.nodes).unwrap_or_default();
                 f(overview, list)
             },
@@ -177,7 +183,8 @@ impl App {
         if let Some(running) = handle.as_ref() {
             return Ok(running.port);
         }
-        let config = crate::ssl_port::parent_config(&self.config.data_dir)?;
+        let config =
+            crate::ssl_port::parent_config(&self.config.data_dir, &self.settings().tls_policy())?;
         let port = self.settings().port;
         let listener = crate::ssl_port::bind(port).await?;
         self.ssl_port_open_since
@@ -204,7 +211,10 @@ impl App {
     /// handshake uses them (the port stays open).
     pub async fn reload_ssl_port(&self) -> Result<(), crate::ssl_port::SslPortError> {
         if let Some(handle) = self.ssl_port.lock().await.as_ref() {
-            let config = crate::ssl_port::parent_config(&self.config.data_dir)?;
+            let config = crate::ssl_port::parent_config(
+                &self.config.data_dir,
+                &self.settings().tls_policy(),
+            )?;
             handle.config.send_replace(config);
         }
         Ok(())
@@ -227,6 +237,10 @@ impl App {
                 .map_err(|e| e.to_string())?;
         if renewed {
             info!("the parent's and the broker's certificates were renewed");
+            let dir = self.config.data_dir.clone();
+            let _ =
+                tokio::task::spawn_blocking(move || crate::rotation::rewrite_broker_files(&dir))
+                    .await;
             self.reload_ssl_port().await.map_err(|e| e.to_string())?;
             self.refresh_crl().await?;
         }
@@ -241,6 +255,7 @@ impl App {
             return Ok(());
         };
         let registry = self.registry.clone();
+        let data_dir = self.config.data_dir.clone();
         let path = crate::layout::Layout::new(&self.config.data_dir)
             .certificate(crate::layout::CertFile::Crl);
         let crl = tokio::task::spawn_blocking(move || -> Result<String, String> {
@@ -250,7 +265,15 @@ impl App {
                 let reason = crate::pki::revocation_reason(&reason)?;
                 revoked.push(crate::pki::Revoked { serial, at, reason });
             }
-            let crl = pki.crl(&revoked, number).map_err(|e| e.to_string())?;
+            let mut crl = pki.crl(&revoked, number).map_err(|e| e.to_string())?;
+            // During a CA rotation the other CA's certificates are trusted
+            // too: its list goes along (each SSL port matches a CRL to its
+            // issuer).
+            if let Some(other) =
+                crate::rotation::other_ca(&data_dir, &registry, &pki.signing_fingerprint)
+            {
+                crl.push_str(&other.crl(&revoked, number).map_err(|e| e.to_string())?);
+            }
             crate::files::write_atomic(&path, crl.as_bytes(), 0o644)
                 .map_err(|e| format!("{}: {e}", path.display()))?;
             Ok(crl)

@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use fleetls_bus::amqp::{TlsFiles, ToAgent};
+use fleetls_bus::amqp::{Keep, TlsFiles, ToAgent};
 use fleetls_bus::seal::SigningKey;
 use fleetls_proto::{Envelope, ToChild};
 use lapin::{Channel, Connection};
@@ -59,17 +59,19 @@ pub async fn connect_tls(
         TlsFiles {
             chain: &layout.certificate(CertFile::ParentPem),
             key: &layout.certificate(CertFile::ParentKey),
-            ca: &layout.certificate(CertFile::CaPem),
+            ca: &layout.certificate(CertFile::TrustPem),
         },
     )
     .await
 }
 
-/// Signs and publishes the messages agents are owed (all at once, then
-/// waits for every confirm). Each envelope names its addressee (`to`), so
-/// that it is valid only in that agent's queue. A command with a deadline
-/// expires with it in the child's queue. Answers that cannot be routed are
-/// dead-lettered and logged; their agents are returned.
+/// Signs and publishes the messages agents are owed, transient: a command
+/// with a deadline expires with it in the child's queue, any other after
+/// [`fleetls_proto::COMMAND_TTL_MS`]; what is lost on the way is sent again
+/// from the registry (`crate::owed`). Each envelope names its addressee
+/// (`to`), so that it is valid only in that agent's queue. Answers that
+/// cannot be routed are dead-lettered and logged; their agents are
+/// returned.
 pub async fn send_all(
     channel: &Channel,
     key: &SigningKey,
@@ -77,13 +79,18 @@ pub async fn send_all(
 ) -> Result<Vec<uuid::Uuid>, BrokerError> {
     let mut messages = Vec::with_capacity(outgoing.len());
     for out in outgoing {
-        let deadline = out.body.deadline();
-        let expiration = deadline
-            .map(|d| Duration::from_millis(d.saturating_sub(fleetls_proto::now_ms()).max(1)));
+        let now = fleetls_proto::now_ms();
+        let expiration = match out.body.deadline() {
+            Some(deadline) => deadline.saturating_sub(now),
+            None => fleetls_proto::COMMAND_TTL_MS,
+        };
         let mut envelope = Envelope::new(crate::PARENT_ID, out.body.into()).to(out.agent);
         envelope.re = out.re;
         let sealed = key.seal(&envelope)?;
-        let properties = fleetls_bus::amqp::properties(&envelope, &sealed, expiration);
+        let keep = Keep::Transient {
+            expiration: Duration::from_millis(expiration),
+        };
+        let properties = fleetls_bus::amqp::properties(&envelope, &sealed, keep);
         messages.push(ToAgent {
             agent: out.agent,
             payload: sealed.payload,

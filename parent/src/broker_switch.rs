@@ -82,7 +82,13 @@ async fn check_one(data_dir: &Path, uri: &str) -> Result<String, String> {
     let attempt = async {
         let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
             .await
-            .map_err(|e| format!("nothing answers on {host}:{port} ({e}); is the broker restarted with the broker-tls fragment?"))?;
+            .map_err(|e| {
+                format!(
+                    "nothing answers on {host}:{port} ({e}): restart the broker with the broker-tls \
+                     fragment, or give its AMQPS address with --amqps amqps://USER:PASS@HOST:PORT/VHOST \
+                     (or the FLEETLS_AMQPS variable) when it listens elsewhere"
+                )
+            })?;
         let tls = tokio_rustls::TlsConnector::from(config)
             .connect(name, tcp)
             .await
@@ -122,7 +128,8 @@ pub fn client_config(data_dir: &Path) -> Result<Arc<ClientConfig>, String> {
         std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))
     };
     let mut roots = RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(&read(CertFile::CaPem)?) {
+    let _ = read(CertFile::CaPem)?;
+    for cert in CertificateDer::pem_slice_iter(&crate::ssl_port::trust(&layout)) {
         let cert = cert.map_err(|e| e.to_string())?;
         roots.add(cert).map_err(|e| e.to_string())?;
     }
@@ -201,6 +208,112 @@ fn permissions_script() -> String {
     )
 }
 
+/// `DATA_DIR/broker-files.toml`: where `broker-tls --out` last wrote.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BrokerFilesRecord {
+    /// The folder, absolute.
+    pub out: PathBuf,
+    /// The AMQPS port the fragments name.
+    #[serde(default)]
+    pub amqps_port: Option<u16>,
+    /// The addresses the fragments bind it to.
+    #[serde(default)]
+    pub amqps_bind: Vec<std::net::IpAddr>,
+}
+
+impl BrokerFilesRecord {
+    /// The AMQPS listener the files were written with (5671 on the
+    /// broker's addresses for a record of an older release).
+    pub fn listener(&self, broker_ips: &[std::net::IpAddr]) -> Result<AmqpsListener, String> {
+        let bind = (!self.amqps_bind.is_empty()).then(|| {
+            self.amqps_bind
+                .iter()
+                .map(|ip| ip.to_string())
+                .collect::<Vec<_>>()
+                .join(";")
+        });
+        AmqpsListener::new(self.amqps_port, bind.as_deref(), broker_ips)
+    }
+}
+
+/// Where the broker's AMQPS listener listens: `broker-tls --amqps-port N
+/// --amqps-bind "IP;IP"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AmqpsListener {
+    /// The port (5671 by default).
+    pub port: u16,
+    /// The addresses it binds to: those given, else the broker's IP
+    /// addresses in the SSL settings (the ones its certificate names).
+    pub bind: Vec<std::net::IpAddr>,
+}
+
+/// The AMQPS port when none is given.
+pub const DEFAULT_AMQPS_PORT: u16 = 5671;
+
+impl AmqpsListener {
+    /// The listener from `broker-tls`'s `port` and `bind` (`;`-separated
+    /// IP addresses; `0.0.0.0` or `::` for every interface), defaulting to
+    /// port 5671 on `broker_ips`. Refused, with what to give, when no
+    /// address is given or known: the fragment never binds every interface
+    /// unless asked to.
+    pub fn new(
+        port: Option<u16>,
+        bind: Option<&str>,
+        broker_ips: &[std::net::IpAddr],
+    ) -> Result<AmqpsListener, String> {
+        let port = port.unwrap_or(DEFAULT_AMQPS_PORT);
+        if port == 0 {
+            return Err("--amqps-port 0 is not a port: give a number from 1 to 65535".into());
+        }
+        let bind = match bind {
+            Some(text) => {
+                let mut ips = Vec::new();
+                for ip in text.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+                    let ip: std::net::IpAddr = ip.parse().map_err(|_| {
+                        format!("--amqps-bind: {ip:?} is not an IPv4 or IPv6 address (give e.g. \"10.0.0.5;127.0.0.1\", or 0.0.0.0 for every interface)")
+                    })?;
+                    if !ips.contains(&ip) {
+                        ips.push(ip);
+                    }
+                }
+                ips
+            }
+            None => broker_ips.to_vec(),
+        };
+        if bind.is_empty() {
+            return Err("the AMQPS listener needs an address to bind to and the SSL settings name no broker IP: \
+                        give --amqps-bind \"IP[;IP]\" (FLEETLS_AMQPS_BIND; 0.0.0.0 for every interface) \
+                        or `settings set --broker-ips`"
+                .into());
+        }
+        Ok(AmqpsListener { port, bind })
+    }
+
+    /// The `listeners.ssl.*` lines, with a comment saying what they open.
+    fn conf_lines(&self) -> String {
+        let mut out = format!(
+            "# The AMQPS listener: port {} on {} only (broker-tls --amqps-port, --amqps-bind).\n",
+            self.port,
+            self.bind
+                .iter()
+                .map(|ip| ip.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        for (i, ip) in self.bind.iter().enumerate() {
+            // The first replaces any `listeners.ssl.default` above it in
+            // rabbitmq.conf (later lines win), so appending opens nothing
+            // else. RabbitMQ's own spelling: `::1:5671` for IPv6.
+            let key = match i {
+                0 => "default".to_owned(),
+                n => (n + 1).to_string(),
+            };
+            out.push_str(&format!("listeners.ssl.{key} = {ip}:{}\n", self.port));
+        }
+        out
+    }
+}
+
 /// What `broker-tls --out DIR` wrote.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BrokerTlsFiles {
@@ -212,7 +325,11 @@ pub struct BrokerTlsFiles {
 
 /// Writes the broker's certificate, key and CA and the two `rabbitmq.conf`
 /// fragments (during the migration, and after it).
-pub fn write_broker_files(data_dir: &Path, out: &Path) -> Result<BrokerTlsFiles, String> {
+pub fn write_broker_files(
+    data_dir: &Path,
+    out: &Path,
+    listener: &AmqpsListener,
+) -> Result<BrokerTlsFiles, String> {
     let layout = Layout::new(data_dir);
     let copy = |file: CertFile| -> Result<PathBuf, String> {
         let from = layout.certificate(file);
@@ -222,15 +339,16 @@ pub fn write_broker_files(data_dir: &Path, out: &Path) -> Result<BrokerTlsFiles,
         Ok(path)
     };
     std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
-    let mut files = vec![
-        copy(CertFile::BrokerPem)?,
-        copy(CertFile::BrokerKey)?,
-        copy(CertFile::CaPem)?,
-    ];
+    // The broker's ca.pem is every CA trusted: during a CA rotation it
+    // accepts client certificates from the old and the new CA.
+    let ca = out.join(CertFile::CaPem.name());
+    write_atomic(&ca, &crate::ssl_port::trust(&layout), 0o644)
+        .map_err(|e| format!("{}: {e}", ca.display()))?;
+    let mut files = vec![copy(CertFile::BrokerPem)?, copy(CertFile::BrokerKey)?, ca];
     let abs = |name: &str| std::path::absolute(out.join(name)).unwrap_or_else(|_| out.join(name));
     let common = format!(
         "# fleetls: TLS for RabbitMQ (read only at boot: restart the broker after applying)\n\
-         listeners.ssl.default = 5671\n\
+         {}\
          ssl_options.cacertfile = {}\n\
          ssl_options.certfile = {}\n\
          ssl_options.keyfile = {}\n\
@@ -242,6 +360,7 @@ pub fn write_broker_files(data_dir: &Path, out: &Path) -> Result<BrokerTlsFiles,
          auth_mechanisms.3 = EXTERNAL\n\
          # With EXTERNAL, an agent's RabbitMQ user is its certificate's CN (its id).\n\
          ssl_cert_login_from = common_name\n",
+        listener.conf_lines(),
         abs(CertFile::CaPem.name()).display(),
         abs(CertFile::BrokerPem.name()).display(),
         abs(CertFile::BrokerKey.name()).display()
@@ -251,7 +370,8 @@ pub fn write_broker_files(data_dir: &Path, out: &Path) -> Result<BrokerTlsFiles,
          ssl_options.fail_if_no_peer_cert = false\n"
     );
     let after = format!(
-        "{common}# After the migration: every client presents a certificate; plain AMQP is off.\n\
+        "{common}# After the migration: every client presents a certificate; plain AMQP is off,\n\
+         # so the broker listens for clients on the AMQPS addresses above and nowhere else.\n\
          ssl_options.fail_if_no_peer_cert = true\n\
          listeners.tcp = none\n"
     );
@@ -265,6 +385,17 @@ pub fn write_broker_files(data_dir: &Path, out: &Path) -> Result<BrokerTlsFiles,
             .map_err(|e| format!("{}: {e}", path.display()))?;
         files.push(path);
     }
+    // Remembered: renewals and CA rotations write them here again.
+    let record = layout.broker_files();
+    let absolute = std::path::absolute(out).unwrap_or_else(|_| out.to_owned());
+    let text = toml::to_string(&BrokerFilesRecord {
+        out: absolute,
+        amqps_port: Some(listener.port),
+        amqps_bind: listener.bind.clone(),
+    })
+    .map_err(|e| e.to_string())?;
+    write_atomic(&record, text.as_bytes(), 0o644)
+        .map_err(|e| format!("{}: {e}", record.display()))?;
     Ok(BrokerTlsFiles {
         out: out.to_owned(),
         files,
@@ -282,6 +413,33 @@ mod tests {
             assert!(script.contains(&format!("'{pattern}'")), "{script}");
         }
         assert!(script.starts_with("#!/bin/sh\n"));
+    }
+
+    #[test]
+    fn the_amqps_listener_binds_only_what_is_named() {
+        let loopback: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+        let from_settings = AmqpsListener::new(None, None, &[loopback]).unwrap();
+        assert_eq!(from_settings.port, 5671);
+        assert_eq!(
+            from_settings
+                .conf_lines()
+                .lines()
+                .filter(|l| !l.starts_with('#'))
+                .collect::<Vec<_>>(),
+            ["listeners.ssl.default = 127.0.0.1:5671"]
+        );
+        let given = AmqpsListener::new(Some(5999), Some("10.0.0.5; ::1"), &[loopback]).unwrap();
+        let lines = given.conf_lines();
+        assert!(
+            lines.contains("listeners.ssl.default = 10.0.0.5:5999\n"),
+            "{lines}"
+        );
+        assert!(lines.contains("listeners.ssl.2 = ::1:5999\n"), "{lines}");
+        assert!(!lines.contains("127.0.0.1"), "{lines}");
+        let none = AmqpsListener::new(None, None, &[]).unwrap_err();
+        assert!(none.contains("--amqps-bind"), "{none}");
+        let bad = AmqpsListener::new(None, Some("broker.example"), &[]).unwrap_err();
+        assert!(bad.contains("\"broker.example\" is not an IPv4"), "{bad}");
     }
 
     #[test]

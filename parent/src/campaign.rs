@@ -33,6 +33,8 @@ pub enum Kind {
     ForceSwitch,
     /// "Use SSL connection for RabbitMQ": every switched child moves to AMQPS.
     SwitchBroker,
+    /// A CA rotation: every agent gets a certificate from the new CA.
+    Reissue,
 }
 
 impl Kind {
@@ -44,6 +46,7 @@ impl Kind {
             Kind::Switch => "switch",
             Kind::ForceSwitch => "force-switch",
             Kind::SwitchBroker => "switch-broker",
+            Kind::Reissue => "reissue",
         }
     }
 
@@ -58,6 +61,7 @@ impl Kind {
             Kind::Verify | Kind::Reverify => "cert-test",
             Kind::Switch | Kind::ForceSwitch => "use-ssl",
             Kind::SwitchBroker => "use-broker-tls",
+            Kind::Reissue => "reissue",
         }
     }
 }
@@ -73,8 +77,9 @@ impl std::str::FromStr for Kind {
             "switch" => Ok(Kind::Switch),
             "force-switch" => Ok(Kind::ForceSwitch),
             "switch-broker" => Ok(Kind::SwitchBroker),
+            "reissue" => Ok(Kind::Reissue),
             other => Err(format!(
-                "unknown campaign kind {other:?}: verify, reverify, switch, force-switch or switch-broker"
+                "unknown campaign kind {other:?}: verify, reverify, switch, force-switch, switch-broker or reissue"
             )),
         }
     }
@@ -207,6 +212,115 @@ pub struct BrokerSwitchParams {
     pub ca_pem: String,
     /// How children authenticate.
     pub auth: fleetls_proto::BrokerAuth,
+    /// The most children that may open AMQPS connections at once (the
+    /// operator's `--concurrency`): the window starts small and grows up
+    /// to this while the broker keeps pace ([`adapt_window`]). `None`
+    /// (a campaign of an older release): the window stays as it is.
+    #[serde(default)]
+    pub ceiling: Option<usize>,
+}
+
+/// Where a broker switch's window starts: a few connections, to learn how
+/// long one takes when the broker is not busy.
+pub const BROKER_SWITCH_FIRST_WINDOW: usize = 8;
+
+/// What a broker switch has learnt about the broker's pace, kept by the
+/// engine between turns (after a restart it learns again, from the window
+/// the registry holds).
+#[derive(Debug, Default, Clone)]
+pub struct Pace {
+    /// The campaign it is about.
+    campaign: Option<Uuid>,
+    /// The quickest median time from order to report seen, ms.
+    baseline_ms: Option<i64>,
+    /// Children that finished at or before this (ms) were counted already.
+    since: i64,
+}
+
+/// Adjusts the window of a running broker switch from how long its
+/// children take, order to report (an AMQPS connection opened with a TLS
+/// handshake, a consumer and a report over it): once enough children
+/// finished since the last change, it grows by half while their median
+/// stays within twice the quickest median seen, halves when it passes four
+/// times that, and holds between. Never above the ceiling, never below 1.
+/// Returns the new window when it changed.
+pub fn adapt_window(
+    tx: &Transaction<'_>,
+    id: Uuid,
+    pace: &mut Pace,
+) -> Result<Option<usize>, RegistryError> {
+    let (kind, window, params): (Kind, i64, Option<String>) = tx.query_row(
+        "SELECT kind, window, params FROM campaigns WHERE id = ?1",
+        params![id.to_string()],
+        |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+    )?;
+    let ceiling = params
+        .and_then(|p| serde_json::from_str::<BrokerSwitchParams>(&p).ok())
+        .and_then(|p| p.ceiling);
+    let (Kind::SwitchBroker, Some(ceiling)) = (kind, ceiling) else {
+        return Ok(None);
+    };
+    if pace.campaign != Some(id) {
+        *pace = Pace {
+            campaign: Some(id),
+            ..Pace::default()
+        };
+    }
+    let (mut took, mut last) = (Vec::new(), pace.since);
+    {
+        let mut stmt = tx.prepare_cached(
+            "SELECT finished_at - started_at, finished_at FROM campaign_children
+             WHERE campaign = ?1 AND state IN ('passed', 'failed') AND finished_at > ?2
+                 AND started_at IS NOT NULL",
+        )?;
+        let rows = stmt.query_map(params![id.to_string(), pace.since], |row| {
+            Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?))
+        })?;
+        for row in rows {
+            let (ms, finished) = row?;
+            took.push(ms);
+            last = last.max(finished);
+        }
+    }
+    if (took.len() as i64) < (window / 2).max(BROKER_SWITCH_FIRST_WINDOW as i64) {
+        return Ok(None);
+    }
+    took.sort_unstable();
+    let median = took[took.len() / 2].max(1);
+    pace.since = last;
+    let baseline = *pace.baseline_ms.get_or_insert(median);
+    let baseline = baseline.min(median);
+    pace.baseline_ms = Some(baseline);
+    let next = if median <= 2 * baseline {
+        (window + window / 2 + 1).min(ceiling as i64)
+    } else if median > 4 * baseline {
+        (window / 2).max(1)
+    } else {
+        window
+    };
+    if next == window {
+        return Ok(None);
+    }
+    tx.execute(
+        "UPDATE campaigns SET window = ?2 WHERE id = ?1",
+        params![id.to_string(), next],
+    )?;
+    Ok(Some(next as usize))
+}
+
+/// What a CA rotation's re-issue campaign sends each child: a
+/// `CertificatesReady` with the new CA's chain (a child holding no
+/// certificate from it asks for one).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReissueParams {
+    /// The new CA's chain.
+    pub ca_chain_pem: String,
+    /// Its root's fingerprint.
+    pub ca_fingerprint: String,
+    /// Every CA to trust meanwhile (the old and the new one).
+    pub trust_pem: String,
+    /// The port local parents serve on.
+    pub serve_port: u16,
 }
 
 /// One child to enrol: the agent and where it tests its SSL connection.
@@ -321,9 +435,50 @@ pub fn create(
     children: &[Enrolment],
     broker: Option<&BrokerSwitchParams>,
 ) -> Result<Uuid, RegistryError> {
+    let params_json = broker.map(|b| serde_json::to_string(b).unwrap_or_default());
+    create_with(
+        tx,
+        kind,
+        window,
+        timeout_ms,
+        step_timeout_ms,
+        children,
+        params_json,
+    )
+}
+
+/// Creates a CA rotation's re-issue campaign over `children`.
+pub fn create_reissue(
+    tx: &Transaction<'_>,
+    window: usize,
+    timeout_ms: u64,
+    step_timeout_ms: u64,
+    children: &[Enrolment],
+    params: &ReissueParams,
+) -> Result<Uuid, RegistryError> {
+    let json = serde_json::to_string(params).unwrap_or_default();
+    create_with(
+        tx,
+        Kind::Reissue,
+        window,
+        timeout_ms,
+        step_timeout_ms,
+        children,
+        Some(json),
+    )
+}
+
+fn create_with(
+    tx: &Transaction<'_>,
+    kind: Kind,
+    window: usize,
+    timeout_ms: u64,
+    step_timeout_ms: u64,
+    children: &[Enrolment],
+    params_json: Option<String>,
+) -> Result<Uuid, RegistryError> {
     let id = Uuid::new_v4();
     let now = fleetls_proto::now_ms();
-    let params_json = broker.map(|b| serde_json::to_string(b).unwrap_or_default());
     tx.execute(
         "INSERT INTO campaigns (id, kind, state, window, started_at, deadline_at, step_timeout_ms, params)
          VALUES (?1, ?2, 'running', ?3, ?4, ?5, ?6, ?7)",
@@ -389,14 +544,30 @@ pub fn tick(
             params![id],
             |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?)),
         )?;
-    let broker: Option<BrokerSwitchParams> = broker.and_then(|b| serde_json::from_str(&b).ok());
+    let reissue: Option<ReissueParams> = match kind {
+        Kind::Reissue => broker.as_deref().and_then(|b| serde_json::from_str(b).ok()),
+        _ => None,
+    };
+    let broker: Option<BrokerSwitchParams> = match kind {
+        Kind::SwitchBroker => broker.and_then(|b| serde_json::from_str(&b).ok()),
+        _ => None,
+    };
     let mut result = Tick {
         kind: Some(kind),
         amqps: broker.as_ref().map(|b| b.uri.clone()),
         ..Tick::default()
     };
     let command = |agent: Uuid, step: &str, host: String, port: u16, deadline: u64| {
-        command(agent, campaign, step, host, port, deadline, broker.as_ref())
+        command(
+            agent,
+            campaign,
+            step,
+            host,
+            port,
+            deadline,
+            broker.as_ref(),
+            reissue.as_ref(),
+        )
     };
     if judge && now >= deadline {
         tx.execute(
@@ -432,6 +603,33 @@ pub fn tick(
              WHERE campaign = ?1 AND state = 'acting'",
         )?;
         let rows = acting.query_map(params![id], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, String>(2)?,
+                row.get::<_, u16>(3)?,
+                row.get::<_, i64>(4)?,
+            ))
+        })?;
+        for row in rows {
+            let (agent, step, host, port, step_deadline) = row?;
+            if let Ok(agent) = agent.parse() {
+                result
+                    .outgoing
+                    .push(command(agent, &step, host, port, step_deadline as u64));
+            }
+        }
+    }
+    if judge {
+        // Commands are transient: a step not answered by half its time is
+        // sent once more (the child answers a duplicate from what it did).
+        let mut late = tx.prepare_cached(
+            "UPDATE campaign_children SET nudged = 1
+             WHERE campaign = ?1 AND state = 'acting' AND nudged = 0
+                 AND step_deadline > ?2 AND step_deadline - ?2 <= ?3 / 2
+             RETURNING agent, step, target_host, target_port, step_deadline",
+        )?;
+        let rows = late.query_map(params![id, now, step_timeout], |row| {
             Ok((
                 row.get::<_, String>(0)?,
                 row.get::<_, String>(1)?,
@@ -527,7 +725,58 @@ pub fn tick(
     Ok(result)
 }
 
+/// The command an agent is owed by the running campaign: the step it is
+/// acting on, with its deadline, while that deadline has not passed (sent
+/// again after the agent's Hello: the first copy may have been lost).
+pub fn acting_command(
+    tx: &Transaction<'_>,
+    agent: Uuid,
+) -> Result<Option<Outgoing>, RegistryError> {
+    let Some(campaign) = running(tx)? else {
+        return Ok(None);
+    };
+    let row: Option<(String, String, u16, i64, Kind, Option<String>)> = tx
+        .query_row(
+            "SELECT cc.step, cc.target_host, cc.target_port, cc.step_deadline, c.kind, c.params
+             FROM campaign_children cc JOIN campaigns c ON c.id = cc.campaign
+             WHERE cc.campaign = ?1 AND cc.agent = ?2 AND cc.state = 'acting' AND cc.step_deadline > ?3",
+            params![campaign.to_string(), agent.to_string(), fleetls_proto::now_ms() as i64],
+            |row| {
+                Ok((
+                    row.get(0)?,
+                    row.get(1)?,
+                    row.get(2)?,
+                    row.get(3)?,
+                    row.get(4)?,
+                    row.get(5)?,
+                ))
+            },
+        )
+        .optional()?;
+    Ok(row.map(|(step, host, port, deadline, kind, params)| {
+        let broker: Option<BrokerSwitchParams> = match kind {
+            Kind::SwitchBroker => params.as_deref().and_then(|p| serde_json::from_str(p).ok()),
+            _ => None,
+        };
+        let reissue: Option<ReissueParams> = match kind {
+            Kind::Reissue => params.as_deref().and_then(|p| serde_json::from_str(p).ok()),
+            _ => None,
+        };
+        command(
+            agent,
+            campaign,
+            &step,
+            host,
+            port,
+            deadline as u64,
+            broker.as_ref(),
+            reissue.as_ref(),
+        )
+    }))
+}
+
 /// The command for `step` of a campaign's child.
+#[allow(clippy::too_many_arguments)]
 fn command(
     agent: Uuid,
     campaign: Uuid,
@@ -536,7 +785,27 @@ fn command(
     port: u16,
     deadline: u64,
     broker: Option<&BrokerSwitchParams>,
+    reissue: Option<&ReissueParams>,
 ) -> Outgoing {
+    if let ("reissue", Some(r)) = (step, reissue) {
+        return Outgoing {
+            agent,
+            body: ToChild::CertificatesReady(fleetls_proto::CertificatesReady {
+                ca_chain_pem: r.ca_chain_pem.clone(),
+                ca_fingerprint: r.ca_fingerprint.clone(),
+                ssl_host: host,
+                ssl_port: port,
+                serve_port: Some(r.serve_port),
+                // Not `renew`: a child that holds a certificate from this
+                // CA already answers with its state, so a re-sent step
+                // issues nothing twice.
+                renew: false,
+                trust_pem: Some(r.trust_pem.clone()),
+                tls: None,
+            }),
+            re: None,
+        };
+    }
     let body = match (step, broker) {
         ("use-ssl", _) => ToChild::UseSsl(UseSsl { campaign }),
         ("use-broker-tls", Some(b)) => ToChild::UseBrokerTls(UseBrokerTls {
@@ -697,7 +966,7 @@ pub fn on_report(
     if report.ok && report.step == Step::CertTest {
         let step_deadline = now + step_timeout;
         tx.execute(
-            "UPDATE campaign_children SET step = 'ssl-port', step_deadline = ?3, message = ?4
+            "UPDATE campaign_children SET step = 'ssl-port', step_deadline = ?3, message = ?4, nudged = 0
              WHERE campaign = ?1 AND agent = ?2",
             params![campaign, agent_text, step_deadline, report.message],
         )?;
@@ -993,6 +1262,132 @@ mod tests {
             causes,
             [None, Some("timeout".into()), Some("timeout".into())]
         );
+    }
+
+    #[test]
+    fn an_unanswered_step_is_sent_once_more_at_half_time_and_after_a_hello() {
+        let registry = registry();
+        let enrolled = children(2);
+        let (slow, other) = (enrolled[0].agent, enrolled[1].agent);
+        let id = start(&registry, Kind::Verify, 2, &enrolled);
+        let first = turn(&registry, id, ONLINE, false);
+        let deadline_of = |out: &Outgoing| match &out.body {
+            ToChild::RunStep(run) => run.deadline,
+            other => panic!("not a step: {other:?}"),
+        };
+        let sent = deadline_of(&first.outgoing[0]);
+        // Before half the step time nothing is sent again.
+        assert!(turn(&registry, id, ONLINE, false).outgoing.is_empty());
+        // Half the step time (60 s) has passed for the slow child only.
+        registry
+            .with_tx(|tx| {
+                tx.execute(
+                    "UPDATE campaign_children SET step_deadline = ?3 WHERE campaign = ?1 AND agent = ?2",
+                    params![id.to_string(), slow.to_string(), fleetls_proto::now_ms() as i64 + 20_000],
+                )?;
+                Ok(())
+            })
+            .unwrap();
+        let nudge = turn(&registry, id, ONLINE, false);
+        assert_eq!(agents_of(&nudge.outgoing), [slow]);
+        assert!(
+            deadline_of(&nudge.outgoing[0]) < sent,
+            "the same, earlier deadline"
+        );
+        // Once only.
+        assert!(turn(&registry, id, ONLINE, false).outgoing.is_empty());
+        // After a Hello, each acting child is owed its current step.
+        let owed = registry
+            .with_tx(|tx| acting_command(tx, other))
+            .unwrap()
+            .expect("the other child is acting");
+        assert_eq!(deadline_of(&owed), sent);
+        // Step 2 starts afresh: it may be nudged again.
+        let next = report(&registry, id, slow, Step::CertTest, true);
+        assert!(matches!(
+            &next[0].body,
+            ToChild::RunStep(RunStep {
+                step: StepSpec::SslPort { .. },
+                ..
+            })
+        ));
+        let nudged: i64 = registry
+            .with_db(|db| {
+                Ok(db.query_row(
+                    "SELECT nudged FROM campaign_children WHERE agent = ?1",
+                    params![slow.to_string()],
+                    |r| r.get(0),
+                )?)
+            })
+            .unwrap();
+        assert_eq!(nudged, 0);
+        // An ended child, or one whose step deadline passed, is owed nothing.
+        report(&registry, id, slow, Step::SslPort, true);
+        assert!(registry
+            .with_tx(|tx| acting_command(tx, slow))
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn a_broker_switch_window_grows_while_the_broker_keeps_pace_and_halves_when_it_slows() {
+        let registry = registry();
+        let enrolled = children(60);
+        let params = BrokerSwitchParams {
+            uri: "amqps://broker.test:5671".into(),
+            ca_pem: String::new(),
+            auth: fleetls_proto::BrokerAuth::Plain,
+            ceiling: Some(20),
+        };
+        let id = registry
+            .with_tx(|tx| {
+                create(
+                    tx,
+                    Kind::SwitchBroker,
+                    BROKER_SWITCH_FIRST_WINDOW,
+                    3_600_000,
+                    60_000,
+                    &enrolled,
+                    Some(&params),
+                )
+            })
+            .unwrap();
+        let mut pace = Pace::default();
+        // `n` more children finish, each `took` ms from order to report.
+        let (mut next, mut now) = (0, fleetls_proto::now_ms() as i64);
+        let mut finish = |n: usize, took: i64| {
+            now += 1_000;
+            registry
+                .with_tx(|tx| {
+                    for child in &enrolled[next..next + n] {
+                        tx.execute(
+                            "UPDATE campaign_children SET state = 'passed', started_at = ?3, finished_at = ?4
+                             WHERE campaign = ?1 AND agent = ?2",
+                            params![id.to_string(), child.agent.to_string(), now - took, now],
+                        )?;
+                    }
+                    Ok(())
+                })
+                .unwrap();
+            next += n;
+        };
+        let adapt = |pace: &mut Pace| registry.with_tx(|tx| adapt_window(tx, id, pace)).unwrap();
+        // Too few finished to judge.
+        finish(3, 100);
+        assert_eq!(adapt(&mut pace), None);
+        // Quick: grows by half, then again, up to the ceiling only.
+        finish(5, 100);
+        assert_eq!(adapt(&mut pace), Some(13));
+        finish(8, 150);
+        assert_eq!(adapt(&mut pace), Some(20));
+        finish(10, 120);
+        assert_eq!(adapt(&mut pace), None, "at the ceiling");
+        // Between twice and four times the quickest: holds.
+        finish(10, 300);
+        assert_eq!(adapt(&mut pace), None);
+        // Slower than four times the quickest: halves.
+        finish(10, 1000);
+        assert_eq!(adapt(&mut pace), Some(10));
     }
 
     #[test]

@@ -9,15 +9,43 @@ use crate::status::Status;
 /// Where the serving parent is and how to prove we may ask it.
 #[derive(Debug, Clone, clap::Args)]
 pub struct AdminTarget {
-    /// Admin address of the serving parent
-    #[arg(long, env = "FLEETLS_ADMIN", default_value = crate::config::DEFAULT_ADMIN)]
-    pub admin: String,
-    /// The parent's data dir (its admin.token is read)
+    /// Admin address of the serving parent (default: the one `serve`
+    /// recorded in DATA_DIR/admin.addr, else 127.0.0.1:12380)
+    #[arg(long, env = "FLEETLS_ADMIN")]
+    pub admin: Option<String>,
+    /// The parent's data dir (its admin.token and admin.addr are read)
     #[arg(long, env = "FLEETLS_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     /// The admin token file (instead of --data-dir)
     #[arg(long, env = "FLEETLS_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
+    /// Wait up to this long (e.g. 30s) for a parent that is still starting
+    /// to answer, instead of failing at once
+    #[arg(long, value_parser = crate::follow::parse_duration)]
+    pub wait: Option<std::time::Duration>,
+}
+
+/// Where the admin address came from, for an error that says what to do.
+#[derive(Debug, Clone)]
+enum AddrSource {
+    /// `--admin` or `FLEETLS_ADMIN`.
+    Given,
+    /// `DATA_DIR/admin.addr`, written by `serve`.
+    Recorded(PathBuf),
+    /// Neither: the default.
+    Default,
+}
+
+impl std::fmt::Display for AddrSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AddrSource::Given => f.write_str("given by --admin or FLEETLS_ADMIN"),
+            AddrSource::Recorded(path) => write!(f, "recorded by `serve` in {}", path.display()),
+            AddrSource::Default => {
+                f.write_str("the default: no --admin and no admin.addr in the data dir")
+            }
+        }
+    }
 }
 
 /// A failed call to the admin API.
@@ -27,22 +55,38 @@ pub enum ClientError {
     #[error("no admin token: give --data-dir (of the parent) or --token-file")]
     NoToken,
     /// The token file cannot be read.
-    #[error("cannot read the admin token {path}: {source}")]
+    #[error(
+        "cannot read the admin token {path}: {error} (is this the data dir of a parent that ran \
+         `fleetls-parent serve`? it writes the token at its first start)"
+    )]
     Token {
         /// The file.
         path: PathBuf,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
+        /// The cause (named once in the message).
+        error: std::io::Error,
     },
-    /// The parent did not answer.
-    #[error("cannot reach the parent's admin API at {addr}: {source} (is `fleetls-parent serve` running there?)")]
+    /// The parent did not answer. Its message names the innermost cause
+    /// once (reqwest's own chain repeats the address and the request).
+    #[error(
+        "cannot reach the parent's admin API at {addr} ({from}): {cause}; start `fleetls-parent \
+         serve` with this data dir, or give its address with --admin HOST:PORT (FLEETLS_ADMIN); \
+         --wait 30s waits for a parent that is still starting"
+    )]
     Unreachable {
         /// The address.
         addr: String,
-        /// The cause.
-        #[source]
-        source: reqwest::Error,
+        /// Where the address came from.
+        from: String,
+        /// The innermost cause (e.g. "Connection refused (os error 111)").
+        cause: String,
+    },
+    /// The parent answered with something that is not the expected JSON.
+    #[error("the parent's admin API at {addr} sent an answer that cannot be read: {cause}")]
+    BadAnswer {
+        /// The address.
+        addr: String,
+        /// Why it cannot be read.
+        cause: String,
     },
     /// The parent would not do it in the current state (HTTP 409).
     #[error("{0}")]
@@ -59,38 +103,101 @@ pub enum ClientError {
 pub struct Client {
     http: reqwest::Client,
     base: String,
+    from: AddrSource,
     token: String,
+    /// Until when a connection that fails is tried again (`--wait`).
+    wait_until: Option<std::time::Instant>,
+}
+
+/// The innermost cause of an error: the one line that says what happened.
+fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut inner = error;
+    while let Some(next) = inner.source() {
+        inner = next;
+    }
+    inner.to_string()
 }
 
 impl Client {
-    /// Reads the token and prepares the client.
+    /// Reads the token and the admin address (see [`AdminTarget`]) and
+    /// prepares the client. With `--wait`, a token or address not written
+    /// yet (a parent that is still starting) is waited for.
     pub fn new(target: &AdminTarget) -> Result<Client, ClientError> {
+        let wait_until = target.wait.map(|w| std::time::Instant::now() + w);
         let path = match (&target.token_file, &target.data_dir) {
             (Some(file), _) => file.clone(),
             (None, Some(dir)) => crate::token::token_path(dir),
             (None, None) => return Err(ClientError::NoToken),
         };
-        let token =
-            crate::token::read(&path).map_err(|source| ClientError::Token { path, source })?;
+        let token = loop {
+            match crate::token::read(&path) {
+                Ok(token) => break token,
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::NotFound
+                        && wait_until.is_some_and(|t| std::time::Instant::now() < t) =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                }
+                Err(error) => return Err(ClientError::Token { path, error }),
+            }
+        };
+        let (admin, from) = match (&target.admin, &target.data_dir) {
+            (Some(admin), _) => (admin.clone(), AddrSource::Given),
+            (None, Some(dir)) => {
+                let file = crate::layout::Layout::new(dir).admin_addr();
+                // A parent still starting writes its token before it listens.
+                loop {
+                    match std::fs::read_to_string(&file) {
+                        Ok(text) if !text.trim().is_empty() => {
+                            break (text.trim().to_owned(), AddrSource::Recorded(file));
+                        }
+                        _ if wait_until.is_some_and(|t| std::time::Instant::now() < t) => {
+                            std::thread::sleep(std::time::Duration::from_millis(200));
+                        }
+                        _ => break (crate::config::DEFAULT_ADMIN.to_owned(), AddrSource::Default),
+                    }
+                }
+            }
+            (None, None) => (crate::config::DEFAULT_ADMIN.to_owned(), AddrSource::Default),
+        };
         Ok(Client {
             http: reqwest::Client::builder()
                 .timeout(std::time::Duration::from_secs(30))
                 .build()
                 .expect("an HTTP client without TLS always builds"),
-            base: format!("http://{}", target.admin),
+            base: format!("http://{admin}"),
+            from,
             token,
+            wait_until,
         })
+    }
+
+    /// Sends `request` (built again for every try); with `--wait`, a
+    /// connection that fails is tried again until the wait is over.
+    async fn send(
+        &self,
+        request: impl Fn() -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, ClientError> {
+        loop {
+            match request().bearer_auth(&self.token).send().await {
+                Ok(response) => return Ok(response),
+                Err(e)
+                    if e.is_connect()
+                        && self
+                            .wait_until
+                            .is_some_and(|t| std::time::Instant::now() < t) =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+                Err(e) => return Err(self.unreachable(&e)),
+            }
+        }
     }
 
     /// `GET path` and decode the JSON answer.
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
-        let response = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .map_err(|source| self.unreachable(source))?;
+        let url = format!("{}{path}", self.base);
+        let response = self.send(|| self.http.get(&url)).await?;
         self.decode(response).await
     }
 
@@ -100,16 +207,16 @@ impl Client {
         path: &str,
         body: &B,
     ) -> Result<T, ClientError> {
+        let url = format!("{}{path}", self.base);
         let response = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
-            // An operation over a big network (sending to 10,000 children) takes a while.
-            .timeout(std::time::Duration::from_secs(600))
-            .json(body)
-            .send()
-            .await
-            .map_err(|source| self.unreachable(source))?;
+            .send(|| {
+                self.http
+                    .post(&url)
+                    // An operation over a big network (sending to 10,000 children) takes a while.
+                    .timeout(std::time::Duration::from_secs(600))
+                    .json(body)
+            })
+            .await?;
         self.decode(response).await
     }
 
@@ -131,16 +238,17 @@ impl Client {
                 _ => ClientError::Failed(message),
             });
         }
-        response
-            .json()
-            .await
-            .map_err(|source| self.unreachable(source))
+        response.json().await.map_err(|e| ClientError::BadAnswer {
+            addr: self.base.clone(),
+            cause: root_cause(&e),
+        })
     }
 
-    fn unreachable(&self, source: reqwest::Error) -> ClientError {
+    fn unreachable(&self, error: &reqwest::Error) -> ClientError {
         ClientError::Unreachable {
             addr: self.base.clone(),
-            source,
+            from: self.from.to_string(),
+            cause: root_cause(error),
         }
     }
 
@@ -148,6 +256,15 @@ impl Client {
     pub async fn status(&self) -> Result<Status, ClientError> {
         self.get("/api/status").await
     }
+}
+
+/// The first 16 hex digits of a CA fingerprint, for the table.
+fn short_ca(fingerprint: &str) -> String {
+    fingerprint
+        .trim_start_matches("sha256:")
+        .chars()
+        .take(16)
+        .collect()
 }
 
 /// The status as a table for a terminal.
@@ -163,15 +280,30 @@ pub fn status_table(status: &Status) -> String {
     let s = &status.summary;
     let _ = writeln!(
         out,
-        "summary: passed {}   with errors {}   did not participate {}   version not supporting SSL {}   mPOS {}",
-        s.passed, s.with_errors, s.did_not_participate, s.version_not_supporting_ssl, s.mpos
+        "summary: passed {}   with errors {}   did not participate {}   version not supporting SSL {}   mPOS {}   excluded {}",
+        s.passed, s.with_errors, s.did_not_participate, s.version_not_supporting_ssl, s.mpos, s.excluded
     );
     if let Some(soonest) = n.soonest_expiry {
         let _ = writeln!(
             out,
-            "certificates: soonest expiry {}   revoked {}",
+            "certificates: soonest expiry {}   revoked {}   renewals done {}   renewals failed {}",
             when(soonest.max(0) as u64 * 1000),
-            n.revoked_certificates
+            n.revoked_certificates,
+            n.renewals_done,
+            n.renewals_failed
+        );
+    }
+    if let Some(r) = &n.ca_rotation {
+        let _ = writeln!(
+            out,
+            "CA rotation: {}   {} -> {}   agents {}   trusting the new CA {}   on the new CA {}   still trusting the old {}",
+            r.phase.as_str(),
+            short_ca(&r.old_ca),
+            short_ca(&r.new_ca),
+            r.agents,
+            r.trusting_new,
+            r.on_new_ca,
+            r.trusting_old
         );
     }
     if n.pending + n.rejected + n.compromised > 0 || n.security_events > 0 {
@@ -202,7 +334,7 @@ pub fn status_table(status: &Status) -> String {
     }
     let _ = writeln!(
         out,
-        "{:<24} {:<12} {:<9} {:<14} {:<8} {:<9} {:<5} {:<5} {:<6} {:<19} {:<20} ID",
+        "{:<24} {:<12} {:<9} {:<14} {:<8} {:<9} {:<5} {:<5} {:<6} {:<19} {:<20} {:<16} ID",
         "NAME",
         "KIND",
         "VERSION",
@@ -213,7 +345,8 @@ pub fn status_table(status: &Status) -> String {
         "SSL",
         "AMQPS",
         "RESULT",
-        "CAUSE"
+        "CAUSE",
+        "CA"
     );
     let yes = |b: bool| if b { "yes" } else { "-" };
     // Whatever an agent sent about itself is printed without control
@@ -225,9 +358,11 @@ pub fn status_table(status: &Status) -> String {
         } else {
             a.admission.as_str()
         };
-        // The last test result and, when it did not pass, why.
-        let (result, cause) = match &a.last_result {
-            Some(r) => (
+        // The last test result and, when it did not pass, why; an agent
+        // kept plain by decision says so, with the operator's reason.
+        let (result, cause) = match (&a.excluded, &a.last_result) {
+            (Some(reason), _) => ("excluded", reason.as_str()),
+            (None, Some(r)) => (
                 r.state.as_str(),
                 r.cause
                     .as_deref()
@@ -235,11 +370,11 @@ pub fn status_table(status: &Status) -> String {
                     .or(r.cert_test.as_ref().and_then(|s| s.cause.as_deref()))
                     .unwrap_or("-"),
             ),
-            None => ("-", "-"),
+            (None, None) => ("-", "-"),
         };
         let _ = writeln!(
             out,
-            "{:<24} {:<12} {:<9} {:<14} {:<8} {:<9} {:<5} {:<5} {:<6} {:<19} {:<20} {}",
+            "{:<24} {:<12} {:<9} {:<14} {:<8} {:<9} {:<5} {:<5} {:<6} {:<19} {:<20} {:<16} {}",
             safe(&a.name),
             a.kind.as_str(),
             safe(&a.version),
@@ -251,6 +386,11 @@ pub fn status_table(status: &Status) -> String {
             yes(a.broker_tls),
             result,
             safe(cause),
+            // Which CA its certificate comes from (a CA rotation moves it).
+            a.certificate_ca
+                .as_deref()
+                .map(short_ca)
+                .unwrap_or_else(|| "-".into()),
             a.id
         );
     }

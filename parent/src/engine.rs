@@ -22,6 +22,7 @@ const IDLE: Duration = Duration::from_secs(1);
 /// Runs the engine until `shutdown`.
 pub async fn run(app: Arc<App>, mut shutdown: Shutdown) {
     let mut resend = true;
+    let mut pace = campaign::Pace::default();
     loop {
         let mut sleep = IDLE;
         if let Some(channel) = app.channel() {
@@ -29,20 +30,31 @@ pub async fn run(app: Arc<App>, mut shutdown: Shutdown) {
             let offline_after = app.config.offline_after.as_millis() as u64;
             let resend_now = resend;
             let judge = app.drained.load(std::sync::atomic::Ordering::SeqCst);
+            let mut learnt = std::mem::take(&mut pace);
             let turn = tokio::task::spawn_blocking(move || {
-                registry.with_tx(|tx| {
+                let turn = registry.with_tx(|tx| {
                     let Some(id) = campaign::running(tx)? else {
                         return Ok(None);
                     };
+                    if judge {
+                        if let Some(window) = campaign::adapt_window(tx, id, &mut learnt)? {
+                            info!(campaign = %id, window, "broker switch: the window follows the broker's pace");
+                        }
+                    }
                     let online = |agent: &uuid::Uuid| {
                         last_seen(tx, agent).is_some_and(|seen| {
                             fleetls_proto::now_ms().saturating_sub(seen) < offline_after
                         })
                     };
                     campaign::tick(tx, id, &online, resend_now, judge).map(|t| Some((id, t)))
-                })
+                });
+                (turn, learnt)
             })
-            .await;
+            .await
+            .map(|(turn, learnt)| {
+                pace = learnt;
+                turn
+            });
             match turn {
                 Ok(Ok(Some((id, tick)))) => {
                     resend = false;

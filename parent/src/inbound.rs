@@ -52,6 +52,9 @@ pub struct Applied {
     /// Certificates were superseded by new ones (revoked): the CRL must be
     /// signed again.
     pub revoked: bool,
+    /// Agents that said Hello (a first start or any reconnect): they are
+    /// sent again what they are still owed (`crate::owed`).
+    pub greeted: Vec<Uuid>,
 }
 
 /// What the registry needs to judge a batch besides the messages.
@@ -177,6 +180,7 @@ pub fn apply(
                         hello.state.parent_key,
                     ],
                 )?;
+                crate::rotation::note_trust(tx, &event.agent, &hello.state.trusted_cas)?;
                 note_parent_key(
                     tx,
                     &event.agent,
@@ -184,6 +188,8 @@ pub fn apply(
                     &hello.state.parent_key,
                     policy,
                 )?;
+                crate::owed::settle_if_certified(tx, &event.agent, hello.state.has_certificate)?;
+                applied.greeted.push(event.agent);
             }
             EventKind::Heartbeat(state) => {
                 let before = agent_in(tx, &event.agent)?.and_then(|b| b.parent_key);
@@ -201,6 +207,8 @@ pub fn apply(
                     ],
                 )?;
                 note_parent_key(tx, &event.agent, before, &state.parent_key, policy)?;
+                crate::owed::settle_if_certified(tx, &event.agent, state.has_certificate)?;
+                crate::rotation::note_trust(tx, &event.agent, &state.trusted_cas)?;
             }
             EventKind::StepReport(report) => {
                 crate::campaign::on_report(tx, event.agent, report, event.at, policy.ssl_port_open_since, outgoing)?;
@@ -264,15 +272,25 @@ pub fn apply(
                     )),
                     (Some(registered), Some(signer)) => signer.sign(pem, &registered),
                 };
+                if let Ok(issued) = &result {
+                    // A CSR sent again on the same key (its answer was lost
+                    // on the way) gets the same certificate, not a second.
+                    if let Some(again) = issued_for_key(tx, event, &issued.key)? {
+                        crate::owed::settle(tx, &event.agent)?;
+                        outgoing.push(again);
+                        continue;
+                    }
+                }
                 match result {
                     Ok(issued) => {
                         // The certificate it replaces is revoked, superseded.
-                        if crate::registry::revoke_certificates(tx, &event.agent, "superseded")? > 0 {
+                        let renewal = crate::registry::revoke_certificates(tx, &event.agent, "superseded")? > 0;
+                        if renewal {
                             applied.revoked = true;
                         }
                         tx.execute(
-                            "INSERT INTO certificates (serial, agent_id, subject, not_after, issued_at, csr_message, chain_pem)
-                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                            "INSERT INTO certificates (serial, agent_id, subject, not_after, issued_at, csr_message, chain_pem, key_sha256, ca, renewal)
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                             params![
                                 issued.serial,
                                 agent,
@@ -281,8 +299,13 @@ pub fn apply(
                                 fleetls_proto::now_ms() as i64,
                                 event.message.to_string(),
                                 issued.chain_pem,
+                                issued.key,
+                                issued.ca,
+                                renewal,
                             ],
                         )?;
+                        crate::owed::settle(tx, &event.agent)?;
+                        crate::rotation::on_csr_answered(tx, &event.agent, Ok(&issued.ca))?;
                         tx.execute("DELETE FROM refusals WHERE agent_id = ?1", params![agent])?;
                         outgoing.push(Outgoing {
                             agent: event.agent,
@@ -301,6 +324,7 @@ pub fn apply(
                              ON CONFLICT(agent_id) DO UPDATE SET reason = excluded.reason, at = excluded.at",
                             params![agent, reason, at],
                         )?;
+                        crate::rotation::on_csr_answered(tx, &event.agent, Err(&reason))?;
                         outgoing.push(Outgoing {
                             agent: event.agent,
                             body: ToChild::CsrRejected(CsrRejected { reason }),
@@ -403,6 +427,41 @@ fn note_parent_key(
     Ok(())
 }
 
+/// The agent's valid certificate issued for the public key `key`, if any,
+/// as the answer to `event` (a CSR).
+fn issued_for_key(
+    tx: &rusqlite::Transaction<'_>,
+    event: &Event,
+    key: &str,
+) -> Result<Option<Outgoing>, RegistryError> {
+    let row = tx
+        .query_row(
+            "SELECT serial, not_after, chain_pem FROM certificates
+             WHERE agent_id = ?1 AND key_sha256 = ?2 AND revoked = 0",
+            params![event.agent.to_string(), key],
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+        )
+        .optional()?;
+    Ok(
+        row.map(|(serial, not_after, chain_pem)| {
+            issued_answer(event, serial, not_after, chain_pem)
+        }),
+    )
+}
+
+fn issued_answer(event: &Event, serial: String, not_after: i64, chain_pem: String) -> Outgoing {
+    Outgoing {
+        agent: event.agent,
+        body: ToChild::CertificateIssued(CertificateIssued {
+            chain_pem,
+            serial,
+            not_after,
+            ignored: Vec::new(),
+        }),
+        re: Some(event.message),
+    }
+}
+
 /// The answer to a CSR seen before: the certificate issued for it, if any.
 fn reissue(
     tx: &rusqlite::Transaction<'_>,
@@ -421,16 +480,11 @@ fn reissue(
             },
         )
         .optional()?;
-    Ok(row.map(|(serial, not_after, chain_pem)| Outgoing {
-        agent: event.agent,
-        body: ToChild::CertificateIssued(CertificateIssued {
-            chain_pem,
-            serial,
-            not_after,
-            ignored: Vec::new(),
+    Ok(
+        row.map(|(serial, not_after, chain_pem)| {
+            issued_answer(event, serial, not_after, chain_pem)
         }),
-        re: Some(event.message),
-    }))
+    )
 }
 
 /// Signs CSRs with the CA for the registry. A local parent's server names

@@ -4,11 +4,18 @@
 //! ```text
 //! DIR/fleetls.db              the registry (SQLite)
 //! DIR/admin.token             the admin API's bearer token (0600)
+//! DIR/admin.addr              where `serve` listens (operator commands read it)
 //! DIR/signing.key             the key every command is signed with (0600)
 //! DIR/ssl.toml                the SSL settings
 //! DIR/broker-tls.toml         the AMQPS address the parent moved to
-//! DIR/certificates/           ca.pem, ca.key, parent.pem, parent.key,
-//!                             broker.pem, broker.key (keys 0600), crl.pem
+//! DIR/certificates/           ca.pem, ca.key (the CA that signs), trust.pem
+//!                             (every CA trusted: two during a CA rotation),
+//!                             parent.pem, parent.key, broker.pem, broker.key
+//!                             (keys 0600), crl.pem
+//! DIR/certificates/cas/       every CA ever used, by fingerprint (a rotation's
+//!                             old and new one; the archive after it)
+//! DIR/broker-files.toml       where `broker-tls --out` last wrote the broker's
+//!                             files (written there again when they change)
 //! DIR/certificates.new/       a generation being written (renamed when whole)
 //! ```
 
@@ -43,6 +50,12 @@ impl Layout {
         self.dir.join("admin.token")
     }
 
+    /// The admin API's address, written by `serve` once it listens and
+    /// removed when it stops cleanly.
+    pub fn admin_addr(&self) -> PathBuf {
+        self.dir.join("admin.addr")
+    }
+
     /// The signing key.
     pub fn signing_key(&self) -> PathBuf {
         self.dir.join("signing.key")
@@ -69,6 +82,16 @@ impl Layout {
         self.dir.join("certificates.new")
     }
 
+    /// Every CA ever used, by fingerprint: `ca-HEX16.pem` and `.key`.
+    pub fn ca_archive(&self) -> PathBuf {
+        self.certificates().join("cas")
+    }
+
+    /// Where `broker-tls --out` last wrote the broker's files.
+    pub fn broker_files(&self) -> PathBuf {
+        self.dir.join("broker-files.toml")
+    }
+
     /// One file of [`Layout::certificates`].
     pub fn certificate(&self, file: CertFile) -> PathBuf {
         self.certificates().join(file.name())
@@ -78,8 +101,11 @@ impl Layout {
 /// The files of the certificates folder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CertFile {
-    /// The CA chain (PEM).
+    /// The chain of the CA that signs (PEM).
     CaPem,
+    /// Every CA certificate agents and servers trust (PEM): the CA chain,
+    /// and during a CA rotation the other CA too.
+    TrustPem,
     /// The CA's key (0600).
     CaKey,
     /// The parent's server and client certificate chain.
@@ -96,8 +122,9 @@ pub enum CertFile {
 
 impl CertFile {
     /// Every file, in the order they are written.
-    pub const ALL: [CertFile; 7] = [
+    pub const ALL: [CertFile; 8] = [
         CertFile::CaPem,
+        CertFile::TrustPem,
         CertFile::CaKey,
         CertFile::ParentPem,
         CertFile::ParentKey,
@@ -110,6 +137,7 @@ impl CertFile {
     pub fn name(self) -> &'static str {
         match self {
             CertFile::CaPem => "ca.pem",
+            CertFile::TrustPem => "trust.pem",
             CertFile::CaKey => "ca.key",
             CertFile::ParentPem => "parent.pem",
             CertFile::ParentKey => "parent.key",

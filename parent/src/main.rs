@@ -95,6 +95,12 @@ enum Command {
         #[command(subcommand)]
         action: AgentsAction,
     },
+    /// The CA: `ca rotate` replaces it without a connected agent losing its
+    /// connection (both CAs trusted, everyone re-issued, the old one dropped).
+    Ca {
+        #[command(subcommand)]
+        action: CaAction,
+    },
     /// Revoke an agent: its certificates go on the CA's revocation list (the
     /// SSL ports refuse them at once; `GET /crl.pem` serves it), its key is
     /// banned, its RabbitMQ user removed and its broker connections closed.
@@ -135,6 +141,13 @@ enum Command {
         /// Folder to write into
         #[arg(long)]
         out: PathBuf,
+        /// The broker's AMQPS port
+        #[arg(long, default_value_t = fleetls_parent::broker_switch::DEFAULT_AMQPS_PORT)]
+        amqps_port: u16,
+        /// The addresses the AMQPS listener binds to, `;`-separated (default: the
+        /// broker IPs of the settings; 0.0.0.0 for every interface)
+        #[arg(long)]
+        amqps_bind: Option<String>,
         #[command(flatten)]
         target: AdminTarget,
     },
@@ -179,6 +192,32 @@ enum Command {
     Certs {
         #[command(subcommand)]
         action: CertsAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum CaAction {
+    /// Rotate the CA: a new one (made here, or the company's given with
+    /// --ca-cert/--ca-key); every agent first trusts both, then is re-issued
+    /// under the new one (a campaign), then the old one leaves the bundles.
+    /// Each phase follows by itself once every agent followed; `--advance`
+    /// takes the next phase now. Follow it in `status`.
+    Rotate {
+        /// A new company CA or intermediate certificate (PEM, on the parent's machine)
+        #[arg(long, requires = "ca_key", conflicts_with = "advance")]
+        ca_cert: Option<std::path::PathBuf>,
+        /// Its private key (PEM)
+        #[arg(long, requires = "ca_cert")]
+        ca_key: Option<std::path::PathBuf>,
+        /// Take the next phase of the rotation under way now, without
+        /// waiting for agents that have not followed (offline ones)
+        #[arg(long)]
+        advance: bool,
+        #[command(flatten)]
+        target: AdminTarget,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -258,6 +297,27 @@ enum AgentsAction {
     },
     /// Delete agents: rows and queue removed, certificates revoked, key banned.
     Delete {
+        /// Names or ids
+        #[arg(required = true)]
+        agents: Vec<String>,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// Keep agents on plain AMQP by decision: no campaign, no switch; counted
+    /// as excluded and listed with the reason by without-ssl, and the final
+    /// broker configuration keeps the plain listener for them.
+    Exclude {
+        /// Names or ids
+        #[arg(required = true)]
+        agents: Vec<String>,
+        /// Why (one line, shown by status and without-ssl)
+        #[arg(long, required = true)]
+        reason: String,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// Take excluded agents back into campaigns and switches.
+    Include {
         /// Names or ids
         #[arg(required = true)]
         agents: Vec<String>,
@@ -364,17 +424,48 @@ async fn agents(action: AgentsAction) -> anyhow::Result<ExitCode> {
         } => (
             "/api/agents/accept",
             target,
-            ops::AgentsRequest { agents, all },
+            ops::AgentsRequest {
+                agents,
+                all,
+                reason: None,
+            },
         ),
         AgentsAction::Reject { agents, target } => (
             "/api/agents/reject",
             target,
-            ops::AgentsRequest { agents, all: false },
+            ops::AgentsRequest {
+                agents,
+                ..Default::default()
+            },
         ),
         AgentsAction::Delete { agents, target } => (
             "/api/agents/delete",
             target,
-            ops::AgentsRequest { agents, all: false },
+            ops::AgentsRequest {
+                agents,
+                ..Default::default()
+            },
+        ),
+        AgentsAction::Exclude {
+            agents,
+            reason,
+            target,
+        } => (
+            "/api/agents/exclude",
+            target,
+            ops::AgentsRequest {
+                agents,
+                all: false,
+                reason: Some(reason),
+            },
+        ),
+        AgentsAction::Include { agents, target } => (
+            "/api/agents/include",
+            target,
+            ops::AgentsRequest {
+                agents,
+                ..Default::default()
+            },
         ),
     };
     let report: ops::AgentsReport = Client::new(&target)?.post(path, &request).await?;
@@ -567,10 +658,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 for c in &r.certificates {
                     println!(
-                        "{}: certificate {} (valid until Unix {}) in {}",
+                        "{}: certificate {} (valid until {}) in {}",
                         c.name,
                         c.serial,
-                        c.not_after,
+                        client::when(c.not_after.max(0) as u64 * 1000),
                         c.file.display()
                     );
                 }
@@ -579,6 +670,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Doctor(args) => {
             use fleetls_parent::layout::{CertFile, Layout};
             let layout = Layout::new(&args.data_dir);
+            let limits = args.limits();
             let ca = args
                 .ca
                 .unwrap_or_else(|| layout.certificate(CertFile::CaPem));
@@ -590,12 +682,48 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 &args.target,
                 &ca,
                 Some((&cert, &key)),
-                Default::default(),
+                limits,
             )
             .await;
             Ok(fleetls_doctor::print(&report, args.json))
         }
         Command::Agents { action } => agents(action).await,
+        Command::Ca {
+            action:
+                CaAction::Rotate {
+                    ca_cert,
+                    ca_key,
+                    advance,
+                    target,
+                    json,
+                },
+        } => {
+            let absolute = |p: std::path::PathBuf| std::path::absolute(&p).unwrap_or(p);
+            let request = fleetls_parent::rotation::RotateRequest {
+                ca_cert: ca_cert.map(absolute),
+                ca_key: ca_key.map(absolute),
+                advance,
+            };
+            let report: fleetls_parent::rotation::RotateReport = Client::new(&target)?
+                .post("/api/ca/rotate", &request)
+                .await?;
+            if json {
+                print_out(&(serde_json::to_string_pretty(&report)? + "\n"))?;
+            } else {
+                let r = &report.rotation;
+                println!(
+                    "CA rotation: phase {}  ({} -> {}); agents {}, trusting the new CA {}, on the new CA {}\n{}",
+                    r.phase.as_str(),
+                    r.old_ca,
+                    r.new_ca,
+                    r.agents,
+                    r.trusting_new,
+                    r.on_new_ca,
+                    report.broker
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Revoke {
             agent,
             reason,
@@ -617,6 +745,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::SigningKey { data_dir } => {
             let path = fleetls_parent::signing_key_path(&data_dir);
+            // Made here first (a parent not started yet): private, as serve makes it.
+            fleetls_bus::files::create_private_dir(&data_dir)?;
             let key = fleetls_bus::seal::SigningKey::load_or_create(&path)?;
             println!("{}", key.public().fingerprint());
             Ok(ExitCode::SUCCESS)
@@ -643,10 +773,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::BrokerTls { out, target } => {
+        Command::BrokerTls {
+            out,
+            amqps_port,
+            amqps_bind,
+            target,
+        } => {
             let out = std::path::absolute(&out).unwrap_or(out);
+            let request = serde_json::json!({
+                "out": out, "amqps_port": amqps_port, "amqps_bind": amqps_bind,
+            });
             let files: fleetls_parent::broker_switch::BrokerTlsFiles = Client::new(&target)?
-                .post("/api/broker-tls", &serde_json::json!({ "out": out }))
+                .post("/api/broker-tls", &request)
                 .await?;
             for file in &files.files {
                 println!("{}", file.display());
@@ -767,6 +905,7 @@ fn print_summary(status: &fleetls_parent::status::Status) {
         s.version_not_supporting_ssl
     );
     println!("  mPOS:                       {}", s.mpos);
+    println!("  excluded (kept plain):      {}", s.excluded);
     for agent in &status.agents {
         if let Some(result) = &agent.last_result {
             if result.state != fleetls_parent::campaign::ChildState::Passed {

@@ -171,11 +171,13 @@ pub async fn agent_connections(
     management: &Management,
     agent: &uuid::Uuid,
 ) -> Result<Vec<String>, String> {
-    let wanted = fleetls_proto::topology::child_connection_name(agent);
     Ok(connections(management, None)
         .await?
         .into_iter()
-        .filter(|c| c.name == wanted && !c.id.is_empty())
+        .filter(|c| {
+            fleetls_proto::topology::child_of_connection_name(&c.name) == Some(*agent)
+                && !c.id.is_empty()
+        })
         .map(|c| c.id)
         .collect())
 }
@@ -217,14 +219,19 @@ fn encode_vhost(vhost: &str) -> String {
     vhost.replace('%', "%25").replace('/', "%2F")
 }
 
-/// The connections by name (a name seen twice keeps its TLS one).
-pub fn by_name(connections: Vec<BrokerConnection>) -> HashMap<String, BrokerConnection> {
-    let mut out: HashMap<String, BrokerConnection> = HashMap::new();
+/// The children's own connections by agent id, read from their connection
+/// names (an agent seen twice keeps its TLS one); other connections are
+/// left out.
+pub fn by_agent(connections: Vec<BrokerConnection>) -> HashMap<uuid::Uuid, BrokerConnection> {
+    let mut out: HashMap<uuid::Uuid, BrokerConnection> = HashMap::new();
     for c in connections {
-        match out.get(&c.name) {
+        let Some(agent) = fleetls_proto::topology::child_of_connection_name(&c.name) else {
+            continue;
+        };
+        match out.get(&agent) {
             Some(existing) if existing.ssl && !c.ssl => {}
             _ => {
-                out.insert(c.name.clone(), c);
+                out.insert(agent, c);
             }
         }
     }
@@ -245,5 +252,32 @@ mod tests {
         assert!(write.contains(&escaped(&queue)) && write.contains(r"fleetls\.parent"));
         assert!(read.contains(r"fleetls\.agents|") && !read.contains(r"fleetls\.parent"));
         assert_eq!(encode_vhost("/"), "%2F");
+    }
+
+    #[test]
+    fn connections_are_told_apart_by_the_id_in_their_name() {
+        let (a, b) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+        let conn = |name: String, ssl: bool| BrokerConnection {
+            id: format!("{name}-{ssl}"),
+            name,
+            vhost: "/".into(),
+            ssl,
+            ssl_protocol: None,
+            peer_cert_subject: None,
+            port: None,
+            node: None,
+        };
+        let name_a = fleetls_proto::topology::child_connection_name(&a, "till (1)");
+        let found = by_agent(vec![
+            conn(name_a.clone(), true),
+            conn(name_a, false),
+            // An older child names itself without its display name.
+            conn(format!("fleetls-child:{b}"), false),
+            conn("fleetls-parent".into(), true),
+            conn("fleetls-child:not-an-id (x)".into(), true),
+        ]);
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(found[&a].ssl, "the TLS connection of an agent is kept");
+        assert!(!found[&b].ssl);
     }
 }

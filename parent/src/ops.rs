@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use fleetls_proto::{AgentKind, CertificatesReady, ToChild};
+use fleetls_proto::AgentKind;
 use serde::{Deserialize, Serialize};
 
 use crate::app::App;
@@ -55,14 +55,15 @@ pub fn settings_show(app: &App) -> SettingsView {
 pub fn settings_set(app: &App, change: &SettingsChange) -> Result<SettingsView, OpError> {
     if change.is_empty() {
         return Err(OpError::BadRequest(
-            "nothing to change: give at least one of --port, --local-parent-port, --names, --ips, --broker-names, --broker-ips".into(),
+            "nothing to change: give at least one of --port, --local-parent-port, --names, --ips, --broker-names, --broker-ips, --min-tls, --cipher-suites".into(),
         ));
     }
     let mut settings = app.settings.write().unwrap_or_else(|p| p.into_inner());
-    if app.pki().is_some() {
+    if app.pki().is_some() && !change.tls_only() {
         return Err(OpError::Refused(
             "the SSL settings are frozen: certificates were generated with them. \
-             To change them run `fleetls-parent certs reset` (it discards every certificate), then set and generate again"
+             To change them run `fleetls-parent certs reset` (it discards every certificate), then set and generate again \
+             (--min-tls and --cipher-suites are inside no certificate: they may change at any time)"
                 .into(),
         ));
     }
@@ -73,8 +74,43 @@ pub fn settings_set(app: &App, change: &SettingsChange) -> Result<SettingsView, 
     *settings = next.clone();
     Ok(SettingsView {
         settings: next,
-        frozen: false,
+        frozen: app.pki().is_some(),
     })
+}
+
+/// The SSL port takes the TLS versions and suites of the settings from its
+/// next handshake on, and every accepted local parent holding a
+/// certificate is sent them (with the certificate information, which it
+/// already holds: it changes nothing else).
+pub async fn apply_tls_policy(app: &App) -> Result<(), OpError> {
+    app.reload_ssl_port().await.map_err(internal)?;
+    let (Some(pki), Some(channel)) = (app.pki(), app.channel()) else {
+        return Ok(());
+    };
+    let settings = app.settings();
+    let local_parents: Vec<Agent> = app
+        .registry
+        .agents_of_kind(AgentKind::LocalParent)
+        .map_err(internal)?
+        .into_iter()
+        .filter(|a| a.admission == crate::registry::Admission::Accepted && a.has_certificate)
+        .collect();
+    let messages: Vec<crate::broker::Outgoing> = local_parents
+        .iter()
+        .map(|a| crate::broker::Outgoing {
+            agent: a.id,
+            body: crate::owed::certificates_ready(&pki, a, &local_parents, &settings, false),
+            re: None,
+        })
+        .collect();
+    crate::broker::send_all(&channel, &app.signing_key, messages)
+        .await
+        .map_err(|e| {
+            OpError::Unavailable(format!(
+                "sending the TLS settings to local parents failed: {e}"
+            ))
+        })?;
+    Ok(())
 }
 
 /// What `certs generate` is asked.
@@ -207,28 +243,9 @@ pub struct SendReport {
     pub unroutable: Vec<String>,
 }
 
-/// Where a child tests its SSL connection: its location's local parent if
-/// there is one, else the parent.
-pub fn ssl_target(agent: &Agent, agents: &[Agent], settings: &SslSettings) -> (String, u16) {
-    if agent.kind == AgentKind::Child {
-        let local = agents.iter().find(|a| {
-            a.kind == AgentKind::LocalParent
-                && a.admission == crate::registry::Admission::Accepted
-                && a.location.is_some()
-                && a.location == agent.location
-        });
-        if let Some(local) = local {
-            let host = local.hostnames.first().or(local.ips.first());
-            if let Some(host) = host {
-                return (host.clone(), settings.local_parent_port);
-            }
-        }
-    }
-    (settings.ssl_host(), settings.port)
-}
-
-/// `certs send` ("Send information"): queues `CertificatesReady` for every
-/// eligible child, online or not (it waits in the child's queue).
+/// `certs send` ("Send information"): sends `CertificatesReady` to every
+/// eligible child, online or not, and records it as owed: a child that is
+/// offline now gets it after its next Hello (`crate::owed`).
 pub async fn certs_send(app: &App, request: &SendRequest) -> Result<SendReport, OpError> {
     let pki = app.pki().ok_or_else(|| {
         OpError::Refused(
@@ -270,22 +287,18 @@ pub async fn certs_send(app: &App, request: &SendRequest) -> Result<SendReport, 
             report.already_have_certificate += 1;
             continue;
         }
-        let (ssl_host, ssl_port) = ssl_target(agent, &agents, &settings);
-        let body = ToChild::CertificatesReady(CertificatesReady {
-            ca_chain_pem: pki.ca_chain_pem.clone(),
-            ca_fingerprint: pki.root_fingerprint.clone(),
-            ssl_host,
-            ssl_port,
-            serve_port: (agent.kind == AgentKind::LocalParent)
-                .then_some(settings.local_parent_port),
-            renew: request.renew,
-        });
         messages.push(crate::broker::Outgoing {
             agent: agent.id,
-            body,
+            body: crate::owed::certificates_ready(&pki, agent, &agents, &settings, request.renew),
             re: None,
         });
     }
+    // The registry is the record: what is not settled is sent again.
+    let owed: Vec<uuid::Uuid> = messages.iter().map(|m| m.agent).collect();
+    let renew = request.renew;
+    app.registry
+        .with_tx(|tx| crate::owed::owe_certificates(tx, &owed, renew))
+        .map_err(internal)?;
     report.queued = messages.len();
     crate::broker::send_all(&channel, &app.signing_key, messages)
         .await
@@ -398,6 +411,11 @@ pub async fn start_campaign(
             "there are no certificates yet: run `certs generate` and `certs send` first".into(),
         )
     })?;
+    if request.kind == Kind::Reissue {
+        return Err(OpError::BadRequest(
+            "a re-issue campaign is started by `fleetls-parent ca rotate`, not on its own".into(),
+        ));
+    }
     let window = request.window.unwrap_or(app.config.window);
     if window == 0 {
         return Err(OpError::BadRequest(
@@ -454,8 +472,9 @@ pub async fn start_campaign(
         plan.broker_tls = Some(protocol);
         broker = Some(BrokerSwitchParams {
             uri,
-            ca_pem: pki.ca_chain_pem.clone(),
+            ca_pem: pki.trust_pem.clone(),
             auth: request.auth.unwrap_or(fleetls_proto::BrokerAuth::Plain),
+            ceiling: Some(window),
         });
     }
     let min = app.config.min_ssl_version;
@@ -471,7 +490,19 @@ pub async fn start_campaign(
             .is_some_and(|(s, _)| *s == crate::campaign::ChildState::Passed)
     };
     let mut children = Vec::new();
-    for a in agents.iter().filter(|a| eligible(a, min)) {
+    // An mPOS device holding the identity exported for it moves to AMQPS
+    // like the others (it has no SSL mode to switch to).
+    let imported_mpos = |a: &Agent| {
+        request.kind == Kind::SwitchBroker
+            && a.kind == AgentKind::Mpos
+            && a.admission == crate::registry::Admission::Accepted
+            && a.excluded.is_none()
+            && a.has_certificate
+    };
+    for a in agents
+        .iter()
+        .filter(|a| eligible(a, min) || imported_mpos(a))
+    {
         let take = match request.kind {
             Kind::Verify => a.has_certificate,
             Kind::Reverify => {
@@ -482,7 +513,8 @@ pub async fn start_campaign(
             }
             Kind::Switch => !a.ssl && passed(a),
             Kind::ForceSwitch => !a.ssl,
-            Kind::SwitchBroker => a.ssl && !a.broker_tls,
+            Kind::SwitchBroker => (a.ssl || imported_mpos(a)) && !a.broker_tls,
+            Kind::Reissue => false,
         };
         if !take {
             continue;
@@ -498,7 +530,7 @@ pub async fn start_campaign(
             plan.at_risk.push(format!("{} ({why})", a.name));
         }
         plan.children.push(a.name.clone());
-        let (host, port) = ssl_target(a, &agents, &settings);
+        let (host, port) = crate::owed::ssl_target(a, &agents, &settings);
         children.push(Enrolment {
             agent: a.id,
             host,
@@ -512,6 +544,7 @@ pub async fn start_campaign(
             Kind::Switch => "no child that passed the test is left to switch: run `verify` first".into(),
             Kind::ForceSwitch => "every eligible child is already switched to SSL".into(),
             Kind::SwitchBroker => "every switched child is already on AMQPS".into(),
+            Kind::Reissue => "a re-issue campaign is started by `fleetls-parent ca rotate`".into(),
         }));
     }
     if request.dry_run {
@@ -531,10 +564,15 @@ pub async fn start_campaign(
             if let Some(running) = campaign::running(tx)? {
                 return Ok(Err(running));
             }
+            // A broker switch starts small and finds the broker's pace.
+            let first = match request.kind {
+                Kind::SwitchBroker => window.min(campaign::BROKER_SWITCH_FIRST_WINDOW),
+                _ => window,
+            };
             campaign::create(
                 tx,
                 request.kind,
-                window,
+                first,
                 timeout.saturating_mul(1000),
                 step_timeout.saturating_mul(1000),
                 &children,
@@ -589,8 +627,30 @@ pub async fn without_ssl(app: &App) -> Result<WithoutSsl, OpError> {
         broker_view: false,
     };
     for a in &agents {
+        if a.kind == AgentKind::Mpos && !a.broker_tls {
+            // The manual path: say what the operator has to do next.
+            let why = if let Some(reason) = &a.excluded {
+                format!("excluded: {reason}")
+            } else if !a.has_certificate {
+                format!(
+                    "mPOS: cannot send a CSR; export its identity (`fleetls-parent export --agent {} --out DIR`) \
+                     and install it on the device (`fleetls-child import --pfx FILE --password-file F`)",
+                    a.id
+                )
+            } else {
+                "mPOS: holds its imported certificate; `switch-broker` moves it to AMQPS".into()
+            };
+            out.not_switched.push(WithoutSslEntry {
+                id: a.id,
+                name: a.name.clone(),
+                why,
+            });
+            continue;
+        }
         if a.kind != AgentKind::Mpos && !a.ssl {
-            let why = if !ssl_capable(&a.version, min) {
+            let why = if let Some(reason) = &a.excluded {
+                format!("excluded: {reason}")
+            } else if !ssl_capable(&a.version, min) {
                 format!("version {} does not support SSL", a.version)
             } else if !a.has_certificate {
                 "no certificate".into()
@@ -615,7 +675,7 @@ pub async fn without_ssl(app: &App) -> Result<WithoutSsl, OpError> {
     let connections = crate::management::connections(management, vhost.as_deref())
         .await
         .map_err(OpError::Unavailable)?;
-    let by_name = crate::management::by_name(connections);
+    let by_agent = crate::management::by_agent(connections);
     out.broker_view = true;
     // Why a child stayed on plain, from its last broker switch report.
     let reasons: std::collections::HashMap<String, String> = app
@@ -630,9 +690,12 @@ pub async fn without_ssl(app: &App) -> Result<WithoutSsl, OpError> {
         })
         .map_err(internal)?;
     for a in &agents {
-        let name = fleetls_proto::topology::child_connection_name(&a.id);
-        let why = match by_name.get(&name) {
+        let why = match by_agent.get(&a.id) {
             Some(c) if c.ssl => continue,
+            _ if a.excluded.is_some() => format!(
+                "excluded: {}",
+                a.excluded.as_deref().unwrap_or_default()
+            ),
             Some(c) => match reasons.get(&a.id.to_string()) {
                 Some(reason) => format!(
                     "connected over plain AMQP (port {}); {reason}",
@@ -749,6 +812,9 @@ pub struct AgentsRequest {
     /// Every pending agent (accept only).
     #[serde(default)]
     pub all: bool,
+    /// Why (exclude only: required there).
+    #[serde(default)]
+    pub reason: Option<String>,
 }
 
 /// What an admission command did.
@@ -828,6 +894,75 @@ pub fn agents_admit(
             .set_admission(&agent.id, admission)
             .map_err(internal)?;
         tracing::info!(agent = %agent.id, admission = admission.as_str(), "admission changed");
+        report
+            .changed
+            .push(crate::admission::printable(&agent.name, 80));
+        report.ids.push(agent.id);
+    }
+    Ok(report)
+}
+
+/// The longest reason an operator may give for an exclusion.
+pub const MAX_REASON: usize = 200;
+
+/// `agents exclude NAME --reason TEXT` (`reason` given) or `agents include
+/// NAME` (`None`): keeps the agents on plain AMQP by decision — no
+/// campaign, no switch, counted as excluded and listed with the reason by
+/// `without-ssl` — or takes them back. A campaign already running keeps
+/// the agents it enrolled.
+pub fn agents_exclude(
+    app: &App,
+    request: &AgentsRequest,
+    exclude: bool,
+) -> Result<AgentsReport, OpError> {
+    if request.agents.is_empty() {
+        return Err(OpError::BadRequest("name at least one agent".into()));
+    }
+    let reason = match (exclude, request.reason.as_deref().map(str::trim)) {
+        (false, _) => None,
+        (true, None | Some("")) => {
+            return Err(OpError::BadRequest(
+                "say why the agent stays on plain: --reason TEXT (shown by status and without-ssl)"
+                    .into(),
+            ))
+        }
+        (true, Some(text)) if text.chars().count() > MAX_REASON => {
+            return Err(OpError::BadRequest(format!(
+                "the reason is {} characters long; keep it to {MAX_REASON}",
+                text.chars().count()
+            )))
+        }
+        (true, Some(text)) if text.chars().any(char::is_control) => {
+            return Err(OpError::BadRequest(
+                "the reason holds control characters (a newline, a tab, an escape); give one plain line"
+                    .into(),
+            ))
+        }
+        (true, Some(text)) => Some(text.to_owned()),
+    };
+    let agents = app.registry.agents().map_err(internal)?;
+    let chosen: Vec<Agent> = request
+        .agents
+        .iter()
+        .map(|w| find_agent(&agents, w))
+        .collect::<Result<_, _>>()?;
+    let mut report = AgentsReport {
+        changed: Vec::new(),
+        ids: Vec::new(),
+    };
+    for agent in chosen {
+        if agent.excluded.as_deref() == reason.as_deref() {
+            continue;
+        }
+        app.registry
+            .set_excluded(&agent.id, reason.as_deref())
+            .map_err(internal)?;
+        match &reason {
+            Some(reason) => {
+                tracing::info!(agent = %agent.id, reason, "agent kept on plain AMQP by decision")
+            }
+            None => tracing::info!(agent = %agent.id, "agent included again"),
+        }
         report
             .changed
             .push(crate::admission::printable(&agent.name, 80));

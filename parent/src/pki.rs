@@ -85,6 +85,11 @@ pub struct Issued {
     pub not_after: i64,
     /// What the CSR asked for and did not get.
     pub ignored: Vec<String>,
+    /// `sha256:HEX` of the certificate's public key: a second CSR on the
+    /// same key gets this certificate again instead of a new one.
+    pub key: String,
+    /// `sha256:HEX` of the CA certificate that signed it.
+    pub ca: String,
 }
 
 /// The loaded CA.
@@ -94,6 +99,12 @@ pub struct Pki {
     pub ca_chain_pem: String,
     /// `sha256:HEX` of the root (last certificate of the chain, DER).
     pub root_fingerprint: String,
+    /// `sha256:HEX` of the CA certificate that signs (first of the chain):
+    /// the name of a CA in a rotation and in each certificate's record.
+    pub signing_fingerprint: String,
+    /// Every CA certificate to trust, PEM (`certificates/trust.pem`): the
+    /// chain, and during a CA rotation the other CA too.
+    pub trust_pem: String,
     /// Validity of issued certificates, days.
     pub lifetime: Duration,
 }
@@ -170,20 +181,28 @@ impl Pki {
         let key_path = layout.certificate(CertFile::CaKey);
         let chain = std::fs::read_to_string(&chain_path).map_err(io(&chain_path))?;
         let key = std::fs::read_to_string(&key_path).map_err(io(&key_path))?;
-        Self::from_pem(&chain, &key, lifetime)
+        let mut pki = Self::from_pem(&chain, &key, lifetime)?;
+        if let Ok(trust) = std::fs::read_to_string(layout.certificate(CertFile::TrustPem)) {
+            pki.trust_pem = trust;
+        }
+        Ok(pki)
     }
 
-    fn from_pem(chain_pem: &str, key_pem: &str, lifetime: Duration) -> Result<Pki, PkiError> {
+    /// A CA from its chain and key PEM (checked: a CA, its key, valid now).
+    pub fn from_pem(chain_pem: &str, key_pem: &str, lifetime: Duration) -> Result<Pki, PkiError> {
         let certs = pem_certs(chain_pem)?;
         let key = KeyPair::from_pem(key_pem)
             .map_err(|e| PkiError::Invalid(format!("unreadable CA private key: {e}")))?;
         check_ca(&certs[0], &key)?;
         let issuer = Issuer::from_ca_cert_der(&certs[0], key)?;
         let root = certs.last().expect("pem_certs is never empty");
+        let ca_chain_pem: String = certs.iter().map(|c| to_pem(c)).collect();
         Ok(Pki {
             issuer,
-            ca_chain_pem: certs.iter().map(|c| to_pem(c)).collect(),
+            trust_pem: ca_chain_pem.clone(),
+            ca_chain_pem,
             root_fingerprint: fingerprint(root),
+            signing_fingerprint: fingerprint(&certs[0]),
             lifetime,
         })
     }
@@ -198,34 +217,8 @@ impl Pki {
         lifetime: Duration,
     ) -> Result<Pki, PkiError> {
         let (chain_pem, key_pem) = match company {
-            Some(company) => {
-                let chain = std::fs::read_to_string(&company.cert).map_err(io(&company.cert))?;
-                let key = std::fs::read_to_string(&company.key).map_err(io(&company.key))?;
-                (chain, key)
-            }
-            None => {
-                let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
-                let mut params = CertificateParams::default();
-                let mut dn = DistinguishedName::new();
-                dn.push(DnType::OrganizationName, "fleetls");
-                dn.push(
-                    DnType::CommonName,
-                    format!("fleetls CA {}", &Uuid::new_v4().simple().to_string()[..8]),
-                );
-                params.distinguished_name = dn;
-                params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-                params.key_usages = vec![
-                    KeyUsagePurpose::KeyCertSign,
-                    KeyUsagePurpose::CrlSign,
-                    KeyUsagePurpose::DigitalSignature,
-                ];
-                params.serial_number = Some(random_serial());
-                let now = OffsetDateTime::now_utc();
-                params.not_before = now - Duration::minutes(5);
-                params.not_after = now + Duration::days(CA_DAYS);
-                let cert = params.self_signed(&key)?;
-                (cert.pem(), key.serialize_pem())
-            }
+            Some(company) => read_company(company)?,
+            None => make_ca()?,
         };
         let pki = Self::from_pem(&chain_pem, &key_pem, lifetime).map_err(|e| match company {
             Some(c) => PkiError::Invalid(format!(
@@ -254,7 +247,7 @@ impl Pki {
         std::fs::create_dir_all(&staging).map_err(io(&staging))?;
         for file in CertFile::ALL {
             let content: &str = match file {
-                CertFile::CaPem => &pki.ca_chain_pem,
+                CertFile::CaPem | CertFile::TrustPem => &pki.ca_chain_pem,
                 CertFile::CaKey => &key_pem,
                 CertFile::ParentPem => &parent.0,
                 CertFile::ParentKey => &parent.1,
@@ -312,6 +305,31 @@ impl Pki {
             write_atomic(&path, content.as_bytes(), file.mode()).map_err(io(&path))?;
         }
         Ok(true)
+    }
+
+    /// Issues the parent's and the broker's certificates again now, from
+    /// this CA (new keys, same names): a CA rotation moves them to the new
+    /// CA once every agent trusts it.
+    pub fn reissue_own(&self, data_dir: &Path, settings: &SslSettings) -> Result<(), PkiError> {
+        let layout = Layout::new(data_dir);
+        let parent =
+            self.server_certificate("fleetls-parent", &settings.names, &settings.ips, true)?;
+        let broker = self.server_certificate(
+            "fleetls-broker",
+            &settings.broker_names,
+            &settings.broker_ips,
+            false,
+        )?;
+        for (file, content) in [
+            (CertFile::ParentKey, &parent.1),
+            (CertFile::ParentPem, &parent.0),
+            (CertFile::BrokerKey, &broker.1),
+            (CertFile::BrokerPem, &broker.0),
+        ] {
+            let path = layout.certificate(file);
+            write_atomic(&path, content.as_bytes(), file.mode()).map_err(io(&path))?;
+        }
+        Ok(())
     }
 
     /// A server certificate with its own new key: (chain PEM, key PEM).
@@ -406,6 +424,7 @@ impl Pki {
         }
         let sans = sans(&allowed_names, &allowed_ips).map_err(|e| e.to_string())?;
         let (params, serial, not_after) = leaf_params(&agent_id, sans, ekus, self.lifetime);
+        let key = fingerprint(rcgen::PublicKeyData::der_bytes(&csr.public_key));
         let signed = CertificateSigningRequestParams {
             params,
             public_key: csr.public_key,
@@ -418,6 +437,8 @@ impl Pki {
             subject: agent_id,
             not_after: not_after.unix_timestamp(),
             ignored,
+            key,
+            ca: self.signing_fingerprint.clone(),
         })
     }
 }
@@ -499,10 +520,44 @@ impl Pki {
                 subject: agent_id,
                 not_after: not_after.unix_timestamp(),
                 ignored: Vec::new(),
+                key: fingerprint(rcgen::PublicKeyData::der_bytes(&key)),
+                ca: self.signing_fingerprint.clone(),
             },
             key.serialize_pem(),
         ))
     }
+}
+
+/// A new CA made here: (certificate PEM, key PEM), valid ten years.
+pub fn make_ca() -> Result<(String, String), PkiError> {
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, "fleetls");
+    dn.push(
+        DnType::CommonName,
+        format!("fleetls CA {}", &Uuid::new_v4().simple().to_string()[..8]),
+    );
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params.serial_number = Some(random_serial());
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now - Duration::minutes(5);
+    params.not_after = now + Duration::days(CA_DAYS);
+    let cert = params.self_signed(&key)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// A company CA's chain and key, read from its files.
+pub fn read_company(company: &CompanyCa) -> Result<(String, String), PkiError> {
+    let chain = std::fs::read_to_string(&company.cert).map_err(io(&company.cert))?;
+    let key = std::fs::read_to_string(&company.key).map_err(io(&company.key))?;
+    Ok((chain, key))
 }
 
 fn dn_text(value: &DnValue) -> String {

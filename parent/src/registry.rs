@@ -111,6 +111,9 @@ pub struct Agent {
     pub signing_key: Option<String>,
     /// The parent key fingerprint it says it pinned.
     pub parent_key: Option<String>,
+    /// Kept on plain AMQP by an operator's decision, and why (`None`:
+    /// included): it takes part in no campaign and no switch.
+    pub excluded: Option<String>,
 }
 
 /// The registry, shareable between tasks; calls block, so run them on a
@@ -306,7 +309,10 @@ pub const DEFINITIONS: &str = "WITH
             SELECT 1 FROM certificates c WHERE c.agent_id = agents.id AND c.revoked = 0)
             AS certified,
             (SELECT max(not_after) FROM certificates c
-             WHERE c.agent_id = agents.id AND c.revoked = 0) AS cert_not_after
+             WHERE c.agent_id = agents.id AND c.revoked = 0) AS cert_not_after,
+            (SELECT c.ca FROM certificates c
+             WHERE c.agent_id = agents.id AND c.revoked = 0
+             ORDER BY c.issued_at DESC LIMIT 1) AS cert_ca
         FROM agents)";
 
 /// Joins to the agents (`a`, as `status::AGENTS_FROM` has them) each agent's last result: its enrolment (`l`) in
@@ -319,10 +325,10 @@ pub const LAST_ENROLMENT: &str = "LEFT JOIN campaign_children l ON l.rowid = (
     LEFT JOIN campaigns lt ON lt.id = l.campaign";
 
 /// The schema version this build writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// Each step takes the registry from version `i` to `i + 1`.
-const MIGRATIONS: [&str; 3] = [
+const MIGRATIONS: [&str; 4] = [
     // 0 → 1: the registry of release 1.0 (no version recorded).
     "",
     // 1 → 2: trust. Agents registered before are accepted (they were
@@ -358,6 +364,41 @@ const MIGRATIONS: [&str; 3] = [
      CREATE TABLE IF NOT EXISTS crl (
          id INTEGER PRIMARY KEY CHECK (id = 1),
          number INTEGER NOT NULL
+     );",
+    // 3 → 4: the registry is the record, the broker the wire; and
+    // certificates that live. Commands are transient, so what an agent is
+    // owed is kept here: certificate information sent and not yet settled
+    // (`crate::owed`), the key each certificate was issued for (a CSR on the
+    // same key gets the same certificate back), and whether a campaign step
+    // was sent again; an operator's decision to keep an agent on plain,
+    // with its reason. Which CA signed each certificate and whether it
+    // renewed one the agent held; which CAs each agent trusts; the CA
+    // rotations; counters that never shrink (failed renewals).
+    "CREATE TABLE IF NOT EXISTS owed_certificates (
+         agent_id TEXT PRIMARY KEY,
+         renew INTEGER NOT NULL,
+         since INTEGER NOT NULL,
+         sent_at INTEGER NOT NULL
+     );
+     ALTER TABLE certificates ADD COLUMN key_sha256 TEXT;
+     ALTER TABLE campaign_children ADD COLUMN nudged INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE agents ADD COLUMN excluded TEXT;
+     ALTER TABLE certificates ADD COLUMN ca TEXT;
+     ALTER TABLE certificates ADD COLUMN renewal INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE agents ADD COLUMN trusted_cas TEXT NOT NULL DEFAULT '[]';
+     CREATE TABLE IF NOT EXISTS ca_rotations (
+         id INTEGER PRIMARY KEY AUTOINCREMENT,
+         old_ca TEXT NOT NULL,
+         new_ca TEXT NOT NULL,
+         phase TEXT NOT NULL,
+         started_at INTEGER NOT NULL,
+         phase_at INTEGER NOT NULL,
+         campaign TEXT,
+         finished_at INTEGER
+     );
+     CREATE TABLE IF NOT EXISTS counters (
+         name TEXT PRIMARY KEY,
+         value INTEGER NOT NULL
      );",
 ];
 
@@ -508,6 +549,17 @@ impl Registry {
         })
     }
 
+    /// Keeps an agent on plain AMQP by an operator's decision (`reason`),
+    /// or takes it back into campaigns (`None`).
+    pub fn set_excluded(&self, id: &Uuid, reason: Option<&str>) -> Result<(), RegistryError> {
+        self.lock().execute(
+            "UPDATE agents SET excluded = ?2 WHERE id = ?1",
+            params![id.to_string(), reason],
+        )?;
+        self.mark_changed();
+        Ok(())
+    }
+
     /// Deletes an agent: its rows go, its certificates stay on record as
     /// revoked, and its key is banned (a stolen till cannot come back; a
     /// reinstalled one makes a new key).
@@ -521,6 +573,7 @@ impl Registry {
             revoke_certificates(tx, id, "cessation-of-operation")?;
             for (table, column) in [
                 ("refusals", "agent_id"),
+                ("owed_certificates", "agent_id"),
                 ("step_results", "agent"),
                 ("campaign_children", "agent"),
                 ("agents", "id"),
@@ -609,26 +662,41 @@ impl Registry {
     /// Forgets every certificate record (for `certs reset`).
     pub fn forget_certificates(&self) -> Result<(), RegistryError> {
         let db = self.lock();
-        db.execute_batch("DELETE FROM certificates; DELETE FROM refusals;")?;
+        // A CA rotation belongs to the CA that goes too.
+        db.execute_batch(
+            "DELETE FROM certificates; DELETE FROM refusals; DELETE FROM owed_certificates; \
+             DELETE FROM ca_rotations;",
+        )?;
         self.mark_changed();
         Ok(())
     }
 
-    /// Records a certificate the parent issued without a CSR (export).
+    /// Records a certificate the parent issued without a CSR (export); the
+    /// ones it replaces are revoked (superseded): an agent holds one.
     pub fn record_certificate(&self, agent: Uuid, issued: &Issued) -> Result<(), RegistryError> {
-        self.lock().execute(
-            "INSERT INTO certificates (serial, agent_id, subject, not_after, issued_at, csr_message, chain_pem)
-             VALUES (?1, ?2, ?3, ?4, ?5, NULL, ?6)",
-            params![
-                issued.serial,
-                agent.to_string(),
-                issued.subject,
-                issued.not_after,
-                fleetls_proto::now_ms() as i64,
-                issued.chain_pem
-            ],
-        )?;
-        Ok(())
+        self.with_tx(|tx| {
+            revoke_certificates(tx, &agent, "superseded")?;
+            tx.execute(
+                "INSERT INTO certificates (serial, agent_id, subject, not_after, issued_at, csr_message, chain_pem, key_sha256, ca)
+                 VALUES (?1, ?2, ?3, ?4, ?5, NULL, ?6, ?7, ?8)",
+                params![
+                    issued.serial,
+                    agent.to_string(),
+                    issued.subject,
+                    issued.not_after,
+                    fleetls_proto::now_ms() as i64,
+                    issued.chain_pem,
+                    issued.key,
+                    issued.ca
+                ],
+            )?;
+            // Nothing more is owed (see `crate::owed`).
+            tx.execute(
+                "DELETE FROM owed_certificates WHERE agent_id = ?1",
+                params![agent.to_string()],
+            )?;
+            Ok(())
+        })
     }
 
     /// How many certificates were issued to children.
@@ -654,6 +722,19 @@ impl Registry {
         let db = self.lock();
         let mut stmt = db.prepare_cached(&format!("{SELECT_AGENT} ORDER BY name, id"))?;
         let rows = stmt.query_map([], row_to_agent)?;
+        let mut agents = Vec::new();
+        for row in rows {
+            agents.push(row??);
+        }
+        Ok(agents)
+    }
+
+    /// Every agent of one kind, ordered by name.
+    pub fn agents_of_kind(&self, kind: AgentKind) -> Result<Vec<Agent>, RegistryError> {
+        let db = self.lock();
+        let mut stmt =
+            db.prepare_cached(&format!("{SELECT_AGENT} WHERE kind = ?1 ORDER BY name, id"))?;
+        let rows = stmt.query_map(params![kind.as_str()], row_to_agent)?;
         let mut agents = Vec::new();
         for row in rows {
             agents.push(row??);
@@ -748,7 +829,7 @@ pub fn agent_in(tx: &rusqlite::Transaction<'_>, id: &Uuid) -> Result<Option<Agen
 const SELECT_AGENT: &str = "SELECT id, name, kind, version, location, hostnames, ips, first_seen,
     last_seen,
     has_certificate AND EXISTS (SELECT 1 FROM certificates c WHERE c.agent_id = agents.id AND c.revoked = 0),
-    ssl, broker_tls, admission, signing_key, parent_key FROM agents";
+    ssl, broker_tls, admission, signing_key, parent_key, excluded FROM agents";
 
 /// A list as the registry stores it (JSON).
 pub(crate) fn json_list(items: &[String]) -> String {
@@ -785,6 +866,7 @@ fn row_to_agent(row: &rusqlite::Row<'_>) -> rusqlite::Result<RowResult> {
                 .map_err(RegistryError::Corrupt)?,
             signing_key: row.get(13)?,
             parent_key: row.get(14)?,
+            excluded: row.get(15)?,
         })
     })();
     Ok(parsed)

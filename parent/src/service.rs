@@ -92,12 +92,22 @@ pub async fn serve(
             source,
         })?;
     info!(admin = %admin_addr, data_dir = %data_dir.display(), "parent starting");
+    // Operator commands given only --data-dir find the admin API here.
+    let addr_file = crate::layout::Layout::new(&data_dir).admin_addr();
+    fleetls_bus::files::write_atomic(&addr_file, format!("{admin_addr}\n").as_bytes(), 0o600)
+        .map_err(|source| ServeError::DataDir {
+            path: addr_file.clone(),
+            source,
+        })?;
     let settings = initial_settings(&config)?;
     let signing_key = Arc::new(
         fleetls_bus::seal::SigningKey::load_or_create(&crate::signing_key_path(&data_dir))
             .map_err(|e| ServeError::Settings(e.to_string()))?,
     );
     info!(fingerprint = %signing_key.public().fingerprint(), "the parent signs its commands with this key (give it to children as --parent-key)");
+    // The CA files follow the phase of a CA rotation the registry recorded.
+    crate::rotation::reconcile(&data_dir, &registry)
+        .map_err(|e| ServeError::Pki(crate::pki::PkiError::Invalid(e)))?;
     let pki = if crate::pki::exists(&data_dir) {
         Some(Arc::new(Pki::load(&data_dir, config.cert_lifetime)?))
     } else {
@@ -133,6 +143,8 @@ pub async fn serve(
     }
     let engine = tokio::spawn(crate::engine::run(app.clone(), shutdown.clone()));
     tokio::spawn(renew_own(app.clone(), shutdown.clone()));
+    tokio::spawn(crate::owed::run(app.clone(), shutdown.clone()));
+    tokio::spawn(crate::rotation::run(app.clone(), shutdown.clone()));
     tokio::spawn(crate::cluster::watch(app.clone(), shutdown.clone()));
     let admin = tokio::spawn(crate::admin::run(listener, app.clone(), shutdown.clone()));
     if let Some(ready) = ready {
@@ -144,6 +156,12 @@ pub async fn serve(
         Ok(Err(e)) => warn!(error = %e, "admin server stopped with an error"),
         Err(e) => warn!(error = %e, "admin server task failed"),
         Ok(Ok(())) => {}
+    }
+    // A clean stop says so: the next operator command finds no address
+    // (a parent that was killed leaves it, and the command says it found
+    // nobody listening there).
+    if std::fs::read_to_string(&addr_file).is_ok_and(|a| a.trim() == admin_addr.to_string()) {
+        let _ = std::fs::remove_file(&addr_file);
     }
     info!("parent stopped");
     Ok(())
@@ -207,9 +225,14 @@ async fn broker_loop(app: &Arc<App>, shutdown: Shutdown) {
                 Err(e) => return Ended::Unreachable(e.to_string()),
             };
             info!("connected to the broker, consuming {}", topology::PARENT);
-            app.set_channel(Some(ops_channel));
+            app.set_channel(Some(ops_channel.clone()));
             let result = consume(&app, &channel, consumer, shutdown.clone()).await;
             app.set_channel(None);
+            // The channels first, each awaited: a channel dropped while the
+            // connection closes makes lapin log an ERROR for what is a
+            // planned close (a move to AMQPS, a stop).
+            let _ = ops_channel.close(200, "parent stopping".into()).await;
+            let _ = channel.close(200, "parent stopping".into()).await;
             let _ = connection.close(200, "parent stopping".into()).await;
             match result {
                 Ok(()) => Ended::Stopped,
@@ -396,6 +419,8 @@ async fn handle_batch(
                 EventKind::StepReport(_)
                     | EventKind::SwitchReport(_)
                     | EventKind::BrokerSwitchReport(_)
+                    // A certificate may end a child's turn in a CA rotation.
+                    | EventKind::Csr(_)
             )
         });
         let registry = app.registry.clone();
@@ -427,10 +452,12 @@ async fn handle_batch(
             app.metrics.dead_lettered.fetch_add(1, Relaxed);
             broker::dead_letter(channel, &delivery.data, &delivery.properties, reason).await?;
         }
-        app.metrics
-            .sent
-            .fetch_add(applied.outgoing.len() as u64, Relaxed);
-        broker::send_all(channel, &app.signing_key, applied.outgoing).await?;
+        let mut outgoing = applied.outgoing;
+        // Commands are transient: a reconnected agent is sent again what
+        // the registry says it is still owed.
+        outgoing.extend(crate::owed::on_hello(app, applied.greeted).await);
+        app.metrics.sent.fetch_add(outgoing.len() as u64, Relaxed);
+        broker::send_all(channel, &app.signing_key, outgoing).await?;
         if applied.revoked {
             if let Err(e) = app.refresh_crl().await {
                 warn!(error = %e, "the revocation list cannot be signed again");

@@ -6,6 +6,7 @@
 use std::net::IpAddr;
 use std::path::Path;
 
+use fleetls_proto::{TlsPolicy, TlsVersion};
 use serde::{Deserialize, Serialize};
 
 /// Default SSL port of the parent (the seed's).
@@ -27,6 +28,15 @@ pub struct SslSettings {
     pub broker_names: Vec<String>,
     /// The broker's IP addresses.
     pub broker_ips: Vec<IpAddr>,
+    /// The lowest TLS version the SSL ports (the parent's and the local
+    /// parents') accept. Not inside any certificate: it may change at any
+    /// time.
+    #[serde(default)]
+    pub min_tls: TlsVersion,
+    /// The cipher suites they accept (IANA names); empty: every suite of
+    /// the crypto provider.
+    #[serde(default)]
+    pub cipher_suites: Vec<String>,
 }
 
 /// A change to the settings: what is given replaces the stored value.
@@ -51,6 +61,13 @@ pub struct SettingsChange {
     /// The broker's IP addresses, `;`-separated
     #[arg(long)]
     pub broker_ips: Option<String>,
+    /// The lowest TLS version of the SSL ports: 1.2 (default) or 1.3
+    #[arg(long)]
+    pub min_tls: Option<String>,
+    /// The SSL ports' cipher suites, `;`-separated IANA names
+    /// (e.g. TLS13_AES_256_GCM_SHA384); empty: every suite
+    #[arg(long)]
+    pub cipher_suites: Option<String>,
 }
 
 impl SettingsChange {
@@ -62,6 +79,19 @@ impl SettingsChange {
             && self.ips.is_none()
             && self.broker_names.is_none()
             && self.broker_ips.is_none()
+            && self.min_tls.is_none()
+            && self.cipher_suites.is_none()
+    }
+
+    /// Whether it changes only the TLS options, which are inside no
+    /// certificate (allowed once certificates exist).
+    pub fn tls_only(&self) -> bool {
+        SettingsChange {
+            min_tls: None,
+            cipher_suites: None,
+            ..self.clone()
+        }
+        .is_empty()
     }
 }
 
@@ -105,6 +135,16 @@ impl SslSettings {
             ips: vec![IpAddr::from([127, 0, 0, 1])],
             broker_names,
             broker_ips,
+            min_tls: TlsVersion::default(),
+            cipher_suites: Vec::new(),
+        }
+    }
+
+    /// The TLS versions and suites of the SSL ports.
+    pub fn tls_policy(&self) -> TlsPolicy {
+        TlsPolicy {
+            min_version: self.min_tls,
+            cipher_suites: self.cipher_suites.clone(),
         }
     }
 
@@ -146,6 +186,17 @@ impl SslSettings {
         if let Some(ips) = &change.broker_ips {
             next.broker_ips = parse_ips("broker-ips", ips)?;
         }
+        if let Some(min) = &change.min_tls {
+            next.min_tls = min.parse().map_err(|why| invalid("min-tls", why))?;
+        }
+        if let Some(suites) = &change.cipher_suites {
+            next.cipher_suites = suites
+                .split(';')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect();
+        }
         next.check()?;
         Ok(next)
     }
@@ -173,6 +224,8 @@ impl SslSettings {
         for name in self.names.iter().chain(&self.broker_names) {
             check_dns_name(name).map_err(|why| invalid("names", format!("{name:?}: {why}")))?;
         }
+        fleetls_bus::tls::provider_for(&self.tls_policy())
+            .map_err(|why| invalid("cipher-suites", why))?;
         Ok(())
     }
 

@@ -31,12 +31,14 @@ pub enum SslPortError {
 }
 
 /// A server config presenting `cert_pem` (chain) / `key_pem` and requiring a
-/// client certificate that chains to `ca_pem`.
+/// client certificate that chains to `ca_pem`, with the TLS versions and
+/// cipher suites of `policy`.
 pub fn server_config(
     ca_pem: &[u8],
     chain_pem: &[u8],
     key_pem: &[u8],
     crl_pem: Option<&[u8]>,
+    policy: &fleetls_proto::TlsPolicy,
 ) -> Result<Arc<ServerConfig>, SslPortError> {
     let bad =
         |what: &str, e: &dyn std::fmt::Display| SslPortError::Certificates(format!("{what}: {e}"));
@@ -52,15 +54,20 @@ pub fn server_config(
     let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| bad("server key", &e))?;
     let verifier = fleetls_bus::tls::client_verifier(Arc::new(roots), crl_pem)
         .map_err(|e| bad("client verifier", &e))?;
-    let config = ServerConfig::builder()
+    let config = fleetls_bus::tls::server_builder(policy)
+        .map_err(|e| bad("TLS settings", &e))?
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)
         .map_err(|e| bad("server certificate", &e))?;
     Ok(Arc::new(config))
 }
 
-/// Loads the parent's SSL port configuration from `DIR/certificates`.
-pub fn parent_config(data_dir: &Path) -> Result<Arc<ServerConfig>, SslPortError> {
+/// Loads the parent's SSL port configuration from `DIR/certificates`, with
+/// the TLS versions and suites of `policy`.
+pub fn parent_config(
+    data_dir: &Path,
+    policy: &fleetls_proto::TlsPolicy,
+) -> Result<Arc<ServerConfig>, SslPortError> {
     use crate::layout::CertFile;
     let layout = crate::layout::Layout::new(data_dir);
     let read = |file: CertFile| {
@@ -70,11 +77,21 @@ pub fn parent_config(data_dir: &Path) -> Result<Arc<ServerConfig>, SslPortError>
     };
     let crl = std::fs::read(layout.certificate(CertFile::Crl)).ok();
     server_config(
-        &read(CertFile::CaPem)?,
+        &trust(&layout),
         &read(CertFile::ParentPem)?,
         &read(CertFile::ParentKey)?,
         crl.as_deref(),
+        policy,
     )
+}
+
+/// Every CA certificate trusted (`trust.pem`; `ca.pem` in a data dir made
+/// before there was one).
+pub fn trust(layout: &crate::layout::Layout) -> Vec<u8> {
+    use crate::layout::CertFile;
+    std::fs::read(layout.certificate(CertFile::TrustPem))
+        .or_else(|_| std::fs::read(layout.certificate(CertFile::CaPem)))
+        .unwrap_or_default()
 }
 
 /// Binds the SSL port on every address.

@@ -129,6 +129,17 @@ pub struct Network {
     /// superseded by a renewal).
     #[serde(default)]
     pub revoked_certificates: u64,
+    /// Renewals done: certificates issued to an agent that held one (the
+    /// one replaced is revoked, superseded).
+    #[serde(default)]
+    pub renewals_done: u64,
+    /// Renewals failed: CSRs refused from an agent that had been issued a
+    /// certificate before.
+    #[serde(default)]
+    pub renewals_failed: u64,
+    /// The newest CA rotation and how far it got.
+    #[serde(default)]
+    pub ca_rotation: Option<crate::rotation::RotationView>,
     /// The broker's nodes and their health, as management last showed them
     /// (with `--management`; see [`crate::cluster`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -148,6 +159,10 @@ pub struct Summary {
     pub version_not_supporting_ssl: usize,
     /// mPOS devices (certificate by export).
     pub mpos: usize,
+    /// Kept on plain AMQP by an operator's decision (`agents exclude`):
+    /// never counted as an error or as absent.
+    #[serde(default)]
+    pub excluded: usize,
 }
 
 /// One agent in the status list.
@@ -192,6 +207,13 @@ pub struct AgentStatus {
     /// When its valid certificate expires (seconds since the epoch).
     #[serde(default)]
     pub certificate_not_after: Option<i64>,
+    /// Kept on plain AMQP by an operator's decision, and why.
+    #[serde(default)]
+    pub excluded: Option<String>,
+    /// `sha256:HEX` of the CA that signed its valid certificate (during a
+    /// CA rotation: the old or the new one).
+    #[serde(default)]
+    pub certificate_ca: Option<String>,
 }
 
 /// What shaping an agent's row needs besides the row.
@@ -230,10 +252,10 @@ pub const AGENTS_ORDER: &str = "ORDER BY a.name, a.id";
 /// The columns of [`AGENTS_FROM`] that [`row_to_status`] reads.
 pub const AGENT_COLUMNS: &str = "a.id, a.name, a.kind, a.version, a.location, a.hostnames,
     a.ips, a.last_seen, a.certified, a.ssl, a.broker_tls, r.reason, a.admission, a.compromised,
-    a.cert_not_after";
+    a.cert_not_after, a.excluded, a.cert_ca";
 
 /// How many columns [`AGENT_COLUMNS`] names: a query's own columns follow.
-pub const AGENT_COLUMN_COUNT: usize = 15;
+pub const AGENT_COLUMN_COUNT: usize = 17;
 
 /// The columns of an enrolment (`l`) that [`row_to_last_result`] reads.
 pub const LAST_COLUMNS: &str =
@@ -678,6 +700,7 @@ struct Group {
     compromised: usize,
     ssl_capable: bool,
     mpos: bool,
+    excluded: bool,
     agents: usize,
     online: usize,
     certified: usize,
@@ -697,6 +720,7 @@ impl Group {
             compromised: agent.compromised.into(),
             ssl_capable: agent.ssl_capable,
             mpos: agent.kind == AgentKind::Mpos,
+            excluded: agent.excluded.is_some(),
             agents: 1,
             online: agent.online.into(),
             certified: agent.has_certificate.into(),
@@ -724,6 +748,7 @@ struct Tally {
     failed: usize,
     not_ssl_capable: usize,
     mpos: usize,
+    excluded: usize,
     pending: usize,
     rejected: usize,
     compromised: usize,
@@ -759,6 +784,8 @@ impl Tally {
             self.not_ssl_capable += group.agents;
         } else if group.mpos {
             self.mpos += group.agents;
+        } else if group.excluded {
+            self.excluded += group.agents;
         } else {
             self.eligible += group.agents;
             self.eligible_certified += group.certified;
@@ -804,6 +831,9 @@ impl Tally {
                 signing_key: None,
                 soonest_expiry: self.soonest_expiry,
                 revoked_certificates: 0,
+                renewals_done: 0,
+                renewals_failed: 0,
+                ca_rotation: None,
                 nodes: Vec::new(),
             },
             summary: Summary {
@@ -816,6 +846,7 @@ impl Tally {
                 },
                 version_not_supporting_ssl: self.not_ssl_capable,
                 mpos: self.mpos,
+                excluded: self.excluded,
             },
             campaign,
         }
@@ -863,6 +894,8 @@ pub fn row_to_status(
                 .map_err(RegistryError::Corrupt)?,
             compromised: row.get(13)?,
             certificate_not_after: row.get(14)?,
+            excluded: row.get(15)?,
+            certificate_ca: row.get(16)?,
         })
     })();
     Ok(parsed)
@@ -928,6 +961,7 @@ pub fn ssl_capable(version: &str, min: Version) -> bool {
 /// Whether an agent takes part in certificates and campaigns.
 pub fn eligible(agent: &Agent, min: Version) -> bool {
     agent.admission == crate::registry::Admission::Accepted
+        && agent.excluded.is_none()
         && agent.kind != AgentKind::Mpos
         && ssl_capable(&agent.version, min)
 }
@@ -1095,6 +1129,9 @@ mod tests {
                 // The test's certificates carry not_after = 0.
                 soonest_expiry: Some(0),
                 revoked_certificates: 0,
+                renewals_done: 0,
+                renewals_failed: 0,
+                ca_rotation: None,
                 nodes: Vec::new(),
             }
         );
@@ -1106,6 +1143,7 @@ mod tests {
                 did_not_participate: 1,
                 version_not_supporting_ssl: 1,
                 mpos: 1,
+                excluded: 0,
             }
         );
 

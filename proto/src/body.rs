@@ -375,6 +375,11 @@ pub struct AgentState {
     /// until it pinned one): the parent flags any other as compromised.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent_key: Option<String>,
+    /// `sha256:HEX` of every CA certificate the agent trusts now (its
+    /// `certs/ca.pem`): during a CA rotation the parent waits until every
+    /// agent trusts the new CA before it issues from it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_cas: Vec<String>,
 }
 
 /// A child is alive.
@@ -473,6 +478,65 @@ pub struct CertificatesReady {
     /// (`certs renew`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub renew: bool,
+    /// The network's TLS versions and cipher suites, for a local parent's
+    /// own SSL port (`None`: the defaults).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsPolicy>,
+    /// Every CA certificate to trust, PEM (the chain's CA among them):
+    /// during a CA rotation the old and the new one, then the new one
+    /// alone. A child never lets go of the CA that issued the certificate
+    /// it holds until it holds one from the new CA. `None` (an older
+    /// parent): the chain's CA alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trust_pem: Option<String>,
+}
+
+/// The lowest TLS version an endpoint accepts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum TlsVersion {
+    /// TLS 1.2 and 1.3.
+    #[default]
+    #[serde(rename = "1.2")]
+    Tls12,
+    /// TLS 1.3 only.
+    #[serde(rename = "1.3")]
+    Tls13,
+}
+
+impl TlsVersion {
+    /// `1.2` or `1.3`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsVersion::Tls12 => "1.2",
+            TlsVersion::Tls13 => "1.3",
+        }
+    }
+}
+
+impl std::str::FromStr for TlsVersion {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text.trim() {
+            "1.2" => Ok(TlsVersion::Tls12),
+            "1.3" => Ok(TlsVersion::Tls13),
+            other => Err(format!(
+                "{other:?} is not a TLS version fleetls allows as the lowest: give 1.2 or 1.3"
+            )),
+        }
+    }
+}
+
+/// The TLS versions and cipher suites the network's SSL ports accept.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsPolicy {
+    /// The lowest version.
+    #[serde(default)]
+    pub min_version: TlsVersion,
+    /// The cipher suites allowed, by their IANA names (e.g.
+    /// `TLS13_AES_256_GCM_SHA384`); empty: every suite of the provider.
+    #[serde(default)]
+    pub cipher_suites: Vec<String>,
 }
 
 /// The signed certificate chain.

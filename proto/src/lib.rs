@@ -23,6 +23,12 @@ pub const PROTOCOL_VERSION: u16 = 1;
 /// The AMQP `content_type` of every fleetls message.
 pub const CONTENT_TYPE: &str = "application/msgpack";
 
+/// The longest a command waits in an agent's queue (its `expiration` when
+/// it has no deadline of its own), and how much older than the newest
+/// command a child obeyed a command may be: ten minutes. Past that the
+/// parent sends what is still owed again, from its registry.
+pub const COMMAND_TTL_MS: u64 = 10 * 60 * 1000;
+
 /// Names of the broker objects of the design's topology.
 pub mod topology {
     /// Exchange (direct) and queue for every child → parent message.
@@ -39,9 +45,24 @@ pub mod topology {
         format!("fleetls.agent.{id}")
     }
 
-    /// The AMQP connection name of a child, as RabbitMQ management shows it.
-    pub fn child_connection_name(id: &uuid::Uuid) -> String {
-        format!("fleetls-child:{id}")
+    /// The prefix of every child's AMQP connection name.
+    pub const CHILD_CONNECTION_PREFIX: &str = "fleetls-child:";
+
+    /// The AMQP connection name of a child, as RabbitMQ management shows it:
+    /// `fleetls-child:<id> (<name>)`, its display name beside its id (control
+    /// characters left out, at most 64 characters of it).
+    pub fn child_connection_name(id: &uuid::Uuid, name: &str) -> String {
+        let shown: String = name.chars().filter(|c| !c.is_control()).take(64).collect();
+        format!("{CHILD_CONNECTION_PREFIX}{id} ({shown})")
+    }
+
+    /// The agent id in a child's connection name (`fleetls-child:<id>`,
+    /// with or without ` (<name>)` after it); `None` for any other name.
+    /// The id alone identifies an agent: the display name is for people.
+    pub fn child_of_connection_name(connection_name: &str) -> Option<uuid::Uuid> {
+        let rest = connection_name.strip_prefix(CHILD_CONNECTION_PREFIX)?;
+        let id = rest.split(' ').next()?;
+        uuid::Uuid::parse_str(id).ok()
     }
 
     /// The AMQP connection name of the parent.

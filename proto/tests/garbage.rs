@@ -572,6 +572,7 @@ fn state() -> impl Strategy<Value = AgentState> {
                 ssl,
                 broker_tls,
                 parent_key,
+                trusted_cas: Vec::new(),
             },
         )
 }
@@ -677,6 +678,8 @@ fn body() -> impl Strategy<Value = Body> {
                     ssl_port,
                     serve_port,
                     renew: false,
+                    tls: None,
+                    trust_pem: None,
                 })
             }
         ),

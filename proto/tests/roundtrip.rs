@@ -79,6 +79,7 @@ fn hello() -> Hello {
             ssl: false,
             broker_tls: false,
             parent_key: None,
+            trusted_cas: Vec::new(),
         },
     }
 }
@@ -115,6 +116,7 @@ fn one_of_each() -> Vec<Body> {
                 ssl: true,
                 broker_tls: false,
                 parent_key: Some(CA_FINGERPRINT.into()),
+                trusted_cas: vec![CA_FINGERPRINT.into()],
             },
         }),
         Body::Csr(Csr {
@@ -152,6 +154,8 @@ fn one_of_each() -> Vec<Body> {
             ssl_port: 12365,
             serve_port: None,
             renew: false,
+            tls: None,
+            trust_pem: Some(CA_PEM.into()),
         }),
         Body::CertificateIssued(CertificateIssued {
             chain_pem: format!("{LEAF_PEM}{CA_PEM}"),
@@ -303,6 +307,7 @@ fn heartbeat_round_trips() {
             ssl,
             broker_tls,
             parent_key: has_certificate.then(|| CA_FINGERPRINT.to_owned()),
+            trusted_cas: Vec::new(),
         };
         assert_round_trip(
             &from_child(Body::Heartbeat(Heartbeat { state })),
@@ -422,6 +427,8 @@ fn certificates_ready_round_trips() {
             ssl_port: 12365,
             serve_port: Some(12366),
             renew: false,
+            tls: None,
+            trust_pem: None,
         })),
         &[
             "ca_chain_pem",
@@ -911,4 +918,22 @@ fn crl_updated_round_trips() {
         })),
         &["crl_pem"],
     );
+}
+
+#[test]
+fn a_child_connection_name_carries_its_display_name_and_gives_back_its_id() {
+    use fleetls_proto::topology::{child_connection_name, child_of_connection_name};
+    let id = uuid::Uuid::new_v4();
+    let name = child_connection_name(&id, "till-1\u{1b}[2J");
+    assert_eq!(name, format!("fleetls-child:{id} (till-1[2J)"));
+    assert_eq!(child_of_connection_name(&name), Some(id));
+    // Names of older children (the id alone) are still understood.
+    assert_eq!(
+        child_of_connection_name(&format!("fleetls-child:{id}")),
+        Some(id)
+    );
+    assert_eq!(child_of_connection_name("fleetls-parent"), None);
+    assert_eq!(child_of_connection_name("fleetls-child:42 (x)"), None);
+    let long = child_connection_name(&id, &"x".repeat(200));
+    assert_eq!(long.len(), format!("fleetls-child:{id} ()").len() + 64);
 }

@@ -577,6 +577,23 @@ impl Parent {
         serde_json::from_str(&out).map_err(|e| format!("{e}: {out}"))
     }
 
+    /// What `sql` reads from the parent's registry, as the sqlite3 program
+    /// prints it (a read-only reader beside the running parent), trimmed.
+    pub fn registry_query(&self, sql: &str) -> String {
+        let out = Command::new("sqlite3")
+            .arg("-readonly")
+            .arg(self.data_dir.join("fleetls.db"))
+            .arg(sql)
+            .output()
+            .expect("sqlite3 runs (scripts/test installs it)");
+        assert!(
+            out.status.success(),
+            "sqlite3 {sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
     /// The agent of `status --json` with this name.
     pub fn agent(&self, name: &str) -> Option<Value> {
         let status = self.status_json().ok()?;

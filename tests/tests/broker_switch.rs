@@ -6,13 +6,14 @@
 //!   `force-switch` without `--yes` and without a terminal exits 2, and
 //!   `force-switch --yes` names the child that never passed as at risk;
 //! - `broker-tls --out` writes the broker's files and both `rabbitmq.conf`
-//!   fragments; the node is restarted with the migration fragment itself (only
-//!   its listener moved to the node's loopback port) and everyone reconnects
-//!   alone; a TLS client without a certificate is still accepted;
+//!   fragments, the AMQPS listener on the port and address given
+//!   (`--amqps-port`, `--amqps-bind`); the node is restarted with the
+//!   migration fragment as written and everyone reconnects alone; a TLS client without a certificate is still accepted;
 //! - an AMQPS address whose name the broker's certificate does not carry is
 //!   refused before anything is sent (exit 3, the name in the message);
-//! - `switch-broker` moves every child to AMQPS — RabbitMQ management shows each
-//!   `fleetls-child:<id>` with `ssl: true` and `CN=<id>` as peer certificate,
+//! - `switch-broker` moves every child to AMQPS, with no ERROR in the logs of
+//!   the parent and the children that moved — RabbitMQ management shows each
+//!   `fleetls-child:<id> (<name>)` with `ssl: true` and `CN=<id>` as peer certificate,
 //!   and the parent's own connection on TLS too — except one child whose key
 //!   was spoilt beforehand: it stays connected on plain, is counted failed, is
 //!   listed by `without-ssl`, and says why in its log;
@@ -20,7 +21,8 @@
 //! - once fixed, a second `switch-broker` takes only that child (total 1);
 //!   `without-ssl` then lists nobody, and a third `switch-broker` is refused;
 //! - with the post-migration fragment (client certificate required, plain
-//!   listener off) everyone comes back over TLS, a client without a
+//!   listener off; `scripts/broker` then names no AMQP address) everyone
+//!   comes back over TLS, a client without a
 //!   certificate is refused, the parent restarted comes back over AMQPS, a new
 //!   `verify` passes for all, and the plain AMQP port refuses connections;
 //! - no log and no output carries the broker password.
@@ -92,10 +94,14 @@ fn connections(vhost: &Vhost) -> Result<Vec<Value>, String> {
     }
 }
 
-/// The connections named `name`.
+/// The connections named `name`, or (a child's) `name (<display name>)`.
 fn named<'a>(all: &'a [Value], name: &str) -> Vec<&'a Value> {
     all.iter()
-        .filter(|c| c["client_properties"]["connection_name"] == name)
+        .filter(|c| {
+            c["client_properties"]["connection_name"]
+                .as_str()
+                .is_some_and(|n| n == name || n.starts_with(&format!("{name} (")))
+        })
         .collect()
 }
 
@@ -216,29 +222,6 @@ fn tls_handshake(ca: &Path, client: Option<(&Path, &Path)>) -> Result<(), String
     } else {
         Err(text)
     }
-}
-
-/// A `rabbitmq.conf` fragment of `broker-tls` for this node: the same lines,
-/// with `listeners.ssl.default = 5671` moved to the node's loopback AMQPS port
-/// (5671 on every interface may belong to someone else on a test machine).
-fn for_this_node(fragment: &str) -> String {
-    let wanted = "listeners.ssl.default = 5671";
-    assert!(
-        fragment.lines().any(|l| l.trim() == wanted),
-        "the fragment lacks `{wanted}`:\n{fragment}"
-    );
-    fragment
-        .lines()
-        .map(|l| {
-            if l.trim() == wanted {
-                format!("listeners.ssl.default = 127.0.0.1:{AMQPS_PORT}")
-            } else {
-                l.to_owned()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-        + "\n"
 }
 
 #[test]
@@ -384,7 +367,20 @@ fn the_network_moves_to_amqps_child_by_child_and_survives_the_final_broker_confi
 
     // ---- broker-tls: the broker's files and both fragments
     let tls = dir.path().join("broker-tls");
-    let (out, _) = parent.cli_expect(&["broker-tls", "--out", tls.to_str().unwrap()], 0);
+    // The node's own AMQPS port, on loopback only (5671 on every interface
+    // may belong to someone else on a test machine).
+    let (out, _) = parent.cli_expect(
+        &[
+            "broker-tls",
+            "--out",
+            tls.to_str().unwrap(),
+            "--amqps-port",
+            &AMQPS_PORT.to_string(),
+            "--amqps-bind",
+            "127.0.0.1",
+        ],
+        0,
+    );
     for file in [
         "broker.pem",
         "broker.key",
@@ -423,7 +419,7 @@ fn the_network_moves_to_amqps_child_by_child_and_survives_the_final_broker_confi
     let last = std::fs::read_to_string(tls.join("rabbitmq-final.conf")).unwrap();
     for (name, text) in [("migration", &migration), ("final", &last)] {
         for line in [
-            "listeners.ssl.default = 5671",
+            &format!("listeners.ssl.default = 127.0.0.1:{AMQPS_PORT}"),
             "ssl_options.verify = verify_peer",
             &format!("ssl_options.cacertfile = {}", tls.join("ca.pem").display()),
             &format!(
@@ -457,10 +453,9 @@ fn the_network_moves_to_amqps_child_by_child_and_survives_the_final_broker_confi
     );
 
     // ---- the node restarted with AMQPS (plain stays open); everyone comes back alone
-    // The migration fragment itself is applied (only its listener moved to
-    // this node's loopback port), so RabbitMQ checks every key it writes.
-    let migration_conf = dir.path().join("migration-for-node.conf");
-    std::fs::write(&migration_conf, for_this_node(&migration)).unwrap();
+    // The migration fragment itself is applied, as written, so RabbitMQ
+    // checks every key it writes.
+    let migration_conf = tls.join("rabbitmq-migration.conf");
     node.run("restart", Some(&tls), Some(&migration_conf));
     let mut plain_everyone: Vec<(String, Want, Option<String>)> = all
         .iter()
@@ -518,6 +513,12 @@ fn the_network_moves_to_amqps_child_by_child_and_survives_the_final_broker_confi
         b"-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n",
     )
     .unwrap();
+    // What the logs held before the planned move: it must add no ERROR.
+    let logged_before: HashMap<&str, usize> = ["till-1", "till-2", "till-4"]
+        .iter()
+        .map(|n| (*n, children[n].output().len()))
+        .chain([("parent", parent.proc.output().len())])
+        .collect();
     let (out, err) = parent.cli_expect(
         &["switch-broker", "--amqps", &amqps, "--step-timeout", "20s"],
         4,
@@ -561,6 +562,25 @@ fn the_network_moves_to_amqps_child_by_child_and_survives_the_final_broker_confi
         "three children and the parent on AMQPS, till-3 on plain",
         Duration::from_secs(60),
         &moved,
+    );
+    // A planned move is no error: the moved children's and the parent's logs
+    // gained no ERROR line.
+    let mut errors = Vec::new();
+    for (name, from) in &logged_before {
+        let log = match *name {
+            "parent" => parent.proc.output(),
+            child => children[child].output(),
+        };
+        for line in log.get(*from..).unwrap_or_default().lines() {
+            if line.contains(" ERROR ") {
+                errors.push(format!("{name}: {line}"));
+            }
+        }
+    }
+    assert!(
+        errors.is_empty(),
+        "ERROR logged during the planned move to AMQPS:\n{}",
+        errors.join("\n")
     );
     let without = parent.cli_json(&["without-ssl"]);
     assert_eq!(
@@ -692,10 +712,17 @@ fn the_network_moves_to_amqps_child_by_child_and_survives_the_final_broker_confi
 
     // ---- acceptance 5: the post-migration config (client certificate
     // required, plain AMQP off): everyone comes back and still works.
-    // The final fragment itself, its listener moved to this node's port.
-    let final_conf = dir.path().join("final-for-node.conf");
-    std::fs::write(&final_conf, for_this_node(&last)).unwrap();
-    node.run("restart", Some(&tls), Some(&final_conf));
+    // The final fragment itself, as written.
+    let final_conf = tls.join("rabbitmq-final.conf");
+    let (ok, said) = node.script("restart", Some(&tls), Some(&final_conf));
+    assert!(
+        ok,
+        "scripts/broker restart with the final fragment failed:\n{said}"
+    );
+    assert!(
+        said.contains("plain amqp off") && !said.contains(&format!("amqp://127.0.0.1:{AMQP_PORT}")),
+        "scripts/broker names no AMQP address once plain AMQP is off:\n{said}"
+    );
     assert!(
         !port_answers(AMQP_PORT),
         "the plain AMQP port {AMQP_PORT} still accepts connections with listeners.tcp = none"

@@ -819,37 +819,19 @@ fn a_parent_killed_mid_campaign_resumes_it_and_every_child_ends_once() {
     assert_eq!(count(&status["summary"], "did_not_participate"), 0);
 
     // The registry holds each step of each child once.
-    let db = parent.data_dir.join("fleetls.db");
-    let query = format!(
+    let text = parent.registry_query(&format!(
         "SELECT count(*), count(DISTINCT agent || '/' || step), sum(ok) FROM step_results WHERE campaign = '{id}';"
-    );
-    let out = Command::new("sqlite3")
-        .arg("-readonly")
-        .arg(&db)
-        .arg(&query)
-        .output()
-        .expect("sqlite3 runs");
-    let text = String::from_utf8_lossy(&out.stdout);
+    ));
     assert_eq!(
-        text.trim(),
+        text,
         format!("{0}|{0}|{1}", 2 * COUNT, 2 * COUNT - failures.len()),
-        "step_results of the campaign (rows|distinct|passed): {}",
-        String::from_utf8_lossy(&out.stderr)
+        "step_results of the campaign (rows|distinct|passed)"
     );
-    let query = format!(
-        "SELECT count(*), count(DISTINCT agent) FROM campaign_children WHERE campaign = '{id}' AND state = 'passed';"
-    );
-    let out = Command::new("sqlite3")
-        .arg("-readonly")
-        .arg(&db)
-        .arg(&query)
-        .output()
-        .expect("sqlite3 runs");
     let passed = COUNT - failures.len();
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        format!("{passed}|{passed}")
-    );
+    let text = parent.registry_query(&format!(
+        "SELECT count(*), count(DISTINCT agent) FROM campaign_children WHERE campaign = '{id}' AND state = 'passed';"
+    ));
+    assert_eq!(text, format!("{passed}|{passed}"));
 }
 
 /// A parent that stays down longer than `--offline-after` while its children

@@ -356,7 +356,8 @@ impl FakeAgent {
     fn send(&self, body: Body) -> Uuid {
         let envelope = Envelope::new(self.id, body);
         let sealed = self.key.seal(&envelope).expect("encodes");
-        let props = fleetls_bus::amqp::properties(&envelope, &sealed, None);
+        let props =
+            fleetls_bus::amqp::properties(&envelope, &sealed, fleetls_bus::amqp::Keep::Persistent);
         self.runtime.block_on(async {
             fleetls_bus::amqp::publish_confirmed(
                 &self.channel,
@@ -1472,4 +1473,52 @@ fn send_succeeds_when_one_registered_child_has_lost_its_queue() {
     let sent: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(sent["queued"], 2, "{sent}");
     wait_certificate(&parent, "till-1");
+}
+
+/// A CSR on a fresh key `key`, CN = `cn`.
+fn csr_on(key: &KeyPair, cn: &str) -> String {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    params.distinguished_name.push(DnType::CommonName, cn);
+    params.serialize_request(key).unwrap().pem().unwrap()
+}
+
+/// The parent's commands are transient and sent again when their answer is
+/// late, so a child may send the same CSR twice (new message, same key):
+/// it gets the certificate it was already issued, not a second one that
+/// would revoke the first behind its back. A new key gets a new
+/// certificate, and the old one is revoked as superseded.
+#[test]
+fn a_csr_sent_again_on_the_same_key_gets_the_same_certificate() {
+    let vhost = Vhost::new();
+    let dir = tempfile::tempdir().unwrap();
+    let parent = Parent::start(&vhost, dir.path(), &[]);
+    generate(&parent, &[]);
+    let child = FakeAgent::connect(&vhost);
+    child.hello("resent-till", AgentKind::Child, &[], &[]);
+    wait_for("the fake agent registered", WAIT, || {
+        parent.agent("resent-till").map(|_| ())
+    });
+    let id = child.id.to_string();
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+    let first = issued(child.answer_to(child.csr(&csr_on(&key, &id))));
+    let again = issued(child.answer_to(child.csr(&csr_on(&key, &id))));
+    assert_eq!(
+        again.serial, first.serial,
+        "the same key, the same certificate"
+    );
+    assert_eq!(again.chain_pem, first.chain_pem);
+    let valid = |serial: &str| -> Option<i64> {
+        parent
+            .registry_query(&format!(
+                "SELECT revoked FROM certificates WHERE serial = '{serial}'"
+            ))
+            .parse()
+            .ok()
+    };
+    assert_eq!(valid(&first.serial), Some(0));
+    let renewed = issued(child.answer_to(child.csr(&csr(&id, |_| {}))));
+    assert_ne!(renewed.serial, first.serial, "a new key, a new certificate");
+    assert_eq!(valid(&first.serial), Some(1), "the old one is superseded");
+    assert_eq!(valid(&renewed.serial), Some(0));
 }

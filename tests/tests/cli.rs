@@ -22,6 +22,7 @@ const PARENT_COMMANDS: &[&str] = &[
     "switch-broker",
     "without-ssl",
     "agents",
+    "ca",
     "revoke",
     "signing-key",
     "security",
@@ -34,7 +35,7 @@ const PARENT_COMMANDS: &[&str] = &[
 ];
 
 /// The commands `fleetls-child --help` lists, in its order.
-const CHILD_COMMANDS: &[&str] = &["run", "swarm", "doctor", "help"];
+const CHILD_COMMANDS: &[&str] = &["run", "swarm", "import", "doctor", "help"];
 
 /// Runs `program ARGS`, which must exit 0 and print nothing on stderr; its stdout.
 fn help(name: &str, args: &[&str]) -> String {
@@ -246,4 +247,108 @@ fn verify_shows_progress_and_summary_and_json_reads_back() {
     );
     assert_eq!(result["summary"]["with_errors"], 1, "{result}");
     assert_eq!(result["summary"]["passed"], 1, "{result}");
+}
+
+/// `fleetls-parent ARGS` with none of the caller's `FLEETLS_*` variables
+/// and the given ones, stdin closed: (exit code, stdout, stderr).
+fn parent_with_env(args: &[&str], vars: &[(&str, &str)]) -> (i32, String, String) {
+    let mut command = Command::new(program("fleetls-parent"));
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("FLEETLS_") {
+            command.env_remove(key);
+        }
+    }
+    command
+        .args(args)
+        .envs(vars.iter().copied())
+        .stdin(std::process::Stdio::null());
+    fleetls_tests::outcome(&mut command)
+}
+
+/// Every flag reads `FLEETLS_<FLAG>` (the README's promise): `settings set`
+/// takes the port from `FLEETLS_PORT`, `status` prints JSON with
+/// `FLEETLS_JSON=1`, the child's `doctor` too; `--yes` is never taken from
+/// the environment. `serve` records its admin address in the data dir, so
+/// `--data-dir` alone finds it; once it stopped, one error line says so
+/// and names what to do.
+#[test]
+fn every_flag_reads_its_variable_and_the_data_dir_alone_finds_the_parent() {
+    let vhost = Vhost::new();
+    let dir = tempfile::tempdir().unwrap();
+    let mut parent = Parent::start(&vhost, dir.path(), &[]);
+    let data_dir = parent.data_dir.to_str().unwrap().to_owned();
+
+    // The address serve recorded, and nothing but the data dir given.
+    let recorded = std::fs::read_to_string(parent.data_dir.join("admin.addr")).unwrap();
+    assert_eq!(
+        recorded.trim(),
+        parent.admin,
+        "admin.addr holds the admin address"
+    );
+    let (code, out, err) = parent_with_env(
+        &["settings", "set", "--data-dir", &data_dir],
+        &[("FLEETLS_PORT", "12999")],
+    );
+    assert_eq!(code, 0, "settings set with FLEETLS_PORT: {out}{err}");
+    let (code, out, err) = parent_with_env(
+        &["settings", "show"],
+        &[("FLEETLS_DATA_DIR", &data_dir), ("FLEETLS_JSON", "1")],
+    );
+    assert_eq!(code, 0, "settings show: {out}{err}");
+    let shown: serde_json::Value = serde_json::from_str(&out)
+        .unwrap_or_else(|e| panic!("FLEETLS_JSON=1 gives JSON ({e}): {out}"));
+    assert_eq!(shown["settings"]["port"], 12999, "{shown}");
+    // A flag on the command line wins over its variable.
+    let (code, out, _) = parent_with_env(
+        &[
+            "settings",
+            "set",
+            "--data-dir",
+            &data_dir,
+            "--port",
+            "12998",
+        ],
+        &[("FLEETLS_PORT", "12999")],
+    );
+    assert_eq!(code, 0, "{out}");
+    let shown = parent.cli_json(&["settings", "show"]);
+    assert_eq!(shown["settings"]["port"], 12998, "{shown}");
+
+    // A confirmation is never read from the environment.
+    let (code, _, err) = parent_with_env(
+        &["certs", "reset", "--data-dir", &data_dir],
+        &[("FLEETLS_YES", "1")],
+    );
+    assert_eq!(code, 2, "certs reset with FLEETLS_YES=1 still asks: {err}");
+
+    // The child's flags too.
+    let mut doctor = Command::new(program("fleetls-child"));
+    doctor
+        .args([
+            "doctor",
+            &format!("127.0.0.1:{}", free_port()),
+            "--data-dir",
+        ])
+        .arg(dir.path().join("nobody"))
+        .env("FLEETLS_JSON", "1");
+    let (_, out, err) = fleetls_tests::outcome(&mut doctor);
+    assert!(
+        serde_json::from_str::<serde_json::Value>(&out).is_ok(),
+        "fleetls-child doctor with FLEETLS_JSON=1 prints JSON: {out}{err}"
+    );
+
+    // Stopped cleanly: the address is gone, and the error says so once.
+    parent.proc.signal("TERM");
+    assert_eq!(parent.proc.wait_exit(Duration::from_secs(20)), Some(0));
+    assert!(
+        !parent.data_dir.join("admin.addr").exists(),
+        "a parent that stopped cleanly leaves no admin.addr"
+    );
+    let (code, _, err) = parent_with_env(&["status", "--data-dir", &data_dir], &[]);
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert_eq!(err.matches("127.0.0.1:12380").count(), 1, "{err}");
+    for words in ["cannot reach the parent's admin API", "--admin", "serve"] {
+        assert!(err.contains(words), "the error names {words:?}: {err}");
+    }
 }

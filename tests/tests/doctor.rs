@@ -37,6 +37,7 @@ const LIMITS: Limits = Limits {
     connect: Duration::from_secs(5),
     handshake: Duration::from_secs(5),
     after_handshake: Duration::from_secs(2),
+    offer: doctor::Offer::Both,
 };
 
 const GREETING: &str = "fleetls test server\n";
@@ -464,6 +465,41 @@ async fn a_refused_client_certificate_is_named_in_tls13_and_tls12() {
     }
 }
 
+/// A server that speaks only TLS 1.3, asked by a client that offers only
+/// 1.2 (`doctor --tls-version 1.2`: what an old device gets): the problem
+/// is named, and the fix points at the settings that set the floor. Offered
+/// 1.3, the same server passes.
+#[tokio::test]
+async fn a_tls13_only_server_and_a_tls12_only_client_are_a_protocol_mismatch() {
+    let ca = Ca::root("network CA");
+    let (cert, key) = ca.server();
+    let mut server = Server::new(cert, key);
+    static TLS13: &[&SupportedProtocolVersion] = &[&rustls::version::TLS13];
+    server.versions = TLS13;
+    let port = server.start().await;
+    let target = format!("127.0.0.1:{port}");
+    let old_device = Limits {
+        offer: doctor::Offer::Tls12,
+        ..LIMITS
+    };
+    let report = doctor::diagnose_with(&target, ca.pem.as_bytes(), None, old_device).await;
+    assert_problems(&report, &[Problem::ProtocolMismatch]);
+    let check = failed(&report, "handshake");
+    assert!(
+        check
+            .fix
+            .as_deref()
+            .is_some_and(|f| f.contains("--min-tls")),
+        "{check:?}"
+    );
+    let modern = Limits {
+        offer: doctor::Offer::Tls13,
+        ..LIMITS
+    };
+    let report = doctor::diagnose_with(&target, ca.pem.as_bytes(), None, modern).await;
+    assert_problems(&report, &[]);
+}
+
 #[tokio::test]
 async fn no_client_certificate_where_one_is_required() {
     let ca = Ca::root("network CA");
@@ -502,7 +538,7 @@ async fn a_plain_port_is_not_tls_and_a_bad_name_does_not_resolve() {
 /// The child's report (the same file compiled in the child crate, so another
 /// type) as the parent's, through the JSON both print.
 async fn child_doctor(target: &str, dir: &Path, ca: Option<&Path>) -> DoctorReport {
-    let report = fleetls_child::doctor::diagnose_child(target, dir, ca).await;
+    let report = fleetls_child::doctor::diagnose_child(target, dir, ca, Limits::default()).await;
     serde_json::from_value(serde_json::to_value(report).unwrap()).unwrap()
 }
 

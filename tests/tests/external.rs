@@ -194,13 +194,16 @@ fn each_child_logs_in_with_its_certificate_as_a_user_allowed_only_its_queue() {
     );
     // Each child is connected over TLS as the user named by its certificate.
     for id in &ids {
-        let name = format!("fleetls-child:{id}");
+        let name = format!("fleetls-child:{id} (");
         let user = wait_for("the child on AMQPS as its own user", WAIT, || {
             let list = vhost.management_get("/api/vhosts/{vhost}/connections");
             list.as_array()?
                 .iter()
                 .find(|c| {
-                    c["client_properties"]["connection_name"] == name.as_str() && c["ssl"] == true
+                    c["client_properties"]["connection_name"]
+                        .as_str()
+                        .is_some_and(|n| n.starts_with(&name))
+                        && c["ssl"] == true
                 })
                 .and_then(|c| c["user"].as_str().map(str::to_owned))
         });
@@ -326,11 +329,14 @@ fn each_child_logs_in_with_its_certificate_as_a_user_allowed_only_its_queue() {
     handshake(lp_port, &ca, &two_cert, &two_key).expect("till-2 at the local parent");
     // Its broker connection is gone and stays gone; till-2's is there.
     let connected = |id: &str| {
-        let name = format!("fleetls-child:{id}");
+        let name = format!("fleetls-child:{id} (");
         let list = vhost.management_get("/api/vhosts/{vhost}/connections");
         list.as_array().map(|l| {
-            l.iter()
-                .any(|c| c["client_properties"]["connection_name"] == name.as_str())
+            l.iter().any(|c| {
+                c["client_properties"]["connection_name"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with(&name))
+            })
         })
     };
     wait_for("till-1's connection closed", WAIT, || {

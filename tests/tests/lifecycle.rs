@@ -54,7 +54,8 @@ fn signals_stop_the_programs_cleanly_and_the_registry_reopens() {
     let _other = start_child(&vhost, dir.path(), "till-b", &[]);
     let id = agent_id(&parent.wait_online(&["till-a"]).remove(0));
     parent.wait_online(&["till-b"]);
-    let connection = format!("fleetls-child:{id}");
+    // Management shows the agent's display name beside its id.
+    let connection = format!("fleetls-child:{id} (till-a)");
     wait_connection_listed(&vhost, &connection);
 
     // SIGTERM: the child stops by itself, exit code 0, connection closed.
@@ -155,7 +156,7 @@ fn a_restarted_child_keeps_its_identity() {
             (agent["online"] == true && agent["last_seen"].as_u64()? > stopped_seen).then_some(())
         },
     );
-    wait_connection_listed(&vhost, &format!("fleetls-child:{id}"));
+    wait_connection_listed(&vhost, &format!("fleetls-child:{id} (bo-1)"));
 
     let status = parent.status_json().unwrap();
     let agents = status["agents"].as_array().unwrap();

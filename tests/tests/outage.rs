@@ -123,14 +123,21 @@ fn agents_come_back_online_by_themselves_after_a_broker_outage() {
             "{name} came back as another agent"
         );
     }
-    let mut expected: Vec<String> = ids.iter().map(|id| format!("fleetls-child:{id}")).collect();
+    // A child's connection is named `fleetls-child:<id> (<name>)`.
+    let mut expected: Vec<String> = ids
+        .iter()
+        .map(|id| format!("fleetls-child:{id} ("))
+        .collect();
     expected.push("fleetls-parent".into());
     wait_for(
         "the parent and the 3 children connected to the restarted node",
         Duration::from_secs(30),
         || {
             let listed = connection_names(&vhost)?;
-            expected.iter().all(|e| listed.contains(e)).then_some(())
+            expected
+                .iter()
+                .all(|e| listed.iter().any(|l| l.starts_with(e.as_str())))
+                .then_some(())
         },
     );
 

@@ -386,6 +386,49 @@ fn forged_commands_are_refused_dead_lettered_and_reported() {
 }
 
 #[test]
+fn a_forged_ca_rotation_bundle_is_refused_and_changes_nothing() {
+    let net = Net::start(&[]);
+    let (_child, id) = net.child("till-1", &[]);
+    net.generate_and_send();
+    wait_for("till-1's certificate", WAIT, || {
+        net.parent.agent("till-1")?["has_certificate"]
+            .as_bool()?
+            .then_some(())
+    });
+    let before = snapshot(&net.data("till-1"));
+    let (evil_ca, _, _) = foreign_ca(net.dir.path());
+    let real_ca = std::fs::read_to_string(net.parent.data_dir.join("certificates/ca.pem")).unwrap();
+    let (evil_key, _) = net.attacker_key("evil");
+    let key = evil_key.to_str().unwrap();
+    // A rotation to the attacker's CA, the real one kept beside it so that
+    // nothing seems dropped: unsigned, then signed by the attacker.
+    let bundle = json!({
+        "ca_chain_pem": evil_ca, "ca_fingerprint": "sha256:00", "ssl_host": "evil.example",
+        "ssl_port": 443, "serve_port": null, "renew": true,
+        "trust_pem": format!("{real_ca}{evil_ca}")
+    });
+    net.command(&id, "CertificatesReady", bundle.clone(), &["--to", &id]);
+    net.command(
+        &id,
+        "CertificatesReady",
+        bundle,
+        &["--to", &id, "--sign-key", key],
+    );
+    net.wait_dead("the child to dead-letter two forged bundles", "forged:", 2);
+    wait_for("the parent to count the two attempts", WAIT, || {
+        (net.security_events() >= 2).then_some(())
+    });
+    // Its trusted CAs, key and certificate are as they were.
+    assert_eq!(snapshot(&net.data("till-1")), before);
+    let trusted = std::fs::read_to_string(net.data("till-1").join("certs/ca.pem")).unwrap();
+    assert_eq!(trusted, real_ca);
+    assert!(net
+        .parent
+        .agent("till-1")
+        .is_some_and(|a| a["compromised"] == false));
+}
+
+#[test]
 fn a_captured_command_replayed_altered_or_redirected_is_refused() {
     let net = Net::start(&[]);
     let (_one, one) = net.child("till-1", &[]);

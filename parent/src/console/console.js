@@ -24,6 +24,7 @@
     switch: "Use SSL connection",
     "force-switch": "Force SSL Switchover",
     "switch-broker": "Use SSL connection for RabbitMQ",
+    reissue: "CA rotation: re-issue",
   };
   const STATE_LABELS = {
     running: "running",
@@ -333,7 +334,25 @@
       "btn-force": rule(generated, "Generate the certificates first."),
       "btn-without-ssl": null,
       "btn-reset": rule(generated, "There are no certificates yet."),
+      "btn-rotate": rule(generated, "Generate the certificates first."),
     };
+  }
+
+  /** The CA rotation under way, if any. */
+  function rotationUnderWay() {
+    const s = state.summary;
+    const r = s && s.network.ca_rotation;
+    return r && r.phase !== "finished" ? r : null;
+  }
+
+  async function rotateCa() {
+    const under = rotationUnderWay();
+    const question = under
+      ? "Take the next phase of the CA rotation now, without waiting for the agents that have not followed?"
+      : "Rotate the CA? Every agent first trusts both CAs, is then re-issued under the new one, then drops the old one.";
+    if (!window.confirm(question)) return;
+    const r = await api("POST", "/api/ca/rotate", { advance: !!under });
+    notify("CA rotation: phase " + r.rotation.phase + ". " + r.broker, "ok");
   }
 
   function renderButtons() {
@@ -508,6 +527,17 @@
     setText("signing-key", n.signing_key);
     setText("soonest-expiry", n.soonest_expiry ? time(n.soonest_expiry * 1000) : "none");
     setText("count-revoked", n.revoked_certificates);
+    setText("count-renewals", n.renewals_done);
+    setText("count-renewals-failed", n.renewals_failed);
+    const r = n.ca_rotation;
+    setText(
+      "ca-rotation",
+      r
+        ? r.phase + ": " + r.trusting_new + " of " + r.agents + " trust the new CA · " +
+            r.on_new_ca + " on it · " + r.trusting_old + " still trust the old one"
+        : "none"
+    );
+    setText("btn-rotate", rotationUnderWay() ? "Next phase of the CA rotation…" : "Rotate CA…");
     setText("trust-pending", n.pending);
     setText("trust-compromised", n.compromised);
     setText("trust-events", n.security_events);
@@ -518,6 +548,7 @@
     setText("sum-dnp", sum.did_not_participate);
     setText("sum-old", sum.version_not_supporting_ssl);
     setText("sum-mpos", sum.mpos);
+    setText("sum-excluded", sum.excluded || 0);
     renderCampaign();
     renderButtons();
   }
@@ -746,6 +777,7 @@
     on("btn-without-ssl", withoutSsl);
     on("btn-security", securityEvents);
     on("btn-reset", startOver);
+    on("btn-rotate", rotateCa);
     $("reset-confirm-text").addEventListener("input", () => {
       $("reset-confirm").disabled = $("reset-confirm-text").value.trim() !== "reset";
     });

@@ -2,8 +2,10 @@
 //! topology, without fleetls. N simulated agents each have their own durable
 //! queue and channel (shared connections, like `fleetls-child swarm`); a
 //! "parent" consumes one shared queue and answers each request into the
-//! asking agent's queue through a direct exchange. Every message is
-//! persistent and confirmed, every delivery acked: the broker does exactly
+//! asking agent's queue through a direct exchange. Requests are persistent,
+//! answers persistent too or, with `--transient`, transient with an
+//! expiration (as fleetls sends its commands); every message is confirmed,
+//! every delivery acked: the broker does exactly
 //! the work it does for one step of a fleetls campaign, from a plain client:
 //! each answer published and acked on its own, no batching. It shows what
 //! the topology itself (a durable queue per agent) costs the broker next to
@@ -46,12 +48,14 @@ pub(crate) async fn consume(channel: &Channel, queue: &str) -> lapin::Result<lap
 const PER_CONNECTION: usize = 200;
 
 /// Runs `agents` agents making `rounds` round trips each, `window` agents
-/// at a time (as a campaign's window), and prints the round trips per second.
+/// at a time (as a campaign's window), and prints the round trips per
+/// second; answers are transient (with an expiration) when `transient`.
 pub(crate) async fn run(
     broker: &str,
     agents: usize,
     rounds: usize,
     window: usize,
+    transient: bool,
 ) -> anyhow::Result<()> {
     anyhow::ensure!(agents > 0, "invalid --agents 0: give at least 1");
     anyhow::ensure!(window > 0, "invalid --window 0: give at least 1");
@@ -100,7 +104,7 @@ pub(crate) async fn run(
                             ..Default::default()
                         },
                         &delivery.data,
-                        BasicProperties::default().with_delivery_mode(2),
+                        answer_properties(transient),
                     )
                     .await;
                 if let Ok(confirm) = published {
@@ -200,6 +204,17 @@ pub(crate) async fn run(
     }
     let _ = parent.close(200, "bench".into()).await;
     Ok(())
+}
+
+/// How an answer is kept: persistent, or transient with a minute to live.
+fn answer_properties(transient: bool) -> BasicProperties {
+    if transient {
+        BasicProperties::default()
+            .with_delivery_mode(1)
+            .with_expiration("60000".into())
+    } else {
+        BasicProperties::default().with_delivery_mode(2)
+    }
 }
 
 /// One persistent, confirmed request naming the agent's queue to answer to.

@@ -53,6 +53,10 @@ enum Command {
         /// Agents making their round trips at once (a campaign's window)
         #[arg(long, default_value_t = 500)]
         window: usize,
+        /// Answers transient with an expiration (as fleetls's commands)
+        /// instead of persistent
+        #[arg(long)]
+        transient: bool,
     },
     /// Request/reply round trips per second through the broker.
     Rpc {
@@ -139,7 +143,8 @@ async fn main() -> anyhow::Result<()> {
             agents,
             rounds,
             window,
-        } => agents::run(&broker, agents, rounds, window).await,
+            transient,
+        } => agents::run(&broker, agents, rounds, window, transient).await,
         Command::Rpc {
             broker,
             count,
