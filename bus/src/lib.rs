@@ -5,7 +5,9 @@
 //! reported; one node of a cluster's list, [`brokers`]), declaring the
 //! design's topology, publishing with confirms and dead-lettering ([`amqp`]), signing and checking envelopes ([`seal`]), the
 //! reconnect delay ([`backoff`]), files written whole with their mode set at
-//! creation ([`files`]), and the SIGINT/SIGTERM signal ([`shutdown`]).
+//! creation ([`files`]), the SIGINT/SIGTERM signal ([`shutdown`]), and the
+//! PKCS#12 and JKS stores of `export` and of a child's `--trust-store-format`
+//! ([`stores`]).
 //!
 //! The wire format itself lives in `fleetls-proto`, which has no runtime;
 //! this crate is the I/O above it.
@@ -20,6 +22,7 @@ pub mod queue_type;
 pub mod reconnect;
 pub mod seal;
 pub mod shutdown;
+pub mod stores;
 pub mod tls;
 
 use std::path::PathBuf;

@@ -30,6 +30,10 @@ pub async fn run(config: RunConfig, shutdown: Shutdown) -> Result<(), RunError> 
     let agent = Arc::new(Agent::open(config)?);
     info!(id = %agent.identity.id, name = %agent.identity.name, "child starting");
     agent.serve_local_port(&shutdown, false);
+    // Stores asked for now, of certificates installed before, are written at once.
+    CertStore::new(&agent.config.data_dir)
+        .with_stores(agent.config.trust_stores.clone())
+        .keep_stores();
     let name = topology::child_connection_name(&agent.identity.id, &agent.identity.name);
     fleetls_bus::reconnect::run("child", Duration::ZERO, shutdown.clone(), || {
         let (agent, name, shutdown) = (agent.clone(), name.clone(), shutdown.clone());
@@ -163,7 +167,8 @@ impl Session {
     /// while if no answer came. The old certificate serves until the new one
     /// is installed.
     async fn renew_if_due(&self, agent: &Agent) -> Result<(), SessionError> {
-        let store = CertStore::new(&agent.config.data_dir);
+        let store =
+            CertStore::new(&agent.config.data_dir).with_stores(agent.config.trust_stores.clone());
         let Some((not_before, not_after)) = store.validity() else {
             return Ok(());
         };
@@ -190,7 +195,8 @@ impl Session {
 
     /// Carries out one command. The inner `Err` is a refusal to report.
     async fn obey(&self, agent: &Agent, envelope: Envelope) -> Result<Obeyed, SessionError> {
-        let store = CertStore::new(&agent.config.data_dir);
+        let store =
+            CertStore::new(&agent.config.data_dir).with_stores(agent.config.trust_stores.clone());
         let command = match envelope.body.directed() {
             Directed::ToChild(command) => command,
             Directed::ToParent(message) => {

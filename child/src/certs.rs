@@ -21,6 +21,8 @@ pub use fleetls_bus::tls::{fingerprint, pem_certs};
 #[derive(Debug, Clone)]
 pub struct CertStore {
     dir: PathBuf,
+    /// The other formats kept in step with the PEM files (`--trust-store-format`).
+    stores: Option<crate::stores::TrustStores>,
 }
 
 impl CertStore {
@@ -28,6 +30,28 @@ impl CertStore {
     pub fn new(data_dir: &Path) -> CertStore {
         CertStore {
             dir: data_dir.join("certs"),
+            stores: None,
+        }
+    }
+
+    /// The same store, also keeping `stores` in step with its PEM files.
+    pub fn with_stores(mut self, stores: Option<crate::stores::TrustStores>) -> CertStore {
+        self.stores = stores;
+        self
+    }
+
+    /// Rewrites the stores of the other format from the PEM files, if one
+    /// is kept; a failure is logged (the PEM files stay the reference).
+    pub fn keep_stores(&self) {
+        let Some(stores) = &self.stores else {
+            return;
+        };
+        match stores.write(self) {
+            Ok(files) if !files.is_empty() => {
+                info!(format = ?stores.format, files = ?files, "trust stores written")
+            }
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "cannot write the trust stores (--trust-store-format)"),
         }
     }
 
@@ -140,6 +164,7 @@ impl CertStore {
             }
         }
         self.store_trust(&bundle)?;
+        self.keep_stores();
         let already =
             self.has_certificate() && leaf.is_some_and(|leaf| issued_by(&leaf, &chain[0]));
         if already && !ready.renew {
@@ -289,6 +314,7 @@ impl CertStore {
             .map_err(|e| e.to_string())?;
         std::fs::rename(self.pending_key_path(), self.key_path()).map_err(|e| e.to_string())?;
         info!(serial = %issued.serial, "certificate installed");
+        self.keep_stores();
         Ok(())
     }
 

@@ -58,6 +58,14 @@ pub struct RawRun {
     /// Report this version instead of the real one (for tests of old agents)
     #[arg(long, env = "FLEETLS_REPORT_VERSION", hide = true)]
     pub report_version: Option<String>,
+    /// Also keep the CA and this agent's identity as a store in this format,
+    /// next to the PEM files and in step with them: pem (the PEM files
+    /// alone), pkcs12 or jks
+    #[arg(long, env = "FLEETLS_TRUST_STORE_FORMAT")]
+    pub trust_store_format: Option<String>,
+    /// File holding the password of the pkcs12 / jks stores (at least 8 characters)
+    #[arg(long, env = "FLEETLS_TRUST_STORE_PASSWORD_FILE")]
+    pub trust_store_password_file: Option<PathBuf>,
 }
 
 impl fleetls_bus::process::Layered for RawRun {
@@ -77,6 +85,10 @@ impl fleetls_bus::process::Layered for RawRun {
             renew_at: self.renew_at.or(other.renew_at),
             report_version: self.report_version.or(other.report_version),
             queue_type: self.queue_type.or(other.queue_type),
+            trust_store_format: self.trust_store_format.or(other.trust_store_format),
+            trust_store_password_file: self
+                .trust_store_password_file
+                .or(other.trust_store_password_file),
         }
     }
 }
@@ -124,6 +136,8 @@ pub struct RunConfig {
     /// The type of the queues it declares (`fleetls.parent`, `fleetls.dead`,
     /// its own for an agent).
     pub queue_type: fleetls_bus::queue_type::QueueType,
+    /// The stores kept in step with the PEM files (`--trust-store-format`).
+    pub trust_stores: Option<crate::stores::TrustStores>,
 }
 
 impl RunConfig {
@@ -211,7 +225,12 @@ impl RunConfig {
                 });
             }
         }
+        let trust_stores = crate::stores::TrustStores::from_flags(
+            raw.trust_store_format.as_deref(),
+            raw.trust_store_password_file.as_deref(),
+        )?;
         Ok(RunConfig {
+            trust_stores,
             broker,
             data_dir,
             name: raw.name,

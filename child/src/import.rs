@@ -30,6 +30,13 @@ pub struct ImportArgs {
     /// A file holding the export's password (one line)
     #[arg(long)]
     pub password_file: PathBuf,
+    /// Also write the identity in this store format, as `run` does: pem,
+    /// pkcs12 or jks (give the same as to `run`)
+    #[arg(long, env = "FLEETLS_TRUST_STORE_FORMAT")]
+    pub trust_store_format: Option<String>,
+    /// The stores' password (pkcs12, jks)
+    #[arg(long, env = "FLEETLS_TRUST_STORE_PASSWORD_FILE")]
+    pub trust_store_password_file: Option<PathBuf>,
 }
 
 /// What was installed.
@@ -47,6 +54,11 @@ pub struct Imported {
 /// wrong and what to do, and nothing was written.
 pub fn import(args: &ImportArgs) -> Result<Imported, String> {
     let agent = agent_id(&args.data_dir)?;
+    let stores = crate::stores::TrustStores::from_flags(
+        args.trust_store_format.as_deref(),
+        args.trust_store_password_file.as_deref(),
+    )
+    .map_err(|e| e.to_string())?;
     let password = read_password(&args.password_file)?;
     let data = std::fs::read(&args.pfx).map_err(|e| format!("{}: {e}", args.pfx.display()))?;
     let store = p12_keystore::KeyStore::from_pkcs12(&data, &password).map_err(|e| {
@@ -114,7 +126,7 @@ pub fn import(args: &ImportArgs) -> Result<Imported, String> {
                 args.pfx.display()
             )
         })?;
-    let certs_store = CertStore::new(&args.data_dir);
+    let certs_store = CertStore::new(&args.data_dir).with_stores(stores);
     let root = fingerprint(ca[ca.len() - 1]);
     if let Some(trusted) = certs_store.stored_ca_fingerprint() {
         if trusted != root {
@@ -143,6 +155,7 @@ pub fn import(args: &ImportArgs) -> Result<Imported, String> {
         let _ = std::fs::remove_file(&pending);
         return Err(format!("installing the identity failed: {e}"));
     }
+    certs_store.keep_stores();
     Ok(Imported {
         agent,
         serial: leaf.raw_serial_as_string().replace(':', ""),

@@ -16,6 +16,7 @@ pub mod local_port;
 pub mod node;
 pub mod session;
 pub mod steps;
+pub mod stores;
 pub mod swarm;
 pub mod trust;
 

@@ -305,6 +305,9 @@ pub fn status_table(status: &Status) -> String {
             r.on_new_ca,
             r.trusting_old
         );
+        if let Some(waiting) = &r.waiting {
+            let _ = writeln!(out, "CA rotation waits: {waiting}");
+        }
     }
     if n.pending + n.rejected + n.compromised > 0 || n.security_events > 0 {
         let _ = writeln!(

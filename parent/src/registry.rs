@@ -394,7 +394,8 @@ const MIGRATIONS: [&str; 4] = [
          started_at INTEGER NOT NULL,
          phase_at INTEGER NOT NULL,
          campaign TEXT,
-         finished_at INTEGER
+         finished_at INTEGER,
+         waiting TEXT
      );
      CREATE TABLE IF NOT EXISTS counters (
          name TEXT PRIMARY KEY,

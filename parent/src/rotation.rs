@@ -252,6 +252,10 @@ pub struct RotationView {
     pub trusting_old: usize,
     /// The re-issue campaign, once it began.
     pub campaign: Option<Uuid>,
+    /// What the next phase waits for besides the agents (the broker), and
+    /// what to do about it.
+    #[serde(default)]
+    pub waiting: Option<String>,
 }
 
 /// What each agent concerned says it trusts and which CA its certificate
@@ -303,7 +307,13 @@ pub fn view(db: &rusqlite::Connection) -> Result<Option<RotationView>, RegistryE
     };
     let followers = followers(db)?;
     let count = |f: &dyn Fn(&Follower) -> bool| followers.iter().filter(|x| f(x)).count();
+    let waiting: Option<String> = db.query_row(
+        "SELECT waiting FROM ca_rotations WHERE id = ?1",
+        params![rotation.id],
+        |row| row.get(0),
+    )?;
     Ok(Some(RotationView {
+        waiting,
         phase: rotation.phase,
         agents: followers.len(),
         trusting_new: count(&|f| f.trusted.contains(&rotation.new_ca)),
@@ -593,7 +603,7 @@ async fn advance(app: &App, rotation: &Rotation, next: Phase) -> Result<(), OpEr
     app.registry
         .with_tx(|tx| {
             tx.execute(
-                "UPDATE ca_rotations SET phase = ?2, phase_at = ?3,
+                "UPDATE ca_rotations SET phase = ?2, phase_at = ?3, waiting = NULL,
                      finished_at = CASE WHEN ?2 = 'finished' THEN ?3 END
                  WHERE id = ?1",
                 params![rotation.id, next.as_str(), now],
@@ -632,7 +642,11 @@ async fn apply_phase(app: &App, phase: Phase) -> Result<(), OpError> {
     .map_err(OpError::Internal)?;
     *app.pki.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(pki));
     app.reload_ssl_port().await.map_err(internal)?;
-    app.refresh_crl().await.map_err(OpError::Internal)?;
+    if let Err(e) = app.refresh_crl().await {
+        // The phase is recorded and the files follow it; only the list's
+        // way to the local parents failed (the next refresh sends it).
+        warn!(error = %e, "CA rotation: the revocation list was not sent to every local parent");
+    }
     Ok(())
 }
 
@@ -708,7 +722,7 @@ async fn turn(
                 .filter(|f| !f.trusted.iter().any(|t| t == new))
                 .collect();
             if missing.is_empty() {
-                broker_ready(app, &rotation, Phase::Reissue).await?;
+                wait_for_broker(app, &rotation, Phase::Reissue).await?;
                 return advance(app, &rotation, Phase::Reissue)
                     .await
                     .map_err(|e| e.to_string());
@@ -721,7 +735,7 @@ async fn turn(
                 .filter(|f| f.ca.as_deref() != Some(new))
                 .collect();
             if left.is_empty() {
-                broker_ready(app, &rotation, Phase::Finished).await?;
+                wait_for_broker(app, &rotation, Phase::Finished).await?;
                 return advance(app, &rotation, Phase::Finished)
                     .await
                     .map_err(|e| e.to_string());
@@ -799,6 +813,22 @@ async fn turn(
             .map_err(|e| e.to_string())?;
     }
     Ok(())
+}
+
+/// [`broker_ready`], with what it waits for recorded for the status.
+async fn wait_for_broker(app: &App, rotation: &Rotation, next: Phase) -> Result<(), String> {
+    let ready = broker_ready(app, rotation, next).await;
+    let waiting = ready.as_ref().err().cloned();
+    app.registry
+        .with_tx(|tx| {
+            tx.execute(
+                "UPDATE ca_rotations SET waiting = ?2 WHERE id = ?1 AND waiting IS NOT ?2",
+                params![rotation.id, waiting],
+            )?;
+            Ok(())
+        })
+        .map_err(|e| e.to_string())?;
+    ready
 }
 
 /// Whether the broker is ready for `next`, when the network is on AMQPS
@@ -1052,6 +1082,86 @@ mod tests {
         assert_eq!(
             read(&archived(&layout, &old.signing_fingerprint).0).unwrap(),
             old.ca_chain_pem
+        );
+    }
+
+    #[test]
+    fn the_reissue_campaign_asks_for_the_new_ca_and_each_answer_ends_a_turn() {
+        use crate::campaign::{self, Enrolment, ReissueParams};
+        let registry = Registry::open(Path::new(":memory:")).unwrap();
+        let agents: Vec<Uuid> = (0..3).map(|_| Uuid::new_v4()).collect();
+        let enrolled: Vec<Enrolment> = agents
+            .iter()
+            .map(|a| Enrolment {
+                agent: *a,
+                host: "parent.test".into(),
+                port: 12365,
+            })
+            .collect();
+        let params = ReissueParams {
+            ca_chain_pem: "NEW".into(),
+            ca_fingerprint: "sha256:new".into(),
+            trust_pem: "OLD NEW".into(),
+            serve_port: 12366,
+        };
+        let id = registry
+            .with_tx(|tx| {
+                let id = campaign::create_reissue(tx, 2, 3_600_000, 60_000, &enrolled, &params)?;
+                tx.execute(
+                    "INSERT INTO ca_rotations (old_ca, new_ca, phase, started_at, phase_at, campaign)
+                     VALUES ('sha256:old', 'sha256:new', 'reissue', 0, 0, ?1)",
+                    params![id.to_string()],
+                )?;
+                Ok(id)
+            })
+            .unwrap();
+        let tick = registry
+            .with_tx(|tx| campaign::tick(tx, id, &|_| true, false, true))
+            .unwrap();
+        // The window: two asked, each a CertificatesReady for the new CA
+        // that trusts both and forces nothing.
+        assert_eq!(tick.outgoing.len(), 2);
+        for out in &tick.outgoing {
+            let ToChild::CertificatesReady(ready) = &out.body else {
+                panic!("not a CertificatesReady: {:?}", out.body);
+            };
+            assert_eq!(ready.ca_chain_pem, "NEW");
+            assert_eq!(ready.trust_pem.as_deref(), Some("OLD NEW"));
+            assert!(!ready.renew);
+        }
+        let (first, second) = (tick.outgoing[0].agent, tick.outgoing[1].agent);
+        registry
+            .with_tx(|tx| {
+                // A certificate from the new CA ends one turn; a refusal the other.
+                on_csr_answered(tx, &first, Ok("sha256:new"))?;
+                on_csr_answered(tx, &second, Err("the CSR was refused: no"))?;
+                // A certificate from the old CA ends nothing.
+                on_csr_answered(tx, &first, Ok("sha256:old"))?;
+                Ok(())
+            })
+            .unwrap();
+        let progress = registry
+            .with_db(|db| campaign::progress(db, id))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (progress.passed, progress.failed, progress.waiting),
+            (1, 1, 1)
+        );
+        // The third starts; it renewed by itself meanwhile: its turn ends.
+        let tick = registry
+            .with_tx(|tx| campaign::tick(tx, id, &|_| true, false, true))
+            .unwrap();
+        let third = tick.outgoing[0].agent;
+        assert!(registry.with_tx(|tx| end_turns(tx, id, &[third])).unwrap());
+        assert!(!registry.with_tx(|tx| end_turns(tx, id, &[third])).unwrap());
+        let progress = registry
+            .with_db(|db| campaign::progress(db, id))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (progress.passed, progress.failed, progress.acting),
+            (2, 1, 0)
         );
     }
 

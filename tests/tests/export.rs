@@ -626,6 +626,16 @@ fn export_as_a_process_writes_the_files_it_names_with_the_password_of_the_file()
                 && line.ends_with(&format!(" in {}", s(&folder.join(format!("{name}.pfx"))))),
             "{out}"
         );
+        // Its expiry as a date (`valid until 2027-01-05 10:00:00 UTC`), not Unix seconds.
+        let until = line
+            .split("(valid until ")
+            .nth(1)
+            .and_then(|rest| rest.split(')').next())
+            .unwrap_or_else(|| panic!("no expiry in {line}"));
+        assert!(
+            until.len() == 23 && until.ends_with(" UTC") && until.as_bytes()[4] == b'-',
+            "the expiry is printed as a date: {line}"
+        );
     }
 
     // openssl reads the first line of a password file: had the newline been

@@ -159,21 +159,27 @@ fn each_child_logs_in_with_its_certificate_as_a_user_allowed_only_its_queue() {
     ok(&parent, &["verify", "--step-timeout", "20s"]);
     ok(&parent, &["switch", "--step-timeout", "20s"]);
 
-    // The node restarted with the migration fragment of broker-tls (its
-    // listener moved to this node's port).
+    // The node restarted with the migration fragment of broker-tls, as
+    // written, its listener on this node's port (--amqps-port, --amqps-bind).
     let tls = dir.path().join("broker-tls");
-    ok(&parent, &["broker-tls", "--out", tls.to_str().unwrap()]);
-    let fragment = std::fs::read_to_string(tls.join("rabbitmq-migration.conf")).unwrap();
+    ok(
+        &parent,
+        &[
+            "broker-tls",
+            "--out",
+            tls.to_str().unwrap(),
+            "--amqps-port",
+            &AMQPS_PORT.to_string(),
+            "--amqps-bind",
+            "127.0.0.1",
+        ],
+    );
+    let conf = tls.join("rabbitmq-migration.conf");
+    let fragment = std::fs::read_to_string(&conf).unwrap();
     assert!(
         fragment.contains("ssl_cert_login_from = common_name"),
         "{fragment}"
     );
-    let fragment = fragment.replace(
-        "listeners.ssl.default = 5671",
-        &format!("listeners.ssl.default = 127.0.0.1:{AMQPS_PORT}"),
-    );
-    let conf = dir.path().join("migration-for-node.conf");
-    std::fs::write(&conf, fragment).unwrap();
     node.run("restart", Some(&tls), Some(&conf));
     wait_for("all three back online", WAIT, || {
         let s = parent.status_json().ok()?;

@@ -1,8 +1,11 @@
 //! CA rotation on AMQPS: twenty children and a local parent, moved to AMQPS
 //! on a private node, go through `ca rotate` to its end without one going
-//! offline. The broker follows each phase without a restart (its files are
-//! written again where `broker-tls --out` put them; `scripts/broker
-//! reload-tls` clears its PEM cache). One more child is offline when the
+//! offline. The broker reads its files from a folder of its own, where the
+//! operator installs what `broker-tls --out` writes: the parent waits for it
+//! (before the re-issue it must accept the new CA, before the end present a
+//! certificate from it) and says so in the status; installed, the broker
+//! takes them without a restart (`scripts/broker reload-tls` clears its PEM
+//! cache). One more child is offline when the
 //! rotation begins: the first phase waits for it, a parent restarted then
 //! finds the rotation where it was, and the child catches up when it comes
 //! back. At the end every agent's certificate verifies with openssl against
@@ -145,9 +148,21 @@ fn a_ca_rotation_moves_everyone_to_the_new_ca_without_anyone_going_offline() {
             "listeners.ssl.default = 5671",
             &format!("listeners.ssl.default = 127.0.0.1:{AMQPS_PORT}"),
         );
+    // The broker reads its own copy (`live`): the operator installs into it.
+    let live = dir.path().join("broker-live");
+    std::fs::create_dir_all(&live).unwrap();
+    let install = || {
+        for name in ["ca.pem", "broker.pem", "broker.key"] {
+            let staged = live.join(format!("{name}.new"));
+            std::fs::copy(tls.join(name), &staged).unwrap();
+            std::fs::rename(&staged, live.join(name)).unwrap();
+        }
+    };
+    install();
+    let fragment = fragment.replace(tls.to_str().unwrap(), live.to_str().unwrap());
     let conf = dir.path().join("migration-for-node.conf");
     std::fs::write(&conf, fragment).unwrap();
-    node.run("restart", Some(&tls), Some(&conf));
+    node.run("restart", Some(&live), Some(&conf));
     wait_for("everyone back online", WAIT, || {
         let s = parent.status_json().ok()?;
         (s["network"]["online"] == everyone).then_some(())
@@ -204,14 +219,13 @@ fn a_ca_rotation_moves_everyone_to_the_new_ca_without_anyone_going_offline() {
         },
     );
     assert_eq!(rotation(&parent).unwrap()["phase"], "trust");
-    // The broker reads its new files without a restart.
-    node.run("reload-tls", None, None);
     // The late child comes back (over AMQPS, with its old certificate) and
     // catches up.
     let _late = start_child(&vhost, dir.path(), late, &["--location", "hq"]);
     let mut late_back = false;
 
-    let mut reloaded_for = vec!["trust".to_owned()];
+    let mut waited_in: Vec<String> = Vec::new();
+    let mut installed_final = false;
     let rotation = wait_for("the rotation to its end", Duration::from_secs(240), || {
         let status = parent.status_json().ok()?;
         for agent in status["agents"].as_array()? {
@@ -228,15 +242,24 @@ fn a_ca_rotation_moves_everyone_to_the_new_ca_without_anyone_going_offline() {
         }
         let rotation = status["network"]["ca_rotation"].clone();
         let phase = rotation["phase"].as_str()?.to_owned();
-        if !reloaded_for.contains(&phase) {
-            // The parent wrote the broker's files for this phase: the
-            // operator's step, no restart (this RabbitMQ also notices a
-            // changed file by itself; the parent waits until it does).
+        let waits = rotation["waiting"].is_string();
+        if (waits && !waited_in.contains(&phase)) || (phase == "finished" && !installed_final) {
+            if waits {
+                // The status says what the rotation waits for.
+                let why = rotation["waiting"].as_str().unwrap();
+                assert!(why.contains("broker"), "{why}");
+                waited_in.push(phase.clone());
+            }
+            installed_final = phase == "finished";
+            // The operator installs the files and clears the PEM cache.
+            install();
             node.run("reload-tls", None, None);
-            reloaded_for.push(phase.clone());
         }
-        (phase == "finished" && rotation["trusting_old"] == 0).then_some(rotation)
+        (installed_final && rotation["trusting_old"] == 0).then_some(rotation)
     });
+    // Twice the broker held the rotation back until it was given its files.
+    assert_eq!(waited_in, ["trust", "reissue"]);
+    assert!(rotation["waiting"].is_null(), "{rotation}");
     assert_eq!(rotation["agents"], everyone, "{rotation}");
     assert_eq!(rotation["on_new_ca"], everyone, "{rotation}");
     assert_eq!(rotation["trusting_new"], everyone, "{rotation}");
@@ -249,8 +272,8 @@ fn a_ca_rotation_moves_everyone_to_the_new_ca_without_anyone_going_offline() {
         "ca.pem is still the old CA"
     );
     assert_eq!(certificates_in(&certificates.join("trust.pem")), 1);
-    assert_eq!(certificates_in(&tls.join("ca.pem")), 1);
-    assert!(verifies(&new_ca, &tls.join("broker.pem")));
+    assert_eq!(certificates_in(&live.join("ca.pem")), 1);
+    assert!(verifies(&new_ca, &live.join("broker.pem")));
     let status = parent.status_json().unwrap();
     for name in &all {
         let certs = dir.path().join(name).join("certs");

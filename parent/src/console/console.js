@@ -534,7 +534,8 @@
       "ca-rotation",
       r
         ? r.phase + ": " + r.trusting_new + " of " + r.agents + " trust the new CA · " +
-            r.on_new_ca + " on it · " + r.trusting_old + " still trust the old one"
+            r.on_new_ca + " on it · " + r.trusting_old + " still trust the old one" +
+            (r.waiting ? " — waits: " + r.waiting : "")
         : "none"
     );
     setText("btn-rotate", rotationUnderWay() ? "Next phase of the CA rotation…" : "Rotate CA…");
