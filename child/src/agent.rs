@@ -412,7 +412,11 @@ impl Session {
                 };
                 self.send(agent, ToParent::Refused(refused), None).await?;
             }
-            Verdict::Forged(reason) => {
+            Verdict::ObeyedBefore(reason) if delivery.redelivered => {
+                // Its ack was lost with the connection: obeyed, only acked now.
+                info!(reason = %reason, "a command obeyed before came again after a reconnect; acked");
+            }
+            Verdict::Forged(reason) | Verdict::ObeyedBefore(reason) => {
                 warn!(reason = %reason, "SECURITY: a forged or replayed command was refused");
                 fleetls_bus::amqp::dead_letter(
                     &self.channel,

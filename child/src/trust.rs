@@ -62,6 +62,13 @@ pub enum Verdict {
     /// Not from the parent, not for this agent, or replayed: refuse it,
     /// dead-letter it and report it as a security event.
     Forged(String),
+    /// A genuine command for this agent whose id it obeyed before (why, as
+    /// [`Verdict::Forged`] says it): the broker's own redelivery of a
+    /// command whose ack a lost connection swallowed (a cluster node lost
+    /// mid-command), or a copy someone published again — which one, only
+    /// the delivery's `redelivered` flag tells (the broker sets it, a
+    /// publisher cannot).
+    ObeyedBefore(String),
 }
 
 impl Trust {
@@ -145,7 +152,7 @@ impl Trust {
             .iter()
             .any(|s| s.split('@').next() == Some(id.as_str()))
         {
-            return Verdict::Forged(format!("replayed: command {id} was obeyed before"));
+            return Verdict::ObeyedBefore(format!("replayed: command {id} was obeyed before"));
         }
         if envelope.at.saturating_add(REPLAY_WINDOW_MS) < kept.newest {
             return Verdict::Forged(format!(

@@ -102,10 +102,7 @@ fn view(
             continue;
         }
         counts.0 += 1;
-        let agent = c
-            .name
-            .strip_prefix("fleetls-child:")
-            .and_then(|id| id.parse::<Uuid>().ok());
+        let agent = fleetls_proto::topology::child_of_connection_name(&c.name);
         if let Some(agent) = agent {
             counts.1 += 1;
             out.agents.insert(agent, node.clone());
@@ -224,7 +221,10 @@ mod tests {
         let agent = Uuid::new_v4();
         let connections = [
             connection("fleetls-parent", "r@a"),
-            connection(&format!("fleetls-child:{agent}"), "r@a"),
+            connection(
+                &fleetls_proto::topology::child_connection_name(&agent, "till-1"),
+                "r@a",
+            ),
             connection("fleetls-swarm:0", "r@b"),
             connection("someone-else", "r@a"),
         ];

@@ -1,7 +1,7 @@
 //! A node lost in the middle of a verify campaign, on a RabbitMQ cluster of
 //! three nodes run by `scripts/cluster` (its own name `clu16t` and ports
-//! 5970-5972 AMQP, 15970-15972 management, 15990-15992 prometheus,
-//! 5980-5982 AMQPS unused; Erlang distribution 25970-25972). A parent with quorum
+//! 5970-5972 AMQP, 15970-15972 management, 15973-15975 prometheus,
+//! 5973-5975 AMQPS unused; Erlang distribution 25970-25972). A parent with quorum
 //! queues and three swarms of children, each swarm given the broker list
 //! starting at another node, so that children sit on all three, and one
 //! child of its own (`solo`, on node 2 first). Node 2 is killed (SIGKILL of
@@ -9,7 +9,9 @@
 //! child is counted exactly once, the children that were on node 2 are back
 //! online on the other nodes within a bound, `fleetls.dead` holds nothing,
 //! and the parent's status, `cluster` and `/metrics` show node 2 down and
-//! where `solo` went. The cluster is stopped at the end, also on failure.
+//! where `solo` went. Then node 2 is back and node 1 — the parent's — is
+//! killed: the parent moves to another node and a second verify counts every
+//! child once. The cluster is stopped at the end, also on failure.
 
 use std::process::Command;
 use std::time::Duration;
@@ -428,8 +430,85 @@ fn a_node_lost_during_verify_the_campaign_completes_and_its_children_move() {
         Cluster::script(&["status"]).0,
         "three nodes after restart 2"
     );
+
+    // The parent's own node (and its management) goes: the parent moves on,
+    // as do the children there, and a second campaign runs through.
+    Cluster::run(&["kill", "1"]);
+    let node3 = format!("http://127.0.0.1:{}", BASE + 10002);
+    wait_for(
+        "the parent on another node",
+        Duration::from_secs(120),
+        || {
+            let list: Value = http()
+                .get(format!("{node3}/api/vhosts/{}/connections", vhost.name))
+                .basic_auth("guest", Some("guest"))
+                .send()
+                .ok()?
+                .json()
+                .ok()?;
+            list.as_array()?
+                .iter()
+                .any(|c| {
+                    c["client_properties"]["connection_name"] == "fleetls-parent"
+                        && c["node"] != format!("{NAME}-1@localhost").as_str()
+                })
+                .then_some(())
+        },
+    );
+    let (code, out, err) = parent.cli(&[
+        "verify",
+        "--json",
+        "--step-timeout",
+        "60s",
+        "--concurrency",
+        "150",
+    ]);
+    assert!(
+        code == 0 || code == 4,
+        "verify after node 1 was lost: {err}"
+    );
+    let again: Value = serde_json::from_str(&out).expect("verify --json prints JSON");
+    let campaign = &again["campaign"];
+    eprintln!("verify with node 1 lost: {campaign}");
+    assert_eq!(count(campaign, "total"), total as u64, "{campaign}");
+    assert_eq!(
+        count(campaign, "passed")
+            + count(campaign, "failed")
+            + count(campaign, "did_not_participate"),
+        total as u64,
+        "each child counted once: {campaign}"
+    );
     drop(swarms);
     drop(parent);
     drop(vhost);
     drop(cluster);
+}
+
+/// On the shared broker (one node: quorum queues work there too): a parent
+/// with quorum queues and a child with the default classic queue work
+/// together; a parent started again as classic on the quorum
+/// `fleetls.parent` says what to do instead of failing without a word.
+#[test]
+fn queue_types_mix_and_a_mismatch_says_what_to_do() {
+    let vhost = Vhost::new();
+    let dir = test_dir();
+    let mut parent = Parent::start(&vhost, dir.path(), &["--queue-type", "quorum"]);
+    let _child = fleetls_tests::start_child(&vhost, dir.path(), "till-1", &[]);
+    let agents = parent.wait_online(&["till-1"]);
+    let id = agents[0]["id"].as_str().expect("an id").to_owned();
+    let queue = |name: &str| vhost.management_get(&format!("/api/queues/{{vhost}}/{name}"));
+    assert_eq!(queue("fleetls.parent")["type"], "quorum");
+    assert_eq!(queue(&format!("fleetls.agent.{id}"))["type"], "classic");
+
+    // The topology is declared `fleetls.dead` first: that is the queue named.
+    parent.proc.signal("TERM");
+    parent.restart(&vhost, &["--queue-type", "classic"]);
+    let log = wait_for("the parent's explanation", Duration::from_secs(60), || {
+        let log = parent.proc.output();
+        log.contains("cannot change type").then_some(log)
+    });
+    assert!(
+        log.contains("--queue-type quorum") && log.contains("delete_queue fleetls.dead"),
+        "{log}"
+    );
 }
