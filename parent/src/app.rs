@@ -31,6 +31,9 @@ pub struct App {
     pub channel: Mutex<Option<Channel>>,
     /// Wakes the campaign engine (a campaign started or a child ended).
     pub campaign_changed: tokio::sync::Notify,
+    /// Certificates were superseded (renewals): the CRL is signed again
+    /// once the burst is over, not once per batch.
+    pub crl_stale: tokio::sync::Notify,
     /// The SSL port server, while it runs.
     pub ssl_port: tokio::sync::Mutex<Option<SslPortHandle>>,
     /// Stops everything.

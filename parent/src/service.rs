@@ -121,6 +121,7 @@ pub async fn serve(
         pki: RwLock::new(pki),
         channel: Mutex::new(None),
         campaign_changed: tokio::sync::Notify::new(),
+        crl_stale: tokio::sync::Notify::new(),
         ssl_port: tokio::sync::Mutex::new(None),
         shutdown: shutdown.clone(),
         amqps: RwLock::new(crate::broker_switch::load_state(&data_dir)),
@@ -143,6 +144,7 @@ pub async fn serve(
     }
     let engine = tokio::spawn(crate::engine::run(app.clone(), shutdown.clone()));
     tokio::spawn(renew_own(app.clone(), shutdown.clone()));
+    tokio::spawn(refresh_crl_after_renewals(app.clone(), shutdown.clone()));
     tokio::spawn(crate::owed::run(app.clone(), shutdown.clone()));
     tokio::spawn(crate::rotation::run(app.clone(), shutdown.clone()));
     tokio::spawn(crate::cluster::watch(app.clone(), shutdown.clone()));
@@ -165,6 +167,26 @@ pub async fn serve(
     }
     info!("parent stopped");
     Ok(())
+}
+
+/// Signs the CRL again after certificates were superseded by renewals: one
+/// second after the first notice, so that a burst of 10,000 renewals signs
+/// it a few times, not once per batch of messages (a revocation by an
+/// operator signs it at once, in `ops::revoke`).
+async fn refresh_crl_after_renewals(app: Arc<App>, mut shutdown: Shutdown) {
+    loop {
+        tokio::select! {
+            _ = shutdown.wait() => return,
+            _ = app.crl_stale.notified() => {}
+        }
+        tokio::select! {
+            _ = shutdown.wait() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        if let Err(e) = app.refresh_crl().await {
+            warn!(error = %e, "the revocation list cannot be signed again");
+        }
+    }
 }
 
 /// Checks every so often (a twentieth of the certificate lifetime, at most
@@ -459,9 +481,7 @@ async fn handle_batch(
         app.metrics.sent.fetch_add(outgoing.len() as u64, Relaxed);
         broker::send_all(channel, &app.signing_key, outgoing).await?;
         if applied.revoked {
-            if let Err(e) = app.refresh_crl().await {
-                warn!(error = %e, "the revocation list cannot be signed again");
-            }
+            app.crl_stale.notify_one();
         }
         if reports {
             app.campaign_changed.notify_one();
