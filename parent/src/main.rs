@@ -244,6 +244,8 @@ struct CampaignArgs {
     json: bool,
 }
 
+// Made once per process from the command line: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum SettingsAction {
     /// Print the SSL settings and whether they are frozen.
