@@ -34,6 +34,14 @@ pub async fn run(config: RunConfig, shutdown: Shutdown) -> Result<(), RunError> 
     CertStore::new(&agent.config.data_dir)
         .with_stores(agent.config.trust_stores.clone())
         .keep_stores();
+    if let Some(bundle) = &agent.config.trust_bundle {
+        CertStore::new(&agent.config.data_dir)
+            .store_trust_bundle(bundle)
+            .map_err(|why| crate::identity::StoreError {
+                path: CertStore::new(&agent.config.data_dir).trust_bundle_path(),
+                why,
+            })?;
+    }
     let name = topology::child_connection_name(&agent.identity.id, &agent.identity.name);
     fleetls_bus::reconnect::run("child", Duration::ZERO, shutdown.clone(), || {
         let (agent, name, shutdown) = (agent.clone(), name.clone(), shutdown.clone());

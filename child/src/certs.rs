@@ -81,6 +81,18 @@ impl CertStore {
         self.dir.join("agent.key.pending")
     }
 
+    /// Extra roots for the servers this agent connects to
+    /// (`--trust-bundle`): the root of the parent's own SSL port certificate.
+    pub fn trust_bundle_path(&self) -> PathBuf {
+        self.dir.join("trust-bundle.pem")
+    }
+
+    /// Keeps `pem` as the trust bundle (the folder made if needed).
+    pub fn store_trust_bundle(&self, pem: &str) -> Result<(), String> {
+        std::fs::create_dir_all(&self.dir).map_err(|e| format!("{}: {e}", self.dir.display()))?;
+        write_atomic(&self.trust_bundle_path(), pem.as_bytes(), 0o644).map_err(|e| e.to_string())
+    }
+
     /// Whether a key and a chain are installed.
     pub fn has_certificate(&self) -> bool {
         self.chain_path().exists() && self.key_path().exists()

@@ -66,6 +66,11 @@ pub struct RawRun {
     /// File holding the password of the pkcs12 / jks stores (at least 8 characters)
     #[arg(long, env = "FLEETLS_TRUST_STORE_PASSWORD_FILE")]
     pub trust_store_password_file: Option<PathBuf>,
+    /// Root certificates (PEM) to trust for the servers this agent connects
+    /// to, besides the network's CA: the root of the parent's own SSL port
+    /// certificate (`settings set --parent-cert`)
+    #[arg(long)]
+    pub trust_bundle: Option<PathBuf>,
 }
 
 impl fleetls_bus::process::Layered for RawRun {
@@ -89,6 +94,7 @@ impl fleetls_bus::process::Layered for RawRun {
             trust_store_password_file: self
                 .trust_store_password_file
                 .or(other.trust_store_password_file),
+            trust_bundle: self.trust_bundle.or(other.trust_bundle),
         }
     }
 }
@@ -138,6 +144,8 @@ pub struct RunConfig {
     pub queue_type: fleetls_bus::queue_type::QueueType,
     /// The stores kept in step with the PEM files (`--trust-store-format`).
     pub trust_stores: Option<crate::stores::TrustStores>,
+    /// Extra roots for the servers it connects to (`--trust-bundle`), PEM.
+    pub trust_bundle: Option<String>,
 }
 
 impl RunConfig {
@@ -229,8 +237,24 @@ impl RunConfig {
             raw.trust_store_format.as_deref(),
             raw.trust_store_password_file.as_deref(),
         )?;
+        let trust_bundle = match &raw.trust_bundle {
+            None => None,
+            Some(path) => {
+                let invalid = |why: String| ConfigError::Invalid {
+                    name: "--trust-bundle",
+                    value: path.display().to_string(),
+                    why,
+                };
+                let pem = std::fs::read_to_string(path).map_err(|e| invalid(e.to_string()))?;
+                fleetls_bus::tls::pem_certs(&pem).map_err(|e| {
+                    invalid(format!("{e}: give the PEM file of the root certificate(s)"))
+                })?;
+                Some(pem)
+            }
+        };
         Ok(RunConfig {
             trust_stores,
+            trust_bundle,
             broker,
             data_dir,
             name: raw.name,

@@ -11,6 +11,8 @@ heartbeats, and follows the parent through the switch to TLS";
 
 type Cli = fleetls_bus::process::Cli<Command>;
 
+// Made once per process from the command line: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run the agent until SIGINT/SIGTERM.

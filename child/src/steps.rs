@@ -121,9 +121,18 @@ pub fn cert_test(store: &CertStore) -> Result<Loaded, StepFailure> {
                 format!("Certificate test failed: this agent's certificate does not verify ({e})."),
             )
         })?;
+    // The servers this agent connects to may also present a certificate of
+    // a root it was given (`--trust-bundle`: the parent's own SSL port
+    // certificate); its clients are still checked against the CA alone.
+    let mut server_roots = (*roots).clone();
+    if let Ok(bundle) = std::fs::read(store.trust_bundle_path()) {
+        for cert in CertificateDer::pem_slice_iter(&bundle).flatten() {
+            let _ = server_roots.add(cert);
+        }
+    }
     // Building the client config checks that the key matches the certificate.
     let client = ClientConfig::builder()
-        .with_root_certificates(roots.clone())
+        .with_root_certificates(Arc::new(server_roots))
         .with_client_auth_cert(chain.clone(), key.clone_key())
         .map_err(|e| {
             fail(

@@ -1139,7 +1139,9 @@ fn check_chain(
                     ),
                     "install on the server a certificate issued by this network's CA (for the parent: \
                      DATA_DIR/certificates/parent.pem; after `certs reset` everything is issued anew), \
-                     or give the doctor the CA the server really uses (--ca)",
+                     or give the doctor the CA the server really uses (--ca); when the parent serves \
+                     its own certificate (`settings set --parent-cert`), give the agents its root with \
+                     `fleetls-child run --trust-bundle ROOT.pem`",
                 );
             }
         }

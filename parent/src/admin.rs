@@ -399,7 +399,8 @@ async fn settings_set(
     State(app): State<Arc<App>>,
     Json(change): Json<SettingsChange>,
 ) -> Result<Json<ops::SettingsView>, ApiError> {
-    let tls = change.min_tls.is_some() || change.cipher_suites.is_some();
+    let tls =
+        change.min_tls.is_some() || change.cipher_suites.is_some() || change.parent_cert.is_some();
     let view = blocking(&app, move |app| ops::settings_set(app, &change)).await?;
     if tls {
         ops::apply_tls_policy(&app).await?;

@@ -76,6 +76,11 @@ impl Layout {
         self.dir.join("certificates")
     }
 
+    /// Which of the certificates the operator gave (`crate::own`).
+    pub fn own_record(&self) -> PathBuf {
+        self.certificates().join("own.toml")
+    }
+
     /// Where a new generation of certificates is written before it replaces
     /// [`Layout::certificates`].
     pub fn certificates_staging(&self) -> PathBuf {

@@ -23,6 +23,7 @@ pub mod layout;
 pub mod management;
 pub mod ops;
 pub mod owed;
+pub mod own;
 pub mod pki;
 pub mod registry;
 pub mod rotation;

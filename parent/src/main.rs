@@ -244,6 +244,8 @@ struct CampaignArgs {
     json: bool,
 }
 
+// Made once per process from the command line: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum SettingsAction {
     /// Print the SSL settings and whether they are frozen.
@@ -551,10 +553,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 print_settings(&view, json)
             }
             SettingsAction::Set {
-                change,
+                mut change,
                 target,
                 json,
             } => {
+                // The parent reads the files: absolute paths.
+                for path in [&mut change.parent_cert, &mut change.parent_key]
+                    .into_iter()
+                    .flatten()
+                {
+                    *path = std::path::absolute(&*path).unwrap_or_else(|_| path.clone());
+                }
                 let view: ops::SettingsView =
                     Client::new(&target)?.post("/api/settings", &change).await?;
                 print_settings(&view, json)

@@ -55,7 +55,7 @@ pub fn settings_show(app: &App) -> SettingsView {
 pub fn settings_set(app: &App, change: &SettingsChange) -> Result<SettingsView, OpError> {
     if change.is_empty() {
         return Err(OpError::BadRequest(
-            "nothing to change: give at least one of --port, --local-parent-port, --names, --ips, --broker-names, --broker-ips, --min-tls, --cipher-suites".into(),
+            "nothing to change: give at least one of --port, --local-parent-port, --names, --ips, --broker-names, --broker-ips, --min-tls, --cipher-suites, --parent-cert".into(),
         ));
     }
     let mut settings = app.settings.write().unwrap_or_else(|p| p.into_inner());
@@ -70,6 +70,43 @@ pub fn settings_set(app: &App, change: &SettingsChange) -> Result<SettingsView, 
     let next = settings
         .apply(change)
         .map_err(|e| OpError::BadRequest(format!("invalid {e}")))?;
+    if let (Some(cert), Some(key)) = (&change.parent_cert, &change.parent_key) {
+        if app.pki().is_none() {
+            return Err(OpError::Refused(
+                "--parent-cert replaces the SSL port's certificate: run `certs generate` first"
+                    .into(),
+            ));
+        }
+        let read = |flag: &str, path: &std::path::Path| {
+            std::fs::read_to_string(path).map_err(|e| {
+                OpError::BadRequest(format!(
+                    "{flag}: {} cannot be read by the parent: {e}",
+                    path.display()
+                ))
+            })
+        };
+        let (chain_pem, key_pem) = (read("--parent-cert", cert)?, read("--parent-key", key)?);
+        let now = (fleetls_proto::now_ms() / 1000) as i64;
+        crate::own::check(&chain_pem, &key_pem, &next.names, &next.ips, now)
+            .map_err(OpError::BadRequest)?;
+        // The port must be able to serve it before it replaces anything.
+        crate::ssl_port::server_config(
+            &std::fs::read(
+                crate::layout::Layout::new(&app.config.data_dir)
+                    .certificate(crate::layout::CertFile::TrustPem),
+            )
+            .map_err(internal)?,
+            chain_pem.as_bytes(),
+            key_pem.as_bytes(),
+            None,
+            &next.tls_policy(),
+        )
+        .map_err(|e| {
+            OpError::BadRequest(format!("--parent-cert: the SSL port cannot serve it: {e}"))
+        })?;
+        crate::own::install(&app.config.data_dir, &chain_pem, &key_pem).map_err(internal)?;
+        tracing::info!(file = %cert.display(), "the SSL port serves the operator's own certificate");
+    }
     next.save(&app.config.data_dir).map_err(internal)?;
     *settings = next.clone();
     Ok(SettingsView {

@@ -274,7 +274,14 @@ impl Pki {
         now: i64,
     ) -> Result<bool, PkiError> {
         let layout = Layout::new(data_dir);
-        let path = layout.certificate(CertFile::ParentPem);
+        // An operator's own SSL port certificate is theirs to renew (doctor
+        // warns before it expires): the broker's decides then.
+        let own = crate::own::OwnRecord::load(data_dir).parent;
+        let path = layout.certificate(if own {
+            CertFile::BrokerPem
+        } else {
+            CertFile::ParentPem
+        });
         let pem = std::fs::read_to_string(&path).map_err(io(&path))?;
         let certs = pem_certs(&pem)?;
         use x509_parser::prelude::{FromDer, X509Certificate};
@@ -295,12 +302,16 @@ impl Pki {
             &settings.broker_ips,
             false,
         )?;
+        let own = crate::own::OwnRecord::load(data_dir).parent;
         for (file, content) in [
             (CertFile::ParentKey, &parent.1),
             (CertFile::ParentPem, &parent.0),
             (CertFile::BrokerKey, &broker.1),
             (CertFile::BrokerPem, &broker.0),
         ] {
+            if own && matches!(file, CertFile::ParentKey | CertFile::ParentPem) {
+                continue;
+            }
             let path = layout.certificate(file);
             write_atomic(&path, content.as_bytes(), file.mode()).map_err(io(&path))?;
         }
@@ -320,12 +331,16 @@ impl Pki {
             &settings.broker_ips,
             false,
         )?;
+        let own = crate::own::OwnRecord::load(data_dir).parent;
         for (file, content) in [
             (CertFile::ParentKey, &parent.1),
             (CertFile::ParentPem, &parent.0),
             (CertFile::BrokerKey, &broker.1),
             (CertFile::BrokerPem, &broker.0),
         ] {
+            if own && matches!(file, CertFile::ParentKey | CertFile::ParentPem) {
+                continue;
+            }
             let path = layout.certificate(file);
             write_atomic(&path, content.as_bytes(), file.mode()).map_err(io(&path))?;
         }

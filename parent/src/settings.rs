@@ -68,6 +68,13 @@ pub struct SettingsChange {
     /// (e.g. TLS13_AES_256_GCM_SHA384); empty: every suite
     #[arg(long)]
     pub cipher_suites: Option<String>,
+    /// Your own certificate for the parent's SSL port (PEM, leaf first, up
+    /// to the root), instead of one from fleetls's CA; checked before use
+    #[arg(long, requires = "parent_key")]
+    pub parent_cert: Option<std::path::PathBuf>,
+    /// Its private key (PEM)
+    #[arg(long, requires = "parent_cert")]
+    pub parent_key: Option<std::path::PathBuf>,
 }
 
 impl SettingsChange {
@@ -81,14 +88,19 @@ impl SettingsChange {
             && self.broker_ips.is_none()
             && self.min_tls.is_none()
             && self.cipher_suites.is_none()
+            && self.parent_cert.is_none()
+            && self.parent_key.is_none()
     }
 
-    /// Whether it changes only the TLS options, which are inside no
-    /// certificate (allowed once certificates exist).
+    /// Whether it changes only the TLS options or the SSL port's own
+    /// certificate, which change no certificate fleetls issued (allowed
+    /// once certificates exist).
     pub fn tls_only(&self) -> bool {
         SettingsChange {
             min_tls: None,
             cipher_suites: None,
+            parent_cert: None,
+            parent_key: None,
             ..self.clone()
         }
         .is_empty()
