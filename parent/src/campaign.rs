@@ -602,22 +602,10 @@ pub fn tick(
             "SELECT agent, step, target_host, target_port, step_deadline FROM campaign_children
              WHERE campaign = ?1 AND state = 'acting'",
         )?;
-        let rows = acting.query_map(params![id], |row| {
-            Ok((
-                row.get::<_, String>(0)?,
-                row.get::<_, String>(1)?,
-                row.get::<_, String>(2)?,
-                row.get::<_, u16>(3)?,
-                row.get::<_, i64>(4)?,
-            ))
-        })?;
-        for row in rows {
-            let (agent, step, host, port, step_deadline) = row?;
-            if let Ok(agent) = agent.parse() {
-                result
-                    .outgoing
-                    .push(command(agent, &step, host, port, step_deadline as u64));
-            }
+        for (agent, step, host, port, deadline) in step_rows(&mut acting, params![id])? {
+            result
+                .outgoing
+                .push(command(agent, &step, host, port, deadline));
         }
     }
     if judge {
@@ -629,22 +617,12 @@ pub fn tick(
                  AND step_deadline > ?2 AND step_deadline - ?2 <= ?3 / 2
              RETURNING agent, step, target_host, target_port, step_deadline",
         )?;
-        let rows = late.query_map(params![id, now, step_timeout], |row| {
-            Ok((
-                row.get::<_, String>(0)?,
-                row.get::<_, String>(1)?,
-                row.get::<_, String>(2)?,
-                row.get::<_, u16>(3)?,
-                row.get::<_, i64>(4)?,
-            ))
-        })?;
-        for row in rows {
-            let (agent, step, host, port, step_deadline) = row?;
-            if let Ok(agent) = agent.parse() {
-                result
-                    .outgoing
-                    .push(command(agent, &step, host, port, step_deadline as u64));
-            }
+        for (agent, step, host, port, deadline) in
+            step_rows(&mut late, params![id, now, step_timeout])?
+        {
+            result
+                .outgoing
+                .push(command(agent, &step, host, port, deadline));
         }
     }
     let acting: i64 = tx.query_row(
@@ -723,6 +701,34 @@ pub fn tick(
     )?
     .map(|d| d.min(deadline) as u64);
     Ok(result)
+}
+
+/// A child's current step: agent, step, target host, target port, deadline.
+type StepRow = (Uuid, String, String, u16, u64);
+
+/// The [`StepRow`]s a statement over `campaign_children` returns; an
+/// unreadable agent id is left out.
+fn step_rows(
+    stmt: &mut rusqlite::CachedStatement<'_>,
+    params: impl rusqlite::Params,
+) -> Result<Vec<StepRow>, RegistryError> {
+    let rows = stmt.query_map(params, |row| {
+        Ok((
+            row.get::<_, String>(0)?,
+            row.get::<_, String>(1)?,
+            row.get::<_, String>(2)?,
+            row.get::<_, u16>(3)?,
+            row.get::<_, i64>(4)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (agent, step, host, port, deadline) = row?;
+        if let Ok(agent) = agent.parse() {
+            out.push((agent, step, host, port, deadline as u64));
+        }
+    }
+    Ok(out)
 }
 
 /// The command an agent is owed by the running campaign: the step it is

@@ -294,33 +294,14 @@ impl Pki {
         if now < from + (until - from) * 2 / 3 {
             return Ok(false);
         }
-        let parent =
-            self.server_certificate("fleetls-parent", &settings.names, &settings.ips, true)?;
-        let broker = self.server_certificate(
-            "fleetls-broker",
-            &settings.broker_names,
-            &settings.broker_ips,
-            false,
-        )?;
-        let own = crate::own::OwnRecord::load(data_dir).parent;
-        for (file, content) in [
-            (CertFile::ParentKey, &parent.1),
-            (CertFile::ParentPem, &parent.0),
-            (CertFile::BrokerKey, &broker.1),
-            (CertFile::BrokerPem, &broker.0),
-        ] {
-            if own && matches!(file, CertFile::ParentKey | CertFile::ParentPem) {
-                continue;
-            }
-            let path = layout.certificate(file);
-            write_atomic(&path, content.as_bytes(), file.mode()).map_err(io(&path))?;
-        }
+        self.reissue_own(data_dir, settings)?;
         Ok(true)
     }
 
     /// Issues the parent's and the broker's certificates again now, from
-    /// this CA (new keys, same names): a CA rotation moves them to the new
-    /// CA once every agent trusts it.
+    /// this CA (new keys, same names): a renewal, and a CA rotation moving
+    /// them to the new CA once every agent trusts it. An operator's own SSL
+    /// port certificate is left alone.
     pub fn reissue_own(&self, data_dir: &Path, settings: &SslSettings) -> Result<(), PkiError> {
         let layout = Layout::new(data_dir);
         let parent =
