@@ -2,7 +2,7 @@
 //! capped frame size, the design's topology, publishing with confirms, and
 //! dead-lettering with a reason.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use fleetls_proto::{topology, Envelope, CONTENT_TYPE};
@@ -74,15 +74,16 @@ pub async fn connect(url: &str, name: &str, frame_max: FrameSize) -> Result<Conn
 }
 
 /// The files an AMQPS connection needs: this agent's chain (leaf first)
-/// and key, and the CA the broker's certificate must chain to.
+/// and key, and the CAs the broker's certificate may chain to.
 #[derive(Debug, Clone, Copy)]
 pub struct TlsFiles<'a> {
     /// PEM chain, leaf first.
     pub chain: &'a Path,
     /// PEM PKCS#8 private key.
     pub key: &'a Path,
-    /// PEM CA bundle the broker must chain to.
-    pub ca: &'a Path,
+    /// PEM CA bundles the broker must chain to (one of their
+    /// certificates).
+    pub ca: &'a [PathBuf],
 }
 
 /// Opens a named AMQPS connection presenting a client certificate, to
@@ -109,8 +110,13 @@ async fn connect_tls_one(
     let read = |path: &Path| {
         std::fs::read(path).map_err(|e| BusError::Tls(format!("{}: {e}", path.display())))
     };
-    let ca = String::from_utf8(read(files.ca)?)
-        .map_err(|_| BusError::Tls(format!("{} is not a PEM text file", files.ca.display())))?;
+    let mut ca = String::new();
+    for path in files.ca {
+        let text = String::from_utf8(read(path)?)
+            .map_err(|_| BusError::Tls(format!("{} is not a PEM text file", path.display())))?;
+        ca.push_str(text.trim_end());
+        ca.push('\n');
+    }
     let config = OwnedTLSConfig {
         identity: Some(OwnedIdentity::PKCS8 {
             pem: read(files.chain)?,

@@ -97,6 +97,14 @@ pub fn fingerprint(der: &[u8]) -> String {
     format!("sha256:{hex}")
 }
 
+/// One certificate as PEM text (LF line endings).
+pub fn cert_pem(der: &[u8]) -> String {
+    pem::encode_config(
+        &pem::Pem::new("CERTIFICATE", der),
+        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+    )
+}
+
 /// Every certificate of a PEM text, DER; none at all is an error.
 pub fn pem_certs(pem: &str) -> Result<Vec<CertificateDer<'static>>, String> {
     let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(pem.as_bytes()).collect();

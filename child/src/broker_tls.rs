@@ -28,7 +28,7 @@ pub async fn connect(data_dir: &Path, uri: &str, name: &str) -> Result<Connectio
     let files = TlsFiles {
         chain: &store.chain_path(),
         key: &store.key_path(),
-        ca: &broker_ca_path(data_dir),
+        ca: &[broker_ca_path(data_dir)],
     };
     Ok(fleetls_bus::amqp::connect_tls(uri, name, FRAME_MAX, files).await?)
 }

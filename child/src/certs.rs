@@ -206,22 +206,36 @@ impl CertStore {
 
     /// Writes the CAs to trust to `ca.pem` (and to `broker-ca.pem` once the
     /// agent is on AMQPS: the broker's certificate comes from the same CA),
-    /// each whole, in one rename.
+    /// each whole, in one rename. `broker-ca.pem` keeps what it held beside
+    /// the CAs (the root of an operator's own broker certificate, sent
+    /// signed with the move to AMQPS).
     fn store_trust(&self, cas: &[CertificateDer<'static>]) -> Result<(), String> {
-        let mut seen = Vec::new();
-        let mut text = String::new();
-        for ca in cas {
-            let fp = fingerprint(ca);
-            if !seen.contains(&fp) {
-                seen.push(fp);
-                text.push_str(&to_pem(ca));
+        let broker = self.broker_ca_path();
+        // What broker-ca.pem holds beside the CAs trusted until now.
+        let extra: Option<Vec<CertificateDer<'static>>> =
+            std::fs::read_to_string(&broker).ok().map(|held| {
+                let old: Vec<String> = self.trusted_fingerprints();
+                pem_certs(&held)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|c| !old.contains(&fingerprint(c)))
+                    .collect()
+            });
+        let write = |path: &Path, certs: &mut dyn Iterator<Item = &CertificateDer<'static>>| {
+            let mut seen = Vec::new();
+            let mut text = String::new();
+            for cert in certs {
+                let fp = fingerprint(cert);
+                if !seen.contains(&fp) {
+                    seen.push(fp);
+                    text.push_str(&to_pem(cert));
+                }
             }
-        }
-        for path in [self.ca_path(), self.broker_ca_path()] {
-            if path == self.broker_ca_path() && !path.exists() {
-                continue;
-            }
-            write_atomic(&path, text.as_bytes(), 0o644).map_err(|e| e.to_string())?;
+            write_atomic(path, text.as_bytes(), 0o644).map_err(|e| e.to_string())
+        };
+        write(&self.ca_path(), &mut cas.iter())?;
+        if let Some(extra) = extra {
+            write(&broker, &mut cas.iter().chain(extra.iter()))?;
         }
         Ok(())
     }
@@ -352,12 +366,7 @@ fn issued_by_any(cert: &[u8], cas: &[CertificateDer<'_>]) -> bool {
     cas.iter().any(|ca| issued_by(cert, ca))
 }
 
-fn to_pem(der: &[u8]) -> String {
-    pem::encode_config(
-        &pem::Pem::new("CERTIFICATE", der),
-        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
-    )
-}
+use fleetls_bus::tls::cert_pem as to_pem;
 
 #[cfg(test)]
 mod tests {
@@ -416,6 +425,18 @@ mod tests {
             .unwrap();
         store.install(&issue(&csr, &old)).unwrap();
         assert_eq!(store.trusted_fingerprints(), [fp(&old.0)]);
+        // On AMQPS, with a broker serving the operator's own certificate:
+        // its root came beside the CA, and stays through the rotation.
+        let company = ca("company");
+        std::fs::write(store.broker_ca_path(), format!("{}{}", old.0, company.0)).unwrap();
+        let broker_trusts = || -> Vec<String> {
+            let pem = std::fs::read_to_string(store.broker_ca_path()).unwrap();
+            pem_certs(&pem)
+                .unwrap()
+                .iter()
+                .map(|c| fingerprint(c))
+                .collect()
+        };
         // Trust: both CAs, nothing to ask for.
         let both = format!("{}{}", old.0, new.0);
         assert_eq!(
@@ -447,6 +468,7 @@ mod tests {
                 Ok(None)
             );
             assert_eq!(store.trusted_fingerprints(), [fp(&new.0)]);
+            assert_eq!(broker_trusts(), [fp(&new.0), fp(&company.0)]);
         }
     }
 

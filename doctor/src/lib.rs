@@ -1141,7 +1141,9 @@ fn check_chain(
                      DATA_DIR/certificates/parent.pem; after `certs reset` everything is issued anew), \
                      or give the doctor the CA the server really uses (--ca); when the parent serves \
                      its own certificate (`settings set --parent-cert`), give the agents its root with \
-                     `fleetls-child run --trust-bundle ROOT.pem`",
+                     `fleetls-child run --trust-bundle ROOT.pem`; for a broker serving the operator's \
+                     own certificate (`settings set --broker-cert`), give the doctor its root \
+                     (DATA_DIR/certificates/broker-root.pem) with --ca",
                 );
             }
         }

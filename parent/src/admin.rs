@@ -449,10 +449,7 @@ async fn doctor(
 ) -> Json<crate::doctor::DoctorReport> {
     use crate::layout::CertFile;
     let layout = crate::layout::Layout::new(&app.config.data_dir);
-    let (cert, key) = (
-        layout.certificate(CertFile::ParentPem),
-        layout.certificate(CertFile::ParentKey),
-    );
+    let (cert, key) = crate::own::client_identity(&app.config.data_dir);
     Json(
         crate::doctor::diagnose_files(
             &request.target,

@@ -44,22 +44,22 @@ pub async fn connect(url: &str, name: &str) -> Result<Connection, BrokerError> {
     fleetls_bus::amqp::connect(url, name, FRAME_MAX).await
 }
 
-/// Opens an AMQPS connection with the parent's own certificate and the CA.
+/// Opens an AMQPS connection presenting the parent's certificate toward the
+/// broker and trusting what the broker's certificate may chain to.
 pub async fn connect_tls(
     data_dir: &Path,
     url: &str,
     name: &str,
 ) -> Result<Connection, BrokerError> {
-    use crate::layout::CertFile;
-    let layout = crate::layout::Layout::new(data_dir);
+    let (chain, key) = crate::own::client_identity(data_dir);
     fleetls_bus::amqp::connect_tls(
         url,
         name,
         FRAME_MAX,
         TlsFiles {
-            chain: &layout.certificate(CertFile::ParentPem),
-            key: &layout.certificate(CertFile::ParentKey),
-            ca: &layout.certificate(CertFile::TrustPem),
+            chain: &chain,
+            key: &key,
+            ca: &crate::own::broker_trust_files(data_dir),
         },
     )
     .await

@@ -108,7 +108,7 @@ fn explain(error: &std::io::Error, host: &str, port: u16) -> String {
     use rustls::{CertificateError as C, Error as E};
     match error.get_ref().and_then(|e| e.downcast_ref::<E>()) {
         Some(E::InvalidCertificate(C::UnknownIssuer | C::BadSignature)) => format!(
-            "the certificate on {host}:{port} does not chain to the network's CA: install the files of `broker-tls` and restart the broker"
+            "the certificate on {host}:{port} does not chain to the network's CA (nor to the root of an own broker certificate): install the files of `broker-tls` and restart the broker, or give the certificate the broker serves with `settings set --broker-cert F --broker-key F`"
         ),
         Some(E::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. })) => format!(
             "the certificate on {host}:{port} does not name {host}: add it to the broker names (`settings`) before generating, or use the name it has"
@@ -120,25 +120,23 @@ fn explain(error: &std::io::Error, host: &str, port: u16) -> String {
     }
 }
 
-/// A client config trusting the CA and presenting the parent's certificate.
+/// A client config trusting what the broker's certificate may chain to (the
+/// CAs, an operator's broker root) and presenting the parent's certificate
+/// toward the broker.
 pub fn client_config(data_dir: &Path) -> Result<Arc<ClientConfig>, String> {
-    let layout = Layout::new(data_dir);
-    let read = |file: CertFile| {
-        let path = layout.certificate(file);
-        std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))
-    };
+    let read = |path: &Path| std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()));
     let mut roots = RootCertStore::empty();
-    let _ = read(CertFile::CaPem)?;
-    for cert in CertificateDer::pem_slice_iter(&crate::ssl_port::trust(&layout)) {
-        let cert = cert.map_err(|e| e.to_string())?;
-        roots.add(cert).map_err(|e| e.to_string())?;
+    for path in crate::own::broker_trust_files(data_dir) {
+        for cert in CertificateDer::pem_slice_iter(&read(&path)?) {
+            let cert = cert.map_err(|e| e.to_string())?;
+            roots.add(cert).map_err(|e| e.to_string())?;
+        }
     }
-    let chain: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_slice_iter(&read(CertFile::ParentPem)?)
-            .collect::<Result<_, _>>()
-            .map_err(|e| e.to_string())?;
-    let key =
-        PrivateKeyDer::from_pem_slice(&read(CertFile::ParentKey)?).map_err(|e| e.to_string())?;
+    let (chain, key) = crate::own::client_identity(data_dir);
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&read(&chain)?)
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    let key = PrivateKeyDer::from_pem_slice(&read(&key)?).map_err(|e| e.to_string())?;
     let config = ClientConfig::builder()
         .with_root_certificates(roots)
         .with_client_auth_cert(chain, key)

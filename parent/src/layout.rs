@@ -81,6 +81,23 @@ impl Layout {
         self.certificates().join("own.toml")
     }
 
+    /// The parent's fleetls-issued certificate toward the broker, once the
+    /// SSL port serves the operator's own (`crate::own::client_identity`).
+    pub fn client_pem(&self) -> PathBuf {
+        self.certificates().join("client.pem")
+    }
+
+    /// The key of [`Layout::client_pem`].
+    pub fn client_key(&self) -> PathBuf {
+        self.certificates().join("client.key")
+    }
+
+    /// The root of the operator's own broker certificate, trusted for the
+    /// broker beside fleetls's CAs (`crate::own::broker_trust_files`).
+    pub fn broker_root(&self) -> PathBuf {
+        self.certificates().join("broker-root.pem")
+    }
+
     /// Where a new generation of certificates is written before it replaces
     /// [`Layout::certificates`].
     pub fn certificates_staging(&self) -> PathBuf {

@@ -259,7 +259,7 @@ enum SettingsAction {
     /// Change SSL settings (lists are `;`-separated; a value replaces the old one).
     Set {
         #[command(flatten)]
-        change: SettingsChange,
+        change: Box<SettingsChange>,
         #[command(flatten)]
         target: AdminTarget,
         /// Print JSON
@@ -558,9 +558,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 json,
             } => {
                 // The parent reads the files: absolute paths.
-                for path in [&mut change.parent_cert, &mut change.parent_key]
-                    .into_iter()
-                    .flatten()
+                for path in [
+                    &mut change.parent_cert,
+                    &mut change.parent_key,
+                    &mut change.broker_cert,
+                    &mut change.broker_key,
+                ]
+                .into_iter()
+                .flatten()
                 {
                     *path = std::path::absolute(&*path).unwrap_or_else(|_| path.clone());
                 }
@@ -683,10 +688,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let ca = args
                 .ca
                 .unwrap_or_else(|| layout.certificate(CertFile::CaPem));
-            let (cert, key) = (
-                layout.certificate(CertFile::ParentPem),
-                layout.certificate(CertFile::ParentKey),
-            );
+            let (cert, key) = fleetls_parent::own::client_identity(&args.data_dir);
             let report = fleetls_parent::doctor::diagnose_files(
                 &args.target,
                 &ca,

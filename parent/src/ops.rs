@@ -55,7 +55,7 @@ pub fn settings_show(app: &App) -> SettingsView {
 pub fn settings_set(app: &App, change: &SettingsChange) -> Result<SettingsView, OpError> {
     if change.is_empty() {
         return Err(OpError::BadRequest(
-            "nothing to change: give at least one of --port, --local-parent-port, --names, --ips, --broker-names, --broker-ips, --min-tls, --cipher-suites, --parent-cert".into(),
+            "nothing to change: give at least one of --port, --local-parent-port, --names, --ips, --broker-names, --broker-ips, --min-tls, --cipher-suites, --parent-cert, --broker-cert".into(),
         ));
     }
     let mut settings = app.settings.write().unwrap_or_else(|p| p.into_inner());
@@ -70,42 +70,22 @@ pub fn settings_set(app: &App, change: &SettingsChange) -> Result<SettingsView, 
     let next = settings
         .apply(change)
         .map_err(|e| OpError::BadRequest(format!("invalid {e}")))?;
-    if let (Some(cert), Some(key)) = (&change.parent_cert, &change.parent_key) {
-        if app.pki().is_none() {
-            return Err(OpError::Refused(
-                "--parent-cert replaces the SSL port's certificate: run `certs generate` first"
-                    .into(),
-            ));
+    let own = [
+        (
+            crate::own::Role::Parent,
+            &change.parent_cert,
+            &change.parent_key,
+        ),
+        (
+            crate::own::Role::Broker,
+            &change.broker_cert,
+            &change.broker_key,
+        ),
+    ];
+    for (role, cert, key) in own {
+        if let (Some(cert), Some(key)) = (cert, key) {
+            own_certificate(app, &next, role, cert, key)?;
         }
-        let read = |flag: &str, path: &std::path::Path| {
-            std::fs::read_to_string(path).map_err(|e| {
-                OpError::BadRequest(format!(
-                    "{flag}: {} cannot be read by the parent: {e}",
-                    path.display()
-                ))
-            })
-        };
-        let (chain_pem, key_pem) = (read("--parent-cert", cert)?, read("--parent-key", key)?);
-        let now = (fleetls_proto::now_ms() / 1000) as i64;
-        crate::own::check(&chain_pem, &key_pem, &next.names, &next.ips, now)
-            .map_err(OpError::BadRequest)?;
-        // The port must be able to serve it before it replaces anything.
-        crate::ssl_port::server_config(
-            &std::fs::read(
-                crate::layout::Layout::new(&app.config.data_dir)
-                    .certificate(crate::layout::CertFile::TrustPem),
-            )
-            .map_err(internal)?,
-            chain_pem.as_bytes(),
-            key_pem.as_bytes(),
-            None,
-            &next.tls_policy(),
-        )
-        .map_err(|e| {
-            OpError::BadRequest(format!("--parent-cert: the SSL port cannot serve it: {e}"))
-        })?;
-        crate::own::install(&app.config.data_dir, &chain_pem, &key_pem).map_err(internal)?;
-        tracing::info!(file = %cert.display(), "the SSL port serves the operator's own certificate");
     }
     next.save(&app.config.data_dir).map_err(internal)?;
     *settings = next.clone();
@@ -113,6 +93,60 @@ pub fn settings_set(app: &App, change: &SettingsChange) -> Result<SettingsView, 
         settings: next,
         frozen: app.pki().is_some(),
     })
+}
+
+/// Checks the operator's own certificate for `role` against the `next`
+/// settings and installs it; nothing changes when it is refused.
+fn own_certificate(
+    app: &App,
+    next: &SslSettings,
+    role: crate::own::Role,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<(), OpError> {
+    use crate::own::Role;
+    let (cert_flag, key_flag) = role.flags();
+    if app.pki().is_none() {
+        return Err(OpError::Refused(format!(
+            "{cert_flag} replaces a certificate of fleetls's: run `certs generate` first"
+        )));
+    }
+    let read = |flag: &str, path: &std::path::Path| {
+        std::fs::read_to_string(path).map_err(|e| {
+            OpError::BadRequest(format!(
+                "{flag}: {} cannot be read by the parent: {e}",
+                path.display()
+            ))
+        })
+    };
+    let (chain_pem, key_pem) = (read(cert_flag, cert)?, read(key_flag, key)?);
+    let now = (fleetls_proto::now_ms() / 1000) as i64;
+    let (names, ips) = match role {
+        Role::Parent => (&next.names, &next.ips),
+        Role::Broker => (&next.broker_names, &next.broker_ips),
+    };
+    crate::own::check(role, &chain_pem, &key_pem, names, ips, now).map_err(OpError::BadRequest)?;
+    // It must be servable before it replaces anything.
+    crate::ssl_port::server_config(
+        &crate::ssl_port::trust(&crate::layout::Layout::new(&app.config.data_dir)),
+        chain_pem.as_bytes(),
+        key_pem.as_bytes(),
+        None,
+        &next.tls_policy(),
+    )
+    .map_err(|e| OpError::BadRequest(format!("{cert_flag}: TLS cannot be served with it: {e}")))?;
+    crate::own::install(&app.config.data_dir, role, &chain_pem, &key_pem).map_err(internal)?;
+    match role {
+        Role::Parent => {
+            tracing::info!(file = %cert.display(), "the SSL port serves the operator's own certificate")
+        }
+        Role::Broker => {
+            // Where broker-tls wrote the broker's files, they follow.
+            crate::rotation::rewrite_broker_files(&app.config.data_dir);
+            tracing::info!(file = %cert.display(), "the broker's files carry the operator's own certificate")
+        }
+    }
+    Ok(())
 }
 
 /// The SSL port takes the TLS versions and suites of the settings from its
@@ -443,7 +477,7 @@ pub async fn start_campaign(
     request: &CampaignRequest,
 ) -> Result<CampaignStart, OpError> {
     use crate::campaign::{self, BrokerSwitchParams, Enrolment, Kind};
-    let pki = app.pki().ok_or_else(|| {
+    app.pki().ok_or_else(|| {
         OpError::Refused(
             "there are no certificates yet: run `certs generate` and `certs send` first".into(),
         )
@@ -509,7 +543,7 @@ pub async fn start_campaign(
         plan.broker_tls = Some(protocol);
         broker = Some(BrokerSwitchParams {
             uri,
-            ca_pem: pki.trust_pem.clone(),
+            ca_pem: crate::own::broker_trust_pem(&app.config.data_dir).map_err(internal)?,
             auth: request.auth.unwrap_or(fleetls_proto::BrokerAuth::Plain),
             ceiling: Some(window),
         });

@@ -116,12 +116,7 @@ pub fn pem_certs(pem: &str) -> Result<Vec<CertificateDer<'static>>, PkiError> {
     fleetls_bus::tls::pem_certs(pem).map_err(PkiError::Invalid)
 }
 
-fn to_pem(der: &[u8]) -> String {
-    pem::encode_config(
-        &pem::Pem::new("CERTIFICATE", der),
-        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
-    )
-}
+use fleetls_bus::tls::cert_pem as to_pem;
 
 fn random_serial() -> SerialNumber {
     use ring::rand::SecureRandom;
@@ -273,15 +268,9 @@ impl Pki {
         settings: &SslSettings,
         now: i64,
     ) -> Result<bool, PkiError> {
-        let layout = Layout::new(data_dir);
-        // An operator's own SSL port certificate is theirs to renew (doctor
-        // warns before it expires): the broker's decides then.
-        let own = crate::own::OwnRecord::load(data_dir).parent;
-        let path = layout.certificate(if own {
-            CertFile::BrokerPem
-        } else {
-            CertFile::ParentPem
-        });
+        // An operator's own certificates are theirs to renew (doctor warns
+        // before they expire); the parent's toward the broker is fleetls's.
+        let (path, _) = crate::own::client_identity(data_dir);
         let pem = std::fs::read_to_string(&path).map_err(io(&path))?;
         let certs = pem_certs(&pem)?;
         use x509_parser::prelude::{FromDer, X509Certificate};
@@ -300,30 +289,28 @@ impl Pki {
 
     /// Issues the parent's and the broker's certificates again now, from
     /// this CA (new keys, same names): a renewal, and a CA rotation moving
-    /// them to the new CA once every agent trusts it. An operator's own SSL
-    /// port certificate is left alone.
+    /// them to the new CA once every agent trusts it. An operator's own
+    /// certificates are left alone: with the SSL port's, the parent's
+    /// certificate toward the broker (`client.pem`) is the one issued.
     pub fn reissue_own(&self, data_dir: &Path, settings: &SslSettings) -> Result<(), PkiError> {
         let layout = Layout::new(data_dir);
+        let own = crate::own::OwnRecord::load(data_dir);
         let parent =
             self.server_certificate("fleetls-parent", &settings.names, &settings.ips, true)?;
-        let broker = self.server_certificate(
-            "fleetls-broker",
-            &settings.broker_names,
-            &settings.broker_ips,
-            false,
-        )?;
-        let own = crate::own::OwnRecord::load(data_dir).parent;
-        for (file, content) in [
-            (CertFile::ParentKey, &parent.1),
-            (CertFile::ParentPem, &parent.0),
-            (CertFile::BrokerKey, &broker.1),
-            (CertFile::BrokerPem, &broker.0),
-        ] {
-            if own && matches!(file, CertFile::ParentKey | CertFile::ParentPem) {
-                continue;
-            }
-            let path = layout.certificate(file);
-            write_atomic(&path, content.as_bytes(), file.mode()).map_err(io(&path))?;
+        let (chain, key) = crate::own::client_identity(data_dir);
+        let mut writes = vec![(key, parent.1, 0o600), (chain, parent.0, 0o644)];
+        if !own.broker {
+            let broker = self.server_certificate(
+                "fleetls-broker",
+                &settings.broker_names,
+                &settings.broker_ips,
+                false,
+            )?;
+            writes.push((layout.certificate(CertFile::BrokerKey), broker.1, 0o600));
+            writes.push((layout.certificate(CertFile::BrokerPem), broker.0, 0o644));
+        }
+        for (path, content, mode) in writes {
+            write_atomic(&path, content.as_bytes(), mode).map_err(io(&path))?;
         }
         Ok(())
     }
@@ -622,6 +609,67 @@ mod tests {
         params.distinguished_name.push(DnType::CommonName, cn);
         f(&mut params);
         params.serialize_request(&key).unwrap().pem().unwrap()
+    }
+
+    #[test]
+    fn renewals_leave_the_operators_own_certificates_and_renew_the_parents_toward_the_broker() {
+        use crate::own::{install, Role};
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::generate(dir.path(), &settings(), None, Duration::days(398)).unwrap();
+        // Another CA's certificates stand for the company's.
+        let company = tempfile::tempdir().unwrap();
+        Pki::generate(company.path(), &settings(), None, Duration::days(398)).unwrap();
+        let theirs = |name: &str| {
+            std::fs::read_to_string(certificates_dir(company.path()).join(name)).unwrap()
+        };
+        let certs = certificates_dir(dir.path());
+        let read = |name: &str| std::fs::read_to_string(certs.join(name)).unwrap();
+        let fleetls_parent = read("parent.pem");
+        install(
+            dir.path(),
+            Role::Parent,
+            &theirs("parent.pem"),
+            &theirs("parent.key"),
+        )
+        .unwrap();
+        install(
+            dir.path(),
+            Role::Broker,
+            &theirs("broker.pem"),
+            &theirs("broker.key"),
+        )
+        .unwrap();
+        assert_eq!(
+            read("client.pem"),
+            fleetls_parent,
+            "the replaced one stays the client's"
+        );
+        let root = pem_certs(&theirs("broker.pem")).unwrap().pop().unwrap();
+        assert_eq!(read("broker-root.pem"), to_pem(&root));
+        assert_eq!(
+            crate::own::client_identity(dir.path()),
+            (certs.join("client.pem"), certs.join("client.key"))
+        );
+        assert!(crate::own::broker_trust_files(dir.path()).contains(&certs.join("broker-root.pem")));
+
+        pki.reissue_own(dir.path(), &settings()).unwrap();
+        assert_eq!(read("parent.pem"), theirs("parent.pem"));
+        assert_eq!(read("parent.key"), theirs("parent.key"));
+        assert_eq!(read("broker.pem"), theirs("broker.pem"));
+        assert_eq!(read("broker.key"), theirs("broker.key"));
+        assert_ne!(
+            read("client.pem"),
+            fleetls_parent,
+            "the client's was not renewed"
+        );
+        let client = pem_certs(&read("client.pem")).unwrap();
+        assert_eq!(fingerprint(&client[1]), pki.signing_fingerprint);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(certs.join("client.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
     }
 
     #[test]

@@ -655,9 +655,11 @@ async fn apply_phase(app: &App, phase: Phase) -> Result<(), OpError> {
     Ok(())
 }
 
-/// Whether the parent's own certificate comes from the CA `fingerprint`.
+/// Whether the parent's certificate toward the broker comes from the CA
+/// `fingerprint`.
 fn own_from(layout: &Layout, fingerprint: &str) -> bool {
-    let Ok(pem) = std::fs::read_to_string(layout.certificate(CertFile::ParentPem)) else {
+    let (chain, _) = crate::own::client_identity(layout.dir());
+    let Ok(pem) = std::fs::read_to_string(chain) else {
         return false;
     };
     // The chain written with the leaf is the signing CA's.
@@ -849,6 +851,9 @@ async fn broker_ready(app: &App, rotation: &Rotation, next: Phase) -> Result<(),
     let (chain, key) = archived(&layout, &rotation.new_ca);
     let new_ca = Pki::from_pem(&read(&chain)?, &read(&key)?, time::Duration::hours(1))
         .map_err(|e| e.to_string())?;
+    // An operator's own broker certificate is theirs: the broker keeps
+    // presenting it, and only its acceptance of the new CA is waited for.
+    let own_broker = crate::own::OwnRecord::load(&app.config.data_dir).broker;
     let (roots, client) = match next {
         Phase::Reissue => {
             // A throwaway client certificate from the new CA.
@@ -856,21 +861,23 @@ async fn broker_ready(app: &App, rotation: &Rotation, next: Phase) -> Result<(),
                 .issue_with_new_key(Uuid::nil())
                 .map_err(|e| e.to_string())?;
             (
-                std::fs::read_to_string(layout.certificate(CertFile::TrustPem))
-                    .map_err(|e| e.to_string())?,
+                crate::own::broker_trust_pem(&app.config.data_dir)?,
                 (issued.chain_pem, key),
             )
         }
-        Phase::Trust | Phase::Finished => (
-            new_ca.ca_chain_pem.clone(),
-            (
-                read(&layout.certificate(CertFile::ParentPem))?,
-                read(&layout.certificate(CertFile::ParentKey))?,
-            ),
-        ),
+        Phase::Trust | Phase::Finished => {
+            let (chain, key) = crate::own::client_identity(&app.config.data_dir);
+            let roots = if own_broker {
+                read(&layout.broker_root())?
+            } else {
+                new_ca.ca_chain_pem.clone()
+            };
+            (roots, (read(&chain)?, read(&key)?))
+        }
     };
     let what = match next {
         Phase::Reissue => "does not accept client certificates from the new CA yet",
+        _ if own_broker => "does not present the operator's own certificate",
         _ => "does not present a certificate from the new CA yet",
     };
     broker_accepts(&uri, &roots, &client.0, &client.1)

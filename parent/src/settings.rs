@@ -75,6 +75,14 @@ pub struct SettingsChange {
     /// Its private key (PEM)
     #[arg(long, requires = "parent_cert")]
     pub parent_key: Option<std::path::PathBuf>,
+    /// Your own certificate for the broker's AMQPS listener (PEM, leaf
+    /// first, up to the root), instead of one from fleetls's CA; checked
+    /// against the broker names and IPs before use
+    #[arg(long, requires = "broker_key")]
+    pub broker_cert: Option<std::path::PathBuf>,
+    /// Its private key (PEM)
+    #[arg(long, requires = "broker_cert")]
+    pub broker_key: Option<std::path::PathBuf>,
 }
 
 impl SettingsChange {
@@ -90,10 +98,12 @@ impl SettingsChange {
             && self.cipher_suites.is_none()
             && self.parent_cert.is_none()
             && self.parent_key.is_none()
+            && self.broker_cert.is_none()
+            && self.broker_key.is_none()
     }
 
-    /// Whether it changes only the TLS options or the SSL port's own
-    /// certificate, which change no certificate fleetls issued (allowed
+    /// Whether it changes only the TLS options or the operator's own
+    /// certificates, which change no certificate fleetls issued (allowed
     /// once certificates exist).
     pub fn tls_only(&self) -> bool {
         SettingsChange {
@@ -101,6 +111,8 @@ impl SettingsChange {
             cipher_suites: None,
             parent_cert: None,
             parent_key: None,
+            broker_cert: None,
+            broker_key: None,
             ..self.clone()
         }
         .is_empty()

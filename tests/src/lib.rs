@@ -2,6 +2,8 @@
 //! `scripts/broker` when none runs), one fresh virtual host per test so tests
 //! run side by side, the programs as processes, and polling with a deadline.
 
+pub mod company;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

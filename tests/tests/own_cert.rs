@@ -7,76 +7,13 @@
 //! given its root (`--trust-bundle`) passes verify, and one without it fails
 //! with `unknown_issuer` — which the doctor explains.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use fleetls_tests::company::{intermediate, root, server, write};
 use fleetls_tests::{free_port, program, start_child, wait_for, Parent, Vhost};
-use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, SanType,
-};
 use serde_json::Value;
-
-/// A CA of the test: its certificate PEM and what signs with it.
-struct Ca {
-    pem: String,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-fn named(cn: &str) -> DistinguishedName {
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::OrganizationName, "company");
-    dn.push(DnType::CommonName, cn);
-    dn
-}
-
-fn root(cn: &str) -> Ca {
-    let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::default();
-    params.distinguished_name = named(cn);
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let pem = params.self_signed(&key).unwrap().pem();
-    Ca {
-        pem,
-        issuer: Issuer::new(params, key),
-    }
-}
-
-fn intermediate(cn: &str, by: &Ca) -> Ca {
-    let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::default();
-    params.distinguished_name = named(cn);
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let pem = params.signed_by(&key, &by.issuer).unwrap().pem();
-    Ca {
-        pem,
-        issuer: Issuer::new(params, key),
-    }
-}
-
-/// A server certificate for `dns` and 127.0.0.1, valid from 2026-11-01 for
-/// `days`: (leaf PEM, key PEM).
-fn server(by: &Ca, dns: &str, days: u64) -> (String, String) {
-    let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::default();
-    params.distinguished_name = named(dns);
-    params.subject_alt_names = vec![
-        SanType::DnsName(dns.try_into().unwrap()),
-        SanType::IpAddress("127.0.0.1".parse().unwrap()),
-    ];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    params.not_before = rcgen::date_time_ymd(2026, 11, 1);
-    params.not_after = params.not_before + Duration::from_secs(days * 86_400);
-    let leaf = params.signed_by(&key, &by.issuer).unwrap().pem();
-    (leaf, key.serialize_pem())
-}
-
-fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    path
-}
 
 fn s(path: &Path) -> &str {
     path.to_str().unwrap()
