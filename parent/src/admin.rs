@@ -475,6 +475,10 @@ struct BrokerTlsRequest {
     /// of the settings).
     #[serde(default)]
     amqps_bind: Option<String>,
+    /// Cluster nodes given a certificate and a folder of their own,
+    /// `LABEL=NAME;NAME;IP` each.
+    #[serde(default)]
+    nodes: Vec<String>,
 }
 
 async fn broker_tls(
@@ -482,10 +486,22 @@ async fn broker_tls(
     Json(request): Json<BrokerTlsRequest>,
 ) -> Result<Json<crate::broker_switch::BrokerTlsFiles>, ApiError> {
     blocking(&app, move |app| {
-        if app.pki().is_none() {
+        let Some(pki) = app.pki() else {
             return Err(OpError::Refused(
                 "there are no certificates yet: run `certs generate` first".into(),
             ));
+        };
+        let mut nodes: Vec<crate::broker_switch::BrokerNode> = Vec::new();
+        for text in &request.nodes {
+            let node =
+                crate::broker_switch::BrokerNode::parse(text).map_err(OpError::BadRequest)?;
+            if nodes.iter().any(|n| n.label == node.label) {
+                return Err(OpError::BadRequest(format!(
+                    "--node: the label {:?} is given twice: give each node its own",
+                    node.label
+                )));
+            }
+            nodes.push(node);
         }
         let listener = crate::broker_switch::AmqpsListener::new(
             request.amqps_port,
@@ -496,8 +512,10 @@ async fn broker_tls(
         let final_fragment = ops::final_fragment(app)?;
         crate::broker_switch::write_broker_files(
             &app.config.data_dir,
+            &pki,
             &request.out,
             &listener,
+            &nodes,
             &final_fragment,
         )
         .map_err(OpError::BadRequest)

@@ -241,9 +241,13 @@ impl App {
         if renewed {
             info!("the parent's and the broker's certificates were renewed");
             let dir = self.config.data_dir.clone();
-            let _ =
-                tokio::task::spawn_blocking(move || crate::rotation::rewrite_broker_files(&dir))
-                    .await;
+            let pki = self.pki();
+            let _ = tokio::task::spawn_blocking(move || {
+                if let Some(pki) = pki {
+                    crate::rotation::rewrite_broker_files(&dir, &pki)
+                }
+            })
+            .await;
             self.reload_ssl_port().await.map_err(|e| e.to_string())?;
             self.refresh_crl().await?;
         }

@@ -217,6 +217,9 @@ pub struct BrokerFilesRecord {
     /// The addresses the fragments bind it to.
     #[serde(default)]
     pub amqps_bind: Vec<std::net::IpAddr>,
+    /// The nodes given a folder of their own (`--node`).
+    #[serde(default)]
+    pub nodes: Vec<BrokerNode>,
 }
 
 impl BrokerFilesRecord {
@@ -380,37 +383,198 @@ fn final_text(common: &str, final_fragment: &FinalFragment) -> Option<String> {
 /// The post-migration fragment's name.
 pub const FINAL_FRAGMENT: &str = "rabbitmq-final.conf";
 
+/// One node of a cluster given to `broker-tls --node LABEL=NAMES`: its
+/// own certificate carries its names and addresses beside the settings'
+/// broker names, and its files go to `OUT/LABEL/`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BrokerNode {
+    /// The folder name (letters, digits, `-`, `_`).
+    pub label: String,
+    /// The node's DNS names.
+    #[serde(default)]
+    pub names: Vec<String>,
+    /// The node's IP addresses (its AMQPS listener binds to them).
+    #[serde(default)]
+    pub ips: Vec<std::net::IpAddr>,
+}
+
+impl BrokerNode {
+    /// Parses `LABEL=NAME;NAME;IP` (`,` also separates); `Err` names
+    /// `--node` and what to give.
+    pub fn parse(text: &str) -> Result<BrokerNode, String> {
+        let usage =
+            "give --node LABEL=NAME[;NAME|IP...], e.g. --node node1=rabbit1.example.com;10.0.0.11";
+        let (label, rest) = text
+            .split_once('=')
+            .ok_or_else(|| format!("--node {text:?}: no `=`: {usage}"))?;
+        let label = label.trim();
+        if label.is_empty()
+            || label.len() > 64
+            || !label
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(format!(
+                "--node {text:?}: the label {label:?} must be 1 to 64 letters, digits, `-` or `_` \
+                 (it names the node's folder): {usage}"
+            ));
+        }
+        let mut node = BrokerNode {
+            label: label.to_owned(),
+            names: Vec::new(),
+            ips: Vec::new(),
+        };
+        for item in rest
+            .split([';', ','])
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
+            if let Ok(ip) = item.parse::<std::net::IpAddr>() {
+                if !node.ips.contains(&ip) {
+                    node.ips.push(ip);
+                }
+            } else {
+                crate::settings::check_dns_name(item)
+                    .map_err(|why| format!("--node {text:?}: {item:?}: {why}"))?;
+                let name = item.to_ascii_lowercase();
+                if !node.names.contains(&name) {
+                    node.names.push(name);
+                }
+            }
+        }
+        if node.names.is_empty() && node.ips.is_empty() {
+            return Err(format!(
+                "--node {text:?}: no name or address for the node: {usage}"
+            ));
+        }
+        Ok(node)
+    }
+}
+
 /// Writes the broker's certificate, key and CA and the `rabbitmq.conf`
 /// fragments: the one for during the migration, and the final one as
-/// `final_fragment` says.
+/// `final_fragment` says. With `nodes`, each node also gets a folder of its
+/// own (`OUT/LABEL/`) with a certificate issued now by `pki` for its names
+/// and the settings' broker names, its key, the CA and its fragments (its
+/// listener on its own addresses, when it has any).
 pub fn write_broker_files(
     data_dir: &Path,
+    pki: &crate::pki::Pki,
     out: &Path,
     listener: &AmqpsListener,
+    nodes: &[BrokerNode],
     final_fragment: &FinalFragment,
 ) -> Result<BrokerTlsFiles, String> {
     let layout = Layout::new(data_dir);
-    let copy = |file: CertFile| -> Result<PathBuf, String> {
-        let from = layout.certificate(file);
-        let bytes = std::fs::read(&from).map_err(|e| format!("{}: {e}", from.display()))?;
-        let path = out.join(file.name());
-        write_atomic(&path, &bytes, file.mode()).map_err(|e| format!("{}: {e}", path.display()))?;
-        Ok(path)
-    };
-    std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    if !nodes.is_empty() && crate::own::OwnRecord::load(data_dir).broker {
+        return Err(
+            "--node issues each node a certificate of fleetls's CA, but the broker serves \
+                    your own (`settings set --broker-cert`): give each node its certificate \
+                    yourself and run broker-tls without --node"
+                .into(),
+        );
+    }
+    let read = |path: PathBuf| std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()));
     // The broker's ca.pem is every CA trusted: during a CA rotation it
     // accepts client certificates from the old and the new CA.
-    let ca = out.join(CertFile::CaPem.name());
-    write_atomic(&ca, &crate::ssl_port::trust(&layout), 0o644)
-        .map_err(|e| format!("{}: {e}", ca.display()))?;
-    let mut files = vec![copy(CertFile::BrokerPem)?, copy(CertFile::BrokerKey)?, ca];
+    let ca = crate::ssl_port::trust(&layout);
+    let mut files = write_folder(
+        out,
+        &read(layout.certificate(CertFile::BrokerPem))?,
+        &read(layout.certificate(CertFile::BrokerKey))?,
+        &ca,
+        listener,
+        final_fragment,
+    )?;
+    let settings = crate::settings::SslSettings::load(data_dir)?
+        .ok_or("there are no SSL settings: run `fleetls-parent settings set` first")?;
+    for node in nodes {
+        let names: Vec<String> = settings
+            .broker_names
+            .iter()
+            .chain(&node.names)
+            .cloned()
+            .collect();
+        let ips: Vec<std::net::IpAddr> = settings
+            .broker_ips
+            .iter()
+            .chain(&node.ips)
+            .copied()
+            .collect();
+        let (chain, key) = pki
+            .broker_certificate(&names, &ips)
+            .map_err(|e| format!("node {}: {e}", node.label))?;
+        let own_listener = AmqpsListener {
+            port: listener.port,
+            bind: if node.ips.is_empty() {
+                listener.bind.clone()
+            } else {
+                node.ips.clone()
+            },
+        };
+        files.extend(write_folder(
+            &out.join(&node.label),
+            chain.as_bytes(),
+            key.as_bytes(),
+            &ca,
+            &own_listener,
+            final_fragment,
+        )?);
+    }
+    if *final_fragment != FinalFragment::Untouched {
+        let path = out.join("rabbitmq-permissions.sh");
+        write_atomic(&path, permissions_script().as_bytes(), 0o755)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        files.push(path);
+    }
+    // Remembered: renewals and CA rotations write them here again.
+    let record = layout.broker_files();
+    let absolute = std::path::absolute(out).unwrap_or_else(|_| out.to_owned());
+    let text = toml::to_string(&BrokerFilesRecord {
+        out: absolute,
+        amqps_port: Some(listener.port),
+        amqps_bind: listener.bind.clone(),
+        nodes: nodes.to_vec(),
+    })
+    .map_err(|e| e.to_string())?;
+    write_atomic(&record, text.as_bytes(), 0o644)
+        .map_err(|e| format!("{}: {e}", record.display()))?;
+    let (final_refused, kept_plain) = match final_fragment {
+        FinalFragment::Refuse { cut_off } => (cut_off.clone(), Vec::new()),
+        FinalFragment::Write { kept_plain } => (Vec::new(), kept_plain.clone()),
+        FinalFragment::Untouched => (Vec::new(), Vec::new()),
+    };
+    Ok(BrokerTlsFiles {
+        out: out.to_owned(),
+        files,
+        final_refused,
+        kept_plain,
+    })
+}
+
+/// Writes one broker's folder: `broker.pem`, `broker.key`, `ca.pem` and,
+/// unless [`FinalFragment::Untouched`], the fragments naming them.
+fn write_folder(
+    out: &Path,
+    chain: &[u8],
+    key: &[u8],
+    ca: &[u8],
+    listener: &AmqpsListener,
+    final_fragment: &FinalFragment,
+) -> Result<Vec<PathBuf>, String> {
+    std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let mut files = Vec::new();
+    for (file, bytes) in [
+        (CertFile::BrokerPem, chain),
+        (CertFile::BrokerKey, key),
+        (CertFile::CaPem, ca),
+    ] {
+        let path = out.join(file.name());
+        write_atomic(&path, bytes, file.mode()).map_err(|e| format!("{}: {e}", path.display()))?;
+        files.push(path);
+    }
     if *final_fragment == FinalFragment::Untouched {
-        return Ok(BrokerTlsFiles {
-            out: out.to_owned(),
-            files,
-            final_refused: Vec::new(),
-            kept_plain: Vec::new(),
-        });
+        return Ok(files);
     }
     let abs = |name: &str| std::path::absolute(out.join(name)).unwrap_or_else(|_| out.join(name));
     let common = format!(
@@ -436,13 +600,9 @@ pub fn write_broker_files(
         "{common}# During the migration: plain 5672 stays open and a client certificate is optional.\n\
          ssl_options.fail_if_no_peer_cert = false\n"
     );
-    let after = final_text(&common, final_fragment);
-    let mut writes = vec![
-        ("rabbitmq-migration.conf", migration, 0o644),
-        ("rabbitmq-permissions.sh", permissions_script(), 0o755),
-    ];
-    match after {
-        Some(text) => writes.insert(1, (FINAL_FRAGMENT, text, 0o644)),
+    let mut writes = vec![("rabbitmq-migration.conf", migration)];
+    match final_text(&common, final_fragment) {
+        Some(text) => writes.push((FINAL_FRAGMENT, text)),
         None => {
             // An older one would cut off who is listed: it goes.
             let stale = out.join(FINAL_FRAGMENT);
@@ -451,34 +611,13 @@ pub fn write_broker_files(
             }
         }
     }
-    for (name, text, mode) in writes {
+    for (name, text) in writes {
         let path = out.join(name);
-        write_atomic(&path, text.as_bytes(), mode)
+        write_atomic(&path, text.as_bytes(), 0o644)
             .map_err(|e| format!("{}: {e}", path.display()))?;
         files.push(path);
     }
-    // Remembered: renewals and CA rotations write them here again.
-    let record = layout.broker_files();
-    let absolute = std::path::absolute(out).unwrap_or_else(|_| out.to_owned());
-    let text = toml::to_string(&BrokerFilesRecord {
-        out: absolute,
-        amqps_port: Some(listener.port),
-        amqps_bind: listener.bind.clone(),
-    })
-    .map_err(|e| e.to_string())?;
-    write_atomic(&record, text.as_bytes(), 0o644)
-        .map_err(|e| format!("{}: {e}", record.display()))?;
-    let (final_refused, kept_plain) = match final_fragment {
-        FinalFragment::Refuse { cut_off } => (cut_off.clone(), Vec::new()),
-        FinalFragment::Write { kept_plain } => (Vec::new(), kept_plain.clone()),
-        FinalFragment::Untouched => (Vec::new(), Vec::new()),
-    };
-    Ok(BrokerTlsFiles {
-        out: out.to_owned(),
-        files,
-        final_refused,
-        kept_plain,
-    })
+    Ok(files)
 }
 
 #[cfg(test)]
@@ -541,6 +680,108 @@ mod tests {
         assert!(none.contains("--amqps-bind"), "{none}");
         let bad = AmqpsListener::new(None, Some("broker.example"), &[]).unwrap_err();
         assert!(bad.contains("\"broker.example\" is not an IPv4"), "{bad}");
+    }
+
+    #[test]
+    fn each_node_gets_a_certificate_with_its_own_names_and_a_folder_of_its_own() {
+        use x509_parser::prelude::{FromDer, GeneralName, ParsedExtension, X509Certificate};
+        let dir = tempfile::tempdir().unwrap();
+        let mut settings = crate::settings::SslSettings::defaults("127.0.0.1");
+        settings.broker_names = vec!["rabbit.example".into()];
+        settings.save(dir.path()).unwrap();
+        let pki = crate::pki::Pki::generate(dir.path(), &settings, None, time::Duration::days(30))
+            .unwrap();
+        let nodes = vec![
+            BrokerNode::parse("node1=rabbit1.example;10.0.0.11").unwrap(),
+            BrokerNode::parse("node2 = rabbit2.example, 10.0.0.12").unwrap(),
+        ];
+        let out = dir.path().join("out");
+        let listener =
+            AmqpsListener::new(Some(5671), Some("127.0.0.1"), &settings.broker_ips).unwrap();
+        let written = write_broker_files(
+            dir.path(),
+            &pki,
+            &out,
+            &listener,
+            &nodes,
+            &FinalFragment::Write {
+                kept_plain: Vec::new(),
+            },
+        )
+        .unwrap();
+        let names_of = |pem: &str| -> Vec<String> {
+            let der = crate::pki::pem_certs(pem).unwrap().remove(0);
+            let (_, cert) = X509Certificate::from_der(&der).unwrap();
+            let mut names = Vec::new();
+            for ext in cert.extensions() {
+                if let ParsedExtension::SubjectAlternativeName(san) = ext.parsed_extension() {
+                    for name in &san.general_names {
+                        match name {
+                            GeneralName::DNSName(n) => names.push(n.to_string()),
+                            GeneralName::IPAddress(ip) => names.push(format!("{ip:?}")),
+                            _ => {}
+                        }
+                    }
+                }
+            }
+            names
+        };
+        let node1 = std::fs::read_to_string(out.join("node1/broker.pem")).unwrap();
+        let names = names_of(&node1);
+        assert!(names.contains(&"rabbit1.example".to_owned()), "{names:?}");
+        assert!(names.contains(&"rabbit.example".to_owned()), "{names:?}");
+        assert!(!names.contains(&"rabbit2.example".to_owned()), "{names:?}");
+        assert_eq!(
+            names.iter().filter(|n| n.starts_with('[')).count(),
+            2,
+            "two IPs: {names:?}"
+        );
+        // Signed by the CA, whose chain follows it.
+        let chain = crate::pki::pem_certs(&node1).unwrap();
+        assert_eq!(crate::pki::fingerprint(&chain[1]), pki.signing_fingerprint);
+        assert_ne!(
+            node1,
+            std::fs::read_to_string(out.join("node2/broker.pem")).unwrap()
+        );
+        let conf = std::fs::read_to_string(out.join("node2/rabbitmq-migration.conf")).unwrap();
+        assert!(
+            conf.contains("listeners.ssl.default = 10.0.0.12:5671\n"),
+            "{conf}"
+        );
+        assert!(conf.contains("node2/broker.key"), "{conf}");
+        assert!(out.join("node2/rabbitmq-final.conf").is_file());
+        assert!(written.files.contains(&out.join("node1/ca.pem")));
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(out.join("node1/broker.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        // Remembered, and written again (new keys) by a renewal.
+        let record = crate::rotation::broker_record(dir.path()).unwrap();
+        assert_eq!(record.nodes, nodes);
+        crate::rotation::rewrite_broker_files(dir.path(), &pki);
+        assert_ne!(
+            node1,
+            std::fs::read_to_string(out.join("node1/broker.pem")).unwrap()
+        );
+    }
+
+    #[test]
+    fn a_node_is_given_as_label_and_names() {
+        for (text, needle) in [
+            ("node1", "no `=`"),
+            ("=rabbit1.example", "the label \"\""),
+            ("node 1=rabbit1.example", "must be 1 to 64 letters"),
+            ("node1=", "no name or address"),
+            ("node1=bad_name!", "\"bad_name!\""),
+        ] {
+            let err = BrokerNode::parse(text).unwrap_err();
+            assert!(
+                err.contains("--node") && err.contains(needle),
+                "{text}: {err}"
+            );
+        }
     }
 
     #[test]

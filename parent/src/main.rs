@@ -148,6 +148,11 @@ enum Command {
         /// broker IPs of the settings; 0.0.0.0 for every interface)
         #[arg(long)]
         amqps_bind: Option<String>,
+        /// A cluster node given its own certificate (its names and addresses
+        /// beside the settings' broker names) and its own folder OUT/LABEL:
+        /// LABEL=NAME;NAME;IP. Repeat for each node
+        #[arg(long = "node", value_name = "LABEL=NAMES")]
+        nodes: Vec<String>,
         #[command(flatten)]
         target: AdminTarget,
     },
@@ -788,11 +793,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             out,
             amqps_port,
             amqps_bind,
+            nodes,
             target,
         } => {
             let out = std::path::absolute(&out).unwrap_or(out);
             let request = serde_json::json!({
-                "out": out, "amqps_port": amqps_port, "amqps_bind": amqps_bind,
+                "out": out, "amqps_port": amqps_port, "amqps_bind": amqps_bind, "nodes": nodes,
             });
             let files: fleetls_parent::broker_switch::BrokerTlsFiles = Client::new(&target)?
                 .post("/api/broker-tls", &request)
@@ -801,6 +807,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("{}", file.display());
             }
             println!();
+            if !nodes.is_empty() {
+                println!("Each node's folder ({}/LABEL) holds its own certificate and fragments: use those on that node.", out.display());
+            }
             println!("Append rabbitmq-migration.conf to the broker's rabbitmq.conf and restart RabbitMQ;");
             if files.final_refused.is_empty() {
                 println!("after the migration use rabbitmq-final.conf instead and restart again.");

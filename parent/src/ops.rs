@@ -126,6 +126,15 @@ fn own_certificate(
         Role::Broker => (&next.broker_names, &next.broker_ips),
     };
     crate::own::check(role, &chain_pem, &key_pem, names, ips, now).map_err(OpError::BadRequest)?;
+    if role == Role::Broker
+        && crate::rotation::broker_record(&app.config.data_dir).is_some_and(|r| !r.nodes.is_empty())
+    {
+        return Err(OpError::Refused(format!(
+            "{cert_flag}: broker-tls gives each cluster node a certificate of its own (--node); \
+             one certificate for the broker would replace them only at the top of its folder: \
+             run broker-tls again without --node first"
+        )));
+    }
     // It must be servable before it replaces anything.
     crate::ssl_port::server_config(
         &crate::ssl_port::trust(&crate::layout::Layout::new(&app.config.data_dir)),
@@ -142,7 +151,9 @@ fn own_certificate(
         }
         Role::Broker => {
             // Where broker-tls wrote the broker's files, they follow.
-            crate::rotation::rewrite_broker_files(&app.config.data_dir);
+            if let Some(pki) = app.pki() {
+                crate::rotation::rewrite_broker_files(&app.config.data_dir, &pki);
+            }
             tracing::info!(file = %cert.display(), "the broker's files carry the operator's own certificate")
         }
     }

@@ -315,6 +315,16 @@ impl Pki {
         Ok(())
     }
 
+    /// A broker's certificate for `names` and `ips` (a cluster node's,
+    /// `broker-tls --node`), with a new key: (chain PEM, key PEM).
+    pub fn broker_certificate(
+        &self,
+        names: &[String],
+        ips: &[IpAddr],
+    ) -> Result<(String, String), PkiError> {
+        self.server_certificate("fleetls-broker", names, ips, false)
+    }
+
     /// A server certificate with its own new key: (chain PEM, key PEM).
     fn server_certificate(
         &self,

@@ -467,7 +467,7 @@ fn broker_advice(data_dir: &Path) -> String {
 }
 
 /// Where `broker-tls --out` last wrote the broker's files, and how.
-fn broker_record(data_dir: &Path) -> Option<crate::broker_switch::BrokerFilesRecord> {
+pub fn broker_record(data_dir: &Path) -> Option<crate::broker_switch::BrokerFilesRecord> {
     let text = std::fs::read_to_string(Layout::new(data_dir).broker_files()).ok()?;
     let record: crate::broker_switch::BrokerFilesRecord = toml::from_str(&text).ok()?;
     record.out.is_dir().then_some(record)
@@ -479,9 +479,10 @@ pub fn broker_out(data_dir: &Path) -> Option<PathBuf> {
 }
 
 /// Writes the broker's files again where `broker-tls --out` last wrote
-/// them, with the same AMQPS listener, if it ever did (after a renewal, at
-/// each phase of a rotation).
-pub fn rewrite_broker_files(data_dir: &Path) {
+/// them, with the same AMQPS listener and nodes (their certificates issued
+/// again by `pki`), if it ever did (after a renewal, at each phase of a
+/// rotation, after an own broker certificate is given).
+pub fn rewrite_broker_files(data_dir: &Path, pki: &Pki) {
     let Some(record) = broker_record(data_dir) else {
         return;
     };
@@ -493,8 +494,10 @@ pub fn rewrite_broker_files(data_dir: &Path) {
     let written = record.listener(&broker_ips).and_then(|listener| {
         crate::broker_switch::write_broker_files(
             data_dir,
+            pki,
             &record.out,
             &listener,
+            &record.nodes,
             &crate::broker_switch::FinalFragment::Untouched,
         )
     });
@@ -639,7 +642,7 @@ async fn apply_phase(app: &App, phase: Phase) -> Result<(), OpError> {
             pki.reissue_own(&data_dir, &settings)
                 .map_err(|e| e.to_string())?;
         }
-        rewrite_broker_files(&data_dir);
+        rewrite_broker_files(&data_dir, &pki);
         Ok(pki)
     })
     .await
