@@ -989,6 +989,30 @@ fn print_settings(view: &ops::SettingsView, json: bool) -> anyhow::Result<ExitCo
         "IP addresses of the broker:      {}",
         list(s.broker_ips.iter().map(|ip| ip.to_string()).collect())
     );
+    println!("lowest TLS version:              {}", s.min_tls.as_str());
+    println!(
+        "cipher suites:                   {}",
+        if s.cipher_suites.is_empty() {
+            "every suite of the crypto provider".to_owned()
+        } else {
+            s.cipher_suites.join(";")
+        }
+    );
+    let whose = |own: bool| {
+        if own {
+            "the operator's own"
+        } else {
+            "issued by fleetls's CA"
+        }
+    };
+    println!(
+        "SSL port certificate:            {}",
+        whose(view.own.parent)
+    );
+    println!(
+        "broker certificate:              {}",
+        whose(view.own.broker)
+    );
     println!(
         "state:                           {}",
         if view.frozen {

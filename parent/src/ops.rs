@@ -41,6 +41,10 @@ pub struct SettingsView {
     pub settings: SslSettings,
     /// Frozen because certificates exist.
     pub frozen: bool,
+    /// Which certificates are the operator's own (`settings set
+    /// --parent-cert`, `--broker-cert`).
+    #[serde(default)]
+    pub own: crate::own::OwnRecord,
 }
 
 /// `settings show`.
@@ -48,6 +52,7 @@ pub fn settings_show(app: &App) -> SettingsView {
     SettingsView {
         settings: app.settings(),
         frozen: app.pki().is_some(),
+        own: crate::own::OwnRecord::load(&app.config.data_dir),
     }
 }
 
@@ -92,6 +97,7 @@ pub fn settings_set(app: &App, change: &SettingsChange) -> Result<SettingsView, 
     Ok(SettingsView {
         settings: next,
         frozen: app.pki().is_some(),
+        own: crate::own::OwnRecord::load(&app.config.data_dir),
     })
 }
 

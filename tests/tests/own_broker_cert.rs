@@ -217,6 +217,17 @@ fn the_broker_serves_an_own_certificate_checked_first_and_every_child_moves_to_i
         company.pem.trim()
     );
 
+    // `settings show` says whose each certificate is.
+    let shown = parent.cli_json(&["settings", "show"]);
+    assert_eq!(shown["own"]["parent"], true, "{shown}");
+    assert_eq!(shown["own"]["broker"], true, "{shown}");
+    let text = parent.cli_ok(&["settings", "show"]);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("broker certificate:") && l.contains("the operator's own")),
+        "{text}"
+    );
+
     // broker-tls writes it for RabbitMQ, which serves it after a restart.
     let tls = dir.path().join("broker-tls");
     parent.cli_ok(&[
