@@ -401,7 +401,7 @@ pub const CONFIRM_WINDOW: usize = 1024;
 /// nothing else fails because of them.
 pub async fn send_many(
     channel: &Channel,
-    messages: Vec<ToAgent>,
+    messages: impl IntoIterator<Item = ToAgent>,
 ) -> Result<Vec<uuid::Uuid>, BusError> {
     let mut outstanding = std::collections::VecDeque::with_capacity(CONFIRM_WINDOW);
     let mut unroutable = Vec::new();

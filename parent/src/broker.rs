@@ -75,10 +75,12 @@ pub async fn connect_tls(
 pub async fn send_all(
     channel: &Channel,
     key: &SigningKey,
-    outgoing: Vec<Outgoing>,
+    outgoing: impl IntoIterator<Item = Outgoing>,
 ) -> Result<Vec<uuid::Uuid>, BrokerError> {
-    let mut messages = Vec::with_capacity(outgoing.len());
-    for out in outgoing {
+    // Sealed one by one as the confirm window lets them go: a send to a
+    // whole network never holds every message at once.
+    let mut failure = None;
+    let messages = outgoing.into_iter().map_while(|out| {
         let now = fleetls_proto::now_ms();
         let expiration = match out.body.deadline() {
             Some(deadline) => deadline.saturating_sub(now),
@@ -86,18 +88,28 @@ pub async fn send_all(
         };
         let mut envelope = Envelope::new(crate::PARENT_ID, out.body.into()).to(out.agent);
         envelope.re = out.re;
-        let sealed = key.seal(&envelope)?;
-        let keep = Keep::Transient {
-            expiration: Duration::from_millis(expiration),
-        };
-        let properties = fleetls_bus::amqp::properties(&envelope, &sealed, keep);
-        messages.push(ToAgent {
-            agent: out.agent,
-            payload: sealed.payload,
-            properties,
-        });
-    }
+        match key.seal(&envelope) {
+            Ok(sealed) => {
+                let keep = Keep::Transient {
+                    expiration: Duration::from_millis(expiration),
+                };
+                let properties = fleetls_bus::amqp::properties(&envelope, &sealed, keep);
+                Some(ToAgent {
+                    agent: out.agent,
+                    payload: sealed.payload,
+                    properties,
+                })
+            }
+            Err(e) => {
+                failure = Some(e);
+                None
+            }
+        }
+    });
     let unroutable = fleetls_bus::amqp::send_many(channel, messages).await?;
+    if let Some(e) = failure {
+        return Err(e.into());
+    }
     for agent in &unroutable {
         warn!(%agent, "a message could not be routed to the agent's queue; dead-lettered");
     }

@@ -359,8 +359,9 @@ pub async fn certs_send(app: &App, request: &SendRequest) -> Result<SendReport, 
         .iter()
         .map(|wanted| find_agent(&agents, wanted).map(|a| a.id))
         .collect::<Result<_, _>>()?;
-    let mut messages = Vec::new();
-    for agent in &agents {
+    // Indices into `agents` (a borrow would not cross the sends' awaits).
+    let mut to: Vec<usize> = Vec::new();
+    for (i, agent) in agents.iter().enumerate() {
         if !eligible(agent, min) {
             report.not_eligible += 1;
             continue;
@@ -375,19 +376,22 @@ pub async fn certs_send(app: &App, request: &SendRequest) -> Result<SendReport, 
             report.already_have_certificate += 1;
             continue;
         }
-        messages.push(crate::broker::Outgoing {
-            agent: agent.id,
-            body: crate::owed::certificates_ready(&pki, agent, &agents, &settings, request.renew),
-            re: None,
-        });
+        to.push(i);
     }
     // The registry is the record: what is not settled is sent again.
-    let owed: Vec<uuid::Uuid> = messages.iter().map(|m| m.agent).collect();
+    let owed: Vec<uuid::Uuid> = to.iter().map(|&i| agents[i].id).collect();
     let renew = request.renew;
     app.registry
         .with_tx(|tx| crate::owed::owe_certificates(tx, &owed, renew))
         .map_err(internal)?;
-    report.queued = messages.len();
+    report.queued = to.len();
+    // Each message is made as it is sent (a network's worth at once would
+    // hold megabytes of PEM copies).
+    let messages = to.into_iter().map(|i| crate::broker::Outgoing {
+        agent: agents[i].id,
+        body: crate::owed::certificates_ready(&pki, &agents[i], &agents, &settings, renew),
+        re: None,
+    });
     crate::broker::send_all(&channel, &app.signing_key, messages)
         .await
         .map_err(|e| {
