@@ -1,0 +1,850 @@
+//! The trust model against the attack surface of the newer features, attacked
+//! from outside: the admin API without its token (raw HTTP), forged CRLs and
+//! TLS-policy downgrades to a local parent, forged reports that would move a
+//! CA rotation on, replays after a restart, and messages for an agent whose
+//! key is not pinned yet. The attacker is `tests/attacks/fleetls_attack.py`
+//! (see `tests/security.rs`); every test checks from outside that nothing
+//! changed (files on the agent's disk, the parent's registry read with
+//! `sqlite3`, the TLS port as openssl sees it) and that the attempt shows
+//! where the design says (`fleetls.dead` with its reason, security counts).
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use fleetls_tests::attack::{attack, foreign_ca, hello, snapshot, Net, WAIT};
+use fleetls_tests::{repo, start_child, wait_for};
+use serde_json::{json, Value};
+
+/// The routes the admin server answers without the token: the console's
+/// page and assets (they hold no data), `/metrics` and `/crl.pem`. Any other
+/// route found in the router's source must refuse a request without it.
+const OPEN_ROUTES: [&str; 5] = ["/", "/console.js", "/console.css", "/metrics", "/crl.pem"];
+
+/// Every `(METHOD, path)` the admin server routes, read from the source of
+/// its routers (`parent/src/admin.rs`, `parent/src/console.rs`), so that a
+/// route added later is attacked too. Panics on a routing call this reader
+/// does not understand (`nest`, `fallback`, ...) rather than miss routes.
+fn routes_in_source() -> BTreeSet<(String, String)> {
+    let mut routes = BTreeSet::new();
+    for file in ["parent/src/admin.rs", "parent/src/console.rs"] {
+        let source = std::fs::read_to_string(repo().join(file)).unwrap();
+        for unknown in [
+            ".nest(",
+            ".nest_service(",
+            ".route_service(",
+            ".fallback(",
+            ".fallback_service(",
+        ] {
+            assert!(
+                !source.contains(unknown),
+                "{file} uses {unknown}: teach this test to read it"
+            );
+        }
+        for (at, _) in source.match_indices(".route(") {
+            let rest = &source[at + ".route(".len()..];
+            let path = rest
+                .trim_start()
+                .strip_prefix('"')
+                .and_then(|r| r.split('"').next())
+                .unwrap_or_else(|| {
+                    panic!("{file}: a route whose path is not a literal: {rest:.80}")
+                });
+            // The call ends before the next `.route(`/`.route_layer(`/`;`.
+            let end = [".route(", ".route_layer(", ";"]
+                .iter()
+                .filter_map(|m| rest.find(m))
+                .min()
+                .unwrap_or(rest.len());
+            let call = &rest[..end];
+            let mut methods = 0;
+            for method in ["get", "post", "put", "delete", "patch"] {
+                let found = call.match_indices(&format!("{method}(")).any(|(i, _)| {
+                    i == 0
+                        || !call.as_bytes()[i - 1].is_ascii_alphanumeric()
+                            && call.as_bytes()[i - 1] != b'_'
+                });
+                if found {
+                    routes.insert((method.to_uppercase(), path.to_owned()));
+                    methods += 1;
+                }
+            }
+            assert!(methods > 0, "{file}: no method found for {path}: {call}");
+        }
+    }
+    routes
+}
+
+/// What a request to `path` carries so that, if it were obeyed, it would
+/// change something an operator cares about.
+fn harmful_bodies(path: &str, dir: &Path, evil_cert: &Path, evil_key: &Path) -> Vec<Value> {
+    let out = |name: &str| dir.join(name).display().to_string();
+    match path {
+        "/api/settings" => vec![
+            json!({"min-tls": "1.2", "cipher-suites": "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256"}),
+            json!({"parent-cert": evil_cert, "parent-key": evil_key}),
+            json!({"names": "evil.example", "port": "1"}),
+        ],
+        "/api/certs/generate" => vec![json!({"ignore_old": true})],
+        "/api/certs/send" => vec![json!({"all": true, "renew": true})],
+        "/api/certs/reset" => vec![json!({"confirm": "reset"})],
+        "/api/campaigns" => vec![json!({"kind": "switch"}), json!({"kind": "verify"})],
+        "/api/export" => vec![
+            json!({"out": out("evil-export"), "agents": ["till-1"], "mpos": true, "password": "evil-password"}),
+        ],
+        "/api/doctor" => vec![json!({"target": "127.0.0.1:1"})],
+        "/api/broker-tls" => vec![json!({"out": out("evil-broker-tls")})],
+        "/api/agents/accept" => vec![json!({"all": true})],
+        "/api/agents/reject" | "/api/agents/delete" | "/api/agents/include" => {
+            vec![json!({"agents": ["till-1", "till-2"]})]
+        }
+        "/api/agents/exclude" => vec![json!({"agents": ["till-1"], "reason": "evil"})],
+        "/api/revoke" => vec![json!({"agent": "till-1", "reason": "evil"})],
+        "/api/ca/rotate" => vec![json!({}), json!({"advance": true})],
+        _ => vec![json!({})],
+    }
+}
+
+/// One request from outside, through the attacker's raw HTTP client.
+fn probe(admin: &str, method: &str, path: &str, body: Option<&Value>, auth: Option<&str>) -> Value {
+    let body = body.map(Value::to_string);
+    let mut args = vec![
+        "admin-probe",
+        "--addr",
+        admin,
+        "--method",
+        method,
+        "--path",
+        path,
+    ];
+    if let Some(body) = &body {
+        args.extend(["--json", body.as_str()]);
+    }
+    if let Some(auth) = auth {
+        args.extend(["--authorization", auth]);
+    }
+    attack(&args)
+}
+
+/// What an operator would notice changed: the registry's facts, the parent's
+/// certificates and settings, and the files an export or broker-tls writes.
+fn parent_state(net: &Net) -> Vec<String> {
+    let mut state = vec![
+        net.sql("SELECT id, name, kind, admission, coalesce(excluded, ''), signing_key FROM agents ORDER BY id"),
+        net.sql("SELECT serial, agent_id, revoked, ca FROM certificates ORDER BY serial"),
+        net.sql("SELECT count(*) FROM ca_rotations"),
+        net.sql("SELECT count(*) FROM campaigns"),
+        net.sql("SELECT count(*) FROM banned_keys"),
+        net.parent.cli_json(&["settings", "show"]).to_string(),
+    ];
+    for (name, content) in snapshot(&net.parent.data_dir.join("certificates")) {
+        state.push(format!("{name}: {}", String::from_utf8_lossy(&content)));
+    }
+    for made in ["evil-export", "evil-broker-tls"] {
+        state.push(format!("{made}: {}", net.dir.path().join(made).exists()));
+    }
+    state
+}
+
+#[test]
+fn every_admin_route_but_the_open_ones_refuses_a_request_without_the_token() {
+    let net = Net::start(&[]);
+    let (_one, _) = net.child("till-1", &[]);
+    let (_two, _) = net.child("till-2", &[]);
+    net.generate_and_send();
+    wait_for("the certificates", WAIT, || {
+        (net.network()["children_with_certificates"] == 2).then_some(())
+    });
+    let routes = routes_in_source();
+    // The reader found the routes of the newer features (it reads the source).
+    for (method, path) in [
+        ("POST", "/api/agents/exclude"),
+        ("POST", "/api/agents/include"),
+        ("POST", "/api/ca/rotate"),
+        ("GET", "/api/cluster"),
+        ("POST", "/api/settings"),
+        ("GET", "/api/settings"),
+        ("POST", "/api/revoke"),
+        ("POST", "/api/export"),
+        ("GET", "/api/agents"),
+        ("GET", "/api/security"),
+        ("GET", "/metrics"),
+        ("GET", "/"),
+    ] {
+        assert!(
+            routes.contains(&(method.to_owned(), path.to_owned())),
+            "{method} {path} not found in the router: {routes:?}"
+        );
+    }
+    let token = std::fs::read_to_string(net.parent.data_dir.join("admin.token"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    assert!(token.len() >= 16, "a short token: {}", token.len());
+    let (evil_ca, evil_cert, evil_key) = foreign_ca(net.dir.path());
+    assert!(evil_ca.contains("BEGIN CERTIFICATE"));
+    let before = parent_state(&net);
+    let admin = net.parent.admin.clone();
+    let wrong = [
+        None,
+        Some("Bearer wrong".to_owned()),
+        Some("Bearer ".to_owned()),
+        Some(format!("Bearer {token}x")),
+        Some(format!("Bearer {}", &token[..token.len() - 1])),
+        Some(format!("Basic {token}")),
+        Some(token.clone()),
+    ];
+    let mut attacked = 0;
+    for (method, path) in &routes {
+        if OPEN_ROUTES.contains(&path.as_str()) {
+            continue;
+        }
+        let bodies = if method == "GET" {
+            vec![None]
+        } else {
+            harmful_bodies(path, net.dir.path(), &evil_cert, &evil_key)
+                .into_iter()
+                .map(Some)
+                .collect()
+        };
+        for (n, body) in bodies.iter().enumerate() {
+            // Every wrong token with the first body; the others without one.
+            let tries = if n == 0 { &wrong[..] } else { &wrong[..1] };
+            for auth in tries {
+                let got = probe(&admin, method, path, body.as_ref(), auth.as_deref());
+                assert_eq!(
+                    got["status"], 401,
+                    "{method} {path} with Authorization {auth:?} was not refused: {got}"
+                );
+                assert!(
+                    !got["body"].as_str().unwrap().contains(&token),
+                    "{method} {path}: the answer holds the token"
+                );
+                attacked += 1;
+            }
+        }
+    }
+    assert!(attacked > 150, "only {attacked} requests made");
+    // The same request with the token is let through (the probe is right).
+    let with = format!("Bearer {token}");
+    let status = probe(&admin, "GET", "/api/status", None, Some(&with));
+    assert_eq!(status["status"], 200, "{status}");
+    // The attempts changed nothing.
+    assert_eq!(parent_state(&net), before);
+    // The open routes answer without the token, and give away no secret: not
+    // the token, no private key, no agent's id or name.
+    let ids = net.sql("SELECT id FROM agents");
+    let secrets: Vec<String> = [
+        token.clone(),
+        "PRIVATE KEY".to_owned(),
+        "till-1".to_owned(),
+        "till-2".to_owned(),
+    ]
+    .into_iter()
+    .chain(ids.lines().map(str::to_owned))
+    .collect();
+    let open: BTreeSet<&str> = routes
+        .iter()
+        .map(|(_, p)| p.as_str())
+        .filter(|p| OPEN_ROUTES.contains(p))
+        .collect();
+    assert_eq!(open.len(), OPEN_ROUTES.len(), "{open:?}");
+    for path in OPEN_ROUTES {
+        let got = probe(&admin, "GET", path, None, None);
+        assert_eq!(got["status"], 200, "GET {path}: {got}");
+        let text = format!("{}{}", got["headers"], got["body"]);
+        for secret in &secrets {
+            assert!(
+                !text.contains(secret.as_str()),
+                "GET {path} leaks {secret:?}"
+            );
+        }
+    }
+    let crl = probe(&admin, "GET", "/crl.pem", None, None);
+    assert!(
+        crl["body"].as_str().unwrap().contains("BEGIN X509 CRL"),
+        "{crl}"
+    );
+}
+
+/// `openssl s_client` to `port` as `client` (a child's data dir, its
+/// certificate and the CA it trusts): whether the handshake completed.
+fn s_client(port: u16, client: &Path, extra: &[&str]) -> (bool, String) {
+    let certs = client.join("certs");
+    let output = Command::new("openssl")
+        .args(["s_client", "-brief", "-verify_return_error"])
+        .arg("-connect")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("-CAfile")
+        .arg(certs.join("ca.pem"))
+        .arg("-cert")
+        .arg(certs.join("agent.pem"))
+        .arg("-key")
+        .arg(certs.join("agent.key"))
+        .args(extra)
+        .stdin(Stdio::null())
+        .output()
+        .expect("openssl runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (
+        output.status.success() && text.contains("Verification: OK"),
+        text,
+    )
+}
+
+/// A copy queue the attacker binds to an agent's commands (before they flow).
+fn tap(net: &Net, agent: &str) -> String {
+    let copy = format!("evil-copy-{}", uuid::Uuid::new_v4().simple());
+    let setup = attack(&[
+        "capture-setup",
+        "--broker",
+        &net.url(),
+        "--exchange",
+        "fleetls.agents",
+        "--routing-key",
+        agent,
+        "--queue",
+        &copy,
+    ]);
+    assert_eq!(setup["queue"], copy.as_str(), "{setup}");
+    copy
+}
+
+/// Every command the copy queue `copy` holds now (waiting up to `secs`).
+fn captured(net: &Net, copy: &str, secs: &str) -> Vec<Value> {
+    let got = attack(&[
+        "capture",
+        "--broker",
+        &net.url(),
+        "--queue",
+        copy,
+        "--count",
+        "0",
+        "--timeout",
+        secs,
+    ]);
+    got["messages"].as_array().unwrap().clone()
+}
+
+/// Republishes a captured command exactly, or with `set` changes, to `to`.
+fn replay(net: &Net, to: &str, message: &Value, set: &[&str]) -> Value {
+    let url = net.url();
+    let headers = message["headers"].to_string();
+    let mut args = vec![
+        "replay",
+        "--broker",
+        &url,
+        "--exchange",
+        "fleetls.agents",
+        "--routing-key",
+        to,
+        "--payload-hex",
+        message["payload_hex"].as_str().unwrap(),
+        "--headers",
+        &headers,
+    ];
+    for s in set {
+        args.extend(["--set", s]);
+    }
+    attack(&args)
+}
+
+fn kind_of(message: &Value) -> Option<&str> {
+    message["decoded"]["body"]
+        .as_object()?
+        .keys()
+        .next()
+        .map(String::as_str)
+}
+
+fn forged_commands(net: &Net, id: &str) -> u64 {
+    net.sql(&format!(
+        "SELECT count(*) FROM security_events WHERE kind = 'forged_command' AND agent = '{id}'"
+    ))
+    .parse()
+    .unwrap()
+}
+
+#[test]
+fn a_local_parent_refuses_forged_crls_and_tls_downgrades_forged_or_replayed() {
+    let net = Net::start(&[
+        "--local-parent-names",
+        "localhost",
+        "--local-parent-ips",
+        "127.0.0.1",
+    ]);
+    let (_lp, lp) = net.child(
+        "lp-1",
+        &[
+            "--kind",
+            "local-parent",
+            "--location",
+            "shop",
+            "--hostnames",
+            "localhost",
+        ],
+    );
+    let (_till, _) = net.child("till-1", &["--location", "shop"]);
+    let (_victim, _) = net.child("till-9", &["--location", "shop"]);
+    net.parent.cli_ok(&["agents", "accept", "lp-1"]);
+    let copy = tap(&net, &lp);
+    net.generate_and_send();
+    wait_for("three certificates", WAIT, || {
+        (net.network()["children_with_certificates"] == 3).then_some(())
+    });
+    let lp_port: u16 = net.parent.cli_json(&["settings", "show"])["settings"]["local-parent-port"]
+        .as_str()
+        .map(|p| p.parse().unwrap())
+        .or_else(|| {
+            net.parent.cli_json(&["settings", "show"])["settings"]["local-parent-port"]
+                .as_u64()
+                .map(|p| p as u16)
+        })
+        .expect("the local parent port in the settings");
+    let (till, lp_dir) = (net.data("till-1"), net.data("lp-1"));
+    // The local parent's port serves TLS 1.2 (the default) …
+    wait_for("the local parent's port", WAIT, || {
+        s_client(lp_port, &till, &["-tls1_2"]).0.then_some(())
+    });
+    // … until the operator allows 1.3 only; and till-9 is revoked: a CRL.
+    net.parent.cli_ok(&["settings", "set", "--min-tls", "1.3"]);
+    wait_for("the local parent's port on TLS 1.3 only", WAIT, || {
+        (!s_client(lp_port, &till, &["-tls1_2"]).0).then_some(())
+    });
+    net.parent
+        .cli_ok(&["revoke", "till-9", "--reason", "stolen"]);
+    let crl_path = lp_dir.join("certs/crl.pem");
+    let genuine_crl =
+        std::fs::read_to_string(net.parent.data_dir.join("certificates/crl.pem")).unwrap();
+    wait_for("the local parent's CRL", WAIT, || {
+        (std::fs::read_to_string(&crl_path).ok()? == genuine_crl).then_some(())
+    });
+    let commands = captured(&net, &copy, "5");
+    let old_policy = commands
+        .iter()
+        .find(|m| {
+            kind_of(m) == Some("CertificatesReady")
+                && m["decoded"]["body"]["CertificatesReady"]["tls"]["min_version"] == "1.2"
+        })
+        .unwrap_or_else(|| {
+            panic!("no CertificatesReady with the 1.2 policy captured: {commands:?}")
+        })
+        .clone();
+    let crl_update = commands
+        .iter()
+        .find(|m| kind_of(m) == Some("CrlUpdated"))
+        .unwrap_or_else(|| panic!("no CrlUpdated captured: {commands:?}"))
+        .clone();
+    let before = snapshot(&lp_dir);
+    let forged_before = forged_commands(&net, &lp);
+    let dead_before = net.dead_reasons().len();
+
+    // 1. A CRL of the attacker's own CA revoking nothing (un-revokes till-9),
+    //    unsigned, signed by the attacker, and under the parent's key with
+    //    the attacker's signature.
+    let (_, evil_cert, evil_key_pem) = foreign_ca(net.dir.path());
+    let evil_crl = attack(&[
+        "forge-crl",
+        "--ca-cert",
+        evil_cert.to_str().unwrap(),
+        "--ca-key",
+        evil_key_pem.to_str().unwrap(),
+    ])["crl_pem"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (key, _) = net.attacker_key("evil");
+    let key = key.to_str().unwrap();
+    let parent_key = pinned_hex(&lp_dir);
+    let crl = json!({ "crl_pem": evil_crl });
+    net.command(&lp, "CrlUpdated", crl.clone(), &["--to", &lp]);
+    net.command(
+        &lp,
+        "CrlUpdated",
+        crl.clone(),
+        &["--to", &lp, "--sign-key", key],
+    );
+    net.command(
+        &lp,
+        "CrlUpdated",
+        crl,
+        &["--to", &lp, "--sign-key", key, "--present-key", &parent_key],
+    );
+    // 2. The genuine CRL update with the attacker's CRL in it; the genuine
+    //    one again (a replay).
+    let body_crl = format!("body.crl_pem={}", Value::String(evil_crl.clone()));
+    replay(&net, &lp, &crl_update, &[&body_crl]);
+    replay(&net, &lp, &crl_update, &[]);
+    // 3. The TLS policy back to 1.2 with a weak suite, and a foreign CA to
+    //    trust: forged by the attacker, the genuine 1.2 bundle replayed, and
+    //    that bundle altered to carry the attacker's CA.
+    let real_ca = std::fs::read_to_string(net.parent.data_dir.join("certificates/ca.pem")).unwrap();
+    let evil_ca = std::fs::read_to_string(&evil_cert).unwrap();
+    let downgrade = json!({
+        "ca_chain_pem": real_ca, "ca_fingerprint": net.network()["ca_fingerprint"],
+        "ssl_host": "localhost", "ssl_port": net.network()["ssl_port"], "serve_port": lp_port,
+        "tls": {"min_version": "1.2", "cipher_suites": ["TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA"]},
+        "trust_pem": format!("{real_ca}{evil_ca}")
+    });
+    net.command(
+        &lp,
+        "CertificatesReady",
+        downgrade.clone(),
+        &["--to", &lp, "--sign-key", key],
+    );
+    net.command(&lp, "CertificatesReady", downgrade, &["--to", &lp]);
+    replay(&net, &lp, &old_policy, &[]);
+    let trust = format!(
+        "body.trust_pem={}",
+        Value::String(format!("{real_ca}{evil_ca}"))
+    );
+    replay(&net, &lp, &old_policy, &[&trust]);
+    net.wait_dead(
+        "the local parent to dead-letter nine forgeries",
+        "forged:",
+        dead_before + 9,
+    );
+    let reasons = net.dead_reasons();
+    for needle in [
+        "unsigned",
+        "not by the parent key this agent pinned",
+        "bad signature",
+        "replayed",
+    ] {
+        assert!(
+            reasons.iter().any(|r| r.contains(needle)),
+            "{needle}: {reasons:?}"
+        );
+    }
+    wait_for("the parent to count nine forged commands", WAIT, || {
+        (forged_commands(&net, &lp) >= forged_before + 9).then_some(())
+    });
+    // Nothing changed on the local parent: its CRL, trusted CAs, policy, keys.
+    assert_eq!(snapshot(&lp_dir), before);
+    assert_eq!(std::fs::read_to_string(&crl_path).unwrap(), genuine_crl);
+    assert!(!std::fs::read_to_string(lp_dir.join("certs/ca.pem"))
+        .unwrap()
+        .contains(evil_ca.trim()));
+    // Its port still refuses TLS 1.2 and still serves TLS 1.3.
+    let (ok, text) = s_client(lp_port, &till, &["-tls1_2"]);
+    assert!(
+        !ok,
+        "the local parent's port took TLS 1.2 after the attack: {text}"
+    );
+    let (ok, text) = s_client(lp_port, &till, &["-tls1_3"]);
+    assert!(ok, "{text}");
+    assert_eq!(net.parent.agent("lp-1").unwrap()["compromised"], false);
+}
+
+/// The parent key an agent pinned, as the hex a command's `x-fleetls-key`
+/// carries (from its `trust.toml`).
+fn pinned_hex(agent_dir: &Path) -> String {
+    let trust = std::fs::read_to_string(agent_dir.join("trust.toml")).unwrap();
+    trust
+        .lines()
+        .find_map(|l| l.strip_prefix("parent_key = "))
+        .expect("a pinned key")
+        .trim_matches('"')
+        .to_owned()
+}
+
+/// Changes the registry behind the serving parent's back (as an older
+/// release left it), waiting for its lock.
+fn sql_write(net: &Net, statement: &str) {
+    let output = Command::new("sqlite3")
+        .args(["-cmd", ".timeout 10000"])
+        .arg(net.parent.data_dir.join("fleetls.db"))
+        .arg(statement)
+        .output()
+        .expect("sqlite3 runs");
+    assert!(output.status.success(), "{output:?}");
+}
+
+#[test]
+fn forged_reports_that_an_agent_trusts_the_new_ca_do_not_move_a_rotation_on() {
+    let net = Net::start(&[]);
+    let (_one, _) = net.child("till-1", &[]);
+    let (mut two, id) = net.child("till-2", &[]);
+    net.generate_and_send();
+    wait_for("two certificates", WAIT, || {
+        (net.network()["children_with_certificates"] == 2).then_some(())
+    });
+    // till-2 is away when the rotation begins: its first phase waits for it.
+    two.signal("TERM");
+    two.wait_exit(WAIT);
+    net.parent.cli_ok(&["ca", "rotate"]);
+    let (old, new) = wait_for("the rotation", WAIT, || {
+        let row = net.sql("SELECT old_ca || ' ' || new_ca FROM ca_rotations");
+        let (old, new) = row.split_once(' ')?;
+        Some((old.to_owned(), new.to_owned()))
+    });
+    wait_for("till-1 trusting the new CA", WAIT, || {
+        let trusted = net.sql(&format!(
+            "SELECT trusted_cas FROM agents WHERE name = 'till-1'"
+        ));
+        trusted.contains(&new).then_some(())
+    });
+    let trusted = |net: &Net| net.sql(&format!("SELECT trusted_cas FROM agents WHERE id = '{id}'"));
+    let before = trusted(&net);
+    assert!(!before.contains(&new), "{before}");
+    let events_before = net.security_events();
+    // The attacker says, for till-2, that it trusts both CAs.
+    let (key, _) = net.attacker_key("evil");
+    let key = key.to_str().unwrap();
+    let state = json!({"has_certificate": true, "ssl": false, "broker_tls": false,
+                       "parent_key": net.network()["signing_key"], "trusted_cas": [old, new]});
+    net.to_parent(&id, "Heartbeat", json!({ "state": state }), &[]);
+    net.to_parent(
+        &id,
+        "Heartbeat",
+        json!({ "state": state }),
+        &["--sign-key", key],
+    );
+    let mut greeting = hello("till-2", "child", "hq", &[]);
+    greeting["state"] = state.clone();
+    net.to_parent(&id, "Hello", greeting, &["--sign-key", key]);
+    wait_for("the three attempts counted", WAIT, || {
+        (net.security_events() >= events_before + 3).then_some(())
+    });
+    let reasons = net.dead_reasons();
+    assert_eq!(
+        reasons
+            .iter()
+            .filter(|r| r.starts_with("impersonation"))
+            .count(),
+        2,
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.starts_with("forged: unsigned")),
+        "{reasons:?}"
+    );
+    // The registry did not take the attacker's word; the rotation waits.
+    assert_eq!(trusted(&net), before);
+    assert_eq!(net.sql("SELECT phase FROM ca_rotations"), "trust");
+    assert_eq!(
+        net.sql(&format!(
+            "SELECT count(*) FROM certificates WHERE ca = '{new}'"
+        )),
+        "0"
+    );
+    // The real till-2, back, moves it on (the rotation could move).
+    let _two = start_child(&net.vhost, net.dir.path(), "till-2", &[]);
+    wait_for("the re-issue phase", WAIT, || {
+        (net.sql("SELECT phase FROM ca_rotations") != "trust").then_some(())
+    });
+}
+
+#[test]
+fn a_captured_command_replayed_after_the_child_restarts_is_refused() {
+    let net = Net::start(&[]);
+    let (mut child, id) = net.child("till-1", &[]);
+    let copy = tap(&net, &id);
+    net.generate_and_send();
+    wait_for("till-1's certificate", WAIT, || {
+        (net.parent.agent("till-1")?["has_certificate"] == true).then_some(())
+    });
+    let (code, out, err) = net.parent.cli(&["verify", "--step-timeout", "30s"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let commands = captured(&net, &copy, "5");
+    let pick = |kind: &str| {
+        commands
+            .iter()
+            .find(|m| kind_of(m) == Some(kind))
+            .unwrap_or_else(|| panic!("no {kind} captured: {commands:?}"))
+            .clone()
+    };
+    let (step, issued, ready) = (
+        pick("RunStep"),
+        pick("CertificateIssued"),
+        pick("CertificatesReady"),
+    );
+    let results = |net: &Net| {
+        net.sql(&format!(
+            "SELECT campaign, step, ok, at FROM step_results WHERE agent = '{id}'"
+        ))
+    };
+    let steps_before = results(&net);
+    assert!(!steps_before.is_empty());
+    // The child restarts: what it obeyed before is still known to it.
+    child.signal("TERM");
+    child.wait_exit(WAIT);
+    let before = snapshot(&net.data("till-1"));
+    let _child = start_child(&net.vhost, net.dir.path(), "till-1", &[]);
+    net.parent.wait_online(&["till-1"]);
+    let (forged, dead) = (forged_commands(&net, &id), net.dead_reasons().len());
+    replay(&net, &id, &step, &[]);
+    replay(&net, &id, &issued, &[]);
+    replay(&net, &id, &ready, &[]);
+    // The step again with a later deadline: the signature no longer holds.
+    let later = format!("body.deadline={}", fleetls_proto::now_ms() + 600_000);
+    replay(&net, &id, &step, &[&later]);
+    net.wait_dead("four refused replays", "forged:", dead + 4);
+    let reasons = net.dead_reasons();
+    assert_eq!(
+        reasons.iter().filter(|r| r.contains("replayed")).count(),
+        3,
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("bad signature")),
+        "{reasons:?}"
+    );
+    wait_for("the four attempts counted", WAIT, || {
+        (forged_commands(&net, &id) >= forged + 4).then_some(())
+    });
+    assert_eq!(snapshot(&net.data("till-1")), before);
+    assert_eq!(results(&net), steps_before);
+}
+
+#[test]
+fn an_agent_whose_key_is_not_pinned_yet_is_spoken_for_by_nobody_but_its_hello() {
+    let net = Net::start(&[]);
+    let (mut child, id) = net.child("till-1", &[]);
+    child.signal("TERM");
+    child.wait_exit(WAIT);
+    // As a registry of a release before signatures left it: no key pinned.
+    sql_write(
+        &net,
+        &format!("UPDATE agents SET signing_key = NULL WHERE id = '{id}'"),
+    );
+    net.parent.cli_ok(&["certs", "generate"]);
+    let (key, _) = net.attacker_key("evil");
+    let key = key.to_str().unwrap();
+    let dead = net.dead_reasons().len();
+    // A CSR for till-1 on a key of the attacker's, a forged pass, a heartbeat.
+    let csr_key = net.dir.path().join("csr.key");
+    let output = Command::new("openssl")
+        .args([
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ])
+        .args(["-subj", &format!("/CN={id}"), "-keyout"])
+        .arg(&csr_key)
+        .stderr(Stdio::null())
+        .output()
+        .unwrap();
+    let csr = String::from_utf8(output.stdout).unwrap();
+    assert!(csr.contains("CERTIFICATE REQUEST"));
+    net.to_parent(&id, "Csr", json!({ "pem": csr }), &["--sign-key", key]);
+    net.to_parent(
+        &id,
+        "Heartbeat",
+        json!({"state": {"has_certificate": true, "ssl": true, "broker_tls": true,
+                         "parent_key": net.network()["signing_key"], "trusted_cas": []}}),
+        &["--sign-key", key],
+    );
+    net.wait_dead("two messages refused", "", dead + 2);
+    assert_eq!(
+        net.sql(&format!(
+            "SELECT count(*) FROM certificates WHERE agent_id = '{id}'"
+        )),
+        "0"
+    );
+    assert_eq!(
+        net.sql(&format!(
+            "SELECT ssl, broker_tls, has_certificate FROM agents WHERE id = '{id}'"
+        )),
+        "0|0|0"
+    );
+    assert_eq!(
+        net.sql(&format!(
+            "SELECT signing_key IS NULL FROM agents WHERE id = '{id}'"
+        )),
+        "1"
+    );
+    // The agent itself, back, pins its key with its Hello and is served.
+    let _child = start_child(&net.vhost, net.dir.path(), "till-1", &[]);
+    net.parent.cli_ok(&["certs", "send"]);
+    wait_for("till-1's certificate", WAIT, || {
+        (net.parent.agent("till-1")?["has_certificate"] == true).then_some(())
+    });
+    assert_eq!(
+        net.sql(&format!(
+            "SELECT signing_key IS NULL FROM agents WHERE id = '{id}'"
+        )),
+        "0"
+    );
+}
+
+#[test]
+fn a_revocation_list_taken_from_the_queue_and_delivered_late_is_refused() {
+    let net = Net::start(&[
+        "--local-parent-names",
+        "localhost",
+        "--local-parent-ips",
+        "127.0.0.1",
+    ]);
+    let lp_flags = [
+        "--kind",
+        "local-parent",
+        "--location",
+        "shop",
+        "--hostnames",
+        "localhost",
+    ];
+    let (mut lp_proc, lp) = net.child("lp-1", &lp_flags);
+    let (_eight, _) = net.child("till-8", &["--location", "shop"]);
+    let (_nine, _) = net.child("till-9", &["--location", "shop"]);
+    net.parent.cli_ok(&["agents", "accept", "lp-1"]);
+    net.generate_and_send();
+    wait_for("three certificates", WAIT, || {
+        (net.network()["children_with_certificates"] == 3).then_some(())
+    });
+    // The local parent is away; till-9 is revoked: its CRL waits in the
+    // queue, and the attacker (the agents' shared user reads agent queues)
+    // takes it.
+    lp_proc.signal("TERM");
+    lp_proc.wait_exit(WAIT);
+    net.parent
+        .cli_ok(&["revoke", "till-9", "--reason", "stolen"]);
+    let queue = format!("fleetls.agent.{lp}");
+    let taken = wait_for("the attacker to take the CRL update", WAIT, || {
+        let got = attack(&[
+            "capture",
+            "--broker",
+            &net.url(),
+            "--queue",
+            &queue,
+            "--count",
+            "0",
+            "--timeout",
+            "2",
+        ]);
+        got["messages"]
+            .as_array()?
+            .iter()
+            .find(|m| kind_of(m) == Some("CrlUpdated"))
+            .cloned()
+    });
+    // till-8 is revoked too; the local parent comes back and gets that list.
+    net.parent
+        .cli_ok(&["revoke", "till-8", "--reason", "stolen"]);
+    let newest = std::fs::read_to_string(net.parent.data_dir.join("certificates/crl.pem")).unwrap();
+    let _lp = start_child(&net.vhost, net.dir.path(), "lp-1", &lp_flags);
+    let crl_path = net.data("lp-1").join("certs/crl.pem");
+    wait_for("the local parent's newest CRL", WAIT, || {
+        (std::fs::read_to_string(&crl_path).ok()? == newest).then_some(())
+    });
+    // The older list, genuine and never delivered, comes now.
+    let forged = forged_commands(&net, &lp);
+    replay(&net, &lp, &taken, &[]);
+    net.wait_dead(
+        "the late CRL refused",
+        "forged: replayed: a revocation list numbered",
+        1,
+    );
+    wait_for("the attempt counted", WAIT, || {
+        (forged_commands(&net, &lp) > forged).then_some(())
+    });
+    assert_eq!(std::fs::read_to_string(&crl_path).unwrap(), newest);
+}
