@@ -371,6 +371,14 @@ impl Session {
             &delivery.data,
             delivery.properties.headers().as_ref(),
         );
+        // Genuine and fresh, but older than what it holds: refused like a replay.
+        let verdict = match verdict {
+            Verdict::Obey(envelope) => match undoes_newer(agent, &envelope) {
+                Some(reason) => Verdict::Forged(reason),
+                None => Verdict::Obey(envelope),
+            },
+            other => other,
+        };
         let claimed = || {
             (
                 delivery
@@ -450,4 +458,15 @@ impl Session {
             .map_err(amqp("acking a command"))?;
         Ok(moved)
     }
+}
+
+/// Why a genuine command must not be obeyed because it would undo a newer
+/// one the agent holds: a revocation list older than its own (a captured
+/// `CrlUpdated` delivered late would un-revoke certificates).
+fn undoes_newer(agent: &Agent, envelope: &Envelope) -> Option<String> {
+    let Body::CrlUpdated(update) = &envelope.body else {
+        return None;
+    };
+    let held = std::fs::read_to_string(CertStore::new(&agent.config.data_dir).crl_path()).ok()?;
+    crate::trust::stale_crl(&held, &update.crl_pem)
 }
