@@ -99,7 +99,7 @@ fn harmful_bodies(path: &str, dir: &Path, evil_cert: &Path, evil_key: &Path) -> 
             vec![json!({"agents": ["till-1", "till-2"]})]
         }
         "/api/agents/exclude" => vec![json!({"agents": ["till-1"], "reason": "evil"})],
-        "/api/revoke" => vec![json!({"agent": "till-1", "reason": "evil"})],
+        "/api/revoke" => vec![json!({"agent": "till-1", "reason": "key-compromise"})],
         "/api/ca/rotate" => vec![json!({}), json!({"advance": true})],
         _ => vec![json!({})],
     }
@@ -377,7 +377,7 @@ fn a_local_parent_refuses_forged_crls_and_tls_downgrades_forged_or_replayed() {
         "--local-parent-ips",
         "127.0.0.1",
     ]);
-    let (_lp, lp) = net.child(
+    let (lp_proc, lp) = net.child(
         "lp-1",
         &[
             "--kind",
@@ -416,7 +416,7 @@ fn a_local_parent_refuses_forged_crls_and_tls_downgrades_forged_or_replayed() {
         (!s_client(lp_port, &till, &["-tls1_2"]).0).then_some(())
     });
     net.parent
-        .cli_ok(&["revoke", "till-9", "--reason", "stolen"]);
+        .cli_ok(&["revoke", "till-9", "--reason", "key-compromise"]);
     let crl_path = lp_dir.join("certs/crl.pem");
     let genuine_crl =
         std::fs::read_to_string(net.parent.data_dir.join("certificates/crl.pem")).unwrap();
@@ -503,11 +503,16 @@ fn a_local_parent_refuses_forged_crls_and_tls_downgrades_forged_or_replayed() {
         Value::String(format!("{real_ca}{evil_ca}"))
     );
     replay(&net, &lp, &old_policy, &[&trust]);
-    net.wait_dead(
-        "the local parent to dead-letter nine forgeries",
-        "forged:",
-        dead_before + 9,
-    );
+    let deadline = std::time::Instant::now() + WAIT;
+    while net.dead_reasons().len() < dead_before + 9 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nine forgeries not all dead-lettered: {:?}\nlocal parent log:\n{}",
+            net.dead_reasons(),
+            fleetls_tests::tail(&lp_proc.output(), 60)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
     let reasons = net.dead_reasons();
     for needle in [
         "unsigned",
@@ -674,7 +679,7 @@ fn a_captured_command_replayed_after_the_child_restarts_is_refused() {
     child.signal("TERM");
     child.wait_exit(WAIT);
     let before = snapshot(&net.data("till-1"));
-    let _child = start_child(&net.vhost, net.dir.path(), "till-1", &[]);
+    let mut child = start_child(&net.vhost, net.dir.path(), "till-1", &[]);
     net.parent.wait_online(&["till-1"]);
     let (forged, dead) = (forged_commands(&net, &id), net.dead_reasons().len());
     replay(&net, &id, &step, &[]);
@@ -697,6 +702,27 @@ fn a_captured_command_replayed_after_the_child_restarts_is_refused() {
     wait_for("the four attempts counted", WAIT, || {
         (forged_commands(&net, &id) >= forged + 4).then_some(())
     });
+    assert_eq!(snapshot(&net.data("till-1")), before);
+    assert_eq!(results(&net), steps_before);
+    // Laundered: while the child is away the attacker republishes the step
+    // into its queue and takes it without an ack, so the broker hands it
+    // back marked `redelivered` (what a lost ack looks like). Acked, not
+    // reported, and still not obeyed.
+    child.signal("TERM");
+    child.wait_exit(WAIT);
+    replay(&net, &id, &step, &[]);
+    let queue = format!("fleetls.agent.{id}");
+    let taken = attack(&["consume", "--broker", &net.url(), "--queue", &queue]);
+    assert_eq!(taken["taken"], 1, "{taken}");
+    let again = start_child(&net.vhost, net.dir.path(), "till-1", &[]);
+    wait_for("the child to ack the redelivered copy", WAIT, || {
+        again
+            .output()
+            .contains("obeyed before came again")
+            .then_some(())
+    });
+    net.parent.wait_online(&["till-1"]);
+    assert_eq!(net.vhost.queue_depth(&queue), Some(0));
     assert_eq!(snapshot(&net.data("till-1")), before);
     assert_eq!(results(&net), steps_before);
 }
@@ -806,7 +832,7 @@ fn a_revocation_list_taken_from_the_queue_and_delivered_late_is_refused() {
     lp_proc.signal("TERM");
     lp_proc.wait_exit(WAIT);
     net.parent
-        .cli_ok(&["revoke", "till-9", "--reason", "stolen"]);
+        .cli_ok(&["revoke", "till-9", "--reason", "key-compromise"]);
     let queue = format!("fleetls.agent.{lp}");
     let taken = wait_for("the attacker to take the CRL update", WAIT, || {
         let got = attack(&[
@@ -828,7 +854,7 @@ fn a_revocation_list_taken_from_the_queue_and_delivered_late_is_refused() {
     });
     // till-8 is revoked too; the local parent comes back and gets that list.
     net.parent
-        .cli_ok(&["revoke", "till-8", "--reason", "stolen"]);
+        .cli_ok(&["revoke", "till-8", "--reason", "key-compromise"]);
     let newest = std::fs::read_to_string(net.parent.data_dir.join("certificates/crl.pem")).unwrap();
     let _lp = start_child(&net.vhost, net.dir.path(), "lp-1", &lp_flags);
     let crl_path = net.data("lp-1").join("certs/crl.pem");
