@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use fleetls_bus::seal::{self, PublicKey};
-use fleetls_proto::{DecodeError, Envelope};
+use fleetls_proto::{DecodeError, Envelope, TlsPolicy, TlsVersion};
 use lapin::types::FieldTable;
 use serde::{Deserialize, Serialize};
 use tracing::{error, info};
@@ -210,6 +210,36 @@ pub fn stale_crl(held: &str, new: &str) -> Option<String> {
     })
 }
 
+/// Why a local parent's TLS policy must not be replaced by `offered`: it is
+/// weaker than the one held (a lower version, or a suite the held list does
+/// not allow) and comes in a command older (`at`, the parent's clock) than
+/// the one that set the held policy. A policy at least as strict, or from a
+/// newer command (the operator relaxed it), is taken.
+pub fn stale_policy(
+    held: Option<&TlsPolicy>,
+    held_at: u64,
+    offered: &TlsPolicy,
+    at: u64,
+) -> Option<String> {
+    let default = TlsPolicy::default();
+    let held = held.unwrap_or(&default);
+    let rank = |v: TlsVersion| match v {
+        TlsVersion::Tls12 => 0,
+        TlsVersion::Tls13 => 1,
+    };
+    let suites_within = held.cipher_suites.is_empty()
+        || (!offered.cipher_suites.is_empty()
+            && offered
+                .cipher_suites
+                .iter()
+                .all(|s| held.cipher_suites.contains(s)));
+    let as_strict = rank(offered.min_version) >= rank(held.min_version) && suites_within;
+    (!as_strict && at < held_at).then(|| {
+        "replayed: a TLS policy weaker than the one held, from a command older than the one that set it"
+            .to_owned()
+    })
+}
+
 /// The issuer (DER) and CRL number of each list in a PEM file.
 fn crl_numbers(pem: &str) -> Vec<(Vec<u8>, x509_parser::num_bigint::BigUint)> {
     use x509_parser::prelude::FromDer;
@@ -254,6 +284,35 @@ mod tests {
             .distinguished_name
             .push(rcgen::DnType::CommonName, name);
         rcgen::Issuer::new(params, KeyPair::generate().unwrap())
+    }
+
+    #[test]
+    fn a_weaker_policy_from_an_older_command_is_stale() {
+        use fleetls_proto::{TlsPolicy, TlsVersion};
+        let strict = TlsPolicy {
+            min_version: TlsVersion::Tls13,
+            cipher_suites: vec!["TLS13_AES_256_GCM_SHA384".into()],
+        };
+        let weak = TlsPolicy::default();
+        // Older and weaker: refused; newer (the operator relaxed it): taken.
+        assert!(super::stale_policy(Some(&strict), 200, &weak, 100).is_some());
+        assert!(super::stale_policy(Some(&strict), 200, &weak, 300).is_none());
+        // As strict or stricter, whatever its age: taken.
+        assert!(super::stale_policy(Some(&weak), 200, &strict, 100).is_none());
+        assert!(super::stale_policy(Some(&strict), 200, &strict, 100).is_none());
+        // Another suite, or every suite: weaker.
+        let other = TlsPolicy {
+            min_version: TlsVersion::Tls13,
+            cipher_suites: vec!["TLS13_AES_128_GCM_SHA256".into()],
+        };
+        assert!(super::stale_policy(Some(&strict), 200, &other, 100).is_some());
+        let all13 = TlsPolicy {
+            min_version: TlsVersion::Tls13,
+            cipher_suites: Vec::new(),
+        };
+        assert!(super::stale_policy(Some(&strict), 200, &all13, 100).is_some());
+        // Nothing held: the defaults, the weakest.
+        assert!(super::stale_policy(None, 0, &weak, 100).is_none());
     }
 
     #[test]
