@@ -396,15 +396,7 @@ fn a_local_parent_refuses_forged_crls_and_tls_downgrades_forged_or_replayed() {
     wait_for("three certificates", WAIT, || {
         (net.network()["children_with_certificates"] == 3).then_some(())
     });
-    let lp_port: u16 = net.parent.cli_json(&["settings", "show"])["settings"]["local-parent-port"]
-        .as_str()
-        .map(|p| p.parse().unwrap())
-        .or_else(|| {
-            net.parent.cli_json(&["settings", "show"])["settings"]["local-parent-port"]
-                .as_u64()
-                .map(|p| p as u16)
-        })
-        .expect("the local parent port in the settings");
+    let lp_port = local_parent_port(&net);
     let (till, lp_dir) = (net.data("till-1"), net.data("lp-1"));
     // The local parent's port serves TLS 1.2 (the default) …
     wait_for("the local parent's port", WAIT, || {
@@ -802,8 +794,18 @@ fn an_agent_whose_key_is_not_pinned_yet_is_spoken_for_by_nobody_but_its_hello() 
     );
 }
 
+/// The local parent port of the settings.
+fn local_parent_port(net: &Net) -> u16 {
+    let shown = net.parent.cli_json(&["settings", "show"]);
+    let port = &shown["settings"]["local-parent-port"];
+    port.as_u64()
+        .map(|p| p as u16)
+        .or_else(|| port.as_str().and_then(|p| p.parse().ok()))
+        .unwrap_or_else(|| panic!("no local parent port: {shown}"))
+}
+
 #[test]
-fn a_revocation_list_taken_from_the_queue_and_delivered_late_is_refused() {
+fn a_crl_or_tls_policy_taken_from_the_queue_and_delivered_late_is_refused() {
     let net = Net::start(&[
         "--local-parent-names",
         "localhost",
@@ -819,22 +821,30 @@ fn a_revocation_list_taken_from_the_queue_and_delivered_late_is_refused() {
         "localhost",
     ];
     let (mut lp_proc, lp) = net.child("lp-1", &lp_flags);
+    let (_one, _) = net.child("till-1", &["--location", "shop"]);
     let (_eight, _) = net.child("till-8", &["--location", "shop"]);
     let (_nine, _) = net.child("till-9", &["--location", "shop"]);
     net.parent.cli_ok(&["agents", "accept", "lp-1"]);
     net.generate_and_send();
-    wait_for("three certificates", WAIT, || {
-        (net.network()["children_with_certificates"] == 3).then_some(())
+    wait_for("four certificates", WAIT, || {
+        (net.network()["children_with_certificates"] == 4).then_some(())
     });
-    // The local parent is away; till-9 is revoked: its CRL waits in the
-    // queue, and the attacker (the agents' shared user reads agent queues)
-    // takes it.
+    let lp_port = local_parent_port(&net);
+    let till = net.data("till-1");
+    wait_for("the local parent's port", WAIT, || {
+        s_client(lp_port, &till, &["-tls1_2"]).0.then_some(())
+    });
+    // The local parent is away; till-9 is revoked and the certificate
+    // information (TLS 1.2 allowed) sent again: both wait in its queue, and
+    // the attacker (the agents' shared user reads agent queues) takes them.
     lp_proc.signal("TERM");
     lp_proc.wait_exit(WAIT);
     net.parent
         .cli_ok(&["revoke", "till-9", "--reason", "key-compromise"]);
+    net.parent.cli_ok(&["certs", "send", "--all"]);
     let queue = format!("fleetls.agent.{lp}");
-    let taken = wait_for("the attacker to take the CRL update", WAIT, || {
+    let mut stolen: Vec<Value> = Vec::new();
+    let [crl, policy] = wait_for("the attacker to take both", WAIT, || {
         let got = attack(&[
             "capture",
             "--broker",
@@ -846,31 +856,47 @@ fn a_revocation_list_taken_from_the_queue_and_delivered_late_is_refused() {
             "--timeout",
             "2",
         ]);
-        got["messages"]
-            .as_array()?
+        stolen.extend(got["messages"].as_array()?.iter().cloned());
+        let crl = stolen.iter().find(|m| kind_of(m) == Some("CrlUpdated"))?;
+        let policy = stolen
             .iter()
-            .find(|m| kind_of(m) == Some("CrlUpdated"))
-            .cloned()
+            .find(|m| m["decoded"]["body"]["CertificatesReady"]["tls"]["min_version"] == "1.2")?;
+        Some([crl.clone(), policy.clone()])
     });
-    // till-8 is revoked too; the local parent comes back and gets that list.
+    // till-8 is revoked too and the port set to TLS 1.3 only; the local
+    // parent comes back and gets both.
     net.parent
         .cli_ok(&["revoke", "till-8", "--reason", "key-compromise"]);
+    net.parent.cli_ok(&["settings", "set", "--min-tls", "1.3"]);
     let newest = std::fs::read_to_string(net.parent.data_dir.join("certificates/crl.pem")).unwrap();
     let _lp = start_child(&net.vhost, net.dir.path(), "lp-1", &lp_flags);
     let crl_path = net.data("lp-1").join("certs/crl.pem");
     wait_for("the local parent's newest CRL", WAIT, || {
         (std::fs::read_to_string(&crl_path).ok()? == newest).then_some(())
     });
-    // The older list, genuine and never delivered, comes now.
+    wait_for("the local parent's port on TLS 1.3 only", WAIT, || {
+        (!s_client(lp_port, &till, &["-tls1_2"]).0).then_some(())
+    });
+    // The older list and policy, genuine and never delivered, come now.
     let forged = forged_commands(&net, &lp);
-    replay(&net, &lp, &taken, &[]);
+    replay(&net, &lp, &crl, &[]);
+    replay(&net, &lp, &policy, &[]);
     net.wait_dead(
         "the late CRL refused",
         "forged: replayed: a revocation list numbered",
         1,
     );
-    wait_for("the attempt counted", WAIT, || {
-        (forged_commands(&net, &lp) > forged).then_some(())
+    net.wait_dead(
+        "the late TLS policy refused",
+        "forged: replayed: a TLS policy weaker",
+        1,
+    );
+    wait_for("the attempts counted", WAIT, || {
+        (forged_commands(&net, &lp) >= forged + 2).then_some(())
     });
     assert_eq!(std::fs::read_to_string(&crl_path).unwrap(), newest);
+    let (ok, text) = s_client(lp_port, &till, &["-tls1_2"]);
+    assert!(!ok, "the local parent's port took TLS 1.2 again: {text}");
+    let (ok, text) = s_client(lp_port, &till, &["-tls1_3"]);
+    assert!(ok, "{text}");
 }
