@@ -580,9 +580,7 @@ fn forged_reports_that_an_agent_trusts_the_new_ca_do_not_move_a_rotation_on() {
         Some((old.to_owned(), new.to_owned()))
     });
     wait_for("till-1 trusting the new CA", WAIT, || {
-        let trusted = net.sql(&format!(
-            "SELECT trusted_cas FROM agents WHERE name = 'till-1'"
-        ));
+        let trusted = net.sql("SELECT trusted_cas FROM agents WHERE name = 'till-1'");
         trusted.contains(&new).then_some(())
     });
     let trusted = |net: &Net| net.sql(&format!("SELECT trusted_cas FROM agents WHERE id = '{id}'"));
