@@ -46,7 +46,12 @@ pub struct Net {
 impl Net {
     /// Starts a parent with `extra` flags and sets free SSL ports, `localhost` and `127.0.0.1`.
     pub fn start(extra: &[&str]) -> Net {
-        let vhost = Vhost::new();
+        Net::start_on(Vhost::new(), extra)
+    }
+
+    /// As [`Net::start`], on a virtual host of the test's choosing (on a
+    /// private node).
+    pub fn start_on(vhost: Vhost, extra: &[&str]) -> Net {
         let dir = tempfile::tempdir().unwrap();
         let parent = Parent::start(&vhost, dir.path(), extra);
         let port = free_port().to_string();

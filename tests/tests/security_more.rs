@@ -898,3 +898,86 @@ fn a_crl_or_tls_policy_taken_from_the_queue_and_delivered_late_is_refused() {
     let (ok, text) = s_client(lp_port, &till, &["-tls1_3"]);
     assert!(ok, "{text}");
 }
+
+#[test]
+fn a_captured_broker_switch_replayed_after_the_child_restarts_is_refused() {
+    // Declared first, dropped last: the node outlives every process using
+    // it. Its ports are this file's range (5620-5639).
+    let node = fleetls_tests::PrivateNode {
+        name: "secmore",
+        amqp: 5620,
+        mgmt: 5622,
+        amqps: 5621,
+        prometheus: 5623,
+    };
+    node.run("stop", None, None);
+    node.run("start", None, None);
+    let net = Net::start_on(fleetls_tests::Vhost::new_on(&node.addr()), &[]);
+    let (mut child, id) = net.child("till-1", &[]);
+    net.generate_and_send();
+    wait_for("till-1's certificate", WAIT, || {
+        (net.parent.agent("till-1")?["has_certificate"] == true).then_some(())
+    });
+    net.parent.cli_ok(&["verify", "--step-timeout", "20s"]);
+    net.parent.cli_ok(&["switch", "--step-timeout", "20s"]);
+    let tls = net.dir.path().join("broker-tls");
+    net.parent.cli_ok(&[
+        "broker-tls",
+        "--out",
+        tls.to_str().unwrap(),
+        "--amqps-port",
+        "5621",
+        "--amqps-bind",
+        "127.0.0.1",
+    ]);
+    node.run(
+        "restart",
+        Some(&tls),
+        Some(&tls.join("rabbitmq-migration.conf")),
+    );
+    net.parent.wait_online(&["till-1"]);
+    // Set up after the restart: the node keeps no copy queue of the attacker's.
+    let copy = tap(&net, &id);
+    let amqps = format!("amqps://guest:guest@127.0.0.1:5621/{}", net.vhost.name);
+    net.parent
+        .cli_ok(&["switch-broker", "--amqps", &amqps, "--step-timeout", "30s"]);
+    wait_for("till-1 on AMQPS", WAIT, || {
+        (net.parent.agent("till-1")?["broker_tls"] == true).then_some(())
+    });
+    let commands = captured(&net, &copy, "5");
+    let order = commands
+        .iter()
+        .find(|m| kind_of(m) == Some("UseBrokerTls"))
+        .unwrap_or_else(|| panic!("no UseBrokerTls captured: {commands:?}"))
+        .clone();
+    // The child restarts (back on AMQPS); the attacker sends the order again,
+    // as it was and pointing at a broker of its own.
+    child.signal("TERM");
+    child.wait_exit(WAIT);
+    let before = snapshot(&net.data("till-1"));
+    let _child = start_child(&net.vhost, net.dir.path(), "till-1", &[]);
+    net.parent.wait_online(&["till-1"]);
+    let (forged, dead) = (forged_commands(&net, &id), net.dead_reasons().len());
+    replay(&net, &id, &order, &[]);
+    replay(
+        &net,
+        &id,
+        &order,
+        &["body.uri=\"amqps://guest:guest@evil.example:5671/%2f\""],
+    );
+    net.wait_dead("two refused broker orders", "forged:", dead + 2);
+    let reasons = net.dead_reasons();
+    assert!(
+        reasons.iter().any(|r| r.contains("replayed")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("bad signature")),
+        "{reasons:?}"
+    );
+    wait_for("the two attempts counted", WAIT, || {
+        (forged_commands(&net, &id) >= forged + 2).then_some(())
+    });
+    assert_eq!(snapshot(&net.data("till-1")), before);
+    assert_eq!(net.parent.agent("till-1").unwrap()["broker_tls"], true);
+}
