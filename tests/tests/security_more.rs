@@ -377,6 +377,8 @@ fn a_local_parent_refuses_forged_crls_and_tls_downgrades_forged_or_replayed() {
         "--local-parent-ips",
         "127.0.0.1",
     ]);
+    let password = net.dir.path().join("store.pw");
+    std::fs::write(&password, "store-password-1\n").unwrap();
     let (lp_proc, lp) = net.child(
         "lp-1",
         &[
@@ -386,6 +388,11 @@ fn a_local_parent_refuses_forged_crls_and_tls_downgrades_forged_or_replayed() {
             "shop",
             "--hostnames",
             "localhost",
+            // Its trust stores are part of what must not change.
+            "--trust-store-format",
+            "pkcs12",
+            "--trust-store-password-file",
+            password.to_str().unwrap(),
         ],
     );
     let (_till, _) = net.child("till-1", &["--location", "shop"]);
@@ -520,7 +527,9 @@ fn a_local_parent_refuses_forged_crls_and_tls_downgrades_forged_or_replayed() {
     wait_for("the parent to count nine forged commands", WAIT, || {
         (forged_commands(&net, &lp) >= forged_before + 9).then_some(())
     });
-    // Nothing changed on the local parent: its CRL, trusted CAs, policy, keys.
+    // Nothing changed on the local parent: its CRL, trusted CAs, policy,
+    // keys, trust stores.
+    assert!(lp_dir.join("certs/truststore.p12").exists());
     assert_eq!(snapshot(&lp_dir), before);
     assert_eq!(std::fs::read_to_string(&crl_path).unwrap(), genuine_crl);
     assert!(!std::fs::read_to_string(lp_dir.join("certs/ca.pem"))
