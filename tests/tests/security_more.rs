@@ -990,3 +990,147 @@ fn a_captured_broker_switch_replayed_after_the_child_restarts_is_refused() {
     assert_eq!(snapshot(&net.data("till-1")), before);
     assert_eq!(net.parent.agent("till-1").unwrap()["broker_tls"], true);
 }
+
+/// `fleetls-child import` of `pfx` into `data_dir`: (exit code, stderr).
+fn import(data_dir: &Path, pfx: &Path, password_file: &Path) -> (i32, String) {
+    let output = Command::new(fleetls_tests::program("fleetls-child"))
+        .arg("import")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--pfx")
+        .arg(pfx)
+        .arg("--password-file")
+        .arg(password_file)
+        .env_remove("FLEETLS_DATA_DIR")
+        .output()
+        .expect("fleetls-child runs");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// Runs openssl with `args`, panicking with its output when it fails.
+fn openssl(args: &[&str]) {
+    let output = Command::new("openssl").args(args).output().unwrap();
+    assert!(output.status.success(), "openssl {args:?}: {output:?}");
+}
+
+#[test]
+fn an_identity_forged_for_an_mpos_device_is_not_imported() {
+    let net = Net::start(&[]);
+    let (mut mpos, id) = net.child("mpos-1", &["--kind", "mpos"]);
+    net.parent.cli_ok(&["certs", "generate"]);
+    let dir = net.dir.path();
+    let password = dir.join("password");
+    std::fs::write(&password, "a long export password\n").unwrap();
+    let out = dir.join("export");
+    net.parent.cli_ok(&[
+        "export",
+        "--out",
+        out.to_str().unwrap(),
+        "--agent",
+        "mpos-1",
+        "--password-file",
+        password.to_str().unwrap(),
+    ]);
+    let device = net.data("mpos-1");
+    mpos.signal("TERM");
+    mpos.wait_exit(WAIT);
+    let (code, err) = import(&device, &out.join("mpos-1.pfx"), &password);
+    assert_eq!(code, 0, "the genuine identity: {err}");
+    let before = snapshot(&device);
+    // The attacker's own identity for the device: its CA, the device's id as
+    // CN; once alone, once with the network's real CA put in the file too.
+    let (_, evil_ca, evil_key) = foreign_ca(dir);
+    let s = |p: &Path| p.to_str().unwrap().to_owned();
+    let (leaf_key, leaf_csr, leaf) = (
+        dir.join("leaf.key"),
+        dir.join("leaf.csr"),
+        dir.join("leaf.pem"),
+    );
+    let ext = dir.join("leaf.ext");
+    std::fs::write(
+        &ext,
+        "extendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    openssl(&[
+        "req",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-subj",
+        &format!("/CN={id}"),
+        "-keyout",
+        &s(&leaf_key),
+        "-out",
+        &s(&leaf_csr),
+    ]);
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &s(&leaf_csr),
+        "-CA",
+        &s(&evil_ca),
+        "-CAkey",
+        &s(&evil_key),
+        "-CAcreateserial",
+        "-days",
+        "30",
+        "-extfile",
+        &s(&ext),
+        "-out",
+        &s(&leaf),
+    ]);
+    let real_ca = net.parent.data_dir.join("certificates/ca.pem");
+    let both = dir.join("both-cas.pem");
+    std::fs::write(
+        &both,
+        format!(
+            "{}{}",
+            std::fs::read_to_string(&real_ca).unwrap(),
+            std::fs::read_to_string(&evil_ca).unwrap()
+        ),
+    )
+    .unwrap();
+    let pass = format!("file:{}", s(&password));
+    for (name, chain) in [
+        ("evil.pfx", &evil_ca),
+        ("evil-both.pfx", &both),
+        ("evil-real.pfx", &real_ca),
+    ] {
+        let pfx = dir.join(name);
+        openssl(&[
+            "pkcs12",
+            "-export",
+            "-inkey",
+            &s(&leaf_key),
+            "-in",
+            &s(&leaf),
+            "-certfile",
+            &s(chain),
+            "-passout",
+            &pass,
+            "-out",
+            &s(&pfx),
+        ]);
+        let (code, err) = import(&device, &pfx, &password);
+        assert_ne!(code, 0, "{name} was imported: {err}");
+        if chain != &real_ca {
+            assert!(
+                err.contains("is not the one this agent trusts"),
+                "{name}: {err}"
+            );
+        }
+        assert_eq!(
+            snapshot(&device),
+            before,
+            "{name} changed the device's files"
+        );
+    }
+}
