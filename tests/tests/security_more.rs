@@ -1,8 +1,11 @@
 //! The trust model against the attack surface of the newer features, attacked
 //! from outside: the admin API without its token (raw HTTP), forged CRLs and
-//! TLS-policy downgrades to a local parent, forged reports that would move a
-//! CA rotation on, replays after a restart, and messages for an agent whose
-//! key is not pinned yet. The attacker is `tests/attacks/fleetls_attack.py`
+//! TLS-policy downgrades to a local parent (forged, replayed, or genuine ones
+//! taken from its queue and delivered late), forged reports that would move
+//! a CA rotation on, step and broker-switch commands replayed after a
+//! restart (and a replay laundered into a redelivery), messages for an agent
+//! whose key is not pinned yet, and an identity forged for an mPOS device
+//! (`fleetls-child import`). The attacker is `tests/attacks/fleetls_attack.py`
 //! (see `tests/security.rs`); every test checks from outside that nothing
 //! changed (files on the agent's disk, the parent's registry read with
 //! `sqlite3`, the TLS port as openssl sees it) and that the attempt shows
