@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use fleetls_bus::reconnect::Ended;
 use fleetls_proto::{
-    topology, Body, Csr, Directed, Envelope, Refused, RunStep, StepReport, StepSpec, SwitchReport,
-    ToChild, ToParent,
+    topology, AgentKind, Body, Csr, Directed, Envelope, Refused, RunStep, StepReport, StepSpec,
+    SwitchReport, ToChild, ToParent,
 };
 use futures_lite::StreamExt;
 use lapin::message::Delivery;
@@ -230,6 +230,7 @@ impl Session {
                         s.serve_port = ready.serve_port;
                         if ready.tls.is_some() {
                             s.serve_tls = ready.tls.clone();
+                            s.serve_tls_at = s.serve_tls_at.max(envelope.at);
                         }
                     }) {
                         return Ok(Obeyed::Done(Err(e.to_string())));
@@ -371,6 +372,14 @@ impl Session {
             &delivery.data,
             delivery.properties.headers().as_ref(),
         );
+        // Genuine and fresh, but older than what it holds: refused like a replay.
+        let verdict = match verdict {
+            Verdict::Obey(envelope) => match undoes_newer(agent, &envelope) {
+                Some(reason) => Verdict::Forged(reason),
+                None => Verdict::Obey(envelope),
+            },
+            other => other,
+        };
         let claimed = || {
             (
                 delivery
@@ -449,5 +458,31 @@ impl Session {
             .await
             .map_err(amqp("acking a command"))?;
         Ok(moved)
+    }
+}
+
+/// Why a genuine command must not be obeyed because it would undo a newer
+/// one the agent holds: a revocation list older than its own, or a weaker
+/// TLS policy for its port than the one a later command set (a captured
+/// command delivered late would un-revoke certificates or allow TLS 1.2
+/// again).
+fn undoes_newer(agent: &Agent, envelope: &Envelope) -> Option<String> {
+    match &envelope.body {
+        Body::CrlUpdated(update) => {
+            let path = CertStore::new(&agent.config.data_dir).crl_path();
+            let held = std::fs::read_to_string(path).ok()?;
+            crate::trust::stale_crl(&held, &update.crl_pem)
+        }
+        Body::CertificatesReady(ready) if agent.config.kind == AgentKind::LocalParent => {
+            let offered = ready.tls.as_ref()?;
+            let state = agent.state.lock().unwrap_or_else(|p| p.into_inner());
+            crate::trust::stale_policy(
+                state.serve_tls.as_ref(),
+                state.serve_tls_at,
+                offered,
+                envelope.at,
+            )
+        }
+        _ => None,
     }
 }

@@ -42,6 +42,11 @@ pub struct State {
     /// defaults), as the parent last sent them.
     #[serde(default)]
     pub serve_tls: Option<fleetls_proto::TlsPolicy>,
+    /// When the parent sent that policy (its clock, the command's `at`): a
+    /// weaker one from an older command is a replay (see
+    /// [`crate::trust::stale_policy`]).
+    #[serde(default)]
+    pub serve_tls_at: u64,
 }
 
 /// Loads the identity, creating it on first start. A name given now
@@ -158,6 +163,7 @@ mod tests {
                 min_version: fleetls_proto::TlsVersion::Tls13,
                 cipher_suites: vec!["TLS13_AES_256_GCM_SHA384".into()],
             }),
+            serve_tls_at: 1_700_000_000_000,
         };
         save_state(dir.path(), &state).unwrap();
         assert_eq!(load_state(dir.path()).unwrap(), state);

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use fleetls_bus::seal::{self, PublicKey};
-use fleetls_proto::{DecodeError, Envelope};
+use fleetls_proto::{DecodeError, Envelope, TlsPolicy, TlsVersion};
 use lapin::types::FieldTable;
 use serde::{Deserialize, Serialize};
 use tracing::{error, info};
@@ -189,5 +189,144 @@ impl Trust {
         }
         *kept = next;
         Verdict::Obey(Box::new(envelope))
+    }
+}
+
+/// Why a revocation list would roll back the one held: for a CA whose list
+/// is held, the new list's CRL number is lower (a genuine but older
+/// `CrlUpdated`, taken from the queue and delivered after a newer one,
+/// would un-revoke what was revoked since). `None`: as new or newer, or
+/// nothing comparable is held. During a CA rotation a file holds one list
+/// per CA; each is compared with the list of the same issuer.
+pub fn stale_crl(held: &str, new: &str) -> Option<String> {
+    let new = crl_numbers(new);
+    crl_numbers(held).into_iter().find_map(|(issuer, number)| {
+        let (_, offered) = new.iter().find(|(i, _)| *i == issuer)?;
+        (*offered < number).then(|| {
+            format!(
+                "replayed: a revocation list numbered {offered}, older than the one held (number {number})"
+            )
+        })
+    })
+}
+
+/// Why a local parent's TLS policy must not be replaced by `offered`: it is
+/// weaker than the one held (a lower version, or a suite the held list does
+/// not allow) and comes in a command older (`at`, the parent's clock) than
+/// the one that set the held policy. A policy at least as strict, or from a
+/// newer command (the operator relaxed it), is taken.
+pub fn stale_policy(
+    held: Option<&TlsPolicy>,
+    held_at: u64,
+    offered: &TlsPolicy,
+    at: u64,
+) -> Option<String> {
+    let default = TlsPolicy::default();
+    let held = held.unwrap_or(&default);
+    let rank = |v: TlsVersion| match v {
+        TlsVersion::Tls12 => 0,
+        TlsVersion::Tls13 => 1,
+    };
+    let suites_within = held.cipher_suites.is_empty()
+        || (!offered.cipher_suites.is_empty()
+            && offered
+                .cipher_suites
+                .iter()
+                .all(|s| held.cipher_suites.contains(s)));
+    let as_strict = rank(offered.min_version) >= rank(held.min_version) && suites_within;
+    (!as_strict && at < held_at).then(|| {
+        "replayed: a TLS policy weaker than the one held, from a command older than the one that set it"
+            .to_owned()
+    })
+}
+
+/// The issuer (DER) and CRL number of each list in a PEM file.
+fn crl_numbers(pem: &str) -> Vec<(Vec<u8>, x509_parser::num_bigint::BigUint)> {
+    use x509_parser::prelude::FromDer;
+    use x509_parser::revocation_list::CertificateRevocationList;
+    x509_parser::pem::Pem::iter_from_buffer(pem.as_bytes())
+        .filter_map(Result::ok)
+        .filter(|block| block.label == "X509 CRL")
+        .filter_map(|block| {
+            let (_, crl) = CertificateRevocationList::from_der(&block.contents).ok()?;
+            Some((crl.issuer().as_raw().to_vec(), crl.crl_number()?.clone()))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stale_crl;
+    use rcgen::{
+        CertificateParams, CertificateRevocationListParams, IsCa, KeyIdMethod, KeyPair,
+        SerialNumber,
+    };
+
+    fn crl(ca: &rcgen::Issuer<'_, KeyPair>, number: u64) -> String {
+        CertificateRevocationListParams {
+            this_update: rcgen::date_time_ymd(2026, 1, 1),
+            next_update: rcgen::date_time_ymd(2027, 1, 1),
+            crl_number: SerialNumber::from(number),
+            issuing_distribution_point: None,
+            revoked_certs: Vec::new(),
+            key_identifier_method: KeyIdMethod::Sha256,
+        }
+        .signed_by(ca)
+        .unwrap()
+        .pem()
+        .unwrap()
+    }
+
+    fn ca(name: &str) -> rcgen::Issuer<'static, KeyPair> {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        rcgen::Issuer::new(params, KeyPair::generate().unwrap())
+    }
+
+    #[test]
+    fn a_weaker_policy_from_an_older_command_is_stale() {
+        use fleetls_proto::{TlsPolicy, TlsVersion};
+        let strict = TlsPolicy {
+            min_version: TlsVersion::Tls13,
+            cipher_suites: vec!["TLS13_AES_256_GCM_SHA384".into()],
+        };
+        let weak = TlsPolicy::default();
+        // Older and weaker: refused; newer (the operator relaxed it): taken.
+        assert!(super::stale_policy(Some(&strict), 200, &weak, 100).is_some());
+        assert!(super::stale_policy(Some(&strict), 200, &weak, 300).is_none());
+        // As strict or stricter, whatever its age: taken.
+        assert!(super::stale_policy(Some(&weak), 200, &strict, 100).is_none());
+        assert!(super::stale_policy(Some(&strict), 200, &strict, 100).is_none());
+        // Another suite, or every suite: weaker.
+        let other = TlsPolicy {
+            min_version: TlsVersion::Tls13,
+            cipher_suites: vec!["TLS13_AES_128_GCM_SHA256".into()],
+        };
+        assert!(super::stale_policy(Some(&strict), 200, &other, 100).is_some());
+        let all13 = TlsPolicy {
+            min_version: TlsVersion::Tls13,
+            cipher_suites: Vec::new(),
+        };
+        assert!(super::stale_policy(Some(&strict), 200, &all13, 100).is_some());
+        // Nothing held: the defaults, the weakest.
+        assert!(super::stale_policy(None, 0, &weak, 100).is_none());
+    }
+
+    #[test]
+    fn an_older_revocation_list_of_the_same_ca_is_stale() {
+        let (old, new) = (ca("old"), ca("new"));
+        assert!(stale_crl(&crl(&old, 5), &crl(&old, 4)).is_some());
+        assert!(stale_crl(&crl(&old, 5), &crl(&old, 5)).is_none());
+        assert!(stale_crl(&crl(&old, 5), &crl(&old, 6)).is_none());
+        // Another CA's list, or nothing held: nothing to compare.
+        assert!(stale_crl(&crl(&old, 5), &crl(&new, 1)).is_none());
+        assert!(stale_crl("", &crl(&old, 1)).is_none());
+        // During a rotation: one list per CA, each compared with its own.
+        let both = format!("{}{}", crl(&old, 5), crl(&new, 2));
+        assert!(stale_crl(&both, &format!("{}{}", crl(&old, 5), crl(&new, 1))).is_some());
+        assert!(stale_crl(&both, &format!("{}{}", crl(&old, 6), crl(&new, 2))).is_none());
     }
 }

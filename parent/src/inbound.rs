@@ -381,7 +381,18 @@ fn authenticate(
             None,
         )),
         // Registered by a release before signatures: pinned by this Hello.
-        Some(None) => Ok(()),
+        Some(None) if matches!(event.what, EventKind::Hello(_)) => Ok(()),
+        // Nothing else speaks for it before its Hello pinned a key: else
+        // anyone could get a certificate or report results in its name
+        // (the agent sends Hello first at every connection).
+        Some(None) => Err((
+            format!(
+                "impersonation: agent {} has no key pinned yet (registered by an older release); \
+                 only its Hello may pin one, nothing else is believed before",
+                event.agent
+            ),
+            Some("impersonation"),
+        )),
         Some(Some(pinned)) if pinned == event.key => Ok(()),
         Some(Some(_)) => Err((
             format!(

@@ -77,7 +77,15 @@ CHILD_TO_PARENT = frozenset(
     ["Hello", "Heartbeat", "Csr", "StepReport", "SwitchReport", "BrokerSwitchReport", "Refused"]
 )
 PARENT_TO_CHILD = frozenset(
-    ["CertificatesReady", "CertificateIssued", "CsrRejected", "RunStep", "UseSsl", "UseBrokerTls"]
+    [
+        "CertificatesReady",
+        "CertificateIssued",
+        "CsrRejected",
+        "RunStep",
+        "UseSsl",
+        "UseBrokerTls",
+        "CrlUpdated",
+    ]
 )
 
 # Top-level envelope keys, in the order the encoder writes them.
@@ -951,6 +959,70 @@ def cmd_raw(args: argparse.Namespace) -> dict:
     return publish_report(payload, headers, props.get("message_id"))
 
 
+def cmd_forge_crl(args: argparse.Namespace) -> dict:
+    """A CRL signed by the key given (an attacker's own CA), revoking nothing
+    unless told, with a CRL number far above any real one and valid for a
+    year: what a forged `CrlUpdated` would carry to un-revoke everyone."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
+    try:
+        with open(args.ca_cert, "rb") as f:
+            ca = x509.load_pem_x509_certificate(f.read())
+        with open(args.ca_key, "rb") as f:
+            key = serialization.load_pem_private_key(f.read(), password=None)
+    except (OSError, ValueError) as e:
+        raise Fail(f"--ca-cert/--ca-key: {getattr(e, 'strerror', None) or e}") from None
+    now = datetime.datetime.now(datetime.timezone.utc)
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca.subject)
+        .last_update(now - datetime.timedelta(minutes=1))
+        .next_update(now + datetime.timedelta(days=365))
+        .add_extension(x509.CRLNumber(args.number), critical=False)
+    )
+    for serial in args.revoke or []:
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder()
+            .serial_number(int(serial, 16))
+            .revocation_date(now)
+            .build()
+        )
+    crl = builder.sign(private_key=key, algorithm=hashes.SHA256())
+    return {"crl_pem": crl.public_bytes(serialization.Encoding.PEM).decode("ascii")}
+
+
+def cmd_admin_probe(args: argparse.Namespace) -> dict:
+    """One HTTP request to the parent's admin address, as someone who can
+    reach the port but holds no token (or a wrong one): the status, the
+    headers and the body it got back. Raw http.client: no fleetls code."""
+    import http.client
+
+    body = None
+    headers = {"Host": args.addr}
+    if args.json is not None:
+        parse_json_arg(args.json, "--json")
+        body = args.json.encode()
+        headers["Content-Type"] = "application/json"
+    if args.authorization is not None:
+        headers["Authorization"] = args.authorization
+    host, _, port = args.addr.rpartition(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=args.timeout)
+    try:
+        connection.request(args.method, args.path, body=body, headers=headers)
+        response = connection.getresponse()
+        data = response.read()
+    finally:
+        connection.close()
+    return {
+        "status": response.status,
+        "headers": {k.lower(): v for k, v in response.getheaders()},
+        "body": data.decode("utf-8", "replace"),
+    }
+
+
 def cmd_selftest(_args: argparse.Namespace) -> dict:
     checks: list[str] = []
 
@@ -1185,6 +1257,22 @@ def build_parser() -> argparse.ArgumentParser:
     add_publish_options(p)
     p.add_argument("--payload-hex", required=True, metavar="HEX|@FILE")
     p.set_defaults(handler=cmd_raw, network=True)
+
+    p = sub.add_parser("forge-crl", help="sign a CRL with a CA of the attacker's own")
+    p.add_argument("--ca-cert", required=True, metavar="PEM", help="the CA certificate (its subject is the issuer)")
+    p.add_argument("--ca-key", required=True, metavar="PEM", help="the CA's private key (PKCS#8 or SEC1 PEM)")
+    p.add_argument("--number", type=int, default=2**62, metavar="N", help="the CRL number (default 2^62)")
+    p.add_argument("--revoke", action="append", metavar="HEX", help="a serial to list as revoked; repeatable")
+    p.set_defaults(handler=cmd_forge_crl, network=False)
+
+    p = sub.add_parser("admin-probe", help="one HTTP request to the admin address (no token, or a wrong one)")
+    p.add_argument("--addr", required=True, metavar="HOST:PORT", help="the admin address")
+    p.add_argument("--method", default="GET", metavar="VERB")
+    p.add_argument("--path", required=True, metavar="PATH")
+    p.add_argument("--json", metavar="JSON", help="a JSON body to send")
+    p.add_argument("--authorization", metavar="VALUE", help="an Authorization header to send (default none)")
+    p.add_argument("--timeout", type=float, default=30.0, metavar="SECS", help="limit for the request (default 30)")
+    p.set_defaults(handler=cmd_admin_probe, network=False)
 
     p = sub.add_parser("selftest", help="check encoding and signing in memory (no broker)")
     p.set_defaults(handler=cmd_selftest, network=False)
