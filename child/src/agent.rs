@@ -305,6 +305,10 @@ impl Session {
                     .await?;
             }
             ToChild::CrlUpdated(update) => {
+                if let Some(why) = crate::trust::untrusted_crl(&store.trusted(), &update.crl_pem) {
+                    warn!(reason = %why, "revocation list refused");
+                    return Ok(Obeyed::Done(Err(why)));
+                }
                 let path = store.crl_path();
                 if let Err(e) =
                     crate::identity::write_atomic(&path, update.crl_pem.as_bytes(), 0o644)

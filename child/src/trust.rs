@@ -240,6 +240,42 @@ pub fn stale_policy(
     })
 }
 
+/// Why a revocation list must not be installed: a list is unreadable, none
+/// is given, or one is not signed by a CA this agent trusts (`cas`). The
+/// command that carries it is signed by the parent, so this guards against
+/// a fault rather than a forger — but a list the port cannot check would
+/// leave it checking nothing.
+pub fn untrusted_crl(cas: &[rustls::pki_types::CertificateDer<'_>], pem: &str) -> Option<String> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    use x509_parser::revocation_list::CertificateRevocationList;
+    let blocks: Vec<_> = x509_parser::pem::Pem::iter_from_buffer(pem.as_bytes())
+        .filter_map(Result::ok)
+        .filter(|block| block.label == "X509 CRL")
+        .collect();
+    if blocks.is_empty() {
+        return Some("the revocation list update holds no list".into());
+    }
+    let cas: Vec<X509Certificate<'_>> = cas
+        .iter()
+        .filter_map(|der| X509Certificate::from_der(der).ok().map(|(_, c)| c))
+        .collect();
+    for block in &blocks {
+        let Ok((_, crl)) = CertificateRevocationList::from_der(&block.contents) else {
+            return Some("the revocation list update holds an unreadable list".into());
+        };
+        let signed = cas.iter().any(|ca| {
+            ca.subject() == crl.issuer() && crl.verify_signature(ca.public_key()).is_ok()
+        });
+        if !signed {
+            return Some(format!(
+                "a revocation list issued by \"{}\" is not signed by a CA this agent trusts",
+                crl.issuer()
+            ));
+        }
+    }
+    None
+}
+
 /// The issuer (DER) and CRL number of each list in a PEM file.
 fn crl_numbers(pem: &str) -> Vec<(Vec<u8>, x509_parser::num_bigint::BigUint)> {
     use x509_parser::prelude::FromDer;
@@ -256,7 +292,7 @@ fn crl_numbers(pem: &str) -> Vec<(Vec<u8>, x509_parser::num_bigint::BigUint)> {
 
 #[cfg(test)]
 mod tests {
-    use super::stale_crl;
+    use super::{stale_crl, untrusted_crl};
     use rcgen::{
         CertificateParams, CertificateRevocationListParams, IsCa, KeyIdMethod, KeyPair,
         SerialNumber,
@@ -284,6 +320,45 @@ mod tests {
             .distinguished_name
             .push(rcgen::DnType::CommonName, name);
         rcgen::Issuer::new(params, KeyPair::generate().unwrap())
+    }
+
+    /// A CA's certificate (DER) and its issuer.
+    fn ca_cert(
+        name: &str,
+    ) -> (
+        rustls::pki_types::CertificateDer<'static>,
+        rcgen::Issuer<'static, KeyPair>,
+    ) {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let key = KeyPair::generate().unwrap();
+        let der = params.self_signed(&key).unwrap().der().clone();
+        (der, rcgen::Issuer::new(params, key))
+    }
+
+    #[test]
+    fn a_list_not_signed_by_a_trusted_ca_is_refused() {
+        let (ours_der, ours) = ca_cert("fleetls CA");
+        // Another CA, and one that only takes the name of ours.
+        let (_, theirs) = ca_cert("attacker CA");
+        let (_, namesake) = ca_cert("fleetls CA");
+        let trusted = [ours_der];
+        assert_eq!(untrusted_crl(&trusted, &crl(&ours, 1)), None);
+        for foreign in [&theirs, &namesake] {
+            let why = untrusted_crl(&trusted, &crl(foreign, 9)).unwrap();
+            assert!(
+                why.contains("not signed by a CA this agent trusts"),
+                "{why}"
+            );
+            let mixed = format!("{}{}", crl(&ours, 2), crl(foreign, 2));
+            assert!(untrusted_crl(&trusted, &mixed).is_some());
+        }
+        assert!(untrusted_crl(&trusted, "")
+            .unwrap()
+            .contains("holds no list"));
     }
 
     #[test]
