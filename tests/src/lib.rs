@@ -572,6 +572,40 @@ impl Parent {
             .unwrap_or_else(|e| panic!("fleetls-parent {args:?} did not print JSON ({e}): {out}"))
     }
 
+    /// `settings set` for a network on this machine: the names
+    /// `localhost` and 127.0.0.1, the SSL port and the local parents' port
+    /// on free ports, and `extra` settings; the two ports.
+    pub fn settings_loopback(&self, extra: &[&str]) -> (u16, u16) {
+        let (port, local) = (free_port(), free_port());
+        let (port_text, local_text) = (port.to_string(), local.to_string());
+        let mut args = vec![
+            "settings",
+            "set",
+            "--names",
+            "localhost",
+            "--ips",
+            "127.0.0.1",
+            "--port",
+            &port_text,
+            "--local-parent-port",
+            &local_text,
+        ];
+        args.extend_from_slice(extra);
+        self.cli_ok(&args);
+        (port, local)
+    }
+
+    /// `certs generate` and `certs send`, then waits `within` until
+    /// `count` agents hold a certificate.
+    pub fn certify(&self, count: u64, within: Duration) {
+        self.cli_ok(&["certs", "generate"]);
+        self.cli_ok(&["certs", "send"]);
+        wait_for(&format!("{count} certificates"), within, || {
+            let status = self.status_json().ok()?;
+            (status["network"]["children_with_certificates"] == count).then_some(())
+        });
+    }
+
     /// `status --json`, parsed.
     pub fn status_json(&self) -> Result<Value, String> {
         let (code, out, err) = self.cli(&["status", "--json"]);

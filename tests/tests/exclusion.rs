@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use fleetls_tests::{free_port, start_child, wait_for, Parent, Vhost};
+use fleetls_tests::{start_child, Parent, Vhost};
 use serde_json::Value;
 
 const REASON: &str = "pin pad firmware 2.1 cannot do TLS until the vendor update";
@@ -29,23 +29,8 @@ fn an_excluded_child_stays_plain_is_counted_as_excluded_and_comes_back_when_incl
         .map(|n| start_child(&vhost, dir.path(), n, &[]))
         .collect();
     parent.wait_online(&names);
-    let port = free_port().to_string();
-    parent.cli_ok(&[
-        "settings",
-        "set",
-        "--names",
-        "localhost",
-        "--ips",
-        "127.0.0.1",
-        "--port",
-        &port,
-    ]);
-    parent.cli_ok(&["certs", "generate"]);
-    parent.cli_ok(&["certs", "send"]);
-    wait_for("three certificates", Duration::from_secs(60), || {
-        let status = parent.status_json().ok()?;
-        (status["network"]["children_with_certificates"] == 3).then_some(())
-    });
+    parent.settings_loopback(&[]);
+    parent.certify(3, Duration::from_secs(60));
 
     // A reason is required, one plain line, not too long.
     let (code, _, err) = parent.cli(&["agents", "exclude", "ex-2", "--reason", "   "]);

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use fleetls_tests::{free_port, repo, start_child, wait_for, Parent, PrivateNode, Vhost};
+use fleetls_tests::{repo, start_child, wait_for, Parent, PrivateNode, Vhost};
 
 const NODE: &str = "bext";
 const AMQP_PORT: u16 = 5796;
@@ -133,29 +133,8 @@ fn each_child_logs_in_with_its_certificate_as_a_user_allowed_only_its_queue() {
             })
         })
         .collect();
-    let port = free_port().to_string();
-    let lp_port = free_port().to_string();
-    ok(
-        &parent,
-        &[
-            "settings",
-            "set",
-            "--names",
-            "localhost",
-            "--ips",
-            "127.0.0.1",
-            "--port",
-            &port,
-            "--local-parent-port",
-            &lp_port,
-        ],
-    );
-    ok(&parent, &["certs", "generate"]);
-    ok(&parent, &["certs", "send"]);
-    wait_for("three certificates", WAIT, || {
-        let s = parent.status_json().ok()?;
-        (s["network"]["children_with_certificates"] == 3).then_some(())
-    });
+    let (ssl_port, lp_port) = parent.settings_loopback(&[]);
+    parent.certify(3, WAIT);
     ok(&parent, &["verify", "--step-timeout", "20s"]);
     ok(&parent, &["switch", "--step-timeout", "20s"]);
 
@@ -274,8 +253,6 @@ fn each_child_logs_in_with_its_certificate_as_a_user_allowed_only_its_queue() {
     };
     let (one_cert, one_key) = cert_of("till-1");
     let (two_cert, two_key) = cert_of("till-2");
-    let ssl_port: u16 = port.parse().unwrap();
-    let lp_port: u16 = lp_port.parse().unwrap();
     // Before: both pass at the parent's SSL port and at the local parent's.
     for p in [ssl_port, lp_port] {
         assert!(

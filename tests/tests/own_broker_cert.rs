@@ -20,7 +20,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use fleetls_tests::company::{root, server, write};
-use fleetls_tests::{free_port, start_child, test_dir, wait_for, Parent, PrivateNode, Vhost};
+use fleetls_tests::{start_child, test_dir, wait_for, Parent, PrivateNode, Vhost};
 
 const NODE: &str = "ownbrk";
 const AMQP_PORT: u16 = 5660;
@@ -98,20 +98,11 @@ fn the_broker_serves_an_own_certificate_checked_first_and_every_child_moves_to_i
         .map(|n| start_child(&vhost, dir.path(), n, &["--trust-bundle", s(&root_pem)]))
         .collect();
     parent.wait_online(&names);
-    let port = free_port().to_string();
-    parent.cli_ok(&[
-        "settings",
-        "set",
-        "--names",
-        "localhost",
-        "--ips",
-        "127.0.0.1",
+    parent.settings_loopback(&[
         "--broker-names",
         "broker.company.example",
         "--broker-ips",
         "127.0.0.1",
-        "--port",
-        &port,
     ]);
 
     // Before certificates exist: refused, it would replace nothing.
@@ -128,12 +119,7 @@ fn the_broker_serves_an_own_certificate_checked_first_and_every_child_moves_to_i
     ]);
     assert_ne!(code, 0);
     assert!(err.contains("run `certs generate` first"), "{err}");
-    parent.cli_ok(&["certs", "generate"]);
-    parent.cli_ok(&["certs", "send"]);
-    wait_for("three certificates", Duration::from_secs(60), || {
-        let status = parent.status_json().ok()?;
-        (status["network"]["children_with_certificates"] == 3).then_some(())
-    });
+    parent.certify(3, Duration::from_secs(60));
     let certs = parent.data_dir.join("certificates");
     let broker_before = std::fs::read(certs.join("broker.pem")).unwrap();
 

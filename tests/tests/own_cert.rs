@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use fleetls_tests::company::{intermediate, root, server, write};
-use fleetls_tests::{free_port, program, start_child, wait_for, Parent, Vhost};
+use fleetls_tests::{free_port, program, start_child, Parent, Vhost};
 use serde_json::Value;
 
 fn s(path: &Path) -> &str {
@@ -59,12 +59,7 @@ fn the_ssl_port_serves_an_own_certificate_checked_first_and_children_trust_its_r
     ]);
     assert_ne!(code, 0);
     assert!(err.contains("run `certs generate` first"), "{err}");
-    parent.cli_ok(&["certs", "generate"]);
-    parent.cli_ok(&["certs", "send"]);
-    wait_for("two certificates", Duration::from_secs(60), || {
-        let status = parent.status_json().ok()?;
-        (status["network"]["children_with_certificates"] == 2).then_some(())
-    });
+    parent.certify(2, Duration::from_secs(60));
     let served_before = std::fs::read(parent.data_dir.join("certificates/parent.pem")).unwrap();
 
     // Refused, each with its reason, and nothing replaced.

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use fleetls_tests::{free_port, start_child, wait_for, Parent, Proc, Vhost};
+use fleetls_tests::{start_child, wait_for, Parent, Proc, Vhost};
 
 const CHILDREN: usize = 20;
 const WAIT: Duration = Duration::from_secs(60);
@@ -81,23 +81,7 @@ fn certificates_renew_twice_without_anyone_going_offline() {
         (s["network"]["online"] == (CHILDREN + 1) as u64).then_some(())
     });
     ok(&parent, &["agents", "accept", "lp-1"]);
-    let port = free_port().to_string();
-    let lp_port = free_port().to_string();
-    ok(
-        &parent,
-        &[
-            "settings",
-            "set",
-            "--names",
-            "localhost",
-            "--ips",
-            "127.0.0.1",
-            "--port",
-            &port,
-            "--local-parent-port",
-            &lp_port,
-        ],
-    );
+    parent.settings_loopback(&[]);
     ok(&parent, &["certs", "generate"]);
     ok(&parent, &["certs", "send"]);
     let mut all: Vec<String> = names.clone();

@@ -18,7 +18,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use fleetls_tests::{free_port, start_child, test_dir, wait_for, Parent, PrivateNode, Proc, Vhost};
+use fleetls_tests::{start_child, test_dir, wait_for, Parent, PrivateNode, Proc, Vhost};
 use serde_json::Value;
 
 // This test's node and ports (its range: 5900-5949 / 15900-15949).
@@ -113,29 +113,8 @@ fn a_ca_rotation_moves_everyone_to_the_new_ca_without_anyone_going_offline() {
         (s["network"]["online"] == everyone).then_some(())
     });
     ok(&parent, &["agents", "accept", "lp-1"]);
-    let port = free_port().to_string();
-    let lp_port = free_port().to_string();
-    ok(
-        &parent,
-        &[
-            "settings",
-            "set",
-            "--names",
-            "localhost",
-            "--ips",
-            "127.0.0.1",
-            "--port",
-            &port,
-            "--local-parent-port",
-            &lp_port,
-        ],
-    );
-    ok(&parent, &["certs", "generate"]);
-    ok(&parent, &["certs", "send"]);
-    wait_for("everyone certified", WAIT, || {
-        let s = parent.status_json().ok()?;
-        (s["network"]["children_with_certificates"] == everyone).then_some(())
-    });
+    parent.settings_loopback(&[]);
+    parent.certify(everyone, WAIT);
     ok(&parent, &["verify", "--step-timeout", "20s"]);
     ok(&parent, &["switch", "--step-timeout", "20s"]);
 
