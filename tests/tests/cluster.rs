@@ -761,28 +761,41 @@ fn switch_broker_with_a_node_lost(parent: &Parent, vhost: &Vhost, dir: &Path, to
             || on_amqps(parent),
         );
     }
-    // The broker's own view agrees: every swarm connection uses TLS and
-    // none is on the lost node.
+    // The broker's own view agrees: once moved, each child of a swarm has
+    // a connection of its own (`fleetls-child:<id> (<name>)`); every one
+    // uses TLS and none is on the lost node, and `without-ssl`'s broker
+    // list (every node's connections) names only the stopped `solo`.
     wait_for(
-        "every swarm connection on AMQPS on a live node",
+        "every child on AMQPS on a live node",
         Duration::from_secs(120),
         || {
-            let connections = live_connections(vhost, "fleetls-swarm:")?;
-            (!connections.is_empty()
+            let connections = live_connections(vhost, "fleetls-child:")?;
+            (connections.len() == total
                 && connections
                     .iter()
                     .all(|c| c["ssl"] == true && c["node"] != lost.as_str()))
             .then_some(())
         },
     );
-    // (`without-ssl`'s broker list cannot tell a swarm's children apart:
-    // they share their connections; its first list holds `solo` only.)
-    let without = parent.cli_json(&["without-ssl"]);
-    let not_switched: Vec<&str> = without["not_switched"]
-        .as_array()
-        .map(|list| list.iter().filter_map(|e| e["name"].as_str()).collect())
-        .unwrap_or_default();
-    assert_eq!(not_switched, ["solo"], "{without}");
+    let names = |list: &Value| -> Vec<String> {
+        list.as_array()
+            .map(|l| {
+                l.iter()
+                    .filter_map(|e| e["name"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let without = wait_for(
+        "without-ssl from the broker's view",
+        Duration::from_secs(120),
+        || {
+            let without = parent.cli_json(&["without-ssl"]);
+            (without["broker_view"] == true && names(&without["not_on_tls"]) == ["solo"])
+                .then_some(without)
+        },
+    );
+    assert_eq!(names(&without["not_switched"]), ["solo"], "{without}");
 
     // Nothing was dead-lettered.
     let path = format!("/api/queues/{}/fleetls.dead", vhost.name);
