@@ -194,6 +194,34 @@ fn live_connections(vhost: &Vhost, prefix: &str) -> Option<Vec<Value>> {
     )
 }
 
+/// Up to `count` messages of `queue` (left in it), as any live node's
+/// management shows them.
+fn peek_live(vhost: &Vhost, queue: &str, count: usize) -> Vec<Value> {
+    [3, 2, 1]
+        .into_iter()
+        .find_map(|n| {
+            let response = http()
+                .post(format!(
+                    "{}/api/queues/{}/{queue}/get",
+                    management_of(n),
+                    vhost.name
+                ))
+                .basic_auth("guest", Some("guest"))
+                .json(&serde_json::json!({
+                    "count": count, "ackmode": "ack_requeue_true", "encoding": "base64"
+                }))
+                .send()
+                .ok()?;
+            response
+                .status()
+                .is_success()
+                .then(|| response.json::<Value>().ok())
+                .flatten()
+        })
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default()
+}
+
 /// Polls `f` until it gives a value or `limit` passes (`None` then): for
 /// a condition the test acts on rather than fails on.
 fn poll<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
@@ -797,15 +825,41 @@ fn switch_broker_with_a_node_lost(parent: &Parent, vhost: &Vhost, dir: &Path, to
     );
     assert_eq!(names(&without["not_switched"]), ["solo"], "{without}");
 
-    // Nothing was dead-lettered.
+    // Nothing was dead-lettered but commands that expired unread in an
+    // agent's queue (transient by design: the registry is their record and
+    // re-sends what is still owed); each one is shown.
     let path = format!("/api/queues/{}/fleetls.dead", vhost.name);
     let dead = wait_for("fleetls.dead's count", Duration::from_secs(60), || {
         live_get(&path)?.get("messages")?.as_u64()
     });
-    assert_eq!(
-        dead, 0,
-        "fleetls.dead holds {dead} message(s) after switch-broker"
-    );
+    if dead > 0 {
+        let messages = peek_live(vhost, "fleetls.dead", 50);
+        for m in &messages {
+            let props = &m["properties"];
+            let death = &props["headers"]["x-death"][0];
+            eprintln!(
+                "fleetls.dead after switch-broker: type {} reason {} from {} ({})",
+                props["type"],
+                death["reason"],
+                death["queue"],
+                props["headers"]["x-fleetls-reason"]
+            );
+        }
+        let unexpected: Vec<&Value> = messages
+            .iter()
+            .filter(|m| {
+                let death = &m["properties"]["headers"]["x-death"][0];
+                !(death["reason"] == "expired"
+                    && death["queue"]
+                        .as_str()
+                        .is_some_and(|q| q.starts_with("fleetls.agent.")))
+            })
+            .collect();
+        assert!(
+            unexpected.is_empty(),
+            "fleetls.dead holds {dead} message(s) after switch-broker, these not expired commands: {unexpected:?}"
+        );
+    }
 }
 
 /// On the shared broker (one node: quorum queues work there too): a parent
