@@ -20,8 +20,9 @@
 //! with `FLEETLS_CLUSTER_TLS_DIR`), `switch` and `switch-broker` to the
 //! nodes' AMQPS list, and the node with the most children is killed while
 //! they move: the campaign completes, each child is counted once, every
-//! child ends on AMQPS on a live node, `fleetls.dead` holds nothing. The
-//! cluster is stopped at the end, also on failure.
+//! child ends on AMQPS on a live node, `fleetls.dead` holds nothing but
+//! commands that expired in the stopped `solo`'s queue. The cluster is
+//! stopped at the end, also on failure.
 
 use std::path::Path;
 use std::process::Command;
