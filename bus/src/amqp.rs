@@ -47,6 +47,32 @@ pub enum BusError {
     /// what to do (see [`crate::queue_type::explain_mismatch`]).
     #[error("{0}")]
     QueueMismatch(String),
+    /// The broker did not confirm a published message within
+    /// [`CONFIRM_DEADLINE`]: the channel is not to be trusted any more (seen
+    /// on a cluster after a node was killed); open the session again.
+    #[error(
+        "no publisher confirm within {secs} s for a message to {0}: the broker's channel is \
+         stuck (a cluster node lost?); the connection is opened again",
+        secs = CONFIRM_DEADLINE.as_secs()
+    )]
+    Unconfirmed(String),
+}
+
+/// How long a publisher confirm may take before the channel is given up
+/// ([`BusError::Unconfirmed`]): every wait has a deadline.
+pub const CONFIRM_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Waits for a publisher confirm, at most [`CONFIRM_DEADLINE`]; `to` names
+/// the destination in the error.
+async fn confirmed(
+    confirm: lapin::PublisherConfirm,
+    what: &'static str,
+    to: &str,
+) -> Result<lapin::Confirmation, BusError> {
+    match tokio::time::timeout(CONFIRM_DEADLINE, confirm).await {
+        Ok(result) => result.map_err(amqp(what)),
+        Err(_) => Err(BusError::Unconfirmed(to.to_owned())),
+    }
 }
 
 /// Wraps a lapin error with what was being done.
@@ -368,9 +394,8 @@ pub async fn publish_confirmed(
             properties,
         )
         .await
-        .map_err(amqp("publishing"))?
-        .await
-        .map_err(amqp("waiting for a publisher confirm"))?;
+        .map_err(amqp("publishing"))?;
+    let confirm = confirmed(confirm, "waiting for a publisher confirm", exchange).await?;
     if confirm.is_nack() || confirm.take_message().is_some() {
         return Err(BusError::Nacked(exchange.to_owned()));
     }
@@ -439,9 +464,12 @@ async fn settle(
     (agent, confirm): (uuid::Uuid, lapin::PublisherConfirm),
     unroutable: &mut Vec<uuid::Uuid>,
 ) -> Result<(), BusError> {
-    let confirm = confirm
-        .await
-        .map_err(amqp("waiting for a publisher confirm"))?;
+    let confirm = confirmed(
+        confirm,
+        "waiting for a publisher confirm",
+        &topology::agent_queue(&agent),
+    )
+    .await?;
     if confirm.is_nack() {
         return Err(BusError::Nacked(topology::agent_queue(&agent)));
     }
@@ -508,9 +536,8 @@ pub async fn dead_letter(
             props,
         )
         .await
-        .map_err(amqp("dead-lettering"))?
-        .await
-        .map_err(amqp("waiting for a dead-letter confirm"))?;
+        .map_err(amqp("dead-lettering"))?;
+    let confirm = confirmed(confirm, "waiting for a dead-letter confirm", topology::DEAD).await?;
     if confirm.is_nack() {
         return Err(BusError::Nacked(topology::DEAD.into()));
     }

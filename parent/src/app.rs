@@ -59,6 +59,10 @@ pub struct App {
     /// The broker's nodes and the agents on each, as management last
     /// showed them ([`crate::cluster::watch`]).
     pub cluster: RwLock<Option<crate::cluster::ClusterView>>,
+    /// The type of `fleetls.parent` and `fleetls.dead`, chosen at start.
+    pub queue_type: fleetls_bus::queue_type::QueueType,
+    /// That type and why it was chosen, for `status`.
+    pub queue_choice: crate::queue_choice::QueueChoice,
 }
 
 /// Message counters since the parent started.
@@ -124,6 +128,7 @@ impl App {
                 overview.network.renewals_failed = renewals_failed;
                 overview.network.ca_rotation = rotation;
                 overview.network.nodes = self.cluster_view().map(|v| v.nodes).unwrap_or_default();
+                overview.network.queue_type = Some(self.queue_choice.clone());
                 f(overview, list)
             },
         )

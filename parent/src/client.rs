@@ -316,6 +316,9 @@ pub fn status_table(status: &Status) -> String {
             n.pending, n.rejected, n.compromised, n.security_events
         );
     }
+    if let Some(q) = &n.queue_type {
+        let _ = writeln!(out, "queues: {} ({})", q.queue_type, q.why);
+    }
     for node in &n.nodes {
         let mut state = if node.running {
             "running"

@@ -48,38 +48,22 @@ pub struct ClusterView {
     pub parent: Option<String>,
     /// When it was read, ms since the epoch.
     pub at: u64,
+    /// The management address that answered (of `--management`'s list).
+    #[serde(default)]
+    pub management: Option<String>,
 }
 
 /// Reads the nodes and the connections of `vhost` from management.
 pub async fn observe(management: &Management, vhost: Option<&str>) -> Result<ClusterView, String> {
-    let url = format!(
-        "{}/api/nodes?columns=name,running,mem_alarm,disk_free_alarm",
-        management.base
-    );
-    let response = reqwest::Client::new()
-        .get(&url)
-        .basic_auth(&management.user, Some(&management.password))
-        .timeout(Duration::from_secs(30))
-        .send()
-        .await
-        .map_err(|e| {
-            format!(
-                "RabbitMQ management at {} does not answer: {e}",
-                management.base
-            )
-        })?;
-    if !response.status().is_success() {
-        return Err(format!(
-            "RabbitMQ management refused {url}: {} (check --management and its credentials)",
-            response.status()
-        ));
-    }
-    let raw: Vec<serde_json::Value> = response
-        .json()
-        .await
-        .map_err(|e| format!("unreadable answer from RabbitMQ management: {e}"))?;
+    let raw: Vec<serde_json::Value> = crate::management::get_json(
+        management,
+        "/api/nodes?columns=name,running,mem_alarm,disk_free_alarm",
+    )
+    .await?;
     let connections = crate::management::connections(management, vhost).await?;
-    Ok(view(&raw, &connections))
+    let mut view = view(&raw, &connections);
+    view.management = Some(management.base().to_owned());
+    Ok(view)
 }
 
 /// The view made of management's `/api/nodes` answer and the connections.

@@ -18,7 +18,8 @@ pub struct RawServe {
     /// cluster, its nodes' URLs separated by commas
     #[arg(long, env = "FLEETLS_BROKER")]
     pub broker: Option<String>,
-    /// RabbitMQ management base URL, e.g. http://host:15672 (credentials may be in it)
+    /// RabbitMQ management base URL, e.g. http://host:15672 (credentials may be in it);
+    /// for a cluster, one per node separated by commas (whichever answers is used)
     #[arg(long, env = "FLEETLS_MANAGEMENT")]
     pub management: Option<String>,
     /// Management user (when not in the URL)
@@ -114,9 +115,21 @@ pub fn read_file(path: &Path) -> Result<RawServe, ConfigError> {
         })
 }
 
-/// Credentials and address of RabbitMQ management.
+/// RabbitMQ management: one address, or one per node of a cluster. A
+/// request goes to the node that answered last and moves on to the next
+/// when it does not answer (see [`crate::management::send`]).
 #[derive(Debug, Clone)]
 pub struct Management {
+    /// Each node's management, in the order given (at least one).
+    pub nodes: Vec<ManagementNode>,
+    /// Index into `nodes` of the one that answered last: shared by every
+    /// clone, so that all callers skip a node found down.
+    pub current: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Credentials and address of one node's RabbitMQ management.
+#[derive(Debug, Clone)]
+pub struct ManagementNode {
     /// Base URL without credentials, no trailing slash.
     pub base: String,
     /// User name.
@@ -148,8 +161,9 @@ pub struct ServeConfig {
     /// SSL settings given in the config file's `[ssl]` table.
     pub ssl: Option<crate::settings::SettingsChange>,
     /// The type of the queues it declares (`fleetls.parent`, `fleetls.dead`,
-    /// its own for an agent).
-    pub queue_type: fleetls_bus::queue_type::QueueType,
+    /// its own for an agent) when given with `--queue-type`; `None` lets the
+    /// parent choose at start (see [`crate::queue_choice`]).
+    pub queue_type: Option<fleetls_bus::queue_type::QueueType>,
     /// The broker's hosts, one per distinct node host (the default broker
     /// names of its certificate).
     pub broker_hosts: Vec<String>,
@@ -174,12 +188,12 @@ impl ServeConfig {
         let broker = raw.broker.ok_or(ConfigError::Missing("--broker"))?;
         let broker_hosts = check_amqp_url("--broker", &broker)?;
         let queue_type = match &raw.queue_type {
-            None => fleetls_bus::queue_type::QueueType::default(),
-            Some(text) => text.parse().map_err(|why| ConfigError::Invalid {
+            None => None,
+            Some(text) => Some(text.parse().map_err(|why| ConfigError::Invalid {
                 name: "--queue-type",
                 value: text.clone(),
                 why,
-            })?,
+            })?),
         };
         let cert_days = raw.cert_days.unwrap_or(crate::pki::DEFAULT_CERT_DAYS);
         if !(1..=3650).contains(&cert_days) {
@@ -231,8 +245,8 @@ impl ServeConfig {
         }
         let management = match raw.management {
             None => None,
-            Some(url) => Some(management(
-                &url,
+            Some(list) => Some(management_list(
+                &list,
                 raw.management_user,
                 raw.management_password_file.as_deref(),
             )?),
@@ -329,11 +343,54 @@ pub fn check_amqp_url(name: &'static str, value: &str) -> Result<Vec<String>, Co
 
 pub use fleetls_proto::redact_url as redact;
 
+/// Checks `--management`: one URL, or a comma-separated list of them (one
+/// per cluster node); `--management-user` and `--management-password-file`
+/// serve every URL that has no credentials of its own.
+fn management_list(
+    list: &str,
+    user: Option<String>,
+    password_file: Option<&Path>,
+) -> Result<Management, ConfigError> {
+    let items: Vec<&str> = list.split(',').map(str::trim).collect();
+    let count = items.len();
+    let mut nodes = Vec::with_capacity(count);
+    for (i, item) in items.into_iter().enumerate() {
+        let place = if count > 1 {
+            format!("address {} of {count}: ", i + 1)
+        } else {
+            String::new()
+        };
+        if item.is_empty() {
+            return Err(ConfigError::Invalid {
+                name: "--management",
+                value: redact(list),
+                why: format!(
+                    "{place}empty: give the management URLs separated by single commas, \
+                     e.g. http://user:pass@node1:15672,http://user:pass@node2:15672"
+                ),
+            });
+        }
+        let node = management(item, user.clone(), password_file).map_err(|e| match e {
+            ConfigError::Invalid { name, value, why } => ConfigError::Invalid {
+                name,
+                value,
+                why: format!("{place}{why}"),
+            },
+            other => other,
+        })?;
+        nodes.push(node);
+    }
+    Ok(Management {
+        nodes,
+        current: Default::default(),
+    })
+}
+
 fn management(
     url: &str,
     user: Option<String>,
     password_file: Option<&Path>,
-) -> Result<Management, ConfigError> {
+) -> Result<ManagementNode, ConfigError> {
     let invalid = |why: &str| ConfigError::Invalid {
         name: "--management",
         value: redact(url),
@@ -343,7 +400,7 @@ fn management(
         .strip_prefix("http://")
         .map(|r| ("http://", r))
         .or_else(|| url.strip_prefix("https://").map(|r| ("https://", r)))
-        .ok_or_else(|| invalid("expected http://host:15672"))?;
+        .ok_or_else(|| invalid("not an http:// or https:// URL: expected http://host:15672"))?;
     let (scheme, rest) = rest;
     let (creds, hostpart) = match rest.rfind('@') {
         Some(at) => (Some(&rest[..at]), &rest[at + 1..]),
@@ -377,7 +434,7 @@ fn management(
     let password = file_pass.or(url_pass).ok_or_else(|| {
         invalid("no password: put it in the URL or give --management-password-file")
     })?;
-    Ok(Management {
+    Ok(ManagementNode {
         base: format!("{scheme}{}", hostpart.trim_end_matches('/')),
         user,
         password,
@@ -516,6 +573,42 @@ mod tests {
         let err = management("http://127.0.0.1:15672", None, None).unwrap_err();
         assert!(err.to_string().contains("--management-user"));
         assert!(management("ftp://x", None, None).is_err());
+    }
+
+    #[test]
+    fn management_takes_a_list_and_names_a_bad_item() {
+        let m = management_list(
+            "http://u:p@127.0.0.1:15701, http://127.0.0.1:15702/",
+            Some("v".into()),
+            None,
+        );
+        // The second has no password of its own and no file is given.
+        let err = m.unwrap_err().to_string();
+        assert!(
+            err.contains("--management") && err.contains("address 2 of 2") && !err.contains(":p@"),
+            "{err}"
+        );
+        let m = management_list(
+            "http://u:p@127.0.0.1:15701,http://u:p@127.0.0.1:15702",
+            None,
+            None,
+        )
+        .unwrap();
+        let bases: Vec<&str> = m.nodes.iter().map(|n| n.base.as_str()).collect();
+        assert_eq!(bases, ["http://127.0.0.1:15701", "http://127.0.0.1:15702"]);
+        for bad in [
+            "http://u:p@a:1,,http://u:p@b:2",
+            "http://u:p@a:1,",
+            "http://u:p@a:1,amqp://u:p@b:5672",
+        ] {
+            let err = management_list(bad, None, None).unwrap_err().to_string();
+            assert!(err.contains("--management"), "{err}");
+            assert!(
+                err.contains("empty") || err.contains("not an http"),
+                "{bad}: {err}"
+            );
+            assert!(!err.contains(":p@"), "{err}");
+        }
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //!
 //! - `GET /api/agents?offset=&limit=&filter=&kind=&location=&q=`: one page of
 //!   the status list, filtered and counted by SQLite, each agent shaped as in
-//!   `status --json` ([`AgentStatus`]);
+//!   `status --json` ([`AgentStatus`]), with the broker node of each (`nodes`);
 //! - `GET /api/locations`: the distinct locations, for the list's filter.
 
 use std::sync::Arc;
@@ -238,6 +238,11 @@ pub struct AgentsPage {
     pub limit: usize,
     /// This page's agents, shaped as in `status --json`.
     pub agents: Vec<AgentStatus>,
+    /// The broker node of each agent of this page that has a connection of
+    /// its own, by id, as management last showed it (with `--management`;
+    /// see [`crate::cluster`]).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub nodes: std::collections::BTreeMap<uuid::Uuid, String>,
 }
 
 /// One page of the status list, filtered and counted by SQLite.
@@ -296,6 +301,7 @@ pub fn page(
             offset: query.offset,
             limit: query.limit,
             agents,
+            nodes: Default::default(),
         })
     })
 }
@@ -324,10 +330,19 @@ async fn agents(
         offline_after_ms: app.config.offline_after.as_millis() as u64,
         min_ssl_version: app.config.min_ssl_version,
     };
-    let page = tokio::task::spawn_blocking(move || page(&app.registry, context, &query))
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?
-        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let registry_app = app.clone();
+    let mut page =
+        tokio::task::spawn_blocking(move || page(&registry_app.registry, context, &query))
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+    if let Some(view) = app.cluster_view() {
+        page.nodes = page
+            .agents
+            .iter()
+            .filter_map(|a| view.agents.get(&a.id).map(|node| (a.id, node.clone())))
+            .collect();
+    }
     Ok(Json(page))
 }
 

@@ -25,6 +25,7 @@ pub mod ops;
 pub mod owed;
 pub mod own;
 pub mod pki;
+pub mod queue_choice;
 pub mod registry;
 pub mod rotation;
 pub mod service;

@@ -1,12 +1,103 @@
 //! RabbitMQ management's own view of the connections: which use TLS, by
 //! connection name. The broker switch is checked against it instead of
-//! trusting what the children say.
+//! trusting what the children say. On a cluster `--management` lists each
+//! node's management: [`send`] asks the one that answered last and moves
+//! on to the next when it does not answer.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::Management;
+use crate::config::{Management, ManagementNode};
+
+/// How long a management node may take to accept a connection before the
+/// next one is tried (a lost node's host may not refuse at once).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one request may take in all.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Management {
+    /// The base URL of the node that answered last (the next request starts
+    /// there).
+    pub fn base(&self) -> &str {
+        let i = self.current.load(Ordering::Relaxed) % self.nodes.len();
+        &self.nodes[i].base
+    }
+}
+
+/// Sends the request `build` makes for one node to the node that answered
+/// last, then to each other one in turn while a node does not answer (no
+/// connection, a timeout, or a 5xx: a node that is shutting down or lost
+/// its cluster). The first answer is returned, whatever its status, and its
+/// node becomes the one asked first next time.
+pub async fn send<F>(management: &Management, build: F) -> Result<reqwest::Response, String>
+where
+    F: Fn(&reqwest::Client, &ManagementNode) -> Result<reqwest::RequestBuilder, String>,
+{
+    let client = reqwest::Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(REQUEST_TIMEOUT)
+        .build()
+        .map_err(|e| format!("cannot make an HTTP client for RabbitMQ management: {e}"))?;
+    let count = management.nodes.len();
+    let first = management.current.load(Ordering::Relaxed) % count;
+    let mut failures = Vec::new();
+    for step in 0..count {
+        let i = (first + step) % count;
+        let node = &management.nodes[i];
+        let request = build(&client, node)?.basic_auth(&node.user, Some(&node.password));
+        match request.send().await {
+            Ok(response) if !response.status().is_server_error() || step + 1 == count => {
+                management.current.store(i, Ordering::Relaxed);
+                return Ok(response);
+            }
+            Ok(response) => failures.push(format!("{}: {}", node.base, response.status())),
+            Err(e) => failures.push(format!("{}: {}", node.base, without_url(&e))),
+        }
+    }
+    Err(format!(
+        "RabbitMQ management does not answer ({}); check --management and that a node runs",
+        failures.join("; ")
+    ))
+}
+
+/// A reqwest error without the URL it carries (the base is named already).
+fn without_url(e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    if let Some(url) = e.url() {
+        text = text.replace(&format!(" ({url})"), "");
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
+}
+
+/// Sends a GET of `path` (from `/api/...`) with [`send`] and reads the JSON
+/// answer; a refusal names the path and what to check.
+pub async fn get_json<T: serde::de::DeserializeOwned>(
+    management: &Management,
+    path: &str,
+) -> Result<T, String> {
+    let response = send(management, |client, node| {
+        Ok(client.get(format!("{}{path}", node.base)))
+    })
+    .await?;
+    if !response.status().is_success() {
+        return Err(format!(
+            "RabbitMQ management refused {path}: {} (check --management and its credentials)",
+            response.status()
+        ));
+    }
+    response
+        .json()
+        .await
+        .map_err(|e| format!("unreadable answer from RabbitMQ management to {path}: {e}"))
+}
 
 /// One connection as RabbitMQ sees it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -68,39 +159,14 @@ pub async fn connections(
     management: &Management,
     vhost: Option<&str>,
 ) -> Result<Vec<BrokerConnection>, String> {
-    let url = match vhost {
+    let path = match vhost {
         Some(vhost) => format!(
-            "{}/api/vhosts/{}/connections?columns={CONNECTION_COLUMNS}",
-            management.base,
+            "/api/vhosts/{}/connections?columns={CONNECTION_COLUMNS}",
             encode_vhost(vhost)
         ),
-        None => format!(
-            "{}/api/connections?columns={CONNECTION_COLUMNS}",
-            management.base
-        ),
+        None => format!("/api/connections?columns={CONNECTION_COLUMNS}"),
     };
-    let response = reqwest::Client::new()
-        .get(&url)
-        .basic_auth(&management.user, Some(&management.password))
-        .timeout(std::time::Duration::from_secs(30))
-        .send()
-        .await
-        .map_err(|e| {
-            format!(
-                "RabbitMQ management at {} does not answer: {e}",
-                management.base
-            )
-        })?;
-    if !response.status().is_success() {
-        return Err(format!(
-            "RabbitMQ management refused {url}: {} (check --management and its credentials)",
-            response.status()
-        ));
-    }
-    let raw: Vec<RawConnection> = response
-        .json()
-        .await
-        .map_err(|e| format!("unreadable answer from RabbitMQ management: {e}"))?;
+    let raw: Vec<RawConnection> = get_json(management, &path).await?;
     Ok(raw
         .into_iter()
         .map(|c| BrokerConnection {
@@ -138,28 +204,18 @@ pub async fn ensure_agent_user(
     vhost: &str,
     agent: &uuid::Uuid,
 ) -> Result<(), String> {
-    let client = reqwest::Client::new();
-    let put = |path: String, body: serde_json::Value| {
-        let request = client
-            .put(format!("{}{path}", management.base))
-            .basic_auth(&management.user, Some(&management.password))
-            .timeout(std::time::Duration::from_secs(30))
-            .json(&body);
-        async move {
-            let response = request.send().await.map_err(|e| {
-                format!(
-                    "RabbitMQ management at {} does not answer: {e}",
-                    management.base
-                )
-            })?;
-            if response.status().is_success() {
-                Ok(())
-            } else {
-                Err(format!(
-                    "RabbitMQ management refused {path}: {} (its user needs the administrator tag)",
-                    response.status()
-                ))
-            }
+    let put = |path: String, body: serde_json::Value| async move {
+        let response = send(management, |client, node| {
+            Ok(client.put(format!("{}{path}", node.base)).json(&body))
+        })
+        .await?;
+        if response.status().is_success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "RabbitMQ management refused {path}: {} (its user needs the administrator tag)",
+                response.status()
+            ))
         }
     };
     put(
@@ -177,18 +233,10 @@ pub async fn ensure_agent_user(
 
 /// Removes the RabbitMQ user of one agent (none there is no error).
 pub async fn delete_agent_user(management: &Management, agent: &uuid::Uuid) -> Result<(), String> {
-    let response = reqwest::Client::new()
-        .delete(format!("{}/api/users/{agent}", management.base))
-        .basic_auth(&management.user, Some(&management.password))
-        .timeout(std::time::Duration::from_secs(30))
-        .send()
-        .await
-        .map_err(|e| {
-            format!(
-                "RabbitMQ management at {} does not answer: {e}",
-                management.base
-            )
-        })?;
+    let response = send(management, |client, node| {
+        Ok(client.delete(format!("{}/api/users/{agent}", node.base)))
+    })
+    .await?;
     match response.status() {
         s if s.is_success() || s == reqwest::StatusCode::NOT_FOUND => Ok(()),
         s => Err(format!(
@@ -217,23 +265,20 @@ pub async fn agent_connections(
 /// Closes connections by their management names; one already gone counts
 /// as closed. How many.
 pub async fn close_connections(management: &Management, names: &[String]) -> Result<usize, String> {
-    let client = reqwest::Client::new();
     let mut closed = 0;
     for name in names {
-        let mut url = reqwest::Url::parse(&management.base)
-            .map_err(|e| format!("the management URL is not valid: {e}"))?;
-        url.path_segments_mut()
-            .map_err(|_| "the management URL cannot have a path".to_owned())?
-            .pop_if_empty()
-            .extend(["api", "connections", name.as_str()]);
-        let response = client
-            .delete(url)
-            .basic_auth(&management.user, Some(&management.password))
-            .header("X-Reason", "fleetls: the agent's certificate was revoked")
-            .timeout(std::time::Duration::from_secs(30))
-            .send()
-            .await
-            .map_err(|e| format!("RabbitMQ management does not answer: {e}"))?;
+        let response = send(management, |client, node| {
+            let mut url = reqwest::Url::parse(&node.base)
+                .map_err(|e| format!("the management URL is not valid: {e}"))?;
+            url.path_segments_mut()
+                .map_err(|_| "the management URL cannot have a path".to_owned())?
+                .pop_if_empty()
+                .extend(["api", "connections", name.as_str()]);
+            Ok(client
+                .delete(url)
+                .header("X-Reason", "fleetls: the agent's certificate was revoked"))
+        })
+        .await?;
         if response.status().is_success() || response.status() == reqwest::StatusCode::NOT_FOUND {
             closed += 1;
         } else {
@@ -247,7 +292,7 @@ pub async fn close_connections(management: &Management, names: &[String]) -> Res
 }
 
 /// A vhost name as one segment of a management URL.
-fn encode_vhost(vhost: &str) -> String {
+pub(crate) fn encode_vhost(vhost: &str) -> String {
     vhost.replace('%', "%25").replace('/', "%2F")
 }
 

@@ -113,7 +113,10 @@ pub async fn serve(
     } else {
         None
     };
+    let (queue_type, queue_choice) = crate::queue_choice::choose(&config).await;
     let app = Arc::new(App {
+        queue_type,
+        queue_choice,
         config,
         registry,
         token,
@@ -282,7 +285,7 @@ async fn open_session(
         None => broker::connect(&app.config.broker, topology::PARENT_CONNECTION_NAME).await?,
     };
     let channel = broker::confirm_channel(&connection).await?;
-    broker::declare_topology(&channel, app.config.queue_type).await?;
+    broker::declare_topology(&channel, app.queue_type).await?;
     channel
         .basic_qos(BATCH as u16 * 2, BasicQosOptions::default())
         .await

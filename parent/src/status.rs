@@ -144,6 +144,10 @@ pub struct Network {
     /// (with `--management`; see [`crate::cluster`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nodes: Vec<crate::cluster::NodeHealth>,
+    /// The type of `fleetls.parent` and `fleetls.dead` and why the parent
+    /// chose it (see [`crate::queue_choice`]).
+    #[serde(default)]
+    pub queue_type: Option<crate::queue_choice::QueueChoice>,
 }
 
 /// The campaign summary (every figure a query over the registry).
@@ -835,6 +839,7 @@ impl Tally {
                 renewals_failed: 0,
                 ca_rotation: None,
                 nodes: Vec::new(),
+                queue_type: None,
             },
             summary: Summary {
                 passed: self.passed,
@@ -1133,6 +1138,7 @@ mod tests {
                 renewals_failed: 0,
                 ca_rotation: None,
                 nodes: Vec::new(),
+                queue_type: None,
             }
         );
         assert_eq!(

@@ -1,8 +1,11 @@
 //! A node lost in the middle of a verify campaign, on a RabbitMQ cluster of
 //! three nodes run by `scripts/cluster` (its own name `clu16t` and ports
 //! 5970-5972 AMQP, 15970-15972 management, 15973-15975 prometheus,
-//! 5973-5975 AMQPS unused; Erlang distribution 25970-25972). A parent with quorum
-//! queues and three swarms of children, each swarm given the broker list
+//! 5973-5975 AMQPS once the nodes have the broker's certificate; Erlang
+//! distribution 25970-25972). A parent given no `--queue-type` (it asks
+//! management, sees three nodes and chooses quorum queues) and the three
+//! nodes' management addresses as one `--management` list, and three swarms
+//! of children, each swarm given the broker list
 //! starting at another node, so that children sit on all three, and one
 //! child of its own (`solo`, on node 2 first). Node 2 is killed (SIGKILL of
 //! its Erlang VM) while the campaign runs (held open by stopping one swarm): the campaign finishes, every
@@ -10,11 +13,20 @@
 //! online on the other nodes within a bound, `fleetls.dead` holds nothing,
 //! and the parent's status, `cluster` and `/metrics` show node 2 down and
 //! where `solo` went. Then node 2 is back and node 1 — the parent's — is
-//! killed: the parent moves to another node and a second verify counts every
-//! child once. The cluster is stopped at the end, also on failure.
+//! killed: the parent moves to another node, its view of the cluster comes
+//! from the next management address, and a second verify counts every
+//! child once. Then the move to AMQPS: the parent's `broker-tls` files, a
+//! rolling restart of the nodes with them (`scripts/cluster restart 1..3`
+//! with `FLEETLS_CLUSTER_TLS_DIR`), `switch` and `switch-broker` to the
+//! nodes' AMQPS list, and the node with the most children is killed while
+//! they move: the campaign completes, each child is counted once, every
+//! child ends on AMQPS on a live node, `fleetls.dead` holds nothing but
+//! commands that expired in the stopped `solo`'s queue. The cluster is
+//! stopped at the end, also on failure.
 
+use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -38,15 +50,23 @@ impl Cluster {
     /// Runs `scripts/cluster ARGS` with this cluster's settings: (success,
     /// its output).
     fn script(args: &[&str]) -> (bool, String) {
-        let output = Command::new(repo().join("scripts/cluster"))
+        Cluster::script_tls(args, None)
+    }
+
+    /// [`Cluster::script`] with `FLEETLS_CLUSTER_TLS_DIR` = `tls` when given.
+    fn script_tls(args: &[&str], tls: Option<&Path>) -> (bool, String) {
+        let mut command = Command::new(repo().join("scripts/cluster"));
+        command
             .args(args)
             .env("FLEETLS_CLUSTER_NAME", NAME)
             .env("FLEETLS_CLUSTER_BASE_PORT", BASE.to_string())
             .env_remove("FLEETLS_CLUSTER_DIR")
             .env_remove("FLEETLS_CLUSTER_TLS_DIR")
-            .env_remove("FLEETLS_BROKER_EXTRA_CONF")
-            .output()
-            .expect("scripts/cluster runs");
+            .env_remove("FLEETLS_BROKER_EXTRA_CONF");
+        if let Some(tls) = tls {
+            command.env("FLEETLS_CLUSTER_TLS_DIR", tls);
+        }
+        let output = command.output().expect("scripts/cluster runs");
         let text = format!(
             "{}{}",
             String::from_utf8_lossy(&output.stdout),
@@ -78,11 +98,21 @@ impl Cluster {
 
     /// `FLEETLS_CLUSTER_BROKERS` of `scripts/cluster env`, one URL a node.
     fn brokers() -> Vec<String> {
+        Cluster::env_list("FLEETLS_CLUSTER_BROKERS")
+    }
+
+    /// `FLEETLS_CLUSTER_AMQPS` of `scripts/cluster env`, one URL a node.
+    fn amqps() -> Vec<String> {
+        Cluster::env_list("FLEETLS_CLUSTER_AMQPS")
+    }
+
+    fn env_list(key: &str) -> Vec<String> {
         let env = Cluster::run(&["env"]);
+        let prefix = format!("{key}=");
         let line = env
             .lines()
-            .find_map(|l| l.strip_prefix("FLEETLS_CLUSTER_BROKERS="))
-            .unwrap_or_else(|| panic!("no FLEETLS_CLUSTER_BROKERS in:\n{env}"));
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .unwrap_or_else(|| panic!("no {key} in:\n{env}"));
         line.split(',').map(str::to_owned).collect()
     }
 }
@@ -126,6 +156,88 @@ fn connection_nodes(vhost: &Vhost, prefix: &str) -> Option<Vec<String>> {
     )
 }
 
+/// Node `n`'s (1-3) management base URL, without credentials.
+fn management_of(n: u16) -> String {
+    format!("http://127.0.0.1:{}", BASE + 10000 + n - 1)
+}
+
+/// GET `path` from the first node's management that answers (3, 2, 1):
+/// the test's own view must survive a lost node too.
+fn live_get(path: &str) -> Option<Value> {
+    [3, 2, 1].into_iter().find_map(|n| {
+        let response = http()
+            .get(format!("{}{path}", management_of(n)))
+            .basic_auth("guest", Some("guest"))
+            .send()
+            .ok()?;
+        response
+            .status()
+            .is_success()
+            .then(|| response.json().ok())
+            .flatten()
+    })
+}
+
+/// The fleetls connections of `vhost` whose name starts with `prefix`, as
+/// any live node's management lists them.
+fn live_connections(vhost: &Vhost, prefix: &str) -> Option<Vec<Value>> {
+    let list = live_get(&format!("/api/vhosts/{}/connections", vhost.name))?;
+    Some(
+        list.as_array()?
+            .iter()
+            .filter(|c| {
+                c["client_properties"]["connection_name"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with(prefix))
+            })
+            .cloned()
+            .collect(),
+    )
+}
+
+/// Up to `count` messages of `queue` (left in it), as any live node's
+/// management shows them.
+fn peek_live(vhost: &Vhost, queue: &str, count: usize) -> Vec<Value> {
+    [3, 2, 1]
+        .into_iter()
+        .find_map(|n| {
+            let response = http()
+                .post(format!(
+                    "{}/api/queues/{}/{queue}/get",
+                    management_of(n),
+                    vhost.name
+                ))
+                .basic_auth("guest", Some("guest"))
+                .json(&serde_json::json!({
+                    "count": count, "ackmode": "ack_requeue_true", "encoding": "base64"
+                }))
+                .send()
+                .ok()?;
+            response
+                .status()
+                .is_success()
+                .then(|| response.json::<Value>().ok())
+                .flatten()
+        })
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default()
+}
+
+/// Polls `f` until it gives a value or `limit` passes (`None` then): for
+/// a condition the test acts on rather than fails on.
+fn poll<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = f() {
+            return Some(value);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 /// Sends SIGCONT to a held process when dropped (also on failure).
 struct Resume<'a>(&'a Proc);
 
@@ -154,21 +266,24 @@ fn a_node_lost_during_verify_the_campaign_completes_and_its_children_move() {
     let dir = test_dir();
     let total = PER_SWARM * SWARMS + 1;
 
-    // The parent on node 1 first (node 2 is the one lost), quorum queues.
+    // The parent on node 1 first (node 2 is the one lost), no --queue-type:
+    // it asks management. Management is the three nodes', node 1's first.
     let data_dir = dir.path().join("parent");
     let admin = format!("127.0.0.1:{}", free_port());
+    let managements = (1..=3)
+        .map(|n| management_of(n).replace("http://", "http://guest:guest@"))
+        .collect::<Vec<_>>()
+        .join(",");
     let args: Vec<String> = [
         "serve",
         "--broker",
         &list_from(&brokers, &vhost, 0),
         "--management",
-        &vhost.management_url(),
+        &managements,
         "--data-dir",
         data_dir.to_str().unwrap(),
         "--admin",
         &admin,
-        "--queue-type",
-        "quorum",
         "--offline-after",
         "60",
     ]
@@ -185,9 +300,22 @@ fn a_node_lost_during_verify_the_campaign_completes_and_its_children_move() {
         data_dir,
         admin,
     };
-    wait_for("the parent's admin API", Duration::from_secs(60), || {
+    let status = wait_for("the parent's admin API", Duration::from_secs(60), || {
         parent.status_json().ok()
     });
+    let choice = &status["network"]["queue_type"];
+    assert_eq!(choice["type"], "quorum", "{choice}");
+    assert!(
+        choice["why"]
+            .as_str()
+            .is_some_and(|why| why.contains("3 nodes")),
+        "{choice}"
+    );
+    let log = parent.proc.output();
+    assert!(
+        log.contains("queue type") && log.contains("lists 3 nodes"),
+        "the parent's log does not say which queue type it chose and why:\n{log}"
+    );
     for name in ["fleetls.parent", "fleetls.dead"] {
         let queue = wait_for(name, Duration::from_secs(60), || {
             let queue = vhost.management_get(&format!("/api/queues/{{vhost}}/{name}"));
@@ -455,6 +583,22 @@ fn a_node_lost_during_verify_the_campaign_completes_and_its_children_move() {
                 .then_some(())
         },
     );
+    // Its view of the cluster comes from the next management address.
+    let node1 = format!("{NAME}-1@localhost");
+    let view = wait_for(
+        "the cluster view from another node's management",
+        Duration::from_secs(120),
+        || {
+            let view = parent.cli_json(&["cluster"]);
+            let down = view["nodes"]
+                .as_array()?
+                .iter()
+                .any(|n| n["name"] == node1.as_str() && n["running"] == false);
+            let from = view["management"].as_str()?.to_owned();
+            (down && from != management_of(1)).then_some(view)
+        },
+    );
+    eprintln!("cluster view with node 1 lost: from {}", view["management"]);
     let (code, out, err) = parent.cli(&[
         "verify",
         "--json",
@@ -478,10 +622,249 @@ fn a_node_lost_during_verify_the_campaign_completes_and_its_children_move() {
         total as u64,
         "each child counted once: {campaign}"
     );
+
+    // `solo` was stopped above: the swarms' children move to AMQPS.
+    switch_broker_with_a_node_lost(&parent, &vhost, dir.path(), PER_SWARM * SWARMS);
+
     drop(swarms);
     drop(parent);
     drop(vhost);
     drop(cluster);
+}
+
+/// The move to AMQPS on the cluster of the test above (node 1 lost, nodes
+/// 2 and 3 running, every child registered and verified; `solo` stopped,
+/// so `total` is the swarms' children): any of them that did not pass is
+/// tested again, they all switch to the SSL port, the
+/// nodes get the broker's certificate by a rolling restart, and
+/// `switch-broker` moves everyone to the AMQPS list while the node with the
+/// most children is killed.
+fn switch_broker_with_a_node_lost(parent: &Parent, vhost: &Vhost, dir: &Path, total: usize) {
+    let campaign_args = ["--step-timeout", "60s", "--concurrency", "150", "--json"];
+    let summary = parent.status_json().expect("status")["summary"].clone();
+    // (`solo` counts as did not participate, offline.)
+    if count(&summary, "passed") < total as u64 {
+        let args: Vec<&str> = ["reverify"].into_iter().chain(campaign_args).collect();
+        let (code, _, err) = parent.cli(&args);
+        assert!(code == 0 || code == 4, "reverify: {err}");
+    }
+    let args: Vec<&str> = ["switch"].into_iter().chain(campaign_args).collect();
+    let (code, _, err) = parent.cli(&args);
+    assert!(code == 0 || code == 4, "switch: {err}");
+    wait_for(
+        "the swarms' children on SSL",
+        Duration::from_secs(300),
+        || {
+            let status = parent.status_json().ok()?;
+            (status["network"]["switched_to_ssl"] == total).then_some(())
+        },
+    );
+
+    // The broker's files (shared by the three nodes: they all carry
+    // 127.0.0.1), then a rolling restart that opens AMQPS on each node;
+    // node 1, lost above, comes back with it.
+    let tls = dir.join("broker-tls");
+    parent.cli_ok(&[
+        "broker-tls",
+        "--out",
+        tls.to_str().unwrap(),
+        "--amqps-bind",
+        "127.0.0.1",
+    ]);
+    for n in ["1", "2", "3"] {
+        let (ok, out) = Cluster::script_tls(&["restart", n], Some(&tls));
+        assert!(ok, "scripts/cluster restart {n} with TLS failed:\n{out}");
+    }
+    assert!(
+        Cluster::script(&["status"]).0,
+        "three nodes after the rolling restart"
+    );
+    wait_for(
+        "the swarms' children online after the rolling restart",
+        Duration::from_secs(300),
+        || {
+            let status = parent.status_json().ok()?;
+            (status["network"]["online"] == total).then_some(())
+        },
+    );
+
+    let amqps = Cluster::amqps();
+    assert_eq!(amqps.len(), 3, "{amqps:?}");
+    let list = list_from(&amqps, vhost, 0);
+    // No child is held here: switch-broker opens AMQPS connections at the
+    // broker's pace (its window starts at 8), so 300 children take long
+    // enough for the node to go in the middle. (A held swarm would miss its
+    // heartbeats and count as did not participate.)
+    parent.cli_ok(&[
+        "switch-broker",
+        "--amqps",
+        &list,
+        "--detach",
+        "--step-timeout",
+        "60s",
+        "--concurrency",
+        "150",
+    ]);
+    wait_for("100 children moved", Duration::from_secs(300), || {
+        let status = parent.status_json().ok()?;
+        let campaign = &status["campaign"];
+        let done = campaign["passed"].as_u64()? + campaign["failed"].as_u64()?;
+        (done >= 100).then_some(())
+    });
+    // The node with the most swarm connections (plain or AMQPS) goes.
+    let connections = live_connections(vhost, "fleetls-swarm:").expect("management answers");
+    let (victim, on_it) = (1..=3)
+        .map(|n| {
+            let node = format!("{NAME}-{n}@localhost");
+            let on = connections
+                .iter()
+                .filter(|c| c["node"] == node.as_str())
+                .count();
+            (n, on)
+        })
+        .max_by_key(|(_, on)| *on)
+        .expect("three nodes");
+    Cluster::run(&["kill", &victim.to_string()]);
+    let lost = format!("{NAME}-{victim}@localhost");
+    let status = parent.status_json().expect("status");
+    assert_eq!(
+        status["campaign"]["state"], "running",
+        "node {victim} was killed during switch-broker: {}",
+        status["campaign"]
+    );
+    eprintln!("switch-broker: killed node {victim} with {on_it} swarm connections on it");
+
+    let campaign = wait_for("switch-broker to finish", Duration::from_secs(600), || {
+        let status = parent.status_json().ok()?;
+        let campaign = &status["campaign"];
+        (campaign["kind"] == "switch-broker" && campaign["state"] == "finished")
+            .then(|| campaign.clone())
+    });
+    eprintln!("switch-broker with node {victim} lost: {campaign}");
+    assert_eq!(count(&campaign, "total"), total as u64, "{campaign}");
+    assert_eq!(
+        count(&campaign, "passed")
+            + count(&campaign, "failed")
+            + count(&campaign, "did_not_participate"),
+        total as u64,
+        "each child counted once: {campaign}"
+    );
+    assert_eq!(
+        count(&campaign, "acting") + count(&campaign, "waiting"),
+        0,
+        "{campaign}"
+    );
+
+    // Every child ends on AMQPS on a live node: those that were on AMQPS
+    // on the lost node reconnect to another node's AMQPS by themselves. A
+    // child whose move the loss cut short stayed on plain and said why: the
+    // operator runs switch-broker again for those, as the test does, with
+    // the nodes that run (switch-broker checks every address it is given
+    // and refuses a list with a node that does not answer).
+    let on_amqps = |parent: &Parent| {
+        let status = parent.status_json().ok()?;
+        (status["network"]["broker_tls"] == total).then_some(())
+    };
+    if poll(Duration::from_secs(120), || on_amqps(parent)).is_none() {
+        let status = parent.status_json().expect("status");
+        eprintln!(
+            "after switch-broker {} of {total} on AMQPS: switch-broker again for the rest",
+            status["network"]["broker_tls"]
+        );
+        let live: Vec<String> = (1..=3)
+            .filter(|n| *n != victim)
+            .map(|n| amqps[n as usize - 1].clone())
+            .collect();
+        let (code, _, err) = parent.cli(&[
+            "switch-broker",
+            "--amqps",
+            &list_from(&live, vhost, 0),
+            "--step-timeout",
+            "60s",
+            "--json",
+        ]);
+        assert!(code == 0 || code == 4, "switch-broker again: {err}");
+        wait_for(
+            "the swarms' children on AMQPS",
+            Duration::from_secs(300),
+            || on_amqps(parent),
+        );
+    }
+    // The broker's own view agrees: once moved, each child of a swarm has
+    // a connection of its own (`fleetls-child:<id> (<name>)`); every one
+    // uses TLS and none is on the lost node, and `without-ssl`'s broker
+    // list (every node's connections) names only the stopped `solo`.
+    wait_for(
+        "every child on AMQPS on a live node",
+        Duration::from_secs(120),
+        || {
+            let connections = live_connections(vhost, "fleetls-child:")?;
+            (connections.len() == total
+                && connections
+                    .iter()
+                    .all(|c| c["ssl"] == true && c["node"] != lost.as_str()))
+            .then_some(())
+        },
+    );
+    let names = |list: &Value| -> Vec<String> {
+        list.as_array()
+            .map(|l| {
+                l.iter()
+                    .filter_map(|e| e["name"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let without = wait_for(
+        "without-ssl from the broker's view",
+        Duration::from_secs(120),
+        || {
+            let without = parent.cli_json(&["without-ssl"]);
+            (without["broker_view"] == true && names(&without["not_on_tls"]) == ["solo"])
+                .then_some(without)
+        },
+    );
+    assert_eq!(names(&without["not_switched"]), ["solo"], "{without}");
+
+    // Nothing was dead-lettered but commands that expired unread in the
+    // queue of `solo`, stopped since the first campaign (the second one
+    // sent it its steps; commands are transient with their deadline as
+    // expiration, the registry is their record); each one is shown.
+    let solo_queue = format!(
+        "fleetls.agent.{}",
+        parent.agent("solo").expect("solo registered")["id"]
+            .as_str()
+            .expect("an id")
+    );
+    let path = format!("/api/queues/{}/fleetls.dead", vhost.name);
+    let dead = wait_for("fleetls.dead's count", Duration::from_secs(60), || {
+        live_get(&path)?.get("messages")?.as_u64()
+    });
+    if dead > 0 {
+        let messages = peek_live(vhost, "fleetls.dead", 50);
+        for m in &messages {
+            let props = &m["properties"];
+            let death = &props["headers"]["x-death"][0];
+            eprintln!(
+                "fleetls.dead after switch-broker: type {} reason {} from {} ({})",
+                props["type"],
+                death["reason"],
+                death["queue"],
+                props["headers"]["x-fleetls-reason"]
+            );
+        }
+        let unexpected: Vec<&Value> = messages
+            .iter()
+            .filter(|m| {
+                let death = &m["properties"]["headers"]["x-death"][0];
+                !(death["reason"] == "expired" && death["queue"] == solo_queue.as_str())
+            })
+            .collect();
+        assert!(
+            unexpected.is_empty(),
+            "fleetls.dead holds {dead} message(s) after switch-broker, these not commands to the stopped solo that expired: {unexpected:?}"
+        );
+    }
 }
 
 /// On the shared broker (one node: quorum queues work there too): a parent

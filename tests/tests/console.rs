@@ -330,6 +330,7 @@ fn page_rows(browser: &Browser) -> Vec<Value> {
                      cert: t('c-cert'), ssl: t('c-ssl'), amqps: t('c-amqps'),
                      result: t('c-result'), step1: t('c-step1'), step2: t('c-step2'),
                      cause: t('c-cause'), time: t('c-time'), refusal: t('c-refusal'),
+                     node: t('c-node'),
                      old: tr.querySelector('.c-version').classList.contains('old')};
          })",
         json!([]),
@@ -526,6 +527,50 @@ fn the_console_drives_the_switchover_and_shows_what_the_api_says() {
             assert_ne!(row["time"], "—");
         }
     }
+
+    // The broker's nodes (one here) with their health, the queue type and
+    // why, and each agent's node: what `cluster` and `status` say.
+    let view = wait_for(
+        "the parent's view of the broker",
+        Duration::from_secs(60),
+        || {
+            let (code, out, _) = parent.cli(&["cluster", "--json"]);
+            (code == 0)
+                .then(|| serde_json::from_str::<Value>(&out).ok())
+                .flatten()
+                .filter(|view| view["agents"].as_object().is_some_and(|a| a.len() == 3))
+        },
+    );
+    let node = view["nodes"][0]["name"]
+        .as_str()
+        .expect("a node")
+        .to_owned();
+    browser.wait_until("the broker node table", Duration::from_secs(30), || {
+        (!browser.hidden("#nodes") && browser.text("#nodes-body").contains(&node)).then_some(())
+    });
+    assert!(
+        browser.text("#nodes-body").contains("up"),
+        "{}",
+        browser.text("#nodes-body")
+    );
+    let choice = &network["queue_type"];
+    assert!(
+        browser
+            .text("#queue-type")
+            .starts_with(choice["type"].as_str().expect("a queue type")),
+        "{} vs {choice}",
+        browser.text("#queue-type")
+    );
+    browser.wait_until("each agent's node", Duration::from_secs(30), || {
+        page_rows(&browser)
+            .iter()
+            .all(|row| {
+                row["id"]
+                    .as_str()
+                    .is_some_and(|id| view["agents"][id] == row["node"])
+            })
+            .then_some(())
+    });
 
     // The settings are read-only now.
     let frozen = browser.script(

@@ -543,6 +543,8 @@
     setText("trust-compromised", n.compromised);
     setText("trust-events", n.security_events);
     $("trust").classList.toggle("bad", n.compromised > 0 || n.security_events > 0);
+    setText("queue-type", n.queue_type ? n.queue_type.type + " — " + n.queue_type.why : "–");
+    renderNodes(n.nodes || []);
     const sum = s.summary;
     setText("sum-passed", sum.passed);
     setText("sum-errors", sum.with_errors);
@@ -552,6 +554,29 @@
     setText("sum-excluded", sum.excluded || 0);
     renderCampaign();
     renderButtons();
+  }
+
+  /** Each broker node's health, from management (only with --management). */
+  function renderNodes(nodes) {
+    $("nodes").hidden = nodes.length === 0;
+    $("nodes-body").replaceChildren(
+      ...nodes.map((node) => {
+        const tr = document.createElement("tr");
+        const alarms = [];
+        if (node.mem_alarm) alarms.push("memory alarm");
+        if (node.disk_free_alarm) alarms.push("disk alarm");
+        const health = (node.running ? "up" : "DOWN") + (alarms.length ? ", " + alarms.join(", ") : "");
+        tr.className = "node " + (node.running && !alarms.length ? "up" : "down");
+        tr.dataset.node = node.name;
+        tr.append(
+          cell(node.name, "c-node"),
+          cell(health, "c-health " + (node.running && !alarms.length ? "yes" : "no")),
+          cell(node.connections, "c-connections"),
+          cell(node.agents, "c-agents")
+        );
+        return tr;
+      })
+    );
   }
 
   function renderCampaign() {
@@ -632,7 +657,8 @@
       return loadAgents();
     }
     state.page.total = page.total;
-    $("agents-body").replaceChildren(...page.agents.map(row));
+    const nodes = page.nodes || {};
+    $("agents-body").replaceChildren(...page.agents.map((agent) => row(agent, nodes[agent.id])));
     $("agents-empty").hidden = page.agents.length > 0;
     const first = page.total === 0 ? 0 : page.offset + 1;
     const last = page.offset + page.agents.length;
@@ -676,7 +702,7 @@
     return "";
   }
 
-  function row(agent) {
+  function row(agent, node) {
     const tr = document.createElement("tr");
     tr.dataset.id = agent.id;
     const r = agent.last_result;
@@ -693,6 +719,7 @@
       yesNo(agent.has_certificate, "c-cert"),
       yesNo(agent.ssl, "c-ssl"),
       yesNo(agent.broker_tls, "c-amqps"),
+      cell(node, "c-node"),
       cell(r ? STATE_LABELS[r.state] || r.state : "not tested", "c-result"),
       cell(stepText(r && r.cert_test, r, "cert-test"),
         "c-step1" + (r && r.cert_test ? (r.cert_test.ok ? " ok" : " bad") : "")),
