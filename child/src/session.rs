@@ -23,7 +23,16 @@ pub enum SessionError {
     /// The consumer was cancelled.
     #[error("the broker cancelled the consumer of this agent's queue")]
     Cancelled,
+    /// The broker did not finish opening the session in time (seen on a
+    /// cluster that just lost a node): it is opened again.
+    #[error("the broker did not open this agent's session within {} s", OPEN_DEADLINE.as_secs())]
+    Stuck,
 }
+
+/// How long opening a session (channel, queue, consumer) may take before
+/// it is given up and opened again: a broker that never answers a
+/// declaration must not keep an agent offline for ever.
+pub const OPEN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
 
 pub(crate) fn amqp(what: &'static str) -> impl FnOnce(lapin::Error) -> SessionError {
     move |source| SessionError::Bus(BusError::Amqp { what, source })
@@ -86,6 +95,20 @@ impl Session {
     /// connection (see [`fleetls_bus::amqp::ensure_shared`]): a swarm declares it once per
     /// connection instead of once per child.
     pub async fn open_on(
+        connection: &Connection,
+        agent: &Agent,
+        shutdown: Shutdown,
+        shared: bool,
+    ) -> Result<Session, SessionError> {
+        tokio::time::timeout(
+            OPEN_DEADLINE,
+            Session::open_now(connection, agent, shutdown, shared),
+        )
+        .await
+        .map_err(|_| SessionError::Stuck)?
+    }
+
+    async fn open_now(
         connection: &Connection,
         agent: &Agent,
         shutdown: Shutdown,

@@ -294,6 +294,9 @@ async fn run_group(n: usize, broker: String, agents: Vec<Arc<Agent>>, shutdown: 
 
 /// One session of a group: its shared connection, each child's channel on
 /// it (or its own AMQPS connection), until the first child's session fails.
+/// A child whose session cannot be opened (a queue that cannot be declared
+/// yet, a broker that does not answer) tries again with backoff while the
+/// others run: it is never left out until the next reconnect.
 async fn group_session(
     n: usize,
     broker: &str,
@@ -303,64 +306,67 @@ async fn group_session(
     use fleetls_bus::reconnect::Ended;
     let name = format!("fleetls-swarm:{n}");
     let connection = match connect(broker, &name).await {
-        Ok(connection) => match declare_on(&connection, queue_type(agents)).await {
-            Ok(()) => connection,
-            Err(e) => {
-                let _ = connection.close(200, "swarm retrying".into()).await;
-                return Ended::Unreachable(format!("cannot declare the topology: {e}"));
+        Ok(connection) => {
+            let declared = tokio::time::timeout(
+                crate::session::OPEN_DEADLINE,
+                declare_on(&connection, queue_type(agents)),
+            )
+            .await;
+            match declared {
+                Ok(Ok(())) => connection,
+                failed => {
+                    let _ = connection.close(200, "swarm retrying".into()).await;
+                    let why = match failed {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => "no answer".into(),
+                    };
+                    return Ended::Unreachable(format!("cannot declare the topology: {why}"));
+                }
             }
-        },
+        }
         Err(e) => return Ended::Unreachable(e.to_string()),
     };
     let connection = Arc::new(connection);
     // Open the children's channels many at a time.
-    let mut opening = JoinSet::new();
     let limit = Arc::new(tokio::sync::Semaphore::new(64));
+    let opened = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut sessions = JoinSet::new();
     for agent in agents {
-        let (agent, connection, shutdown, limit) = (
+        let (agent, connection, shutdown, limit, opened) = (
             agent.clone(),
             connection.clone(),
             shutdown.clone(),
             limit.clone(),
+            opened.clone(),
         );
-        opening.spawn(async move {
-            let _permit = limit.acquire_owned().await;
-            // A child that moved to AMQPS has a connection of its own.
-            let moved = agent
-                .state
-                .lock()
-                .map(|s| s.broker_tls_uri.is_some())
-                .unwrap_or(false);
-            let own = if moved {
-                let name = fleetls_proto::topology::child_connection_name(
-                    &agent.identity.id,
-                    &agent.identity.name,
-                );
-                Some(connect_agent(&agent, &name).await?)
-            } else {
-                None
+        let total = agents.len();
+        sessions.spawn(async move {
+            let mut attempt = 0u32;
+            let (session, own) = loop {
+                let tried = {
+                    let _permit = limit.acquire().await;
+                    open_child(&agent, &connection, shutdown.clone()).await
+                };
+                match tried {
+                    Ok(opened) => break opened,
+                    // The shared connection is gone: the group reconnects.
+                    Err(e) if !connection.status().connected() => return Err(e),
+                    Err(e) => {
+                        warn!(group = n, agent = %agent.identity.id, error = %e, attempt, "cannot open a child's session; trying again");
+                        let mut stop = shutdown.clone();
+                        tokio::select! {
+                            _ = stop.wait() => return Ok(()),
+                            _ = tokio::time::sleep(fleetls_bus::backoff(attempt)) => {}
+                        }
+                        attempt = attempt.saturating_add(1);
+                    }
+                }
             };
-            let session = match &own {
-                Some(own) => Session::open(own, &agent, shutdown).await?,
-                None => Session::open_on(&connection, &agent, shutdown, false).await?,
-            };
-            Ok::<_, crate::agent::SessionError>((agent, session, own))
-        });
-    }
-    let mut sessions = JoinSet::new();
-    let mut opened = 0usize;
-    while let Some(result) = opening.join_next().await {
-        match result {
-            Ok(Ok((agent, session, own))) => {
-                opened += 1;
-                sessions.spawn(run_child(agent, session, own));
+            if opened.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 == total {
+                info!(group = n, children = total, "swarm group connected");
             }
-            Ok(Err(e)) => warn!(group = n, error = %e, "cannot open a child's channel"),
-            Err(e) => warn!(group = n, error = %e, "a channel task failed"),
-        }
-    }
-    if opened == agents.len() {
-        info!(group = n, children = opened, "swarm group connected");
+            run_child(agent, session, own).await
+        });
     }
     // The first session to fail means the connection is gone.
     let mut ended = Ended::Stopped;
@@ -376,10 +382,37 @@ async fn group_session(
     }
     sessions.abort_all();
     let _ = connection.close(200, "swarm stopping".into()).await;
-    if opened == 0 && !shutdown.is_set() {
-        return Ended::Unreachable("no child's channel could be opened".into());
-    }
     ended
+}
+
+/// Opens one simulated child's session: on the group's connection, or on
+/// its own AMQPS connection once it moved there.
+async fn open_child(
+    agent: &Arc<Agent>,
+    connection: &Connection,
+    shutdown: Shutdown,
+) -> Result<(Session, Option<Connection>), crate::agent::SessionError> {
+    let moved = agent
+        .state
+        .lock()
+        .map(|s| s.broker_tls_uri.is_some())
+        .unwrap_or(false);
+    if !moved {
+        return Ok((
+            Session::open_on(connection, agent, shutdown, false).await?,
+            None,
+        ));
+    }
+    let name =
+        fleetls_proto::topology::child_connection_name(&agent.identity.id, &agent.identity.name);
+    let own = connect_agent(agent, &name).await?;
+    match Session::open(&own, agent, shutdown).await {
+        Ok(session) => Ok((session, Some(own))),
+        Err(e) => {
+            let _ = own.close(200, "swarm retrying".into()).await;
+            Err(e)
+        }
+    }
 }
 
 #[cfg(test)]
