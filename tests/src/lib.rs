@@ -426,6 +426,26 @@ pub fn wait_for<T>(what: &str, within: Duration, mut check: impl FnMut() -> Opti
     }
 }
 
+/// Polls `check` every 250 ms until it gives `Ok`; panics after `within`
+/// with `what` and the last `Err` it gave (what was still missing).
+pub fn wait_until<T>(
+    what: &str,
+    within: Duration,
+    mut check: impl FnMut() -> Result<T, String>,
+) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        match check() {
+            Ok(value) => return value,
+            Err(last) => assert!(
+                Instant::now() < deadline,
+                "timed out after {within:?} waiting for {what}; last seen: {last}"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
 /// How long anything the tests wait for may take to happen (an agent coming
 /// online, a certificate arriving, a process stopping).
 pub const WAIT: Duration = Duration::from_secs(60);

@@ -33,33 +33,19 @@ use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
-use fleetls_tests::{free_port, start_child, tail, test_dir, Parent, PrivateNode, Proc, Vhost};
+use fleetls_tests::{
+    free_port, start_child, tail, test_dir, wait_until, Parent, PrivateNode, Proc, Vhost,
+};
 
 const NODE: &str = "bswitch";
 const AMQP_PORT: u16 = 5792;
 const MGMT_PORT: u16 = 15792;
 const AMQPS_PORT: u16 = 5793;
 const PROMETHEUS_PORT: u16 = 15794;
-
-/// Polls `check` every 250 ms until it gives `Ok`; panics after `within`
-/// with `what` and the last `Err` it gave.
-fn wait_until<T>(what: &str, within: Duration, mut check: impl FnMut() -> Result<T, String>) -> T {
-    let deadline = Instant::now() + within;
-    loop {
-        match check() {
-            Ok(value) => return value,
-            Err(last) => assert!(
-                Instant::now() < deadline,
-                "timed out after {within:?} waiting for {what}; last seen: {last}"
-            ),
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
 
 /// The agents of `status --json`, by name.
 fn agents_by_name(status: &Value) -> HashMap<String, Value> {

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use fleetls_tests::{
-    free_port, http, program, repo, test_dir, wait_for, BrokerAddr, Parent, Proc, Vhost,
+    free_port, http, program, repo, test_dir, wait_for, wait_until, BrokerAddr, Parent, Proc, Vhost,
 };
 
 /// The cluster's name: nodes clu16t-1, -2, -3.
@@ -794,16 +794,46 @@ fn switch_broker_with_a_node_lost(parent: &Parent, vhost: &Vhost, dir: &Path, to
     // a connection of its own (`fleetls-child:<id> (<name>)`); every one
     // uses TLS and none is on the lost node, and `without-ssl`'s broker
     // list (every node's connections) names only the stopped `solo`.
-    wait_for(
+    wait_until(
         "every child on AMQPS on a live node",
         Duration::from_secs(120),
         || {
-            let connections = live_connections(vhost, "fleetls-child:")?;
-            (connections.len() == total
-                && connections
-                    .iter()
-                    .all(|c| c["ssl"] == true && c["node"] != lost.as_str()))
-            .then_some(())
+            let connections = live_connections(vhost, "fleetls-child:")
+                .ok_or("no live node's management answered")?;
+            let good = |c: &&Value| c["ssl"] == true && c["node"] != lost.as_str();
+            if connections.len() == total && connections.iter().all(|c| good(&c)) {
+                return Ok(());
+            }
+            // Who is missing, for the failure message.
+            let named: Vec<&str> = connections
+                .iter()
+                .filter(good)
+                .filter_map(|c| c["client_properties"]["connection_name"].as_str())
+                .collect();
+            let status = parent.status_json().unwrap_or_default();
+            let missing: Vec<String> = status["agents"]
+                .as_array()
+                .map(|agents| {
+                    agents
+                        .iter()
+                        .filter(|a| a["name"] != "solo")
+                        .filter(|a| {
+                            let id = a["id"].as_str().unwrap_or_default();
+                            !named.iter().any(|n| n.contains(id))
+                        })
+                        .map(|a| {
+                            format!(
+                                "{} (online {}, broker_tls {})",
+                                a["name"], a["online"], a["broker_tls"]
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            Err(format!(
+                "{} TLS connections on live nodes of {total}; without one: {missing:?}",
+                named.len()
+            ))
         },
     );
     let names = |list: &Value| -> Vec<String> {
