@@ -150,18 +150,22 @@ pub fn apply(
                 tx.execute(
                     "INSERT INTO agents (id, name, kind, version, location, hostnames, ips,
                          key_fingerprint, first_seen, last_seen, has_certificate, ssl, broker_tls,
-                         signing_key, admission, parent_key)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+                         signing_key, admission, parent_key, state_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
                      ON CONFLICT(id) DO UPDATE SET
                          name = excluded.name, kind = excluded.kind,
                          version = excluded.version, location = excluded.location,
                          hostnames = excluded.hostnames, ips = excluded.ips,
                          key_fingerprint = excluded.key_fingerprint,
                          last_seen = max(agents.last_seen, excluded.last_seen),
-                         has_certificate = excluded.has_certificate,
-                         ssl = excluded.ssl, broker_tls = excluded.broker_tls,
+                         has_certificate = iif(excluded.state_at >= agents.state_at,
+                             excluded.has_certificate, agents.has_certificate),
+                         ssl = iif(excluded.state_at >= agents.state_at, excluded.ssl, agents.ssl),
+                         broker_tls = iif(excluded.state_at >= agents.state_at,
+                             excluded.broker_tls, agents.broker_tls),
                          signing_key = coalesce(agents.signing_key, excluded.signing_key),
-                         admission = excluded.admission, parent_key = excluded.parent_key",
+                         admission = excluded.admission, parent_key = excluded.parent_key,
+                         state_at = max(agents.state_at, excluded.state_at)",
                     params![
                         agent,
                         hello.name,
@@ -178,6 +182,7 @@ pub fn apply(
                         event.key,
                         admission.as_str(),
                         hello.state.parent_key,
+                        event.at as i64,
                     ],
                 )?;
                 crate::rotation::note_trust(tx, &event.agent, &hello.state.trusted_cas)?;
@@ -194,8 +199,15 @@ pub fn apply(
             EventKind::Heartbeat(state) => {
                 let before = agent_in(tx, &event.agent)?.and_then(|b| b.parent_key);
                 tx.execute(
+                    // Only the newest report (the agent's clock) sets the
+                    // state: one sent earlier on another connection may
+                    // arrive after it.
                     "UPDATE agents SET last_seen = max(last_seen, ?2),
-                         has_certificate = ?3, ssl = ?4, broker_tls = ?5, parent_key = ?6
+                         has_certificate = iif(?7 >= state_at, ?3, has_certificate),
+                         ssl = iif(?7 >= state_at, ?4, ssl),
+                         broker_tls = iif(?7 >= state_at, ?5, broker_tls),
+                         parent_key = iif(?7 >= state_at, ?6, parent_key),
+                         state_at = max(state_at, ?7)
                      WHERE id = ?1",
                     params![
                         agent,
@@ -204,6 +216,7 @@ pub fn apply(
                         state.ssl,
                         state.broker_tls,
                         state.parent_key,
+                        event.at as i64,
                     ],
                 )?;
                 note_parent_key(tx, &event.agent, before, &state.parent_key, policy)?;
@@ -219,7 +232,10 @@ pub fn apply(
             }
             EventKind::SwitchReport(report) => {
                 if report.ok {
-                    tx.execute("UPDATE agents SET ssl = 1 WHERE id = ?1", params![agent])?;
+                    tx.execute(
+                        "UPDATE agents SET ssl = 1, state_at = max(state_at, ?2) WHERE id = ?1",
+                        params![agent, event.at as i64],
+                    )?;
                 }
                 crate::campaign::on_single_report(
                     tx,
@@ -233,8 +249,8 @@ pub fn apply(
             EventKind::BrokerSwitchReport(report) => {
                 if report.tls {
                     tx.execute(
-                        "UPDATE agents SET broker_tls = 1 WHERE id = ?1",
-                        params![agent],
+                        "UPDATE agents SET broker_tls = 1, state_at = max(state_at, ?2) WHERE id = ?1",
+                        params![agent, event.at as i64],
                     )?;
                 }
                 let message = match &report.error {

@@ -325,10 +325,10 @@ pub const LAST_ENROLMENT: &str = "LEFT JOIN campaign_children l ON l.rowid = (
     LEFT JOIN campaigns lt ON lt.id = l.campaign";
 
 /// The schema version this build writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// Each step takes the registry from version `i` to `i + 1`.
-const MIGRATIONS: [&str; 4] = [
+const MIGRATIONS: [&str; 5] = [
     // 0 → 1: the registry of release 1.0 (no version recorded).
     "",
     // 1 → 2: trust. Agents registered before are accepted (they were
@@ -401,6 +401,10 @@ const MIGRATIONS: [&str; 4] = [
          name TEXT PRIMARY KEY,
          value INTEGER NOT NULL
      );",
+    // 4 → 5: when the agent said (its own clock) the state its row holds:
+    // a report sent before another but delivered after it (two connections
+    // during a move to AMQPS) no longer undoes it.
+    "ALTER TABLE agents ADD COLUMN state_at INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// Brings the registry to [`SCHEMA_VERSION`], one step per transaction; a
@@ -1015,6 +1019,44 @@ mod tests {
             delivery: 7,
             what: EventKind::Hello(hello),
         }
+    }
+
+    #[test]
+    fn a_report_sent_earlier_but_delivered_later_does_not_undo_a_newer_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Registry::open(&dir.path().join("fleetls.db")).unwrap();
+        let agent = Uuid::new_v4();
+        let beat = |at: u64, tls: bool| Event {
+            at,
+            what: EventKind::Heartbeat(AgentState {
+                broker_tls: tls,
+                ssl: tls,
+                ..AgentState::default()
+            }),
+            ..hello_event(agent, KEY, hello("till-1"))
+        };
+        let apply_one = |event: Event| {
+            let applied = apply(&registry, &[event], None, &policy()).unwrap();
+            assert!(applied.rejected.is_empty(), "{:?}", applied.rejected);
+        };
+        apply_one(hello_event(agent, KEY, hello("till-1")));
+        // On AMQPS at 100; the plain connection's heartbeat of 50 comes after.
+        apply_one(beat(100, true));
+        apply_one(beat(50, false));
+        let stored = registry.agent(&agent).unwrap().unwrap();
+        assert!(
+            stored.broker_tls && stored.ssl,
+            "a late report undid a newer one"
+        );
+        // A Hello sent before that, delivered late, neither.
+        apply_one(Event {
+            at: 60,
+            ..hello_event(agent, KEY, hello("till-1"))
+        });
+        assert!(registry.agent(&agent).unwrap().unwrap().broker_tls);
+        // A newer report does set it.
+        apply_one(beat(150, false));
+        assert!(!registry.agent(&agent).unwrap().unwrap().broker_tls);
     }
 
     #[test]

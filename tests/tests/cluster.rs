@@ -195,6 +195,48 @@ fn live_connections(vhost: &Vhost, prefix: &str) -> Option<Vec<Value>> {
     )
 }
 
+/// The first certificate the TLS port `port` on 127.0.0.1 presents, PEM,
+/// once it verifies against `ca`.
+fn served_leaf(port: u16, ca: &Path) -> String {
+    let output = Command::new("openssl")
+        .args(["s_client", "-showcerts", "-verify_return_error", "-connect"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("-CAfile")
+        .arg(ca)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("openssl runs");
+    let text = String::from_utf8_lossy(&output.stdout);
+    let start = text
+        .find("-----BEGIN CERTIFICATE-----")
+        .unwrap_or_else(|| panic!("no certificate on :{port}: {text}"));
+    let end = text[start..].find("-----END CERTIFICATE-----").unwrap() + start;
+    assert!(
+        text.contains("Verify return code: 0"),
+        "the certificate on :{port} does not verify against the CA: {text}"
+    );
+    format!("{}-----END CERTIFICATE-----\n", &text[start..end])
+}
+
+/// The DNS names of a PEM certificate, as `openssl x509` lists them.
+fn leaf_names(pem: &str) -> String {
+    let mut child = Command::new("openssl")
+        .args(["x509", "-noout", "-ext", "subjectAltName"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("openssl runs");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(pem.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
 /// Up to `count` messages of `queue` (left in it), as any live node's
 /// management shows them.
 fn peek_live(vhost: &Vhost, queue: &str, count: usize) -> Vec<Value> {
@@ -660,9 +702,9 @@ fn switch_broker_with_a_node_lost(parent: &Parent, vhost: &Vhost, dir: &Path, to
         },
     );
 
-    // The broker's files (shared by the three nodes: they all carry
-    // 127.0.0.1), then a rolling restart that opens AMQPS on each node;
-    // node 1, lost above, comes back with it.
+    // The broker's files, a certificate and a folder per node (`--node`:
+    // scripts/cluster reads node1/..node3/), then a rolling restart that
+    // opens AMQPS on each node; node 1, lost above, comes back with it.
     let tls = dir.join("broker-tls");
     parent.cli_ok(&[
         "broker-tls",
@@ -670,10 +712,35 @@ fn switch_broker_with_a_node_lost(parent: &Parent, vhost: &Vhost, dir: &Path, to
         tls.to_str().unwrap(),
         "--amqps-bind",
         "127.0.0.1",
+        "--node",
+        "node1=clu16t-1.localhost;127.0.0.1",
+        "--node",
+        "node2=clu16t-2.localhost;127.0.0.1",
+        "--node",
+        "node3=clu16t-3.localhost;127.0.0.1",
     ]);
     for n in ["1", "2", "3"] {
         let (ok, out) = Cluster::script_tls(&["restart", n], Some(&tls));
         assert!(ok, "scripts/cluster restart {n} with TLS failed:\n{out}");
+    }
+    // Each node serves its own certificate, with its own name, from the CA.
+    for n in 1..=3u16 {
+        let own = std::fs::read_to_string(tls.join(format!("node{n}/broker.pem"))).unwrap();
+        let own_leaf = own
+            .split_inclusive("-----END CERTIFICATE-----\n")
+            .next()
+            .unwrap()
+            .to_owned();
+        assert!(
+            leaf_names(&own_leaf).contains(&format!("clu16t-{n}.localhost")),
+            "node {n}'s certificate lacks its own name"
+        );
+        let served = served_leaf(BASE + 3 + n - 1, &tls.join("ca.pem"));
+        assert_eq!(
+            served.trim(),
+            own_leaf.trim(),
+            "node {n} does not serve its own certificate"
+        );
     }
     assert!(
         Cluster::script(&["status"]).0,
