@@ -423,7 +423,11 @@ pub const CONFIRM_WINDOW: usize = 1024;
 /// registered agent declared its durable queue when it connected, so a
 /// message the broker cannot route is not silently dropped; it goes to
 /// `fleetls.dead` with the reason, the agents concerned are returned, and
-/// nothing else fails because of them.
+/// nothing else fails because of them. A message the broker refuses (a
+/// nack: the agent's queue cannot take it now, e.g. a quorum queue that
+/// lost its majority with a cluster node) is not delivered either: its
+/// agent is returned too, and the others go on — one unreachable queue
+/// never holds up a send to the rest (the registry sends it again).
 pub async fn send_many(
     channel: &Channel,
     messages: impl IntoIterator<Item = ToAgent>,
@@ -471,7 +475,9 @@ async fn settle(
     )
     .await?;
     if confirm.is_nack() {
-        return Err(BusError::Nacked(topology::agent_queue(&agent)));
+        tracing::warn!(queue = %topology::agent_queue(&agent), "the broker refused a message to this agent's queue (nack); it is sent again later");
+        unroutable.push(agent);
+        return Ok(());
     }
     if let Some(returned) = confirm.take_message() {
         let reason = format!(

@@ -111,7 +111,7 @@ pub async fn send_all(
         return Err(e.into());
     }
     for agent in &unroutable {
-        warn!(%agent, "a message could not be routed to the agent's queue; dead-lettered");
+        warn!(%agent, "a message did not reach the agent's queue (no queue: dead-lettered; or refused by the broker); the registry sends it again");
     }
     Ok(unroutable)
 }
