@@ -5,12 +5,15 @@
 //! asking agent's queue through a direct exchange. Requests are persistent,
 //! answers persistent too or, with `--transient`, transient with an
 //! expiration (as fleetls sends its commands); every message is confirmed,
-//! every delivery acked: the broker does exactly
+//! every delivery acked (`--answers both`: persistent rounds, then
+//! transient ones, over the same queues, declared once — on a cluster
+//! declaring the queues costs far more than the round trips): the broker does exactly
 //! the work it does for one step of a fleetls campaign, from a plain client:
 //! each answer published and acked on its own, no batching. It shows what
 //! the topology itself (a durable queue per agent) costs the broker next to
 //! one shared queue (`rpc`); fleetls, which batches, can do better than it.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -47,15 +50,29 @@ pub(crate) async fn consume(channel: &Channel, queue: &str) -> lapin::Result<lap
 /// Agents per shared connection, as in the swarm.
 const PER_CONNECTION: usize = 200;
 
+/// How the "parent" sends its answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Answers {
+    /// Persistent answers.
+    Persistent,
+    /// Transient answers with an expiration (as fleetls sends its commands).
+    Transient,
+    /// Persistent rounds, then transient ones, over the same queues: one
+    /// JSON line each.
+    Both,
+}
+
 /// Runs `agents` agents making `rounds` round trips each, `window` agents
 /// at a time (as a campaign's window), and prints the round trips per
-/// second; answers are transient (with an expiration) when `transient`.
+/// second, one line per kind of answer (`answers`); the queues are deleted
+/// after, unless `keep` (the caller deletes the vhost).
 pub(crate) async fn run(
     broker: &str,
     agents: usize,
     rounds: usize,
     window: usize,
-    transient: bool,
+    answers: Answers,
+    keep: bool,
 ) -> anyhow::Result<()> {
     anyhow::ensure!(agents > 0, "invalid --agents 0: give at least 1");
     anyhow::ensure!(window > 0, "invalid --window 0: give at least 1");
@@ -86,6 +103,8 @@ pub(crate) async fn run(
     let mut incoming = consume(&channel, &requests).await?;
     let answering = channel.clone();
     let answer_exchange = exchange.clone();
+    let transient = Arc::new(AtomicBool::new(answers == Answers::Transient));
+    let answer_transient = transient.clone();
     let server = tokio::spawn(async move {
         // Each answer on its own task, so that answers and acks are
         // pipelined like the parent's batches instead of one at a time.
@@ -94,6 +113,7 @@ pub(crate) async fn run(
                 continue;
             };
             let (answering, exchange) = (answering.clone(), answer_exchange.clone());
+            let transient = answer_transient.load(Ordering::Relaxed);
             tokio::spawn(async move {
                 let published = answering
                     .basic_publish(
@@ -122,6 +142,7 @@ pub(crate) async fn run(
             Connection::connect(broker, ConnectionProperties::default()).await?,
         ));
     }
+    let opened_at = Instant::now();
     let mut opening = tokio::task::JoinSet::new();
     let limit = Arc::new(tokio::sync::Semaphore::new(64));
     for i in 0..agents {
@@ -157,31 +178,56 @@ pub(crate) async fn run(
         ready.push(opened??);
     }
 
-    let started = Instant::now();
-    let mut running = tokio::task::JoinSet::new();
+    eprintln!(
+        "rpc-agents: {agents} queues, channels and consumers ready after {:.1} s",
+        opened_at.elapsed().as_secs_f64()
+    );
+    let modes: &[bool] = match answers {
+        Answers::Persistent => &[false],
+        Answers::Transient => &[true],
+        Answers::Both => &[false, true],
+    };
     let acting = Arc::new(tokio::sync::Semaphore::new(window));
-    for (queue, channel, mut consumer) in ready {
-        let (requests, acting) = (requests.clone(), acting.clone());
-        running.spawn(async move {
-            let _turn = acting.acquire_owned().await?;
-            for round in 0..rounds {
-                publish(&channel, &requests, &queue, round).await?;
-                let Some(answer) = consumer.next().await else {
-                    anyhow::bail!("the answer consumer of {queue} ended");
-                };
-                answer?.acker.ack(BasicAckOptions::default()).await?;
-            }
-            Ok::<(String, Channel), anyhow::Error>((queue, channel))
-        });
+    for &mode in modes {
+        transient.store(mode, Ordering::Relaxed);
+        let started = Instant::now();
+        let mut running = tokio::task::JoinSet::new();
+        for (queue, channel, mut consumer) in ready {
+            let (requests, acting) = (requests.clone(), acting.clone());
+            running.spawn(async move {
+                let _turn = acting.acquire_owned().await?;
+                for round in 0..rounds {
+                    publish(&channel, &requests, &queue, round).await?;
+                    let Some(answer) = consumer.next().await else {
+                        anyhow::bail!("the answer consumer of {queue} ended");
+                    };
+                    answer?.acker.ack(BasicAckOptions::default()).await?;
+                }
+                Ok::<(String, Channel, lapin::Consumer), anyhow::Error>((queue, channel, consumer))
+            });
+        }
+        ready = Vec::with_capacity(agents);
+        while let Some(done) = running.join_next().await {
+            ready.push(done??);
+        }
+        super::report(
+            "rpc-agents",
+            &[("answers", if mode { "transient" } else { "persistent" })],
+            agents * rounds,
+            started,
+        );
     }
-    let mut finished = Vec::with_capacity(agents);
-    while let Some(done) = running.join_next().await {
-        finished.push(done??);
-    }
-    super::report("rpc-agents", agents * rounds, started);
+    let finished: Vec<(String, Channel)> = ready
+        .into_iter()
+        .map(|(queue, channel, _)| (queue, channel))
+        .collect();
 
-    // Leave the broker as it was.
     server.abort();
+    if keep {
+        return Ok(());
+    }
+    // Leave the broker as it was.
+    let deleting_at = Instant::now();
     let mut deleting = tokio::task::JoinSet::new();
     for (queue, channel) in finished {
         let limit = limit.clone();
@@ -193,6 +239,10 @@ pub(crate) async fn run(
         });
     }
     while deleting.join_next().await.is_some() {}
+    eprintln!(
+        "rpc-agents: {agents} queues deleted in {:.1} s",
+        deleting_at.elapsed().as_secs_f64()
+    );
     let _ = channel
         .queue_delete(requests.as_str().into(), QueueDeleteOptions::default())
         .await;

@@ -53,10 +53,15 @@ enum Command {
         /// Agents making their round trips at once (a campaign's window)
         #[arg(long, default_value_t = 500)]
         window: usize,
-        /// Answers transient with an expiration (as fleetls's commands)
-        /// instead of persistent
+        /// How answers are sent: persistent, transient with an expiration
+        /// (as fleetls's commands), or both in turn over the same queues
+        /// (one line each)
+        #[arg(long, value_enum, default_value = "persistent")]
+        answers: agents::Answers,
+        /// Leave the queues behind (the caller deletes the whole vhost,
+        /// which costs the broker less than deleting them one by one)
         #[arg(long)]
-        transient: bool,
+        keep: bool,
     },
     /// Request/reply round trips per second through the broker.
     Rpc {
@@ -122,17 +127,18 @@ enum Command {
     },
 }
 
-fn report(what: &str, count: usize, started: Instant) {
+fn report(what: &str, extra: &[(&str, &str)], count: usize, started: Instant) {
     let seconds = started.elapsed().as_secs_f64();
-    println!(
-        "{}",
-        serde_json::json!({
-            "what": what,
-            "count": count,
-            "seconds": seconds,
-            "per_second": count as f64 / seconds,
-        })
-    );
+    let mut line = serde_json::json!({
+        "what": what,
+        "count": count,
+        "seconds": seconds,
+        "per_second": count as f64 / seconds,
+    });
+    for (key, value) in extra {
+        line[*key] = serde_json::Value::from(*value);
+    }
+    println!("{line}");
 }
 
 #[tokio::main]
@@ -143,8 +149,9 @@ async fn main() -> anyhow::Result<()> {
             agents,
             rounds,
             window,
-            transient,
-        } => agents::run(&broker, agents, rounds, window, transient).await,
+            answers,
+            keep,
+        } => agents::run(&broker, agents, rounds, window, answers, keep).await,
         Command::Rpc {
             broker,
             count,
@@ -271,7 +278,7 @@ async fn rpc(broker: &str, count: usize, concurrency: usize) -> anyhow::Result<(
         window.add_permits(1);
     }
     sender.await??;
-    report("rpc", count, started);
+    report("rpc", &[], count, started);
     Ok(())
 }
 
@@ -304,7 +311,7 @@ async fn amqps_open(
     while let Some(result) = tasks.join_next().await {
         result??;
     }
-    report("amqps-open", count, started);
+    report("amqps-open", &[], count, started);
     Ok(())
 }
 
