@@ -56,6 +56,26 @@ pub enum BusError {
         secs = CONFIRM_DEADLINE.as_secs()
     )]
     Unconfirmed(String),
+    /// The broker did not answer an operation (named) within
+    /// [`CONFIRM_DEADLINE`]: lapin can leave an operation pending for ever
+    /// when its connection dies under it (amqp-rs/lapin#409: a publish that
+    /// never returns once the node is gone), so every wait has a deadline
+    /// and the session is opened again.
+    #[error(
+        "the broker did not answer ({0}) within {secs} s: the connection is not to be \
+         trusted any more (a cluster node lost?); it is opened again",
+        secs = CONFIRM_DEADLINE.as_secs()
+    )]
+    NoAnswer(&'static str),
+}
+
+impl BusError {
+    /// Whether the connection is stuck (an operation or a confirm without
+    /// an answer): the caller opens a new session instead of trying again
+    /// on this one.
+    pub fn is_stuck(&self) -> bool {
+        matches!(self, BusError::Unconfirmed(_) | BusError::NoAnswer(_))
+    }
 }
 
 /// How long a publisher confirm may take before the channel is given up
@@ -73,6 +93,33 @@ async fn confirmed(
         Ok(result) => result.map_err(amqp(what)),
         Err(_) => Err(BusError::Unconfirmed(to.to_owned())),
     }
+}
+
+/// Runs one broker operation (a publish, an ack) with a deadline of
+/// [`CONFIRM_DEADLINE`]; `what` names it in the error
+/// ([`BusError::NoAnswer`] when the broker does not answer in time).
+pub async fn answered<T>(
+    what: &'static str,
+    operation: impl std::future::Future<Output = lapin::Result<T>>,
+) -> Result<T, BusError> {
+    match tokio::time::timeout(CONFIRM_DEADLINE, operation).await {
+        Ok(result) => result.map_err(amqp(what)),
+        Err(_) => Err(BusError::NoAnswer(what)),
+    }
+}
+
+/// How long closing a channel or a connection may take: the close is a
+/// courtesy to the broker, and a dead node never answers it.
+pub const CLOSE_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Closes a connection, waiting at most [`CLOSE_DEADLINE`] for the broker.
+pub async fn close_connection(connection: &Connection, reason: &str) {
+    let _ = tokio::time::timeout(CLOSE_DEADLINE, connection.close(200, reason.into())).await;
+}
+
+/// Closes a channel, waiting at most [`CLOSE_DEADLINE`] for the broker.
+pub async fn close_channel(channel: &Channel, reason: &str) {
+    let _ = tokio::time::timeout(CLOSE_DEADLINE, channel.close(200, reason.into())).await;
 }
 
 /// Wraps a lapin error with what was being done.
@@ -239,7 +286,7 @@ pub async fn ensure_shared(connection: &Connection, queue_type: QueueType) -> Re
         .await
         .map_err(amqp("opening a channel"))?;
     let declared = declare_shared(&channel, queue_type).await;
-    let _ = channel.close(200, "declared".into()).await;
+    close_channel(&channel, "declared").await;
     let Err(refused) = declared else {
         return Ok(());
     };
@@ -268,7 +315,7 @@ pub async fn ensure_shared(connection: &Connection, queue_type: QueueType) -> Re
             .map(|_| ())
     }
     .await;
-    let _ = channel.close(200, "checked".into()).await;
+    close_channel(&channel, "checked").await;
     // Neither created nor there: the first error says why.
     passive.map_err(|_| refused)
 }
@@ -382,8 +429,9 @@ pub async fn publish_confirmed(
     payload: &[u8],
     properties: BasicProperties,
 ) -> Result<(), BusError> {
-    let confirm = channel
-        .basic_publish(
+    let confirm = answered(
+        "publishing",
+        channel.basic_publish(
             exchange.into(),
             routing_key.into(),
             BasicPublishOptions {
@@ -392,9 +440,9 @@ pub async fn publish_confirmed(
             },
             payload,
             properties,
-        )
-        .await
-        .map_err(amqp("publishing"))?;
+        ),
+    )
+    .await?;
     let confirm = confirmed(confirm, "waiting for a publisher confirm", exchange).await?;
     if confirm.is_nack() || confirm.take_message().is_some() {
         return Err(BusError::Nacked(exchange.to_owned()));
@@ -440,8 +488,9 @@ pub async fn send_many(
                 settle(channel, oldest, &mut unroutable).await?;
             }
         }
-        let confirm = channel
-            .basic_publish(
+        let confirm = answered(
+            "publishing to an agent",
+            channel.basic_publish(
                 topology::AGENTS.into(),
                 message.agent.to_string().as_str().into(),
                 BasicPublishOptions {
@@ -450,9 +499,9 @@ pub async fn send_many(
                 },
                 &message.payload,
                 message.properties,
-            )
-            .await
-            .map_err(amqp("publishing to an agent"))?;
+            ),
+        )
+        .await?;
         outstanding.push_back((message.agent, confirm));
     }
     for pending in outstanding {
@@ -533,16 +582,17 @@ pub async fn dead_letter(
     if let Some(v) = original.app_id() {
         props = props.with_app_id(v.clone());
     }
-    let confirm = channel
-        .basic_publish(
+    let confirm = answered(
+        "dead-lettering",
+        channel.basic_publish(
             topology::DEAD.into(),
             ShortString::from(""),
             BasicPublishOptions::default(),
             payload,
             props,
-        )
-        .await
-        .map_err(amqp("dead-lettering"))?;
+        ),
+    )
+    .await?;
     let confirm = confirmed(confirm, "waiting for a dead-letter confirm", topology::DEAD).await?;
     if confirm.is_nack() {
         return Err(BusError::Nacked(topology::DEAD.into()));

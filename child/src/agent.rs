@@ -75,7 +75,7 @@ async fn session(agent: &Agent, name: &str, shutdown: Shutdown) -> Ended {
                 // The new connection carries us now; only then close the old
                 // one, its channel first (a planned close logs no ERROR).
                 session.close().await;
-                let _ = connection.close(200, "moved to AMQPS".into()).await;
+                fleetls_bus::amqp::close_connection(&connection, "moved to AMQPS").await;
                 info!("moved to AMQPS; the plain connection is closed");
                 connection = *next;
                 session = *next_session;
@@ -88,7 +88,7 @@ async fn session(agent: &Agent, name: &str, shutdown: Shutdown) -> Ended {
             Err(e) => break Ended::Broke(e.to_string()),
         }
     };
-    let _ = connection.close(200, "child stopping".into()).await;
+    fleetls_bus::amqp::close_connection(&connection, "child stopping").await;
     ended
 }
 
@@ -368,12 +368,12 @@ impl Session {
     ) -> Result<Option<Outcome>, SessionError> {
         if agent.quirks.as_ref().is_some_and(|q| q.silent()) {
             // A silent child takes its commands and never answers.
-            return delivery
-                .acker
-                .ack(BasicAckOptions::default())
-                .await
-                .map(|_| None)
-                .map_err(amqp("acking a command"));
+            fleetls_bus::amqp::answered(
+                "acking a command",
+                delivery.acker.ack(BasicAckOptions::default()),
+            )
+            .await?;
+            return Ok(None);
         }
         let verdict = agent.trust.check(
             agent.identity.id,
@@ -460,11 +460,11 @@ impl Session {
                 self.send(agent, ToParent::Refused(refused), None).await?;
             }
         }
-        delivery
-            .acker
-            .ack(BasicAckOptions::default())
-            .await
-            .map_err(amqp("acking a command"))?;
+        fleetls_bus::amqp::answered(
+            "acking a command",
+            delivery.acker.ack(BasicAckOptions::default()),
+        )
+        .await?;
         Ok(moved)
     }
 }

@@ -107,7 +107,7 @@ pub async fn obey(
         Ok(Ok((connection, session))) => {
             if let Err(e) = agent.update_state(|s| s.broker_tls_uri = Some(uri.clone())) {
                 warn!(error = %e, "cannot save the AMQPS state; staying on plain");
-                let _ = connection.close(200, "state not saved".into()).await;
+                fleetls_bus::amqp::close_connection(&connection, "state not saved").await;
                 return stay_plain(plain, agent, cmd, re, e.to_string()).await;
             }
             info!(uri = %crate::config::redact(&uri), "moved to AMQPS");

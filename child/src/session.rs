@@ -148,7 +148,7 @@ impl Session {
 
     /// Closes the channel (a swarm's connection lives on).
     pub async fn close(&self) {
-        let _ = self.channel.close(200, "agent stopping".into()).await;
+        fleetls_bus::amqp::close_channel(&self.channel, "agent stopping").await;
     }
 }
 

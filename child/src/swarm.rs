@@ -248,7 +248,7 @@ async fn run_child(
             Ok(Outcome::MoveTo(connection, next)) => {
                 session.close().await;
                 if let Some(old) = own.replace(*connection) {
-                    let _ = old.close(200, "moved".into()).await;
+                    fleetls_bus::amqp::close_connection(&old, "moved").await;
                 }
                 session = *next;
             }
@@ -260,7 +260,7 @@ async fn run_child(
     };
     session.close().await;
     if let Some(connection) = own {
-        let _ = connection.close(200, "swarm stopping".into()).await;
+        fleetls_bus::amqp::close_connection(&connection, "swarm stopping").await;
     }
     result
 }
@@ -315,7 +315,7 @@ async fn group_session(
             match declared {
                 Ok(Ok(())) => connection,
                 failed => {
-                    let _ = connection.close(200, "swarm retrying".into()).await;
+                    fleetls_bus::amqp::close_connection(&connection, "swarm retrying").await;
                     let why = match failed {
                         Ok(Err(e)) => e.to_string(),
                         _ => "no answer".into(),
@@ -381,7 +381,7 @@ async fn group_session(
         }
     }
     sessions.abort_all();
-    let _ = connection.close(200, "swarm stopping".into()).await;
+    fleetls_bus::amqp::close_connection(&connection, "swarm stopping").await;
     ended
 }
 
@@ -409,7 +409,7 @@ async fn open_child(
     match Session::open(&own, agent, shutdown).await {
         Ok(session) => Ok((session, Some(own))),
         Err(e) => {
-            let _ = own.close(200, "swarm retrying".into()).await;
+            fleetls_bus::amqp::close_connection(&own, "swarm retrying").await;
             Err(e)
         }
     }

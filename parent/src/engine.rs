@@ -62,7 +62,7 @@ pub async fn run(app: Arc<App>, mut shutdown: Shutdown) {
                         if let Err(e) = send_all(&channel, &app.signing_key, tick.outgoing).await {
                             warn!(error = %e, "sending campaign steps failed; will re-send");
                             resend = true;
-                            if matches!(e, crate::broker::BrokerError::Unconfirmed(_)) {
+                            if e.is_stuck() {
                                 // A stuck channel stays stuck: a new session.
                                 app.reconnect.notify_one();
                             }

@@ -57,6 +57,10 @@ pub struct Applied {
     pub greeted: Vec<Uuid>,
 }
 
+/// How far ahead of the parent's clock an agent's report may be dated and
+/// still count as that much newer (see `agents.state_at`).
+const MAX_AHEAD_MS: i64 = 60 * 1000;
+
 /// What the registry needs to judge a batch besides the messages.
 #[derive(Debug, Clone)]
 pub struct Policy {
@@ -132,6 +136,11 @@ pub fn apply(
         let agent = event.agent.to_string();
         // Online/offline follows the parent's clock, not the sender's.
         let at = fleetls_proto::now_ms() as i64;
+        // Which of an agent's reports is newest follows its own clock
+        // (state_at), but never further ahead than the parent's: a child
+        // whose clock ran a day ahead, then was set right, would otherwise
+        // have every later report counted as older and its state frozen.
+        let reported = (event.at as i64).min(at + MAX_AHEAD_MS);
         match &event.what {
             EventKind::Hello(hello) => {
                 let before = agent_in(tx, &event.agent)?;
@@ -182,7 +191,7 @@ pub fn apply(
                         event.key,
                         admission.as_str(),
                         hello.state.parent_key,
-                        event.at as i64,
+                        reported,
                     ],
                 )?;
                 crate::rotation::note_trust(tx, &event.agent, &hello.state.trusted_cas)?;
@@ -216,7 +225,7 @@ pub fn apply(
                         state.ssl,
                         state.broker_tls,
                         state.parent_key,
-                        event.at as i64,
+                        reported,
                     ],
                 )?;
                 note_parent_key(tx, &event.agent, before, &state.parent_key, policy)?;
@@ -234,7 +243,7 @@ pub fn apply(
                 if report.ok {
                     tx.execute(
                         "UPDATE agents SET ssl = 1, state_at = max(state_at, ?2) WHERE id = ?1",
-                        params![agent, event.at as i64],
+                        params![agent, reported],
                     )?;
                 }
                 crate::campaign::on_single_report(
@@ -250,7 +259,7 @@ pub fn apply(
                 if report.tls {
                     tx.execute(
                         "UPDATE agents SET broker_tls = 1, state_at = max(state_at, ?2) WHERE id = ?1",
-                        params![agent, event.at as i64],
+                        params![agent, reported],
                     )?;
                 }
                 let message = match &report.error {

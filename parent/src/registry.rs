@@ -1060,6 +1060,36 @@ mod tests {
     }
 
     #[test]
+    fn a_report_dated_far_ahead_does_not_freeze_the_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Registry::open(&dir.path().join("fleetls.db")).unwrap();
+        let agent = Uuid::new_v4();
+        let beat = |at: u64, tls: bool| Event {
+            at,
+            what: EventKind::Heartbeat(AgentState {
+                broker_tls: tls,
+                ..AgentState::default()
+            }),
+            ..hello_event(agent, KEY, hello("till-1"))
+        };
+        let apply_one = |event: Event| {
+            let applied = apply(&registry, &[event], None, &policy()).unwrap();
+            assert!(applied.rejected.is_empty(), "{:?}", applied.rejected);
+        };
+        apply_one(hello_event(agent, KEY, hello("till-1")));
+        // The child's clock runs a year ahead, then is set right: its
+        // reports count again once the parent's clock passes the bound
+        // (a minute ahead; here, its report of a minute and a bit later).
+        let now = fleetls_proto::now_ms();
+        apply_one(beat(now + 365 * 24 * 3600 * 1000, false));
+        apply_one(beat(fleetls_proto::now_ms() + 61_000, true));
+        assert!(
+            registry.agent(&agent).unwrap().unwrap().broker_tls,
+            "a report dated a year ahead froze the agent's state"
+        );
+    }
+
+    #[test]
     fn a_message_signed_by_another_key_is_refused_and_recorded() {
         let dir = tempfile::tempdir().unwrap();
         let registry = Registry::open(&dir.path().join("fleetls.db")).unwrap();

@@ -256,9 +256,9 @@ async fn broker_loop(app: &Arc<App>, shutdown: Shutdown) {
             // The channels first, each awaited: a channel dropped while the
             // connection closes makes lapin log an ERROR for what is a
             // planned close (a move to AMQPS, a stop).
-            let _ = ops_channel.close(200, "parent stopping".into()).await;
-            let _ = channel.close(200, "parent stopping".into()).await;
-            let _ = connection.close(200, "parent stopping".into()).await;
+            fleetls_bus::amqp::close_channel(&ops_channel, "parent stopping").await;
+            fleetls_bus::amqp::close_channel(&channel, "parent stopping").await;
+            fleetls_bus::amqp::close_connection(&connection, "parent stopping").await;
             match result {
                 Ok(()) => Ended::Stopped,
                 // Moving to AMQPS: the next session opens there at once.
@@ -493,9 +493,7 @@ async fn handle_batch(
     // One ack for the whole batch: deliveries on this channel come in tag
     // order and every earlier one was acked with its own batch.
     if let Some(last) = last {
-        last.ack(BasicAckOptions { multiple: true })
-            .await
-            .map_err(amqp("acking"))?;
+        fleetls_bus::amqp::answered("acking", last.ack(BasicAckOptions { multiple: true })).await?;
     }
     Ok(())
 }

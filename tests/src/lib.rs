@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 pub mod attack;
+pub mod link;
 
 /// The repository root.
 pub fn repo() -> PathBuf {
