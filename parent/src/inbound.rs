@@ -310,6 +310,26 @@ pub fn apply(
                         continue;
                     }
                 }
+                // A key whose certificate was revoked (superseded by a
+                // renewal, or revoked by an operator) is never certified
+                // again: a child makes a new key for every CSR, so only a
+                // replay of its old CSR asks for one (its message id
+                // forgotten after a day), and that would revoke its current
+                // certificate and certify a key that may be compromised.
+                let result = match result {
+                    Ok(issued) => match revoked_key(tx, &event.agent, &issued.key)? {
+                        Some(why) => {
+                            let reason = format!(
+                                "the CSR was refused: its key's certificate (serial {why}) was revoked; \
+                                 a certificate needs a new key (a replay of an old CSR?)"
+                            );
+                            record_security(tx, Some(&event.agent), "revoked_key_csr", &reason)?;
+                            Err(reason)
+                        }
+                        None => Ok(issued),
+                    },
+                    Err(e) => Err(e),
+                };
                 match result {
                     Ok(issued) => {
                         // The certificate it replaces is revoked, superseded.
@@ -487,6 +507,24 @@ fn issued_for_key(
             issued_answer(event, serial, not_after, chain_pem)
         }),
     )
+}
+
+/// The serial and revocation reason of a revoked certificate of `agent`
+/// on the key `key` (`sha256:HEX`), if one exists.
+fn revoked_key(
+    tx: &rusqlite::Transaction<'_>,
+    agent: &uuid::Uuid,
+    key: &str,
+) -> Result<Option<String>, RegistryError> {
+    Ok(tx
+        .query_row(
+            "SELECT serial || ', ' || coalesce(revoke_reason, 'revoked') FROM certificates
+             WHERE agent_id = ?1 AND key_sha256 = ?2 AND revoked = 1
+             ORDER BY issued_at DESC LIMIT 1",
+            params![agent.to_string(), key],
+            |row| row.get(0),
+        )
+        .optional()?)
 }
 
 fn issued_answer(event: &Event, serial: String, not_after: i64, chain_pem: String) -> Outgoing {

@@ -881,7 +881,7 @@ fn row_to_agent(row: &rusqlite::Row<'_>) -> rusqlite::Result<RowResult> {
 mod tests {
     use super::*;
     use crate::inbound::{apply, Event, EventKind, Policy};
-    use fleetls_proto::{AgentState, Hello};
+    use fleetls_proto::{AgentState, Hello, ToChild};
 
     #[test]
     fn the_changes_kept_stay_bounded() {
@@ -1087,6 +1087,88 @@ mod tests {
             registry.agent(&agent).unwrap().unwrap().broker_tls,
             "a report dated a year ahead froze the agent's state"
         );
+    }
+
+    /// Signs every CSR; the "CSR" text is the key it is on.
+    struct KeySigner;
+
+    impl crate::inbound::Signer for KeySigner {
+        fn sign(&self, csr: &str, agent: &Agent) -> Result<crate::pki::Issued, String> {
+            Ok(crate::pki::Issued {
+                chain_pem: format!("cert of {csr}"),
+                serial: Uuid::new_v4().simple().to_string(),
+                subject: agent.id.to_string(),
+                not_after: 0,
+                ignored: Vec::new(),
+                key: csr.to_owned(),
+                ca: "sha256:ca".into(),
+            })
+        }
+    }
+
+    #[test]
+    fn a_key_whose_certificate_was_revoked_is_never_certified_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Registry::open(&dir.path().join("fleetls.db")).unwrap();
+        let agent = Uuid::new_v4();
+        let csr = |key: &str| Event {
+            what: EventKind::Csr(key.into()),
+            ..hello_event(agent, KEY, hello("till-1"))
+        };
+        let answer = |event: Event| {
+            let applied = apply(&registry, &[event], Some(&KeySigner), &policy()).unwrap();
+            assert!(applied.rejected.is_empty(), "{:?}", applied.rejected);
+            applied.outgoing.into_iter().next().expect("an answer").body
+        };
+        let current = || {
+            registry.with_db(|db| {
+                Ok(db.query_row(
+                    "SELECT group_concat(key_sha256) FROM certificates WHERE agent_id = ?1 AND revoked = 0",
+                    params![agent.to_string()],
+                    |row| row.get::<_, Option<String>>(0),
+                )?)
+            })
+        };
+        apply(
+            &registry,
+            &[hello_event(agent, KEY, hello("till-1"))],
+            Some(&KeySigner),
+            &policy(),
+        )
+        .unwrap();
+        assert!(matches!(
+            answer(csr("sha256:k1")),
+            ToChild::CertificateIssued(_)
+        ));
+        // The renewal, on a new key, supersedes the first certificate.
+        assert!(matches!(
+            answer(csr("sha256:k2")),
+            ToChild::CertificateIssued(_)
+        ));
+        assert_eq!(current().unwrap().as_deref(), Some("sha256:k2"));
+        // The first CSR again (a replay once its message id is forgotten,
+        // here a new message on the old key): refused, nothing revoked.
+        let ToChild::CsrRejected(rejected) = answer(csr("sha256:k1")) else {
+            panic!("a CSR on a superseded key was certified again");
+        };
+        assert!(rejected.reason.contains("revoked"), "{}", rejected.reason);
+        assert_eq!(current().unwrap().as_deref(), Some("sha256:k2"));
+        let events: i64 = registry
+            .with_db(|db| {
+                Ok(db.query_row(
+                    "SELECT count(*) FROM security_events WHERE kind = 'revoked_key_csr'",
+                    [],
+                    |row| row.get(0),
+                )?)
+            })
+            .unwrap();
+        assert_eq!(events, 1);
+        // The current key's CSR sent again still gets its certificate back.
+        assert!(matches!(
+            answer(csr("sha256:k2")),
+            ToChild::CertificateIssued(_)
+        ));
+        assert_eq!(current().unwrap().as_deref(), Some("sha256:k2"));
     }
 
     #[test]

@@ -65,7 +65,8 @@ pub(crate) enum Answers {
 /// Runs `agents` agents making `rounds` round trips each, `window` agents
 /// at a time (as a campaign's window), and prints the round trips per
 /// second, one line per kind of answer (`answers`); the queues are deleted
-/// after, unless `keep` (the caller deletes the vhost).
+/// after, unless `keep` (the caller deletes the vhost). With `go`, the
+/// rounds start once that file exists (after "ready" on stderr).
 pub(crate) async fn run(
     broker: &str,
     agents: usize,
@@ -73,6 +74,7 @@ pub(crate) async fn run(
     window: usize,
     answers: Answers,
     keep: bool,
+    go: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
     anyhow::ensure!(agents > 0, "invalid --agents 0: give at least 1");
     anyhow::ensure!(window > 0, "invalid --window 0: give at least 1");
@@ -182,6 +184,12 @@ pub(crate) async fn run(
         "rpc-agents: {agents} queues, channels and consumers ready after {:.1} s",
         opened_at.elapsed().as_secs_f64()
     );
+    if let Some(go) = go {
+        // Several clients (one per cluster node) start their rounds together.
+        while !go.exists() {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
     let modes: &[bool] = match answers {
         Answers::Persistent => &[false],
         Answers::Transient => &[true],

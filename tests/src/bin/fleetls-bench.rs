@@ -62,6 +62,10 @@ enum Command {
         /// which costs the broker less than deleting them one by one)
         #[arg(long)]
         keep: bool,
+        /// Start the rounds only once this file exists (several clients,
+        /// one per cluster node, then run at the same time)
+        #[arg(long)]
+        go: Option<std::path::PathBuf>,
     },
     /// Request/reply round trips per second through the broker.
     Rpc {
@@ -151,7 +155,19 @@ async fn main() -> anyhow::Result<()> {
             window,
             answers,
             keep,
-        } => agents::run(&broker, agents, rounds, window, answers, keep).await,
+            go,
+        } => {
+            agents::run(
+                &broker,
+                agents,
+                rounds,
+                window,
+                answers,
+                keep,
+                go.as_deref(),
+            )
+            .await
+        }
         Command::Rpc {
             broker,
             count,
