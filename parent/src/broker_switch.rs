@@ -46,53 +46,105 @@ fn uri_to_string(uri: &lapin::uri::AMQPUri) -> String {
     )
 }
 
+/// What [`check`] found: the TLS version the broker answered with, and the
+/// addresses of a list that did not answer at all (a node that is down).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checked {
+    /// The TLS version of the last node that answered.
+    pub protocol: String,
+    /// Each address of a list that nothing answered on, and why.
+    pub down: Vec<String>,
+}
+
+/// Why one address failed the check.
+enum NodeFailure {
+    /// Nothing answers (connection refused, no route, no handshake in
+    /// time): the node is down, or the address is wrong.
+    Down(String),
+    /// It answers, wrongly (a certificate that does not chain or name it,
+    /// not TLS): the broker is not ready for the switch.
+    Bad(String),
+}
+
+impl NodeFailure {
+    fn why(self) -> String {
+        match self {
+            NodeFailure::Down(why) | NodeFailure::Bad(why) => why,
+        }
+    }
+}
+
 /// Checks that `uri` — or every address of a comma-separated list (a
 /// cluster's nodes) — answers TLS with a certificate that chains to the CA
-/// and matches its host; presents the parent's certificate. Returns the TLS
-/// version, or what is wrong in plain words, naming the node of a list.
-pub async fn check(data_dir: &Path, uri: &str) -> Result<String, String> {
+/// and matches its host; presents the parent's certificate. One address must
+/// answer. In a list, an address that answers wrongly is refused, naming it;
+/// one that does not answer at all (a node lost) is only noted in
+/// [`Checked::down`] as long as another answers: children try the list in
+/// turn and use that node once it is back.
+pub async fn check(data_dir: &Path, uri: &str) -> Result<Checked, String> {
     let nodes = fleetls_bus::brokers::split(uri);
     if nodes.len() == 1 {
-        return check_one(data_dir, uri.trim()).await;
+        return check_one(data_dir, uri.trim())
+            .await
+            .map(|protocol| Checked {
+                protocol,
+                down: Vec::new(),
+            })
+            .map_err(NodeFailure::why);
     }
     fleetls_bus::brokers::check(uri).map_err(|e| format!("invalid AMQPS URL: {e}"))?;
-    let mut protocol = String::new();
+    let mut protocol = None;
+    let mut down = Vec::new();
     for (i, node) in nodes.iter().enumerate() {
-        protocol = check_one(data_dir, node).await.map_err(|why| {
+        let name = |why: String| {
             format!(
                 "address {} of {} ({}): {why}",
                 i + 1,
                 nodes.len(),
                 crate::config::redact(node)
             )
-        })?;
+        };
+        match check_one(data_dir, node).await {
+            Ok(answered) => protocol = Some(answered),
+            Err(NodeFailure::Down(why)) => down.push(name(why)),
+            Err(NodeFailure::Bad(why)) => return Err(name(why)),
+        }
     }
-    Ok(protocol)
+    match protocol {
+        Some(protocol) => Ok(Checked { protocol, down }),
+        None => Err(format!(
+            "no address of the list answers: {}",
+            down.join("; ")
+        )),
+    }
 }
 
-async fn check_one(data_dir: &Path, uri: &str) -> Result<String, String> {
-    let parsed: lapin::uri::AMQPUri = uri.parse().map_err(|e| format!("invalid AMQPS URL: {e}"))?;
+async fn check_one(data_dir: &Path, uri: &str) -> Result<String, NodeFailure> {
+    let parsed: lapin::uri::AMQPUri = uri
+        .parse()
+        .map_err(|e| NodeFailure::Bad(format!("invalid AMQPS URL: {e}")))?;
     if parsed.scheme != lapin::uri::AMQPScheme::AMQPS {
-        return Err("the URL must start with amqps://".into());
+        return Err(NodeFailure::Bad("the URL must start with amqps://".into()));
     }
     let host = parsed.authority.host.clone();
     let port = parsed.authority.port;
-    let config = client_config(data_dir)?;
-    let name = ServerName::try_from(host.clone()).map_err(|e| format!("{host:?}: {e}"))?;
+    let config = client_config(data_dir).map_err(NodeFailure::Bad)?;
+    let name = ServerName::try_from(host.clone())
+        .map_err(|e| NodeFailure::Bad(format!("{host:?}: {e}")))?;
     let attempt = async {
         let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
             .await
             .map_err(|e| {
-                format!(
+                NodeFailure::Down(format!(
                     "nothing answers on {host}:{port} ({e}): restart the broker with the broker-tls \
                      fragment, or give its AMQPS address with --amqps amqps://USER:PASS@HOST:PORT/VHOST \
                      (or the FLEETLS_AMQPS variable) when it listens elsewhere"
-                )
+                ))
             })?;
         let tls = tokio_rustls::TlsConnector::from(config)
             .connect(name, tcp)
             .await
-            .map_err(|e| explain(&e, &host, port))?;
+            .map_err(|e| NodeFailure::Bad(explain(&e, &host, port)))?;
         let (_, session) = tls.get_ref();
         Ok(session
             .protocol_version()
@@ -101,7 +153,11 @@ async fn check_one(data_dir: &Path, uri: &str) -> Result<String, String> {
     };
     tokio::time::timeout(Duration::from_secs(10), attempt)
         .await
-        .map_err(|_| format!("{host}:{port} did not finish a TLS handshake within 10 s"))?
+        .map_err(|_| {
+            NodeFailure::Down(format!(
+                "{host}:{port} did not finish a TLS handshake within 10 s"
+            ))
+        })?
 }
 
 fn explain(error: &std::io::Error, host: &str, port: u16) -> String {
@@ -800,5 +856,101 @@ mod tests {
                 .unwrap(),
             "amqps://g:g@n1:5671/%2f,amqps://g:g@n2:5671/%2f"
         );
+    }
+
+    /// A data dir with a CA and the broker's certificate (127.0.0.1).
+    fn network() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = crate::settings::SslSettings::defaults("127.0.0.1");
+        settings.save(dir.path()).unwrap();
+        crate::pki::Pki::generate(dir.path(), &settings, None, time::Duration::days(30)).unwrap();
+        dir
+    }
+
+    /// A port nothing listens on.
+    fn closed_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    /// Serves TLS with the network's broker certificate, or (`tls` false)
+    /// accepts and hangs up at once; the port.
+    async fn node(dir: &Path, tls: bool) -> u16 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let certs = dir.join("certificates");
+        let chain: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_file_iter(certs.join("broker.pem"))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+        let key = PrivateKeyDer::from_pem_file(certs.join("broker.key")).unwrap();
+        let config = Arc::new(
+            rustls::ServerConfig::builder()
+                .with_no_client_auth()
+                .with_single_cert(chain, key)
+                .unwrap(),
+        );
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                if tls {
+                    let acceptor = tokio_rustls::TlsAcceptor::from(config.clone());
+                    tokio::spawn(async move {
+                        if let Ok(stream) = acceptor.accept(tcp).await {
+                            tokio::time::sleep(Duration::from_secs(5)).await;
+                            drop(stream);
+                        }
+                    });
+                }
+            }
+        });
+        port
+    }
+
+    fn url(port: u16) -> String {
+        format!("amqps://g:g@127.0.0.1:{port}/%2f")
+    }
+
+    #[tokio::test]
+    async fn a_list_with_a_node_down_is_accepted_one_that_answers_wrongly_is_not() {
+        let dir = network();
+        let (good, wrong) = (node(dir.path(), true).await, node(dir.path(), false).await);
+        let down = closed_port();
+        // One node down, the other answers: accepted, the lost one named.
+        let checked = check(dir.path(), &format!("{},{}", url(down), url(good)))
+            .await
+            .unwrap();
+        assert_eq!(checked.protocol, "TLSv1_3");
+        assert_eq!(checked.down.len(), 1, "{:?}", checked.down);
+        assert!(
+            checked.down[0].starts_with("address 1 of 2")
+                && checked.down[0].contains("nothing answers"),
+            "{:?}",
+            checked.down
+        );
+        // Every node answering: nothing noted.
+        let checked = check(dir.path(), &format!("{},{}", url(good), url(good)))
+            .await
+            .unwrap();
+        assert!(checked.down.is_empty());
+        // A node that answers, but not with the network's TLS: refused, named.
+        let why = check(dir.path(), &format!("{},{}", url(good), url(wrong)))
+            .await
+            .unwrap_err();
+        assert!(
+            why.starts_with("address 2 of 2") && why.contains("TLS handshake"),
+            "{why}"
+        );
+        // No node answers: refused.
+        let why = check(dir.path(), &format!("{},{}", url(down), url(closed_port())))
+            .await
+            .unwrap_err();
+        assert!(why.starts_with("no address of the list answers"), "{why}");
+        // A single address must answer.
+        let why = check(dir.path(), &url(down)).await.unwrap_err();
+        assert!(why.contains("nothing answers"), "{why}");
     }
 }

@@ -887,6 +887,11 @@ async fn campaign(
     if let (Some(amqps), Some(tls)) = (&start.plan.amqps, &start.plan.broker_tls) {
         eprintln!("{amqps} answers with {tls} and a certificate from the network's CA");
     }
+    for down in &start.plan.amqps_down {
+        eprintln!(
+            "warning: {down}\n  (the other nodes answer: children try the list in turn and use this one once it is back)"
+        );
+    }
     if args.detach {
         if args.json {
             println!("{}", serde_json::to_string_pretty(&started)?);

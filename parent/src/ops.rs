@@ -481,6 +481,10 @@ pub struct CampaignPlan {
     pub amqps: Option<String>,
     /// The TLS version the broker answered with (switch-broker).
     pub broker_tls: Option<String>,
+    /// Addresses of the AMQPS list that did not answer (a node down), each
+    /// with why (switch-broker).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub amqps_down: Vec<String>,
 }
 
 /// What starting a campaign did.
@@ -549,9 +553,12 @@ pub async fn start_campaign(
             None => crate::broker_switch::default_amqps(&app.config.broker)
                 .map_err(OpError::BadRequest)?,
         };
-        let protocol = crate::broker_switch::check(&app.config.data_dir, &uri)
+        let checked = crate::broker_switch::check(&app.config.data_dir, &uri)
             .await
             .map_err(|why| OpError::Refused(format!("AMQPS is not ready: {why}")))?;
+        for down in &checked.down {
+            tracing::warn!(address = %down, "switch-broker: a node of the AMQPS list does not answer; children use it once it is back");
+        }
         let auth = request.auth.unwrap_or(fleetls_proto::BrokerAuth::Plain);
         if auth == fleetls_proto::BrokerAuth::External && app.config.management.is_none() {
             return Err(OpError::Refused(
@@ -561,7 +568,8 @@ pub async fn start_campaign(
             ));
         }
         plan.amqps = Some(crate::config::redact(&uri));
-        plan.broker_tls = Some(protocol);
+        plan.broker_tls = Some(checked.protocol);
+        plan.amqps_down = checked.down;
         broker = Some(BrokerSwitchParams {
             uri,
             ca_pem: crate::own::broker_trust_pem(&app.config.data_dir).map_err(internal)?,

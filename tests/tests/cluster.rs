@@ -836,12 +836,43 @@ fn switch_broker_with_a_node_lost(parent: &Parent, vhost: &Vhost, dir: &Path, to
         "{campaign}"
     );
 
+    // The AMQPS list with the lost node in it is still accepted: the node
+    // is named as down (children try the list in turn and use it once it
+    // is back). A dry run shows it without starting anything.
+    let token = std::fs::read_to_string(parent.data_dir.join("admin.token")).unwrap();
+    let response = http()
+        .post(format!("http://{}/api/campaigns", parent.admin))
+        .bearer_auth(token.trim())
+        .json(&serde_json::json!({"kind": "switch-broker", "amqps": list, "dry_run": true}))
+        .send()
+        .expect("the admin API answers");
+    let ok = response.status().is_success();
+    let answer: Value = response.json().expect("a JSON answer");
+    assert!(
+        ok,
+        "a dry run of switch-broker with node {victim} lost: {answer}"
+    );
+    let down: Vec<String> = answer["plan"]["amqps_down"]
+        .as_array()
+        .map(|l| {
+            l.iter()
+                .filter_map(|d| d.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    let victim_port = format!(":{}", BASE + 3 + victim - 1);
+    assert!(
+        down.len() == 1 && down[0].contains(&victim_port) && down[0].contains("nothing answers"),
+        "the dry run names node {victim} ({victim_port}) as down, and only it: {answer}"
+    );
+
     // Every child ends on AMQPS on a live node: those that were on AMQPS
     // on the lost node reconnect to another node's AMQPS by themselves. A
     // child whose move the loss cut short stayed on plain and said why: the
     // operator runs switch-broker again for those, as the test does, with
-    // the nodes that run (switch-broker checks every address it is given
-    // and refuses a list with a node that does not answer).
+    // the same list (switch-broker checks every address it is given; a
+    // node that does not answer at all is only named, as long as another
+    // does).
     let on_amqps = |parent: &Parent| {
         let status = parent.status_json().ok()?;
         (status["network"]["broker_tls"] == total).then_some(())
@@ -852,14 +883,11 @@ fn switch_broker_with_a_node_lost(parent: &Parent, vhost: &Vhost, dir: &Path, to
             "after switch-broker {} of {total} on AMQPS: switch-broker again for the rest",
             status["network"]["broker_tls"]
         );
-        let live: Vec<String> = (1..=3)
-            .filter(|n| *n != victim)
-            .map(|n| amqps[n as usize - 1].clone())
-            .collect();
+        // The whole list: the lost node is only named as down.
         let (code, _, err) = parent.cli(&[
             "switch-broker",
             "--amqps",
-            &list_from(&live, vhost, 0),
+            &list,
             "--step-timeout",
             "60s",
             "--json",
