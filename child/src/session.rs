@@ -31,8 +31,11 @@ pub enum SessionError {
 
 /// How long opening a session (channel, queue, consumer) may take before
 /// it is given up and opened again: a broker that never answers a
-/// declaration must not keep an agent offline for ever.
-pub const OPEN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+/// declaration must not keep an agent offline for ever. Generous: on a
+/// busy cluster thousands of agents reconnecting at once queue their
+/// declarations (seen: some 40 a second cluster-wide on three nodes of one
+/// 2-core machine), and one given up too early only queues them again.
+pub const OPEN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
 
 pub(crate) fn amqp(what: &'static str) -> impl FnOnce(lapin::Error) -> SessionError {
     move |source| SessionError::Bus(BusError::Amqp { what, source })
@@ -100,25 +103,32 @@ impl Session {
         shutdown: Shutdown,
         shared: bool,
     ) -> Result<Session, SessionError> {
-        tokio::time::timeout(
-            OPEN_DEADLINE,
-            Session::open_now(connection, agent, shutdown, shared),
-        )
+        let deadline = tokio::time::Instant::now() + OPEN_DEADLINE;
+        let channel = tokio::time::timeout_at(deadline, async {
+            if shared {
+                fleetls_bus::amqp::ensure_shared(connection, agent.config.queue_type).await?;
+            }
+            Ok::<_, SessionError>(fleetls_bus::amqp::confirm_channel(connection).await?)
+        })
         .await
-        .map_err(|_| SessionError::Stuck)?
+        .map_err(|_| SessionError::Stuck)??;
+        match tokio::time::timeout_at(deadline, Session::consume(channel.clone(), agent)).await {
+            Ok(consumer) => Ok(Session {
+                channel,
+                consumer: consumer?,
+                shutdown,
+            }),
+            Err(_) => {
+                // Not left open on a connection that lives on (a swarm's).
+                fleetls_bus::amqp::close_channel(&channel, "session not opened in time").await;
+                Err(SessionError::Stuck)
+            }
+        }
     }
 
-    async fn open_now(
-        connection: &Connection,
-        agent: &Agent,
-        shutdown: Shutdown,
-        shared: bool,
-    ) -> Result<Session, SessionError> {
+    /// Declares the agent's queue on `channel` and consumes it.
+    async fn consume(channel: Channel, agent: &Agent) -> Result<lapin::Consumer, SessionError> {
         let id = agent.identity.id;
-        if shared {
-            fleetls_bus::amqp::ensure_shared(connection, agent.config.queue_type).await?;
-        }
-        let channel = fleetls_bus::amqp::confirm_channel(connection).await?;
         fleetls_bus::amqp::declare_agent_queue(&channel, &id, agent.config.queue_type).await?;
         channel
             .basic_qos(16, BasicQosOptions::default())
@@ -134,11 +144,7 @@ impl Session {
             )
             .await
             .map_err(amqp("consuming this agent's queue"))?;
-        Ok(Session {
-            channel,
-            consumer,
-            shutdown,
-        })
+        Ok(consumer)
     }
 
     /// The stop signal this session obeys.

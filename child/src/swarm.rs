@@ -226,11 +226,15 @@ pub async fn run(args: SwarmArgs, shutdown: Shutdown) -> anyhow::Result<()> {
     agents.extend(numbered.into_iter().map(|(_, a)| Arc::new(a)));
     info!(count, elapsed = ?started.elapsed(), "swarm identities ready");
     let mut groups = JoinSet::new();
+    // Sessions opened at once, across every group: a broker declares queues
+    // at its own pace (on a cluster some tens a second), and thousands of
+    // declarations queued at once would each wait past the open deadline.
+    let opening = Arc::new(tokio::sync::Semaphore::new(OPENING_AT_ONCE));
     for (n, group) in agents.chunks(args.per_connection).enumerate() {
         let group = group.to_vec();
         let broker = args.broker.clone();
         let shutdown = shutdown.clone();
-        groups.spawn(run_group(n, broker, group, shutdown));
+        groups.spawn(run_group(n, broker, group, opening.clone(), shutdown));
     }
     while groups.join_next().await.is_some() {}
     Ok(())
@@ -282,12 +286,26 @@ async fn declare_on(
     Ok(fleetls_bus::amqp::ensure_shared(connection, queue_type).await?)
 }
 
+/// How many children of a swarm open their sessions at once.
+const OPENING_AT_ONCE: usize = 64;
+
 /// One connection and its children; reconnects them all when it fails.
-async fn run_group(n: usize, broker: String, agents: Vec<Arc<Agent>>, shutdown: Shutdown) {
+async fn run_group(
+    n: usize,
+    broker: String,
+    agents: Vec<Arc<Agent>>,
+    opening: Arc<tokio::sync::Semaphore>,
+    shutdown: Shutdown,
+) {
     let what = format!("swarm group {n}");
     fleetls_bus::reconnect::run(&what, Duration::from_millis(500), shutdown.clone(), || {
-        let (broker, agents, shutdown) = (broker.clone(), agents.clone(), shutdown.clone());
-        async move { group_session(n, &broker, &agents, shutdown).await }
+        let (broker, agents, opening, shutdown) = (
+            broker.clone(),
+            agents.clone(),
+            opening.clone(),
+            shutdown.clone(),
+        );
+        async move { group_session(n, &broker, &agents, opening, shutdown).await }
     })
     .await
 }
@@ -301,6 +319,7 @@ async fn group_session(
     n: usize,
     broker: &str,
     agents: &[Arc<Agent>],
+    limit: Arc<tokio::sync::Semaphore>,
     shutdown: Shutdown,
 ) -> fleetls_bus::reconnect::Ended {
     use fleetls_bus::reconnect::Ended;
@@ -327,8 +346,7 @@ async fn group_session(
         Err(e) => return Ended::Unreachable(e.to_string()),
     };
     let connection = Arc::new(connection);
-    // Open the children's channels many at a time.
-    let limit = Arc::new(tokio::sync::Semaphore::new(64));
+    // Open the children's channels many at a time (the swarm's limit).
     let opened = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut sessions = JoinSet::new();
     for agent in agents {
