@@ -1021,12 +1021,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_report_sent_earlier_but_delivered_later_does_not_undo_a_newer_one() {
-        let dir = tempfile::tempdir().unwrap();
-        let registry = Registry::open(&dir.path().join("fleetls.db")).unwrap();
-        let agent = Uuid::new_v4();
-        let beat = |at: u64, tls: bool| Event {
+    /// A heartbeat of `agent` sent at `at` (its clock), on TLS or not.
+    fn heartbeat(agent: Uuid, at: u64, tls: bool) -> Event {
+        Event {
             at,
             what: EventKind::Heartbeat(AgentState {
                 broker_tls: tls,
@@ -1034,11 +1031,22 @@ mod tests {
                 ..AgentState::default()
             }),
             ..hello_event(agent, KEY, hello("till-1"))
-        };
-        let apply_one = |event: Event| {
-            let applied = apply(&registry, &[event], None, &policy()).unwrap();
-            assert!(applied.rejected.is_empty(), "{:?}", applied.rejected);
-        };
+        }
+    }
+
+    /// Applies one event, which must not be refused.
+    fn apply_accepted(registry: &Registry, event: Event) {
+        let applied = apply(registry, &[event], None, &policy()).unwrap();
+        assert!(applied.rejected.is_empty(), "{:?}", applied.rejected);
+    }
+
+    #[test]
+    fn a_report_sent_earlier_but_delivered_later_does_not_undo_a_newer_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Registry::open(&dir.path().join("fleetls.db")).unwrap();
+        let agent = Uuid::new_v4();
+        let beat = |at, tls| heartbeat(agent, at, tls);
+        let apply_one = |event| apply_accepted(&registry, event);
         apply_one(hello_event(agent, KEY, hello("till-1")));
         // On AMQPS at 100; the plain connection's heartbeat of 50 comes after.
         apply_one(beat(100, true));
@@ -1064,18 +1072,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let registry = Registry::open(&dir.path().join("fleetls.db")).unwrap();
         let agent = Uuid::new_v4();
-        let beat = |at: u64, tls: bool| Event {
-            at,
-            what: EventKind::Heartbeat(AgentState {
-                broker_tls: tls,
-                ..AgentState::default()
-            }),
-            ..hello_event(agent, KEY, hello("till-1"))
-        };
-        let apply_one = |event: Event| {
-            let applied = apply(&registry, &[event], None, &policy()).unwrap();
-            assert!(applied.rejected.is_empty(), "{:?}", applied.rejected);
-        };
+        let beat = |at, tls| heartbeat(agent, at, tls);
+        let apply_one = |event| apply_accepted(&registry, event);
         apply_one(hello_event(agent, KEY, hello("till-1")));
         // The child's clock runs a year ahead, then is set right: its
         // reports count again once the parent's clock passes the bound
