@@ -310,21 +310,28 @@ pub fn apply(
                         continue;
                     }
                 }
-                // A key whose certificate was revoked (superseded by a
-                // renewal, or revoked by an operator) is never certified
-                // again: a child makes a new key for every CSR, so only a
-                // replay of its old CSR asks for one (its message id
-                // forgotten after a day), and that would revoke its current
-                // certificate and certify a key that may be compromised.
+                // A key whose certificate was revoked is never certified
+                // again: a child makes a new key for every CSR, so only an
+                // old CSR asks for one — a late duplicate (a renewal sent
+                // again while the child was slow to answer: seen at 30,000
+                // children) or a replay once its message id is forgotten
+                // (a day). Certifying it would revoke the child's current
+                // certificate, which the child then still uses.
                 let result = match result {
                     Ok(issued) => match revoked_key(tx, &event.agent, &issued.key)? {
-                        Some(why) => {
-                            let reason = format!(
-                                "the CSR was refused: its key's certificate (serial {why}) was revoked; \
-                                 a certificate needs a new key (a replay of an old CSR?)"
+                        // Superseded by a newer certificate of the same
+                        // agent: ignored, unanswered (the child has moved on).
+                        Some((serial, reason)) if reason == "superseded" => {
+                            tracing::debug!(agent = %event.agent, serial, "a CSR on a key already renewed was ignored (a late duplicate, or a replay)");
+                            continue;
+                        }
+                        Some((serial, reason)) => {
+                            let why = format!(
+                                "the CSR was refused: this key's certificate (serial {serial}) was revoked ({reason}); \
+                                 a certificate needs a new key"
                             );
-                            record_security(tx, Some(&event.agent), "revoked_key_csr", &reason)?;
-                            Err(reason)
+                            record_security(tx, Some(&event.agent), "revoked_key_csr", &why)?;
+                            Err(why)
                         }
                         None => Ok(issued),
                     },
@@ -509,20 +516,20 @@ fn issued_for_key(
     )
 }
 
-/// The serial and revocation reason of a revoked certificate of `agent`
-/// on the key `key` (`sha256:HEX`), if one exists.
+/// The serial and revocation reason of the newest revoked certificate of
+/// `agent` on the key `key` (`sha256:HEX`), if one exists.
 fn revoked_key(
     tx: &rusqlite::Transaction<'_>,
     agent: &uuid::Uuid,
     key: &str,
-) -> Result<Option<String>, RegistryError> {
+) -> Result<Option<(String, String)>, RegistryError> {
     Ok(tx
         .query_row(
-            "SELECT serial || ', ' || coalesce(revoke_reason, 'revoked') FROM certificates
+            "SELECT serial, coalesce(revoke_reason, 'unspecified') FROM certificates
              WHERE agent_id = ?1 AND key_sha256 = ?2 AND revoked = 1
              ORDER BY issued_at DESC LIMIT 1",
             params![agent.to_string(), key],
-            |row| row.get(0),
+            |row| Ok((row.get(0)?, row.get(1)?)),
         )
         .optional()?)
 }

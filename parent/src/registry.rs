@@ -1113,60 +1113,80 @@ mod tests {
             what: EventKind::Csr(key.into()),
             ..hello_event(agent, KEY, hello("till-1"))
         };
-        let answer = |event: Event| {
+        let answers = |event: Event| {
             let applied = apply(&registry, &[event], Some(&KeySigner), &policy()).unwrap();
             assert!(applied.rejected.is_empty(), "{:?}", applied.rejected);
-            applied.outgoing.into_iter().next().expect("an answer").body
+            applied
+                .outgoing
+                .into_iter()
+                .map(|o| o.body)
+                .collect::<Vec<_>>()
         };
         let current = || {
-            registry.with_db(|db| {
-                Ok(db.query_row(
-                    "SELECT group_concat(key_sha256) FROM certificates WHERE agent_id = ?1 AND revoked = 0",
-                    params![agent.to_string()],
-                    |row| row.get::<_, Option<String>>(0),
-                )?)
-            })
+            registry
+                .with_db(|db| {
+                    Ok(db.query_row(
+                        "SELECT group_concat(key_sha256) FROM certificates WHERE agent_id = ?1 AND revoked = 0",
+                        params![agent.to_string()],
+                        |row| row.get::<_, Option<String>>(0),
+                    )?)
+                })
+                .unwrap()
         };
-        apply(
-            &registry,
-            &[hello_event(agent, KEY, hello("till-1"))],
-            Some(&KeySigner),
-            &policy(),
-        )
-        .unwrap();
+        let events = || -> i64 {
+            registry
+                .with_db(|db| {
+                    Ok(db.query_row(
+                        "SELECT count(*) FROM security_events WHERE kind = 'revoked_key_csr'",
+                        [],
+                        |row| row.get(0),
+                    )?)
+                })
+                .unwrap()
+        };
+        answers(hello_event(agent, KEY, hello("till-1")));
         assert!(matches!(
-            answer(csr("sha256:k1")),
-            ToChild::CertificateIssued(_)
+            answers(csr("sha256:k1"))[..],
+            [ToChild::CertificateIssued(_)]
         ));
         // The renewal, on a new key, supersedes the first certificate.
         assert!(matches!(
-            answer(csr("sha256:k2")),
-            ToChild::CertificateIssued(_)
+            answers(csr("sha256:k2"))[..],
+            [ToChild::CertificateIssued(_)]
         ));
-        assert_eq!(current().unwrap().as_deref(), Some("sha256:k2"));
-        // The first CSR again (a replay once its message id is forgotten,
-        // here a new message on the old key): refused, nothing revoked.
-        let ToChild::CsrRejected(rejected) = answer(csr("sha256:k1")) else {
-            panic!("a CSR on a superseded key was certified again");
-        };
-        assert!(rejected.reason.contains("revoked"), "{}", rejected.reason);
-        assert_eq!(current().unwrap().as_deref(), Some("sha256:k2"));
-        let events: i64 = registry
-            .with_db(|db| {
-                Ok(db.query_row(
-                    "SELECT count(*) FROM security_events WHERE kind = 'revoked_key_csr'",
-                    [],
-                    |row| row.get(0),
-                )?)
-            })
-            .unwrap();
-        assert_eq!(events, 1);
+        assert_eq!(current().as_deref(), Some("sha256:k2"));
+        // A CSR on the superseded key (a late duplicate, or a replay once
+        // its message id is forgotten: a new message here): ignored,
+        // unanswered, and the current certificate stays.
+        assert!(answers(csr("sha256:k1")).is_empty());
+        assert_eq!(current().as_deref(), Some("sha256:k2"));
+        assert_eq!(events(), 0);
         // The current key's CSR sent again still gets its certificate back.
         assert!(matches!(
-            answer(csr("sha256:k2")),
-            ToChild::CertificateIssued(_)
+            answers(csr("sha256:k2"))[..],
+            [ToChild::CertificateIssued(_)]
         ));
-        assert_eq!(current().unwrap().as_deref(), Some("sha256:k2"));
+        assert_eq!(current().as_deref(), Some("sha256:k2"));
+        // Revoked by an operator (a key compromised): refused, recorded.
+        registry
+            .with_tx(|tx| revoke_certificates(tx, &agent, "keyCompromise"))
+            .unwrap();
+        let [ToChild::CsrRejected(rejected)] = &answers(csr("sha256:k2"))[..] else {
+            panic!("a CSR on a key revoked by an operator was certified again");
+        };
+        assert!(
+            rejected.reason.contains("keyCompromise"),
+            "{}",
+            rejected.reason
+        );
+        assert_eq!(current(), None);
+        assert_eq!(events(), 1);
+        // A new key is certified.
+        assert!(matches!(
+            answers(csr("sha256:k3"))[..],
+            [ToChild::CertificateIssued(_)]
+        ));
+        assert_eq!(current().as_deref(), Some("sha256:k3"));
     }
 
     #[test]
