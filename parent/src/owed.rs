@@ -6,7 +6,8 @@
 //!   certificate information it has not settled, the campaign step it is
 //!   acting on, and, for a local parent, the current revocation list;
 //! - by a sweep, for certificate information sent more than
-//!   [`RESEND_AFTER`] ago to an online agent that has not settled it.
+//!   [`RESEND_AFTER`] ago (its copy expired) to an online agent that has
+//!   not settled it.
 //!
 //! Campaign steps not answered by half their time are sent again by the
 //! campaign engine itself (`campaign::tick`). A re-send is harmless: the
@@ -30,8 +31,14 @@ use crate::settings::SslSettings;
 use crate::shutdown::Shutdown;
 
 /// How long certificate information may go unsettled by an online agent
-/// before it is sent again.
-pub const RESEND_AFTER: Duration = Duration::from_secs(120);
+/// before it is sent again: once its last copy has expired unread
+/// ([`fleetls_proto::COMMAND_TTL_MS`]) — a copy still alive is in the
+/// agent's queue, or was lost with the broker and then the agent's Hello
+/// had it sent again at once. Sooner, a child merely slow to answer (a
+/// network-wide renewal of 30,000 children takes minutes) got a second copy
+/// and renewed twice: 4,785 extra renewals in one such run at 120 s.
+pub const RESEND_AFTER: Duration =
+    Duration::from_millis(fleetls_proto::COMMAND_TTL_MS + 30_000);
 
 /// How often the sweep looks for what is overdue.
 const SWEEP_EVERY: Duration = Duration::from_secs(15);
