@@ -37,8 +37,7 @@ use crate::shutdown::Shutdown;
 /// had it sent again at once. Sooner, a child merely slow to answer (a
 /// network-wide renewal of 30,000 children takes minutes) got a second copy
 /// and renewed twice: 4,785 extra renewals in one such run at 120 s.
-pub const RESEND_AFTER: Duration =
-    Duration::from_millis(fleetls_proto::COMMAND_TTL_MS + 30_000);
+pub const RESEND_AFTER: Duration = Duration::from_millis(fleetls_proto::COMMAND_TTL_MS + 30_000);
 
 /// How often the sweep looks for what is overdue.
 const SWEEP_EVERY: Duration = Duration::from_secs(15);

@@ -1487,7 +1487,8 @@ fn csr_on(key: &KeyPair, cn: &str) -> String {
 /// late, so a child may send the same CSR twice (new message, same key):
 /// it gets the certificate it was already issued, not a second one that
 /// would revoke the first behind its back. A new key gets a new
-/// certificate, and the old one is revoked as superseded.
+/// certificate, and the old one is revoked as superseded; a CSR on the old
+/// key after that is ignored.
 #[test]
 fn a_csr_sent_again_on_the_same_key_gets_the_same_certificate() {
     let vhost = Vhost::new();
@@ -1517,8 +1518,28 @@ fn a_csr_sent_again_on_the_same_key_gets_the_same_certificate() {
             .ok()
     };
     assert_eq!(valid(&first.serial), Some(0));
-    let renewed = issued(child.answer_to(child.csr(&csr(&id, |_| {}))));
+    let renewed_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+    let renewed = issued(child.answer_to(child.csr(&csr_on(&renewed_key, &id))));
     assert_ne!(renewed.serial, first.serial, "a new key, a new certificate");
     assert_eq!(valid(&first.serial), Some(1), "the old one is superseded");
     assert_eq!(valid(&renewed.serial), Some(0));
+    // The first key's CSR once more (a late duplicate of a renewal sent
+    // twice, or a replay): ignored — certifying it would revoke the
+    // certificate the child now uses. The parent reads its queue in order,
+    // so once the CSR sent after it is answered, it was handled.
+    child.csr(&csr_on(&key, &id));
+    let current = issued(child.answer_to(child.csr(&csr_on(&renewed_key, &id))));
+    assert_eq!(current.serial, renewed.serial);
+    assert_eq!(
+        valid(&renewed.serial),
+        Some(0),
+        "a stale CSR revoked the current certificate"
+    );
+    assert_eq!(
+        parent.registry_query(&format!(
+            "SELECT count(*) FROM certificates WHERE agent_id = '{id}'"
+        )),
+        "2",
+        "a stale CSR was certified"
+    );
 }
