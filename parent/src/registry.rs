@@ -1034,6 +1034,16 @@ mod tests {
         }
     }
 
+    /// A fresh registry with one agent registered by its Hello (the folder
+    /// must outlive the registry).
+    fn registered() -> (tempfile::TempDir, Registry, Uuid) {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Registry::open(&dir.path().join("fleetls.db")).unwrap();
+        let agent = Uuid::new_v4();
+        apply_accepted(&registry, hello_event(agent, KEY, hello("till-1")));
+        (dir, registry, agent)
+    }
+
     /// Applies one event, which must not be refused.
     fn apply_accepted(registry: &Registry, event: Event) {
         let applied = apply(registry, &[event], None, &policy()).unwrap();
@@ -1042,12 +1052,9 @@ mod tests {
 
     #[test]
     fn a_report_sent_earlier_but_delivered_later_does_not_undo_a_newer_one() {
-        let dir = tempfile::tempdir().unwrap();
-        let registry = Registry::open(&dir.path().join("fleetls.db")).unwrap();
-        let agent = Uuid::new_v4();
+        let (_dir, registry, agent) = registered();
         let beat = |at, tls| heartbeat(agent, at, tls);
         let apply_one = |event| apply_accepted(&registry, event);
-        apply_one(hello_event(agent, KEY, hello("till-1")));
         // On AMQPS at 100; the plain connection's heartbeat of 50 comes after.
         apply_one(beat(100, true));
         apply_one(beat(50, false));
@@ -1069,12 +1076,9 @@ mod tests {
 
     #[test]
     fn a_report_dated_far_ahead_does_not_freeze_the_state() {
-        let dir = tempfile::tempdir().unwrap();
-        let registry = Registry::open(&dir.path().join("fleetls.db")).unwrap();
-        let agent = Uuid::new_v4();
+        let (_dir, registry, agent) = registered();
         let beat = |at, tls| heartbeat(agent, at, tls);
         let apply_one = |event| apply_accepted(&registry, event);
-        apply_one(hello_event(agent, KEY, hello("till-1")));
         // The child's clock runs a year ahead, then is set right: its
         // reports count again once the parent's clock passes the bound
         // (a minute ahead; here, its report of a minute and a bit later).
