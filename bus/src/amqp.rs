@@ -14,73 +14,10 @@ use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use lapin::types::{AMQPValue, FieldTable, FrameSize, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 
+use crate::brokers;
 use crate::queue_type::QueueType;
 
-/// A failure talking to the broker.
-#[derive(Debug, thiserror::Error)]
-pub enum BusError {
-    /// An AMQP operation failed.
-    #[error("{what}: {source}")]
-    Amqp {
-        /// What was being done.
-        what: &'static str,
-        /// The client's error.
-        #[source]
-        source: lapin::Error,
-    },
-    /// The broker refused (nacked) a published message, or could not route it.
-    #[error("the broker refused or could not route a message to {0}")]
-    Nacked(String),
-    /// A message could not be encoded.
-    #[error(transparent)]
-    Encode(#[from] fleetls_proto::EncodeError),
-    /// The broker URL cannot be read (said without its password).
-    #[error("{0}")]
-    Url(String),
-    /// The TLS material for AMQPS is missing or unusable.
-    #[error("AMQPS: {0}")]
-    Tls(String),
-    /// No node of a broker list answered; each node and why.
-    #[error("no node of the broker list answered: {0}")]
-    NoNode(String),
-    /// A queue exists with another type (or arguments) than asked for;
-    /// what to do (see [`crate::queue_type::explain_mismatch`]).
-    #[error("{0}")]
-    QueueMismatch(String),
-    /// The broker did not confirm a published message within
-    /// [`CONFIRM_DEADLINE`]: the channel is not to be trusted any more (seen
-    /// on a cluster after a node was killed); open the session again.
-    #[error(
-        "no publisher confirm within {secs} s for a message to {0}: the broker's channel is \
-         stuck (a cluster node lost?); the connection is opened again",
-        secs = CONFIRM_DEADLINE.as_secs()
-    )]
-    Unconfirmed(String),
-    /// The broker did not answer an operation (named) within
-    /// [`CONFIRM_DEADLINE`]: lapin can leave an operation pending for ever
-    /// when its connection dies under it (amqp-rs/lapin#409: a publish that
-    /// never returns once the node is gone), so every wait has a deadline
-    /// and the session is opened again.
-    #[error(
-        "the broker did not answer ({0}) within {secs} s: the connection is not to be \
-         trusted any more (a cluster node lost?); it is opened again",
-        secs = CONFIRM_DEADLINE.as_secs()
-    )]
-    NoAnswer(&'static str),
-}
-
-impl BusError {
-    /// Whether the connection is stuck (an operation or a confirm without
-    /// an answer): the caller opens a new session instead of trying again
-    /// on this one.
-    pub fn is_stuck(&self) -> bool {
-        matches!(self, BusError::Unconfirmed(_) | BusError::NoAnswer(_))
-    }
-}
-
-/// How long a publisher confirm may take before the channel is given up
-/// ([`BusError::Unconfirmed`]): every wait has a deadline.
-pub const CONFIRM_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+pub use crate::error::{BusError, CONFIRM_DEADLINE};
 
 /// Waits for a publisher confirm, at most [`CONFIRM_DEADLINE`]; `to` names
 /// the destination in the error.
@@ -117,6 +54,41 @@ pub async fn close_connection(connection: &Connection, reason: &str) {
     let _ = tokio::time::timeout(CLOSE_DEADLINE, connection.close(200, reason.into())).await;
 }
 
+/// A connection that is closed when dropped: a task cut short (aborted, or
+/// its future dropped by a timeout) keeps no connection open behind it —
+/// lapin's connection lives on, heartbeats and all, until it is closed.
+/// The close runs in the background, on the current runtime.
+#[derive(Debug)]
+pub struct ClosedOnDrop(Option<Connection>);
+
+impl ClosedOnDrop {
+    /// Takes charge of `connection`.
+    pub fn new(connection: Connection) -> ClosedOnDrop {
+        ClosedOnDrop(Some(connection))
+    }
+
+    /// The connection.
+    pub fn get(&self) -> &Connection {
+        self.0.as_ref().expect("held until taken or dropped")
+    }
+
+    /// Hands the connection back, no longer closed on drop.
+    pub fn take(mut self) -> Connection {
+        self.0.take().expect("held until taken or dropped")
+    }
+}
+
+impl Drop for ClosedOnDrop {
+    fn drop(&mut self) {
+        let Some(connection) = self.0.take() else {
+            return;
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { close_connection(&connection, "cut short").await });
+        }
+    }
+}
+
 /// Closes a channel, waiting at most [`CLOSE_DEADLINE`] for the broker.
 pub async fn close_channel(channel: &Channel, reason: &str) {
     let _ = tokio::time::timeout(CLOSE_DEADLINE, channel.close(200, reason.into())).await;
@@ -137,7 +109,7 @@ pub fn connection_uri(url: &str, frame_max: FrameSize) -> Result<lapin::uri::AMQ
 /// Opens a named plain connection to `url`, or to the first node that
 /// answers when it is a comma-separated list (see [`crate::brokers`]).
 pub async fn connect(url: &str, name: &str, frame_max: FrameSize) -> Result<Connection, BusError> {
-    crate::brokers::connect_any(url, |url| async move {
+    brokers::connect_any(url, |url| async move {
         let properties = ConnectionProperties::default().with_connection_name(name.into());
         Connection::connect_uri(connection_uri(&url, frame_max)?, properties)
             .await
@@ -170,7 +142,7 @@ pub async fn connect_tls(
     frame_max: FrameSize,
     files: TlsFiles<'_>,
 ) -> Result<Connection, BusError> {
-    crate::brokers::connect_any(url, |url| connect_tls_one(url, name, frame_max, files)).await
+    brokers::connect_any(url, |url| connect_tls_one(url, name, frame_max, files)).await
 }
 
 async fn connect_tls_one(
@@ -332,7 +304,23 @@ pub async fn declare_topology(channel: &Channel, queue_type: QueueType) -> Resul
         (queue_type, queue_type.shared(FieldTable::default())),
     )
     .await?;
-    declare_parent_queue(channel, queue_type).await
+    declare_parent_queue(channel, queue_type).await?;
+    bind_dead_route(channel).await
+}
+
+/// Binds the `fleetls.dead` exchange to `fleetls.parent` by
+/// [`topology::DEAD_ROUTE`] (idempotent): how children dead-letter.
+pub async fn bind_dead_route(channel: &Channel) -> Result<(), BusError> {
+    channel
+        .exchange_bind(
+            topology::DEAD.into(),
+            topology::PARENT.into(),
+            topology::DEAD_ROUTE.into(),
+            lapin::options::ExchangeBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(amqp("binding fleetls.dead to fleetls.parent"))
 }
 
 /// Declares one agent's durable queue (of type `queue_type`, its leader on
@@ -533,7 +521,9 @@ async fn settle(
             "unroutable: the queue {} of this agent does not exist; it is recreated when the agent connects",
             topology::agent_queue(&agent)
         );
-        dead_letter(channel, &returned.data, &returned.properties, &reason).await?;
+        // A full fleetls.dead refuses it (counted by the broker's nack only):
+        // the agent is returned and sent again all the same.
+        let _ = dead_letter(channel, &returned.data, &returned.properties, &reason).await?;
         unroutable.push(agent);
     }
     Ok(())
@@ -547,7 +537,77 @@ pub async fn dead_letter(
     payload: &[u8],
     original: &BasicProperties,
     reason: &str,
+) -> Result<Kept, BusError> {
+    let props = dead_properties(original, reason);
+    let confirm = answered(
+        "dead-lettering",
+        channel.basic_publish(
+            topology::DEAD.into(),
+            ShortString::from(""),
+            BasicPublishOptions::default(),
+            payload,
+            props,
+        ),
+    )
+    .await?;
+    let confirm = confirmed(confirm, "waiting for a dead-letter confirm", topology::DEAD).await?;
+    if confirm.is_nack() {
+        // Its bound reached (`overflow: reject-publish`): the broker keeps
+        // what it holds — a flood cannot push the oldest evidence out — and
+        // refuses the newest. The caller counts it and goes on: a dead
+        // letter refused must not stall the messages behind it.
+        tracing::warn!(reason = %reason, "fleetls.dead is full (its bound): this dead letter was refused by the broker and is only counted");
+        return Ok(Kept::Refused);
+    }
+    Ok(Kept::Stored)
+}
+
+/// What became of a dead letter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kept {
+    /// Confirmed in `fleetls.dead`.
+    Stored,
+    /// Refused by the broker: `fleetls.dead` is at its bound.
+    Refused,
+}
+
+/// A child's dead letter: like [`dead_letter`], but published to the
+/// `fleetls.parent` exchange with the routing key
+/// [`topology::DEAD_ROUTE`], which the parent binds to `fleetls.dead` (and
+/// bounds): the agents' least-privilege user may not publish to
+/// `fleetls.dead` itself. When no binding takes it (a parent of an older
+/// release), the copy is dropped with a warning — the child reports the
+/// refusal to the parent anyway.
+pub async fn dead_letter_via_parent(
+    channel: &Channel,
+    payload: &[u8],
+    original: &BasicProperties,
+    reason: &str,
 ) -> Result<(), BusError> {
+    let props = dead_properties(original, reason);
+    match publish_confirmed(
+        channel,
+        topology::PARENT,
+        topology::DEAD_ROUTE,
+        payload,
+        props,
+    )
+    .await
+    {
+        Err(BusError::Nacked(_)) => {
+            tracing::warn!(
+                "a dead letter was not routed to fleetls.dead (the parent has not bound {} yet); dropped",
+                topology::DEAD_ROUTE
+            );
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+/// The properties of a dead letter: the original's that matter, and the
+/// reason in [`topology::REASON_HEADER`].
+fn dead_properties(original: &BasicProperties, reason: &str) -> BasicProperties {
     let mut headers = original.headers().clone().unwrap_or_default();
     headers.insert(
         topology::REASON_HEADER.into(),
@@ -582,22 +642,7 @@ pub async fn dead_letter(
     if let Some(v) = original.app_id() {
         props = props.with_app_id(v.clone());
     }
-    let confirm = answered(
-        "dead-lettering",
-        channel.basic_publish(
-            topology::DEAD.into(),
-            ShortString::from(""),
-            BasicPublishOptions::default(),
-            payload,
-            props,
-        ),
-    )
-    .await?;
-    let confirm = confirmed(confirm, "waiting for a dead-letter confirm", topology::DEAD).await?;
-    if confirm.is_nack() {
-        return Err(BusError::Nacked(topology::DEAD.into()));
-    }
-    Ok(())
+    props
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use lapin::uri::AMQPUri;
 
-use crate::amqp::BusError;
+use crate::error::BusError;
 
 /// How long one node may take to accept a connection before the next one
 /// is tried (a node that hangs instead of refusing).

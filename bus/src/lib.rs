@@ -3,11 +3,13 @@
 //! One implementation of each piece the two binaries share, so that they
 //! cannot drift apart: connecting to RabbitMQ (plain and AMQPS, every error
 //! reported; one node of a cluster's list, [`brokers`]), declaring the
-//! design's topology, publishing with confirms and dead-lettering ([`amqp`]), signing and checking envelopes ([`seal`]), the
-//! reconnect delay ([`backoff`]), files written whole with their mode set at
-//! creation ([`files`]), the SIGINT/SIGTERM signal ([`shutdown`]), and the
-//! PKCS#12 and JKS stores of `export` and of a child's `--trust-store-format`
-//! ([`stores`]).
+//! design's topology, publishing with confirms and dead-lettering ([`amqp`];
+//! its error, [`error::BusError`], below both), signing and checking envelopes
+//! ([`seal`]), enrollment tokens and their proofs ([`enroll`]), the
+//! reconnect loop and its delays ([`reconnect`], [`backoff`]), files
+//! written whole with their mode set at creation ([`files`]), the
+//! SIGINT/SIGTERM signal ([`shutdown`]), and the PKCS#12 and JKS stores of
+//! `export` and of a child's `--trust-store-format` ([`stores`]).
 //!
 //! The wire format itself lives in `fleetls-proto`, which has no runtime;
 //! this crate is the I/O above it.
@@ -16,6 +18,8 @@
 
 pub mod amqp;
 pub mod brokers;
+pub mod enroll;
+pub mod error;
 pub mod files;
 pub mod process;
 pub mod queue_type;
@@ -55,8 +59,10 @@ pub enum ConfigError {
     },
 }
 
-/// The delay before reconnect attempt `attempt` (0-based): exponential from
-/// 200 ms to 10 s, with full jitter so a fleet does not come back in step.
+/// The parent's delay before reconnect attempt `attempt` (0-based):
+/// exponential from 200 ms to 10 s, half of it fixed and half random. The
+/// children's, which must not come back in step, is
+/// [`reconnect::Backoff`] (full jitter, `--reconnect-max`).
 pub fn backoff(attempt: u32) -> Duration {
     let cap_ms = (200u64 << attempt.min(6)).min(10_000);
     Duration::from_millis(cap_ms / 2 + rand::random_range(0..=cap_ms / 2))

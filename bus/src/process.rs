@@ -115,3 +115,31 @@ pub fn start() -> Option<tokio::runtime::Runtime> {
         }
     }
 }
+
+/// Writes `args` and a newline to stdout. A reader that went away
+/// (`fleetls-parent status | head -c 20`) ends the program quietly with exit
+/// code 0 — never a panic; any other write error ends it with code 1 and
+/// says why.
+pub fn print_line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|()| out.write_all(b"\n")) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: writing to stdout: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// `println!` that ends the program quietly when stdout's reader went away
+/// (see [`print_line`]).
+#[macro_export]
+macro_rules! outln {
+    () => {
+        $crate::process::print_line(format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        $crate::process::print_line(format_args!($($arg)*))
+    };
+}

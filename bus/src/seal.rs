@@ -246,7 +246,8 @@ pub fn signer(payload: &[u8], headers: Option<&FieldTable>) -> Result<PublicKey,
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Lower-case hex of `bytes` (also for `crate::enroll`).
+pub(crate) fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
     bytes
         .iter()
@@ -256,7 +257,8 @@ fn hex(bytes: &[u8]) -> String {
         })
 }
 
-fn unhex(text: &str) -> Option<Vec<u8>> {
+/// Bytes from hex digits; `None` when `text` is not an even run of them.
+pub(crate) fn unhex(text: &str) -> Option<Vec<u8>> {
     if !text.len().is_multiple_of(2) || !text.is_ascii() {
         return None;
     }
@@ -315,6 +317,21 @@ mod tests {
             Err(SealError::BadSignature)
         );
         assert_eq!(signer(&sealed.payload, None), Err(SealError::Unsigned));
+    }
+
+    #[test]
+    fn the_signature_covers_the_replay_counter() {
+        let (key, _) = SigningKey::generate();
+        let sent = envelope().with_seq(1_000_000);
+        let sealed = key.seal(&sent).unwrap();
+        assert!(signer(&sealed.payload, Some(&sealed.headers())).is_ok());
+        // The same message with a higher counter (a replay dressed as new):
+        // the signature no longer verifies.
+        let moved = fleetls_proto::encode(&sent.with_seq(2_000_000)).unwrap();
+        assert_eq!(
+            signer(&moved, Some(&sealed.headers())),
+            Err(SealError::BadSignature)
+        );
     }
 
     #[test]

@@ -1,6 +1,10 @@
 //! The child's certificates in `DIR/certs`: the CA it trusts (pinned, or
 //! trusted on first use), its own P-256 key (made here, never sent
-//! anywhere) and the chain the parent signed from its CSR.
+//! anywhere) and the chain the parent signed from its CSR — or the identity
+//! `import` installs. The files are at the paths [`crate::layout::Layout`]
+//! names and written here (all but the revocation list, which
+//! `crate::agent` writes as the parent sends it); the stores of another
+//! format (`crate::stores`, below this module) are kept in step.
 
 use std::path::{Path, PathBuf};
 
@@ -12,7 +16,9 @@ use tracing::{info, warn};
 use uuid::Uuid;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::identity::write_atomic;
+use crate::identity::{write_atomic, StoreError};
+use crate::layout::Layout;
+use crate::stores::TrustStores;
 use fleetls_proto::{AgentKind, CertificateIssued, CertificatesReady};
 
 pub use fleetls_bus::tls::{fingerprint, pem_certs};
@@ -20,22 +26,22 @@ pub use fleetls_bus::tls::{fingerprint, pem_certs};
 /// The files of `DIR/certs`.
 #[derive(Debug, Clone)]
 pub struct CertStore {
-    dir: PathBuf,
+    layout: Layout,
     /// The other formats kept in step with the PEM files (`--trust-store-format`).
-    stores: Option<crate::stores::TrustStores>,
+    stores: Option<TrustStores>,
 }
 
 impl CertStore {
     /// The store of a data dir.
     pub fn new(data_dir: &Path) -> CertStore {
         CertStore {
-            dir: data_dir.join("certs"),
+            layout: Layout::new(data_dir),
             stores: None,
         }
     }
 
     /// The same store, also keeping `stores` in step with its PEM files.
-    pub fn with_stores(mut self, stores: Option<crate::stores::TrustStores>) -> CertStore {
+    pub fn with_stores(mut self, stores: Option<TrustStores>) -> CertStore {
         self.stores = stores;
         self
     }
@@ -46,7 +52,7 @@ impl CertStore {
         let Some(stores) = &self.stores else {
             return;
         };
-        match stores.write(self) {
+        match stores.write(&self.layout) {
             Ok(files) if !files.is_empty() => {
                 info!(format = ?stores.format, files = ?files, "trust stores written")
             }
@@ -55,41 +61,46 @@ impl CertStore {
         }
     }
 
-    /// The CA chain file.
-    pub fn ca_path(&self) -> PathBuf {
-        self.dir.join("ca.pem")
+    /// The files of the data dir.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
     }
 
-    /// The private key file.
+    /// The CA chain file.
+    pub fn ca_path(&self) -> PathBuf {
+        self.layout.ca()
+    }
+
     /// The CA's revocation list, as the parent last sent it (a local
     /// parent's SSL port refuses what it revokes).
     pub fn crl_path(&self) -> PathBuf {
-        self.dir.join("crl.pem")
+        self.layout.crl()
     }
 
     /// The agent's private key (0600).
     pub fn key_path(&self) -> PathBuf {
-        self.dir.join("agent.key")
+        self.layout.key()
     }
 
     /// The chain file (leaf first).
     pub fn chain_path(&self) -> PathBuf {
-        self.dir.join("agent.pem")
+        self.layout.chain()
     }
 
     fn pending_key_path(&self) -> PathBuf {
-        self.dir.join("agent.key.pending")
+        self.layout.pending_key()
     }
 
     /// Extra roots for the servers this agent connects to
     /// (`--trust-bundle`): the root of the parent's own SSL port certificate.
     pub fn trust_bundle_path(&self) -> PathBuf {
-        self.dir.join("trust-bundle.pem")
+        self.layout.trust_bundle()
     }
 
     /// Keeps `pem` as the trust bundle (the folder made if needed).
     pub fn store_trust_bundle(&self, pem: &str) -> Result<(), String> {
-        std::fs::create_dir_all(&self.dir).map_err(|e| format!("{}: {e}", self.dir.display()))?;
+        let dir = self.layout.certs();
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         write_atomic(&self.trust_bundle_path(), pem.as_bytes(), 0o644).map_err(|e| e.to_string())
     }
 
@@ -201,7 +212,13 @@ impl CertStore {
     /// The CA the broker's certificate must chain to (given by the parent
     /// with the move to AMQPS, and kept in step with `ca.pem` since).
     pub fn broker_ca_path(&self) -> PathBuf {
-        self.dir.join("broker-ca.pem")
+        self.layout.broker_ca()
+    }
+
+    /// Keeps `pem` as what the broker's certificate must chain to (sent by
+    /// the parent with the move to AMQPS).
+    pub fn store_broker_ca(&self, pem: &str) -> Result<(), StoreError> {
+        write_atomic(&self.broker_ca_path(), pem.as_bytes(), 0o644)
     }
 
     /// Writes the CAs to trust to `ca.pem` (and to `broker-ca.pem` once the
@@ -301,6 +318,32 @@ impl CertStore {
             .serialize_request(&key)
             .and_then(|csr| csr.pem())
             .map_err(|e| format!("cannot make the CSR: {e}"))
+    }
+
+    /// Installs an identity made elsewhere (`crate::import`, checked there):
+    /// the key (PKCS#8 PEM), the CA chain to trust and the agent's chain.
+    /// The key goes in last, by rename from [`Layout::import_key`] (0600):
+    /// until then no half identity shows; on a failure that file is removed.
+    pub fn install_imported(
+        &self,
+        key_pem: &str,
+        ca_pem: &str,
+        chain_pem: &str,
+    ) -> Result<(), StoreError> {
+        let pending = self.layout.import_key();
+        let written = (|| {
+            write_atomic(&pending, key_pem.as_bytes(), 0o600)?;
+            write_atomic(&self.ca_path(), ca_pem.as_bytes(), 0o644)?;
+            write_atomic(&self.chain_path(), chain_pem.as_bytes(), 0o644)?;
+            std::fs::rename(&pending, self.key_path()).map_err(|e| StoreError {
+                path: self.key_path(),
+                why: e.to_string(),
+            })
+        })();
+        if written.is_err() {
+            let _ = std::fs::remove_file(&pending);
+        }
+        written
     }
 
     /// Handles `CertificateIssued`: the chain must carry the pending key and

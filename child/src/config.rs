@@ -44,9 +44,21 @@ pub struct RawRun {
     /// prints it (otherwise the first signed command's key is pinned)
     #[arg(long, env = "FLEETLS_PARENT_KEY")]
     pub parent_key: Option<String>,
-    /// Seconds between heartbeats
-    #[arg(long, env = "FLEETLS_HEARTBEAT")]
+    /// Seconds between two state reports to the parent when nothing changes
+    /// (a change is reported at once; whether the agent is online, the
+    /// parent learns from the broker). Default 300, at most 86400
+    #[arg(long, env = "FLEETLS_REPORT_EVERY")]
+    pub report_every: Option<u64>,
+    /// The old name of --report-every (FLEETLS_HEARTBEAT, `heartbeat` in
+    /// the config file); --report-every wins when both are given
+    #[arg(long, env = "FLEETLS_HEARTBEAT", hide = true)]
     pub heartbeat: Option<u64>,
+    /// The longest wait, in seconds, between two attempts to reach the
+    /// broker after it went away: each wait is random, from zero up to a
+    /// ceiling that doubles from 1 s with every failed attempt up to this
+    /// (default 60, 1 to 3600)
+    #[arg(long, env = "FLEETLS_RECONNECT_MAX")]
+    pub reconnect_max: Option<u64>,
     /// Renew the certificate once this share of its lifetime has passed
     /// (default 0.67, give or take 0.05 per agent)
     #[arg(long, env = "FLEETLS_RENEW_AT")]
@@ -71,6 +83,20 @@ pub struct RawRun {
     /// certificate (`settings set --parent-cert`)
     #[arg(long)]
     pub trust_bundle: Option<PathBuf>,
+    /// Enrollment token from `fleetls-parent enroll create`: admits this
+    /// agent at its first Hello without an operator (the token itself is
+    /// never sent). Prefer --enroll-token-file: a command line is visible
+    /// to every user of the machine
+    #[arg(
+        long,
+        env = "FLEETLS_ENROLL_TOKEN",
+        conflicts_with = "enroll_token_file"
+    )]
+    pub enroll_token: Option<String>,
+    /// File holding the enrollment token (e.g. written by the configuration
+    /// management tool that rolls the agent out)
+    #[arg(long, env = "FLEETLS_ENROLL_TOKEN_FILE")]
+    pub enroll_token_file: Option<PathBuf>,
 }
 
 impl fleetls_bus::process::Layered for RawRun {
@@ -86,7 +112,15 @@ impl fleetls_bus::process::Layered for RawRun {
             ips: self.ips.or(other.ips),
             ca_fingerprint: self.ca_fingerprint.or(other.ca_fingerprint),
             parent_key: self.parent_key.or(other.parent_key),
-            heartbeat: self.heartbeat.or(other.heartbeat),
+            // Each layer's report interval under either name, so that a
+            // flag's old name still wins over the file's new one.
+            report_every: self
+                .report_every
+                .or(self.heartbeat)
+                .or(other.report_every)
+                .or(other.heartbeat),
+            heartbeat: None,
+            reconnect_max: self.reconnect_max.or(other.reconnect_max),
             renew_at: self.renew_at.or(other.renew_at),
             report_version: self.report_version.or(other.report_version),
             queue_type: self.queue_type.or(other.queue_type),
@@ -95,6 +129,8 @@ impl fleetls_bus::process::Layered for RawRun {
                 .trust_store_password_file
                 .or(other.trust_store_password_file),
             trust_bundle: self.trust_bundle.or(other.trust_bundle),
+            enroll_token: self.enroll_token.or(other.enroll_token),
+            enroll_token_file: self.enroll_token_file.or(other.enroll_token_file),
         }
     }
 }
@@ -133,8 +169,11 @@ pub struct RunConfig {
     pub ca_fingerprint: Option<String>,
     /// The parent signing key's fingerprint (hex digits), when pinned up front.
     pub parent_key: Option<String>,
-    /// Time between heartbeats.
-    pub heartbeat: Duration,
+    /// Time between two state reports when nothing changed
+    /// (`--report-every`).
+    pub report_every: Duration,
+    /// The cap of the reconnect delays (`--reconnect-max`).
+    pub reconnect_max: Duration,
     /// The share of a certificate's lifetime after which it is renewed.
     pub renew_at: f64,
     /// The version reported to the parent.
@@ -146,6 +185,8 @@ pub struct RunConfig {
     pub trust_stores: Option<crate::stores::TrustStores>,
     /// Extra roots for the servers it connects to (`--trust-bundle`), PEM.
     pub trust_bundle: Option<String>,
+    /// The enrollment token it proves in its Hello, if it was given one.
+    pub enroll_token: Option<fleetls_bus::enroll::Token>,
 }
 
 impl RunConfig {
@@ -174,40 +215,8 @@ impl RunConfig {
                 why,
             })?,
         };
-        let hostnames = split_list(raw.hostnames.as_deref());
-        for name in &hostnames {
-            check_dns_name(name).map_err(|why| ConfigError::Invalid {
-                name: "--hostnames",
-                value: name.clone(),
-                why,
-            })?;
-        }
-        let mut ips = Vec::new();
-        for ip in split_list(raw.ips.as_deref()) {
-            ips.push(ip.parse().map_err(|_| ConfigError::Invalid {
-                name: "--ips",
-                value: ip.clone(),
-                why: "not an IPv4 or IPv6 address".into(),
-            })?);
-        }
-        let ca_fingerprint = match raw.ca_fingerprint {
-            None => None,
-            Some(f) => Some(parse_fingerprint(&f).ok_or_else(|| ConfigError::Invalid {
-                name: "--ca-fingerprint",
-                value: f.clone(),
-                why: "expected sha256: followed by 64 hex digits (colons allowed)".into(),
-            })?),
-        };
-        let parent_key = match raw.parent_key {
-            None => None,
-            Some(f) => Some(fleetls_bus::seal::normalize_fingerprint(&f).ok_or_else(|| {
-                ConfigError::Invalid {
-                    name: "--parent-key",
-                    value: f.clone(),
-                    why: "expected sha256: followed by 64 hex digits, as `fleetls-parent signing-key` prints it".into(),
-                }
-            })?),
-        };
+        let (hostnames, ips) = addresses(raw.hostnames.as_deref(), raw.ips.as_deref())?;
+        let (ca_fingerprint, parent_key) = pins(raw.ca_fingerprint, raw.parent_key)?;
         let renew_at = raw.renew_at.unwrap_or(0.67);
         if !(0.1..=0.9).contains(&renew_at) {
             return Err(ConfigError::Invalid {
@@ -216,14 +225,17 @@ impl RunConfig {
                 why: "must be a share of the lifetime from 0.1 to 0.9".into(),
             });
         }
-        let heartbeat = raw.heartbeat.unwrap_or(10);
-        if heartbeat == 0 || heartbeat > 3600 {
-            return Err(ConfigError::Invalid {
-                name: "--heartbeat",
-                value: heartbeat.to_string(),
-                why: "must be between 1 and 3600 seconds".into(),
-            });
-        }
+        let report_every = seconds(
+            raw.report_every.or(raw.heartbeat),
+            if raw.report_every.is_none() && raw.heartbeat.is_some() {
+                "--heartbeat"
+            } else {
+                "--report-every"
+            },
+            REPORT_EVERY,
+            86_400,
+        )?;
+        let reconnect_max = seconds(raw.reconnect_max, "--reconnect-max", RECONNECT_MAX, 3600)?;
         if let Some(name) = &raw.name {
             if name.trim().is_empty() || name.len() > 200 {
                 return Err(ConfigError::Invalid {
@@ -252,7 +264,9 @@ impl RunConfig {
                 Some(pem)
             }
         };
+        let enroll_token = enroll_token(raw.enroll_token, raw.enroll_token_file)?;
         Ok(RunConfig {
+            enroll_token,
             trust_stores,
             trust_bundle,
             broker,
@@ -264,7 +278,8 @@ impl RunConfig {
             ips,
             ca_fingerprint,
             parent_key,
-            heartbeat: Duration::from_secs(heartbeat),
+            report_every,
+            reconnect_max,
             renew_at,
             version: raw
                 .report_version
@@ -272,6 +287,123 @@ impl RunConfig {
             queue_type,
         })
     }
+
+    /// The reconnect delays this agent waits (full jitter, capped at
+    /// `--reconnect-max`).
+    pub fn backoff(&self) -> fleetls_bus::reconnect::Backoff {
+        fleetls_bus::reconnect::Backoff::new(self.reconnect_max)
+    }
+}
+
+/// The default of `--report-every`, in seconds: the parent learns whether
+/// an agent is online from the broker, and every change of state is
+/// reported at once; this report only repeats it.
+pub const REPORT_EVERY: u64 = 300;
+
+/// The default of `--reconnect-max`, in seconds.
+pub const RECONNECT_MAX: u64 = 60;
+
+/// A number of seconds from 1 to `max` (`default` when not given), or an
+/// error naming `name`.
+fn seconds(
+    value: Option<u64>,
+    name: &'static str,
+    default: u64,
+    max: u64,
+) -> Result<Duration, ConfigError> {
+    let value = value.unwrap_or(default);
+    if value == 0 || value > max {
+        return Err(ConfigError::Invalid {
+            name,
+            value: value.to_string(),
+            why: format!("must be between 1 and {max} seconds"),
+        });
+    }
+    Ok(Duration::from_secs(value))
+}
+
+/// `--hostnames` and `--ips`, checked.
+fn addresses(
+    hostnames: Option<&str>,
+    ips: Option<&str>,
+) -> Result<(Vec<String>, Vec<IpAddr>), ConfigError> {
+    let names = split_list(hostnames);
+    for name in &names {
+        check_dns_name(name).map_err(|why| ConfigError::Invalid {
+            name: "--hostnames",
+            value: name.clone(),
+            why,
+        })?;
+    }
+    let mut parsed = Vec::new();
+    for ip in split_list(ips) {
+        parsed.push(ip.parse().map_err(|_| ConfigError::Invalid {
+            name: "--ips",
+            value: ip.clone(),
+            why: "not an IPv4 or IPv6 address".into(),
+        })?);
+    }
+    Ok((names, parsed))
+}
+
+/// `--ca-fingerprint` and `--parent-key`, checked and normalised.
+fn pins(
+    ca_fingerprint: Option<String>,
+    parent_key: Option<String>,
+) -> Result<(Option<String>, Option<String>), ConfigError> {
+    let ca = match ca_fingerprint {
+        None => None,
+        Some(f) => Some(parse_fingerprint(&f).ok_or_else(|| ConfigError::Invalid {
+            name: "--ca-fingerprint",
+            value: f.clone(),
+            why: "expected sha256: followed by 64 hex digits (colons allowed)".into(),
+        })?),
+    };
+    let parent = match parent_key {
+            None => None,
+            Some(f) => Some(fleetls_bus::seal::normalize_fingerprint(&f).ok_or_else(|| {
+                ConfigError::Invalid {
+                    name: "--parent-key",
+                    value: f.clone(),
+                    why: "expected sha256: followed by 64 hex digits, as `fleetls-parent signing-key` prints it".into(),
+                }
+            })?),
+        };
+    Ok((ca, parent))
+}
+
+/// The enrollment token given as text or in a file (not both), checked.
+fn enroll_token(
+    text: Option<String>,
+    file: Option<PathBuf>,
+) -> Result<Option<fleetls_bus::enroll::Token>, ConfigError> {
+    let (name, value, text) = match (text, file) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::Invalid {
+                name: "--enroll-token",
+                value: "(hidden)".into(),
+                why: "give the token or --enroll-token-file, not both".into(),
+            })
+        }
+        (None, None) => return Ok(None),
+        (Some(text), None) => ("--enroll-token", "(hidden)".to_owned(), text),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(&path).map_err(|e| ConfigError::Invalid {
+                name: "--enroll-token-file",
+                value: path.display().to_string(),
+                why: format!("{e}: give the file the token was written to"),
+            })?;
+            ("--enroll-token-file", path.display().to_string(), text)
+        }
+    };
+    text.trim()
+        .parse()
+        .map(Some)
+        .map_err(|e: fleetls_bus::enroll::TokenError| ConfigError::Invalid {
+            name,
+            value,
+            why: e.to_string(),
+        })
 }
 
 /// Splits a `;`-separated list, dropping blanks.
@@ -324,7 +456,9 @@ mod tests {
         assert_eq!(config.hostnames, vec!["till-1.shop", "till-1"]);
         assert_eq!(config.ips.len(), 2);
         assert_eq!(config.kind, AgentKind::Child);
-        assert_eq!(config.heartbeat, Duration::from_secs(10));
+        assert_eq!(config.report_every, Duration::from_secs(300));
+        assert_eq!(config.reconnect_max, Duration::from_secs(60));
+        assert_eq!(config.backoff().cap(), Duration::from_secs(60));
     }
 
     #[test]
@@ -351,6 +485,18 @@ mod tests {
                 ..raw()
             },
             RawRun {
+                report_every: Some(86_401),
+                ..raw()
+            },
+            RawRun {
+                reconnect_max: Some(0),
+                ..raw()
+            },
+            RawRun {
+                reconnect_max: Some(3601),
+                ..raw()
+            },
+            RawRun {
                 broker: Some("localhost".into()),
                 ..raw()
             },
@@ -361,6 +507,9 @@ mod tests {
             "--hostnames",
             "--ca-fingerprint",
             "--heartbeat",
+            "--report-every",
+            "--reconnect-max",
+            "--reconnect-max",
             "--broker",
         ]) {
             let err = RunConfig::from_raw(case).unwrap_err().to_string();
@@ -398,5 +547,88 @@ mod tests {
         let config = RunConfig::from_raw(flags.or(file)).unwrap();
         assert_eq!(config.name.as_deref(), Some("flag"));
         assert_eq!(config.location.as_deref(), Some("x"));
+    }
+
+    #[test]
+    fn the_report_interval_and_the_reconnect_cap() {
+        let config = RunConfig::from_raw(RawRun {
+            report_every: Some(86_400),
+            reconnect_max: Some(3600),
+            ..raw()
+        })
+        .unwrap();
+        assert_eq!(config.report_every, Duration::from_secs(86_400));
+        assert_eq!(config.backoff().cap(), Duration::from_secs(3600));
+        let config = RunConfig::from_raw(RawRun {
+            reconnect_max: Some(1),
+            ..raw()
+        })
+        .unwrap();
+        assert_eq!(config.backoff().ceiling(5), Duration::from_secs(1));
+        // The old name still works; the new one wins over it.
+        let old = RunConfig::from_raw(RawRun {
+            heartbeat: Some(2),
+            ..raw()
+        })
+        .unwrap();
+        assert_eq!(old.report_every, Duration::from_secs(2));
+        let both = RunConfig::from_raw(RawRun {
+            heartbeat: Some(2),
+            report_every: Some(7),
+            ..raw()
+        })
+        .unwrap();
+        assert_eq!(both.report_every, Duration::from_secs(7));
+    }
+
+    #[test]
+    fn a_flag_under_the_old_name_wins_over_the_file() {
+        let file = RawRun {
+            report_every: Some(600),
+            reconnect_max: Some(120),
+            ..raw()
+        };
+        let flags = RawRun {
+            heartbeat: Some(5),
+            ..Default::default()
+        };
+        let config = RunConfig::from_raw(flags.or(file)).unwrap();
+        assert_eq!(config.report_every, Duration::from_secs(5));
+        assert_eq!(config.reconnect_max, Duration::from_secs(120));
+        // The file's old key is read as the new one.
+        let file: RawRun = toml::from_str("heartbeat = 9").unwrap();
+        let config = RunConfig::from_raw(RawRun::default().or(raw()).or(file)).unwrap();
+        assert_eq!(config.report_every, Duration::from_secs(9));
+        let file: RawRun = toml::from_str("report-every = 11\nreconnect-max = 30").unwrap();
+        let config = RunConfig::from_raw(raw().or(file)).unwrap();
+        assert_eq!(config.report_every, Duration::from_secs(11));
+        assert_eq!(config.reconnect_max, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn the_old_flag_is_read_but_not_shown() {
+        use clap::{CommandFactory, Parser};
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            run: RawRun,
+        }
+        let words = ["run", "--broker", "amqp://h/%2f", "--data-dir", "/tmp/c"];
+        let parsed = Cli::try_parse_from(words.iter().chain(&["--heartbeat", "5"])).unwrap();
+        let config = RunConfig::from_raw(parsed.run).unwrap();
+        assert_eq!(config.report_every, Duration::from_secs(5));
+        let parsed = Cli::try_parse_from(words.iter().chain(&[
+            "--report-every",
+            "900",
+            "--reconnect-max",
+            "5",
+        ]))
+        .unwrap();
+        let config = RunConfig::from_raw(parsed.run).unwrap();
+        assert_eq!(config.report_every, Duration::from_secs(900));
+        assert_eq!(config.reconnect_max, Duration::from_secs(5));
+        let help = Cli::command().render_long_help().to_string();
+        assert!(help.contains("--report-every") && help.contains("--reconnect-max"));
+        assert!(!help.contains("--heartbeat"), "{help}");
     }
 }

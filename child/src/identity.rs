@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::layout::Layout;
+
 /// A data dir file that cannot be read or written.
 #[derive(Debug, thiserror::Error)]
 #[error("{path}: {why}")]
@@ -47,12 +49,17 @@ pub struct State {
     /// [`crate::trust::stale_policy`]).
     #[serde(default)]
     pub serve_tls_at: u64,
+    /// The replay counter reserved so far: every message sent carried a
+    /// `seq` below it, and after a restart the agent goes on above it,
+    /// whatever its clock says (see [`crate::seq`]).
+    #[serde(default)]
+    pub seq_floor: u64,
 }
 
 /// Loads the identity, creating it on first start. A name given now
 /// replaces the stored one (the id never changes).
 pub fn load_or_create_identity(dir: &Path, name: Option<&str>) -> Result<Identity, StoreError> {
-    let path = dir.join("identity.toml");
+    let path = Layout::new(dir).identity();
     let identity = match read_toml::<Identity>(&path)? {
         Some(mut identity) => {
             match name {
@@ -72,13 +79,13 @@ pub fn load_or_create_identity(dir: &Path, name: Option<&str>) -> Result<Identit
 
 /// Loads the state (the default when there is none yet).
 pub fn load_state(dir: &Path) -> Result<State, StoreError> {
-    Ok(read_toml(&dir.join("state.toml"))?.unwrap_or_default())
+    Ok(read_toml(&Layout::new(dir).state())?.unwrap_or_default())
 }
 
 /// Saves the state.
 pub fn save_state(dir: &Path, state: &State) -> Result<(), StoreError> {
     // It may hold the AMQPS URL with its password: owner only.
-    write_toml(&dir.join("state.toml"), state, 0o600)
+    write_toml(&Layout::new(dir).state(), state, 0o600)
 }
 
 fn default_name() -> String {
@@ -142,13 +149,14 @@ mod tests {
     #[test]
     fn a_broken_identity_file_is_reported_not_replaced() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("identity.toml"), "id = 5").unwrap();
+        let file = Layout::new(dir.path()).identity();
+        std::fs::write(&file, "id = 5").unwrap();
         let err = load_or_create_identity(dir.path(), None).unwrap_err();
-        assert!(err.to_string().contains("identity.toml"), "{err}");
-        assert_eq!(
-            std::fs::read_to_string(dir.path().join("identity.toml")).unwrap(),
-            "id = 5"
+        assert!(
+            err.to_string().contains(&file.display().to_string()),
+            "{err}"
         );
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "id = 5");
     }
 
     #[test]
@@ -164,6 +172,7 @@ mod tests {
                 cipher_suites: vec!["TLS13_AES_256_GCM_SHA384".into()],
             }),
             serve_tls_at: 1_700_000_000_000,
+            seq_floor: 1_700_000_003_600_000_000,
         };
         save_state(dir.path(), &state).unwrap();
         assert_eq!(load_state(dir.path()).unwrap(), state);

@@ -6,7 +6,9 @@
 //! `switch-broker`. Everything is checked before anything is written: the
 //! identity is this agent's (CN = its id), the key belongs to the
 //! certificate, the certificate is signed by the CA in the file, still
-//! valid, and that CA is the one this agent already trusts, if any.
+//! valid, and that CA is the one this agent already trusts, if any. The
+//! files are then written by [`CertStore::install_imported`], as every
+//! other certificate of the agent.
 
 use std::path::{Path, PathBuf};
 
@@ -16,7 +18,7 @@ use uuid::Uuid;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::certs::{fingerprint, CertStore};
-use crate::identity::write_atomic;
+use crate::layout::Layout;
 
 /// `fleetls-child import`.
 #[derive(Debug, Args)]
@@ -141,20 +143,9 @@ pub fn import(args: &ImportArgs) -> Result<Imported, String> {
     let chain_pem: String = certs.iter().map(|der| pem_of(der)).collect();
     let ca_pem: String = ca.iter().map(|der| pem_of(der)).collect();
     // The key goes in last, by rename: until then no half identity shows.
-    let pending = args.data_dir.join("certs/agent.key.import");
-    let written = (|| {
-        write_atomic(&pending, key_pem.as_bytes(), 0o600)?;
-        write_atomic(&certs_store.ca_path(), ca_pem.as_bytes(), 0o644)?;
-        write_atomic(&certs_store.chain_path(), chain_pem.as_bytes(), 0o644)?;
-        std::fs::rename(&pending, certs_store.key_path()).map_err(|e| crate::identity::StoreError {
-            path: certs_store.key_path(),
-            why: e.to_string(),
-        })
-    })();
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&pending);
-        return Err(format!("installing the identity failed: {e}"));
-    }
+    certs_store
+        .install_imported(&key_pem, &ca_pem, &chain_pem)
+        .map_err(|e| format!("installing the identity failed: {e}"))?;
     certs_store.keep_stores();
     Ok(Imported {
         agent,
@@ -165,7 +156,7 @@ pub fn import(args: &ImportArgs) -> Result<Imported, String> {
 
 /// The agent id of a data dir that has run (its `identity.toml`).
 fn agent_id(data_dir: &Path) -> Result<Uuid, String> {
-    let path = data_dir.join("identity.toml");
+    let path = Layout::new(data_dir).identity();
     let text = std::fs::read_to_string(&path).map_err(|e| {
         format!(
             "{}: {e}; run `fleetls-child run --kind mpos --data-dir {}` once first, so the agent registers",

@@ -20,10 +20,12 @@ pub fn server_config(
     let loaded = crate::steps::cert_test(store).map_err(|f| f.message)?;
     let crl = std::fs::read(store.crl_path()).ok();
     let verifier = fleetls_bus::tls::client_verifier(loaded.roots.clone(), crl.as_deref())?;
-    let config = fleetls_bus::tls::server_builder(policy)?
+    let mut config = fleetls_bus::tls::server_builder(policy)?
         .with_client_cert_verifier(verifier)
         .with_single_cert(loaded.chain, loaded.key)
         .map_err(|e| e.to_string())?;
+    // The policy's order of suites, not the client's (as the parent's).
+    config.ignore_client_order = true;
     Ok(Arc::new(config))
 }
 

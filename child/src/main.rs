@@ -7,7 +7,7 @@ use fleetls_child::config::{self, RawRun, RunConfig};
 
 /// What `fleetls-child --help` says of it.
 const ABOUT: &str = "A fleetls child agent: registers with the parent through RabbitMQ, \
-heartbeats, and follows the parent through the switch to TLS";
+reports its state, and follows the parent through the switch to TLS";
 
 type Cli = fleetls_bus::process::Cli<Command>;
 
@@ -66,9 +66,11 @@ fn main() -> ExitCode {
             }
             Command::Import(args) => match fleetls_child::import::import(&args) {
                 Ok(done) => {
-                    println!(
+                    fleetls_bus::outln!(
                         "imported: agent {} certificate {} valid until {}",
-                        done.agent, done.serial, done.not_after
+                        done.agent,
+                        done.serial,
+                        done.not_after
                     );
                     ExitCode::SUCCESS
                 }

@@ -7,6 +7,8 @@ use fleetls_proto::{AgentState, Hello, StepReport, StepSpec, ToParent};
 use crate::certs::CertStore;
 use crate::config::RunConfig;
 use crate::identity::{self, Identity, State, StoreError};
+use crate::layout::Layout;
+use crate::seq::Counter;
 use crate::shutdown::Shutdown;
 use crate::trust::Trust;
 
@@ -48,6 +50,10 @@ pub struct Agent {
     pub trust: Trust,
     /// The last steps it ran: a step sent again is answered from here.
     pub steps_done: StepMemory,
+    /// Its replay counter. Held from taking a seq until the broker confirmed
+    /// the message (`Session::send`): the agent's sends take turns, so seq
+    /// order is the order they enter the parent's queue.
+    pub(crate) sending: tokio::sync::Mutex<Counter>,
 }
 
 /// The last few steps an agent ran, with their reports. The parent's
@@ -107,12 +113,13 @@ impl Agent {
         })?;
         let identity = identity::load_or_create_identity(&config.data_dir, config.name.as_deref())?;
         let state = identity::load_state(&config.data_dir)?;
-        let key_path = config.data_dir.join("identity.key");
+        let key_path = Layout::new(&config.data_dir).signing_key();
         let key = SigningKey::load_or_create(&key_path).map_err(|e| StoreError {
             path: key_path,
             why: e.to_string(),
         })?;
         let trust = Trust::load(&config.data_dir, config.parent_key.clone())?;
+        let sending = tokio::sync::Mutex::new(Counter::resume(state.seq_floor));
         Ok(Agent {
             config,
             identity,
@@ -123,6 +130,16 @@ impl Agent {
             key,
             trust,
             steps_done: StepMemory::default(),
+            sending,
+        })
+    }
+
+    /// The seq of a message about to be sent at `now_us`, from `counter`
+    /// (this agent's, held in [`Agent::sending`] until the message is
+    /// confirmed); a new reserve is saved in the state file when due.
+    pub(crate) fn next_seq(&self, counter: &mut Counter, now_us: u64) -> u64 {
+        counter.next(now_us, |floor| {
+            self.update_state(|s| s.seq_floor = s.seq_floor.max(floor))
         })
     }
 
@@ -243,6 +260,81 @@ impl Agent {
             ips: self.config.ips.iter().map(|ip| ip.to_string()).collect(),
             key_fingerprint: Some(self.key.public().fingerprint()),
             state: self.report_state(),
+            enroll: self.config.enroll_token.as_ref().map(|token| {
+                token.proof(
+                    self.identity.id,
+                    &self.key.public().hex(),
+                    self.config.kind,
+                    &self.identity.name,
+                )
+            }),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::seq::RESERVE_US;
+
+    /// The agent of data dir `dir`, as a start of the process opens it.
+    fn start(dir: &std::path::Path) -> Agent {
+        let raw = crate::config::RawRun {
+            broker: Some("amqp://127.0.0.1:1".into()),
+            data_dir: Some(dir.to_owned()),
+            name: Some("till-1".into()),
+            ..Default::default()
+        };
+        Agent::open(RunConfig::from_raw(raw).unwrap()).unwrap()
+    }
+
+    /// The seqs of messages sent at each of `clock` (µs), in turn.
+    fn send_at(agent: &Agent, clock: &[u64]) -> Vec<u64> {
+        let mut counter = agent.sending.try_lock().expect("nothing else sends");
+        clock
+            .iter()
+            .map(|now| agent.next_seq(&mut counter, *now))
+            .collect()
+    }
+
+    fn strictly_increasing(seqs: &[u64]) -> bool {
+        seqs.windows(2).all(|w| w[0] < w[1])
+    }
+
+    #[test]
+    fn seq_keeps_rising_across_restarts_with_the_clock_set_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = 1_700_000_000_000_000;
+        let day = 24 * 3_600 * 1_000_000;
+        // Two hours of messages, some in the same microsecond, the clock
+        // stepping back a second in between.
+        let mut sent = send_at(
+            &start(dir.path()),
+            &[
+                t,
+                t,
+                t + 10,
+                t - 1_000_000,
+                t + RESERVE_US,
+                t + 2 * RESERVE_US,
+            ],
+        );
+        // Restarted with the clock a day behind: above everything sent,
+        // and going on from there.
+        sent.extend(send_at(
+            &start(dir.path()),
+            &[t - day, t - day, t - day + 5],
+        ));
+        // Once more, a week behind, after a restart that sent nothing.
+        drop(start(dir.path()));
+        sent.extend(send_at(&start(dir.path()), &[t - 7 * day]));
+        assert!(strictly_increasing(&sent), "{sent:?}");
+        // The reserve is in the state file, an hour ahead of the last seq:
+        // one write at each start that sent, and once an hour of seqs.
+        let floor = identity::load_state(dir.path()).unwrap().seq_floor;
+        assert_eq!(floor, sent.last().unwrap() + RESERVE_US);
+        // Back to the real time: the clock wins again.
+        let agent = start(dir.path());
+        assert_eq!(send_at(&agent, &[floor + day]), [floor + day]);
     }
 }

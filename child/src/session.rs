@@ -167,14 +167,20 @@ impl Session {
         self.send(agent, beat, None).await
     }
 
-    /// Publishes a message to the parent and waits for the broker's confirm.
+    /// Publishes a message to the parent and waits for the broker's
+    /// confirm. The agent's sends take turns (whichever of its sessions
+    /// they go through): each takes the next seq of its replay counter and
+    /// holds it until confirmed, so the parent's queue receives them in seq
+    /// order (see [`crate::seq`]).
     pub async fn send(
         &self,
         agent: &Agent,
         body: ToParent,
         re: Option<uuid::Uuid>,
     ) -> Result<(), SessionError> {
-        let mut envelope = Envelope::new(agent.identity.id, body.into());
+        let mut counter = agent.sending.lock().await;
+        let seq = agent.next_seq(&mut counter, crate::seq::now_us());
+        let mut envelope = Envelope::new(agent.identity.id, body.into()).with_seq(seq);
         envelope.re = re;
         let sealed = agent.key.seal(&envelope).map_err(BusError::from)?;
         let properties =
@@ -193,5 +199,41 @@ impl Session {
     /// Sends a heartbeat now, so the parent's counters follow at once.
     pub(crate) async fn send_state(&self, agent: &Agent) -> Result<(), SessionError> {
         self.beat(agent).await
+    }
+
+    /// Runs `work` (a command being handled) and beats at every tick of
+    /// `ticker` meanwhile. A beat waits its turn to send while `work` goes
+    /// on: it may be waiting for `work`'s own message to be confirmed (a
+    /// beat awaited alone would then wait for ever). A beat begun is
+    /// finished before `work`'s result is returned.
+    pub(crate) async fn beating<T>(
+        &self,
+        agent: &Agent,
+        ticker: &mut tokio::time::Interval,
+        work: impl std::future::Future<Output = Result<T, SessionError>>,
+    ) -> Result<T, SessionError> {
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                done = &mut work => return done,
+                _ = ticker.tick() => {
+                    let beat = self.beat(agent);
+                    tokio::pin!(beat);
+                    let mut done = None;
+                    loop {
+                        tokio::select! {
+                            beaten = &mut beat => {
+                                beaten?;
+                                break;
+                            }
+                            finished = &mut work, if done.is_none() => done = Some(finished),
+                        }
+                    }
+                    if let Some(done) = done {
+                        return done;
+                    }
+                }
+            }
+        }
     }
 }

@@ -16,14 +16,19 @@
 //! HMAC-SHA256 MAC; every store is protected by the password in the file
 //! given. The writers are the ones the parent's `export` uses
 //! (`fleetls_bus::stores`).
+//!
+//! Below `crate::certs`, which calls [`TrustStores::write`] whenever a PEM
+//! file changes: this module reads those files at the paths
+//! [`crate::layout::Layout`] names, and imports nothing of `certs`.
 
 use std::path::{Path, PathBuf};
 
+use fleetls_bus::tls::pem_certs;
 use fleetls_bus::ConfigError;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::PrivateKeyDer;
 
-use crate::certs::{pem_certs, CertStore};
+use crate::layout::Layout;
 
 /// The alias of the agent's key entry in `agent.p12`.
 pub const IDENTITY_ALIAS: &str = "fleetls-agent";
@@ -109,17 +114,13 @@ impl TrustStores {
         Ok(Some(TrustStores { format, password }))
     }
 
-    /// Writes the stores of the format from the PEM files of `store`: the
-    /// truststore once a CA is stored, the identity once a certificate is
-    /// installed. The files written.
-    pub fn write(&self, store: &CertStore) -> Result<Vec<PathBuf>, String> {
-        let dir = store
-            .ca_path()
-            .parent()
-            .map(Path::to_owned)
-            .unwrap_or_default();
+    /// Writes the stores of the format from the PEM files of the data dir
+    /// `layout`: the truststore once a CA is stored, the identity once a
+    /// certificate is installed (its chain and key are there). The files
+    /// written.
+    pub fn write(&self, layout: &Layout) -> Result<Vec<PathBuf>, String> {
         let mut written = Vec::new();
-        let ca_pem = match std::fs::read_to_string(store.ca_path()) {
+        let ca_pem = match std::fs::read_to_string(layout.ca()) {
             Ok(pem) => pem,
             Err(_) => return Ok(written),
         };
@@ -135,11 +136,11 @@ impl TrustStores {
         let (truststore, bytes) = match self.format {
             Format::Pem => return Ok(written),
             Format::Pkcs12 => (
-                dir.join("truststore.p12"),
+                layout.truststore_p12(),
                 fleetls_bus::stores::pkcs12_truststore(&aliases, &self.password)?,
             ),
             Format::Jks => (
-                dir.join("truststore.jks"),
+                layout.truststore_jks(),
                 fleetls_bus::stores::jks_truststore(
                     &aliases,
                     &self.password,
@@ -149,13 +150,14 @@ impl TrustStores {
         };
         write(&truststore, &bytes, 0o644)?;
         written.push(truststore);
-        if !store.has_certificate() {
+        let (chain_path, key_path) = (layout.chain(), layout.key());
+        if !(chain_path.exists() && key_path.exists()) {
             return Ok(written);
         }
-        let chain_pem = std::fs::read_to_string(store.chain_path())
-            .map_err(|e| format!("{}: {e}", store.chain_path().display()))?;
-        let key_pem = std::fs::read(store.key_path())
-            .map_err(|e| format!("{}: {e}", store.key_path().display()))?;
+        let chain_pem = std::fs::read_to_string(&chain_path)
+            .map_err(|e| format!("{}: {e}", chain_path.display()))?;
+        let key_pem =
+            std::fs::read(&key_path).map_err(|e| format!("{}: {e}", key_path.display()))?;
         let key = match PrivateKeyDer::from_pem_slice(&key_pem) {
             Ok(PrivateKeyDer::Pkcs8(key)) => key,
             Ok(_) => return Err("the agent's key is not PKCS#8".into()),
@@ -168,7 +170,7 @@ impl TrustStores {
                 chain.push(der);
             }
         }
-        let identity = dir.join("agent.p12");
+        let identity = layout.identity_p12();
         let bytes = fleetls_bus::stores::pkcs12_der(
             &chain,
             key.secret_pkcs8_der(),

@@ -7,7 +7,6 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::task::JoinSet;
 use tracing::{info, warn};
@@ -15,6 +14,7 @@ use tracing::{info, warn};
 use crate::agent::{connect, connect_agent, Agent, Outcome, Quirks, Session};
 use crate::config::{RawRun, RunConfig};
 use crate::shutdown::Shutdown;
+use fleetls_bus::amqp::ClosedOnDrop;
 use fleetls_proto::AgentKind;
 use lapin::Connection;
 
@@ -52,9 +52,18 @@ pub struct SwarmArgs {
     /// Share of children that never answer a command
     #[arg(long, default_value_t = 0.0)]
     pub silent_share: f64,
-    /// Seconds between heartbeats of each child
-    #[arg(long, default_value_t = 30)]
-    pub heartbeat: u64,
+    /// Seconds between two state reports of each child when nothing changes
+    /// (see `run`; default the same as `run`'s, 300)
+    #[arg(long, env = "FLEETLS_REPORT_EVERY")]
+    pub report_every: Option<u64>,
+    /// The old name of --report-every
+    #[arg(long, env = "FLEETLS_HEARTBEAT", hide = true)]
+    pub heartbeat: Option<u64>,
+    /// The longest wait, in seconds, between two attempts of a connection
+    /// (a group's, or a child's on AMQPS) to reach the broker (see `run`;
+    /// default 60)
+    #[arg(long, env = "FLEETLS_RECONNECT_MAX")]
+    pub reconnect_max: Option<u64>,
     /// Most channels (children) on one broker connection
     /// (1-1000). lapin checks every channel of a connection on each turn of
     /// its I/O loop, so 1,000 children on one connection cost more CPU than
@@ -62,6 +71,17 @@ pub struct SwarmArgs {
     /// in `Channels::flow` at 1,000).
     #[arg(long, default_value_t = 200)]
     pub per_connection: usize,
+    /// Enrollment token every simulated child proves (one token, many uses;
+    /// see `run --enroll-token`)
+    #[arg(
+        long,
+        env = "FLEETLS_ENROLL_TOKEN",
+        conflicts_with = "enroll_token_file"
+    )]
+    pub enroll_token: Option<String>,
+    /// File holding that enrollment token
+    #[arg(long, env = "FLEETLS_ENROLL_TOKEN_FILE")]
+    pub enroll_token_file: Option<PathBuf>,
 }
 
 /// Child `i` of `count` belongs to a share when it falls in that share's
@@ -135,6 +155,26 @@ fn check_amqps_headroom(count: usize) {
 
 /// Runs the swarm until `shutdown`.
 pub async fn run(args: SwarmArgs, shutdown: Shutdown) -> anyhow::Result<()> {
+    check(&args)?;
+    check_amqps_headroom(args.count);
+    let agents = identities(&args)?;
+    let mut groups = JoinSet::new();
+    // Sessions opened at once, across every group: a broker declares queues
+    // at its own pace (on a cluster some tens a second), and thousands of
+    // declarations queued at once would each wait past the open deadline.
+    let opening = Arc::new(tokio::sync::Semaphore::new(OPENING_AT_ONCE));
+    for (n, group) in agents.chunks(args.per_connection).enumerate() {
+        let group = group.to_vec();
+        let broker = args.broker.clone();
+        let shutdown = shutdown.clone();
+        groups.spawn(run_group(n, broker, group, opening.clone(), shutdown));
+    }
+    while groups.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// The shares, the count and the channels per connection, checked.
+fn check(args: &SwarmArgs) -> anyhow::Result<()> {
     for (name, share) in [
         ("--old-share", args.old_share),
         ("--mpos-share", args.mpos_share),
@@ -156,7 +196,12 @@ pub async fn run(args: SwarmArgs, shutdown: Shutdown) -> anyhow::Result<()> {
         "invalid --per-connection {}: give 1 to 1000 channels per connection",
         args.per_connection
     );
-    check_amqps_headroom(args.count);
+    Ok(())
+}
+
+/// Every simulated child's identity and settings (files written with
+/// fsync, so on many threads), in order.
+fn identities(args: &SwarmArgs) -> anyhow::Result<Vec<Arc<Agent>>> {
     let started = std::time::Instant::now();
     fleetls_bus::files::set_durable(false);
     let count = args.count;
@@ -169,6 +214,16 @@ pub async fn run(args: SwarmArgs, shutdown: Shutdown) -> anyhow::Result<()> {
     let failing = slices;
     slices += args.failing_share;
     let silent = slices;
+    // The token is read and checked once, then given to every child.
+    let enroll_token = match &args.enroll_token_file {
+        None => args.enroll_token.clone(),
+        Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
+            anyhow::anyhow!(
+                "--enroll-token-file {}: {e}: give the file the token was written to",
+                path.display()
+            )
+        })?),
+    };
     // Identities are files written with fsync: make them on many threads.
     let make = |i: usize| -> anyhow::Result<Agent> {
         let kind = if in_share(i, count, mpos, args.mpos_share) {
@@ -182,9 +237,12 @@ pub async fn run(args: SwarmArgs, shutdown: Shutdown) -> anyhow::Result<()> {
             name: Some(format!("{}-{i}", args.prefix)),
             kind: Some(kind.as_str().into()),
             location: Some(format!("site-{}", i % args.locations.max(1))),
-            heartbeat: Some(args.heartbeat),
+            report_every: args.report_every,
+            heartbeat: args.heartbeat,
+            reconnect_max: args.reconnect_max,
             queue_type: args.queue_type.clone(),
             report_version: in_share(i, count, old, args.old_share).then(|| "0.9.0".to_owned()),
+            enroll_token: enroll_token.clone(),
             ..RawRun::default()
         };
         let mut agent = Agent::open(RunConfig::from_raw(raw)?)?;
@@ -225,19 +283,7 @@ pub async fn run(args: SwarmArgs, shutdown: Shutdown) -> anyhow::Result<()> {
     numbered.sort_by_key(|(i, _)| *i);
     agents.extend(numbered.into_iter().map(|(_, a)| Arc::new(a)));
     info!(count, elapsed = ?started.elapsed(), "swarm identities ready");
-    let mut groups = JoinSet::new();
-    // Sessions opened at once, across every group: a broker declares queues
-    // at its own pace (on a cluster some tens a second), and thousands of
-    // declarations queued at once would each wait past the open deadline.
-    let opening = Arc::new(tokio::sync::Semaphore::new(OPENING_AT_ONCE));
-    for (n, group) in agents.chunks(args.per_connection).enumerate() {
-        let group = group.to_vec();
-        let broker = args.broker.clone();
-        let shutdown = shutdown.clone();
-        groups.spawn(run_group(n, broker, group, opening.clone(), shutdown));
-    }
-    while groups.join_next().await.is_some() {}
-    Ok(())
+    Ok(agents)
 }
 
 /// Runs one simulated child's session; after a move to AMQPS it goes on
@@ -245,14 +291,17 @@ pub async fn run(args: SwarmArgs, shutdown: Shutdown) -> anyhow::Result<()> {
 async fn run_child(
     agent: Arc<Agent>,
     mut session: Session,
-    mut own: Option<Connection>,
+    own: Option<Connection>,
 ) -> Result<(), crate::agent::SessionError> {
+    // Closed even when the group aborts this task (its shared connection
+    // failed): a moved child's own connection must not outlive it.
+    let mut own = own.map(ClosedOnDrop::new);
     let result = loop {
         match session.run(&agent).await {
             Ok(Outcome::MoveTo(connection, next)) => {
                 session.close().await;
-                if let Some(old) = own.replace(*connection) {
-                    fleetls_bus::amqp::close_connection(&old, "moved").await;
+                if let Some(old) = own.replace(ClosedOnDrop::new(*connection)) {
+                    fleetls_bus::amqp::close_connection(&old.take(), "moved").await;
                 }
                 session = *next;
             }
@@ -264,7 +313,7 @@ async fn run_child(
     };
     session.close().await;
     if let Some(connection) = own {
-        fleetls_bus::amqp::close_connection(&connection, "swarm stopping").await;
+        fleetls_bus::amqp::close_connection(&connection.take(), "swarm stopping").await;
     }
     result
 }
@@ -274,6 +323,14 @@ fn queue_type(agents: &[Arc<Agent>]) -> fleetls_bus::queue_type::QueueType {
     agents
         .first()
         .map(|a| a.config.queue_type)
+        .unwrap_or_default()
+}
+
+/// The reconnect delays of a group (one setting for the swarm).
+fn backoff(agents: &[Arc<Agent>]) -> fleetls_bus::reconnect::Backoff {
+    agents
+        .first()
+        .map(|a| a.config.backoff())
         .unwrap_or_default()
 }
 
@@ -298,7 +355,8 @@ async fn run_group(
     shutdown: Shutdown,
 ) {
     let what = format!("swarm group {n}");
-    fleetls_bus::reconnect::run(&what, Duration::from_millis(500), shutdown.clone(), || {
+    let delays = backoff(&agents);
+    fleetls_bus::reconnect::run_with(&what, delays, shutdown.clone(), || {
         let (broker, agents, opening, shutdown) = (
             broker.clone(),
             agents.clone(),
@@ -359,6 +417,7 @@ async fn group_session(
         );
         let total = agents.len();
         sessions.spawn(async move {
+            let delays = agent.config.backoff();
             let mut attempt = 0u32;
             let (session, own) = loop {
                 let tried = {
@@ -374,7 +433,7 @@ async fn group_session(
                         let mut stop = shutdown.clone();
                         tokio::select! {
                             _ = stop.wait() => return Ok(()),
-                            _ = tokio::time::sleep(fleetls_bus::backoff(attempt)) => {}
+                            _ = tokio::time::sleep(delays.delay(attempt)) => {}
                         }
                         attempt = attempt.saturating_add(1);
                     }
@@ -423,11 +482,11 @@ async fn open_child(
     }
     let name =
         fleetls_proto::topology::child_connection_name(&agent.identity.id, &agent.identity.name);
-    let own = connect_agent(agent, &name).await?;
-    match Session::open(&own, agent, shutdown).await {
-        Ok(session) => Ok((session, Some(own))),
+    let own = ClosedOnDrop::new(connect_agent(agent, &name).await?);
+    match Session::open(own.get(), agent, shutdown).await {
+        Ok(session) => Ok((session, Some(own.take()))),
         Err(e) => {
-            fleetls_bus::amqp::close_connection(&own, "swarm retrying").await;
+            fleetls_bus::amqp::close_connection(&own.take(), "swarm retrying").await;
             Err(e)
         }
     }
@@ -447,6 +506,55 @@ mod tests {
         assert_eq!(soft_limit(limits, "Max processes"), Some(96_365));
         assert_eq!(soft_limit(limits, "Max locked memory"), None);
         assert_eq!(soft_limit(limits, "Max msgqueue size"), None);
+    }
+
+    #[test]
+    fn the_report_interval_and_reconnect_cap_are_the_childs() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            swarm: SwarmArgs,
+        }
+        let words = [
+            "swarm",
+            "--broker",
+            "amqp://h/%2f",
+            "--data-dir",
+            "/tmp/s",
+            "--count",
+            "1",
+        ];
+        // Not given: left to the child's own defaults.
+        let args = Cli::try_parse_from(words).unwrap().swarm;
+        assert_eq!(
+            (args.report_every, args.heartbeat, args.reconnect_max),
+            (None, None, None)
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let mut args = Cli::try_parse_from(words.iter().chain(&["--heartbeat", "5"]))
+            .unwrap()
+            .swarm;
+        assert_eq!(args.heartbeat, Some(5));
+        args.data_dir = dir.path().to_owned();
+        let agents = identities(&args).unwrap();
+        assert_eq!(
+            agents[0].config.report_every,
+            std::time::Duration::from_secs(5)
+        );
+        args.heartbeat = None;
+        let agents = identities(&args).unwrap();
+        assert_eq!(
+            agents[0].config.report_every,
+            std::time::Duration::from_secs(crate::config::REPORT_EVERY)
+        );
+        assert_eq!(
+            backoff(&agents).cap(),
+            std::time::Duration::from_secs(crate::config::RECONNECT_MAX)
+        );
+        args.reconnect_max = Some(0);
+        let err = identities(&args).err().unwrap().to_string();
+        assert!(err.contains("--reconnect-max"), "{err}");
     }
 
     #[test]

@@ -24,6 +24,7 @@ use tracing::{error, info};
 use uuid::Uuid;
 
 use crate::identity::StoreError;
+use crate::layout::Layout;
 
 /// How much older than the newest obeyed command a command may be (the
 /// longest a command waits in the queue: [`fleetls_proto::COMMAND_TTL_MS`]).
@@ -75,7 +76,7 @@ impl Trust {
     /// Loads `DIR/trust.toml`. A pin there that contradicts `--parent-key`
     /// is an error: the operator must decide which is right.
     pub fn load(dir: &Path, configured: Option<String>) -> Result<Trust, StoreError> {
-        let path = dir.join("trust.toml");
+        let path = Layout::new(dir).trust();
         let kept: Kept = crate::identity::read_toml(&path)?.unwrap_or_default();
         if let (Some(pinned), Some(fingerprint)) = (&kept.parent_key, &configured) {
             let pinned_key = PublicKey::from_hex(pinned);

@@ -19,7 +19,10 @@ use fleetls_parent::registry::{Registry, RegistryError};
 use fleetls_parent::status::{self, Status, ViewContext};
 
 const MIN: Version = Version(1, 0, 0);
-const OFFLINE_AFTER_MS: u64 = 1_800_000;
+const OFFLINE_AFTER_MS: status::Liveness = status::Liveness {
+    offline_after_ms: 1_800_000,
+    silent_after_ms: 0,
+};
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
@@ -44,11 +47,7 @@ fn main() -> anyhow::Result<()> {
         "the kept JSON differs from the whole list's"
     );
     // The console's pages hold the same agents as the status list.
-    let context = ViewContext {
-        now_ms: fleetls_proto::now_ms(),
-        offline_after_ms: OFFLINE_AFTER_MS,
-        min_ssl_version: MIN,
-    };
+    let context = ViewContext::new(MIN, OFFLINE_AFTER_MS);
     let page = |offset: usize| {
         let query = RawPageQuery {
             offset: Some(offset.to_string()),

@@ -23,6 +23,7 @@ pub fn router(app: Arc<App>) -> Router {
     let open = Router::new()
         .route("/metrics", get(metrics))
         .route("/crl.pem", get(crl))
+        .route("/crl.der", get(crl_der))
         .with_state(app.clone())
         .merge(console_page);
     Router::new()
@@ -47,6 +48,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/agents/exclude", post(agents_exclude))
         .route("/api/agents/include", post(agents_include))
         .route("/api/security", get(security))
+        .route("/api/enroll", get(enroll_list).post(enroll_create))
+        .route("/api/enroll/revoke", post(enroll_revoke))
         .route("/api/revoke", post(revoke))
         .route("/api/ca/rotate", post(ca_rotate))
         .route_layer(middleware::from_fn_with_state(app.clone(), require_token))
@@ -57,190 +60,29 @@ pub fn router(app: Arc<App>) -> Router {
 /// Prometheus text format: agents by state, campaign progress, message
 /// counters. Open without the token, like most exporters, and on loopback.
 async fn metrics(State(app): State<Arc<App>>) -> Result<String, ApiError> {
-    use std::fmt::Write;
     use std::sync::atomic::Ordering::Relaxed;
     let app2 = app.clone();
     let status = tokio::task::spawn_blocking(move || app2.overview())
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?
         .map_err(|e| ApiError::internal(e.to_string()))?;
-    let n = &status.network;
-    let mut out = String::new();
-    let mut gauge = |name: &str, help: &str, samples: &[(&str, f64)]| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
-        for (labels, value) in samples {
-            let _ = writeln!(out, "{name}{labels} {value}");
-        }
+    let counters = crate::metrics::Counters {
+        received: app.metrics.received.load(Relaxed),
+        sent: app.metrics.sent.load(Relaxed),
+        dead_lettered: app.metrics.dead_lettered.load(Relaxed),
+        dead_letters_refused: app.metrics.dead_letters_refused.load(Relaxed),
+        replayed: app.metrics.replayed.load(Relaxed),
+        batches: app.metrics.batches.load(Relaxed),
     };
-    gauge(
-        "fleetls_agents",
-        "Registered agents by state.",
-        &[
-            ("{state=\"online\"}", n.online as f64),
-            ("{state=\"offline\"}", n.offline as f64),
-            ("{state=\"eligible\"}", n.eligible as f64),
-            (
-                "{state=\"with_certificate\"}",
-                n.children_with_certificates as f64,
-            ),
-            ("{state=\"ssl\"}", n.switched_to_ssl as f64),
-            ("{state=\"broker_tls\"}", n.broker_tls as f64),
-            ("{state=\"pending\"}", n.pending as f64),
-            ("{state=\"rejected\"}", n.rejected as f64),
-            ("{state=\"compromised\"}", n.compromised as f64),
-        ],
-    );
-    gauge(
-        "fleetls_certificates_revoked",
-        "Certificates revoked (by revoke, rejection, deletion, or superseded by a renewal).",
-        &[("", n.revoked_certificates as f64)],
-    );
-    if let Some(soonest) = n.soonest_expiry {
-        gauge(
-            "fleetls_certificate_soonest_expiry_seconds",
-            "When the first valid agent certificate expires (Unix seconds).",
-            &[("", soonest as f64)],
-        );
-    }
-    gauge(
-        "fleetls_certificate_renewals",
-        "Renewals: done (a certificate issued to an agent that held one), failed (a CSR refused from such an agent).",
-        &[
-            ("{result=\"done\"}", n.renewals_done as f64),
-            ("{result=\"failed\"}", n.renewals_failed as f64),
-        ],
-    );
-    if let Some(r) = &n.ca_rotation {
-        gauge(
-            "fleetls_ca_rotation_agents",
-            "The newest CA rotation: agents concerned, trusting the new CA, on the new CA, still trusting the old.",
-            &[
-                ("{state=\"concerned\"}", r.agents as f64),
-                ("{state=\"trusting_new\"}", r.trusting_new as f64),
-                ("{state=\"on_new_ca\"}", r.on_new_ca as f64),
-                ("{state=\"trusting_old\"}", r.trusting_old as f64),
-            ],
-        );
-    }
-    let s = &status.summary;
-    gauge(
-        "fleetls_summary",
-        "The SSL switchover test summary.",
-        &[
-            ("{result=\"passed\"}", s.passed as f64),
-            ("{result=\"with_errors\"}", s.with_errors as f64),
-            (
-                "{result=\"did_not_participate\"}",
-                s.did_not_participate as f64,
-            ),
-            (
-                "{result=\"version_not_supporting_ssl\"}",
-                s.version_not_supporting_ssl as f64,
-            ),
-            ("{result=\"mpos\"}", s.mpos as f64),
-            ("{result=\"excluded\"}", s.excluded as f64),
-        ],
-    );
-    if !n.nodes.is_empty() {
-        let label = |node: &crate::cluster::NodeHealth| {
-            format!("{{node=\"{}\"}}", node.name.replace(['"', '\\', '\n'], "_"))
-        };
-        let samples = |value: fn(&crate::cluster::NodeHealth) -> f64| -> Vec<(String, f64)> {
-            n.nodes
-                .iter()
-                .map(|node| (label(node), value(node)))
-                .collect()
-        };
-        for (name, help, value) in [
-            (
-                "fleetls_broker_node_running",
-                "1 when the broker node runs (management's view).",
-                (|n: &crate::cluster::NodeHealth| f64::from(u8::from(n.running)))
-                    as fn(&crate::cluster::NodeHealth) -> f64,
-            ),
-            (
-                "fleetls_broker_node_mem_alarm",
-                "1 while the broker node's memory alarm blocks publishers.",
-                |n| f64::from(u8::from(n.mem_alarm)),
-            ),
-            (
-                "fleetls_broker_node_disk_free_alarm",
-                "1 while the broker node's disk alarm blocks publishers.",
-                |n| f64::from(u8::from(n.disk_free_alarm)),
-            ),
-            (
-                "fleetls_broker_node_connections",
-                "fleetls connections on the broker node.",
-                |n| n.connections as f64,
-            ),
-        ] {
-            let owned = samples(value);
-            let refs: Vec<(&str, f64)> = owned.iter().map(|(l, v)| (l.as_str(), *v)).collect();
-            gauge(name, help, &refs);
-        }
-    }
-    if let Some(c) = &status.campaign {
-        let kind = format!("{{kind=\"{}\",state=\"{}\"", c.kind, c.state);
-        let labels: Vec<(String, f64)> = [
-            ("waiting", c.waiting),
-            ("acting", c.acting),
-            ("passed", c.passed),
-            ("failed", c.failed),
-            ("did_not_participate", c.did_not_participate),
-        ]
-        .iter()
-        .map(|(k, v)| (format!("{kind},children=\"{k}\"}}"), *v as f64))
-        .collect();
-        let refs: Vec<(&str, f64)> = labels.iter().map(|(l, v)| (l.as_str(), *v)).collect();
-        gauge(
-            "fleetls_campaign_children",
-            "Children of the newest campaign by state.",
-            &refs,
-        );
-    }
-    for (name, help, value) in [
-        (
-            "fleetls_messages_received_total",
-            "Messages consumed from fleetls.parent.",
-            app.metrics.received.load(Relaxed),
-        ),
-        (
-            "fleetls_messages_sent_total",
-            "Messages sent to agents.",
-            app.metrics.sent.load(Relaxed),
-        ),
-        (
-            "fleetls_messages_dead_lettered_total",
-            "Messages dead-lettered to fleetls.dead.",
-            app.metrics.dead_lettered.load(Relaxed),
-        ),
-        (
-            "fleetls_registry_batches_total",
-            "Registry transactions of consumed messages.",
-            app.metrics.batches.load(Relaxed),
-        ),
-    ] {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
-        );
-    }
     let app3 = app.clone();
     let counts = tokio::task::spawn_blocking(move || app3.registry.security_counts())
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?
         .map_err(|e| ApiError::internal(e.to_string()))?;
-    let _ = writeln!(
-        out,
-        "# HELP fleetls_security_events_total Security events recorded: forged or replayed commands, impersonation, banned keys, unsigned, oversized or invalid messages.\n# TYPE fleetls_security_events_total counter"
-    );
-    for (kind, count) in &counts {
-        let _ = writeln!(
-            out,
-            "fleetls_security_events_total{{kind=\"{kind}\"}} {count}"
-        );
-    }
-    Ok(out)
+    let lifetime = app.config.cert_lifetime.whole_seconds();
+    Ok(crate::metrics::render(
+        &status, &counters, &counts, lifetime,
+    ))
 }
 
 /// Serves the admin API on a bound listener until `shutdown` fires.
@@ -372,11 +214,33 @@ async fn crl(State(app): State<Arc<App>>) -> Result<Response, ApiError> {
     }
 }
 
+/// The signing CA's revocation list alone, DER: what RFC 5280 asks a CRL
+/// distribution point to serve (`settings set --crl-url`), and what OpenSSL
+/// and other TLS clients fetch from one. During a CA rotation the other
+/// CA's list is in `/crl.pem` only.
+async fn crl_der(State(app): State<Arc<App>>) -> Result<Response, ApiError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateRevocationListDer;
+    let response = crl(State(app)).await?;
+    let pem = axum::body::to_bytes(response.into_body(), 1 << 26)
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let der = CertificateRevocationListDer::pem_slice_iter(&pem)
+        .next()
+        .ok_or_else(|| ApiError::internal("crl.pem holds no revocation list"))?
+        .map_err(|e| ApiError::internal(format!("crl.pem: {e}")))?;
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/pkix-crl")],
+        der.as_ref().to_vec(),
+    )
+        .into_response())
+}
+
 async fn ca_rotate(
     State(app): State<Arc<App>>,
     Json(request): Json<crate::rotation::RotateRequest>,
 ) -> Result<Json<crate::rotation::RotateReport>, ApiError> {
-    Ok(Json(crate::rotation::rotate(&app, &request).await?))
+    Ok(Json(crate::tasks::rotation::rotate(&app, &request).await?))
 }
 
 async fn revoke(
@@ -384,6 +248,44 @@ async fn revoke(
     Json(request): Json<ops::RevokeRequest>,
 ) -> Result<Json<ops::RevokeReport>, ApiError> {
     Ok(Json(ops::revoke(&app, &request).await?))
+}
+
+async fn enroll_create(
+    State(app): State<Arc<App>>,
+    Json(request): Json<ops::enroll::CreateRequest>,
+) -> Result<Json<ops::enroll::Created>, ApiError> {
+    Ok(Json(
+        blocking(&app, move |app| {
+            ops::enroll::create(&app.registry, &request)
+        })
+        .await?,
+    ))
+}
+
+async fn enroll_list(
+    State(app): State<Arc<App>>,
+) -> Result<Json<Vec<ops::enroll::Listed>>, ApiError> {
+    Ok(Json(
+        blocking(&app, |app| ops::enroll::list(&app.registry)).await?,
+    ))
+}
+
+/// Which token `enroll revoke` names.
+#[derive(serde::Deserialize)]
+struct EnrollRevoke {
+    id: String,
+}
+
+async fn enroll_revoke(
+    State(app): State<Arc<App>>,
+    Json(request): Json<EnrollRevoke>,
+) -> Result<Json<ops::enroll::Listed>, ApiError> {
+    Ok(Json(
+        blocking(&app, move |app| {
+            ops::enroll::revoke(&app.registry, &request.id)
+        })
+        .await?,
+    ))
 }
 
 /// The newest security events (at most 200) and the counts by kind.
@@ -465,63 +367,13 @@ async fn without_ssl(State(app): State<Arc<App>>) -> Result<Json<ops::WithoutSsl
     Ok(Json(ops::without_ssl(&app).await?))
 }
 
-#[derive(serde::Deserialize)]
-struct BrokerTlsRequest {
-    out: std::path::PathBuf,
-    /// The AMQPS port (default 5671).
-    #[serde(default)]
-    amqps_port: Option<u16>,
-    /// The addresses it binds to, `;`-separated (default: the broker IPs
-    /// of the settings).
-    #[serde(default)]
-    amqps_bind: Option<String>,
-    /// Cluster nodes given a certificate and a folder of their own,
-    /// `LABEL=NAME;NAME;IP` each.
-    #[serde(default)]
-    nodes: Vec<String>,
-}
-
 async fn broker_tls(
     State(app): State<Arc<App>>,
-    Json(request): Json<BrokerTlsRequest>,
+    Json(request): Json<ops::BrokerTlsRequest>,
 ) -> Result<Json<crate::broker_switch::BrokerTlsFiles>, ApiError> {
-    blocking(&app, move |app| {
-        let Some(pki) = app.pki() else {
-            return Err(OpError::Refused(
-                "there are no certificates yet: run `certs generate` first".into(),
-            ));
-        };
-        let mut nodes: Vec<crate::broker_switch::BrokerNode> = Vec::new();
-        for text in &request.nodes {
-            let node =
-                crate::broker_switch::BrokerNode::parse(text).map_err(OpError::BadRequest)?;
-            if nodes.iter().any(|n| n.label == node.label) {
-                return Err(OpError::BadRequest(format!(
-                    "--node: the label {:?} is given twice: give each node its own",
-                    node.label
-                )));
-            }
-            nodes.push(node);
-        }
-        let listener = crate::broker_switch::AmqpsListener::new(
-            request.amqps_port,
-            request.amqps_bind.as_deref(),
-            &app.settings().broker_ips,
-        )
-        .map_err(OpError::BadRequest)?;
-        let final_fragment = ops::final_fragment(app)?;
-        crate::broker_switch::write_broker_files(
-            &app.config.data_dir,
-            &pki,
-            &request.out,
-            &listener,
-            &nodes,
-            &final_fragment,
-        )
-        .map_err(OpError::BadRequest)
-    })
-    .await
-    .map(Json)
+    Ok(Json(
+        blocking(&app, move |app| ops::broker_tls(app, &request)).await?,
+    ))
 }
 
 async fn campaign_current(

@@ -3,51 +3,20 @@
 //! Every broker user but the parent is taken to be hostile, so what a child
 //! says about itself is checked before it is stored: sizes are capped,
 //! identity fields with control characters are refused, free text has them
-//! replaced. A new agent is *pending* until an operator accepts it, unless
-//! the auto-accept policy (`--auto-accept`) names its kind and name; a local
-//! parent — it gets a server certificate — is never accepted automatically,
+//! replaced; names and locations with invisible, format or bidi characters
+//! are refused (they could pass for another's), and every name has a UTS #39
+//! skeleton ([`skeleton`]) so that look-alikes are found. A new agent is
+//! *pending* until an operator accepts it, unless it proves an enrollment
+//! token (`crate::enrollment`) or an explicit auto-accept policy
+//! (`--auto-accept`, open enrollment) names its kind and name; a local
+//! parent — it gets a server certificate — is never accepted by a policy,
 //! and only the names the operator allowed (`--local-parent-names`) go into
 //! its certificate.
 
 use fleetls_proto::{AgentKind, Body, Envelope};
 
-use serde::{Deserialize, Serialize};
-
-/// Whether an agent may have certificates and take part in campaigns.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Admission {
-    /// Registered, waiting for an operator (or the auto-accept policy).
-    Pending,
-    /// Accepted: gets certificates, takes part in campaigns.
-    #[default]
-    Accepted,
-    /// Refused by an operator: gets nothing, and its key cannot register again.
-    Rejected,
-}
-
-impl Admission {
-    /// The name stored in the registry and shown in status.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Admission::Pending => "pending",
-            Admission::Accepted => "accepted",
-            Admission::Rejected => "rejected",
-        }
-    }
-}
-
-impl std::str::FromStr for Admission {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "pending" => Ok(Admission::Pending),
-            "accepted" => Ok(Admission::Accepted),
-            "rejected" => Ok(Admission::Rejected),
-            other => Err(format!("unknown admission state {other:?}")),
-        }
-    }
-}
+pub use crate::registry::Admission;
+pub use crate::text::printable;
 
 /// Longest agent name, location or version accepted.
 pub const MAX_NAME: usize = 128;
@@ -61,21 +30,12 @@ pub const MAX_CSR: usize = 16 * 1024;
 /// CAs during a rotation, with room to spare).
 pub const MAX_TRUSTED_CAS: usize = 16;
 
-/// Which new agents are accepted without an operator: `kind:pattern`
+/// Which new agents are accepted without a token or an operator (open
+/// enrollment: anyone with the broker's credentials): `kind:pattern`
 /// entries, `;`-separated (`*` matches any run of characters, `?` one), or
-/// `none`. Local parents cannot be named.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// `none` (the default). Local parents cannot be named.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AutoAccept(Vec<(AgentKind, String)>);
-
-impl Default for AutoAccept {
-    /// Ordinary children and mPOS devices of any name.
-    fn default() -> Self {
-        AutoAccept(vec![
-            (AgentKind::Child, "*".into()),
-            (AgentKind::Mpos, "*".into()),
-        ])
-    }
-}
 
 impl std::str::FromStr for AutoAccept {
     type Err = String;
@@ -115,6 +75,12 @@ impl std::fmt::Display for AutoAccept {
 }
 
 impl AutoAccept {
+    /// Whether any agent is accepted without a token: the operator chose
+    /// open enrollment (warned at start, shown in status).
+    pub fn is_open(&self) -> bool {
+        !self.0.is_empty()
+    }
+
     /// The admission of a new agent of `kind` called `name`.
     pub fn decide(&self, kind: AgentKind, name: &str) -> Admission {
         let accepted = kind != AgentKind::LocalParent
@@ -128,7 +94,7 @@ impl AutoAccept {
 }
 
 /// `*` and `?` wildcards, nothing else.
-fn glob(pattern: &str, text: &str) -> bool {
+pub fn glob(pattern: &str, text: &str) -> bool {
     let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
     let (mut pi, mut ti, mut star, mut mark) = (0, 0, None, 0);
     while ti < t.len() {
@@ -150,19 +116,52 @@ fn glob(pattern: &str, text: &str) -> bool {
     p[pi..].iter().all(|c| *c == '*')
 }
 
-/// `text` with every control character (newlines and terminal escapes
-/// included) replaced by `?`, cut to `max` characters: safe to store and to
-/// print on an operator's terminal.
-pub fn printable(text: &str, max: usize) -> String {
-    let mut out: String = text
-        .chars()
-        .take(max)
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect();
-    if text.chars().count() > max {
-        out.push('…');
-    }
-    out
+/// Whether `c` is invisible, a format character or a bidi control: such a
+/// character makes one name print like another (a zero-width space, a
+/// right-to-left override), so names never hold one.
+fn hides_itself(c: char) -> bool {
+    use unicode_security::general_security_profile::{GeneralSecurityProfile, IdentifierType};
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{034F}'
+            | '\u{061C}'
+            | '\u{115F}'..='\u{1160}'
+            | '\u{17B4}'..='\u{17B5}'
+            | '\u{180B}'..='\u{180F}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{206F}'
+            | '\u{3164}'
+            | '\u{FE00}'..='\u{FE0F}'
+            | '\u{FEFF}'
+            | '\u{FFA0}'
+            | '\u{FFF0}'..='\u{FFFB}'
+            | '\u{E0000}'..='\u{E0FFF}'
+    ) || c.identifier_type() == Some(IdentifierType::Default_Ignorable)
+}
+
+/// `text` with every character beyond ASCII written `\u{…}`: what a name
+/// really holds, shown beside it where look-alikes matter.
+pub fn ascii(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_ascii() {
+                c.to_string()
+            } else {
+                format!("\\u{{{:x}}}", c as u32)
+            }
+        })
+        .collect()
+}
+
+/// The UTS #39 skeleton of a name: two names with the same skeleton look
+/// alike (`till-1` with a Latin `i` and with a Cyrillic `і`). Spaces count
+/// as one, and not at the ends: `till-1 `, ` till-1` and `till\u{3000}1`
+/// print like `till-1` and `till 1`.
+pub fn skeleton(name: &str) -> String {
+    let spaced = name.split_whitespace().collect::<Vec<_>>().join(" ");
+    unicode_security::skeleton(&spaced).collect()
 }
 
 /// Checks what a child says about itself and makes its free text safe:
@@ -180,6 +179,13 @@ pub fn check_inbound(envelope: &mut Envelope) -> Result<(), String> {
         if value.chars().any(char::is_control) {
             return Err(format!(
                 "invalid_field: {field} holds control characters (newlines or terminal escapes)"
+            ));
+        }
+        if let Some(c) = value.chars().find(|c| hides_itself(*c)) {
+            return Err(format!(
+                "invalid_field: {field} holds the invisible, format or bidi character U+{:04X} \
+                 (it would print like another name)",
+                c as u32
             ));
         }
         Ok(())
@@ -304,6 +310,51 @@ mod tests {
             AutoAccept::default().decide(AgentKind::LocalParent, "x"),
             Admission::Pending
         );
+        // Without a policy nothing is accepted without a token.
+        assert!(!AutoAccept::default().is_open());
+        assert_eq!(
+            AutoAccept::default().decide(AgentKind::Child, "x"),
+            Admission::Pending
+        );
+        assert!(policy.is_open());
+    }
+
+    #[test]
+    fn names_that_hide_characters_are_refused_and_look_alikes_share_a_skeleton() {
+        let hello = |name: &str| {
+            Envelope::new(
+                uuid::Uuid::new_v4(),
+                Body::Hello(fleetls_proto::Hello {
+                    enroll: None,
+                    name: name.into(),
+                    kind: AgentKind::Child,
+                    version: "1.0.0".into(),
+                    location: None,
+                    hostnames: vec![],
+                    ips: vec![],
+                    key_fingerprint: None,
+                    state: Default::default(),
+                }),
+            )
+        };
+        for bad in [
+            "till\u{200B}-1",
+            "till-\u{202E}1",
+            "\u{2066}till-1",
+            "till\u{FEFF}1",
+            "till\u{00AD}1",
+        ] {
+            let why = check_inbound(&mut hello(bad)).unwrap_err();
+            assert!(why.contains("name") && why.contains("U+"), "{bad:?}: {why}");
+        }
+        assert!(check_inbound(&mut hello("Kasse 3 – Filiale Köln")).is_ok());
+        assert!(check_inbound(&mut hello("till-\u{0456}")).is_ok());
+        assert_eq!(skeleton("t\u{0456}ll-1"), skeleton("till-1"));
+        assert_ne!(skeleton("till-2"), skeleton("till-1"));
+        // Spaces at the ends, doubled or ideographic print alike.
+        assert_eq!(skeleton("till-1 "), skeleton("till-1"));
+        assert_eq!(skeleton(" till\u{3000}\u{3000}1"), skeleton("till 1"));
+        assert_eq!(ascii("t\u{0456}ll-1"), "t\\u{456}ll-1");
     }
 
     #[test]
@@ -313,6 +364,7 @@ mod tests {
         let mut hello = Envelope::new(
             uuid::Uuid::new_v4(),
             Body::Hello(fleetls_proto::Hello {
+                enroll: None,
                 name: "till".into(),
                 kind: AgentKind::Child,
                 version: "1.0.0".into(),

@@ -5,7 +5,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use crate::ops::OpError;
+use crate::op_error::OpError;
 
 /// An error answer: a status code and a JSON `{"error": "..."}`.
 #[derive(Debug)]

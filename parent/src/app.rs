@@ -57,13 +57,37 @@ pub struct App {
     /// failed connection made while the port was down.
     pub ssl_port_open_since: std::sync::atomic::AtomicU64,
     /// The broker's nodes and the agents on each, as management last
-    /// showed them ([`crate::cluster::watch`]).
+    /// showed them (kept by `tasks::cluster::watch`).
     pub cluster: RwLock<Option<crate::cluster::ClusterView>>,
     /// The type of `fleetls.parent` and `fleetls.dead`, chosen at start.
     pub queue_type: fleetls_bus::queue_type::QueueType,
     /// That type and why it was chosen, for `status`.
     pub queue_choice: crate::queue_choice::QueueChoice,
+    /// Whether the broker says who is connected (`crate::tasks::presence`): then
+    /// online is presence, else the last report within `--offline-after`.
+    pub presence_active: std::sync::atomic::AtomicBool,
+    /// Since when (ms) presence is being read (at start, after the broker
+    /// was lost): 0 when it is not. Nobody is known online meanwhile, and
+    /// the campaign engine waits (see [`App::presence_pending`]).
+    pub presence_pending_since: std::sync::atomic::AtomicU64,
+    /// Agents a message to which came back unrouted since the topology was
+    /// last looked at: their queue's binding is checked and made again
+    /// (`crate::topology::rebind`) — a broker user may have removed it.
+    pub unrouted: Mutex<std::collections::HashSet<uuid::Uuid>>,
+    /// Agents whose Hello was recorded since presence last looked: their
+    /// queue is looked at (`crate::tasks::presence`) — a consumer created
+    /// before presence subscribed, of an agent registered after its first
+    /// look, would otherwise never be seen.
+    pub greeted: Mutex<std::collections::HashSet<uuid::Uuid>>,
 }
+
+/// The most unrouted agents kept for the topology's next look (the rest
+/// are found at a later send).
+pub const UNROUTED_KEPT: usize = 10_000;
+
+/// How long presence may be pending before online falls back to the
+/// reports (and the campaign engine stops waiting for it).
+pub const PRESENCE_PATIENCE_MS: u64 = 60_000;
 
 /// Message counters since the parent started.
 #[derive(Debug, Default)]
@@ -72,6 +96,11 @@ pub struct Metrics {
     pub received: std::sync::atomic::AtomicU64,
     /// Messages dead-lettered.
     pub dead_lettered: std::sync::atomic::AtomicU64,
+    /// Dead letters a full `fleetls.dead` refused (its bound reached).
+    pub dead_letters_refused: std::sync::atomic::AtomicU64,
+    /// Messages dropped as not above their agent's replay counter
+    /// (redeliveries and replays).
+    pub replayed: std::sync::atomic::AtomicU64,
     /// Messages sent to agents.
     pub sent: std::sync::atomic::AtomicU64,
     /// Registry batches written.
@@ -103,32 +132,55 @@ impl App {
     ) -> Result<T, RegistryError> {
         let pki = self.pki();
         let ssl_port = self.ssl_port_number();
-        let security_events = self
-            .registry
-            .security_counts()?
+        let counts = self.registry.security_counts()?;
+        let security_events = counts.iter().map(|(_, n)| n).sum();
+        let repairs = counts
             .iter()
-            .map(|(_, n)| n)
-            .sum();
+            .find(|(kind, _)| kind == "topology")
+            .map_or(0, |(_, n)| *n);
+        let topology = match repairs {
+            0 => None,
+            _ => self.registry.last_security_event("topology")?.map(|e| {
+                crate::status::TopologyAlarm {
+                    repairs,
+                    last_at: e.at,
+                    last: e.detail,
+                }
+            }),
+        };
         let signing_key = self.signing_key.public().fingerprint();
         let revoked = self.registry.revoked_count()?;
         let (renewals_done, renewals_failed) =
             self.registry.with_db(crate::rotation::renewal_counts)?;
-        let rotation = self.registry.with_db(crate::rotation::view)?;
+        let flagged_names = self.registry.flagged_names()?;
+        let active_since = self.active_since();
+        let rotation = self
+            .registry
+            .with_db(|db| crate::rotation::view(db, active_since))?;
         self.status_cache.with_status(
             &self.registry,
             self.config.min_ssl_version,
-            self.config.offline_after.as_millis() as u64,
+            self.liveness(),
             pki.as_deref().map(|p| p.root_fingerprint.as_str()),
             |mut overview, list| {
                 overview.network.ssl_port = ssl_port;
                 overview.network.security_events = security_events;
+                overview.network.topology = topology;
                 overview.network.signing_key = Some(signing_key);
                 overview.network.revoked_certificates = revoked;
                 overview.network.renewals_done = renewals_done;
                 overview.network.renewals_failed = renewals_failed;
                 overview.network.ca_rotation = rotation;
-                overview.network.nodes = self.cluster_view().map(|v| v.nodes).unwrap_or_default();
+                let view = self.cluster_view();
+                overview.network.nodes_at = view.as_ref().map(|v| v.at);
+                overview.network.nodes = view.map(|v| v.nodes).unwrap_or_default();
                 overview.network.queue_type = Some(self.queue_choice.clone());
+                let open = &self.config.enrollment.auto_accept;
+                overview.network.open_enrollment = open.is_open().then(|| open.to_string());
+                overview.network.flagged_names = flagged_names;
+                if self.presence_pending() {
+                    overview.network.online_from = "reading".into();
+                }
                 f(overview, list)
             },
         )
@@ -174,6 +226,58 @@ impl App {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Signs and sends `outgoing` on `channel` ([`crate::broker::send_all`]);
+    /// the agents whose message came back unrouted are returned and kept
+    /// for the topology's next look ([`App::unrouted`]).
+    pub async fn send(
+        &self,
+        channel: &Channel,
+        outgoing: impl IntoIterator<Item = crate::broker::Outgoing>,
+    ) -> Result<Vec<uuid::Uuid>, crate::broker::BrokerError> {
+        let unrouted = crate::broker::send_all(channel, &self.signing_key, outgoing).await?;
+        if !unrouted.is_empty() {
+            let mut kept = self.unrouted.lock().unwrap_or_else(|p| p.into_inner());
+            for agent in unrouted
+                .iter()
+                .take(UNROUTED_KEPT.saturating_sub(kept.len()))
+            {
+                kept.insert(*agent);
+            }
+        }
+        Ok(unrouted)
+    }
+
+    /// Notes agents whose Hello was recorded, for presence to look at
+    /// ([`App::greeted`], [`UNROUTED_KEPT`] at most).
+    pub fn note_greeted(&self, agents: &[uuid::Uuid]) {
+        // Without presence nobody takes them; a new presence session looks
+        // at every agent anyway.
+        use std::sync::atomic::Ordering::SeqCst;
+        let following =
+            self.presence_active.load(SeqCst) || self.presence_pending_since.load(SeqCst) > 0;
+        if agents.is_empty() || !following {
+            return;
+        }
+        let mut kept = self.greeted.lock().unwrap_or_else(|p| p.into_inner());
+        for agent in agents.iter().take(UNROUTED_KEPT.saturating_sub(kept.len())) {
+            kept.insert(*agent);
+        }
+    }
+
+    /// Takes the agents noted by [`App::note_greeted`].
+    pub fn take_greeted(&self) -> Vec<uuid::Uuid> {
+        std::mem::take(&mut *self.greeted.lock().unwrap_or_else(|p| p.into_inner()))
+            .into_iter()
+            .collect()
+    }
+
+    /// Takes the agents kept by [`App::send`].
+    pub fn take_unrouted(&self) -> Vec<uuid::Uuid> {
+        std::mem::take(&mut *self.unrouted.lock().unwrap_or_else(|p| p.into_inner()))
+            .into_iter()
+            .collect()
     }
 
     /// Sets (or clears) the channel of the current broker session; the
@@ -311,7 +415,7 @@ impl App {
             })
             .collect();
         if let (false, Some(channel)) = (local_parents.is_empty(), self.channel()) {
-            crate::broker::send_all(&channel, &self.signing_key, local_parents)
+            self.send(&channel, local_parents)
                 .await
                 .map_err(|e| e.to_string())?;
         }
@@ -337,9 +441,44 @@ impl App {
         info!("the parent moves its own connection to AMQPS");
     }
 
-    /// Whether an agent was heard from recently.
-    pub fn is_online(&self, last_seen: u64) -> bool {
-        fleetls_proto::now_ms().saturating_sub(last_seen)
-            < self.config.offline_after.as_millis() as u64
+    /// Whether presence is being read (at start, or after the broker was
+    /// lost) and has not been for longer than [`PRESENCE_PATIENCE_MS`]:
+    /// past that, online is from the reports until it comes.
+    pub fn presence_pending(&self) -> bool {
+        let since = self
+            .presence_pending_since
+            .load(std::sync::atomic::Ordering::SeqCst);
+        since > 0 && fleetls_proto::now_ms().saturating_sub(since) < PRESENCE_PATIENCE_MS
+    }
+
+    /// How online is told now: from the broker's presence while it says
+    /// (nobody is online while it is being read again), else from the last
+    /// report.
+    pub fn liveness(&self) -> crate::status::Liveness {
+        if self
+            .presence_active
+            .load(std::sync::atomic::Ordering::SeqCst)
+            || self.presence_pending()
+        {
+            crate::status::Liveness {
+                offline_after_ms: 0,
+                silent_after_ms: self.config.silent_after.as_millis() as u64,
+            }
+        } else {
+            crate::status::Liveness::heard_within(self.config.offline_after.as_millis() as u64)
+        }
+    }
+
+    /// Whether an agent last heard at `last_seen`, connected or not
+    /// (`present`, from the broker), is online.
+    pub fn is_online(&self, last_seen: u64, present: bool) -> bool {
+        self.liveness()
+            .online(fleetls_proto::now_ms(), last_seen, present)
+    }
+
+    /// Since when (ms) an accepted agent must have been heard to be waited
+    /// for by a CA rotation and the final broker step (`--stale-after`).
+    pub fn active_since(&self) -> u64 {
+        fleetls_proto::now_ms().saturating_sub(self.config.stale_after.as_millis() as u64)
     }
 }

@@ -6,22 +6,24 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use fleetls_bus::files::write_atomic;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, RootCertStore};
 use serde::{Deserialize, Serialize};
 
-use crate::files::write_atomic;
 use crate::layout::{CertFile, Layout};
+use crate::rabbit_tls::{ListenerFiles, RabbitTls};
 
 /// The AMQPS address agents move to by default: the `--broker` URL with
-/// scheme `amqps` and port 5671 — for a list (a cluster), each node's, the
-/// same address once.
-pub fn default_amqps(broker: &str) -> Result<String, String> {
+/// scheme `amqps` and `port` (the one `broker-tls` wrote the listener
+/// with, else 5671) — for a list (a cluster), each node's, the same
+/// address once.
+pub fn default_amqps(broker: &str, port: u16) -> Result<String, String> {
     let mut out: Vec<String> = Vec::new();
     for mut uri in fleetls_bus::brokers::check(broker)? {
         uri.scheme = lapin::uri::AMQPScheme::AMQPS;
-        uri.authority.port = 5671;
+        uri.authority.port = port;
         let text = uri_to_string(&uri);
         if !out.contains(&text) {
             out.push(text);
@@ -231,7 +233,10 @@ pub fn save_state(data_dir: &Path, uri: &str) -> std::io::Result<()> {
 
 /// The RabbitMQ permissions (configure, write, read) of the agents' shared
 /// user: it declares, binds and consumes only agent queues, publishes only
-/// to `fleetls.parent` (and dead-letters to `fleetls.dead`), reads only
+/// to `fleetls.parent` (its dead letters too: the parent routes them on to
+/// the bounded `fleetls.dead`) — and to `fleetls.dead`, because RabbitMQ
+/// wants write access to a queue's dead-letter exchange from whoever
+/// declares the queue —, reads only
 /// from `fleetls.agents`. It cannot bind a queue to `fleetls.parent` (no
 /// copy of the children's messages), consume or delete the parent's queue,
 /// or delete an exchange. (It can still delete or copy another agent's
@@ -253,11 +258,22 @@ fn permissions_script() -> String {
          # fleetls: least privilege for the agents' shared RabbitMQ user.\n\
          # usage: rabbitmq-permissions.sh VHOST AGENTS_USER\n\
          # Agents may declare, bind and consume only their queues (fleetls.agent.<id>),\n\
-         # publish only to fleetls.parent (and dead-letter to fleetls.dead), and read\n\
+         # publish only to fleetls.parent (dead letters too: the parent routes them to\n\
+         # the bounded fleetls.dead) and fleetls.dead (RabbitMQ wants write access to\n\
+         # the dead-letter exchange of the queues they declare), and read\n\
          # only from fleetls.agents. The parent needs its own user with full rights.\n\
          set -eu\n\
          vhost=${{1:?usage: $0 VHOST AGENTS_USER}}\n\
          user=${{2:?usage: $0 VHOST AGENTS_USER}}\n\
+         # guest is RabbitMQ's own administrator: limited here it would still\n\
+         # keep its tag elsewhere, and every install knows its password.\n\
+         if [ \"$user\" = guest ]; then\n\
+         \x20   echo \"refused: do not give the agents the guest user: create one (rabbitmqctl add_user tills PASSWORD) and run this for it\" >&2\n\
+         \x20   exit 2\n\
+         fi\n\
+         # No tag: an administrator or management tag would let the user give\n\
+         # itself every permission back through the management API.\n\
+         rabbitmqctl set_user_tags \"$user\"\n\
          rabbitmqctl set_permissions -p \"$vhost\" \"$user\" \\\n    '{configure}' \\\n    '{write}' \\\n    '{read}'\n"
     )
 }
@@ -534,47 +550,32 @@ pub fn write_broker_files(
     // The broker's ca.pem is every CA trusted: during a CA rotation it
     // accepts client certificates from the old and the new CA.
     let ca = crate::ssl_port::trust(&layout);
+    let settings = crate::settings::SslSettings::load(data_dir)?
+        .ok_or("there are no SSL settings: run `fleetls-parent settings set` first")?;
+    let tls = RabbitTls::from_policy(&settings.tls_policy())?;
     let mut files = write_folder(
         out,
         &read(layout.certificate(CertFile::BrokerPem))?,
         &read(layout.certificate(CertFile::BrokerKey))?,
         &ca,
-        listener,
-        final_fragment,
+        &Fragments {
+            listener,
+            tls: &tls,
+            final_fragment,
+        },
     )?;
-    let settings = crate::settings::SslSettings::load(data_dir)?
-        .ok_or("there are no SSL settings: run `fleetls-parent settings set` first")?;
     for node in nodes {
-        let names: Vec<String> = settings
-            .broker_names
-            .iter()
-            .chain(&node.names)
-            .cloned()
-            .collect();
-        let ips: Vec<std::net::IpAddr> = settings
-            .broker_ips
-            .iter()
-            .chain(&node.ips)
-            .copied()
-            .collect();
-        let (chain, key) = pki
-            .broker_certificate(&names, &ips)
-            .map_err(|e| format!("node {}: {e}", node.label))?;
-        let own_listener = AmqpsListener {
-            port: listener.port,
-            bind: if node.ips.is_empty() {
-                listener.bind.clone()
-            } else {
-                node.ips.clone()
-            },
-        };
+        let (chain, key) = node_certificate(pki, &settings, node)?;
         files.extend(write_folder(
             &out.join(&node.label),
             chain.as_bytes(),
             key.as_bytes(),
             &ca,
-            &own_listener,
-            final_fragment,
+            &Fragments {
+                listener: &node_listener(listener, node),
+                tls: &tls,
+                final_fragment,
+            },
         )?);
     }
     if *final_fragment != FinalFragment::Untouched {
@@ -583,18 +584,7 @@ pub fn write_broker_files(
             .map_err(|e| format!("{}: {e}", path.display()))?;
         files.push(path);
     }
-    // Remembered: renewals and CA rotations write them here again.
-    let record = layout.broker_files();
-    let absolute = std::path::absolute(out).unwrap_or_else(|_| out.to_owned());
-    let text = toml::to_string(&BrokerFilesRecord {
-        out: absolute,
-        amqps_port: Some(listener.port),
-        amqps_bind: listener.bind.clone(),
-        nodes: nodes.to_vec(),
-    })
-    .map_err(|e| e.to_string())?;
-    write_atomic(&record, text.as_bytes(), 0o644)
-        .map_err(|e| format!("{}: {e}", record.display()))?;
+    remember_broker_files(&layout, out, listener, nodes)?;
     let (final_refused, kept_plain) = match final_fragment {
         FinalFragment::Refuse { cut_off } => (cut_off.clone(), Vec::new()),
         FinalFragment::Write { kept_plain } => (Vec::new(), kept_plain.clone()),
@@ -608,16 +598,91 @@ pub fn write_broker_files(
     })
 }
 
+/// A certificate (chain, key) issued now by `pki` for one node: its own
+/// names and addresses and the settings' broker names and addresses.
+fn node_certificate(
+    pki: &crate::pki::Pki,
+    settings: &crate::settings::SslSettings,
+    node: &BrokerNode,
+) -> Result<(String, String), String> {
+    let names: Vec<String> = settings
+        .broker_names
+        .iter()
+        .chain(&node.names)
+        .cloned()
+        .collect();
+    let ips: Vec<std::net::IpAddr> = settings
+        .broker_ips
+        .iter()
+        .chain(&node.ips)
+        .copied()
+        .collect();
+    pki.broker_certificate(&names, &ips)
+        .map_err(|e| format!("node {}: {e}", node.label))
+}
+
+/// One node's listener: on its own addresses when it has any, else where
+/// `listener` binds.
+fn node_listener(listener: &AmqpsListener, node: &BrokerNode) -> AmqpsListener {
+    AmqpsListener {
+        port: listener.port,
+        bind: if node.ips.is_empty() {
+            listener.bind.clone()
+        } else {
+            node.ips.clone()
+        },
+    }
+}
+
+/// Records where the broker's files were written (and for which listener
+/// and nodes): renewals and CA rotations write them there again.
+fn remember_broker_files(
+    layout: &Layout,
+    out: &Path,
+    listener: &AmqpsListener,
+    nodes: &[BrokerNode],
+) -> Result<(), String> {
+    let record = layout.broker_files();
+    let absolute = std::path::absolute(out).unwrap_or_else(|_| out.to_owned());
+    let text = toml::to_string(&BrokerFilesRecord {
+        out: absolute,
+        amqps_port: Some(listener.port),
+        amqps_bind: listener.bind.clone(),
+        nodes: nodes.to_vec(),
+    })
+    .map_err(|e| e.to_string())?;
+    write_atomic(&record, text.as_bytes(), 0o644).map_err(|e| format!("{}: {e}", record.display()))
+}
+
+/// What a broker's fragments say besides its files.
+struct Fragments<'a> {
+    /// Where its AMQPS listener listens.
+    listener: &'a AmqpsListener,
+    /// Its TLS options (the SSL port's policy).
+    tls: &'a RabbitTls,
+    /// Whether the post-migration fragment is written.
+    final_fragment: &'a FinalFragment,
+}
+
+/// The advanced.config beside the post-migration fragment.
+pub const FINAL_ADVANCED: &str = "advanced-final.config";
+
 /// Writes one broker's folder: `broker.pem`, `broker.key`, `ca.pem` and,
-/// unless [`FinalFragment::Untouched`], the fragments naming them.
+/// unless [`FinalFragment::Untouched`], the fragments naming them: the
+/// rabbitmq.conf fragments and their advanced.config (the curves, which
+/// RabbitMQ 3.10's rabbitmq.conf cannot name).
 fn write_folder(
     out: &Path,
     chain: &[u8],
     key: &[u8],
     ca: &[u8],
-    listener: &AmqpsListener,
-    final_fragment: &FinalFragment,
+    fragments: &Fragments<'_>,
 ) -> Result<Vec<PathBuf>, String> {
+    let Fragments {
+        listener,
+        tls,
+        final_fragment,
+    } = fragments;
     std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
     let mut files = Vec::new();
     for (file, bytes) in [
@@ -629,10 +694,15 @@ fn write_folder(
         write_atomic(&path, bytes, file.mode()).map_err(|e| format!("{}: {e}", path.display()))?;
         files.push(path);
     }
-    if *final_fragment == FinalFragment::Untouched {
+    if **final_fragment == FinalFragment::Untouched {
         return Ok(files);
     }
     let abs = |name: &str| std::path::absolute(out.join(name)).unwrap_or_else(|_| out.join(name));
+    let (ca_path, cert_path, key_path) = (
+        abs(CertFile::CaPem.name()),
+        abs(CertFile::BrokerPem.name()),
+        abs(CertFile::BrokerKey.name()),
+    );
     let common = format!(
         "# fleetls: TLS for RabbitMQ (read only at boot: restart the broker after applying)\n\
          {}\
@@ -640,30 +710,47 @@ fn write_folder(
          ssl_options.certfile = {}\n\
          ssl_options.keyfile = {}\n\
          ssl_options.verify = verify_peer\n\
-         ssl_options.versions.1 = tlsv1.3\n\
-         ssl_options.versions.2 = tlsv1.2\n\
+         {}\
          auth_mechanisms.1 = PLAIN\n\
          auth_mechanisms.2 = AMQPLAIN\n\
          auth_mechanisms.3 = EXTERNAL\n\
          # With EXTERNAL, an agent's RabbitMQ user is its certificate's CN (its id).\n\
          ssl_cert_login_from = common_name\n",
         listener.conf_lines(),
-        abs(CertFile::CaPem.name()).display(),
-        abs(CertFile::BrokerPem.name()).display(),
-        abs(CertFile::BrokerKey.name()).display()
+        ca_path.display(),
+        cert_path.display(),
+        key_path.display(),
+        tls.conf_lines(),
     );
+    let listener_files = ListenerFiles {
+        ca: &ca_path,
+        cert: &cert_path,
+        key: &key_path,
+    };
     let migration = format!(
         "{common}# During the migration: plain 5672 stays open and a client certificate is optional.\n\
          ssl_options.fail_if_no_peer_cert = false\n"
     );
-    let mut writes = vec![("rabbitmq-migration.conf", migration)];
+    let mut writes = vec![
+        ("rabbitmq-migration.conf", migration),
+        (
+            "advanced-migration.config",
+            tls.advanced_config(listener_files, false),
+        ),
+    ];
     match final_text(&common, final_fragment) {
-        Some(text) => writes.push((FINAL_FRAGMENT, text)),
+        Some(text) => {
+            writes.push((FINAL_FRAGMENT, text));
+            writes.push((FINAL_ADVANCED, tls.advanced_config(listener_files, true)));
+        }
         None => {
             // An older one would cut off who is listed: it goes.
-            let stale = out.join(FINAL_FRAGMENT);
-            if stale.exists() {
-                std::fs::remove_file(&stale).map_err(|e| format!("{}: {e}", stale.display()))?;
+            for name in [FINAL_FRAGMENT, FINAL_ADVANCED] {
+                let stale = out.join(name);
+                if stale.exists() {
+                    std::fs::remove_file(&stale)
+                        .map_err(|e| format!("{}: {e}", stale.display()))?;
+                }
             }
         }
     }
@@ -806,6 +893,35 @@ mod tests {
         );
         assert!(conf.contains("node2/broker.key"), "{conf}");
         assert!(out.join("node2/rabbitmq-final.conf").is_file());
+        // The SSL port's TLS policy, for the single node and each cluster
+        // node, in both fragments and their advanced.config (the curves).
+        let tls = crate::rabbit_tls::RabbitTls::from_policy(&settings.tls_policy()).unwrap();
+        for folder in ["", "node1/", "node2/"] {
+            for (conf, advanced, peer_cert) in [
+                (
+                    "rabbitmq-migration.conf",
+                    "advanced-migration.config",
+                    false,
+                ),
+                ("rabbitmq-final.conf", "advanced-final.config", true),
+            ] {
+                let text = std::fs::read_to_string(out.join(folder).join(conf)).unwrap();
+                assert!(text.contains(&tls.conf_lines()), "{folder}{conf}:\n{text}");
+                assert!(!text.contains("versions.3"), "{folder}{conf}:\n{text}");
+                let text = std::fs::read_to_string(out.join(folder).join(advanced)).unwrap();
+                let key = std::path::absolute(out.join(folder).join("broker.key")).unwrap();
+                let files = crate::rabbit_tls::ListenerFiles {
+                    ca: &std::path::absolute(out.join(folder).join("ca.pem")).unwrap(),
+                    cert: &std::path::absolute(out.join(folder).join("broker.pem")).unwrap(),
+                    key: &key,
+                };
+                assert_eq!(
+                    text,
+                    tls.advanced_config(files, peer_cert),
+                    "{folder}{advanced}"
+                );
+            }
+        }
         assert!(written.files.contains(&out.join("node1/ca.pem")));
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(out.join("node1/broker.key"))
@@ -843,17 +959,20 @@ mod tests {
     #[test]
     fn the_default_amqps_address_keeps_host_credentials_and_vhost() {
         assert_eq!(
-            default_amqps("amqp://u:p@broker.example:5672/shop").unwrap(),
+            default_amqps("amqp://u:p@broker.example:5672/shop", 5671).unwrap(),
             "amqps://u:p@broker.example:5671/shop"
         );
         assert_eq!(
-            default_amqps("amqp://guest:guest@127.0.0.1:5672/%2f").unwrap(),
+            default_amqps("amqp://guest:guest@127.0.0.1:5672/%2f", 5671).unwrap(),
             "amqps://guest:guest@127.0.0.1:5671/%2f"
         );
         // A cluster: each node's host, the same address once.
         assert_eq!(
-            default_amqps("amqp://g:g@n1:5672/%2f,amqp://g:g@n2:5672/%2f,amqp://g:g@n1:5673/%2f")
-                .unwrap(),
+            default_amqps(
+                "amqp://g:g@n1:5672/%2f,amqp://g:g@n2:5672/%2f,amqp://g:g@n1:5673/%2f",
+                5671
+            )
+            .unwrap(),
             "amqps://g:g@n1:5671/%2f,amqps://g:g@n2:5671/%2f"
         );
     }

@@ -21,7 +21,7 @@ pub struct AdminTarget {
     pub token_file: Option<PathBuf>,
     /// Wait up to this long (e.g. 30s) for a parent that is still starting
     /// to answer, instead of failing at once
-    #[arg(long, value_parser = crate::follow::parse_duration)]
+    #[arg(long, value_parser = crate::duration::parse_duration)]
     pub wait: Option<std::time::Duration>,
 }
 
@@ -274,8 +274,20 @@ pub fn status_table(status: &Status) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "network: {}   agents: {} ({} online, {} offline)   eligible: {}   with certificates: {}/{}   switched to SSL: {}",
-        n.phase, n.agents, n.online, n.offline, n.eligible, n.children_with_certificates, n.eligible, n.switched_to_ssl
+        "network: {}   agents: {} ({} online, {} offline{})   eligible: {}   with certificates: {}/{}   switched to SSL: {}",
+        n.phase,
+        n.agents,
+        n.online,
+        n.offline,
+        if n.silent > 0 {
+            format!(", {} SILENT: connected, no report for too long", n.silent)
+        } else {
+            String::new()
+        },
+        n.eligible,
+        n.children_with_certificates,
+        n.eligible,
+        n.switched_to_ssl
     );
     let s = &status.summary;
     let _ = writeln!(
@@ -283,6 +295,34 @@ pub fn status_table(status: &Status) -> String {
         "summary: passed {}   with errors {}   did not participate {}   version not supporting SSL {}   mPOS {}   excluded {}",
         s.passed, s.with_errors, s.did_not_participate, s.version_not_supporting_ssl, s.mpos, s.excluded
     );
+    network_lines(&mut out, n);
+    let _ = writeln!(
+        out,
+        "{:<24} {:<12} {:<9} {:<14} {:<8} {:<9} {:<5} {:<5} {:<6} {:<19} {:<20} {:<16} ID",
+        "NAME",
+        "KIND",
+        "VERSION",
+        "LOCATION",
+        "STATE",
+        "ADMISSION",
+        "CERT",
+        "SSL",
+        "AMQPS",
+        "RESULT",
+        "CAUSE",
+        "CA"
+    );
+    for a in &status.agents {
+        agent_row(&mut out, a);
+    }
+    out
+}
+
+/// The lines under the summary: certificates, a CA rotation, enrollment,
+/// names, trust, queues and the broker's nodes (each only when it says
+/// something).
+fn network_lines(out: &mut String, n: &crate::status::Network) {
+    use std::fmt::Write;
     if let Some(soonest) = n.soonest_expiry {
         let _ = writeln!(
             out,
@@ -309,6 +349,30 @@ pub fn status_table(status: &Status) -> String {
             let _ = writeln!(out, "CA rotation waits: {waiting}");
         }
     }
+    if n.online_from == "reports" {
+        let _ = writeln!(
+            out,
+            "online: from the agents' reports only — the broker does not say who is connected (is its rabbitmq_event_exchange plugin on, and the broker reachable? see README, \"Presence\")"
+        );
+    } else if n.online_from == "reading" {
+        let _ = writeln!(
+            out,
+            "online: being read from the broker (the parent has just started or lost the broker): nobody counts as online until it is, and campaigns wait"
+        );
+    }
+    if let Some(open) = &n.open_enrollment {
+        let _ = writeln!(
+            out,
+            "OPEN ENROLLMENT ({open}): any broker user can obtain a certificate; use enrollment tokens (`fleetls-parent enroll create`)"
+        );
+    }
+    if n.flagged_names > 0 {
+        let _ = writeln!(
+            out,
+            "names: {} agent(s) with a name taken by another or printing like another's (see `fleetls-parent agents list`)",
+            n.flagged_names
+        );
+    }
     if n.pending + n.rejected + n.compromised > 0 || n.security_events > 0 {
         let _ = writeln!(
             out,
@@ -316,8 +380,24 @@ pub fn status_table(status: &Status) -> String {
             n.pending, n.rejected, n.compromised, n.security_events
         );
     }
+    if let Some(t) = &n.topology {
+        let _ = writeln!(
+            out,
+            "TOPOLOGY: a broker user damaged the wire {} time(s), rebuilt each time; last at {}: {}",
+            t.repairs,
+            when(t.last_at),
+            t.last
+        );
+    }
     if let Some(q) = &n.queue_type {
         let _ = writeln!(out, "queues: {} ({})", q.queue_type, q.why);
+    }
+    if let (Some(at), false) = (n.nodes_at, n.nodes.is_empty()) {
+        let _ = writeln!(
+            out,
+            "broker nodes {}",
+            crate::cluster::age_line(at, fleetls_proto::now_ms())
+        );
     }
     for node in &n.nodes {
         let mut state = if node.running {
@@ -338,69 +418,61 @@ pub fn status_table(status: &Status) -> String {
             node.name, node.connections, node.agents
         );
     }
-    let _ = writeln!(
-        out,
-        "{:<24} {:<12} {:<9} {:<14} {:<8} {:<9} {:<5} {:<5} {:<6} {:<19} {:<20} {:<16} ID",
-        "NAME",
-        "KIND",
-        "VERSION",
-        "LOCATION",
-        "STATE",
-        "ADMISSION",
-        "CERT",
-        "SSL",
-        "AMQPS",
-        "RESULT",
-        "CAUSE",
-        "CA"
-    );
+}
+
+/// One agent's row of the table.
+fn agent_row(out: &mut String, a: &crate::status::AgentStatus) {
+    use std::fmt::Write;
     let yes = |b: bool| if b { "yes" } else { "-" };
     // Whatever an agent sent about itself is printed without control
     // characters: a name cannot move the cursor or clear the screen.
     let safe = |text: &str| crate::admission::printable(text, crate::admission::MAX_NAME);
-    for a in &status.agents {
-        let admission = if a.compromised {
-            "COMPROMISED"
-        } else {
-            a.admission.as_str()
-        };
-        // The last test result and, when it did not pass, why; an agent
-        // kept plain by decision says so, with the operator's reason.
-        let (result, cause) = match (&a.excluded, &a.last_result) {
-            (Some(reason), _) => ("excluded", reason.as_str()),
-            (None, Some(r)) => (
-                r.state.as_str(),
-                r.cause
-                    .as_deref()
-                    .or(r.ssl_port.as_ref().and_then(|s| s.cause.as_deref()))
-                    .or(r.cert_test.as_ref().and_then(|s| s.cause.as_deref()))
-                    .unwrap_or("-"),
-            ),
-            (None, None) => ("-", "-"),
-        };
-        let _ = writeln!(
-            out,
-            "{:<24} {:<12} {:<9} {:<14} {:<8} {:<9} {:<5} {:<5} {:<6} {:<19} {:<20} {:<16} {}",
-            safe(&a.name),
-            a.kind.as_str(),
-            safe(&a.version),
-            safe(a.location.as_deref().unwrap_or("-")),
-            if a.online { "online" } else { "offline" },
-            admission,
-            yes(a.has_certificate),
-            yes(a.ssl),
-            yes(a.broker_tls),
-            result,
-            safe(cause),
-            // Which CA its certificate comes from (a CA rotation moves it).
-            a.certificate_ca
+    let admission = if a.compromised {
+        "COMPROMISED"
+    } else {
+        a.admission.as_str()
+    };
+    // The last test result and, when it did not pass, why; an agent
+    // kept plain by decision says so, with the operator's reason.
+    let (result, cause) = match (&a.excluded, &a.last_result) {
+        (Some(reason), _) => ("excluded", reason.as_str()),
+        (None, Some(r)) => (
+            r.state.as_str(),
+            r.cause
                 .as_deref()
-                .map(short_ca)
-                .unwrap_or_else(|| "-".into()),
-            a.id
-        );
-    }
-    out
+                .or(r.ssl_port.as_ref().and_then(|s| s.cause.as_deref()))
+                .or(r.cert_test.as_ref().and_then(|s| s.cause.as_deref()))
+                .unwrap_or("-"),
+        ),
+        (None, None) => ("-", "-"),
+    };
+    let _ = writeln!(
+        out,
+        "{:<24} {:<12} {:<9} {:<14} {:<8} {:<9} {:<5} {:<5} {:<6} {:<19} {:<20} {:<16} {}",
+        safe(&a.name),
+        a.kind.as_str(),
+        safe(&a.version),
+        safe(a.location.as_deref().unwrap_or("-")),
+        if a.silent {
+            "silent"
+        } else if a.online {
+            "online"
+        } else {
+            "offline"
+        },
+        admission,
+        yes(a.has_certificate),
+        yes(a.ssl),
+        yes(a.broker_tls),
+        result,
+        safe(cause),
+        // Which CA its certificate comes from (a CA rotation moves it).
+        a.certificate_ca
+            .as_deref()
+            .map(short_ca)
+            .unwrap_or_else(|| "-".into()),
+        a.id
+    );
 }
 
 /// A time in ms since the epoch as `YYYY-MM-DD HH:MM:SS UTC`.

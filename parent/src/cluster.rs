@@ -1,23 +1,15 @@
 //! The broker as RabbitMQ management sees it when it is a cluster: each
 //! node's health (running, memory and disk alarms) and which node each
-//! agent's connection is on. Read every [`EVERY`] by [`watch`] and kept in
-//! the [`App`], so that `status`, the console and `/metrics` show it without
-//! waiting on management.
+//! agent's connection is on: plain data, and [`observe`], which reads it.
+//! The task `tasks::cluster::watch` keeps it in the `App`, so that `status`,
+//! the console and `/metrics` show it without waiting on management.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tracing::warn;
 use uuid::Uuid;
 
-use crate::app::App;
 use crate::config::Management;
-use crate::shutdown::Shutdown;
-
-/// How often the view is read again.
-pub const EVERY: Duration = Duration::from_secs(10);
 
 /// One broker node and how it is.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -110,11 +102,22 @@ fn view(
     out
 }
 
+/// How old management's figures are: read every 10 s by the parent, and
+/// management itself counts connections every few seconds, so they lag
+/// what the agents did just now.
+pub fn age_line(at: u64, now: u64) -> String {
+    format!(
+        "as RabbitMQ management showed it {} s ago (read every 10 s; management's own figures lag a few seconds more)",
+        now.saturating_sub(at) / 1000
+    )
+}
+
 /// The view as `fleetls-parent cluster` prints it: a line per node, then
 /// each agent with its own connection and its node.
 pub fn table(view: &ClusterView) -> String {
     use std::fmt::Write;
     let mut out = String::new();
+    let _ = writeln!(out, "{}", age_line(view.at, fleetls_proto::now_ms()));
     for node in &view.nodes {
         let mut state = if node.running {
             "running"
@@ -144,38 +147,6 @@ pub fn table(view: &ClusterView) -> String {
         let _ = writeln!(out, "{agent:<36} {node}");
     }
     out
-}
-
-/// Reads the view every [`EVERY`] into `app` until shutdown (only with
-/// `--management`). A failure is logged once until the next success; the
-/// last view stays, with its time.
-pub async fn watch(app: Arc<App>, mut shutdown: Shutdown) {
-    let Some(management) = app.config.management.clone() else {
-        return;
-    };
-    // A cluster's nodes share their vhosts: the first address names it.
-    let vhost = fleetls_bus::brokers::split(&app.config.broker)[0]
-        .parse::<lapin::uri::AMQPUri>()
-        .map(|u| u.vhost)
-        .ok();
-    let mut failing = false;
-    loop {
-        match observe(&management, vhost.as_deref()).await {
-            Ok(view) => {
-                failing = false;
-                *app.cluster.write().unwrap_or_else(|p| p.into_inner()) = Some(view);
-            }
-            Err(why) if !failing => {
-                failing = true;
-                warn!(error = %why, "cannot read the broker's nodes from management");
-            }
-            Err(_) => {}
-        }
-        tokio::select! {
-            _ = shutdown.wait() => return,
-            _ = tokio::time::sleep(EVERY) => {}
-        }
-    }
 }
 
 #[cfg(test)]

@@ -34,9 +34,25 @@ pub struct RawServe {
     /// Address of the admin API and console (loopback by default)
     #[arg(long, env = "FLEETLS_ADMIN")]
     pub admin: Option<String>,
-    /// Seconds without a heartbeat after which a child counts as offline
+    /// Where the broker does not say who is connected (no event exchange):
+    /// seconds without a state report after which an agent counts as
+    /// offline (default 750: two and a half of the child's report interval)
     #[arg(long, env = "FLEETLS_OFFLINE_AFTER")]
     pub offline_after: Option<u64>,
+    /// A connected agent whose last state report is older than this is
+    /// flagged silent, maybe wedged (`15m`, `1h`; default 15m)
+    #[arg(long, env = "FLEETLS_SILENT_AFTER")]
+    pub silent_after: Option<String>,
+    /// The virtual host of the broker's event exchange (the
+    /// rabbitmq_event_exchange plugin), where the parent learns who is
+    /// connected; `off` to count online from state reports alone
+    /// (default `/`)
+    #[arg(long, env = "FLEETLS_PRESENCE_VHOST")]
+    pub presence_vhost: Option<String>,
+    /// An accepted agent not heard for this long is no longer waited for by
+    /// a CA rotation or the final broker step (`12h`, `3d`; default 3d)
+    #[arg(long, env = "FLEETLS_STALE_AFTER")]
+    pub stale_after: Option<String>,
     /// Lowest child version that supports SSL, e.g. 1.0.0
     #[arg(long, env = "FLEETLS_MIN_SSL_VERSION")]
     pub min_ssl_version: Option<String>,
@@ -50,10 +66,16 @@ pub struct RawServe {
     /// `90s`; at most 398 days): wins over --cert-days; short ones for tests
     #[arg(long, env = "FLEETLS_CERT_LIFETIME")]
     pub cert_lifetime: Option<String>,
-    /// New agents accepted without an operator: `kind:pattern;...` or `none`
-    /// (default `child:*;mpos:*`; local parents never)
+    /// Open enrollment: new agents accepted without a token or an operator,
+    /// `kind:pattern;...` or `none` (the default). Anyone with the broker's
+    /// credentials then gets a certificate: prefer enrollment tokens
+    /// (`enroll create`). Local parents never
     #[arg(long, env = "FLEETLS_AUTO_ACCEPT")]
     pub auto_accept: Option<String>,
+    /// The most agents that may wait for an operator (default 1000): past
+    /// it a new agent is refused and recorded as a security event
+    #[arg(long, env = "FLEETLS_MAX_PENDING")]
+    pub max_pending: Option<u64>,
     /// Names local parents may have in their server certificates, `;`-separated:
     /// a name, or `.domain` for any name below it (default: none)
     #[arg(long, env = "FLEETLS_LOCAL_PARENT_NAMES")]
@@ -83,11 +105,15 @@ impl fleetls_bus::process::Layered for RawServe {
             data_dir: self.data_dir.or(other.data_dir),
             admin: self.admin.or(other.admin),
             offline_after: self.offline_after.or(other.offline_after),
+            silent_after: self.silent_after.or(other.silent_after),
+            presence_vhost: self.presence_vhost.or(other.presence_vhost),
+            stale_after: self.stale_after.or(other.stale_after),
             min_ssl_version: self.min_ssl_version.or(other.min_ssl_version),
             window: self.window.or(other.window),
             cert_days: self.cert_days.or(other.cert_days),
             cert_lifetime: self.cert_lifetime.or(other.cert_lifetime),
             auto_accept: self.auto_accept.or(other.auto_accept),
+            max_pending: self.max_pending.or(other.max_pending),
             local_parent_names: self.local_parent_names.or(other.local_parent_names),
             local_parent_ips: self.local_parent_ips.or(other.local_parent_ips),
             ssl: self.ssl.or(other.ssl),
@@ -106,8 +132,12 @@ pub fn read_file(path: &Path) -> Result<RawServe, ConfigError> {
         path: path.to_owned(),
         why: e.to_string(),
     })?;
-    // Tables ([ssl], ...) belong to other commands; the top level is `serve`'s.
-    let top: toml::Table = table.into_iter().filter(|(_, v)| !v.is_table()).collect();
+    // The top level and `[ssl]` are `serve`'s; other tables belong to other
+    // commands (a child's file may sit beside it).
+    let top: toml::Table = table
+        .into_iter()
+        .filter(|(k, v)| !v.is_table() || k == "ssl")
+        .collect();
     top.try_into()
         .map_err(|e: toml::de::Error| ConfigError::File {
             path: path.to_owned(),
@@ -150,8 +180,17 @@ pub struct ServeConfig {
     pub data_dir: PathBuf,
     /// Admin API address.
     pub admin: SocketAddr,
-    /// A child without heartbeat for this long is offline.
+    /// Without presence from the broker: an agent without a state report
+    /// for this long is offline.
     pub offline_after: Duration,
+    /// A connected agent without a state report for this long is silent.
+    pub silent_after: Duration,
+    /// The virtual host of the event exchange; `None`: presence is off.
+    pub presence_vhost: Option<String>,
+    /// How long an accepted agent may go unheard and still be waited for by
+    /// a CA rotation and the final broker step (a fake registered under
+    /// open enrollment, a till gone for good, must not hold them up).
+    pub stale_after: Duration,
     /// Lowest child version that supports SSL.
     pub min_ssl_version: Version,
     /// Most children acting at once in a campaign.
@@ -167,8 +206,9 @@ pub struct ServeConfig {
     /// The broker's hosts, one per distinct node host (the default broker
     /// names of its certificate).
     pub broker_hosts: Vec<String>,
-    /// Which new agents are accepted without an operator.
-    pub auto_accept: crate::admission::AutoAccept,
+    /// Who is admitted without an operator: open enrollment (if the
+    /// operator chose it) and the cap on pending agents.
+    pub enrollment: crate::enrollment::Rules,
     /// Names local parents may have in their server certificates.
     pub local_parent_names: Vec<String>,
     /// IP addresses local parents may have in their server certificates.
@@ -183,66 +223,45 @@ pub const DEFAULT_WINDOW: usize = 100;
 pub const DEFAULT_MIN_SSL_VERSION: &str = "1.0.0";
 
 impl ServeConfig {
+    /// The broker's virtual host: the first address's (a cluster's nodes
+    /// share their virtual hosts); `/` when it names none.
+    pub fn vhost(&self) -> String {
+        fleetls_bus::brokers::split(&self.broker)[0]
+            .parse::<lapin::uri::AMQPUri>()
+            .map(|uri| uri.vhost)
+            .unwrap_or_else(|_| "/".into())
+    }
+
     /// Checks raw settings.
     pub fn from_raw(raw: RawServe) -> Result<Self, ConfigError> {
         let broker = raw.broker.ok_or(ConfigError::Missing("--broker"))?;
         let broker_hosts = check_amqp_url("--broker", &broker)?;
-        let queue_type = match &raw.queue_type {
-            None => None,
-            Some(text) => Some(text.parse().map_err(|why| ConfigError::Invalid {
-                name: "--queue-type",
-                value: text.clone(),
-                why,
-            })?),
-        };
-        let cert_days = raw.cert_days.unwrap_or(crate::pki::DEFAULT_CERT_DAYS);
-        if !(1..=3650).contains(&cert_days) {
-            return Err(ConfigError::Invalid {
-                name: "--cert-days",
-                value: cert_days.to_string(),
-                why: "must be 1 to 3650 days (398 is the usual limit)".into(),
-            });
-        }
-        let cert_lifetime = match &raw.cert_lifetime {
-            None => time::Duration::days(i64::from(cert_days)),
-            Some(text) => parse_lifetime(text).map_err(|why| ConfigError::Invalid {
-                name: "--cert-lifetime",
-                value: text.clone(),
-                why,
-            })?,
-        };
+        let queue_type = queue_type(raw.queue_type.as_deref())?;
+        let cert_lifetime = cert_lifetime(raw.cert_days, raw.cert_lifetime.as_deref())?;
         let data_dir = raw.data_dir.ok_or(ConfigError::Missing("--data-dir"))?;
-        let admin_text = raw.admin.unwrap_or_else(|| DEFAULT_ADMIN.to_owned());
-        let admin: SocketAddr = admin_text.parse().map_err(|_| ConfigError::Invalid {
-            name: "--admin",
-            value: admin_text.clone(),
-            why: "expected IP:PORT, e.g. 127.0.0.1:12380".into(),
-        })?;
-        let offline_after = raw.offline_after.unwrap_or(30);
-        if offline_after == 0 {
-            return Err(ConfigError::Invalid {
-                name: "--offline-after",
-                value: "0".into(),
-                why: "must be at least 1 second".into(),
-            });
-        }
-        let version_text = raw
-            .min_ssl_version
-            .unwrap_or_else(|| DEFAULT_MIN_SSL_VERSION.to_owned());
-        let min_ssl_version =
-            Version::parse(&version_text).map_err(|why| ConfigError::Invalid {
-                name: "--min-ssl-version",
-                value: version_text.clone(),
-                why,
-            })?;
-        let window = raw.window.unwrap_or(DEFAULT_WINDOW);
-        if window == 0 {
-            return Err(ConfigError::Invalid {
-                name: "--window",
-                value: "0".into(),
-                why: "at least one child must be able to act".into(),
-            });
-        }
+        let admin = admin_address(raw.admin)?;
+        let silent_after = duration_flag(
+            "--silent-after",
+            raw.silent_after.as_deref(),
+            DEFAULT_SILENT_AFTER,
+        )?;
+        let presence_vhost = presence_vhost(raw.presence_vhost)?;
+        let stale_after = duration_flag(
+            "--stale-after",
+            raw.stale_after.as_deref(),
+            DEFAULT_STALE_AFTER,
+        )?;
+        let offline_after = at_least_one(
+            "--offline-after",
+            raw.offline_after.unwrap_or(DEFAULT_OFFLINE_AFTER),
+            "must be at least 1 second",
+        )?;
+        let min_ssl_version = min_ssl_version(raw.min_ssl_version)?;
+        let window = at_least_one(
+            "--window",
+            raw.window.unwrap_or(DEFAULT_WINDOW),
+            "at least one child must be able to act",
+        )?;
         let management = match raw.management {
             None => None,
             Some(list) => Some(management_list(
@@ -251,41 +270,11 @@ impl ServeConfig {
                 raw.management_password_file.as_deref(),
             )?),
         };
-        let auto_accept = match raw.auto_accept {
-            None => crate::admission::AutoAccept::default(),
-            Some(text) => text.parse().map_err(|why| ConfigError::Invalid {
-                name: "--auto-accept",
-                value: text.clone(),
-                why,
-            })?,
-        };
-        let split = |text: Option<String>| -> Vec<String> {
-            text.unwrap_or_default()
-                .split(';')
-                .map(|s| s.trim().to_owned())
-                .filter(|s| !s.is_empty())
-                .collect()
-        };
-        let local_parent_names = split(raw.local_parent_names);
-        for name in &local_parent_names {
-            let bare = name.trim_start_matches("*.").trim_start_matches('.');
-            fleetls_proto::check_dns_name(bare).map_err(|why| ConfigError::Invalid {
-                name: "--local-parent-names",
-                value: name.clone(),
-                why: format!("{why}; give names or .domain entries"),
-            })?;
-        }
-        let local_parent_ips = split(raw.local_parent_ips);
-        for ip in &local_parent_ips {
-            ip.parse::<std::net::IpAddr>()
-                .map_err(|_| ConfigError::Invalid {
-                    name: "--local-parent-ips",
-                    value: ip.clone(),
-                    why: "not an IPv4 or IPv6 address".into(),
-                })?;
-        }
+        let enrollment = enrollment_rules(raw.auto_accept, raw.max_pending)?;
+        let (local_parent_names, local_parent_ips) =
+            local_parent_allowed(raw.local_parent_names, raw.local_parent_ips)?;
         Ok(ServeConfig {
-            auto_accept,
+            enrollment,
             local_parent_names,
             local_parent_ips,
             broker,
@@ -293,6 +282,9 @@ impl ServeConfig {
             data_dir,
             admin,
             offline_after: Duration::from_secs(offline_after),
+            silent_after,
+            presence_vhost,
+            stale_after,
             min_ssl_version,
             window,
             cert_lifetime,
@@ -302,6 +294,178 @@ impl ServeConfig {
         })
     }
 }
+
+/// `--queue-type`, checked (none: the broker's default).
+fn queue_type(
+    text: Option<&str>,
+) -> Result<Option<fleetls_bus::queue_type::QueueType>, ConfigError> {
+    text.map(|text| {
+        text.parse().map_err(|why| ConfigError::Invalid {
+            name: "--queue-type",
+            value: text.to_owned(),
+            why,
+        })
+    })
+    .transpose()
+}
+
+/// `--admin` (by default [`DEFAULT_ADMIN`]), checked.
+fn admin_address(text: Option<String>) -> Result<SocketAddr, ConfigError> {
+    let text = text.unwrap_or_else(|| DEFAULT_ADMIN.to_owned());
+    text.parse().map_err(|_| ConfigError::Invalid {
+        name: "--admin",
+        value: text.clone(),
+        why: "expected IP:PORT, e.g. 127.0.0.1:12380".into(),
+    })
+}
+
+/// A duration flag (`90s`, `15m`, `3d`), `default` when it is not given.
+fn duration_flag(
+    name: &'static str,
+    text: Option<&str>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    match text {
+        None => Ok(default),
+        Some(text) => crate::duration::parse_duration(text).map_err(|why| ConfigError::Invalid {
+            name,
+            value: text.to_owned(),
+            why,
+        }),
+    }
+}
+
+/// `--presence-vhost`: `/` by default, `off` for none.
+fn presence_vhost(text: Option<String>) -> Result<Option<String>, ConfigError> {
+    match text {
+        None => Ok(Some("/".to_owned())),
+        Some(v) if v == "off" => Ok(None),
+        Some(v) if v.is_empty() || v.len() > 255 => Err(ConfigError::Invalid {
+            name: "--presence-vhost",
+            value: v,
+            why: "expected a virtual host name (1 to 255 bytes), or `off`".into(),
+        }),
+        Some(v) => Ok(Some(v)),
+    }
+}
+
+/// A count flag that must not be 0 (`why` says what 0 would mean).
+fn at_least_one<T: Default + PartialEq + std::fmt::Display>(
+    name: &'static str,
+    value: T,
+    why: &str,
+) -> Result<T, ConfigError> {
+    if value == T::default() {
+        return Err(ConfigError::Invalid {
+            name,
+            value: value.to_string(),
+            why: why.into(),
+        });
+    }
+    Ok(value)
+}
+
+/// `--min-ssl-version` (by default [`DEFAULT_MIN_SSL_VERSION`]), checked.
+fn min_ssl_version(text: Option<String>) -> Result<Version, ConfigError> {
+    let text = text.unwrap_or_else(|| DEFAULT_MIN_SSL_VERSION.to_owned());
+    Version::parse(&text).map_err(|why| ConfigError::Invalid {
+        name: "--min-ssl-version",
+        value: text.clone(),
+        why,
+    })
+}
+
+/// `--cert-days` or `--cert-lifetime` (which wins), checked.
+fn cert_lifetime(days: Option<u32>, lifetime: Option<&str>) -> Result<time::Duration, ConfigError> {
+    let cert_days = days.unwrap_or(crate::pki::DEFAULT_CERT_DAYS);
+    if !(1..=3650).contains(&cert_days) {
+        return Err(ConfigError::Invalid {
+            name: "--cert-days",
+            value: cert_days.to_string(),
+            why: "must be 1 to 3650 days (398 is the usual limit)".into(),
+        });
+    }
+    Ok(match lifetime {
+        None => time::Duration::days(i64::from(cert_days)),
+        Some(text) => parse_lifetime(text).map_err(|why| ConfigError::Invalid {
+            name: "--cert-lifetime",
+            value: text.to_owned(),
+            why,
+        })?,
+    })
+}
+
+/// `--auto-accept` and `--max-pending`, checked.
+fn enrollment_rules(
+    auto_accept: Option<String>,
+    max_pending: Option<u64>,
+) -> Result<crate::enrollment::Rules, ConfigError> {
+    let auto_accept = match auto_accept {
+        None => crate::admission::AutoAccept::default(),
+        Some(text) => text.parse().map_err(|why| ConfigError::Invalid {
+            name: "--auto-accept",
+            value: text.clone(),
+            why,
+        })?,
+    };
+    let max_pending = max_pending.unwrap_or(crate::enrollment::DEFAULT_MAX_PENDING);
+    if max_pending == 0 {
+        return Err(ConfigError::Invalid {
+            name: "--max-pending",
+            value: "0".into(),
+            why: "give at least 1 (an agent without a token must be able to wait for an operator)"
+                .into(),
+        });
+    }
+    Ok(crate::enrollment::Rules {
+        auto_accept,
+        max_pending,
+    })
+}
+
+/// `--local-parent-names` and `--local-parent-ips`, checked.
+fn local_parent_allowed(
+    names: Option<String>,
+    ips: Option<String>,
+) -> Result<(Vec<String>, Vec<String>), ConfigError> {
+    let split = |text: Option<String>| -> Vec<String> {
+        text.unwrap_or_default()
+            .split(';')
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect()
+    };
+    let local_parent_names = split(names);
+    for name in &local_parent_names {
+        let bare = name.trim_start_matches("*.").trim_start_matches('.');
+        fleetls_proto::check_dns_name(bare).map_err(|why| ConfigError::Invalid {
+            name: "--local-parent-names",
+            value: name.clone(),
+            why: format!("{why}; give names or .domain entries"),
+        })?;
+    }
+    let local_parent_ips = split(ips);
+    for ip in &local_parent_ips {
+        ip.parse::<std::net::IpAddr>()
+            .map_err(|_| ConfigError::Invalid {
+                name: "--local-parent-ips",
+                value: ip.clone(),
+                why: "not an IPv4 or IPv6 address".into(),
+            })?;
+    }
+    Ok((local_parent_names, local_parent_ips))
+}
+
+/// The default of `--offline-after` (seconds; only where the broker does
+/// not say who is connected): two and a half times the child's default
+/// report interval (300 s), so that one lost report counts nobody offline.
+pub const DEFAULT_OFFLINE_AFTER: u64 = 750;
+
+/// The default of `--silent-after`: three of the child's report intervals.
+pub const DEFAULT_SILENT_AFTER: Duration = Duration::from_secs(15 * 60);
+
+/// The default of `--stale-after`: three days.
+pub const DEFAULT_STALE_AFTER: Duration = Duration::from_secs(3 * 86_400);
 
 /// A certificate lifetime: a number and `d`, `h`, `m` or `s`, from a minute
 /// to 398 days (the ceiling browsers and most TLS stacks hold to).
@@ -488,6 +652,26 @@ mod tests {
         assert_eq!(config.admin.to_string(), DEFAULT_ADMIN);
         assert_eq!(config.window, DEFAULT_WINDOW);
         assert_eq!(config.min_ssl_version, Version(1, 0, 0));
+    }
+
+    #[test]
+    fn the_files_ssl_table_is_read_and_other_tables_are_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("parent.toml");
+        std::fs::write(
+            &path,
+            "window = 9\n[ssl]\nport = \"12399\"\nnames = \"hq.example\"\n[other]\nx = 1\n",
+        )
+        .unwrap();
+        let raw = read_file(&path).unwrap();
+        assert_eq!(raw.window, Some(9));
+        let ssl = raw.ssl.expect("the [ssl] table");
+        assert_eq!(ssl.port.as_deref(), Some("12399"));
+        assert_eq!(ssl.names.as_deref(), Some("hq.example"));
+        // A misspelt key in [ssl] is named, not dropped.
+        std::fs::write(&path, "[ssl]\nprot = \"1\"\n").unwrap();
+        let err = read_file(&path).unwrap_err().to_string();
+        assert!(err.contains("prot"), "{err}");
     }
 
     #[test]

@@ -19,16 +19,13 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use rusqlite::params_from_iter;
-use rusqlite::types::Value as SqlValue;
 use serde::{Deserialize, Serialize};
 
 use crate::api_error::ApiError;
 use crate::app::App;
+use crate::registry::agent_reads::{self, PageFilter};
 use crate::registry::{Registry, RegistryError};
-use crate::status::{
-    AgentStatus, ViewContext, AGENTS_FROM, AGENTS_ORDER, DEFINITIONS, LAST_ENROLMENT,
-};
+use crate::status::{AgentStatus, ViewContext};
 use fleetls_proto::AgentKind;
 
 const PAGE: &str = include_str!("console/console.html");
@@ -81,78 +78,9 @@ async fn asset(body: &'static str, content_type: &'static str) -> Response {
     response
 }
 
-/// Stands for the online cutoff (ms) in a filter's condition.
-const CUTOFF: &str = "?cutoff";
-
-/// Which agents a page of the status list holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Filter {
-    /// Every agent.
-    #[default]
-    All,
-    /// The last test failed ("with errors").
-    Failed,
-    /// The last test passed.
-    Passed,
-    /// Did not take part in the last test it was enrolled in.
-    DidNotParticipate,
-    /// Never enrolled in a test.
-    NotTested,
-    /// Not heard from within `--offline-after`.
-    Offline,
-    /// Heard from within `--offline-after`.
-    Online,
-    /// Holds no certificate.
-    NoCertificate,
-    /// Not switched to SSL.
-    NotSsl,
-    /// Broker connection not on AMQPS.
-    NotAmqps,
-    /// Refused a command or was refused one.
-    Refused,
-}
-
-impl Filter {
-    fn parse(text: &str) -> Result<Filter, String> {
-        Ok(match text {
-            "" | "all" => Filter::All,
-            "failed" => Filter::Failed,
-            "passed" => Filter::Passed,
-            "did-not-participate" => Filter::DidNotParticipate,
-            "not-tested" => Filter::NotTested,
-            "offline" => Filter::Offline,
-            "online" => Filter::Online,
-            "no-certificate" => Filter::NoCertificate,
-            "not-ssl" => Filter::NotSsl,
-            "not-amqps" => Filter::NotAmqps,
-            "refused" => Filter::Refused,
-            other => {
-                return Err(format!(
-                    "filter {other:?} is unknown: give all, failed, passed, did-not-participate, \
-                     not-tested, offline, online, no-certificate, not-ssl, not-amqps or refused"
-                ))
-            }
-        })
-    }
-
-    /// The SQL condition (over [`AGENTS_FROM`] and [`LAST_ENROLMENT`]); [`CUTOFF`]
-    /// stands for the online cutoff. Fixed text only: values are always bound.
-    fn condition(self) -> Option<&'static str> {
-        Some(match self {
-            Filter::All => return None,
-            Filter::Failed => "l.state = 'failed'",
-            Filter::Passed => "l.state = 'passed'",
-            Filter::DidNotParticipate => "l.state = 'did_not_participate'",
-            Filter::NotTested => "l.state IS NULL",
-            Filter::Offline => "a.last_seen <= ?cutoff",
-            Filter::Online => "a.last_seen > ?cutoff",
-            Filter::NoCertificate => "NOT a.certified",
-            Filter::NotSsl => "a.ssl = 0",
-            Filter::NotAmqps => "a.broker_tls = 0",
-            Filter::Refused => "r.reason IS NOT NULL",
-        })
-    }
-}
+/// Which agents a page of the status list holds (its SQL is the
+/// registry's).
+pub use crate::registry::agent_reads::Filter;
 
 /// The query of one page, checked.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -219,7 +147,7 @@ impl RawPageQuery {
         Ok(PageQuery {
             offset: number("offset", &self.offset, 0)?,
             limit,
-            filter: Filter::parse(self.filter.as_deref().unwrap_or("").trim())?,
+            filter: self.filter.as_deref().unwrap_or("").trim().parse()?,
             kind,
             location: given(&self.location),
             q: given(&self.q),
@@ -251,51 +179,18 @@ pub fn page(
     context: ViewContext,
     query: &PageQuery,
 ) -> Result<AgentsPage, RegistryError> {
-    let mut binds: Vec<SqlValue> = Vec::new();
-    let mut conditions: Vec<String> = Vec::new();
-    if let Some(condition) = query.filter.condition() {
-        if condition.contains(CUTOFF) {
-            let cutoff = context.now_ms.saturating_sub(context.offline_after_ms);
-            binds.push(SqlValue::Integer(cutoff as i64));
-            conditions.push(condition.replace(CUTOFF, &format!("?{}", binds.len())));
-        } else {
-            conditions.push(condition.to_owned());
-        }
+    let selection = PageFilter {
+        filter: query.filter,
+        kind: query.kind,
+        location: query.location.as_deref(),
+        q: query.q.as_deref(),
+        cutoff_ms: context.cutoff_ms(),
     }
-    if let Some(kind) = query.kind {
-        binds.push(SqlValue::Text(kind.as_str().to_owned()));
-        conditions.push(format!("a.kind = ?{}", binds.len()));
-    }
-    if let Some(location) = &query.location {
-        binds.push(SqlValue::Text(location.clone()));
-        conditions.push(format!("a.location = ?{}", binds.len()));
-    }
-    if let Some(q) = &query.q {
-        binds.push(SqlValue::Text(q.to_lowercase()));
-        let n = binds.len();
-        conditions.push(format!(
-            "(instr(lower(a.name), ?{n}) > 0 OR instr(a.id, ?{n}) > 0)"
-        ));
-    }
-    let filter = if conditions.is_empty() {
-        String::new()
-    } else {
-        format!("WHERE {}", conditions.join(" AND "))
-    };
-    let from = format!("{AGENTS_FROM} {LAST_ENROLMENT} {filter}");
+    .selection();
     crate::status::read(registry, |db| {
-        let total = db
-            .prepare_cached(&format!("{DEFINITIONS} SELECT count(*) {from}"))?
-            .query_row(params_from_iter(binds.iter()), |row| row.get::<_, i64>(0))?
-            as usize;
-        let mut page_binds = binds.clone();
-        page_binds.push(SqlValue::Integer(query.limit as i64));
-        page_binds.push(SqlValue::Integer(
-            i64::try_from(query.offset).unwrap_or(i64::MAX),
-        ));
-        let n = page_binds.len();
-        let clause = format!("{filter} {AGENTS_ORDER} LIMIT ?{} OFFSET ?{n}", n - 1);
-        let agents = crate::status::agents_where(db, context, &clause, &page_binds)?;
+        let total = agent_reads::count(db, &selection)?;
+        let page = selection.page(query.limit, query.offset);
+        let agents = crate::status::agents_where(db, context, &page.clause, &page.binds)?;
         Ok(AgentsPage {
             total,
             offset: query.offset,
@@ -308,13 +203,7 @@ pub fn page(
 
 /// Every distinct location, sorted.
 pub fn locations(registry: &Registry) -> Result<Vec<String>, RegistryError> {
-    registry.with_db(|db| {
-        let mut stmt = db.prepare_cached(
-            "SELECT DISTINCT location FROM agents WHERE location IS NOT NULL ORDER BY location",
-        )?;
-        let rows = stmt.query_map([], |row| row.get::<_, String>(0))?;
-        Ok(rows.collect::<Result<Vec<_>, _>>()?)
-    })
+    registry.with_db(agent_reads::locations)
 }
 
 async fn agents(
@@ -325,11 +214,7 @@ async fn agents(
     let query = raw
         .check()
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
-    let context = ViewContext {
-        now_ms: fleetls_proto::now_ms(),
-        offline_after_ms: app.config.offline_after.as_millis() as u64,
-        min_ssl_version: app.config.min_ssl_version,
-    };
+    let context = ViewContext::new(app.config.min_ssl_version, app.liveness());
     let registry_app = app.clone();
     let mut page =
         tokio::task::spawn_blocking(move || page(&registry_app.registry, context, &query))
@@ -358,7 +243,7 @@ async fn locations_route(State(app): State<Arc<App>>) -> Result<Json<Vec<String>
 mod tests {
     use super::*;
     use crate::config::Version;
-    use rusqlite::params;
+    use crate::registry::test_support::*;
     use uuid::Uuid;
 
     const MIN: Version = Version(1, 0, 0);
@@ -367,7 +252,7 @@ mod tests {
     fn context() -> ViewContext {
         ViewContext {
             now_ms: NOW,
-            offline_after_ms: 30_000,
+            liveness: crate::status::Liveness::heard_within(30_000),
             min_ssl_version: MIN,
         }
     }
@@ -376,45 +261,43 @@ mod tests {
     fn agent(registry: &Registry, name: &str, kind: &str, location: &str, online: bool) -> Uuid {
         let id = Uuid::new_v4();
         let seen = if online { NOW - 1_000 } else { NOW - 60_000 };
-        registry
-            .with_db(|db| {
-                db.execute(
-                    "INSERT INTO agents (id, name, kind, version, location, hostnames, ips,
-                         first_seen, last_seen) VALUES (?1, ?2, ?3, '1.0.0', ?4, '[]', '[]', 0, ?5)",
-                    params![id.to_string(), name, kind, location, seen as i64],
-                )?;
-                Ok(())
-            })
-            .unwrap();
+        let row = AgentRow {
+            id,
+            name,
+            kind,
+            version: "1.0.0",
+            location,
+            hostnames: "[]",
+            ips: "[]",
+            last_seen: seen as i64,
+            has_certificate: false,
+        };
+        registry.with_db(|db| insert_agent_row(db, &row)).unwrap();
         id
     }
 
     fn campaign(registry: &Registry, kind: &str, started: i64, children: &[(Uuid, &str)]) -> Uuid {
-        let id = Uuid::new_v4();
         registry
             .with_tx(|db| {
-                db.execute(
-                    "INSERT INTO campaigns (id, kind, state, window, started_at, deadline_at,
-                         step_timeout_ms) VALUES (?1, ?2, 'finished', 10, ?3, ?3, 1000)",
-                    params![id.to_string(), kind, started],
-                )?;
+                let id = insert_finished_campaign(db, kind, started)?;
                 for (seq, (agent, state)) in children.iter().enumerate() {
-                    db.execute(
-                        "INSERT INTO campaign_children (campaign, agent, seq, state, step,
-                             target_host, target_port, message, cause)
-                         VALUES (?1, ?2, ?3, ?4, 'ssl-port', 'localhost', 1, 'msg', NULL)",
-                        params![id.to_string(), agent.to_string(), seq as i64, state],
-                    )?;
-                    db.execute(
-                        "INSERT INTO step_results (campaign, agent, step, ok, message, at)
-                         VALUES (?1, ?2, 'cert-test', 1, 'Certificates generated successfully!', ?3)",
-                        params![id.to_string(), agent.to_string(), started],
+                    insert_campaign_child(db, id, *agent, seq, state, "localhost")?;
+                    insert_step_result(
+                        db,
+                        &StepResultRow {
+                            campaign: id,
+                            agent: *agent,
+                            step: "cert-test",
+                            ok: true,
+                            message: "Certificates generated successfully!",
+                            at: started,
+                            late: false,
+                        },
                     )?;
                 }
-                Ok(())
+                Ok(id)
             })
-            .unwrap();
-        id
+            .unwrap()
     }
 
     fn query(text: &str) -> PageQuery {
@@ -489,6 +372,12 @@ mod tests {
     }
 
     #[test]
+    fn the_registry_pages_through_the_agents_of_the_status_list_in_its_order() {
+        assert_eq!(agent_reads::AGENTS_FROM, crate::status::AGENTS_FROM);
+        assert_eq!(agent_reads::AGENTS_ORDER, crate::status::AGENTS_ORDER);
+    }
+
+    #[test]
     fn bad_parameters_name_themselves() {
         let check = |raw: RawPageQuery| raw.check().unwrap_err();
         assert!(check(RawPageQuery {
@@ -527,15 +416,20 @@ mod tests {
             .with_tx(|tx| {
                 for i in 0..10_000 {
                     let id = Uuid::new_v4();
-                    tx.execute(
-                        "INSERT INTO agents (id, name, kind, version, location, hostnames, ips,
-                             first_seen, last_seen) VALUES (?1, ?2, 'child', '1.0.0', ?3, '[]', '[]', 0, ?4)",
-                        params![
-                            id.to_string(),
-                            format!("till-{i:05}"),
-                            format!("shop-{}", i % 100),
-                            NOW as i64
-                        ],
+                    let (name, location) = (format!("till-{i:05}"), format!("shop-{}", i % 100));
+                    insert_agent_row(
+                        tx,
+                        &AgentRow {
+                            id,
+                            name: &name,
+                            kind: "child",
+                            version: "1.0.0",
+                            location: &location,
+                            hostnames: "[]",
+                            ips: "[]",
+                            last_seen: NOW as i64,
+                            has_certificate: false,
+                        },
                     )?;
                     ids.push(id);
                 }

@@ -7,13 +7,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rusqlite::{params, OptionalExtension};
 use tracing::{info, warn};
 
 use crate::app::App;
-use crate::broker::send_all;
 use crate::campaign;
-use crate::registry::RegistryError;
+use crate::registry::agent_reads;
 use crate::shutdown::Shutdown;
 
 /// The longest the engine sleeps without a reason to wake.
@@ -25,9 +23,13 @@ pub async fn run(app: Arc<App>, mut shutdown: Shutdown) {
     let mut pace = campaign::Pace::default();
     loop {
         let mut sleep = IDLE;
-        if let Some(channel) = app.channel() {
+        // While presence is being read nobody is known online: no child is
+        // started or judged offline until it is.
+        let channel = app.channel().filter(|_| !app.presence_pending());
+        if let Some(channel) = channel {
             let registry = app.registry.clone();
-            let offline_after = app.config.offline_after.as_millis() as u64;
+            let liveness = app.liveness();
+            let judging = liveness.for_judging();
             let resend_now = resend;
             let judge = app.drained.load(std::sync::atomic::Ordering::SeqCst);
             let mut learnt = std::mem::take(&mut pace);
@@ -42,9 +44,16 @@ pub async fn run(app: Arc<App>, mut shutdown: Shutdown) {
                         }
                     }
                     let online = |agent: &uuid::Uuid| {
-                        last_seen(tx, agent).is_some_and(|seen| {
-                            fleetls_proto::now_ms().saturating_sub(seen) < offline_after
-                        })
+                        let now = fleetls_proto::now_ms();
+                        match agent_reads::last_seen(tx, agent).ok().flatten() {
+                            Some((seen, present)) if liveness.online(now, seen, present) => {
+                                campaign::Reach::Online
+                            }
+                            Some((seen, present)) if judging.online(now, seen, present) => {
+                                campaign::Reach::Away
+                            }
+                            _ => campaign::Reach::Gone,
+                        }
                     };
                     campaign::tick(tx, id, &online, resend_now, judge).map(|t| Some((id, t)))
                 });
@@ -59,7 +68,7 @@ pub async fn run(app: Arc<App>, mut shutdown: Shutdown) {
                 Ok(Ok(Some((id, tick)))) => {
                     resend = false;
                     if !tick.outgoing.is_empty() {
-                        if let Err(e) = send_all(&channel, &app.signing_key, tick.outgoing).await {
+                        if let Err(e) = app.send(&channel, tick.outgoing).await {
                             warn!(error = %e, "sending campaign steps failed; will re-send");
                             resend = true;
                             if e.is_stuck() {
@@ -96,17 +105,4 @@ pub async fn run(app: Arc<App>, mut shutdown: Shutdown) {
             _ = tokio::time::sleep(sleep) => {}
         }
     }
-}
-
-fn last_seen(tx: &rusqlite::Connection, agent: &uuid::Uuid) -> Option<u64> {
-    tx.query_row(
-        "SELECT last_seen FROM agents WHERE id = ?1",
-        params![agent.to_string()],
-        |row| row.get::<_, i64>(0),
-    )
-    .optional()
-    .map_err(RegistryError::from)
-    .ok()
-    .flatten()
-    .map(|t| t as u64)
 }

@@ -234,31 +234,7 @@ pub fn export(
     legacy: bool,
 ) -> Result<ExportReport, ExportError> {
     check_password(password).map_err(ExportError::BadRequest)?;
-    let local_parents: Vec<&str> = agents
-        .iter()
-        .filter(|a| a.kind == AgentKind::LocalParent)
-        .map(|a| a.name.as_str())
-        .collect();
-    if !local_parents.is_empty() {
-        return Err(ExportError::Refused(format!(
-            "{} is a local parent agent: it serves TLS with its own names, so it makes its own key \
-             and CSR (`certs send`); export is for mPOS devices and children",
-            local_parents.join(", ")
-        )));
-    }
-    let mpos: Vec<&str> = agents
-        .iter()
-        .filter(|a| a.kind == AgentKind::Mpos)
-        .map(|a| a.name.as_str())
-        .collect();
-    if !mpos.is_empty() && settings.names.is_empty() {
-        return Err(ExportError::Refused(format!(
-            "mPOS cannot use an IP: add a DNS name with settings set --names \
-             (the SSL settings hold only IP addresses; mPOS: {})",
-            mpos.join(", ")
-        )));
-    }
-
+    exportable(settings, agents)?;
     let ca = pem_certs(&pki.ca_chain_pem)?;
     let root = ca.last().expect("pem_certs is never empty");
     let trusted: Vec<(String, &[u8])> = ca
@@ -309,39 +285,7 @@ pub fn export(
         issued.push((agent, certificate, path));
     }
 
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(out)
-        .map_err(|source| ExportError::Io {
-            path: out.to_owned(),
-            source,
-        })?;
-    let mut staged = Vec::new();
-    let result = (|| {
-        for (path, bytes, mode) in &files {
-            staged.push(stage(path, bytes, *mode)?);
-        }
-        for (agent, certificate, _) in &issued {
-            registry.record_certificate(agent.id, certificate)?;
-        }
-        for ((path, _, _), tmp) in files.iter().zip(&staged) {
-            std::fs::rename(tmp, path).map_err(|source| ExportError::Io {
-                path: path.clone(),
-                source,
-            })?;
-        }
-        if let Ok(dir) = std::fs::File::open(out) {
-            let _ = dir.sync_all();
-        }
-        Ok(())
-    })();
-    if let Err(e) = result {
-        for tmp in &staged {
-            let _ = std::fs::remove_file(tmp);
-        }
-        return Err(e);
-    }
+    write_all(out, &files, &issued, registry)?;
     tracing::info!(
         out = %out.display(),
         agents = issued.len(),
@@ -363,13 +307,88 @@ pub fn export(
     })
 }
 
+/// Refuses an export for a local parent (it makes its own key) and one for
+/// mPOS devices while the settings hold no DNS name.
+fn exportable(settings: &SslSettings, agents: &[Agent]) -> Result<(), ExportError> {
+    let local_parents: Vec<&str> = agents
+        .iter()
+        .filter(|a| a.kind == AgentKind::LocalParent)
+        .map(|a| a.name.as_str())
+        .collect();
+    if !local_parents.is_empty() {
+        return Err(ExportError::Refused(format!(
+            "{} is a local parent agent: it serves TLS with its own names, so it makes its own key \
+             and CSR (`certs send`); export is for mPOS devices and children",
+            local_parents.join(", ")
+        )));
+    }
+    let mpos: Vec<&str> = agents
+        .iter()
+        .filter(|a| a.kind == AgentKind::Mpos)
+        .map(|a| a.name.as_str())
+        .collect();
+    if !mpos.is_empty() && settings.names.is_empty() {
+        return Err(ExportError::Refused(format!(
+            "mPOS cannot use an IP: add a DNS name with settings set --names \
+             (the SSL settings hold only IP addresses; mPOS: {})",
+            mpos.join(", ")
+        )));
+    }
+
+    Ok(())
+}
+
+/// Writes every file (staged, then renamed into place) and records the
+/// certificates: all or nothing.
+fn write_all(
+    out: &Path,
+    files: &[(PathBuf, Vec<u8>, u32)],
+    issued: &[(&Agent, crate::pki::Issued, PathBuf)],
+    registry: &Registry,
+) -> Result<(), ExportError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(out)
+        .map_err(|source| ExportError::Io {
+            path: out.to_owned(),
+            source,
+        })?;
+    let mut staged = Vec::new();
+    let result = (|| {
+        for (path, bytes, mode) in files {
+            staged.push(stage(path, bytes, *mode)?);
+        }
+        for (agent, certificate, _) in issued {
+            registry.record_certificate(agent.id, certificate)?;
+        }
+        for ((path, _, _), tmp) in files.iter().zip(&staged) {
+            std::fs::rename(tmp, path).map_err(|source| ExportError::Io {
+                path: path.clone(),
+                source,
+            })?;
+        }
+        if let Ok(dir) = std::fs::File::open(out) {
+            let _ = dir.sync_all();
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        for tmp in &staged {
+            let _ = std::fs::remove_file(tmp);
+        }
+        return Err(e);
+    }
+    Ok(())
+}
+
 /// The export as the admin API runs it: finds the agents the request names
 /// and exports for them with the parent's CA and settings.
 pub fn export_op(
     app: &crate::app::App,
     request: &ExportRequest,
-) -> Result<ExportReport, crate::ops::OpError> {
-    use crate::ops::OpError;
+) -> Result<ExportReport, crate::op_error::OpError> {
+    use crate::op_error::OpError;
     let pki = app.pki().ok_or_else(|| {
         OpError::Refused("there are no certificates yet: run `certs generate` first".into())
     })?;
@@ -395,9 +414,9 @@ pub fn export_op(
     )?)
 }
 
-impl From<ExportError> for crate::ops::OpError {
+impl From<ExportError> for crate::op_error::OpError {
     fn from(e: ExportError) -> Self {
-        use crate::ops::OpError;
+        use crate::op_error::OpError;
         match e {
             ExportError::BadRequest(m) => OpError::BadRequest(m),
             ExportError::Refused(m) => OpError::Refused(m),

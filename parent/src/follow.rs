@@ -8,31 +8,8 @@ use std::time::Duration;
 use crate::campaign::Progress;
 use crate::client::{Client, ClientError};
 
-/// Parses `90`, `90s`, `15m`, `2h` into a duration.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let (digits, unit) = text.split_at(
-        text.find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(text.len()),
-    );
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration: use e.g. 90s, 15m or 1h"))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "m" => n.saturating_mul(60),
-        "h" => n.saturating_mul(3600),
-        _ => {
-            return Err(format!(
-                "{text:?} is not a duration: use e.g. 90s, 15m or 1h"
-            ))
-        }
-    };
-    if secs == 0 {
-        return Err("a duration must be at least 1 second".into());
-    }
-    Ok(Duration::from_secs(secs))
-}
+/// The campaign flags' parser, where the binary has always found it.
+pub use crate::duration::parse_duration;
 
 /// One progress line.
 pub fn progress_line(p: &Progress) -> String {
@@ -105,16 +82,6 @@ pub async fn follow(client: &Client) -> Result<(Progress, bool), ClientError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("60m").unwrap(), Duration::from_secs(3600));
-        assert_eq!(parse_duration("45").unwrap(), Duration::from_secs(45));
-        assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
-        assert!(parse_duration("5d").is_err());
-        assert!(parse_duration("0s").is_err());
-        assert!(parse_duration("m").is_err());
-    }
 
     #[test]
     fn the_line_counts_and_estimates() {

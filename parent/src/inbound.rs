@@ -3,29 +3,34 @@
 //! The service consumes `fleetls.parent` in batches; [`check`] takes each
 //! delivery apart (size, encoding, direction, signature, fields) and turns
 //! it into an [`Event`], and [`apply`] writes a batch in one transaction:
-//! the key pinned for each agent and its admission first, then what the
-//! message says — calling the registry (storage) and the campaign engine
-//! below it, which return what to send. Nothing below calls back up.
+//! the key pinned for each agent and its admission first, then its replay
+//! counter (a message whose `seq` is not above the last one handled for
+//! its agent is a redelivery or a replay, and changes nothing), then what
+//! the message says — calling the registry (storage) and the campaign
+//! engine below it, which return what to send. Nothing below calls back up.
 
 use fleetls_proto::{
-    AgentKind, AgentState, BrokerSwitchReport, CertificateIssued, CsrRejected, Directed, Envelope,
-    Hello, StepReport, SwitchReport, ToChild, ToParent,
+    AgentState, BrokerSwitchReport, Directed, Envelope, Hello, StepReport, SwitchReport, ToParent,
 };
 use lapin::message::Delivery;
 
-use rusqlite::{params, OptionalExtension};
+use rusqlite::Transaction;
 use uuid::Uuid;
 
+mod csr;
+
+pub use csr::CaSigner;
+
 use crate::broker::Outgoing;
+use crate::campaign::ChildStep;
 use crate::pki::Issued;
-use crate::registry::{
-    agent_in, json_list, record_security, Admission, Agent, Registry, RegistryError,
-};
+use crate::registry::{agent_in, agents, replay, security};
+use crate::registry::{record_security, Agent, Registry, RegistryError};
 
 /// One change to apply, from one message.
 #[derive(Debug, Clone)]
 pub struct Event {
-    /// The message id (for idempotence).
+    /// The message id (answers name it).
     pub message: Uuid,
     /// The agent that sent it.
     pub agent: Uuid,
@@ -37,6 +42,9 @@ pub struct Event {
     /// Which delivery of the batch it came from (to dead-letter it if the
     /// registry refuses it).
     pub delivery: usize,
+    /// The agent's replay counter on it (never 0: checked on reading): it
+    /// is handled only when above the last one handled for the agent.
+    pub seq: u64,
     /// What it says.
     pub what: EventKind,
 }
@@ -55,6 +63,9 @@ pub struct Applied {
     /// Agents that said Hello (a first start or any reconnect): they are
     /// sent again what they are still owed (`crate::owed`).
     pub greeted: Vec<Uuid>,
+    /// Messages dropped because their `seq` was not above their agent's
+    /// counter: redeliveries and replays, acked and otherwise ignored.
+    pub replayed: u64,
 }
 
 /// How far ahead of the parent's clock an agent's report may be dated and
@@ -67,8 +78,9 @@ pub struct Policy {
     /// The fingerprint of the parent's own signing key: an agent that
     /// pinned any other is compromised.
     pub parent_key: String,
-    /// Which new agents are accepted without an operator.
-    pub auto_accept: crate::admission::AutoAccept,
+    /// Who is admitted without an operator (tokens, open enrollment, the
+    /// cap on pending agents).
+    pub enrollment: crate::enrollment::Rules,
     /// Since when this process's SSL port listens (ms; `u64::MAX` while it
     /// does not): a failed connection to it reported from before then was
     /// made while the port was down and says nothing about the child.
@@ -94,18 +106,36 @@ pub enum EventKind {
     BrokerSwitchReport(BrokerSwitchReport),
 }
 
-/// Signs CSRs for [`Registry::apply`] (the CA, when one exists).
+impl EventKind {
+    /// The body kind it came from, for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            EventKind::Hello(_) => "Hello",
+            EventKind::Heartbeat(_) => "Heartbeat",
+            EventKind::Csr(_) => "Csr",
+            EventKind::Refused(..) => "Refused",
+            EventKind::StepReport(_) => "StepReport",
+            EventKind::SwitchReport(_) => "SwitchReport",
+            EventKind::BrokerSwitchReport(_) => "BrokerSwitchReport",
+        }
+    }
+}
+
+/// Signs CSRs for [`apply`] (the CA, when one exists).
 pub trait Signer {
     /// Signs `csr` for `agent`, or says why not.
     fn sign(&self, csr: &str, agent: &Agent) -> Result<Issued, String>;
 }
 
-/// Applies a batch of events in one transaction; a message id already
-/// applied changes nothing (a CSR seen before gets its stored answer
-/// again). First, each message must be signed by the key pinned for
-/// its agent (a new agent's Hello pins the key it is signed with);
-/// what fails that is refused, recorded as a security event, and
-/// returned in [`Applied::rejected`] to be dead-lettered.
+/// Applies a batch of events in one transaction, in order. First, each
+/// message must be signed by the key pinned for its agent (a new agent's
+/// Hello pins the key it is signed with); what fails that is refused,
+/// recorded as a security event, and returned in [`Applied::rejected`] to
+/// be dead-lettered. Then its `seq` must be above the agent's replay
+/// counter, as the transaction has it so far (two messages of one agent in
+/// a batch: the second is compared with the first): else it is a
+/// redelivery or a replay, changes nothing and is counted in
+/// [`Applied::replayed`]. A message handled moves the counter to its `seq`.
 pub fn apply(
     registry: &Registry,
     events: &[Event],
@@ -113,316 +143,242 @@ pub fn apply(
     policy: &Policy,
 ) -> Result<Applied, RegistryError> {
     registry.with_tx(|tx| {
-    let mut applied = Applied::default();
-    let outgoing = &mut applied.outgoing;
-    for event in events {
-        if let Err((reason, security)) = authenticate(tx, event)? {
-            if let Some(kind) = security {
-                record_security(tx, Some(&event.agent), kind, &reason)?;
-            }
-            applied.rejected.push((event.delivery, reason));
-            continue;
+        let mut applied = Applied::default();
+        for event in events {
+            apply_one(tx, event, signer, policy, &mut applied)?;
         }
-        let fresh = tx.execute(
-            "INSERT OR IGNORE INTO seen_messages (id, at) VALUES (?1, ?2)",
-            params![event.message.to_string(), fleetls_proto::now_ms() as i64],
-        )?;
-        if fresh == 0 {
-            if let EventKind::Csr(_) = event.what {
-                outgoing.extend(reissue(tx, event)?);
-            }
-            continue;
-        }
-        let agent = event.agent.to_string();
-        // Online/offline follows the parent's clock, not the sender's.
-        let at = fleetls_proto::now_ms() as i64;
-        // Which of an agent's reports is newest follows its own clock
-        // (state_at), but never further ahead than the parent's: a child
-        // whose clock ran a day ahead, then was set right, would otherwise
-        // have every later report counted as older and its state frozen.
-        let reported = (event.at as i64).min(at + MAX_AHEAD_MS);
-        match &event.what {
-            EventKind::Hello(hello) => {
-                let before = agent_in(tx, &event.agent)?;
-                let admission = match &before {
-                    None => policy.auto_accept.decide(hello.kind, &hello.name),
-                    // Becoming a local parent (server certificates) needs an operator again.
-                    Some(b)
-                        if hello.kind == AgentKind::LocalParent
-                            && b.kind != AgentKind::LocalParent
-                            && b.admission == Admission::Accepted =>
-                    {
-                        Admission::Pending
-                    }
-                    Some(b) => b.admission,
-                };
-                tx.execute(
-                    "INSERT INTO agents (id, name, kind, version, location, hostnames, ips,
-                         key_fingerprint, first_seen, last_seen, has_certificate, ssl, broker_tls,
-                         signing_key, admission, parent_key, state_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
-                     ON CONFLICT(id) DO UPDATE SET
-                         name = excluded.name, kind = excluded.kind,
-                         version = excluded.version, location = excluded.location,
-                         hostnames = excluded.hostnames, ips = excluded.ips,
-                         key_fingerprint = excluded.key_fingerprint,
-                         last_seen = max(agents.last_seen, excluded.last_seen),
-                         has_certificate = iif(excluded.state_at >= agents.state_at,
-                             excluded.has_certificate, agents.has_certificate),
-                         ssl = iif(excluded.state_at >= agents.state_at, excluded.ssl, agents.ssl),
-                         broker_tls = iif(excluded.state_at >= agents.state_at,
-                             excluded.broker_tls, agents.broker_tls),
-                         signing_key = coalesce(agents.signing_key, excluded.signing_key),
-                         admission = excluded.admission, parent_key = excluded.parent_key,
-                         state_at = max(agents.state_at, excluded.state_at)",
-                    params![
-                        agent,
-                        hello.name,
-                        hello.kind.as_str(),
-                        hello.version,
-                        hello.location,
-                        json_list(&hello.hostnames),
-                        json_list(&hello.ips),
-                        hello.key_fingerprint,
-                        at,
-                        hello.state.has_certificate,
-                        hello.state.ssl,
-                        hello.state.broker_tls,
-                        event.key,
-                        admission.as_str(),
-                        hello.state.parent_key,
-                        reported,
-                    ],
-                )?;
-                crate::rotation::note_trust(tx, &event.agent, &hello.state.trusted_cas)?;
-                note_parent_key(
-                    tx,
-                    &event.agent,
-                    before.and_then(|b| b.parent_key),
-                    &hello.state.parent_key,
-                    policy,
-                )?;
-                crate::owed::settle_if_certified(tx, &event.agent, hello.state.has_certificate)?;
-                applied.greeted.push(event.agent);
-            }
-            EventKind::Heartbeat(state) => {
-                let before = agent_in(tx, &event.agent)?.and_then(|b| b.parent_key);
-                tx.execute(
-                    // Only the newest report (the agent's clock) sets the
-                    // state: one sent earlier on another connection may
-                    // arrive after it.
-                    "UPDATE agents SET last_seen = max(last_seen, ?2),
-                         has_certificate = iif(?7 >= state_at, ?3, has_certificate),
-                         ssl = iif(?7 >= state_at, ?4, ssl),
-                         broker_tls = iif(?7 >= state_at, ?5, broker_tls),
-                         parent_key = iif(?7 >= state_at, ?6, parent_key),
-                         state_at = max(state_at, ?7)
-                     WHERE id = ?1",
-                    params![
-                        agent,
-                        at,
-                        state.has_certificate,
-                        state.ssl,
-                        state.broker_tls,
-                        state.parent_key,
-                        reported,
-                    ],
-                )?;
-                note_parent_key(tx, &event.agent, before, &state.parent_key, policy)?;
-                crate::owed::settle_if_certified(tx, &event.agent, state.has_certificate)?;
-                crate::rotation::note_trust(tx, &event.agent, &state.trusted_cas)?;
-            }
-            EventKind::StepReport(report) => {
-                // A test begun before this parent's SSL port opened says
-                // nothing about the child (the port may have gone with the
-                // parent before it): when it began, not when it was sent.
-                let began = report.started_at.map_or(event.at, |t| t.min(event.at));
-                crate::campaign::on_report(tx, event.agent, report, began, policy.ssl_port_open_since, outgoing)?;
-            }
-            EventKind::SwitchReport(report) => {
-                if report.ok {
-                    tx.execute(
-                        "UPDATE agents SET ssl = 1, state_at = max(state_at, ?2) WHERE id = ?1",
-                        params![agent, reported],
-                    )?;
-                }
-                crate::campaign::on_single_report(
-                    tx,
-                    event.agent,
-                    report.campaign,
-                    "use-ssl",
-                    report.ok,
-                    &report.message,
-                )?;
-            }
-            EventKind::BrokerSwitchReport(report) => {
-                if report.tls {
-                    tx.execute(
-                        "UPDATE agents SET broker_tls = 1, state_at = max(state_at, ?2) WHERE id = ?1",
-                        params![agent, reported],
-                    )?;
-                }
-                let message = match &report.error {
-                    None => format!(
-                        "Connected to RabbitMQ over {}.",
-                        report.protocol.as_deref().unwrap_or("TLS")
-                    ),
-                    Some(error) => format!("Stayed on plain AMQP: {error}"),
-                };
-                crate::campaign::on_single_report(
-                    tx,
-                    event.agent,
-                    report.campaign,
-                    "use-broker-tls",
-                    report.tls,
-                    &message,
-                )?;
-            }
-            EventKind::Refused(reason, true) => {
-                record_security(tx, Some(&event.agent), "forged_command", reason)?;
-            }
-            EventKind::Refused(reason, false) => {
-                tx.execute(
-                    "INSERT INTO refusals (agent_id, reason, at) VALUES (?1, ?2, ?3)
-                     ON CONFLICT(agent_id) DO UPDATE SET reason = excluded.reason, at = excluded.at
-                     WHERE excluded.at >= refusals.at",
-                    params![agent, reason, at],
-                )?;
-            }
-            EventKind::Csr(pem) => {
-                let registered = agent_in(tx, &event.agent)?;
-                let result = match (registered, signer) {
-                    (None, _) => Err("the CSR was refused: this agent is not registered; it must send Hello first".to_owned()),
-                    (Some(_), None) => Err("the CSR was refused: the parent has no CA yet; run `fleetls-parent certs generate`".to_owned()),
-                    (Some(registered), Some(_)) if registered.admission != Admission::Accepted => Err(format!(
-                        "the CSR was refused: this agent is {}; an operator must run `fleetls-parent agents accept {}` first",
-                        registered.admission.as_str(),
-                        registered.name
-                    )),
-                    (Some(registered), Some(signer)) => signer.sign(pem, &registered),
-                };
-                if let Ok(issued) = &result {
-                    // A CSR sent again on the same key (its answer was lost
-                    // on the way) gets the same certificate, not a second.
-                    if let Some(again) = issued_for_key(tx, event, &issued.key)? {
-                        crate::owed::settle(tx, &event.agent)?;
-                        outgoing.push(again);
-                        continue;
-                    }
-                }
-                // A key whose certificate was revoked is never certified
-                // again: a child makes a new key for every CSR, so only an
-                // old CSR asks for one — a late duplicate (a renewal sent
-                // again while the child was slow to answer: seen at 30,000
-                // children) or a replay once its message id is forgotten
-                // (a day). Certifying it would revoke the child's current
-                // certificate, which the child then still uses.
-                let result = match result {
-                    Ok(issued) => match revoked_key(tx, &event.agent, &issued.key)? {
-                        // Superseded by a newer certificate of the same
-                        // agent: ignored, unanswered (the child has moved on).
-                        Some((serial, reason)) if reason == "superseded" => {
-                            tracing::debug!(agent = %event.agent, serial, "a CSR on a key already renewed was ignored (a late duplicate, or a replay)");
-                            continue;
-                        }
-                        Some((serial, reason)) => {
-                            let why = format!(
-                                "the CSR was refused: this key's certificate (serial {serial}) was revoked ({reason}); \
-                                 a certificate needs a new key"
-                            );
-                            record_security(tx, Some(&event.agent), "revoked_key_csr", &why)?;
-                            Err(why)
-                        }
-                        None => Ok(issued),
-                    },
-                    Err(e) => Err(e),
-                };
-                match result {
-                    Ok(issued) => {
-                        // The certificate it replaces is revoked, superseded.
-                        let renewal = crate::registry::revoke_certificates(tx, &event.agent, "superseded")? > 0;
-                        if renewal {
-                            applied.revoked = true;
-                        }
-                        tx.execute(
-                            "INSERT INTO certificates (serial, agent_id, subject, not_after, issued_at, csr_message, chain_pem, key_sha256, ca, renewal)
-                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-                            params![
-                                issued.serial,
-                                agent,
-                                issued.subject,
-                                issued.not_after,
-                                fleetls_proto::now_ms() as i64,
-                                event.message.to_string(),
-                                issued.chain_pem,
-                                issued.key,
-                                issued.ca,
-                                renewal,
-                            ],
-                        )?;
-                        crate::owed::settle(tx, &event.agent)?;
-                        crate::rotation::on_csr_answered(tx, &event.agent, Ok(&issued.ca))?;
-                        tx.execute("DELETE FROM refusals WHERE agent_id = ?1", params![agent])?;
-                        outgoing.push(Outgoing {
-                            agent: event.agent,
-                            body: ToChild::CertificateIssued(CertificateIssued {
-                                chain_pem: issued.chain_pem,
-                                serial: issued.serial,
-                                not_after: issued.not_after,
-                                ignored: issued.ignored,
-                            }),
-                            re: Some(event.message),
-                        });
-                    }
-                    Err(reason) => {
-                        tx.execute(
-                            "INSERT INTO refusals (agent_id, reason, at) VALUES (?1, ?2, ?3)
-                             ON CONFLICT(agent_id) DO UPDATE SET reason = excluded.reason, at = excluded.at",
-                            params![agent, reason, at],
-                        )?;
-                        crate::rotation::on_csr_answered(tx, &event.agent, Err(&reason))?;
-                        outgoing.push(Outgoing {
-                            agent: event.agent,
-                            body: ToChild::CsrRejected(CsrRejected { reason }),
-                            re: Some(event.message),
-                        });
-                    }
-                }
-            }
-        }
-    }
-    Ok(applied)
+        Ok(applied)
     })
 }
 
-/// Whether `event` is signed by the key pinned for its agent: `Err` with
-/// the reason to dead-letter it, and the kind of security event it is
-/// (`None`: an ordinary refusal).
-#[allow(clippy::type_complexity)]
+/// When a message is applied: by the parent's clock and by the agent's.
+#[derive(Debug, Clone, Copy)]
+struct Clock {
+    /// Now, by the parent's clock (ms): online/offline follows it, not the
+    /// sender's.
+    at: i64,
+    /// When the agent sent it (ms), by its own clock, but never further
+    /// ahead than the parent's: which of an agent's reports is newest
+    /// follows this (`state_at`). A child whose clock ran a day ahead, then
+    /// was set right, would otherwise have every later report counted as
+    /// older and its state frozen.
+    reported: i64,
+}
+
+impl Clock {
+    fn of(event: &Event) -> Clock {
+        let at = fleetls_proto::now_ms() as i64;
+        Clock {
+            at,
+            reported: (event.at as i64).min(at + MAX_AHEAD_MS),
+        }
+    }
+}
+
+/// Applies one event of a batch, inside its transaction.
+fn apply_one(
+    tx: &Transaction<'_>,
+    event: &Event,
+    signer: Option<&dyn Signer>,
+    policy: &Policy,
+    applied: &mut Applied,
+) -> Result<(), RegistryError> {
+    if let Err((reason, security)) = authenticate(tx, event)? {
+        if let Some(kind) = security {
+            record_security(tx, Some(&event.agent), kind, &reason)?;
+        }
+        applied.rejected.push((event.delivery, reason));
+        return Ok(());
+    }
+    let counter = replay::counter(tx, &event.agent)?;
+    if let Some(counter) = &counter {
+        if !counter.fresh(event.seq) {
+            let last = counter.last;
+            // A redelivery's answer, if one was lost, is sent again by what
+            // the registry says is owed, or the agent asks again.
+            tracing::debug!(agent = %event.agent, seq = event.seq, last_seq = last, kind = event.what.kind(),
+                "a message not above its agent's replay counter was dropped (a redelivery or a replay)");
+            applied.replayed += 1;
+            return Ok(());
+        }
+    }
+    handle(tx, event, signer, policy, applied)?;
+    // The counter read above, unless this message registered the agent.
+    replay::advance(tx, &event.agent, event.seq, counter)
+}
+
+/// What an authentic, new message does.
+fn handle(
+    tx: &Transaction<'_>,
+    event: &Event,
+    signer: Option<&dyn Signer>,
+    policy: &Policy,
+    applied: &mut Applied,
+) -> Result<(), RegistryError> {
+    let clock = Clock::of(event);
+    match &event.what {
+        EventKind::Hello(hello) => on_hello(tx, event, hello, clock, policy, applied),
+        EventKind::Heartbeat(state) => on_heartbeat(tx, event, state, clock, policy),
+        EventKind::StepReport(report) => {
+            // A test begun before this parent's SSL port opened says
+            // nothing about the child (the port may have gone with the
+            // parent before it): when it began, not when it was sent.
+            let began = report.started_at.map_or(event.at, |t| t.min(event.at));
+            crate::campaign::on_report(
+                tx,
+                event.agent,
+                report,
+                began,
+                policy.ssl_port_open_since,
+                &mut applied.outgoing,
+            )?;
+            Ok(())
+        }
+        EventKind::SwitchReport(report) => on_switch_report(tx, event, report, clock),
+        EventKind::BrokerSwitchReport(report) => on_broker_switch_report(tx, event, report, clock),
+        EventKind::Refused(reason, true) => {
+            record_claim(tx, &event.agent, "forged_command", reason)
+        }
+        EventKind::Refused(reason, false) => {
+            agents::note_refusal(tx, &event.agent, reason, clock.at)
+        }
+        EventKind::Csr(pem) => csr::on_csr(tx, event, pem, signer, clock, applied),
+    }
+}
+
+/// A Hello: enrollment decides whether the agent is admitted (refused:
+/// dead-lettered), then its row, its token, its name, what it trusts and
+/// which parent key it obeys are recorded, and what it was owed settled.
+fn on_hello(
+    tx: &Transaction<'_>,
+    event: &Event,
+    hello: &Hello,
+    clock: Clock,
+    policy: &Policy,
+    applied: &mut Applied,
+) -> Result<(), RegistryError> {
+    let before = agent_in(tx, &event.agent)?;
+    let verdict = crate::enrollment::decide(
+        tx,
+        &event.agent,
+        &event.key,
+        hello,
+        before.as_ref(),
+        &policy.enrollment,
+        clock.at as u64,
+    )?;
+    let (admission, token) = match verdict {
+        crate::enrollment::Verdict::Admit { admission, token } => (admission, token),
+        crate::enrollment::Verdict::Refuse(why) => {
+            applied.rejected.push((event.delivery, why));
+            return Ok(());
+        }
+    };
+    agents::register(
+        tx,
+        &event.agent,
+        hello,
+        &event.key,
+        admission,
+        clock.at,
+        clock.reported,
+    )?;
+    if let Some(token) = &token {
+        crate::registry::tokens::mark_enrolled(tx, &event.agent, token)?;
+    }
+    let flag = crate::enrollment::name_flag(tx, &event.agent, &hello.name)?;
+    crate::enrollment::mark_name(tx, &event.agent, &hello.name, flag.as_deref())?;
+    agents::note_trust(tx, &event.agent, &hello.state.trusted_cas)?;
+    note_parent_key(
+        tx,
+        &event.agent,
+        before.and_then(|b| b.parent_key),
+        &hello.state.parent_key,
+        policy,
+    )?;
+    crate::owed::settle_if_certified(tx, &event.agent, hello.state.has_certificate)?;
+    applied.greeted.push(event.agent);
+    Ok(())
+}
+
+/// A heartbeat: the agent was heard, and the state it reports is kept if
+/// it is the newest.
+fn on_heartbeat(
+    tx: &Transaction<'_>,
+    event: &Event,
+    state: &AgentState,
+    clock: Clock,
+    policy: &Policy,
+) -> Result<(), RegistryError> {
+    let before = agent_in(tx, &event.agent)?.and_then(|b| b.parent_key);
+    agents::report_state(tx, &event.agent, clock.at, state, clock.reported)?;
+    note_parent_key(tx, &event.agent, before, &state.parent_key, policy)?;
+    crate::owed::settle_if_certified(tx, &event.agent, state.has_certificate)?;
+    agents::note_trust(tx, &event.agent, &state.trusted_cas)
+}
+
+/// The result of "Use SSL connection": the agent's state, and its turn in
+/// the campaign.
+fn on_switch_report(
+    tx: &Transaction<'_>,
+    event: &Event,
+    report: &SwitchReport,
+    clock: Clock,
+) -> Result<(), RegistryError> {
+    if report.ok {
+        agents::mark_ssl(tx, &event.agent, clock.reported)?;
+    }
+    crate::campaign::on_single_report(
+        tx,
+        event.agent,
+        report.campaign,
+        ChildStep::UseSsl,
+        report.ok,
+        &report.message,
+    )?;
+    Ok(())
+}
+
+/// The result of "Use SSL connection for RabbitMQ": the agent's state, and
+/// its turn in the campaign.
+fn on_broker_switch_report(
+    tx: &Transaction<'_>,
+    event: &Event,
+    report: &BrokerSwitchReport,
+    clock: Clock,
+) -> Result<(), RegistryError> {
+    if report.tls {
+        agents::mark_broker_tls(tx, &event.agent, clock.reported)?;
+    }
+    let message = match &report.error {
+        None => format!(
+            "Connected to RabbitMQ over {}.",
+            report.protocol.as_deref().unwrap_or("TLS")
+        ),
+        Some(error) => format!("Stayed on plain AMQP: {error}"),
+    };
+    crate::campaign::on_single_report(
+        tx,
+        event.agent,
+        report.campaign,
+        ChildStep::UseBrokerTls,
+        report.tls,
+        &message,
+    )?;
+    Ok(())
+}
+
 fn authenticate(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &Transaction<'_>,
     event: &Event,
 ) -> Result<Result<(), (String, Option<&'static str>)>, RegistryError> {
-    let banned: Option<String> = tx
-        .query_row(
-            "SELECT reason FROM banned_keys WHERE key = ?1",
-            params![event.key],
-            |row| row.get(0),
-        )
-        .optional()?;
-    if let Some(reason) = banned {
+    if let Some(reason) = security::ban_reason(tx, &event.key)? {
         return Ok(Err((
             format!("banned_key: this agent's key was {reason}; it cannot register again"),
             Some("banned_key"),
         )));
     }
-    let pinned: Option<Option<String>> = tx
-        .query_row(
-            "SELECT signing_key FROM agents WHERE id = ?1",
-            params![event.agent.to_string()],
-            |row| row.get(0),
-        )
-        .optional()?;
+    let pinned = agents::pinned_key(tx, &event.agent)?;
     Ok(match pinned {
         None if matches!(event.what, EventKind::Hello(_)) => Ok(()),
         None => Err((
@@ -448,7 +404,8 @@ fn authenticate(
         Some(Some(pinned)) if pinned == event.key => Ok(()),
         Some(Some(_)) => Err((
             format!(
-                "impersonation: signed by key {}, not by the key pinned for agent {} at its registration",
+                "impersonation: signed by key {}, \
+                 not by the key pinned for agent {} at its registration",
                 short_key(&event.key),
                 event.agent
             ),
@@ -465,27 +422,28 @@ fn short_key(hex: &str) -> String {
 /// Records a security event when an agent starts reporting a parent key
 /// other than the parent's own (it pinned an impostor's key).
 fn note_parent_key(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &Transaction<'_>,
     agent: &Uuid,
     before: Option<String>,
     now: &Option<String>,
     policy: &Policy,
 ) -> Result<(), RegistryError> {
-    tx.execute(
-        "UPDATE agents SET compromised = ?2 WHERE id = ?1",
-        params![
-            agent.to_string(),
-            now.as_ref().is_some_and(|k| *k != policy.parent_key)
-        ],
+    // Sticky: only an operator clears it (`agents accept`), after the
+    // agent was reinstalled with the right key.
+    agents::note_compromised(
+        tx,
+        agent,
+        now.as_ref().is_some_and(|k| *k != policy.parent_key),
     )?;
     if let Some(now) = now {
         if *now != policy.parent_key && before.as_ref() != Some(now) {
-            record_security(
+            record_claim(
                 tx,
-                Some(agent),
+                agent,
                 "compromised",
                 &format!(
-                    "the agent pinned parent key {now}, not this parent's {}: it obeys someone else; reinstall it with --parent-key",
+                    "the agent pinned parent key {now}, not this parent's {}: \
+                     it obeys someone else; reinstall it with --parent-key",
                     policy.parent_key
                 ),
             )?;
@@ -494,113 +452,27 @@ fn note_parent_key(
     Ok(())
 }
 
-/// The agent's valid certificate issued for the public key `key`, if any,
-/// as the answer to `event` (a CSR).
-fn issued_for_key(
-    tx: &rusqlite::Transaction<'_>,
-    event: &Event,
-    key: &str,
-) -> Result<Option<Outgoing>, RegistryError> {
-    let row = tx
-        .query_row(
-            "SELECT serial, not_after, chain_pem FROM certificates
-             WHERE agent_id = ?1 AND key_sha256 = ?2 AND revoked = 0",
-            params![event.agent.to_string(), key],
-            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+/// What an agent says happened to it (a forged command it was sent, a
+/// parent key it obeys) is recorded under its kind only from an accepted
+/// agent; from one not accepted it is kept as `unadmitted_claim`. Anyone
+/// with the broker's credentials can register a thousand pending agents
+/// that all report the same: they must not push the real `compromised` or
+/// `forged_command` events out of the kept record.
+fn record_claim(
+    tx: &Transaction<'_>,
+    agent: &Uuid,
+    kind: &str,
+    detail: &str,
+) -> Result<(), RegistryError> {
+    if agents::admission_in(tx, agent)? == Some(crate::admission::Admission::Accepted) {
+        record_security(tx, Some(agent), kind, detail)
+    } else {
+        record_security(
+            tx,
+            Some(agent),
+            "unadmitted_claim",
+            &format!("{kind} (from an agent not accepted): {detail}"),
         )
-        .optional()?;
-    Ok(
-        row.map(|(serial, not_after, chain_pem)| {
-            issued_answer(event, serial, not_after, chain_pem)
-        }),
-    )
-}
-
-/// The serial and revocation reason of the newest revoked certificate of
-/// `agent` on the key `key` (`sha256:HEX`), if one exists.
-fn revoked_key(
-    tx: &rusqlite::Transaction<'_>,
-    agent: &uuid::Uuid,
-    key: &str,
-) -> Result<Option<(String, String)>, RegistryError> {
-    Ok(tx
-        .query_row(
-            "SELECT serial, coalesce(revoke_reason, 'unspecified') FROM certificates
-             WHERE agent_id = ?1 AND key_sha256 = ?2 AND revoked = 1
-             ORDER BY issued_at DESC LIMIT 1",
-            params![agent.to_string(), key],
-            |row| Ok((row.get(0)?, row.get(1)?)),
-        )
-        .optional()?)
-}
-
-fn issued_answer(event: &Event, serial: String, not_after: i64, chain_pem: String) -> Outgoing {
-    Outgoing {
-        agent: event.agent,
-        body: ToChild::CertificateIssued(CertificateIssued {
-            chain_pem,
-            serial,
-            not_after,
-            ignored: Vec::new(),
-        }),
-        re: Some(event.message),
-    }
-}
-
-/// The answer to a CSR seen before: the certificate issued for it, if any.
-fn reissue(
-    tx: &rusqlite::Transaction<'_>,
-    event: &Event,
-) -> Result<Option<Outgoing>, RegistryError> {
-    let row = tx
-        .query_row(
-            "SELECT serial, not_after, chain_pem FROM certificates WHERE csr_message = ?1",
-            params![event.message.to_string()],
-            |row| {
-                Ok((
-                    row.get::<_, String>(0)?,
-                    row.get::<_, i64>(1)?,
-                    row.get::<_, String>(2)?,
-                ))
-            },
-        )
-        .optional()?;
-    Ok(
-        row.map(|(serial, not_after, chain_pem)| {
-            issued_answer(event, serial, not_after, chain_pem)
-        }),
-    )
-}
-
-/// Signs CSRs with the CA for the registry. A local parent's server names
-/// are only those the operator allowed; the rest are left out and listed.
-pub struct CaSigner {
-    /// The CA.
-    pub pki: std::sync::Arc<crate::pki::Pki>,
-    /// Names local parents may have.
-    pub names: Vec<String>,
-    /// IP addresses local parents may have.
-    pub ips: Vec<String>,
-}
-
-impl Signer for CaSigner {
-    fn sign(&self, csr: &str, agent: &Agent) -> Result<crate::pki::Issued, String> {
-        if agent.kind != fleetls_proto::AgentKind::LocalParent {
-            return self.pki.sign_csr(csr, agent.id, agent.kind, &[], &[]);
-        }
-        let (names, mut left_out) =
-            crate::admission::allowed_server_names(&agent.hostnames, &self.names);
-        let (ips, ips_out): (Vec<String>, Vec<String>) = agent
-            .ips
-            .iter()
-            .cloned()
-            .partition(|ip| self.ips.contains(ip));
-        left_out.extend(ips_out);
-        let mut issued = self.pki.sign_csr(csr, agent.id, agent.kind, &names, &ips)?;
-        issued.ignored.extend(left_out.into_iter().map(|n| {
-            format!("{n}: not among the names allowed for local parents (--local-parent-names / --local-parent-ips)")
-        }));
-        Ok(issued)
     }
 }
 
@@ -662,11 +534,36 @@ pub fn check(delivery: &Delivery, index: usize) -> Result<Option<Event>, Refusal
         agent: Some(envelope.from),
         security: Some("invalid_input"),
     })?;
+    check_seq(envelope.seq).map_err(|reason| Refusal {
+        reason,
+        agent: Some(envelope.from),
+        security: None,
+    })?;
     to_event(envelope, key.hex(), index).map_err(|reason| Refusal {
         reason,
         agent: None,
         security: None,
     })
+}
+
+/// Why a message's replay counter cannot be used: missing (0, an agent of
+/// a release before it, whose messages could be replayed for ever) or
+/// beyond what the registry stores.
+fn check_seq(seq: u64) -> Result<(), String> {
+    if seq == 0 {
+        return Err(
+            "invalid_field: seq is missing (or 0): every message to the parent \
+             carries its agent's replay counter; this agent runs a release older than \
+             the parent's: upgrade it"
+                .into(),
+        );
+    }
+    if i64::try_from(seq).is_err() {
+        return Err(format!(
+            "invalid_field: seq {seq} is above 2^63-1, the most the registry keeps"
+        ));
+    }
+    Ok(())
 }
 
 /// Why a command sent to the parent is dead-lettered.
@@ -678,7 +575,12 @@ fn wrong_direction(kind: &str) -> String {
 /// why it must be dead-lettered.
 fn to_event(envelope: Envelope, key: String, delivery: usize) -> Result<Option<Event>, String> {
     let Envelope {
-        id, from, at, body, ..
+        id,
+        from,
+        at,
+        seq,
+        body,
+        ..
     } = envelope;
     let event = |what| {
         Ok(Some(Event {
@@ -687,6 +589,7 @@ fn to_event(envelope: Envelope, key: String, delivery: usize) -> Result<Option<E
             at,
             key,
             delivery,
+            seq,
             what,
         }))
     };
@@ -702,5 +605,20 @@ fn to_event(envelope: Envelope, key: String, delivery: usize) -> Result<Option<E
             ToParent::BrokerSwitchReport(report) => event(EventKind::BrokerSwitchReport(report)),
         },
         Directed::ToChild(_) => Err(wrong_direction(kind)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_seq;
+
+    #[test]
+    fn a_message_without_a_usable_seq_is_refused_naming_it() {
+        assert!(check_seq(1).is_ok());
+        assert!(check_seq(i64::MAX as u64).is_ok());
+        for bad in [0, i64::MAX as u64 + 1, u64::MAX] {
+            let why = check_seq(bad).unwrap_err();
+            assert!(why.starts_with("invalid_field: seq"), "{bad}: {why}");
+        }
     }
 }

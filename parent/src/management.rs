@@ -190,6 +190,8 @@ pub fn agent_permissions(agent: &uuid::Uuid) -> [String; 3] {
     let queue = format!(r"fleetls\.agent\.{}", agent.to_string().replace('-', r"\-"));
     [
         format!("^{queue}$"),
+        // fleetls.dead: RabbitMQ checks write access to a queue's
+        // dead-letter exchange when the queue is declared.
         format!(r"^(fleetls\.parent|fleetls\.dead|{queue})$"),
         format!(r"^(fleetls\.agents|{queue})$"),
     ]
@@ -229,6 +231,45 @@ pub async fn ensure_agent_user(
         serde_json::json!({ "configure": configure, "write": write, "read": read }),
     )
     .await
+}
+
+/// The most messages `fleetls.dead` keeps (then new ones are refused).
+pub const DEAD_MAX_LENGTH: u64 = 100_000;
+/// The most bytes `fleetls.dead` keeps (then new ones are refused).
+pub const DEAD_MAX_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Bounds `fleetls.dead` on `vhost` with a policy (`fleetls-dead`): at most
+/// [`DEAD_MAX_LENGTH`] messages and [`DEAD_MAX_BYTES`] — a broker user
+/// flooding it with 4 MiB messages cannot fill the broker's disk or memory.
+/// Past the bound the broker refuses what comes (`reject-publish`) and keeps
+/// what it holds: a flood cannot push the oldest evidence out, and the
+/// parent counts each dead letter refused
+/// (`fleetls_dead_letters_refused_total`). A policy, not queue arguments:
+/// the queue of an existing install keeps its arguments.
+pub async fn bound_dead_queue(management: &Management, vhost: &str) -> Result<(), String> {
+    let path = format!("/api/policies/{}/fleetls-dead", encode_vhost(vhost));
+    let body = serde_json::json!({
+        "pattern": "^fleetls\\.dead$",
+        "apply-to": "queues",
+        "priority": 10,
+        "definition": {
+            "max-length": DEAD_MAX_LENGTH,
+            "max-length-bytes": DEAD_MAX_BYTES,
+            "overflow": "reject-publish",
+        },
+    });
+    let response = send(management, |client, node| {
+        Ok(client.put(format!("{}{path}", node.base)).json(&body))
+    })
+    .await?;
+    if response.status().is_success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "RabbitMQ management refused {path}: {} (its user needs the policymaker or administrator tag)",
+            response.status()
+        ))
+    }
 }
 
 /// Removes the RabbitMQ user of one agent (none there is no error).

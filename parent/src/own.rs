@@ -1,5 +1,5 @@
 //! An operator's own certificates (a company or public CA instead of
-//! fleetls's own): `settings set --parent-cert F --parent-key F` for the
+//! fleetls's own): `settings set --parent-cert F --parent-cert-key F` for the
 //! parent's SSL port, `--broker-cert F --broker-key F` for the broker's
 //! AMQPS listener. Each is checked whole before it replaces anything — the
 //! key belongs to the certificate, the chain runs up to a self-signed root,
@@ -19,10 +19,10 @@
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
+use fleetls_bus::files::write_atomic;
 use serde::{Deserialize, Serialize};
 use x509_parser::prelude::{FromDer, GeneralName, ParsedExtension, X509Certificate};
 
-use crate::files::write_atomic;
 use crate::layout::{CertFile, Layout};
 
 /// The longest an own certificate may be valid, days (what browsers and
@@ -32,7 +32,7 @@ pub const MAX_DAYS: i64 = 398;
 /// Whose certificate the operator gives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
-    /// The parent's SSL port (`--parent-cert`, `--parent-key`).
+    /// The parent's SSL port (`--parent-cert`, `--parent-cert-key`).
     Parent,
     /// The broker's AMQPS listener (`--broker-cert`, `--broker-key`).
     Broker,
@@ -42,7 +42,7 @@ impl Role {
     /// The flags that give it: (certificate, key).
     pub fn flags(self) -> (&'static str, &'static str) {
         match self {
-            Role::Parent => ("--parent-cert", "--parent-key"),
+            Role::Parent => ("--parent-cert", "--parent-cert-key"),
             Role::Broker => ("--broker-cert", "--broker-key"),
         }
     }
@@ -154,28 +154,7 @@ pub fn check(
             "{key_flag}: the key does not belong to the certificate of {cert_flag}"
         ));
     }
-    for pair in parsed.windows(2) {
-        let (cert, issuer) = (&pair[0], &pair[1]);
-        cert.verify_signature(Some(issuer.public_key()))
-            .map_err(|_| {
-                format!(
-                "{cert_flag}: \"{}\" is not signed by the next certificate of the file, \"{}\": \
-                 give the chain in order, leaf first, up to the root",
-                cert.subject(),
-                issuer.subject()
-            )
-            })?;
-    }
-    let last = &parsed[parsed.len() - 1];
-    if last.subject() != last.issuer() || last.verify_signature(None).is_err() {
-        return Err(format!(
-            "{cert_flag}: the chain ends at \"{}\", issued by \"{}\": add the certificates up to \
-             the root after the leaf ({})",
-            last.subject(),
-            last.issuer(),
-            role.root_goes_to()
-        ));
-    }
+    check_chain(cert_flag, role, &parsed)?;
     let validity = leaf.validity();
     let (from, until) = (
         validity.not_before.timestamp(),
@@ -194,6 +173,36 @@ pub fn check(
              ask for a shorter one"
         ));
     }
+    let (dns, addresses, server_auth) = names_and_usage(leaf);
+    if !server_auth {
+        return Err(format!(
+            "{cert_flag}: the certificate may not serve TLS (its extended key usage lacks serverAuth)"
+        ));
+    }
+    let missing: Vec<String> = names
+        .iter()
+        .filter(|n| !dns.contains(&n.to_ascii_lowercase()))
+        .cloned()
+        .chain(
+            ips.iter()
+                .filter(|ip| !addresses.contains(ip))
+                .map(IpAddr::to_string),
+        )
+        .collect();
+    if !missing.is_empty() {
+        return Err(format!(
+            "{cert_flag}: the certificate does not name {} (the settings' {}names and addresses, \
+             which children connect to): have it issued for them, or change the settings",
+            missing.join(", "),
+            if role == Role::Broker { "broker " } else { "" }
+        ));
+    }
+    Ok(())
+}
+
+/// The leaf's DNS names (lower case), IP addresses, and whether it may
+/// serve TLS (serverAuth, or no extended key usage at all).
+fn names_and_usage(leaf: &X509Certificate<'_>) -> (Vec<String>, Vec<IpAddr>, bool) {
     let (mut dns, mut addresses) = (Vec::new(), Vec::new());
     let mut server_auth = true;
     for ext in leaf.extensions() {
@@ -218,27 +227,32 @@ pub fn check(
             _ => {}
         }
     }
-    if !server_auth {
-        return Err(format!(
-            "{cert_flag}: the certificate may not serve TLS (its extended key usage lacks serverAuth)"
-        ));
+    (dns, addresses, server_auth)
+}
+
+/// Each certificate of the chain is signed by the next, and the last is a
+/// self-signed root.
+fn check_chain(cert_flag: &str, role: Role, parsed: &[X509Certificate<'_>]) -> Result<(), String> {
+    for pair in parsed.windows(2) {
+        let (cert, issuer) = (&pair[0], &pair[1]);
+        cert.verify_signature(Some(issuer.public_key()))
+            .map_err(|_| {
+                format!(
+                "{cert_flag}: \"{}\" is not signed by the next certificate of the file, \"{}\": \
+                 give the chain in order, leaf first, up to the root",
+                cert.subject(),
+                issuer.subject()
+            )
+            })?;
     }
-    let missing: Vec<String> = names
-        .iter()
-        .filter(|n| !dns.contains(&n.to_ascii_lowercase()))
-        .cloned()
-        .chain(
-            ips.iter()
-                .filter(|ip| !addresses.contains(ip))
-                .map(IpAddr::to_string),
-        )
-        .collect();
-    if !missing.is_empty() {
+    let last = &parsed[parsed.len() - 1];
+    if last.subject() != last.issuer() || last.verify_signature(None).is_err() {
         return Err(format!(
-            "{cert_flag}: the certificate does not name {} (the settings' {}names and addresses, \
-             which children connect to): have it issued for them, or change the settings",
-            missing.join(", "),
-            if role == Role::Broker { "broker " } else { "" }
+            "{cert_flag}: the chain ends at \"{}\", issued by \"{}\": add the certificates up to \
+             the root after the leaf ({})",
+            last.subject(),
+            last.issuer(),
+            role.root_goes_to()
         ));
     }
     Ok(())

@@ -6,17 +6,17 @@
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
+use fleetls_bus::files::write_atomic;
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateRevocationListParams,
-    CertificateSigningRequestParams, DistinguishedName, DnType, DnValue, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose, RevocationReason, RevokedCertParams, SanType,
-    SerialNumber, PKCS_ECDSA_P256_SHA256,
+    CertificateSigningRequestParams, CrlDistributionPoint, DistinguishedName, DnType, DnValue,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, RevocationReason,
+    RevokedCertParams, SanType, SerialNumber, PKCS_ECDSA_P256_SHA256,
 };
 use rustls_pki_types::CertificateDer;
 use time::{Duration, OffsetDateTime};
 use uuid::Uuid;
 
-use crate::files::write_atomic;
 use crate::layout::{CertFile, Layout};
 use crate::settings::SslSettings;
 use fleetls_proto::AgentKind;
@@ -107,6 +107,9 @@ pub struct Pki {
     pub trust_pem: String,
     /// Validity of issued certificates, days.
     pub lifetime: Duration,
+    /// The CRL distribution point written into every certificate signed
+    /// (`settings set --crl-url`); changes take effect from the next one.
+    crl_url: std::sync::RwLock<Option<String>>,
 }
 
 pub use fleetls_bus::tls::fingerprint;
@@ -137,6 +140,7 @@ fn leaf_params(
     sans: Vec<SanType>,
     ekus: Vec<ExtendedKeyUsagePurpose>,
     lifetime: Duration,
+    crl_url: Option<String>,
 ) -> (CertificateParams, SerialNumber, OffsetDateTime) {
     let now = OffsetDateTime::now_utc();
     let not_after = now + lifetime;
@@ -156,6 +160,10 @@ fn leaf_params(
     params.not_before = now - std::cmp::min(lifetime / 10, Duration::minutes(5));
     params.not_after = not_after;
     params.use_authority_key_identifier_extension = true;
+    params.crl_distribution_points = crl_url
+        .into_iter()
+        .map(|uri| CrlDistributionPoint { uris: vec![uri] })
+        .collect();
     (params, serial, not_after)
 }
 
@@ -169,7 +177,8 @@ fn sans(names: &[String], ips: &[IpAddr]) -> Result<Vec<SanType>, PkiError> {
 }
 
 impl Pki {
-    /// Loads the CA from `DIR/certificates`.
+    /// Loads the CA from `DIR/certificates`, with the CRL address of the
+    /// settings in `DIR`.
     pub fn load(data_dir: &Path, lifetime: Duration) -> Result<Pki, PkiError> {
         let layout = Layout::new(data_dir);
         let chain_path = layout.certificate(CertFile::CaPem);
@@ -180,6 +189,8 @@ impl Pki {
         if let Ok(trust) = std::fs::read_to_string(layout.certificate(CertFile::TrustPem)) {
             pki.trust_pem = trust;
         }
+        let settings = SslSettings::load(data_dir).map_err(PkiError::Invalid)?;
+        pki.set_crl_url(settings.and_then(|s| s.crl_url));
         Ok(pki)
     }
 
@@ -199,7 +210,22 @@ impl Pki {
             root_fingerprint: fingerprint(root),
             signing_fingerprint: fingerprint(&certs[0]),
             lifetime,
+            crl_url: std::sync::RwLock::new(None),
         })
+    }
+
+    /// Names `url` as CRL distribution point in the certificates signed
+    /// from now on (`None`: no such extension).
+    pub fn set_crl_url(&self, url: Option<String>) {
+        *self.crl_url.write().unwrap_or_else(|p| p.into_inner()) = url;
+    }
+
+    /// The CRL distribution point of the next certificate signed.
+    pub fn crl_url(&self) -> Option<String> {
+        self.crl_url
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Makes the CA (or takes the company's), the parent's and the broker's
@@ -223,6 +249,7 @@ impl Pki {
             )),
             None => e,
         })?;
+        pki.set_crl_url(settings.crl_url.clone());
         let parent =
             pki.server_certificate("fleetls-parent", &settings.names, &settings.ips, true)?;
         let broker = pki.server_certificate(
@@ -338,7 +365,8 @@ impl Pki {
         if client_too {
             ekus.push(ExtendedKeyUsagePurpose::ClientAuth);
         }
-        let (params, _, _) = leaf_params(cn, sans(names, ips)?, ekus, self.lifetime);
+        let (params, _, _) =
+            leaf_params(cn, sans(names, ips)?, ekus, self.lifetime, self.crl_url());
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok((
             format!("{}{}", cert.pem(), self.ca_chain_pem),
@@ -416,7 +444,8 @@ impl Pki {
             }
         }
         let sans = sans(&allowed_names, &allowed_ips).map_err(|e| e.to_string())?;
-        let (params, serial, not_after) = leaf_params(&agent_id, sans, ekus, self.lifetime);
+        let (params, serial, not_after) =
+            leaf_params(&agent_id, sans, ekus, self.lifetime, self.crl_url());
         let key = fingerprint(rcgen::PublicKeyData::der_bytes(&csr.public_key));
         let signed = CertificateSigningRequestParams {
             params,
@@ -504,6 +533,7 @@ impl Pki {
             Vec::new(),
             vec![ExtendedKeyUsagePurpose::ClientAuth],
             self.lifetime,
+            self.crl_url(),
         );
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok((
@@ -703,6 +733,65 @@ mod tests {
         let again = Pki::load(dir.path(), Duration::days(398)).unwrap();
         assert_eq!(again.root_fingerprint, pki.root_fingerprint);
         assert!(pki.root_fingerprint.starts_with("sha256:") && pki.root_fingerprint.len() == 71);
+    }
+
+    /// The URIs of the CRL distribution points of a certificate's leaf.
+    fn crl_points(chain_pem: &str) -> Vec<String> {
+        use x509_parser::extensions::{DistributionPointName, GeneralName, ParsedExtension};
+        use x509_parser::prelude::{FromDer, X509Certificate};
+        let der = pem_certs(chain_pem).unwrap().remove(0);
+        let (_, leaf) = X509Certificate::from_der(&der).unwrap();
+        let mut uris = Vec::new();
+        for ext in leaf.extensions() {
+            if let ParsedExtension::CRLDistributionPoints(points) = ext.parsed_extension() {
+                for point in points.iter() {
+                    if let Some(DistributionPointName::FullName(names)) = &point.distribution_point
+                    {
+                        for name in names {
+                            if let GeneralName::URI(uri) = name {
+                                uris.push(uri.to_string());
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        uris
+    }
+
+    #[test]
+    fn certificates_name_the_crl_address_of_the_settings_from_when_it_is_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::generate(dir.path(), &settings(), None, Duration::days(30)).unwrap();
+        let parent = std::fs::read_to_string(certificates_dir(dir.path()).join("parent.pem"));
+        assert!(crl_points(&parent.unwrap()).is_empty(), "none by default");
+        let agent = Uuid::new_v4();
+        let request = csr(&agent.to_string(), |_| {});
+        let before = pki.sign_csr(&request, agent, AgentKind::Child, &[], &[]);
+        assert!(crl_points(&before.unwrap().chain_pem).is_empty());
+
+        let url = "http://hq.example:12380/crl.pem";
+        pki.set_crl_url(Some(url.into()));
+        let after = pki.sign_csr(&request, agent, AgentKind::Child, &[], &[]);
+        assert_eq!(crl_points(&after.unwrap().chain_pem), [url]);
+        let (mpos, _) = pki.issue_with_new_key(agent).unwrap();
+        assert_eq!(crl_points(&mpos.chain_pem), [url]);
+        let (broker, _) = pki.broker_certificate(&["mq.example".into()], &[]).unwrap();
+        assert_eq!(crl_points(&broker), [url]);
+
+        // Generated with the setting, the parent's and the broker's have it
+        // too; a reload reads it from the settings.
+        let dir = tempfile::tempdir().unwrap();
+        let mut with_url = settings();
+        with_url.crl_url = Some(url.into());
+        with_url.save(dir.path()).unwrap();
+        Pki::generate(dir.path(), &with_url, None, Duration::days(30)).unwrap();
+        for file in ["parent.pem", "broker.pem"] {
+            let pem = std::fs::read_to_string(certificates_dir(dir.path()).join(file)).unwrap();
+            assert_eq!(crl_points(&pem), [url], "{file}");
+        }
+        let loaded = Pki::load(dir.path(), Duration::days(30)).unwrap();
+        assert_eq!(loaded.crl_url().as_deref(), Some(url));
     }
 
     #[test]

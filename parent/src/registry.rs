@@ -1,18 +1,30 @@
 //! The registry: every agent, what it reported and when it was last heard,
 //! in one SQLite file. Each batch of messages is written in one transaction
-//! before any of them is acked, and every message id is remembered so that a
-//! redelivered message changes nothing.
+//! before any of them is acked, with each agent's replay counter
+//! (`registry::replay`), so that a redelivered or replayed message changes
+//! nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use fleetls_proto::AgentKind;
+use rusqlite::Connection;
 
-use crate::pki::Issued;
-use rusqlite::{params, Connection, OptionalExtension};
-use serde::Serialize;
-use uuid::Uuid;
+pub mod agent_reads;
+pub mod agent_states;
+pub mod campaign_states;
+pub mod campaigns;
+pub mod names;
+pub mod security;
+pub mod tokens;
+
+pub mod agents;
+pub mod certificates;
+pub mod owed;
+pub mod presence;
+pub mod replay;
+pub mod rotations;
+pub mod views;
 
 /// A registry failure.
 #[derive(Debug, thiserror::Error)]
@@ -25,96 +37,16 @@ pub enum RegistryError {
     Corrupt(String),
 }
 
-pub use crate::admission::Admission;
+pub use agent_states::Admission;
 
-/// One recorded security event.
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
-pub struct SecurityEvent {
-    /// When it was recorded (ms).
-    pub at: u64,
-    /// The agent it concerns (claimed, for a forged message), if known.
-    pub agent: Option<String>,
-    /// That agent's name, if registered.
-    pub name: Option<String>,
-    /// `impersonation`, `forged_command`, `compromised`, `banned_key`,
-    /// `unsigned`, `bad_signature`, `too_large` or `invalid_input`.
-    pub kind: String,
-    /// What happened, in words.
-    pub detail: String,
-}
+pub use security::{record_security, SecurityEvent, SECURITY_EVENTS_PER_KIND};
 
-/// The most security events kept (the oldest go first; the counts by kind
-/// are kept apart and never shrink).
-pub const SECURITY_EVENTS_KEPT: i64 = 10_000;
+pub use agents::{agent_in, is_compromised, Agent};
+pub use certificates::{revoke_certificates, Revocation};
+pub use views::{DEFINITIONS, LAST_ENROLMENT};
 
-/// Records a security event (an impersonation, a forged command reported by
-/// a child, a banned key): kept for the operator, counted for `/metrics`.
-pub fn record_security(
-    tx: &rusqlite::Transaction<'_>,
-    agent: Option<&Uuid>,
-    kind: &str,
-    detail: &str,
-) -> Result<(), RegistryError> {
-    let detail = crate::admission::printable(detail, 500);
-    tx.execute(
-        "INSERT INTO security_events (at, agent, kind, detail) VALUES (?1, ?2, ?3, ?4)",
-        params![
-            fleetls_proto::now_ms() as i64,
-            agent.map(|a| a.to_string()),
-            kind,
-            detail
-        ],
-    )?;
-    tx.execute(
-        "INSERT INTO security_counts (kind, count) VALUES (?1, 1)
-         ON CONFLICT(kind) DO UPDATE SET count = count + 1",
-        params![kind],
-    )?;
-    tx.execute(
-        "DELETE FROM security_events WHERE id <= (SELECT max(id) FROM security_events) - ?1",
-        params![SECURITY_EVENTS_KEPT],
-    )?;
-    Ok(())
-}
-
-/// An agent as the registry knows it.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct Agent {
-    /// Its id.
-    pub id: Uuid,
-    /// Display name.
-    pub name: String,
-    /// Kind.
-    pub kind: AgentKind,
-    /// Reported version.
-    pub version: String,
-    /// Site.
-    pub location: Option<String>,
-    /// DNS names it reported.
-    pub hostnames: Vec<String>,
-    /// IP addresses it reported.
-    pub ips: Vec<String>,
-    /// When it first registered (ms).
-    pub first_seen: u64,
-    /// When it was last heard (ms).
-    pub last_seen: u64,
-    /// It holds a certificate.
-    pub has_certificate: bool,
-    /// It is in SSL mode.
-    pub ssl: bool,
-    /// It says its broker connection is AMQPS.
-    pub broker_tls: bool,
-    /// Whether it may have certificates and take part in campaigns.
-    pub admission: Admission,
-    /// The key (hex) pinned for it at its first Hello (`None`: registered
-    /// by a release before signatures; pinned at its next Hello).
-    pub signing_key: Option<String>,
-    /// The parent key fingerprint it says it pinned.
-    pub parent_key: Option<String>,
-    /// Kept on plain AMQP by an operator's decision, and why (`None`:
-    /// included): it takes part in no campaign and no switch.
-    pub excluded: Option<String>,
-}
+/// How many prepared statements the registry connection keeps.
+const STATEMENT_CACHE: usize = 256;
 
 /// The registry, shareable between tasks; calls block, so run them on a
 /// blocking thread when a batch is large.
@@ -125,8 +57,7 @@ pub struct Registry {
 }
 
 /// What was written to the registry since [`Registry::read_changes`] last
-/// took it, as SQLite's update hook reports it (the message ids seen do not
-/// count). The status list (`status::Cache`) reads it to re-read only the
+/// took it, as SQLite's update hook reports it. The status list (`status::Cache`) reads it to re-read only the
 /// agents that changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Changes {
@@ -172,7 +103,6 @@ impl Changes {
             return;
         }
         match (table, action) {
-            ("seen_messages", _) => {}
             // A deleted agent is missed when the row is read again.
             ("agents", _) => {
                 self.agents.insert(rowid);
@@ -238,11 +168,6 @@ CREATE TABLE IF NOT EXISTS refusals (
     reason TEXT NOT NULL,
     at INTEGER NOT NULL
 );
-CREATE TABLE IF NOT EXISTS seen_messages (
-    id TEXT PRIMARY KEY,
-    at INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS seen_messages_at ON seen_messages(at);
 ";
 
 /// The campaigns: each child's place in one, and every step result.
@@ -289,51 +214,16 @@ CREATE TABLE IF NOT EXISTS step_results (
 );
 ";
 
-/// The `WITH` clause every query of agents with their last result starts
-/// with (the status list, the console's pages, a campaign's choice of
-/// children):
-///
-/// - `tests(id, kind, rank)`: the test campaigns (`verify`, `reverify`),
-///   rank 1 the newest (by start, then by creation). An agent's last result
-///   is its enrolment in the test of lowest rank;
-/// - `agent_view`: the agents, each with `certified`: it holds a
-///   certificate when it says so and the parent issued it one that is still
-///   valid in the registry (not from a CA since reset), as
-///   `registry::SELECT_AGENT` has it.
-pub const DEFINITIONS: &str = "WITH
-    tests(id, kind, rank) AS MATERIALIZED (
-        SELECT id, kind, row_number() OVER (ORDER BY started_at DESC, rowid DESC)
-        FROM campaigns WHERE kind IN ('verify', 'reverify')),
-    agent_view AS (
-        SELECT agents.*, has_certificate AND EXISTS (
-            SELECT 1 FROM certificates c WHERE c.agent_id = agents.id AND c.revoked = 0)
-            AS certified,
-            (SELECT max(not_after) FROM certificates c
-             WHERE c.agent_id = agents.id AND c.revoked = 0) AS cert_not_after,
-            (SELECT c.ca FROM certificates c
-             WHERE c.agent_id = agents.id AND c.revoked = 0
-             ORDER BY c.issued_at DESC LIMIT 1) AS cert_ca
-        FROM agents)";
-
-/// Joins to the agents (`a`, as `status::AGENTS_FROM` has them) each agent's last result: its enrolment (`l`) in
-/// the test of lowest rank it was enrolled in, and that campaign (`lt`). One
-/// index lookup per agent: for the console's filtered pages and the
-/// counters (the full list reads the enrolments once instead).
-pub const LAST_ENROLMENT: &str = "LEFT JOIN campaign_children l ON l.rowid = (
-        SELECT cc.rowid FROM campaign_children cc JOIN tests t ON t.id = cc.campaign
-        WHERE cc.agent = a.id ORDER BY t.rank LIMIT 1)
-    LEFT JOIN campaigns lt ON lt.id = l.campaign";
-
 /// The schema version this build writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 8;
 
 /// Each step takes the registry from version `i` to `i + 1`.
-const MIGRATIONS: [&str; 5] = [
+const MIGRATIONS: [&[&str]; 8] = [
     // 0 → 1: the registry of release 1.0 (no version recorded).
-    "",
+    &[""],
     // 1 → 2: trust. Agents registered before are accepted (they were
     // eligible) and pinned at their next Hello.
-    "ALTER TABLE agents ADD COLUMN signing_key TEXT;
+    &["ALTER TABLE agents ADD COLUMN signing_key TEXT;
      ALTER TABLE agents ADD COLUMN admission TEXT NOT NULL DEFAULT 'accepted';
      ALTER TABLE agents ADD COLUMN parent_key TEXT;
      ALTER TABLE agents ADD COLUMN compromised INTEGER NOT NULL DEFAULT 0;
@@ -354,17 +244,17 @@ const MIGRATIONS: [&str; 5] = [
          agent TEXT,
          reason TEXT NOT NULL,
          at INTEGER NOT NULL
-     );",
+     );"],
     // 2 → 3: revocation. What was marked revoked before counts as revoked
     // now, for no stated reason.
-    "ALTER TABLE certificates ADD COLUMN revoked_at INTEGER;
+    &["ALTER TABLE certificates ADD COLUMN revoked_at INTEGER;
      ALTER TABLE certificates ADD COLUMN revoke_reason TEXT;
      UPDATE certificates SET revoked_at = issued_at / 1000, revoke_reason = 'unspecified'
          WHERE revoked = 1;
      CREATE TABLE IF NOT EXISTS crl (
          id INTEGER PRIMARY KEY CHECK (id = 1),
          number INTEGER NOT NULL
-     );",
+     );"],
     // 3 → 4: the registry is the record, the broker the wire; and
     // certificates that live. Commands are transient, so what an agent is
     // owed is kept here: certificate information sent and not yet settled
@@ -374,7 +264,7 @@ const MIGRATIONS: [&str; 5] = [
     // with its reason. Which CA signed each certificate and whether it
     // renewed one the agent held; which CAs each agent trusts; the CA
     // rotations; counters that never shrink (failed renewals).
-    "CREATE TABLE IF NOT EXISTS owed_certificates (
+    &["CREATE TABLE IF NOT EXISTS owed_certificates (
          agent_id TEXT PRIMARY KEY,
          renew INTEGER NOT NULL,
          since INTEGER NOT NULL,
@@ -400,11 +290,28 @@ const MIGRATIONS: [&str; 5] = [
      CREATE TABLE IF NOT EXISTS counters (
          name TEXT PRIMARY KEY,
          value INTEGER NOT NULL
-     );",
+     );"],
     // 4 → 5: when the agent said (its own clock) the state its row holds:
     // a report sent before another but delivered after it (two connections
     // during a move to AMQPS) no longer undoes it.
-    "ALTER TABLE agents ADD COLUMN state_at INTEGER NOT NULL DEFAULT 0;",
+    &["ALTER TABLE agents ADD COLUMN state_at INTEGER NOT NULL DEFAULT 0;"],
+    // 5 → 6: enrollment. The tokens that admit devices (only the key that
+    // checks a proof is kept, never the token); which token admitted each
+    // agent; a flag on a name that is taken or looks like another's, and
+    // the name's confusable skeleton to find those. A revoked key is dead
+    // for every agent: certificates are found by key. Security events are
+    // one row per kind and source (first and last seen, how many), kept by
+    // a quota per kind: a flood of one kind cannot push out another.
+    &[tokens::MIGRATION, security::MIGRATION],
+    // 6 → 7: presence. Whether the agent consumes its queue now, as the
+    // broker says (`crate::tasks::presence`); 0 everywhere when the broker does
+    // not say (no event exchange), and online is then from the last report.
+    &[presence::MIGRATION],
+    // 7 → 8: one replay counter per agent (`agents.last_seq`), instead of
+    // a row per message id seen (`seen_messages`, kept a day: at 10,000
+    // children some 1,000 rows a second). A registry of release 1.0 had
+    // that table; one made since is born without it.
+    &[replay::MIGRATION],
 ];
 
 /// Brings the registry to [`SCHEMA_VERSION`], one step per transaction; a
@@ -425,7 +332,7 @@ fn migrate(db: &Connection) -> Result<(), RegistryError> {
     }
     while version < SCHEMA_VERSION {
         let tx = db.unchecked_transaction()?;
-        tx.execute_batch(MIGRATIONS[version as usize])?;
+        tx.execute_batch(&MIGRATIONS[version as usize].concat())?;
         version += 1;
         tx.pragma_update(None, "user_version", version)?;
         tx.commit()?;
@@ -439,6 +346,9 @@ impl Registry {
         let db = Connection::open(path)?;
         db.pragma_update(None, "journal_mode", "WAL")?;
         db.pragma_update(None, "synchronous", "FULL")?;
+        // Every statement of the message path stays prepared (the default
+        // cache of 16 is smaller than that path's statements).
+        db.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         db.busy_timeout(std::time::Duration::from_secs(5))?;
         migrate(&db)?;
         let changes = Arc::new(Mutex::new(Changes::default()));
@@ -459,7 +369,7 @@ impl Registry {
     /// (all of it on the first). The changes are taken: a caller that
     /// fails must start again from nothing. SQLite's hook does not see a
     /// `DELETE` without `WHERE` (its truncate optimisation): every such
-    /// statement here says so with [`Registry::mark_changed`].
+    /// statement here says so with `Registry::mark_changed`.
     pub fn read_changes<T>(
         &self,
         f: impl FnOnce(&Connection, Changes) -> Result<T, RegistryError>,
@@ -504,138 +414,6 @@ impl Registry {
         f(&self.lock())
     }
 
-    /// The last refusal of every agent that has one: (agent, reason, at ms).
-    pub fn refusals(
-        &self,
-    ) -> Result<std::collections::HashMap<Uuid, (String, u64)>, RegistryError> {
-        let db = self.lock();
-        let mut stmt = db.prepare_cached("SELECT agent_id, reason, at FROM refusals")?;
-        let rows = stmt.query_map([], |row| {
-            Ok((
-                row.get::<_, String>(0)?,
-                row.get::<_, String>(1)?,
-                row.get::<_, i64>(2)?,
-            ))
-        })?;
-        let mut out = std::collections::HashMap::new();
-        for row in rows {
-            let (id, reason, at) = row?;
-            if let Ok(id) = id.parse() {
-                out.insert(id, (reason, at as u64));
-            }
-        }
-        Ok(out)
-    }
-
-    /// Sets an agent's admission. Rejecting bans its key (it cannot register
-    /// again under another id) and revokes its certificates; accepting a
-    /// rejected agent lifts the ban.
-    pub fn set_admission(&self, id: &Uuid, admission: Admission) -> Result<(), RegistryError> {
-        self.with_tx(|tx| {
-            let id_text = id.to_string();
-            tx.execute(
-                "UPDATE agents SET admission = ?2 WHERE id = ?1",
-                params![id_text, admission.as_str()],
-            )?;
-            let key = signing_key_of(tx, &id_text)?;
-            match admission {
-                Admission::Rejected => {
-                    if let Some(key) = key {
-                        ban_key(tx, &key, id, "rejected by an operator")?;
-                    }
-                    revoke_certificates(tx, id, "affiliation-changed")?;
-                }
-                Admission::Accepted => {
-                    tx.execute("DELETE FROM banned_keys WHERE agent = ?1", params![id_text])?;
-                }
-                Admission::Pending => {}
-            }
-            Ok(())
-        })
-    }
-
-    /// Keeps an agent on plain AMQP by an operator's decision (`reason`),
-    /// or takes it back into campaigns (`None`).
-    pub fn set_excluded(&self, id: &Uuid, reason: Option<&str>) -> Result<(), RegistryError> {
-        self.lock().execute(
-            "UPDATE agents SET excluded = ?2 WHERE id = ?1",
-            params![id.to_string(), reason],
-        )?;
-        self.mark_changed();
-        Ok(())
-    }
-
-    /// Deletes an agent: its rows go, its certificates stay on record as
-    /// revoked, and its key is banned (a stolen till cannot come back; a
-    /// reinstalled one makes a new key).
-    pub fn delete_agent(&self, id: &Uuid) -> Result<(), RegistryError> {
-        self.with_tx(|tx| {
-            let id_text = id.to_string();
-            let key = signing_key_of(tx, &id_text)?;
-            if let Some(key) = key {
-                ban_key(tx, &key, id, "deleted by an operator")?;
-            }
-            revoke_certificates(tx, id, "cessation-of-operation")?;
-            for (table, column) in [
-                ("refusals", "agent_id"),
-                ("owed_certificates", "agent_id"),
-                ("step_results", "agent"),
-                ("campaign_children", "agent"),
-                ("agents", "id"),
-            ] {
-                tx.execute(
-                    &format!("DELETE FROM {table} WHERE {column} = ?1"),
-                    params![id_text],
-                )?;
-            }
-            Ok(())
-        })?;
-        self.mark_changed();
-        Ok(())
-    }
-
-    /// Revokes every certificate of `agent` and bans its key (a stolen
-    /// agent cannot register again); how many certificates.
-    pub fn revoke_agent(&self, agent: &Uuid, reason: &str) -> Result<usize, RegistryError> {
-        self.with_tx(|tx| {
-            let key = signing_key_of(tx, &agent.to_string())?;
-            if let Some(key) = key {
-                ban_key(tx, &key, agent, &format!("revoked ({reason})"))?;
-            }
-            revoke_certificates(tx, agent, reason)
-        })
-    }
-
-    /// Every revoked certificate (serial, when, why), for the CRL, and the
-    /// number of the next CRL (each one numbered above the last).
-    pub fn revocations(&self) -> Result<(Vec<Revocation>, u64), RegistryError> {
-        self.with_tx(|tx| {
-            let mut stmt = tx.prepare_cached(
-                "SELECT serial, coalesce(revoked_at, issued_at / 1000), coalesce(revoke_reason, 'unspecified')
-                 FROM certificates WHERE revoked = 1 ORDER BY serial",
-            )?;
-            let rows = stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?;
-            let revoked = rows.collect::<Result<Vec<_>, _>>()?;
-            tx.execute(
-                "INSERT INTO crl (id, number) VALUES (1, 1)
-                 ON CONFLICT(id) DO UPDATE SET number = number + 1",
-                [],
-            )?;
-            let number: i64 = tx.query_row("SELECT number FROM crl WHERE id = 1", [], |r| r.get(0))?;
-            Ok((revoked, number as u64))
-        })
-    }
-
-    /// How many certificates were revoked (superseded ones included).
-    pub fn revoked_count(&self) -> Result<u64, RegistryError> {
-        let db = self.lock();
-        Ok(db.query_row(
-            "SELECT count(*) FROM certificates WHERE revoked = 1",
-            [],
-            |r| r.get::<_, i64>(0),
-        )? as u64)
-    }
-
     /// Security events recorded, by kind (never shrinks).
     pub fn security_counts(&self) -> Result<Vec<(String, u64)>, RegistryError> {
         let db = self.lock();
@@ -645,243 +423,30 @@ impl Registry {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// The newest security events, newest first.
+    /// The newest `limit` security events of each kind (by when last
+    /// seen), newest first.
     pub fn security_events(&self, limit: usize) -> Result<Vec<SecurityEvent>, RegistryError> {
-        let db = self.lock();
-        let mut stmt = db.prepare_cached(
-            "SELECT e.at, e.agent, a.name, e.kind, e.detail FROM security_events e
-             LEFT JOIN agents a ON a.id = e.agent ORDER BY e.id DESC LIMIT ?1",
-        )?;
-        let rows = stmt.query_map(params![limit as i64], |row| {
-            Ok(SecurityEvent {
-                at: row.get::<_, i64>(0)? as u64,
-                agent: row.get(1)?,
-                name: row.get(2)?,
-                kind: row.get(3)?,
-                detail: row.get(4)?,
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        security::newest(&self.lock(), limit)
     }
 
-    /// Forgets every certificate record (for `certs reset`).
-    pub fn forget_certificates(&self) -> Result<(), RegistryError> {
-        let db = self.lock();
-        // A CA rotation belongs to the CA that goes too.
-        db.execute_batch(
-            "DELETE FROM certificates; DELETE FROM refusals; DELETE FROM owed_certificates; \
-             DELETE FROM ca_rotations;",
-        )?;
-        self.mark_changed();
-        Ok(())
-    }
-
-    /// Records a certificate the parent issued without a CSR (export); the
-    /// ones it replaces are revoked (superseded): an agent holds one.
-    pub fn record_certificate(&self, agent: Uuid, issued: &Issued) -> Result<(), RegistryError> {
-        self.with_tx(|tx| {
-            revoke_certificates(tx, &agent, "superseded")?;
-            tx.execute(
-                "INSERT INTO certificates (serial, agent_id, subject, not_after, issued_at, csr_message, chain_pem, key_sha256, ca)
-                 VALUES (?1, ?2, ?3, ?4, ?5, NULL, ?6, ?7, ?8)",
-                params![
-                    issued.serial,
-                    agent.to_string(),
-                    issued.subject,
-                    issued.not_after,
-                    fleetls_proto::now_ms() as i64,
-                    issued.chain_pem,
-                    issued.key,
-                    issued.ca
-                ],
-            )?;
-            // Nothing more is owed (see `crate::owed`).
-            tx.execute(
-                "DELETE FROM owed_certificates WHERE agent_id = ?1",
-                params![agent.to_string()],
-            )?;
-            Ok(())
-        })
-    }
-
-    /// How many certificates were issued to children.
-    pub fn issued_count(&self) -> Result<u64, RegistryError> {
-        let db = self.lock();
-        Ok(db.query_row(
-            "SELECT count(DISTINCT agent_id) FROM certificates WHERE agent_id IS NOT NULL AND revoked = 0",
-            [],
-            |row| row.get::<_, i64>(0),
-        )? as u64)
-    }
-
-    /// Forgets message ids older than `age_ms` (a redelivery comes within minutes).
-    pub fn prune_seen(&self, age_ms: u64) -> Result<usize, RegistryError> {
-        let cutoff = fleetls_proto::now_ms().saturating_sub(age_ms) as i64;
-        Ok(self
-            .lock()
-            .execute("DELETE FROM seen_messages WHERE at < ?1", params![cutoff])?)
-    }
-
-    /// Every agent, ordered by name.
-    pub fn agents(&self) -> Result<Vec<Agent>, RegistryError> {
-        let db = self.lock();
-        let mut stmt = db.prepare_cached(&format!("{SELECT_AGENT} ORDER BY name, id"))?;
-        let rows = stmt.query_map([], row_to_agent)?;
-        let mut agents = Vec::new();
-        for row in rows {
-            agents.push(row??);
-        }
-        Ok(agents)
-    }
-
-    /// Every agent of one kind, ordered by name.
-    pub fn agents_of_kind(&self, kind: AgentKind) -> Result<Vec<Agent>, RegistryError> {
-        let db = self.lock();
-        let mut stmt =
-            db.prepare_cached(&format!("{SELECT_AGENT} WHERE kind = ?1 ORDER BY name, id"))?;
-        let rows = stmt.query_map(params![kind.as_str()], row_to_agent)?;
-        let mut agents = Vec::new();
-        for row in rows {
-            agents.push(row??);
-        }
-        Ok(agents)
-    }
-
-    /// One agent.
-    pub fn agent(&self, id: &Uuid) -> Result<Option<Agent>, RegistryError> {
-        let db = self.lock();
-        let mut stmt = db.prepare_cached(&format!("{SELECT_AGENT} WHERE id = ?1"))?;
-        match stmt
-            .query_row(params![id.to_string()], row_to_agent)
-            .optional()?
-        {
-            Some(agent) => Ok(Some(agent?)),
-            None => Ok(None),
-        }
+    /// The newest security event of `kind`, if any was recorded.
+    pub fn last_security_event(&self, kind: &str) -> Result<Option<SecurityEvent>, RegistryError> {
+        security::last_of_kind(&self.lock(), kind)
     }
 }
 
-/// Revokes every valid certificate of `agent` (`reason` as
-/// [`crate::pki::revocation_reason`] names it); how many.
-pub fn revoke_certificates(
-    tx: &rusqlite::Transaction<'_>,
-    agent: &Uuid,
-    reason: &str,
-) -> Result<usize, RegistryError> {
-    Ok(tx.execute(
-        "UPDATE certificates SET revoked = 1, revoked_at = ?2, revoke_reason = ?3
-         WHERE agent_id = ?1 AND revoked = 0",
-        params![
-            agent.to_string(),
-            (fleetls_proto::now_ms() / 1000) as i64,
-            reason
-        ],
-    )?)
-}
-
-/// A revoked certificate: its serial (hex), when (seconds) and why.
-pub type Revocation = (String, i64, String);
-
-/// The key pinned for an agent (`None`: unknown, or not pinned yet).
-fn signing_key_of(
-    tx: &rusqlite::Transaction<'_>,
-    id: &str,
-) -> Result<Option<String>, RegistryError> {
-    Ok(tx
-        .query_row(
-            "SELECT signing_key FROM agents WHERE id = ?1",
-            params![id],
-            |row| row.get::<_, Option<String>>(0),
-        )
-        .optional()?
-        .flatten())
-}
-
-/// Bans a key from registering again.
-pub(crate) fn ban_key(
-    tx: &rusqlite::Transaction<'_>,
-    key: &str,
-    agent: &Uuid,
-    reason: &str,
-) -> Result<(), RegistryError> {
-    tx.execute(
-        "INSERT INTO banned_keys (key, agent, reason, at) VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT(key) DO UPDATE SET reason = excluded.reason, at = excluded.at",
-        params![
-            key,
-            agent.to_string(),
-            reason,
-            fleetls_proto::now_ms() as i64
-        ],
-    )?;
-    Ok(())
-}
-
-/// One agent, read inside a transaction.
-pub fn agent_in(tx: &rusqlite::Transaction<'_>, id: &Uuid) -> Result<Option<Agent>, RegistryError> {
-    let mut stmt = tx.prepare_cached(&format!("{SELECT_AGENT} WHERE id = ?1"))?;
-    match stmt
-        .query_row(params![id.to_string()], row_to_agent)
-        .optional()?
-    {
-        Some(agent) => Ok(Some(agent?)),
-        None => Ok(None),
-    }
-}
-
-/// An agent holds a certificate when it says so and the parent issued it
-/// one that is still valid in the registry (not from a CA since reset).
-const SELECT_AGENT: &str = "SELECT id, name, kind, version, location, hostnames, ips, first_seen,
-    last_seen,
-    has_certificate AND EXISTS (SELECT 1 FROM certificates c WHERE c.agent_id = agents.id AND c.revoked = 0),
-    ssl, broker_tls, admission, signing_key, parent_key, excluded FROM agents";
-
-/// A list as the registry stores it (JSON).
-pub(crate) fn json_list(items: &[String]) -> String {
-    serde_json::to_string(items).unwrap_or_else(|_| "[]".into())
-}
-
-type RowResult = Result<Agent, RegistryError>;
-
-fn row_to_agent(row: &rusqlite::Row<'_>) -> rusqlite::Result<RowResult> {
-    let id: String = row.get(0)?;
-    let kind: String = row.get(2)?;
-    let hostnames: String = row.get(5)?;
-    let ips: String = row.get(6)?;
-    let parsed = (|| {
-        Ok(Agent {
-            id: id
-                .parse()
-                .map_err(|_| RegistryError::Corrupt(format!("agent id {id:?}")))?,
-            name: row.get(1)?,
-            kind: kind.parse().map_err(RegistryError::Corrupt)?,
-            version: row.get(3)?,
-            location: row.get(4)?,
-            hostnames: serde_json::from_str(&hostnames)
-                .map_err(|e| RegistryError::Corrupt(e.to_string()))?,
-            ips: serde_json::from_str(&ips).map_err(|e| RegistryError::Corrupt(e.to_string()))?,
-            first_seen: row.get::<_, i64>(7)? as u64,
-            last_seen: row.get::<_, i64>(8)? as u64,
-            has_certificate: row.get(9)?,
-            ssl: row.get(10)?,
-            broker_tls: row.get(11)?,
-            admission: row
-                .get::<_, String>(12)?
-                .parse()
-                .map_err(RegistryError::Corrupt)?,
-            signing_key: row.get(13)?,
-            parent_key: row.get(14)?,
-            excluded: row.get(15)?,
-        })
-    })();
-    Ok(parsed)
-}
+// Test code only from here on: the tests' own rows (`test_support`), so that
+// the modules above the registry write no SQL of their own, and its tests.
+#[cfg(test)]
+pub(crate) mod test_support;
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::inbound::{apply, Event, EventKind, Policy};
-    use fleetls_proto::{AgentState, Hello, ToChild};
+    use fleetls_proto::{AgentKind, AgentState, Hello, ToChild};
+    use rusqlite::params;
+    use uuid::Uuid;
 
     #[test]
     fn the_changes_kept_stay_bounded() {
@@ -889,7 +454,6 @@ mod tests {
         let mut changes = Changes::none();
         changes.record(Action::SQLITE_UPDATE, "agents", 7);
         changes.record(Action::SQLITE_INSERT, "step_results", 9);
-        changes.record(Action::SQLITE_INSERT, "seen_messages", 1);
         changes.record(Action::SQLITE_UPDATE, "campaigns", 2);
         assert_eq!(changes.agents, BTreeSet::from([7]));
         assert_eq!(changes.rows["step_results"], BTreeSet::from([9]));
@@ -909,6 +473,7 @@ mod tests {
 
     fn hello(name: &str) -> Hello {
         Hello {
+            enroll: None,
             name: name.into(),
             kind: AgentKind::Child,
             version: "1.0.0".into(),
@@ -932,6 +497,7 @@ mod tests {
             at: 1000,
             key: KEY.into(),
             delivery: 0,
+            seq: next_seq(),
             what: EventKind::Hello(hello("till-1")),
         };
         apply(&registry, std::slice::from_ref(&event), None, &policy()).unwrap();
@@ -954,6 +520,7 @@ mod tests {
             at,
             key: KEY.into(),
             delivery: 0,
+            seq: next_seq(),
             what: EventKind::Heartbeat(AgentState {
                 has_certificate,
                 ..Default::default()
@@ -977,6 +544,101 @@ mod tests {
     }
 
     #[test]
+    fn a_message_not_above_its_agents_counter_changes_nothing_even_within_a_batch() {
+        let (_dir, registry, agent) = registered();
+        let beat = |seq, tls| Event {
+            seq,
+            ..heartbeat(agent, fleetls_proto::now_ms(), tls)
+        };
+        // Sent earlier, handed back late (a quorum queue after a channel
+        // closed): new, but its older state does not win.
+        let late = |seq, tls| Event {
+            seq,
+            ..heartbeat(agent, fleetls_proto::now_ms() - 60_000, tls)
+        };
+        let last = || {
+            registry
+                .with_tx(|tx| crate::registry::replay::last_seq(tx, &agent))
+                .unwrap()
+        };
+        let first = last().expect("registered");
+        assert!(first > 0, "the first Hello set the counter");
+        let tls = || registry.agent(&agent).unwrap().unwrap().broker_tls;
+        // One batch: a report, the same report again (a redelivery), an
+        // older one never handled (handed back out of order: new), the
+        // same again (now a redelivery), and two newer; the counter and
+        // its window move within the batch.
+        let (a, b) = (first + 10, first + 20);
+        let applied = apply(
+            &registry,
+            &[
+                beat(a, true),
+                beat(a, false),
+                late(first + 5, false),
+                late(first + 5, false),
+                beat(b, true),
+                beat(b, false),
+            ],
+            None,
+            &policy(),
+        )
+        .unwrap();
+        assert!(applied.rejected.is_empty(), "{:?}", applied.rejected);
+        assert_eq!(applied.replayed, 3);
+        assert_eq!(last(), Some(b));
+        assert!(tls(), "a replayed or late report changed the state");
+        // A later batch: the counter and its window were committed.
+        let applied = apply(
+            &registry,
+            &[beat(a, false), late(first + 5, false)],
+            None,
+            &policy(),
+        )
+        .unwrap();
+        assert_eq!((applied.replayed, last(), tls()), (2, Some(b), true));
+        // Below the window's first seq handled: a replay.
+        let applied = apply(&registry, &[beat(first, false)], None, &policy()).unwrap();
+        assert_eq!((applied.replayed, last(), tls()), (1, Some(b), true));
+        let applied = apply(&registry, &[beat(b + 1, false)], None, &policy()).unwrap();
+        assert_eq!((applied.replayed, last(), tls()), (0, Some(b + 1), false));
+        // A replayed Hello neither re-registers nor greets.
+        let applied = apply(
+            &registry,
+            &[Event {
+                seq: first,
+                ..hello_event(agent, KEY, hello("renamed"))
+            }],
+            None,
+            &policy(),
+        )
+        .unwrap();
+        assert!(applied.greeted.is_empty() && applied.replayed == 1);
+        assert_eq!(registry.agent(&agent).unwrap().unwrap().name, "till-1");
+        // Another agent's counter is its own: a seq below this agent's is
+        // new for it, in the same batch.
+        let other = Uuid::new_v4();
+        let applied = apply(
+            &registry,
+            &[
+                beat(b + 2, true),
+                Event {
+                    seq: 1,
+                    ..hello_event(other, OTHER_KEY, hello("till-2"))
+                },
+            ],
+            None,
+            &policy(),
+        )
+        .unwrap();
+        assert_eq!(applied.replayed, 0);
+        assert_eq!(registry.agent(&other).unwrap().unwrap().name, "till-2");
+        let theirs = registry
+            .with_tx(|tx| crate::registry::replay::last_seq(tx, &other))
+            .unwrap();
+        assert_eq!((last(), theirs), (Some(b + 2), Some(1)));
+    }
+
+    #[test]
     fn registry_survives_reopening() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("fleetls.db");
@@ -989,6 +651,7 @@ mod tests {
                 at: 1,
                 key: KEY.into(),
                 delivery: 0,
+                seq: next_seq(),
                 what: EventKind::Hello(hello("bo-1")),
             }],
             None,
@@ -999,13 +662,23 @@ mod tests {
         assert_eq!(again.agent(&agent).unwrap().unwrap().name, "bo-1");
     }
 
+    /// A seq above every one handed out before in this process: events
+    /// made in turn are in seq order, as an agent's messages are.
+    fn next_seq() -> u64 {
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    }
+
     const KEY: &str = "1111111111111111111111111111111111111111111111111111111111111111";
     const OTHER_KEY: &str = "2222222222222222222222222222222222222222222222222222222222222222";
 
     fn policy() -> Policy {
         Policy {
             parent_key: "sha256:parent".into(),
-            auto_accept: Default::default(),
+            enrollment: crate::enrollment::Rules {
+                auto_accept: "child:*;mpos:*".parse().unwrap(),
+                ..Default::default()
+            },
             ssl_port_open_since: u64::MAX,
         }
     }
@@ -1017,6 +690,7 @@ mod tests {
             at: 1,
             key: key.into(),
             delivery: 7,
+            seq: next_seq(),
             what: EventKind::Hello(hello),
         }
     }
@@ -1323,41 +997,729 @@ mod tests {
         assert_eq!(registry.security_counts().unwrap()[0].0, "compromised");
     }
 
-    #[test]
-    fn a_registry_of_release_1_0_migrates_and_keeps_its_agents() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("fleetls.db");
-        {
-            // The 1.0 schema, as it wrote it: no version, no trust columns.
-            let db = Connection::open(&path).unwrap();
-            db.execute_batch(SCHEMA).unwrap();
-            db.execute_batch(CAMPAIGN_SCHEMA).unwrap();
-            db.execute(
-                "INSERT INTO agents (id, name, kind, version, location, hostnames, ips,
-                     first_seen, last_seen) VALUES (?1, 'old-till', 'child', '1.0.0', NULL, '[]', '[]', 1, 1)",
-                [Uuid::nil().to_string()],
-            )
-            .unwrap();
+    /// The registry of release 1.0, as that release wrote it (its `SCHEMA`
+    /// and `CAMPAIGN_SCHEMA`, no version recorded). Frozen here: a later
+    /// edit of the live schema must not change what the migrations are
+    /// tested from.
+    const RELEASE_1_0_SCHEMA: &str = "
+        CREATE TABLE IF NOT EXISTS agents (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            version TEXT NOT NULL,
+            location TEXT,
+            hostnames TEXT NOT NULL,
+            ips TEXT NOT NULL,
+            key_fingerprint TEXT,
+            first_seen INTEGER NOT NULL,
+            last_seen INTEGER NOT NULL,
+            has_certificate INTEGER NOT NULL DEFAULT 0,
+            ssl INTEGER NOT NULL DEFAULT 0,
+            broker_tls INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE TABLE IF NOT EXISTS certificates (
+            serial TEXT PRIMARY KEY,
+            agent_id TEXT,
+            subject TEXT NOT NULL,
+            not_after INTEGER NOT NULL,
+            issued_at INTEGER NOT NULL,
+            revoked INTEGER NOT NULL DEFAULT 0,
+            csr_message TEXT,
+            chain_pem TEXT NOT NULL
+        );
+        CREATE INDEX IF NOT EXISTS certificates_agent ON certificates(agent_id);
+        CREATE INDEX IF NOT EXISTS certificates_csr ON certificates(csr_message);
+        CREATE INDEX IF NOT EXISTS certificates_agent_valid ON certificates(agent_id) WHERE revoked = 0;
+        CREATE TABLE IF NOT EXISTS refusals (
+            agent_id TEXT PRIMARY KEY,
+            reason TEXT NOT NULL,
+            at INTEGER NOT NULL
+        );
+        CREATE TABLE IF NOT EXISTS seen_messages (
+            id TEXT PRIMARY KEY,
+            at INTEGER NOT NULL
+        );
+        CREATE INDEX IF NOT EXISTS seen_messages_at ON seen_messages(at);
+        CREATE TABLE IF NOT EXISTS campaigns (
+            id TEXT PRIMARY KEY,
+            kind TEXT NOT NULL,
+            state TEXT NOT NULL,
+            window INTEGER NOT NULL,
+            started_at INTEGER NOT NULL,
+            deadline_at INTEGER NOT NULL,
+            step_timeout_ms INTEGER NOT NULL,
+            finished_at INTEGER,
+            max_acting INTEGER NOT NULL DEFAULT 0,
+            params TEXT
+        );
+        CREATE TABLE IF NOT EXISTS campaign_children (
+            campaign TEXT NOT NULL,
+            agent TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            state TEXT NOT NULL,
+            step TEXT,
+            target_host TEXT NOT NULL,
+            target_port INTEGER NOT NULL,
+            step_deadline INTEGER,
+            started_at INTEGER,
+            finished_at INTEGER,
+            message TEXT,
+            cause TEXT,
+            PRIMARY KEY (campaign, agent)
+        );
+        CREATE INDEX IF NOT EXISTS campaign_children_state ON campaign_children(campaign, state, seq);
+        CREATE INDEX IF NOT EXISTS campaign_children_agent ON campaign_children(agent);
+        CREATE TABLE IF NOT EXISTS step_results (
+            campaign TEXT NOT NULL,
+            agent TEXT NOT NULL,
+            step TEXT NOT NULL,
+            ok INTEGER NOT NULL,
+            message TEXT NOT NULL,
+            cause TEXT,
+            at INTEGER NOT NULL,
+            late INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (campaign, agent, step)
+        );";
+
+    /// The till and the mPOS device of the 1.0 fixture, and its campaign.
+    const OLD_TILL: &str = "00000000-0000-0000-0000-00000000000a";
+    const OLD_MPOS: &str = "00000000-0000-0000-0000-00000000000b";
+    const OLD_CAMPAIGN: &str = "00000000-0000-0000-0000-0000000000c1";
+
+    /// A row in every table of release 1.0: a till holding a certificate
+    /// that replaced a revoked one, whose verify passed; an mPOS device
+    /// whose CSR was refused; a message seen (release 1.0 kept their ids).
+    const RELEASE_1_0_ROWS: &str = "
+        INSERT INTO agents (id, name, kind, version, location, hostnames, ips, key_fingerprint,
+                            first_seen, last_seen, has_certificate, ssl, broker_tls)
+        VALUES ('00000000-0000-0000-0000-00000000000a', 'old-till', 'child', '1.0.0', 'shop-1',
+                '[\"till-1.shop\"]', '[\"10.0.0.5\"]', 'sha256:old', 1000, 2000, 1, 1, 0),
+               ('00000000-0000-0000-0000-00000000000b', 'old-mpos', 'mpos', '1.0.0', NULL,
+                '[]', '[]', NULL, 1100, 2100, 0, 0, 0);
+        INSERT INTO certificates (serial, agent_id, subject, not_after, issued_at, revoked,
+                                  csr_message, chain_pem)
+        VALUES ('0a01', '00000000-0000-0000-0000-00000000000a', 'CN=old-till', 9999999999,
+                1000000, 1, 'msg-1', 'chain one'),
+               ('0a02', '00000000-0000-0000-0000-00000000000a', 'CN=old-till', 9999999999,
+                2000000, 0, 'msg-2', 'chain two');
+        INSERT INTO refusals (agent_id, reason, at)
+        VALUES ('00000000-0000-0000-0000-00000000000b', 'csr refused: not allowed', 3000);
+        INSERT INTO seen_messages (id, at) VALUES ('msg-2', 4000);
+        INSERT INTO campaigns (id, kind, state, window, started_at, deadline_at, step_timeout_ms,
+                               finished_at, max_acting, params)
+        VALUES ('00000000-0000-0000-0000-0000000000c1', 'verify', 'finished', 10, 5000, 9000,
+                20000, 6000, 3, NULL);
+        INSERT INTO campaign_children (campaign, agent, seq, state, step, target_host, target_port,
+                                       step_deadline, started_at, finished_at, message, cause)
+        VALUES ('00000000-0000-0000-0000-0000000000c1', '00000000-0000-0000-0000-00000000000a', 0,
+                'passed', 'ssl-port', 'localhost', 8443, NULL, 5100, 5900, 'all good', NULL);
+        INSERT INTO step_results (campaign, agent, step, ok, message, cause, at, late)
+        VALUES ('00000000-0000-0000-0000-0000000000c1', '00000000-0000-0000-0000-00000000000a',
+                'cert-test', 1, 'certificate valid', NULL, 5500, 0);";
+
+    /// Each released migration as its release shipped it (found with
+    /// `git log -p parent/src/registry*`; none was edited after its release):
+    /// step `i` takes a registry from version `i` to `i + 1`. Frozen here like
+    /// the 1.0 schema, and the fixtures of later versions are built with
+    /// them: a released migration edited in the product leaves the
+    /// registries of the versions before the edit unlike the others, and
+    /// unlike a new one.
+    const RELEASED_MIGRATIONS: [&str; 8] = [
+        // 0 → 1
+        "",
+        // 1 → 2
+        "ALTER TABLE agents ADD COLUMN signing_key TEXT;
+         ALTER TABLE agents ADD COLUMN admission TEXT NOT NULL DEFAULT 'accepted';
+         ALTER TABLE agents ADD COLUMN parent_key TEXT;
+         ALTER TABLE agents ADD COLUMN compromised INTEGER NOT NULL DEFAULT 0;
+         CREATE INDEX IF NOT EXISTS agents_signing_key ON agents(signing_key);
+         CREATE TABLE IF NOT EXISTS security_events (
+             id INTEGER PRIMARY KEY AUTOINCREMENT,
+             at INTEGER NOT NULL,
+             agent TEXT,
+             kind TEXT NOT NULL,
+             detail TEXT NOT NULL
+         );
+         CREATE TABLE IF NOT EXISTS security_counts (
+             kind TEXT PRIMARY KEY,
+             count INTEGER NOT NULL
+         );
+         CREATE TABLE IF NOT EXISTS banned_keys (
+             key TEXT PRIMARY KEY,
+             agent TEXT,
+             reason TEXT NOT NULL,
+             at INTEGER NOT NULL
+         );",
+        // 2 → 3
+        "ALTER TABLE certificates ADD COLUMN revoked_at INTEGER;
+         ALTER TABLE certificates ADD COLUMN revoke_reason TEXT;
+         UPDATE certificates SET revoked_at = issued_at / 1000, revoke_reason = 'unspecified'
+             WHERE revoked = 1;
+         CREATE TABLE IF NOT EXISTS crl (
+             id INTEGER PRIMARY KEY CHECK (id = 1),
+             number INTEGER NOT NULL
+         );",
+        // 3 → 4
+        "CREATE TABLE IF NOT EXISTS owed_certificates (
+             agent_id TEXT PRIMARY KEY,
+             renew INTEGER NOT NULL,
+             since INTEGER NOT NULL,
+             sent_at INTEGER NOT NULL
+         );
+         ALTER TABLE certificates ADD COLUMN key_sha256 TEXT;
+         ALTER TABLE campaign_children ADD COLUMN nudged INTEGER NOT NULL DEFAULT 0;
+         ALTER TABLE agents ADD COLUMN excluded TEXT;
+         ALTER TABLE certificates ADD COLUMN ca TEXT;
+         ALTER TABLE certificates ADD COLUMN renewal INTEGER NOT NULL DEFAULT 0;
+         ALTER TABLE agents ADD COLUMN trusted_cas TEXT NOT NULL DEFAULT '[]';
+         CREATE TABLE IF NOT EXISTS ca_rotations (
+             id INTEGER PRIMARY KEY AUTOINCREMENT,
+             old_ca TEXT NOT NULL,
+             new_ca TEXT NOT NULL,
+             phase TEXT NOT NULL,
+             started_at INTEGER NOT NULL,
+             phase_at INTEGER NOT NULL,
+             campaign TEXT,
+             finished_at INTEGER,
+             waiting TEXT
+         );
+         CREATE TABLE IF NOT EXISTS counters (
+             name TEXT PRIMARY KEY,
+             value INTEGER NOT NULL
+         );",
+        // 4 → 5
+        "ALTER TABLE agents ADD COLUMN state_at INTEGER NOT NULL DEFAULT 0;",
+        // 5 → 6 (`tokens::MIGRATION`, then `security::MIGRATION`)
+        "CREATE TABLE IF NOT EXISTS enroll_tokens (
+             id TEXT PRIMARY KEY,
+             mac_key BLOB NOT NULL,
+             kinds TEXT NOT NULL,
+             name_pattern TEXT NOT NULL,
+             max_uses INTEGER NOT NULL,
+             uses INTEGER NOT NULL DEFAULT 0,
+             created_at INTEGER NOT NULL,
+             expires_at INTEGER NOT NULL,
+             revoked_at INTEGER,
+             last_used_at INTEGER
+         );
+         ALTER TABLE agents ADD COLUMN enrolled_by TEXT;
+         ALTER TABLE agents ADD COLUMN name_flag TEXT;
+         ALTER TABLE agents ADD COLUMN name_skeleton TEXT;
+         CREATE INDEX IF NOT EXISTS agents_name ON agents(name);
+         CREATE INDEX IF NOT EXISTS agents_name_skeleton ON agents(name_skeleton);
+         CREATE INDEX IF NOT EXISTS agents_admission ON agents(admission);
+         CREATE INDEX IF NOT EXISTS certificates_key ON certificates(key_sha256);
+         ALTER TABLE security_events ADD COLUMN first_at INTEGER NOT NULL DEFAULT 0;
+         ALTER TABLE security_events ADD COLUMN count INTEGER NOT NULL DEFAULT 1;
+         ALTER TABLE security_events ADD COLUMN source TEXT NOT NULL DEFAULT '';
+         UPDATE security_events SET source = coalesce(agent, ''), first_at = at;
+         UPDATE security_events SET
+             count = (SELECT count(*) FROM security_events d
+                      WHERE d.kind = security_events.kind AND d.source = security_events.source),
+             first_at = (SELECT min(at) FROM security_events d
+                         WHERE d.kind = security_events.kind AND d.source = security_events.source);
+         DELETE FROM security_events WHERE id <> (SELECT max(id) FROM security_events d
+             WHERE d.kind = security_events.kind AND d.source = security_events.source);
+         CREATE UNIQUE INDEX IF NOT EXISTS security_events_source ON security_events(kind, source);
+         CREATE INDEX IF NOT EXISTS security_events_kind_at ON security_events(kind, at);",
+        // 6 → 7
+        "ALTER TABLE agents ADD COLUMN present INTEGER NOT NULL DEFAULT 0;",
+        // 7 → 8
+        "ALTER TABLE agents ADD COLUMN last_seq INTEGER NOT NULL DEFAULT 0;
+         ALTER TABLE agents ADD COLUMN recent_seqs TEXT NOT NULL DEFAULT '';
+         DROP INDEX IF EXISTS seen_messages_at;
+         DROP TABLE IF EXISTS seen_messages;",
+    ];
+
+    /// What each release wrote, in what its version added (index: the
+    /// version it recorded): 1.0 a row in each of its tables; later
+    /// releases a row in each table they created and a value other than
+    /// the default in each column they added. Release 1 added nothing.
+    const RELEASED_ROWS: [&str; 9] = [
+        RELEASE_1_0_ROWS,
+        "",
+        // The till pinned; the device pending and compromised, its old key banned.
+        "UPDATE agents SET signing_key = 'till-key-v2', parent_key = 'sha256:parent-v2'
+             WHERE id = '00000000-0000-0000-0000-00000000000a';
+         UPDATE agents SET admission = 'pending', compromised = 1
+             WHERE id = '00000000-0000-0000-0000-00000000000b';
+         INSERT INTO security_events (at, agent, kind, detail) VALUES
+             (100, '00000000-0000-0000-0000-00000000000a', 'impersonation', 'first'),
+             (200, '00000000-0000-0000-0000-00000000000a', 'impersonation', 'second'),
+             (300, NULL, 'unsigned', 'once');
+         INSERT INTO security_counts (kind, count) VALUES ('impersonation', 2), ('unsigned', 1);
+         INSERT INTO banned_keys (key, agent, reason, at)
+         VALUES ('banned-key-v2', '00000000-0000-0000-0000-00000000000b',
+                 'rejected by an operator', 2500);",
+        // A certificate of the device revoked, with its reason; the CRL numbered.
+        "INSERT INTO certificates (serial, agent_id, subject, not_after, issued_at, revoked,
+                                   csr_message, chain_pem, revoked_at, revoke_reason)
+         VALUES ('0b01', '00000000-0000-0000-0000-00000000000b', 'CN=old-mpos', 9999999999,
+                 3000000, 1, 'msg-3', 'chain three', 3100, 'keyCompromise');
+         INSERT INTO crl (id, number) VALUES (1, 7);",
+        // A renewal of the till, owed; its step nudged; the device excluded;
+        // a CA rotation waiting for the broker; a failed renewal counted.
+        "INSERT INTO owed_certificates (agent_id, renew, since, sent_at)
+         VALUES ('00000000-0000-0000-0000-00000000000a', 1, 4000, 4100);
+         INSERT INTO certificates (serial, agent_id, subject, not_after, issued_at, revoked,
+                                   csr_message, chain_pem, key_sha256, ca, renewal)
+         VALUES ('0c01', '00000000-0000-0000-0000-00000000000a', 'CN=old-till', 9999999999,
+                 4000000, 0, 'msg-4', 'chain four', 'key-v4', 'ca-v4', 1);
+         UPDATE campaign_children SET nudged = 1;
+         UPDATE agents SET excluded = 'vendor keeps it on plain'
+             WHERE id = '00000000-0000-0000-0000-00000000000b';
+         UPDATE agents SET trusted_cas = '[\"ca-v4\"]'
+             WHERE id = '00000000-0000-0000-0000-00000000000a';
+         INSERT INTO ca_rotations (old_ca, new_ca, phase, started_at, phase_at, campaign,
+                                   finished_at, waiting)
+         VALUES ('ca-v4', 'ca-v4b', 'trust', 4200, 4300, NULL, NULL, 'broker');
+         INSERT INTO counters (name, value) VALUES ('renewals_failed', 3);",
+        "UPDATE agents SET state_at = 1999 WHERE id = '00000000-0000-0000-0000-00000000000a';",
+        // An enrollment token that admitted the device, whose name is
+        // flagged; a flood of unsigned messages from one source.
+        "INSERT INTO enroll_tokens (id, mac_key, kinds, name_pattern, max_uses, uses, created_at,
+                                    expires_at, revoked_at, last_used_at)
+         VALUES ('tok-v6', x'00ff', '[\"mpos\"]', 'old-*', 5, 1, 6000, 9000000, NULL, 6100);
+         UPDATE agents SET enrolled_by = 'tok-v6', name_flag = 'similar to old-till',
+                           name_skeleton = 'o1d-mpos'
+             WHERE id = '00000000-0000-0000-0000-00000000000b';
+         INSERT INTO security_events (at, agent, kind, detail, first_at, count, source)
+         VALUES (650, NULL, 'unsigned', 'flood', 610, 40, '10.0.0.9');
+         UPDATE security_counts SET count = 41 WHERE kind = 'unsigned';",
+        "UPDATE agents SET present = 1 WHERE id = '00000000-0000-0000-0000-00000000000a';",
+        "UPDATE agents SET last_seq = 42, recent_seqs = '40 41 42'
+             WHERE id = '00000000-0000-0000-0000-00000000000a';",
+    ];
+
+    /// A registry file as the release that recorded `version` left it:
+    /// the 1.0 fixture, then each released migration up to `version` and
+    /// what the release that recorded it wrote (0: release 1.0 itself).
+    fn registry_at(path: &Path, version: i64) {
+        let db = Connection::open(path).unwrap();
+        db.execute_batch(RELEASE_1_0_SCHEMA).unwrap();
+        db.execute_batch(RELEASED_ROWS[0]).unwrap();
+        for reached in 1..=version as usize {
+            db.execute_batch(RELEASED_MIGRATIONS[reached - 1]).unwrap();
+            db.execute_batch(RELEASED_ROWS[reached]).unwrap();
         }
-        let registry = Registry::open(&path).unwrap();
-        let old = registry.agent(&Uuid::nil()).unwrap().unwrap();
-        assert_eq!(old.admission, Admission::Accepted);
-        assert_eq!(old.signing_key, None);
+        db.pragma_update(None, "user_version", version).unwrap();
+    }
+
+    /// `then` in a registry written by the release of `version` or a later
+    /// one (`from`), else `before` (what the migrations put there).
+    fn since<T>(from: i64, version: i64, then: T, before: T) -> T {
+        if from >= version {
+            then
+        } else {
+            before
+        }
+    }
+
+    /// Every row `sql` selects, its columns as SQLite holds them joined by
+    /// `|` (NULL for null, a blob in hex).
+    fn dump(registry: &Registry, sql: &str) -> Vec<String> {
+        use rusqlite::types::ValueRef;
+        registry
+            .with_db(|db| {
+                let mut stmt = db.prepare(sql)?;
+                let columns = stmt.column_count();
+                let rows = stmt.query_map([], |r| {
+                    let mut row = Vec::new();
+                    for i in 0..columns {
+                        row.push(match r.get_ref(i)? {
+                            ValueRef::Null => "NULL".to_owned(),
+                            ValueRef::Integer(n) => n.to_string(),
+                            ValueRef::Real(x) => x.to_string(),
+                            ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned(),
+                            ValueRef::Blob(b) => b.iter().map(|x| format!("{x:02x}")).collect(),
+                        });
+                    }
+                    Ok(row.join("|"))
+                })?;
+                Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            })
+            .unwrap()
+    }
+
+    /// The tables, indexes and views of `registry`, their SQL with the
+    /// whitespace folded.
+    fn schema(registry: &Registry) -> Vec<String> {
+        dump(
+            registry,
+            "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY type, name",
+        )
+        .iter()
+        .map(|row| row.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect()
+    }
+
+    /// What every migrated registry must hold, whatever version it came from.
+    fn check_migrated(registry: &Registry, from: i64) {
         let version: i64 = registry
             .with_db(|db| Ok(db.pragma_query_value(None, "user_version", |r| r.get(0))?))
             .unwrap();
-        assert_eq!(version, SCHEMA_VERSION);
+        assert_eq!(version, SCHEMA_VERSION, "from {from}");
+        let till: Uuid = OLD_TILL.parse().unwrap();
+        let mpos: Uuid = OLD_MPOS.parse().unwrap();
+        // The agents, readable; accepted when registered before admission
+        // (they were eligible), pinned at their next Hello.
+        let old = registry.agent(&till).unwrap().unwrap();
+        assert_eq!(
+            (
+                old.name.as_str(),
+                old.kind,
+                old.version.as_str(),
+                old.location.as_deref()
+            ),
+            ("old-till", AgentKind::Child, "1.0.0", Some("shop-1")),
+            "from {from}"
+        );
+        assert_eq!(old.hostnames, ["till-1.shop"], "from {from}");
+        assert_eq!(old.ips, ["10.0.0.5"], "from {from}");
+        assert_eq!((old.first_seen, old.last_seen), (1000, 2000), "from {from}");
+        assert!(
+            old.has_certificate && old.ssl && !old.broker_tls,
+            "from {from}"
+        );
+        assert_eq!(old.admission, Admission::Accepted, "from {from}");
+        assert_eq!(
+            (
+                old.signing_key.as_deref(),
+                old.parent_key.as_deref(),
+                old.excluded,
+                old.name_flag,
+                old.enrolled_by,
+                old.present,
+                old.compromised,
+            ),
+            (
+                since(from, 2, Some("till-key-v2"), None),
+                since(from, 2, Some("sha256:parent-v2"), None),
+                None,
+                None,
+                None,
+                from >= 7,
+                false,
+            ),
+            "from {from}"
+        );
+        let device = registry.agent(&mpos).unwrap().unwrap();
+        assert_eq!(
+            (
+                device.name.as_str(),
+                device.kind,
+                device.admission,
+                device.compromised,
+                device.excluded.as_deref(),
+                device.enrolled_by.as_deref(),
+                device.name_flag.as_deref(),
+                device.present,
+            ),
+            (
+                "old-mpos",
+                AgentKind::Mpos,
+                since(from, 2, Admission::Pending, Admission::Accepted),
+                from >= 2,
+                since(from, 4, Some("vendor keeps it on plain"), None),
+                since(from, 6, Some("tok-v6"), None),
+                since(from, 6, Some("similar to old-till"), None),
+                false,
+            ),
+            "from {from}"
+        );
+        assert_eq!(registry.agents().unwrap().len(), 2, "from {from}");
+        // Every table, row by row. The message ids seen (release 1.0) are
+        // gone, for a replay counter per agent that starts at 0: any message
+        // of the agent's next release is above. The certificate revoked in
+        // 1.0 is revoked for no stated reason, at its issue (seconds).
+        let c = OLD_CAMPAIGN;
+        let tables: [(&str, &str, Vec<String>); 14] = [
+            (
+                "agents",
+                "SELECT id, key_fingerprint, trusted_cas, state_at, name_skeleton, last_seq,
+                        recent_seqs
+                 FROM agents ORDER BY id",
+                vec![
+                    format!(
+                        "{OLD_TILL}|sha256:old|{}|{}|NULL|{}|{}",
+                        since(from, 4, "[\"ca-v4\"]", "[]"),
+                        since(from, 5, "1999", "0"),
+                        since(from, 8, "42", "0"),
+                        since(from, 8, "40 41 42", ""),
+                    ),
+                    format!(
+                        "{OLD_MPOS}|NULL|[]|0|{}|0|",
+                        since(from, 6, "o1d-mpos", "NULL")
+                    ),
+                ],
+            ),
+            (
+                "certificates",
+                "SELECT serial, agent_id, subject, not_after, issued_at, revoked, csr_message,
+                        chain_pem, revoked_at, revoke_reason, key_sha256, ca, renewal
+                 FROM certificates ORDER BY serial",
+                [
+                    Some(format!(
+                        "0a01|{OLD_TILL}|CN=old-till|9999999999|1000000|1|msg-1|chain one|1000|unspecified|NULL|NULL|0"
+                    )),
+                    Some(format!(
+                        "0a02|{OLD_TILL}|CN=old-till|9999999999|2000000|0|msg-2|chain two|NULL|NULL|NULL|NULL|0"
+                    )),
+                    (from >= 3).then(|| format!(
+                        "0b01|{OLD_MPOS}|CN=old-mpos|9999999999|3000000|1|msg-3|chain three|3100|keyCompromise|NULL|NULL|0"
+                    )),
+                    (from >= 4).then(|| format!(
+                        "0c01|{OLD_TILL}|CN=old-till|9999999999|4000000|0|msg-4|chain four|NULL|NULL|key-v4|ca-v4|1"
+                    )),
+                ]
+                .into_iter()
+                .flatten()
+                .collect(),
+            ),
+            (
+                "refusals",
+                "SELECT * FROM refusals",
+                vec![format!("{OLD_MPOS}|csr refused: not allowed|3000")],
+            ),
+            (
+                "campaigns",
+                "SELECT * FROM campaigns",
+                vec![format!("{c}|verify|finished|10|5000|9000|20000|6000|3|NULL")],
+            ),
+            (
+                "campaign_children",
+                "SELECT * FROM campaign_children",
+                vec![format!(
+                    "{c}|{OLD_TILL}|0|passed|ssl-port|localhost|8443|NULL|5100|5900|all good|NULL|{}",
+                    since(from, 4, 1, 0)
+                )],
+            ),
+            (
+                "step_results",
+                "SELECT * FROM step_results",
+                vec![format!(
+                    "{c}|{OLD_TILL}|cert-test|1|certificate valid|NULL|5500|0"
+                )],
+            ),
+            // Written from version 2 on: one row per kind and source (the
+            // two of one kind from one source folded), counting them, first
+            // and last seen.
+            (
+                "security_events",
+                "SELECT kind, source, count, first_at, at, agent, detail
+                 FROM security_events ORDER BY kind, source",
+                [
+                    (from >= 2).then(|| {
+                        format!("impersonation|{OLD_TILL}|2|100|200|{OLD_TILL}|second")
+                    }),
+                    (from >= 2).then(|| "unsigned||1|300|300|NULL|once".to_owned()),
+                    (from >= 6).then(|| "unsigned|10.0.0.9|40|610|650|NULL|flood".to_owned()),
+                ]
+                .into_iter()
+                .flatten()
+                .collect(),
+            ),
+            (
+                "security_counts",
+                "SELECT * FROM security_counts ORDER BY kind",
+                since(
+                    from,
+                    2,
+                    vec![
+                        "impersonation|2".to_owned(),
+                        format!("unsigned|{}", since(from, 6, 41, 1)),
+                    ],
+                    vec![],
+                ),
+            ),
+            (
+                "banned_keys",
+                "SELECT * FROM banned_keys",
+                since(
+                    from,
+                    2,
+                    vec![format!(
+                        "banned-key-v2|{OLD_MPOS}|rejected by an operator|2500"
+                    )],
+                    vec![],
+                ),
+            ),
+            (
+                "crl",
+                "SELECT * FROM crl",
+                since(from, 3, vec!["1|7".to_owned()], vec![]),
+            ),
+            (
+                "owed_certificates",
+                "SELECT * FROM owed_certificates",
+                since(from, 4, vec![format!("{OLD_TILL}|1|4000|4100")], vec![]),
+            ),
+            (
+                "ca_rotations",
+                "SELECT * FROM ca_rotations",
+                since(
+                    from,
+                    4,
+                    vec!["1|ca-v4|ca-v4b|trust|4200|4300|NULL|NULL|broker".to_owned()],
+                    vec![],
+                ),
+            ),
+            (
+                "counters",
+                "SELECT * FROM counters",
+                since(from, 4, vec!["renewals_failed|3".to_owned()], vec![]),
+            ),
+            (
+                "enroll_tokens",
+                "SELECT * FROM enroll_tokens",
+                since(
+                    from,
+                    6,
+                    vec!["tok-v6|00ff|[\"mpos\"]|old-*|5|1|6000|9000000|NULL|6100".to_owned()],
+                    vec![],
+                ),
+            ),
+        ];
+        for (table, sql, rows) in &tables {
+            assert_eq!(&dump(registry, sql), rows, "{table}, from {from}");
+        }
+        // Those are all the tables: one added later needs rows in the
+        // fixture of the version that adds it.
+        let mut checked: Vec<&str> = tables.iter().map(|(table, _, _)| *table).collect();
+        checked.sort_unstable();
+        assert_eq!(
+            dump(
+                registry,
+                "SELECT name FROM sqlite_master
+                 WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name"
+            ),
+            checked,
+            "from {from}"
+        );
+        assert_eq!(registry.issued_count().unwrap(), 1, "from {from}");
+        assert_eq!(
+            registry.revoked_count().unwrap(),
+            since(from, 3, 2, 1),
+            "from {from}"
+        );
+        // The refusal.
+        assert_eq!(
+            registry.refusals().unwrap().get(&mpos),
+            Some(&("csr refused: not allowed".to_owned(), 3000)),
+            "from {from}"
+        );
+        // The campaign, its child and step, as the status and the campaign engine read them.
+        let campaign: Uuid = OLD_CAMPAIGN.parse().unwrap();
+        let progress = registry
+            .with_db(|db| crate::campaign::progress(db, campaign))
+            .unwrap()
+            .expect("the campaign is kept");
+        assert_eq!(
+            (
+                progress.kind,
+                progress.state,
+                progress.window,
+                progress.max_acting
+            ),
+            (
+                crate::campaign::Kind::Verify,
+                crate::campaign::CampaignState::Finished,
+                10,
+                3
+            ),
+            "from {from}"
+        );
+        assert_eq!(
+            (progress.total, progress.passed, progress.finished_at),
+            (1, 1, Some(6000)),
+            "from {from}"
+        );
+        let status = crate::status::compute(
+            registry,
+            crate::config::Version(1, 0, 0),
+            crate::status::Liveness::heard_within(u64::MAX),
+            None,
+        )
+        .unwrap();
+        let shown = status.agents.iter().find(|a| a.id == till).unwrap();
+        assert!(shown.has_certificate, "from {from}: {shown:?}");
+        let last = shown
+            .last_result
+            .as_ref()
+            .expect("the verify result is kept");
+        assert_eq!(
+            (last.campaign, last.state, last.message.as_deref()),
+            (
+                campaign,
+                crate::campaign::ChildState::Passed,
+                Some("all good")
+            ),
+            "from {from}"
+        );
+        let step = last.cert_test.as_ref().expect("the step result is kept");
+        assert_eq!(
+            (step.ok, step.message.as_str(), step.at),
+            (true, "certificate valid", 5500),
+            "from {from}"
+        );
+        let shown = status.agents.iter().find(|a| a.id == mpos).unwrap();
+        assert_eq!(
+            shown.refusal.as_deref(),
+            Some("csr refused: not allowed"),
+            "from {from}"
+        );
+        if from >= 2 {
+            assert_eq!(
+                registry.security_counts().unwrap(),
+                [
+                    ("impersonation".to_owned(), 2),
+                    ("unsigned".to_owned(), since(from, 6, 41, 1))
+                ],
+                "from {from}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_registry_of_every_released_version_migrates_and_keeps_its_rows() {
+        assert_eq!(
+            RELEASED_MIGRATIONS.len() as i64,
+            SCHEMA_VERSION,
+            "a released migration is frozen in RELEASED_MIGRATIONS, with rows in RELEASED_ROWS"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let new = schema(&Registry::open(&dir.path().join("new.db")).unwrap());
+        for from in 0..=SCHEMA_VERSION {
+            let path = dir.path().join(format!("fleetls-{from}.db"));
+            registry_at(&path, from);
+            let registry = Registry::open(&path).unwrap();
+            check_migrated(&registry, from);
+            // The same tables, columns and indexes as a registry made new.
+            assert_eq!(schema(&registry), new, "from {from}");
+            // Opening again is a no-op.
+            drop(registry);
+            check_migrated(&Registry::open(&path).unwrap(), from);
+        }
+    }
+
+    #[test]
+    fn a_migrated_agent_is_pinned_at_its_next_hello_and_a_newer_registry_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fleetls.db");
+        registry_at(&path, 0);
+        let registry = Registry::open(&path).unwrap();
+        let till: Uuid = OLD_TILL.parse().unwrap();
         // Its next Hello pins its key; another key is refused after that.
         apply(
             &registry,
-            &[hello_event(Uuid::nil(), KEY, hello("old-till"))],
+            &[hello_event(till, KEY, hello("old-till"))],
             None,
             &policy(),
         )
         .unwrap();
         assert_eq!(
             registry
-                .agent(&Uuid::nil())
+                .agent(&till)
                 .unwrap()
                 .unwrap()
                 .signing_key
@@ -1366,15 +1728,13 @@ mod tests {
         );
         let applied = apply(
             &registry,
-            &[hello_event(Uuid::nil(), OTHER_KEY, hello("old-till"))],
+            &[hello_event(till, OTHER_KEY, hello("old-till"))],
             None,
             &policy(),
         )
         .unwrap();
         assert_eq!(applied.rejected.len(), 1);
-        // Opening again is a no-op; a newer registry is refused.
-        drop(registry);
-        let registry = Registry::open(&path).unwrap();
+        // A registry written by a newer release is refused.
         registry
             .with_db(|db| Ok(db.pragma_update(None, "user_version", SCHEMA_VERSION + 1)?))
             .unwrap();

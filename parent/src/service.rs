@@ -58,6 +58,8 @@ pub enum ServeError {
 
 /// Most deliveries applied in one registry transaction.
 const BATCH: usize = 512;
+/// How long a batch waits for more messages after its first.
+const GATHER: Duration = Duration::from_millis(10);
 
 /// Runs the parent until `shutdown` fires. Returns the bound admin address
 /// through `ready` as soon as it listens (tests use port 0).
@@ -79,19 +81,15 @@ pub async fn serve(
                 source,
             }
         })?;
-    let listener = tokio::net::TcpListener::bind(config.admin)
-        .await
-        .map_err(|source| ServeError::AdminBind {
-            addr: config.admin,
-            source,
-        })?;
-    let admin_addr = listener
-        .local_addr()
-        .map_err(|source| ServeError::AdminBind {
-            addr: config.admin,
-            source,
-        })?;
+    let (listener, admin_addr) = bind_admin(config.admin).await?;
     info!(admin = %admin_addr, data_dir = %data_dir.display(), "parent starting");
+    if config.enrollment.auto_accept.is_open() {
+        tracing::warn!(
+            auto_accept = %config.enrollment.auto_accept,
+            "open enrollment: any broker user can obtain a certificate for these kinds and names \
+             (--auto-accept); prefer enrollment tokens (`fleetls-parent enroll create`)"
+        );
+    }
     // Operator commands given only --data-dir find the admin API here.
     let addr_file = crate::layout::Layout::new(&data_dir).admin_addr();
     fleetls_bus::files::write_atomic(&addr_file, format!("{admin_addr}\n").as_bytes(), 0o600)
@@ -134,8 +132,13 @@ pub async fn serve(
         status_cache: crate::status::Cache::default(),
         signing_key,
         ssl_port_open_since: std::sync::atomic::AtomicU64::new(u64::MAX),
+        presence_active: std::sync::atomic::AtomicBool::new(false),
+        presence_pending_since: std::sync::atomic::AtomicU64::new(0),
+        unrouted: Default::default(),
+        greeted: Default::default(),
         cluster: RwLock::new(None),
     });
+    bound_dead_queue(&app);
     if app.pki().is_some() {
         // Signed anew at every start: a CRL is valid a week.
         if let Err(e) = app.refresh_crl().await {
@@ -145,23 +148,7 @@ pub async fn serve(
             warn!(error = %e, "the SSL port cannot be opened");
         }
     }
-    let engine = tokio::spawn(crate::engine::run(app.clone(), shutdown.clone()));
-    tokio::spawn(renew_own(app.clone(), shutdown.clone()));
-    tokio::spawn(refresh_crl_after_renewals(app.clone(), shutdown.clone()));
-    tokio::spawn(crate::owed::run(app.clone(), shutdown.clone()));
-    tokio::spawn(crate::rotation::run(app.clone(), shutdown.clone()));
-    tokio::spawn(crate::cluster::watch(app.clone(), shutdown.clone()));
-    let admin = tokio::spawn(crate::admin::run(listener, app.clone(), shutdown.clone()));
-    if let Some(ready) = ready {
-        let _ = ready.send(admin_addr);
-    }
-    broker_loop(&app, shutdown.clone()).await;
-    let _ = engine.await;
-    match admin.await {
-        Ok(Err(e)) => warn!(error = %e, "admin server stopped with an error"),
-        Err(e) => warn!(error = %e, "admin server task failed"),
-        Ok(Ok(())) => {}
-    }
+    run_tasks(&app, listener, admin_addr, ready, shutdown).await;
     // A clean stop says so: the next operator command finds no address
     // (a parent that was killed leaves it, and the command says it found
     // nobody listening there).
@@ -170,6 +157,66 @@ pub async fn serve(
     }
     info!("parent stopped");
     Ok(())
+}
+
+/// Binds the admin API's address: the listener and the address it got.
+async fn bind_admin(
+    addr: std::net::SocketAddr,
+) -> Result<(tokio::net::TcpListener, std::net::SocketAddr), ServeError> {
+    let bind_error = |source| ServeError::AdminBind { addr, source };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(bind_error)?;
+    let local = listener.local_addr().map_err(bind_error)?;
+    Ok((listener, local))
+}
+
+/// Bounds `fleetls.dead` through management, in the background: a broker
+/// user cannot flood it without end.
+fn bound_dead_queue(app: &Arc<App>) {
+    let Some(management) = app.config.management.clone() else {
+        return;
+    };
+    let vhost = app.config.vhost();
+    tokio::spawn(async move {
+        match crate::management::bound_dead_queue(&management, &vhost).await {
+            Ok(()) => info!(
+                max_length = crate::management::DEAD_MAX_LENGTH,
+                max_bytes = crate::management::DEAD_MAX_BYTES,
+                "fleetls.dead is bounded (policy fleetls-dead)"
+            ),
+            Err(e) => warn!(error = %e, "fleetls.dead could not be bounded"),
+        }
+    });
+}
+
+/// Starts the tasks and the admin API, runs the broker loop until
+/// `shutdown`, then waits for the engine and the admin API to stop.
+async fn run_tasks(
+    app: &Arc<App>,
+    listener: tokio::net::TcpListener,
+    admin_addr: std::net::SocketAddr,
+    ready: Option<tokio::sync::oneshot::Sender<std::net::SocketAddr>>,
+    shutdown: Shutdown,
+) {
+    let engine = tokio::spawn(crate::engine::run(app.clone(), shutdown.clone()));
+    tokio::spawn(renew_own(app.clone(), shutdown.clone()));
+    tokio::spawn(refresh_crl_after_renewals(app.clone(), shutdown.clone()));
+    tokio::spawn(crate::tasks::owed::run(app.clone(), shutdown.clone()));
+    tokio::spawn(crate::tasks::rotation::run(app.clone(), shutdown.clone()));
+    tokio::spawn(crate::tasks::cluster::watch(app.clone(), shutdown.clone()));
+    tokio::spawn(crate::tasks::presence::run(app.clone(), shutdown.clone()));
+    let admin = tokio::spawn(crate::admin::run(listener, app.clone(), shutdown.clone()));
+    if let Some(ready) = ready {
+        let _ = ready.send(admin_addr);
+    }
+    broker_loop(app, shutdown.clone()).await;
+    let _ = engine.await;
+    match admin.await {
+        Ok(Err(e)) => warn!(error = %e, "admin server stopped with an error"),
+        Err(e) => warn!(error = %e, "admin server task failed"),
+        Ok(Ok(())) => {}
+    }
 }
 
 /// Signs the CRL again after certificates were superseded by renewals: one
@@ -251,7 +298,10 @@ async fn broker_loop(app: &Arc<App>, shutdown: Shutdown) {
             };
             info!("connected to the broker, consuming {}", topology::PARENT);
             app.set_channel(Some(ops_channel.clone()));
-            let result = consume(&app, &channel, consumer, shutdown.clone()).await;
+            let result = tokio::select! {
+                result = consume(&app, &channel, consumer, shutdown.clone()) => result,
+                why = watch_topology(&app, &connection, &ops_channel) => Err(why),
+            };
             app.set_channel(None);
             // The channels first, each awaited: a channel dropped while the
             // connection closes makes lapin log an ERROR for what is a
@@ -307,9 +357,111 @@ async fn open_session(
     Ok((connection, channel, consumer, ops_channel))
 }
 
+/// Looks at the topology every few seconds while the session lasts and
+/// repairs what a hostile broker user removed (`crate::topology`); returns
+/// why the session must end (the sending channel closed, the broker gone).
+async fn watch_topology(app: &Arc<App>, connection: &Connection, ops: &Channel) -> SessionError {
+    let sentinel = match crate::topology::Sentinel::plant(connection).await {
+        Ok(sentinel) => sentinel,
+        Err(e) => return SessionError::Broker(e),
+    };
+    loop {
+        tokio::time::sleep(crate::topology::EVERY).await;
+        let mut damage = match crate::topology::look(connection).await {
+            Ok(damage) => damage,
+            Err(e) => return SessionError::Broker(e),
+        };
+        match sentinel.holds(connection).await {
+            Ok(true) => {}
+            Ok(false) => damage.0.push("the bindings of fleetls.agents"),
+            Err(e) => return SessionError::Broker(e),
+        }
+        if !damage.0.is_empty() {
+            if let Err(e) = repair_topology(app, connection, &sentinel, damage).await {
+                return e;
+            }
+        } else if let Err(e) = rebind_unrouted(app, connection).await {
+            return e;
+        }
+        if !ops.status().connected() {
+            return SessionError::Topology(
+                "the channel the parent sends on was closed by the broker",
+            );
+        }
+    }
+}
+
+/// Declares the topology again, binds every accepted agent again, and
+/// records what was rebuilt.
+async fn repair_topology(
+    app: &Arc<App>,
+    connection: &Connection,
+    sentinel: &crate::topology::Sentinel,
+    damage: crate::topology::Damage,
+) -> Result<(), SessionError> {
+    let registry = app.registry.clone();
+    let agents: Vec<uuid::Uuid> = tokio::task::spawn_blocking(move || registry.agents())
+        .await
+        .map_err(|e| SessionError::Registry(RegistryError::Corrupt(e.to_string())))??
+        .into_iter()
+        .filter(|a| a.admission == crate::registry::Admission::Accepted)
+        .map(|a| a.id)
+        .collect();
+    let repair = crate::topology::repair(connection, app.queue_type, damage, &agents).await?;
+    sentinel.replant(connection).await?;
+    tracing::warn!(%repair, "the broker's topology was damaged (a broker user deleted or unbound it): rebuilt");
+    let registry = app.registry.clone();
+    let detail = format!("the broker's topology was damaged and rebuilt: {repair}");
+    tokio::task::spawn_blocking(move || {
+        registry.with_tx(|tx| crate::registry::record_security(tx, None, "topology", &detail))
+    })
+    .await
+    .map_err(|e| SessionError::Registry(RegistryError::Corrupt(e.to_string())))??;
+    Ok(())
+}
+
+/// Binds again the queues of the agents a message to which came back
+/// unrouted ([`App::send`]): a broker user with the shared credentials
+/// may unbind one agent's queue, leaving it deaf while it still looks
+/// connected. Recorded as a `topology` event when a consumed queue had
+/// lost its binding; the registry sends what was lost again.
+async fn rebind_unrouted(app: &Arc<App>, connection: &Connection) -> Result<(), SessionError> {
+    let agents = app.take_unrouted();
+    if agents.is_empty() {
+        return Ok(());
+    }
+    let rebound = crate::topology::rebind(connection, &agents).await?;
+    let detail = (rebound.consumed > 0).then(|| {
+        format!(
+            "{} agent queue(s) consumed by their agent had lost their binding to {} \
+         (a broker user unbound them): bound again",
+            rebound.consumed,
+            fleetls_proto::topology::AGENTS
+        )
+    });
+    if let Some(detail) = &detail {
+        tracing::warn!(%detail, "the broker's topology was damaged: rebuilt");
+    }
+    let registry = app.registry.clone();
+    tokio::task::spawn_blocking(move || {
+        registry.with_tx(|tx| {
+            crate::registry::owed::mark_unsent(tx, &rebound.agents)?;
+            match &detail {
+                Some(detail) => crate::registry::record_security(tx, None, "topology", detail),
+                None => Ok(()),
+            }
+        })
+    })
+    .await
+    .map_err(|e| SessionError::Registry(RegistryError::Corrupt(e.to_string())))??;
+    Ok(())
+}
+
 /// Why a session ended.
 #[derive(Debug, thiserror::Error)]
 enum SessionError {
+    #[error("{0}")]
+    Topology(&'static str),
     #[error(transparent)]
     Broker(#[from] BrokerError),
     #[error("the consumer was cancelled by the broker")]
@@ -329,7 +481,6 @@ async fn consume(
     mut shutdown: Shutdown,
 ) -> Result<(), SessionError> {
     use std::sync::atomic::Ordering::SeqCst;
-    let mut last_prune = std::time::Instant::now();
     loop {
         // The backlog is read once nothing more arrives for a moment.
         let quiet = async {
@@ -351,11 +502,20 @@ async fn consume(
         let mut deliveries = vec![first
             .ok_or(SessionError::Cancelled)?
             .map_err(amqp("consuming"))?];
+        // What else arrives within GATHER joins the batch: each batch is a
+        // transaction, and its commit (an fsync) costs more than the rest of
+        // a state report — at a few hundred messages a second, batches of
+        // one or two were most of the parent's work.
+        let gather = tokio::time::sleep(GATHER);
+        tokio::pin!(gather);
         while deliveries.len() < BATCH {
-            match futures_lite::future::poll_once(consumer.next()).await {
-                Some(Some(delivery)) => deliveries.push(delivery.map_err(amqp("consuming"))?),
-                Some(None) => return Err(SessionError::Cancelled),
-                None => break,
+            tokio::select! {
+                biased;
+                next = consumer.next() => match next {
+                    Some(delivery) => deliveries.push(delivery.map_err(amqp("consuming"))?),
+                    None => return Err(SessionError::Cancelled),
+                },
+                _ = &mut gather => break,
             }
         }
         handle_batch(app, channel, deliveries).await?;
@@ -378,13 +538,116 @@ async fn consume(
                 app.campaign_changed.notify_one();
             }
         }
-        if last_prune.elapsed() > Duration::from_secs(600) {
-            last_prune = std::time::Instant::now();
-            let registry = app.registry.clone();
-            let _ =
-                tokio::task::spawn_blocking(move || registry.prune_seen(24 * 3600 * 1000)).await;
-        }
     }
+}
+
+/// Records the security events of a batch's refused deliveries.
+async fn record_forged(
+    app: &Arc<App>,
+    forged: Vec<(Option<uuid::Uuid>, &'static str, String)>,
+) -> Result<(), SessionError> {
+    use std::sync::atomic::Ordering::Relaxed;
+    if forged.is_empty() {
+        return Ok(());
+    }
+    app.metrics
+        .security_events
+        .fetch_add(forged.len() as u64, Relaxed);
+    let registry = app.registry.clone();
+    tokio::task::spawn_blocking(move || {
+        registry.with_tx(|tx| {
+            for (agent, kind, reason) in &forged {
+                crate::registry::record_security(tx, agent.as_ref(), kind, reason)?;
+            }
+            Ok(())
+        })
+    })
+    .await
+    .map_err(|e| RegistryError::Corrupt(format!("registry task failed: {e}")))??;
+    Ok(())
+}
+
+/// Applies a batch's events in one transaction, dead-letters what the
+/// registry refused, and sends what it returned (and what greeted agents
+/// are still owed).
+async fn apply_events(
+    app: &Arc<App>,
+    channel: &Channel,
+    deliveries: &[Delivery],
+    events: Vec<Event>,
+) -> Result<(), SessionError> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let reports = events.iter().any(|e| {
+        matches!(
+            e.what,
+            EventKind::StepReport(_)
+                | EventKind::SwitchReport(_)
+                | EventKind::BrokerSwitchReport(_)
+                // A certificate may end a child's turn in a CA rotation.
+                | EventKind::Csr(_)
+        )
+    });
+    let registry = app.registry.clone();
+    let signer = app.pki().map(|pki| crate::inbound::CaSigner {
+        pki,
+        names: app.config.local_parent_names.clone(),
+        ips: app.config.local_parent_ips.clone(),
+    });
+    let policy = crate::inbound::Policy {
+        parent_key: app.signing_key.public().fingerprint(),
+        enrollment: app.config.enrollment.clone(),
+        ssl_port_open_since: app
+            .ssl_port_open_since
+            .load(std::sync::atomic::Ordering::SeqCst),
+    };
+    let applied = tokio::task::spawn_blocking(move || {
+        crate::inbound::apply(
+            &registry,
+            &events,
+            signer.as_ref().map(|s| s as &dyn crate::inbound::Signer),
+            &policy,
+        )
+    })
+    .await
+    .map_err(|e| RegistryError::Corrupt(format!("registry task failed: {e}")))??;
+    app.metrics.replayed.fetch_add(applied.replayed, Relaxed);
+    for (index, reason) in &applied.rejected {
+        let delivery = &deliveries[*index];
+        warn!(reason = %reason, "a message was refused by the registry; dead-lettered");
+        app.metrics.dead_lettered.fetch_add(1, Relaxed);
+        dead_letter(app, channel, delivery, reason).await?;
+    }
+    let mut outgoing = applied.outgoing;
+    // Commands are transient: a reconnected agent is sent again what
+    // the registry says it is still owed.
+    app.note_greeted(&applied.greeted);
+    outgoing.extend(crate::tasks::owed::on_hello(app, applied.greeted).await);
+    app.metrics.sent.fetch_add(outgoing.len() as u64, Relaxed);
+    app.send(channel, outgoing).await?;
+    if applied.revoked {
+        app.crl_stale.notify_one();
+    }
+    if reports {
+        app.campaign_changed.notify_one();
+    }
+    Ok(())
+}
+
+/// Dead-letters `delivery` with `reason`; one a full `fleetls.dead`
+/// refused is counted (`fleetls_dead_letters_refused_total`).
+async fn dead_letter(
+    app: &App,
+    channel: &Channel,
+    delivery: &Delivery,
+    reason: &str,
+) -> Result<(), BrokerError> {
+    let kept = broker::dead_letter(channel, &delivery.data, &delivery.properties, reason).await?;
+    if kept == fleetls_bus::amqp::Kept::Refused {
+        app.metrics
+            .dead_letters_refused
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    Ok(())
 }
 
 async fn handle_batch(
@@ -408,87 +671,16 @@ async fn handle_batch(
             Err(refusal) => {
                 debug!(reason = %refusal.reason, "dead-lettering a message");
                 app.metrics.dead_lettered.fetch_add(1, Relaxed);
-                broker::dead_letter(
-                    channel,
-                    &delivery.data,
-                    &delivery.properties,
-                    &refusal.reason,
-                )
-                .await?;
+                dead_letter(app, channel, delivery, &refusal.reason).await?;
                 if let Some(kind) = refusal.security {
                     forged.push((refusal.agent, kind, refusal.reason));
                 }
             }
         }
     }
-    if !forged.is_empty() {
-        app.metrics
-            .security_events
-            .fetch_add(forged.len() as u64, Relaxed);
-        let registry = app.registry.clone();
-        tokio::task::spawn_blocking(move || {
-            registry.with_tx(|tx| {
-                for (agent, kind, reason) in &forged {
-                    crate::registry::record_security(tx, agent.as_ref(), kind, reason)?;
-                }
-                Ok(())
-            })
-        })
-        .await
-        .map_err(|e| RegistryError::Corrupt(format!("registry task failed: {e}")))??;
-    }
+    record_forged(app, forged).await?;
     if !events.is_empty() {
-        let reports = events.iter().any(|e| {
-            matches!(
-                e.what,
-                EventKind::StepReport(_)
-                    | EventKind::SwitchReport(_)
-                    | EventKind::BrokerSwitchReport(_)
-                    // A certificate may end a child's turn in a CA rotation.
-                    | EventKind::Csr(_)
-            )
-        });
-        let registry = app.registry.clone();
-        let signer = app.pki().map(|pki| crate::inbound::CaSigner {
-            pki,
-            names: app.config.local_parent_names.clone(),
-            ips: app.config.local_parent_ips.clone(),
-        });
-        let policy = crate::inbound::Policy {
-            parent_key: app.signing_key.public().fingerprint(),
-            auto_accept: app.config.auto_accept.clone(),
-            ssl_port_open_since: app
-                .ssl_port_open_since
-                .load(std::sync::atomic::Ordering::SeqCst),
-        };
-        let applied = tokio::task::spawn_blocking(move || {
-            crate::inbound::apply(
-                &registry,
-                &events,
-                signer.as_ref().map(|s| s as &dyn crate::inbound::Signer),
-                &policy,
-            )
-        })
-        .await
-        .map_err(|e| RegistryError::Corrupt(format!("registry task failed: {e}")))??;
-        for (index, reason) in &applied.rejected {
-            let delivery = &deliveries[*index];
-            warn!(reason = %reason, "a message was refused by the registry; dead-lettered");
-            app.metrics.dead_lettered.fetch_add(1, Relaxed);
-            broker::dead_letter(channel, &delivery.data, &delivery.properties, reason).await?;
-        }
-        let mut outgoing = applied.outgoing;
-        // Commands are transient: a reconnected agent is sent again what
-        // the registry says it is still owed.
-        outgoing.extend(crate::owed::on_hello(app, applied.greeted).await);
-        app.metrics.sent.fetch_add(outgoing.len() as u64, Relaxed);
-        broker::send_all(channel, &app.signing_key, outgoing).await?;
-        if applied.revoked {
-            app.crl_stale.notify_one();
-        }
-        if reports {
-            app.campaign_changed.notify_one();
-        }
+        apply_events(app, channel, &deliveries, events).await?;
     }
     // One ack for the whole batch: deliveries on this channel come in tag
     // order and every earlier one was acked with its own batch.

@@ -37,6 +37,13 @@ pub struct SslSettings {
     /// the crypto provider.
     #[serde(default)]
     pub cipher_suites: Vec<String>,
+    /// Where the CA's revocation list can be fetched (http or https, e.g.
+    /// the parent's `GET /crl.der` behind an address clients reach): named
+    /// as CRL distribution point in every certificate signed from then on,
+    /// so that TLS clients other than fleetls's can check revocation.
+    /// `None`: certificates carry no such extension.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crl_url: Option<String>,
 }
 
 /// A change to the settings: what is given replaces the stored value.
@@ -68,13 +75,21 @@ pub struct SettingsChange {
     /// (e.g. TLS13_AES_256_GCM_SHA384); empty: every suite
     #[arg(long)]
     pub cipher_suites: Option<String>,
+    /// Where clients fetch the CA's revocation list (http:// or https://,
+    /// e.g. the parent's /crl.der behind a reachable address): named as CRL
+    /// distribution point in every certificate issued from now on; "" for none
+    #[arg(long)]
+    pub crl_url: Option<String>,
     /// Your own certificate for the parent's SSL port (PEM, leaf first, up
     /// to the root), instead of one from fleetls's CA; checked before use
-    #[arg(long, requires = "parent_key")]
+    #[arg(long, requires = "parent_cert_key")]
     pub parent_cert: Option<std::path::PathBuf>,
-    /// Its private key (PEM)
-    #[arg(long, requires = "parent_cert")]
-    pub parent_key: Option<std::path::PathBuf>,
+    /// Its private key (PEM). `--parent-key` is still read as the old
+    /// spelling on the command line, but not from `FLEETLS_PARENT_KEY`, which
+    /// means the parent's signing-key fingerprint that children pin
+    #[arg(long, alias = "parent-key", requires = "parent_cert")]
+    #[serde(alias = "parent-key")]
+    pub parent_cert_key: Option<std::path::PathBuf>,
     /// Your own certificate for the broker's AMQPS listener (PEM, leaf
     /// first, up to the root), instead of one from fleetls's CA; checked
     /// against the broker names and IPs before use
@@ -96,21 +111,24 @@ impl SettingsChange {
             && self.broker_ips.is_none()
             && self.min_tls.is_none()
             && self.cipher_suites.is_none()
+            && self.crl_url.is_none()
             && self.parent_cert.is_none()
-            && self.parent_key.is_none()
+            && self.parent_cert_key.is_none()
             && self.broker_cert.is_none()
             && self.broker_key.is_none()
     }
 
-    /// Whether it changes only the TLS options or the operator's own
-    /// certificates, which change no certificate fleetls issued (allowed
-    /// once certificates exist).
+    /// Whether it changes only the TLS options, the CRL address (for
+    /// certificates issued from now on) or the operator's own certificates,
+    /// which change no certificate fleetls issued (allowed once
+    /// certificates exist).
     pub fn tls_only(&self) -> bool {
         SettingsChange {
             min_tls: None,
             cipher_suites: None,
+            crl_url: None,
             parent_cert: None,
-            parent_key: None,
+            parent_cert_key: None,
             broker_cert: None,
             broker_key: None,
             ..self.clone()
@@ -161,6 +179,7 @@ impl SslSettings {
             broker_ips,
             min_tls: TlsVersion::default(),
             cipher_suites: Vec::new(),
+            crl_url: None,
         }
     }
 
@@ -221,6 +240,12 @@ impl SslSettings {
                 .map(str::to_owned)
                 .collect();
         }
+        if let Some(url) = &change.crl_url {
+            next.crl_url = match url.trim() {
+                "" => None,
+                url => Some(check_crl_url(url).map_err(|why| invalid("crl-url", why))?),
+            };
+        }
         next.check()?;
         Ok(next)
     }
@@ -278,8 +303,49 @@ impl SslSettings {
     pub fn save(&self, dir: &Path) -> std::io::Result<()> {
         let text = toml::to_string(self).map_err(std::io::Error::other)?;
         let path = crate::layout::Layout::new(dir).settings();
-        crate::files::write_atomic(&path, text.as_bytes(), 0o644)
+        fleetls_bus::files::write_atomic(&path, text.as_bytes(), 0o644)
     }
+}
+
+/// The longest CRL address accepted (it goes into every certificate).
+const MAX_CRL_URL: usize = 512;
+
+/// A CRL distribution point address, checked: an absolute `http` or
+/// `https` URL with a host, no credentials and no fragment, printable
+/// ASCII; returned as it will be written into certificates.
+pub fn check_crl_url(text: &str) -> Result<String, String> {
+    let usage = "give an http:// or https:// address, e.g. http://hq.example:12380/crl.der";
+    if text.len() > MAX_CRL_URL {
+        return Err(format!(
+            "{} characters is too long (at most {MAX_CRL_URL}): {usage}",
+            text.len()
+        ));
+    }
+    if !text.chars().all(|c| c.is_ascii_graphic()) {
+        return Err(format!(
+            "{text:?} holds spaces, control or non-ASCII characters: {usage}"
+        ));
+    }
+    let url =
+        reqwest::Url::parse(text).map_err(|e| format!("{text:?} is not a URL ({e}): {usage}"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!(
+            "{text:?}: the scheme {:?} is not fetched by TLS clients: {usage}",
+            url.scheme()
+        ));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(format!("{text:?} names no host: {usage}"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(format!(
+            "{text:?} holds credentials, which would be printed in every certificate: {usage}"
+        ));
+    }
+    if url.fragment().is_some() {
+        return Err(format!("{text:?} has a #fragment: {usage}"));
+    }
+    Ok(url.to_string())
 }
 
 fn parse_port(setting: &'static str, text: &str) -> Result<u16, SettingsError> {
@@ -391,5 +457,52 @@ mod tests {
         assert_eq!(ok.names, vec!["hq.example", "parent"]);
         assert_eq!(ok.ips.len(), 2);
         assert_eq!(ok.ssl_host(), "hq.example");
+    }
+
+    #[test]
+    fn the_crl_address_is_an_http_url_and_empty_clears_it() {
+        let set = |url: &str| {
+            base().apply(&SettingsChange {
+                crl_url: Some(url.into()),
+                ..SettingsChange::default()
+            })
+        };
+        let ok = set("http://hq.example:12380/crl.pem").unwrap();
+        assert_eq!(
+            ok.crl_url.as_deref(),
+            Some("http://hq.example:12380/crl.pem")
+        );
+        assert_eq!(
+            set("HTTPS://HQ.example/crl.pem")
+                .unwrap()
+                .crl_url
+                .as_deref(),
+            Some("https://hq.example/crl.pem")
+        );
+        let cleared = ok
+            .apply(&SettingsChange {
+                crl_url: Some(" ".into()),
+                ..SettingsChange::default()
+            })
+            .unwrap();
+        assert_eq!(cleared.crl_url, None);
+        for bad in [
+            "ldap://hq.example/crl",
+            "hq.example/crl.pem",
+            "http://user:secret@hq.example/crl.pem",
+            "http://hq.example/crl pem",
+            "http://hq.example/crl.pem#x",
+            "file:///etc/crl.pem",
+        ] {
+            let err = set(bad).unwrap_err();
+            assert_eq!(err.setting, "crl-url", "{bad}: {err}");
+        }
+        // Stored only when set: an ssl.toml of an older release reads as before.
+        assert!(!toml::to_string(&base()).unwrap().contains("crl-url"));
+        let change = SettingsChange {
+            crl_url: Some("http://hq.example/crl.pem".into()),
+            ..SettingsChange::default()
+        };
+        assert!(change.tls_only(), "allowed once certificates exist");
     }
 }

@@ -11,7 +11,7 @@ use rustls::{RootCertStore, ServerConfig};
 use tokio::net::TcpListener;
 use tracing::info;
 
-use crate::shutdown::Shutdown;
+use fleetls_bus::shutdown::Shutdown;
 
 /// Why the SSL port could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -54,11 +54,14 @@ pub fn server_config(
     let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| bad("server key", &e))?;
     let verifier = fleetls_bus::tls::client_verifier(Arc::new(roots), crl_pem)
         .map_err(|e| bad("client verifier", &e))?;
-    let config = fleetls_bus::tls::server_builder(policy)
+    let mut config = fleetls_bus::tls::server_builder(policy)
         .map_err(|e| bad("TLS settings", &e))?
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)
         .map_err(|e| bad("server certificate", &e))?;
+    // The policy's order of suites, not the client's (as the broker's
+    // `honor_cipher_order`).
+    config.ignore_client_order = true;
     Ok(Arc::new(config))
 }
 

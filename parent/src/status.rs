@@ -4,27 +4,38 @@
 //! without the agent list. The parent keeps the list between calls
 //! ([`Cache`]) and reads again only what changed.
 //!
-//! What the status says of an agent is defined here once, in SQL
-//! ([`DEFINITIONS`], [`AGENTS_FROM`], [`LAST_ENROLMENT`], [`STEP_RESULTS`]),
-//! and the console's pages query the same definitions: whether it holds a
-//! certificate, which test result is its last one, which step results count,
-//! its last refusal. What the counters count is defined once, by `Tally`.
+//! What the status says of an agent is defined once, in SQL, in the
+//! registry (`registry::views`: [`DEFINITIONS`], [`AGENTS_FROM`],
+//! [`LAST_ENROLMENT`], [`STEP_RESULTS`]), and the console's pages query the
+//! same definitions: whether it holds a certificate, which test result is
+//! its last one, which step results count, its last refusal. What the
+//! counters count is defined once, by `Tally` (`status::counters`).
 //!
-//! The full list reads each table once (agents, enrolments, step results)
-//! and joins them in memory: on a big network, an index lookup per agent
-//! and table costs SQLite more than reading the tables whole.
-
-use std::collections::HashMap;
+//! Here: the status's types and [`compute`]; the list and what its rows
+//! say in `list`, the kept list in `cache`.
 
 use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::campaign::{ChildState, Kind, LastResult, Progress, StepResult};
+use crate::campaign::{LastResult, Progress};
 use crate::config::Version;
-use crate::registry::{Agent, Changes, Registry, RegistryError, AGENT_TABLES};
-pub use crate::registry::{DEFINITIONS, LAST_ENROLMENT};
+use crate::registry::{Agent, Registry, RegistryError};
 use fleetls_proto::AgentKind;
+
+mod cache;
+mod counters;
+mod list;
+
+pub use crate::registry::views::{
+    AGENTS_FROM, AGENTS_ORDER, AGENT_COLUMNS, AGENT_COLUMN_COUNT, DEFINITIONS, LAST_COLUMNS,
+    LAST_ENROLMENT, STEP_RESULTS,
+};
+pub use cache::{Cache, KeptList, StatusJson};
+pub use list::{agents_where, attach_step, row_to_last_result, row_to_status};
+
+use counters::Tally;
+use list::{agent_list, newest_campaign};
 
 /// What `status --json` prints.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -83,17 +94,22 @@ pub struct Network {
     pub phase: String,
     /// Registered agents.
     pub agents: usize,
-    /// Agents heard from recently.
+    /// Agents online (consuming their queue, as the broker says).
     pub online: usize,
-    /// Agents not heard from recently.
+    /// Agents not online.
     pub offline: usize,
+    /// Agents connected whose last state report is too old (maybe wedged).
+    #[serde(default)]
+    pub silent: usize,
     /// Children that can take part (SSL-capable and not mPOS).
     pub eligible: usize,
     /// Children holding a certificate.
     pub children_with_certificates: usize,
     /// Children switched to SSL.
     pub switched_to_ssl: usize,
-    /// Children whose broker connection is AMQPS (by their own report).
+    /// Children whose broker connection is AMQPS: they say so, and they
+    /// are accepted and hold a certificate the registry issued (a claim
+    /// alone counts for nothing).
     pub broker_tls: usize,
     /// The lowest SSL-capable version.
     pub min_ssl_version: String,
@@ -140,14 +156,36 @@ pub struct Network {
     /// The newest CA rotation and how far it got.
     #[serde(default)]
     pub ca_rotation: Option<crate::rotation::RotationView>,
+    /// The topology alarm: how many times a broker user's damage (a deleted
+    /// exchange or queue, an unbinding) was found and rebuilt, and the last
+    /// time, with what was rebuilt (`None`: never).
+    #[serde(default)]
+    pub topology: Option<TopologyAlarm>,
     /// The broker's nodes and their health, as management last showed them
     /// (with `--management`; see [`crate::cluster`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nodes: Vec<crate::cluster::NodeHealth>,
+    /// When management showed `nodes` (ms since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes_at: Option<u64>,
     /// The type of `fleetls.parent` and `fleetls.dead` and why the parent
     /// chose it (see [`crate::queue_choice`]).
     #[serde(default)]
     pub queue_type: Option<crate::queue_choice::QueueChoice>,
+    /// Open enrollment (`--auto-accept`), when the operator chose it: the
+    /// kinds and names any broker user can obtain a certificate for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_enrollment: Option<String>,
+    /// Agents whose name is taken by another or prints like another's.
+    #[serde(default)]
+    pub flagged_names: u64,
+    /// Where online comes from: `broker` (who consumes their queue, from
+    /// the broker's event exchange), `reading` (that is being read, at
+    /// start or after the broker was lost: nobody counts as online yet) or
+    /// `reports` (heard within `--offline-after`: no event exchange,
+    /// presence turned off, or a broker that has not answered for a minute).
+    #[serde(default)]
+    pub online_from: String,
 }
 
 /// The campaign summary (every figure a query over the registry).
@@ -186,8 +224,16 @@ pub struct AgentStatus {
     pub hostnames: Vec<String>,
     /// IP addresses.
     pub ips: Vec<String>,
-    /// Heard from recently.
+    /// Online: it consumes its queue now, as the broker says (or, where
+    /// the broker does not say, it was heard from recently).
     pub online: bool,
+    /// It consumes its queue now, as the broker says.
+    #[serde(default)]
+    pub connected: bool,
+    /// Connected, but its last state report is older than `--silent-after`:
+    /// maybe wedged.
+    #[serde(default)]
+    pub silent: bool,
     /// Last heard (ms since the epoch).
     pub last_seen: u64,
     /// Its version supports SSL.
@@ -220,56 +266,99 @@ pub struct AgentStatus {
     pub certificate_ca: Option<String>,
 }
 
+/// How long a child heard from last counts as online for a campaign's
+/// judgement though the broker says it is gone ([`Liveness::for_judging`]).
+pub const JUDGE_GRACE_MS: u64 = 15_000;
+
+/// How the parent tells who is online (see `crate::tasks::presence`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Liveness {
+    /// Agents not heard from for this long are offline, unless the broker
+    /// says they are connected; 0 while the broker says who is (presence
+    /// alone decides).
+    pub offline_after_ms: u64,
+    /// A connected agent whose last report is older than this is flagged
+    /// silent (connected, but maybe wedged); 0: never (no presence).
+    pub silent_after_ms: u64,
+}
+
+impl Liveness {
+    /// Online from the last report alone: heard within `offline_after_ms`.
+    pub fn heard_within(offline_after_ms: u64) -> Liveness {
+        Liveness {
+            offline_after_ms,
+            silent_after_ms: 0,
+        }
+    }
+
+    /// The liveness a campaign judges an acting child by: with presence, a
+    /// child heard within [`JUDGE_GRACE_MS`] still counts — a broker that
+    /// shuts down closes every consumer a moment before the parent's own
+    /// connection, and a child cut off for the seconds of a restart or a
+    /// node's failover comes back and finishes its step; it is not judged
+    /// "did not participate" for it. Without presence, as it is.
+    pub fn for_judging(self) -> Liveness {
+        if self.offline_after_ms == 0 {
+            Liveness {
+                offline_after_ms: JUDGE_GRACE_MS,
+                ..self
+            }
+        } else {
+            self
+        }
+    }
+
+    /// Whether an agent that consumes its queue now (`present`, from the
+    /// broker) and was last heard at `last_seen` (ms) is online at `now_ms`.
+    pub fn online(&self, now_ms: u64, last_seen: u64, present: bool) -> bool {
+        present || now_ms.saturating_sub(last_seen) < self.offline_after_ms
+    }
+
+    /// Whether it is connected and yet has not reported for too long.
+    pub fn silent(&self, now_ms: u64, last_seen: u64, present: bool) -> bool {
+        present
+            && self.silent_after_ms > 0
+            && now_ms.saturating_sub(last_seen) >= self.silent_after_ms
+    }
+}
+
 /// What shaping an agent's row needs besides the row.
 #[derive(Debug, Clone, Copy)]
 pub struct ViewContext {
     /// Now, ms since the epoch.
     pub now_ms: u64,
-    /// Agents not heard from for this long are offline.
-    pub offline_after_ms: u64,
+    /// Who is online.
+    pub liveness: Liveness,
     /// The lowest SSL-capable version.
     pub min_ssl_version: Version,
 }
 
 impl ViewContext {
-    fn new(min_ssl_version: Version, offline_after_ms: u64) -> ViewContext {
+    /// The context as of now.
+    pub fn new(min_ssl_version: Version, liveness: Liveness) -> ViewContext {
         ViewContext {
             now_ms: fleetls_proto::now_ms(),
-            offline_after_ms,
+            liveness,
             min_ssl_version,
         }
     }
 
-    /// Whether an agent last heard at `last_seen` (ms) is online.
-    pub fn online(&self, last_seen: u64) -> bool {
-        self.now_ms.saturating_sub(last_seen) < self.offline_after_ms
+    /// Whether an agent last heard at `last_seen` (ms), connected or not
+    /// (`present`), is online.
+    pub fn online(&self, last_seen: u64, present: bool) -> bool {
+        self.liveness.online(self.now_ms, last_seen, present)
+    }
+
+    /// Whether it is connected and silent for too long.
+    pub fn silent(&self, last_seen: u64, present: bool) -> bool {
+        self.liveness.silent(self.now_ms, last_seen, present)
+    }
+
+    /// The last report before which an agent not connected is offline.
+    pub fn cutoff_ms(&self) -> u64 {
+        self.now_ms.saturating_sub(self.liveness.offline_after_ms)
     }
 }
-
-/// The agents (`a`) with their last refusal (`r`), after [`DEFINITIONS`].
-pub const AGENTS_FROM: &str = "FROM agent_view a LEFT JOIN refusals r ON r.agent_id = a.id";
-
-/// The status list's order: by name, then id (both as bytes, as Rust
-/// compares `String`s and `Uuid`s).
-pub const AGENTS_ORDER: &str = "ORDER BY a.name, a.id";
-
-/// The columns of [`AGENTS_FROM`] that [`row_to_status`] reads.
-pub const AGENT_COLUMNS: &str = "a.id, a.name, a.kind, a.version, a.location, a.hostnames,
-    a.ips, a.last_seen, a.certified, a.ssl, a.broker_tls, r.reason, a.admission, a.compromised,
-    a.cert_not_after, a.excluded, a.cert_ca";
-
-/// How many columns [`AGENT_COLUMNS`] names: a query's own columns follow.
-pub const AGENT_COLUMN_COUNT: usize = 17;
-
-/// The columns of an enrolment (`l`) that [`row_to_last_result`] reads.
-pub const LAST_COLUMNS: &str =
-    "l.campaign, l.state, l.step, l.message, l.cause, l.started_at, l.finished_at";
-
-/// The step results that count, for [`attach_step`]: those recorded while
-/// the child was acting, not the late ones. No index covers `late`: with
-/// no other condition this reads the table once.
-pub const STEP_RESULTS: &str = "SELECT s.agent, s.campaign, s.step, s.ok, s.message, s.cause, s.at
-    FROM step_results s WHERE s.late = 0";
 
 /// Runs `f` in one read transaction: every query sees the same registry.
 pub fn read<T>(
@@ -284,59 +373,14 @@ pub fn read<T>(
     })
 }
 
-/// The agents a `WHERE` clause (over [`AGENTS_FROM`] and [`LAST_ENROLMENT`],
-/// with what follows it: order, limit) selects, with `binds` for its
-/// parameters, each with its last result and the step results that count:
-/// one index lookup per agent and table, for a page or a few agents (the
-/// whole list reads each table once instead, [`compute`]).
-pub fn agents_where(
-    db: &Connection,
-    context: ViewContext,
-    clause: &str,
-    binds: &[rusqlite::types::Value],
-) -> Result<Vec<AgentStatus>, RegistryError> {
-    let mut stmt = db.prepare_cached(&format!(
-        "{DEFINITIONS} SELECT {AGENT_COLUMNS}, lt.kind, {LAST_COLUMNS}
-         {AGENTS_FROM} {LAST_ENROLMENT} {clause}"
-    ))?;
-    let rows = stmt.query_map(rusqlite::params_from_iter(binds), |row| {
-        // The test's kind and the last result follow the agent's columns.
-        let last_result = match row.get::<_, Option<Kind>>(AGENT_COLUMN_COUNT)? {
-            Some(kind) => row_to_last_result(row, AGENT_COLUMN_COUNT + 1, kind)?,
-            None => None,
-        };
-        Ok(row_to_status(row, context)?.map(|agent| AgentStatus {
-            last_result,
-            ..agent
-        }))
-    })?;
-    let mut agents = Vec::new();
-    for row in rows {
-        agents.push(row??);
-    }
-    let mut steps = db.prepare_cached(&format!(
-        "{STEP_RESULTS} AND s.campaign = ?1 AND s.agent = ?2"
-    ))?;
-    for agent in &mut agents {
-        let Some(last) = agent.last_result.as_mut() else {
-            continue;
-        };
-        let mut rows = steps.query([last.campaign.to_string(), agent.id.to_string()])?;
-        while let Some(row) = rows.next()? {
-            attach_step(last, row)?;
-        }
-    }
-    Ok(agents)
-}
-
 /// Computes the status from the registry.
 pub fn compute(
     registry: &Registry,
     min_ssl_version: Version,
-    offline_after_ms: u64,
+    liveness: Liveness,
     ca_fingerprint: Option<&str>,
 ) -> Result<Status, RegistryError> {
-    let context = ViewContext::new(min_ssl_version, offline_after_ms);
+    let context = ViewContext::new(min_ssl_version, liveness);
     let ((agents, _), campaign) = read(registry, |db| {
         Ok((agent_list(db, context)?, newest_campaign(db)?))
     })?;
@@ -344,628 +388,27 @@ pub fn compute(
     Ok(overview.with_agents(agents))
 }
 
-/// [`AGENTS_ORDER`] in Rust: by name, then id.
-fn list_order(a: &AgentStatus, b: &AgentStatus) -> std::cmp::Ordering {
-    (a.name.as_str(), a.id).cmp(&(b.name.as_str(), b.id))
-}
-
-/// Each agent's position in a list.
-fn positions(agents: &[AgentStatus]) -> HashMap<Uuid, usize> {
-    agents.iter().enumerate().map(|(i, a)| (a.id, i)).collect()
-}
-
-/// Every agent, with its last result and refusal, in the list's order, and
-/// each one's position.
-fn agent_list(
-    db: &Connection,
-    context: ViewContext,
-) -> Result<(Vec<AgentStatus>, HashMap<Uuid, usize>), RegistryError> {
-    let mut stmt = db.prepare_cached(&format!(
-        "{DEFINITIONS} SELECT {AGENT_COLUMNS} {AGENTS_FROM}"
-    ))?;
-    let mut agents = Vec::new();
-    for row in stmt.query_map([], |row| row_to_status(row, context))? {
-        agents.push(row??);
-    }
-    // AGENTS_ORDER: the positions are sorted, then the rows moved in place
-    // (no second list of rows).
-    let mut order: Vec<usize> = (0..agents.len()).collect();
-    order.sort_unstable_by(|a, b| list_order(&agents[*a], &agents[*b]));
-    for i in 0..order.len() {
-        // Where the row meant for position i is now: earlier positions
-        // were filled by swapping, so follow where their rows went.
-        let mut j = order[i];
-        while j < i {
-            j = order[j];
-        }
-        agents.swap(i, j);
-    }
-    let index = positions(&agents);
-    let agent_at = |row: &rusqlite::Row<'_>| -> rusqlite::Result<Option<usize>> {
-        let id = row.get_ref(0)?.as_str()?;
-        Ok(id.parse().ok().and_then(|id| index.get(&id).copied()))
-    };
-
-    // Each agent's enrolment in the test of lowest rank, as LAST_ENROLMENT
-    // picks it.
-    let mut tests: HashMap<String, (i64, Kind)> = HashMap::new();
-    let mut stmt = db.prepare_cached(&format!("{DEFINITIONS} SELECT id, rank, kind FROM tests"))?;
-    for row in stmt.query_map([], |row| Ok((row.get(0)?, (row.get(1)?, row.get(2)?))))? {
-        let (id, test) = row?;
-        tests.insert(id, test);
-    }
-    let mut ranks = vec![i64::MAX; agents.len()];
-    // Newest enrolments first (by rowid, no sorting): an agent's first row
-    // is then most often its last result, and the only one shaped.
-    let mut stmt = db.prepare_cached(&format!(
-        "SELECT l.agent, {LAST_COLUMNS} FROM campaign_children l ORDER BY l.rowid DESC"
-    ))?;
-    let mut rows = stmt.query([])?;
-    while let Some(row) = rows.next()? {
-        let test = row.get_ref(1)?.as_str().ok().and_then(|id| tests.get(id));
-        let Some((rank, kind)) = test else {
-            continue;
-        };
-        let Some(i) = agent_at(row)? else {
-            continue;
-        };
-        if *rank < ranks[i] {
-            ranks[i] = *rank;
-            agents[i].last_result = row_to_last_result(row, 1, *kind)?;
-        }
-    }
-
-    let mut stmt = db.prepare_cached(STEP_RESULTS)?;
-    let mut rows = stmt.query([])?;
-    while let Some(row) = rows.next()? {
-        if let Some(i) = agent_at(row)? {
-            if let Some(last) = agents[i].last_result.as_mut() {
-                attach_step(last, row)?;
-            }
-        }
-    }
-    Ok((agents, index))
-}
-
-/// The status list kept between calls, brought up to date from what the
-/// registry says changed ([`Changes`]): the agents whose rows changed
-/// (heartbeats, reports, registrations, a campaign's results, certificates,
-/// refusals: what a live network does all the time) are read again, one by
-/// one; when many changed, or a campaign began, or a row was deleted, the
-/// whole list is read again, as [`compute`] does. Whether an agent is
-/// online is worked out at each call, from the time it was last heard. Each
-/// agent's JSON is kept too, until that agent changes: `GET /api/status`
-/// shares it ([`KeptList::status_json`]).
-#[derive(Default)]
-pub struct Cache {
-    list: std::sync::Mutex<Option<Listed>>,
-    /// How many times the whole list was read (for the tests).
-    #[cfg(test)]
-    whole_reads: std::sync::atomic::AtomicUsize,
-}
-
-/// The list as last read, in the list's order.
-struct Listed {
-    /// The lowest SSL-capable version it was read with.
-    min_ssl_version: Version,
-    agents: Vec<AgentStatus>,
-    /// Each agent's JSON, once written and until it changes.
-    json: Vec<Option<bytes::Bytes>>,
-    campaign: Option<Progress>,
-    /// Each agent's position in `agents`.
-    positions: HashMap<Uuid, usize>,
-}
-
-impl Listed {
-    /// The whole list, read.
-    fn read(db: &Connection, context: ViewContext) -> Result<Listed, RegistryError> {
-        let (agents, positions) = agent_list(db, context)?;
-        Ok(Listed {
-            min_ssl_version: context.min_ssl_version,
-            json: vec![None; agents.len()],
-            agents,
-            campaign: newest_campaign(db)?,
-            positions,
-        })
-    }
-
-    /// After agents came in or were renamed: back in the list's order.
-    fn reorder(&mut self) {
-        self.agents.sort_unstable_by(list_order);
-        self.positions = positions(&self.agents);
-        self.json = vec![None; self.agents.len()];
-    }
-}
-
-/// The kept list, as [`Cache::with_status`] lends it.
-pub struct KeptList<'a> {
-    agents: &'a [AgentStatus],
-    json: &'a mut [Option<bytes::Bytes>],
-}
-
-impl KeptList<'_> {
-    /// Every agent, in the list's order.
-    pub fn agents(&self) -> &[AgentStatus] {
-        self.agents
-    }
-
-    /// The whole status as JSON, the same bytes `serde_json` makes of
-    /// [`StatusRef`]; each agent's part is written once and kept, and the
-    /// answer shares it rather than copying it.
-    pub fn status_json(&mut self, overview: &Overview) -> serde_json::Result<StatusJson> {
-        for (agent, json) in self.agents.iter().zip(self.json.iter_mut()) {
-            if json.is_none() {
-                *json = Some(serde_json::to_vec(agent)?.into());
-            }
-        }
-        let mut head = Vec::with_capacity(4096);
-        head.extend_from_slice(b"{\"network\":");
-        serde_json::to_writer(&mut head, &overview.network)?;
-        head.extend_from_slice(b",\"summary\":");
-        serde_json::to_writer(&mut head, &overview.summary)?;
-        head.extend_from_slice(b",\"campaign\":");
-        serde_json::to_writer(&mut head, &overview.campaign)?;
-        head.extend_from_slice(b",\"agents\":[");
-        Ok(StatusJson {
-            head: Some(head.into()),
-            agents: self
-                .json
-                .iter()
-                .flatten()
-                .cloned()
-                .collect::<Vec<_>>()
-                .into_iter(),
-            first: true,
-            done: false,
-        })
-    }
-}
-
-/// The status's JSON in pieces of about [`StatusJson::PIECE`] bytes, for
-/// an answer that is sent as it is written.
-pub struct StatusJson {
-    head: Option<bytes::Bytes>,
-    agents: std::vec::IntoIter<bytes::Bytes>,
-    first: bool,
-    done: bool,
-}
-
-impl StatusJson {
-    /// About how large a piece is.
-    pub const PIECE: usize = 64 * 1024;
-
-    /// All of it in one buffer.
-    pub fn to_vec(self) -> Vec<u8> {
-        self.flat_map(|piece| piece.to_vec()).collect()
-    }
-}
-
-impl Iterator for StatusJson {
-    type Item = bytes::Bytes;
-
-    fn next(&mut self) -> Option<bytes::Bytes> {
-        if let Some(head) = self.head.take() {
-            return Some(head);
-        }
-        if self.done {
-            return None;
-        }
-        let mut piece = bytes::BytesMut::with_capacity(Self::PIECE + 4096);
-        for agent in self.agents.by_ref() {
-            if !std::mem::take(&mut self.first) {
-                piece.extend_from_slice(b",");
-            }
-            piece.extend_from_slice(&agent);
-            if piece.len() >= Self::PIECE {
-                return Some(piece.freeze());
-            }
-        }
-        piece.extend_from_slice(b"]}");
-        self.done = true;
-        Some(piece.freeze())
-    }
-}
-
-impl Cache {
-    /// Brings the list up to date and lends it to `f` with the overview
-    /// (`online` as of now); the list stays locked while `f` runs.
-    pub fn with_status<T>(
-        &self,
-        registry: &Registry,
-        min_ssl_version: Version,
-        offline_after_ms: u64,
-        ca_fingerprint: Option<&str>,
-        f: impl FnOnce(Overview, KeptList<'_>) -> T,
-    ) -> Result<T, RegistryError> {
-        let context = ViewContext::new(min_ssl_version, offline_after_ms);
-        let mut list = self.list.lock().unwrap_or_else(|p| p.into_inner());
-        let listed = registry.read_changes(|db, changes| {
-            let tx = db.unchecked_transaction()?;
-            let kept = match list.take() {
-                Some(listed) if !changes.other && listed.min_ssl_version == min_ssl_version => {
-                    refresh(&tx, context, listed, &changes)?
-                }
-                _ => None,
-            };
-            let listed = match kept {
-                Some(listed) => listed,
-                None => {
-                    #[cfg(test)]
-                    self.whole_reads
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    Listed::read(&tx, context)?
-                }
-            };
-            tx.commit()?;
-            Ok(listed)
-        })?;
-        // (On failure the list stays empty: the changes taken are lost, and
-        // the next call reads it whole.)
-        let listed = list.insert(listed);
-        for (agent, json) in listed.agents.iter_mut().zip(listed.json.iter_mut()) {
-            let online = context.online(agent.last_seen);
-            if online != agent.online {
-                agent.online = online;
-                *json = None;
-            }
-        }
-        let overview =
-            Tally::of(&listed.agents).overview(context, ca_fingerprint, listed.campaign.clone());
-        let kept = KeptList {
-            agents: &listed.agents,
-            json: &mut listed.json,
-        };
-        Ok(f(overview, kept))
-    }
-}
-
-/// Reads again the agents that changed (found from the rows that changed,
-/// by rowid) and puts them in place, each whole: row, last result, step
-/// results. `None` when that would cost more than reading the whole list,
-/// or an agent's row is gone: the caller reads the whole list.
-fn refresh(
-    db: &Connection,
-    context: ViewContext,
-    mut listed: Listed,
-    changes: &Changes,
-) -> Result<Option<Listed>, RegistryError> {
-    let rowids =
-        |set: &std::collections::BTreeSet<i64>| serde_json::to_string(set).map_err(corrupt);
-    let mut ids = std::collections::BTreeSet::new();
-    let mut owners = |sql: String, set| -> Result<usize, RegistryError> {
-        let mut stmt = db.prepare_cached(&sql)?;
-        let mut rows = stmt.query([rowids(set)?])?;
-        let mut found = 0;
-        while let Some(row) = rows.next()? {
-            ids.insert(row.get::<_, String>(0)?);
-            found += 1;
-        }
-        Ok(found)
-    };
-    const CHANGED: &str = "rowid IN (SELECT value FROM json_each(?1))";
-    if owners(
-        format!("SELECT id FROM agents WHERE {CHANGED}"),
-        &changes.agents,
-    )? < changes.agents.len()
-    {
-        return Ok(None);
-    }
-    for (table, column) in AGENT_TABLES {
-        if let Some(set) = changes.rows.get(table) {
-            // (A row gone again, rolled back, has no owner to read.)
-            owners(format!("SELECT {column} FROM {table} WHERE {CHANGED}"), set)?;
-        }
-    }
-    // One agent at a time costs about what the whole list costs for 1 in 8.
-    if ids.len() > (listed.agents.len() / 8).max(64) {
-        return Ok(None);
-    }
-    let mut moved = false;
-    if !ids.is_empty() {
-        let ids = serde_json::to_string(&ids).map_err(corrupt)?;
-        let clause = "WHERE a.id IN (SELECT value FROM json_each(?1))";
-        for agent in agents_where(db, context, clause, &[ids.into()])? {
-            match listed.positions.get(&agent.id) {
-                Some(&i) => {
-                    moved |= listed.agents[i].name != agent.name;
-                    listed.agents[i] = agent;
-                    listed.json[i] = None;
-                }
-                None => {
-                    moved = true;
-                    listed.agents.push(agent);
-                }
-            }
-        }
-    }
-    if changes.campaigns || changes.rows.contains_key("campaign_children") {
-        listed.campaign = newest_campaign(db)?;
-    }
-    if moved {
-        listed.reorder();
-    }
-    Ok(Some(listed))
-}
-
-/// The newest campaign's progress.
-fn newest_campaign(db: &Connection) -> Result<Option<Progress>, RegistryError> {
-    match crate::campaign::latest(db)? {
-        Some(id) => crate::campaign::progress(db, id),
-        None => Ok(None),
-    }
-}
-
-/// Agents alike in everything the counters depend on, and how many of them
-/// are online, certified, and so on.
-#[derive(Debug, Clone, Default)]
-struct Group {
-    soonest_expiry: Option<i64>,
-    admission: Option<crate::registry::Admission>,
-    compromised: usize,
-    ssl_capable: bool,
-    mpos: bool,
-    excluded: bool,
-    agents: usize,
-    online: usize,
-    certified: usize,
-    ssl: usize,
-    broker_tls: usize,
-    passed: usize,
-    failed: usize,
-}
-
-impl Group {
-    /// One agent as a group of one.
-    fn of(agent: &AgentStatus) -> Group {
-        let state = agent.last_result.as_ref().map(|r| r.state);
-        Group {
-            soonest_expiry: agent.certificate_not_after,
-            admission: Some(agent.admission),
-            compromised: agent.compromised.into(),
-            ssl_capable: agent.ssl_capable,
-            mpos: agent.kind == AgentKind::Mpos,
-            excluded: agent.excluded.is_some(),
-            agents: 1,
-            online: agent.online.into(),
-            certified: agent.has_certificate.into(),
-            ssl: agent.ssl.into(),
-            broker_tls: agent.broker_tls.into(),
-            passed: (state == Some(ChildState::Passed)).into(),
-            failed: (state == Some(ChildState::Failed)).into(),
-        }
-    }
-}
-
-/// The counters of the status, and the one place that says what each
-/// counts: certificates, test results and AMQPS count for eligible children
-/// (SSL-capable, not mPOS) only.
-#[derive(Debug, Clone, Default)]
-struct Tally {
-    agents: usize,
-    online: usize,
-    eligible: usize,
-    eligible_certified: usize,
-    switched: usize,
-    broker_tls: usize,
-    eligible_on_tls: usize,
-    passed: usize,
-    failed: usize,
-    not_ssl_capable: usize,
-    mpos: usize,
-    excluded: usize,
-    pending: usize,
-    rejected: usize,
-    compromised: usize,
-    soonest_expiry: Option<i64>,
-}
-
-impl Tally {
-    /// The counters of a list.
-    fn of(agents: &[AgentStatus]) -> Tally {
-        let mut tally = Tally::default();
-        for agent in agents {
-            tally.add(&Group::of(agent));
-        }
-        tally
-    }
-
-    fn add(&mut self, group: &Group) {
-        self.agents += group.agents;
-        self.online += group.online;
-        self.switched += group.ssl;
-        self.broker_tls += group.broker_tls;
-        self.compromised += group.compromised;
-        self.soonest_expiry = match (self.soonest_expiry, group.soonest_expiry) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        use crate::registry::Admission;
-        if group.admission == Some(Admission::Pending) {
-            self.pending += group.agents;
-        } else if group.admission == Some(Admission::Rejected) {
-            self.rejected += group.agents;
-        } else if !group.ssl_capable {
-            self.not_ssl_capable += group.agents;
-        } else if group.mpos {
-            self.mpos += group.agents;
-        } else if group.excluded {
-            self.excluded += group.agents;
-        } else {
-            self.eligible += group.agents;
-            self.eligible_certified += group.certified;
-            self.eligible_on_tls += group.broker_tls;
-            self.passed += group.passed;
-            self.failed += group.failed;
-        }
-    }
-
-    fn overview(
-        &self,
-        context: ViewContext,
-        ca_fingerprint: Option<&str>,
-        campaign: Option<Progress>,
-    ) -> Overview {
-        let phase = if self.eligible > 0 && self.eligible_on_tls == self.eligible {
-            "broker-tls"
-        } else if self.switched > 0 {
-            "ssl"
-        } else if self.eligible_certified > 0 {
-            "certificates"
-        } else {
-            "plain"
-        };
-        Overview {
-            network: Network {
-                phase: phase.into(),
-                agents: self.agents,
-                online: self.online,
-                offline: self.agents - self.online,
-                eligible: self.eligible,
-                children_with_certificates: self.eligible_certified,
-                switched_to_ssl: self.switched,
-                broker_tls: self.broker_tls,
-                min_ssl_version: context.min_ssl_version.to_string(),
-                certificates_generated: ca_fingerprint.is_some(),
-                ca_fingerprint: ca_fingerprint.map(str::to_owned),
-                ssl_port: None,
-                pending: self.pending,
-                rejected: self.rejected,
-                compromised: self.compromised,
-                security_events: 0,
-                signing_key: None,
-                soonest_expiry: self.soonest_expiry,
-                revoked_certificates: 0,
-                renewals_done: 0,
-                renewals_failed: 0,
-                ca_rotation: None,
-                nodes: Vec::new(),
-                queue_type: None,
-            },
-            summary: Summary {
-                passed: self.passed,
-                with_errors: self.failed,
-                did_not_participate: if campaign.is_some() {
-                    self.eligible - self.passed - self.failed
-                } else {
-                    0
-                },
-                version_not_supporting_ssl: self.not_ssl_capable,
-                mpos: self.mpos,
-                excluded: self.excluded,
-            },
-            campaign,
-        }
-    }
-}
-
-fn corrupt(what: impl std::fmt::Display) -> RegistryError {
-    RegistryError::Corrupt(what.to_string())
-}
-
-/// Shapes the [`AGENT_COLUMNS`] of a row (without its last result); the
-/// outer error is SQLite's, the inner one a value this build cannot read.
-pub fn row_to_status(
-    row: &rusqlite::Row<'_>,
-    context: ViewContext,
-) -> rusqlite::Result<Result<AgentStatus, RegistryError>> {
-    let id: String = row.get(0)?;
-    let kind: String = row.get(2)?;
-    let version: String = row.get(3)?;
-    let hostnames: String = row.get(5)?;
-    let ips: String = row.get(6)?;
-    let last_seen = row.get::<_, i64>(7)? as u64;
-    let parsed = (|| {
-        Ok(AgentStatus {
-            id: id
-                .parse()
-                .map_err(|_| corrupt(format!("agent id {id:?}")))?,
-            name: row.get(1)?,
-            kind: kind.parse().map_err(RegistryError::Corrupt)?,
-            ssl_capable: ssl_capable(&version, context.min_ssl_version),
-            version,
-            location: row.get(4)?,
-            hostnames: serde_json::from_str(&hostnames).map_err(corrupt)?,
-            ips: serde_json::from_str(&ips).map_err(corrupt)?,
-            online: context.online(last_seen),
-            last_seen,
-            has_certificate: row.get(8)?,
-            ssl: row.get(9)?,
-            broker_tls: row.get(10)?,
-            last_result: None,
-            refusal: row.get(11)?,
-            admission: row
-                .get::<_, String>(12)?
-                .parse()
-                .map_err(RegistryError::Corrupt)?,
-            compromised: row.get(13)?,
-            certificate_not_after: row.get(14)?,
-            excluded: row.get(15)?,
-            certificate_ca: row.get(16)?,
-        })
-    })();
-    Ok(parsed)
-}
-
-/// Shapes the [`LAST_COLUMNS`] of a row, from column `first` on, as a
-/// result of a test of `kind`: none when the agent has no enrolment (or its
-/// campaign id cannot be read), its step results still to attach.
-pub fn row_to_last_result(
-    row: &rusqlite::Row<'_>,
-    first: usize,
-    kind: Kind,
-) -> rusqlite::Result<Option<LastResult>> {
-    let Some(campaign) = row
-        .get_ref(first)?
-        .as_str_or_null()
-        .ok()
-        .flatten()
-        .and_then(|id| id.parse::<Uuid>().ok())
-    else {
-        return Ok(None);
-    };
-    Ok(Some(LastResult {
-        campaign,
-        kind,
-        state: row.get(first + 1)?,
-        step: row.get(first + 2)?,
-        message: row.get(first + 3)?,
-        cause: row.get(first + 4)?,
-        started_at: row.get::<_, Option<i64>>(first + 5)?.map(|t| t as u64),
-        finished_at: row.get::<_, Option<i64>>(first + 6)?.map(|t| t as u64),
-        cert_test: None,
-        ssl_port: None,
-    }))
-}
-
-/// Attaches one row of [`STEP_RESULTS`] to the last result it belongs to
-/// (same campaign); other steps and campaigns change nothing.
-pub fn attach_step(last: &mut LastResult, row: &rusqlite::Row<'_>) -> rusqlite::Result<()> {
-    let slot = match row.get_ref(2)?.as_str()? {
-        "cert-test" => &mut last.cert_test,
-        "ssl-port" => &mut last.ssl_port,
-        _ => return Ok(()),
-    };
-    let campaign = row.get_ref(1)?.as_str()?;
-    if campaign.parse::<Uuid>().ok() != Some(last.campaign) {
-        return Ok(());
-    }
-    *slot = Some(StepResult {
-        ok: row.get(3)?,
-        message: row.get(4)?,
-        cause: row.get(5)?,
-        at: row.get::<_, i64>(6)? as u64,
-    });
-    Ok(())
-}
-
 /// Whether a reported version supports SSL.
 pub fn ssl_capable(version: &str, min: Version) -> bool {
     Version::parse(version).is_ok_and(|v| v >= min)
 }
 
-/// Whether an agent takes part in certificates and campaigns.
+/// The broker's topology found damaged and rebuilt (`crate::topology`).
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct TopologyAlarm {
+    /// How many times it was rebuilt since the registry began.
+    pub repairs: u64,
+    /// When it was last rebuilt (ms).
+    pub last_at: u64,
+    /// What was rebuilt the last time.
+    pub last: String,
+}
+
+/// Whether an agent takes part in certificates and campaigns: accepted, not
+/// COMPROMISED, not excluded, not an mPOS device, on a version with SSL.
 pub fn eligible(agent: &Agent, min: Version) -> bool {
     agent.admission == crate::registry::Admission::Accepted
+        && !agent.compromised
         && agent.excluded.is_none()
         && agent.kind != AgentKind::Mpos
         && ssl_capable(&agent.version, min)
@@ -974,72 +417,74 @@ pub fn eligible(agent: &Agent, min: Version) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::campaign::ChildState;
     use crate::console::{self, RawPageQuery};
-    use rusqlite::params;
+    use crate::registry::test_support::*;
 
     const MIN: Version = Version(1, 0, 0);
-    const OFFLINE_AFTER_MS: u64 = 60_000;
+    const OFFLINE_AFTER_MS: Liveness = Liveness {
+        offline_after_ms: 60_000,
+        silent_after_ms: 0,
+    };
 
-    /// Inserts an agent row the way the registry stores it.
+    /// Inserts an agent row, heard now, at shop-1.
     fn agent(db: &Connection, name: &str, kind: &str, version: &str, claims_cert: bool) -> Uuid {
         let id = Uuid::new_v4();
-        db.execute(
-            "INSERT INTO agents (id, name, kind, version, location, hostnames, ips,
-                 first_seen, last_seen, has_certificate)
-             VALUES (?1, ?2, ?3, ?4, 'shop-1', '[\"till.shop\"]', '[\"10.0.0.1\"]', 0, ?5, ?6)",
-            params![
-                id.to_string(),
+        insert_agent_row(
+            db,
+            &AgentRow {
+                id,
                 name,
                 kind,
                 version,
-                fleetls_proto::now_ms() as i64,
-                claims_cert
-            ],
+                location: "shop-1",
+                hostnames: "[\"till.shop\"]",
+                ips: "[\"10.0.0.1\"]",
+                last_seen: fleetls_proto::now_ms() as i64,
+                has_certificate: claims_cert,
+            },
         )
         .unwrap();
         id
     }
 
     fn certificate(db: &Connection, agent: Uuid, revoked: bool) {
-        db.execute(
-            "INSERT INTO certificates (serial, agent_id, subject, not_after, issued_at, revoked,
-                 chain_pem) VALUES (?1, ?2, 'CN=x', 0, 0, ?3, 'PEM')",
-            params![Uuid::new_v4().to_string(), agent.to_string(), revoked],
+        insert_certificate_row(
+            db,
+            &CertificateRow {
+                serial: &Uuid::new_v4().to_string(),
+                agent,
+                subject: "CN=x",
+                not_after: 0,
+                issued_at: 0,
+                revoked,
+                chain_pem: "PEM",
+                renewal: false,
+            },
         )
         .unwrap();
     }
 
     fn campaign(db: &Connection, kind: &str, started: i64, children: &[(Uuid, &str)]) -> Uuid {
-        let id = Uuid::new_v4();
-        db.execute(
-            "INSERT INTO campaigns (id, kind, state, window, started_at, deadline_at,
-                 step_timeout_ms) VALUES (?1, ?2, 'finished', 10, ?3, ?3, 1000)",
-            params![id.to_string(), kind, started],
-        )
-        .unwrap();
+        let id = insert_finished_campaign(db, kind, started).unwrap();
         for (seq, (agent, state)) in children.iter().enumerate() {
-            db.execute(
-                "INSERT INTO campaign_children (campaign, agent, seq, state, step, target_host,
-                     target_port, message) VALUES (?1, ?2, ?3, ?4, 'ssl-port', 'h', 1, 'msg')",
-                params![id.to_string(), agent.to_string(), seq as i64, state],
-            )
-            .unwrap();
+            insert_campaign_child(db, id, *agent, seq, state, "h").unwrap();
         }
         id
     }
 
     fn step(db: &Connection, campaign: Uuid, agent: Uuid, step: &str, ok: bool, late: bool) {
-        db.execute(
-            "INSERT INTO step_results (campaign, agent, step, ok, message, at, late)
-             VALUES (?1, ?2, ?3, ?4, ?5, 7, ?6)",
-            params![
-                campaign.to_string(),
-                agent.to_string(),
+        insert_step_result(
+            db,
+            &StepResultRow {
+                campaign,
+                agent,
                 step,
                 ok,
-                format!("{step} {ok}"),
-                late
-            ],
+                message: &format!("{step} {ok}"),
+                at: 7,
+                late,
+            },
         )
         .unwrap();
     }
@@ -1073,10 +518,7 @@ mod tests {
                 // Reported after the child was ended: does not count.
                 step(db, verify, b, "ssl-port", false, true);
                 step(db, tie, twin, "cert-test", false, false);
-                db.execute(
-                    "INSERT INTO refusals (agent_id, reason, at) VALUES (?1, 'no', 1)",
-                    params![c.to_string()],
-                )?;
+                insert_refusal(db, c, "no", 1)?;
                 Ok([a, b, c, twin, verify, reverify, tie])
             })
             .unwrap();
@@ -1118,6 +560,7 @@ mod tests {
                 agents: 6,
                 online: 6,
                 offline: 0,
+                silent: 0,
                 eligible: 4,
                 children_with_certificates: 2,
                 switched_to_ssl: 0,
@@ -1129,6 +572,7 @@ mod tests {
                 pending: 0,
                 rejected: 0,
                 compromised: 0,
+                online_from: "reports".into(),
                 security_events: 0,
                 signing_key: None,
                 // The test's certificates carry not_after = 0.
@@ -1137,8 +581,12 @@ mod tests {
                 renewals_done: 0,
                 renewals_failed: 0,
                 ca_rotation: None,
+                topology: None,
                 nodes: Vec::new(),
+                nodes_at: None,
                 queue_type: None,
+                open_enrollment: None,
+                flagged_names: 0,
             }
         );
         assert_eq!(
@@ -1213,24 +661,17 @@ mod tests {
         let now = fleetls_proto::now_ms() as i64;
         registry
             .with_tx(|db| {
-                db.execute(
-                    "UPDATE agents SET last_seen = 0, ssl = 1 WHERE id = ?1",
-                    params![a.to_string()],
-                )?;
-                db.execute(
-                    "UPDATE agents SET version = '0.9.0', last_seen = ?2 WHERE id = ?1",
-                    params![b.to_string(), now],
-                )?;
+                set_last_seen(db, a, 0)?;
+                set_ssl(db, a, true)?;
+                set_version(db, b, "0.9.0")?;
+                set_last_seen(db, b, now)?;
                 Ok(())
             })
             .unwrap();
         check("a heartbeat and a new version");
         registry
             .with_tx(|db| {
-                db.execute(
-                    "UPDATE agents SET name = 'a-first' WHERE id = ?1",
-                    params![b.to_string()],
-                )?;
+                set_name(db, b, "a-first")?;
                 agent(db, "new-till", "child", "1.0.0", false);
                 Ok(())
             })
@@ -1243,20 +684,10 @@ mod tests {
         registry
             .with_tx(|db| {
                 certificate(db, b, false);
-                db.execute(
-                    "UPDATE campaign_children SET state = 'passed', message = 'again'
-                     WHERE agent = ?1",
-                    params![a.to_string()],
-                )?;
+                set_children_state(db, a, "passed", "again")?;
                 step(db, verify, a, "ssl-port", true, false);
-                db.execute(
-                    "INSERT INTO refusals (agent_id, reason, at) VALUES (?1, 'no', 1)",
-                    params![b.to_string()],
-                )?;
-                db.execute(
-                    "UPDATE campaigns SET state = 'timed_out' WHERE id = ?1",
-                    params![verify.to_string()],
-                )?;
+                insert_refusal(db, b, "no", 1)?;
+                set_campaign_state(db, verify, "timed_out")?;
                 Ok(())
             })
             .unwrap();
@@ -1274,10 +705,7 @@ mod tests {
         assert_eq!(whole_reads(), 2);
         registry
             .with_tx(|db| {
-                db.execute(
-                    "DELETE FROM refusals WHERE agent_id = ?1",
-                    params![b.to_string()],
-                )?;
+                delete_refusal(db, b)?;
                 Ok(())
             })
             .unwrap();
@@ -1295,8 +723,22 @@ mod tests {
     }
 
     #[test]
-    fn the_agent_columns_are_counted() {
-        assert_eq!(AGENT_COLUMNS.split(',').count(), AGENT_COLUMN_COUNT);
+    fn a_campaign_judges_a_child_just_cut_off_as_still_there() {
+        let presence = Liveness {
+            offline_after_ms: 0,
+            silent_after_ms: 900_000,
+        };
+        let now = 1_000_000;
+        // The broker says it is gone; heard 5 s ago: offline for status,
+        // still there for a campaign's judgement, until the grace is over.
+        assert!(!presence.online(now, now - 5_000, false));
+        assert!(presence.for_judging().online(now, now - 5_000, false));
+        assert!(!presence
+            .for_judging()
+            .online(now, now - JUDGE_GRACE_MS, false));
+        // Without presence the report rule stands as it is.
+        let reports = Liveness::heard_within(4_000);
+        assert_eq!(reports.for_judging(), reports);
     }
 
     #[test]

@@ -357,6 +357,22 @@ pub struct Hello {
     /// Where it stands in the migration.
     #[serde(default)]
     pub state: AgentState,
+    /// Proof that it holds an enrollment token (never the token itself):
+    /// `None` when it was started without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enroll: Option<EnrollProof>,
+}
+
+/// What a child sends to show it holds an enrollment token, without sending
+/// the token: the token's public id and a MAC keyed by the token's secret
+/// over the agent's id, its signing key, its kind and its name. A copy is
+/// worth nothing to anyone with another key, id, kind or name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrollProof {
+    /// The token's id (its public part: the parent looks the token up by it).
+    pub token: String,
+    /// HMAC-SHA-256 in lower-case hex (see `fleetls_bus::enroll`).
+    pub mac: String,
 }
 
 /// Where a child stands in the migration, as it reports it.

@@ -37,6 +37,10 @@ pub mod topology {
     pub const AGENTS: &str = "fleetls.agents";
     /// Exchange (fanout) and queue for rejected messages.
     pub const DEAD: &str = "fleetls.dead";
+    /// Routing key on the `fleetls.parent` exchange that the parent binds to
+    /// the `fleetls.dead` exchange: children dead-letter through it, so that
+    /// the agents' user needs no right to publish to `fleetls.dead`.
+    pub const DEAD_ROUTE: &str = "fleetls.dead";
     /// Header naming why a message was dead-lettered.
     pub const REASON_HEADER: &str = "x-fleetls-reason";
 
@@ -74,7 +78,7 @@ pub mod topology {
 pub struct Envelope {
     /// Protocol version; a receiver refuses a version it does not speak.
     pub v: u16,
-    /// Unique id of this message; handlers are idempotent by it.
+    /// Unique id of this message: what an answer names in its `re`.
     pub id: Uuid,
     /// The message this one answers, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -88,8 +92,21 @@ pub struct Envelope {
     pub from: Uuid,
     /// When it was sent, in milliseconds since the Unix epoch.
     pub at: u64,
+    /// The sender's replay counter, on every child → parent message: strictly
+    /// increasing over all the messages one agent ever sends (across
+    /// restarts, whatever its clock does). The parent keeps the highest it
+    /// handled for each agent and drops any message not above it: a
+    /// redelivery or a replay. 0 (not written) on parent → child commands
+    /// and in the messages of releases before it, which the parent refuses.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub seq: u64,
     /// What it says.
     pub body: Body,
+}
+
+/// Whether `seq` is 0 (then it is not written).
+fn is_zero(seq: &u64) -> bool {
+    *seq == 0
 }
 
 impl Envelope {
@@ -102,8 +119,15 @@ impl Envelope {
             to: None,
             from,
             at: now_ms(),
+            seq: 0,
             body,
         }
+    }
+
+    /// The same envelope carrying the replay counter `seq` (a child's).
+    pub fn with_seq(mut self, seq: u64) -> Self {
+        self.seq = seq;
+        self
     }
 
     /// The same envelope addressed to agent `to`.

@@ -23,6 +23,8 @@ const AGENT: Uuid = Uuid::from_u128(0x6f1c_2a7e_93b4_4d0f_8a51_0c3e_7b29_d4a1);
 const CAMPAIGN: Uuid = Uuid::from_u128(0x3b7a_90c2_1e5d_4f88_b6a0_4d2e_9c17_f305);
 const MESSAGE_ID: Uuid = Uuid::from_u128(0xa4c8_5e21_7f03_4b9d_8c6e_12f0_5a3b_d789);
 const SENT_AT: u64 = 1_752_573_600_123;
+/// A child's replay counter (microseconds, as a child counts).
+const SEQ: u64 = 1_752_573_600_123_456;
 
 const CSR_PEM: &str = "-----BEGIN CERTIFICATE REQUEST-----\n\
 MIHbMIGCAgEAMCAxHjAcBgNVBAMMFTZmMWMyYTdlLTkzYjQtNGQwZi04YTUxMFkw\n\
@@ -37,6 +39,7 @@ fn envelope(body: Body) -> Envelope {
         to: None,
         from: AGENT,
         at: SENT_AT,
+        seq: SEQ,
         body,
     }
 }
@@ -107,6 +110,7 @@ fn every_proper_prefix_is_truncated_or_malformed() {
             pem: CSR_PEM.into(),
         }),
         Body::Hello(Hello {
+            enroll: None,
             name: "till-07".into(),
             kind: AgentKind::LocalParent,
             version: "4.2.1".into(),
@@ -180,6 +184,10 @@ fn cut_in_the_middle_of_a_number_or_uuid_is_truncated() {
     let at = position(&bytes, &SENT_AT.to_be_bytes());
     assert_eq!(bytes[at - 1], 0xcf);
     assert_eq!(decode(&bytes[..at + 3]), Err(DecodeError::Truncated));
+    // So is `seq`.
+    let seq = position(&bytes, &SEQ.to_be_bytes());
+    assert_eq!(bytes[seq - 1], 0xcf);
+    assert_eq!(decode(&bytes[..seq + 5]), Err(DecodeError::Truncated));
     // A uuid is written as 16 raw bytes.
     let from = position(&bytes, AGENT.as_bytes());
     assert_eq!(decode(&bytes[..from + 8]), Err(DecodeError::Truncated));
@@ -602,6 +610,7 @@ fn body() -> impl Strategy<Value = Body> {
         .prop_map(
             |(name, kind, version, location, hostnames, ips, key_fingerprint, state)| {
                 Body::Hello(Hello {
+                    enroll: None,
                     name,
                     kind,
                     version,
@@ -733,15 +742,17 @@ fn any_envelope() -> impl Strategy<Value = Envelope> {
         prop::option::of(uuid()),
         uuid(),
         any::<u64>(),
+        any::<u64>(),
         body(),
     )
-        .prop_map(|(id, re, to, from, at, body)| Envelope {
+        .prop_map(|(id, re, to, from, at, seq, body)| Envelope {
             v: PROTOCOL_VERSION,
             id,
             re,
             to,
             from,
             at,
+            seq,
             body,
         })
 }

@@ -26,6 +26,8 @@ const CAMPAIGN: Uuid = Uuid::from_u128(0x3b7a_90c2_1e5d_4f88_b6a0_4d2e_9c17_f305
 const MESSAGE_ID: Uuid = Uuid::from_u128(0xa4c8_5e21_7f03_4b9d_8c6e_12f0_5a3b_d789);
 const COMMAND_ID: Uuid = Uuid::from_u128(0x52e0_b7d9_0a4c_4e13_9f28_6c71_e3b5_a0d6);
 const SENT_AT: u64 = 1_752_573_600_123;
+/// A child's replay counter (microseconds, as a child counts).
+const SEQ: u64 = 1_752_573_600_123_456;
 
 const CA_PEM: &str = "-----BEGIN CERTIFICATE-----\n\
 MIIBkTCCATegAwIBAgIUX1h3c2ZsZWV0bHMtdGVzdC1jYTAKBggqhkjOPQQDAjAa\n\
@@ -41,7 +43,9 @@ EwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEq3x0ZmxlZXRscy1jaGlsZC1rZXktcDI1\n\
 const CA_FINGERPRINT: &str =
     "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
 
-/// A child → parent envelope with fixed ids, so that the bytes are reproducible.
+/// A child → parent envelope with fixed ids, so that the bytes are
+/// reproducible; without its replay counter (see
+/// `a_child_message_carries_its_seq_after_at`).
 fn from_child(body: Body) -> Envelope {
     Envelope {
         v: PROTOCOL_VERSION,
@@ -50,6 +54,7 @@ fn from_child(body: Body) -> Envelope {
         to: None,
         from: CHILD,
         at: SENT_AT,
+        seq: 0,
         body,
     }
 }
@@ -65,6 +70,7 @@ fn from_parent(body: Body) -> Envelope {
 
 fn hello() -> Hello {
     Hello {
+        enroll: None,
         name: "till-07".into(),
         kind: AgentKind::Child,
         version: "4.2.1".into(),
@@ -236,6 +242,9 @@ fn assert_round_trip(envelope: &Envelope, fields: &[&str]) -> Vec<u8> {
     if envelope.to.is_some() {
         expected_top.insert("to".into());
     }
+    if envelope.seq != 0 {
+        expected_top.insert("seq".into());
+    }
     assert_eq!(top, expected_top);
     assert_eq!(kind, envelope.body.kind());
     assert_eq!(body_fields, names(fields), "field names of {kind}");
@@ -275,6 +284,7 @@ fn hello_round_trips() {
 #[test]
 fn hello_with_nothing_optional_round_trips() {
     let bare = Hello {
+        enroll: None,
         name: "back-office".into(),
         kind: AgentKind::LocalParent,
         version: "3.9.0".into(),
@@ -633,6 +643,42 @@ fn re_none_is_omitted_and_some_is_written() {
 }
 
 #[test]
+fn a_child_message_carries_its_seq_after_at() {
+    let envelope = from_child(Body::Heartbeat(Heartbeat::default())).with_seq(SEQ);
+    let bytes = assert_round_trip(&envelope, &["state"]);
+    assert_eq!(bytes[0], 0x86, "v, id, from, at, seq, body");
+    // Named, a u64, written after `at` and before `body` (the signature
+    // covers these exact bytes).
+    let mut key = vec![0xa3];
+    key.extend_from_slice(b"seq");
+    key.push(0xcf);
+    key.extend_from_slice(&SEQ.to_be_bytes());
+    let position = |needle: &[u8]| {
+        bytes
+            .windows(needle.len())
+            .position(|w| w == needle)
+            .expect("on the wire")
+    };
+    let seq = position(&key);
+    assert!(position(b"\xa2at") < seq && seq < position(b"\xa4body"));
+    assert_eq!(decode(&bytes).unwrap().seq, SEQ);
+}
+
+#[test]
+fn seq_zero_is_not_written_and_a_missing_seq_reads_as_zero() {
+    // A command carries none; nor did a child of an older release.
+    let command = from_parent(Body::UseSsl(UseSsl { campaign: CAMPAIGN }));
+    let bytes = encode(&command).unwrap();
+    let (top, _, _) = wire_keys(&bytes);
+    assert!(!top.contains("seq"), "{top:?}");
+    assert_eq!(decode(&bytes).unwrap().seq, 0);
+    assert_eq!(
+        Envelope::new(CHILD, Body::Heartbeat(Heartbeat::default())).seq,
+        0
+    );
+}
+
+#[test]
 fn new_envelope_is_current_version_fresh_and_stamped_now() {
     let before = fleetls_proto::now_ms();
     let a = Envelope::new(CHILD, Body::Heartbeat(Heartbeat::default()));
@@ -781,6 +827,7 @@ fn fields_with_defaults_may_be_missing() {
     };
     let bytes = rmp_serde::to_vec_named(&raw("Hello", old_hello)).unwrap();
     let expected = Hello {
+        enroll: None,
         name: "till-01".into(),
         kind: AgentKind::Mpos,
         version: "2.0.0".into(),

@@ -89,7 +89,7 @@ PARENT_TO_CHILD = frozenset(
 )
 
 # Top-level envelope keys, in the order the encoder writes them.
-ENVELOPE_ORDER = ("v", "id", "re", "to", "from", "at", "body")
+ENVELOPE_ORDER = ("v", "id", "re", "to", "from", "at", "seq", "body")
 # Keys whose UUID-looking string values are encoded as bin16 without being asked.
 UUID_KEYS_FIELDS = frozenset(["campaign", "command"])
 UUID_KEYS_ENVELOPE = frozenset(["id", "re", "to", "from"])
@@ -110,6 +110,17 @@ class Fail(Exception):
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+_last_seq = 0
+
+
+def next_seq() -> int:
+    """A sender's replay counter as a child keeps it: microseconds since the
+    epoch, strictly above the last one this process gave."""
+    global _last_seq
+    _last_seq = max(time.time_ns() // 1000, _last_seq + 1)
+    return _last_seq
 
 
 def looks_like_uuid(value: Any) -> bool:
@@ -180,8 +191,10 @@ def build_envelope(
     re_id: uuid.UUID | None = None,
     to: uuid.UUID | None = None,
     version: int = PROTOCOL_VERSION,
+    seq: int = 0,
 ) -> dict:
-    """An envelope as a dict whose insertion order is the wire order."""
+    """An envelope as a dict whose insertion order is the wire order; `seq`
+    (the sender's replay counter) is written only when not 0."""
     envelope: dict[str, Any] = {"v": version, "id": msg_id.bytes}
     if re_id is not None:
         envelope["re"] = re_id.bytes
@@ -189,6 +202,8 @@ def build_envelope(
         envelope["to"] = to.bytes
     envelope["from"] = sender.bytes
     envelope["at"] = at
+    if seq:
+        envelope["seq"] = seq
     envelope["body"] = {kind: fields}
     return envelope
 
@@ -529,19 +544,31 @@ def publish(
     headers: dict,
 ) -> dict | None:
     """Publishes with confirms and mandatory; a refusal dict if allowed, else None."""
+    return publish_many(args, exchange, routing_key, [(payload, props, headers)])
+
+
+def publish_many(
+    args: argparse.Namespace,
+    exchange: str,
+    routing_key: str,
+    messages: list[tuple[bytes, dict, dict]],
+) -> dict | None:
+    """Publishes each (payload, properties, headers) in turn on one channel,
+    each confirmed; like `publish`."""
     connection = None
     try:
         connection = connect(args)
         channel = connection.channel()
         channel.confirm_delivery()
-        properties = pika.BasicProperties(headers=headers or None, **props)
-        channel.basic_publish(
-            exchange=exchange,
-            routing_key=routing_key,
-            body=payload,
-            properties=properties,
-            mandatory=True,
-        )
+        for payload, props, headers in messages:
+            properties = pika.BasicProperties(headers=headers or None, **props)
+            channel.basic_publish(
+                exchange=exchange,
+                routing_key=routing_key,
+                body=payload,
+                properties=properties,
+                mandatory=True,
+            )
         return None
     except pika_errors.AMQPError as e:
         if getattr(args, "refusal_ok", False):
@@ -649,41 +676,76 @@ def cmd_send(args: argparse.Namespace) -> dict:
     fields = parse_json_arg(args.fields, "--fields")
     uuid_keys = UUID_KEYS_FIELDS | split_names(args.uuid_fields)
     fields = uuidify(fields, uuid_keys)
-    msg_id = parse_uuid_arg(args.id, "--id") if args.id else uuid.uuid4()
     sender = parse_uuid_arg(args.sender, "--from") if args.sender else uuid.uuid4()
     to = parse_uuid_arg(args.to, "--to") if args.to else None
     re_id = parse_uuid_arg(args.re, "--re") if args.re else None
-    at = args.at if args.at is not None else now_ms()
-    envelope = build_envelope(
-        args.kind, fields, msg_id=msg_id, sender=sender, at=at, re_id=re_id, to=to, version=args.v
-    )
-    payload = encode(envelope)
-    headers, signer_fp = signature_headers(payload, args.sign_key, args.present_key, args.sig_hex)
-    headers.update(header_table(parse_json_arg(args.headers, "--headers") if args.headers else None))
+    if args.repeat < 1:
+        raise Fail("--repeat must be at least 1")
     if args.persistent:
         delivery_mode = 2
     elif args.transient:
         delivery_mode = 1
     else:
         delivery_mode = default_delivery_mode(args.kind, args.exchange)
-    props: dict[str, Any] = {
-        "content_type": CONTENT_TYPE,
-        "type": args.amqp_type if args.amqp_type is not None else args.kind,
-        "message_id": str(msg_id),
-        "delivery_mode": delivery_mode,
-    }
-    if re_id is not None:
-        props["correlation_id"] = str(re_id)
-    props = apply_property_overrides(props, parse_json_arg(args.properties, "--properties") if args.properties else None)
-    refused = publish(args, args.exchange, args.routing_key, payload, props, headers)
+    messages: list[tuple[bytes, dict, dict]] = []
+    ids: list[str] = []
+    seqs: list[int] = []
+    signer_fp = None
+    for n in range(args.repeat):
+        msg_id = parse_uuid_arg(args.id, "--id") if args.id else uuid.uuid4()
+        at = args.at if args.at is not None else now_ms()
+        # A child's message carries the next of its sender's counter.
+        if args.seq is not None:
+            seq = args.seq + n if args.seq else 0
+        else:
+            seq = next_seq() if args.kind in CHILD_TO_PARENT else 0
+        envelope = build_envelope(
+            args.kind, fields, msg_id=msg_id, sender=sender, at=at, re_id=re_id, to=to,
+            version=args.v, seq=seq,
+        )
+        payload = encode(envelope)
+        headers, signer_fp = signature_headers(payload, args.sign_key, args.present_key, args.sig_hex)
+        headers.update(header_table(parse_json_arg(args.headers, "--headers") if args.headers else None))
+        props: dict[str, Any] = {
+            "content_type": CONTENT_TYPE,
+            "type": args.amqp_type if args.amqp_type is not None else args.kind,
+            "message_id": str(msg_id),
+            "delivery_mode": delivery_mode,
+        }
+        if re_id is not None:
+            props["correlation_id"] = str(re_id)
+        props = apply_property_overrides(props, parse_json_arg(args.properties, "--properties") if args.properties else None)
+        messages.append((payload, props, headers))
+        ids.append(str(msg_id))
+        seqs.append(seq)
+    refused = publish_many(args, args.exchange, args.routing_key, messages)
     if refused is not None:
         return refused
-    extra: dict[str, Any] = {"kind": args.kind, "from": str(sender)}
+    extra: dict[str, Any] = {"kind": args.kind, "from": str(sender), "seq": seqs[-1]}
+    if args.repeat > 1:
+        extra.update({"sent": args.repeat, "ids": ids, "seqs": seqs})
     if to is not None:
         extra["to"] = str(to)
     if signer_fp is not None:
         extra["fingerprint"] = signer_fp
-    return publish_report(payload, headers, str(msg_id), extra)
+    payload, _, headers = messages[-1]
+    return publish_report(payload, headers, ids[-1], extra)
+
+
+def cmd_envelope(args: argparse.Namespace) -> dict:
+    """One message built as `send` builds it, its bytes printed and nothing
+    published: for a test that cuts it short or sends many in one batch."""
+    fields = uuidify(parse_json_arg(args.fields, "--fields"), UUID_KEYS_FIELDS | split_names(args.uuid_fields))
+    sender = parse_uuid_arg(args.sender, "--from") if args.sender else uuid.uuid4()
+    msg_id = uuid.uuid4()
+    if args.seq is not None:
+        seq = args.seq
+    else:
+        seq = next_seq() if args.kind in CHILD_TO_PARENT else 0
+    at = args.at if args.at is not None else now_ms()
+    envelope = build_envelope(args.kind, fields, msg_id=msg_id, sender=sender, at=at, version=args.v, seq=seq)
+    return {"id": str(msg_id), "from": str(sender), "kind": args.kind, "v": args.v, "seq": seq,
+            "payload_hex": encode(envelope).hex()}
 
 
 def _capture_one(method: Any, properties: Any, body: bytes) -> dict:
@@ -923,6 +985,88 @@ def cmd_declare(args: argparse.Namespace) -> dict:
         close_quietly(connection)
 
 
+def cmd_flood(args: argparse.Namespace) -> dict:
+    """Publishes --count messages of --kind to the parent, each from a fresh
+    random sender id and signed by nobody (a random key and signature): a
+    flood of bad signatures from as many claimed sources."""
+    if args.count < 1:
+        raise Fail("--count must be at least 1")
+    connection = None
+    try:
+        connection = connect(args)
+        channel = connection.channel()
+        channel.confirm_delivery()
+        for _ in range(args.count):
+            msg_id = uuid.uuid4()
+            envelope = build_envelope(
+                args.kind, {"state": {}} if args.kind == "Heartbeat" else {},
+                msg_id=msg_id, sender=uuid.uuid4(), at=now_ms(), re_id=None, to=None,
+                version=PROTOCOL_VERSION, seq=next_seq(),
+            )
+            headers = {
+                "x-fleetls-key": os.urandom(32).hex(),
+                "x-fleetls-sig": os.urandom(64).hex(),
+            }
+            properties = pika.BasicProperties(
+                headers=headers, content_type=CONTENT_TYPE, type=args.kind,
+                message_id=str(msg_id), delivery_mode=2,
+            )
+            channel.basic_publish(
+                exchange="fleetls.parent", routing_key="fleetls.parent",
+                body=encode(envelope), properties=properties, mandatory=True,
+            )
+        return {"sent": args.count}
+    finally:
+        close_quietly(connection)
+
+
+def cmd_exchange(args: argparse.Namespace) -> dict:
+    """Deletes (or declares) an exchange: what a broker user with the
+    shared credentials of a default install may try against the wire."""
+    connection = None
+    try:
+        connection = connect(args)
+        channel = connection.channel()
+        if args.delete:
+            channel.exchange_delete(exchange=args.exchange)
+            return {"refused": False, "exchange": args.exchange, "deleted": True}
+        channel.exchange_declare(exchange=args.exchange, exchange_type=args.type, durable=True)
+        return {"refused": False, "exchange": args.exchange, "deleted": False}
+    except pika_errors.AMQPError as e:
+        refused = refusal(e, (ACCESS_REFUSED,))
+        if refused is not None:
+            return refused
+        raise
+    finally:
+        close_quietly(connection)
+
+
+ENROLL_PREFIX = "fleetls-enroll."
+
+
+def cmd_enroll_proof(args: argparse.Namespace) -> dict:
+    """The `enroll` field of a Hello, computed from the token as the wire
+    format describes it (README): key = SHA-256("fleetls-enroll-key-v1\\0" ||
+    secret bytes); mac = HMAC-SHA-256(key, "fleetls-enroll-v1\\0" || 16 bytes
+    of the agent id || for each of (signing key hex in lower case, kind,
+    name): 4-byte big-endian length || UTF-8 bytes)."""
+    import hmac
+
+    token = args.token.strip()
+    if not token.startswith(ENROLL_PREFIX) or token.count(".") != 2:
+        raise Fail("--token is not fleetls-enroll.<id>.<secret>")
+    token_id, secret_hex = token[len(ENROLL_PREFIX):].split(".")
+    secret = parse_hex_arg(secret_hex, "the token's secret")
+    agent = parse_uuid_arg(args.agent, "--agent")
+    key = hashlib.sha256(b"fleetls-enroll-key-v1\x00" + secret).digest()
+    claims = b"fleetls-enroll-v1\x00" + agent.bytes
+    for field in (args.key_hex.lower(), args.kind, args.name):
+        data = field.encode("utf-8")
+        claims += len(data).to_bytes(4, "big") + data
+    mac = hmac.new(key, claims, hashlib.sha256).hexdigest()
+    return {"enroll": {"token": token_id, "mac": mac}}
+
+
 def cmd_bind(args: argparse.Namespace) -> dict:
     connection = None
     try:
@@ -1056,6 +1200,13 @@ def cmd_selftest(_args: argparse.Namespace) -> dict:
     check(list(decode(encode(env2)).keys()) == ["v", "id", "re", "to", "from", "at", "body"],
           "keys v,id,re,to,from,at,body in order")
     check("re" not in decode(expected) and "to" not in decode(expected), "re/to omitted when absent")
+    # A child's replay counter: after `at`, a uint64, omitted when 0.
+    env3 = build_envelope("Heartbeat", {"state": {}}, msg_id=a, sender=b, at=5, seq=1_700_000_000_000_000)
+    check(list(decode(encode(env3)).keys()) == ["v", "id", "from", "at", "seq", "body"], "seq after at")
+    check(b"\xa3seq\xcf" + (1_700_000_000_000_000).to_bytes(8, "big") in encode(env3),
+          "seq written as a named uint64")
+    first, second = next_seq(), next_seq()
+    check(0 < first < second, "the replay counter only rises")
 
     # 3. Decoding to JSON: bin16 → UUID, str UUIDs accepted.
     hello_fields = {"name": "till-1", "kind": "child", "version": "1.0.0", "location": "shop-1",
@@ -1125,6 +1276,13 @@ def cmd_selftest(_args: argparse.Namespace) -> dict:
     check(no_to["body"]["UseSsl"]["campaign"] == a.bytes, "--set body.campaign=UUID gives bin16")
     check(to_jsonable(decode(b"\x81\xa1x\xa2\xff\xfe"))["x"] == "\ufffd\ufffd", "invalid UTF-8 reported, not fatal")
     check(decode_for_report(b"\xc1")[0] is None, "garbage is reported, not fatal")
+    # 8. `envelope` prints what `send` would publish.
+    built = cmd_envelope(argparse.Namespace(kind="Heartbeat", fields='{"state": {}}', sender=str(b), at=5,
+                                            seq=7, v=2, uuid_fields=None))
+    out = decode(bytes.fromhex(built["payload_hex"]))
+    check(out["v"] == 2 and out["from"] == b.bytes and out["at"] == 5 and out["seq"] == 7
+          and out["body"] == {"Heartbeat": {"state": {}}} and as_uuid(out["id"]) == uuid.UUID(built["id"]),
+          "envelope prints the message's bytes")
     return {"ok": True, "checks": len(checks)}
 
 
@@ -1190,6 +1348,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--re", metavar="UUID", help="the message answered (also correlation_id)")
     p.add_argument("--id", metavar="UUID", help="message id (default random)")
     p.add_argument("--at", type=int, metavar="MS", help="timestamp, unix ms (default now)")
+    p.add_argument("--seq", type=int, metavar="N",
+                   help="the sender's replay counter (default: for child→parent kinds, the next of a "
+                        "microsecond clock that only rises; for commands none); 0 leaves it out")
+    p.add_argument("--repeat", type=int, default=1, metavar="N",
+                   help="send N such messages on one connection, each with its own id, at and seq "
+                        "(default 1); the answer then also lists `ids` and `seqs`")
     p.add_argument("--v", type=int, default=PROTOCOL_VERSION, metavar="N", help="protocol version (default 1)")
     p.add_argument("--sign-key", metavar="FILE", help="Ed25519 private key to sign with")
     p.add_argument("--present-key", metavar="HEX", help="put this public key in x-fleetls-key instead")
@@ -1200,6 +1364,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--uuid-fields", metavar="A,B", help="more field names whose UUID strings become bin16")
     p.add_argument("--amqp-type", metavar="TYPE", help="AMQP type property (default: the kind)")
     p.set_defaults(handler=cmd_send, network=True)
+
+    p = sub.add_parser("envelope", help="build one fleetls message and print its bytes (no broker)")
+    p.add_argument("--kind", required=True, metavar="KIND", help="body kind, e.g. Hello")
+    p.add_argument("--fields", default="{}", metavar="JSON", help="the kind's fields as JSON (default {})")
+    p.add_argument("--from", dest="sender", metavar="UUID", help="sender id (default random; `nil` = all zeros)")
+    p.add_argument("--at", type=int, metavar="MS", help="timestamp, unix ms (default now)")
+    p.add_argument("--seq", type=int, metavar="N", help="the sender's replay counter (default as `send`); 0 leaves it out")
+    p.add_argument("--v", type=int, default=PROTOCOL_VERSION, metavar="N", help="protocol version (default 1)")
+    p.add_argument("--uuid-fields", metavar="A,B", help="more field names whose UUID strings become bin16")
+    p.set_defaults(handler=cmd_envelope, network=False)
 
     p = sub.add_parser("capture-setup", help="declare a queue and bind it to copy traffic")
     add_broker_options(p, 10.0, "limit for the declare and bind (default 10)")
@@ -1251,6 +1425,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--routing-key", required=True, metavar="K")
     p.add_argument("--unbind", action="store_true", help="remove the binding instead")
     p.set_defaults(handler=cmd_bind, network=True)
+
+    p = sub.add_parser("flood", help="publish many badly signed messages to the parent, each from a new sender")
+    add_broker_options(p, 120.0, "limit for the whole flood (default 120)")
+    p.add_argument("--count", type=int, required=True, metavar="N")
+    p.add_argument("--kind", default="Heartbeat", help="body kind (default Heartbeat)")
+    p.set_defaults(handler=cmd_flood, network=True)
+
+    p = sub.add_parser("exchange", help="try to delete (or declare) an exchange")
+    add_broker_options(p, 10.0, "limit for the operation (default 10)")
+    p.add_argument("--exchange", required=True, metavar="E")
+    p.add_argument("--delete", action="store_true", help="delete it (default: declare it)")
+    p.add_argument("--type", default="direct", help="the type when declaring (default direct)")
+    p.set_defaults(handler=cmd_exchange, network=True)
+
+    p = sub.add_parser("enroll-proof", help="the enroll field of a Hello proving a token (no broker)")
+    p.add_argument("--token", required=True, metavar="TOKEN", help="fleetls-enroll.<id>.<secret>")
+    p.add_argument("--agent", required=True, metavar="UUID", help="the agent id the Hello is from")
+    p.add_argument("--key-hex", required=True, metavar="HEX", help="the public key the Hello is signed with (hex)")
+    p.add_argument("--kind", required=True, help="child, mpos or local-parent")
+    p.add_argument("--name", required=True, help="the name the Hello gives")
+    p.set_defaults(handler=cmd_enroll_proof, network=False)
 
     p = sub.add_parser("raw", help="publish arbitrary bytes")
     add_broker_options(p, 10.0, "limit for the publish and its confirm (default 10)")

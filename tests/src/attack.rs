@@ -77,12 +77,19 @@ impl Net {
         self.vhost.url()
     }
 
-    /// `certs generate` then `certs send`.
+    /// `certs generate` then `certs send` — again while the parent is not
+    /// connected to the broker yet (a parent just started): sending is
+    /// harmless to repeat.
     pub fn generate_and_send(&self) {
         let (code, _, err) = self.parent.cli(&["certs", "generate"]);
         assert_eq!(code, 0, "{err}");
-        let (code, _, err) = self.parent.cli(&["certs", "send"]);
-        assert_eq!(code, 0, "{err}");
+        wait_for("`certs send` to reach a connected parent", WAIT, || {
+            let (code, _, err) = self.parent.cli(&["certs", "send"]);
+            if code != 0 {
+                assert!(err.contains("not connected"), "{err}");
+            }
+            (code == 0).then_some(())
+        });
     }
 
     /// Starts child `name` with `extra` flags; its process and its id once registered.
@@ -99,6 +106,11 @@ impl Net {
         self.dir.path().join(name)
     }
 
+    /// The files of agent `name`'s data dir.
+    pub fn files(&self, name: &str) -> crate::ChildLayout {
+        crate::child_layout(self.dir.path(), name)
+    }
+
     /// `status --json`'s `network`.
     pub fn network(&self) -> Value {
         self.parent.status_json().expect("status")["network"].clone()
@@ -111,11 +123,20 @@ impl Net {
 
     /// The text of `/metrics`.
     pub fn metrics(&self) -> String {
-        crate::http()
-            .get(format!("http://{}/metrics", self.parent.admin))
-            .send()
-            .and_then(|r| r.text())
-            .expect("/metrics answers")
+        self.parent.metrics()
+    }
+
+    /// The value of one series of `/metrics`, named exactly as printed
+    /// (`name{labels}`), read whole from its line; `None` when it is not there.
+    pub fn metric(&self, series: &str) -> Option<u64> {
+        self.metrics().lines().find_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            (name == series).then(|| {
+                value
+                    .parse()
+                    .unwrap_or_else(|e| panic!("{line}: the value is no count: {e}"))
+            })
+        })
     }
 
     /// The `x-fleetls-reason` of every message in `fleetls.dead`.
@@ -146,7 +167,7 @@ impl Net {
     /// `sqlite3 DATA_DIR/fleetls.db SQL`: the rows, one per line.
     pub fn sql(&self, query: &str) -> String {
         let output = Command::new("sqlite3")
-            .arg(self.parent.data_dir.join("fleetls.db"))
+            .arg(self.parent.layout().registry())
             .arg(query)
             .output()
             .expect("sqlite3 runs");
@@ -210,8 +231,12 @@ impl Net {
 
 /// Every file of a child's data dir with its content (keys included), to
 /// show that an attack changed nothing. `trust.toml` is left out: it records
-/// genuine commands, and forged ones never reach it (checked apart).
+/// genuine commands, and forged ones never reach it (checked apart). So is
+/// `state.toml`'s `seq_floor`: the reserve of the child's replay counter,
+/// moved by its own messages (at each start and about once an hour).
 pub fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let layout = crate::ChildLayout::new(dir);
+    let (trust, state) = (layout.trust(), layout.state());
     let mut files = Vec::new();
     let mut stack = vec![dir.to_owned()];
     while let Some(d) = stack.pop() {
@@ -219,7 +244,18 @@ pub fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
             let path = entry.unwrap().path();
             if path.is_dir() {
                 stack.push(path);
-            } else if path.file_name().unwrap() != "trust.toml" {
+            } else if path == state {
+                let text = std::fs::read_to_string(&path).unwrap();
+                let kept: String = text
+                    .lines()
+                    .filter(|line| !line.starts_with("seq_floor ="))
+                    .map(|line| format!("{line}\n"))
+                    .collect();
+                files.push((
+                    path.strip_prefix(dir).unwrap().display().to_string(),
+                    kept.into_bytes(),
+                ));
+            } else if path != trust {
                 files.push((
                     path.strip_prefix(dir).unwrap().display().to_string(),
                     std::fs::read(&path).unwrap(),

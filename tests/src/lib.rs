@@ -14,6 +14,13 @@ use serde_json::Value;
 
 pub mod attack;
 pub mod link;
+pub mod readme;
+pub mod tools;
+
+/// The files of a child's data dir, as the child names them.
+pub use fleetls_child::layout::Layout as ChildLayout;
+/// The files of the parent's data dir, as the parent names them.
+pub use fleetls_parent::layout::{CertFile, Layout as ParentLayout};
 
 /// The repository root.
 pub fn repo() -> PathBuf {
@@ -273,6 +280,24 @@ impl Vhost {
         serde_json::from_str(&text).map_err(|e| format!("management GET {path}: {e}: {text}"))
     }
 
+    /// `PUT` `body` to a management path (`{vhost}` is replaced by this
+    /// vhost); panics when management refuses.
+    pub fn management_put(&self, path: &str, body: &Value) {
+        let path = path.replace("{vhost}", &self.name);
+        let response = http()
+            .put(format!("{}{path}", self.broker.management))
+            .basic_auth(&self.broker.user, Some(&self.broker.password))
+            .json(body)
+            .send()
+            .unwrap_or_else(|e| panic!("management PUT {path}: {e}"));
+        let status = response.status();
+        assert!(
+            status.is_success(),
+            "management PUT {path}: {status}: {}",
+            response.text().unwrap_or_default()
+        );
+    }
+
     /// How many messages a queue of this vhost holds (ready + unacked), per
     /// management; `None` when management does not say (yet).
     pub fn queue_depth(&self, queue: &str) -> Option<u64> {
@@ -342,11 +367,14 @@ pub struct Proc {
 }
 
 impl Proc {
-    /// Starts `program` with `args`; output to `log`.
+    /// Starts `program` with `args`; output to `log`. A child agent or
+    /// swarm started in a test's folder proves the enrollment token the
+    /// test's parent made (see [`enroll_args`]), as a rolled-out till would.
     pub fn spawn(program: &Path, args: &[String], log: PathBuf) -> Proc {
         let out = std::fs::File::create(&log).expect("log file");
         let child = Command::new(program)
             .args(args)
+            .args(enroll_args(program, args))
             .env("RUST_LOG", "info,lapin=warn")
             .env_remove("FLEETLS_BROKER")
             .env_remove("FLEETLS_DATA_DIR")
@@ -468,6 +496,53 @@ pub fn tail(text: &str, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
+/// Every file and folder under `dir`, files with their content (folders
+/// `None`), sorted by path: two snapshots are equal when nothing under it
+/// was written, made or removed. A missing `dir` is empty.
+pub fn tree(dir: &Path) -> Vec<(PathBuf, Option<Vec<u8>>)> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(folder) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&folder) else {
+            continue;
+        };
+        for entry in entries {
+            let path = entry.expect("a readable folder").path();
+            let name = path.strip_prefix(dir).unwrap().to_owned();
+            if path.is_dir() {
+                stack.push(path);
+                found.push((name, None));
+            } else {
+                let content =
+                    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                found.push((name, Some(content)));
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+/// The serial of the first certificate in a PEM file, as openssl prints it
+/// (`serial=` left off, upper-case hex).
+pub fn pem_serial(path: &Path) -> String {
+    let out = Command::new("openssl")
+        .args(["x509", "-noout", "-serial", "-in"])
+        .arg(path)
+        .output()
+        .expect("openssl runs");
+    assert!(
+        out.status.success(),
+        "openssl x509 {}: {out:?}",
+        path.display()
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.trim()
+        .strip_prefix("serial=")
+        .unwrap_or_else(|| panic!("openssl printed no serial: {text}"))
+        .to_owned()
+}
+
 /// A running parent of one test: its data dir, admin address and process.
 pub struct Parent {
     /// Its process.
@@ -493,7 +568,29 @@ impl Parent {
             admin,
         };
         parent.wait_admin("the parent's admin API");
+        parent.enroll_token(dir);
         parent
+    }
+
+    /// Makes the enrollment token the test's children prove (children and
+    /// mPOS devices, many uses; local parents are left to an operator) and
+    /// writes it to `dir/enroll.token`, where [`start_child`] and
+    /// [`enroll_args`] find it.
+    pub fn enroll_token(&self, dir: &Path) {
+        let made = self.cli_json(&[
+            "enroll",
+            "create",
+            "--kind",
+            "child,mpos",
+            "--uses",
+            "1000000",
+            "--expires",
+            "30d",
+        ]);
+        let token = made["token"]
+            .as_str()
+            .expect("enroll create --json has a token");
+        std::fs::write(enroll_token_path(dir), format!("{token}\n")).expect("write the token");
     }
 
     /// Starts `fleetls-parent serve` again on the same vhost, data dir and
@@ -636,12 +733,43 @@ impl Parent {
         serde_json::from_str(&out).map_err(|e| format!("{e}: {out}"))
     }
 
+    /// `GET path` of its admin API with its token, parsed.
+    pub fn api_get(&self, path: &str) -> Value {
+        let token = std::fs::read_to_string(self.layout().token()).expect("the admin token");
+        http()
+            .get(format!("http://{}{path}", self.admin))
+            .bearer_auth(token.trim())
+            .send()
+            .and_then(|r| r.error_for_status())
+            .and_then(|r| r.json())
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    }
+
+    /// The text of its `/metrics`.
+    pub fn metrics(&self) -> String {
+        http()
+            .get(format!("http://{}/metrics", self.admin))
+            .send()
+            .and_then(|r| r.text())
+            .expect("/metrics answers")
+    }
+
+    /// The files of its data dir.
+    pub fn layout(&self) -> ParentLayout {
+        ParentLayout::new(&self.data_dir)
+    }
+
+    /// One file of its certificates folder.
+    pub fn cert_file(&self, file: CertFile) -> PathBuf {
+        self.layout().certificate(file)
+    }
+
     /// What `sql` reads from the parent's registry, as the sqlite3 program
     /// prints it (a read-only reader beside the running parent), trimmed.
     pub fn registry_query(&self, sql: &str) -> String {
         let out = Command::new("sqlite3")
             .arg("-readonly")
-            .arg(self.data_dir.join("fleetls.db"))
+            .arg(self.layout().registry())
             .arg(sql)
             .output()
             .expect("sqlite3 runs (scripts/test installs it)");
@@ -703,7 +831,52 @@ impl Parent {
     }
 }
 
-/// Starts `fleetls-child run` on `vhost` named `name`, data in `dir/name`.
+/// Where [`Parent::start`] writes the enrollment token of the test's
+/// children.
+pub fn enroll_token_path(dir: &Path) -> PathBuf {
+    dir.join("enroll.token")
+}
+
+/// The enrollment token a child started with `args` proves: `fleetls-child
+/// run` or `swarm` whose data dir lies in a folder where [`Parent::start`]
+/// wrote a token, unless it is a local parent (an operator accepts those)
+/// or `args` name a token already. A test that wants a child without one
+/// puts its data dir one folder deeper.
+fn enroll_args(program: &Path, args: &[String]) -> Vec<String> {
+    let is_child = program.file_name().is_some_and(|n| n == "fleetls-child");
+    let runs = matches!(args.first().map(String::as_str), Some("run" | "swarm"));
+    let local_parent = args
+        .windows(2)
+        .any(|w| w[0] == "--kind" && w[1] == "local-parent");
+    let own = args.iter().any(|a| a.starts_with("--enroll-token"));
+    if !is_child || !runs || local_parent || own {
+        return Vec::new();
+    }
+    let data_dir = args
+        .windows(2)
+        .find(|w| w[0] == "--data-dir")
+        .map(|w| PathBuf::from(&w[1]));
+    match data_dir
+        .as_deref()
+        .and_then(Path::parent)
+        .map(enroll_token_path)
+    {
+        Some(token) if token.exists() => vec![
+            "--enroll-token-file".to_owned(),
+            token.to_str().expect("test paths are UTF-8").to_owned(),
+        ],
+        _ => Vec::new(),
+    }
+}
+
+/// The files of the child `name` whose data is in `dir/name` (as
+/// [`start_child`] puts it).
+pub fn child_layout(dir: &Path, name: &str) -> ChildLayout {
+    ChildLayout::new(&dir.join(name))
+}
+
+/// Starts `fleetls-child run` on `vhost` named `name`, data in `dir/name`
+/// (it proves the test's enrollment token: see [`Proc::spawn`]).
 pub fn start_child(vhost: &Vhost, dir: &Path, name: &str, extra: &[&str]) -> Proc {
     let data_dir = dir.join(name);
     let mut args: Vec<String> = [
@@ -753,6 +926,11 @@ impl Default for Vhost {
 /// of a vhost, from the moment the tap is made: a queue of the test's own
 /// (exclusive, gone with the tap's connection) bound next to the real
 /// ones, so the test sees what was sent whoever consumes the real queue.
+///
+/// It connects with plain lapin, not with `fleetls_bus`: how it reaches the
+/// broker shares nothing with the code under test. It decodes what it sees
+/// with `fleetls_proto::decode`: it is an observer, not an attacker, and a
+/// message fleetls cannot decode fails the test ([`Tap::take`]).
 pub struct Tap {
     runtime: tokio::runtime::Runtime,
     connection: lapin::Connection,
@@ -768,7 +946,9 @@ impl Tap {
         use lapin::types::FieldTable;
         let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
         let (connection, channel, queue) = runtime.block_on(async {
-            let connection = fleetls_bus::amqp::connect(&vhost.url(), "fleetls-test-tap", 4096)
+            let properties = lapin::ConnectionProperties::default()
+                .with_connection_name("fleetls-test-tap".into());
+            let connection = lapin::Connection::connect(&vhost.url(), properties)
                 .await
                 .expect("the tap connects to the broker");
             let channel = connection
@@ -864,6 +1044,7 @@ impl PrivateNode {
             "FLEETLS_DIST_PORT",
             "FLEETLS_BROKER_TLS_DIR",
             "FLEETLS_BROKER_EXTRA_CONF",
+            "FLEETLS_BROKER_ADVANCED_CONFIG",
         ] {
             command.env_remove(key);
         }

@@ -38,7 +38,8 @@ use std::time::Duration;
 use serde_json::Value;
 
 use fleetls_tests::{
-    free_port, start_child, tail, test_dir, wait_until, Parent, PrivateNode, Proc, Vhost,
+    child_layout, free_port, start_child, tail, test_dir, wait_until, CertFile, Parent,
+    PrivateNode, Proc, Vhost,
 };
 
 const NODE: &str = "bswitch";
@@ -156,6 +157,20 @@ fn wait_connections(
         }
         Ok(all)
     })
+}
+
+/// The messages the parent dropped as not above their agent's replay
+/// counter (`/metrics`).
+fn replayed(parent: &fleetls_tests::Parent) -> u64 {
+    let page = fleetls_tests::http()
+        .get(format!("http://{}/metrics", parent.admin))
+        .send()
+        .and_then(|r| r.text())
+        .expect("/metrics answers");
+    page.lines()
+        .find_map(|line| line.strip_prefix("fleetls_replayed_messages_total "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("/metrics has no fleetls_replayed_messages_total:\n{page}"))
 }
 
 fn child_conn(id: &str) -> String {
@@ -405,7 +420,7 @@ fn the_network_moves_to_amqps_child_by_child_and_survives_the_final_broker_confi
         key_mode & 0o777
     );
     let ca_written = std::fs::read_to_string(tls.join("ca.pem")).unwrap();
-    let ca_parent = std::fs::read_to_string(parent.data_dir.join("certificates/ca.pem")).unwrap();
+    let ca_parent = std::fs::read_to_string(parent.cert_file(CertFile::CaPem)).unwrap();
     assert_eq!(
         ca_written, ca_parent,
         "broker-tls's ca.pem is not the network's CA"
@@ -492,7 +507,7 @@ fn the_network_moves_to_amqps_child_by_child_and_survives_the_final_broker_confi
     // and be reported; the others move. (A child cut off from the AMQPS port
     // fails the same way, through the same path; spoiling the key is simply
     // the robust way to make exactly one child fail.)
-    let till3_key = dir.path().join("till-3/certs/agent.key");
+    let till3_key = child_layout(dir.path(), "till-3").key();
     let good_key = std::fs::read(&till3_key).expect("till-3 has a key");
     std::fs::write(
         &till3_key,
@@ -505,9 +520,14 @@ fn the_network_moves_to_amqps_child_by_child_and_survives_the_final_broker_confi
         .map(|n| (*n, children[n].output().len()))
         .chain([("parent", parent.proc.output().len())])
         .collect();
-    let (out, err) = parent.cli_expect(
-        &["switch-broker", "--amqps", &amqps, "--step-timeout", "20s"],
-        4,
+    let replayed_before = replayed(&parent);
+    // No --amqps: the default is the --broker host on the port broker-tls
+    // wrote the listener with (not 5671, where nothing listens here).
+    let (out, err) = parent.cli_expect(&["switch-broker", "--step-timeout", "20s"], 4);
+    assert!(
+        err.contains(&format!("127.0.0.1:{AMQPS_PORT}"))
+            || out.contains(&format!("127.0.0.1:{AMQPS_PORT}")),
+        "switch-broker's default should be the recorded AMQPS port {AMQPS_PORT}: {out}{err}"
     );
     assert!(
         err.contains("answers with") && err.contains("certificate from the network's CA"),
@@ -568,6 +588,14 @@ fn the_network_moves_to_amqps_child_by_child_and_survives_the_final_broker_confi
         "ERROR logged during the planned move to AMQPS:\n{}",
         errors.join("\n")
     );
+    // Each child's messages reached the parent's queue in the order of
+    // their seq, across its two connections (its sends take turns): none of
+    // the move was taken for a replay.
+    assert_eq!(
+        replayed(&parent),
+        replayed_before,
+        "messages of the move to AMQPS were dropped as replays"
+    );
     let without = parent.cli_json(&["without-ssl"]);
     assert_eq!(
         without["broker_view"], true,
@@ -611,7 +639,7 @@ fn the_network_moves_to_amqps_child_by_child_and_survives_the_final_broker_confi
         tail(&log, 30)
     );
     assert!(
-        parent.data_dir.join("broker-tls.toml").is_file(),
+        parent.layout().broker_state().is_file(),
         "the parent did not remember its AMQPS address"
     );
 
@@ -738,16 +766,13 @@ fn the_network_moves_to_amqps_child_by_child_and_survives_the_final_broker_confi
     );
     parent.wait_online(&all);
     // Now a client certificate from the CA is required.
-    let till2 = dir.path().join("till-2/certs");
+    let till2 = child_layout(dir.path(), "till-2");
     assert!(
         tls_handshake(&ca, None).is_err(),
         "the final config accepts a TLS client without a certificate"
     );
-    tls_handshake(
-        &ca,
-        Some((&till2.join("agent.pem"), &till2.join("agent.key"))),
-    )
-    .unwrap_or_else(|e| panic!("the final config refuses till-2's certificate:\n{e}"));
+    tls_handshake(&ca, Some((&till2.chain(), &till2.key())))
+        .unwrap_or_else(|e| panic!("the final config refuses till-2's certificate:\n{e}"));
     // The parent restarted comes back the way it left: over AMQPS (plain is
     // off now, so its plain --broker URL could not work anyway).
     parent.proc.signal("TERM");

@@ -10,11 +10,11 @@
 //! started. Every process the block left in the background is stopped at
 //! the end (its process group), and the node too, also on failure.
 
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use fleetls_tests::{bin_dir, program, repo, tail, wait_for, PrivateNode};
+use fleetls_tests::readme::{operator_env, shell_blocks, ProcessGroup};
+use fleetls_tests::{program, repo, tail, wait_for, ParentLayout, PrivateNode};
 
 /// The ports of this file's node and parent (5840-5879 is this file's range).
 const AMQP_PORT: u16 = 5844;
@@ -22,70 +22,6 @@ const MGMT_PORT: u16 = 15844;
 const AMQPS_PORT: u16 = 5845;
 const PROMETHEUS_PORT: u16 = 15845;
 const ADMIN: &str = "127.0.0.1:5846";
-
-/// The fenced `sh` blocks of the README section titled `title`, in order.
-fn shell_blocks(readme: &str, title: &str) -> Vec<String> {
-    let section: Vec<&str> = readme
-        .lines()
-        .skip_while(|l| l.trim() != title)
-        .skip(1)
-        .take_while(|l| !l.starts_with("## ") && !l.starts_with("### "))
-        .collect();
-    let mut blocks = Vec::new();
-    let mut current: Option<String> = None;
-    for line in section {
-        match (&mut current, line.trim_end()) {
-            (None, "```sh") => current = Some(String::new()),
-            (Some(_), "```") => blocks.push(current.take().expect("inside a block")),
-            (Some(block), text) => {
-                block.push_str(text);
-                block.push('\n');
-            }
-            (None, _) => {}
-        }
-    }
-    blocks
-}
-
-/// The processes the block left running: its whole process group, stopped
-/// when dropped (SIGTERM, then SIGKILL for whatever is left).
-struct Group(u32);
-
-impl Group {
-    fn signal(&self, name: &str) {
-        let _ = Command::new("kill")
-            .args([&format!("-{name}"), "--", &format!("-{}", self.0)])
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
-impl Drop for Group {
-    fn drop(&mut self) {
-        self.signal("TERM");
-        std::thread::sleep(Duration::from_secs(2));
-        self.signal("KILL");
-    }
-}
-
-/// `command` with none of the caller's `FLEETLS_*` variables, HOME set to
-/// `home` and the built programs first on the PATH.
-fn operator_env(command: &mut Command, home: &Path) {
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("FLEETLS_") {
-            command.env_remove(key);
-        }
-    }
-    let path = format!(
-        "{}:{}",
-        bin_dir().display(),
-        std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into())
-    );
-    command
-        .env("HOME", home)
-        .env("PATH", path)
-        .env("RUST_LOG", "info,lapin=warn");
-}
 
 #[test]
 fn the_readme_by_hand_section_runs_as_printed() {
@@ -95,7 +31,10 @@ fn the_readme_by_hand_section_runs_as_printed() {
         blocks.len() >= 2,
         "the by-hand section has an install block and a run block: {blocks:?}"
     );
-    for install in ["cargo install --path parent", "cargo install --path child"] {
+    for install in [
+        "cargo install --locked --path parent",
+        "cargo install --locked --path child",
+    ] {
         assert!(
             blocks[0].contains(install),
             "the first block installs the programs ({install}):\n{}",
@@ -142,7 +81,7 @@ fn the_readme_by_hand_section_runs_as_printed() {
             .spawn()
             .expect("bash runs")
     };
-    let _group = Group(block.id());
+    let _group = ProcessGroup(block.id());
     let deadline = Instant::now() + Duration::from_secs(240);
     let status = loop {
         if let Some(status) = block.try_wait().unwrap() {
@@ -192,10 +131,12 @@ fn the_readme_by_hand_section_runs_as_printed() {
             view["agents"]
                 .as_array()?
                 .iter()
-                .any(|a| a["name"] == "till-1" && a["online"] == true)
+                .any(|a| {
+                    a["name"] == "till-1" && a["online"] == true && a["admission"] == "accepted"
+                })
                 .then_some(())
         },
     );
-    let recorded = std::fs::read_to_string(data_dir.join("admin.addr")).unwrap();
+    let recorded = std::fs::read_to_string(ParentLayout::new(&data_dir).admin_addr()).unwrap();
     assert_eq!(recorded.trim(), ADMIN, "serve records where it listens");
 }

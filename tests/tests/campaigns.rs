@@ -18,7 +18,8 @@ use std::time::Duration;
 
 use fleetls_proto::{topology, Body};
 use fleetls_tests::{
-    free_port, program, start_child, test_dir, wait_for, Parent, Proc, Tap, Vhost,
+    child_layout, free_port, program, start_child, test_dir, wait_for, CertFile, Parent, Proc, Tap,
+    Vhost,
 };
 use serde_json::Value;
 
@@ -936,14 +937,10 @@ fn the_ssl_port_answers_openssl_with_a_client_certificate_only() {
         status["network"]
     );
 
-    let ca = parent.data_dir.join("certificates/ca.pem");
-    let certs = dir.path().join("till-1/certs");
+    let ca = parent.cert_file(CertFile::CaPem);
+    let till = child_layout(dir.path(), "till-1");
     let greeting = format!("fleetls-parent {} ok", env!("CARGO_PKG_VERSION"));
-    let with_cert = s_client(
-        ports.ssl,
-        &ca,
-        Some((&certs.join("agent.pem"), &certs.join("agent.key"))),
-    );
+    let with_cert = s_client(ports.ssl, &ca, Some((&till.chain(), &till.key())));
     // The greeting is a line of its own (the certificate's CN is
     // `fleetls-parent` too, so the whole line is what counts).
     assert!(

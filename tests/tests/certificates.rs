@@ -14,15 +14,16 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use fleetls_proto::{topology, AgentKind, AgentState, Body, Csr, Envelope, Hello};
-use fleetls_tests::{start_child, wait_for, Parent, Proc, Tap, Vhost, WAIT};
-use lapin::options::BasicGetOptions;
-use lapin::{Channel, Connection};
+use fleetls_proto::topology;
+use fleetls_tests::attack::{attack, hello};
+use fleetls_tests::{
+    child_layout, start_child, wait_for, CertFile, Parent, Proc, Tap, Vhost, WAIT,
+};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose, SanType, PKCS_ECDSA_P256_SHA256,
 };
-use serde_json::Value;
+use serde_json::{json, Value};
 use uuid::Uuid;
 
 // ---------------------------------------------------------------------------
@@ -276,14 +277,6 @@ fn wait_certificate(parent: &Parent, name: &str) -> Value {
     })
 }
 
-fn certs_dir(dir: &Path, child: &str) -> PathBuf {
-    dir.join(child).join("certs")
-}
-
-fn parent_certs(parent: &Parent) -> PathBuf {
-    parent.data_dir.join("certificates")
-}
-
 fn generate(parent: &Parent, extra: &[&str]) -> Value {
     let mut args = vec!["certs", "generate"];
     args.extend(extra);
@@ -309,123 +302,214 @@ fn stop(child: &mut Proc) {
 // A fake agent on the wire, to send crafted CSRs
 // ---------------------------------------------------------------------------
 
-/// An agent id with its own durable queue and signing key, speaking the
-/// protocol directly through the shared `fleetls-bus` (so no test keeps a
-/// copy of the child's broker code).
+/// An agent id with its own durable queue and signing key, played by the
+/// attacker's client `tests/attacks/fleetls_attack.py` (pika, msgpack and
+/// Ed25519 of its own): a fake that shares no code with the product, so a
+/// bug in the product's encoding or signing cannot hide behind it.
 struct FakeAgent {
     id: Uuid,
-    key: fleetls_bus::seal::SigningKey,
-    runtime: tokio::runtime::Runtime,
-    connection: Connection,
-    channel: Channel,
+    /// The AMQP URL of the test's virtual host.
+    url: String,
+    /// Holds the agent's Ed25519 key file.
+    keys: tempfile::TempDir,
+    /// Its public key, hex, as a Hello's enrollment proof names it.
+    public: String,
+    /// The enrollment token its Hello proves, if any.
+    token: Option<String>,
 }
 
 impl FakeAgent {
-    /// Connects to `vhost`, declares the topology as a child does and binds
-    /// `fleetls.agent.<id>` (without saying Hello).
+    /// Makes a key and declares and binds `fleetls.agent.<id>` as a child
+    /// does (durable, dead-lettered to `fleetls.dead`), without saying Hello.
     fn connect(vhost: &Vhost) -> FakeAgent {
         let id = Uuid::new_v4();
-        let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
-        let (connection, channel) = runtime.block_on(async {
-            let name = format!("fleetls-test-fake:{id}");
-            let connection = fleetls_bus::amqp::connect(&vhost.url(), &name, 4096)
-                .await
-                .expect("the test connects to the broker");
-            fleetls_bus::amqp::ensure_shared(&connection, Default::default())
-                .await
-                .expect("the shared topology");
-            let channel = fleetls_bus::amqp::confirm_channel(&connection)
-                .await
-                .expect("a channel with confirms");
-            fleetls_bus::amqp::declare_agent_queue(&channel, &id, Default::default())
-                .await
-                .expect("the agent's queue");
-            (connection, channel)
-        });
-        FakeAgent {
+        let keys = tempfile::tempdir().unwrap();
+        let made = attack(&["keygen", "--out", s(&keys.path().join("agent.key"))]);
+        let fake = FakeAgent {
             id,
-            key: fleetls_bus::seal::SigningKey::generate().0,
-            runtime,
-            connection,
-            channel,
-        }
+            url: vhost.url(),
+            keys,
+            public: made["public_hex"]
+                .as_str()
+                .expect("a public key")
+                .to_owned(),
+            token: None,
+        };
+        let queue = fake.queue();
+        let declared = attack(&[
+            "declare",
+            "--broker",
+            &fake.url,
+            "--queue",
+            &queue,
+            "--durable",
+            "--arguments",
+            r#"{"x-dead-letter-exchange": "fleetls.dead"}"#,
+        ]);
+        assert_eq!(declared["refused"], false, "{declared}");
+        let bound = attack(&[
+            "bind",
+            "--broker",
+            &fake.url,
+            "--queue",
+            &queue,
+            "--exchange",
+            "fleetls.agents",
+            "--routing-key",
+            &id.to_string(),
+        ]);
+        assert_eq!(bound["refused"], false, "{bound}");
+        fake
     }
 
-    /// Publishes `body` from this agent to the parent, signed with its key;
-    /// the envelope id.
-    fn send(&self, body: Body) -> Uuid {
-        let envelope = Envelope::new(self.id, body);
-        let sealed = self.key.seal(&envelope).expect("encodes");
-        let props =
-            fleetls_bus::amqp::properties(&envelope, &sealed, fleetls_bus::amqp::Keep::Persistent);
-        self.runtime.block_on(async {
-            fleetls_bus::amqp::publish_confirmed(
-                &self.channel,
-                topology::PARENT,
-                topology::PARENT,
-                &sealed.payload,
-                props,
-            )
-            .await
-            .expect("the broker takes a message to the parent");
-        });
-        envelope.id
+    /// `fleetls.agent.<id>`.
+    fn queue(&self) -> String {
+        format!("fleetls.agent.{}", self.id)
     }
 
-    /// Says Hello as `name` of `kind`.
-    fn hello(&self, name: &str, kind: AgentKind, hostnames: &[&str], ips: &[&str]) -> Uuid {
-        self.send(Body::Hello(Hello {
-            name: name.into(),
+    fn key(&self) -> PathBuf {
+        self.keys.path().join("agent.key")
+    }
+
+    /// Publishes a `kind` message with `fields` from this agent to the
+    /// parent, signed with its key; the envelope id.
+    fn send(&self, kind: &str, fields: Value) -> String {
+        let (fields, from, key) = (fields.to_string(), self.id.to_string(), self.key());
+        let sent = attack(&[
+            "send",
+            "--broker",
+            &self.url,
+            "--exchange",
+            "fleetls.parent",
+            "--routing-key",
+            "fleetls.parent",
+            "--persistent",
+            "--kind",
             kind,
-            version: env!("CARGO_PKG_VERSION").into(),
-            location: Some("shop-fake".into()),
-            hostnames: hostnames.iter().map(|h| h.to_string()).collect(),
-            ips: ips.iter().map(|i| i.to_string()).collect(),
-            key_fingerprint: None,
-            state: AgentState::default(),
-        }))
+            "--fields",
+            &fields,
+            "--from",
+            &from,
+            "--sign-key",
+            s(&key),
+        ]);
+        assert_eq!(sent["refused"], false, "{sent}");
+        sent["id"].as_str().expect("a message id").to_owned()
+    }
+
+    /// Proves the enrollment token the test's parent made (in `dir`) in
+    /// its Hello, as a rolled-out child does.
+    fn with_token(mut self, dir: &Path) -> FakeAgent {
+        let text = std::fs::read_to_string(fleetls_tests::enroll_token_path(dir))
+            .expect("the parent made an enrollment token");
+        self.token = Some(text.trim().to_owned());
+        self
+    }
+
+    /// Says Hello as `name` of `kind` (`child`, `local-parent`).
+    fn hello(&self, name: &str, kind: &str, hostnames: &[&str], ips: &[&str]) -> String {
+        let mut fields = hello(name, kind, "shop-fake", hostnames);
+        fields["ips"] = ips.iter().map(|i| Value::from(*i)).collect();
+        if let Some(token) = &self.token {
+            fields["enroll"] = attack(&[
+                "enroll-proof",
+                "--token",
+                token,
+                "--agent",
+                &self.id.to_string(),
+                "--key-hex",
+                &self.public,
+                "--kind",
+                kind,
+                "--name",
+                name,
+            ])["enroll"]
+                .clone();
+        }
+        self.send("Hello", fields)
     }
 
     /// Sends a CSR; its message id.
-    fn csr(&self, pem: &str) -> Uuid {
-        self.send(Body::Csr(Csr { pem: pem.into() }))
+    fn csr(&self, pem: &str) -> String {
+        self.send("Csr", json!({ "pem": pem }))
     }
 
-    /// The next message the parent sent to this agent's queue.
-    fn next_answer(&self) -> Envelope {
-        let queue = topology::agent_queue(&self.id);
-        wait_for(&format!("an answer in {queue}"), WAIT, || {
-            let got = self
-                .runtime
-                .block_on(
-                    self.channel
-                        .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true }),
-                )
-                .expect("basic.get");
-            got.map(|m| {
-                fleetls_proto::decode(&m.delivery.data).expect("the parent's answer decodes")
-            })
-        })
+    /// The messages in this agent's queue within `timeout` seconds (at
+    /// most `count`, 0 = all), decoded, taken off the queue.
+    fn take(&self, count: &str, timeout: &str) -> Vec<Value> {
+        let queue = self.queue();
+        let got = attack(&[
+            "capture",
+            "--broker",
+            &self.url,
+            "--queue",
+            &queue,
+            "--count",
+            count,
+            "--timeout",
+            timeout,
+        ]);
+        assert_ne!(got["refused"], true, "{got}");
+        got["messages"].as_array().expect("messages").clone()
     }
 
-    /// The answer to the CSR `message`: it must refer to it.
-    fn answer_to(&self, message: Uuid) -> Body {
-        let answer = self.next_answer();
+    /// The answer to the CSR `message`, decoded: it must refer to it.
+    fn answer_to(&self, message: &str) -> Value {
+        let wait = WAIT.as_secs().to_string();
+        let answer = self
+            .take("1", &wait)
+            .pop()
+            .unwrap_or_else(|| panic!("no answer in {} within {wait}s", self.queue()));
+        let envelope = &answer["decoded"];
         assert_eq!(
-            answer.re,
-            Some(message),
-            "the answer names the CSR it answers"
+            envelope["re"], message,
+            "the answer names the CSR it answers: {answer}"
         );
-        answer.body
+        envelope["body"].clone()
+    }
+
+    /// Deletes the agent's queue, as an operator, a policy or a broker reset would.
+    fn delete_queue(&self) {
+        let queue = self.queue();
+        let deleted = attack(&[
+            "declare", "--broker", &self.url, "--queue", &queue, "--delete",
+        ]);
+        assert_eq!(deleted["deleted"], true, "{deleted}");
     }
 }
 
-impl Drop for FakeAgent {
-    fn drop(&mut self) {
-        let _ = self
-            .runtime
-            .block_on(self.connection.close(200, "test done".into()));
+/// What a `CertificateIssued` answer carries.
+struct Issued {
+    serial: String,
+    chain_pem: String,
+    ignored: Vec<String>,
+}
+
+fn issued(body: Value) -> Issued {
+    let got = &body["CertificateIssued"];
+    let text = |field: &str| {
+        got[field]
+            .as_str()
+            .unwrap_or_else(|| panic!("expected CertificateIssued, got {body}"))
+            .to_owned()
+    };
+    Issued {
+        serial: text("serial"),
+        chain_pem: text("chain_pem"),
+        ignored: got["ignored"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no `ignored` in {body}"))
+            .iter()
+            .map(|i| i.as_str().expect("an ignored item is text").to_owned())
+            .collect(),
     }
+}
+
+fn rejected(body: Value) -> String {
+    body["CsrRejected"]["reason"]
+        .as_str()
+        .unwrap_or_else(|| panic!("expected CsrRejected, got {body}"))
+        .to_owned()
 }
 
 /// A PKCS#10 request from a fresh P-256 key, CN = `cn`, adjusted by `f`.
@@ -489,20 +573,6 @@ fn base64_matches_the_standard() {
     assert_eq!(base64(b"foobar"), "Zm9vYmFy");
 }
 
-fn issued(body: Body) -> fleetls_proto::CertificateIssued {
-    match body {
-        Body::CertificateIssued(issued) => issued,
-        other => panic!("expected CertificateIssued, got {other:?}"),
-    }
-}
-
-fn rejected(body: Body) -> String {
-    match body {
-        Body::CsrRejected(rejected) => rejected.reason,
-        other => panic!("expected CsrRejected, got {other:?}"),
-    }
-}
-
 // ---------------------------------------------------------------------------
 // The tests
 // ---------------------------------------------------------------------------
@@ -552,7 +622,7 @@ fn issued_certificates_verify_and_carry_what_the_parent_decides() {
     assert_eq!(code, 0, "{err}");
 
     let report = generate(&parent, &[]);
-    let ca = parent_certs(&parent).join("ca.pem");
+    let ca = parent.cert_file(CertFile::CaPem);
     assert_eq!(report["ca_fingerprint"], openssl_fingerprint(&ca).as_str());
     assert_eq!(report["company_ca"], false);
     let sent = send(&parent, false);
@@ -561,12 +631,11 @@ fn issued_certificates_verify_and_carry_what_the_parent_decides() {
     wait_certificate(&parent, "lp-1");
 
     // The parent's own files: the CA, the parent's and the broker's.
-    let certs = parent_certs(&parent);
-    for name in ["parent.pem", "broker.pem"] {
-        assert_verifies(&ca, &certs.join(name), false);
+    for file in [CertFile::ParentPem, CertFile::BrokerPem] {
+        assert_verifies(&ca, &parent.cert_file(file), false);
     }
-    for key in ["ca.key", "parent.key", "broker.key"] {
-        assert_eq!(mode(&certs.join(key)), 0o600, "{key}");
+    for key in [CertFile::CaKey, CertFile::ParentKey, CertFile::BrokerKey] {
+        assert_eq!(mode(&parent.cert_file(key)), 0o600, "{}", key.name());
     }
     let ca_text = CertText::of_file(&ca);
     assert!(
@@ -574,7 +643,7 @@ fn issued_certificates_verify_and_carry_what_the_parent_decides() {
         "{}",
         ca_text.text
     );
-    let parent_cert = CertText::of_file(&certs.join("parent.pem"));
+    let parent_cert = CertText::of_file(&parent.cert_file(CertFile::ParentPem));
     let expected: BTreeSet<String> = ["DNS:localhost", "DNS:parent.test", "IP Address:127.0.0.1"]
         .map(String::from)
         .into();
@@ -585,7 +654,7 @@ fn issued_certificates_verify_and_carry_what_the_parent_decides() {
         parent_cert.text
     );
     assert_eq!(parent_cert.basic_constraints(), "CA:FALSE");
-    let broker_cert = CertText::of_file(&certs.join("broker.pem"));
+    let broker_cert = CertText::of_file(&parent.cert_file(CertFile::BrokerPem));
     assert!(
         broker_cert.sans().contains("IP Address:127.0.0.1"),
         "the broker's certificate names the host of --broker: {}",
@@ -594,10 +663,10 @@ fn issued_certificates_verify_and_carry_what_the_parent_decides() {
     assert_eq!(parent_cert.validity_seconds() / 86400, 30);
 
     // A child: CN = its id, clientAuth only, CA:FALSE, no SAN, 30 days, key 0600.
-    let till_certs = certs_dir(dir.path(), "till-1");
-    assert_verifies(&ca, &till_certs.join("agent.pem"), false);
-    assert_eq!(mode(&till_certs.join("agent.key")), 0o600);
-    let till = CertText::of_file(&till_certs.join("agent.pem"));
+    let till_certs = child_layout(dir.path(), "till-1");
+    assert_verifies(&ca, &till_certs.chain(), false);
+    assert_eq!(mode(&till_certs.key()), 0o600);
+    let till = CertText::of_file(&till_certs.chain());
     assert_eq!(till.subject_cn(), ids[0], "{}", till.text);
     let client_only: BTreeSet<String> = ["TLS Web Client Authentication".to_owned()].into();
     assert_eq!(till.ekus(), client_only, "{}", till.text);
@@ -611,15 +680,15 @@ fn issued_certificates_verify_and_carry_what_the_parent_decides() {
     );
     // The stored CA of the child is the parent's CA.
     assert_eq!(
-        std::fs::read_to_string(till_certs.join("ca.pem")).unwrap(),
+        std::fs::read_to_string(till_certs.ca()).unwrap(),
         std::fs::read_to_string(&ca).unwrap()
     );
 
     // A local parent: server and client auth, exactly its own names.
-    let lp_certs = certs_dir(dir.path(), "lp-1");
-    assert_verifies(&ca, &lp_certs.join("agent.pem"), false);
-    assert_eq!(mode(&lp_certs.join("agent.key")), 0o600);
-    let lp = CertText::of_file(&lp_certs.join("agent.pem"));
+    let lp_certs = child_layout(dir.path(), "lp-1");
+    assert_verifies(&ca, &lp_certs.chain(), false);
+    assert_eq!(mode(&lp_certs.key()), 0o600);
+    let lp = CertText::of_file(&lp_certs.chain());
     assert_eq!(lp.subject_cn(), ids[1]);
     let both: BTreeSet<String> = [
         "TLS Web Server Authentication".to_owned(),
@@ -635,10 +704,7 @@ fn issued_certificates_verify_and_carry_what_the_parent_decides() {
 
     // Two children never share a serial.
     let serial = |path: &Path| openssl(&["x509", "-in", s(path), "-noout", "-serial"]).1;
-    assert_ne!(
-        serial(&till_certs.join("agent.pem")),
-        serial(&lp_certs.join("agent.pem"))
-    );
+    assert_ne!(serial(&till_certs.chain()), serial(&lp_certs.chain()));
 
     // The counters.
     let status = parent.status_json().unwrap();
@@ -662,22 +728,12 @@ fn the_parent_signs_only_what_it_decides_whatever_the_csr_asks() {
         ],
     );
     generate(&parent, &[]);
-    let ca = parent_certs(&parent).join("ca.pem");
+    let ca = parent.cert_file(CertFile::CaPem);
 
-    let child = FakeAgent::connect(&vhost);
-    child.hello(
-        "fake-till",
-        AgentKind::Child,
-        &["till.fake.test"],
-        &["10.9.0.1"],
-    );
+    let child = FakeAgent::connect(&vhost).with_token(dir.path());
+    child.hello("fake-till", "child", &["till.fake.test"], &["10.9.0.1"]);
     let local = FakeAgent::connect(&vhost);
-    local.hello(
-        "fake-lp",
-        AgentKind::LocalParent,
-        &["lp.fake.test"],
-        &["10.9.0.2"],
-    );
+    local.hello("fake-lp", "local-parent", &["lp.fake.test"], &["10.9.0.2"]);
     wait_for("the fake agents registered", WAIT, || {
         (parent.agent("fake-till").is_some() && parent.agent("fake-lp").is_some()).then_some(())
     });
@@ -697,7 +753,7 @@ fn the_parent_signs_only_what_it_decides_whatever_the_csr_asks() {
         p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     });
     let message = child.csr(&greedy);
-    let got = issued(child.answer_to(message));
+    let got = issued(child.answer_to(&message));
     let leaf = CertText::of_pem(&got.chain_pem, dir.path());
     assert_eq!(leaf.subject_cn(), id);
     assert_eq!(leaf.basic_constraints(), "CA:FALSE", "{}", leaf.text);
@@ -748,7 +804,7 @@ fn the_parent_signs_only_what_it_decides_whatever_the_csr_asks() {
         ];
     });
     let message = local.csr(&lp_request);
-    let got = issued(local.answer_to(message));
+    let got = issued(local.answer_to(&message));
     let leaf = CertText::of_pem(&got.chain_pem, dir.path());
     let expected: BTreeSet<String> = ["DNS:lp.fake.test", "IP Address:10.9.0.2"]
         .map(String::from)
@@ -765,11 +821,14 @@ fn the_parent_signs_only_what_it_decides_whatever_the_csr_asks() {
     };
     let stranger = Uuid::new_v4().to_string();
     let message = child.csr(&csr(&stranger, |_| {}));
-    assert_eq!(rejected(child.answer_to(message)), someone_elses(&stranger));
+    assert_eq!(
+        rejected(child.answer_to(&message)),
+        someone_elses(&stranger)
+    );
     // The other registered agent's name: refused as well.
     let message = child.csr(&csr(&local.id.to_string(), |_| {}));
     assert_eq!(
-        rejected(child.answer_to(message)),
+        rejected(child.answer_to(&message)),
         someone_elses(&local.id.to_string())
     );
 
@@ -780,17 +839,17 @@ fn the_parent_signs_only_what_it_decides_whatever_the_csr_asks() {
     let message =
         child.csr("-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n");
     assert_eq!(
-        rejected(child.answer_to(message)),
+        rejected(child.answer_to(&message)),
         unreadable("Could not parse certificate signing request")
     );
     let message = child.csr("not even PEM");
     assert_eq!(
-        rejected(child.answer_to(message)),
+        rejected(child.answer_to(&message)),
         unreadable("Could not parse certificate signing request")
     );
     let message = child.csr(&forged_csr(&id));
     let forged = unreadable("Invalid CSR signature");
-    assert_eq!(rejected(child.answer_to(message)), forged);
+    assert_eq!(rejected(child.answer_to(&message)), forged);
 
     // The last refusal shows in the status list.
     wait_for("the forged CSR's refusal in status", WAIT, || {
@@ -809,14 +868,11 @@ fn the_parent_signs_only_what_it_decides_whatever_the_csr_asks() {
             .map(str::to_owned)
     });
     assert!(reason.contains("must send Hello first"), "{reason}");
-    let answer = unknown
-        .runtime
-        .block_on(unknown.channel.basic_get(
-            topology::agent_queue(&unknown.id).as_str().into(),
-            BasicGetOptions { no_ack: true },
-        ))
-        .expect("basic.get");
-    assert!(answer.is_none(), "the unknown agent got an answer");
+    let answers = unknown.take("0", "0");
+    assert!(
+        answers.is_empty(),
+        "the unknown agent got an answer: {answers:?}"
+    );
     assert!(
         parent.status_json().unwrap()["agents"]
             .as_array()
@@ -851,20 +907,16 @@ fn a_child_offline_during_send_gets_its_certificate_when_it_comes_back() {
     wait_for("the information waiting in the child's queue", WAIT, || {
         (vhost.queue_depth(&queue)? == 1).then_some(())
     });
-    let certs = certs_dir(dir.path(), "till-away");
-    assert!(!certs.join("agent.pem").exists());
+    let certs = child_layout(dir.path(), "till-away");
+    assert!(!certs.chain().exists());
     assert_eq!(parent.agent("till-away").unwrap()["has_certificate"], false);
 
     let _back = start_child(&vhost, dir.path(), "till-away", &["--kind", "child"]);
     let agent = wait_certificate(&parent, "till-away");
     assert_eq!(agent["id"], id.as_str(), "the same identity came back");
-    assert!(certs.join("agent.pem").exists());
-    assert_verifies(
-        &parent_certs(&parent).join("ca.pem"),
-        &certs.join("agent.pem"),
-        false,
-    );
-    assert_eq!(CertText::of_file(&certs.join("agent.pem")).subject_cn(), id);
+    assert!(certs.chain().exists());
+    assert_verifies(&parent.cert_file(CertFile::CaPem), &certs.chain(), false);
+    assert_eq!(CertText::of_file(&certs.chain()).subject_cn(), id);
     let status = parent.status_json().unwrap();
     assert_eq!(status["network"]["children_with_certificates"], 1);
 }
@@ -881,7 +933,7 @@ fn a_pinned_fingerprint_is_checked() {
         .to_owned();
     assert_eq!(
         fingerprint,
-        openssl_fingerprint(&parent_certs(&parent).join("ca.pem"))
+        openssl_fingerprint(&parent.cert_file(CertFile::CaPem))
     );
     let wrong = format!("sha256:{}", "ab".repeat(32));
     assert_ne!(wrong, fingerprint);
@@ -913,8 +965,8 @@ fn a_pinned_fingerprint_is_checked() {
     assert_eq!(sent["queued"], 2, "{sent}");
     wait_certificate(&parent, "till-right");
     assert_verifies(
-        &parent_certs(&parent).join("ca.pem"),
-        &certs_dir(dir.path(), "till-right").join("agent.pem"),
+        &parent.cert_file(CertFile::CaPem),
+        &child_layout(dir.path(), "till-right").chain(),
         false,
     );
     let refusal = wait_for("till-wrong's refusal", WAIT, || {
@@ -927,9 +979,9 @@ fn a_pinned_fingerprint_is_checked() {
         "{refusal}"
     );
     assert!(refusal.contains(&fingerprint), "{refusal}");
-    let certs = certs_dir(dir.path(), "till-wrong");
-    assert!(!certs.join("agent.pem").exists());
-    assert!(!certs.join("agent.key").exists());
+    let certs = child_layout(dir.path(), "till-wrong");
+    assert!(!certs.chain().exists());
+    assert!(!certs.key().exists());
     assert_eq!(
         parent.agent("till-wrong").unwrap()["has_certificate"],
         false
@@ -981,7 +1033,7 @@ fn settings_are_frozen_once_generated_until_certs_reset() {
     // Without --yes and without a terminal, reset does nothing.
     let (code, _, err) = parent.cli(&["certs", "reset"]);
     assert_eq!(code, 2, "{err}");
-    assert!(parent_certs(&parent).join("ca.pem").exists());
+    assert!(parent.cert_file(CertFile::CaPem).exists());
 
     let (code, out, err) = parent.cli(&["certs", "reset", "--yes"]);
     assert_eq!(code, 0, "{out}{err}");
@@ -995,24 +1047,25 @@ fn settings_are_frozen_once_generated_until_certs_reset() {
         })
         .collect();
     assert_eq!(moved.len(), 1, "one certificates.reset-* folder: {moved:?}");
-    for name in [
-        "ca.pem",
-        "ca.key",
-        "parent.pem",
-        "parent.key",
-        "broker.pem",
-        "broker.key",
+    for file in [
+        CertFile::CaPem,
+        CertFile::CaKey,
+        CertFile::ParentPem,
+        CertFile::ParentKey,
+        CertFile::BrokerPem,
+        CertFile::BrokerKey,
     ] {
+        let name = file.name();
         assert!(
             moved[0].join(name).exists(),
             "{name} moved aside, not deleted"
         );
     }
     assert_eq!(
-        openssl_fingerprint(&moved[0].join("ca.pem")),
+        openssl_fingerprint(&moved[0].join(CertFile::CaPem.name())),
         old_fingerprint
     );
-    assert!(!parent_certs(&parent).exists());
+    assert!(!parent.layout().certificates().exists());
     let status = parent.status_json().unwrap();
     assert_eq!(status["network"]["certificates_generated"], false);
     assert!(status["network"]["ca_fingerprint"].is_null());
@@ -1047,7 +1100,7 @@ fn generate_is_refused_while_old_children_exist_unless_ignore_old() {
         !err.contains("till-new"),
         "only old children are listed: {err}"
     );
-    assert!(!parent_certs(&parent).exists());
+    assert!(!parent.layout().certificates().exists());
     assert_eq!(
         parent.status_json().unwrap()["network"]["certificates_generated"],
         false
@@ -1079,9 +1132,9 @@ fn generate_is_refused_while_old_children_exist_unless_ignore_old() {
         Vec::<&str>::new(),
         "the old child was sent something"
     );
-    let old_certs = certs_dir(dir.path(), "bo-old");
-    assert!(!old_certs.join("ca.pem").exists());
-    assert!(!old_certs.join("agent.pem").exists());
+    let old_certs = child_layout(dir.path(), "bo-old");
+    assert!(!old_certs.ca().exists());
+    assert!(!old_certs.chain().exists());
     let status = parent.status_json().unwrap();
     assert_eq!(status["summary"]["version_not_supporting_ssl"], 1);
     assert_eq!(status["network"]["eligible"], 1);
@@ -1119,7 +1172,7 @@ fn generate_is_refused_for_mpos_without_a_dns_name() {
     assert_eq!(code, 3, "{out}{err}");
     assert!(err.contains("mPOS") && err.contains("DNS name"), "{err}");
     assert!(err.contains("mpos-7"), "{err}");
-    assert!(!parent_certs(&parent).exists());
+    assert!(!parent.layout().certificates().exists());
 
     // With a DNS name it goes ahead; mPOS is not eligible for sending.
     parent.cli_json(&["settings", "set", "--names", "parent.test"]);
@@ -1141,13 +1194,13 @@ fn sending_twice_is_harmless_and_certificates_last_398_days_by_default() {
     let _b = start_child(&vhost, dir.path(), "till-b", &[]);
     parent.wait_online(&["till-a", "till-b"]);
     generate(&parent, &[]);
-    let ca = parent_certs(&parent).join("ca.pem");
+    let ca = parent.cert_file(CertFile::CaPem);
     let sent = send(&parent, false);
     assert_eq!(sent["queued"], 2, "{sent}");
     wait_certificate(&parent, "till-a");
     wait_certificate(&parent, "till-b");
 
-    let chain = |name: &str| certs_dir(dir.path(), name).join("agent.pem");
+    let chain = |name: &str| child_layout(dir.path(), name).chain();
     let text = CertText::of_file(&chain("till-a"));
     let seconds = text.validity_seconds();
     assert!(
@@ -1156,7 +1209,7 @@ fn sending_twice_is_harmless_and_certificates_last_398_days_by_default() {
         text.text
     );
     let parent_days =
-        CertText::of_file(&parent_certs(&parent).join("parent.pem")).validity_seconds() / 86400;
+        CertText::of_file(&parent.cert_file(CertFile::ParentPem)).validity_seconds() / 86400;
     assert_eq!(parent_days, 398);
     let before: Vec<String> = ["till-a", "till-b"]
         .iter()
@@ -1169,7 +1222,7 @@ fn sending_twice_is_harmless_and_certificates_last_398_days_by_default() {
 
     // --all sends again; each child sees the same CA and keeps its certificate.
     let ca_inode = |name: &str| {
-        std::fs::metadata(certs_dir(dir.path(), name).join("ca.pem"))
+        std::fs::metadata(child_layout(dir.path(), name).ca())
             .unwrap()
             .ino()
     };
@@ -1189,7 +1242,7 @@ fn sending_twice_is_harmless_and_certificates_last_398_days_by_default() {
         let agent = parent.agent(name).unwrap();
         assert_eq!(agent["has_certificate"], true);
         assert!(agent["refusal"].is_null(), "{agent}");
-        let pending = certs_dir(dir.path(), name).join("agent.key.pending");
+        let pending = child_layout(dir.path(), name).pending_key();
         assert!(!pending.exists(), "{name} left a pending key behind");
     }
     let status = parent.status_json().unwrap();
@@ -1258,10 +1311,7 @@ fn counters_follow_the_eligible_children_holding_a_certificate() {
             false,
             "{name}"
         );
-        assert!(
-            !certs_dir(dir.path(), name).join("agent.pem").exists(),
-            "{name}"
-        );
+        assert!(!child_layout(dir.path(), name).chain().exists(), "{name}");
     }
 }
 
@@ -1285,7 +1335,7 @@ fn a_company_ca_signs_and_a_certificate_that_is_not_a_ca_is_refused() {
     ]);
     assert_eq!(code, 3, "{out}{err}");
     assert!(err.contains("not a CA"), "{err}");
-    assert!(!parent_certs(&parent).exists());
+    assert!(!parent.layout().certificates().exists());
     // A CA with a key that is not its own: refused too.
     let (root, root_key) = openssl_ca(&company, "company-ca", true, None);
     let (code, out, err) = parent.cli(&[
@@ -1298,7 +1348,7 @@ fn a_company_ca_signs_and_a_certificate_that_is_not_a_ca_is_refused() {
     ]);
     assert_eq!(code, 3, "{out}{err}");
     assert!(err.contains("does not belong"), "{err}");
-    assert!(!parent_certs(&parent).exists());
+    assert!(!parent.layout().certificates().exists());
 
     // The company's root signs.
     let _till = start_child(&vhost, dir.path(), "till-1", &[]);
@@ -1311,14 +1361,14 @@ fn a_company_ca_signs_and_a_certificate_that_is_not_a_ca_is_refused() {
     );
     send(&parent, false);
     wait_certificate(&parent, "till-1");
-    let agent_pem = certs_dir(dir.path(), "till-1").join("agent.pem");
+    let agent_pem = child_layout(dir.path(), "till-1").chain();
     assert_verifies(&root, &agent_pem, false);
-    for name in ["parent.pem", "broker.pem"] {
-        assert_verifies(&root, &parent_certs(&parent).join(name), false);
+    for file in [CertFile::ParentPem, CertFile::BrokerPem] {
+        assert_verifies(&root, &parent.cert_file(file), false);
     }
     let stranger = openssl_ca(&company, "stranger-ca", true, None).0;
     assert_does_not_verify(&stranger, &agent_pem);
-    assert_eq!(mode(&parent_certs(&parent).join("ca.key")), 0o600);
+    assert_eq!(mode(&parent.cert_file(CertFile::CaKey)), 0o600);
     let issuer = CertText::of_file(&agent_pem).field("Issuer:").unwrap();
     assert!(issuer.contains("company-ca"), "{issuer}");
 }
@@ -1355,10 +1405,10 @@ fn a_company_intermediate_signs_and_children_get_the_whole_chain() {
     );
     send(&parent, false);
     wait_certificate(&parent, "till-1");
-    let agent_pem = certs_dir(dir.path(), "till-1").join("agent.pem");
+    let agent_pem = child_layout(dir.path(), "till-1").chain();
     // The chain in agent.pem leads to the company root.
     assert_verifies(&root, &agent_pem, true);
-    assert_verifies(&root, &parent_certs(&parent).join("parent.pem"), true);
+    assert_verifies(&root, &parent.cert_file(CertFile::ParentPem), true);
     let issuer = CertText::of_file(&agent_pem).field("Issuer:").unwrap();
     assert!(issuer.contains("company-issuing"), "{issuer}");
 }
@@ -1406,8 +1456,8 @@ fn after_certs_reset_children_of_the_old_ca_get_a_certificate_of_the_new_one() {
         sent["queued"], 1,
         "the child holds no certificate of the current CA: {sent}"
     );
-    let new_ca = parent_certs(&parent).join("ca.pem");
-    let agent_pem = certs_dir(dir.path(), "till-a").join("agent.pem");
+    let new_ca = parent.cert_file(CertFile::CaPem);
+    let agent_pem = child_layout(dir.path(), "till-a").chain();
     wait_for("a certificate of the new CA", WAIT, || {
         openssl(&["verify", "-CAfile", s(&new_ca), s(&agent_pem)])
             .0
@@ -1427,15 +1477,10 @@ fn an_answer_that_cannot_be_routed_does_not_stall_the_parent() {
     wait_certificate(&parent, "till-1");
     // A registered agent whose queue was deleted (by an operator, a policy,
     // a broker reset) asks for a certificate.
-    let gone = FakeAgent::connect(&vhost);
-    gone.hello("fake-gone", AgentKind::Child, &[], &[]);
+    let gone = FakeAgent::connect(&vhost).with_token(dir.path());
+    gone.hello("fake-gone", "child", &[], &[]);
     wait_for("fake-gone registered", WAIT, || parent.agent("fake-gone"));
-    gone.runtime
-        .block_on(gone.channel.queue_delete(
-            topology::agent_queue(&gone.id).as_str().into(),
-            Default::default(),
-        ))
-        .expect("queue.delete");
+    gone.delete_queue();
     gone.csr(&csr(&gone.id.to_string(), |_| {}));
 
     // The parent carries on: fleetls.parent drains (nothing stays unacked or
@@ -1457,15 +1502,10 @@ fn send_succeeds_when_one_registered_child_has_lost_its_queue() {
     let dir = tempfile::tempdir().unwrap();
     let parent = Parent::start(&vhost, dir.path(), &[]);
     generate(&parent, &[]);
-    let gone = FakeAgent::connect(&vhost);
-    gone.hello("fake-gone", AgentKind::Child, &[], &[]);
+    let gone = FakeAgent::connect(&vhost).with_token(dir.path());
+    gone.hello("fake-gone", "child", &[], &[]);
     wait_for("fake-gone registered", WAIT, || parent.agent("fake-gone"));
-    gone.runtime
-        .block_on(gone.channel.queue_delete(
-            topology::agent_queue(&gone.id).as_str().into(),
-            Default::default(),
-        ))
-        .expect("queue.delete");
+    gone.delete_queue();
     let _till = start_child(&vhost, dir.path(), "till-1", &[]);
     parent.wait_online(&["till-1"]);
     let (code, out, err) = parent.cli(&["certs", "send", "--json"]);
@@ -1495,15 +1535,15 @@ fn a_csr_sent_again_on_the_same_key_gets_the_same_certificate() {
     let dir = tempfile::tempdir().unwrap();
     let parent = Parent::start(&vhost, dir.path(), &[]);
     generate(&parent, &[]);
-    let child = FakeAgent::connect(&vhost);
-    child.hello("resent-till", AgentKind::Child, &[], &[]);
+    let child = FakeAgent::connect(&vhost).with_token(dir.path());
+    child.hello("resent-till", "child", &[], &[]);
     wait_for("the fake agent registered", WAIT, || {
         parent.agent("resent-till").map(|_| ())
     });
     let id = child.id.to_string();
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
-    let first = issued(child.answer_to(child.csr(&csr_on(&key, &id))));
-    let again = issued(child.answer_to(child.csr(&csr_on(&key, &id))));
+    let first = issued(child.answer_to(&child.csr(&csr_on(&key, &id))));
+    let again = issued(child.answer_to(&child.csr(&csr_on(&key, &id))));
     assert_eq!(
         again.serial, first.serial,
         "the same key, the same certificate"
@@ -1519,7 +1559,7 @@ fn a_csr_sent_again_on_the_same_key_gets_the_same_certificate() {
     };
     assert_eq!(valid(&first.serial), Some(0));
     let renewed_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
-    let renewed = issued(child.answer_to(child.csr(&csr_on(&renewed_key, &id))));
+    let renewed = issued(child.answer_to(&child.csr(&csr_on(&renewed_key, &id))));
     assert_ne!(renewed.serial, first.serial, "a new key, a new certificate");
     assert_eq!(valid(&first.serial), Some(1), "the old one is superseded");
     assert_eq!(valid(&renewed.serial), Some(0));
@@ -1528,7 +1568,7 @@ fn a_csr_sent_again_on_the_same_key_gets_the_same_certificate() {
     // certificate the child now uses. The parent reads its queue in order,
     // so once the CSR sent after it is answered, it was handled.
     child.csr(&csr_on(&key, &id));
-    let current = issued(child.answer_to(child.csr(&csr_on(&renewed_key, &id))));
+    let current = issued(child.answer_to(&child.csr(&csr_on(&renewed_key, &id))));
     assert_eq!(current.serial, renewed.serial);
     assert_eq!(
         valid(&renewed.serial),

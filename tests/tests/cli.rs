@@ -22,6 +22,7 @@ const PARENT_COMMANDS: &[&str] = &[
     "force-switch",
     "switch-broker",
     "without-ssl",
+    "enroll",
     "agents",
     "ca",
     "revoke",
@@ -280,7 +281,7 @@ fn every_flag_reads_its_variable_and_the_data_dir_alone_finds_the_parent() {
     let data_dir = parent.data_dir.to_str().unwrap().to_owned();
 
     // The address serve recorded, and nothing but the data dir given.
-    let recorded = std::fs::read_to_string(parent.data_dir.join("admin.addr")).unwrap();
+    let recorded = std::fs::read_to_string(parent.layout().admin_addr()).unwrap();
     assert_eq!(
         recorded.trim(),
         parent.admin,
@@ -342,7 +343,7 @@ fn every_flag_reads_its_variable_and_the_data_dir_alone_finds_the_parent() {
     parent.proc.signal("TERM");
     assert_eq!(parent.proc.wait_exit(Duration::from_secs(20)), Some(0));
     assert!(
-        !parent.data_dir.join("admin.addr").exists(),
+        !parent.layout().admin_addr().exists(),
         "a parent that stopped cleanly leaves no admin.addr"
     );
     let (code, _, err) = parent_with_env(&["status", "--data-dir", &data_dir], &[]);

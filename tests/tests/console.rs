@@ -375,7 +375,7 @@ fn the_console_drives_the_switchover_and_shows_what_the_api_says() {
         let agents = status["agents"].as_array()?;
         (agents.len() == 3 && agents.iter().all(|a| a["online"] == true)).then_some(())
     });
-    let token = std::fs::read_to_string(parent.data_dir.join("admin.token")).unwrap();
+    let token = std::fs::read_to_string(parent.layout().token()).unwrap();
     let token = token.trim();
     let base = format!("http://{}", parent.admin);
 
@@ -844,7 +844,7 @@ fn the_status_list_pages_through_a_big_network() {
         let status = parent.status_json().ok()?;
         (status["network"]["agents"] == COUNT).then_some(())
     });
-    let token = std::fs::read_to_string(parent.data_dir.join("admin.token")).unwrap();
+    let token = std::fs::read_to_string(parent.layout().token()).unwrap();
     let token = token.trim();
     let http = fleetls_tests::http();
     let api_names = |query: &str| -> (u64, Vec<String>) {
@@ -981,7 +981,7 @@ fn the_console_shows_trust_and_accepts_a_pending_local_parent() {
         let n = parent.status_json().ok()?["network"].clone();
         (n["security_events"] == 1).then_some(n)
     });
-    let token = std::fs::read_to_string(parent.data_dir.join("admin.token")).unwrap();
+    let token = std::fs::read_to_string(parent.layout().token()).unwrap();
     let driver = Driver::start(dir.path());
     let browser = Browser::new(&driver);
     browser.goto(&format!("http://{}/", parent.admin));

@@ -6,11 +6,15 @@
 //! header (`unsupported_version` for the version-2 ones), `fleetls.parent`
 //! drains, and a child started afterwards still registers. A parent → child
 //! message kind sent to the parent is dead-lettered as `wrong_direction`.
+//!
+//! Every envelope here, whole or cut short, is built by the attacker's
+//! client (`tests/attacks/fleetls_attack.py`, its own MessagePack), never by
+//! `fleetls_proto`: the code under test must not make its own hostile input.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use fleetls_proto::{Body, Envelope};
+use fleetls_tests::attack::attack;
 use fleetls_tests::{start_child, wait_for, Parent, Vhost};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
@@ -71,25 +75,93 @@ fn base64_matches_the_standard() {
     assert_eq!(base64(&[0xff, 0xfe, 0x00]), "//4A");
 }
 
-/// A body from its JSON form (`{"Kind": {fields}}`): fields the protocol
-/// adds later with a default do not break this test.
-fn body(json: Value) -> Body {
-    serde_json::from_value(json.clone()).unwrap_or_else(|e| panic!("{json} is not a Body: {e}"))
+/// Milliseconds since the epoch.
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("a clock after 1970")
+        .as_millis() as u64
 }
 
-fn hello(name: &str) -> Body {
-    body(serde_json::json!({"Hello": {
-        "name": name,
-        "kind": "child",
-        "version": "1.0.0",
-        "location": "shop-1",
-        "hostnames": ["till-1.shop-1.example"],
-        "ips": ["10.1.0.11"],
-    }}))
+/// Bytes from hex, as the attacker's client prints them.
+fn unhex(hex: &str) -> Vec<u8> {
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
+        .collect()
 }
 
-fn heartbeat() -> Body {
-    body(serde_json::json!({"Heartbeat": {}}))
+/// A hex string of `bytes`, for the attacker's client.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A `Hello`'s fields and a `Heartbeat`'s, alternately (`i` even: a Hello
+/// named `name-i`).
+fn hello_or_heartbeat(name: &str, i: usize) -> (&'static str, Value) {
+    if i.is_multiple_of(2) {
+        (
+            "Hello",
+            fleetls_tests::attack::hello(
+                &format!("{name}-{i}"),
+                "child",
+                "shop-1",
+                &["till-1.shop-1.example"],
+            ),
+        )
+    } else {
+        (
+            "Heartbeat",
+            serde_json::json!({"state": {"has_certificate": false, "ssl": false, "broker_tls": false}}),
+        )
+    }
+}
+
+/// An envelope of protocol version `v` from `from`, as the attacker's
+/// client encodes it (nothing published).
+fn envelope(kind: &str, fields: &Value, from: &Uuid, v: u8) -> Vec<u8> {
+    let answer = attack(&[
+        "envelope",
+        "--kind",
+        kind,
+        "--fields",
+        &fields.to_string(),
+        "--from",
+        &from.to_string(),
+        "--v",
+        &v.to_string(),
+    ]);
+    unhex(answer["payload_hex"].as_str().expect("payload_hex"))
+}
+
+/// Has the attacker's client send `kind` with `fields` from `from` to the
+/// parent's exchange, with AMQP properties `properties`: the bytes it sent.
+fn send_to_parent(
+    vhost: &Vhost,
+    kind: &str,
+    fields: &Value,
+    from: &Uuid,
+    properties: &Value,
+) -> Vec<u8> {
+    let answer = attack(&[
+        "send",
+        "--broker",
+        &vhost.url(),
+        "--exchange",
+        "fleetls.parent",
+        "--routing-key",
+        "fleetls.parent",
+        "--kind",
+        kind,
+        "--fields",
+        &fields.to_string(),
+        "--from",
+        &from.to_string(),
+        "--properties",
+        &properties.to_string(),
+    ]);
+    assert_eq!(answer["refused"], false, "{answer}");
+    unhex(answer["payload_hex"].as_str().expect("payload_hex"))
 }
 
 /// Publishes every payload to exchange `fleetls.parent` (routing key
@@ -254,38 +326,21 @@ fn garbage_and_version_2(rng: &mut Rng) -> Vec<(Sort, Vec<u8>)> {
         };
         sent.push((Sort::Json, serde_json::to_vec(&json).unwrap()));
     }
-    // Valid v1 envelopes cut short (never to nothing).
-    for i in 0..100 {
-        let body = if i % 2 == 0 {
-            hello(&format!("cut-{i}"))
-        } else {
-            heartbeat()
-        };
-        let full = fleetls_proto::encode(&Envelope::new(agent, body)).unwrap();
-        let cut = 1 + rng.below(full.len() as u64 - 1) as usize;
-        sent.push((Sort::Truncated, full[..cut].to_vec()));
+    // Valid v1 envelopes cut short (never to nothing): ten of them, each
+    // cut at ten places.
+    for i in 0..10 {
+        let (kind, fields) = hello_or_heartbeat("cut", i);
+        let full = envelope(kind, &fields, &agent, 1);
+        for _ in 0..10 {
+            let cut = 1 + rng.below(full.len() as u64 - 1) as usize;
+            sent.push((Sort::Truncated, full[..cut].to_vec()));
+        }
     }
     assert_eq!(sent.len(), 1000);
     // Well-formed envelopes that carry protocol version 2.
     for i in 0..10 {
-        let body = if i % 2 == 0 {
-            hello(&format!("from-the-future-{i}"))
-        } else {
-            heartbeat()
-        };
-        let envelope = Envelope {
-            v: 2,
-            ..Envelope::new(Uuid::new_v4(), body)
-        };
-        let bytes = fleetls_proto::encode(&envelope).unwrap();
-        assert!(
-            matches!(
-                fleetls_proto::decode(&bytes),
-                Err(fleetls_proto::DecodeError::UnsupportedVersion { got: 2 })
-            ),
-            "the version-2 envelope is well-formed apart from its version"
-        );
-        sent.push((Sort::Version2, bytes));
+        let (kind, fields) = hello_or_heartbeat("from-the-future", i);
+        sent.push((Sort::Version2, envelope(kind, &fields, &Uuid::new_v4(), 2)));
     }
     sent
 }
@@ -297,7 +352,7 @@ fn garbage_and_newer_versions_are_dead_lettered_with_a_reason() {
     let mut parent = Parent::start(&vhost, dir.path(), &["--offline-after", "5"]);
     wait_for_parent_consumer(&vhost);
 
-    let seed = fleetls_proto::now_ms() | 1;
+    let seed = now_ms() | 1;
     println!("garbage seed {seed}");
     let mut rng = Rng(seed);
     let sent = garbage_and_version_2(&mut rng);
@@ -380,38 +435,47 @@ fn parent_to_child_kinds_sent_to_the_parent_are_wrong_direction() {
 
     let campaign = Uuid::new_v4();
     let from = Uuid::new_v4();
-    let deadline = fleetls_proto::now_ms() + 60_000;
-    let bodies = [
-        body(serde_json::json!({"UseSsl": {"campaign": campaign}})),
-        body(serde_json::json!({"CertificatesReady": {
-            "ca_chain_pem": "-----BEGIN CERTIFICATE-----\n",
-            "ca_fingerprint": format!("sha256:{}", "ab".repeat(32)),
-            "ssl_host": "parent.example",
-            "ssl_port": 12365,
-        }})),
-        body(serde_json::json!({"CertificateIssued": {
-            "chain_pem": "-----BEGIN CERTIFICATE-----\n",
-            "serial": "01",
-            "not_after": 2_000_000_000u64,
-        }})),
-        body(serde_json::json!({"CsrRejected": {"reason": "no"}})),
-        body(serde_json::json!({"RunStep": {
-            "campaign": campaign, "step": "cert-test", "deadline": deadline,
-        }})),
-        body(serde_json::json!({"UseBrokerTls": {
-            "campaign": campaign,
-            "uri": "amqps://127.0.0.1:5671",
-            "ca_pem": "",
-            "deadline": deadline,
-            "auth": "external",
-        }})),
+    let deadline = now_ms() + 60_000;
+    let commands = [
+        ("UseSsl", serde_json::json!({"campaign": campaign})),
+        (
+            "CertificatesReady",
+            serde_json::json!({
+                "ca_chain_pem": "-----BEGIN CERTIFICATE-----\n",
+                "ca_fingerprint": format!("sha256:{}", "ab".repeat(32)),
+                "ssl_host": "parent.example",
+                "ssl_port": 12365,
+            }),
+        ),
+        (
+            "CertificateIssued",
+            serde_json::json!({
+                "chain_pem": "-----BEGIN CERTIFICATE-----\n",
+                "serial": "01",
+                "not_after": 2_000_000_000u64,
+            }),
+        ),
+        ("CsrRejected", serde_json::json!({"reason": "no"})),
+        (
+            "RunStep",
+            serde_json::json!({"campaign": campaign, "step": "cert-test", "deadline": deadline}),
+        ),
+        (
+            "UseBrokerTls",
+            serde_json::json!({
+                "campaign": campaign,
+                "uri": "amqps://127.0.0.1:5671",
+                "ca_pem": "",
+                "deadline": deadline,
+                "auth": "external",
+            }),
+        ),
     ];
-    let kinds: Vec<&str> = bodies.iter().map(Body::kind).collect();
-    let payloads: Vec<Vec<u8>> = bodies
-        .into_iter()
-        .map(|body| fleetls_proto::encode(&Envelope::new(from, body)).unwrap())
+    let kinds: Vec<&str> = commands.iter().map(|(kind, _)| *kind).collect();
+    let payloads: Vec<Vec<u8>> = commands
+        .iter()
+        .map(|(kind, fields)| send_to_parent(&vhost, kind, fields, &from, &serde_json::json!({})))
         .collect();
-    publish_to_parent(&vhost.url(), &payloads);
 
     let dead = drain_to_dead(&vhost, payloads.len() as u64);
     assert_eq!(dead.len(), payloads.len());
@@ -472,43 +536,28 @@ fn a_dead_letter_does_not_expire_with_the_original() {
     let dir = tempfile::tempdir().unwrap();
     let _parent = Parent::start(&vhost, dir.path(), &[]);
     wait_for_parent_consumer(&vhost);
-    let step = body(serde_json::json!({"RunStep": {
+    let step = serde_json::json!({
         "campaign": Uuid::new_v4(),
         "step": "cert-test",
-        "deadline": fleetls_proto::now_ms() + 600_000,
-    }}));
-    let payloads = vec![
-        fleetls_proto::encode(&Envelope::new(Uuid::new_v4(), step)).unwrap(),
-        b"garbage with a deadline".to_vec(),
-    ];
-    let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
-    runtime.block_on(async {
-        let connection = Connection::connect(&vhost.url(), ConnectionProperties::default())
-            .await
-            .expect("the test connects to the broker");
-        let channel = connection.create_channel().await.expect("a channel");
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .expect("publisher confirms");
-        for payload in &payloads {
-            let confirm = channel
-                .basic_publish(
-                    "fleetls.parent".into(),
-                    "fleetls.parent".into(),
-                    BasicPublishOptions::default(),
-                    payload,
-                    BasicProperties::default().with_expiration("600000".into()),
-                )
-                .await
-                .expect("publish")
-                .await
-                .expect("publisher confirm");
-            assert!(confirm.is_ack());
-        }
-        connection.close(200, "done".into()).await.expect("close");
+        "deadline": now_ms() + 600_000,
     });
-    let dead = drain_to_dead(&vhost, payloads.len() as u64);
+    let expiring = serde_json::json!({"expiration": "600000"});
+    send_to_parent(&vhost, "RunStep", &step, &Uuid::new_v4(), &expiring);
+    let garbage = attack(&[
+        "raw",
+        "--broker",
+        &vhost.url(),
+        "--exchange",
+        "fleetls.parent",
+        "--routing-key",
+        "fleetls.parent",
+        "--payload-hex",
+        &hex(b"garbage with a deadline"),
+        "--properties",
+        &expiring.to_string(),
+    ]);
+    assert_eq!(garbage["refused"], false, "{garbage}");
+    let dead = drain_to_dead(&vhost, 2);
     for message in &dead {
         assert!(!reason(message).is_empty(), "{message}");
         assert!(

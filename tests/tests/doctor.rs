@@ -16,11 +16,12 @@
 //! `FLEETLS_CA`) and a child without its certificate; the same in `--json`;
 //! exit 2 without a data dir.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use fleetls_parent::doctor::{self, DoctorReport, Limits, Problem};
+use fleetls_tests::{CertFile, ChildLayout, ParentLayout};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,
@@ -551,19 +552,19 @@ async fn the_child_side_reads_its_own_files() {
     let port = server.start().await;
 
     let dir = tempfile::tempdir().unwrap();
-    let certs_dir = dir.path().join("certs");
-    std::fs::create_dir_all(&certs_dir).unwrap();
+    let files = ChildLayout::new(dir.path());
+    std::fs::create_dir_all(files.certs()).unwrap();
     let target = format!("127.0.0.1:{port}");
 
     // No certificate yet: the server wants one.
-    std::fs::write(certs_dir.join("ca.pem"), &ca.pem).unwrap();
+    std::fs::write(files.ca(), &ca.pem).unwrap();
     let report = child_doctor(&target, dir.path(), None).await;
     assert_problems(&report, &[Problem::ClientCertRequired]);
 
     // With its certificate: healthy.
     let (client, client_key) = ca.client("child-1");
-    std::fs::write(certs_dir.join("agent.pem"), format!("{client}{}", ca.pem)).unwrap();
-    std::fs::write(certs_dir.join("agent.key"), client_key).unwrap();
+    std::fs::write(files.chain(), format!("{client}{}", ca.pem)).unwrap();
+    std::fs::write(files.key(), client_key).unwrap();
     let report = child_doctor(&target, dir.path(), None).await;
     assert_problems(&report, &[]);
 
@@ -613,10 +614,11 @@ fn printed(name: &str, out: &str, err: &str) -> DoctorReport {
         .unwrap_or_else(|e| panic!("{name} doctor --json printed no report ({e}):\n{out}{err}"))
 }
 
-fn write(dir: &Path, files: &[(&str, &str)]) {
-    std::fs::create_dir_all(dir).unwrap();
-    for (name, text) in files {
-        std::fs::write(dir.join(name), text).unwrap();
+/// Writes each file, its folder made first.
+fn write(files: &[(PathBuf, &str)]) {
+    for (path, text) in files {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
     }
 }
 
@@ -641,26 +643,22 @@ async fn the_programs_diagnose_as_processes_with_their_exit_codes() {
     let dir = tempfile::tempdir().unwrap();
     let (parent_cert, parent_key) = ca.client("fleetls-parent");
     let parent = dir.path().join("parent");
-    write(
-        &parent.join("certificates"),
-        &[
-            ("ca.pem", &ca.pem),
-            ("parent.pem", &parent_cert),
-            ("parent.key", &parent_key),
-        ],
-    );
+    let parent_files = ParentLayout::new(&parent);
+    write(&[
+        (parent_files.certificate(CertFile::CaPem), &ca.pem),
+        (parent_files.certificate(CertFile::ParentPem), &parent_cert),
+        (parent_files.certificate(CertFile::ParentKey), &parent_key),
+    ]);
     let (child_cert, child_key) = ca.client("child-1");
     let child = dir.path().join("child");
-    write(
-        &child.join("certs"),
-        &[
-            ("ca.pem", &ca.pem),
-            ("agent.pem", &format!("{child_cert}{}", ca.pem)),
-            ("agent.key", &child_key),
-        ],
-    );
+    let child_files = ChildLayout::new(&child);
+    write(&[
+        (child_files.ca(), &ca.pem),
+        (child_files.chain(), &format!("{child_cert}{}", ca.pem)),
+        (child_files.key(), &child_key),
+    ]);
     let bare = dir.path().join("bare");
-    write(&bare.join("certs"), &[("ca.pem", &ca.pem)]);
+    write(&[(ChildLayout::new(&bare).ca(), &ca.pem)]);
     let other = dir.path().join("other-ca.pem");
     std::fs::write(&other, Ca::root("another CA").pem).unwrap();
     let (p, c, b, o) = (

@@ -24,6 +24,7 @@ use std::process::{Command, Stdio};
 
 use fleetls_parent::export::{self, ExportError, ExportReport};
 use fleetls_parent::inbound::{Event, EventKind};
+use fleetls_parent::layout::{CertFile, Layout};
 use fleetls_parent::pki::{fingerprint, Pki};
 use fleetls_parent::registry::{Agent, Registry};
 use fleetls_parent::settings::{SettingsChange, SslSettings};
@@ -76,7 +77,7 @@ impl Setup {
         let dir = tempfile::tempdir().unwrap();
         let lifetime = fleetls_parent::config::parse_lifetime("398d").unwrap();
         let pki = Pki::generate(dir.path(), &settings, None, lifetime).unwrap();
-        let registry = Registry::open(&dir.path().join("fleetls.db")).unwrap();
+        let registry = Registry::open(&Layout::new(dir.path()).registry()).unwrap();
         let password_file = dir.path().join("password");
         std::fs::write(&password_file, PASSWORD).unwrap();
         let wrong_file = dir.path().join("wrong-password");
@@ -95,6 +96,7 @@ impl Setup {
     fn register(&self, name: &str, kind: AgentKind) -> Agent {
         let id = Uuid::new_v4();
         let hello = Hello {
+            enroll: None,
             name: name.into(),
             kind,
             version: "1.0.0".into(),
@@ -112,12 +114,16 @@ impl Setup {
                 at: fleetls_proto::now_ms(),
                 key: format!("{:064x}", id.as_u128()),
                 delivery: 0,
+                seq: 1,
                 what: EventKind::Hello(hello),
             }],
             None,
             &fleetls_parent::inbound::Policy {
                 parent_key: "sha256:test".into(),
-                auto_accept: Default::default(),
+                enrollment: fleetls_parent::enrollment::Rules {
+                    auto_accept: "child:*;mpos:*".parse().unwrap(),
+                    ..Default::default()
+                },
                 ssl_port_open_since: u64::MAX,
             },
         )
@@ -650,8 +656,7 @@ fn export_as_a_process_writes_the_files_it_names_with_the_password_of_the_file()
         assert!(err.to_lowercase().contains("mac verify"), "{err}");
     }
     // ca.cer and ca.pem are the parent's CA.
-    let parent_ca =
-        std::fs::read_to_string(served.parent.data_dir.join("certificates/ca.pem")).unwrap();
+    let parent_ca = std::fs::read_to_string(served.parent.cert_file(CertFile::CaPem)).unwrap();
     assert_eq!(
         std::fs::read_to_string(folder.join("ca.pem")).unwrap(),
         parent_ca

@@ -18,7 +18,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use fleetls_tests::{repo, start_child, wait_for, Parent, PrivateNode, Vhost};
+use fleetls_tests::{
+    child_layout, repo, start_child, wait_for, CertFile, Parent, PrivateNode, Vhost,
+};
 
 const NODE: &str = "bext";
 const AMQP_PORT: u16 = 5796;
@@ -108,7 +110,7 @@ fn each_child_logs_in_with_its_certificate_as_a_user_allowed_only_its_queue() {
             "127.0.0.1",
         ],
     );
-    let _one = start_child(&vhost, dir.path(), "till-1", &["--location", "shop"]);
+    let one = start_child(&vhost, dir.path(), "till-1", &["--location", "shop"]);
     let _two = start_child(&vhost, dir.path(), "till-2", &["--location", "hq"]);
     let _lp = start_child(
         &vhost,
@@ -202,14 +204,10 @@ fn each_child_logs_in_with_its_certificate_as_a_user_allowed_only_its_queue() {
     }
 
     // From outside, with till-1's certificate and key, logged in as till-1.
-    let certs = dir.path().join("till-1/certs");
+    let till_1 = child_layout(dir.path(), "till-1");
     let as_till_1 = |args: &[&str]| {
         let mut all = args.to_vec();
-        let (ca, cert, key) = (
-            tls.join("ca.pem"),
-            certs.join("agent.pem"),
-            certs.join("agent.key"),
-        );
+        let (ca, cert, key) = (tls.join("ca.pem"), till_1.chain(), till_1.key());
         let owned = [
             ca.to_str().unwrap().to_owned(),
             cert.to_str().unwrap().to_owned(),
@@ -248,8 +246,8 @@ fn each_child_logs_in_with_its_certificate_as_a_user_allowed_only_its_queue() {
     // ---- revocation of till-1
     let ca = tls.join("ca.pem");
     let cert_of = |name: &str| {
-        let certs = dir.path().join(name).join("certs");
-        (certs.join("agent.pem"), certs.join("agent.key"))
+        let files = child_layout(dir.path(), name);
+        (files.chain(), files.key())
     };
     let (one_cert, one_key) = cert_of("till-1");
     let (two_cert, two_key) = cert_of("till-2");
@@ -260,6 +258,8 @@ fn each_child_logs_in_with_its_certificate_as_a_user_allowed_only_its_queue() {
             "till-1 at {p} before revocation"
         );
     }
+    // What till-1 logged before its revocation.
+    let logged_before = one.output().len();
     let revoked = ok(
         &parent,
         &["revoke", "till-1", "--reason", "key-compromise", "--json"],
@@ -274,7 +274,7 @@ fn each_child_logs_in_with_its_certificate_as_a_user_allowed_only_its_queue() {
         .unwrap()
         .text()
         .unwrap();
-    let stored = std::fs::read_to_string(parent.data_dir.join("certificates/crl.pem")).unwrap();
+    let stored = std::fs::read_to_string(parent.cert_file(CertFile::Crl)).unwrap();
     assert_eq!(served, stored);
     assert!(served.contains("BEGIN X509 CRL"), "{served}");
     let crl = dir.path().join("served-crl.pem");
@@ -325,11 +325,31 @@ fn each_child_logs_in_with_its_certificate_as_a_user_allowed_only_its_queue() {
     wait_for("till-1's connection closed", WAIT, || {
         (connected(&ids[0]) == Some(false)).then_some(())
     });
-    std::thread::sleep(Duration::from_secs(6));
+    // Its RabbitMQ user is gone; till-2's is there.
+    let user = |id: &str| {
+        fleetls_tests::http()
+            .get(format!("{}/api/users/{id}", broker.management))
+            .basic_auth(&broker.user, Some(&broker.password))
+            .send()
+            .unwrap()
+            .status()
+    };
+    assert_eq!(user(&ids[0]), reqwest::StatusCode::NOT_FOUND);
+    assert_eq!(user(&ids[1]), reqwest::StatusCode::OK);
+    // It stays out: till-1 tries to log in again, and is refused, twice,
+    // never connected in between.
+    wait_for("till-1 refused twice at its login", WAIT, || {
+        assert_eq!(connected(&ids[0]), Some(false), "till-1 came back");
+        let log = one.output();
+        let refused = log[logged_before..]
+            .matches("cannot reach the broker; retrying")
+            .count();
+        (refused >= 2).then_some(())
+    });
     assert_eq!(connected(&ids[0]), Some(false), "till-1 came back");
     assert_eq!(connected(&ids[1]), Some(true), "till-2 lost its connection");
     // Its key cannot speak again: a Hello signed with it is refused.
-    let key = dir.path().join("till-1/identity.key");
+    let key = till_1.signing_key();
     let plain = format!("amqp://guest:guest@127.0.0.1:{AMQP_PORT}/{}", vhost.name);
     let hello = serde_json::json!({
         "name": "till-1", "kind": "child", "version": "1.0.0", "location": "shop",

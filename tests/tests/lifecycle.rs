@@ -13,7 +13,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use fleetls_tests::{
-    connection_names, free_port, program, start_child, wait_for, Parent, Proc, Vhost,
+    child_layout, connection_names, free_port, program, start_child, wait_for, Parent,
+    ParentLayout, Proc, Vhost,
 };
 use serde_json::Value;
 
@@ -89,7 +90,7 @@ fn signals_stop_the_programs_cleanly_and_the_registry_reopens() {
         std::net::TcpStream::connect(&parent.admin).is_err(),
         "the admin API still answers after the parent exited"
     );
-    let db = parent.data_dir.join("fleetls.db");
+    let db = parent.layout().registry();
     assert!(db.exists(), "{} is missing", db.display());
 
     // A new parent on the same data dir reopens the registry: both agents are
@@ -116,7 +117,7 @@ fn a_restarted_child_keeps_its_identity() {
     let mut child = start_child(&vhost, dir.path(), "bo-1", &["--kind", "child"]);
     let first = parent.wait_online(&["bo-1"]).remove(0);
     let id = agent_id(&first);
-    let identity_file = dir.path().join("bo-1/identity.toml");
+    let identity_file = child_layout(dir.path(), "bo-1").identity();
     let identity = std::fs::read_to_string(&identity_file).expect("identity.toml written");
     assert!(
         identity.contains(&id),
@@ -358,7 +359,7 @@ fn bad_configuration_is_refused_with_exit_code_2_naming_the_setting() {
 fn status_without_a_serving_parent_says_it_cannot_reach_the_admin_api() {
     let dir = tempfile::tempdir().unwrap();
     // A data dir with a token, as a stopped parent leaves it.
-    std::fs::write(dir.path().join("admin.token"), "0123456789abcdef\n").unwrap();
+    std::fs::write(ParentLayout::new(dir.path()).token(), "0123456789abcdef\n").unwrap();
     let admin = format!("127.0.0.1:{}", free_port());
     for json in [false, true] {
         let mut args = vec![

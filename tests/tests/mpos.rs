@@ -11,7 +11,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use fleetls_tests::{free_port, program, start_child, wait_for, Parent, Vhost};
+use fleetls_tests::{
+    free_port, pem_serial, program, start_child, tree, wait_for, ChildLayout, Parent, Vhost,
+};
 use serde_json::Value;
 
 fn import(data_dir: &Path, pfx: &Path, password_file: &Path) -> (i32, String, String) {
@@ -86,10 +88,12 @@ fn an_exported_identity_is_imported_on_the_mpos_device_and_counted() {
     .unwrap();
     let pfx = out.join("mpos-1.pfx");
     let mpos_dir = dir.path().join("mpos-1");
-    let installed = |dir: &Path| dir.join("certs/agent.key").exists();
+    let installed = |dir: &Path| ChildLayout::new(dir).key().exists();
 
     // Refused, nothing written: a wrong password, a file that is no PKCS#12,
     // another agent's identity.
+    let till_dir = dir.path().join("till-1");
+    let before = (tree(&mpos_dir), tree(&till_dir));
     let wrong = dir.path().join("wrong");
     std::fs::write(&wrong, "not the password\n").unwrap();
     let (code, _, err) = import(&mpos_dir, &pfx, &wrong);
@@ -98,14 +102,12 @@ fn an_exported_identity_is_imported_on_the_mpos_device_and_counted() {
     let (code, _, err) = import(&mpos_dir, &password, &password);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("not a PKCS#12 file"), "{err}");
-    let till_dir = dir.path().join("till-1");
-    let till_key = std::fs::read(till_dir.join("certs/agent.key")).ok();
     let (code, _, err) = import(&till_dir, &pfx, &password);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("this identity is for agent"), "{err}");
-    assert_eq!(
-        std::fs::read(till_dir.join("certs/agent.key")).ok(),
-        till_key
+    assert!(
+        (tree(&mpos_dir), tree(&till_dir)) == before,
+        "a refused import wrote to a data dir"
     );
     assert!(!installed(&mpos_dir), "a refused import wrote the key");
 
@@ -116,7 +118,15 @@ fn an_exported_identity_is_imported_on_the_mpos_device_and_counted() {
         printed.contains(&format!("certificate {serial}")),
         "{printed} names the serial {serial}"
     );
-    let mode = std::fs::metadata(mpos_dir.join("certs/agent.key"))
+    // The certificate installed is the one exported.
+    let installed_serial = pem_serial(&ChildLayout::new(&mpos_dir).chain());
+    let digits = |s: &str| s.trim_start_matches('0').to_ascii_lowercase();
+    assert_eq!(
+        digits(&installed_serial),
+        digits(serial),
+        "agent.pem holds {installed_serial}, the export {serial}"
+    );
+    let mode = std::fs::metadata(ChildLayout::new(&mpos_dir).key())
         .unwrap()
         .permissions()
         .mode();
@@ -124,8 +134,8 @@ fn an_exported_identity_is_imported_on_the_mpos_device_and_counted() {
     let (ok, text) = {
         let o = Command::new("openssl")
             .args(["verify", "-CAfile"])
-            .arg(mpos_dir.join("certs/ca.pem"))
-            .arg(mpos_dir.join("certs/agent.pem"))
+            .arg(ChildLayout::new(&mpos_dir).ca())
+            .arg(ChildLayout::new(&mpos_dir).chain())
             .output()
             .unwrap();
         (

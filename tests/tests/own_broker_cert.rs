@@ -20,7 +20,9 @@ use std::time::Duration;
 use serde_json::Value;
 
 use fleetls_tests::company::{root, server, write};
-use fleetls_tests::{start_child, test_dir, wait_for, Parent, PrivateNode, Vhost};
+use fleetls_tests::{
+    child_layout, start_child, test_dir, wait_for, CertFile, Parent, PrivateNode, Vhost,
+};
 
 const NODE: &str = "ownbrk";
 const AMQP_PORT: u16 = 5660;
@@ -120,8 +122,8 @@ fn the_broker_serves_an_own_certificate_checked_first_and_every_child_moves_to_i
     assert_ne!(code, 0);
     assert!(err.contains("run `certs generate` first"), "{err}");
     parent.certify(3, Duration::from_secs(60));
-    let certs = parent.data_dir.join("certificates");
-    let broker_before = std::fs::read(certs.join("broker.pem")).unwrap();
+    let files = parent.layout();
+    let broker_before = std::fs::read(files.certificate(CertFile::BrokerPem)).unwrap();
 
     // Refused, each with its reason, and nothing replaced.
     let (elsewhere, elsewhere_key) = server(&company, "other.example", 365);
@@ -153,11 +155,11 @@ fn the_broker_serves_an_own_certificate_checked_first_and_every_child_moves_to_i
         assert_ne!(code, 0, "{} was accepted", chain.display());
         assert!(err.contains(needle), "{}: {err}", chain.display());
         assert_eq!(
-            std::fs::read(certs.join("broker.pem")).unwrap(),
+            std::fs::read(files.certificate(CertFile::BrokerPem)).unwrap(),
             broker_before,
             "a refused certificate replaced the broker's"
         );
-        assert!(!certs.join("broker-root.pem").exists());
+        assert!(!files.broker_root().exists());
     }
 
     // The SSL port's own certificate too: from now on the parent presents
@@ -178,9 +180,9 @@ fn the_broker_serves_an_own_certificate_checked_first_and_every_child_moves_to_i
         s(&parent_key),
     ]);
     assert!(
-        subject_issuer(&certs.join("client.pem")).contains("CN = fleetls-parent"),
+        subject_issuer(&files.client_pem()).contains("CN = fleetls-parent"),
         "the parent's certificate toward the broker should stay fleetls's: {}",
-        subject_issuer(&certs.join("client.pem"))
+        subject_issuer(&files.client_pem())
     );
 
     // The good one, accepted.
@@ -193,13 +195,11 @@ fn the_broker_serves_an_own_certificate_checked_first_and_every_child_moves_to_i
         s(&good_key),
     ]);
     assert_eq!(
-        std::fs::read_to_string(certs.join("broker.pem")).unwrap(),
+        std::fs::read_to_string(files.certificate(CertFile::BrokerPem)).unwrap(),
         std::fs::read_to_string(&good_chain).unwrap()
     );
     assert_eq!(
-        std::fs::read_to_string(certs.join("broker-root.pem"))
-            .unwrap()
-            .trim(),
+        std::fs::read_to_string(files.broker_root()).unwrap().trim(),
         company.pem.trim()
     );
 
@@ -241,7 +241,7 @@ fn the_broker_serves_an_own_certificate_checked_first_and_every_child_moves_to_i
         "the AMQPS port does not serve a certificate of the company root:\n{seen}"
     );
     // fleetls's CA alone does not verify it.
-    let seen = served(&certs.join("ca.pem"));
+    let seen = served(&files.certificate(CertFile::CaPem));
     assert!(
         !(seen.contains("Verification: OK") || seen.contains("Verify return code: 0")),
         "the AMQPS port still serves fleetls's broker certificate:\n{seen}"
@@ -259,7 +259,7 @@ fn the_broker_serves_an_own_certificate_checked_first_and_every_child_moves_to_i
     assert_eq!(campaign["passed"], 3, "{campaign}");
     for name in names {
         let broker_ca =
-            std::fs::read_to_string(dir.path().join(name).join("certs/broker-ca.pem")).unwrap();
+            std::fs::read_to_string(child_layout(dir.path(), name).broker_ca()).unwrap();
         assert!(
             broker_ca.contains(company.pem.trim()),
             "{name}'s broker-ca.pem lacks the company root"

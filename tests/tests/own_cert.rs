@@ -1,6 +1,6 @@
 //! The parent's SSL port with the operator's own certificate (a company or
 //! public CA instead of fleetls's): `settings set --parent-cert F
-//! --parent-key F`. A bad one is refused with the reason and changes
+//! --parent-cert-key F`. A bad one is refused with the reason and changes
 //! nothing (a key of another certificate, a name of the settings missing, a
 //! lifetime over 398 days, a chain that stops before its root); a good one
 //! is served from the next handshake (openssl sees its issuer), a child
@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use fleetls_tests::company::{intermediate, root, server, write};
-use fleetls_tests::{free_port, program, start_child, Parent, Vhost};
+use fleetls_tests::{child_layout, free_port, program, start_child, CertFile, Parent, Vhost};
 use serde_json::Value;
 
 fn s(path: &Path) -> &str {
@@ -54,13 +54,13 @@ fn the_ssl_port_serves_an_own_certificate_checked_first_and_children_trust_its_r
         "set",
         "--parent-cert",
         s(&good_chain),
-        "--parent-key",
+        "--parent-cert-key",
         s(&good_key),
     ]);
     assert_ne!(code, 0);
     assert!(err.contains("run `certs generate` first"), "{err}");
     parent.certify(2, Duration::from_secs(60));
-    let served_before = std::fs::read(parent.data_dir.join("certificates/parent.pem")).unwrap();
+    let served_before = std::fs::read(parent.cert_file(CertFile::ParentPem)).unwrap();
 
     // Refused, each with its reason, and nothing replaced.
     let (_, other_key) = server(&company, "localhost", 365);
@@ -106,7 +106,7 @@ fn the_ssl_port_serves_an_own_certificate_checked_first_and_children_trust_its_r
         assert_ne!(code, 0, "{} was accepted", chain.display());
         assert!(err.contains(needle), "{}: {err}", chain.display());
         assert_eq!(
-            std::fs::read(parent.data_dir.join("certificates/parent.pem")).unwrap(),
+            std::fs::read(parent.cert_file(CertFile::ParentPem)).unwrap(),
             served_before,
             "a refused certificate replaced the SSL port's"
         );
@@ -121,16 +121,16 @@ fn the_ssl_port_serves_an_own_certificate_checked_first_and_children_trust_its_r
         "--parent-key",
         s(&good_key),
     ]);
-    let child = dir.path().join("own-1/certs");
+    let child = child_layout(dir.path(), "own-1");
     let output = Command::new("openssl")
         .args(["s_client", "-brief", "-verify_return_error", "-connect"])
         .arg(format!("127.0.0.1:{port}"))
         .arg("-CAfile")
         .arg(&root_pem)
         .arg("-cert")
-        .arg(child.join("agent.pem"))
+        .arg(child.chain())
         .arg("-key")
-        .arg(child.join("agent.key"))
+        .arg(child.key())
         .stdin(Stdio::null())
         .output()
         .unwrap();

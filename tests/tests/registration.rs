@@ -100,11 +100,11 @@ fn the_admin_api_refuses_a_request_without_the_token() {
         .send()
         .unwrap();
     assert_eq!(wrong.status().as_u16(), 401);
-    let token = std::fs::read_to_string(parent.data_dir.join("admin.token")).unwrap();
+    let token = std::fs::read_to_string(parent.layout().token()).unwrap();
     let right = client.get(&url).bearer_auth(token.trim()).send().unwrap();
     assert_eq!(right.status().as_u16(), 200);
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(parent.data_dir.join("admin.token"))
+    let mode = std::fs::metadata(parent.layout().token())
         .unwrap()
         .permissions()
         .mode();

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use fleetls_tests::{start_child, wait_for, Parent, Proc, Vhost};
+use fleetls_tests::{child_layout, start_child, wait_for, CertFile, Parent, Proc, Vhost};
 
 const CHILDREN: usize = 20;
 const WAIT: Duration = Duration::from_secs(60);
@@ -27,12 +27,59 @@ fn ok(parent: &Parent, args: &[&str]) -> String {
 fn serial(dir: &Path, name: &str) -> Option<String> {
     let out = Command::new("openssl")
         .args(["x509", "-noout", "-serial", "-in"])
-        .arg(dir.join(name).join("certs/agent.pem"))
+        .arg(child_layout(dir, name).chain())
         .output()
         .ok()?;
     out.status
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// One certificate the parent issued, as its registry keeps it.
+#[derive(Debug)]
+struct Issued {
+    serial: String,
+    /// When (ms).
+    issued_at: u64,
+    /// Why it was revoked (`None`: it was not).
+    revoked: Option<String>,
+    /// The sha256 of its public key.
+    key: String,
+    /// It replaced one the agent held.
+    renewal: bool,
+}
+
+/// Every certificate issued to `name`, oldest first.
+fn certificates_of(parent: &Parent, name: &str) -> Vec<Issued> {
+    let rows = parent.registry_query(&format!(
+        "SELECT c.serial, c.issued_at, c.revoked, coalesce(c.revoke_reason, ''),
+                coalesce(c.key_sha256, ''), c.renewal
+         FROM certificates c JOIN agents a ON a.id = c.agent_id
+         WHERE a.name = '{name}' ORDER BY c.issued_at, c.rowid"
+    ));
+    rows.lines()
+        .map(|line| {
+            let f: Vec<&str> = line.split('|').collect();
+            assert_eq!(f.len(), 6, "{line}");
+            Issued {
+                serial: f[0].to_owned(),
+                issued_at: f[1].parse().unwrap(),
+                revoked: (f[2] == "1").then(|| f[3].to_owned()),
+                key: f[4].to_owned(),
+                renewal: f[5] == "1",
+            }
+        })
+        .collect()
+}
+
+/// Whether openssl's `serial=0A1B…` and the registry's hex name one serial.
+fn same_serial(openssl: &str, registry: &str) -> bool {
+    let norm = |s: &str| {
+        s.trim_start_matches("serial=")
+            .trim_start_matches('0')
+            .to_ascii_lowercase()
+    };
+    norm(openssl) == norm(registry)
 }
 
 #[test]
@@ -93,7 +140,7 @@ fn certificates_renew_twice_without_anyone_going_offline() {
             (n.clone(), s)
         })
         .collect();
-    let ca = parent.data_dir.join("certificates/ca.pem");
+    let ca = parent.cert_file(CertFile::CaPem);
 
     // Forced at once: till-1.
     ok(&parent, &["certs", "renew", "--agent", "till-1"]);
@@ -152,22 +199,89 @@ fn certificates_renew_twice_without_anyone_going_offline() {
     });
     assert_ne!(back, first["till-0"]);
 
-    // Every certificate held now verifies; the replaced ones are revoked.
+    // Per agent, from the parent's registry: every certificate it was
+    // issued verifies against the CA; each renewal is on a new key and
+    // revoked the one before it, superseded; the last one is valid and is
+    // the one the child holds; every certificate the child was seen holding
+    // is among them, in order.
     for name in &all {
-        let out = Command::new("openssl")
-            .args(["verify", "-CAfile"])
-            .arg(&ca)
-            .arg(dir.path().join(name).join("certs/agent.pem"))
-            .output()
+        // Renewals go on: what it holds is read first.
+        let asked = fleetls_proto::now_ms();
+        let held = serial(dir.path(), name).unwrap();
+        let issued = certificates_of(&parent, name);
+        let least = match name.as_str() {
+            // Renewed once, after it came back.
+            "till-0" => 2,
+            _ => 3,
+        };
+        assert!(issued.len() >= least, "{name}: {issued:?}");
+        for (i, cert) in issued.iter().enumerate() {
+            let last = i + 1 == issued.len();
+            if last {
+                assert_eq!(
+                    cert.revoked, None,
+                    "{name}'s current certificate: {issued:?}"
+                );
+            } else {
+                assert_eq!(
+                    cert.revoked.as_deref(),
+                    Some("superseded"),
+                    "{name}'s certificate {i} was not superseded by its renewal: {issued:?}"
+                );
+            }
+            assert_eq!(cert.renewal, i > 0, "{name}: {issued:?}");
+            assert!(!cert.key.is_empty(), "{name}: {issued:?}");
+            assert!(
+                issued[..i].iter().all(|before| before.key != cert.key),
+                "{name} renewed on a key it had before: {issued:?}"
+            );
+            let chain = dir.path().join(format!("issued-{}.pem", cert.serial));
+            std::fs::write(
+                &chain,
+                parent.registry_query(&format!(
+                    "SELECT chain_pem FROM certificates WHERE serial = '{}'",
+                    cert.serial
+                )),
+            )
             .unwrap();
-        assert!(out.status.success(), "{name}: {out:?}");
+            // At its issue: the first ones have expired since.
+            let out = Command::new("openssl")
+                .args(["verify", "-attime"])
+                .arg((cert.issued_at / 1000 + 1).to_string())
+                .arg("-CAfile")
+                .arg(&ca)
+                .arg(&chain)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{name}'s certificate {}: {out:?}",
+                cert.serial
+            );
+        }
+        // The last one, or the one before when it renewed since.
+        let current = match &issued[..] {
+            [.., before, last] if last.issued_at >= asked => before,
+            [.., last] => last,
+            [] => unreachable!(),
+        };
+        assert!(
+            same_serial(&held, &current.serial),
+            "{name} holds {held}, not its last certificate: {issued:?}"
+        );
+        let mut held_over_time: Vec<&String> = seen[name].iter().collect();
+        if name == "till-0" {
+            held_over_time.push(&back);
+        }
+        let mut rest = issued.iter();
+        for was in held_over_time {
+            assert!(
+                rest.any(|c| same_serial(was, &c.serial)),
+                "{name} held {was}, not issued to it in that order: {issued:?}"
+            );
+        }
     }
     let network = parent.status_json().unwrap()["network"].clone();
-    let revoked = network["revoked_certificates"].as_u64().unwrap();
-    // Each renewal revoked what it replaced: at least two for everyone but
-    // till-0, which renewed once, after it came back.
-    let at_least = 2 * (all.len() as u64 - 1) + 1;
-    assert!(revoked >= at_least, "{revoked} < {at_least}: {network}");
     assert!(network["soonest_expiry"].as_i64().is_some(), "{network}");
 
     // Verify passes for everyone, behind the local parent too.

@@ -18,7 +18,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use fleetls_tests::{start_child, test_dir, wait_for, Parent, PrivateNode, Proc, Vhost};
+use fleetls_tests::{
+    child_layout, start_child, test_dir, wait_for, CertFile, Parent, PrivateNode, Proc, Vhost,
+};
 use serde_json::Value;
 
 // This test's node and ports (its range: 5900-5949 / 15900-15949).
@@ -168,9 +170,8 @@ fn a_ca_rotation_moves_everyone_to_the_new_ca_without_anyone_going_offline() {
     wait_for("till-late offline", WAIT, || {
         (parent.agent(late)?["online"] == false).then_some(())
     });
-    let certificates = parent.data_dir.join("certificates");
     let old_ca = dir.path().join("old-ca.pem");
-    std::fs::copy(certificates.join("ca.pem"), &old_ca).unwrap();
+    std::fs::copy(parent.cert_file(CertFile::CaPem), &old_ca).unwrap();
     let started: Value = serde_json::from_str(&ok(&parent, &["ca", "rotate", "--json"])).unwrap();
     assert_eq!(started["rotation"]["phase"], "trust", "{started}");
     let (old_fp, new_fp) = (
@@ -190,9 +191,15 @@ fn a_ca_rotation_moves_everyone_to_the_new_ca_without_anyone_going_offline() {
     wait_for("everyone online trusting both CAs", WAIT, || {
         (rotation(&parent)?["trusting_new"] == everyone - 1).then_some(())
     });
-    // The first phase waits for the child that is offline, and a parent
-    // restarted then finds the rotation there: the phase is the registry's.
+    // The first phase waits for the child that is offline, says so by
+    // name, and a parent restarted then finds the rotation there: the
+    // phase is the registry's.
     assert_eq!(rotation(&parent).unwrap()["phase"], "trust");
+    wait_for("the rotation to name the one it waits for", WAIT, || {
+        let waiting = rotation(&parent)?["waiting"].as_str()?.to_owned();
+        (waiting.starts_with("1 agent(s) to trust the new CA") && waiting.contains(late))
+            .then_some(())
+    });
     parent.proc.signal("TERM");
     parent.restart(&vhost, &flags);
     wait_for(
@@ -227,12 +234,16 @@ fn a_ca_rotation_moves_everyone_to_the_new_ca_without_anyone_going_offline() {
         }
         let rotation = status["network"]["ca_rotation"].clone();
         let phase = rotation["phase"].as_str()?.to_owned();
-        let waits = rotation["waiting"].is_string();
+        // The status says what the rotation waits for: agents (named), or
+        // the broker's files.
+        let why = rotation["waiting"].as_str().unwrap_or_default();
+        let waits = why.contains("broker");
+        assert!(
+            why.is_empty() || waits || why.contains("agent(s) to"),
+            "{why}"
+        );
         if (waits && !waited_in.contains(&phase)) || (phase == "finished" && !installed_final) {
             if waits {
-                // The status says what the rotation waits for.
-                let why = rotation["waiting"].as_str().unwrap();
-                assert!(why.contains("broker"), "{why}");
                 waited_in.push(phase.clone());
             }
             installed_final = phase == "finished";
@@ -250,28 +261,28 @@ fn a_ca_rotation_moves_everyone_to_the_new_ca_without_anyone_going_offline() {
     assert_eq!(rotation["trusting_new"], everyone, "{rotation}");
 
     // ---- everyone on the new CA alone
-    let new_ca = certificates.join("ca.pem");
+    let new_ca = parent.cert_file(CertFile::CaPem);
     assert_ne!(
         std::fs::read(&new_ca).unwrap(),
         std::fs::read(&old_ca).unwrap(),
         "ca.pem is still the old CA"
     );
-    assert_eq!(certificates_in(&certificates.join("trust.pem")), 1);
+    assert_eq!(certificates_in(&parent.cert_file(CertFile::TrustPem)), 1);
     assert_eq!(certificates_in(&live.join("ca.pem")), 1);
     assert!(verifies(&new_ca, &live.join("broker.pem")));
     let status = parent.status_json().unwrap();
     for name in &all {
-        let certs = dir.path().join(name).join("certs");
+        let files = child_layout(dir.path(), name);
         assert!(
-            verifies(&new_ca, &certs.join("agent.pem")),
+            verifies(&new_ca, &files.chain()),
             "{name}: not from the new CA"
         );
         assert!(
-            !verifies(&old_ca, &certs.join("agent.pem")),
+            !verifies(&old_ca, &files.chain()),
             "{name}: still verifies against the old CA"
         );
         assert_eq!(
-            certificates_in(&certs.join("ca.pem")),
+            certificates_in(&files.ca()),
             1,
             "{name} trusts more than the new CA"
         );
@@ -285,7 +296,7 @@ fn a_ca_rotation_moves_everyone_to_the_new_ca_without_anyone_going_offline() {
         assert_eq!(agent["broker_tls"], true, "{agent}");
     }
     // The old CA is kept as an archive.
-    let archived = std::fs::read_dir(certificates.join("cas"))
+    let archived = std::fs::read_dir(parent.layout().ca_archive())
         .unwrap()
         .filter_map(|e| e.ok())
         .any(|e| std::fs::read(e.path()).ok() == std::fs::read(&old_ca).ok());

@@ -7,7 +7,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use fleetls_tests::{free_port, start_child, test_dir, wait_for, Parent, Vhost};
+use fleetls_tests::{
+    child_layout, free_port, start_child, test_dir, tree, wait_for, CertFile, Parent, Vhost,
+};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -110,8 +112,23 @@ fn a_company_ca_given_again_replaces_the_ca_and_bad_input_is_refused() {
     let (code, _, err) = parent.cli(&["ca", "rotate", "--advance"]);
     assert_eq!(code, 3, "{err}");
     assert!(err.contains("no CA rotation is under way"), "{err}");
-    // A certificate that is not a CA: refused, saying why; nothing changes.
+    // A certificate that is not a CA: refused, saying why; nothing changes:
+    // no file of the parent's data dir (its registry aside, which
+    // heartbeats write), no certificate, no rotation, nothing at the child.
     let (not_ca, not_ca_key) = company_ca(dir.path(), "not-a-ca", false);
+    let registry = parent.layout().registry();
+    let registry = registry.file_name().unwrap().to_string_lossy().into_owned();
+    let files = || {
+        let mut all = tree(&parent.data_dir);
+        // The registry and its journal (`-wal`, `-shm`).
+        all.retain(|(path, _)| !path.to_string_lossy().starts_with(&registry));
+        all
+    };
+    let certificates =
+        || parent.registry_query("SELECT serial, revoked FROM certificates ORDER BY serial");
+    let rotations = || parent.registry_query("SELECT count(*) FROM ca_rotations");
+    let child_files = || tree(child_layout(dir.path(), "till-1").dir());
+    let before = (files(), certificates(), rotations(), child_files());
     let (code, _, err) = parent.cli(&[
         "ca",
         "rotate",
@@ -122,6 +139,10 @@ fn a_company_ca_given_again_replaces_the_ca_and_bad_input_is_refused() {
     ]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("not a CA"), "{err}");
+    assert!(
+        (files(), certificates(), rotations(), child_files()) == before,
+        "a refused rotation changed the parent's files, its certificates or rotations, or the child's files"
+    );
     let status = parent.status_json().unwrap();
     assert!(status["network"]["ca_rotation"].is_null(), "{status}");
 
@@ -145,13 +166,12 @@ fn a_company_ca_given_again_replaces_the_ca_and_bad_input_is_refused() {
         let r = parent.status_json().ok()?["network"]["ca_rotation"].clone();
         (r["phase"] == "finished" && r["trusting_old"] == 0).then_some(())
     });
-    let certs = dir.path().join("till-1").join("certs");
-    assert!(verifies(&company, &certs.join("agent.pem")));
-    assert_eq!(certificates_in(&certs.join("ca.pem")), 1);
-    let certificates = parent.data_dir.join("certificates");
-    assert!(verifies(&company, &certificates.join("parent.pem")));
+    let till = child_layout(dir.path(), "till-1");
+    assert!(verifies(&company, &till.chain()));
+    assert_eq!(certificates_in(&till.ca()), 1);
+    assert!(verifies(&company, &parent.cert_file(CertFile::ParentPem)));
     assert_eq!(
-        std::fs::read_to_string(certificates.join("trust.pem")).unwrap(),
+        std::fs::read_to_string(parent.cert_file(CertFile::TrustPem)).unwrap(),
         std::fs::read_to_string(&company).unwrap()
     );
     let network = parent.status_json().unwrap()["network"].clone();

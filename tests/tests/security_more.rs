@@ -16,13 +16,22 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use fleetls_tests::attack::{attack, foreign_ca, hello, snapshot, Net, WAIT};
-use fleetls_tests::{repo, start_child, wait_for};
+use fleetls_tests::{repo, start_child, wait_for, CertFile, ChildLayout};
 use serde_json::{json, Value};
 
 /// The routes the admin server answers without the token: the console's
-/// page and assets (they hold no data), `/metrics` and `/crl.pem`. Any other
+/// page and assets (they hold no data), `/metrics`, and the revocation list
+/// (`/crl.pem`, and `/crl.der`, the address certificates name as their CRL
+/// distribution point: any TLS client must be able to fetch it). Any other
 /// route found in the router's source must refuse a request without it.
-const OPEN_ROUTES: [&str; 5] = ["/", "/console.js", "/console.css", "/metrics", "/crl.pem"];
+const OPEN_ROUTES: [&str; 6] = [
+    "/",
+    "/console.js",
+    "/console.css",
+    "/metrics",
+    "/crl.pem",
+    "/crl.der",
+];
 
 /// Every `(METHOD, path)` the admin server routes, read from the source of
 /// its routers (`parent/src/admin.rs`, `parent/src/console.rs`), so that a
@@ -160,7 +169,7 @@ fn parent_state(net: &Net) -> Vec<String> {
         net.sql("SELECT count(*) FROM banned_keys"),
         net.parent.cli_json(&["settings", "show"]).to_string(),
     ];
-    for (name, content) in snapshot(&net.parent.data_dir.join("certificates")) {
+    for (name, content) in snapshot(&net.parent.layout().certificates()) {
         state.push(format!("{name}: {}", String::from_utf8_lossy(&content)));
     }
     for made in ["evil-export", "evil-broker-tls"] {
@@ -199,7 +208,7 @@ fn every_admin_route_but_the_open_ones_refuses_a_request_without_the_token() {
             "{method} {path} not found in the router: {routes:?}"
         );
     }
-    let token = std::fs::read_to_string(net.parent.data_dir.join("admin.token"))
+    let token = std::fs::read_to_string(net.parent.layout().token())
         .unwrap()
         .trim()
         .to_owned();
@@ -293,17 +302,17 @@ fn every_admin_route_but_the_open_ones_refuses_a_request_without_the_token() {
 /// `openssl s_client` to `port` as `client` (a child's data dir, its
 /// certificate and the CA it trusts): whether the handshake completed.
 fn s_client(port: u16, client: &Path, extra: &[&str]) -> (bool, String) {
-    let certs = client.join("certs");
+    let files = ChildLayout::new(client);
     let output = Command::new("openssl")
         .args(["s_client", "-brief", "-verify_return_error"])
         .arg("-connect")
         .arg(format!("127.0.0.1:{port}"))
         .arg("-CAfile")
-        .arg(certs.join("ca.pem"))
+        .arg(files.ca())
         .arg("-cert")
-        .arg(certs.join("agent.pem"))
+        .arg(files.chain())
         .arg("-key")
-        .arg(certs.join("agent.key"))
+        .arg(files.key())
         .args(extra)
         .stdin(Stdio::null())
         .output()
@@ -386,7 +395,7 @@ fn kind_of(message: &Value) -> Option<&str> {
 
 fn forged_commands(net: &Net, id: &str) -> u64 {
     net.sql(&format!(
-        "SELECT count(*) FROM security_events WHERE kind = 'forged_command' AND agent = '{id}'"
+        "SELECT coalesce(sum(count), 0) FROM security_events WHERE kind = 'forged_command' AND agent = '{id}'"
     ))
     .parse()
     .unwrap()
@@ -439,9 +448,8 @@ fn a_local_parent_refuses_forged_crls_and_tls_downgrades_forged_or_replayed() {
     });
     net.parent
         .cli_ok(&["revoke", "till-9", "--reason", "key-compromise"]);
-    let crl_path = lp_dir.join("certs/crl.pem");
-    let genuine_crl =
-        std::fs::read_to_string(net.parent.data_dir.join("certificates/crl.pem")).unwrap();
+    let crl_path = ChildLayout::new(&lp_dir).crl();
+    let genuine_crl = std::fs::read_to_string(net.parent.cert_file(CertFile::Crl)).unwrap();
     wait_for("the local parent's CRL", WAIT, || {
         (std::fs::read_to_string(&crl_path).ok()? == genuine_crl).then_some(())
     });
@@ -504,7 +512,7 @@ fn a_local_parent_refuses_forged_crls_and_tls_downgrades_forged_or_replayed() {
     // 3. The TLS policy back to 1.2 with a weak suite, and a foreign CA to
     //    trust: forged by the attacker, the genuine 1.2 bundle replayed, and
     //    that bundle altered to carry the attacker's CA.
-    let real_ca = std::fs::read_to_string(net.parent.data_dir.join("certificates/ca.pem")).unwrap();
+    let real_ca = std::fs::read_to_string(net.parent.cert_file(CertFile::CaPem)).unwrap();
     let evil_ca = std::fs::read_to_string(&evil_cert).unwrap();
     let downgrade = json!({
         "ca_chain_pem": real_ca, "ca_fingerprint": net.network()["ca_fingerprint"],
@@ -552,10 +560,10 @@ fn a_local_parent_refuses_forged_crls_and_tls_downgrades_forged_or_replayed() {
     });
     // Nothing changed on the local parent: its CRL, trusted CAs, policy,
     // keys, trust stores.
-    assert!(lp_dir.join("certs/truststore.p12").exists());
+    assert!(ChildLayout::new(&lp_dir).truststore_p12().exists());
     assert_eq!(snapshot(&lp_dir), before);
     assert_eq!(std::fs::read_to_string(&crl_path).unwrap(), genuine_crl);
-    assert!(!std::fs::read_to_string(lp_dir.join("certs/ca.pem"))
+    assert!(!std::fs::read_to_string(ChildLayout::new(&lp_dir).ca())
         .unwrap()
         .contains(evil_ca.trim()));
     // Its port still refuses TLS 1.2 and still serves TLS 1.3.
@@ -572,7 +580,7 @@ fn a_local_parent_refuses_forged_crls_and_tls_downgrades_forged_or_replayed() {
 /// The parent key an agent pinned, as the hex a command's `x-fleetls-key`
 /// carries (from its `trust.toml`).
 fn pinned_hex(agent_dir: &Path) -> String {
-    let trust = std::fs::read_to_string(agent_dir.join("trust.toml")).unwrap();
+    let trust = std::fs::read_to_string(ChildLayout::new(agent_dir).trust()).unwrap();
     trust
         .lines()
         .find_map(|l| l.strip_prefix("parent_key = "))
@@ -586,7 +594,7 @@ fn pinned_hex(agent_dir: &Path) -> String {
 fn sql_write(net: &Net, statement: &str) {
     let output = Command::new("sqlite3")
         .args(["-cmd", ".timeout 10000"])
-        .arg(net.parent.data_dir.join("fleetls.db"))
+        .arg(net.parent.layout().registry())
         .arg(statement)
         .output()
         .expect("sqlite3 runs");
@@ -744,7 +752,10 @@ fn a_captured_command_replayed_after_the_child_restarts_is_refused() {
             .then_some(())
     });
     net.parent.wait_online(&["till-1"]);
-    assert_eq!(net.vhost.queue_depth(&queue), Some(0));
+    // Management counts a queue every few seconds: read until it shows the ack.
+    wait_for("the redelivered copy gone from the queue", WAIT, || {
+        (net.vhost.queue_depth(&queue) == Some(0)).then_some(())
+    });
     assert_eq!(snapshot(&net.data("till-1")), before);
     assert_eq!(results(&net), steps_before);
 }
@@ -819,6 +830,45 @@ fn an_agent_whose_key_is_not_pinned_yet_is_spoken_for_by_nobody_but_its_hello() 
     assert_eq!(
         net.sql(&format!(
             "SELECT signing_key IS NULL FROM agents WHERE id = '{id}'"
+        )),
+        "0"
+    );
+
+    // Another such agent, till-2: its id went over plain AMQP, and an
+    // attacker's Hello in its name, with a key of its own and no token, is
+    // the first signed one. It pins that key but is no longer accepted: it
+    // waits for an operator, and is certified nothing.
+    let (mut till2, id2) = net.child("till-2", &[]);
+    till2.signal("TERM");
+    till2.wait_exit(WAIT);
+    sql_write(
+        &net,
+        &format!("UPDATE agents SET signing_key = NULL WHERE id = '{id2}'"),
+    );
+    assert_eq!(
+        net.sql(&format!("SELECT admission FROM agents WHERE id = '{id2}'")),
+        "accepted"
+    );
+    net.to_parent(
+        &id2,
+        "Hello",
+        hello("till-2", "child", "shop-x", &[]),
+        &["--sign-key", key],
+    );
+    wait_for("the first signed Hello decided again", WAIT, || {
+        (net.sql(&format!("SELECT admission FROM agents WHERE id = '{id2}'")) == "pending")
+            .then_some(())
+    });
+    net.to_parent(&id2, "Csr", json!({ "pem": csr }), &["--sign-key", key]);
+    wait_for("the CSR refused", WAIT, || {
+        let why = net.sql(&format!(
+            "SELECT reason FROM refusals WHERE agent_id = '{id2}'"
+        ));
+        why.contains("is pending").then_some(())
+    });
+    assert_eq!(
+        net.sql(&format!(
+            "SELECT count(*) FROM certificates WHERE agent_id = '{id2}'"
         )),
         "0"
     );
@@ -898,9 +948,9 @@ fn a_crl_or_tls_policy_taken_from_the_queue_and_delivered_late_is_refused() {
     net.parent
         .cli_ok(&["revoke", "till-8", "--reason", "key-compromise"]);
     net.parent.cli_ok(&["settings", "set", "--min-tls", "1.3"]);
-    let newest = std::fs::read_to_string(net.parent.data_dir.join("certificates/crl.pem")).unwrap();
+    let newest = std::fs::read_to_string(net.parent.cert_file(CertFile::Crl)).unwrap();
     let _lp = start_child(&net.vhost, net.dir.path(), "lp-1", &lp_flags);
-    let crl_path = net.data("lp-1").join("certs/crl.pem");
+    let crl_path = net.files("lp-1").crl();
     wait_for("the local parent's newest CRL", WAIT, || {
         (std::fs::read_to_string(&crl_path).ok()? == newest).then_some(())
     });
@@ -1110,7 +1160,7 @@ fn an_identity_forged_for_an_mpos_device_is_not_imported() {
         "-out",
         &s(&leaf),
     ]);
-    let real_ca = net.parent.data_dir.join("certificates/ca.pem");
+    let real_ca = net.parent.cert_file(CertFile::CaPem);
     let both = dir.join("both-cas.pem");
     std::fs::write(
         &both,

@@ -8,6 +8,8 @@
 //! broker-operation deadline) and reconnect to the next address. Checked:
 //! every child is heard by the parent again after the link fell silent, by
 //! the same processes, over connections that do not pass through the link.
+//! A child on the default report interval publishes nothing for minutes: it
+//! notices by the AMQP heartbeat instead (the second test).
 
 use std::time::{Duration, Instant};
 
@@ -172,5 +174,82 @@ fn children_reconnect_elsewhere_when_their_link_goes_silent() {
                 Err(format!("not heard again: {stale:?}"))
             }
         },
+    );
+}
+
+/// A child on the default report interval (`--report-every` 300 s) sends
+/// nothing for minutes, so no publish deadline can tell it that its link
+/// went silent: lapin's AMQP heartbeat does (a connection that hears
+/// nothing from the broker for twice the negotiated timeout — RabbitMQ
+/// offers 60 s — is closed), and the child reconnects through the next
+/// address of its list. Checked: it is heard again (its Hello) after the
+/// link fell silent, by the same process, and it says why it left.
+#[test]
+fn a_child_on_the_default_report_interval_notices_a_silent_link_too() {
+    let dir = test_dir();
+    let vhost = Vhost::new();
+    let direct = vhost.url();
+    let broker_port: u16 = direct
+        .rsplit_once(':')
+        .and_then(|(_, rest)| rest.split('/').next()?.parse().ok())
+        .expect("the broker URL names a port");
+    // Online from its Hello until long after: presence by heartbeat must
+    // not decide this test.
+    let parent = Parent::start(&vhost, dir.path(), &["--offline-after", "900"]);
+    let link = SilentLink::to(broker_port);
+    let list = format!("{},{direct}", through(&direct, link.port()));
+    let name = "till-quiet".to_owned();
+    let mut child = Proc::spawn(
+        &program("fleetls-child"),
+        &[
+            "run".to_owned(),
+            "--broker".to_owned(),
+            list,
+            "--data-dir".to_owned(),
+            dir.path().join(&name).to_str().unwrap().to_owned(),
+            "--name".to_owned(),
+            name.clone(),
+        ],
+        dir.path().join("till-quiet.log"),
+    );
+    parent.wait_online(&[name.as_str()]);
+    assert!(
+        link.accepted() >= 1,
+        "the child did not connect through the link"
+    );
+
+    link.go_silent();
+    let silent_at = fleetls_proto::now_ms();
+    let started = Instant::now();
+    // Two missed heartbeat periods (120 s), then one connect timeout on
+    // the silent link (20 s) before the broker itself answers.
+    let names = [name];
+    wait_until(
+        "the quiet child heard again after the link went silent",
+        Duration::from_secs(240),
+        || match last_seen(&parent, &names)[0] {
+            (_, at) if at > silent_at + 3_000 => Ok(()),
+            (_, at) => Err(format!(
+                "last seen {} ms after the link went silent\nchild log:\n{}",
+                at.saturating_sub(silent_at),
+                fleetls_tests::tail(&child.output(), 30)
+            )),
+        },
+    );
+    eprintln!(
+        "the quiet child was heard again {:.1} s after the link went silent",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        child.wait_exit(Duration::from_millis(100)),
+        None,
+        "the child exited"
+    );
+    let log = child.output();
+    assert!(
+        log.contains("no heartbeat received")
+            || log.contains("haven't received anything from the server"),
+        "the child does not say that the broker's heartbeats stopped:\n{}",
+        fleetls_tests::tail(&log, 40)
     );
 }

@@ -10,23 +10,23 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use fleetls_tests::{free_port, program, start_child, wait_for, Parent, Vhost};
+use fleetls_tests::{free_port, program, start_child, wait_for, ChildLayout, Parent, Vhost};
 use serde_json::Value;
 
 /// `openssl s_client` to the SSL port with the child's certificate and
 /// `extra` options: whether the handshake completed, and what it printed.
 fn s_client(port: u16, child: &Path, extra: &[&str]) -> (bool, String) {
-    let certs = child.join("certs");
+    let files = ChildLayout::new(child);
     let output = Command::new("openssl")
         .args(["s_client", "-brief", "-verify_return_error"])
         .arg("-connect")
         .arg(format!("127.0.0.1:{port}"))
         .arg("-CAfile")
-        .arg(certs.join("ca.pem"))
+        .arg(files.ca())
         .arg("-cert")
-        .arg(certs.join("agent.pem"))
+        .arg(files.chain())
         .arg("-key")
-        .arg(certs.join("agent.key"))
+        .arg(files.key())
         .args(extra)
         .stdin(Stdio::null())
         .output()
@@ -90,7 +90,7 @@ fn a_tls13_only_ssl_port_refuses_a_tls12_client_and_the_doctor_says_why() {
         ),
         (
             vec!["--port", "12999"],
-            "--min-tls and --cipher-suites are inside no certificate",
+            "are inside no certificate issued so far",
         ),
     ] {
         let full: Vec<&str> = ["settings", "set"]

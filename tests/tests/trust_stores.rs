@@ -7,11 +7,11 @@
 //! key are 0600; the pem child gets no other file. After a renewal
 //! (`certs renew --agent`) the stores hold the new certificate.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use fleetls_tests::{free_port, start_child, wait_for, Parent, Vhost};
+use fleetls_tests::{child_layout, free_port, start_child, wait_for, CertFile, Parent, Vhost};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -46,8 +46,9 @@ fn public_key_of(key: &Path) -> String {
     out
 }
 
-/// The serial of the agent's certificate in `agent.p12`, read with openssl.
-fn p12_serial(certs: &Path, password: &Path, scratch: &Path) -> Option<String> {
+/// The serial of the agent's certificate in `agent.p12` (`identity`), read
+/// with openssl.
+fn p12_serial(identity: &Path, password: &Path, scratch: &Path) -> Option<String> {
     let leaf = scratch.join("leaf.pem");
     let pass = format!("file:{}", path(password));
     let (ok, _) = run(
@@ -55,7 +56,7 @@ fn p12_serial(certs: &Path, password: &Path, scratch: &Path) -> Option<String> {
         &[
             "pkcs12",
             "-in",
-            path(&certs.join("agent.p12")),
+            path(identity),
             "-passin",
             &pass,
             "-nokeys",
@@ -118,7 +119,7 @@ fn pkcs12_and_jks_stores_open_with_openssl_and_keytool_and_follow_a_renewal() {
     parent.cli_ok(&["certs", "generate"]);
     parent.cli_ok(&["certs", "send"]);
 
-    let certs = |name: &str| -> PathBuf { dir.path().join(name).join("certs") };
+    let files = |name: &str| child_layout(dir.path(), name);
     let scratch = tempfile::tempdir().unwrap();
     // The stores follow the certificate: wait until agent.p12 holds the one installed.
     for name in ["till-p12", "till-jks"] {
@@ -126,18 +127,19 @@ fn pkcs12_and_jks_stores_open_with_openssl_and_keytool_and_follow_a_renewal() {
             &format!("{name}'s agent.p12 with its certificate"),
             WAIT,
             || {
-                let installed = serial_of(&certs(name).join("agent.pem"))?;
-                (p12_serial(&certs(name), &password, scratch.path())? == installed).then_some(())
+                let installed = serial_of(&files(name).chain())?;
+                (p12_serial(&files(name).identity_p12(), &password, scratch.path())? == installed)
+                    .then_some(())
             },
         );
     }
     wait_for("till-pem's certificate", WAIT, || {
-        serial_of(&certs("till-pem").join("agent.pem"))
+        serial_of(&files("till-pem").chain())
     });
     let pass = format!("file:{}", path(&password));
 
     // PKCS#12: openssl opens both with the password, and only with it.
-    let truststore = certs("till-p12").join("truststore.p12");
+    let truststore = files("till-p12").truststore_p12();
     let (ok, out) = run(
         "openssl",
         &[
@@ -158,7 +160,7 @@ fn pkcs12_and_jks_stores_open_with_openssl_and_keytool_and_follow_a_renewal() {
             "-noout",
             "-subject",
             "-in",
-            path(&parent.data_dir.join("certificates/ca.pem")),
+            path(&parent.cert_file(CertFile::CaPem)),
         ],
     )
     .1;
@@ -181,7 +183,7 @@ fn pkcs12_and_jks_stores_open_with_openssl_and_keytool_and_follow_a_renewal() {
     );
     assert!(!ok, "a wrong password opens truststore.p12: {out}");
     for name in ["till-p12", "till-jks"] {
-        let identity = certs(name).join("agent.p12");
+        let identity = files(name).identity_p12();
         assert_eq!(mode(&identity), 0o600, "{name}'s agent.p12 holds a key");
         let key_out = scratch.path().join(format!("{name}.key"));
         let (ok, out) = run(
@@ -201,7 +203,7 @@ fn pkcs12_and_jks_stores_open_with_openssl_and_keytool_and_follow_a_renewal() {
         assert!(ok, "openssl reads the key in {name}'s agent.p12: {out}");
         assert_eq!(
             public_key_of(&key_out),
-            public_key_of(&certs(name).join("agent.key")),
+            public_key_of(&files(name).key()),
             "{name}'s agent.p12 holds the agent's own key"
         );
         // keytool too: one key entry with its chain.
@@ -225,7 +227,7 @@ fn pkcs12_and_jks_stores_open_with_openssl_and_keytool_and_follow_a_renewal() {
     }
 
     // JKS: keytool lists the CA as a trusted certificate.
-    let jks = certs("till-jks").join("truststore.jks");
+    let jks = files("till-jks").truststore_jks();
     let (ok, out) = run(
         "keytool",
         &[
@@ -244,24 +246,27 @@ fn pkcs12_and_jks_stores_open_with_openssl_and_keytool_and_follow_a_renewal() {
     );
 
     // pem: the PEM files alone.
-    for other in ["truststore.p12", "truststore.jks", "agent.p12"] {
-        assert!(
-            !certs("till-pem").join(other).exists(),
-            "the pem child wrote {other}"
-        );
+    let pem = files("till-pem");
+    for other in [
+        pem.truststore_p12(),
+        pem.truststore_jks(),
+        pem.identity_p12(),
+    ] {
+        assert!(!other.exists(), "the pem child wrote {}", other.display());
     }
 
     // A renewal: the stores hold the new certificate.
     for name in ["till-p12", "till-jks"] {
-        let before = serial_of(&certs(name).join("agent.pem")).unwrap();
+        let before = serial_of(&files(name).chain()).unwrap();
         parent.cli_ok(&["certs", "renew", "--agent", name]);
         let renewed = wait_for(&format!("{name} renewed"), WAIT, || {
-            let now = serial_of(&certs(name).join("agent.pem"))?;
+            let now = serial_of(&files(name).chain())?;
             (now != before).then_some(now)
         });
         wait_for(&format!("{name}'s agent.p12 renewed"), WAIT, || {
-            (p12_serial(&certs(name), &password, scratch.path())? == renewed).then_some(())
+            (p12_serial(&files(name).identity_p12(), &password, scratch.path())? == renewed)
+                .then_some(())
         });
-        assert_eq!(mode(&certs(name).join("agent.p12")), 0o600);
+        assert_eq!(mode(&files(name).identity_p12()), 0o600);
     }
 }

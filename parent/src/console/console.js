@@ -542,6 +542,22 @@
     setText("trust-pending", n.pending);
     setText("trust-compromised", n.compromised);
     setText("trust-events", n.security_events);
+    setText("trust-flagged", n.flagged_names || 0);
+    setText(
+      "enrollment-mode",
+      n.open_enrollment
+        ? "OPEN ENROLLMENT (" + n.open_enrollment + "): any broker user can obtain a certificate"
+        : "tokens only"
+    );
+    $("enrollment").classList.toggle("bad", Boolean(n.open_enrollment));
+    setText(
+      "topology",
+      n.topology
+        ? "damaged and rebuilt " + n.topology.repairs + " time(s); last " +
+            new Date(n.topology.last_at).toLocaleString() + ": " + n.topology.last
+        : "intact"
+    );
+    $("topology").classList.toggle("bad", Boolean(n.topology));
     $("trust").classList.toggle("bad", n.compromised > 0 || n.security_events > 0);
     setText("queue-type", n.queue_type ? n.queue_type.type + " — " + n.queue_type.why : "–");
     renderNodes(n.nodes || []);
@@ -710,8 +726,11 @@
     const names = agent.hostnames.concat(agent.ips).join(", ");
     tr.append(
       cell(agent.name, "c-name", agent.id + (names ? "\n" + names : "")),
-      cell(agent.online ? "online" : "offline", "c-online " + (agent.online ? "yes" : "no"),
-        "last heard " + time(agent.last_seen)),
+      cell(agent.silent ? "silent" : agent.online ? "online" : "offline",
+        "c-online " + (agent.silent ? "warn" : agent.online ? "yes" : "no"),
+        (agent.connected ? "connected (the broker says); " : "") +
+        (agent.silent ? "no state report for too long; " : "") +
+        "last report " + time(agent.last_seen)),
       cell(agent.kind, "c-kind"),
       cell(agent.version, "c-version" + (agent.ssl_capable ? "" : " old"),
         agent.ssl_capable ? "" : "this version does not support SSL"),
@@ -761,6 +780,55 @@
     return td;
   }
 
+  /** The enrollment tokens (never the token itself, but once, when made). */
+  async function renderTokens() {
+    const tokens = await api("GET", "/api/enroll");
+    const shown = tokens.map((t) => {
+      const li = item(
+        t.id + "  " + t.state + "  " + t.kinds.join(",") + "  " + t.name_pattern + "  " +
+          t.uses + "/" + t.max_uses + " uses  until " + time(t.expires_at),
+        t.admitted.length ? " — admitted " + t.admitted.join(", ") : ""
+      );
+      if (t.state === "usable") {
+        const b = document.createElement("button");
+        b.type = "button";
+        b.className = "small danger";
+        b.textContent = "Revoke";
+        b.addEventListener("click", () => act(async () => {
+          await api("POST", "/api/enroll/revoke", { id: t.id });
+          notify("token " + t.id + " revoked", "ok");
+          await renderTokens();
+        }));
+        li.append(" ", b);
+      }
+      return li;
+    });
+    $("enroll-list").replaceChildren(...shown);
+  }
+
+  async function enrollTokens() {
+    $("enroll-made").hidden = true;
+    $("enroll-token").textContent = "";
+    await renderTokens();
+    await ask($("enroll-dialog"), "enroll-close", "enroll-close");
+    $("enroll-token").textContent = "";
+  }
+
+  async function createToken(event) {
+    event.preventDefault();
+    await act(async () => {
+      const made = await api("POST", "/api/enroll", {
+        kind: $("enroll-kind").value,
+        name: $("enroll-name").value,
+        uses: Number($("enroll-uses").value),
+        expires: $("enroll-expires").value,
+      });
+      $("enroll-token").textContent = made.token;
+      $("enroll-made").hidden = false;
+      await renderTokens();
+    });
+  }
+
   async function securityEvents() {
     const r = await api("GET", "/api/security");
     const counts = Object.entries(r.counts).map(([k, v]) => k + " " + v);
@@ -804,6 +872,8 @@
     on("btn-force", forceSwitch);
     on("btn-without-ssl", withoutSsl);
     on("btn-security", securityEvents);
+    on("btn-enroll", enrollTokens);
+    $("enroll-form").addEventListener("submit", createToken);
     on("btn-reset", startOver);
     on("btn-rotate", rotateCa);
     $("reset-confirm-text").addEventListener("input", () => {

@@ -211,12 +211,12 @@ async fn main() -> anyhow::Result<()> {
                     anyhow::bail!("an amqps:// --uri needs --ca, --cert and --key");
                 };
                 let data_dir = tempfile::tempdir()?;
-                // The files where a child keeps them (see fleetls_child::certs).
-                let certs = data_dir.path().join("certs");
-                std::fs::create_dir_all(&certs)?;
-                std::fs::copy(cert, certs.join("agent.pem"))?;
-                std::fs::copy(key, certs.join("agent.key"))?;
-                std::fs::copy(ca, certs.join("broker-ca.pem"))?;
+                // The files where a child keeps them.
+                let layout = fleetls_child::layout::Layout::new(data_dir.path());
+                std::fs::create_dir_all(layout.certs())?;
+                std::fs::copy(cert, layout.chain())?;
+                std::fs::copy(key, layout.key())?;
+                std::fs::copy(ca, layout.broker_ca())?;
                 hold(&uri, Some(data_dir.path()), plan).await
             } else {
                 hold(&uri, None, plan).await
