@@ -70,6 +70,15 @@ pub struct App {
     /// was lost): 0 when it is not. Nobody is known online meanwhile, and
     /// the campaign engine waits (see [`App::presence_pending`]).
     pub presence_pending_since: std::sync::atomic::AtomicU64,
+    /// Whether presence was lost (the broker or the parent's connection to
+    /// it went away) since it was last read: the next reading starts a
+    /// return grace ([`App::presence_returning_until`]).
+    pub presence_lost: std::sync::atomic::AtomicBool,
+    /// Until when (ms) a campaign keeps waiting for a child the broker says
+    /// is not connected: [`RETURN_GRACE_MS`] after presence was read again
+    /// following a loss — every child was cut off with the broker and comes
+    /// back within its reconnect backoff. 0: no grace.
+    pub presence_returning_until: std::sync::atomic::AtomicU64,
     /// Agents a message to which came back unrouted since the topology was
     /// last looked at: their queue's binding is checked and made again
     /// (`crate::topology::rebind`) — a broker user may have removed it.
@@ -88,6 +97,13 @@ pub const UNROUTED_KEPT: usize = 10_000;
 /// How long presence may be pending before online falls back to the
 /// reports (and the campaign engine stops waiting for it).
 pub const PRESENCE_PATIENCE_MS: u64 = 60_000;
+
+/// How long after presence was read again, following the loss of the
+/// broker, an unconnected child is still waited for rather than judged
+/// "did not participate": the child's default reconnect cap (60 s,
+/// `fleetls-child --reconnect-max`) and a margin for a full broker's
+/// reconnect storm.
+pub const RETURN_GRACE_MS: u64 = 90_000;
 
 /// Message counters since the parent started.
 #[derive(Debug, Default)]

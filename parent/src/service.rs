@@ -134,6 +134,8 @@ pub async fn serve(
         ssl_port_open_since: std::sync::atomic::AtomicU64::new(u64::MAX),
         presence_active: std::sync::atomic::AtomicBool::new(false),
         presence_pending_since: std::sync::atomic::AtomicU64::new(0),
+        presence_lost: std::sync::atomic::AtomicBool::new(false),
+        presence_returning_until: std::sync::atomic::AtomicU64::new(0),
         unrouted: Default::default(),
         greeted: Default::default(),
         cluster: RwLock::new(None),

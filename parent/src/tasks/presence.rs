@@ -142,6 +142,7 @@ fn set_pending(app: &App, pending: bool) {
 /// Forgets every agent's presence: the broker no longer tells.
 async fn forget(app: &Arc<App>) {
     if app.presence_active.swap(false, Ordering::SeqCst) {
+        app.presence_lost.store(true, Ordering::SeqCst);
         clear(app).await;
     }
 }
@@ -379,6 +380,10 @@ async fn first_look(app: &Arc<App>, look: &mut Look<'_>) -> Result<Vec<Uuid>, St
     .await;
     if !matches!(written, Ok(Ok(()))) {
         return Err(Stop::Broke("the registry could not record presence".into()));
+    }
+    if app.presence_lost.swap(false, Ordering::SeqCst) {
+        let until = fleetls_proto::now_ms() + crate::app::RETURN_GRACE_MS;
+        app.presence_returning_until.store(until, Ordering::SeqCst);
     }
     app.presence_active.store(true, Ordering::SeqCst);
     set_pending(app, false);
