@@ -82,9 +82,12 @@ pub fn overdue(
     sent_before: i64,
     online_since: i64,
 ) -> Result<Vec<(Uuid, bool)>, RegistryError> {
+    // `CROSS JOIN`: from what is owed (mostly nothing) to its agent, never
+    // from every accepted agent (SQLite's choice without statistics: the
+    // whole fleet read at every sweep).
     let mut stmt = tx.prepare_cached(
         "SELECT o.agent_id, o.renew FROM owed_certificates o
-         JOIN agents a ON a.id = o.agent_id
+         CROSS JOIN agents a ON a.id = o.agent_id
          WHERE o.sent_at < ?1 AND (a.present OR a.last_seen >= ?2) AND a.admission = ?3
            AND NOT a.compromised
          ORDER BY o.sent_at LIMIT 20000",
