@@ -33,6 +33,23 @@ pub fn attack(args: &[&str]) -> Value {
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("no JSON from {args:?}: {e}: {out}"))
 }
 
+/// The attacker declares `queue` and binds it to `exchange` with
+/// `routing_key` on `broker`, to copy what is routed there: the client's
+/// answer (the queue, or the broker's refusal).
+pub fn capture_setup(broker: &str, exchange: &str, routing_key: &str, queue: &str) -> Value {
+    attack(&[
+        "capture-setup",
+        "--broker",
+        broker,
+        "--exchange",
+        exchange,
+        "--routing-key",
+        routing_key,
+        "--queue",
+        queue,
+    ])
+}
+
 /// A parent with an SSL port on free ports, and its test folder.
 pub struct Net {
     /// The test's own virtual host.

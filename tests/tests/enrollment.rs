@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use fleetls_tests::attack::{attack, hello, Net, WAIT};
+use fleetls_tests::attack::{attack, capture_setup, hello, Net, WAIT};
 use fleetls_tests::{child_layout, wait_for};
 use serde_json::{json, Value};
 
@@ -179,17 +179,7 @@ fn a_sniffed_hello_is_worth_nothing_with_another_key() {
     let net = Net::start(&[]);
     // The attacker copies everything sent to the parent.
     let url = net.url();
-    let spy = attack(&[
-        "capture-setup",
-        "--broker",
-        &url,
-        "--exchange",
-        "fleetls.parent",
-        "--routing-key",
-        "fleetls.parent",
-        "--queue",
-        "spy",
-    ]);
+    let spy = capture_setup(&url, "fleetls.parent", "fleetls.parent", "spy");
     assert_eq!(spy["refused"], false, "{spy}");
     let (_till, till) = net.child("till-1", &[]);
     let hello = wait_for("the till's Hello in the spy queue", WAIT, || {

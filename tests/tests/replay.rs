@@ -8,7 +8,7 @@
 //! counted; raising its `seq` breaks the signature. And since nothing is
 //! kept per message, the registry does not grow while children report.
 
-use fleetls_tests::attack::{attack, hello, Net, WAIT};
+use fleetls_tests::attack::{attack, capture_setup, hello, Net, WAIT};
 use fleetls_tests::wait_for;
 use serde_json::{json, Value};
 
@@ -44,17 +44,7 @@ fn a_captured_child_message_replayed_changes_nothing_and_is_counted() {
     let net = Net::start(&[]);
     let url = net.url();
     // The attacker copies everything sent to the parent.
-    let spy = attack(&[
-        "capture-setup",
-        "--broker",
-        &url,
-        "--exchange",
-        "fleetls.parent",
-        "--routing-key",
-        "fleetls.parent",
-        "--queue",
-        "spy",
-    ]);
+    let spy = capture_setup(&url, "fleetls.parent", "fleetls.parent", "spy");
     assert_eq!(spy["refused"], false, "{spy}");
     let (mut till, id) = net.child("till-1", &["--location", "shop-1"]);
     let captured: Value = wait_for("the till's Hello in the spy queue", WAIT, || {

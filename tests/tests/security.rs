@@ -10,7 +10,9 @@
 
 use std::process::{Command, Stdio};
 
-use fleetls_tests::attack::{attack, foreign_ca, hello, pinned_fingerprint, snapshot, Net, WAIT};
+use fleetls_tests::attack::{
+    attack, capture_setup, foreign_ca, hello, pinned_fingerprint, snapshot, Net, WAIT,
+};
 use fleetls_tests::{wait_for, CertFile, Proc};
 use serde_json::{json, Value};
 
@@ -201,17 +203,7 @@ fn a_captured_command_replayed_altered_or_redirected_is_refused() {
     let (_two, two) = net.child("till-2", &[]);
     // The attacker copies till-1's commands into a queue of its own.
     let copy = format!("evil-copy-{}", uuid::Uuid::new_v4().simple());
-    let setup = attack(&[
-        "capture-setup",
-        "--broker",
-        &net.url(),
-        "--exchange",
-        "fleetls.agents",
-        "--routing-key",
-        &one,
-        "--queue",
-        &copy,
-    ]);
+    let setup = capture_setup(&net.url(), "fleetls.agents", &one, &copy);
     assert_eq!(setup["queue"], copy.as_str(), "{setup}");
     net.generate_and_send();
     let captured = attack(&[
@@ -389,17 +381,7 @@ fn a_fake_local_parent_gets_no_server_certificate_and_redirects_nobody() {
     let fake = uuid::Uuid::new_v4().to_string();
     // Its own queue, where the parent's answers arrive.
     let queue = format!("fleetls.agent.{fake}");
-    attack(&[
-        "capture-setup",
-        "--broker",
-        &net.url(),
-        "--exchange",
-        "fleetls.agents",
-        "--routing-key",
-        &fake,
-        "--queue",
-        &queue,
-    ]);
+    capture_setup(&net.url(), "fleetls.agents", &fake, &queue);
     // A wildcard is refused outright.
     net.to_parent(
         &fake,
@@ -427,17 +409,7 @@ fn a_fake_local_parent_gets_no_server_certificate_and_redirects_nobody() {
     assert_eq!(net.network()["pending"], 1);
     // Step 2 of the children of shop-1 does not go to a pending local parent.
     let copy = format!("evil-copy-{}", uuid::Uuid::new_v4().simple());
-    attack(&[
-        "capture-setup",
-        "--broker",
-        &net.url(),
-        "--exchange",
-        "fleetls.agents",
-        "--routing-key",
-        &child,
-        "--queue",
-        &copy,
-    ]);
+    capture_setup(&net.url(), "fleetls.agents", &child, &copy);
     net.generate_and_send();
     let ready = attack(&[
         "capture",
@@ -816,17 +788,12 @@ fn the_agents_least_privilege_user_runs_a_child_and_cannot_spy_on_the_parent() {
     });
     // With the same credentials, the attacker can neither copy the children's
     // messages nor take or delete the parent's queue.
-    let copy = attack(&[
-        "capture-setup",
-        "--broker",
+    let copy = capture_setup(
         &restricted,
-        "--exchange",
         "fleetls.parent",
-        "--routing-key",
         "fleetls.parent",
-        "--queue",
         "fleetls.agent.00000000-0000-0000-0000-000000000001",
-    ]);
+    );
     assert!(refused_for_want_of_right(&copy), "{copy}");
     // Refused for want of the right, not because the parent's consumer is
     // exclusive (which refuses any user, the administrator too).

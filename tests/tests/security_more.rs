@@ -15,7 +15,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use fleetls_tests::attack::{attack, foreign_ca, hello, snapshot, Net, WAIT};
+use fleetls_tests::attack::{attack, capture_setup, foreign_ca, hello, snapshot, Net, WAIT};
 use fleetls_tests::{repo, start_child, wait_for, CertFile, ChildLayout};
 use serde_json::{json, Value};
 
@@ -331,17 +331,7 @@ fn s_client(port: u16, client: &Path, extra: &[&str]) -> (bool, String) {
 /// A copy queue the attacker binds to an agent's commands (before they flow).
 fn tap(net: &Net, agent: &str) -> String {
     let copy = format!("evil-copy-{}", uuid::Uuid::new_v4().simple());
-    let setup = attack(&[
-        "capture-setup",
-        "--broker",
-        &net.url(),
-        "--exchange",
-        "fleetls.agents",
-        "--routing-key",
-        agent,
-        "--queue",
-        &copy,
-    ]);
+    let setup = capture_setup(&net.url(), "fleetls.agents", agent, &copy);
     assert_eq!(setup["queue"], copy.as_str(), "{setup}");
     copy
 }
