@@ -1,6 +1,6 @@
 //! A broker switch's window follows the broker's pace: it grows while
-//! children connect over AMQPS about as fast as the quickest seen, and
-//! halves when they slow down.
+//! children connect over AMQPS about as fast as at the smallest window, and
+//! halves when they slow down — never below the window it started with.
 
 use rusqlite::Transaction;
 use uuid::Uuid;
@@ -21,7 +21,9 @@ pub const BROKER_SWITCH_FIRST_WINDOW: usize = 8;
 pub struct Pace {
     /// The campaign it is about.
     campaign: Option<Uuid>,
-    /// The quickest median time from order to report seen, ms.
+    /// The broker's pace when barely loaded: the quickest median time from
+    /// order to report seen since the window was last at its floor (where
+    /// it is learnt afresh), ms.
     baseline_ms: Option<i64>,
     /// Children that finished at or before this (ms) were counted already.
     since: i64,
@@ -31,9 +33,17 @@ pub struct Pace {
 /// children take, order to report (an AMQPS connection opened with a TLS
 /// handshake, a consumer and a report over it): once enough children
 /// finished since the last change, it grows by half while their median
-/// stays within twice the quickest median seen, halves when it passes four
-/// times that, and holds between. Never above the ceiling, never below 1.
-/// Returns the new window when it changed.
+/// stays within twice the baseline, halves when it passes four times that,
+/// and holds between. Never above the ceiling, never below the floor
+/// ([`BROKER_SWITCH_FIRST_WINDOW`], or the ceiling when lower).
+///
+/// The baseline is the quickest median seen, learnt afresh whenever the
+/// window is at its floor: a broker whose every connection got slower (a
+/// cluster busy with 30,000 queues) sets a new baseline there instead of
+/// holding the window at 1 against a pace it no longer has — with the
+/// quickest median kept for good, a three-node cluster at 30,000 children
+/// moved 1.5 children a second while it could open 150 AMQPS connections a
+/// second. Returns the new window when it changed.
 pub fn adapt_window(
     tx: &Transaction<'_>,
     id: Uuid,
@@ -63,13 +73,17 @@ pub fn adapt_window(
     took.sort_unstable();
     let median = took[took.len() / 2].max(1);
     pace.since = last;
-    let baseline = *pace.baseline_ms.get_or_insert(median);
-    let baseline = baseline.min(median);
+    let ceiling = (ceiling as i64).max(1);
+    let floor = (BROKER_SWITCH_FIRST_WINDOW as i64).min(ceiling);
+    let baseline = match pace.baseline_ms {
+        Some(quickest) if window > floor => quickest.min(median),
+        _ => median,
+    };
     pace.baseline_ms = Some(baseline);
     let next = if median <= 2 * baseline {
-        (window + window / 2 + 1).min(ceiling as i64)
+        (window + window / 2 + 1).min(ceiling)
     } else if median > 4 * baseline {
-        (window / 2).max(1)
+        (window / 2).max(floor)
     } else {
         window
     };
@@ -92,7 +106,7 @@ mod tests {
     #[test]
     fn a_broker_switch_window_grows_while_the_broker_keeps_pace_and_halves_when_it_slows() {
         let registry = registry();
-        let enrolled = children(60);
+        let enrolled = children(80);
         let params = BrokerSwitchParams {
             uri: "amqps://broker.test:5671".into(),
             ca_pem: String::new(),
@@ -141,8 +155,19 @@ mod tests {
         // Between twice and four times the quickest: holds.
         finish(10, 300);
         assert_eq!(adapt(&mut pace), None);
-        // Slower than four times the quickest: halves.
+        // Slower than four times the quickest: halves, down to the floor
+        // and not below.
         finish(10, 1000);
         assert_eq!(adapt(&mut pace), Some(10));
+        finish(8, 2000);
+        assert_eq!(adapt(&mut pace), Some(BROKER_SWITCH_FIRST_WINDOW));
+        // At the floor the broker's slower pace is its new baseline: children
+        // that keep it let the window grow again (with the quickest median
+        // kept for good, it would sit at the floor — or, before the floor,
+        // at 1 — for the rest of the campaign).
+        finish(8, 2000);
+        assert_eq!(adapt(&mut pace), Some(13));
+        finish(8, 2200);
+        assert_eq!(adapt(&mut pace), Some(20));
     }
 }
