@@ -42,22 +42,51 @@ pub use crate::registry::owed::{owe_certificates, settle, settle_if_certified};
 /// and renewed twice: 4,785 extra renewals in one such run at 120 s.
 pub const RESEND_AFTER: Duration = Duration::from_millis(fleetls_proto::COMMAND_TTL_MS + 30_000);
 
-/// Where a child tests its SSL connection: its location's local parent if
-/// there is one (among `agents`), else the parent.
-pub fn ssl_target(agent: &Agent, agents: &[Agent], settings: &SslSettings) -> (String, u16) {
-    if agent.kind == AgentKind::Child {
-        let local = agents.iter().find(|a| {
-            a.kind == AgentKind::LocalParent
-                && a.admission == Admission::Accepted
-                && !a.compromised
-                && a.location.is_some()
-                && a.location == agent.location
-        });
-        if let Some(local) = local {
-            let host = local.hostnames.first().or(local.ips.first());
-            if let Some(host) = host {
-                return (host.clone(), settings.local_parent_port);
+/// Where each location's children test their SSL connection when it has a
+/// local parent: built once from a list of agents, so that a sweep over a
+/// whole network looks each child's location up instead of reading the
+/// list again for every child (at 30,000 agents that was 900 million
+/// comparisons per `certs send`).
+#[derive(Debug, Default)]
+pub struct LocalParents {
+    by_location: std::collections::HashMap<String, String>,
+}
+
+impl LocalParents {
+    /// The accepted, uncompromised local parents among `agents` that have a
+    /// location and a name or address to be reached at; where a location
+    /// has several, the first in `agents` order.
+    pub fn of(agents: &[Agent]) -> Self {
+        let mut by_location = std::collections::HashMap::new();
+        for a in agents {
+            if a.kind != AgentKind::LocalParent
+                || a.admission != Admission::Accepted
+                || a.compromised
+            {
+                continue;
             }
+            let (Some(location), Some(host)) = (&a.location, a.hostnames.first().or(a.ips.first()))
+            else {
+                continue;
+            };
+            by_location
+                .entry(location.clone())
+                .or_insert_with(|| host.clone());
+        }
+        LocalParents { by_location }
+    }
+}
+
+/// Where a child tests its SSL connection: its location's local parent if
+/// there is one (in `local`), else the parent.
+pub fn ssl_target(agent: &Agent, local: &LocalParents, settings: &SslSettings) -> (String, u16) {
+    if agent.kind == AgentKind::Child {
+        if let Some(host) = agent
+            .location
+            .as_ref()
+            .and_then(|location| local.by_location.get(location))
+        {
+            return (host.clone(), settings.local_parent_port);
         }
     }
     (settings.ssl_host(), settings.port)
@@ -68,7 +97,7 @@ pub fn ssl_target(agent: &Agent, agents: &[Agent], settings: &SslSettings) -> (S
 pub fn certificates_ready(
     pki: &Pki,
     agent: &Agent,
-    local_parents: &[Agent],
+    local_parents: &LocalParents,
     settings: &SslSettings,
     renew: bool,
 ) -> ToChild {

@@ -60,6 +60,22 @@ pub enum ServeError {
 const BATCH: usize = 512;
 /// How long a batch waits for more messages after its first.
 const GATHER: Duration = Duration::from_millis(10);
+/// How long a batch of state reports only waits for more: a report's
+/// worth is the same a quarter of a second later, and at a fleet's ~100 a
+/// second a batch of one paid the transaction, the thread hand-offs and the
+/// ack for each report (~0.5 ms of the parent's CPU per report).
+const GATHER_REPORTS: Duration = Duration::from_millis(250);
+
+/// Whether a delivery says it is a state report (its AMQP `type`). Only a
+/// hint for how long its batch gathers: a message that lies about it is
+/// checked like any other and at most waits [`GATHER_REPORTS`].
+fn says_state_report(delivery: &Delivery) -> bool {
+    delivery
+        .properties
+        .kind()
+        .as_ref()
+        .is_some_and(|kind| kind.as_str() == "Heartbeat")
+}
 
 /// Runs the parent until `shutdown` fires. Returns the bound admin address
 /// through `ready` as soon as it listens (tests use port 0).
@@ -507,14 +523,25 @@ async fn consume(
         // What else arrives within GATHER joins the batch: each batch is a
         // transaction, and its commit (an fsync) costs more than the rest of
         // a state report — at a few hundred messages a second, batches of
-        // one or two were most of the parent's work.
-        let gather = tokio::time::sleep(GATHER);
+        // one or two were most of the parent's work. A batch of state
+        // reports only waits longer; anything else that joins it brings its
+        // end back to GATHER after the first.
+        let began = tokio::time::Instant::now();
+        let mut reports_only = says_state_report(&deliveries[0]);
+        let gather = tokio::time::sleep(if reports_only { GATHER_REPORTS } else { GATHER });
         tokio::pin!(gather);
         while deliveries.len() < BATCH {
             tokio::select! {
                 biased;
                 next = consumer.next() => match next {
-                    Some(delivery) => deliveries.push(delivery.map_err(amqp("consuming"))?),
+                    Some(delivery) => {
+                        let delivery = delivery.map_err(amqp("consuming"))?;
+                        if reports_only && !says_state_report(&delivery) {
+                            reports_only = false;
+                            gather.as_mut().reset(began + GATHER);
+                        }
+                        deliveries.push(delivery);
+                    }
                     None => return Err(SessionError::Cancelled),
                 },
                 _ = &mut gather => break,

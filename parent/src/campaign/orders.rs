@@ -111,7 +111,9 @@ impl Orders {
             (ChildStep::UseSsl, _) => ToChild::UseSsl(UseSsl { campaign }),
             (ChildStep::UseBrokerTls, Some(b)) => ToChild::UseBrokerTls(UseBrokerTls {
                 campaign,
-                uri: b.uri.clone(),
+                // Each child starts the list at its own node (by its id):
+                // the nodes share the TLS handshakes.
+                uri: fleetls_bus::brokers::starting_at(&b.uri, agent.as_u128()),
                 ca_pem: b.ca_pem.clone(),
                 deadline,
                 auth: b.auth,

@@ -217,6 +217,7 @@ fn enrol(
 ) -> Result<Vec<Enrolment>, OpError> {
     let min = app.config.min_ssl_version;
     let agents = app.registry.agents().map_err(internal)?;
+    let local = crate::owed::LocalParents::of(&agents);
     // Each agent's last test result, from the registry.
     let last = app
         .registry
@@ -269,7 +270,7 @@ fn enrol(
             plan.at_risk.push(format!("{} ({why})", a.name));
         }
         plan.children.push(a.name.clone());
-        let (host, port) = crate::owed::ssl_target(a, &agents, &settings);
+        let (host, port) = crate::owed::ssl_target(a, &local, &settings);
         children.push(Enrolment {
             agent: a.id,
             host,

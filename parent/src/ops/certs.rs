@@ -200,9 +200,10 @@ pub async fn certs_send(app: &App, request: &SendRequest) -> Result<SendReport, 
     report.queued = to.len();
     // Each message is made as it is sent (a network's worth at once would
     // hold megabytes of PEM copies).
+    let local = crate::owed::LocalParents::of(&agents);
     let messages = to.into_iter().map(|i| crate::broker::Outgoing {
         agent: agents[i].id,
-        body: crate::owed::certificates_ready(&pki, &agents[i], &agents, &settings, renew),
+        body: crate::owed::certificates_ready(&pki, &agents[i], &local, &settings, renew),
         re: None,
     });
     app.send(&channel, messages).await.map_err(|e| {

@@ -167,11 +167,12 @@ pub async fn apply_tls_policy(app: &App) -> Result<(), OpError> {
                 && a.has_certificate
         })
         .collect();
+    let local = crate::owed::LocalParents::of(&local_parents);
     let messages: Vec<crate::broker::Outgoing> = local_parents
         .iter()
         .map(|a| crate::broker::Outgoing {
             agent: a.id,
-            body: crate::owed::certificates_ready(&pki, a, &local_parents, &settings, false),
+            body: crate::owed::certificates_ready(&pki, a, &local, &settings, false),
             re: None,
         })
         .collect();

@@ -12,8 +12,8 @@ use fleetls_proto::{AgentKind, ToChild};
 
 use crate::app::App;
 use crate::broker::Outgoing;
-use crate::owed::{certificates_ready, Due, RESEND_AFTER};
-use crate::registry::{Admission, Agent, RegistryError};
+use crate::owed::{certificates_ready, Due, LocalParents, RESEND_AFTER};
+use crate::registry::RegistryError;
 use crate::shutdown::Shutdown;
 
 /// How often the sweep looks for what is overdue.
@@ -73,7 +73,7 @@ fn outgoing(app: &App, due: Due) -> Vec<Outgoing> {
                 Ok(found) => found,
                 Err(e) => {
                     warn!(error = %e, "cannot list the local parents; certificate information waits");
-                    Vec::new()
+                    LocalParents::default()
                 }
             };
             for (agent, renew) in &due.certificates {
@@ -103,14 +103,11 @@ fn outgoing(app: &App, due: Due) -> Vec<Outgoing> {
     out
 }
 
-/// The accepted local parents (few: one per bigger site).
-fn local_parents(app: &App) -> Result<Vec<Agent>, RegistryError> {
-    Ok(app
-        .registry
-        .agents_of_kind(AgentKind::LocalParent)?
-        .into_iter()
-        .filter(|a| a.admission == Admission::Accepted)
-        .collect())
+/// Where each location's local parent is (few: one per bigger site).
+fn local_parents(app: &App) -> Result<LocalParents, RegistryError> {
+    Ok(LocalParents::of(
+        &app.registry.agents_of_kind(AgentKind::LocalParent)?,
+    ))
 }
 
 /// Sends overdue certificate information every `SWEEP_EVERY` until

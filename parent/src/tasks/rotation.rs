@@ -271,7 +271,7 @@ async fn turn(
     let out = certificates_owed(
         &owed,
         sent,
-        &agents,
+        &crate::owed::LocalParents::of(&agents),
         &settings,
         &by_id,
         &pki,
@@ -332,7 +332,7 @@ fn reissue_in_hand(
 fn certificates_owed(
     owed: &[&Follower],
     sent: &mut HashMap<Uuid, Instant>,
-    agents: &[crate::registry::Agent],
+    local: &crate::owed::LocalParents,
     settings: &crate::settings::SslSettings,
     by_id: &HashMap<Uuid, &crate::registry::Agent>,
     pki: &crate::pki::Pki,
@@ -350,7 +350,7 @@ fn certificates_owed(
         let Some(agent) = by_id.get(&follower.id) else {
             continue;
         };
-        let (ssl_host, ssl_port) = crate::owed::ssl_target(agent, agents, settings);
+        let (ssl_host, ssl_port) = crate::owed::ssl_target(agent, local, settings);
         sent.insert(follower.id, Instant::now());
         out.push(Outgoing {
             agent: follower.id,
@@ -477,12 +477,14 @@ fn start_campaign(
     agents: &[crate::registry::Agent],
 ) -> Result<(), String> {
     let settings = app.settings();
+    let by_id: HashMap<Uuid, &crate::registry::Agent> = agents.iter().map(|a| (a.id, a)).collect();
+    let local = crate::owed::LocalParents::of(agents);
     let enrolled: Vec<crate::campaign::Enrolment> = left
         .iter()
-        .filter_map(|f| agents.iter().find(|a| a.id == f.id))
+        .filter_map(|f| by_id.get(&f.id).copied())
         .filter(|a| a.admission == Admission::Accepted)
         .map(|a| {
-            let (host, port) = crate::owed::ssl_target(a, agents, &settings);
+            let (host, port) = crate::owed::ssl_target(a, &local, &settings);
             crate::campaign::Enrolment {
                 agent: a.id,
                 host,
