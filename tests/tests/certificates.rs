@@ -17,7 +17,7 @@ use std::process::{Command, Stdio};
 use fleetls_proto::topology;
 use fleetls_tests::attack::{attack, hello};
 use fleetls_tests::{
-    child_layout, start_child, wait_for, CertFile, Parent, Proc, Tap, Vhost, WAIT,
+    child_layout, start_child, test_dir, wait_for, CertFile, Parent, Proc, Tap, Vhost, WAIT,
 };
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -1468,13 +1468,18 @@ fn after_certs_reset_children_of_the_old_ca_get_a_certificate_of_the_new_one() {
 #[test]
 fn an_answer_that_cannot_be_routed_does_not_stall_the_parent() {
     let vhost = Vhost::new();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = test_dir();
     let parent = Parent::start(&vhost, dir.path(), &[]);
     generate(&parent, &[]);
-    let _till = start_child(&vhost, dir.path(), "till-1", &[]);
+    let mut till = start_child(&vhost, dir.path(), "till-1", &[]);
     parent.wait_online(&["till-1"]);
     send(&parent, false);
     wait_certificate(&parent, "till-1");
+    // till-1 stops: its state report every second would be, each time the
+    // broker samples the queue (5 s after activity, so in step with the
+    // reports), the one the parent holds for its batch (up to 250 ms) —
+    // `messages` would read 1 at every look while nothing is stuck.
+    stop(&mut till);
     // A registered agent whose queue was deleted (by an operator, a policy,
     // a broker reset) asks for a certificate.
     let gone = FakeAgent::connect(&vhost).with_token(dir.path());
