@@ -247,26 +247,20 @@ pub async fn declare_shared(channel: &Channel, queue_type: QueueType) -> Result<
 }
 
 /// Makes sure, on a channel of its own, that what every child needs before
-/// its own queue exists: the exchanges and the parent's queue. A child
-/// connecting as the agents' least-privilege user may not create them
-/// (RabbitMQ refuses and closes the channel); it then checks that they
-/// exist with passive declares, which need no permission. The same when
-/// `fleetls.parent` exists with another type: the parent chose it.
+/// its own queue exists: the exchanges and the parent's queue. It looks
+/// first (passive declares, which need no permission and do not compare
+/// arguments: the parent may have chosen another queue type for
+/// `fleetls.parent`, a cluster's quorum one); only when something is
+/// missing does it declare them — refused, on a channel RabbitMQ closes,
+/// for a child connecting as the agents' least-privilege user. Looking
+/// first spares every session open of a fleet whose topology is in place a
+/// refused declare and a second channel.
 pub async fn ensure_shared(connection: &Connection, queue_type: QueueType) -> Result<(), BusError> {
     let channel = connection
         .create_channel()
         .await
         .map_err(amqp("opening a channel"))?;
-    let declared = declare_shared(&channel, queue_type).await;
-    close_channel(&channel, "declared").await;
-    let Err(refused) = declared else {
-        return Ok(());
-    };
-    let channel = connection
-        .create_channel()
-        .await
-        .map_err(amqp("opening a channel"))?;
-    let passive = async {
+    let there = async {
         let options = ExchangeDeclareOptions {
             passive: true,
             durable: true,
@@ -288,8 +282,18 @@ pub async fn ensure_shared(connection: &Connection, queue_type: QueueType) -> Re
     }
     .await;
     close_channel(&channel, "checked").await;
-    // Neither created nor there: the first error says why.
-    passive.map_err(|_| refused)
+    if there.is_ok() {
+        return Ok(());
+    }
+    // Something is missing (a broker started afresh, a parent never
+    // started, an exchange a broker user deleted): declare it all.
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(amqp("opening a channel"))?;
+    let declared = declare_shared(&channel, queue_type).await;
+    close_channel(&channel, "declared").await;
+    declared
 }
 
 /// The whole topology, as the parent declares it: the exchanges,
