@@ -247,46 +247,75 @@ pub async fn declare_shared(channel: &Channel, queue_type: QueueType) -> Result<
 }
 
 /// Makes sure, on a channel of its own, that what every child needs before
-/// its own queue exists: the exchanges and the parent's queue. It looks
-/// first (passive declares, which need no permission and do not compare
-/// arguments: the parent may have chosen another queue type for
-/// `fleetls.parent`, a cluster's quorum one); only when something is
-/// missing does it declare them — refused, on a channel RabbitMQ closes,
-/// for a child connecting as the agents' least-privilege user. Looking
-/// first spares every session open of a fleet whose topology is in place a
-/// refused declare and a second channel.
+/// its own queue exists: the exchanges and the parent's queue (see
+/// [`shared_confirm_channel`], which does the same on the channel a child
+/// then uses).
 pub async fn ensure_shared(connection: &Connection, queue_type: QueueType) -> Result<(), BusError> {
     let channel = connection
         .create_channel()
         .await
         .map_err(amqp("opening a channel"))?;
-    let there = async {
-        let options = ExchangeDeclareOptions {
-            passive: true,
-            durable: true,
-            ..Default::default()
-        };
-        for (name, kind) in exchanges() {
-            channel
-                .exchange_declare(name.into(), kind, options, FieldTable::default())
-                .await?;
-        }
-        let options = QueueDeclareOptions {
-            passive: true,
-            ..QueueDeclareOptions::durable()
-        };
-        channel
-            .queue_declare(topology::PARENT.into(), options, FieldTable::default())
-            .await
-            .map(|_| ())
-    }
-    .await;
+    let there = shared_exist(&channel).await;
     close_channel(&channel, "checked").await;
     if there.is_ok() {
         return Ok(());
     }
-    // Something is missing (a broker started afresh, a parent never
-    // started, an exchange a broker user deleted): declare it all.
+    declare_missing(connection, queue_type).await
+}
+
+/// A channel with publisher confirms (as [`confirm_channel`]) on a
+/// connection where what every child needs before its own queue is known to
+/// exist: the exchanges and the parent's queue. It looks first, on that
+/// channel (passive declares, which need no permission and do not compare
+/// arguments: the parent may have chosen another queue type for
+/// `fleetls.parent`, a cluster's quorum one); only when something is
+/// missing does it declare them, on a channel of their own — refused, on a
+/// channel RabbitMQ closes, for a child connecting as the agents'
+/// least-privilege user. Looking first keeps a session open of a fleet
+/// whose topology is in place to one channel and no refusal: every channel
+/// opened and closed is two events that RabbitMQ hands to every
+/// statistics collector and to the event exchange, and a refused declare a
+/// line in its log.
+pub async fn shared_confirm_channel(
+    connection: &Connection,
+    queue_type: QueueType,
+) -> Result<Channel, BusError> {
+    let channel = confirm_channel(connection).await?;
+    if shared_exist(&channel).await.is_ok() {
+        return Ok(channel);
+    }
+    // A failed passive declare closed that channel.
+    declare_missing(connection, queue_type).await?;
+    confirm_channel(connection).await
+}
+
+/// Whether the exchanges and `fleetls.parent` exist (passive declares on
+/// `channel`; the broker closes it when one does not).
+async fn shared_exist(channel: &Channel) -> Result<(), lapin::Error> {
+    let options = ExchangeDeclareOptions {
+        passive: true,
+        durable: true,
+        ..Default::default()
+    };
+    for (name, kind) in exchanges() {
+        channel
+            .exchange_declare(name.into(), kind, options, FieldTable::default())
+            .await?;
+    }
+    let options = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::durable()
+    };
+    channel
+        .queue_declare(topology::PARENT.into(), options, FieldTable::default())
+        .await
+        .map(|_| ())
+}
+
+/// Declares the exchanges and `fleetls.parent` on a channel of their own,
+/// after [`shared_exist`] found one missing (a broker started afresh, a
+/// parent never started, an exchange a broker user deleted).
+async fn declare_missing(connection: &Connection, queue_type: QueueType) -> Result<(), BusError> {
     let channel = connection
         .create_channel()
         .await

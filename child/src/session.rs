@@ -93,9 +93,11 @@ impl Session {
         Session::open_on(connection, agent, shutdown, true).await
     }
 
-    /// Like [`Session::open`]; with `shared` false the shared topology
-    /// (exchanges, `fleetls.parent`) is taken as declared already on this
-    /// connection (see [`fleetls_bus::amqp::ensure_shared`]): a swarm declares it once per
+    /// Like [`Session::open`]. With `shared` the shared topology
+    /// (exchanges, `fleetls.parent`) is checked on the session's own channel
+    /// ([`fleetls_bus::amqp::shared_confirm_channel`]); with `shared` false
+    /// it is taken as declared already on this connection (see
+    /// [`fleetls_bus::amqp::ensure_shared`]): a swarm declares it once per
     /// connection instead of once per child.
     pub async fn open_on(
         connection: &Connection,
@@ -105,10 +107,12 @@ impl Session {
     ) -> Result<Session, SessionError> {
         let deadline = tokio::time::Instant::now() + OPEN_DEADLINE;
         let channel = tokio::time::timeout_at(deadline, async {
-            if shared {
-                fleetls_bus::amqp::ensure_shared(connection, agent.config.queue_type).await?;
-            }
-            Ok::<_, SessionError>(fleetls_bus::amqp::confirm_channel(connection).await?)
+            Ok::<_, SessionError>(if shared {
+                fleetls_bus::amqp::shared_confirm_channel(connection, agent.config.queue_type)
+                    .await?
+            } else {
+                fleetls_bus::amqp::confirm_channel(connection).await?
+            })
         })
         .await
         .map_err(|_| SessionError::Stuck)??;

@@ -189,6 +189,7 @@ impl App {
                 overview.network.ca_rotation = rotation;
                 let view = self.cluster_view();
                 overview.network.nodes_at = view.as_ref().map(|v| v.at);
+                overview.network.connections_at = view.as_ref().map(|v| v.connections_at);
                 overview.network.nodes = view.map(|v| v.nodes).unwrap_or_default();
                 overview.network.queue_type = Some(self.queue_choice.clone());
                 let open = &self.config.enrollment.auto_accept;

@@ -396,7 +396,7 @@ fn network_lines(out: &mut String, n: &crate::status::Network) {
         let _ = writeln!(
             out,
             "broker nodes {}",
-            crate::cluster::age_line(at, fleetls_proto::now_ms())
+            crate::cluster::age_line(at, n.connections_at.unwrap_or(0), fleetls_proto::now_ms())
         );
     }
     for node in &n.nodes {

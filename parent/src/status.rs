@@ -168,6 +168,10 @@ pub struct Network {
     /// When management showed `nodes` (ms since the epoch).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nodes_at: Option<u64>,
+    /// When management listed the connections behind each node's counts
+    /// (ms since the epoch; less often than `nodes_at` on a big fleet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connections_at: Option<u64>,
     /// The type of `fleetls.parent` and `fleetls.dead` and why the parent
     /// chose it (see [`crate::queue_choice`]).
     #[serde(default)]
@@ -584,6 +588,7 @@ mod tests {
                 topology: None,
                 nodes: Vec::new(),
                 nodes_at: None,
+                connections_at: None,
                 queue_type: None,
                 open_enrollment: None,
                 flagged_names: 0,

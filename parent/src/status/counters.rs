@@ -157,6 +157,7 @@ impl Tally {
                 topology: None,
                 nodes: Vec::new(),
                 nodes_at: None,
+                connections_at: None,
                 queue_type: None,
                 open_enrollment: None,
                 flagged_names: 0,
