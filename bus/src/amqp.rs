@@ -251,16 +251,9 @@ pub async fn declare_shared(channel: &Channel, queue_type: QueueType) -> Result<
 /// [`shared_confirm_channel`], which does the same on the channel a child
 /// then uses).
 pub async fn ensure_shared(connection: &Connection, queue_type: QueueType) -> Result<(), BusError> {
-    let channel = connection
-        .create_channel()
-        .await
-        .map_err(amqp("opening a channel"))?;
-    let there = shared_exist(&channel).await;
+    let channel = shared_confirm_channel(connection, queue_type).await?;
     close_channel(&channel, "checked").await;
-    if there.is_ok() {
-        return Ok(());
-    }
-    declare_missing(connection, queue_type).await
+    Ok(())
 }
 
 /// A channel with publisher confirms (as [`confirm_channel`]) on a
