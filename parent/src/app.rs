@@ -83,11 +83,14 @@ pub struct App {
     /// last looked at: their queue's binding is checked and made again
     /// (`crate::topology::rebind`) — a broker user may have removed it.
     pub unrouted: Mutex<std::collections::HashSet<uuid::Uuid>>,
-    /// Agents whose Hello was recorded since presence last looked: their
-    /// queue is looked at (`crate::tasks::presence`) — a consumer created
-    /// before presence subscribed, of an agent registered after its first
-    /// look, would otherwise never be seen.
-    pub greeted: Mutex<std::collections::HashSet<uuid::Uuid>>,
+    /// Agents whose queue presence looks at next (`crate::tasks::presence`):
+    /// those whose Hello was recorded since it last looked — a consumer
+    /// created before presence subscribed, of an agent registered after its
+    /// first look, would otherwise never be seen —, and those heard from
+    /// while counted not connected (a quorum queue whose leader does not
+    /// answer within RabbitMQ's 250 ms says it has no consumer: without a
+    /// new event nothing would look again).
+    pub to_look_at: Mutex<std::collections::HashSet<uuid::Uuid>>,
 }
 
 /// The most unrouted agents kept for the topology's next look (the rest
@@ -266,9 +269,9 @@ impl App {
         Ok(unrouted)
     }
 
-    /// Notes agents whose Hello was recorded, for presence to look at
-    /// ([`App::greeted`], [`UNROUTED_KEPT`] at most).
-    pub fn note_greeted(&self, agents: &[uuid::Uuid]) {
+    /// Notes agents for presence to look at ([`App::to_look_at`],
+    /// [`UNROUTED_KEPT`] at most).
+    pub fn note_to_look_at(&self, agents: &[uuid::Uuid]) {
         // Without presence nobody takes them; a new presence session looks
         // at every agent anyway.
         use std::sync::atomic::Ordering::SeqCst;
@@ -277,15 +280,15 @@ impl App {
         if agents.is_empty() || !following {
             return;
         }
-        let mut kept = self.greeted.lock().unwrap_or_else(|p| p.into_inner());
+        let mut kept = self.to_look_at.lock().unwrap_or_else(|p| p.into_inner());
         for agent in agents.iter().take(UNROUTED_KEPT.saturating_sub(kept.len())) {
             kept.insert(*agent);
         }
     }
 
-    /// Takes the agents noted by [`App::note_greeted`].
-    pub fn take_greeted(&self) -> Vec<uuid::Uuid> {
-        std::mem::take(&mut *self.greeted.lock().unwrap_or_else(|p| p.into_inner()))
+    /// Takes the agents noted by [`App::note_to_look_at`].
+    pub fn take_to_look_at(&self) -> Vec<uuid::Uuid> {
+        std::mem::take(&mut *self.to_look_at.lock().unwrap_or_else(|p| p.into_inner()))
             .into_iter()
             .collect()
     }

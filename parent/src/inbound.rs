@@ -66,6 +66,13 @@ pub struct Applied {
     /// Messages dropped because their `seq` was not above their agent's
     /// counter: redeliveries and replays, acked and otherwise ignored.
     pub replayed: u64,
+    /// Agents whose state report came while presence counted them not
+    /// connected: their queue is looked at again. On RabbitMQ 3.10 a quorum
+    /// queue whose leader does not answer within 250 ms (a busy cluster, a
+    /// node just lost) says it has no consumer; an agent that still
+    /// consumes there causes no new event, so without this it would stay
+    /// offline until it reconnects.
+    pub heard_absent: Vec<Uuid>,
 }
 
 /// How far ahead of the parent's clock an agent's report may be dated and
@@ -218,7 +225,7 @@ fn handle(
     let clock = Clock::of(event);
     match &event.what {
         EventKind::Hello(hello) => on_hello(tx, event, hello, clock, policy, applied),
-        EventKind::Heartbeat(state) => on_heartbeat(tx, event, state, clock, policy),
+        EventKind::Heartbeat(state) => on_heartbeat(tx, event, state, clock, policy, applied),
         EventKind::StepReport(report) => {
             // A test begun before this parent's SSL port opened says
             // nothing about the child (the port may have gone with the
@@ -302,15 +309,19 @@ fn on_hello(
 }
 
 /// A heartbeat: the agent was heard, and the state it reports is kept if
-/// it is the newest.
+/// it is the newest; one counted not connected is looked at again.
 fn on_heartbeat(
     tx: &Transaction<'_>,
     event: &Event,
     state: &AgentState,
     clock: Clock,
     policy: &Policy,
+    applied: &mut Applied,
 ) -> Result<(), RegistryError> {
-    let before = agent_in(tx, &event.agent)?.and_then(|b| b.parent_key);
+    let (before, present) = agents::report_basis(tx, &event.agent)?.unwrap_or((None, true));
+    if !present {
+        applied.heard_absent.push(event.agent);
+    }
     agents::report_state(tx, &event.agent, clock.at, state, clock.reported)?;
     note_parent_key(tx, &event.agent, before, &state.parent_key, policy)?;
     crate::owed::settle_if_certified(tx, &event.agent, state.has_certificate)?;

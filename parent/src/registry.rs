@@ -749,6 +749,23 @@ mod tests {
     }
 
     #[test]
+    fn a_report_from_an_agent_counted_not_connected_asks_presence_to_look_again() {
+        let (_dir, registry, agent) = registered();
+        let now = fleetls_proto::now_ms();
+        let set_present = |present| {
+            registry
+                .with_tx(|tx| crate::registry::presence::set(tx, &agent, present))
+                .unwrap()
+        };
+        assert!(set_present(false));
+        let applied = apply(&registry, &[heartbeat(agent, now, false)], None, &policy()).unwrap();
+        assert_eq!(applied.heard_absent, vec![agent]);
+        assert!(set_present(true));
+        let applied = apply(&registry, &[heartbeat(agent, now, false)], None, &policy()).unwrap();
+        assert!(applied.heard_absent.is_empty(), "{:?}", applied.heard_absent);
+    }
+
+    #[test]
     fn a_report_dated_far_ahead_does_not_freeze_the_state() {
         let (_dir, registry, agent) = registered();
         let beat = |at, tls| heartbeat(agent, at, tls);

@@ -153,7 +153,7 @@ pub async fn serve(
         presence_lost: std::sync::atomic::AtomicBool::new(false),
         presence_returning_until: std::sync::atomic::AtomicU64::new(0),
         unrouted: Default::default(),
-        greeted: Default::default(),
+        to_look_at: Default::default(),
         cluster: RwLock::new(None),
     });
     bound_dead_queue(&app);
@@ -649,7 +649,8 @@ async fn apply_events(
     let mut outgoing = applied.outgoing;
     // Commands are transient: a reconnected agent is sent again what
     // the registry says it is still owed.
-    app.note_greeted(&applied.greeted);
+    app.note_to_look_at(&applied.greeted);
+    app.note_to_look_at(&applied.heard_absent);
     outgoing.extend(crate::tasks::owed::on_hello(app, applied.greeted).await);
     app.metrics.sent.fetch_add(outgoing.len() as u64, Relaxed);
     app.send(channel, outgoing).await?;

@@ -432,15 +432,33 @@ pub fn mark_broker_tls(
 }
 
 /// Marks the agent COMPROMISED when `compromised` (it pinned another
-/// parent key). Sticky: only an operator clears it (`agents accept`).
+/// parent key). Sticky: only an operator clears it (`agents accept`); a
+/// report that says nothing of the kind writes nothing.
 pub fn note_compromised(
     tx: &Transaction<'_>,
     agent: &Uuid,
     compromised: bool,
 ) -> Result<(), RegistryError> {
-    tx.prepare_cached("UPDATE agents SET compromised = (compromised OR ?2) WHERE id = ?1")?
-        .execute(params![agent.to_string(), compromised])?;
+    if compromised {
+        tx.prepare_cached("UPDATE agents SET compromised = 1 WHERE id = ?1 AND compromised = 0")?
+            .execute(params![agent.to_string()])?;
+    }
     Ok(())
+}
+
+/// What a state report is weighed against: the parent key the agent last
+/// reported, and whether presence counts it connected (`None`: the agent
+/// is not registered).
+pub fn report_basis(
+    tx: &Transaction<'_>,
+    agent: &Uuid,
+) -> Result<Option<(Option<String>, bool)>, RegistryError> {
+    Ok(tx
+        .prepare_cached("SELECT parent_key, present FROM agents WHERE id = ?1")?
+        .query_row(params![agent.to_string()], |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })
+        .optional()?)
 }
 
 /// The key pinned for an agent: `None` when it is not registered,

@@ -441,10 +441,11 @@ impl Seen {
     /// wait is over), records what was seen, and keeps the agents not
     /// registered yet for the next turn.
     async fn turn(&mut self, app: &Arc<App>, look: &mut Look<'_>) -> Result<(), Stop> {
-        // A Hello recorded: its queue is looked at unless an event already
-        // told (its consumer may have been created before the events were
-        // followed, and its row after the first look).
-        for agent in app.take_greeted() {
+        // A Hello recorded (its consumer may have been created before the
+        // events were followed, and its row after the first look), or an
+        // agent heard from while counted not connected: its queue is looked
+        // at unless an event already told.
+        for agent in app.take_to_look_at() {
             if !self.joined.contains(&agent) {
                 self.dirty.insert(agent);
             }
