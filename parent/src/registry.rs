@@ -762,7 +762,11 @@ mod tests {
         assert_eq!(applied.heard_absent, vec![agent]);
         assert!(set_present(true));
         let applied = apply(&registry, &[heartbeat(agent, now, false)], None, &policy()).unwrap();
-        assert!(applied.heard_absent.is_empty(), "{:?}", applied.heard_absent);
+        assert!(
+            applied.heard_absent.is_empty(),
+            "{:?}",
+            applied.heard_absent
+        );
     }
 
     #[test]

@@ -14,8 +14,16 @@
 //!   `fleetls_child::agent::connect`), each with a channel, and kept open,
 //!   with the process's memory after every step: what one connection costs.
 //!
+//! - `floor`: what one message costs a consumer that does nothing else —
+//!   lapin's I/O thread, the wake-ups, an ack per 50 —, and with `--signed`
+//!   also decoding and checking the signature of a real state report: the
+//!   floor beside which `scripts/bench` puts the parent's CPU per report.
+//!   The messages come from a second process (`trickle`) at a steady rate,
+//!   spread out as a fleet's reports are.
+//!
 //! `rpc`, `rpc-agents` and `amqps-open` print one JSON object:
-//! `{"what", "count", "seconds", "per_second"}`; `hold` prints one per step.
+//! `{"what", "count", "seconds", "per_second"}`; `hold` prints one per step;
+//! `floor` adds `us_per_message`, its CPU per message.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -100,6 +108,40 @@ enum Command {
         #[arg(long, default_value_t = 20)]
         concurrency: usize,
     },
+    /// A consumer's CPU per message at a steady rate (the messages come from
+    /// a `trickle` process it starts).
+    Floor {
+        /// AMQP URL
+        #[arg(long)]
+        broker: String,
+        /// Messages per second
+        #[arg(long, default_value_t = 200)]
+        rate: u32,
+        /// Seconds measured
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+        /// Send signed state reports and check each one's signature, as the
+        /// parent does
+        #[arg(long)]
+        signed: bool,
+    },
+    /// Publishes signed state reports to a queue at a steady rate (for
+    /// `floor`).
+    #[command(hide = true)]
+    Trickle {
+        /// AMQP URL
+        #[arg(long)]
+        broker: String,
+        /// The queue
+        #[arg(long)]
+        queue: String,
+        /// Messages per second
+        #[arg(long)]
+        rate: u32,
+        /// Messages in all
+        #[arg(long)]
+        count: usize,
+    },
     /// Memory per open connection: N connections opened like a child's own
     /// and held open.
     Hold {
@@ -173,6 +215,18 @@ async fn main() -> anyhow::Result<()> {
             count,
             concurrency,
         } => rpc(&broker, count, concurrency).await,
+        Command::Floor {
+            broker,
+            rate,
+            seconds,
+            signed,
+        } => floor(&broker, rate.max(1), seconds.max(1), signed).await,
+        Command::Trickle {
+            broker,
+            queue,
+            rate,
+            count,
+        } => trickle(&broker, &queue, rate.max(1), count).await,
         Command::AmqpsOpen {
             uri,
             ca,
@@ -295,6 +349,136 @@ async fn rpc(broker: &str, count: usize, concurrency: usize) -> anyhow::Result<(
     }
     sender.await??;
     report("rpc", &[], count, started);
+    Ok(())
+}
+
+/// This process's CPU time so far (user + system), from `/proc`.
+fn cpu_seconds() -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    // Fields after the command name, which is in parentheses.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| -> anyhow::Result<f64> {
+        Ok(fields
+            .get(i)
+            .ok_or_else(|| anyhow::anyhow!("/proc/self/stat has no field {i}"))?
+            .parse::<f64>()?)
+    };
+    // utime and stime (fields 14 and 15 of the whole line), in the
+    // kernel's USER_HZ of 100 per second.
+    Ok((ticks(11)? + ticks(12)?) / 100.0)
+}
+
+/// Consumes `rate` messages a second from a `trickle` process for
+/// `seconds` (after a second to settle) and prints this process's CPU per
+/// message: acks every 50 messages, as the parent acks a batch; with
+/// `signed`, decodes each and checks its signature.
+async fn floor(broker: &str, rate: u32, seconds: u64, signed: bool) -> anyhow::Result<()> {
+    let connection = Connection::connect(broker, ConnectionProperties::default()).await?;
+    let channel = connection.create_channel().await?;
+    channel
+        .basic_qos(1024, lapin::options::BasicQosOptions::default())
+        .await?;
+    let queue = format!("bench.floor.{}", uuid::Uuid::new_v4().simple());
+    let options = QueueDeclareOptions {
+        auto_delete: true,
+        ..QueueDeclareOptions::default()
+    };
+    channel
+        .queue_declare(queue.as_str().into(), options, FieldTable::default())
+        .await?;
+    let mut deliveries = agents::consume(&channel, &queue).await?;
+    let settle = rate as usize;
+    let measured = rate as usize * seconds as usize;
+    let mut publisher = Publisher(
+        std::process::Command::new(std::env::current_exe()?)
+            .args(["trickle", "--broker", broker, "--queue", &queue])
+            .args(["--rate", &rate.to_string()])
+            .args(["--count", &(settle + measured).to_string()])
+            .spawn()?,
+    );
+    let mut received = 0usize;
+    let mut began = None;
+    while received < settle + measured {
+        let Some(delivery) = deliveries.next().await else {
+            anyhow::bail!("the consumer ended after {received} messages");
+        };
+        let delivery = delivery?;
+        if signed {
+            fleetls_bus::seal::signer(&delivery.data, delivery.properties.headers().as_ref())?;
+            fleetls_proto::decode(&delivery.data)?;
+        }
+        received += 1;
+        if received == settle {
+            began = Some((Instant::now(), cpu_seconds()?));
+        }
+        if received % 50 == 0 {
+            delivery
+                .acker
+                .ack(BasicAckOptions { multiple: true })
+                .await?;
+        }
+    }
+    let (started, cpu) = began.ok_or_else(|| anyhow::anyhow!("nothing was measured"))?;
+    let used = cpu_seconds()? - cpu;
+    let status = publisher.0.wait()?;
+    anyhow::ensure!(status.success(), "the trickle process failed: {status}");
+    let seconds = started.elapsed().as_secs_f64();
+    println!(
+        "{}",
+        serde_json::json!({
+            "what": if signed { "floor-signed" } else { "floor" },
+            "count": measured,
+            "seconds": seconds,
+            "per_second": measured as f64 / seconds,
+            "cpu_s": used,
+            "us_per_message": used / measured as f64 * 1e6,
+        })
+    );
+    Ok(())
+}
+
+/// The `trickle` process, stopped if `floor` ends early.
+struct Publisher(std::process::Child);
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// Publishes `count` signed state reports to `queue`, `rate` a second,
+/// persistent and confirmed as a child sends them.
+async fn trickle(broker: &str, queue: &str, rate: u32, count: usize) -> anyhow::Result<()> {
+    let connection = Connection::connect(broker, ConnectionProperties::default()).await?;
+    let channel = agents::confirm_channel(&connection).await?;
+    let (key, _) = fleetls_bus::seal::SigningKey::generate();
+    let agent = uuid::Uuid::new_v4();
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs_f64(1.0 / rate as f64));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    for seq in 1..=count as u64 {
+        tick.tick().await;
+        let report = fleetls_proto::ToParent::Heartbeat(fleetls_proto::Heartbeat::default());
+        let envelope = fleetls_proto::Envelope::new(agent, report.into()).with_seq(seq);
+        let sealed = key.seal(&envelope)?;
+        let confirm = channel
+            .basic_publish(
+                "".into(),
+                queue.into(),
+                BasicPublishOptions::default(),
+                &sealed.payload,
+                BasicProperties::default()
+                    .with_delivery_mode(2)
+                    .with_headers(sealed.headers()),
+            )
+            .await?;
+        tokio::spawn(confirm);
+    }
     Ok(())
 }
 
