@@ -523,12 +523,20 @@ impl BrokerNode {
     }
 }
 
+/// The file `broker-tls` writes [`FLEET_SETTINGS`] to.
+pub const FLEET_CONF: &str = "rabbitmq-fleet.conf";
+
+/// RabbitMQ's settings for a fleet of thousands of agents (management's
+/// statistics every 30 s, no message rates), with what they cost and save:
+/// `deploy/rabbitmq/fleet.conf`.
+pub const FLEET_SETTINGS: &str = include_str!("../../deploy/rabbitmq/fleet.conf");
+
 /// Writes the broker's certificate, key and CA and the `rabbitmq.conf`
 /// fragments: the one for during the migration, and the final one as
 /// `final_fragment` says. With `nodes`, each node also gets a folder of its
 /// own (`OUT/LABEL/`) with a certificate issued now by `pki` for its names
 /// and the settings' broker names, its key, the CA and its fragments (its
-/// listener on its own addresses, when it has any).
+/// listener on its own addresses, when it has any); and [`FLEET_CONF`].
 pub fn write_broker_files(
     data_dir: &Path,
     pki: &crate::pki::Pki,
@@ -578,6 +586,12 @@ pub fn write_broker_files(
             },
         )?);
     }
+    // The statistics settings the README recommends for a fleet: beside
+    // the TLS fragments, for the operator to append as well.
+    let path = out.join(FLEET_CONF);
+    write_atomic(&path, FLEET_SETTINGS.as_bytes(), 0o644)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    files.push(path);
     if *final_fragment != FinalFragment::Untouched {
         let path = out.join("rabbitmq-permissions.sh");
         write_atomic(&path, permissions_script().as_bytes(), 0o755)

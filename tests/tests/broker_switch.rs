@@ -397,6 +397,7 @@ fn the_network_moves_to_amqps_child_by_child_and_survives_the_final_broker_confi
         "broker.key",
         "ca.pem",
         "rabbitmq-migration.conf",
+        "rabbitmq-fleet.conf",
     ] {
         let path = tls.join(file);
         assert!(
@@ -424,6 +425,22 @@ fn the_network_moves_to_amqps_child_by_child_and_survives_the_final_broker_confi
     assert_eq!(
         ca_written, ca_parent,
         "broker-tls's ca.pem is not the network's CA"
+    );
+    // The fleet's statistics settings, as the repository ships them.
+    let fleet = std::fs::read_to_string(tls.join("rabbitmq-fleet.conf")).unwrap();
+    let shipped = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/rabbitmq/fleet.conf"),
+    )
+    .unwrap();
+    assert_eq!(
+        fleet, shipped,
+        "rabbitmq-fleet.conf is not deploy/rabbitmq/fleet.conf"
+    );
+    assert!(
+        fleet
+            .lines()
+            .any(|l| l.trim() == "collect_statistics_interval = 30000"),
+        "{fleet}"
     );
     let migration = std::fs::read_to_string(tls.join("rabbitmq-migration.conf")).unwrap();
     for (name, text) in [("migration", &migration)] {
