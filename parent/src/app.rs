@@ -248,15 +248,21 @@ impl App {
             .clone()
     }
 
-    /// Signs and sends `outgoing` on `channel` ([`crate::broker::send_all`]);
-    /// the agents whose message came back unrouted are returned and kept
-    /// for the topology's next look ([`App::unrouted`]).
+    /// Signs and sends `outgoing` on `channel` ([`crate::broker::send_all`]),
+    /// each counted in `fleetls_messages_sent_total`; the agents whose
+    /// message came back unrouted are returned and kept for the topology's
+    /// next look ([`App::unrouted`]).
     pub async fn send(
         &self,
         channel: &Channel,
         outgoing: impl IntoIterator<Item = crate::broker::Outgoing>,
     ) -> Result<Vec<uuid::Uuid>, crate::broker::BrokerError> {
-        let unrouted = crate::broker::send_all(channel, &self.signing_key, outgoing).await?;
+        let counted = outgoing.into_iter().inspect(|_| {
+            self.metrics
+                .sent
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        });
+        let unrouted = crate::broker::send_all(channel, &self.signing_key, counted).await?;
         if !unrouted.is_empty() {
             let mut kept = self.unrouted.lock().unwrap_or_else(|p| p.into_inner());
             for agent in unrouted

@@ -652,7 +652,6 @@ async fn apply_events(
     app.note_to_look_at(&applied.greeted);
     app.note_to_look_at(&applied.heard_absent);
     outgoing.extend(crate::tasks::owed::on_hello(app, applied.greeted).await);
-    app.metrics.sent.fetch_add(outgoing.len() as u64, Relaxed);
     app.send(channel, outgoing).await?;
     if applied.revoked {
         app.crl_stale.notify_one();
