@@ -414,7 +414,7 @@ async fn floor(broker: &str, rate: u32, seconds: u64, signed: bool) -> anyhow::R
         if received == settle {
             began = Some((Instant::now(), cpu_seconds()?));
         }
-        if received % 50 == 0 {
+        if received.is_multiple_of(50) {
             delivery
                 .acker
                 .ack(BasicAckOptions { multiple: true })
