@@ -220,7 +220,10 @@ pub(crate) async fn run(
         }
         super::report(
             "rpc-agents",
-            &[("answers", if mode { "transient" } else { "persistent" })],
+            &[(
+                "answers",
+                if mode { "transient" } else { "persistent" }.into(),
+            )],
             agents * rounds,
             started,
         );

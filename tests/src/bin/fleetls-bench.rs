@@ -173,7 +173,7 @@ enum Command {
     },
 }
 
-fn report(what: &str, extra: &[(&str, &str)], count: usize, started: Instant) {
+fn report(what: &str, extra: &[(&str, serde_json::Value)], count: usize, started: Instant) {
     let seconds = started.elapsed().as_secs_f64();
     let mut line = serde_json::json!({
         "what": what,
@@ -182,7 +182,7 @@ fn report(what: &str, extra: &[(&str, &str)], count: usize, started: Instant) {
         "per_second": count as f64 / seconds,
     });
     for (key, value) in extra {
-        line[*key] = serde_json::Value::from(*value);
+        line[*key] = value.clone();
     }
     println!("{line}");
 }
@@ -286,14 +286,8 @@ async fn rpc(broker: &str, count: usize, concurrency: usize) -> anyhow::Result<(
     let replies = format!("bench.replies.{}", uuid::Uuid::new_v4().simple());
     let server_channel = agents::confirm_channel(&server).await?;
     let client_channel = agents::confirm_channel(&client).await?;
-    let auto_delete = QueueDeclareOptions {
-        auto_delete: true,
-        ..QueueDeclareOptions::default()
-    };
     for (channel, queue) in [(&server_channel, &requests), (&client_channel, &replies)] {
-        channel
-            .queue_declare(queue.as_str().into(), auto_delete, FieldTable::default())
-            .await?;
+        scratch_queue(channel, queue).await?;
     }
     // The server answers every request, persistent and confirmed, like the parent.
     let mut incoming = agents::consume(&server_channel, &requests).await?;
@@ -352,6 +346,18 @@ async fn rpc(broker: &str, count: usize, concurrency: usize) -> anyhow::Result<(
     Ok(())
 }
 
+/// Declares `queue`, deleted with its last consumer.
+async fn scratch_queue(channel: &lapin::Channel, queue: &str) -> lapin::Result<()> {
+    let options = QueueDeclareOptions {
+        auto_delete: true,
+        ..QueueDeclareOptions::default()
+    };
+    channel
+        .queue_declare(queue.into(), options, FieldTable::default())
+        .await?;
+    Ok(())
+}
+
 /// This process's CPU time so far (user + system), from `/proc`.
 fn cpu_seconds() -> anyhow::Result<f64> {
     let stat = std::fs::read_to_string("/proc/self/stat")?;
@@ -382,13 +388,7 @@ async fn floor(broker: &str, rate: u32, seconds: u64, signed: bool) -> anyhow::R
         .basic_qos(1024, lapin::options::BasicQosOptions::default())
         .await?;
     let queue = format!("bench.floor.{}", uuid::Uuid::new_v4().simple());
-    let options = QueueDeclareOptions {
-        auto_delete: true,
-        ..QueueDeclareOptions::default()
-    };
-    channel
-        .queue_declare(queue.as_str().into(), options, FieldTable::default())
-        .await?;
+    scratch_queue(&channel, &queue).await?;
     let mut deliveries = agents::consume(&channel, &queue).await?;
     let settle = rate as usize;
     let measured = rate as usize * seconds as usize;
@@ -425,17 +425,14 @@ async fn floor(broker: &str, rate: u32, seconds: u64, signed: bool) -> anyhow::R
     let used = cpu_seconds()? - cpu;
     let status = publisher.0.wait()?;
     anyhow::ensure!(status.success(), "the trickle process failed: {status}");
-    let seconds = started.elapsed().as_secs_f64();
-    println!(
-        "{}",
-        serde_json::json!({
-            "what": if signed { "floor-signed" } else { "floor" },
-            "count": measured,
-            "seconds": seconds,
-            "per_second": measured as f64 / seconds,
-            "cpu_s": used,
-            "us_per_message": used / measured as f64 * 1e6,
-        })
+    report(
+        if signed { "floor-signed" } else { "floor" },
+        &[
+            ("cpu_s", used.into()),
+            ("us_per_message", (used / measured as f64 * 1e6).into()),
+        ],
+        measured,
+        started,
     );
     Ok(())
 }
